@@ -1,0 +1,62 @@
+"""atb-wal: a crash-safe write-ahead log for a trading engine's critical database writes.
+
+On-disk format
+--------------
+A log is a directory (mode 0700) of segment files (mode 0600), a ``LOCK`` file and, after a
+torn-tail repair, ``*.broken`` files with the bytes that were cut.
+
+* Segments are named by the first LSN they hold, 20 digits: ``00000000000000000001.wal``.
+* Each segment is JSON lines. Every line is one self-verifying record::
+
+      <xxh3-64 of the payload, 16 hex digits> <space> <payload: a JSON object> <newline>
+
+* The first record of a segment is its header:
+  ``{"t":"segment","version":1,"first":F,"last":null}`` (``last`` is set on segments that
+  compaction rewrote: they cover LSNs F..last and hold only the records that were kept).
+* ``{"t":"entry","lsn":N,...}`` is a ``WALEntry`` (``WALEntry.to_dict()`` plus ``t``).
+* ``{"t":"status","lsn":N,"of":M,"entry_id":...,"status":...,"at":...,"attempts":...,
+  "error":...}`` changes entry M's status. Nothing is ever rewritten in place.
+* LSNs number every record (entries and status records), gap-free across segments, so a
+  missing, reordered or duplicated segment or record is detected.
+
+Values inside ``args`` and ``kwargs`` keep their types through tags such as
+``{"$decimal": "1.50"}`` (see :mod:`wal.codec`). ``docs/wal.md`` has the full description,
+the guarantees and the recovery modes.
+"""
+
+from wal.entry import OperationType, WALEntry, WALEntryStatus
+from wal.errors import (
+    WALClosedError,
+    WALConfigError,
+    WALCorruptionError,
+    WALDatabaseError,
+    WALEntryNotFoundError,
+    WALError,
+    WALLockedError,
+    WALSerializationError,
+    WALWriteError,
+)
+from wal.fileops import FileOps, OSFileOps
+from wal.options import StorageOptions
+from wal.storage import RecoveryReport, StorageStats, WALStorage
+
+__all__ = [
+    "FileOps",
+    "OSFileOps",
+    "OperationType",
+    "RecoveryReport",
+    "StorageOptions",
+    "StorageStats",
+    "WALClosedError",
+    "WALConfigError",
+    "WALCorruptionError",
+    "WALDatabaseError",
+    "WALEntry",
+    "WALEntryNotFoundError",
+    "WALEntryStatus",
+    "WALError",
+    "WALLockedError",
+    "WALSerializationError",
+    "WALStorage",
+    "WALWriteError",
+]

@@ -1,0 +1,163 @@
+"""Values in and out of the log, with their types.
+
+JSON natives (``None``, ``bool``, ``int``, ``float``, ``str``, ``list``, ``dict`` with ``str``
+keys) are stored as themselves. These types are stored as one-key tagged objects and come
+back as the same type:
+
+============  ==============================  ==========================================
+type          stored as                       comes back as
+============  ==============================  ==========================================
+Decimal       ``{"$decimal": "12.50"}``       ``Decimal("12.50")`` (exponent kept)
+datetime      ``{"$datetime": "<iso>"}``      the same datetime; aware ones keep their
+                                              UTC offset (a zone name becomes the offset)
+date          ``{"$date": "2026-11-21"}``     the same date
+UUID          ``{"$uuid": "<hex>"}``          the same UUID
+int > 64 bit  ``{"$int": "<digits>"}``        the same int
+dict whose    ``{"$dict": {...}}``            the same dict (its ``$`` keys are not tags)
+keys start
+with ``$``
+============  ==============================  ==========================================
+
+``Enum`` members are stored by value and come back as that value (no class is ever imported
+from log contents). Tuples come back as lists.
+
+NaN, Infinity, non-string dict keys and any other type raise ``WALSerializationError`` naming
+the path of the bad value (``kwargs['price']``, ``args[1][0]``); nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from wal.errors import WALSerializationError
+
+__all__ = ["decode_value", "encode_value"]
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**64 - 1  # orjson writes unsigned 64-bit ints too
+
+
+class _Bad(Exception):
+    """Internal: a bad value, with the path built up while the recursion unwinds."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.parts: list[str] = []
+
+
+def encode_value(value: Any, path: str = "value") -> Any:
+    """Return ``value`` as a tree of JSON natives and tags; raise naming the bad path.
+
+    >>> encode_value({"qty": Decimal("1.50")})
+    {'qty': {'$decimal': '1.50'}}
+    >>> encode_value(float("nan"), "kwargs['price']")
+    Traceback (most recent call last):
+    ...
+    wal.errors.WALSerializationError: cannot log kwargs['price']: NaN is not allowed ...
+    """
+    try:
+        return _enc(value)
+    except _Bad as bad:
+        raise WALSerializationError(path + "".join(reversed(bad.parts)), bad.problem) from None
+    except RecursionError:
+        raise WALSerializationError(path, "nested too deeply (or contains itself)") from None
+
+
+def _enc(v: Any) -> Any:
+    # Order matters: bool is an int, Enum members may be ints or strs, datetime is a date.
+    t = type(v)
+    if v is None or t is str or t is bool:
+        return v
+    if t is int:
+        if _INT64_MIN <= v <= _INT64_MAX:
+            return v
+        return {"$int": str(v)}
+    if t is float:
+        if math.isfinite(v):
+            return v
+        raise _Bad(f"{v!r} is not allowed (a NaN or Infinity cannot be a price or a quantity)")
+    if isinstance(v, Enum):
+        return _enc(v.value)
+    if isinstance(v, Decimal):
+        if not v.is_finite():
+            raise _Bad(f"Decimal {v} is not allowed (NaN and Infinity cannot be stored)")
+        return {"$decimal": str(v)}
+    if isinstance(v, datetime):
+        return {"$datetime": v.isoformat()}
+    if isinstance(v, date):
+        return {"$date": v.isoformat()}
+    if isinstance(v, uuid.UUID):
+        return {"$uuid": str(v)}
+    if isinstance(v, str):  # str subclasses
+        return str(v)
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):  # int subclasses (IntFlag handled above as Enum)
+        return _enc(int(v))
+    if isinstance(v, float):
+        return _enc(float(v))
+    if isinstance(v, Mapping):
+        out: dict[str, Any] = {}
+        tagged = False
+        for k, item in v.items():
+            if not isinstance(k, str):
+                bad = _Bad(f"dict key {k!r} is a {type(k).__name__}; keys must be str")
+                raise bad
+            if k.startswith("$"):
+                tagged = True
+            try:
+                out[k] = _enc(item)
+            except _Bad as bad:
+                bad.parts.append(f"[{k!r}]")
+                raise
+        return {"$dict": out} if tagged else out
+    if isinstance(v, list | tuple):
+        items = []
+        for i, item in enumerate(v):
+            try:
+                items.append(_enc(item))
+            except _Bad as bad:
+                bad.parts.append(f"[{i}]")
+                raise
+        return items
+    raise _Bad(f"type {type(v).__name__} is not supported")
+
+
+def decode_value(v: Any) -> Any:
+    """Invert ``encode_value``.
+
+    >>> decode_value({'qty': {'$decimal': '1.50'}})
+    {'qty': Decimal('1.50')}
+    """
+    t = type(v)
+    if t is dict:
+        if len(v) == 1:
+            ((k, inner),) = v.items()
+            if k.startswith("$"):
+                return _decode_tag(k, inner)
+        return {k: decode_value(item) for k, item in v.items()}
+    if t is list:
+        return [decode_value(item) for item in v]
+    return v
+
+
+def _decode_tag(tag: str, inner: Any) -> Any:
+    if tag == "$decimal":
+        return Decimal(inner)
+    if tag == "$datetime":
+        return datetime.fromisoformat(inner)
+    if tag == "$date":
+        return date.fromisoformat(inner)
+    if tag == "$uuid":
+        return uuid.UUID(inner)
+    if tag == "$int":
+        return int(inner)
+    if tag == "$dict":
+        return {k: decode_value(item) for k, item in inner.items()}
+    raise ValueError(f"unknown value tag {tag!r}")

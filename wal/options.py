@@ -1,0 +1,62 @@
+"""``StorageOptions``: every knob of ``WALStorage``, with its default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from wal.errors import WALConfigError
+
+__all__ = ["FsyncMode", "RecoveryMode", "StorageOptions"]
+
+FsyncMode = Literal["always", "interval", "unsafe_never"]
+RecoveryMode = Literal["tolerate_tail", "strict", "skip_corrupt"]
+
+FSYNC_MODES: tuple[str, ...] = ("always", "interval", "unsafe_never")
+RECOVERY_MODES: tuple[str, ...] = ("tolerate_tail", "strict", "skip_corrupt")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    """How a ``WALStorage`` writes and recovers.
+
+    ``fsync``
+        ``"always"`` (default): ``append`` returns only after ``fdatasync`` of the entry's
+        bytes; concurrent appenders share one fdatasync (group commit).
+        ``"interval"``: ``append`` returns after ``write``; a background thread runs
+        ``fdatasync`` at most ``fsync_interval_ms`` later. A process crash loses nothing
+        (the bytes are in the page cache); a power loss or kernel crash loses the entries of
+        the last ``fsync_interval_ms`` at most.
+        ``"unsafe_never"``: never fsyncs. A power loss can lose anything. For tests only.
+    ``fsync_interval_ms``
+        The loss window of ``"interval"`` mode. Default 10 ms.
+    ``max_segment_bytes``
+        A new segment is started before a write that would take the current one past this
+        size (a single batch larger than it gets a segment of its own). Default 64 MiB.
+    ``recovery``
+        What opening does with a defect (RocksDB's recovery modes are the reference):
+        ``"tolerate_tail"`` (default): a torn last record of the last segment (partial line,
+        no final newline, zero- or garbage-filled tail) is cut off and kept in a ``.broken``
+        file; any other defect raises ``WALCorruptionError``. Nothing acknowledged is lost.
+        ``"strict"``: any defect raises, the torn tail too.
+        ``"skip_corrupt"``: salvage: bad records and LSN gaps are skipped and counted in the
+        recovery report; for an explicit repair after a disaster.
+    """
+
+    fsync: FsyncMode = "always"
+    fsync_interval_ms: float = 10.0
+    max_segment_bytes: int = 64 * 1024 * 1024
+    recovery: RecoveryMode = "tolerate_tail"
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_MODES:
+            raise WALConfigError("fsync", self.fsync, " | ".join(FSYNC_MODES))
+        if self.recovery not in RECOVERY_MODES:
+            raise WALConfigError("recovery", self.recovery, " | ".join(RECOVERY_MODES))
+        if isinstance(self.max_segment_bytes, bool) or not isinstance(self.max_segment_bytes, int):
+            raise WALConfigError("max_segment_bytes", self.max_segment_bytes, "an int >= 4096")
+        if self.max_segment_bytes < 4096:
+            raise WALConfigError("max_segment_bytes", self.max_segment_bytes, "an int >= 4096")
+        iv = self.fsync_interval_ms
+        if isinstance(iv, bool) or not isinstance(iv, int | float) or not 0 < iv <= 60_000:
+            raise WALConfigError("fsync_interval_ms", iv, "a number of ms in (0, 60000]")

@@ -1,0 +1,1167 @@
+"""``WALStorage``: the append-only, segmented, crash-safe log.
+
+The write path (group commit, after PostgreSQL's ``XLogFlush``): an appender frames its record,
+takes the next LSN and adds the line to a shared buffer under one lock. If nobody is flushing,
+it becomes the leader: it takes the whole buffer, releases the lock, writes it with one
+``write`` and makes it durable with one ``fdatasync``, then wakes everybody whose LSN is now
+durable. Appenders that arrive during the leader's fsync wait; the first of them to wake up
+leads the next flush, for all of them. A lone appender pays one fsync per append.
+
+The in-memory index is compact (about 21 bytes per LSN plus a dict slot per unfinished
+entry): status byte, file offset and length of every record, the LSN of each entry's newest
+status record. Entries themselves are read back from disk on demand, so memory stays bounded
+however many entries are pending.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno as errno_mod
+import logging
+import os
+import re
+import stat
+import threading
+import time
+import uuid
+from array import array
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import xxhash
+
+from wal.entry import WALEntry, WALEntryStatus
+from wal.errors import (
+    WALClosedError,
+    WALCorruptionError,
+    WALEntryNotFoundError,
+    WALError,
+    WALWriteError,
+)
+from wal.fileops import FileOps, OSFileOps, write_all
+from wal.lock import WriterLock
+from wal.options import StorageOptions
+from wal.record import (
+    FORMAT_VERSION,
+    KIND_ENTRY,
+    KIND_SEGMENT,
+    KIND_STATUS,
+    RecordError,
+    decode_line,
+    encode_line,
+)
+from wal.segment import (
+    BROKEN_SUFFIX,
+    TMP_SUFFIX,
+    Defect,
+    Line,
+    list_segments,
+    scan,
+    segment_name,
+    valid_record_after,
+)
+
+__all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
+
+log = logging.getLogger("wal")
+
+# Status codes in the per-LSN index (0: not an entry, or compacted away).
+_NONE, _PENDING, _SYNCING, _COMPLETED, _FAILED = 0, 1, 2, 3, 4
+_CODE = {
+    WALEntryStatus.PENDING: _PENDING,
+    WALEntryStatus.SYNCING: _SYNCING,
+    WALEntryStatus.COMPLETED: _COMPLETED,
+    WALEntryStatus.FAILED: _FAILED,
+}
+_STATUS = {v: k for k, v in _CODE.items()}
+_UNFINISHED = re.compile(b"[\x01\x02]")  # PENDING or SYNCING
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the log found and did."""
+
+    mode: str = "tolerate_tail"
+    segments: int = 0
+    records: int = 0
+    entries: int = 0
+    truncated_bytes: int = 0  # torn tail cut off the last segment
+    broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
+    removed_empty_segments: int = 0  # a last segment torn before its header was durable
+    skipped_records: int = 0  # skip_corrupt only
+    lsn_gaps: int = 0  # skip_corrupt only
+    defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
+    finished_compactions: int = 0  # leftover segments of an interrupted compaction removed
+    removed_tmp_files: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class StorageStats:
+    """A snapshot from ``get_stats()``; ``to_dict()`` is JSON-ready."""
+
+    directory: str
+    segments: int
+    bytes: int
+    next_lsn: int
+    entries: dict[str, int]
+    oldest_pending_age_seconds: float | None
+    fsync_count: int
+    fsync_p50_us: float | None
+    fsync_p99_us: float | None
+    fsync_mode: str
+    failed_write: str | None
+    recovery: RecoveryReport
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["recovery"] = self.recovery.to_dict()
+        return d
+
+
+@dataclass
+class _Segment:
+    first: int
+    path: Path
+    end: int  # last LSN it covers (first - 1 when empty)
+    compacted: bool  # header declares a fixed range: records are a subset of first..end
+    size: int
+
+
+@dataclass
+class _Pending:
+    """A framed record waiting in the group-commit buffer."""
+
+    lsn: int
+    line: bytes
+    code: int  # status code for an entry; _NONE for a status record
+    id_bytes: bytes | None = None  # entry id (entries)
+    key_hash: int | None = None  # explicit idempotency key (entries)
+    target: int = 0  # LSN of the entry a status record changes
+    target_code: int = _NONE
+    target_id: bytes = b""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _segment_header(first: int, last: int | None) -> bytes:
+    return encode_line(
+        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
+    )
+
+
+def _key_hash(key: str) -> int:
+    return xxhash.xxh3_64_intdigest(key.encode())
+
+
+class WALStorage:
+    """The log. Open it with a directory; it recovers, then takes the writer lock.
+
+    >>> import tempfile
+    >>> with WALStorage(tempfile.mkdtemp()) as log:
+    ...     e = log.append(WALEntry.create("log_trade", kwargs={"qty": 1}))
+    ...     e.lsn
+    1
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        options: StorageOptions | None = None,
+        *,
+        fs: FileOps | None = None,
+        readonly: bool = False,
+        **overrides: Any,
+    ) -> None:
+        opts = options or StorageOptions()
+        if overrides:
+            opts = replace(opts, **overrides)
+        self.directory = Path(directory)
+        self.options = opts
+        self.readonly = readonly
+        self._fs: FileOps = fs if fs is not None else OSFileOps()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._lock: WriterLock | None = None
+        # write state
+        self._fd = -1
+        self._seg_size = 0
+        self._next_lsn = 1
+        self._buf: list[_Pending] = []
+        self._flushing = False
+        self._durable_lsn = 0  # everything up to here is acknowledged
+        self._written_lsn = 0  # everything up to here is written (not necessarily synced)
+        self._failed: WALWriteError | None = None
+        # index
+        self._segments: list[_Segment] = []
+        self._base = 1  # LSN of index slot 0
+        self._status = bytearray()
+        self._offsets = array("q")
+        self._lengths = array("I")
+        self._status_rec = array("q")  # LSN of an entry's newest status record (0: none)
+        self._ids: dict[bytes, int] = {}  # entry id -> LSN, for entries not COMPLETED
+        self._keys: dict[int, int] = {}  # hash of an explicit idempotency key -> LSN
+        self._counts = [0, 0, 0, 0, 0]
+        self._read_fds: dict[int, int] = {}
+        # stats
+        self._fsync_count = 0
+        self._fsync_ns: deque[int] = deque(maxlen=4096)
+        self.recovery_report = RecoveryReport(mode=opts.recovery)
+        self._syncer: threading.Thread | None = None
+        self._stop_syncer = threading.Event()
+        self._open()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_readonly(
+        cls, directory: str | os.PathLike[str], options: StorageOptions | None = None
+    ) -> WALStorage:
+        """Read a log without its lock, while a writer may be appending. Changes nothing."""
+        return cls(directory, options, readonly=True)
+
+    def _open(self) -> None:
+        t0 = time.monotonic()
+        if self.readonly:
+            if not self.directory.is_dir():
+                raise WALCorruptionError(self.directory, 0, 0, "no log directory here")
+        else:
+            self._prepare_directory()
+            self._lock = WriterLock(self.directory)
+            self._lock.acquire()
+        try:
+            self._recover()
+            if not self.readonly:
+                self._open_for_append()
+                if self.options.fsync == "interval":
+                    self._syncer = threading.Thread(
+                        target=self._interval_sync_loop, name="wal-fsync", daemon=True
+                    )
+                    self._syncer.start()
+        except BaseException:
+            self._close_fds()
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self.recovery_report.seconds = time.monotonic() - t0
+
+    def _prepare_directory(self) -> None:
+        d = self.directory
+        if not d.exists():
+            d.mkdir(mode=_DIR_MODE, parents=True)
+            # the new directory's own entry must survive a crash
+            self._fs.fsync_dir(str(d.parent))
+        if stat.S_IMODE(d.stat().st_mode) != _DIR_MODE:
+            os.chmod(d, _DIR_MODE)  # the log holds balances and trades: owner only
+
+    def _recover(self) -> None:
+        rep = self.recovery_report
+        if not self.readonly:
+            for tmp in self.directory.glob("*" + TMP_SUFFIX):
+                # an interrupted compaction's unfinished output: the original is intact
+                self._fs.unlink(str(tmp))
+                rep.removed_tmp_files += 1
+        segments = list_segments(self.directory)
+        self._base = segments[0][0] if segments else 1
+        prev_end = 0
+        prev_compacted = False
+        changed_dir = rep.removed_tmp_files > 0
+        for i, (first, path) in enumerate(segments):
+            last_segment = i == len(segments) - 1
+            if self._segments and first <= prev_end and prev_compacted:
+                # a segment already merged into the compacted one before it: finish the job
+                if not self.readonly:
+                    self._fs.unlink(str(path))
+                    changed_dir = True
+                rep.finished_compactions += 1
+                continue
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                if self.readonly:  # a writer's compaction removed it meanwhile
+                    continue
+                raise
+            seg = self._recover_segment(path, first, data, last_segment, prev_end)
+            if seg is None:
+                changed_dir = True
+                continue
+            prev_end = seg.end
+            prev_compacted = seg.compacted
+            self._segments.append(seg)
+            rep.segments += 1
+        if changed_dir and not self.readonly:
+            # removals and truncations above must not come back after a crash
+            self._fs.fsync_dir(str(self.directory))
+        self._next_lsn = prev_end + 1 if self._segments else self._base
+        self._durable_lsn = self._written_lsn = self._next_lsn - 1
+
+    def _recover_segment(
+        self, path: Path, first: int, data: bytes, last_segment: bool, prev_end: int
+    ) -> _Segment | None:
+        """Index one segment; cut a torn tail; raise on corruption. None: segment removed."""
+        rep = self.recovery_report
+        mode = self.options.recovery
+        header: dict[str, Any] | None = None
+        expected = first
+        end = first - 1
+        compacted = False
+        size = len(data)
+
+        def corrupt(d: Defect) -> None:
+            text = f"{d.path.name}: line {d.line}, offset {d.offset}: {d.problem}"
+            if mode == "skip_corrupt":
+                rep.defects.append(text)
+                rep.skipped_records += 1
+                log.warning("skipped a bad record: %s", text)
+                return
+            raise WALCorruptionError(d.path, d.line, d.offset, d.problem)
+
+        if self._segments and first != prev_end + 1:
+            problem = (
+                f"LSN gap: the previous segment ends at LSN {prev_end}, this one starts at "
+                f"{first} (a segment is missing or was reordered)"
+            )
+            if mode != "skip_corrupt":
+                raise WALCorruptionError(path, 0, 0, problem)
+            rep.lsn_gaps += 1
+            rep.defects.append(f"{path.name}: {problem}")
+
+        for item in scan(path, data):
+            if isinstance(item, Defect):
+                if (
+                    last_segment
+                    and mode != "strict"
+                    and valid_record_after(data, item.offset) is None
+                ):
+                    # a torn tail: only bytes written after the last fsync can be here
+                    size = self._cut_tail(path, data, item)
+                    break
+                corrupt(item)
+                continue
+            rec = item.record
+            kind = rec["t"]
+            if header is None:
+                if kind != KIND_SEGMENT:
+                    corrupt(Defect(path, item.line, item.offset, "segment has no header record"))
+                    header = {"first": first, "last": None}
+                else:
+                    header = rec
+                    if rec.get("first") != first:
+                        corrupt(
+                            Defect(
+                                path,
+                                item.line,
+                                item.offset,
+                                f"header says first LSN {rec.get('first')}, name says {first}",
+                            )
+                        )
+                    if rec.get("last") is not None:
+                        compacted = True
+                        end = int(rec["last"])
+                    continue
+            if kind == KIND_SEGMENT:
+                corrupt(Defect(path, item.line, item.offset, "a second segment header"))
+                continue
+            lsn = rec.get("lsn")
+            if not isinstance(lsn, int):
+                corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
+                continue
+            ok = expected <= lsn <= end if compacted else lsn == expected
+            if not ok:
+                corrupt(
+                    Defect(
+                        path,
+                        item.line,
+                        item.offset,
+                        f"LSN {lsn} out of order (expected {expected})",
+                    )
+                )
+                if mode != "skip_corrupt" or lsn < expected:
+                    continue
+                rep.lsn_gaps += 1
+            try:
+                self._index_record(rec, item)
+            except (KeyError, ValueError, TypeError) as exc:
+                corrupt(Defect(path, item.line, item.offset, f"malformed record: {exc}"))
+                continue
+            rep.records += 1
+            expected = lsn + 1
+            if not compacted:
+                end = lsn
+        if header is None:
+            # nothing verifiable in the file: a segment created by a rotation whose header was
+            # never made durable (only possible for the last one; earlier ones raised above)
+            if not self.readonly:
+                self._fs.unlink(str(path))
+                rep.removed_empty_segments += 1
+            return None
+        return _Segment(first, path, end, compacted, size)
+
+    def _cut_tail(self, path: Path, data: bytes, d: Defect) -> int:
+        """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them."""
+        rep = self.recovery_report
+        torn = data[d.offset :]
+        text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
+        if self.readonly:
+            return d.offset  # a writer may be in the middle of this very record
+        if torn.strip(b"\x00"):
+            broken = path.with_name(path.name + BROKEN_SUFFIX)
+            n = 1
+            while broken.exists():
+                broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{n}")
+                n += 1
+            fd = self._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            try:
+                write_all(self._fs, fd, torn)
+                self._fs.fdatasync(fd)  # the evidence must exist before the cut below
+            finally:
+                self._fs.close(fd)
+            rep.broken_files.append(broken.name)
+        self._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
+        rep.truncated_bytes += len(torn)
+        rep.defects.append(text + " (torn tail cut)")
+        log.warning("cut a torn tail of %d bytes: %s", len(torn), text)
+        return d.offset
+
+    def _open_for_append(self) -> None:
+        if not self._segments:
+            self._create_segment(self._next_lsn)
+            return
+        seg = self._segments[-1]
+        if seg.compacted:
+            # never append to a compacted segment (its header fixes its range): start a new one
+            self._create_segment(self._next_lsn)
+            return
+        self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, _FILE_MODE)
+        self._seg_size = seg.size
+
+    def _create_segment(self, first: int) -> None:
+        """Create a segment, durable (data and directory entry) before it is used."""
+        path = self.directory / segment_name(first)
+        header = _segment_header(first, None)
+        fd = self._fs.open(
+            str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _FILE_MODE
+        )
+        try:
+            write_all(self._fs, fd, header)
+            if self.options.fsync != "unsafe_never":
+                self._fs.fdatasync(fd)  # the header must be on disk before any record after it
+                # a new file's name is in the directory, not the file: fsync the directory
+                self._fs.fsync_dir(str(self.directory))
+        except BaseException:
+            self._fs.close(fd)
+            raise
+        if self._fd >= 0:
+            self._fs.close(self._fd)
+        self._fd = fd
+        self._seg_size = len(header)
+        self._segments.append(_Segment(first, path, first - 1, False, len(header)))
+
+    # ------------------------------------------------------------------ the index
+
+    def _slot(self, lsn: int) -> int:
+        """Grow the index to hold ``lsn``; return its slot."""
+        i = lsn - self._base
+        n = len(self._status)
+        if i >= n:
+            grow = i + 1 - n
+            self._status.extend(bytes(grow))
+            self._offsets.extend([0] * grow)
+            self._lengths.extend([0] * grow)
+            self._status_rec.extend([0] * grow)
+        return i
+
+    def _index_record(self, rec: dict[str, Any], item: Line) -> None:
+        """Index a record read back during recovery."""
+        kind = rec["t"]
+        lsn = rec["lsn"]
+        if kind == KIND_ENTRY:
+            code = _CODE[WALEntryStatus(rec.get("status", "pending"))]
+            key = rec["idempotency_key"]
+            eid = uuid.UUID(rec["entry_id"]).bytes
+            self._index_entry(lsn, item.offset, item.length, code, eid, key, rec["entry_id"])
+            self.recovery_report.entries += 1
+        elif kind == KIND_STATUS:
+            code = _CODE[WALEntryStatus(rec["status"])]
+            eid = uuid.UUID(rec["entry_id"]).bytes
+            self._index_status(lsn, item.offset, item.length, int(rec["of"]), code, eid)
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+    def _index_entry(
+        self, lsn: int, off: int, length: int, code: int, eid: bytes, key: str | None, sid: str
+    ) -> None:
+        i = self._slot(lsn)
+        self._status[i] = code
+        self._offsets[i] = off
+        self._lengths[i] = length
+        self._counts[code] += 1
+        if code != _COMPLETED:
+            self._ids[eid] = lsn
+        if key is not None and key != sid:
+            self._keys[_key_hash(key)] = lsn
+
+    def _index_status(
+        self, lsn: int, off: int, length: int, target: int, code: int, eid: bytes
+    ) -> None:
+        i = self._slot(lsn)
+        self._offsets[i] = off
+        self._lengths[i] = length
+        t = target - self._base
+        if t < 0 or t >= len(self._status) or self._status[t] == _NONE:
+            return  # its entry was compacted away: nothing to change
+        old = self._status[t]
+        self._counts[old] -= 1
+        self._counts[code] += 1
+        self._status[t] = code
+        self._status_rec[t] = lsn
+        if code == _COMPLETED:
+            # completed entries leave the id index (memory stays bounded by the unfinished)
+            self._ids.pop(eid, None)
+        else:
+            self._ids[eid] = target
+
+    def _segment_for(self, lsn: int) -> _Segment:
+        firsts = [s.first for s in self._segments]
+        k = bisect.bisect_right(firsts, lsn) - 1
+        if k < 0:
+            raise WALEntryNotFoundError(lsn)
+        return self._segments[k]
+
+    def _read_record(self, lsn: int) -> dict[str, Any]:
+        """Read one record back from disk by LSN (caller holds the lock or is recovering)."""
+        i = lsn - self._base
+        if i < 0 or i >= len(self._status) or self._lengths[i] == 0:
+            raise WALEntryNotFoundError(lsn)
+        seg = self._segment_for(lsn)
+        fd = self._read_fds.get(seg.first)
+        if fd is None:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._read_fds[seg.first] = fd
+        raw = os.pread(fd, self._lengths[i], self._offsets[i])
+        try:
+            return decode_line(raw[:-1])
+        except RecordError as exc:
+            raise WALCorruptionError(seg.path, 0, self._offsets[i], exc.problem) from None
+
+    def _load_entry(self, lsn: int) -> WALEntry:
+        rec = self._read_record(lsn)
+        entry = WALEntry.from_dict(rec)
+        s = self._status_rec[lsn - self._base]
+        if s:
+            st = self._read_record(s)
+            at = st.get("at")
+            entry = entry.with_status(
+                WALEntryStatus(st["status"]),
+                at=None if at is None else datetime.fromisoformat(at),
+                error=st.get("error"),
+                attempts=st.get("attempts"),
+            )
+        return entry
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise WALClosedError("the log is closed")
+        if self.readonly:
+            raise WALError(
+                "this log was opened read-only", hint="open it with WALStorage(dir) to write"
+            )
+        if self._failed is not None:
+            raise WALWriteError(
+                f"the log refuses appends after an earlier write failure: {self._failed.message}",
+                path=self._failed.path,
+                errno=self._failed.errno,
+            )
+
+    def append(self, entry: WALEntry) -> WALEntry:
+        """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
+        """Append a batch with one write and one fsync; all or none are acknowledged."""
+        entries = list(entries)
+        if not entries:
+            return []
+        bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
+        with self._cond:
+            self._check_writable()
+            seen: set[bytes] = set()
+            for e in entries:
+                b = e.entry_id.bytes
+                if b in self._ids or b in seen:
+                    raise ValueError(f"entry {e.entry_id} is already in the log")
+                seen.add(b)
+            out = []
+            for e, body in zip(entries, bodies, strict=True):
+                lsn = self._next_lsn
+                self._next_lsn += 1
+                payload = b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])
+                key = e.idempotency_key
+                self._buf.append(
+                    _Pending(
+                        lsn,
+                        encode_line(payload),
+                        _CODE[e.status],
+                        e.entry_id.bytes,
+                        _key_hash(key) if key != str(e.entry_id) else None,
+                    )
+                )
+                out.append(e.with_lsn(lsn))
+            self._wait_durable(out[-1].lsn or 0)
+        return out
+
+    def _entry_body(self, e: WALEntry) -> bytes:
+        if e.lsn is not None:
+            raise ValueError(f"entry {e.entry_id} already has LSN {e.lsn}: it is in a log")
+        d = e.to_dict()
+        del d["lsn"]
+        return orjson.dumps(d)
+
+    def update_status(
+        self,
+        entry_id: uuid.UUID | str | WALEntry,
+        status: WALEntryStatus,
+        error: str | None = None,
+        *,
+        attempts: int | None = None,
+    ) -> None:
+        """Append a durable status record for an entry."""
+        self.update_statuses([(entry_id, status, error, attempts)])
+
+    def update_statuses(
+        self,
+        changes: Iterable[
+            tuple[uuid.UUID | str | WALEntry, WALEntryStatus, str | None, int | None]
+        ],
+    ) -> None:
+        """Append several status records with one fsync: ``(entry, status, error, attempts)``."""
+        changes = list(changes)
+        if not changes:
+            return
+        at = _now().isoformat()
+        with self._cond:
+            self._check_writable()
+            last = 0
+            for ref, status, error, attempts in changes:
+                status = WALEntryStatus(status)
+                target, sid = self._resolve(ref)
+                lsn = self._next_lsn
+                self._next_lsn += 1
+                payload = orjson.dumps(
+                    {
+                        "t": KIND_STATUS,
+                        "lsn": lsn,
+                        "of": target,
+                        "entry_id": sid,
+                        "status": status.value,
+                        "at": at,
+                        "attempts": attempts,
+                        "error": error,
+                    }
+                )
+                self._buf.append(
+                    _Pending(
+                        lsn,
+                        encode_line(payload),
+                        _NONE,
+                        target=target,
+                        target_code=_CODE[status],
+                        target_id=uuid.UUID(sid).bytes,
+                    )
+                )
+                last = lsn
+            self._wait_durable(last)
+
+    def _resolve(self, ref: uuid.UUID | str | WALEntry) -> tuple[int, str]:
+        """(LSN, id string) of an entry given by id or object; caller holds the lock."""
+        if isinstance(ref, WALEntry):
+            if ref.lsn is None:
+                raise WALEntryNotFoundError(ref.entry_id)
+            return ref.lsn, str(ref.entry_id)
+        try:
+            u = ref if isinstance(ref, uuid.UUID) else uuid.UUID(str(ref))
+        except ValueError:
+            raise WALEntryNotFoundError(ref) from None
+        lsn = self._ids.get(u.bytes)
+        if lsn is None:
+            lsn = self._scan_for_id(str(u))
+        return lsn, str(u)
+
+    def _scan_for_id(self, sid: str) -> int:
+        """Find a COMPLETED entry by id (not in the id index): a disk scan, for rare use."""
+        pos = 0
+        status = self._status
+        while True:
+            pos = status.find(_COMPLETED, pos)
+            if pos < 0:
+                raise WALEntryNotFoundError(sid)
+            lsn = pos + self._base
+            if self._read_record(lsn).get("entry_id") == sid:
+                return lsn
+            pos += 1
+
+    def _wait_durable(self, lsn: int) -> None:
+        """Group commit. Called with the lock held; returns when ``lsn`` is acknowledged."""
+        always = self.options.fsync == "always"
+        while True:
+            if self._failed is not None:
+                raise self._failed
+            if (self._durable_lsn if always else self._written_lsn) >= lsn:
+                return
+            if self._flushing:
+                self._cond.wait()  # a leader is flushing; it wakes us when it is done
+                continue
+            self._lead_flush(sync=always)
+
+    def _lead_flush(self, *, sync: bool) -> None:
+        """Write (and with ``sync``, fdatasync) the whole buffer, as the leader."""
+        batch, self._buf = self._buf, []
+        self._flushing = True
+        self._cond.release()
+        error: BaseException | None = None
+        try:
+            placed = self._write_batch(batch, sync)
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._cond.acquire()
+            self._flushing = False
+        if error is not None:
+            self._poison(error)
+            self._cond.notify_all()
+            raise self._failed or error
+        for p, seg_first, off in placed:
+            self._index_pending(p, off)
+            del seg_first
+        top = batch[-1].lsn
+        self._written_lsn = max(self._written_lsn, top)
+        if sync:
+            self._durable_lsn = max(self._durable_lsn, top)
+        self._cond.notify_all()
+
+    def _poison(self, error: BaseException) -> None:
+        if self._failed is not None:
+            return
+        if isinstance(error, WALWriteError):
+            self._failed = error
+            return
+        en = getattr(error, "errno", None)
+        name = errno_mod.errorcode.get(en, str(en)) if isinstance(en, int) else type(error).__name__
+        seg = self._segments[-1].path if self._segments else self.directory
+        self._failed = WALWriteError(
+            f"writing {seg} failed ({name}: {error}); the last entries were not acknowledged",
+            path=seg,
+            errno=en if isinstance(en, int) else None,
+        )
+        self._failed.__cause__ = error
+        log.error("%s", self._failed)
+
+    def _write_batch(self, batch: list[_Pending], sync: bool) -> list[tuple[_Pending, int, int]]:
+        """Write a batch to the active segment (rotating first if needed). Leader only."""
+        data = b"".join(p.line for p in batch)
+        header_only = self._seg_size <= len(_segment_header(self._segments[-1].first, None))
+        if not header_only and self._seg_size + len(data) > self.options.max_segment_bytes:
+            self._rotate(batch[0].lsn)
+        seg = self._segments[-1]
+        off = self._seg_size
+        placed = []
+        for p in batch:
+            placed.append((p, seg.first, off))
+            off += len(p.line)
+        write_all(self._fs, self._fd, data)
+        if sync:
+            t0 = time.perf_counter_ns()
+            self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
+            self._record_fsync(time.perf_counter_ns() - t0)
+        self._seg_size = off
+        seg.size = off
+        seg.end = batch[-1].lsn
+        return placed
+
+    def _record_fsync(self, ns: int) -> None:
+        self._fsync_count += 1
+        self._fsync_ns.append(ns)
+
+    def _rotate(self, first: int) -> None:
+        """Seal the active segment and start a new one at ``first``. Leader only."""
+        if self.options.fsync != "unsafe_never":
+            # a torn record may only ever be in the last segment: seal this one on disk
+            t0 = time.perf_counter_ns()
+            self._fs.fdatasync(self._fd)
+            self._record_fsync(time.perf_counter_ns() - t0)
+            self._durable_lsn = self._written_lsn
+        self._create_segment(first)
+
+    def _index_pending(self, p: _Pending, off: int) -> None:
+        """Index a record the leader has written (lock held)."""
+        if p.id_bytes is not None:
+            i = self._slot(p.lsn)
+            self._status[i] = p.code
+            self._offsets[i] = off
+            self._lengths[i] = len(p.line)
+            self._counts[p.code] += 1
+            if p.code != _COMPLETED:
+                self._ids[p.id_bytes] = p.lsn
+            if p.key_hash is not None:
+                self._keys[p.key_hash] = p.lsn
+        else:
+            self._index_status(p.lsn, off, len(p.line), p.target, p.target_code, p.target_id)
+
+    def sync(self) -> None:
+        """Make everything written so far durable (for ``interval`` mode; cheap otherwise)."""
+        with self._cond:
+            self._check_writable()
+            while self._flushing:
+                self._cond.wait()
+            if self._buf:
+                self._lead_flush(sync=self.options.fsync != "unsafe_never")
+                return
+            if self._durable_lsn >= self._written_lsn or self.options.fsync == "unsafe_never":
+                return
+            top = self._written_lsn
+            self._flushing = True
+            self._cond.release()
+            error: BaseException | None = None
+            try:
+                t0 = time.perf_counter_ns()
+                self._fs.fdatasync(self._fd)  # interval mode: bound the power-loss window
+                self._record_fsync(time.perf_counter_ns() - t0)
+            except BaseException as exc:
+                error = exc
+            finally:
+                self._cond.acquire()
+                self._flushing = False
+                self._cond.notify_all()
+            if error is not None:
+                self._poison(error)
+                raise self._failed or error
+            self._durable_lsn = max(self._durable_lsn, top)
+
+    def _interval_sync_loop(self) -> None:
+        interval = self.options.fsync_interval_ms / 1000.0
+        while not self._stop_syncer.wait(interval):
+            try:
+                self.sync()
+            except WALError:
+                return  # the storage is poisoned; appends raise from now on
+
+    # ------------------------------------------------------------------ reading
+
+    def get_entry(self, entry_id: uuid.UUID | str) -> WALEntry:
+        """The entry with its current status; ``WALEntryNotFoundError`` if it is not here."""
+        with self._cond:
+            self._check_open()
+            lsn, _ = self._resolve(entry_id)
+            return self._load_entry(lsn)
+
+    def find_by_idempotency_key(self, key: str) -> WALEntry | None:
+        """The entry appended with this explicit idempotency key, if it is still in the log."""
+        with self._cond:
+            self._check_open()
+            lsn = self._keys.get(_key_hash(key))
+            if lsn is None:
+                return None
+            try:
+                entry = self._load_entry(lsn)
+            except WALEntryNotFoundError:
+                return None
+            if entry.idempotency_key == key:
+                return entry
+            # a 64-bit hash collision: look the slow way
+            for e in self.iter_entries():
+                if e.idempotency_key == key:
+                    return e
+            return None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WALClosedError("the log is closed")
+
+    def get_pending_entries(
+        self, *, after_lsn: int = 0, limit: int | None = None
+    ) -> Iterator[WALEntry]:
+        """PENDING and SYNCING entries in LSN order, read from disk one at a time."""
+        pos_lsn = after_lsn + 1
+        n = 0
+        while limit is None or n < limit:
+            with self._cond:
+                self._check_open()
+                start = max(pos_lsn - self._base, 0)
+                m = _UNFINISHED.search(self._status, start)
+                if m is None:
+                    return
+                lsn = m.start() + self._base
+                entry = self._load_entry(lsn)
+            yield entry
+            n += 1
+            pos_lsn = lsn + 1
+
+    def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
+        """Every entry still in the log, in LSN order, with its current status."""
+        wanted = {_CODE[WALEntryStatus(s)] for s in statuses} if statuses is not None else None
+        i = 0
+        while True:
+            with self._cond:
+                self._check_open()
+                n = len(self._status)
+                while i < n:
+                    code = self._status[i]
+                    if code != _NONE and (wanted is None or code in wanted):
+                        break
+                    i += 1
+                if i >= n:
+                    return
+                entry = self._load_entry(i + self._base)
+            yield entry
+            i += 1
+
+    def count(self, status: WALEntryStatus) -> int:
+        with self._cond:
+            return self._counts[_CODE[WALEntryStatus(status)]]
+
+    @property
+    def next_lsn(self) -> int:
+        return self._next_lsn
+
+    # ------------------------------------------------------------------ compaction
+
+    def compact(self, retention: timedelta | float | None = None) -> dict[str, int]:
+        """Rewrite sealed segments without COMPLETED entries older than ``retention``.
+
+        ``retention`` is a ``timedelta`` or hours (default 0: drop every COMPLETED entry).
+        Non-COMPLETED entries always stay. Each rewrite: temp file, fsync, rename over the
+        segment, fsync the directory; an interrupted compaction is finished or cleaned on the
+        next open. Returns ``{"bytes_before", "bytes_after", "entries_dropped",
+        "segments_rewritten", "segments_removed"}``.
+        """
+        if retention is None:
+            keep_for = timedelta(0)
+        elif isinstance(retention, timedelta):
+            keep_for = retention
+        else:
+            keep_for = timedelta(hours=float(retention))
+        cutoff = _now() - keep_for
+        with self._cond:
+            self._check_writable()
+            while self._flushing:
+                self._cond.wait()
+            before = sum(s.size for s in self._segments)
+            if self._seg_size > len(_segment_header(self._segments[-1].first, None)):
+                # seal the active segment so everything written so far can be compacted
+                self._flushing = True
+                try:
+                    self._rotate(self._next_lsn)
+                except BaseException as exc:
+                    self._poison(exc)
+                    raise (self._failed or exc) from exc
+                finally:
+                    self._flushing = False
+                    self._cond.notify_all()
+            sealed = list(self._segments[:-1])
+            dropped = rewritten = removed = 0
+            folded_segments: set[int] = set()
+            for seg in sealed:
+                try:
+                    d, changed, gone = self._compact_segment(seg, cutoff, folded_segments)
+                except OSError as exc:
+                    self._poison(exc)
+                    raise (self._failed or exc) from exc
+                dropped += d
+                rewritten += int(changed)
+                removed += int(gone)
+            after = sum(s.size for s in self._segments)
+        return {
+            "bytes_before": before,
+            "bytes_after": after,
+            "entries_dropped": dropped,
+            "segments_rewritten": rewritten,
+            "segments_removed": removed,
+        }
+
+    def _compact_segment(
+        self, seg: _Segment, cutoff: datetime, folded: set[int]
+    ) -> tuple[int, bool, bool]:
+        """Rewrite one sealed segment (lock held). Returns (dropped, rewritten, removed)."""
+        keep: list[tuple[int, bytes]] = []
+        dropped_status: list[tuple[int, int]] = []  # (status record LSN, its entry's LSN)
+        dropped = 0
+        droppable = False
+        for lsn in range(seg.first, seg.end + 1):
+            i = lsn - self._base
+            if i < 0 or i >= len(self._status) or self._lengths[i] == 0:
+                continue
+            code = self._status[i]
+            rec = self._read_record(lsn)
+            if rec["t"] == KIND_STATUS:
+                target = int(rec["of"])
+                t = target - self._base
+                gone = t < 0 or t >= len(self._status) or self._status[t] == _NONE
+                if gone or self._segment_for(target).first in folded | {seg.first}:
+                    droppable = True  # folded into its entry (or its entry is gone)
+                    dropped_status.append((lsn, int(rec["of"])))
+                    continue
+                keep.append((lsn, encode_line(orjson.dumps(rec))))
+                continue
+            entry = self._load_entry(lsn)
+            when = entry.synced_at or entry.created_at
+            if code == _COMPLETED and when.tzinfo is not None and when <= cutoff:
+                droppable = True
+                dropped += 1
+                continue
+            if code == _COMPLETED and when.tzinfo is None and when <= cutoff.replace(tzinfo=None):
+                droppable = True
+                dropped += 1
+                continue
+            if self._status_rec[i]:
+                droppable = True  # fold the newest status into the entry record
+            d = entry.to_dict()
+            del d["lsn"]
+            payload = b'{"t":"entry","lsn":%d,%s' % (lsn, orjson.dumps(d)[1:])
+            keep.append((lsn, encode_line(payload)))
+        if not droppable:
+            return 0, False, False
+        folded.add(seg.first)
+        front = self._segments[0] is seg
+        if not keep and front:
+            self._fs.unlink(str(seg.path))
+            # the removal must be durable before the index forgets these LSNs
+            self._fs.fsync_dir(str(self.directory))
+            self._forget(seg, [], dropped_status)
+            self._segments.remove(seg)
+            self._drop_front()
+            return dropped, True, True
+        header = _segment_header(seg.first, seg.end)
+        tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
+        fd = self._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        try:
+            write_all(self._fs, fd, header + b"".join(line for _, line in keep))
+            self._fs.fdatasync(fd)  # never rename an unsynced file over good data
+        finally:
+            self._fs.close(fd)
+        self._fs.rename(str(tmp), str(seg.path))
+        self._fs.fsync_dir(str(self.directory))  # the rename is durable only after this
+        old = self._read_fds.pop(seg.first, None)
+        if old is not None:
+            os.close(old)
+        self._forget(seg, keep, dropped_status)
+        off = len(header)
+        for lsn, line in keep:
+            i = lsn - self._base
+            self._offsets[i] = off
+            self._lengths[i] = len(line)
+            off += len(line)
+        seg.size = off
+        seg.compacted = True
+        return dropped, True, False
+
+    def _forget(
+        self, seg: _Segment, keep: list[tuple[int, bytes]], dropped_status: list[tuple[int, int]]
+    ) -> None:
+        """Clear the index slots of a rewritten segment's dropped records (lock held)."""
+        for s_lsn, target in dropped_status:
+            t = target - self._base
+            if 0 <= t < len(self._status_rec) and self._status_rec[t] == s_lsn:
+                self._status_rec[t] = 0  # that status is now folded into the entry record
+        kept = {lsn for lsn, _ in keep}
+        for lsn in range(seg.first, seg.end + 1):
+            i = lsn - self._base
+            if i < 0 or i >= len(self._status) or lsn in kept:
+                continue
+            code = self._status[i]
+            if code != _NONE:
+                self._counts[code] -= 1
+                self._status[i] = _NONE
+            self._lengths[i] = 0
+            self._offsets[i] = 0
+
+    def _drop_front(self) -> None:
+        """Shrink the index when the oldest segments are gone (lock held)."""
+        new_base = self._segments[0].first if self._segments else self._next_lsn
+        k = new_base - self._base
+        if k <= 0:
+            return
+        del self._status[:k]
+        del self._offsets[:k]
+        del self._lengths[:k]
+        del self._status_rec[:k]
+        self._base = new_base
+
+    # ------------------------------------------------------------------ stats, closing
+
+    def get_stats(self) -> StorageStats:
+        with self._cond:
+            self._check_open()
+            counts = {s.value: self._counts[c] for s, c in _CODE.items()}
+            oldest = None
+            m = _UNFINISHED.search(self._status)
+            if m is not None:
+                e = self._load_entry(m.start() + self._base)
+                oldest = max(0.0, (_now() - e.created_at.astimezone(UTC)).total_seconds())
+            lat = sorted(self._fsync_ns)
+            p50 = lat[len(lat) // 2] / 1000 if lat else None
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else None
+            return StorageStats(
+                directory=str(self.directory),
+                segments=len(self._segments),
+                bytes=sum(s.size for s in self._segments),
+                next_lsn=self._next_lsn,
+                entries=counts,
+                oldest_pending_age_seconds=oldest,
+                fsync_count=self._fsync_count,
+                fsync_p50_us=p50,
+                fsync_p99_us=p99,
+                fsync_mode=self.options.fsync,
+                failed_write=None if self._failed is None else str(self._failed),
+                recovery=self.recovery_report,
+            )
+
+    def close(self) -> None:
+        """Flush what was written (``interval`` mode), release the lock. Idempotent."""
+        if self._closed:
+            return
+        self._stop_syncer.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        if not self.readonly and self._failed is None:
+            # poisoned: nothing more can be made durable; a reopen recovers what was acknowledged
+            with contextlib.suppress(WALError):
+                self.sync()
+        with self._cond:
+            self._closed = True
+            self._close_fds()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close_fds(self) -> None:
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                self._fs.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> WALStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WALStorage({str(self.directory)!r}, next_lsn={self._next_lsn})"
