@@ -63,7 +63,7 @@ def encode_record(record: dict[str, Any]) -> bytes:
 def decode_line(line: bytes) -> dict[str, Any]:
     """Verify and parse one line (without its newline); raise ``RecordError`` if it is bad."""
     if len(line) < 19 or line[16:17] != b" ":
-        if line.strip(b"\x00") == b"":
+        if line and line.strip(b"\x00") == b"":
             raise RecordError("zero-filled bytes where a record should be")
         raise RecordError("not a record (too short, or no checksum field)")
     head = line[:16]

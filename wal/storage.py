@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from wal._crashpoints import crash_point
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import (
     WALClosedError,
@@ -429,6 +430,8 @@ class WALStorage:
                 self._fs.fdatasync(fd)  # the evidence must exist before the cut below
             finally:
                 self._fs.close(fd)
+            # the .broken file's name is in the directory: durable before the cut destroys the bytes
+            self._fs.fsync_dir(str(path.parent))
             rep.broken_files.append(broken.name)
         self._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
         rep.truncated_bytes += len(torn)
@@ -459,6 +462,7 @@ class WALStorage:
             write_all(self._fs, fd, header)
             if self.options.fsync != "unsafe_never":
                 self._fs.fdatasync(fd)  # the header must be on disk before any record after it
+                crash_point("rotate-after-create")
                 # a new file's name is in the directory, not the file: fsync the directory
                 self._fs.fsync_dir(str(self.directory))
         except BaseException:
@@ -723,6 +727,8 @@ class WALStorage:
                 raise self._failed
             if (self._durable_lsn if always else self._written_lsn) >= lsn:
                 return
+            if self._closed:  # closed while this record waited in the buffer: not acknowledged
+                raise WALClosedError("the log was closed before this write was made durable")
             if self._flushing:
                 self._cond.wait()  # a leader is flushing; it wakes us when it is done
                 continue
@@ -784,10 +790,12 @@ class WALStorage:
             placed.append((p, seg.first, off))
             off += len(p.line)
         write_all(self._fs, self._fd, data)
+        crash_point("append-after-write")
         if sync:
             t0 = time.perf_counter_ns()
             self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
             self._record_fsync(time.perf_counter_ns() - t0)
+            crash_point("append-after-fsync")
         self._seg_size = off
         seg.size = off
         seg.end = batch[-1].lsn
@@ -914,11 +922,12 @@ class WALStorage:
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
         wanted = {_CODE[WALEntryStatus(s)] for s in statuses} if statuses is not None else None
-        i = 0
+        next_lsn = 0  # by LSN, not slot: a compaction may shift the index between yields
         while True:
             with self._cond:
                 self._check_open()
                 n = len(self._status)
+                i = max(next_lsn - self._base, 0)
                 while i < n:
                     code = self._status[i]
                     if code != _NONE and (wanted is None or code in wanted):
@@ -927,8 +936,8 @@ class WALStorage:
                 if i >= n:
                     return
                 entry = self._load_entry(i + self._base)
+                next_lsn = i + self._base + 1
             yield entry
-            i += 1
 
     def count(self, status: WALEntryStatus) -> int:
         with self._cond:
@@ -937,6 +946,11 @@ class WALStorage:
     @property
     def next_lsn(self) -> int:
         return self._next_lsn
+
+    @property
+    def last_lsn(self) -> int:
+        """The highest LSN written and indexed: every record up to it can be read."""
+        return self._written_lsn
 
     # ------------------------------------------------------------------ compaction
 
@@ -958,8 +972,11 @@ class WALStorage:
         cutoff = _now() - keep_for
         with self._cond:
             self._check_writable()
-            while self._flushing:
-                self._cond.wait()
+            while self._flushing or self._buf:
+                if self._flushing:
+                    self._cond.wait()
+                else:  # buffered records have LSNs of the active segment: write them there first
+                    self._lead_flush(sync=self.options.fsync != "unsafe_never")
             before = sum(s.size for s in self._segments)
             if self._seg_size > len(_segment_header(self._segments[-1].first, None)):
                 # seal the active segment so everything written so far can be compacted
@@ -984,6 +1001,8 @@ class WALStorage:
                 dropped += d
                 rewritten += int(changed)
                 removed += int(gone)
+                if changed:
+                    crash_point("compact-between-segments")
             after = sum(s.size for s in self._segments)
         return {
             "bytes_before": before,
@@ -1033,12 +1052,13 @@ class WALStorage:
             del d["lsn"]
             payload = b'{"t":"entry","lsn":%d,%s' % (lsn, orjson.dumps(d)[1:])
             keep.append((lsn, encode_line(payload)))
-        if not droppable:
+        front = self._segments[0] is seg
+        if not droppable and not (front and not keep):  # an emptied front segment goes too
             return 0, False, False
         folded.add(seg.first)
-        front = self._segments[0] is seg
         if not keep and front:
             self._fs.unlink(str(seg.path))
+            crash_point("compact-after-unlink")
             # the removal must be durable before the index forgets these LSNs
             self._fs.fsync_dir(str(self.directory))
             self._forget(seg, [], dropped_status)
@@ -1053,7 +1073,9 @@ class WALStorage:
             self._fs.fdatasync(fd)  # never rename an unsynced file over good data
         finally:
             self._fs.close(fd)
+        crash_point("compact-after-tmp-write")
         self._fs.rename(str(tmp), str(seg.path))
+        crash_point("compact-after-rename")
         self._fs.fsync_dir(str(self.directory))  # the rename is durable only after this
         old = self._read_fds.pop(seg.first, None)
         if old is not None:
@@ -1142,6 +1164,8 @@ class WALStorage:
             with contextlib.suppress(WALError):
                 self.sync()
         with self._cond:
+            while self._flushing:  # never close the fd under a leader's write
+                self._cond.wait()
             self._closed = True
             self._close_fds()
         if self._lock is not None:

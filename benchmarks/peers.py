@@ -1,0 +1,66 @@
+# Helpers for benchmarks/: the persist-queue peer (a dev dependency, so not in wal/bench.py).
+# Not a benchmark itself; reproduce its rows with: /tmp/venv/bin/python benchmarks/run_all.py --quick
+"""persist-queue ``SQLiteAckQueue``: a durable queue on SQLite (WAL mode), measured as a peer."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import persistqueue
+import persistqueue.serializers.json as pq_json
+
+from wal.bench import Measurement, fresh_dir, latency_row, run_threads, make_trade
+
+__all__ = ["bench_persist_queue", "open_queue"]
+
+
+def open_queue(directory: Path) -> persistqueue.SQLiteAckQueue:
+    """A queue as a user would open it for threads (JSON items: this project never pickles)."""
+    return persistqueue.SQLiteAckQueue(
+        str(directory), multithreading=True, auto_commit=True, serializer=pq_json
+    )
+
+
+def bench_persist_queue(directory: Path, threads: int, total: int) -> Measurement:
+    """``put`` of one trade (its ``to_dict()``) per call from ``threads`` threads."""
+    d = fresh_dir(directory, f"persist-queue-{threads}")
+    q = open_queue(d)
+    sync = q._putter.execute("PRAGMA synchronous").fetchone()[0]
+    per = max(1, total // threads)
+    items = [
+        [orjson.loads(orjson.dumps(make_trade(i * per + j).to_dict())) for j in range(per)]
+        for i in range(threads)
+    ]
+    lats: list[list[int]] = [[] for _ in range(threads)]
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        out = lats[i]
+        put = q.put
+        barrier.wait()
+        for item in items[i]:
+            s = time.perf_counter_ns()
+            put(item)
+            out.append(time.perf_counter_ns() - s)
+
+    try:
+        secs = run_threads(threads, work)
+    finally:
+        q.close()
+        shutil.rmtree(d)
+    n = per * threads
+    m = Measurement(
+        f"persist_queue_{threads}",
+        "peer",
+        "persist-queue SQLiteAckQueue.put()",
+        n,
+        secs,
+        threads,
+        1,
+        per_s=n / secs,
+        note=f"persist-queue {persistqueue.__version__}, PRAGMA synchronous={sync}",
+    )
+    return latency_row(m, [x for lat in lats for x in lat])

@@ -1,0 +1,227 @@
+# Reproduce: /tmp/venv/bin/python benchmarks/run_all.py --full --out benchmarks/results
+#   (--medium: about two minutes; --quick: seconds, rough, what CI's smoke test runs)
+"""Every benchmark of atb-wal in ONE run on ONE disk, printed as ONE table.
+
+The disk's limit, the peers and the log are measured in the same run, in the same directory,
+so they can be compared as ratios: shared machines are noisy, and an absolute figure from
+another run means little. The limit is measured again at the end to show the drift.
+
+Writes to ``--out``: ``results.md`` (the table printed on stdout), ``results.json`` (every
+measurement, the targets, the machine) and ``throughput.png`` (throughput against
+concurrency and against batch size; needs matplotlib: ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
+
+from peers import bench_persist_queue  # noqa: E402
+
+from wal.bench import (  # noqa: E402
+    BenchSizes,
+    DiskBenchResult,
+    Measurement,
+    bench_drain_latency,
+    bench_raw,
+    bench_recovery,
+    bench_rss,
+    bench_sqlite,
+    build_log,
+    iter_disk_bench,
+    machine_info,
+    trade_line_bytes,
+)
+
+GROUP_ORDER = ["limit", "peer", "this project", "recovery", "latency", "memory"]
+
+# Every row a run produces, by name (the smoke test checks them all).
+ROW_NAMES = [
+    "raw_per_record",
+    "raw_batch_64",
+    "raw_batch_1000",
+    "sqlite_full_1",
+    "sqlite_full_8",
+    "persist_queue_1",
+    "persist_queue_8",
+    "wal_always_1",
+    "wal_always_8",
+    "wal_always_64",
+    "wal_many_64",
+    "wal_many_1000",
+    "wal_interval_1",
+    "recovery_open",
+    "append_idle",
+    "append_during_drain",
+    "rss_pending",
+    "raw_per_record_end",
+]
+
+
+def run(size: str, work: Path, entries: int | None, say: Callable[[str], None]) -> DiskBenchResult:
+    sizes = BenchSizes.preset(size)
+    n_log = entries if entries is not None else sizes.recovery_entries
+    result = DiskBenchResult(str(work), size, trade_line_bytes(), machine=machine_info(work))
+    result.machine["loadavg_start"] = result.machine.pop("loadavg")
+    rows = result.measurements
+
+    def add(m: Measurement) -> None:
+        rows.append(m)
+        rate = "" if m.per_s is None else f"{m.per_s:,.0f}/s"
+        say(f"  {m.name:<22} {rate:>14}  {m.note}")
+
+    t0 = time.monotonic()
+    say(f"limit and this project ({size})")
+    for m in iter_disk_bench(work, sizes):
+        add(m)
+    say("peers")
+    for threads in (1, 8):
+        add(bench_sqlite(work, threads, sizes.peer_inserts))
+    for threads in (1, 8):
+        add(bench_persist_queue(work, threads, sizes.peer_inserts))
+    say(f"recovery: building a log of {n_log:,} pending entries (untimed)")
+    log_dir = build_log(work / "recovery-log", n_log)
+    add(bench_recovery(log_dir, n_log))
+    say("memory")
+    add(bench_rss(log_dir, n_log))
+    shutil.rmtree(log_dir)
+    say("latency")
+    idle, busy = bench_drain_latency(work, sizes.drain_appends)
+    add(idle)
+    add(busy)
+    end = bench_raw(work, sizes.raw_records, 1, result.record_bytes)
+    end.name = "raw_per_record_end"
+    end.label = "os.write + fdatasync per record, again at the end"
+    first = result.rate("raw_per_record")
+    if first and end.per_s:
+        end.note = f"drift {end.per_s / first - 1:+.0%} from the start"
+    add(end)
+    rows.sort(key=lambda m: GROUP_ORDER.index(m.group))
+    result.machine["loadavg_end"] = machine_info(work)["loadavg"]
+    result.machine["seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+def plot(result: DiskBenchResult, path: Path) -> bool:
+    """Throughput against concurrency and against batch size; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+
+    def series(prefix: str, xs: list[int]) -> tuple[list[int], list[float]]:
+        px, py = [], []
+        for x in xs:
+            r = result.rate(f"{prefix}{x}")
+            if r:
+                px.append(x)
+                py.append(r)
+        return px, py
+
+    for prefix, label, style in (
+        ("wal_always_", 'atb-wal fsync="always"', "o-"),
+        ("sqlite_full_", "SQLite WAL synchronous=FULL", "s--"),
+        ("persist_queue_", "persist-queue SQLiteAckQueue", "^--"),
+    ):
+        xs, ys = series(prefix, [1, 8, 64])
+        if xs:
+            left.plot(xs, ys, style, label=label)
+    for name, label in (("raw_per_record", "limit: fdatasync per record"),):
+        r = result.rate(name)
+        if r:
+            left.axhline(r, color="grey", linestyle=":", label=label)
+    left.set(xscale="log", yscale="log", xlabel="threads", ylabel="records/s")
+    left.set_xticks([1, 8, 64], ["1", "8", "64"])
+    left.set_title("durable appends against concurrency")
+    left.legend(fontsize=8)
+
+    xs, ys = [], []
+    for b, name in ((1, "raw_per_record"), (64, "raw_batch_64"), (1000, "raw_batch_1000")):
+        r = result.rate(name)
+        if r:
+            xs.append(b)
+            ys.append(r)
+    right.plot(xs, ys, "o:", color="grey", label="limit: write + fdatasync per batch")
+    xs, ys = [], []
+    for b, name in ((1, "wal_always_1"), (64, "wal_many_64"), (1000, "wal_many_1000")):
+        r = result.rate(name)
+        if r:
+            xs.append(b)
+            ys.append(r)
+    right.plot(xs, ys, "o-", label="atb-wal append / append_many (1 thread)")
+    right.set(xscale="log", yscale="log", xlabel="records per fsync", ylabel="records/s")
+    right.set_xticks([1, 64, 1000], ["1", "64", "1000"])
+    right.set_title("durable appends against batch size")
+    right.legend(fontsize=8)
+    fig.suptitle(
+        f"atb-wal, {result.size} run, {result.machine.get('filesystem', '?')}", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def header(result: DiskBenchResult, command: str) -> str:
+    m = result.machine
+    return "\n".join(
+        [
+            f"atb-wal benchmarks, {result.size} run, {m.get('when')}: `{command}`",
+            "",
+            f"Disk: {m.get('filesystem')}; kernel {m.get('kernel')}; {m.get('cpus')} cores; "
+            f"Python {m.get('python')}; load average {m.get('loadavg_start')} at the start, "
+            f"{m.get('loadavg_end')} at the end; {m.get('seconds')} s in all.",
+            f"Records: realistic trades, {result.record_bytes} bytes per framed line "
+            "(the limit rows write records of the same size).",
+            "",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick")
+    size.add_argument("--medium", dest="size", action="store_const", const="medium")
+    size.add_argument("--full", dest="size", action="store_const", const="full")
+    ap.add_argument("--out", type=Path, required=True, help="where results.* go (created)")
+    ap.add_argument("--work-dir", type=Path, help="where to measure (default: inside --out)")
+    ap.add_argument("--entries", type=int, help="entries in the recovery/RSS log")
+    args = ap.parse_args(argv)
+    size_name: str = args.size or "full"
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="atb-wal-bench-", dir=args.work_dir or out))
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        result = run(size_name, work, args.entries, say)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    command = "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = header(result, command) + result.markdown() + "\n\n" + result.advice() + "\n"
+    print(text)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if not plot(result, out / "throughput.png"):
+        say("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

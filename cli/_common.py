@@ -1,0 +1,234 @@
+"""What every ``atb`` command shares: the configuration, error reporting and formatting.
+
+Commands are thin: they parse, call the library, print. Library errors become one-line
+``click.ClickException`` messages (``Error: ...`` on stderr, no traceback); the error's hint
+says what the operator can do.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import orjson
+
+from wal.config import WALConfig
+from wal.errors import WALConfigError, WALError, WALLockedError
+from wal.lock import LOCK_NAME, read_owner_pid
+
+__all__ = [
+    "AtbError",
+    "LockState",
+    "WalContext",
+    "echo_json",
+    "fmt_age",
+    "fmt_bytes",
+    "get_config",
+    "lock_state",
+    "locked_message",
+    "one_line",
+    "require_log_dir",
+    "wal_errors",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Exit codes shared by the commands (documented in docs/cli.md).
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # the command ran and found a problem (unhealthy log, defects, failed sync)
+EXIT_UNREADABLE = 2  # the log could not be read at all (corrupt, missing)
+
+
+class AtbError(click.ClickException):
+    """A one-line error with a chosen exit code (1 unless told)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_PROBLEM) -> None:
+        super().__init__(one_line(message))
+        self.exit_code = exit_code
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass
+class WalContext:
+    """What the ``wal`` group's options hand to its commands."""
+
+    directory: Path | None = None  # --dir
+    database_url: str | None = None  # --database-url
+    _config: WALConfig | None = None
+
+    def config(self) -> WALConfig:
+        if self._config is None:
+            overrides: dict[str, Any] = {}
+            if self.directory is not None:
+                overrides["directory"] = self.directory
+            if self.database_url is not None:
+                overrides["database_url"] = self.database_url
+            try:
+                self._config = WALConfig.from_env(**overrides)
+            except WALConfigError as exc:
+                raise AtbError(str(exc)) from None
+        return self._config
+
+
+def get_config(ctx: click.Context) -> WALConfig:
+    """The configuration: ``WAL_*`` variables, overridden by the group's options."""
+    obj = ctx.find_object(WalContext)
+    if obj is None:  # a command invoked outside the wal group (tests)
+        obj = ctx.ensure_object(WalContext)
+    return obj.config()
+
+
+def wal_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn library errors into one-line messages (exit 1) instead of tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except WALError as exc:
+            raise AtbError(str(exc)) from None
+        except OSError as exc:
+            raise AtbError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+def require_log_dir(config: WALConfig) -> Path:
+    """The log directory; a writing command must not create an empty log by accident."""
+    d = config.directory
+    if not d.is_dir():
+        raise AtbError(
+            f"no log directory at {d} (set WAL_DIR or pass --dir to point at the log)",
+            EXIT_UNREADABLE,
+        )
+    return d
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Who holds the writer lock, as far as can be seen without taking it."""
+
+    owner_pid: int | None  # the pid the last owner wrote into LOCK
+    owner_alive: bool | None  # that process exists now (None: no pid)
+    held: bool | None  # /proc/locks shows a flock on LOCK (None: cannot tell)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"owner_pid": self.owner_pid, "owner_alive": self.owner_alive, "held": self.held}
+
+    def describe(self) -> str:
+        pid = self.owner_pid
+        if self.held:
+            alive = "" if self.owner_alive is not False else ", not running: pid from an old run"
+            return f"held by pid {pid}{alive}" if pid is not None else "held by another process"
+        if self.held is None:
+            if pid is None:
+                return "unknown (no owner recorded)"
+            return f"last owner pid {pid} ({'running' if self.owner_alive else 'not running'})"
+        return "free" + (f" (last owner pid {pid})" if pid is not None else "")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _flock_held(path: Path) -> bool | None:
+    """Whether any process holds a flock on ``path``, from ``/proc/locks`` (Linux).
+
+    Reading ``/proc/locks`` takes no lock itself, so a trading process starting at this very
+    moment is never refused because of a status check.
+    """
+    try:
+        ino = os.stat(path).st_ino
+    except FileNotFoundError:
+        return False  # never opened for writing
+    except OSError:
+        return None
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for row in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4810 fe:00:2196548 0 EOF"; "->" rows are blocked waiters
+        parts = row.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(ino):
+            return True
+    return False
+
+
+def lock_state(directory: Path) -> LockState:
+    pid = read_owner_pid(directory)
+    alive = None if pid is None else _pid_alive(pid)
+    return LockState(pid, alive, _flock_held(directory / LOCK_NAME))
+
+
+def locked_message(exc: WALLockedError, what: str, advice: str = "stop it first") -> str:
+    """One line for a writing command refused by the writer lock: who holds it, what to do."""
+    if exc.pid is not None:
+        alive = _pid_alive(exc.pid)
+        owner = f"process {exc.pid}" + ("" if alive else " (pid from LOCK; not running now)")
+    else:
+        owner = "another process"
+    return (
+        f"cannot {what}: the log in {exc.directory} is locked by {owner}, its writer; "
+        f"{advice}. Read-only commands (status, verify, inspect) work meanwhile"
+    )
+
+
+def echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 date or time; a naive one is taken as UTC."""
+    dt = datetime.fromisoformat(value.strip())
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

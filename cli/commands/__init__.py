@@ -1,0 +1,1 @@
+"""One module per ``atb`` command (litestream style); ``cli.main`` registers them."""

@@ -1,0 +1,63 @@
+"""``atb``: the command line of atb-wal.
+
+Every command lives in its own module under ``cli/commands/`` and is registered here, so the
+whole command tree is visible in one place. To add a command group (``atb demo``), write
+``cli/commands/demo.py`` with a ``@click.group() def demo()`` (or a command) and add one
+``atb.add_command(demo)`` line below.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.commands.wal import wal
+from cli.commands.wal_bench import bench
+from cli.commands.wal_compact import compact
+from cli.commands.wal_discard import discard
+from cli.commands.wal_failed import failed
+from cli.commands.wal_inspect import inspect_entries
+from cli.commands.wal_repair import repair
+from cli.commands.wal_retry import retry
+from cli.commands.wal_status import status
+from cli.commands.wal_sync import sync
+from cli.commands.wal_verify import verify
+
+__all__ = ["atb", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="atb-wal", prog_name="atb")
+def atb() -> None:
+    """atb: a crash-safe write-ahead log for a trading engine's database writes.
+
+    \b
+    Examples:
+      atb wal status
+      atb wal verify
+      atb wal --help
+    """
+
+
+atb.add_command(wal)
+for _command in (
+    status,
+    sync,
+    compact,
+    verify,
+    inspect_entries,
+    failed,
+    retry,
+    discard,
+    repair,
+    bench,
+):
+    wal.add_command(_command)
+
+
+def main() -> None:
+    """The ``atb`` console script."""
+    atb(prog_name="atb")
+
+
+if __name__ == "__main__":
+    main()

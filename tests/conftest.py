@@ -1,0 +1,56 @@
+"""Shared fixtures. PostgreSQL: ``pg_url`` (the server), ``pg_db`` and ``db_url``.
+
+PostgreSQL tests use ``WAL_TEST_PG_DSN`` when it is set, else a throwaway ``pgserver``. When
+neither works they are skipped with a message saying how to run them, unless
+``WAL_REQUIRE_PG=1`` (CI sets it): then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg import ENV_REQUIRE, HOW_TO_RUN, PgServer, PgUnavailable, launch
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[PgServer]:
+    """The PostgreSQL server of this test session.
+
+    ``.url`` (admin database), ``.host``/``.port`` (TCP 127.0.0.1), ``.socket_path``,
+    ``.pg_ctl``; ``.stop_immediate()`` crashes it, ``.start()`` brings it back (crash
+    recovery); ``.create_database()`` / ``.database_url(name)`` / ``.drop_database(name)``.
+    """
+    try:
+        server = launch()
+    except PgUnavailable as exc:
+        message = f"{exc}. {HOW_TO_RUN}"
+        if os.environ.get(ENV_REQUIRE) == "1":
+            pytest.fail(f"{ENV_REQUIRE}=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.teardown()
+
+
+@pytest.fixture
+def pg_db(pg_url: PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    pg_url.ensure_running()  # an earlier test may have left the server stopped
+    name = pg_url.create_database()
+    try:
+        yield pg_url.database_url(name)
+    finally:
+        pg_url.drop_database(name)  # starts the server first if the test left it stopped
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database URL: a SQLite file in tmp_path, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'atb.db'}"
+    url: str = request.getfixturevalue("pg_db")
+    return url

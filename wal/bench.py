@@ -1,0 +1,781 @@
+"""Measure what durability costs on one disk: the physical limit, the log, and SQLite.
+
+Every figure here is measured on the directory you give, in one run, so the log can be
+compared with the disk's own limit (``os.write`` + ``os.fdatasync``) and with SQLite on the
+same disk at the same moment. Shared machines are noisy: compare ratios, not absolute rates.
+
+``run_disk_bench(directory, quick)`` is what ``atb wal bench --dir PATH`` runs: the limit
+(per record, batches of 64 and 1,000) and the log (``fsync="always"`` with 1, 8 and 64
+threads, ``append_many(1000)``, ``fsync="interval"``). ``benchmarks/run_all.py`` adds the
+peers, recovery, latency under a drain, and memory, and checks the targets.
+
+Records are realistic trades (a UUID trade id, symbol, side, Decimal quantity and price, a
+datetime): about 200 bytes of kwargs, which the log frames as a line of about 550 bytes. The
+limit is measured with records of exactly that line's size, so it is the limit for the bytes
+the log really writes.
+
+>>> r = run_disk_bench(tempfile.mkdtemp(), quick=True)  # doctest: +SKIP
+>>> r.advice()  # doctest: +SKIP
+'fsync="always" costs 350 µs per trade here (2,850 trades/s from one thread); ...'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from wal.entry import WALEntry, WALEntryStatus
+from wal.options import FsyncMode
+from wal.storage import WALStorage
+
+__all__ = [
+    "BenchSizes",
+    "DiskBenchResult",
+    "Measurement",
+    "TargetResult",
+    "bench_drain_latency",
+    "bench_raw",
+    "bench_recovery",
+    "bench_rss",
+    "bench_sqlite",
+    "bench_wal_append",
+    "bench_wal_append_many",
+    "build_log",
+    "drain_rows",
+    "evaluate_targets",
+    "fresh_dir",
+    "iter_disk_bench",
+    "latency_row",
+    "machine_info",
+    "make_trade",
+    "percentile",
+    "run_disk_bench",
+    "run_threads",
+    "trade_line_bytes",
+]
+
+Group = Literal["limit", "peer", "this project", "recovery", "latency", "memory"]
+ApplyRows = Callable[[list[WALEntry]], None]
+
+
+# ---------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSizes:
+    """How much work each measurement does. ``quick`` runs in seconds, ``full`` in minutes."""
+
+    raw_records: int  # per-record write+fdatasync calls
+    raw_batches: int  # batches of 64 (and a tenth as many of 1,000)
+    appends_1: int  # total appends with 1 thread
+    appends_8: int  # total appends with 8 threads
+    appends_64: int  # total appends with 64 threads
+    many_batches: int  # append_many(1000) calls
+    interval_appends: int  # appends with fsync="interval"
+    peer_inserts: int  # SQLite / persist-queue inserts per thread count (total)
+    recovery_entries: int  # entries in the log that recovery and the RSS child open
+    drain_appends: int  # appends timed alone and again during the drain
+
+    @classmethod
+    def preset(cls, name: str) -> BenchSizes:
+        """``quick`` (CI smoke, seconds), ``medium`` (about a minute) or ``full``."""
+        if name == "quick":
+            return cls(60, 6, 60, 80, 128, 2, 100, 60, 2_000, 60)
+        if name == "medium":
+            return cls(2_000, 60, 2_000, 8_000, 12_800, 20, 20_000, 2_000, 100_000, 2_000)
+        if name == "full":
+            return cls(5_000, 200, 5_000, 24_000, 64_000, 100, 100_000, 5_000, 1_000_000, 5_000)
+        raise ValueError(f"unknown size preset {name!r}: expected quick, medium or full")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One row of the results table."""
+
+    name: str  # stable key, e.g. "wal_always_8"
+    group: Group
+    label: str  # what was measured, in words
+    ops: int = 0  # records (entries) done
+    seconds: float = 0.0
+    threads: int = 1
+    batch: int = 1
+    per_s: float | None = None  # records (entries) per second
+    p50_us: float | None = None
+    p99_us: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResult:
+    """One target: what it asks, the measured ratio or value, and whether it was met."""
+
+    target: str
+    measured: float | None  # None: a row it needs was not measured
+    required: float
+    unit: str  # "x" for a ratio, "entries/s", "MB"
+    met: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class DiskBenchResult:
+    """Everything one run measured, on one directory."""
+
+    directory: str
+    size: str  # the preset
+    record_bytes: int  # bytes per record (the framed trade line)
+    measurements: list[Measurement] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Measurement | None:
+        for m in self.measurements:
+            if m.name == name:
+                return m
+        return None
+
+    def rate(self, name: str) -> float | None:
+        m = self.get(name)
+        return None if m is None else m.per_s
+
+    def targets(self) -> list[TargetResult]:
+        return evaluate_targets(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "size": self.size,
+            "record_bytes": self.record_bytes,
+            "machine": self.machine,
+            "measurements": [m.to_dict() for m in self.measurements],
+            "targets": [t.to_dict() for t in self.targets()],
+            "advice": self.advice(),
+        }
+
+    def advice(self) -> str:
+        """A plain sentence: the cost of an fsync per trade, and what group commit gives."""
+        parts: list[str] = []
+        one = self.get("wal_always_1")
+        raw = self.get("raw_per_record")
+        if one is not None and one.p50_us is not None and one.per_s:
+            s = (
+                f'fsync="always" costs {one.p50_us:,.0f} µs per trade '
+                f"({one.per_s:,.0f} trades/s from one thread"
+            )
+            if raw is not None and raw.per_s:
+                s += f"; the disk's own limit is {raw.per_s:,.0f} fsyncs/s"
+            parts.append(s + ")")
+        best: Measurement | None = None
+        for k in (8, 64):
+            m = self.get(f"wal_always_{k}")
+            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
+                best = m
+        if best is not None and best.per_s:
+            parts.append(
+                f"with {best.threads} concurrent writers group commit gives "
+                f"{best.per_s:,.0f} trades/s, each still durable before it returns"
+            )
+        many = self.get("wal_many_1000")
+        if many is not None and many.per_s:
+            parts.append(f"append_many(1000) reaches {many.per_s:,.0f} entries/s")
+        iv = self.get("wal_interval_1")
+        if iv is not None and iv.per_s:
+            parts.append(
+                f'fsync="interval" gives {iv.per_s:,.0f}/s but a power loss can lose the last '
+                f"{iv.extra.get('interval_ms', 10):g} ms"
+            )
+        if not parts:
+            return "nothing was measured"
+        return "Here " + "; ".join(parts) + "."
+
+    def markdown(self) -> str:
+        """The results table, then the targets table, as markdown."""
+        lines = [
+            "| group | what | threads | batch | records/s | p50 µs | p99 µs | note |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for m in self.measurements:
+            lines.append(
+                f"| {m.group} | {m.label} | {m.threads} | {m.batch} | {_fmt(m.per_s, 0)} "
+                f"| {_fmt(m.p50_us, 0)} | {_fmt(m.p99_us, 0)} | {m.note} |"
+            )
+        lines += ["", "| target | measured | required | met |", "|---|---:|---:|---|"]
+        for t in self.targets():
+            got = "not measured" if t.measured is None else _fmt_target(t.measured, t.unit)
+            met = "n/a" if t.met is None else ("met" if t.met else "**not met**")
+            lines.append(f"| {t.target} | {got} | {_fmt_target(t.required, t.unit)} | {met} |")
+        return "\n".join(lines)
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def _fmt_target(v: float, unit: str) -> str:
+    if unit == "x":
+        return f"{v:.2f}x"
+    return f"{v:,.0f} {unit}"
+
+
+# ---------------------------------------------------------------------------- workload
+
+
+def make_trade(i: int = 0) -> WALEntry:
+    """A realistic ``log_trade`` entry: about 200 bytes of kwargs."""
+    return WALEntry.create(
+        "log_trade",
+        kwargs={
+            "trade_id": uuid.uuid4(),
+            "symbol": "BTCUSDT" if i % 2 == 0 else "ETHUSDT",
+            "side": "buy" if i % 3 else "sell",
+            "qty": Decimal("0.01250000") + Decimal(i % 97) / Decimal(10_000),
+            "price": Decimal("67321.45") + Decimal(i % 1_000) / Decimal(100),
+            "executed_at": datetime.now(UTC),
+        },
+    )
+
+
+def trade_line_bytes() -> int:
+    """Bytes of one framed trade line in a segment (checksum, payload, newline)."""
+    e = make_trade()
+    d = e.to_dict()
+    d["lsn"] = 1_000_000
+    return 17 + len(orjson.dumps({"t": "entry", **d})) + 1
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond latencies, in microseconds."""
+    if not sorted_ns:
+        return float("nan")
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))
+    return sorted_ns[k] / 1000.0
+
+
+def latency_row(m: Measurement, lat_ns: list[int]) -> Measurement:
+    lat_ns.sort()
+    m.p50_us = percentile(lat_ns, 0.50)
+    m.p99_us = percentile(lat_ns, 0.99)
+    return m
+
+
+def fresh_dir(base: Path, name: str) -> Path:
+    d = base / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(mode=0o700, parents=True)
+    return d
+
+
+# ---------------------------------------------------------------------------- the limit
+
+
+def bench_raw(directory: Path, n_records: int, batch: int, record_bytes: int) -> Measurement:
+    """``os.write`` of ``batch`` records then one ``os.fdatasync``, appended to one file.
+
+    The file grows as the log's segments do (no preallocation), so each fdatasync also
+    commits the new size, exactly as the log's does.
+    """
+    rec = (b"x" * (record_bytes - 1)) + b"\n"
+    chunk = rec * batch
+    path = directory / f"raw-{batch}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    calls = max(1, n_records // batch)
+    lat: list[int] = []
+    try:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            s = time.perf_counter_ns()
+            os.write(fd, chunk)
+            os.fdatasync(fd)  # the physical limit: every batch durable before the next
+            lat.append(time.perf_counter_ns() - s)
+        secs = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        path.unlink()
+    name = "raw_per_record" if batch == 1 else f"raw_batch_{batch}"
+    label = (
+        "os.write + fdatasync per record"
+        if batch == 1
+        else f"os.write of {batch} records + one fdatasync"
+    )
+    m = Measurement(name, "limit", label, calls * batch, secs, 1, batch, per_s=calls * batch / secs)
+    latency_row(m, lat)
+    if batch > 1:
+        m.note = f"per call: p50 {m.p50_us:,.0f} µs"
+        m.p50_us = m.p99_us = None  # a batch's latency is not a record's
+    return m
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+def run_threads(threads: int, work: Callable[[int, threading.Barrier], None]) -> float:
+    """Run ``work(i, barrier)`` in ``threads`` threads; seconds from release to last join."""
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            work(i, barrier)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    ts = [threading.Thread(target=body, args=(i,), name=f"bench-{i}") for i in range(threads)]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    secs = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return secs
+
+
+def bench_wal_append(
+    directory: Path, threads: int, total: int, fsync: FsyncMode = "always"
+) -> Measurement:
+    """``append`` of single trades from ``threads`` threads; records/s and append latency."""
+    per = max(1, total // threads)
+    work_entries = [[make_trade(i * per + j) for j in range(per)] for i in range(threads)]
+    lats: list[list[int]] = [[] for _ in range(threads)]
+    d = fresh_dir(directory, f"wal-{fsync}-{threads}")
+    with WALStorage(d, fsync=fsync) as log:
+
+        def work(i: int, barrier: threading.Barrier) -> None:
+            mine = work_entries[i]
+            out = lats[i]
+            append = log.append
+            clock = time.perf_counter_ns
+            barrier.wait()
+            for e in mine:
+                s = clock()
+                append(e)
+                out.append(clock() - s)
+
+        secs = run_threads(threads, work)
+        stats = log.get_stats()
+    shutil.rmtree(d)
+    n = per * threads
+    m = Measurement(
+        f"wal_{fsync}_{threads}",
+        "this project",
+        f'WALStorage fsync="{fsync}", append()',
+        n,
+        secs,
+        threads,
+        1,
+        per_s=n / secs,
+    )
+    m.extra["fsyncs"] = stats.fsync_count
+    m.extra["entries_per_fsync"] = n / stats.fsync_count if stats.fsync_count else None
+    if fsync == "always" and stats.fsync_count:
+        m.note = f"{n / stats.fsync_count:.1f} entries per fsync"
+    if fsync == "interval":
+        m.extra["interval_ms"] = log.options.fsync_interval_ms
+        m.note = f"loses ≤ {log.options.fsync_interval_ms:g} ms on power loss"
+    return latency_row(m, [x for lat in lats for x in lat])
+
+
+def bench_wal_append_many(directory: Path, batches: int, batch: int = 1000) -> Measurement:
+    """``append_many`` of ``batch`` trades at a time, one thread, ``fsync="always"``."""
+    d = fresh_dir(directory, f"wal-many-{batch}")
+    lat: list[int] = []
+    with WALStorage(d) as log:
+        todo = [[make_trade(i) for i in range(batch)] for _ in range(batches)]
+        t0 = time.perf_counter()
+        for group in todo:
+            s = time.perf_counter_ns()
+            log.append_many(group)
+            lat.append(time.perf_counter_ns() - s)
+        secs = time.perf_counter() - t0
+    shutil.rmtree(d)
+    n = batch * batches
+    m = Measurement(
+        f"wal_many_{batch}",
+        "this project",
+        f"WALStorage.append_many({batch})",
+        n,
+        secs,
+        1,
+        batch,
+        per_s=n / secs,
+    )
+    lat.sort()
+    m.note = f"per call: p50 {percentile(lat, 0.5):,.0f} µs"
+    return m
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+def bench_sqlite(directory: Path, threads: int, total: int) -> Measurement:
+    """SQLite ``journal_mode=WAL``, ``synchronous=FULL``, one INSERT per transaction.
+
+    The threads share one connection behind a lock (the strongest way to use SQLite from
+    threads: separate connections would add SQLite's busy-wait sleeps).
+    """
+    d = fresh_dir(directory, f"sqlite-{threads}")
+    conn = sqlite3.connect(d / "peer.db", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE trades (entry_id TEXT PRIMARY KEY, body BLOB NOT NULL)")
+    sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+    per = max(1, total // threads)
+    rows = [
+        [
+            (str(e.entry_id), orjson.dumps(e.to_dict()))
+            for e in (make_trade(i * per + j) for j in range(per))
+        ]
+        for i in range(threads)
+    ]
+    lats: list[list[int]] = [[] for _ in range(threads)]
+    lock = threading.Lock()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        out = lats[i]
+        barrier.wait()
+        for row in rows[i]:
+            s = time.perf_counter_ns()
+            with lock:
+                conn.execute("INSERT INTO trades VALUES (?, ?)", row)  # autocommit: 1 txn
+            out.append(time.perf_counter_ns() - s)
+
+    try:
+        secs = run_threads(threads, work)
+    finally:
+        conn.close()
+        shutil.rmtree(d)
+    n = per * threads
+    m = Measurement(
+        f"sqlite_full_{threads}",
+        "peer",
+        "SQLite WAL, synchronous=FULL, 1 INSERT per txn",
+        n,
+        secs,
+        threads,
+        1,
+        per_s=n / secs,
+        note=f"PRAGMA synchronous={sync}; SQLite {sqlite3.sqlite_version}",
+    )
+    return latency_row(m, [x for lat in lats for x in lat])
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+def build_log(directory: Path, entries: int, batch: int = 1000) -> Path:
+    """A fresh log of ``entries`` PENDING trades in ``directory`` (untimed setup)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    with WALStorage(directory) as log:
+        done = 0
+        while done < entries:
+            k = min(batch, entries - done)
+            log.append_many(make_trade(done + j) for j in range(k))
+            done += k
+    return directory
+
+
+def bench_recovery(log_dir: Path, entries: int) -> Measurement:
+    """Open (verify every checksum, index every record) a log of ``entries`` entries."""
+    t0 = time.perf_counter()
+    with WALStorage(log_dir) as log:
+        secs = time.perf_counter() - t0
+        found = log.recovery_report.entries
+        segments = log.recovery_report.segments
+    if found != entries:
+        raise AssertionError(f"recovery found {found} entries, expected {entries}")
+    size = sum(p.stat().st_size for p in log_dir.glob("*.wal"))
+    return Measurement(
+        "recovery_open",
+        "recovery",
+        f"open a log of {entries:,} entries (verify + index)",
+        entries,
+        secs,
+        per_s=entries / secs,
+        note=f"{secs:.2f} s, {size / 1e6:,.0f} MB in {segments} segment(s), warm page cache",
+        extra={"bytes": size, "segments": segments},
+    )
+
+
+# ---------------------------------------------------------------------------- drain
+
+
+def drain_rows(
+    log: WALStorage,
+    stop: threading.Event,
+    apply: ApplyRows | None = None,
+    *,
+    batch: int = 100,
+) -> int:
+    """EXTENSION POINT: drain PENDING entries while appenders run; returns entries drained.
+
+    Reads ``get_pending_entries`` in batches of ``batch``, hands each batch to ``apply`` (None:
+    apply nowhere, a drain of the storage alone) and marks it COMPLETED with one
+    ``update_statuses`` call (one fsync). ``apply`` is where the database drain plugs in:
+    pass a callable that writes the rows (e.g. through the DatabaseManager) and raises on
+    failure. Runs until ``stop`` is set.
+    """
+    after = 0
+    drained = 0
+    while not stop.is_set():
+        rows = list(log.get_pending_entries(after_lsn=after, limit=batch))
+        if not rows:
+            stop.wait(0.0005)  # polling for new work; a benchmark, not a synchronization
+            continue
+        if apply is not None:
+            apply(rows)
+        log.update_statuses([(e, WALEntryStatus.COMPLETED, None, None) for e in rows])
+        drained += len(rows)
+        after = rows[-1].lsn or after
+    return drained
+
+
+def bench_drain_latency(
+    directory: Path,
+    appends: int,
+    apply: ApplyRows | None = None,
+    *,
+    backlog: int | None = None,
+    batch: int = 100,
+) -> tuple[Measurement, Measurement]:
+    """Append latency of one thread alone, then while another thread drains the log.
+
+    The log starts with ``backlog`` PENDING entries (default: ``4 * appends``), like a log
+    that filled up during a database outage; the drain (``drain_rows``) reads, applies and
+    marks them COMPLETED while the appender keeps logging trades.
+    """
+    backlog = 4 * appends if backlog is None else backlog
+    rows: list[Measurement] = []
+    for during in (False, True):
+        d = fresh_dir(directory, f"drain-{during}")
+        todo = [make_trade(i) for i in range(appends)]
+        lat: list[int] = []
+        with WALStorage(d) as log:
+            for start in range(0, backlog, 1000):
+                log.append_many(make_trade(j) for j in range(start, min(backlog, start + 1000)))
+            stop = threading.Event()
+            drained = [0]
+
+            def drainer(
+                log: WALStorage = log, stop: threading.Event = stop, out: list[int] = drained
+            ) -> None:
+                out[0] = drain_rows(log, stop, apply, batch=batch)
+
+            t = threading.Thread(target=drainer, name="bench-drain")
+            if during:
+                t.start()
+            t0 = time.perf_counter()
+            try:
+                for e in todo:
+                    s = time.perf_counter_ns()
+                    log.append(e)
+                    lat.append(time.perf_counter_ns() - s)
+            finally:
+                secs = time.perf_counter() - t0
+                stop.set()
+                if during:
+                    t.join()
+        shutil.rmtree(d)
+        m = Measurement(
+            "append_during_drain" if during else "append_idle",
+            "latency",
+            "append() while a thread drains (storage only)" if during else "append() alone",
+            appends,
+            secs,
+            per_s=appends / secs,
+        )
+        if during:
+            m.note = f"drained {drained[0]:,} of a {backlog:,} backlog in batches of {batch}"
+            m.extra["drained"] = drained[0]
+        rows.append(latency_row(m, lat))
+    return rows[0], rows[1]
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def _rss_child(directory: str) -> None:
+    """Run in a subprocess: open the log, iterate every pending entry, print peak RSS (KiB)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = 0
+    with WALStorage(directory) as log:
+        after_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in log.get_pending_entries():
+            n += 1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"entries": n, "before_kib": before, "open_kib": after_open, "kib": peak}))
+
+
+def bench_rss(log_dir: Path, entries: int) -> Measurement:
+    """Peak RSS (``ru_maxrss``) of a fresh process that opens the log and iterates it."""
+    code = "import sys; from wal.bench import _rss_child; _rss_child(sys.argv[1])"
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(log_dir)], capture_output=True, text=True, check=True
+    )
+    secs = time.perf_counter() - t0
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if got["entries"] != entries:
+        raise AssertionError(f"the RSS child saw {got['entries']} pending entries, not {entries}")
+    mb = got["kib"] / 1024
+    return Measurement(
+        "rss_pending",
+        "memory",
+        f"peak RSS: open + iterate {entries:,} pending entries",
+        entries,
+        secs,
+        note=(
+            f"peak {mb:,.0f} MB (interpreter + imports {got['before_kib'] / 1024:,.0f} MB, "
+            f"after open {got['open_kib'] / 1024:,.0f} MB)"
+        ),
+        extra={"rss_mb": mb, "before_mb": got["before_kib"] / 1024},
+    )
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def evaluate_targets(r: DiskBenchResult) -> list[TargetResult]:
+    """The project's performance targets, each against rows measured in the same run."""
+    out: list[TargetResult] = []
+
+    def ratio(target: str, num: str, den: str, need: float) -> None:
+        a, b = r.rate(num), r.rate(den)
+        if a is None or b is None or b == 0:
+            out.append(TargetResult(target, None, need, "x", None, f"{num} / {den}"))
+            return
+        v = a / b
+        out.append(TargetResult(target, v, need, "x", v >= need, f"{a:,.0f} / {b:,.0f} per s"))
+
+    ratio("1 thread ≥ 0.9x raw per-record", "wal_always_1", "raw_per_record", 0.9)
+    ratio("8 threads ≥ 6x raw per-record", "wal_always_8", "raw_per_record", 6)
+    ratio("8 threads ≥ 6x SQLite FULL at 8 threads", "wal_always_8", "sqlite_full_8", 6)
+    ratio("8 threads ≥ 6x persist-queue at 8 threads", "wal_always_8", "persist_queue_8", 6)
+    ratio("64 threads ≥ 15x raw per-record", "wal_always_64", "raw_per_record", 15)
+
+    def absolute(target: str, name: str, need: float, unit: str) -> None:
+        v = r.rate(name)
+        ok = None if v is None else v >= need
+        out.append(TargetResult(target, v, need, unit, ok, name))
+
+    absolute("append_many(1000) ≥ 100,000 entries/s", "wal_many_1000", 100_000, "entries/s")
+    absolute("recovery ≥ 500,000 entries/s", "recovery_open", 500_000, "entries/s")
+
+    idle, busy = r.get("append_idle"), r.get("append_during_drain")
+    if idle is None or busy is None or not idle.p99_us or busy.p99_us is None:
+        out.append(TargetResult("append p99 during drain ≤ 2x idle p99", None, 2, "x", None, ""))
+    else:
+        v = busy.p99_us / idle.p99_us
+        out.append(
+            TargetResult(
+                "append p99 during drain ≤ 2x idle p99",
+                v,
+                2,
+                "x",
+                v <= 2,
+                f"{busy.p99_us:,.0f} / {idle.p99_us:,.0f} µs",
+            )
+        )
+    rss = r.get("rss_pending")
+    entries = rss.ops if rss is not None else 0
+    name = f"RSS with {entries:,} pending ≤ 200 MB" if rss else "RSS with 1M pending ≤ 200 MB"
+    if rss is None:
+        out.append(TargetResult(name, None, 200, "MB", None, ""))
+    else:
+        mb = float(rss.extra["rss_mb"])
+        out.append(TargetResult(name, mb, 200, "MB", mb <= 200, "ru_maxrss of a subprocess"))
+    return out
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def machine_info(directory: Path) -> dict[str, Any]:
+    """What the figures depend on: kernel, file system, cores, load, Python."""
+    fs = "?"
+    try:
+        best = ""
+        target = str(directory.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            if target.startswith(mnt) and len(mnt) >= len(best):
+                best, fs = mnt, f"{parts[2]} on {parts[0]} ({mnt})"
+    except OSError:
+        pass
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "filesystem": fs,
+    }
+
+
+def iter_disk_bench(directory: Path, sizes: BenchSizes) -> Iterator[Measurement]:
+    """The limit and the log, one measurement at a time (the limit first)."""
+    rb = trade_line_bytes()
+    yield bench_raw(directory, sizes.raw_records, 1, rb)
+    yield bench_raw(directory, sizes.raw_batches * 64, 64, rb)
+    yield bench_raw(directory, max(1, sizes.raw_batches // 10) * 1000, 1000, rb)
+    yield bench_wal_append(directory, 1, sizes.appends_1)
+    yield bench_wal_append(directory, 8, sizes.appends_8)
+    yield bench_wal_append(directory, 64, sizes.appends_64)
+    yield bench_wal_append_many(directory, sizes.many_batches * 4, batch=64)
+    yield bench_wal_append_many(directory, sizes.many_batches)
+    yield bench_wal_append(directory, 1, sizes.interval_appends, fsync="interval")
+
+
+def run_disk_bench(directory: str | os.PathLike[str], quick: bool) -> DiskBenchResult:
+    """Measure the limit and the log in a scratch directory inside ``directory``.
+
+    ``quick``: a few seconds, rough figures; otherwise about half a minute. The scratch
+    directory is removed afterwards; ``directory`` itself is left as it was.
+    """
+    base = Path(directory)
+    if not base.is_dir():
+        raise ValueError(f"{base} is not a directory")
+    size = "quick" if quick else "medium"
+    sizes = BenchSizes.preset(size)
+    work = Path(tempfile.mkdtemp(prefix="atb-wal-bench-", dir=base))
+    try:
+        result = DiskBenchResult(str(base), size, trade_line_bytes(), machine=machine_info(base))
+        result.measurements.extend(iter_disk_bench(work, sizes))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

@@ -1,0 +1,322 @@
+"""``WALConfig``: every setting of the log and its sync, read from ``WAL_*`` variables.
+
+Each field has a default, an environment variable and a rule for what it accepts:
+
+==============================  ===============================  ============================
+field                           variable                         default
+==============================  ===============================  ============================
+enabled                         ``WAL_ENABLED``                  ``True``
+directory                       ``WAL_DIR``                      ``data/wal``
+sync_interval                   ``WAL_SYNC_INTERVAL``            ``5.0`` seconds
+max_retries                     ``WAL_MAX_RETRIES``              ``10``
+retention_hours                 ``WAL_RETENTION_HOURS``          ``168`` (one week)
+fsync                           ``WAL_FSYNC``                    ``always``
+fsync_interval_ms               ``WAL_FSYNC_INTERVAL_MS``        ``10``
+max_segment_bytes               ``WAL_MAX_SEGMENT_BYTES``        64 MiB
+pending_alert_threshold         ``WAL_PENDING_ALERT_THRESHOLD``  ``1000``
+pending_alert_age_seconds       ``WAL_PENDING_ALERT_AGE``        ``300``
+batch_size                      ``WAL_BATCH_SIZE``               ``500``
+idempotency_cache_size          ``WAL_IDEMPOTENCY_CACHE_SIZE``   ``100000``
+breaker_failure_threshold       ``WAL_BREAKER_FAILURES``         ``5``
+breaker_cooldown_seconds        ``WAL_BREAKER_COOLDOWN``         ``10.0``
+backoff_base_seconds            ``WAL_BACKOFF_BASE``             ``0.5``
+backoff_max_seconds             ``WAL_BACKOFF_MAX``              ``60.0``
+recovery                        ``WAL_RECOVERY``                 ``tolerate_tail``
+database_url                    ``DATABASE_URL``                 ``sqlite:///data/atb.db``
+==============================  ===============================  ============================
+
+A value that is not accepted raises ``WALConfigError`` naming the variable, the value and what
+is accepted, before anything is opened. An empty value is an error too, not "unset": a blank
+``DATABASE_URL`` from a broken deployment template must not silently fall back to the default
+SQLite file while real money is being traded.
+
+>>> cfg = WALConfig.from_env({"WAL_DIR": "/var/lib/atb/wal", "WAL_FSYNC": "interval"})
+>>> cfg.directory, cfg.fsync, cfg.max_retries
+(PosixPath('/var/lib/atb/wal'), 'interval', 10)
+>>> WALConfig.from_env({"WAL_ENABLED": "maybe"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+wal.errors.WALConfigError: WAL_ENABLED='maybe' is not valid: expected one of true/false/1/0/yes/no/on/off ...
+>>> mask_url("postgresql+psycopg://trader:s3cret@db.internal/atb")
+'postgresql+psycopg://trader:***@db.internal/atb'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from wal.errors import WALConfigError
+from wal.options import FSYNC_MODES, RECOVERY_MODES, FsyncMode, RecoveryMode, StorageOptions
+
+__all__ = ["ENV_VARS", "WALConfig", "mask_url"]
+
+log = logging.getLogger("wal")
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_BOOL_ACCEPTED = "one of true/false/1/0/yes/no/on/off"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WALConfig:
+    """The settings of the log, its sync to the database and the operator's alerts.
+
+    Build it with ``WALConfig.from_env()`` (reads ``os.environ``), ``from_env(env_dict)`` or
+    directly; keyword overrides win over the environment. Frozen: change a setting with
+    ``dataclasses.replace``. ``repr`` and ``to_dict`` mask the database password.
+    """
+
+    # Log critical writes at all. False: operations go straight to the database (no safety net).
+    enabled: bool = True
+    # Where the segment files live. Keep it on a local disk (flock does not work over NFS).
+    directory: Path = Path("data/wal")
+    # Seconds between two background sync passes of pending entries into the database.
+    sync_interval: float = 5.0
+    # Attempts per entry for a permanent database error before it becomes FAILED (dead letter).
+    max_retries: int = 10
+    # Hours a COMPLETED entry stays in the log before compaction may drop it (168 = one week).
+    retention_hours: float = 168.0
+    # "always": acknowledged only after fdatasync (group commit). "interval": fdatasync every
+    # fsync_interval_ms (a power loss loses that window). "unsafe_never": tests only.
+    fsync: FsyncMode = "always"
+    # The power-loss window of fsync="interval", in milliseconds.
+    fsync_interval_ms: float = 10.0
+    # A segment is sealed and a new one started before it would grow past this size.
+    max_segment_bytes: int = 64 * 1024 * 1024
+    # Alert (and `atb wal status` exits 1) when more entries than this wait for the database.
+    pending_alert_threshold: int = 1000
+    # Alert (and `atb wal status` exits 1) when the oldest pending entry is older than this.
+    pending_alert_age_seconds: float = 300.0
+    # Entries applied per database round trip during a sync.
+    batch_size: int = 500
+    # Recent idempotency keys remembered in memory (older ones are looked up in the log).
+    idempotency_cache_size: int = 100_000
+    # Consecutive transient database failures that open the circuit breaker.
+    breaker_failure_threshold: int = 5
+    # Seconds the open breaker waits before one trial sync (half-open).
+    breaker_cooldown_seconds: float = 10.0
+    # First retry delay after a transient failure; doubles per failure (with jitter).
+    backoff_base_seconds: float = 0.5
+    # Upper bound of the retry delay.
+    backoff_max_seconds: float = 60.0
+    # What opening does with a defect: "tolerate_tail" cuts a torn last record and refuses any
+    # other defect; "strict" refuses all; "skip_corrupt" salvages (explicit repair only).
+    recovery: RecoveryMode = "tolerate_tail"
+    # The database the log is synced into (SQLAlchemy URL). Masked wherever it is printed.
+    database_url: str = "sqlite:///data/atb.db"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.directory, str) and self.directory.strip():
+            object.__setattr__(self, "directory", Path(self.directory))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            checked = _SPECS[f.name].check(f.name, value)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise WALConfigError(
+                "backoff_max_seconds",
+                self.backoff_max_seconds,
+                f"a number >= backoff_base_seconds ({self.backoff_base_seconds})",
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WALConfig:
+        """Read every ``WAL_*`` variable (and ``DATABASE_URL``) from ``env`` (default
+        ``os.environ``); ``overrides`` (field names) win over the environment.
+
+        Raises ``WALConfigError`` naming the first variable with a bad value.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, spec in _SPECS.items():
+            raw = source.get(spec.env)
+            if raw is not None:
+                values[name] = spec.parse(spec.env, raw)
+        known = {spec.env for spec in _SPECS.values()}
+        for var in source:
+            if var.startswith("WAL_") and var not in known and not var.startswith("WAL_TEST"):
+                log.warning("ignoring unknown variable %s (a typo?)", var)
+        unknown = set(overrides) - set(_SPECS)
+        if unknown:
+            raise TypeError(f"WALConfig has no field {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        defaults = {f.name: f.default for f in fields(cls)}
+        base = values.get("backoff_base_seconds", defaults["backoff_base_seconds"])
+        top = values.get("backoff_max_seconds", defaults["backoff_max_seconds"])
+        if "backoff_max_seconds" not in overrides and isinstance(top, float) and top < base:
+            # name the variable, not the field, when the environment set the bad pair
+            raise WALConfigError("WAL_BACKOFF_MAX", top, f"a number >= WAL_BACKOFF_BASE ({base})")
+        return cls(**values)
+
+    def storage_options(self) -> StorageOptions:
+        """The ``StorageOptions`` for ``WALStorage`` that these settings describe."""
+        return StorageOptions(
+            fsync=self.fsync,
+            fsync_interval_ms=self.fsync_interval_ms,
+            max_segment_bytes=self.max_segment_bytes,
+            recovery=self.recovery,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready value; ``database_url`` with its password masked."""
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["directory"] = str(self.directory)
+        d["database_url"] = mask_url(self.database_url)
+        return d
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"WALConfig({inner})"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, errors and ``atb`` output).
+
+    >>> mask_url("sqlite:///data/atb.db")
+    'sqlite:///data/atb.db'
+    >>> mask_url("host=db user=trader password=s3cret")
+    'host=db user=trader password=***'
+    """
+    try:
+        from sqlalchemy.engine import make_url  # imported here: config loads without it
+
+        masked = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: fall back to the patterns below
+        masked = url
+    # user:password@ in anything URL-shaped that make_url did not parse
+    masked = re.sub(r"(://[^:/@\s]*:)(?!\*\*\*@)[^@\s/]*@", r"\1***@", masked)
+    # password=... in a query string or a libpq keyword DSN
+    return re.sub(r"(?i)\b(password|passwd|pwd)=[^&\s]*", r"\1=***", masked)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How one field is read from its variable and what it accepts."""
+
+    env: str
+    parse_raw: Callable[[str], Any]  # ValueError when the text is not of the type
+    valid: Callable[[Any], bool]
+    accepted: str
+    secret: bool = False
+
+    def shown(self, value: object) -> object:
+        return mask_url(value) if self.secret and isinstance(value, str) else value
+
+    def parse(self, name: str, raw: str) -> Any:
+        text = raw.strip()
+        try:
+            if not text:
+                raise ValueError("empty")
+            value = self.parse_raw(text)
+            return self.check(name, value)
+        except (ValueError, TypeError, OverflowError):  # WALConfigError is a ValueError too
+            raise WALConfigError(name, self.shown(raw), self.accepted) from None
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` normalized (ints accepted where floats are); raise if not accepted."""
+        if self.parse_raw is float and type(value) is int:
+            value = float(value)
+        if not self.valid(value):
+            raise WALConfigError(name, self.shown(value), self.accepted)
+        return value
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) is float and math.isfinite(v)
+
+
+def _choice(v: Any, options: tuple[str, ...]) -> bool:
+    return isinstance(v, str) and v in options
+
+
+def _is_url(v: Any) -> bool:
+    if not isinstance(v, str) or not v.strip():
+        return False
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(v)
+    except Exception:  # sqlalchemy raises ArgumentError (and ValueError for a bad port)
+        return False
+    return True
+
+
+def _int_spec(env: str, low: int) -> _Spec:
+    return _Spec(env, int, lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def _num_spec(env: str, *, low: float = 0.0, strict: bool = True, high: float | None = None) -> _Spec:
+    def ok(v: Any) -> bool:
+        if not _is_num(v):
+            return False
+        if (v <= low) if strict else (v < low):
+            return False
+        return high is None or v <= high
+
+    rel = ">" if strict else ">="
+    accepted = f"a number {rel} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+    return _Spec(env, float, ok, accepted)
+
+
+_SPECS: dict[str, _Spec] = {
+    "enabled": _Spec("WAL_ENABLED", _parse_bool, lambda v: type(v) is bool, _BOOL_ACCEPTED),
+    "directory": _Spec(
+        "WAL_DIR",
+        Path,
+        lambda v: isinstance(v, Path),
+        "a directory path",
+    ),
+    "sync_interval": _num_spec("WAL_SYNC_INTERVAL"),
+    "max_retries": _int_spec("WAL_MAX_RETRIES", 1),
+    "retention_hours": _num_spec("WAL_RETENTION_HOURS", strict=False),
+    "fsync": _Spec(
+        "WAL_FSYNC", str, lambda v: _choice(v, FSYNC_MODES), " | ".join(FSYNC_MODES)
+    ),
+    "fsync_interval_ms": _num_spec("WAL_FSYNC_INTERVAL_MS", high=60_000),
+    "max_segment_bytes": _int_spec("WAL_MAX_SEGMENT_BYTES", 4096),
+    "pending_alert_threshold": _int_spec("WAL_PENDING_ALERT_THRESHOLD", 0),
+    "pending_alert_age_seconds": _num_spec("WAL_PENDING_ALERT_AGE"),
+    "batch_size": _int_spec("WAL_BATCH_SIZE", 1),
+    "idempotency_cache_size": _int_spec("WAL_IDEMPOTENCY_CACHE_SIZE", 0),
+    "breaker_failure_threshold": _int_spec("WAL_BREAKER_FAILURES", 1),
+    "breaker_cooldown_seconds": _num_spec("WAL_BREAKER_COOLDOWN"),
+    "backoff_base_seconds": _num_spec("WAL_BACKOFF_BASE"),
+    "backoff_max_seconds": _num_spec("WAL_BACKOFF_MAX"),
+    "recovery": _Spec(
+        "WAL_RECOVERY", str, lambda v: _choice(v, RECOVERY_MODES), " | ".join(RECOVERY_MODES)
+    ),
+    "database_url": _Spec(
+        "DATABASE_URL",
+        str,
+        _is_url,
+        "a SQLAlchemy URL such as sqlite:///data/atb.db or postgresql+psycopg://user@host/db",
+        secret=True,
+    ),
+}
+
+#: field name -> environment variable, for documentation and the CLI.
+ENV_VARS: dict[str, str] = {name: spec.env for name, spec in _SPECS.items()}

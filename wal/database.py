@@ -1,0 +1,1169 @@
+"""``DatabaseManager``: the reference trading database the log protects (SQLAlchemy 2 Core).
+
+This is the "existing" database layer a trading engine already has; ``DurableDatabaseManager``
+wraps it. It runs on SQLite (a file; WAL journal, ``synchronous=FULL``) and on PostgreSQL
+(through psycopg 3).
+
+>>> db = DatabaseManager("sqlite://")
+>>> db.atomic_balance_update(Decimal("0.1"), reason="deposit")
+Decimal('0.1000000000')
+>>> db.atomic_balance_update(Decimal("0.2")) == Decimal("0.3")
+True
+>>> db.dispose()
+
+Tables (created on first use)
+-----------------------------
+``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
+its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
+``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
+operation, applied_at).
+
+Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
+no decimal type and would round through float). Values come back as ``Decimal`` with 10
+places on both. Money given as ``float`` is refused, and so is a value with more than 10
+decimal places or 18 integer digits (it would be rounded or overflow). Times are stored in
+UTC and come back aware; a naive ``datetime`` is taken as UTC. Ids are strings the caller
+may choose; when absent, a uuid4 is generated.
+
+Exactly-once replay
+-------------------
+``apply(entries)`` runs a batch of log entries in ONE transaction. Each entry runs in its own
+SAVEPOINT that first inserts its ledger row, then performs its effect: effect and ledger row
+commit together or not at all, so an entry whose id is already in the ledger is skipped as a
+``"duplicate"``, even after an ambiguous commit (connection lost between COMMIT and its reply).
+A permanent error (constraint, bad value, unknown position, bad arguments) rolls back that
+savepoint only. A transient error (see ``is_transient``) aborts the batch and raises
+``WALDatabaseError(transient=True)``. Operations are looked up in an explicit registry, never
+by ``getattr`` on a name read from the log; a direct call and a replay share one function per
+effect, so they do exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Context, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final, Literal, overload
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from wal.entry import OperationType, WALEntry
+from wal.errors import WALConfigError, WALDatabaseError
+
+__all__ = [
+    "DEFAULT_URL",
+    "ApplyResult",
+    "BalanceTxn",
+    "DatabaseManager",
+    "RecordNotFoundError",
+    "is_transient",
+    "metadata",
+]
+
+DEFAULT_URL: Final = "sqlite:///data/atb.db"
+"""Used when neither the ``url`` argument nor ``DATABASE_URL`` is given."""
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+"""How long a SQLite writer waits for another one's lock before "database is locked"."""
+
+PG_CONNECT_TIMEOUT_S: Final = 5
+"""How long a PostgreSQL connection attempt may take before it counts as a transient error."""
+
+_SCALE: Final = 10  # decimal places kept for money
+_INT_DIGITS: Final = 18  # NUMERIC(28, 10): 28 digits in all, 10 after the point
+_QUANTUM: Final = Decimal(1).scaleb(-_SCALE)
+_WIDE: Final = Context(prec=80)  # quantize without the default 28-digit context getting in the way
+_MAX_ID_LEN: Final = 64
+_MAX_ERROR_LEN: Final = 500
+
+
+class RecordNotFoundError(LookupError):
+    """``update_position``, ``close_position`` or ``end_trading_session`` named an unknown id.
+
+    A permanent error: in ``apply`` it becomes an ``"error"`` outcome, never a silent no-op.
+    """
+
+
+# --------------------------------------------------------------------------- column types
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact decimal: ``NUMERIC(28, 10)`` on PostgreSQL, its text on SQLite."""
+
+    impl = sa.Numeric(28, _SCALE, asdecimal=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(40))
+        return dialect.type_descriptor(sa.Numeric(28, _SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        d = _money(value, "value")
+        return format(d, "f") if dialect.name == "sqlite" else d
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return _money(value, "stored value")  # a Decimal (PostgreSQL) or its text (SQLite)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time: stored in UTC, always returned aware (UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        v = _utc(value, "value")
+        return v.replace(tzinfo=None) if dialect.name == "sqlite" else v
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- schema
+
+metadata = sa.MetaData()
+"""Every table of the reference database (``metadata.create_all`` runs on first use)."""
+
+_Id = sa.String(_MAX_ID_LEN)
+# SQLite autoincrements only an INTEGER PRIMARY KEY; elsewhere 64 bits.
+_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+balances = sa.Table(
+    "balances",
+    metadata,
+    sa.Column("account", sa.String(_MAX_ID_LEN), primary_key=True),
+    sa.Column("balance", Money(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+balance_changes = sa.Table(
+    "balance_changes",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(_MAX_ID_LEN), nullable=False, index=True),
+    sa.Column("delta", Money(), nullable=False),
+    sa.Column("balance_after", Money(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+trading_sessions = sa.Table(
+    "trading_sessions",
+    metadata,
+    sa.Column("session_id", _Id, primary_key=True),
+    sa.Column("strategy", sa.String(200), nullable=False),
+    sa.Column("mode", sa.String(32), nullable=False),
+    sa.Column("initial_balance", Money(), nullable=True),
+    sa.Column("final_balance", Money(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+)
+
+trades = sa.Table(
+    "trades",
+    metadata,
+    sa.Column("trade_id", _Id, primary_key=True),
+    sa.Column("session_id", _Id, nullable=True, index=True),
+    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("side", sa.String(16), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("price", Money(), nullable=False),
+    sa.Column("pnl", Money(), nullable=True),
+    sa.Column("executed_at", UTCDateTime(), nullable=False),
+)
+
+positions = sa.Table(
+    "positions",
+    metadata,
+    sa.Column("position_id", _Id, primary_key=True),
+    sa.Column("session_id", _Id, nullable=True, index=True),
+    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("side", sa.String(16), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("entry_price", Money(), nullable=False),
+    sa.Column("current_price", Money(), nullable=True),
+    sa.Column("stop_loss", Money(), nullable=True),
+    sa.Column("take_profit", Money(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # "open" or "closed"
+    sa.Column("exit_price", Money(), nullable=True),
+    sa.Column("pnl", Money(), nullable=True),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, index=True),
+    sa.Column("value", sa.Float(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+)
+
+wal_applied = sa.Table(
+    "wal_applied",
+    metadata,
+    sa.Column("entry_id", _Id, primary_key=True),
+    sa.Column("lsn", sa.BigInteger(), nullable=True),
+    sa.Column("operation", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# --------------------------------------------------------------------------- validation
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _money(value: object, name: str) -> Decimal:
+    """An exact money value with 10 places; raise naming ``name`` for anything else."""
+    if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
+        raise TypeError(
+            f"{name} must be a Decimal (or int or str), got {type(value).__name__} {value!r}: "
+            "money is never float"
+        )
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{name}={value!r} is not a decimal number") from None
+    if not d.is_finite():
+        raise ValueError(f"{name} must be finite, got {d}")
+    if d and d.adjusted() >= _INT_DIGITS:
+        raise ValueError(f"{name}={d} is out of range: at most {_INT_DIGITS} integer digits")
+    q = d.quantize(_QUANTUM, context=_WIDE)
+    if q != d:
+        raise ValueError(f"{name}={d} has more than {_SCALE} decimal places; round it first")
+    return q if q else q.copy_abs()  # no negative zero
+
+
+def _opt_money(value: object, name: str) -> Decimal | None:
+    return None if value is None else _money(value, name)
+
+
+def _positive(value: object, name: str) -> Decimal:
+    d = _money(value, name)
+    if d <= 0:
+        raise ValueError(f"{name} must be positive, got {d}")
+    return d
+
+
+def _opt_positive(value: object, name: str) -> Decimal | None:
+    return None if value is None else _positive(value, name)
+
+
+def _text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    if not value and not empty:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
+    return value
+
+
+def _id(value: object, name: str) -> str:
+    """An id given by the caller: a non-empty str (or a UUID, stored as its text)."""
+    return str(value) if isinstance(value, uuid.UUID) else _text(value, name)
+
+
+def _new_id(value: object, name: str) -> str:
+    return str(uuid.uuid4()) if value is None else _id(value, name)
+
+
+def _opt_id(value: object, name: str) -> str | None:
+    return None if value is None else _id(value, name)
+
+
+def _utc(value: object, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: object, name: str) -> datetime:
+    return _now() if value is None else _utc(value, name)
+
+
+# --------------------------------------------------------------------------- the effects
+# One function per critical operation, taking an open connection inside a transaction. The
+# public methods and ``apply`` both call these, so a replay does exactly what a direct call
+# does. Each raises on bad input before touching the database.
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return pg_dialect.insert(table).on_conflict_do_nothing()
+    return sqlite_dialect.insert(table).on_conflict_do_nothing()
+
+
+def _lock_balance(conn: Connection, account: str) -> Decimal:
+    """The account's balance, row-locked until the transaction ends (created at 0 if absent)."""
+    query = sa.select(balances.c.balance).where(balances.c.account == account).with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        # ON CONFLICT: two first updates of one account at once must not fail on the key.
+        conn.execute(
+            _insert_ignore(conn, balances).values(
+                account=account, balance=Decimal(0), updated_at=_now()
+            )
+        )
+        row = conn.execute(query).one()
+    balance: Decimal = row[0]
+    return balance
+
+
+def _op_balance_update(
+    conn: Connection, delta: object, *, reason: str = "", account: str = "default"
+) -> Decimal:
+    if delta is None:
+        raise TypeError("atomic_balance_update needs a delta")
+    d = _money(delta, "delta")
+    acct = _text(account, "account")
+    why = _text(reason, "reason", 1000, empty=True)
+    new = _money(_lock_balance(conn, acct) + d, f"the new balance of {acct!r}")
+    now = _now()
+    conn.execute(
+        sa.update(balances).where(balances.c.account == acct).values(balance=new, updated_at=now)
+    )
+    conn.execute(
+        sa.insert(balance_changes).values(
+            account=acct, delta=d, balance_after=new, reason=why, changed_at=now
+        )
+    )
+    return new
+
+
+def _op_log_trade(
+    conn: Connection,
+    *,
+    symbol: str,
+    side: str,
+    quantity: Decimal,
+    price: Decimal,
+    trade_id: str | None = None,
+    session_id: str | None = None,
+    pnl: Decimal | None = None,
+    executed_at: datetime | None = None,
+) -> str:
+    row = {
+        "trade_id": _new_id(trade_id, "trade_id"),
+        "session_id": _opt_id(session_id, "session_id"),
+        "symbol": _text(symbol, "symbol"),
+        "side": _text(side, "side", 16),
+        "quantity": _positive(quantity, "quantity"),
+        "price": _positive(price, "price"),
+        "pnl": _opt_money(pnl, "pnl"),
+        "executed_at": _when(executed_at, "executed_at"),
+    }
+    conn.execute(sa.insert(trades).values(row))
+    return str(row["trade_id"])
+
+
+def _op_log_position(
+    conn: Connection,
+    *,
+    symbol: str,
+    side: str,
+    quantity: Decimal,
+    entry_price: Decimal,
+    position_id: str | None = None,
+    stop_loss: Decimal | None = None,
+    take_profit: Decimal | None = None,
+    session_id: str | None = None,
+    opened_at: datetime | None = None,
+) -> str:
+    opened = _when(opened_at, "opened_at")
+    row = {
+        "position_id": _new_id(position_id, "position_id"),
+        "session_id": _opt_id(session_id, "session_id"),
+        "symbol": _text(symbol, "symbol"),
+        "side": _text(side, "side", 16),
+        "quantity": _positive(quantity, "quantity"),
+        "entry_price": _positive(entry_price, "entry_price"),
+        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
+        "take_profit": _opt_positive(take_profit, "take_profit"),
+        "status": "open",
+        "opened_at": opened,
+        "updated_at": opened,
+    }
+    conn.execute(sa.insert(positions).values(row))
+    return str(row["position_id"])
+
+
+def _lock_open_position(conn: Connection, position_id: object) -> str:
+    pid = _id(position_id, "position_id")
+    query = sa.select(positions.c.status).where(positions.c.position_id == pid).with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise RecordNotFoundError(f"no position with position_id {pid!r}")
+    if row[0] != "open":
+        raise ValueError(f"position {pid!r} is {row[0]}, not open")
+    return pid
+
+
+def _op_update_position(
+    conn: Connection,
+    position_id: str,
+    *,
+    stop_loss: Decimal | None = None,
+    take_profit: Decimal | None = None,
+    quantity: Decimal | None = None,
+    current_price: Decimal | None = None,
+) -> None:
+    given = {
+        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
+        "take_profit": _opt_positive(take_profit, "take_profit"),
+        "quantity": _opt_positive(quantity, "quantity"),
+        "current_price": _opt_positive(current_price, "current_price"),
+    }
+    values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    pid = _lock_open_position(conn, position_id)
+    values["updated_at"] = _now()
+    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
+
+
+def _op_close_position(
+    conn: Connection,
+    position_id: str,
+    *,
+    exit_price: Decimal,
+    pnl: Decimal | None = None,
+    closed_at: datetime | None = None,
+) -> None:
+    values = {
+        "status": "closed",
+        "exit_price": _positive(exit_price, "exit_price"),
+        "pnl": _opt_money(pnl, "pnl"),
+        "closed_at": _when(closed_at, "closed_at"),
+        "updated_at": _now(),
+    }
+    pid = _lock_open_position(conn, position_id)
+    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
+
+
+def _op_create_trading_session(
+    conn: Connection,
+    *,
+    strategy: str,
+    session_id: str | None = None,
+    mode: str = "paper",
+    initial_balance: Decimal | None = None,
+    started_at: datetime | None = None,
+) -> str:
+    row = {
+        "session_id": _new_id(session_id, "session_id"),
+        "strategy": _text(strategy, "strategy", 200),
+        "mode": _text(mode, "mode", 32),
+        "initial_balance": _opt_money(initial_balance, "initial_balance"),
+        "started_at": _when(started_at, "started_at"),
+    }
+    conn.execute(sa.insert(trading_sessions).values(row))
+    return str(row["session_id"])
+
+
+def _op_end_trading_session(
+    conn: Connection,
+    session_id: str,
+    *,
+    final_balance: Decimal | None = None,
+    ended_at: datetime | None = None,
+) -> None:
+    sid = _id(session_id, "session_id")
+    values = {
+        "final_balance": _opt_money(final_balance, "final_balance"),
+        "ended_at": _when(ended_at, "ended_at"),
+    }
+    query = (
+        sa.select(trading_sessions.c.ended_at)
+        .where(trading_sessions.c.session_id == sid)
+        .with_for_update()
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        raise RecordNotFoundError(f"no trading session with session_id {sid!r}")
+    if row[0] is not None:
+        raise ValueError(f"trading session {sid!r} already ended at {row[0].isoformat()}")
+    conn.execute(
+        sa.update(trading_sessions).where(trading_sessions.c.session_id == sid).values(values)
+    )
+
+
+_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
+    OperationType.BALANCE_UPDATE.value: _op_balance_update,
+    OperationType.LOG_TRADE.value: _op_log_trade,
+    OperationType.LOG_POSITION.value: _op_log_position,
+    OperationType.UPDATE_POSITION.value: _op_update_position,
+    OperationType.CLOSE_POSITION.value: _op_close_position,
+    OperationType.CREATE_TRADING_SESSION.value: _op_create_trading_session,
+    OperationType.END_TRADING_SESSION.value: _op_end_trading_session,
+}
+"""What ``apply`` may run: operation name (from the log) -> effect. Nothing else is callable."""
+
+# --------------------------------------------------------------------------- error classes
+
+# PostgreSQL SQLSTATEs that say "the database is unavailable right now", not "the entry is bad".
+_TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "53"})  # connection; insufficient resources
+_TRANSIENT_SQLSTATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, recovering)
+        "57P05",  # idle_session_timeout
+        "57014",  # query_canceled (statement_timeout)
+        "55P03",  # lock_not_available (lock_timeout)
+        "25P03",  # idle_in_transaction_session_timeout
+        "58030",  # io_error on the server
+    }
+)
+_SQLITE_TRANSIENT: Final = (
+    "database is locked",
+    "database table is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "locking protocol",
+)
+
+
+def _transient_here(e: BaseException) -> bool:
+    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+        return True
+    if isinstance(e, sa_exc.DisconnectionError | sa_exc.TimeoutError | sa_exc.PendingRollbackError):
+        return True  # pool timeout; a connection invalidated earlier in this transaction
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True  # refused, reset, broken pipe; socket timeouts
+    if isinstance(e, psycopg.Error):
+        state = e.sqlstate
+        if state is None:  # no answer from a server: refused, reset, closed, timed out
+            return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
+        return state in _TRANSIENT_SQLSTATES or state[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        return any(m in text for m in _SQLITE_TRANSIENT)
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unavailable, so the same entry may succeed later.
+
+    Transient: connection refused, reset or closed; server shutdown (57P01) and other 08xxx,
+    53xxx and 57Pxx states; serialization failure (40001), deadlock (40P01), statement and
+    lock timeouts; SQLite "database is locked" and I/O errors; pool and socket timeouts. The
+    exception, its DBAPI original and its causes are all looked at. Anything else (an
+    integrity or data error, a missing position, bad arguments) is permanent: retrying the
+    same entry would fail the same way. A ``WALDatabaseError`` keeps its own ``transient``.
+
+    >>> is_transient(ConnectionRefusedError())
+    True
+    >>> is_transient(ValueError("quantity must be positive"))
+    False
+    """
+    if isinstance(exc, WALDatabaseError):
+        return exc.transient
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if _transient_here(e):
+            return True
+        for nxt in (getattr(e, "orig", None), e.__cause__, e.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the error's type and message, without SQLAlchemy's SQL dump and links."""
+    inner = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
+    text = " ".join(str(inner).split())
+    line = f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+    return line if len(line) <= _MAX_ERROR_LEN else line[: _MAX_ERROR_LEN - 3] + "..."
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``apply`` did with one entry.
+
+    ``"applied"``: the effect and the ledger row were committed; ``value`` is what the
+    operation returned (the new balance, the trade id, ...). ``"duplicate"``: the ledger
+    already had the entry; nothing was done. ``"error"``: the database refused it for a
+    permanent reason, given in ``error``; nothing of it was committed.
+    """
+
+    entry_id: str
+    outcome: Literal["applied", "duplicate", "error"]
+    value: Any = None
+    error: str | None = None
+
+
+class BalanceTxn:
+    """The open transaction of ``with db.atomic_balance_update(account=...) as t:``.
+
+    ``t.balance`` was read with the row locked (``SELECT ... FOR UPDATE`` on PostgreSQL; the
+    write lock on SQLite), so no one else changes it until the block ends. ``t.add(delta)``
+    changes it; everything commits when the block ends and rolls back if it raises.
+    """
+
+    def __init__(self, conn: Connection, account: str, balance: Decimal, reason: str) -> None:
+        self._conn = conn
+        self._account = account
+        self._balance = balance
+        self._reason = reason
+        self._changes: list[tuple[Decimal, str]] = []
+        self._open = True
+
+    @property
+    def account(self) -> str:
+        return self._account
+
+    @property
+    def balance(self) -> Decimal:
+        """The balance as this transaction sees it (after its own ``add`` calls)."""
+        return self._balance
+
+    @property
+    def changes(self) -> tuple[tuple[Decimal, str], ...]:
+        """The ``(delta, reason)`` of every ``add`` so far, in order."""
+        return tuple(self._changes)
+
+    def add(self, delta: Decimal | int | str, *, reason: str = "") -> Decimal:
+        """Add ``delta`` (may be negative) inside the transaction; return the new balance."""
+        if not self._open:
+            raise RuntimeError("the balance transaction has ended: call add() inside the block")
+        why = reason or self._reason
+        self._balance = _op_balance_update(self._conn, delta, reason=why, account=self._account)
+        self._changes.append((_money(delta, "delta"), why))
+        return self._balance
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+def _engine_url(given: str) -> URL:
+    try:
+        url = make_url(given)
+    except (sa_exc.ArgumentError, ValueError):
+        raise WALConfigError(
+            "database url",
+            "(not shown: it may hold a password)",
+            "a URL such as sqlite:///data/atb.db or postgresql://user:password@host:5432/dbname",
+        ) from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise WALConfigError("database url scheme", url.drivername, "sqlite or postgresql")
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None for an in-memory or URI database."""
+    name = url.database
+    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("uri"):
+        return None
+    return Path(name)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the file's missing parent directories (0700) and the file itself (0600)."""
+    parent = path.parent
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700)
+        fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the new directory's entry must survive a power loss
+        finally:
+            os.close(fd)
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)  # SQLite gives -wal/-shm this mode too
+    os.close(fd)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # SQLite never syncs the directory entry of the main database file
+    finally:
+        os.close(fd)
+
+
+_READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
+
+
+def _install_sqlite_listeners(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # sqlite3 must not issue its own BEGIN (it would break SAVEPOINTs); the "begin" hook
+        # below does it.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode, NORMAL may lose a commit on power loss; FULL syncs the WAL on each
+            # commit, so an entry marked applied really is in the database.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a read-then-write (the balance update) can
+        # then never fail half-way with SQLITE_BUSY on the lock upgrade.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class DatabaseManager:
+    """The trading database: balances, trades, positions, sessions, metrics.
+
+    ``url``: a SQLAlchemy URL; when None, the ``DATABASE_URL`` environment variable, else
+    ``sqlite:///data/atb.db`` (its directory is created 0700, the file 0600).
+    ``postgresql://`` URLs use psycopg 3. ``echo`` logs every SQL statement.
+
+    Each critical method runs in its own transaction and returns its result. They raise the
+    database's own errors (use ``is_transient`` to classify them) and ``ValueError`` /
+    ``TypeError`` / ``RecordNotFoundError`` for bad input.
+    """
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        given = url if url is not None else (os.environ.get("DATABASE_URL") or DEFAULT_URL)
+        self.url: str = given
+        engine_url = _engine_url(given)
+        self._dialect_name = engine_url.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        if self._dialect_name == "sqlite":
+            path = _sqlite_file(engine_url)
+            if path is not None:
+                _prepare_sqlite_file(path)
+        else:
+            kwargs["connect_args"] = {
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "atb-wal",
+            }
+        self._engine: Engine = sa.create_engine(engine_url, **kwargs)
+        if self._dialect_name == "sqlite":
+            _install_sqlite_listeners(self._engine)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DatabaseManager({self.safe_url!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked (``***``): safe to print and log."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except (sa_exc.ArgumentError, ValueError):  # pragma: no cover - checked in __init__
+            return "(unparseable url)"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for tests and tools; the methods below are the API)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._dialect_name
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                metadata.create_all(self._engine)
+            except sa_exc.DBAPIError as exc:
+                if is_transient(exc):
+                    raise
+                # Another process created the same tables at this very moment; look again.
+                metadata.create_all(self._engine)
+            self._schema_ready = True
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A connection in a transaction: committed on exit, rolled back on an exception."""
+        self._ensure_schema()
+        with self._engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self._ensure_schema()
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    # ------------------------------------------------------------------ critical operations
+
+    @overload
+    def atomic_balance_update(
+        self, delta: Decimal | int | str, *, reason: str = "", account: str = "default"
+    ) -> Decimal: ...
+
+    @overload
+    def atomic_balance_update(
+        self, delta: None = None, *, reason: str = "", account: str = "default"
+    ) -> AbstractContextManager[BalanceTxn]: ...
+
+    def atomic_balance_update(
+        self,
+        delta: Decimal | int | str | None = None,
+        *,
+        reason: str = "",
+        account: str = "default",
+    ) -> Decimal | AbstractContextManager[BalanceTxn]:
+        """Add ``delta`` to ``account``'s balance and return the new balance.
+
+        Without ``delta``, return a context manager holding the balance row locked::
+
+            with db.atomic_balance_update(account="spot") as t:
+                if t.balance >= cost:
+                    t.add(-cost, reason="buy")
+
+        It commits when the block ends and rolls back if it raises.
+        """
+        if delta is None:
+            return self._balance_txn(
+                _text(account, "account"), _text(reason, "reason", 1000, empty=True)
+            )
+        with self._write() as conn:
+            return _op_balance_update(conn, delta, reason=reason, account=account)
+
+    @contextlib.contextmanager
+    def _balance_txn(self, account: str, reason: str) -> Iterator[BalanceTxn]:
+        with self._write() as conn:
+            txn = BalanceTxn(conn, account, _lock_balance(conn, account), reason)
+            try:
+                yield txn
+            finally:
+                txn._open = False
+
+    def log_trade(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        quantity: Decimal,
+        price: Decimal,
+        trade_id: str | None = None,
+        session_id: str | None = None,
+        pnl: Decimal | None = None,
+        executed_at: datetime | None = None,
+    ) -> str:
+        """Record an executed trade; return its ``trade_id`` (a new uuid4 when not given)."""
+        with self._write() as conn:
+            return _op_log_trade(
+                conn,
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                price=price,
+                trade_id=trade_id,
+                session_id=session_id,
+                pnl=pnl,
+                executed_at=executed_at,
+            )
+
+    def log_position(
+        self,
+        *,
+        symbol: str,
+        side: str,
+        quantity: Decimal,
+        entry_price: Decimal,
+        position_id: str | None = None,
+        stop_loss: Decimal | None = None,
+        take_profit: Decimal | None = None,
+        session_id: str | None = None,
+        opened_at: datetime | None = None,
+    ) -> str:
+        """Open a position; return its ``position_id`` (a new uuid4 when not given)."""
+        with self._write() as conn:
+            return _op_log_position(
+                conn,
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                entry_price=entry_price,
+                position_id=position_id,
+                stop_loss=stop_loss,
+                take_profit=take_profit,
+                session_id=session_id,
+                opened_at=opened_at,
+            )
+
+    def update_position(
+        self,
+        position_id: str,
+        *,
+        stop_loss: Decimal | None = None,
+        take_profit: Decimal | None = None,
+        quantity: Decimal | None = None,
+        current_price: Decimal | None = None,
+    ) -> None:
+        """Change the given fields of an open position (None leaves a field as it is).
+
+        Raises ``RecordNotFoundError`` for an unknown id, ``ValueError`` for a closed one.
+        """
+        with self._write() as conn:
+            _op_update_position(
+                conn,
+                position_id,
+                stop_loss=stop_loss,
+                take_profit=take_profit,
+                quantity=quantity,
+                current_price=current_price,
+            )
+
+    def close_position(
+        self,
+        position_id: str,
+        *,
+        exit_price: Decimal,
+        pnl: Decimal | None = None,
+        closed_at: datetime | None = None,
+    ) -> None:
+        """Close an open position. Raises ``RecordNotFoundError`` / ``ValueError`` as above."""
+        with self._write() as conn:
+            _op_close_position(
+                conn, position_id, exit_price=exit_price, pnl=pnl, closed_at=closed_at
+            )
+
+    def create_trading_session(
+        self,
+        *,
+        strategy: str,
+        session_id: str | None = None,
+        mode: str = "paper",
+        initial_balance: Decimal | None = None,
+        started_at: datetime | None = None,
+    ) -> str:
+        """Start a trading session; return its ``session_id`` (a new uuid4 when not given)."""
+        with self._write() as conn:
+            return _op_create_trading_session(
+                conn,
+                strategy=strategy,
+                session_id=session_id,
+                mode=mode,
+                initial_balance=initial_balance,
+                started_at=started_at,
+            )
+
+    def end_trading_session(
+        self,
+        session_id: str,
+        *,
+        final_balance: Decimal | None = None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        """End a session. ``RecordNotFoundError`` if unknown, ``ValueError`` if already ended."""
+        with self._write() as conn:
+            _op_end_trading_session(
+                conn, session_id, final_balance=final_balance, ended_at=ended_at
+            )
+
+    # ------------------------------------------------------------------ reads
+
+    def get_balance(self, account: str = "default") -> Decimal:
+        """The account's balance; ``Decimal(0)`` when it has never been updated."""
+        acct = _text(account, "account")
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(balances.c.balance).where(balances.c.account == acct)
+            ).scalar_one_or_none()
+        return Decimal(0) if value is None else value
+
+    def get_open_positions(self) -> list[dict[str, Any]]:
+        """Every open position as a dict of its columns, oldest first."""
+        query = (
+            sa.select(positions)
+            .where(positions.c.status == "open")
+            .order_by(positions.c.opened_at, positions.c.position_id)
+        )
+        return self._rows(query)
+
+    def get_trades(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Every trade (of one session when ``session_id`` is given), oldest first."""
+        query = sa.select(trades).order_by(trades.c.executed_at, trades.c.trade_id)
+        if session_id is not None:
+            query = query.where(trades.c.session_id == _id(session_id, "session_id"))
+        return self._rows(query)
+
+    def get_sessions(self) -> list[dict[str, Any]]:
+        """Every trading session, oldest first."""
+        query = sa.select(trading_sessions).order_by(
+            trading_sessions.c.started_at, trading_sessions.c.session_id
+        )
+        return self._rows(query)
+
+    def _rows(self, query: sa.Select[Any]) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------ non-critical
+
+    def record_metric(self, name: str, value: float, *, at: datetime | None = None) -> None:
+        """Store a measurement. Non-critical: it goes straight to the database, never logged."""
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise TypeError(f"metric value must be a number, got {type(value).__name__}")
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"metric value must be finite, got {number}")
+        row = {"name": _text(name, "name", 200), "value": number, "at": _when(at, "at")}
+        with self._write() as conn:
+            conn.execute(sa.insert(metrics).values(row))
+
+    def get_metrics(self, name: str) -> list[dict[str, Any]]:
+        """The measurements named ``name`` (``name``, ``value``, ``at``), oldest first."""
+        query = (
+            sa.select(metrics.c.name, metrics.c.value, metrics.c.at)
+            .where(metrics.c.name == _text(name, "name", 200))
+            .order_by(metrics.c.at, metrics.c.id)
+        )
+        return self._rows(query)
+
+    # ------------------------------------------------------------------ exactly-once replay
+
+    def apply(self, entries: Sequence[WALEntry]) -> list[ApplyResult]:
+        """Apply log entries exactly once, in order, in one transaction; one result each.
+
+        Raises ``WALDatabaseError(transient=True)`` when the database is unavailable: then
+        nothing of the batch was committed or, if the connection was lost during COMMIT,
+        maybe all of it; the ledger makes the retry skip what was. ``transient=False`` only
+        if the batch itself could not run (e.g. the COMMIT was refused).
+        """
+        if not entries:
+            return []
+        try:
+            self._ensure_schema()
+            with self._engine.connect() as conn, conn.begin():
+                done = self._ledger(conn, [str(e.entry_id) for e in entries])
+                results = [self._apply_one(conn, entry, done) for entry in entries]
+                # Leaving the block COMMITs effects and ledger rows together.
+        except Exception as exc:
+            transient = is_transient(exc)
+            what = (
+                "was rolled back"
+                if not transient
+                else "was rolled back (or, if the "
+                "connection was lost during COMMIT, maybe committed: a retry skips what was)"
+            )
+            raise WALDatabaseError(
+                f"applying {len(entries)} entries to {self.safe_url} failed and the batch "
+                f"{what}: {_describe(exc)}",
+                transient=transient,
+            ) from exc
+        return results
+
+    def _apply_one(self, conn: Connection, entry: WALEntry, done: set[str]) -> ApplyResult:
+        eid = str(entry.entry_id)
+        if eid in done:
+            return ApplyResult(eid, "duplicate")
+        effect = _OPERATIONS.get(entry.operation)
+        if effect is None:
+            known = ", ".join(sorted(_OPERATIONS))
+            return ApplyResult(
+                eid, "error", error=f"unknown operation {entry.operation!r} (known: {known})"
+            )
+        try:
+            with conn.begin_nested():  # SAVEPOINT: an error undoes this entry only
+                # The ledger row first: a concurrent applier of the same entry waits here for
+                # our COMMIT, then fails on the key instead of applying the effect twice.
+                conn.execute(
+                    sa.insert(wal_applied).values(
+                        entry_id=eid,
+                        lsn=entry.lsn,
+                        operation=entry.operation,
+                        applied_at=_now(),
+                    )
+                )
+                value = effect(conn, *entry.args, **entry.kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if isinstance(exc, sa_exc.IntegrityError) and self._ledger(conn, [eid]):
+                return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
+            return ApplyResult(eid, "error", error=f"{entry.operation}: {_describe(exc)}")
+        done.add(eid)
+        return ApplyResult(eid, "applied", value=value)
+
+    @staticmethod
+    def _ledger(conn: Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            query = sa.select(wal_applied.c.entry_id).where(wal_applied.c.entry_id.in_(chunk))
+            found.update(conn.execute(query).scalars())
+        return found
+
+    def applied_ids(self, entry_ids: Iterable[uuid.UUID | str]) -> set[str]:
+        """Which of ``entry_ids`` are in the ``wal_applied`` ledger (as strings)."""
+        ids = [str(e) for e in entry_ids]
+        if not ids:
+            return set()
+        with self._read() as conn:
+            return self._ledger(conn, ids)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def ping(self) -> None:
+        """Round-trip to the database; raise ``WALDatabaseError`` if it cannot be reached."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_READ_ONLY: True})
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            raise WALDatabaseError(
+                f"database {self.safe_url} is unreachable: {_describe(exc)}",
+                transient=is_transient(exc),
+            ) from exc
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the manager stays usable; it reconnects)."""
+        self._engine.dispose()

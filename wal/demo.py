@@ -1,0 +1,330 @@
+"""``atb demo``: a trading session that survives a real database outage, then checks itself.
+
+The session runs through ``DurableDatabaseManager`` on the embedded SQLite default (or the
+PostgreSQL given by ``database_url``). In the middle the database is made unreachable for
+real, not by a flag in our code:
+
+* SQLite: another process takes an exclusive lock on the database file (as a stuck
+  migration or backup would); every write fails with "database is locked".
+* PostgreSQL: the connection goes through a local TCP proxy (``wal.netproxy``) that drops
+  every connection and refuses new ones.
+
+Trading goes on; the balance it reads stays correct; the database comes back, the log
+drains, and a closing check compares the database with a model of what was traded.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from wal.config import WALConfig, mask_url
+from wal.database import DatabaseManager
+from wal.durable_db import DurableDatabaseManager
+from wal.errors import WALError
+from wal.netproxy import TcpProxy
+
+__all__ = ["DemoResult", "run_demo"]
+
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()          # hold the lock until the demo closes our stdin
+conn.execute("ROLLBACK")
+"""
+
+
+class _Outage(Protocol):
+    description: str
+
+    def begin(self) -> None: ...
+    def end(self) -> None: ...
+
+
+class _SQLiteLock:
+    """Another process holds ``BEGIN EXCLUSIVE`` on the database file."""
+
+    description = "another process holds an exclusive lock on the SQLite file; writes fail"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._proc: subprocess.Popen[str] | None = None
+
+    def begin(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(self.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "locked":
+            raise RuntimeError("the demo could not lock the database")
+
+    def end(self) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+
+class _ProxyCut:
+    """The database's TCP connection is cut and new connections are refused."""
+
+    description = "the network path to PostgreSQL is cut; connections are refused"
+
+    def __init__(self, proxy: TcpProxy) -> None:
+        self.proxy = proxy
+
+    def begin(self) -> None:
+        self.proxy.cut()
+
+    def end(self) -> None:
+        self.proxy.heal()
+
+
+@dataclass
+class DemoResult:
+    """What the closing check found; ``ok`` is True when the database equals the model."""
+
+    database: str
+    log_dir: str
+    operations: int = 0
+    operations_during_outage: int = 0
+    entries_logged: int = 0
+    entries_applied: int = 0
+    trades_expected: int = 0
+    trades_in_db: int = 0
+    balance_expected: Decimal = Decimal(0)
+    balance_in_db: Decimal = Decimal(0)
+    balance_read_during_outage: Decimal | None = None
+    open_positions_in_db: int = 0
+    drain_seconds: float = 0.0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Model:
+    def __init__(self) -> None:
+        self.balance = Decimal(0)
+        self.trades = 0
+        self.open_positions: set[str] = set()
+
+
+def _round_trip(ddb: DurableDatabaseManager, model: _Model, rng: random.Random, sid: str) -> int:
+    """Open a position, trade, move the stop, close, book P&L and fee: 6 critical calls."""
+    price = Decimal(rng.randrange(4_900_000, 5_100_000)) / 100
+    qty = Decimal(rng.randrange(1, 20)) / 100
+    pid = ddb.log_position(
+        symbol="BTCUSDT", side="long", quantity=qty, entry_price=price, session_id=sid
+    )
+    model.open_positions.add(pid)
+    ddb.log_trade(symbol="BTCUSDT", side="buy", quantity=qty, price=price, session_id=sid)
+    ddb.update_position(pid, stop_loss=(price * Decimal("0.98")).quantize(Decimal("0.01")))
+    exit_price = price + Decimal(rng.randrange(-20_000, 30_000)) / 100
+    pnl = ((exit_price - price) * qty).quantize(Decimal("0.01"))
+    ddb.close_position(pid, exit_price=exit_price, pnl=pnl)
+    model.open_positions.discard(pid)
+    ddb.log_trade(
+        symbol="BTCUSDT", side="sell", quantity=qty, price=exit_price, session_id=sid, pnl=pnl
+    )
+    fee = (exit_price * qty * Decimal("0.001")).quantize(Decimal("0.01"))
+    ddb.atomic_balance_update(pnl - fee, reason="realized pnl minus fee")
+    model.trades += 2
+    model.balance += pnl - fee
+    return 6
+
+
+def _short_busy_timeout(db: DatabaseManager) -> None:
+    """Make SQLite give up on a locked database after 200 ms instead of 5 s (demo pace)."""
+
+    @sa.event.listens_for(db.engine, "connect")
+    def _busy(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=200")
+        cur.close()
+
+
+def run_demo(
+    *,
+    workdir: Path | None = None,
+    database_url: str | None = None,
+    rounds: int = 10,
+    seed: int = 7,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the demo session; print as it goes through ``echo``; return the closing check."""
+    t0 = time.monotonic()
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="atb-demo-")
+        workdir = Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wal_dir = workdir / "wal"
+    proxy: TcpProxy | None = None
+    outage: _Outage
+    if database_url is None or database_url.startswith("sqlite"):
+        db_file = workdir / "atb.db"
+        url = database_url or f"sqlite:///{db_file}"
+        db_file = Path(make_url(url).database or db_file)
+        outage = _SQLiteLock(db_file)
+        connect_url = url
+    else:
+        url = database_url
+        u = make_url(url)
+        if not u.host or u.host.startswith("/"):
+            raise WALError(
+                "the PostgreSQL demo needs a TCP URL (host and port) to cut the network",
+                hint="use postgresql://user:password@host:port/db",
+            )
+        proxy = TcpProxy(u.host, u.port or 5432)
+        outage = _ProxyCut(proxy)
+        connect_url = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    result = DemoResult(database=mask_url(url), log_dir=str(wal_dir))
+
+    def say(msg: str) -> None:
+        echo(f"[{time.monotonic() - t0:5.1f}s] {msg}")
+
+    config = WALConfig.from_env(
+        {},
+        directory=wal_dir,
+        database_url=url,
+        sync_interval=0.2,
+        breaker_failure_threshold=1,
+        breaker_cooldown_seconds=0.5,
+        backoff_base_seconds=0.1,
+        backoff_max_seconds=0.5,
+    )
+    db = DatabaseManager(connect_url)
+    if db.dialect == "sqlite":
+        _short_busy_timeout(db)
+    ddb = DurableDatabaseManager(db, config=config)
+    model = _Model()
+    rng = random.Random(seed)
+    echo(f"atb demo: a trading session through a database outage ({db.dialect})")
+    echo(f"  log: {wal_dir}")
+    echo(f"  database: {result.database}")
+    try:
+        ddb.start()
+        sid = ddb.create_trading_session(strategy="demo", initial_balance=Decimal("10000"))
+        ddb.atomic_balance_update(Decimal("10000"), reason="deposit")
+        model.balance += Decimal("10000")
+        result.operations += 2
+        say(f"session started, deposit 10000 -> balance {ddb.get_balance():.2f}")
+        for _ in range(rounds):
+            result.operations += _round_trip(ddb, model, rng, sid)
+        say(
+            f"database up: {rounds} round trips (open, buy, stop, close, sell, P&L): "
+            f"balance {ddb.get_balance():.2f}, pending {ddb.get_wal_status()['pending']}"
+        )
+        say(f"OUTAGE: {outage.description}")
+        outage.begin()
+        try:
+            before = result.operations
+            for _ in range(rounds):
+                result.operations += _round_trip(ddb, model, rng, sid)
+            result.operations_during_outage = result.operations - before
+            seen = ddb.get_balance()
+            result.balance_read_during_outage = seen
+            pending = ddb.get_wal_status()["pending"]
+            say(
+                f"database down: {rounds} more round trips, every call returned; "
+                f"{pending} entries wait in the log"
+            )
+            time.sleep(1.5)  # let the sync thread probe the dead database a few times
+            st = ddb.get_wal_status()
+            say(f"sync thread: breaker {st['breaker_state']}, last error: {st['last_error']}")
+            mark = "ok" if seen == model.balance else "WRONG"
+            say(
+                f"balance read during the outage: {seen:.2f} (expected {model.balance:.2f}: {mark})"
+            )
+            if seen != model.balance:
+                result.problems.append(f"balance read during outage {seen} != {model.balance}")
+        finally:
+            outage.end()
+        say("database back")
+        t_drain = time.monotonic()
+        assert ddb.manager is not None
+        deadline = t_drain + 60
+        while ddb.get_wal_status()["pending"] and time.monotonic() < deadline:
+            ddb.manager.wake()
+            ddb.manager.force_sync()
+        result.drain_seconds = time.monotonic() - t_drain
+        left = ddb.get_wal_status()["pending"]
+        say(f"the log drained in {result.drain_seconds:.2f} s ({left} pending)")
+        _closing_check(ddb, db, model, result)
+    finally:
+        ddb.stop()
+        db.dispose()
+        if proxy is not None:
+            proxy.close()
+        if tmp is not None:
+            tmp.cleanup()
+    result.seconds = time.monotonic() - t0
+    _print_check(result, echo)
+    return result
+
+
+def _closing_check(
+    ddb: DurableDatabaseManager, db: DatabaseManager, model: _Model, r: DemoResult
+) -> None:
+    assert ddb.storage is not None
+    r.entries_logged = sum(1 for _ in ddb.storage.iter_entries())
+    with db.engine.connect() as conn:
+        r.entries_applied = int(
+            conn.execute(sa.text("SELECT count(*) FROM wal_applied")).scalar_one()
+        )
+    r.trades_expected = model.trades
+    r.trades_in_db = len(db.get_trades())
+    r.balance_expected = model.balance
+    r.balance_in_db = db.get_balance()
+    r.open_positions_in_db = len(db.get_open_positions())
+    if r.entries_logged != r.operations:
+        r.problems.append(f"{r.operations} operations but {r.entries_logged} log entries")
+    if r.entries_applied != r.entries_logged:
+        r.problems.append(f"{r.entries_logged} entries logged, {r.entries_applied} applied")
+    if r.trades_in_db != r.trades_expected:
+        r.problems.append(f"{r.trades_in_db} trades in the database, {r.trades_expected} made")
+    if r.balance_in_db != r.balance_expected:
+        r.problems.append(
+            f"balance {r.balance_in_db} in the database, {r.balance_expected} expected"
+        )
+    if r.open_positions_in_db != len(model.open_positions):
+        r.problems.append(f"{r.open_positions_in_db} open positions, expected none")
+
+
+def _print_check(r: DemoResult, echo: Callable[[str], None]) -> None:
+    def row(name: str, got: object, want: object) -> None:
+        mark = "ok" if got == want else "MISMATCH"
+        echo(f"  {name:<30} {got!s:>12}   {mark}")
+
+    echo("closing check")
+    during = f"({r.operations_during_outage} in the outage)"
+    echo(f"  {'operations made':<30} {r.operations:>12}   {during}")
+    row("entries in the log", r.entries_logged, r.operations)
+    row("entries applied (ledger)", r.entries_applied, r.entries_logged)
+    row("trades in the database", r.trades_in_db, r.trades_expected)
+    row("balance in the database", f"{r.balance_in_db:.2f}", f"{r.balance_expected:.2f}")
+    row("open positions", r.open_positions_in_db, 0)
+    if r.ok:
+        echo(f"OK: nothing lost, nothing doubled ({r.seconds:.1f} s).")
+    else:
+        echo("FAILED: " + "; ".join(r.problems))

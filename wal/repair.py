@@ -1,0 +1,213 @@
+"""``repair_log``: an explicit salvage of a log that a normal open refuses.
+
+Opening a log never skips a defect silently: a bit flip in the middle, a missing segment or a
+garbage record refuses to open (``WALCorruptionError``), because skipping could lose an
+acknowledged balance update without anyone noticing. ``repair_log`` is the operator's
+decision to go on with what can be saved, after a disaster:
+
+1. It takes the writer lock (a running writer makes it fail with ``WALLockedError``).
+2. It copies the whole directory to ``<dir>.backup-<UTC time>`` next to it, durably, before
+   touching anything. Nothing is ever lost for good: every dropped byte is in the backup.
+3. For each segment with a defect it writes a new segment that holds only the good records,
+   with a header whose ``last`` covers the segment's original LSN range (a "compacted"
+   header, see :mod:`wal.record`), so the LSNs of the dropped records are allowed gaps. A
+   missing segment is covered the same way: the segment before it is rewritten with a range
+   that extends to the next one. Each rewrite is temp file, fsync, rename, fsync directory.
+4. It checks the result with ``verify_log`` and then with a normal ``WALStorage`` open.
+
+What it cannot know: a dropped *status* record may have said COMPLETED, so its entry is
+PENDING again after the repair. The bundled database's applied ledger (``wal_applied``)
+then skips it on replay instead of applying it twice. A dropped *entry* is gone from the log;
+its LSN and entry id (when still legible) are in the report, its bytes in the backup.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wal.errors import WALCorruptionError, WALLockedError
+from wal.fileops import OSFileOps, write_all
+from wal.lock import LOCK_NAME, WriterLock
+from wal.record import FORMAT_VERSION, KIND_SEGMENT, encode_line
+from wal.segment import TMP_SUFFIX
+from wal.verify import SegmentScan, VerifyDefect, scan_log, verify_log
+
+__all__ = ["RepairReport", "repair_log"]
+
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+
+
+@dataclass
+class RepairReport:
+    """What ``repair_log`` did. ``backup`` is None when there was nothing to repair."""
+
+    directory: str
+    backup: str | None = None
+    records_kept: int = 0
+    dropped: list[VerifyDefect] = field(default_factory=list)  # every defect, with location
+    segments_rewritten: list[str] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)  # each rewritten segment's new LSN range
+    opened: bool = False  # a normal WALStorage open succeeded afterwards
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.backup is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "backup": self.backup,
+            "nothing_to_do": self.nothing_to_do,
+            "records_kept": self.records_kept,
+            "dropped": [d.to_dict() for d in self.dropped],
+            "segments_rewritten": list(self.segments_rewritten),
+            "ranges": list(self.ranges),
+            "opened": self.opened,
+            "notes": list(self.notes),
+        }
+
+
+def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
+    """Back the log up, then rewrite every defective segment with only its good records.
+
+    Raises ``WALLockedError`` while a writer holds the log, ``WALCorruptionError`` if there is
+    no log directory (or, which would be a bug, if the repaired log still has a defect).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise WALCorruptionError(d, 0, 0, "no log directory here")
+    report = RepairReport(directory=str(d))
+    lock = WriterLock(d)
+    lock.acquire()
+    try:
+        before = verify_log(d)
+        report.notes.extend(before.notes)
+        if before.ok:
+            report.records_kept = before.records
+        else:
+            report.backup = str(_backup(d))
+            _rewrite(d, report)
+            after = verify_log(d)
+            if not after.ok:
+                first = after.defects[0]
+                raise WALCorruptionError(
+                    d / first.file,
+                    first.line,
+                    first.offset,
+                    f"still defective after repair: {first.problem} (the backup is in "
+                    f"{report.backup})",
+                )
+            report.records_kept = after.records
+    finally:
+        lock.release()
+    report.opened = _opens(d, report)
+    return report
+
+
+def _opens(d: Path, report: RepairReport) -> bool:
+    """Prove the repaired log opens normally (this also finishes what recovery tidies up)."""
+    from wal.storage import WALStorage  # the storage imports nothing from here
+
+    try:
+        WALStorage(d).close()
+    except WALLockedError as exc:
+        report.notes.append(f"could not check a normal open: {exc}")
+        return False
+    return True
+
+
+def _backup(d: Path) -> Path:
+    """Copy every file of the log (not the lock) into a new sibling directory, durably."""
+    fs = OSFileOps()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = d.with_name(f"{d.name}.backup-{stamp}")
+    n = 1
+    while target.exists():
+        target = d.with_name(f"{d.name}.backup-{stamp}-{n}")
+        n += 1
+    target.mkdir(mode=_DIR_MODE)
+    os.chmod(target, _DIR_MODE)  # the copy holds the same balances and trades: owner only
+    for src in sorted(d.iterdir()):
+        if src.name == LOCK_NAME or not src.is_file():
+            continue
+        data = src.read_bytes()
+        fd = fs.open(str(target / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            write_all(fs, fd, data)
+            fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
+        finally:
+            fs.close(fd)
+    fs.fsync_dir(str(target))  # the copies' names live in the backup directory: persist them
+    fs.fsync_dir(str(target.parent))  # and the backup directory's own name in its parent
+    return target
+
+
+def _header(first: int, last: int | None) -> bytes:
+    return encode_line(
+        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
+    )
+
+
+def _rewrite(d: Path, report: RepairReport) -> None:
+    """Rewrite each segment whose bytes differ from its salvaged form."""
+    fs = OSFileOps()
+    chain = scan_log(d).segments
+    for k, seg in enumerate(chain):
+        is_last = k == len(chain) - 1
+        end = _planned_end(seg, chain[k + 1] if not is_last else None)
+        kept = []
+        for line in seg.good:
+            if line.record["lsn"] <= end:
+                kept.append(line)
+            else:  # overlaps the next segment's range: that segment's records win
+                seg.defects.append(
+                    VerifyDefect(
+                        seg.path.name,
+                        line.line,
+                        line.offset,
+                        f"LSN {line.record['lsn']} lies in the next segment's range",
+                        lsn=line.record["lsn"],
+                        entry_id=line.record.get("entry_id"),
+                    )
+                )
+        report.dropped.extend(seg.defects)
+        lsns = [line.record["lsn"] for line in kept]
+        contiguous = lsns == list(range(seg.first, seg.first + len(lsns)))
+        if is_last and ((not seg.compacted and contiguous) or end < seg.first):
+            last: int | None = None  # an ordinary active segment: appends continue in it
+        else:
+            last = end  # a fixed range: the LSNs of dropped records are allowed gaps
+        body = b"".join(seg.data[x.offset : x.offset + x.length] for x in kept)
+        new = _header(seg.first, last) + body
+        if new == seg.data:
+            continue
+        tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
+        fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        try:
+            write_all(fs, fd, new)
+            fs.fdatasync(fd)  # never rename an unsynced file over a segment
+        finally:
+            fs.close(fd)
+        fs.rename(str(tmp), str(seg.path))  # atomic: the old or the new segment, never a mix
+        fs.fsync_dir(str(d))  # the rename is durable only once the directory is synced
+        report.segments_rewritten.append(seg.path.name)
+        shown = f"{seg.first}..{last}" if last is not None else f"{seg.first}.. (active)"
+        report.ranges.append(f"{seg.path.name}: LSN {shown}, {len(kept)} records kept")
+
+
+def _planned_end(seg: SegmentScan, nxt: SegmentScan | None) -> int:
+    """The last LSN a segment covers after the repair."""
+    if nxt is not None:
+        return nxt.first - 1  # up to the next segment: covers a missing segment in between
+    top = seg.end if seg.compacted else seg.first - 1
+    if seg.good:
+        top = max(top, seg.good[-1].record["lsn"])
+    return top

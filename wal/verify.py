@@ -1,0 +1,352 @@
+"""``verify_log``: a read-only scan of every segment that lists every defect.
+
+Where opening a log stops at the first defect it may not repair, ``verify_log`` reads every
+line of every segment and reports each defect with its file, line (1-based) and byte offset:
+bad checksums, torn lines, zero-filled regions, missing or wrong headers, LSNs out of order,
+missing segments (an LSN gap between two files), malformed records, entries whose content
+checksum does not match and entry ids that appear twice. It applies the same rules as
+recovery (see ``WALStorage._recover``), so a log without defects opens in any mode.
+
+It never writes, truncates, renames or locks anything: it is safe while a trading process
+appends to the log. The last line of the last segment may then be a record in flight; it is
+reported as a torn tail (``torn_tail=True``), which is also what a crash leaves behind and
+what a normal open cuts off (keeping the bytes in a ``.broken`` file).
+
+>>> import tempfile
+>>> from wal import WALEntry, WALStorage
+>>> d = tempfile.mkdtemp()
+>>> with WALStorage(d) as log:
+...     _ = log.append(WALEntry.create("log_trade", kwargs={"qty": 1}))
+>>> report = verify_log(d)
+>>> report.ok, report.entries, report.defects
+(True, 1, [])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wal.entry import WALEntry, WALEntryStatus
+from wal.errors import WALCorruptionError
+from wal.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT, KIND_STATUS
+from wal.segment import (
+    BROKEN_SUFFIX,
+    TMP_SUFFIX,
+    Defect,
+    Line,
+    list_segments,
+    scan,
+    valid_record_after,
+)
+
+__all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyDefect:
+    """One defect: where it is and what is wrong.
+
+    ``line`` and ``offset`` are 0 for a defect of the whole file (an LSN gap before it).
+    ``torn_tail``: the defect is the end of the last segment with no good record after it,
+    which a crash can leave (a normal open cuts it). Anything else is real corruption that
+    a normal open refuses. ``lsn`` and ``entry_id`` are a best guess read from the raw bytes
+    of a bad line (None when they cannot be read), to look the record up in a backup.
+    """
+
+    file: str
+    line: int
+    offset: int
+    problem: str
+    torn_tail: bool = False
+    lsn: int | None = None
+    entry_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}, byte offset {self.offset}" if self.line else "whole file"
+        tail = " [torn tail: a normal open cuts it]" if self.torn_tail else ""
+        return f"{self.file}: {where}: {self.problem}{tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "offset": self.offset,
+            "problem": self.problem,
+            "torn_tail": self.torn_tail,
+            "lsn": self.lsn,
+            "entry_id": self.entry_id,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_log`` found. ``ok``: no defect at all."""
+
+    directory: str
+    segments: int = 0
+    records: int = 0  # good records (entries and status records), headers not counted
+    entries: int = 0
+    bytes: int = 0
+    first_lsn: int | None = None
+    last_lsn: int | None = None
+    defects: list[VerifyDefect] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things a normal open tidies up itself
+
+    @property
+    def ok(self) -> bool:
+        return not self.defects
+
+    @property
+    def opens(self) -> bool:
+        """True when a normal (``tolerate_tail``) open accepts the log: at most a torn tail."""
+        return all(d.torn_tail for d in self.defects)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "ok": self.ok,
+            "opens": self.opens,
+            "segments": self.segments,
+            "records": self.records,
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "first_lsn": self.first_lsn,
+            "last_lsn": self.last_lsn,
+            "defects": [d.to_dict() for d in self.defects],
+            "notes": list(self.notes),
+        }
+
+
+def record_problem(rec: dict[str, Any]) -> str | None:
+    """Why a record with a good checksum still cannot be used (None: it is fine).
+
+    Checks what recovery needs to index it, and for entries that they decode and that their
+    content checksum matches.
+    """
+    kind = rec.get("t")
+    try:
+        if kind == KIND_ENTRY:
+            WALEntryStatus(rec.get("status", "pending"))
+            uuid.UUID(rec["entry_id"])
+            if not isinstance(rec["idempotency_key"], str):
+                return "malformed entry: idempotency_key is not a string"
+            entry = WALEntry.from_dict(rec)
+            if not entry.verify():
+                return "entry content checksum mismatch (written wrong, not damaged on disk)"
+        elif kind == KIND_STATUS:
+            WALEntryStatus(rec["status"])
+            uuid.UUID(rec["entry_id"])
+            of = rec["of"]
+            if not isinstance(of, int) or of >= rec["lsn"]:
+                return f"malformed status record: 'of' is {of!r}"
+        else:
+            return f"unknown record kind {kind!r}"
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        return f"malformed {kind} record: {type(exc).__name__}: {exc}"
+    return None
+
+
+# --------------------------------------------------------------------------- the scan
+
+_LSN_RE = re.compile(rb'"lsn":(\d{1,19})')
+_ID_RE = re.compile(rb'"entry_id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"')
+
+
+def _guess(raw: bytes) -> tuple[int | None, str | None]:
+    """LSN and entry id of a damaged line, read from its bytes when they are still legible."""
+    m = _LSN_RE.search(raw)
+    i = _ID_RE.search(raw)
+    return (int(m.group(1)) if m else None), (i.group(1).decode() if i else None)
+
+
+@dataclass
+class SegmentScan:
+    """One segment as ``scan_log`` read it (used by ``verify_log`` and ``repair_log``)."""
+
+    first: int
+    path: Path
+    data: bytes
+    header: dict[str, Any] | None = None
+    compacted: bool = False  # the header declares a fixed range first..end
+    end: int = 0  # last LSN it covers (first - 1 when empty)
+    good: list[Line] = field(default_factory=list)  # usable records, in increasing LSN order
+    defects: list[VerifyDefect] = field(default_factory=list)
+    header_ok: bool = False  # a header that is the first line and matches the name
+
+
+@dataclass
+class LogScan:
+    segments: list[SegmentScan] = field(default_factory=list)  # the LSN chain, in order
+    leftovers: list[Path] = field(default_factory=list)  # interrupted-compaction leftovers
+    notes: list[str] = field(default_factory=list)
+
+
+def scan_log(directory: Path) -> LogScan:
+    """Read every segment and classify every line, like recovery but without changing anything."""
+    if not directory.is_dir():
+        raise WALCorruptionError(directory, 0, 0, "no log directory here")
+    out = LogScan()
+    for p in sorted(directory.iterdir()):
+        if p.name.endswith(TMP_SUFFIX):
+            out.notes.append(f"{p.name}: unfinished compaction output; the next open removes it")
+        elif BROKEN_SUFFIX in p.name:
+            out.notes.append(f"{p.name}: bytes cut from a torn tail earlier, kept for inspection")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode != 0o700:
+        out.notes.append(f"directory mode is {mode:o}, expected 700 (the next open fixes it)")
+    segments = list_segments(directory)
+    seen_ids: set[bytes] = set()
+    prev: SegmentScan | None = None
+    for i, (first, path) in enumerate(segments):
+        last_segment = i == len(segments) - 1
+        if prev is not None and prev.compacted and first <= prev.end:
+            out.leftovers.append(path)
+            out.notes.append(
+                f"{path.name}: already merged into {prev.path.name} by an interrupted "
+                "compaction; the next open removes it"
+            )
+            continue
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # a running writer's compaction removed it meanwhile
+            out.notes.append(f"{path.name}: removed while it was being read (a compaction)")
+            continue
+        fmode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
+        if fmode & 0o077:
+            out.notes.append(f"{path.name}: mode {fmode:o}; log files should be 600")
+        seg = _scan_segment(path, first, data, last_segment, prev, seen_ids)
+        if seg.header is None and not seg.defects:
+            out.notes.append(f"{path.name}: empty last segment; the next open removes it")
+        out.segments.append(seg)
+        prev = seg
+    return out
+
+
+def _scan_segment(
+    path: Path,
+    first: int,
+    data: bytes,
+    last_segment: bool,
+    prev: SegmentScan | None,
+    seen_ids: set[bytes],
+) -> SegmentScan:
+    seg = SegmentScan(first, path, data, end=first - 1)
+    name = path.name
+
+    def defect(line: int, offset: int, problem: str, *, torn: bool = False) -> None:
+        lsn, eid = (None, None)
+        if line:
+            nl = data.find(b"\n", offset)
+            lsn, eid = _guess(data[offset : len(data) if nl == -1 else nl])
+        seg.defects.append(VerifyDefect(name, line, offset, problem, torn, lsn, eid))
+
+    if prev is not None and first != prev.end + 1:
+        defect(
+            0,
+            0,
+            f"LSN gap: {prev.path.name} ends at LSN {prev.end}, this segment starts at {first} "
+            "(a segment is missing or was reordered)",
+        )
+    expected = first
+    for item in scan(path, data):
+        if isinstance(item, Defect):
+            torn = last_segment and valid_record_after(data, item.offset) is None
+            defect(item.line, item.offset, item.problem, torn=torn)
+            if torn:
+                break  # the rest of the file is the torn tail itself
+            continue
+        rec = item.record
+        kind = rec["t"]
+        if seg.header is None:
+            if kind != KIND_SEGMENT:
+                defect(item.line, item.offset, "segment has no header record")
+                seg.header = {"first": first, "last": None}
+            else:
+                seg.header = rec
+                seg.header_ok = item.line == 1
+                if rec.get("first") != first:
+                    seg.header_ok = False
+                    defect(
+                        item.line,
+                        item.offset,
+                        f"header says first LSN {rec.get('first')}, the file name says {first}",
+                    )
+                if rec.get("version") != FORMAT_VERSION:
+                    seg.header_ok = False
+                    defect(
+                        item.line, item.offset, f"unknown format version {rec.get('version')!r}"
+                    )
+                last = rec.get("last")
+                if last is not None:
+                    if isinstance(last, int) and last >= first - 1:
+                        seg.compacted = True
+                        seg.end = last
+                    else:
+                        seg.header_ok = False
+                        defect(item.line, item.offset, f"header has a bad 'last': {last!r}")
+                continue
+        if kind == KIND_SEGMENT:
+            defect(item.line, item.offset, "a second segment header")
+            continue
+        lsn = rec.get("lsn")
+        if type(lsn) is not int:
+            defect(item.line, item.offset, "record has no LSN")
+            continue
+        if seg.compacted:
+            ok = expected <= lsn <= seg.end
+        else:
+            ok = lsn == expected
+        if not ok:
+            defect(item.line, item.offset, f"LSN {lsn} out of order (expected {expected})")
+            if lsn < expected or (seg.compacted and lsn > seg.end):
+                continue  # a duplicate, or beyond the declared range: never usable
+        problem = record_problem(rec)
+        if problem is None and kind == KIND_ENTRY:
+            eid = uuid.UUID(rec["entry_id"]).bytes
+            if eid in seen_ids:
+                problem = f"entry id {rec['entry_id']} appears a second time in the log"
+            seen_ids.add(eid)
+        expected = lsn + 1
+        if not seg.compacted:
+            seg.end = lsn
+        if problem is not None:
+            defect(item.line, item.offset, problem)
+            continue
+        seg.good.append(item)
+    if seg.header is None and not (last_segment and all(d.torn_tail for d in seg.defects)):
+        # recovery removes a headerless *last* segment (a rotation torn before its header was
+        # durable); anywhere else an empty or headerless segment means lost records
+        defect(0, 0, "segment has no verifiable header record")
+    return seg
+
+
+def verify_log(directory: str | os.PathLike[str]) -> VerifyReport:
+    """Check every record of the log in ``directory``; never modify anything.
+
+    Raises ``WALCorruptionError`` only when there is no log directory at all.
+    """
+    d = Path(directory)
+    result = scan_log(d)
+    rep = VerifyReport(directory=str(d), notes=list(result.notes))
+    for seg in result.segments:
+        rep.segments += 1
+        rep.bytes += len(seg.data)
+        rep.defects.extend(seg.defects)
+        for line in seg.good:
+            rep.records += 1
+            if line.record["t"] == KIND_ENTRY:
+                rep.entries += 1
+        if seg.good:
+            lsn0 = seg.good[0].record["lsn"]
+            if rep.first_lsn is None:
+                rep.first_lsn = lsn0
+            rep.last_lsn = seg.good[-1].record["lsn"]
+    for path in result.leftovers:
+        rep.bytes += path.stat().st_size if path.exists() else 0
+    return rep
