@@ -1,5 +1,5 @@
 # Helpers for benchmarks/: the persist-queue peer (a dev dependency, so not in wal/bench.py).
-# Not a benchmark itself; reproduce its rows with: /tmp/venv/bin/python benchmarks/run_all.py --quick
+# Not a benchmark itself; its rows come from: /tmp/venv/bin/python benchmarks/run_all.py
 """persist-queue ``SQLiteAckQueue``: a durable queue on SQLite (WAL mode), measured as a peer."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import orjson
 import persistqueue
 import persistqueue.serializers.json as pq_json
 
-from wal.bench import Measurement, fresh_dir, latency_row, run_threads, make_trade
+from wal.bench import Measurement, fresh_dir, latency_row, make_trade, run_threads
 
 __all__ = ["bench_persist_queue", "open_queue"]
 
@@ -29,7 +29,8 @@ def bench_persist_queue(directory: Path, threads: int, total: int) -> Measuremen
     """``put`` of one trade (its ``to_dict()``) per call from ``threads`` threads."""
     d = fresh_dir(directory, f"persist-queue-{threads}")
     q = open_queue(d)
-    sync = q._putter.execute("PRAGMA synchronous").fetchone()[0]
+    putter = q._putter  # the connection put() commits on
+    sync = putter.execute("PRAGMA synchronous").fetchone()[0] if putter is not None else "?"
     per = max(1, total // threads)
     items = [
         [orjson.loads(orjson.dumps(make_trade(i * per + j).to_dict())) for j in range(per)]

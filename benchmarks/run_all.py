@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
-from peers import bench_persist_queue  # noqa: E402
+from peers import bench_persist_queue
 
-from wal.bench import (  # noqa: E402
+from wal.bench import (
     BenchSizes,
     DiskBenchResult,
     Measurement,
@@ -165,9 +165,7 @@ def plot(result: DiskBenchResult, path: Path) -> bool:
     right.set_xticks([1, 64, 1000], ["1", "64", "1000"])
     right.set_title("durable appends against batch size")
     right.legend(fontsize=8)
-    fig.suptitle(
-        f"atb-wal, {result.size} run, {result.machine.get('filesystem', '?')}", fontsize=9
-    )
+    fig.suptitle(f"atb-wal, {result.size} run, {result.machine.get('filesystem', '?')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -215,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     command = "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = header(result, command) + result.markdown() + "\n\n" + result.advice() + "\n"
-    print(text)
+    print(text, end="")
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not plot(result, out / "throughput.png"):

@@ -52,7 +52,7 @@ class AtbError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_PROBLEM) -> None:
         super().__init__(one_line(message))
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 
 def one_line(text: str) -> str:

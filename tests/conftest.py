@@ -26,7 +26,7 @@ def pg_url() -> Iterator[PgServer]:
     try:
         server = launch()
     except PgUnavailable as exc:
-        message = f"{exc}. {HOW_TO_RUN}"
+        message = f"{exc}\n{HOW_TO_RUN}"
         if os.environ.get(ENV_REQUIRE) == "1":
             pytest.fail(f"{ENV_REQUIRE}=1 but {message}", pytrace=False)
         pytest.skip(message)

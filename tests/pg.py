@@ -200,8 +200,8 @@ def _from_pgserver() -> PgServer:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
-            import pgserver
             from pgserver._commands import POSTGRES_BIN_PATH
+            from pgserver.postgres_server import get_server
     except ImportError as exc:
         raise PgUnavailable(f"pgserver is not installed ({exc})") from None
 
@@ -210,7 +210,7 @@ def _from_pgserver() -> PgServer:
     run_as: str | None = None
     try:
         # initdb (trust authentication, user "postgres") and a first start on a socket only.
-        run_as = pgserver.get_server(pgdata, cleanup_mode="stop").system_user
+        run_as = get_server(pgdata, cleanup_mode="stop").system_user
         server = PgServer(
             url="",
             host="127.0.0.1",

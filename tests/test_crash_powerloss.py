@@ -22,6 +22,7 @@ reports lost entries.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -33,8 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-
 from faultfs import CrashFS, SimulatedCrash, TailMode, write_image
+
 from wal import WALEntry, WALEntryStatus, WALError, WALStorage
 from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
 
@@ -55,7 +56,9 @@ TAILS: list[tuple[TailMode, int]] = [
 STATUS_FIELDS = ("lsn", "status", "synced_at", "attempts", "last_error")
 
 
+@functools.cache
 def entry(n: int, pad: int = 0) -> WALEntry:
+    """The same entry for the same ``n`` in every run, so equal crash images compare equal."""
     kwargs: dict[str, Any] = {"n": n, "symbol": "BTCUSDT", "qty": Decimal(f"{n}.25")}
     if pad:
         kwargs["pad"] = "p" * pad
@@ -108,10 +111,8 @@ class Recorder:
         for a in batch:
             self.attempts.append(a)
             self.by_id[str(a.entry.entry_id)] = a
-        if len(entries) == 1:
-            got = [self.log.append(entries[0])]
-        else:
-            got = self.log.append_many(entries)
+        # one entry: append(); several: one append_many() batch
+        got = [self.log.append(entries[0])] if len(entries) == 1 else self.log.append_many(entries)
         for a, g in zip(batch, got, strict=True):
             assert g.lsn == a.lsn, (g.lsn, a.lsn)
             a.acked = True
@@ -221,6 +222,48 @@ APPENDS = Workload("appends", _appends)
 ROTATION = Workload("rotation", _rotation, {"max_segment_bytes": 4096})
 COMPACTION = Workload("compaction", _compaction, {"max_segment_bytes": 4096}, compacts=True)
 RECOVERY = Workload("recovery", _recover_torn, prepare=_torn_start)
+
+
+# CrashMonkey's bounded exhaustive workloads: every sequence of three operations from
+# {A: append one entry, M: append_many of two, S: advance the oldest unfinished entry's
+# status, C: compact}, on a log that already has two segments, a COMPLETED and a SYNCING entry.
+def _seeded(r: Recorder) -> None:
+    r.open()
+    r.append(entry(1, 900), entry(2, 900), entry(3, 900))  # fills segment 1
+    r.append(entry(4, 900))
+    r.status((0, COMPLETED), (1, SYNCING))
+    r.close()
+
+
+def _advance(r: Recorder) -> None:
+    for i, a in enumerate(r.attempts):
+        now = a.statuses[a.acked_status]
+        if a.acked and now is not COMPLETED:
+            r.status((i, SYNCING if now is PENDING else COMPLETED))
+            return
+
+
+STEPS: dict[str, Callable[[Recorder], object]] = {
+    "A": lambda r: r.append(entry(len(r.attempts) + 1, 900)),
+    "M": lambda r: r.append(entry(len(r.attempts) + 1, 900), entry(len(r.attempts) + 2, 900)),
+    "S": _advance,
+    "C": Recorder.compact,
+}
+
+
+def sequence(ops: str) -> Workload:
+    def run(r: Recorder) -> None:
+        r.open()
+        for op in ops:
+            STEPS[op](r)
+        r.close()
+
+    return Workload(
+        f"seq-{ops}", run, {"max_segment_bytes": 4096}, prepare=_seeded, compacts="C" in ops
+    )
+
+
+SEQUENCES = ["".join(p) for p in itertools.product(STEPS, repeat=3)]
 
 
 # ---------------------------------------------------------------------- running and checking
@@ -379,21 +422,22 @@ def enumerate_crashes(
     fs, _ = run_workload(w, base, None, ignore_fsync_dir=ignore_fsync_dir)
     total = fs.op_count
     result = Result()
+    checked: set[int] = set()  # (image, what the workload was told): each checked once
     # crash before each operation, and once more at the end (the whole workload done)
     for n in [*range(1, total + 1), None]:
         fs, rec = run_workload(w, base, n, when=when, ignore_fsync_dir=ignore_fsync_dir)
         result.crash_points += 1
         where = "the end" if n is None else f"op {n} ({fs.ops[n - 1][0]} {fs.ops[n - 1][1]})"
         pending = fs.pending_dir_ops()
-        distinct: set[int] = set()
+        told = tuple((a.acked, a.acked_status, a.droppable) for a in rec.attempts)
         for subset in dir_subsets(len(pending)):
             for mode, seed in tails:
                 rng = random.Random(seed * 1_000_003 + (n or 0))
                 files = fs.image_files(mode, rng, subset)
-                key = hash(tuple(sorted(files.items())))
-                if key in distinct:
+                key = hash((tuple(sorted(files.items())), told, rec.compacted > 0))
+                if key in checked:
                     continue
-                distinct.add(key)
+                checked.add(key)
                 img = base / f"image-{result.images}"
                 write_image(img, files)
                 result.images += 1
@@ -438,7 +482,8 @@ def test_crashfs_models_file_data_and_directory_entries(tmp_path: Path) -> None:
 
 
 def test_crashfs_stops_a_workload_before_or_after_an_operation(tmp_path: Path) -> None:
-    for when, synced in (("before", b""), ("after", b"x")):
+    cases: list[tuple[Literal["before", "after"], bytes]] = [("before", b""), ("after", b"x")]
+    for when, synced in cases:
         d = tmp_path / when
         fs = CrashFS(d, crash_at=4, crash_when=when)
         fd = fs.open(str(d / "a"), os.O_WRONLY | os.O_CREAT)
@@ -472,6 +517,12 @@ def test_power_loss_at_every_operation_loses_nothing_acknowledged(
         "recovery": {"cut a torn tail", "kept a .broken file"},
     }[w.name]
     assert wanted <= result.seen.keys(), result.seen
+
+
+@pytest.mark.parametrize("ops", SEQUENCES)
+def test_power_loss_in_every_three_operation_sequence(ops: str, tmp_path: Path) -> None:
+    result = enumerate_crashes(sequence(ops), tmp_path, tails=[TAILS[0], TAILS[1], TAILS[5]])
+    assert result.problems == [], "\n".join(result.problems[:20])
 
 
 def test_crash_after_the_operation_too(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ fsync modes, read-only opening, closed and misused storages. Real files, real fs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -503,3 +504,19 @@ def test_readonly_changes_nothing_on_a_torn_tail(logdir: Path) -> None:
     assert {p.name: p.read_bytes() for p in logdir.iterdir()} == before
     with pytest.raises(WALCorruptionError, match="no log directory"):
         WALStorage.open_readonly(logdir.parent / "missing")
+
+
+def test_removed_segments_are_not_held_open(logdir: Path) -> None:
+    """An unlinked segment still open for reading would keep its disk space until close()."""
+    with WALStorage(logdir, max_segment_bytes=4096) as log:
+        es = [log.append(make_entry(i, blob=300)) for i in range(40)]
+        assert all(log.get_entry(e.entry_id) for e in es)  # opens a read fd per segment
+        log.update_statuses([(e, C, None, None) for e in es])
+        assert log.compact()["segments_removed"] > 2
+        fds = Path(f"/proc/{os.getpid()}/fd")
+        targets = []
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(fd))
+        held = [t for t in targets if t.startswith(str(logdir)) and t.endswith("(deleted)")]
+        assert held == []

@@ -24,6 +24,8 @@ Values inside ``args`` and ``kwargs`` keep their types through tags such as
 the guarantees and the recovery modes.
 """
 
+from wal.config import WALConfig
+from wal.durable_db import DurableDatabaseManager
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import (
     WALClosedError,
@@ -37,17 +39,22 @@ from wal.errors import (
     WALWriteError,
 )
 from wal.fileops import FileOps, OSFileOps
+from wal.manager import Receipt, SyncResult, WALManager
 from wal.options import StorageOptions
 from wal.storage import RecoveryReport, StorageStats, WALStorage
 
 __all__ = [
+    "DurableDatabaseManager",
     "FileOps",
     "OSFileOps",
     "OperationType",
+    "Receipt",
     "RecoveryReport",
     "StorageOptions",
     "StorageStats",
+    "SyncResult",
     "WALClosedError",
+    "WALConfig",
     "WALConfigError",
     "WALCorruptionError",
     "WALDatabaseError",
@@ -56,6 +63,7 @@ __all__ = [
     "WALEntryStatus",
     "WALError",
     "WALLockedError",
+    "WALManager",
     "WALSerializationError",
     "WALStorage",
     "WALWriteError",

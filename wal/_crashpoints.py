@@ -15,6 +15,8 @@ The points, in the order the write path meets them:
 ``compact-after-rename``      the temp file replaced the segment; directory not synced
 ``compact-after-unlink``      an emptied front segment was unlinked; directory not synced
 ``compact-between-segments``  one segment was rewritten, the next ones are not yet
+``manager.after_apply_before_status``  the database committed a batch (effects and ledger
+                              rows); the log does not yet say COMPLETED
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ POINTS = frozenset(
         "compact-after-rename",
         "compact-after-unlink",
         "compact-between-segments",
+        "manager.after_apply_before_status",
     }
 )
 

@@ -28,6 +28,7 @@ import platform
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,23 +113,60 @@ class BenchSizes:
 
 @dataclass(slots=True)
 class Measurement:
-    """One row of the results table."""
+    """One row of the results table (possibly the median of several interleaved rounds)."""
 
     name: str  # stable key, e.g. "wal_always_8"
     group: Group
     label: str  # what was measured, in words
-    ops: int = 0  # records (entries) done
-    seconds: float = 0.0
+    ops: int = 0  # records (entries) done, over all rounds
+    seconds: float = 0.0  # over all rounds
     threads: int = 1
     batch: int = 1
-    per_s: float | None = None  # records (entries) per second
-    p50_us: float | None = None
+    per_s: float | None = None  # records (entries) per second; the median over rounds
+    p50_us: float | None = None  # per-record latency (rows where one call is one record)
     p99_us: float | None = None
-    note: str = ""
+    call_p50_us: float | None = None  # per-call latency of batch rows
+    rounds: int = 1
+    note: str = ""  # fixed remarks; describe() adds the measured ones
     extra: dict[str, Any] = field(default_factory=dict)
+    latency: Literal["record", "call", "none"] = "record"
+    samples_ns: list[int] = field(default_factory=list, repr=False)  # not in to_dict()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["samples_ns"]
+        d["description"] = self.describe()
+        return d
+
+    def finish(self) -> Measurement:
+        """Compute the latency columns from ``samples_ns`` (sorts them)."""
+        lat = self.samples_ns
+        lat.sort()
+        if not lat or self.latency == "none":
+            return self
+        if self.latency == "record":
+            self.p50_us = percentile(lat, 0.50)
+            self.p99_us = percentile(lat, 0.99)
+        else:
+            self.call_p50_us = percentile(lat, 0.50)
+        return self
+
+    def describe(self) -> str:
+        """The note column: fixed remarks plus what the figures mean."""
+        parts: list[str] = []
+        fsyncs = self.extra.get("fsyncs")
+        if self.extra.get("fsync") == "always" and fsyncs:
+            parts.append(f"{self.ops / fsyncs:.1f} entries per fsync")
+        if self.call_p50_us is not None:
+            parts.append(f"per call: p50 {self.call_p50_us:,.0f} µs")
+        if self.note:
+            parts.append(self.note)
+        spread = self.extra.get("per_s_rounds")
+        if self.rounds > 1 and spread:
+            parts.append(
+                f"median of {self.rounds} rounds, {min(spread):,.0f} to {max(spread):,.0f}/s"
+            )
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +225,14 @@ class DiskBenchResult:
         raw = self.get("raw_per_record")
         if one is not None and one.p50_us is not None and one.per_s:
             s = (
-                f'fsync="always" costs {one.p50_us:,.0f} µs per trade '
-                f"({one.per_s:,.0f} trades/s from one thread"
+                f'a durable append (fsync="always") takes {one.p50_us:,.0f} µs per trade '
+                f"at the median ({one.per_s:,.0f} trades/s from one thread"
             )
-            if raw is not None and raw.per_s:
-                s += f"; the disk's own limit is {raw.per_s:,.0f} fsyncs/s"
+            if raw is not None and raw.per_s and raw.p50_us is not None:
+                s += (
+                    f"; the disk's own write + fdatasync takes {raw.p50_us:,.0f} µs, "
+                    f"{raw.per_s:,.0f}/s"
+                )
             parts.append(s + ")")
         best: Measurement | None = None
         for k in (8, 64):
@@ -225,7 +266,7 @@ class DiskBenchResult:
         for m in self.measurements:
             lines.append(
                 f"| {m.group} | {m.label} | {m.threads} | {m.batch} | {_fmt(m.per_s, 0)} "
-                f"| {_fmt(m.p50_us, 0)} | {_fmt(m.p99_us, 0)} | {m.note} |"
+                f"| {_fmt(m.p50_us, 0)} | {_fmt(m.p99_us, 0)} | {m.describe()} |"
             )
         lines += ["", "| target | measured | required | met |", "|---|---:|---:|---|"]
         for t in self.targets():
@@ -282,10 +323,37 @@ def percentile(sorted_ns: Sequence[int], q: float) -> float:
 
 
 def latency_row(m: Measurement, lat_ns: list[int]) -> Measurement:
-    lat_ns.sort()
-    m.p50_us = percentile(lat_ns, 0.50)
-    m.p99_us = percentile(lat_ns, 0.99)
-    return m
+    """Attach the latency samples (ns) to ``m`` and compute its latency columns."""
+    m.samples_ns = lat_ns
+    return m.finish()
+
+
+def merge_rounds(rounds: list[Measurement]) -> Measurement:
+    """One row from interleaved rounds of the same measurement: the median rate, pooled
+    latencies, summed counters. Interleaving spreads the machine's noise over every row."""
+    first = rounds[0]
+    m = Measurement(
+        first.name,
+        first.group,
+        first.label,
+        sum(r.ops for r in rounds),
+        sum(r.seconds for r in rounds),
+        first.threads,
+        first.batch,
+        rounds=len(rounds),
+        note=first.note,
+        extra=dict(first.extra),
+        latency=first.latency,
+    )
+    rates = [r.per_s for r in rounds if r.per_s is not None]
+    if rates:
+        m.per_s = statistics.median(rates)
+        m.extra["per_s_rounds"] = [round(x, 1) for x in rates]
+    for key in ("fsyncs", "drained"):
+        if key in first.extra:
+            m.extra[key] = sum(int(r.extra.get(key) or 0) for r in rounds)
+    m.samples_ns = [x for r in rounds for x in r.samples_ns]
+    return m.finish()
 
 
 def fresh_dir(base: Path, name: str) -> Path:
@@ -329,11 +397,8 @@ def bench_raw(directory: Path, n_records: int, batch: int, record_bytes: int) ->
         else f"os.write of {batch} records + one fdatasync"
     )
     m = Measurement(name, "limit", label, calls * batch, secs, 1, batch, per_s=calls * batch / secs)
-    latency_row(m, lat)
-    if batch > 1:
-        m.note = f"per call: p50 {m.p50_us:,.0f} µs"
-        m.p50_us = m.p99_us = None  # a batch's latency is not a record's
-    return m
+    m.latency = "record" if batch == 1 else "call"  # a batch's latency is not a record's
+    return latency_row(m, lat)
 
 
 # ---------------------------------------------------------------------------- the log
@@ -400,9 +465,7 @@ def bench_wal_append(
         per_s=n / secs,
     )
     m.extra["fsyncs"] = stats.fsync_count
-    m.extra["entries_per_fsync"] = n / stats.fsync_count if stats.fsync_count else None
-    if fsync == "always" and stats.fsync_count:
-        m.note = f"{n / stats.fsync_count:.1f} entries per fsync"
+    m.extra["fsync"] = fsync
     if fsync == "interval":
         m.extra["interval_ms"] = log.options.fsync_interval_ms
         m.note = f"loses ≤ {log.options.fsync_interval_ms:g} ms on power loss"
@@ -432,10 +495,9 @@ def bench_wal_append_many(directory: Path, batches: int, batch: int = 1000) -> M
         1,
         batch,
         per_s=n / secs,
+        latency="call",
     )
-    lat.sort()
-    m.note = f"per call: p50 {percentile(lat, 0.5):,.0f} µs"
-    return m
+    return latency_row(m, lat)
 
 
 # ---------------------------------------------------------------------------- SQLite

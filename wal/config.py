@@ -36,7 +36,7 @@ SQLite file while real money is being traded.
 >>> WALConfig.from_env({"WAL_ENABLED": "maybe"})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-wal.errors.WALConfigError: WAL_ENABLED='maybe' is not valid: expected one of true/false/1/0/yes/no/on/off ...
+wal.errors.WALConfigError: WAL_ENABLED='maybe' is not valid: expected one of true/false/...
 >>> mask_url("postgresql+psycopg://trader:s3cret@db.internal/atb")
 'postgresql+psycopg://trader:***@db.internal/atb'
 """
@@ -269,7 +269,9 @@ def _int_spec(env: str, low: int) -> _Spec:
     return _Spec(env, int, lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
-def _num_spec(env: str, *, low: float = 0.0, strict: bool = True, high: float | None = None) -> _Spec:
+def _num_spec(
+    env: str, *, low: float = 0.0, strict: bool = True, high: float | None = None
+) -> _Spec:
     def ok(v: Any) -> bool:
         if not _is_num(v):
             return False
@@ -293,9 +295,7 @@ _SPECS: dict[str, _Spec] = {
     "sync_interval": _num_spec("WAL_SYNC_INTERVAL"),
     "max_retries": _int_spec("WAL_MAX_RETRIES", 1),
     "retention_hours": _num_spec("WAL_RETENTION_HOURS", strict=False),
-    "fsync": _Spec(
-        "WAL_FSYNC", str, lambda v: _choice(v, FSYNC_MODES), " | ".join(FSYNC_MODES)
-    ),
+    "fsync": _Spec("WAL_FSYNC", str, lambda v: _choice(v, FSYNC_MODES), " | ".join(FSYNC_MODES)),
     "fsync_interval_ms": _num_spec("WAL_FSYNC_INTERVAL_MS", high=60_000),
     "max_segment_bytes": _int_spec("WAL_MAX_SEGMENT_BYTES", 4096),
     "pending_alert_threshold": _int_spec("WAL_PENDING_ALERT_THRESHOLD", 0),

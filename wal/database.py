@@ -60,6 +60,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from wal.entry import OperationType, WALEntry
@@ -83,6 +84,11 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 5000
 
 PG_CONNECT_TIMEOUT_S: Final = 5
 """How long a PostgreSQL connection attempt may take before it counts as a transient error."""
+
+PG_LOCK_TIMEOUT_MS: Final = 30_000
+"""How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
+so that a lock that is never released (say, the same account updated from inside its own
+``with atomic_balance_update()`` block) is an error instead of a hang."""
 
 _SCALE: Final = 10  # decimal places kept for money
 _INT_DIGITS: Final = 18  # NUMERIC(28, 10): 28 digits in all, 10 after the point
@@ -608,8 +614,11 @@ def is_transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     """One line: the error's type and message, without SQLAlchemy's SQL dump and links."""
     inner = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
+    kind = type(exc).__name__
+    if inner is not exc and type(inner).__name__ != kind:
+        kind = f"{kind} ({type(inner).__name__})"  # e.g. IntegrityError (UniqueViolation)
     text = " ".join(str(inner).split())
-    line = f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+    line = f"{kind}: {text}" if text else kind
     return line if len(line) <= _MAX_ERROR_LEN else line[: _MAX_ERROR_LEN - 3] + "..."
 
 
@@ -638,6 +647,10 @@ class BalanceTxn:
     ``t.balance`` was read with the row locked (``SELECT ... FOR UPDATE`` on PostgreSQL; the
     write lock on SQLite), so no one else changes it until the block ends. ``t.add(delta)``
     changes it; everything commits when the block ends and rolls back if it raises.
+
+    The block holds a connection and the row lock: do not update the same account through
+    another method of the manager inside it (that call would wait for this very lock; on
+    PostgreSQL it fails after ``PG_LOCK_TIMEOUT_MS``, on SQLite after the busy timeout).
     """
 
     def __init__(self, conn: Connection, account: str, balance: Decimal, reason: str) -> None:
@@ -692,10 +705,15 @@ def _engine_url(given: str) -> URL:
     raise WALConfigError("database url scheme", url.drivername, "sqlite or postgresql")
 
 
+def _sqlite_memory(url: URL) -> bool:
+    name = url.database or ""
+    return name in ("", ":memory:") or "mode=memory" in name or url.query.get("mode") == "memory"
+
+
 def _sqlite_file(url: URL) -> Path | None:
-    """The database file of a SQLite URL, or None for an in-memory or URI database."""
+    """The database file of a SQLite URL; None for in-memory and ``file:`` URI databases."""
     name = url.database
-    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("uri"):
+    if _sqlite_memory(url) or not name or name.startswith("file:") or url.query.get("uri"):
         return None
     return Path(name)
 
@@ -720,7 +738,7 @@ def _prepare_sqlite_file(path: Path) -> None:
     os.close(fd)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)  # SQLite never syncs the directory entry of the main database file
+        os.fsync(fd)  # SQLite syncs the directory for its journal files, not for this one
     finally:
         os.close(fd)
 
@@ -758,7 +776,8 @@ class DatabaseManager:
 
     ``url``: a SQLAlchemy URL; when None, the ``DATABASE_URL`` environment variable, else
     ``sqlite:///data/atb.db`` (its directory is created 0700, the file 0600).
-    ``postgresql://`` URLs use psycopg 3. ``echo`` logs every SQL statement.
+    ``postgresql://`` URLs use psycopg 3. ``echo`` logs every SQL statement. An in-memory
+    SQLite database (``sqlite://``) is a single connection, for one thread at a time.
 
     Each critical method runs in its own transaction and returns its result. They raise the
     database's own errors (use ``is_transient`` to classify them) and ``ValueError`` /
@@ -775,10 +794,16 @@ class DatabaseManager:
             path = _sqlite_file(engine_url)
             if path is not None:
                 _prepare_sqlite_file(path)
+            if _sqlite_memory(engine_url):
+                # One in-memory database needs one connection: use it from one thread at a
+                # time (doctests, experiments). Anything real belongs in a file.
+                kwargs["poolclass"] = StaticPool
+                kwargs["connect_args"] = {"check_same_thread": False}
         else:
             kwargs["connect_args"] = {
                 "connect_timeout": PG_CONNECT_TIMEOUT_S,
                 "application_name": "atb-wal",
+                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
             }
         self._engine: Engine = sa.create_engine(engine_url, **kwargs)
         if self._dialect_name == "sqlite":

@@ -26,13 +26,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from wal.breaker import BreakerState
 from wal.config import WALConfig
 from wal.entry import OperationType, WALEntry
-from wal.errors import WALDatabaseError
+from wal.errors import WALDatabaseError, WALSerializationError
 from wal.manager import Receipt, WALManager
 from wal.overlay import Overlay
 from wal.storage import WALStorage
@@ -46,6 +47,24 @@ _ID_PARAMS = {
     OperationType.LOG_POSITION.value: "position_id",
     OperationType.CREATE_TRADING_SESSION.value: "session_id",
 }
+# The time parameter filled in with "now" before logging, so that a replay hours later
+# records when the operation happened, not when the database came back.
+_TIME_PARAMS = {
+    OperationType.LOG_TRADE.value: "executed_at",
+    OperationType.LOG_POSITION.value: "opened_at",
+    OperationType.CLOSE_POSITION.value: "closed_at",
+    OperationType.CREATE_TRADING_SESSION.value: "started_at",
+    OperationType.END_TRADING_SESSION.value: "ended_at",
+}
+
+
+def _reject_floats(op: str, params: dict[str, Any]) -> None:
+    """Money is Decimal: a float would be logged and then refused by the database."""
+    for name, value in params.items():
+        if isinstance(value, float):
+            raise WALSerializationError(
+                f"{op}({name}=...)", f"{value!r} is a float; pass money as Decimal"
+            )
 
 
 class DurableBalanceTxn:
@@ -162,10 +181,14 @@ class DurableDatabaseManager:
         for name, p in inspect.signature(method).parameters.items():
             if p.kind is inspect.Parameter.VAR_KEYWORD and name in params:
                 params.update(params.pop(name))
+        accepted = inspect.signature(method).parameters
         id_param = _ID_PARAMS.get(op)
-        wants_id = id_param is not None and id_param in inspect.signature(method).parameters
-        if wants_id and id_param is not None and params.get(id_param) is None:
+        if id_param is not None and id_param in accepted and params.get(id_param) is None:
             params[id_param] = str(uuid.uuid4())
+        time_param = _TIME_PARAMS.get(op)
+        if time_param is not None and time_param in accepted and params.get(time_param) is None:
+            params[time_param] = datetime.now(UTC)
+        _reject_floats(op, params)
         if self.manager is None:
             return params, None, method(**params)
         receipt = self.manager.write(op, idempotency_key=key, **params)
@@ -189,7 +212,10 @@ class DurableDatabaseManager:
         if delta is None:
             return self._balance_txn(account, reason, idempotency_key)
         if not isinstance(delta, Decimal):
-            raise TypeError(f"delta must be a Decimal, got {type(delta).__name__}: {delta!r}")
+            raise WALSerializationError(
+                "atomic_balance_update(delta=...)",
+                f"{delta!r} is a {type(delta).__name__}; pass money as Decimal",
+            )
         if self.manager is None:
             return self._db.atomic_balance_update(delta, reason=reason, account=account)
         receipt = self.manager.write(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -131,14 +131,15 @@ class WALEntry:
         if "$dict" in enc_kwargs and len(enc_kwargs) == 1:
             raise WALSerializationError("kwargs", "keyword names must not start with '$'")
         entry_id = uuid.uuid4()
-        key = idempotency_key if idempotency_key is not None else str(entry_id)
+        sid = str(entry_id)
+        key = idempotency_key if idempotency_key is not None else sid
         return cls(
             entry_id=entry_id,
             operation=op,
             args=tuple(decode_value(enc_args)),
             kwargs=decode_value(enc_kwargs),
             idempotency_key=key,
-            checksum=content_checksum(str(entry_id), op, enc_args, enc_kwargs, key),
+            checksum=content_checksum(sid, op, enc_args, enc_kwargs, key),
             created_at=_now(),
             _encoded=(enc_args, enc_kwargs),
         )
@@ -179,7 +180,12 @@ class WALEntry:
         )
 
     def with_lsn(self, lsn: int) -> WALEntry:
-        return replace(self, lsn=lsn)
+        """A copy with its LSN set (on the append path: a field-by-field copy, no __init__)."""
+        new = object.__new__(WALEntry)
+        for name in _FIELDS:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "lsn", lsn)
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native dict; ``from_dict`` turns it back into an equal entry."""
@@ -223,3 +229,6 @@ class WALEntry:
             last_error=d.get("last_error"),
             _encoded=(enc_args, enc_kwargs),
         )
+
+
+_FIELDS = tuple(f.name for f in fields(WALEntry))

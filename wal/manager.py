@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from wal._crashpoints import crash_point
 from wal.breaker import BreakerState, CircuitBreaker, backoff_delay
 from wal.config import WALConfig
 from wal.entry import OperationType, WALEntry, WALEntryStatus
@@ -311,6 +312,7 @@ class WALManager:
             outcomes = self._apply_exactly_once(batch)
         else:
             outcomes = self._apply_at_least_once(batch)
+        crash_point("manager.after_apply_before_status")  # committed, not yet COMPLETED in the log
         changes: list[tuple[WALEntry, WALEntryStatus, str | None, int | None]] = []
         c = self._counters
         for e in batch:

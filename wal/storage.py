@@ -382,17 +382,14 @@ class WALStorage:
                 continue
             ok = expected <= lsn <= end if compacted else lsn == expected
             if not ok:
-                corrupt(
-                    Defect(
-                        path,
-                        item.line,
-                        item.offset,
-                        f"LSN {lsn} out of order (expected {expected})",
-                    )
-                )
-                if mode != "skip_corrupt" or lsn < expected:
+                problem = f"LSN {lsn} out of order (expected {expected})"
+                if mode == "skip_corrupt" and lsn > expected:
+                    # the records before it were skipped (and counted): a gap; keep this one
+                    rep.lsn_gaps += 1
+                    rep.defects.append(f"{path.name}: line {item.line}, offset {item.offset}: {problem}")
+                else:
+                    corrupt(Defect(path, item.line, item.offset, problem))
                     continue
-                rep.lsn_gaps += 1
             try:
                 self._index_record(rec, item)
             except (KeyError, ValueError, TypeError) as exc:
@@ -1064,6 +1061,9 @@ class WALStorage:
             self._forget(seg, [], dropped_status)
             self._segments.remove(seg)
             self._drop_front()
+            gone_fd = self._read_fds.pop(seg.first, None)
+            if gone_fd is not None:
+                os.close(gone_fd)  # an open fd would keep the unlinked file's space in use
             return dropped, True, True
         header = _segment_header(seg.first, seg.end)
         tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)

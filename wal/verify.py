@@ -254,18 +254,21 @@ def _scan_segment(
             "(a segment is missing or was reordered)",
         )
     expected = first
+    bad_lines = 0  # unreadable lines since the last good record: each may hide one LSN
     for item in scan(path, data):
         if isinstance(item, Defect):
             torn = last_segment and valid_record_after(data, item.offset) is None
             defect(item.line, item.offset, item.problem, torn=torn)
             if torn:
                 break  # the rest of the file is the torn tail itself
+            bad_lines += 1
             continue
         rec = item.record
         kind = rec["t"]
         if seg.header is None:
             if kind != KIND_SEGMENT:
-                defect(item.line, item.offset, "segment has no header record")
+                if not any(x.line == 1 for x in seg.defects):  # else: reported, unreadable
+                    defect(item.line, item.offset, "segment has no header record")
                 seg.header = {"first": first, "last": None}
             else:
                 seg.header = rec
@@ -279,9 +282,7 @@ def _scan_segment(
                     )
                 if rec.get("version") != FORMAT_VERSION:
                     seg.header_ok = False
-                    defect(
-                        item.line, item.offset, f"unknown format version {rec.get('version')!r}"
-                    )
+                    defect(item.line, item.offset, f"unknown format version {rec.get('version')!r}")
                 last = rec.get("last")
                 if last is not None:
                     if isinstance(last, int) and last >= first - 1:
@@ -298,10 +299,10 @@ def _scan_segment(
         if type(lsn) is not int:
             defect(item.line, item.offset, "record has no LSN")
             continue
-        if seg.compacted:
-            ok = expected <= lsn <= seg.end
-        else:
-            ok = lsn == expected
+        ok = expected <= lsn <= seg.end if seg.compacted else lsn == expected
+        if not ok and not seg.compacted and expected < lsn <= expected + bad_lines:
+            ok = True  # the LSNs of the unreadable lines just reported: not a second defect
+        bad_lines = 0
         if not ok:
             defect(item.line, item.offset, f"LSN {lsn} out of order (expected {expected})")
             if lsn < expected or (seg.compacted and lsn > seg.end):

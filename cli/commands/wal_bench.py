@@ -1,0 +1,54 @@
+"""``atb wal bench``: measure what the log can do on this disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli._common import AtbError, echo_json, get_config, wal_errors
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "bench_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="Where to measure (a scratch directory is made inside and removed). "
+    "Default: the log directory, or its nearest existing parent.",
+)
+@click.option("--quick", is_flag=True, help="A few seconds, rough figures (else ~30 s).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+@wal_errors
+def bench(ctx: click.Context, bench_dir: Path | None, quick: bool, as_json: bool) -> None:
+    """Measure fsync cost, group commit and the log's throughput on this disk.
+
+    Runs the raw fdatasync limit and the log side by side in the same run (these
+    machines are noisy: ratios matter more than absolute figures) and prints advice on
+    WAL_FSYNC. Writes only inside a scratch directory it removes afterwards; the log
+    itself is not touched.
+
+    \b
+    Examples:
+      atb wal bench --quick
+      atb wal bench --dir /var/lib/atb --json > bench.json
+    """
+    if bench_dir is None:
+        bench_dir = get_config(ctx).directory.absolute()
+        while not bench_dir.is_dir() and bench_dir != bench_dir.parent:
+            bench_dir = bench_dir.parent
+    from wal.bench import run_disk_bench
+
+    try:
+        result = run_disk_bench(bench_dir, quick)
+    except ValueError as exc:
+        raise AtbError(str(exc)) from None
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(result.markdown())
+    click.echo("")
+    click.echo(result.advice())

@@ -1,0 +1,63 @@
+"""``atb wal compact``: drop COMPLETED entries older than the retention from sealed segments."""
+
+from __future__ import annotations
+
+import click
+
+from cli._common import (
+    AtbError,
+    echo_json,
+    fmt_bytes,
+    get_config,
+    locked_message,
+    require_log_dir,
+    wal_errors,
+)
+from wal.errors import WALLockedError
+from wal.storage import WALStorage
+
+
+@click.command()
+@click.option(
+    "--retention-hours",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="H",
+    help="Keep COMPLETED entries younger than H hours (default WAL_RETENTION_HOURS, 168).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the sizes as JSON.")
+@click.pass_context
+@wal_errors
+def compact(ctx: click.Context, retention_hours: float | None, as_json: bool) -> None:
+    """Rewrite sealed segments without COMPLETED entries older than the retention.
+
+    Entries not yet applied (PENDING, SYNCING) and FAILED entries always stay. Each
+    rewrite is crash-safe (temp file, fsync, rename, directory fsync). Needs the
+    writer lock; a running trading process compacts on its own schedule.
+
+    \b
+    Examples:
+      atb wal compact
+      atb wal compact --retention-hours 24
+      atb wal --dir /var/lib/atb/wal compact --retention-hours 0 --json
+    """
+    config = get_config(ctx)
+    directory = require_log_dir(config)
+    hours = config.retention_hours if retention_hours is None else retention_hours
+    try:
+        storage = WALStorage(directory, config.storage_options())
+    except WALLockedError as exc:
+        raise AtbError(locked_message(exc, "compact")) from None
+    try:
+        sizes = storage.compact(hours)
+    finally:
+        storage.close()
+    if as_json:
+        echo_json({"retention_hours": hours, **sizes})
+        return
+    click.echo(
+        f"compacted {directory}: {fmt_bytes(sizes['bytes_before'])} -> "
+        f"{fmt_bytes(sizes['bytes_after'])}; dropped {sizes['entries_dropped']} COMPLETED "
+        f"entries older than {hours:g} h; rewrote {sizes['segments_rewritten']} segments, "
+        f"removed {sizes['segments_removed']}"
+    )

@@ -1,0 +1,123 @@
+"""Smoke test of the benchmarks: every row is produced and the outputs parse. No timings.
+
+``benchmarks/run_all.py --quick`` runs in a real subprocess (as CI and users run it), and
+``wal.bench.run_disk_bench(quick=True)`` (what ``atb wal bench`` calls) runs in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from wal import WALEntry, WALEntryStatus, WALStorage
+from wal.bench import DiskBenchResult, drain_rows, make_trade, run_disk_bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every row run_all.py prints (its ROW_NAMES); a renamed or lost row must fail here.
+ALL_ROWS = [
+    "raw_per_record",
+    "raw_batch_64",
+    "raw_batch_1000",
+    "sqlite_full_1",
+    "sqlite_full_8",
+    "persist_queue_1",
+    "persist_queue_8",
+    "wal_always_1",
+    "wal_always_8",
+    "wal_always_64",
+    "wal_many_64",
+    "wal_many_1000",
+    "wal_interval_1",
+    "recovery_open",
+    "append_idle",
+    "append_during_drain",
+    "rss_pending",
+    "raw_per_record_end",
+]
+DISK_ROWS = [
+    "raw_per_record",
+    "raw_batch_64",
+    "raw_batch_1000",
+    "wal_always_1",
+    "wal_always_8",
+    "wal_always_64",
+    "wal_many_64",
+    "wal_many_1000",
+    "wal_interval_1",
+]
+TARGETS = 9
+
+
+def test_run_all_quick_produces_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in data["measurements"]]
+    assert sorted(names) == sorted(ALL_ROWS)
+    for m in data["measurements"]:
+        if m["group"] != "memory":
+            assert m["per_s"] is not None and m["per_s"] > 0, m["name"]
+    assert len(data["targets"]) == TARGETS
+    assert all(t["measured"] is not None for t in data["targets"]), data["targets"]
+    # the printed table and results.md hold every row and every target
+    assert (out / "results.md").read_text() == proc.stdout
+    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table_rows) == 1 + len(ALL_ROWS) + 1 + TARGETS  # a header line per table
+    for m in data["measurements"]:
+        assert m["label"] in proc.stdout
+    for t in data["targets"]:
+        assert t["target"] in proc.stdout
+    # the scratch directory inside --out is gone
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["results.json", "results.md"]
+        + (["throughput.png"] if importlib.util.find_spec("matplotlib") else [])
+    )
+
+
+def test_run_disk_bench_quick(tmp_path: Path) -> None:
+    r = run_disk_bench(tmp_path, quick=True)
+    assert isinstance(r, DiskBenchResult)
+    assert [m.name for m in r.measurements] == DISK_ROWS
+    d = json.loads(json.dumps(r.to_dict()))
+    assert [m["name"] for m in d["measurements"]] == DISK_ROWS
+    assert d["record_bytes"] == r.record_bytes > 200
+    advice = r.advice()
+    assert "µs per trade" in advice and "concurrent writers" in advice
+    assert list(tmp_path.iterdir()) == []  # its scratch directory was removed
+
+
+def test_drain_rows_applies_each_pending_entry_once_in_order(tmp_path: Path) -> None:
+    applied: list[uuid.UUID] = []
+
+    def apply(rows: list[WALEntry]) -> None:
+        applied.extend(e.entry_id for e in rows)
+
+    with WALStorage(tmp_path / "wal") as log:
+        ids = [e.entry_id for e in log.append_many(make_trade(i) for i in range(250))]
+        stop = threading.Event()
+        t = threading.Thread(target=drain_rows, args=(log, stop, apply), kwargs={"batch": 64})
+        t.start()
+        try:
+            deadline = time.monotonic() + 20
+            while log.count(WALEntryStatus.COMPLETED) < 250 and time.monotonic() < deadline:
+                stop.wait(0.01)
+        finally:
+            stop.set()
+            t.join()
+        assert log.count(WALEntryStatus.COMPLETED) == 250
+        assert log.count(WALEntryStatus.PENDING) == 0
+    assert applied == ids
