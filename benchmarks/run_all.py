@@ -29,17 +29,21 @@ from peers import bench_persist_queue
 from wal.bench import (
     BenchSizes,
     DiskBenchResult,
-    Measurement,
+    Spec,
     bench_drain_latency,
     bench_raw,
     bench_recovery,
     bench_rss,
-    bench_sqlite,
     build_log,
-    iter_disk_bench,
+    disk_specs,
     machine_info,
+    merge_rounds,
+    run_interleaved,
+    sqlite_specs,
     trade_line_bytes,
 )
+
+ROUNDS = {"quick": 1, "medium": 5, "full": 5}
 
 GROUP_ORDER = ["limit", "peer", "this project", "recovery", "latency", "memory"]
 
@@ -66,44 +70,50 @@ ROW_NAMES = [
 ]
 
 
-def run(size: str, work: Path, entries: int | None, say: Callable[[str], None]) -> DiskBenchResult:
+def run(
+    size: str, rounds: int, work: Path, entries: int | None, say: Callable[[str], None]
+) -> DiskBenchResult:
     sizes = BenchSizes.preset(size)
     n_log = entries if entries is not None else sizes.recovery_entries
     result = DiskBenchResult(str(work), size, trade_line_bytes(), machine=machine_info(work))
     result.machine["loadavg_start"] = result.machine.pop("loadavg")
+    result.machine["rounds"] = rounds
     rows = result.measurements
-
-    def add(m: Measurement) -> None:
-        rows.append(m)
-        rate = "" if m.per_s is None else f"{m.per_s:,.0f}/s"
-        say(f"  {m.name:<22} {rate:>14}  {m.note}")
-
     t0 = time.monotonic()
-    say(f"limit and this project ({size})")
-    for m in iter_disk_bench(work, sizes):
-        add(m)
-    say("peers")
-    for threads in (1, 8):
-        add(bench_sqlite(work, threads, sizes.peer_inserts))
-    for threads in (1, 8):
-        add(bench_persist_queue(work, threads, sizes.peer_inserts))
+
+    say(f"limit, peers and this project: {rounds} interleaved round(s) ({size})")
+    n_peer = max(8, sizes.peer_inserts // rounds)
+    specs: list[Spec] = [
+        *disk_specs(work, sizes, rounds),
+        *sqlite_specs(work, sizes, rounds),
+        ("persist_queue_1", lambda: bench_persist_queue(work, 1, n_peer)),
+        ("persist_queue_8", lambda: bench_persist_queue(work, 8, n_peer)),
+    ]
+    rows.extend(run_interleaved(specs, rounds, say))
+
     say(f"recovery: building a log of {n_log:,} pending entries (untimed)")
     log_dir = build_log(work / "recovery-log", n_log)
-    add(bench_recovery(log_dir, n_log))
-    say("memory")
-    add(bench_rss(log_dir, n_log))
+    rows.append(bench_recovery(log_dir, n_log, rounds=min(rounds, 3)))
+    say(f"  recovery_open {rows[-1].per_s:,.0f}/s")
+    say("memory: a subprocess opens the log and iterates it")
+    rows.append(bench_rss(log_dir, n_log))
+    say(f"  rss_pending {rows[-1].describe()}")
     shutil.rmtree(log_dir)
-    say("latency")
-    idle, busy = bench_drain_latency(work, sizes.drain_appends)
-    add(idle)
-    add(busy)
-    end = bench_raw(work, sizes.raw_records, 1, result.record_bytes)
+
+    say("latency: append alone, then during a drain, interleaved")
+    pairs = [
+        bench_drain_latency(work, max(10, sizes.drain_appends // rounds)) for _ in range(rounds)
+    ]
+    rows.append(merge_rounds([idle for idle, _ in pairs]))
+    rows.append(merge_rounds([busy for _, busy in pairs]))
+
+    end = bench_raw(work, sizes.raw_records // rounds, 1, result.record_bytes)
     end.name = "raw_per_record_end"
     end.label = "os.write + fdatasync per record, again at the end"
     first = result.rate("raw_per_record")
     if first and end.per_s:
-        end.note = f"drift {end.per_s / first - 1:+.0%} from the start"
-    add(end)
+        end.note = f"{end.per_s / first - 1:+.0%} from the start's median"
+    rows.append(end)
     rows.sort(key=lambda m: GROUP_ORDER.index(m.group))
     result.machine["loadavg_end"] = machine_info(work)["loadavg"]
     result.machine["seconds"] = round(time.monotonic() - t0, 1)
@@ -182,7 +192,9 @@ def header(result: DiskBenchResult, command: str) -> str:
             f"Python {m.get('python')}; load average {m.get('loadavg_start')} at the start, "
             f"{m.get('loadavg_end')} at the end; {m.get('seconds')} s in all.",
             f"Records: realistic trades, {result.record_bytes} bytes per framed line "
-            "(the limit rows write records of the same size).",
+            "(the limit rows write records of the same size). "
+            f"Rates are medians of {m.get('rounds')} interleaved round(s); latencies pool "
+            "every round.",
             "",
             "",
         ]
@@ -198,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="where results.* go (created)")
     ap.add_argument("--work-dir", type=Path, help="where to measure (default: inside --out)")
     ap.add_argument("--entries", type=int, help="entries in the recovery/RSS log")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default: 1 quick, 5 else)")
     args = ap.parse_args(argv)
     size_name: str = args.size or "full"
+    rounds: int = args.rounds or ROUNDS[size_name]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="atb-wal-bench-", dir=args.work_dir or out))
@@ -208,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     try:
-        result = run(size_name, work, args.entries, say)
+        result = run(size_name, rounds, work, args.entries, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])

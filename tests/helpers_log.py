@@ -8,7 +8,6 @@ it is the second opinion the crash tests ask after every recovery.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +25,7 @@ __all__ = [
     "flip_bit",
     "lines_of",
     "make_entry",
+    "mode_of",
     "segment_records",
 ]
 
@@ -102,7 +102,9 @@ def check_files(directory: Path) -> FileReport:
         head = recs[0]
         assert head["t"] == "segment" and head["first"] == first, f"{path.name}: header {head}"
         if prev_end is not None:
-            assert first == prev_end + 1, f"{path.name}: starts at {first}, previous ended at {prev_end}"
+            assert first == prev_end + 1, (
+                f"{path.name}: starts at {first}, previous ended at {prev_end}"
+            )
         lsn = first - 1
         for rec in recs[1:]:
             assert rec["t"] in ("entry", "status"), rec
@@ -155,9 +157,6 @@ class CountingFileOps(OSFileOps):
         self.calls.clear()
 
 
-def new_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
 def mode_of(path: Path) -> int:
+    """The permission bits of a file or directory."""
     return os.stat(path).st_mode & 0o777

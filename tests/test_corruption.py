@@ -2,49 +2,52 @@
 
 etcd's ``repair_test.go`` is the reference. "Raises" means ``WALCorruptionError`` naming the
 segment file, the 1-based line and the byte offset of the bad record's first byte (line 0 and
-offset 0 for a defect of a whole segment); the tests assert the exact line and offset.
-N is the number of lines of the segment; "the cut line" is the last line of the last segment.
+offset 0 for a defect of a whole segment); the tests assert the exact line and offset. N is the
+number of lines of the segment; "T" is tolerate_tail (the default), "S" strict, "K"
+skip_corrupt.
 
-==  ===============================================  =========================================  ==============  ===========================
-#   defect                                           tolerate_tail (default)                    strict          skip_corrupt
-==  ===============================================  =========================================  ==============  ===========================
-1   last line cut at byte k, for EVERY 0 < k < len   opens; only the cut entry is missing; the  raises at the   as tolerate_tail
-    (k = len - 1: the record lacks only its final    k cut bytes kept in ``<segment>.broken``;  cut line
-    newline)                                         ``truncated_bytes == k``
-2   last line cut at k = 0 (a whole record gone)     opens; that entry is missing; nothing to   opens, same     opens, same
-                                                     report (undetectable, and never acked)
-3   zeros appended after the last newline            opens; every entry present; the zeros cut  raises at line  as tolerate_tail
-                                                     (``truncated_bytes``), no ``.broken``       N + 1
-                                                     (zeros hold nothing to keep)
-4   last line cut, then zero-extended                as 1, the ``.broken`` file holds the cut   raises at the   as tolerate_tail
-                                                     bytes and the zeros                        cut line
-5   garbage tail (random bytes and newlines)         opens; every entry present; the garbage    raises at line  as tolerate_tail
-                                                     kept in ``.broken``                        N + 1
-6   one bit flipped in a middle record of the last   raises (a good record follows: not a torn  raises          opens; the record is skipped
-    segment (EVERY bit, newline included)            tail)                                                      (``skipped_records``,
-                                                                                                                ``lsn_gaps``, ``defects``)
-7   one bit flipped in the last record of the last   cut like a torn tail (after a power loss   raises          as tolerate_tail
-    segment                                          unsynced garbage looks the same; it is
-                                                     kept in ``.broken``)
-8   bad record in a non-last segment (also its last  raises (only the last segment may have a   raises          skipped
-    record, also a cut tail of a non-last segment)   torn tail)
-9   a middle segment deleted                         raises for the next segment: LSN gap       raises          opens, ``lsn_gaps == 1``
-10  two segments' names swapped                      raises at line 1: header and name differ   raises          --
-11  a segment renamed to a later first LSN           raises: LSN gap                            raises          --
-12  last segment holds only a torn header (a         the segment is removed                     raises          as tolerate_tail
-    rotation died before its header was durable)     (``removed_empty_segments``), the torn
-                                                     bytes kept; the log goes on from the
-                                                     previous segment
-13  an empty (0-byte) last segment                   removed (``removed_empty_segments``)       removed         removed
-14  a leftover ``*.wal.tmp`` (compaction died)       removed (``removed_tmp_files``); nothing   same            same
-                                                     else changes
-15  the FIRST or the LAST segment deleted as a       NOT DETECTABLE: opens as a shorter log     same            same
-    whole                                            (compaction removes front segments; a
-                                                     sealed segment does not name its
-                                                     successor). Backups are the defence.
-16  a second open after a repair                     changes no byte and reports nothing: "we   --              --
-                                                     never repair twice"
-==  ===============================================  =========================================  ==============  ===========================
+ 1  Last line of the last segment cut at byte k, for EVERY 0 < k < len (k = len - 1: only the
+    final newline is missing).
+    T, K: opens; only the cut entry is missing; the k cut bytes are kept in
+    ``<segment>.broken``; ``truncated_bytes == k``.  S: raises at the cut line.
+ 2  Last line cut at k = 0 (a whole record gone).
+    T, S, K: opens, that entry is missing, nothing reported (undetectable; it was never
+    acknowledged, since the newline is written with the record and fsynced before the ack).
+ 3  Zeros after the last newline.
+    T, K: opens, every entry present, the zeros cut (``truncated_bytes``), no ``.broken``
+    (zeros hold nothing to keep).  S: raises at line N + 1.
+ 4  Last line cut, then zero-extended.
+    T, K: as 1; ``.broken`` holds the cut bytes and the zeros.  S: raises at the cut line.
+ 5  Garbage tail (random bytes and newlines).
+    T, K: opens, every entry present, the garbage kept in ``.broken``.  S: raises at N + 1.
+ 6  One bit flipped in a middle record of the last segment (EVERY bit, the newline too).
+    T, S: raises (a good record follows it: not a torn tail).
+    K: opens; the record is skipped (``skipped_records == 1``, ``lsn_gaps == 1``, ``defects``).
+ 7  One bit flipped in the LAST record of the last segment.
+    T, K: cut like a torn tail and kept in ``.broken`` (after a power loss, unsynced garbage
+    looks the same).  S: raises.
+ 8  A bad record in a non-last segment (a middle one, its last one, or a cut or zero-extended
+    tail of a non-last segment).
+    T, S: raises (only the last segment may have a torn tail).  K: skipped.
+ 9  A middle segment deleted.
+    T, S: raises for the next segment: "LSN gap".  K: opens, ``lsn_gaps == 1``.
+10  Two segments' names swapped.
+    T, S: raises at line 1 of the first: its header and its name disagree.
+11  A segment renamed to a later first LSN.
+    T: raises: "LSN gap".
+12  The last segment holds only a torn header (a rotation died before the header was durable).
+    T: the segment is removed (``removed_empty_segments``), the torn bytes kept in ``.broken``;
+    the log goes on in the previous segment.  S: raises.
+13  An empty (0-byte) last segment.
+    T, S, K: removed (``removed_empty_segments``).
+14  A leftover ``*.wal.tmp`` (compaction died before its rename).
+    T, S, K: removed (``removed_tmp_files``); nothing else changes.
+15  The FIRST or the LAST segment deleted as a whole.
+    T, S, K: NOT DETECTABLE: opens as a shorter log (compaction removes front segments, and a
+    sealed segment does not name its successor). Backups are the defence.
+16  A second open after a repair.
+    T: changes no byte and reports nothing ("we never repair twice"); a later torn tail of
+    the same segment is kept in ``<segment>.broken.1``, the first evidence stays.
 """
 
 from __future__ import annotations
@@ -195,7 +198,9 @@ def test_5_garbage_tail(one_segment: tuple[Path, list[WALEntry], Path, Snapshot]
     whole = snap[seg.name]
     rnd = random.Random(5)
     for trial in range(20):
-        garbage = bytes(rnd.choice(b"\n{}\"0123456789abcdef :x\x00\xff") for _ in range(rnd.randint(1, 3000)))
+        garbage = bytes(
+            rnd.choice(b'\n{}"0123456789abcdef :x\x00\xff') for _ in range(rnd.randint(1, 3000))
+        )
         restore(d, {**snap, seg.name: whole + garbage})
         assert_raises_at(d, "strict", seg, 7, len(whole), "")
         got, log = open_ids(d, "tolerate_tail")
@@ -292,7 +297,7 @@ def test_8_bad_record_in_a_non_last_segment(
 def test_9_middle_segment_deleted(
     segments: tuple[Path, list[WALEntry], list[Path], Snapshot],
 ) -> None:
-    d, es, segs, snap = segments
+    d, es, segs, _ = segments
     gone, nxt = segs[1], segs[2]
     gone.unlink()
     for mode in ("tolerate_tail", "strict"):
@@ -391,7 +396,7 @@ def test_15_first_or_last_segment_deleted_is_not_detectable(
 
 
 def test_16_we_never_repair_twice(one_segment: tuple[Path, list[WALEntry], Path, Snapshot]) -> None:
-    d, es, seg, snap = one_segment
+    d, _, seg, snap = one_segment
     whole = snap[seg.name]
     start, last = lines_of(seg)[-1]
     restore(d, {**snap, seg.name: whole[: start + 33]})

@@ -16,8 +16,13 @@ def test_names_sort_by_first_lsn(tmp_path: Path) -> None:
     firsts = [1, 9, 10, 100, 99999, 2**63]
     for f in reversed(firsts):
         (tmp_path / segment_name(f)).write_bytes(b"")
-    for other in ["LOCK", "00000000000000000001.wal.broken", "00000000000000000009.wal.tmp",
-                  "1.wal", "0000000000000000000a.wal"]:
+    for other in [
+        "LOCK",
+        "00000000000000000001.wal.broken",
+        "00000000000000000009.wal.tmp",
+        "1.wal",
+        "0000000000000000000a.wal",
+    ]:
         (tmp_path / other).write_bytes(b"")
     assert segment_name(1) == "00000000000000000001.wal"
     assert [f for f, _ in list_segments(tmp_path)] == firsts
@@ -53,7 +58,7 @@ def test_scan_zero_tail_and_start() -> None:
 
 def test_valid_record_after() -> None:
     a, b = rec(1), rec(2)
-    torn = b"0123456789abcdef {\"t\n"
+    torn = b'0123456789abcdef {"t\n'
     assert valid_record_after(a + torn, len(a)) is None
     assert valid_record_after(a + torn + b, len(a)) == len(a) + len(torn)
     assert valid_record_after(a + torn + b[:-1], len(a)) is None  # the last one has no newline

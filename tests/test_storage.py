@@ -352,7 +352,9 @@ def test_stats(logdir: Path) -> None:
         age = st.oldest_pending_age_seconds
         assert age is not None and 0 <= age <= (datetime.now(UTC) - created).total_seconds()
         assert st.fsync_mode == "always" and st.failed_write is None
-        assert st.segments == 1 and st.bytes == sum(p.stat().st_size for _, p in list_segments(logdir))
+        assert st.segments == 1 and st.bytes == sum(
+            p.stat().st_size for _, p in list_segments(logdir)
+        )
         d = st.to_dict()
         assert d["recovery"]["mode"] == "tolerate_tail" and d["entries"]["pending"] == 3
     seg = list_segments(logdir)[-1][1]
@@ -497,7 +499,7 @@ def test_readonly_changes_nothing_on_a_torn_tail(logdir: Path) -> None:
         w.append(make_entry(1))
     seg = list_segments(logdir)[0][1]
     with open(seg, "ab") as f:
-        f.write(b"0123456789abcdef {\"t\"")
+        f.write(b'0123456789abcdef {"t"')
     before = {p.name: p.read_bytes() for p in logdir.iterdir()}
     with WALStorage.open_readonly(logdir) as ro:
         assert ro.count(P) == 1

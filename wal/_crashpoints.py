@@ -43,7 +43,9 @@ POINTS = frozenset(
 _name, _, _nth = os.environ.get("WAL_CRASH_POINT", "").partition(":")
 if _name and (_name not in POINTS or (_nth and not (_nth.isdigit() and int(_nth) > 0))):
     raise WALConfigError(
-        "WAL_CRASH_POINT", os.environ["WAL_CRASH_POINT"], "<point>[:<n>], point one of " + ", ".join(sorted(POINTS))
+        "WAL_CRASH_POINT",
+        os.environ["WAL_CRASH_POINT"],
+        "<point>[:<n>], point one of " + ", ".join(sorted(POINTS)),
     )
 _remaining = int(_nth) if _nth else 1
 

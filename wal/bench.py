@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +52,7 @@ __all__ = [
     "BenchSizes",
     "DiskBenchResult",
     "Measurement",
+    "Spec",
     "TargetResult",
     "bench_drain_latency",
     "bench_raw",
@@ -61,16 +62,19 @@ __all__ = [
     "bench_wal_append",
     "bench_wal_append_many",
     "build_log",
+    "disk_specs",
     "drain_rows",
     "evaluate_targets",
     "fresh_dir",
-    "iter_disk_bench",
     "latency_row",
     "machine_info",
     "make_trade",
+    "merge_rounds",
     "percentile",
     "run_disk_bench",
+    "run_interleaved",
     "run_threads",
+    "sqlite_specs",
     "trade_line_bytes",
 ]
 
@@ -159,6 +163,8 @@ class Measurement:
             parts.append(f"{self.ops / fsyncs:.1f} entries per fsync")
         if self.call_p50_us is not None:
             parts.append(f"per call: p50 {self.call_p50_us:,.0f} µs")
+        if "drained" in self.extra:
+            parts.append(f"drained {self.extra['drained']:,}")
         if self.note:
             parts.append(self.note)
         spread = self.extra.get("per_s_rounds")
@@ -571,26 +577,35 @@ def build_log(directory: Path, entries: int, batch: int = 1000) -> Path:
     return directory
 
 
-def bench_recovery(log_dir: Path, entries: int) -> Measurement:
-    """Open (verify every checksum, index every record) a log of ``entries`` entries."""
-    t0 = time.perf_counter()
-    with WALStorage(log_dir) as log:
-        secs = time.perf_counter() - t0
-        found = log.recovery_report.entries
-        segments = log.recovery_report.segments
-    if found != entries:
-        raise AssertionError(f"recovery found {found} entries, expected {entries}")
-    size = sum(p.stat().st_size for p in log_dir.glob("*.wal"))
-    return Measurement(
-        "recovery_open",
-        "recovery",
-        f"open a log of {entries:,} entries (verify + index)",
-        entries,
-        secs,
-        per_s=entries / secs,
-        note=f"{secs:.2f} s, {size / 1e6:,.0f} MB in {segments} segment(s), warm page cache",
-        extra={"bytes": size, "segments": segments},
-    )
+def bench_recovery(log_dir: Path, entries: int, rounds: int = 1) -> Measurement:
+    """Open (verify every checksum, index every record) a log of ``entries`` entries.
+
+    Opened ``rounds`` times; the row is the median. The page cache is warm (the log was just
+    written): this measures the CPU cost of recovery, not the disk's read speed.
+    """
+    results: list[Measurement] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        with WALStorage(log_dir) as log:
+            secs = time.perf_counter() - t0
+            found = log.recovery_report.entries
+            segments = log.recovery_report.segments
+        if found != entries:
+            raise AssertionError(f"recovery found {found} entries, expected {entries}")
+        size = sum(p.stat().st_size for p in log_dir.glob("*.wal"))
+        m = Measurement(
+            "recovery_open",
+            "recovery",
+            f"open a log of {entries:,} entries (verify + index)",
+            entries,
+            secs,
+            per_s=entries / secs,
+            note=f"{size / 1e6:,.0f} MB in {segments} segment(s), warm page cache",
+            extra={"bytes": size, "segments": segments},
+            latency="none",
+        )
+        results.append(m)
+    return merge_rounds(results)
 
 
 # ---------------------------------------------------------------------------- drain
@@ -681,7 +696,7 @@ def bench_drain_latency(
             per_s=appends / secs,
         )
         if during:
-            m.note = f"drained {drained[0]:,} of a {backlog:,} backlog in batches of {batch}"
+            m.note = f"{backlog:,}-entry backlog, batches of {batch}"
             m.extra["drained"] = drained[0]
         rows.append(latency_row(m, lat))
     return rows[0], rows[1]
@@ -690,20 +705,47 @@ def bench_drain_latency(
 # ---------------------------------------------------------------------------- memory
 
 
+def _peak_rss_kib() -> int:
+    """This process's peak RSS in KiB: ``VmHWM`` on Linux, else ``ru_maxrss``.
+
+    ``ru_maxrss`` alone is wrong in a subprocess on Linux: the kernel carries the parent's
+    peak across fork and exec, so a child of a 300 MB parent reports at least 300 MB.
+    ``VmHWM`` belongs to the new address space and starts from zero at exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _rss_child(directory: str) -> None:
     """Run in a subprocess: open the log, iterate every pending entry, print peak RSS (KiB)."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     n = 0
     with WALStorage(directory) as log:
-        after_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after_open = _peak_rss_kib()
         for _ in log.get_pending_entries():
             n += 1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"entries": n, "before_kib": before, "open_kib": after_open, "kib": peak}))
+    peak = _peak_rss_kib()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "entries": n,
+                "before_kib": before,
+                "open_kib": after_open,
+                "kib": peak,
+                "ru_maxrss_kib": maxrss,
+            }
+        )
+    )
 
 
 def bench_rss(log_dir: Path, entries: int) -> Measurement:
-    """Peak RSS (``ru_maxrss``) of a fresh process that opens the log and iterates it."""
+    """Peak RSS of a fresh process that opens the log and iterates its pending entries."""
     code = "import sys; from wal.bench import _rss_child; _rss_child(sys.argv[1])"
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -721,10 +763,16 @@ def bench_rss(log_dir: Path, entries: int) -> Measurement:
         entries,
         secs,
         note=(
-            f"peak {mb:,.0f} MB (interpreter + imports {got['before_kib'] / 1024:,.0f} MB, "
-            f"after open {got['open_kib'] / 1024:,.0f} MB)"
+            f"peak {mb:,.0f} MB (VmHWM; interpreter + imports {got['before_kib'] / 1024:,.0f} "
+            f"MB, after open {got['open_kib'] / 1024:,.0f} MB)"
         ),
-        extra={"rss_mb": mb, "before_mb": got["before_kib"] / 1024},
+        extra={
+            "rss_mb": mb,
+            "before_mb": got["before_kib"] / 1024,
+            "open_mb": got["open_kib"] / 1024,
+            "ru_maxrss_mb": got["ru_maxrss_kib"] / 1024,
+        },
+        latency="none",
     )
 
 
@@ -779,7 +827,7 @@ def evaluate_targets(r: DiskBenchResult) -> list[TargetResult]:
         out.append(TargetResult(name, None, 200, "MB", None, ""))
     else:
         mb = float(rss.extra["rss_mb"])
-        out.append(TargetResult(name, mb, 200, "MB", mb <= 200, "ru_maxrss of a subprocess"))
+        out.append(TargetResult(name, mb, 200, "MB", mb <= 200, "VmHWM of a subprocess"))
     return out
 
 
@@ -809,35 +857,83 @@ def machine_info(directory: Path) -> dict[str, Any]:
     }
 
 
-def iter_disk_bench(directory: Path, sizes: BenchSizes) -> Iterator[Measurement]:
-    """The limit and the log, one measurement at a time (the limit first)."""
+Spec = tuple[str, Callable[[], Measurement]]
+
+
+def disk_specs(directory: Path, sizes: BenchSizes, rounds: int = 1) -> list[Spec]:
+    """The limit and the log, as ``(name, measure one round)``; each round does 1/rounds."""
     rb = trade_line_bytes()
-    yield bench_raw(directory, sizes.raw_records, 1, rb)
-    yield bench_raw(directory, sizes.raw_batches * 64, 64, rb)
-    yield bench_raw(directory, max(1, sizes.raw_batches // 10) * 1000, 1000, rb)
-    yield bench_wal_append(directory, 1, sizes.appends_1)
-    yield bench_wal_append(directory, 8, sizes.appends_8)
-    yield bench_wal_append(directory, 64, sizes.appends_64)
-    yield bench_wal_append_many(directory, sizes.many_batches * 4, batch=64)
-    yield bench_wal_append_many(directory, sizes.many_batches)
-    yield bench_wal_append(directory, 1, sizes.interval_appends, fsync="interval")
+
+    def part(total: int, unit: int = 1) -> int:
+        return max(unit, (total // rounds) // unit * unit)
+
+    return [
+        ("raw_per_record", lambda: bench_raw(directory, part(sizes.raw_records), 1, rb)),
+        ("raw_batch_64", lambda: bench_raw(directory, part(sizes.raw_batches * 64, 64), 64, rb)),
+        (
+            "raw_batch_1000",
+            lambda: bench_raw(directory, part(sizes.raw_batches * 100, 1000), 1000, rb),
+        ),
+        ("wal_always_1", lambda: bench_wal_append(directory, 1, part(sizes.appends_1))),
+        ("wal_always_8", lambda: bench_wal_append(directory, 8, part(sizes.appends_8, 8))),
+        ("wal_always_64", lambda: bench_wal_append(directory, 64, part(sizes.appends_64, 64))),
+        (
+            "wal_many_64",
+            lambda: bench_wal_append_many(directory, part(sizes.many_batches * 4), batch=64),
+        ),
+        ("wal_many_1000", lambda: bench_wal_append_many(directory, part(sizes.many_batches))),
+        (
+            "wal_interval_1",
+            lambda: bench_wal_append(directory, 1, part(sizes.interval_appends), "interval"),
+        ),
+    ]
+
+
+def sqlite_specs(directory: Path, sizes: BenchSizes, rounds: int = 1) -> list[Spec]:
+    """SQLite with 1 and 8 threads, as specs for ``run_interleaved``."""
+    n = max(8, sizes.peer_inserts // rounds)
+    return [
+        ("sqlite_full_1", lambda: bench_sqlite(directory, 1, n)),
+        ("sqlite_full_8", lambda: bench_sqlite(directory, 8, n)),
+    ]
+
+
+def run_interleaved(
+    specs: Sequence[Spec], rounds: int, say: Callable[[str], None] | None = None
+) -> list[Measurement]:
+    """Run every spec once per round, round after round, and merge each spec's rounds.
+
+    On a shared machine the load changes from second to second; interleaving gives every
+    row the same share of good and bad moments, so their ratios stay meaningful.
+    """
+    done: dict[str, list[Measurement]] = {name: [] for name, _ in specs}
+    for r in range(rounds):
+        for name, measure in specs:
+            m = measure()
+            done[name].append(m)
+            if say is not None:
+                rate = "" if m.per_s is None else f"{m.per_s:,.0f}/s"
+                say(f"  round {r + 1}/{rounds} {name:<22} {rate:>12}")
+    return [merge_rounds(done[name]) for name, _ in specs]
 
 
 def run_disk_bench(directory: str | os.PathLike[str], quick: bool) -> DiskBenchResult:
     """Measure the limit and the log in a scratch directory inside ``directory``.
 
-    ``quick``: a few seconds, rough figures; otherwise about half a minute. The scratch
-    directory is removed afterwards; ``directory`` itself is left as it was.
+    ``quick``: a few seconds, rough figures (one round); otherwise about half a minute in
+    three interleaved rounds. The scratch directory is removed afterwards; ``directory``
+    itself is left as it was.
     """
     base = Path(directory)
     if not base.is_dir():
         raise ValueError(f"{base} is not a directory")
     size = "quick" if quick else "medium"
+    rounds = 1 if quick else 3
     sizes = BenchSizes.preset(size)
     work = Path(tempfile.mkdtemp(prefix="atb-wal-bench-", dir=base))
     try:
         result = DiskBenchResult(str(base), size, trade_line_bytes(), machine=machine_info(base))
-        result.measurements.extend(iter_disk_bench(work, sizes))
+        result.measurements.extend(run_interleaved(disk_specs(work, sizes, rounds), rounds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -202,7 +202,9 @@ class DurableDatabaseManager:
         account: str = "default",
         idempotency_key: str | None = None,
     ) -> Any:
-        """Add ``delta`` durably and return the new balance (pending entries included).
+        """Add ``delta`` durably and return the new balance (pending entries included), or
+        None when that balance is not known yet (the database has not been reachable since
+        this process started); the update itself is durable either way.
 
         Without ``delta``: a context manager yielding a ``DurableBalanceTxn``::
 
@@ -227,7 +229,11 @@ class DurableDatabaseManager:
         )
         if receipt.applied and receipt.result is not None and not receipt.duplicate:
             return receipt.result
-        return self.get_balance(account)
+        try:
+            return self.get_balance(account)
+        except WALDatabaseError:
+            # the update is durable: raising now would invite a retry that doubles it
+            return None
 
     @contextmanager
     def _balance_txn(
@@ -287,13 +293,12 @@ class DurableDatabaseManager:
         if kept is None or m.breaker.state is not BreakerState.OPEN:
             try:
                 with m.apply_lock:
-                    watermark = storage.last_lsn
                     db_balance = Decimal(self._db.get_balance(account))
                     return self._overlay.fresh_balance(
                         account,
                         db_balance,
                         storage.get_pending_entries(),
-                        watermark,
+                        lambda: storage.last_lsn,
                         self._already_applied,
                     )
             except Exception as exc:
@@ -320,10 +325,12 @@ class DurableDatabaseManager:
         if kept is None or m.breaker.state is not BreakerState.OPEN:
             try:
                 with m.apply_lock:
-                    watermark = storage.last_lsn
                     db_rows = list(self._db.get_open_positions())
                     return self._overlay.fresh_positions(
-                        db_rows, storage.get_pending_entries(), watermark, self._already_applied
+                        db_rows,
+                        storage.get_pending_entries(),
+                        lambda: storage.last_lsn,
+                        self._already_applied,
                     )
             except Exception as exc:
                 if not _transient(exc):

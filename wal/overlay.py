@@ -6,7 +6,8 @@ open-position reads as the database will look once they are applied.
 
 How it stays exact. A *fresh* read happens with the manager's apply lock held (no entry is
 being applied) and this overlay's lock held (no write hook runs): it reads the database,
-then every pending entry up to the log's ``last_lsn`` (the *watermark*), skipping those the
+then, under this overlay's lock, every pending entry up to the log's ``last_lsn`` read under
+that lock (the *watermark*), skipping those the
 ledger says are already applied (an ambiguous commit), and applies them on top. Entries
 written later have LSNs above the watermark; the write hook applies each of them to the kept
 state as it becomes durable. So every entry is counted exactly once: in the database, in
@@ -91,11 +92,14 @@ class Overlay:
         account: str,
         db_balance: Decimal,
         pending: Iterable[WALEntry],
-        watermark: int,
+        last_lsn: Callable[[], int],
         already_applied: Callable[[list[WALEntry]], set[str]],
     ) -> Decimal:
         """Database balance + pending deltas up to the watermark (caller holds apply lock)."""
         with self._lock:
+            # read under this lock: a write hook that ran during the database read has an
+            # LSN up to here, so the pending set below counts it (a later one is above)
+            watermark = last_lsn()
             mine = [
                 e
                 for e in pending
@@ -114,10 +118,11 @@ class Overlay:
         self,
         db_rows: list[dict[str, Any]],
         pending: Iterable[WALEntry],
-        watermark: int,
+        last_lsn: Callable[[], int],
         already_applied: Callable[[list[WALEntry]], set[str]],
     ) -> list[dict[str, Any]]:
         with self._lock:
+            watermark = last_lsn()  # under this lock, as in fresh_balance
             positions = {str(r["position_id"]): dict(r) for r in db_rows}
             mine = [
                 e

@@ -100,7 +100,6 @@ class RecoveryReport:
     skipped_records: int = 0  # skip_corrupt only
     lsn_gaps: int = 0  # skip_corrupt only
     defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
-    finished_compactions: int = 0  # leftover segments of an interrupted compaction removed
     removed_tmp_files: int = 0
     seconds: float = 0.0
 
@@ -278,17 +277,9 @@ class WALStorage:
         segments = list_segments(self.directory)
         self._base = segments[0][0] if segments else 1
         prev_end = 0
-        prev_compacted = False
         changed_dir = rep.removed_tmp_files > 0
         for i, (first, path) in enumerate(segments):
             last_segment = i == len(segments) - 1
-            if self._segments and first <= prev_end and prev_compacted:
-                # a segment already merged into the compacted one before it: finish the job
-                if not self.readonly:
-                    self._fs.unlink(str(path))
-                    changed_dir = True
-                rep.finished_compactions += 1
-                continue
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -300,7 +291,6 @@ class WALStorage:
                 changed_dir = True
                 continue
             prev_end = seg.end
-            prev_compacted = seg.compacted
             self._segments.append(seg)
             rep.segments += 1
         if changed_dir and not self.readonly:
@@ -386,7 +376,8 @@ class WALStorage:
                 if mode == "skip_corrupt" and lsn > expected:
                     # the records before it were skipped (and counted): a gap; keep this one
                     rep.lsn_gaps += 1
-                    rep.defects.append(f"{path.name}: line {item.line}, offset {item.offset}: {problem}")
+                    where = f"{path.name}: line {item.line}, offset {item.offset}"
+                    rep.defects.append(f"{where}: {problem}")
                 else:
                     corrupt(Defect(path, item.line, item.offset, problem))
                     continue

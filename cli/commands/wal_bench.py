@@ -9,7 +9,7 @@ import click
 from cli._common import AtbError, echo_json, get_config, wal_errors
 
 
-@click.command()
+@click.command(short_help="Measure fsync cost and throughput on this disk.")
 @click.option(
     "--dir",
     "bench_dir",

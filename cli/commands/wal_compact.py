@@ -17,7 +17,7 @@ from wal.errors import WALLockedError
 from wal.storage import WALStorage
 
 
-@click.command()
+@click.command(short_help="Drop old COMPLETED entries from sealed segments.")
 @click.option(
     "--retention-hours",
     type=click.FloatRange(min=0),

@@ -12,7 +12,7 @@ from wal.storage import WALStorage
 DISCARD_PREFIX = "discarded by operator: "
 
 
-@click.command()
+@click.command(short_help="Give an entry up: it will never be applied.")
 @click.argument("entry_id", metavar="ID")
 @click.option(
     "--reason", default="no reason given", show_default=True, help="Recorded with the entry."

@@ -9,7 +9,7 @@ from cli.commands.wal_inspect import show_entries
 from wal.entry import WALEntryStatus
 
 
-@click.command()
+@click.command(short_help="List FAILED entries (dead letters).")
 @click.option(
     "--limit",
     type=click.IntRange(min=0),

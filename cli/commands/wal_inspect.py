@@ -35,7 +35,7 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> d
         ) from None
 
 
-@click.command("inspect")
+@click.command("inspect", short_help="List entries, with filters (read-only).")
 @click.option(
     "--status",
     "statuses",

@@ -18,7 +18,7 @@ from wal.repair import repair_log
 from wal.verify import verify_log
 
 
-@click.command()
+@click.command(short_help="Salvage a damaged log (backs it up first).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the repair report as JSON.")
 @click.pass_context

@@ -10,7 +10,7 @@ from wal.errors import WALLockedError
 from wal.storage import WALStorage
 
 
-@click.command()
+@click.command(short_help="Put FAILED entries back in the queue.")
 @click.argument("entry_id", required=False, metavar="ID")
 @click.option("--all", "retry_all", is_flag=True, help="Retry every FAILED entry, in LSN order.")
 @click.pass_context

@@ -29,7 +29,7 @@ DB_CHECK_TIMEOUT_S = 10.0
 MANAGER_STATUS_FILE = "manager-status.json"  # written by wal.manager.WALManager
 
 
-@click.command()
+@click.command(short_help="Show the log's health (read-only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
 @click.option("--no-db", is_flag=True, help="Do not try to connect to the database.")
 @click.pass_context

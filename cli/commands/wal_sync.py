@@ -17,7 +17,7 @@ from wal.errors import WALLockedError
 from wal.storage import WALStorage
 
 
-@click.command()
+@click.command(short_help="Apply every pending entry to the database now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 @wal_errors

@@ -17,7 +17,7 @@ from wal.errors import WALError
 from wal.verify import verify_log
 
 
-@click.command()
+@click.command(short_help="Check every checksum; list every defect.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def verify(ctx: click.Context, as_json: bool) -> None:
