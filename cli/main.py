@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from cli.commands.demo import demo
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
 from cli.commands.wal_compact import compact
@@ -32,6 +33,7 @@ def atb() -> None:
 
     \b
     Examples:
+      atb demo
       atb wal status
       atb wal verify
       atb wal --help
@@ -39,6 +41,7 @@ def atb() -> None:
 
 
 atb.add_command(wal)
+atb.add_command(demo)
 for _command in (
     status,
     sync,

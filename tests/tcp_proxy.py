@@ -8,6 +8,8 @@ applied-ledger row written in the same transaction answers that, which is what t
 (``Q``, length 11, ``COMMIT\\0``; what psycopg 3 sends for ``commit()``) is forwarded to the
 server, the server's reply (CommandComplete + ReadyForQuery, proof that it committed) is read
 and thrown away, and both sockets are closed. ``fired`` is set when that happened.
+``drop_next_commit(forward=False)`` cuts the connection instead of forwarding the COMMIT: the
+server rolls back, and the client is exactly as unsure as in the first case.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ class TCPProxy:
         self.upstream = upstream
         self.fired = threading.Event()
         self._armed = False
+        self._forward = True
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
-    def drop_next_commit(self) -> None:
+    def drop_next_commit(self, *, forward: bool = True) -> None:
         with self._lock:
             self._armed = True
+            self._forward = forward
             self.fired.clear()
 
     def _dial(self) -> socket.socket:
@@ -81,8 +85,12 @@ class TCPProxy:
                 if upstream:
                     with self._lock:
                         drop = self._armed and COMMIT_MESSAGE in data
+                        forward = self._forward
                         if drop:
                             self._armed = False
+                    if drop and not forward:
+                        dropped = True  # the COMMIT never reaches the server: it rolls back
+                        break
                     if drop:
                         doomed.set()  # before the COMMIT leaves: its reply will find it set
                 elif doomed.is_set():
@@ -91,12 +99,12 @@ class TCPProxy:
                 dst.sendall(data)
         except OSError:
             pass
+        if dropped:
+            self.fired.set()  # before the cut: the client's error must find it set
         for s in (client, server):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
-        if dropped:
-            self.fired.set()
 
     def close(self) -> None:
         """Stop listening and cut every connection."""

@@ -14,10 +14,11 @@ Run as a program it is the trading process of ``test_trading_crash.py``::
 
     python tests/trading_child.py DB_URL WAL_DIR SEED N START
 
-It opens a ``DurableDatabaseManager`` on the log in ``WAL_DIR`` (which replays what a killed
-predecessor left pending), prints ``ready``, performs operations ``START..N-1`` of the plan,
-printing ``ack I`` after operation ``I`` returned (it is then durable in the log), drains the
-log into the database, prints ``done`` and exits 0. Re-performing an operation that a killed
+It opens a ``DurableDatabaseManager`` on the log in ``WAL_DIR``, replays what a killed
+predecessor left pending, prints ``ready APPLIED DUPLICATES`` (the replay's counts),
+performs operations ``START..N-1`` of the plan, printing ``ack I`` after operation ``I``
+returned (it is then durable in the log), drains the log into the database, prints ``done``
+and exits 0. Re-performing an operation that a killed
 run logged but did not acknowledge is safe: its idempotency key finds the logged entry.
 """
 
@@ -434,15 +435,16 @@ def child_main(argv: list[str]) -> int:
     plan = make_plan(seed, n)
     out = sys.stdout
     ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))
-    ddb.start()  # replays whatever a killed run left pending
-    out.write("ready\n")
+    manager = ddb.manager
+    assert manager is not None
+    replay = manager.force_sync()  # what a killed run left pending, before new operations
+    ddb.start()
+    out.write(f"ready {replay.applied} {replay.duplicates}\n")
     out.flush()
     for op in plan[start:]:
         perform(ddb, op)
         out.write(f"ack {op.index}\n")
         out.flush()
-    manager = ddb.manager
-    assert manager is not None
     deadline = time.monotonic() + 60
     while manager.force_sync().pending:
         if time.monotonic() > deadline:

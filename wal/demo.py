@@ -251,7 +251,8 @@ def run_demo(
             )
             time.sleep(1.5)  # let the sync thread probe the dead database a few times
             st = ddb.get_wal_status()
-            say(f"sync thread: breaker {st['breaker_state']}, last error: {st['last_error']}")
+            cause = str(st["last_error"] or "none").split(" (see ")[0].split(": ")[-2:]
+            say(f"sync thread: breaker {st['breaker_state']}, last error: {': '.join(cause)}")
             mark = "ok" if seen == model.balance else "WRONG"
             say(
                 f"balance read during the outage: {seen:.2f} (expected {model.balance:.2f}: {mark})"

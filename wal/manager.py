@@ -557,6 +557,8 @@ class WALManager:
             "duplicates_total": c.duplicates,
             "failed_total": c.failed,
             "applied_per_second": sum(window) / 60.0,
+            "fsync_p50_us": st.fsync_p50_us,
+            "fsync_p99_us": st.fsync_p99_us,
             "exactly_once": self.exactly_once,
             "running": self.running,
             "log_failed": None if self._fatal is None else str(self._fatal),

@@ -284,8 +284,6 @@ def _recovery(r: dict[str, Any]) -> str:
         parts.append(f"{r['lsn_gaps']} LSN gaps skipped")
     if r.get("skipped_records"):
         parts.append(f"{r['skipped_records']} records skipped")
-    if r.get("finished_compactions"):
-        parts.append("an interrupted compaction (the writer finishes it on open)")
     return "; ".join(parts) if parts else f"clean ({r.get('records', 0)} records read)"
 
 
