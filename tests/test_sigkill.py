@@ -27,8 +27,10 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 from helpers_log import check_files
@@ -41,7 +43,58 @@ from wal.codec import encode_value
 CHILD = Path(__file__).with_name("walwriter_child.py")
 SEED = int(os.environ.get("WAL_SIGKILL_SEED", "20261121"))
 STORAGE_POINTS = sorted(p for p in POINTS if "." not in p)  # manager.* points: test_manager
-KILLS = int(os.environ.get("WAL_SIGKILL_KILLS", "2000" if os.environ.get("WAL_STRESS") else "200"))
+KILLS = int(os.environ.get("WAL_SIGKILL_KILLS", "3000" if os.environ.get("WAL_STRESS") else "400"))
+
+
+def read_acks(out: IO[bytes], kill_after: int | None, kill: Callable[[], None]) -> list[str]:
+    """Read a child's lines; call ``kill`` right after line number ``kill_after`` + 1."""
+    lines: list[str] = []
+    with out:
+        for raw in out:
+            lines.append(raw.decode().rstrip("\n"))
+            if kill_after is not None and len(lines) > kill_after:
+                kill()
+                break
+        lines += out.read().decode().splitlines()  # what it said before it died
+    return lines
+
+
+class Zygote:
+    """``walwriter_child.py --zygote``: imports the library once and forks each writer, so a
+    kill cycle does not pay the interpreter start. Every writer is still a process of its
+    own, with its own log handle and lock, killed with a real SIGKILL."""
+
+    def __init__(self, fifo: Path) -> None:
+        self.fifo = fifo
+        os.mkfifo(fifo, 0o600)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), "--zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=CHILD.parent,
+        )
+
+    def _ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().decode().strip()
+
+    def spawn(self, args: list[str]) -> tuple[int, IO[bytes]]:
+        reply = self._ask(f"RUN {self.fifo} {' '.join(args)}")
+        assert reply.startswith("P "), reply
+        return int(reply[2:]), open(self.fifo, "rb")  # read_acks closes it
+
+    def wait(self, pid: int) -> int:
+        reply = self._ask(f"WAIT {pid}")
+        assert reply.startswith("W "), reply
+        return int(reply[2:])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0
+        self.proc.stdout.close()
 
 
 @dataclass
@@ -66,28 +119,32 @@ class Tracker:
         kill_after: int | None,
         env: dict[str, str] | None = None,
         max_ops: int | None = None,
+        zygote: Zygote | None = None,
     ) -> tuple[list[str], int]:
         """Run a child; SIGKILL it after ``kill_after`` lines (None: let it run).
 
         Killing right after an ack line catches the child between two calls; right after a
-        ``B`` line, inside the call (usually in its write or fdatasync).
+        ``B`` line, inside the call (usually in its write or fdatasync). With a ``zygote`` the
+        child is forked from it (``env`` is then not supported: crash points are read at
+        import).
         """
-        args = [sys.executable, str(CHILD), str(self.directory), str(seed), str(self.first_n)]
+        args = [str(self.directory), str(seed), str(self.first_n)]
         if max_ops is not None:
             args.append(str(max_ops))
         self.first_n += 1_000_000
+        if zygote is not None:
+            assert env is None
+            pid, out = zygote.spawn(args)
+            lines = read_acks(out, kill_after, lambda: os.kill(pid, signal.SIGKILL))
+            return lines, zygote.wait(pid)
         proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=CHILD.parent
+            [sys.executable, str(CHILD), *args],
+            stdout=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            cwd=CHILD.parent,
         )
         assert proc.stdout is not None
-        lines: list[str] = []
-        for raw in proc.stdout:
-            lines.append(raw.decode().rstrip("\n"))
-            if kill_after is not None and len(lines) > kill_after:
-                proc.send_signal(signal.SIGKILL)
-                break
-        lines += proc.stdout.read().decode().splitlines()  # what it said before it died
-        proc.stdout.close()
+        lines = read_acks(proc.stdout, kill_after, lambda: proc.send_signal(signal.SIGKILL))
         return lines, proc.wait()
 
     def check(self, lines: list[str], readonly: bool = False) -> tuple[str, list[str]]:
@@ -176,17 +233,22 @@ class Tracker:
 def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     rnd = random.Random(SEED)
     tracker = Tracker(tmp_path / "log")
+    zygote = Zygote(tmp_path / "acks.fifo")
     kills = 0
     in_flight = 0
-    for cycle in range(KILLS):
-        lines, rc = tracker.run(rnd.randrange(2**32), kill_after=rnd.randint(0, 80))
-        assert rc == -signal.SIGKILL, f"seed {SEED}, cycle {cycle}: child ended with {rc}"
-        kills += 1
-        try:
-            kind, _ = tracker.check(lines, readonly=cycle % 2 == 1)
-        except AssertionError as exc:
-            raise AssertionError(f"seed {SEED}, cycle {cycle}: {exc}") from exc
-        in_flight += kind != ""
+    try:
+        for cycle in range(KILLS):
+            seed = rnd.randrange(2**32)
+            lines, rc = tracker.run(seed, kill_after=rnd.randint(0, 80), zygote=zygote)
+            assert rc == -signal.SIGKILL, f"seed {SEED}, cycle {cycle}: child ended with {rc}"
+            kills += 1
+            try:
+                kind, _ = tracker.check(lines, readonly=cycle % 2 == 1)
+            except AssertionError as exc:
+                raise AssertionError(f"seed {SEED}, cycle {cycle}: {exc}") from exc
+            in_flight += kind != ""
+    finally:
+        zygote.close()
     tracker.check([], readonly=False)  # the last child's crash repaired by a writer too
     assert kills >= 200 or os.environ.get("WAL_SIGKILL_KILLS")
     assert tracker.acks > kills  # the kills landed among real work

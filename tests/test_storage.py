@@ -296,32 +296,41 @@ def test_iteration_survives_a_compaction_in_between(logdir: Path) -> None:
 
 
 def test_compaction_while_appending_from_threads(logdir: Path) -> None:
-    """Compaction seals the active segment: records still in the group-commit buffer must go
+    """Compaction seals the active segment: records still waiting for the group commit must go
     into a segment that covers their LSNs (found here as an LSN-out-of-order segment)."""
     acked: list[WALEntry] = []
-    guard = threading.Lock()
+    progress = threading.Condition()
+    n_threads, per_thread = 4, 300
     with WALStorage(logdir, max_segment_bytes=4096) as log:
-        stop = threading.Event()
 
         def appender(k: int) -> None:
-            i = 0
-            while not stop.is_set() and i < 300:
+            for i in range(per_thread):
                 e = log.append(make_entry(k * 1000 + i))
                 log.update_status(e, C)
-                with guard:
+                with progress:
                     acked.append(e)
-                i += 1
+                    progress.notify()
 
-        threads = [threading.Thread(target=appender, args=(k,)) for k in range(4)]
+        threads = [threading.Thread(target=appender, args=(k,)) for k in range(n_threads)]
         for t in threads:
             t.start()
         compactions = 0
         while any(t.is_alive() for t in threads):
+            with progress:  # compact every 20 acks, while the appenders keep going
+                seen = len(acked)
+                progress.wait_for(
+                    lambda seen=seen: (
+                        len(acked) >= seen + 20  # type: ignore[misc]
+                        or len(acked) == n_threads * per_thread
+                    ),
+                    timeout=30,
+                )
             log.compact(retention=timedelta(hours=1))  # keeps every entry
             compactions += 1
         for t in threads:
             t.join()
-        assert compactions > 1
+        assert len(acked) == n_threads * per_thread
+        assert compactions > 10
         assert log.count(C) == len(acked)
     check_files(logdir)
     with WALStorage(logdir, max_segment_bytes=4096) as log:

@@ -176,7 +176,7 @@ class LogMachine(RuleBasedStateMachine):
 
 
 LogMachine.TestCase.settings = settings(
-    max_examples=500 if STRESS else 150,
+    max_examples=500 if STRESS else 100,
     stateful_step_count=80 if STRESS else 40,
     deadline=None,  # fsync latency on a shared disk is not a property of the code
     suppress_health_check=[HealthCheck.too_slow],

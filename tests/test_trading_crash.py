@@ -84,7 +84,7 @@ def test_killed_trading_process_applies_every_acknowledged_operation_once(
     db_url: str, tmp_path: Path
 ) -> None:
     sqlite = db_url.startswith("sqlite")
-    runs, n = (30, 260) if sqlite else (12, 140)
+    runs, n = (22, 200) if sqlite else (10, 120)
     seed = 4242
     rng = random.Random(seed)
     plan = make_plan(seed, n)

@@ -1,6 +1,7 @@
 """A writer process for the crash tests: real ``WALStorage``, random operations, acks on stdout.
 
-Usage: ``python walwriter_child.py DIR SEED FIRST_N [MAX_OPS]``
+Usage: ``python walwriter_child.py DIR SEED FIRST_N [MAX_OPS]``, or ``--zygote`` (see
+``zygote()``: a server that forks writers, each a real process with its own log handle).
 
 It opens the log in DIR (small segments, so it rotates often), then runs random operations:
 ``append``, ``append_many``, ``update_status`` and, now and then, ``compact``. Entry number
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import traceback
 from decimal import Decimal
 from typing import Any
 
@@ -45,9 +47,9 @@ def say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def main() -> None:
-    directory, seed, first_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    max_ops = int(sys.argv[4]) if len(sys.argv) > 4 else 10**9
+def run(argv: list[str]) -> None:
+    directory, seed, first_n = argv[0], int(argv[1]), int(argv[2])
+    max_ops = int(argv[3]) if len(argv) > 3 else 10**9
     compact_p = float(os.environ.get("WALWRITER_COMPACT_P", "0.04"))
     fail_p = float(os.environ.get("WALWRITER_FAIL_P", "0.05"))
     rnd = random.Random(seed)
@@ -96,5 +98,40 @@ def main() -> None:
     say("D")
 
 
+def zygote() -> None:
+    """Fork writers on request, so that each one skips the interpreter start and the imports.
+
+    Commands on stdin, one a line; replies on stdout:
+    ``RUN <fifo> <args of run()>`` forks a writer whose stdout is the named pipe ``<fifo>``
+    and replies ``P <pid>``; ``WAIT <pid>`` reaps it and replies ``W <exit code>`` (negative:
+    killed by that signal). The zygote has no threads and no log open, so a fork is clean.
+    """
+    reply = sys.stdout.buffer
+    while line := sys.stdin.readline():
+        cmd, *args = line.split()
+        if cmd == "RUN":
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    fd = os.open(args[0], os.O_WRONLY)
+                    os.dup2(fd, 1)
+                    os.close(fd)
+                    run(args[1:])
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()  # on stderr, which the test shows
+                finally:
+                    os._exit(code)
+            reply.write(b"P %d\n" % pid)
+        elif cmd == "WAIT":
+            _, status = os.waitpid(int(args[0]), 0)
+            reply.write(b"W %d\n" % os.waitstatus_to_exitcode(status))
+        reply.flush()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--zygote"]:
+        zygote()
+    else:
+        run(sys.argv[1:])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -180,12 +180,22 @@ class WALEntry:
         )
 
     def with_lsn(self, lsn: int) -> WALEntry:
-        """A copy with its LSN set (on the append path: a field-by-field copy, no __init__)."""
-        new = object.__new__(WALEntry)
-        for name in _FIELDS:
-            object.__setattr__(new, name, getattr(self, name))
-        object.__setattr__(new, "lsn", lsn)
-        return new
+        """A copy with its LSN set (on the append path: positional, faster than replace())."""
+        return WALEntry(
+            self.entry_id,
+            self.operation,
+            self.args,
+            self.kwargs,
+            self.idempotency_key,
+            self.checksum,
+            self.created_at,
+            lsn,
+            self.synced_at,
+            self.status,
+            self.attempts,
+            self.last_error,
+            self._encoded,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native dict; ``from_dict`` turns it back into an equal entry."""
@@ -230,5 +240,3 @@ class WALEntry:
             _encoded=(enc_args, enc_kwargs),
         )
 
-
-_FIELDS = tuple(f.name for f in fields(WALEntry))

@@ -23,7 +23,9 @@ __all__ = [
     "SEGMENT_SUFFIX",
     "TMP_SUFFIX",
     "list_segments",
+    "read_from",
     "scan",
+    "scan_file",
     "segment_name",
     "valid_record_after",
 ]
@@ -69,8 +71,13 @@ class Defect:
     problem: str
 
 
-def scan(path: Path, data: bytes, start: int = 0, line_no: int = 0) -> Iterator[Line | Defect]:
-    """Every line of ``data`` (a segment's bytes) from ``start``, as a ``Line`` or a ``Defect``."""
+def scan(
+    path: Path, data: bytes, start: int = 0, line_no: int = 0, base: int = 0
+) -> Iterator[Line | Defect]:
+    """Every line of ``data`` (a segment's bytes) from ``start``, as a ``Line`` or a ``Defect``.
+
+    ``base`` is the file offset of ``data[0]`` (offsets reported are file offsets).
+    """
     pos = start
     end = len(data)
     find = data.find
@@ -79,17 +86,48 @@ def scan(path: Path, data: bytes, start: int = 0, line_no: int = 0) -> Iterator[
         nl = find(b"\n", pos)
         if nl == -1:
             if data[pos:].strip(b"\x00") == b"":
-                yield Defect(path, line_no, pos, "zero-filled tail (no complete record)")
+                yield Defect(path, line_no, base + pos, "zero-filled tail (no complete record)")
             else:
-                yield Defect(path, line_no, pos, "incomplete record (no newline at the end)")
+                yield Defect(path, line_no, base + pos, "incomplete record (no newline at the end)")
             return
         try:
             rec = decode_line(data[pos:nl])
         except RecordError as exc:
-            yield Defect(path, line_no, pos, exc.problem)
+            yield Defect(path, line_no, base + pos, exc.problem)
         else:
-            yield Line(pos, nl + 1 - pos, line_no, rec)
+            yield Line(base + pos, nl + 1 - pos, line_no, rec)
         pos = nl + 1
+
+
+def scan_file(path: Path, chunk_size: int = 1 << 22) -> Iterator[Line | Defect]:
+    """``scan`` over a whole segment file, read in chunks: memory holds one chunk, not the file."""
+    line_no = 0
+    base = 0
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            more = f.read(chunk_size)
+            data = carry + more if carry else more
+            if not more:
+                if data:  # the last line has no newline: scan reports it
+                    yield from scan(path, data, line_no=line_no, base=base)
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            for item in scan(path, data[:cut], line_no=line_no, base=base):
+                line_no = item.line
+                yield item
+            base += cut
+            carry = data[cut:]
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """The bytes of a file from ``offset`` to its end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def valid_record_after(data: bytes, pos: int) -> int | None:
