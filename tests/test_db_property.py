@@ -79,7 +79,7 @@ def _build(b: PlanBuilder, kind: str, which: int, amount: int) -> Any:
 
 
 @settings(
-    max_examples=150,
+    max_examples=18,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

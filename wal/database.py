@@ -330,10 +330,21 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     return sqlite_dialect.insert(table).on_conflict_do_nothing()
 
 
+_SET_BALANCE = (
+    sa.update(balances)
+    .where(balances.c.account == sa.bindparam("acct"))
+    .values(balance=sa.bindparam("bal"), updated_at=sa.bindparam("at"))
+)
+_GET_BALANCE_FOR_UPDATE = (
+    sa.select(balances.c.balance)
+    .where(balances.c.account == sa.bindparam("acct"))
+    .with_for_update()
+)
+
+
 def _lock_balance(conn: Connection, account: str) -> Decimal:
     """The account's balance, row-locked until the transaction ends (created at 0 if absent)."""
-    query = sa.select(balances.c.balance).where(balances.c.account == account).with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).first()
     if row is None:
         # ON CONFLICT: two first updates of one account at once must not fail on the key.
         conn.execute(
@@ -341,7 +352,7 @@ def _lock_balance(conn: Connection, account: str) -> Decimal:
                 account=account, balance=Decimal(0), updated_at=_now()
             )
         )
-        row = conn.execute(query).one()
+        row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).one()
     balance: Decimal = row[0]
     return balance
 
@@ -356,19 +367,16 @@ def _op_balance_update(
     why = _text(reason, "reason", 1000, empty=True)
     new = _money(_lock_balance(conn, acct) + d, f"the new balance of {acct!r}")
     now = _now()
+    # statements built once and given parameters: SQLAlchemy's cache skips re-compiling them
+    conn.execute(_SET_BALANCE, {"acct": acct, "bal": new, "at": now})
     conn.execute(
-        sa.update(balances).where(balances.c.account == acct).values(balance=new, updated_at=now)
-    )
-    conn.execute(
-        sa.insert(balance_changes).values(
-            account=acct, delta=d, balance_after=new, reason=why, changed_at=now
-        )
+        sa.insert(balance_changes),
+        {"account": acct, "delta": d, "balance_after": new, "reason": why, "changed_at": now},
     )
     return new
 
 
-def _op_log_trade(
-    conn: Connection,
+def _trade_row(
     *,
     symbol: str,
     side: str,
@@ -378,7 +386,7 @@ def _op_log_trade(
     session_id: str | None = None,
     pnl: Decimal | None = None,
     executed_at: datetime | None = None,
-) -> str:
+) -> dict[str, Any]:
     row = {
         "trade_id": _new_id(trade_id, "trade_id"),
         "session_id": _opt_id(session_id, "session_id"),
@@ -389,12 +397,16 @@ def _op_log_trade(
         "pnl": _opt_money(pnl, "pnl"),
         "executed_at": _when(executed_at, "executed_at"),
     }
-    conn.execute(sa.insert(trades).values(row))
+    return row
+
+
+def _op_log_trade(conn: Connection, **kwargs: Any) -> str:
+    row = _trade_row(**kwargs)
+    conn.execute(sa.insert(trades), row)
     return str(row["trade_id"])
 
 
-def _op_log_position(
-    conn: Connection,
+def _position_row(
     *,
     symbol: str,
     side: str,
@@ -405,7 +417,7 @@ def _op_log_position(
     take_profit: Decimal | None = None,
     session_id: str | None = None,
     opened_at: datetime | None = None,
-) -> str:
+) -> dict[str, Any]:
     opened = _when(opened_at, "opened_at")
     row = {
         "position_id": _new_id(position_id, "position_id"),
@@ -420,7 +432,12 @@ def _op_log_position(
         "opened_at": opened,
         "updated_at": opened,
     }
-    conn.execute(sa.insert(positions).values(row))
+    return row
+
+
+def _op_log_position(conn: Connection, **kwargs: Any) -> str:
+    row = _position_row(**kwargs)
+    conn.execute(sa.insert(positions), row)
     return str(row["position_id"])
 
 
@@ -475,15 +492,14 @@ def _op_close_position(
     conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
 
 
-def _op_create_trading_session(
-    conn: Connection,
+def _session_row(
     *,
     strategy: str,
     session_id: str | None = None,
     mode: str = "paper",
     initial_balance: Decimal | None = None,
     started_at: datetime | None = None,
-) -> str:
+) -> dict[str, Any]:
     row = {
         "session_id": _new_id(session_id, "session_id"),
         "strategy": _text(strategy, "strategy", 200),
@@ -491,7 +507,12 @@ def _op_create_trading_session(
         "initial_balance": _opt_money(initial_balance, "initial_balance"),
         "started_at": _when(started_at, "started_at"),
     }
-    conn.execute(sa.insert(trading_sessions).values(row))
+    return row
+
+
+def _op_create_trading_session(conn: Connection, **kwargs: Any) -> str:
+    row = _session_row(**kwargs)
+    conn.execute(sa.insert(trading_sessions), row)
     return str(row["session_id"])
 
 
@@ -532,6 +553,25 @@ _OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
     OperationType.END_TRADING_SESSION.value: _op_end_trading_session,
 }
 """What ``apply`` may run: operation name (from the log) -> effect. Nothing else is callable."""
+
+_INSERT_ONLY: Final[dict[str, tuple[sa.Table, Callable[..., dict[str, Any]], str]]] = {
+    OperationType.LOG_TRADE.value: (trades, _trade_row, "trade_id"),
+    OperationType.LOG_POSITION.value: (positions, _position_row, "position_id"),
+    OperationType.CREATE_TRADING_SESSION.value: (trading_sessions, _session_row, "session_id"),
+}
+"""Operations whose effect is one INSERT: consecutive ones are applied with one executemany."""
+
+
+def _insert_run(
+    conn: Connection, op: str, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
+) -> None:
+    """Insert a run of same-operation rows with one executemany; record each entry's value."""
+    table, _, id_key = _INSERT_ONLY[op]
+    conn.execute(sa.insert(table), [row for _, row in run])
+    for eid, row in run:
+        values[eid] = str(row[id_key])
+    run.clear()
+
 
 # --------------------------------------------------------------------------- error classes
 
@@ -1109,7 +1149,9 @@ class DatabaseManager:
             self._ensure_schema()
             with self._engine.connect() as conn, conn.begin():
                 done = self._ledger(conn, [str(e.entry_id) for e in entries])
-                results = [self._apply_one(conn, entry, done) for entry in entries]
+                results = self._apply_fast(conn, entries, done)
+                if results is None:  # an entry failed: one savepoint per entry isolates it
+                    results = [self._apply_one(conn, entry, done) for entry in entries]
                 # Leaving the block COMMITs effects and ledger rows together.
         except Exception as exc:
             transient = is_transient(exc)
@@ -1124,6 +1166,61 @@ class DatabaseManager:
                 f"{what}: {_describe(exc)}",
                 transient=transient,
             ) from exc
+        return results
+
+    def _apply_fast(
+        self, conn: Connection, entries: Sequence[WALEntry], done: set[str]
+    ) -> list[ApplyResult] | None:
+        """The whole batch in ONE savepoint, ledger rows in one executemany; None if any
+        entry fails (the savepoint is rolled back and the caller goes entry by entry)."""
+        todo = [e for e in entries if str(e.entry_id) not in done]
+        if any(e.operation not in _OPERATIONS for e in todo):
+            return None
+        values: dict[str, Any] = {}
+        try:
+            with conn.begin_nested():  # SAVEPOINT: a failure undoes the whole fast attempt
+                if todo:
+                    now = _now()
+                    # ledger rows first, as in _apply_one: a concurrent applier waits on them
+                    conn.execute(
+                        sa.insert(wal_applied),
+                        [
+                            {
+                                "entry_id": str(e.entry_id),
+                                "lsn": e.lsn,
+                                "operation": e.operation,
+                                "applied_at": now,
+                            }
+                            for e in todo
+                        ],
+                    )
+                run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
+                run_op = ""
+                for e in todo:
+                    eid = str(e.entry_id)
+                    if e.operation in _INSERT_ONLY and not e.args:
+                        if run and e.operation != run_op:
+                            _insert_run(conn, run_op, run, values)
+                        run_op = e.operation
+                        run.append((eid, _INSERT_ONLY[e.operation][1](**e.kwargs)))
+                        continue
+                    if run:
+                        _insert_run(conn, run_op, run, values)
+                    values[eid] = _OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
+                if run:
+                    _insert_run(conn, run_op, run, values)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return None
+        results = []
+        for e in entries:
+            eid = str(e.entry_id)
+            if eid in values:
+                results.append(ApplyResult(eid, "applied", value=values[eid]))
+            else:
+                results.append(ApplyResult(eid, "duplicate"))
+        done.update(values)
         return results
 
     def _apply_one(self, conn: Connection, entry: WALEntry, done: set[str]) -> ApplyResult:
