@@ -47,8 +47,9 @@ def fill(log: WALStorage, n: int) -> None:
 
 def measure_drain(url: str, n: int, workdir: Path, batch_size: int = 500) -> dict[str, Any]:
     """Fill a log with ``n`` entries, drain it with ``force_sync``; check exactly-once."""
-    config = WALConfig.from_env({}, directory=workdir / "wal", database_url=url,
-                                batch_size=batch_size)
+    config = WALConfig.from_env(
+        {}, directory=workdir / "wal", database_url=url, batch_size=batch_size
+    )
     db = DatabaseManager(url)
     db.ping()
     with WALStorage(config.directory, config.storage_options()) as log:
@@ -81,20 +82,28 @@ def main() -> None:
         d = Path(tmp)
         rows.append(measure_drain(f"sqlite:///{d / 'atb.db'}", args.entries, d / "s"))
         if args.pg:
-            rows.append(measure_drain(_pg_url(d / "pg"), args.entries, d / "p"))
+            url = pg_url_for_bench(d / "pg")
+            if url is None:
+                raise SystemExit("no PostgreSQL: install pgserver or set WAL_TEST_PG_DSN")
+            rows.append(measure_drain(url, args.entries, d / "p"))
     for r in rows:
-        print(f"drain into {r['database']:<10} {r['entries']:>8} entries  "
-              f"{r['entries_per_second']:>10,.0f} entries/s  exactly once: {r['exactly_once']}")
+        print(
+            f"drain into {r['database']:<10} {r['entries']:>8} entries  "
+            f"{r['entries_per_second']:>10,.0f} entries/s  exactly once: {r['exactly_once']}"
+        )
 
 
-def _pg_url(where: Path) -> str:
+def pg_url_for_bench(where: Path) -> str | None:
+    """WAL_TEST_PG_DSN, else a throwaway pgserver in ``where``; None if neither is there."""
     import os
 
     dsn = os.environ.get("WAL_TEST_PG_DSN")
     if dsn:
         return dsn
-    import pgserver  # type: ignore[import-untyped]
-
+    try:
+        import pgserver  # type: ignore[import-untyped]
+    except ImportError:
+        return None
     srv = pgserver.get_server(str(where), cleanup_mode="stop")
     return str(srv.get_uri()).replace("postgresql://", "postgresql+psycopg://", 1)
 

@@ -24,11 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
+from drain import measure_drain, pg_url_for_bench
 from peers import bench_persist_queue
 
 from wal.bench import (
     BenchSizes,
     DiskBenchResult,
+    Measurement,
     Spec,
     bench_drain_latency,
     bench_raw,
@@ -36,6 +38,7 @@ from wal.bench import (
     bench_rss,
     build_log,
     disk_specs,
+    fresh_dir,
     machine_info,
     merge_rounds,
     run_interleaved,
@@ -45,7 +48,8 @@ from wal.bench import (
 
 ROUNDS = {"quick": 1, "medium": 5, "full": 5}
 
-GROUP_ORDER = ["limit", "peer", "this project", "recovery", "latency", "memory"]
+GROUP_ORDER = ["limit", "peer", "this project", "recovery", "drain", "latency", "memory"]
+DRAIN_ENTRIES = {"quick": 300, "medium": 20_000, "full": 100_000}
 
 # Every row a run produces, by name (the smoke test checks them all).
 ROW_NAMES = [
@@ -67,6 +71,8 @@ ROW_NAMES = [
     "append_during_drain",
     "rss_pending",
     "raw_per_record_end",
+    "drain_sqlite",
+    "drain_postgresql",
 ]
 
 
@@ -99,6 +105,31 @@ def run(
     rows.append(bench_rss(log_dir, n_log))
     say(f"  rss_pending {rows[-1].describe()}")
     shutil.rmtree(log_dir)
+
+    n_drain = DRAIN_ENTRIES[size]
+    for name, label, url in (
+        ("drain_sqlite", "SQLite (WAL, synchronous=FULL)", f"sqlite:///{work / 'drain.db'}"),
+        ("drain_postgresql", "PostgreSQL (pgserver, local socket)", None),
+    ):
+        if url is None:
+            url = pg_url_for_bench(work / "pg")
+            if url is None:
+                say("  drain into PostgreSQL skipped: no pgserver and no WAL_TEST_PG_DSN")
+                continue
+        say(f"drain: {n_drain:,} pending entries applied exactly once into {label}")
+        d = measure_drain(url, n_drain, fresh_dir(work, name))
+        m = Measurement(
+            name,
+            "drain",
+            f"WALManager.force_sync into {label}, exactly once",
+            ops=n_drain,
+            seconds=d["seconds"],
+            batch=500,
+            per_s=d["entries_per_second"],
+        )
+        m.note = f"ledger rows = trades = entries: {d['exactly_once']}"
+        rows.append(m)
+        say(f"  {name} {m.per_s:,.0f}/s")
 
     say("latency: append alone, then during a drain, interleaved")
     pairs = [

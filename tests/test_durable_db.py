@@ -85,8 +85,13 @@ def test_critical_calls_are_logged_and_the_others_pass_through(rig: Rig) -> None
     ddb.end_trading_session("s1", final_balance=D("110"))
     entries = rig.entries(ddb)
     assert [e.operation for e in entries] == [
-        "create_trading_session", "atomic_balance_update", "log_position", "update_position",
-        "log_trade", "close_position", "end_trading_session",
+        "create_trading_session",
+        "atomic_balance_update",
+        "log_position",
+        "update_position",
+        "log_trade",
+        "close_position",
+        "end_trading_session",
     ]
     assert all(e.args == () for e in entries)  # keyword arguments only
     assert entries[3].kwargs["position_id"] == pid
@@ -135,15 +140,16 @@ def test_the_balance_context_manager_logs_the_net_delta_once(rig: Rig) -> None:
     assert (last.kwargs["delta"], last.kwargs["reason"]) == (D("-1.25"), "fee; rebate")
     n = len(rig.entries(ddb))
 
-    with pytest.raises(RuntimeError, match="strategy changed its mind"):
-        with ddb.atomic_balance_update(account="spot") as t:
-            t.add(D("-40"))
-            raise RuntimeError("strategy changed its mind")
+    with (
+        pytest.raises(RuntimeError, match="strategy changed its mind"),
+        ddb.atomic_balance_update(account="spot") as t,
+    ):
+        t.add(D("-40"))
+        raise RuntimeError("strategy changed its mind")
     assert len(rig.entries(ddb)) == n  # nothing logged
     assert db.get_balance("spot") == ddb.get_balance("spot") == D("48.75")
-    with pytest.raises(TypeError):
-        with ddb.atomic_balance_update(account="spot") as t:
-            t.add(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError), ddb.atomic_balance_update(account="spot") as t:
+        t.add(1.5)  # a float: refused before anything is logged
     assert len(rig.entries(ddb)) == n
 
 

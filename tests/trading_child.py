@@ -24,6 +24,7 @@ run logged but did not acknowledge is safe: its idempotency key finds the logged
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sqlite3
@@ -89,7 +90,7 @@ def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "con
 
 @dataclass(frozen=True)
 class Op:
-    """One critical operation: ``DurableDatabaseManager.<method>(**kwargs, idempotency_key=key)``."""
+    """One critical operation: ``ddb.<method>(**kwargs, idempotency_key=key)``."""
 
     index: int
     method: str
@@ -227,7 +228,11 @@ class Model:
             self.deltas.setdefault(acct, []).append(kw["delta"])
         elif op.method == "log_trade":
             self.trades[kw["trade_id"]] = (
-                kw["symbol"], kw["side"], kw["quantity"], kw["price"], kw.get("pnl")
+                kw["symbol"],
+                kw["side"],
+                kw["quantity"],
+                kw["price"],
+                kw.get("pnl"),
             )
         elif op.method == "log_position":
             row = {f: kw.get(f) for f in _POS_FIELDS}
@@ -276,9 +281,7 @@ class Model:
 
 def open_positions_view(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``get_open_positions()`` rows (database or overlay) as ``Model.open_positions``."""
-    return {
-        str(r["position_id"]): {f: r.get(f) for f in (*_POS_FIELDS, "symbol")} for r in rows
-    }
+    return {str(r["position_id"]): {f: r.get(f) for f in (*_POS_FIELDS, "symbol")} for r in rows}
 
 
 def db_state(db: DatabaseManager, prefix: str = "") -> dict[str, Any]:
@@ -392,6 +395,9 @@ class Outage:
             while True:
                 for db in self.dbs:
                     db.dispose()
+                # a connection checked out during dispose() goes back to the old pool, which
+                # only lets go of it when collected
+                gc.collect()
                 lock = sqlite3.connect(path, isolation_level=None, timeout=0.05)
                 try:
                     lock.execute("PRAGMA locking_mode=EXCLUSIVE")

@@ -78,7 +78,7 @@ __all__ = [
     "trade_line_bytes",
 ]
 
-Group = Literal["limit", "peer", "this project", "recovery", "latency", "memory"]
+Group = Literal["limit", "peer", "this project", "recovery", "drain", "latency", "memory"]
 ApplyRows = Callable[[list[WALEntry]], None]
 
 
@@ -804,6 +804,12 @@ def evaluate_targets(r: DiskBenchResult) -> list[TargetResult]:
 
     absolute("append_many(1000) ≥ 100,000 entries/s", "wal_many_1000", 100_000, "entries/s")
     absolute("recovery ≥ 500,000 entries/s", "recovery_open", 500_000, "entries/s")
+    if r.get("drain_sqlite") is not None:  # measured by benchmarks/run_all.py, not `atb wal bench`
+        absolute("drain into SQLite ≥ 20,000 entries/s", "drain_sqlite", 20_000, "entries/s")
+    if r.get("drain_postgresql") is not None:
+        absolute(
+            "drain into PostgreSQL ≥ 10,000 entries/s", "drain_postgresql", 10_000, "entries/s"
+        )
 
     idle, busy = r.get("append_idle"), r.get("append_during_drain")
     if idle is None or busy is None or not idle.p99_us or busy.p99_us is None:
