@@ -40,6 +40,8 @@ ALL_ROWS = [
     "append_during_drain",
     "rss_pending",
     "raw_per_record_end",
+    "drain_sqlite",
+    "drain_postgresql",  # pgserver is a dev dependency: the smoke run drains into it too
 ]
 DISK_ROWS = [
     "raw_per_record",
@@ -52,7 +54,7 @@ DISK_ROWS = [
     "wal_many_1000",
     "wal_interval_1",
 ]
-TARGETS = 9
+TARGETS = 11  # 9 disk and log targets + 2 drain targets
 
 
 def test_run_all_quick_produces_every_row(tmp_path: Path) -> None:
