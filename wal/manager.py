@@ -338,6 +338,9 @@ class WALManager:
                 out.status = WALEntryStatus.PENDING
                 c.errors += 1
             changes.append((e, out.status, out.error, attempts))
+        done = sum(1 for o in outcomes.values() if o.status is WALEntryStatus.COMPLETED)
+        if done:
+            c.recent.append((time.monotonic(), done))  # for applied_per_second
         try:
             # the outcome is acknowledged only once it is durable in the log
             self.storage.update_statuses(changes)
@@ -441,8 +444,6 @@ class WALManager:
                 if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
                     after_lsn = max(e.lsn or 0 for e in batch)
         applied = c.applied - before[0]
-        if applied:
-            c.recent.append((time.monotonic(), applied))
         pending = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
             WALEntryStatus.SYNCING
         )
