@@ -75,7 +75,7 @@ def test_verify_detects_changed_operation_key_and_id() -> None:
 
 def test_verify_after_replace_with_fresh_encoding() -> None:
     e = make_entry(1)
-    changed = dataclasses.replace(e, kwargs={**e.kwargs, "n": 2}, _encoded=None)
+    changed = dataclasses.replace(e, kwargs={**e.kwargs, "n": 2})  # no stale encoding kept
     assert not changed.verify()
 
 
@@ -126,3 +126,11 @@ def test_entries_are_frozen() -> None:
     e = make_entry()
     with pytest.raises(dataclasses.FrozenInstanceError):
         e.status = WALEntryStatus.COMPLETED  # type: ignore[misc]
+
+
+def test_replace_with_new_kwargs_never_keeps_stale_encoded_values() -> None:
+    e = WALEntry.create("log_trade", kwargs={"qty": 1})
+    changed = dataclasses.replace(e, kwargs={"qty": 2})
+    assert changed.to_dict()["kwargs"] == {"qty": 2}
+    assert not changed.verify()  # the checksum covers the original content
+    assert e.with_lsn(3).to_dict()["kwargs"] == {"qty": 1}

@@ -100,8 +100,10 @@ class WALEntry:
     attempts: int = 0
     last_error: str | None = None
     # The encoded (JSON-native) args and kwargs, kept so the storage does not encode twice.
+    # Not an __init__ argument: dataclasses.replace() drops it, so a copy with other
+    # args/kwargs can never carry stale encoded values; it is recomputed on demand.
     _encoded: tuple[list[Any], dict[str, Any]] | None = field(
-        default=None, repr=False, compare=False
+        default=None, init=False, repr=False, compare=False
     )
 
     @classmethod
@@ -141,8 +143,11 @@ class WALEntry:
             idempotency_key=key,
             checksum=content_checksum(sid, op, enc_args, enc_kwargs, key),
             created_at=_now(),
-            _encoded=(enc_args, enc_kwargs),
-        )
+        )._cached(enc_args, enc_kwargs)
+
+    def _cached(self, enc_args: list[Any], enc_kwargs: dict[str, Any]) -> WALEntry:
+        object.__setattr__(self, "_encoded", (enc_args, enc_kwargs))
+        return self
 
     @property
     def has_explicit_key(self) -> bool:
@@ -181,7 +186,7 @@ class WALEntry:
 
     def with_lsn(self, lsn: int) -> WALEntry:
         """A copy with its LSN set (on the append path: positional, faster than replace())."""
-        return WALEntry(
+        new = WALEntry(
             self.entry_id,
             self.operation,
             self.args,
@@ -194,8 +199,9 @@ class WALEntry:
             self.status,
             self.attempts,
             self.last_error,
-            self._encoded,
         )
+        object.__setattr__(new, "_encoded", self._encoded)  # same args and kwargs
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native dict; ``from_dict`` turns it back into an equal entry."""
@@ -237,6 +243,5 @@ class WALEntry:
             status=WALEntryStatus(d.get("status", "pending")),
             attempts=int(d.get("attempts", 0)),
             last_error=d.get("last_error"),
-            _encoded=(enc_args, enc_kwargs),
-        )
+        )._cached(enc_args, enc_kwargs)
 
