@@ -17,7 +17,7 @@ predecessor's crash (every other verification opens the log read-only, leaving t
 the next child). The random-kill writers are forked from a zygote process that imported the
 library once (about 20 ms a cycle instead of a 250 ms interpreter start); each is still its
 own process with its own log handle. 400 kills by default, ``WAL_SIGKILL_KILLS`` or
-``WAL_STRESS=1`` (3000) for more. SIGKILL keeps the page cache: power loss is
+``WAL_STRESS=1`` (1500) for more. SIGKILL keeps the page cache: power loss is
 ``test_crash_powerloss.py``'s job.
 
 ``WAL_CRASH_POINT`` runs stop the child with ``os._exit(137)`` at a named point (see
@@ -47,7 +47,7 @@ from wal.codec import encode_value
 CHILD = Path(__file__).with_name("walwriter_child.py")
 SEED = int(os.environ.get("WAL_SIGKILL_SEED", "20261121"))
 STORAGE_POINTS = sorted(p for p in POINTS if "." not in p)  # manager.* points: test_manager
-KILLS = int(os.environ.get("WAL_SIGKILL_KILLS", "3000" if os.environ.get("WAL_STRESS") else "400"))
+KILLS = int(os.environ.get("WAL_SIGKILL_KILLS", "1500" if os.environ.get("WAL_STRESS") else "400"))
 
 
 def read_acks(out: IO[bytes], kill_after: int | None, kill: Callable[[], None]) -> list[str]:
