@@ -11,19 +11,9 @@ Decimal('0.1000000000')
 True
 >>> db.dispose()
 
-Tables (created on first use)
------------------------------
-``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
-its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
-``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
-operation, applied_at).
-
-Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
-no decimal type and would round through float). Values come back as ``Decimal`` with 10
-places on both. Money given as ``float`` is refused, and so is a value with more than 10
-decimal places or 18 integer digits (it would be rounded or overflow). Times are stored in
-UTC and come back aware; a naive ``datetime`` is taken as UTC. Ids are strings the caller
-may choose; when absent, a uuid4 is generated.
+Its tables, column types and value rules are in :mod:`wal.db_schema`, the effect of each
+critical operation in :mod:`wal.db_operations`, the classification of database errors
+(``is_transient``) in :mod:`wal.db_errors`; their public names are importable from here too.
 
 Exactly-once replay
 -------------------
@@ -42,28 +32,54 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Context, Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, overload
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from wal.entry import OperationType, WALEntry
+from wal.db_errors import RecordNotFoundError, _describe, is_transient
+from wal.db_operations import (
+    _INSERT_ONLY,
+    _OPERATIONS,
+    _insert_run,
+    _lock_balance,
+    _op_balance_update,
+    _op_close_position,
+    _op_create_trading_session,
+    _op_end_trading_session,
+    _op_log_position,
+    _op_log_trade,
+    _op_update_position,
+)
+from wal.db_schema import Money as Money  # re-exported: importable from here as before
+from wal.db_schema import UTCDateTime as UTCDateTime
+from wal.db_schema import (
+    _id,
+    _money,
+    _now,
+    _text,
+    _when,
+    balances,
+    metadata,
+    metrics,
+    positions,
+    trades,
+    trading_sessions,
+    wal_applied,
+)
+from wal.db_schema import balance_changes as balance_changes
+from wal.entry import WALEntry
 from wal.errors import WALConfigError, WALDatabaseError
 
 __all__ = [
@@ -89,577 +105,6 @@ PG_LOCK_TIMEOUT_MS: Final = 30_000
 """How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
 so that a lock that is never released (say, the same account updated from inside its own
 ``with atomic_balance_update()`` block) is an error instead of a hang."""
-
-_SCALE: Final = 10  # decimal places kept for money
-_INT_DIGITS: Final = 18  # NUMERIC(28, 10): 28 digits in all, 10 after the point
-_QUANTUM: Final = Decimal(1).scaleb(-_SCALE)
-_WIDE: Final = Context(prec=80)  # quantize without the default 28-digit context getting in the way
-_MAX_ID_LEN: Final = 64
-_MAX_ERROR_LEN: Final = 500
-
-
-class RecordNotFoundError(LookupError):
-    """``update_position``, ``close_position`` or ``end_trading_session`` named an unknown id.
-
-    A permanent error: in ``apply`` it becomes an ``"error"`` outcome, never a silent no-op.
-    """
-
-
-# --------------------------------------------------------------------------- column types
-
-
-class Money(TypeDecorator[Decimal]):
-    """An exact decimal: ``NUMERIC(28, 10)`` on PostgreSQL, its text on SQLite."""
-
-    impl = sa.Numeric(28, _SCALE, asdecimal=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(sa.String(40))
-        return dialect.type_descriptor(sa.Numeric(28, _SCALE, asdecimal=True))
-
-    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        d = _money(value, "value")
-        return format(d, "f") if dialect.name == "sqlite" else d
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        if value is None:
-            return None
-        return _money(value, "stored value")  # a Decimal (PostgreSQL) or its text (SQLite)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A point in time: stored in UTC, always returned aware (UTC)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        v = _utc(value, "value")
-        return v.replace(tzinfo=None) if dialect.name == "sqlite" else v
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# --------------------------------------------------------------------------- schema
-
-metadata = sa.MetaData()
-"""Every table of the reference database (``metadata.create_all`` runs on first use)."""
-
-_Id = sa.String(_MAX_ID_LEN)
-# SQLite autoincrements only an INTEGER PRIMARY KEY; elsewhere 64 bits.
-_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-balances = sa.Table(
-    "balances",
-    metadata,
-    sa.Column("account", sa.String(_MAX_ID_LEN), primary_key=True),
-    sa.Column("balance", Money(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-balance_changes = sa.Table(
-    "balance_changes",
-    metadata,
-    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
-    sa.Column("account", sa.String(_MAX_ID_LEN), nullable=False, index=True),
-    sa.Column("delta", Money(), nullable=False),
-    sa.Column("balance_after", Money(), nullable=False),
-    sa.Column("reason", sa.Text(), nullable=False),
-    sa.Column("changed_at", UTCDateTime(), nullable=False),
-)
-
-trading_sessions = sa.Table(
-    "trading_sessions",
-    metadata,
-    sa.Column("session_id", _Id, primary_key=True),
-    sa.Column("strategy", sa.String(200), nullable=False),
-    sa.Column("mode", sa.String(32), nullable=False),
-    sa.Column("initial_balance", Money(), nullable=True),
-    sa.Column("final_balance", Money(), nullable=True),
-    sa.Column("started_at", UTCDateTime(), nullable=False),
-    sa.Column("ended_at", UTCDateTime(), nullable=True),
-)
-
-trades = sa.Table(
-    "trades",
-    metadata,
-    sa.Column("trade_id", _Id, primary_key=True),
-    sa.Column("session_id", _Id, nullable=True, index=True),
-    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
-    sa.Column("side", sa.String(16), nullable=False),
-    sa.Column("quantity", Money(), nullable=False),
-    sa.Column("price", Money(), nullable=False),
-    sa.Column("pnl", Money(), nullable=True),
-    sa.Column("executed_at", UTCDateTime(), nullable=False),
-)
-
-positions = sa.Table(
-    "positions",
-    metadata,
-    sa.Column("position_id", _Id, primary_key=True),
-    sa.Column("session_id", _Id, nullable=True, index=True),
-    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
-    sa.Column("side", sa.String(16), nullable=False),
-    sa.Column("quantity", Money(), nullable=False),
-    sa.Column("entry_price", Money(), nullable=False),
-    sa.Column("current_price", Money(), nullable=True),
-    sa.Column("stop_loss", Money(), nullable=True),
-    sa.Column("take_profit", Money(), nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),  # "open" or "closed"
-    sa.Column("exit_price", Money(), nullable=True),
-    sa.Column("pnl", Money(), nullable=True),
-    sa.Column("opened_at", UTCDateTime(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-    sa.Column("closed_at", UTCDateTime(), nullable=True),
-)
-
-metrics = sa.Table(
-    "metrics",
-    metadata,
-    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(200), nullable=False, index=True),
-    sa.Column("value", sa.Float(), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
-)
-
-wal_applied = sa.Table(
-    "wal_applied",
-    metadata,
-    sa.Column("entry_id", _Id, primary_key=True),
-    sa.Column("lsn", sa.BigInteger(), nullable=True),
-    sa.Column("operation", sa.String(_MAX_ID_LEN), nullable=False),
-    sa.Column("applied_at", UTCDateTime(), nullable=False),
-)
-
-# --------------------------------------------------------------------------- validation
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _money(value: object, name: str) -> Decimal:
-    """An exact money value with 10 places; raise naming ``name`` for anything else."""
-    if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
-        raise TypeError(
-            f"{name} must be a Decimal (or int or str), got {type(value).__name__} {value!r}: "
-            "money is never float"
-        )
-    try:
-        d = value if isinstance(value, Decimal) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{name}={value!r} is not a decimal number") from None
-    if not d.is_finite():
-        raise ValueError(f"{name} must be finite, got {d}")
-    if d and d.adjusted() >= _INT_DIGITS:
-        raise ValueError(f"{name}={d} is out of range: at most {_INT_DIGITS} integer digits")
-    q = d.quantize(_QUANTUM, context=_WIDE)
-    if q != d:
-        raise ValueError(f"{name}={d} has more than {_SCALE} decimal places; round it first")
-    return q if q else q.copy_abs()  # no negative zero
-
-
-def _opt_money(value: object, name: str) -> Decimal | None:
-    return None if value is None else _money(value, name)
-
-
-def _positive(value: object, name: str) -> Decimal:
-    d = _money(value, name)
-    if d <= 0:
-        raise ValueError(f"{name} must be positive, got {d}")
-    return d
-
-
-def _opt_positive(value: object, name: str) -> Decimal | None:
-    return None if value is None else _positive(value, name)
-
-
-def _text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
-    if not value and not empty:
-        raise ValueError(f"{name} must not be empty")
-    if len(value) > max_len:
-        raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
-    return value
-
-
-def _id(value: object, name: str) -> str:
-    """An id given by the caller: a non-empty str (or a UUID, stored as its text)."""
-    return str(value) if isinstance(value, uuid.UUID) else _text(value, name)
-
-
-def _new_id(value: object, name: str) -> str:
-    return str(uuid.uuid4()) if value is None else _id(value, name)
-
-
-def _opt_id(value: object, name: str) -> str | None:
-    return None if value is None else _id(value, name)
-
-
-def _utc(value: object, name: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _when(value: object, name: str) -> datetime:
-    return _now() if value is None else _utc(value, name)
-
-
-# --------------------------------------------------------------------------- the effects
-# One function per critical operation, taking an open connection inside a transaction. The
-# public methods and ``apply`` both call these, so a replay does exactly what a direct call
-# does. Each raises on bad input before touching the database.
-
-
-def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return pg_dialect.insert(table).on_conflict_do_nothing()
-    return sqlite_dialect.insert(table).on_conflict_do_nothing()
-
-
-_SET_BALANCE = (
-    sa.update(balances)
-    .where(balances.c.account == sa.bindparam("acct"))
-    .values(balance=sa.bindparam("bal"), updated_at=sa.bindparam("at"))
-)
-_GET_BALANCE_FOR_UPDATE = (
-    sa.select(balances.c.balance)
-    .where(balances.c.account == sa.bindparam("acct"))
-    .with_for_update()
-)
-
-
-def _lock_balance(conn: Connection, account: str) -> Decimal:
-    """The account's balance, row-locked until the transaction ends (created at 0 if absent)."""
-    row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).first()
-    if row is None:
-        # ON CONFLICT: two first updates of one account at once must not fail on the key.
-        conn.execute(
-            _insert_ignore(conn, balances).values(
-                account=account, balance=Decimal(0), updated_at=_now()
-            )
-        )
-        row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).one()
-    balance: Decimal = row[0]
-    return balance
-
-
-def _op_balance_update(
-    conn: Connection, delta: object, *, reason: str = "", account: str = "default"
-) -> Decimal:
-    if delta is None:
-        raise TypeError("atomic_balance_update needs a delta")
-    d = _money(delta, "delta")
-    acct = _text(account, "account")
-    why = _text(reason, "reason", 1000, empty=True)
-    new = _money(_lock_balance(conn, acct) + d, f"the new balance of {acct!r}")
-    now = _now()
-    # statements built once and given parameters: SQLAlchemy's cache skips re-compiling them
-    conn.execute(_SET_BALANCE, {"acct": acct, "bal": new, "at": now})
-    conn.execute(
-        sa.insert(balance_changes),
-        {"account": acct, "delta": d, "balance_after": new, "reason": why, "changed_at": now},
-    )
-    return new
-
-
-def _trade_row(
-    *,
-    symbol: str,
-    side: str,
-    quantity: Decimal,
-    price: Decimal,
-    trade_id: str | None = None,
-    session_id: str | None = None,
-    pnl: Decimal | None = None,
-    executed_at: datetime | None = None,
-) -> dict[str, Any]:
-    row = {
-        "trade_id": _new_id(trade_id, "trade_id"),
-        "session_id": _opt_id(session_id, "session_id"),
-        "symbol": _text(symbol, "symbol"),
-        "side": _text(side, "side", 16),
-        "quantity": _positive(quantity, "quantity"),
-        "price": _positive(price, "price"),
-        "pnl": _opt_money(pnl, "pnl"),
-        "executed_at": _when(executed_at, "executed_at"),
-    }
-    return row
-
-
-def _op_log_trade(conn: Connection, **kwargs: Any) -> str:
-    row = _trade_row(**kwargs)
-    conn.execute(sa.insert(trades), row)
-    return str(row["trade_id"])
-
-
-def _position_row(
-    *,
-    symbol: str,
-    side: str,
-    quantity: Decimal,
-    entry_price: Decimal,
-    position_id: str | None = None,
-    stop_loss: Decimal | None = None,
-    take_profit: Decimal | None = None,
-    session_id: str | None = None,
-    opened_at: datetime | None = None,
-) -> dict[str, Any]:
-    opened = _when(opened_at, "opened_at")
-    row = {
-        "position_id": _new_id(position_id, "position_id"),
-        "session_id": _opt_id(session_id, "session_id"),
-        "symbol": _text(symbol, "symbol"),
-        "side": _text(side, "side", 16),
-        "quantity": _positive(quantity, "quantity"),
-        "entry_price": _positive(entry_price, "entry_price"),
-        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
-        "take_profit": _opt_positive(take_profit, "take_profit"),
-        "status": "open",
-        "opened_at": opened,
-        "updated_at": opened,
-    }
-    return row
-
-
-def _op_log_position(conn: Connection, **kwargs: Any) -> str:
-    row = _position_row(**kwargs)
-    conn.execute(sa.insert(positions), row)
-    return str(row["position_id"])
-
-
-def _lock_open_position(conn: Connection, position_id: object) -> str:
-    pid = _id(position_id, "position_id")
-    query = sa.select(positions.c.status).where(positions.c.position_id == pid).with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        raise RecordNotFoundError(f"no position with position_id {pid!r}")
-    if row[0] != "open":
-        raise ValueError(f"position {pid!r} is {row[0]}, not open")
-    return pid
-
-
-def _op_update_position(
-    conn: Connection,
-    position_id: str,
-    *,
-    stop_loss: Decimal | None = None,
-    take_profit: Decimal | None = None,
-    quantity: Decimal | None = None,
-    current_price: Decimal | None = None,
-) -> None:
-    given = {
-        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
-        "take_profit": _opt_positive(take_profit, "take_profit"),
-        "quantity": _opt_positive(quantity, "quantity"),
-        "current_price": _opt_positive(current_price, "current_price"),
-    }
-    values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    pid = _lock_open_position(conn, position_id)
-    values["updated_at"] = _now()
-    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
-
-
-def _op_close_position(
-    conn: Connection,
-    position_id: str,
-    *,
-    exit_price: Decimal,
-    pnl: Decimal | None = None,
-    closed_at: datetime | None = None,
-) -> None:
-    values = {
-        "status": "closed",
-        "exit_price": _positive(exit_price, "exit_price"),
-        "pnl": _opt_money(pnl, "pnl"),
-        "closed_at": _when(closed_at, "closed_at"),
-        "updated_at": _now(),
-    }
-    pid = _lock_open_position(conn, position_id)
-    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
-
-
-def _session_row(
-    *,
-    strategy: str,
-    session_id: str | None = None,
-    mode: str = "paper",
-    initial_balance: Decimal | None = None,
-    started_at: datetime | None = None,
-) -> dict[str, Any]:
-    row = {
-        "session_id": _new_id(session_id, "session_id"),
-        "strategy": _text(strategy, "strategy", 200),
-        "mode": _text(mode, "mode", 32),
-        "initial_balance": _opt_money(initial_balance, "initial_balance"),
-        "started_at": _when(started_at, "started_at"),
-    }
-    return row
-
-
-def _op_create_trading_session(conn: Connection, **kwargs: Any) -> str:
-    row = _session_row(**kwargs)
-    conn.execute(sa.insert(trading_sessions), row)
-    return str(row["session_id"])
-
-
-def _op_end_trading_session(
-    conn: Connection,
-    session_id: str,
-    *,
-    final_balance: Decimal | None = None,
-    ended_at: datetime | None = None,
-) -> None:
-    sid = _id(session_id, "session_id")
-    values = {
-        "final_balance": _opt_money(final_balance, "final_balance"),
-        "ended_at": _when(ended_at, "ended_at"),
-    }
-    query = (
-        sa.select(trading_sessions.c.ended_at)
-        .where(trading_sessions.c.session_id == sid)
-        .with_for_update()
-    )
-    row = conn.execute(query).first()
-    if row is None:
-        raise RecordNotFoundError(f"no trading session with session_id {sid!r}")
-    if row[0] is not None:
-        raise ValueError(f"trading session {sid!r} already ended at {row[0].isoformat()}")
-    conn.execute(
-        sa.update(trading_sessions).where(trading_sessions.c.session_id == sid).values(values)
-    )
-
-
-_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
-    OperationType.BALANCE_UPDATE.value: _op_balance_update,
-    OperationType.LOG_TRADE.value: _op_log_trade,
-    OperationType.LOG_POSITION.value: _op_log_position,
-    OperationType.UPDATE_POSITION.value: _op_update_position,
-    OperationType.CLOSE_POSITION.value: _op_close_position,
-    OperationType.CREATE_TRADING_SESSION.value: _op_create_trading_session,
-    OperationType.END_TRADING_SESSION.value: _op_end_trading_session,
-}
-"""What ``apply`` may run: operation name (from the log) -> effect. Nothing else is callable."""
-
-_INSERT_ONLY: Final[dict[str, tuple[sa.Table, Callable[..., dict[str, Any]], str]]] = {
-    OperationType.LOG_TRADE.value: (trades, _trade_row, "trade_id"),
-    OperationType.LOG_POSITION.value: (positions, _position_row, "position_id"),
-    OperationType.CREATE_TRADING_SESSION.value: (trading_sessions, _session_row, "session_id"),
-}
-"""Operations whose effect is one INSERT: consecutive ones are applied with one executemany."""
-
-
-def _insert_run(
-    conn: Connection, op: str, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
-) -> None:
-    """Insert a run of same-operation rows with one executemany; record each entry's value."""
-    table, _, id_key = _INSERT_ONLY[op]
-    conn.execute(sa.insert(table), [row for _, row in run])
-    for eid, row in run:
-        values[eid] = str(row[id_key])
-    run.clear()
-
-
-# --------------------------------------------------------------------------- error classes
-
-# PostgreSQL SQLSTATEs that say "the database is unavailable right now", not "the entry is bad".
-_TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "53"})  # connection; insufficient resources
-_TRANSIENT_SQLSTATES: Final = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "57P01",  # admin_shutdown
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (starting up, recovering)
-        "57P05",  # idle_session_timeout
-        "57014",  # query_canceled (statement_timeout)
-        "55P03",  # lock_not_available (lock_timeout)
-        "25P03",  # idle_in_transaction_session_timeout
-        "58030",  # io_error on the server
-    }
-)
-_SQLITE_TRANSIENT: Final = (
-    "database is locked",
-    "database table is locked",
-    "disk i/o error",
-    "database or disk is full",
-    "unable to open database file",
-    "locking protocol",
-)
-
-
-def _transient_here(e: BaseException) -> bool:
-    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
-        return True
-    if isinstance(e, sa_exc.DisconnectionError | sa_exc.TimeoutError | sa_exc.PendingRollbackError):
-        return True  # pool timeout; a connection invalidated earlier in this transaction
-    if isinstance(e, ConnectionError | TimeoutError):
-        return True  # refused, reset, broken pipe; socket timeouts
-    if isinstance(e, psycopg.Error):
-        state = e.sqlstate
-        if state is None:  # no answer from a server: refused, reset, closed, timed out
-            return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
-        return state in _TRANSIENT_SQLSTATES or state[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    if isinstance(e, sqlite3.OperationalError):
-        text = str(e).lower()
-        return any(m in text for m in _SQLITE_TRANSIENT)
-    return False
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` means the database is unavailable, so the same entry may succeed later.
-
-    Transient: connection refused, reset or closed; server shutdown (57P01) and other 08xxx,
-    53xxx and 57Pxx states; serialization failure (40001), deadlock (40P01), statement and
-    lock timeouts; SQLite "database is locked" and I/O errors; pool and socket timeouts. The
-    exception, its DBAPI original and its causes are all looked at. Anything else (an
-    integrity or data error, a missing position, bad arguments) is permanent: retrying the
-    same entry would fail the same way. A ``WALDatabaseError`` keeps its own ``transient``.
-
-    >>> is_transient(ConnectionRefusedError())
-    True
-    >>> is_transient(ValueError("quantity must be positive"))
-    False
-    """
-    if isinstance(exc, WALDatabaseError):
-        return exc.transient
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if _transient_here(e):
-            return True
-        for nxt in (getattr(e, "orig", None), e.__cause__, e.__context__):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    """One line: the error's type and message, without SQLAlchemy's SQL dump and links."""
-    inner = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
-    kind = type(exc).__name__
-    if inner is not exc and type(inner).__name__ != kind:
-        kind = f"{kind} ({type(inner).__name__})"  # e.g. IntegrityError (UniqueViolation)
-    text = " ".join(str(inner).split())
-    line = f"{kind}: {text}" if text else kind
-    return line if len(line) <= _MAX_ERROR_LEN else line[: _MAX_ERROR_LEN - 3] + "..."
 
 
 # --------------------------------------------------------------------------- results

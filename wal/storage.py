@@ -11,6 +11,9 @@ The in-memory index is compact: about 29 bytes per LSN in arrays grown in chunks
 byte, file offset and length of every record, the LSN of each entry's newest status record,
 64 bits of its id), plus a dict slot per explicit idempotency key. Entries themselves are
 read back from disk on demand, so memory stays bounded however many entries are pending.
+
+Opening a log runs recovery (:mod:`wal.recovery`); ``compact`` runs :mod:`wal.compaction`.
+Both are plain functions that take the storage and work on its index.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import uuid
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from wal import compaction
 from wal._crashpoints import crash_point
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import (
@@ -57,17 +61,8 @@ from wal.record import (
     decode_line,
     encode_line,
 )
-from wal.segment import (
-    BROKEN_SUFFIX,
-    TMP_SUFFIX,
-    Defect,
-    Line,
-    list_segments,
-    read_from,
-    scan_file,
-    segment_name,
-    valid_record_after,
-)
+from wal.recovery import RecoveryReport, recover
+from wal.segment import Line, segment_name
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
@@ -86,27 +81,6 @@ _CODE_OF_TEXT = {k.value: v for k, v in _CODE.items()}
 _UNFINISHED = re.compile(b"[\x01\x02]")  # PENDING or SYNCING
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
-
-
-@dataclass
-class RecoveryReport:
-    """What opening the log found and did."""
-
-    mode: str = "tolerate_tail"
-    segments: int = 0
-    records: int = 0
-    entries: int = 0
-    truncated_bytes: int = 0  # torn tail cut off the last segment
-    broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
-    removed_empty_segments: int = 0  # a last segment torn before its header was durable
-    skipped_records: int = 0  # skip_corrupt only
-    lsn_gaps: int = 0  # skip_corrupt only
-    defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
-    removed_tmp_files: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass
@@ -305,159 +279,7 @@ class WALStorage:
             os.chmod(d, _DIR_MODE)  # the log holds balances and trades: owner only
 
     def _recover(self) -> None:
-        rep = self.recovery_report
-        if not self.readonly:
-            for tmp in self.directory.glob("*" + TMP_SUFFIX):
-                # an interrupted compaction's unfinished output: the original is intact
-                self._fs.unlink(str(tmp))
-                rep.removed_tmp_files += 1
-        segments = list_segments(self.directory)
-        self._base = segments[0][0] if segments else 1
-        prev_end = 0
-        changed_dir = rep.removed_tmp_files > 0
-        for i, (first, path) in enumerate(segments):
-            last_segment = i == len(segments) - 1
-            try:
-                seg = self._recover_segment(path, first, last_segment, prev_end)
-            except FileNotFoundError:
-                if self.readonly:  # a writer's compaction removed it meanwhile
-                    continue
-                raise
-            if seg is None:
-                changed_dir = True
-                continue
-            prev_end = seg.end
-            self._segments.append(seg)
-            rep.segments += 1
-        if changed_dir and not self.readonly:
-            # removals and truncations above must not come back after a crash
-            self._fs.fsync_dir(str(self.directory))
-        self._next_lsn = prev_end + 1 if self._segments else self._base
-        self._durable_lsn = self._written_lsn = self._next_lsn - 1
-
-    def _recover_segment(
-        self, path: Path, first: int, last_segment: bool, prev_end: int
-    ) -> _Segment | None:
-        """Index one segment; cut a torn tail; raise on corruption. None: segment removed."""
-        rep = self.recovery_report
-        mode = self.options.recovery
-        header: dict[str, Any] | None = None
-        expected = first
-        end = first - 1
-        compacted = False
-        size = path.stat().st_size
-
-        def corrupt(d: Defect) -> None:
-            text = f"{d.path.name}: line {d.line}, offset {d.offset}: {d.problem}"
-            if mode == "skip_corrupt":
-                rep.defects.append(text)
-                rep.skipped_records += 1
-                log.warning("skipped a bad record: %s", text)
-                return
-            raise WALCorruptionError(d.path, d.line, d.offset, d.problem)
-
-        if self._segments and first != prev_end + 1:
-            problem = (
-                f"LSN gap: the previous segment ends at LSN {prev_end}, this one starts at "
-                f"{first} (a segment is missing or was reordered)"
-            )
-            if mode != "skip_corrupt":
-                raise WALCorruptionError(path, 0, 0, problem)
-            rep.lsn_gaps += 1
-            rep.defects.append(f"{path.name}: {problem}")
-
-        for item in scan_file(path):
-            if isinstance(item, Defect):
-                rest = read_from(path, item.offset) if last_segment and mode != "strict" else b""
-                if rest and valid_record_after(rest, 0) is None:
-                    # a torn tail: only bytes written after the last fsync can be here
-                    size = self._cut_tail(path, rest, item)
-                    break
-                corrupt(item)
-                continue
-            rec = item.record
-            kind = rec["t"]
-            if header is None:
-                if kind != KIND_SEGMENT:
-                    corrupt(Defect(path, item.line, item.offset, "segment has no header record"))
-                    header = {"first": first, "last": None}
-                else:
-                    header = rec
-                    if rec.get("first") != first:
-                        corrupt(
-                            Defect(
-                                path,
-                                item.line,
-                                item.offset,
-                                f"header says first LSN {rec.get('first')}, name says {first}",
-                            )
-                        )
-                    if rec.get("last") is not None:
-                        compacted = True
-                        end = int(rec["last"])
-                    continue
-            if kind == KIND_SEGMENT:
-                corrupt(Defect(path, item.line, item.offset, "a second segment header"))
-                continue
-            lsn = rec.get("lsn")
-            if not isinstance(lsn, int):
-                corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
-                continue
-            ok = expected <= lsn <= end if compacted else lsn == expected
-            if not ok:
-                problem = f"LSN {lsn} out of order (expected {expected})"
-                if mode == "skip_corrupt" and lsn > expected:
-                    # the records before it were skipped (and counted): a gap; keep this one
-                    rep.lsn_gaps += 1
-                    where = f"{path.name}: line {item.line}, offset {item.offset}"
-                    rep.defects.append(f"{where}: {problem}")
-                else:
-                    corrupt(Defect(path, item.line, item.offset, problem))
-                    continue
-            try:
-                self._index_record(rec, item)
-            except (KeyError, ValueError, TypeError) as exc:
-                corrupt(Defect(path, item.line, item.offset, f"malformed record: {exc}"))
-                continue
-            rep.records += 1
-            expected = lsn + 1
-            if not compacted:
-                end = lsn
-        if header is None:
-            # nothing verifiable in the file: a segment created by a rotation whose header was
-            # never made durable (only possible for the last one; earlier ones raised above)
-            if not self.readonly:
-                self._fs.unlink(str(path))
-                rep.removed_empty_segments += 1
-            return None
-        return _Segment(first, path, end, compacted, size)
-
-    def _cut_tail(self, path: Path, torn: bytes, d: Defect) -> int:
-        """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them."""
-        rep = self.recovery_report
-        text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
-        if self.readonly:
-            return d.offset  # a writer may be in the middle of this very record
-        if torn.strip(b"\x00"):
-            broken = path.with_name(path.name + BROKEN_SUFFIX)
-            n = 1
-            while broken.exists():
-                broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{n}")
-                n += 1
-            fd = self._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-            try:
-                write_all(self._fs, fd, torn)
-                self._fs.fdatasync(fd)  # the evidence must exist before the cut below
-            finally:
-                self._fs.close(fd)
-            # the .broken file's name is in the directory: durable before the cut destroys the bytes
-            self._fs.fsync_dir(str(path.parent))
-            rep.broken_files.append(broken.name)
-        self._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
-        rep.truncated_bytes += len(torn)
-        rep.defects.append(text + " (torn tail cut)")
-        log.warning("cut a torn tail of %d bytes: %s", len(torn), text)
-        return d.offset
+        recover(self)
 
     def _open_for_append(self) -> None:
         if not self._segments:
@@ -1028,169 +850,7 @@ class WALStorage:
         next open. Returns ``{"bytes_before", "bytes_after", "entries_dropped",
         "segments_rewritten", "segments_removed"}``.
         """
-        if retention is None:
-            keep_for = timedelta(0)
-        elif isinstance(retention, timedelta):
-            keep_for = retention
-        else:
-            keep_for = timedelta(hours=float(retention))
-        cutoff = _now() - keep_for
-        with self._cond:
-            self._check_writable()
-            while self._flushing:
-                self._cond.wait()
-            before = sum(s.size for s in self._segments)
-            if self._seg_size > self._header_len:
-                # seal the active segment so everything written so far can be compacted; the
-                # open group's records (LSNs assigned, not yet written) go to the new segment
-                waiting = self._group.records
-                self._flushing = True
-                try:
-                    self._rotate(waiting[0].lsn if waiting else self._next_lsn)
-                except BaseException as exc:
-                    self._poison(exc)
-                    raise (self._failed or exc) from exc
-                finally:
-                    self._flushing = False
-                    self._cond.notify_all()
-            sealed = list(self._segments[:-1])
-            dropped = rewritten = removed = 0
-            folded_segments: set[int] = set()
-            for seg in sealed:
-                try:
-                    d, changed, gone = self._compact_segment(seg, cutoff, folded_segments)
-                except OSError as exc:
-                    self._poison(exc)
-                    raise (self._failed or exc) from exc
-                dropped += d
-                rewritten += int(changed)
-                removed += int(gone)
-                if changed:
-                    crash_point("compact-between-segments")
-            after = sum(s.size for s in self._segments)
-        return {
-            "bytes_before": before,
-            "bytes_after": after,
-            "entries_dropped": dropped,
-            "segments_rewritten": rewritten,
-            "segments_removed": removed,
-        }
-
-    def _compact_segment(
-        self, seg: _Segment, cutoff: datetime, folded: set[int]
-    ) -> tuple[int, bool, bool]:
-        """Rewrite one sealed segment (lock held). Returns (dropped, rewritten, removed)."""
-        keep: list[tuple[int, bytes]] = []
-        dropped_status: list[tuple[int, int]] = []  # (status record LSN, its entry's LSN)
-        dropped = 0
-        droppable = False
-        for lsn in range(seg.first, seg.end + 1):
-            i = lsn - self._base
-            if i < 0 or i >= self._n or self._lengths[i] == 0:
-                continue
-            code = self._status[i]
-            rec = self._read_record(lsn)
-            if rec["t"] == KIND_STATUS:
-                target = int(rec["of"])
-                t = target - self._base
-                gone = t < 0 or t >= self._n or self._status[t] == _NONE
-                if gone or self._segment_for(target).first in folded | {seg.first}:
-                    droppable = True  # folded into its entry (or its entry is gone)
-                    dropped_status.append((lsn, int(rec["of"])))
-                    continue
-                keep.append((lsn, encode_line(orjson.dumps(rec))))
-                continue
-            entry = self._load_entry(lsn)
-            when = entry.synced_at or entry.created_at
-            if code == _COMPLETED and when.tzinfo is not None and when <= cutoff:
-                droppable = True
-                dropped += 1
-                continue
-            if code == _COMPLETED and when.tzinfo is None and when <= cutoff.replace(tzinfo=None):
-                droppable = True
-                dropped += 1
-                continue
-            if self._status_rec[i]:
-                droppable = True  # fold the newest status into the entry record
-            d = entry.to_dict()
-            del d["lsn"]
-            payload = b'{"t":"entry","lsn":%d,%s' % (lsn, orjson.dumps(d)[1:])
-            keep.append((lsn, encode_line(payload)))
-        front = self._segments[0] is seg
-        if not droppable and not (front and not keep):  # an emptied front segment goes too
-            return 0, False, False
-        folded.add(seg.first)
-        if not keep and front:
-            self._fs.unlink(str(seg.path))
-            crash_point("compact-after-unlink")
-            # the removal must be durable before the index forgets these LSNs
-            self._fs.fsync_dir(str(self.directory))
-            self._forget(seg, [], dropped_status)
-            self._segments.remove(seg)
-            self._drop_front()
-            gone_fd = self._read_fds.pop(seg.first, None)
-            if gone_fd is not None:
-                os.close(gone_fd)  # an open fd would keep the unlinked file's space in use
-            return dropped, True, True
-        header = _segment_header(seg.first, seg.end)
-        tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
-        fd = self._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-        try:
-            write_all(self._fs, fd, header + b"".join(line for _, line in keep))
-            self._fs.fdatasync(fd)  # never rename an unsynced file over good data
-        finally:
-            self._fs.close(fd)
-        crash_point("compact-after-tmp-write")
-        self._fs.rename(str(tmp), str(seg.path))
-        crash_point("compact-after-rename")
-        self._fs.fsync_dir(str(self.directory))  # the rename is durable only after this
-        old = self._read_fds.pop(seg.first, None)
-        if old is not None:
-            os.close(old)
-        self._forget(seg, keep, dropped_status)
-        off = len(header)
-        for lsn, line in keep:
-            i = lsn - self._base
-            self._offsets[i] = off
-            self._lengths[i] = len(line)
-            off += len(line)
-        seg.size = off
-        seg.compacted = True
-        return dropped, True, False
-
-    def _forget(
-        self, seg: _Segment, keep: list[tuple[int, bytes]], dropped_status: list[tuple[int, int]]
-    ) -> None:
-        """Clear the index slots of a rewritten segment's dropped records (lock held)."""
-        for s_lsn, target in dropped_status:
-            t = target - self._base
-            if 0 <= t < len(self._status_rec) and self._status_rec[t] == s_lsn:
-                self._status_rec[t] = 0  # that status is now folded into the entry record
-        kept = {lsn for lsn, _ in keep}
-        for lsn in range(seg.first, seg.end + 1):
-            i = lsn - self._base
-            if i < 0 or i >= self._n or lsn in kept:
-                continue
-            code = self._status[i]
-            if code != _NONE:
-                self._counts[code] -= 1
-                self._status[i] = _NONE
-            self._lengths[i] = 0
-            self._offsets[i] = 0
-
-    def _drop_front(self) -> None:
-        """Shrink the index when the oldest segments are gone (lock held)."""
-        new_base = self._segments[0].first if self._segments else self._next_lsn
-        k = new_base - self._base
-        if k <= 0:
-            return
-        del self._status[:k]
-        del self._offsets[:k]
-        del self._lengths[:k]
-        del self._status_rec[:k]
-        del self._idh[:k]
-        self._n = max(0, self._n - k)
-        self._base = new_base
+        return compaction.compact(self, retention)
 
     # ------------------------------------------------------------------ stats, closing
 

@@ -1,0 +1,262 @@
+"""The reference database's tables, their column types and the values they accept.
+
+Tables (created on first use)
+-----------------------------
+``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
+its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
+``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
+operation, applied_at).
+
+Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
+no decimal type and would round through float). Values come back as ``Decimal`` with 10
+places on both. Money given as ``float`` is refused, and so is a value with more than 10
+decimal places or 18 integer digits (it would be rounded or overflow). Times are stored in
+UTC and come back aware; a naive ``datetime`` is taken as UTC. Ids are strings the caller
+may choose; when absent, a uuid4 is generated.
+
+The validators (``_money``, ``_text``, ``_id``, ...) are the one definition of those rules:
+the column types and the effects in :mod:`wal.db_operations` both use them, and each raises
+naming the value that was wrong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = [
+    "Money",
+    "UTCDateTime",
+    "balance_changes",
+    "balances",
+    "metadata",
+    "metrics",
+    "positions",
+    "trades",
+    "trading_sessions",
+    "wal_applied",
+]
+
+_SCALE: Final = 10  # decimal places kept for money
+_INT_DIGITS: Final = 18  # NUMERIC(28, 10): 28 digits in all, 10 after the point
+_QUANTUM: Final = Decimal(1).scaleb(-_SCALE)
+_WIDE: Final = Context(prec=80)  # quantize without the default 28-digit context getting in the way
+_MAX_ID_LEN: Final = 64
+
+
+# --------------------------------------------------------------------------- column types
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact decimal: ``NUMERIC(28, 10)`` on PostgreSQL, its text on SQLite."""
+
+    impl = sa.Numeric(28, _SCALE, asdecimal=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(40))
+        return dialect.type_descriptor(sa.Numeric(28, _SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        d = _money(value, "value")
+        return format(d, "f") if dialect.name == "sqlite" else d
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return _money(value, "stored value")  # a Decimal (PostgreSQL) or its text (SQLite)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time: stored in UTC, always returned aware (UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        v = _utc(value, "value")
+        return v.replace(tzinfo=None) if dialect.name == "sqlite" else v
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- schema
+
+metadata = sa.MetaData()
+"""Every table of the reference database (``metadata.create_all`` runs on first use)."""
+
+_Id = sa.String(_MAX_ID_LEN)
+# SQLite autoincrements only an INTEGER PRIMARY KEY; elsewhere 64 bits.
+_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+balances = sa.Table(
+    "balances",
+    metadata,
+    sa.Column("account", sa.String(_MAX_ID_LEN), primary_key=True),
+    sa.Column("balance", Money(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+balance_changes = sa.Table(
+    "balance_changes",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(_MAX_ID_LEN), nullable=False, index=True),
+    sa.Column("delta", Money(), nullable=False),
+    sa.Column("balance_after", Money(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+trading_sessions = sa.Table(
+    "trading_sessions",
+    metadata,
+    sa.Column("session_id", _Id, primary_key=True),
+    sa.Column("strategy", sa.String(200), nullable=False),
+    sa.Column("mode", sa.String(32), nullable=False),
+    sa.Column("initial_balance", Money(), nullable=True),
+    sa.Column("final_balance", Money(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+)
+
+trades = sa.Table(
+    "trades",
+    metadata,
+    sa.Column("trade_id", _Id, primary_key=True),
+    sa.Column("session_id", _Id, nullable=True, index=True),
+    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("side", sa.String(16), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("price", Money(), nullable=False),
+    sa.Column("pnl", Money(), nullable=True),
+    sa.Column("executed_at", UTCDateTime(), nullable=False),
+)
+
+positions = sa.Table(
+    "positions",
+    metadata,
+    sa.Column("position_id", _Id, primary_key=True),
+    sa.Column("session_id", _Id, nullable=True, index=True),
+    sa.Column("symbol", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("side", sa.String(16), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("entry_price", Money(), nullable=False),
+    sa.Column("current_price", Money(), nullable=True),
+    sa.Column("stop_loss", Money(), nullable=True),
+    sa.Column("take_profit", Money(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # "open" or "closed"
+    sa.Column("exit_price", Money(), nullable=True),
+    sa.Column("pnl", Money(), nullable=True),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, index=True),
+    sa.Column("value", sa.Float(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+)
+
+wal_applied = sa.Table(
+    "wal_applied",
+    metadata,
+    sa.Column("entry_id", _Id, primary_key=True),
+    sa.Column("lsn", sa.BigInteger(), nullable=True),
+    sa.Column("operation", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# --------------------------------------------------------------------------- validation
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _money(value: object, name: str) -> Decimal:
+    """An exact money value with 10 places; raise naming ``name`` for anything else."""
+    if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
+        raise TypeError(
+            f"{name} must be a Decimal (or int or str), got {type(value).__name__} {value!r}: "
+            "money is never float"
+        )
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{name}={value!r} is not a decimal number") from None
+    if not d.is_finite():
+        raise ValueError(f"{name} must be finite, got {d}")
+    if d and d.adjusted() >= _INT_DIGITS:
+        raise ValueError(f"{name}={d} is out of range: at most {_INT_DIGITS} integer digits")
+    q = d.quantize(_QUANTUM, context=_WIDE)
+    if q != d:
+        raise ValueError(f"{name}={d} has more than {_SCALE} decimal places; round it first")
+    return q if q else q.copy_abs()  # no negative zero
+
+
+def _opt_money(value: object, name: str) -> Decimal | None:
+    return None if value is None else _money(value, name)
+
+
+def _positive(value: object, name: str) -> Decimal:
+    d = _money(value, name)
+    if d <= 0:
+        raise ValueError(f"{name} must be positive, got {d}")
+    return d
+
+
+def _opt_positive(value: object, name: str) -> Decimal | None:
+    return None if value is None else _positive(value, name)
+
+
+def _text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    if not value and not empty:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
+    return value
+
+
+def _id(value: object, name: str) -> str:
+    """An id given by the caller: a non-empty str (or a UUID, stored as its text)."""
+    return str(value) if isinstance(value, uuid.UUID) else _text(value, name)
+
+
+def _new_id(value: object, name: str) -> str:
+    return str(uuid.uuid4()) if value is None else _id(value, name)
+
+
+def _opt_id(value: object, name: str) -> str | None:
+    return None if value is None else _id(value, name)
+
+
+def _utc(value: object, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: object, name: str) -> datetime:
+    return _now() if value is None else _utc(value, name)

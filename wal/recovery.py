@@ -1,0 +1,232 @@
+"""Recovery: what opening a log does with the segments it finds.
+
+``recover(store)`` reads every segment back in LSN order, indexes each record and decides what
+each defect means under ``StorageOptions.recovery`` (RocksDB's recovery modes are the
+reference):
+
+* A crash can only tear the last record of the last segment (bytes written after the last
+  fsync). Unless the mode is ``"strict"``, that tail is cut: the torn bytes are first kept in
+  a ``.broken`` file (synced, and its directory entry too), then the segment is truncated
+  before them. A last segment without a durable header (a rotation cut short) is removed.
+* Anything else (a bad record before the end, an LSN gap between segments, a record out of
+  order) raises ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the
+  torn tail too, and ``"skip_corrupt"`` skips and counts instead (an explicit salvage).
+* ``*.wal.tmp`` files are an interrupted compaction's unfinished output; the segment they were
+  to replace is intact, so they are removed.
+
+A read-only open (``WALStorage.open_readonly``) changes nothing on disk: it stops at a torn
+tail instead of cutting it (a writer may still be writing that record). What was found and
+done is the ``RecoveryReport`` in ``WALStorage.recovery_report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wal.errors import WALCorruptionError
+from wal.fileops import write_all
+from wal.record import KIND_SEGMENT
+from wal.segment import (
+    BROKEN_SUFFIX,
+    TMP_SUFFIX,
+    Defect,
+    list_segments,
+    read_from,
+    scan_file,
+    valid_record_after,
+)
+
+if TYPE_CHECKING:
+    from wal.storage import WALStorage, _Segment
+
+__all__ = ["RecoveryReport", "recover"]
+
+log = logging.getLogger("wal")
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the log found and did."""
+
+    mode: str = "tolerate_tail"
+    segments: int = 0
+    records: int = 0
+    entries: int = 0
+    truncated_bytes: int = 0  # torn tail cut off the last segment
+    broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
+    removed_empty_segments: int = 0  # a last segment torn before its header was durable
+    skipped_records: int = 0  # skip_corrupt only
+    lsn_gaps: int = 0  # skip_corrupt only
+    defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
+    removed_tmp_files: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def recover(store: WALStorage) -> None:
+    """Index every segment of ``store``'s directory and set its next LSN (while it opens)."""
+    rep = store.recovery_report
+    if not store.readonly:
+        for tmp in store.directory.glob("*" + TMP_SUFFIX):
+            # an interrupted compaction's unfinished output: the original is intact
+            store._fs.unlink(str(tmp))
+            rep.removed_tmp_files += 1
+    segments = list_segments(store.directory)
+    store._base = segments[0][0] if segments else 1
+    prev_end = 0
+    changed_dir = rep.removed_tmp_files > 0
+    for i, (first, path) in enumerate(segments):
+        last_segment = i == len(segments) - 1
+        try:
+            seg = _recover_segment(store, path, first, last_segment, prev_end)
+        except FileNotFoundError:
+            if store.readonly:  # a writer's compaction removed it meanwhile
+                continue
+            raise
+        if seg is None:
+            changed_dir = True
+            continue
+        prev_end = seg.end
+        store._segments.append(seg)
+        rep.segments += 1
+    if changed_dir and not store.readonly:
+        # removals and truncations above must not come back after a crash
+        store._fs.fsync_dir(str(store.directory))
+    store._next_lsn = prev_end + 1 if store._segments else store._base
+    store._durable_lsn = store._written_lsn = store._next_lsn - 1
+
+
+def _recover_segment(
+    store: WALStorage, path: Path, first: int, last_segment: bool, prev_end: int
+) -> _Segment | None:
+    """Index one segment; cut a torn tail; raise on corruption. None: segment removed."""
+    from wal.storage import _Segment  # at call time: wal.storage imports this module
+
+    rep = store.recovery_report
+    mode = store.options.recovery
+    header: dict[str, Any] | None = None
+    expected = first
+    end = first - 1
+    compacted = False
+    size = path.stat().st_size
+
+    def corrupt(d: Defect) -> None:
+        text = f"{d.path.name}: line {d.line}, offset {d.offset}: {d.problem}"
+        if mode == "skip_corrupt":
+            rep.defects.append(text)
+            rep.skipped_records += 1
+            log.warning("skipped a bad record: %s", text)
+            return
+        raise WALCorruptionError(d.path, d.line, d.offset, d.problem)
+
+    if store._segments and first != prev_end + 1:
+        problem = (
+            f"LSN gap: the previous segment ends at LSN {prev_end}, this one starts at "
+            f"{first} (a segment is missing or was reordered)"
+        )
+        if mode != "skip_corrupt":
+            raise WALCorruptionError(path, 0, 0, problem)
+        rep.lsn_gaps += 1
+        rep.defects.append(f"{path.name}: {problem}")
+
+    for item in scan_file(path):
+        if isinstance(item, Defect):
+            rest = read_from(path, item.offset) if last_segment and mode != "strict" else b""
+            if rest and valid_record_after(rest, 0) is None:
+                # a torn tail: only bytes written after the last fsync can be here
+                size = _cut_tail(store, path, rest, item)
+                break
+            corrupt(item)
+            continue
+        rec = item.record
+        kind = rec["t"]
+        if header is None:
+            if kind != KIND_SEGMENT:
+                corrupt(Defect(path, item.line, item.offset, "segment has no header record"))
+                header = {"first": first, "last": None}
+            else:
+                header = rec
+                if rec.get("first") != first:
+                    corrupt(
+                        Defect(
+                            path,
+                            item.line,
+                            item.offset,
+                            f"header says first LSN {rec.get('first')}, name says {first}",
+                        )
+                    )
+                if rec.get("last") is not None:
+                    compacted = True
+                    end = int(rec["last"])
+                continue
+        if kind == KIND_SEGMENT:
+            corrupt(Defect(path, item.line, item.offset, "a second segment header"))
+            continue
+        lsn = rec.get("lsn")
+        if not isinstance(lsn, int):
+            corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
+            continue
+        ok = expected <= lsn <= end if compacted else lsn == expected
+        if not ok:
+            problem = f"LSN {lsn} out of order (expected {expected})"
+            if mode == "skip_corrupt" and lsn > expected:
+                # the records before it were skipped (and counted): a gap; keep this one
+                rep.lsn_gaps += 1
+                where = f"{path.name}: line {item.line}, offset {item.offset}"
+                rep.defects.append(f"{where}: {problem}")
+            else:
+                corrupt(Defect(path, item.line, item.offset, problem))
+                continue
+        try:
+            store._index_record(rec, item)
+        except (KeyError, ValueError, TypeError) as exc:
+            corrupt(Defect(path, item.line, item.offset, f"malformed record: {exc}"))
+            continue
+        rep.records += 1
+        expected = lsn + 1
+        if not compacted:
+            end = lsn
+    if header is None:
+        # nothing verifiable in the file: a segment created by a rotation whose header was
+        # never made durable (only possible for the last one; earlier ones raised above)
+        if not store.readonly:
+            store._fs.unlink(str(path))
+            rep.removed_empty_segments += 1
+        return None
+    return _Segment(first, path, end, compacted, size)
+
+
+def _cut_tail(store: WALStorage, path: Path, torn: bytes, d: Defect) -> int:
+    """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them."""
+    from wal.storage import _FILE_MODE  # at call time: wal.storage imports this module
+
+    rep = store.recovery_report
+    text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
+    if store.readonly:
+        return d.offset  # a writer may be in the middle of this very record
+    if torn.strip(b"\x00"):
+        broken = path.with_name(path.name + BROKEN_SUFFIX)
+        n = 1
+        while broken.exists():
+            broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{n}")
+            n += 1
+        fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            write_all(store._fs, fd, torn)
+            store._fs.fdatasync(fd)  # the evidence must exist before the cut below
+        finally:
+            store._fs.close(fd)
+        # the .broken file's name is in the directory: durable before the cut destroys the bytes
+        store._fs.fsync_dir(str(path.parent))
+        rep.broken_files.append(broken.name)
+    store._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
+    rep.truncated_bytes += len(torn)
+    rep.defects.append(text + " (torn tail cut)")
+    log.warning("cut a torn tail of %d bytes: %s", len(torn), text)
+    return d.offset
