@@ -387,8 +387,8 @@ class WALStorage:
             raise WALEntryNotFoundError(lsn)
         return self._segments[k]
 
-    def _read_record(self, lsn: int) -> dict[str, Any]:
-        """Read one record back from disk by LSN (caller holds the lock or is recovering)."""
+    def _read_raw(self, lsn: int) -> tuple[bytes, Path, int]:
+        """One record's bytes by LSN, with its file and offset (caller holds the lock)."""
         i = lsn - self._base
         if i < 0 or i >= self._n or self._lengths[i] == 0:
             raise WALEntryNotFoundError(lsn)
@@ -397,18 +397,37 @@ class WALStorage:
         if fd is None:
             fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
             self._read_fds[seg.first] = fd
-        raw = os.pread(fd, self._lengths[i], self._offsets[i])
-        try:
-            return decode_line(raw[:-1])
-        except RecordError as exc:
-            raise WALCorruptionError(seg.path, 0, self._offsets[i], exc.problem) from None
+        off = self._offsets[i]
+        return os.pread(fd, self._lengths[i], off), seg.path, off
 
-    def _load_entry(self, lsn: int) -> WALEntry:
-        rec = self._read_record(lsn)
-        entry = WALEntry.from_dict(rec)
+    @staticmethod
+    def _decode_raw(raw: tuple[bytes, Path, int]) -> dict[str, Any]:
+        """Verify and parse what ``_read_raw`` read (no lock needed)."""
+        data, path, off = raw
+        try:
+            return decode_line(data[:-1])
+        except RecordError as exc:
+            raise WALCorruptionError(path, 0, off, exc.problem) from None
+
+    def _read_record(self, lsn: int) -> dict[str, Any]:
+        """Read one record back from disk by LSN (caller holds the lock or is recovering)."""
+        return self._decode_raw(self._read_raw(lsn))
+
+    def _raw_entry(
+        self, lsn: int
+    ) -> tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]:
+        """An entry's record and its newest status record, as bytes (caller holds the lock)."""
         s = self._status_rec[lsn - self._base]
-        if s:
-            st = self._read_record(s)
+        return self._read_raw(lsn), (self._read_raw(s) if s else None)
+
+    @classmethod
+    def _entry_from_raw(
+        cls, raw: tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]
+    ) -> WALEntry:
+        """Build the entry with its current status from ``_raw_entry`` (no lock needed)."""
+        entry = WALEntry.from_dict(cls._decode_raw(raw[0]))
+        if raw[1] is not None:
+            st = cls._decode_raw(raw[1])
             at = st.get("at")
             entry = entry.with_status(
                 WALEntryStatus(st["status"]),
@@ -417,6 +436,9 @@ class WALStorage:
                 attempts=st.get("attempts"),
             )
         return entry
+
+    def _load_entry(self, lsn: int) -> WALEntry:
+        return self._entry_from_raw(self._raw_entry(lsn))
 
     # ------------------------------------------------------------------ writing
 
@@ -516,34 +538,45 @@ class WALStorage:
         if not changes:
             return
         at = _now().isoformat()
+        targets: list[tuple[int, str] | None] = []
+        for ref, _, _, _ in changes:
+            if isinstance(ref, WALEntry):
+                if ref.lsn is None:
+                    raise WALEntryNotFoundError(ref.entry_id)
+                targets.append((ref.lsn, str(ref.entry_id)))
+            else:
+                targets.append(None)  # an id: looked up in the index below
+        if any(t is None for t in targets):
+            with self._cond:
+                self._check_open()
+                targets = [
+                    t if t is not None else self._resolve(c[0])
+                    for t, c in zip(targets, changes, strict=True)
+                ]
+        bodies = []  # serialized outside the lock; the LSN is spliced in below
+        for t, (_, status, error, attempts) in zip(targets, changes, strict=True):
+            assert t is not None
+            status = WALEntryStatus(status)
+            body = orjson.dumps(
+                {
+                    "of": t[0],
+                    "entry_id": t[1],
+                    "status": status.value,
+                    "at": at,
+                    "attempts": attempts,
+                    "error": error,
+                }
+            )
+            bodies.append((t[0], _CODE[status], body))
         with self._cond:
             self._check_writable()
             records = []
-            for ref, status, error, attempts in changes:
-                status = WALEntryStatus(status)
-                target, sid = self._resolve(ref)
+            for target, code, body in bodies:
                 lsn = self._next_lsn
                 self._next_lsn += 1
-                payload = orjson.dumps(
-                    {
-                        "t": KIND_STATUS,
-                        "lsn": lsn,
-                        "of": target,
-                        "entry_id": sid,
-                        "status": status.value,
-                        "at": at,
-                        "attempts": attempts,
-                        "error": error,
-                    }
-                )
+                payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
                 records.append(
-                    _Pending(
-                        lsn,
-                        encode_line(payload),
-                        _NONE,
-                        target=target,
-                        target_code=_CODE[status],
-                    )
+                    _Pending(lsn, encode_line(payload), _NONE, target=target, target_code=code)
                 )
             group, lead = self._enqueue(records)
         self._commit(group, lead)
@@ -794,17 +827,22 @@ class WALStorage:
         pos_lsn = after_lsn + 1
         n = 0
         while limit is None or n < limit:
-            with self._cond:
+            want = 64 if limit is None else min(64, limit - n)
+            raws = []
+            with self._cond:  # only the index search and the preads hold the lock
                 self._check_open()
                 start = max(pos_lsn - self._base, 0)
-                m = _UNFINISHED.search(self._status, start)
-                if m is None:
-                    return
-                lsn = m.start() + self._base
-                entry = self._load_entry(lsn)
-            yield entry
-            n += 1
-            pos_lsn = lsn + 1
+                for m in _UNFINISHED.finditer(self._status, start):
+                    raws.append(self._raw_entry(m.start() + self._base))
+                    if len(raws) == want:
+                        break
+            if not raws:
+                return
+            for raw in raws:  # parsing runs unlocked: appenders are not held up by a reader
+                entry = self._entry_from_raw(raw)
+                yield entry
+                n += 1
+                pos_lsn = (entry.lsn or 0) + 1
 
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
