@@ -24,11 +24,11 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from wal.breaker import BreakerState
 from wal.config import WALConfig
@@ -39,6 +39,8 @@ from wal.overlay import Overlay
 from wal.storage import WALStorage
 
 __all__ = ["DurableBalanceTxn", "DurableDatabaseManager"]
+
+_T = TypeVar("_T")
 
 CRITICAL_OPERATIONS = frozenset(op.value for op in OperationType)
 # The id parameter each creating operation gets filled in before it is logged.
@@ -285,65 +287,59 @@ class DurableDatabaseManager:
     def get_balance(self, account: str = "default") -> Decimal:
         """The balance including pending entries. Raises ``WALDatabaseError`` only when the
         database has not been reachable since start (then the balance is unknown)."""
-        m = self.manager
-        if m is None or self.storage is None:
+        if self.manager is None or self.storage is None:
             return Decimal(self._db.get_balance(account))
         storage = self.storage
-        kept = self._overlay.kept_balance(account)
-        if kept is None or m.breaker.state is not BreakerState.OPEN:
-            try:
-                with m.apply_lock:
-                    db_balance = Decimal(self._db.get_balance(account))
-                    return self._overlay.fresh_balance(
-                        account,
-                        db_balance,
-                        storage.get_pending_entries(),
-                        lambda: storage.last_lsn,
-                        self._already_applied,
-                    )
-            except Exception as exc:
-                if not _transient(exc):
-                    raise
-                m.breaker.failure()  # a read that cannot connect is evidence of an outage
-        kept = self._overlay.kept_balance(account)
-        if kept is None:
-            raise WALDatabaseError(
-                f"the balance of account {account!r} is unknown: the database has not been "
-                "reachable since this process started, so pending entries have no base",
-                transient=True,
-            )
-        return kept
+        return self._read_with_pending(
+            lambda: self._overlay.fresh_balance(
+                account,
+                Decimal(self._db.get_balance(account)),
+                storage.get_pending_entries(),
+                lambda: storage.last_lsn,
+                self._already_applied,
+            ),
+            lambda: self._overlay.kept_balance(account),
+            f"the balance of account {account!r} is unknown: the database has not been "
+            "reachable since this process started, so pending entries have no base",
+        )
 
     def get_open_positions(self) -> list[dict[str, Any]]:
         """Open positions including pending opens, updates and closes."""
-        m = self.manager
-        if m is None or self.storage is None:
+        if self.manager is None or self.storage is None:
             rows: list[dict[str, Any]] = self._db.get_open_positions()
             return rows
         storage = self.storage
-        kept = self._overlay.kept_positions()
-        if kept is None or m.breaker.state is not BreakerState.OPEN:
+        return self._read_with_pending(
+            lambda: self._overlay.fresh_positions(
+                list(self._db.get_open_positions()),
+                storage.get_pending_entries(),
+                lambda: storage.last_lsn,
+                self._already_applied,
+            ),
+            self._overlay.kept_positions,
+            "open positions are unknown: the database has not been reachable since this "
+            "process started",
+        )
+
+    def _read_with_pending(
+        self, fresh: Callable[[], _T], kept: Callable[[], _T | None], unknown: str
+    ) -> _T:
+        """A fresh read (database + pending, under the apply lock) unless the breaker is open
+        and a kept state exists; the kept state when the database cannot be reached."""
+        m = self.manager
+        assert m is not None
+        if kept() is None or m.breaker.state is not BreakerState.OPEN:
             try:
                 with m.apply_lock:
-                    db_rows = list(self._db.get_open_positions())
-                    return self._overlay.fresh_positions(
-                        db_rows,
-                        storage.get_pending_entries(),
-                        lambda: storage.last_lsn,
-                        self._already_applied,
-                    )
+                    return fresh()
             except Exception as exc:
                 if not _transient(exc):
                     raise
                 m.breaker.failure()  # a read that cannot connect is evidence of an outage
-        kept = self._overlay.kept_positions()
-        if kept is None:
-            raise WALDatabaseError(
-                "open positions are unknown: the database has not been reachable since this "
-                "process started",
-                transient=True,
-            )
-        return kept
+        value = kept()
+        if value is None:
+            raise WALDatabaseError(unknown, transient=True)
+        return value
 
     def _already_applied(self, entries: list[WALEntry]) -> set[str]:
         """Which of these pending entries the database already has (ambiguous commits)."""
