@@ -8,6 +8,8 @@ it is the second opinion the crash tests ask after every recovery.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -160,3 +162,23 @@ class CountingFileOps(OSFileOps):
 def mode_of(path: Path) -> int:
     """The permission bits of a file or directory."""
     return os.stat(path).st_mode & 0o777
+
+
+STATUS_FIELDS = ("lsn", "status", "synced_at", "attempts", "last_error")
+
+
+def content(e: WALEntry) -> dict[str, Any]:
+    """An entry's dict without the fields a status record may change."""
+    d = e.to_dict()
+    for k in STATUS_FIELDS:
+        del d[k]
+    return d
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition with a deadline (no sleep-as-synchronization)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import pytest
 from faultfs import CrashFS, SimulatedCrash, TailMode, write_image
+from helpers_log import content
 
 from wal import WALEntry, WALEntryStatus, WALError, WALStorage
 from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
@@ -52,7 +53,6 @@ TAILS: list[tuple[TailMode, int]] = [
     ("garbage", 1),
     ("garbage", 2),
 ]
-STATUS_FIELDS = ("lsn", "status", "synced_at", "attempts", "last_error")
 
 
 def entry(n: int, pad: int = 0) -> WALEntry:
@@ -60,13 +60,6 @@ def entry(n: int, pad: int = 0) -> WALEntry:
     if pad:
         kwargs["pad"] = "p" * pad
     return WALEntry.create("log_trade", kwargs=kwargs)
-
-
-def content(e: WALEntry) -> dict[str, Any]:
-    d = e.to_dict()
-    for k in STATUS_FIELDS:
-        del d[k]
-    return d
 
 
 # ---------------------------------------------------------------------- recording a workload

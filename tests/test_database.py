@@ -12,9 +12,8 @@ import socket
 import sqlite3
 import stat
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from helpers_log import wait_for
 from pg import PgServer
 from sqlalchemy.engine import make_url
 
@@ -570,15 +570,6 @@ def test_apply_through_a_real_postgres_outage(pg_url: PgServer, pg_db: str) -> N
     assert [t["trade_id"] for t in db.get_trades()] == ["during-outage"]
     assert count(db, "wal_applied") == 7
     db.dispose()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll a condition with a deadline (no sleep-as-synchronization)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.mark.postgres

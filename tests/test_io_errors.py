@@ -12,20 +12,18 @@ import errno
 import shutil
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultfs import CrashFS, FaultRule
+from helpers_log import content, wait_for
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
 from wal.segment import TMP_SUFFIX
-
-STATUS_FIELDS = ("lsn", "status", "synced_at", "attempts", "last_error")
 
 
 def entry(n: int, pad: int = 0) -> WALEntry:
@@ -33,21 +31,6 @@ def entry(n: int, pad: int = 0) -> WALEntry:
     if pad:
         kwargs["pad"] = "q" * pad
     return WALEntry.create("atomic_balance_update", kwargs=kwargs)
-
-
-def content(e: WALEntry) -> dict[str, Any]:
-    d = e.to_dict()
-    for k in STATUS_FIELDS:
-        del d[k]
-    return d
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)  # polling a condition with a deadline, not a synchronization sleep
 
 
 def assert_recovers(

@@ -6,14 +6,20 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers_log import CountingFileOps, check_files, make_entry, mode_of, segment_records
+from helpers_log import (
+    CountingFileOps,
+    check_files,
+    make_entry,
+    mode_of,
+    segment_records,
+    wait_for,
+)
 
 from wal import (
     WALClosedError,
@@ -33,15 +39,6 @@ P, S, C, F = (
     WALEntryStatus.COMPLETED,
     WALEntryStatus.FAILED,
 )
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll a condition with a deadline (no sleep-as-synchronization)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 @pytest.fixture
