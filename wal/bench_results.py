@@ -1,0 +1,312 @@
+"""Benchmark results: one measured row, the targets of issue 5, and their report.
+
+``wal.bench`` measures; this module holds what it measured (``Measurement``), the run
+(``DiskBenchResult``: table, advice sentence, JSON) and the targets checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "DiskBenchResult",
+    "Group",
+    "Measurement",
+    "TargetResult",
+    "evaluate_targets",
+    "latency_row",
+    "merge_rounds",
+    "percentile",
+]
+
+
+Group = Literal["limit", "peer", "this project", "recovery", "drain", "latency", "memory"]
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One row of the results table (possibly the median of several interleaved rounds)."""
+
+    name: str  # stable key, e.g. "wal_always_8"
+    group: Group
+    label: str  # what was measured, in words
+    ops: int = 0  # records (entries) done, over all rounds
+    seconds: float = 0.0  # over all rounds
+    threads: int = 1
+    batch: int = 1
+    per_s: float | None = None  # records (entries) per second; the median over rounds
+    p50_us: float | None = None  # per-record latency (rows where one call is one record)
+    p99_us: float | None = None
+    call_p50_us: float | None = None  # per-call latency of batch rows
+    rounds: int = 1
+    note: str = ""  # fixed remarks; describe() adds the measured ones
+    extra: dict[str, Any] = field(default_factory=dict)
+    latency: Literal["record", "call", "none"] = "record"
+    samples_ns: list[int] = field(default_factory=list, repr=False)  # not in to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["samples_ns"]
+        d["description"] = self.describe()
+        return d
+
+    def finish(self) -> Measurement:
+        """Compute the latency columns from ``samples_ns`` (sorts them)."""
+        lat = self.samples_ns
+        lat.sort()
+        if not lat or self.latency == "none":
+            return self
+        if self.latency == "record":
+            self.p50_us = percentile(lat, 0.50)
+            self.p99_us = percentile(lat, 0.99)
+        else:
+            self.call_p50_us = percentile(lat, 0.50)
+        return self
+
+    def describe(self) -> str:
+        """The note column: fixed remarks plus what the figures mean."""
+        parts: list[str] = []
+        fsyncs = self.extra.get("fsyncs")
+        if self.extra.get("fsync") == "always" and fsyncs:
+            parts.append(f"{self.ops / fsyncs:.1f} entries per fsync")
+        if self.call_p50_us is not None:
+            parts.append(f"per call: p50 {self.call_p50_us:,.0f} µs")
+        if "drained" in self.extra:
+            parts.append(f"drained {self.extra['drained']:,}")
+        if self.note:
+            parts.append(self.note)
+        spread = self.extra.get("per_s_rounds")
+        if self.rounds > 1 and spread:
+            parts.append(
+                f"median of {self.rounds} rounds, {min(spread):,.0f} to {max(spread):,.0f}/s"
+            )
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResult:
+    """One target: what it asks, the measured ratio or value, and whether it was met."""
+
+    target: str
+    measured: float | None  # None: a row it needs was not measured
+    required: float
+    unit: str  # "x" for a ratio, "entries/s", "MB"
+    met: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class DiskBenchResult:
+    """Everything one run measured, on one directory."""
+
+    directory: str
+    size: str  # the preset
+    record_bytes: int  # bytes per record (the framed trade line)
+    measurements: list[Measurement] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Measurement | None:
+        for m in self.measurements:
+            if m.name == name:
+                return m
+        return None
+
+    def rate(self, name: str) -> float | None:
+        m = self.get(name)
+        return None if m is None else m.per_s
+
+    def targets(self) -> list[TargetResult]:
+        return evaluate_targets(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "size": self.size,
+            "record_bytes": self.record_bytes,
+            "machine": self.machine,
+            "measurements": [m.to_dict() for m in self.measurements],
+            "targets": [t.to_dict() for t in self.targets()],
+            "advice": self.advice(),
+        }
+
+    def advice(self) -> str:
+        """A plain sentence: the cost of an fsync per trade, and what group commit gives."""
+        parts: list[str] = []
+        one = self.get("wal_always_1")
+        raw = self.get("raw_per_record")
+        if one is not None and one.p50_us is not None and one.per_s:
+            s = (
+                f'a durable append (fsync="always") takes {one.p50_us:,.0f} µs per trade '
+                f"at the median ({one.per_s:,.0f} trades/s from one thread"
+            )
+            if raw is not None and raw.per_s and raw.p50_us is not None:
+                s += (
+                    f"; the disk's own write + fdatasync takes {raw.p50_us:,.0f} µs, "
+                    f"{raw.per_s:,.0f}/s"
+                )
+            parts.append(s + ")")
+        best: Measurement | None = None
+        for k in (8, 64):
+            m = self.get(f"wal_always_{k}")
+            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
+                best = m
+        if best is not None and best.per_s:
+            parts.append(
+                f"with {best.threads} concurrent writers group commit gives "
+                f"{best.per_s:,.0f} trades/s, each still durable before it returns"
+            )
+        many = self.get("wal_many_1000")
+        if many is not None and many.per_s:
+            parts.append(f"append_many(1000) reaches {many.per_s:,.0f} entries/s")
+        iv = self.get("wal_interval_1")
+        if iv is not None and iv.per_s:
+            parts.append(
+                f'fsync="interval" gives {iv.per_s:,.0f}/s but a power loss can lose the last '
+                f"{iv.extra.get('interval_ms', 10):g} ms"
+            )
+        if not parts:
+            return "nothing was measured"
+        return "Here " + "; ".join(parts) + "."
+
+    def markdown(self) -> str:
+        """The results table, then the targets table, as markdown."""
+        lines = [
+            "| group | what | threads | batch | records/s | p50 µs | p99 µs | note |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for m in self.measurements:
+            lines.append(
+                f"| {m.group} | {m.label} | {m.threads} | {m.batch} | {_fmt(m.per_s, 0)} "
+                f"| {_fmt(m.p50_us, 0)} | {_fmt(m.p99_us, 0)} | {m.describe()} |"
+            )
+        lines += ["", "| target | measured | required | met |", "|---|---:|---:|---|"]
+        for t in self.targets():
+            got = "not measured" if t.measured is None else _fmt_target(t.measured, t.unit)
+            met = "n/a" if t.met is None else ("met" if t.met else "**not met**")
+            lines.append(f"| {t.target} | {got} | {_fmt_target(t.required, t.unit)} | {met} |")
+        return "\n".join(lines)
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def _fmt_target(v: float, unit: str) -> str:
+    if unit == "x":
+        return f"{v:.2f}x"
+    return f"{v:,.0f} {unit}"
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond latencies, in microseconds."""
+    if not sorted_ns:
+        return float("nan")
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))
+    return sorted_ns[k] / 1000.0
+
+
+def latency_row(m: Measurement, lat_ns: list[int]) -> Measurement:
+    """Attach the latency samples (ns) to ``m`` and compute its latency columns."""
+    m.samples_ns = lat_ns
+    return m.finish()
+
+
+def merge_rounds(rounds: list[Measurement]) -> Measurement:
+    """One row from interleaved rounds of the same measurement: the median rate, pooled
+    latencies, summed counters. Interleaving spreads the machine's noise over every row."""
+    first = rounds[0]
+    m = Measurement(
+        first.name,
+        first.group,
+        first.label,
+        sum(r.ops for r in rounds),
+        sum(r.seconds for r in rounds),
+        first.threads,
+        first.batch,
+        rounds=len(rounds),
+        note=first.note,
+        extra=dict(first.extra),
+        latency=first.latency,
+    )
+    rates = [r.per_s for r in rounds if r.per_s is not None]
+    if rates:
+        m.per_s = statistics.median(rates)
+        m.extra["per_s_rounds"] = [round(x, 1) for x in rates]
+    for key in ("fsyncs", "drained"):
+        if key in first.extra:
+            m.extra[key] = sum(int(r.extra.get(key) or 0) for r in rounds)
+    m.samples_ns = [x for r in rounds for x in r.samples_ns]
+    return m.finish()
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def evaluate_targets(r: DiskBenchResult) -> list[TargetResult]:
+    """The project's performance targets, each against rows measured in the same run."""
+    out: list[TargetResult] = []
+
+    def ratio(target: str, num: str, den: str, need: float) -> None:
+        a, b = r.rate(num), r.rate(den)
+        if a is None or b is None or b == 0:
+            out.append(TargetResult(target, None, need, "x", None, f"{num} / {den}"))
+            return
+        v = a / b
+        out.append(TargetResult(target, v, need, "x", v >= need, f"{a:,.0f} / {b:,.0f} per s"))
+
+    ratio("1 thread ≥ 0.9x raw per-record", "wal_always_1", "raw_per_record", 0.9)
+    ratio("8 threads ≥ 6x raw per-record", "wal_always_8", "raw_per_record", 6)
+    ratio("8 threads ≥ 6x SQLite FULL at 8 threads", "wal_always_8", "sqlite_full_8", 6)
+    ratio("8 threads ≥ 6x persist-queue at 8 threads", "wal_always_8", "persist_queue_8", 6)
+    ratio("64 threads ≥ 15x raw per-record", "wal_always_64", "raw_per_record", 15)
+
+    def absolute(target: str, name: str, need: float, unit: str) -> None:
+        v = r.rate(name)
+        ok = None if v is None else v >= need
+        out.append(TargetResult(target, v, need, unit, ok, name))
+
+    absolute("append_many(1000) ≥ 100,000 entries/s", "wal_many_1000", 100_000, "entries/s")
+    absolute("recovery ≥ 500,000 entries/s", "recovery_open", 500_000, "entries/s")
+    if r.get("drain_sqlite") is not None:  # measured by benchmarks/run_all.py, not `atb wal bench`
+        absolute("drain into SQLite ≥ 20,000 entries/s", "drain_sqlite", 20_000, "entries/s")
+    if r.get("drain_postgresql") is not None:
+        absolute(
+            "drain into PostgreSQL ≥ 10,000 entries/s", "drain_postgresql", 10_000, "entries/s"
+        )
+
+    idle, busy = r.get("append_idle"), r.get("append_during_drain")
+    if idle is None or busy is None or not idle.p99_us or busy.p99_us is None:
+        out.append(TargetResult("append p99 during drain ≤ 2x idle p99", None, 2, "x", None, ""))
+    else:
+        v = busy.p99_us / idle.p99_us
+        out.append(
+            TargetResult(
+                "append p99 during drain ≤ 2x idle p99",
+                v,
+                2,
+                "x",
+                v <= 2,
+                f"{busy.p99_us:,.0f} / {idle.p99_us:,.0f} µs",
+            )
+        )
+    rss = r.get("rss_pending")
+    entries = rss.ops if rss is not None else 0
+    name = f"RSS with {entries:,} pending ≤ 200 MB" if rss else "RSS with 1M pending ≤ 200 MB"
+    if rss is None:
+        out.append(TargetResult(name, None, 200, "MB", None, ""))
+    else:
+        mb = float(rss.extra["rss_mb"])
+        out.append(TargetResult(name, mb, 200, "MB", mb <= 200, "VmHWM of a subprocess"))
+    return out
