@@ -266,6 +266,12 @@ class WALManager:
         """Apply the pending entries up to ``e`` (LSN order) in this thread, if few enough."""
         assert e.lsn is not None
         limit = self.config.batch_size
+        backlog = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
+            WALEntryStatus.SYNCING
+        )
+        if backlog > limit:  # the sync thread drains it; do not read it back on every write
+            self._wake.set()
+            return self._receipt(e, WALEntryStatus.PENDING)
         with self._apply_lock:
             batch = []
             for p in self.storage.get_pending_entries(limit=limit + 1):
