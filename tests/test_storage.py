@@ -447,6 +447,42 @@ def test_lone_appender_pays_one_fdatasync_per_append(logdir: Path) -> None:
         assert log.get_stats().fsync_count - before == 50
 
 
+class _HeldFsync(CountingFileOps):
+    """Counts like CountingFileOps; once armed, its fdatasync runs ``during`` first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during: Callable[[], None] | None = None
+
+    def fdatasync(self, fd: int) -> None:
+        hook, self.during = self.during, None
+        if hook is not None:
+            hook()
+        super().fdatasync(fd)
+
+
+def test_a_background_reader_waits_for_the_flush_in_progress(logdir: Path) -> None:
+    fs = _HeldFsync()
+    events: list[str] = []
+    with WALStorage(logdir, fs=fs) as log:
+        log.append_many(make_entry(i) for i in range(3))
+        reader = threading.Thread(
+            target=lambda: events.append(
+                f"read {len(list(log.get_pending_entries(background=True)))}"
+            )
+        )
+
+        def during_fsync() -> None:
+            reader.start()  # the flush is in progress: the reader must wait for its end
+            wait_for(lambda: bool(log._cond._waiters), "the reader to wait")  # type: ignore[attr-defined]
+            events.append("fsync")
+
+        fs.during = during_fsync
+        log.append(make_entry(9))
+        reader.join()
+    assert events == ["fsync", "read 3"] or events == ["fsync", "read 4"]
+
+
 def test_interval_mode_syncs_in_the_background_and_on_close(logdir: Path) -> None:
     fs = CountingFileOps()
     log = WALStorage(logdir, fs=fs, fsync="interval", fsync_interval_ms=5)

@@ -411,7 +411,7 @@ def drain_rows(
     after = 0
     drained = 0
     while not stop.is_set():
-        rows = list(log.get_pending_entries(after_lsn=after, limit=batch))
+        rows = list(log.get_pending_entries(after_lsn=after, limit=batch, background=True))
         if not rows:
             stop.wait(0.0005)  # polling for new work; a benchmark, not a synchronization
             continue

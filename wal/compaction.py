@@ -55,7 +55,7 @@ def compact(store: WALStorage, retention: timedelta | float | None = None) -> di
             waiting = store._group.records
             store._flushing = True
             try:
-                store._rotate(waiting[0].lsn if waiting else store._next_lsn)
+                store._rotate(waiting[0][0] if waiting else store._next_lsn)
             except BaseException as exc:
                 store._poison(exc)
                 raise (store._failed or exc) from exc

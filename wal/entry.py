@@ -105,6 +105,8 @@ class WALEntry:
     _encoded: tuple[list[Any], dict[str, Any]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # Whether the caller gave the idempotency key (known on create; saves a str(uuid) per append).
+    _explicit: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -143,16 +145,21 @@ class WALEntry:
             idempotency_key=key,
             checksum=content_checksum(sid, op, enc_args, enc_kwargs, key),
             created_at=_now(),
-        )._cached(enc_args, enc_kwargs)
+        )._cached(enc_args, enc_kwargs, idempotency_key is not None and key != sid)
 
-    def _cached(self, enc_args: list[Any], enc_kwargs: dict[str, Any]) -> WALEntry:
+    def _cached(
+        self, enc_args: list[Any], enc_kwargs: dict[str, Any], explicit: bool | None = None
+    ) -> WALEntry:
         object.__setattr__(self, "_encoded", (enc_args, enc_kwargs))
+        object.__setattr__(self, "_explicit", explicit)
         return self
 
     @property
     def has_explicit_key(self) -> bool:
         """True when the caller supplied the idempotency key (it is not the entry id)."""
-        return self.idempotency_key != str(self.entry_id)
+        if self._explicit is None:
+            object.__setattr__(self, "_explicit", self.idempotency_key != str(self.entry_id))
+        return bool(self._explicit)
 
     def encoded(self) -> tuple[list[Any], dict[str, Any]]:
         """The args and kwargs as JSON natives and tags (see :mod:`wal.codec`)."""
@@ -201,6 +208,7 @@ class WALEntry:
             self.last_error,
         )
         object.__setattr__(new, "_encoded", self._encoded)  # same args and kwargs
+        object.__setattr__(new, "_explicit", self._explicit)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,4 +252,3 @@ class WALEntry:
             attempts=int(d.get("attempts", 0)),
             last_error=d.get("last_error"),
         )._cached(enc_args, enc_kwargs)
-

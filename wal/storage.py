@@ -115,39 +115,45 @@ class _Segment:
     size: int
 
 
-@dataclass
-class _Pending:
-    """A framed record waiting in the group-commit buffer."""
-
-    lsn: int
-    line: bytes
-    code: int  # status code for an entry; _NONE for a status record
-    id_bytes: bytes | None = None  # entry id (entries)
-    key_hash: int | None = None  # explicit idempotency key (entries)
-    target: int = 0  # LSN of the entry a status record changes
-    target_code: int = _NONE
+# A framed record on its way to disk (a tuple: the append path makes one per record):
+# (lsn, line, code, id_hash, key_hash, target, target_code). ``code`` is the entry's status
+# code, or _NONE for a status record, which changes entry ``target`` to ``target_code``.
+_Rec = tuple[int, bytes, int, int, int | None, int, int]
 
 
 class _Group:
     """The records that the next flush writes together, and how their writers learn the end.
 
-    The first writer to add records to a group leads its flush; the others wait on ``done``
-    (each is woken once, when its own records are acknowledged or have failed). ``done`` is
-    made only when a second writer joins: a lone appender needs no event.
+    The first writer to add records to a group leads its flush; the others (members) wait on
+    ``latch``, a lock the leader holds until the flush ends. Each member takes it and hands it
+    on at once, so a group of N wakes with N lock hand-offs and no Condition machinery. The
+    latch is made only when a second writer joins: a lone appender needs none.
     """
 
-    __slots__ = ("done", "error", "led", "records")
+    __slots__ = ("error", "latch", "led", "records")
 
     def __init__(self) -> None:
-        self.records: list[_Pending] = []
+        self.records: list[_Rec] = []
         self.led = False
-        self.done: threading.Event | None = None
+        self.latch: threading.Lock | None = None
         self.error: BaseException | None = None
 
+    def join(self) -> None:
+        """A member joins (lock held): make the latch, held until ``finish``."""
+        if self.latch is None:
+            self.latch = threading.Lock()
+            self.latch.acquire()
+
+    def wait(self) -> None:
+        """A member waits for the end of the flush (lock not held)."""
+        assert self.latch is not None
+        self.latch.acquire()  # blocks until the leader's finish(), then the member before us
+        self.latch.release()  # hand on to the next member
+
     def finish(self) -> None:
-        """The group is flushed (or failed): wake its members (lock held)."""
-        if self.done is not None:
-            self.done.set()
+        """The group is flushed (or failed): wake its members."""
+        if self.latch is not None:
+            self.latch.release()
 
 
 def _now() -> datetime:
@@ -167,6 +173,11 @@ _BLOOM_MASK = (_BLOOM_BYTES * 8) - 1
 def _id_hash(entry_id: bytes) -> int:
     """The last 8 bytes of a UUID4: random, so a fine hash (hits are verified on disk)."""
     return int.from_bytes(entry_id[8:], "little")
+
+
+def _uuid_hash(u: uuid.UUID) -> int:
+    """``_id_hash(u.bytes)``, from the UUID's integer."""
+    return int.from_bytes((u.int & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big"), "little")
 
 
 def _key_hash(key: str) -> int:
@@ -458,7 +469,38 @@ class WALStorage:
 
     def append(self, entry: WALEntry) -> WALEntry:
         """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
-        return self.append_many([entry])[0]
+        body = self._entry_body(entry)  # serialize outside the lock
+        eid = entry.entry_id
+        h = _uuid_hash(eid)
+        kh = _key_hash(entry.idempotency_key) if entry.has_explicit_key else None
+        code = _CODE[entry.status]
+        with self._cond:
+            if self._failed is not None or self._closed or self.readonly:
+                self._check_writable()
+            if self._bloom_has(h) and self._has_id(eid):
+                raise ValueError(f"entry {eid} is already in the log")
+            lsn = self._next_lsn
+            self._next_lsn = lsn + 1
+            rec = (
+                lsn,
+                encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
+                code,
+                h,
+                kh,
+                0,
+                0,
+            )
+            if not self._flushing and not self._group.records:
+                # nobody is flushing or waiting: flush this record now, without a group
+                self._flushing = True
+                group = None
+            else:
+                group, lead = self._enqueue([rec])
+        if group is None:
+            self._flush([rec])
+        else:
+            self._commit(group, lead)
+        return entry.with_lsn(lsn)
 
     def append_many(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
         """Append a batch with one write and one fsync; all or none are acknowledged."""
@@ -466,35 +508,43 @@ class WALStorage:
         if not entries:
             return []
         bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
-        keyed = [e.has_explicit_key for e in entries]
+        hashes = [_uuid_hash(e.entry_id) for e in entries]
+        key_hashes = [_key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
+        if len(set(hashes)) != len(entries) and len({e.entry_id for e in entries}) != len(entries):
+            raise ValueError("the batch holds the same entry twice: already in the log")
         with self._cond:
             self._check_writable()
-            if len({e.entry_id for e in entries}) != len(entries):
-                raise ValueError("the batch holds the same entry twice: already in the log")
-            for e in entries:
-                if self._maybe_seen(e.entry_id) and self._has_id(e.entry_id):
+            has = self._bloom_has
+            for e, h in zip(entries, hashes, strict=True):
+                if has(h) and self._has_id(e.entry_id):
                     raise ValueError(f"entry {e.entry_id} is already in the log")
-            out = []
-            records = []
-            for e, body, explicit in zip(entries, bodies, keyed, strict=True):
-                lsn = self._next_lsn
-                self._next_lsn += 1
-                payload = b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])
-                records.append(
-                    _Pending(
-                        lsn,
-                        encode_line(payload),
-                        _CODE[e.status],
-                        e.entry_id.bytes,
-                        _key_hash(e.idempotency_key) if explicit else None,
-                    )
+            first = self._next_lsn
+            self._next_lsn = first + len(entries)
+            records = [
+                (
+                    lsn,
+                    encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
+                    _CODE[e.status],
+                    h,
+                    kh,
+                    0,
+                    0,
                 )
-                out.append(e.with_lsn(lsn))
+                for lsn, e, body, h, kh in zip(
+                    range(first, first + len(entries)),
+                    entries,
+                    bodies,
+                    hashes,
+                    key_hashes,
+                    strict=True,
+                )
+            ]
             group, lead = self._enqueue(records)
         self._commit(group, lead)
-        return out
+        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
 
-    def _entry_body(self, e: WALEntry) -> bytes:
+    @staticmethod
+    def _entry_body(e: WALEntry) -> bytes:
         if e.lsn is not None:
             raise ValueError(f"entry {e.entry_id} already has LSN {e.lsn}: it is in a log")
         a, k = e.encoded()
@@ -570,14 +620,12 @@ class WALStorage:
             bodies.append((t[0], _CODE[status], body))
         with self._cond:
             self._check_writable()
-            records = []
+            records: list[_Rec] = []
             for target, code, body in bodies:
                 lsn = self._next_lsn
                 self._next_lsn += 1
                 payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
-                records.append(
-                    _Pending(lsn, encode_line(payload), _NONE, target=target, target_code=code)
-                )
+                records.append((lsn, encode_line(payload), _NONE, 0, None, target, code))
             group, lead = self._enqueue(records)
         self._commit(group, lead)
 
@@ -598,8 +646,8 @@ class WALStorage:
         self._seen_ids[b1 >> 3] |= 1 << (b1 & 7)
         self._seen_ids[b2 >> 3] |= 1 << (b2 & 7)
 
-    def _maybe_seen(self, u: uuid.UUID) -> bool:
-        h = _id_hash(u.bytes)
+    def _bloom_has(self, h: int) -> bool:
+        """False: no entry with this id hash was appended since open (True: maybe)."""
         b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
         seen = self._seen_ids
         return bool(seen[b1 >> 3] & (1 << (b1 & 7)) and seen[b2 >> 3] & (1 << (b2 & 7)))
@@ -613,7 +661,7 @@ class WALStorage:
 
     def _find_id(self, u: uuid.UUID) -> int:
         """The LSN of entry ``u``: a search of the id-hash array in C, each hit verified."""
-        pattern = re.compile(re.escape(_id_hash(u.bytes).to_bytes(8, "little")))
+        pattern = re.compile(re.escape(_uuid_hash(u).to_bytes(8, "little")))
         with memoryview(self._idh) as ids, ids.cast("B") as raw:
             hits = [m.start() for m in pattern.finditer(raw, 0, self._n * 8) if m.start() % 8 == 0]
         sid = str(u)
@@ -623,13 +671,13 @@ class WALStorage:
                 return i + self._base
         raise WALEntryNotFoundError(sid)
 
-    def _enqueue(self, records: list[_Pending]) -> tuple[_Group, bool]:
+    def _enqueue(self, records: list[_Rec]) -> tuple[_Group, bool]:
         """Add records to the open group (lock held). True: the caller leads its flush."""
         g = self._group
         g.records.extend(records)
         lead = not g.led
-        if not lead and g.done is None:
-            g.done = threading.Event()
+        if not lead:
+            g.join()
         g.led = True
         return g, lead
 
@@ -641,8 +689,7 @@ class WALStorage:
         records arriving meanwhile form the next group, whose first writer leads it.
         """
         if not lead:
-            assert g.done is not None
-            g.done.wait()  # our leader sets it once our records are durable (or failed)
+            g.wait()  # our leader finishes the group once our records are durable (or failed)
             if g.error is not None:
                 raise g.error
             return
@@ -659,29 +706,35 @@ class WALStorage:
                 g.finish()
                 raise refused
             self._flushing = True
+        try:
+            self._flush(g.records)
+        except BaseException as exc:
+            g.error = exc
+            raise
+        finally:
+            g.finish()
+
+    def _flush(self, batch: list[_Rec]) -> None:
+        """Write ``batch`` and make it durable, then index it (caller set ``_flushing``)."""
         sync = self.options.fsync == "always"
         error: BaseException | None = None
-        placed: list[tuple[_Pending, int]] = []
+        off = 0
         try:
-            placed = self._write_batch(g.records, sync)
+            off = self._write_batch(batch, sync)
         except BaseException as exc:
             error = exc
         with self._cond:
             self._flushing = False
+            self._cond.notify_all()  # the next group's leader, sync() and compact() wait here
             if error is not None:
                 self._poison(error)
-                g.error = self._failed or error
-            else:
-                for p, off in placed:
-                    self._index_pending(p, off)
-                top = g.records[-1].lsn
-                self._written_lsn = max(self._written_lsn, top)
-                if sync:
-                    self._durable_lsn = max(self._durable_lsn, top)
-            self._cond.notify_all()  # the next group's leader, sync() and compact() wait here
-            g.finish()
-        if g.error is not None:
-            raise g.error
+                raise self._failed or error
+            self._index_written(batch, off)
+            top = batch[-1][0]
+            if top > self._written_lsn:
+                self._written_lsn = top
+            if sync and top > self._durable_lsn:
+                self._durable_lsn = top
 
     def _poison(self, error: BaseException) -> None:
         if self._failed is not None:
@@ -700,18 +753,15 @@ class WALStorage:
         self._failed.__cause__ = error
         log.error("%s", self._failed)
 
-    def _write_batch(self, batch: list[_Pending], sync: bool) -> list[tuple[_Pending, int]]:
-        """Write a batch to the active segment (rotating first if needed). Leader only."""
-        data = b"".join(p.line for p in batch)
+    def _write_batch(self, batch: list[_Rec], sync: bool) -> int:
+        """Write a batch to the active segment (rotating first if needed); return the offset
+        of its first record. Leader only."""
+        data = b"".join([r[1] for r in batch])
         header_only = self._seg_size <= self._header_len
         if not header_only and self._seg_size + len(data) > self.options.max_segment_bytes:
-            self._rotate(batch[0].lsn)
+            self._rotate(batch[0][0])
         seg = self._segments[-1]
         off = self._seg_size
-        placed = []
-        for p in batch:
-            placed.append((p, off))
-            off += len(p.line)
         write_all(self._fs, self._fd, data)
         crash_point("append-after-write")
         if sync:
@@ -719,10 +769,9 @@ class WALStorage:
             self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
             self._record_fsync(time.perf_counter_ns() - t0)
             crash_point("append-after-fsync")
-        self._seg_size = off
-        seg.size = off
-        seg.end = batch[-1].lsn
-        return placed
+        self._seg_size = seg.size = off + len(data)
+        seg.end = batch[-1][0]
+        return off
 
     def _record_fsync(self, ns: int) -> None:
         self._fsync_count += 1
@@ -738,20 +787,29 @@ class WALStorage:
             self._durable_lsn = self._written_lsn
         self._create_segment(first)
 
-    def _index_pending(self, p: _Pending, off: int) -> None:
-        """Index a record the leader has written (lock held)."""
-        if p.id_bytes is not None:
-            i = self._slot(p.lsn)
-            self._status[i] = p.code
-            self._offsets[i] = off
-            self._lengths[i] = len(p.line)
-            self._counts[p.code] += 1
-            self._idh[i] = h = _id_hash(p.id_bytes)
-            self._bloom_add(h)
-            if p.key_hash is not None:
-                self._keys[p.key_hash] = p.lsn
-        else:
-            self._index_status(p.lsn, off, len(p.line), p.target, p.target_code)
+    def _index_written(self, batch: list[_Rec], off: int) -> None:
+        """Index the records a flush has written from offset ``off`` on (lock held)."""
+        self._slot(batch[-1][0])  # grow the arrays once for the whole batch
+        base = self._base
+        status, offsets, lengths, idh = self._status, self._offsets, self._lengths, self._idh
+        counts, seen, keys = self._counts, self._seen_ids, self._keys
+        for lsn, line, code, h, kh, target, target_code in batch:
+            n = len(line)
+            if code:  # an entry
+                i = lsn - base
+                status[i] = code
+                offsets[i] = off
+                lengths[i] = n
+                counts[code] += 1
+                idh[i] = h
+                b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
+                seen[b1 >> 3] |= 1 << (b1 & 7)
+                seen[b2 >> 3] |= 1 << (b2 & 7)
+                if kh is not None:
+                    keys[kh] = lsn
+            else:
+                self._index_status(lsn, off, n, target, target_code)
+            off += n
 
     def sync(self) -> None:
         """Make everything written so far durable (for ``interval`` mode; cheap otherwise)."""
@@ -821,9 +879,13 @@ class WALStorage:
             raise WALClosedError("the log is closed")
 
     def get_pending_entries(
-        self, *, after_lsn: int = 0, limit: int | None = None
+        self, *, after_lsn: int = 0, limit: int | None = None, background: bool = False
     ) -> Iterator[WALEntry]:
-        """PENDING and SYNCING entries in LSN order, read from disk one at a time."""
+        """PENDING and SYNCING entries in LSN order, read from disk one at a time.
+
+        ``background=True`` (a drain): before parsing each entry, wait for a flush in
+        progress to end (``yield_to_appenders``), so appends keep their latency.
+        """
         pos_lsn = after_lsn + 1
         n = 0
         while limit is None or n < limit:
@@ -839,10 +901,26 @@ class WALStorage:
             if not raws:
                 return
             for raw in raws:  # parsing runs unlocked: appenders are not held up by a reader
+                if background:
+                    self.yield_to_appenders()
                 entry = self._entry_from_raw(raw)
                 yield entry
                 n += 1
                 pos_lsn = (entry.lsn or 0) + 1
+
+    def yield_to_appenders(self) -> None:
+        """Wait for the flush in progress, if any, to end (at most one flush).
+
+        Background work (the drain's parsing and applying) calls this between small steps.
+        Python runs one thread at a time: an appender coming back from its ``fdatasync``
+        would otherwise wait for the GIL until the background thread is preempted (every
+        5 ms by default), which is what an append's p99 showed during a drain.
+        """
+        if not self._flushing:  # unlocked read: only a hint, the wait below rechecks it
+            return
+        with self._cond:
+            if self._flushing:
+                self._cond.wait(0.1)  # _flush notifies at its end; the timeout is a safety net
 
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
