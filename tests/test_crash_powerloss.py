@@ -549,3 +549,28 @@ def test_checker_catches_a_missing_directory_fsync_after_a_compaction_rename(
     # the earlier segment's rewrite (the statuses folded in) did not: acknowledged statuses
     # roll back, and a COMPLETED entry would be applied to the database a second time
     assert any("acknowledged was completed" in p for p in result.problems), result.problems[:5]
+
+
+@pytest.mark.parametrize(("tail", "seed"), TAILS)
+def test_a_non_durable_status_mark_is_lost_or_kept_whole_and_the_next_fsync_keeps_it(
+    tail: TailMode, seed: int, tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    fs = CrashFS(live)
+    with WALStorage(live, fs=fs) as log:
+        a, b = log.append(entry(1)), log.append(entry(2))
+        syncs = [op for op, _ in fs.ops].count("fdatasync")
+        log.update_statuses([(a, COMPLETED, None, None)], durable=False)
+        assert [op for op, _ in fs.ops].count("fdatasync") == syncs  # written, not synced
+        lost = tmp_path / "lost"
+        fs.crash_image(lost, tail, random.Random(seed))
+        log.append(entry(3))  # its fsync covers the mark written before it
+        kept = tmp_path / "kept"
+        fs.crash_image(kept, tail, random.Random(seed))
+    with WALStorage(lost) as log:  # a torn or missing mark: the entry is simply still pending
+        assert log.get_entry(a.entry_id).status in (PENDING, COMPLETED)
+        assert log.get_entry(b.entry_id).status is PENDING
+    with WALStorage(kept) as log:
+        assert log.get_entry(a.entry_id).status is COMPLETED
+        assert [e.kwargs["n"] for e in log.iter_entries()] == [1, 2, 3]

@@ -417,7 +417,10 @@ def drain_rows(
             continue
         if apply is not None:
             apply(rows)
-        log.update_statuses([(e, WALEntryStatus.COMPLETED, None, None) for e in rows])
+        # as the sync thread does: a COMPLETED mark behind the ledger needs no fsync of its own
+        log.update_statuses(
+            [(e, WALEntryStatus.COMPLETED, None, None) for e in rows], durable=False
+        )
         drained += len(rows)
         after = rows[-1].lsn or after
     return drained

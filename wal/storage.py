@@ -130,10 +130,11 @@ class _Group:
     latch is made only when a second writer joins: a lone appender needs none.
     """
 
-    __slots__ = ("error", "latch", "led", "records")
+    __slots__ = ("durable", "error", "latch", "led", "records")
 
     def __init__(self) -> None:
         self.records: list[_Rec] = []
+        self.durable = False  # some record needs an fsync before it is acknowledged
         self.led = False
         self.latch: threading.Lock | None = None
         self.error: BaseException | None = None
@@ -582,8 +583,17 @@ class WALStorage:
         changes: Iterable[
             tuple[uuid.UUID | str | WALEntry, WALEntryStatus, str | None, int | None]
         ],
+        *,
+        durable: bool = True,
     ) -> None:
-        """Append several status records with one fsync: ``(entry, status, error, attempts)``."""
+        """Append several status records with one fsync: ``(entry, status, error, attempts)``.
+
+        ``durable=False`` writes them without waiting for an fsync of their own: the next
+        flush's fsync (any append's, ``sync()``, a rotation or ``close()``) covers them, and a
+        crash before it may lose them. Only for marks whose loss is harmless: a COMPLETED
+        mark behind the database's applied-ledger (the replay is skipped). Appenders then
+        never wait for a drain's fsync.
+        """
         changes = list(changes)
         if not changes:
             return
@@ -626,7 +636,7 @@ class WALStorage:
                 self._next_lsn += 1
                 payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
                 records.append((lsn, encode_line(payload), _NONE, 0, None, target, code))
-            group, lead = self._enqueue(records)
+            group, lead = self._enqueue(records, durable)
         self._commit(group, lead)
 
     def _resolve(self, ref: uuid.UUID | str | WALEntry) -> tuple[int, str]:
@@ -671,10 +681,11 @@ class WALStorage:
                 return i + self._base
         raise WALEntryNotFoundError(sid)
 
-    def _enqueue(self, records: list[_Rec]) -> tuple[_Group, bool]:
+    def _enqueue(self, records: list[_Rec], durable: bool = True) -> tuple[_Group, bool]:
         """Add records to the open group (lock held). True: the caller leads its flush."""
         g = self._group
         g.records.extend(records)
+        g.durable = g.durable or durable
         lead = not g.led
         if not lead:
             g.join()
@@ -707,16 +718,16 @@ class WALStorage:
                 raise refused
             self._flushing = True
         try:
-            self._flush(g.records)
+            self._flush(g.records, g.durable)
         except BaseException as exc:
             g.error = exc
             raise
         finally:
             g.finish()
 
-    def _flush(self, batch: list[_Rec]) -> None:
+    def _flush(self, batch: list[_Rec], durable: bool = True) -> None:
         """Write ``batch`` and make it durable, then index it (caller set ``_flushing``)."""
-        sync = self.options.fsync == "always"
+        sync = durable and self.options.fsync == "always"
         error: BaseException | None = None
         off = 0
         try:
