@@ -47,7 +47,7 @@ def compact(store: WALStorage, retention: timedelta | float | None = None) -> di
     with store._cond:
         store._check_writable()
         while store._flushing:
-            store._cond.wait()
+            store._wait()
         before = sum(s.size for s in store._segments)
         if store._seg_size > store._header_len:
             # seal the active segment so everything written so far can be compacted; the

@@ -211,7 +211,9 @@ class WALStorage:
         self.options = opts
         self.readonly = readonly
         self._fs: FileOps = fs if fs is not None else OSFileOps()
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # guards the state below; its Condition is _cond
+        self._cond = threading.Condition(self._mutex)
+        self._waiting = 0  # threads in _wait(): notify only when somebody waits
         self._closed = False
         self._lock: WriterLock | None = None
         # write state
@@ -475,7 +477,7 @@ class WALStorage:
         h = _uuid_hash(eid)
         kh = _key_hash(entry.idempotency_key) if entry.has_explicit_key else None
         code = _CODE[entry.status]
-        with self._cond:
+        with self._mutex:
             if self._failed is not None or self._closed or self.readonly:
                 self._check_writable()
             if self._bloom_has(h) and self._has_id(eid):
@@ -706,7 +708,7 @@ class WALStorage:
             return
         with self._cond:
             while self._flushing:
-                self._cond.wait()  # one flush at a time: the previous group is being written
+                self._wait()  # one flush at a time: the previous group is being written
             if self._group is g:
                 self._group = _Group()
             refused: BaseException | None = self._failed
@@ -734,9 +736,10 @@ class WALStorage:
             off = self._write_batch(batch, sync)
         except BaseException as exc:
             error = exc
-        with self._cond:
+        with self._mutex:
             self._flushing = False
-            self._cond.notify_all()  # the next group's leader, sync() and compact() wait here
+            if self._waiting:  # the next group's leader, sync() and compact() wait here
+                self._cond.notify_all()
             if error is not None:
                 self._poison(error)
                 raise self._failed or error
@@ -746,6 +749,14 @@ class WALStorage:
                 self._written_lsn = top
             if sync and top > self._durable_lsn:
                 self._durable_lsn = top
+
+    def _wait(self, timeout: float | None = None) -> None:
+        """Wait on ``_cond`` (lock held), counted so that notifiers can skip an empty wake."""
+        self._waiting += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._waiting -= 1
 
     def _poison(self, error: BaseException) -> None:
         if self._failed is not None:
@@ -827,7 +838,7 @@ class WALStorage:
         with self._cond:
             self._check_writable()
             while self._flushing:
-                self._cond.wait()
+                self._wait()
             if self._durable_lsn >= self._written_lsn or self.options.fsync == "unsafe_never":
                 return
             top = self._written_lsn
@@ -931,7 +942,7 @@ class WALStorage:
             return
         with self._cond:
             if self._flushing:
-                self._cond.wait(0.1)  # _flush notifies at its end; the timeout is a safety net
+                self._wait(0.1)  # _flush notifies at its end; the timeout is a safety net
 
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
@@ -1021,7 +1032,7 @@ class WALStorage:
                 self.sync()
         with self._cond:
             while self._flushing:  # never close the fd under a leader's write
-                self._cond.wait()
+                self._wait()
             self._closed = True
             self._close_fds()
         if self._lock is not None:
