@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -141,23 +141,36 @@ def decode_value(v: Any) -> Any:
             ((k, inner),) = v.items()
             if k.startswith("$"):
                 return _decode_tag(k, inner)
-        return {k: decode_value(item) for k, item in v.items()}
+        out = {}
+        for k, item in v.items():  # tagged values and leaves inline: the drain's hot path
+            ti = type(item)
+            if ti is dict and len(item) == 1:
+                ((tag, inner),) = item.items()
+                decode = _TAGS.get(tag)
+                out[k] = decode(inner) if decode is not None else decode_value(item)
+            elif ti is dict or ti is list:
+                out[k] = decode_value(item)
+            else:
+                out[k] = item
+        return out
     if t is list:
         return [decode_value(item) for item in v]
     return v
 
 
 def _decode_tag(tag: str, inner: Any) -> Any:
-    if tag == "$decimal":
-        return Decimal(inner)
-    if tag == "$datetime":
-        return datetime.fromisoformat(inner)
-    if tag == "$date":
-        return date.fromisoformat(inner)
-    if tag == "$uuid":
-        return uuid.UUID(inner)
-    if tag == "$int":
-        return int(inner)
+    decode = _TAGS.get(tag)
+    if decode is not None:
+        return decode(inner)
     if tag == "$dict":
         return {k: decode_value(item) for k, item in inner.items()}
     raise ValueError(f"unknown value tag {tag!r}")
+
+
+_TAGS: dict[str, Callable[[Any], Any]] = {
+    "$decimal": Decimal,
+    "$datetime": datetime.fromisoformat,
+    "$date": date.fromisoformat,
+    "$uuid": uuid.UUID,
+    "$int": int,
+}

@@ -13,16 +13,17 @@ True
 
 Its tables, column types and value rules are in :mod:`wal.db_schema`, the effect of each
 critical operation in :mod:`wal.db_operations`, the classification of database errors
-(``is_transient``) in :mod:`wal.db_errors`; their public names are importable from here too.
+(``is_transient``) in :mod:`wal.db_errors`, the batch replay of ``apply`` in
+:mod:`wal.db_apply`; their public names are importable from here too.
 
 Exactly-once replay
 -------------------
-``apply(entries)`` runs a batch of log entries in ONE transaction. Each entry runs in its own
-SAVEPOINT that first inserts its ledger row, then performs its effect: effect and ledger row
-commit together or not at all, so an entry whose id is already in the ledger is skipped as a
-``"duplicate"``, even after an ambiguous commit (connection lost between COMMIT and its reply).
-A permanent error (constraint, bad value, unknown position, bad arguments) rolls back that
-savepoint only. A transient error (see ``is_transient``) aborts the batch and raises
+``apply(entries)`` runs a batch of log entries in ONE transaction. Each entry's ledger row
+is inserted before its effect: they commit together or not at all, so an entry whose id is
+already in the ledger is skipped as a ``"duplicate"``, even after an ambiguous commit
+(connection lost between COMMIT and its reply). A permanent error (constraint, bad value,
+unknown position, bad arguments) rolls back that entry only (each entry then runs in its own
+SAVEPOINT). A transient error (see ``is_transient``) aborts the batch and raises
 ``WALDatabaseError(transient=True)``. Operations are looked up in an explicit registry, never
 by ``getattr`` on a name read from the log; a direct call and a replay share one function per
 effect, so they do exactly the same thing.
@@ -36,11 +37,10 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -48,11 +48,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from wal.db_apply import ApplyResult, applied_in, apply_batch
 from wal.db_errors import RecordNotFoundError, _describe, is_transient
 from wal.db_operations import (
-    _INSERT_ONLY,
-    _OPERATIONS,
-    _insert_run,
     _lock_balance,
     _op_balance_update,
     _op_close_position,
@@ -67,7 +65,6 @@ from wal.db_schema import UTCDateTime as UTCDateTime
 from wal.db_schema import (
     _id,
     _money,
-    _now,
     _text,
     _when,
     balances,
@@ -76,9 +73,9 @@ from wal.db_schema import (
     positions,
     trades,
     trading_sessions,
-    wal_applied,
 )
 from wal.db_schema import balance_changes as balance_changes
+from wal.db_schema import wal_applied as wal_applied
 from wal.entry import WALEntry
 from wal.errors import WALConfigError, WALDatabaseError
 
@@ -105,25 +102,6 @@ PG_LOCK_TIMEOUT_MS: Final = 30_000
 """How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
 so that a lock that is never released (say, the same account updated from inside its own
 ``with atomic_balance_update()`` block) is an error instead of a hang."""
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """What ``apply`` did with one entry.
-
-    ``"applied"``: the effect and the ledger row were committed; ``value`` is what the
-    operation returned (the new balance, the trade id, ...). ``"duplicate"``: the ledger
-    already had the entry; nothing was done. ``"error"``: the database refused it for a
-    permanent reason, given in ``error``; nothing of it was committed.
-    """
-
-    entry_id: str
-    outcome: Literal["applied", "duplicate", "error"]
-    value: Any = None
-    error: str | None = None
 
 
 class BalanceTxn:
@@ -593,10 +571,7 @@ class DatabaseManager:
         try:
             self._ensure_schema()
             with self._engine.connect() as conn, conn.begin():
-                done = self._ledger(conn, [str(e.entry_id) for e in entries])
-                results = self._apply_fast(conn, entries, done)
-                if results is None:  # an entry failed: one savepoint per entry isolates it
-                    results = [self._apply_one(conn, entry, done) for entry in entries]
+                results = apply_batch(conn, entries)
                 # Leaving the block COMMITs effects and ledger rows together.
         except Exception as exc:
             transient = is_transient(exc)
@@ -613,109 +588,13 @@ class DatabaseManager:
             ) from exc
         return results
 
-    def _apply_fast(
-        self, conn: Connection, entries: Sequence[WALEntry], done: set[str]
-    ) -> list[ApplyResult] | None:
-        """The whole batch in ONE savepoint, ledger rows in one executemany; None if any
-        entry fails (the savepoint is rolled back and the caller goes entry by entry)."""
-        todo = [e for e in entries if str(e.entry_id) not in done]
-        if any(e.operation not in _OPERATIONS for e in todo):
-            return None
-        values: dict[str, Any] = {}
-        try:
-            with conn.begin_nested():  # SAVEPOINT: a failure undoes the whole fast attempt
-                if todo:
-                    now = _now()
-                    # ledger rows first, as in _apply_one: a concurrent applier waits on them
-                    conn.execute(
-                        sa.insert(wal_applied),
-                        [
-                            {
-                                "entry_id": str(e.entry_id),
-                                "lsn": e.lsn,
-                                "operation": e.operation,
-                                "applied_at": now,
-                            }
-                            for e in todo
-                        ],
-                    )
-                run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
-                run_op = ""
-                for e in todo:
-                    eid = str(e.entry_id)
-                    if e.operation in _INSERT_ONLY and not e.args:
-                        if run and e.operation != run_op:
-                            _insert_run(conn, run_op, run, values)
-                        run_op = e.operation
-                        run.append((eid, _INSERT_ONLY[e.operation][1](**e.kwargs)))
-                        continue
-                    if run:
-                        _insert_run(conn, run_op, run, values)
-                    values[eid] = _OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
-                if run:
-                    _insert_run(conn, run_op, run, values)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            return None
-        results = []
-        for e in entries:
-            eid = str(e.entry_id)
-            if eid in values:
-                results.append(ApplyResult(eid, "applied", value=values[eid]))
-            else:
-                results.append(ApplyResult(eid, "duplicate"))
-        done.update(values)
-        return results
-
-    def _apply_one(self, conn: Connection, entry: WALEntry, done: set[str]) -> ApplyResult:
-        eid = str(entry.entry_id)
-        if eid in done:
-            return ApplyResult(eid, "duplicate")
-        effect = _OPERATIONS.get(entry.operation)
-        if effect is None:
-            known = ", ".join(sorted(_OPERATIONS))
-            return ApplyResult(
-                eid, "error", error=f"unknown operation {entry.operation!r} (known: {known})"
-            )
-        try:
-            with conn.begin_nested():  # SAVEPOINT: an error undoes this entry only
-                # The ledger row first: a concurrent applier of the same entry waits here for
-                # our COMMIT, then fails on the key instead of applying the effect twice.
-                conn.execute(
-                    sa.insert(wal_applied).values(
-                        entry_id=eid,
-                        lsn=entry.lsn,
-                        operation=entry.operation,
-                        applied_at=_now(),
-                    )
-                )
-                value = effect(conn, *entry.args, **entry.kwargs)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            if isinstance(exc, sa_exc.IntegrityError) and self._ledger(conn, [eid]):
-                return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
-            return ApplyResult(eid, "error", error=f"{entry.operation}: {_describe(exc)}")
-        done.add(eid)
-        return ApplyResult(eid, "applied", value=value)
-
-    @staticmethod
-    def _ledger(conn: Connection, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            query = sa.select(wal_applied.c.entry_id).where(wal_applied.c.entry_id.in_(chunk))
-            found.update(conn.execute(query).scalars())
-        return found
-
     def applied_ids(self, entry_ids: Iterable[uuid.UUID | str]) -> set[str]:
         """Which of ``entry_ids`` are in the ``wal_applied`` ledger (as strings)."""
         ids = [str(e) for e in entry_ids]
         if not ids:
             return set()
         with self._read() as conn:
-            return self._ledger(conn, ids)
+            return applied_in(conn, ids)
 
     # ------------------------------------------------------------------ lifecycle
 

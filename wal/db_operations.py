@@ -6,7 +6,7 @@ direct call does. Each raises on bad input before touching the database.
 
 ``apply`` looks operations up in an explicit registry (``_OPERATIONS``), never by ``getattr``
 on a name read from the log. Operations whose effect is one INSERT (``_INSERT_ONLY``) are
-applied in runs with one executemany.
+applied in runs, one multi-row insert each (``wal.db_apply``).
 """
 
 from __future__ import annotations
@@ -278,15 +278,5 @@ _INSERT_ONLY: Final[dict[str, tuple[sa.Table, Callable[..., dict[str, Any]], str
     OperationType.LOG_POSITION.value: (positions, _position_row, "position_id"),
     OperationType.CREATE_TRADING_SESSION.value: (trading_sessions, _session_row, "session_id"),
 }
-"""Operations whose effect is one INSERT: consecutive ones are applied with one executemany."""
-
-
-def _insert_run(
-    conn: Connection, op: str, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
-) -> None:
-    """Insert a run of same-operation rows with one executemany; record each entry's value."""
-    table, _, id_key = _INSERT_ONLY[op]
-    conn.execute(sa.insert(table), [row for _, row in run])
-    for eid, row in run:
-        values[eid] = str(row[id_key])
-    run.clear()
+"""Operations whose effect is one INSERT: (table, row builder, id column). ``apply`` inserts
+consecutive ones with one multi-row insert."""

@@ -22,6 +22,7 @@ naming the value that was wrong.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Final
@@ -93,6 +94,28 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def bulk_binder(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What the bind processing of ``type_`` makes of a non-None value, for multi-row inserts
+    of rows the validators below built (a ``Money`` value is not validated a second time)."""
+    if isinstance(type_, Money):
+        return _money_text if dialect.name == "sqlite" else None  # Numeric: psycopg adapts it
+    processor = type_.dialect_impl(dialect).bind_processor(dialect)
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite" and processor is not None:
+        samples = (datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(999, 1, 1, 0, 0))
+        if all(_sqlite_utc_text(v) == processor(v) for v in samples):
+            return _sqlite_utc_text  # the same text without SQLAlchemy's per-value steps
+    return processor
+
+
+def _money_text(d: Decimal) -> str:
+    return format(d, "f")
+
+
+def _sqlite_utc_text(v: datetime) -> str:
+    u = v if v.tzinfo is UTC else _utc(v, "value")
+    return u.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
 
 
 # --------------------------------------------------------------------------- schema
@@ -195,15 +218,18 @@ def _now() -> datetime:
 
 def _money(value: object, name: str) -> Decimal:
     """An exact money value with 10 places; raise naming ``name`` for anything else."""
-    if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
-        raise TypeError(
-            f"{name} must be a Decimal (or int or str), got {type(value).__name__} {value!r}: "
-            "money is never float"
-        )
-    try:
-        d = value if isinstance(value, Decimal) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{name}={value!r} is not a decimal number") from None
+    if type(value) is Decimal:  # the common case first: no conversion to try
+        d = value
+    else:
+        if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
+            raise TypeError(
+                f"{name} must be a Decimal (or int or str), got {type(value).__name__} "
+                f"{value!r}: money is never float"
+            )
+        try:
+            d = value if isinstance(value, Decimal) else Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"{name}={value!r} is not a decimal number") from None
     if not d.is_finite():
         raise ValueError(f"{name} must be finite, got {d}")
     if d and d.adjusted() >= _INT_DIGITS:

@@ -1,0 +1,231 @@
+"""Exactly-once replay of a batch of log entries (``DatabaseManager.apply`` runs it).
+
+The caller holds one open transaction. ``apply_batch`` looks the batch's ids up in the
+``wal_applied`` ledger with one query, then tries the whole batch in ONE savepoint: the ledger
+rows of the new entries first (in LSN order, one statement), then their effects, consecutive
+INSERT-only operations (``_INSERT_ONLY``) as one multi-row insert. If any entry fails, that
+savepoint is rolled back and the batch runs entry by entry, each in its own savepoint with its
+ledger row, so that a permanent error undoes that entry only. A transient error propagates.
+
+Multi-row inserts bypass SQLAlchemy's per-row parameter processing: one ``executemany`` of
+tuples on SQLite, one ``INSERT ... SELECT * FROM unnest(<one array per column>)`` on
+PostgreSQL. The values are converted as the column types would convert them
+(``db_schema.bulk_binder``), from rows the validators in ``db_schema`` already checked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Dialect
+
+from wal.db_errors import _describe, is_transient
+from wal.db_operations import _INSERT_ONLY, _OPERATIONS
+from wal.db_schema import _now, bulk_binder, wal_applied
+from wal.entry import WALEntry
+
+__all__ = ["ApplyResult", "applied_in", "apply_batch"]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``apply`` did with one entry.
+
+    ``"applied"``: the effect and the ledger row were committed; ``value`` is what the
+    operation returned (the new balance, the trade id, ...). ``"duplicate"``: the ledger
+    already had the entry; nothing was done. ``"error"``: the database refused it for a
+    permanent reason, given in ``error``; nothing of it was committed.
+    """
+
+    entry_id: str
+    outcome: Literal["applied", "duplicate", "error"]
+    value: Any = None
+    error: str | None = None
+
+
+def apply_batch(conn: Connection, entries: Sequence[WALEntry]) -> list[ApplyResult]:
+    """Apply ``entries`` in order inside ``conn``'s open transaction; one result each."""
+    ids = [str(e.entry_id) for e in entries]
+    done = applied_in(conn, ids)
+    results = _apply_fast(conn, entries, ids, done)
+    if results is None:  # an entry failed: one savepoint per entry isolates it
+        results = [_apply_one(conn, e, eid, done) for e, eid in zip(entries, ids, strict=True)]
+    return results
+
+
+def _apply_fast(
+    conn: Connection, entries: Sequence[WALEntry], ids: list[str], done: set[str]
+) -> list[ApplyResult] | None:
+    """The whole batch in ONE savepoint; None if any entry fails (the savepoint is rolled
+    back and the caller goes entry by entry)."""
+    todo = [(e, eid) for e, eid in zip(entries, ids, strict=True) if eid not in done]
+    if any(e.operation not in _OPERATIONS for e, _ in todo):
+        return None
+    values: dict[str, Any] = {}
+    try:
+        with conn.begin_nested():  # SAVEPOINT: a failure undoes the whole fast attempt
+            if todo:
+                # ledger rows first, as in _apply_one: a concurrent applier waits on them
+                _insert_ledger(conn, todo)
+            run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
+            run_op = ""
+            for e, eid in todo:
+                if e.operation in _INSERT_ONLY and not e.args:
+                    if run and e.operation != run_op:
+                        _insert_run(conn, run_op, run, values)
+                    run_op = e.operation
+                    run.append((eid, _INSERT_ONLY[e.operation][1](**e.kwargs)))
+                    continue
+                if run:
+                    _insert_run(conn, run_op, run, values)
+                values[eid] = _OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
+            if run:
+                _insert_run(conn, run_op, run, values)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return None
+    results = [
+        ApplyResult(eid, "applied", value=values[eid])
+        if eid in values
+        else ApplyResult(eid, "duplicate")
+        for eid in ids
+    ]
+    done.update(values)
+    return results
+
+
+def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> ApplyResult:
+    if eid in done:
+        return ApplyResult(eid, "duplicate")
+    effect = _OPERATIONS.get(entry.operation)
+    if effect is None:
+        known = ", ".join(sorted(_OPERATIONS))
+        return ApplyResult(
+            eid, "error", error=f"unknown operation {entry.operation!r} (known: {known})"
+        )
+    try:
+        with conn.begin_nested():  # SAVEPOINT: an error undoes this entry only
+            # The ledger row first: a concurrent applier of the same entry waits here for
+            # our COMMIT, then fails on the key instead of applying the effect twice.
+            conn.execute(
+                sa.insert(wal_applied).values(
+                    entry_id=eid,
+                    lsn=entry.lsn,
+                    operation=entry.operation,
+                    applied_at=_now(),
+                )
+            )
+            value = effect(conn, *entry.args, **entry.kwargs)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if isinstance(exc, sa_exc.IntegrityError) and applied_in(conn, [eid]):
+            return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
+        return ApplyResult(eid, "error", error=f"{entry.operation}: {_describe(exc)}")
+    done.add(eid)
+    return ApplyResult(eid, "applied", value=value)
+
+
+# --------------------------------------------------------------------------- the ledger
+
+_LEDGER_CHUNK = 500  # ids per IN (...) on SQLite
+
+
+def applied_in(conn: Connection, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` are in the ledger: one query (PostgreSQL) or one per 500 (SQLite)."""
+    if not ids:
+        return set()
+    dialect = conn.dialect
+    table = _name(dialect, wal_applied)
+    col = _name(dialect, wal_applied.c.entry_id)
+    if dialect.name == "postgresql":
+        sql = f"SELECT {col} FROM {table} WHERE {col} = ANY(%b::text[])"
+        return {row[0] for row in conn.exec_driver_sql(sql, (list(ids),))}
+    found: set[str] = set()
+    for i in range(0, len(ids), _LEDGER_CHUNK):
+        chunk = tuple(ids[i : i + _LEDGER_CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT {col} FROM {table} WHERE {col} IN ({marks})"
+        found.update(row[0] for row in conn.exec_driver_sql(sql, chunk))
+    return found
+
+
+def _insert_ledger(conn: Connection, todo: list[tuple[WALEntry, str]]) -> None:
+    plan = _plan(conn.dialect, wal_applied, ("entry_id", "lsn", "operation", "applied_at"))
+    bind_at = plan.binders[3]
+    at = _now() if bind_at is None else bind_at(_now())  # one time for the batch: bound once
+    ids = [eid for _, eid in todo]
+    lsns = [e.lsn for e, _ in todo]
+    ops = [e.operation for e, _ in todo]
+    _execute(conn, plan, [ids, lsns, ops, [at] * len(todo)])
+
+
+# --------------------------------------------------------------------------- multi-row inserts
+
+
+def _insert_run(
+    conn: Connection, op: str, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
+) -> None:
+    """Insert a run of same-operation rows with one statement; record each entry's value."""
+    table, _, id_key = _INSERT_ONLY[op]
+    cols = tuple(run[0][1])  # one builder made every row: the same keys in the same order
+    plan = _plan(conn.dialect, table, cols)
+    columns = []
+    for c, bind in zip(cols, plan.binders, strict=True):
+        if bind is None:
+            columns.append([row[c] for _, row in run])
+        else:
+            columns.append([None if row[c] is None else bind(row[c]) for _, row in run])
+    _execute(conn, plan, columns)
+    for eid, row in run:
+        values[eid] = str(row[id_key])
+    run.clear()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    binders: tuple[Callable[[Any], Any] | None, ...]
+
+
+_PLANS: dict[tuple[str, str, tuple[str, ...]], _Plan] = {}
+
+
+def _name(dialect: Dialect, what: sa.Table | sa.Column[Any]) -> str:
+    prep = dialect.identifier_preparer
+    return prep.format_table(what) if isinstance(what, sa.Table) else prep.quote(what.name)
+
+
+def _plan(dialect: Dialect, table: sa.Table, cols: tuple[str, ...]) -> _Plan:
+    key = (dialect.name, table.name, cols)
+    plan = _PLANS.get(key)
+    if plan is None:
+        columns = [table.c[c] for c in cols]
+        names = ", ".join(_name(dialect, c) for c in columns)
+        if dialect.name == "postgresql":
+            # binary arrays (psycopg dumps text ones in Python) of the unsized types: the
+            # INSERT's assignment checks lengths and precision as a plain INSERT does
+            arrays = ", ".join(
+                "%b::" + re.sub(r"\(.*?\)", "", c.type.compile(dialect=dialect)) + "[]"
+                for c in columns
+            )
+            sql = f"INSERT INTO {_name(dialect, table)} ({names}) SELECT * FROM unnest({arrays})"
+        else:
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {_name(dialect, table)} ({names}) VALUES ({marks})"
+        plan = _PLANS[key] = _Plan(sql, tuple(bulk_binder(c.type, dialect) for c in columns))
+    return plan
+
+
+def _execute(conn: Connection, plan: _Plan, columns: list[list[Any]]) -> None:
+    """Insert rows given column by column (``columns[i]`` holds every row's i-th value)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(plan.sql, tuple(columns))
+        return
+    conn.exec_driver_sql(plan.sql, list(zip(*columns, strict=True)))  # one executemany
