@@ -347,9 +347,14 @@ class WALManager:
         done = sum(1 for o in outcomes.values() if o.status is WALEntryStatus.COMPLETED)
         if done:
             c.recent.append((time.monotonic(), done))  # for applied_per_second
+        # With the ledger, a lost COMPLETED mark only causes a replay that the ledger skips:
+        # such marks ride on the next flush's fsync instead of an fsync of their own.
+        durable = not self.exactly_once or any(
+            st is not WALEntryStatus.COMPLETED for _, st, _, _ in changes
+        )
         try:
-            # the outcome is acknowledged only once it is durable in the log
-            self.storage.update_statuses(changes)
+            # any other outcome is acknowledged only once it is durable in the log
+            self.storage.update_statuses(changes, durable=durable)
         except WALWriteError as exc:
             self._fatal = exc
             raise
@@ -433,9 +438,9 @@ class WALManager:
                 if not force and not self.breaker.allow():
                     error = self._last_error
                     break
-                batch = list(
+                batch = list(  # background: appenders coming back from fsync go first
                     self.storage.get_pending_entries(
-                        after_lsn=after_lsn, limit=self.config.batch_size
+                        after_lsn=after_lsn, limit=self.config.batch_size, background=True
                     )
                 )
                 if not batch:

@@ -406,13 +406,7 @@ class WALStorage:
         i = lsn - self._base
         if i < 0 or i >= self._n or self._lengths[i] == 0:
             raise WALEntryNotFoundError(lsn)
-        seg = self._segment_for(lsn)
-        fd = self._read_fds.get(seg.first)
-        if fd is None:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-            self._read_fds[seg.first] = fd
-        off = self._offsets[i]
-        return os.pread(fd, self._lengths[i], off), seg.path, off
+        return self._read_span(self._segment_for(lsn), self._offsets[i], self._lengths[i])
 
     @staticmethod
     def _decode_raw(raw: tuple[bytes, Path, int]) -> dict[str, Any]:
@@ -433,6 +427,41 @@ class WALStorage:
         """An entry's record and its newest status record, as bytes (caller holds the lock)."""
         s = self._status_rec[lsn - self._base]
         return self._read_raw(lsn), (self._read_raw(s) if s else None)
+
+    def _raw_entries(
+        self, lsns: list[int]
+    ) -> list[tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]]:
+        """``_raw_entry`` of each LSN (ascending); one ``pread`` when they lie close together
+        in one segment, as a backlog does (caller holds the lock)."""
+        if len(lsns) < 2:
+            return [self._raw_entry(lsn) for lsn in lsns]
+        base, offsets, lengths = self._base, self._offsets, self._lengths
+        seg = self._segment_for(lsns[0])
+        i0, i1 = lsns[0] - base, lsns[-1] - base
+        lo, hi = offsets[i0], offsets[i1] + lengths[i1]
+        useful = sum(lengths[lsn - base] for lsn in lsns)
+        if (
+            self._segment_for(lsns[-1]) is not seg
+            or min(useful, hi - lo) <= 0
+            or hi - lo > 2 * useful
+        ):
+            return [self._raw_entry(lsn) for lsn in lsns]
+        data, _, _ = self._read_span(seg, lo, hi - lo)
+        out = []
+        for lsn in lsns:
+            i = lsn - base
+            off = offsets[i]
+            s = self._status_rec[i]
+            rec = (data[off - lo : off - lo + lengths[i]], seg.path, off)
+            out.append((rec, self._read_raw(s) if s else None))
+        return out
+
+    def _read_span(self, seg: _Segment, off: int, length: int) -> tuple[bytes, Path, int]:
+        fd = self._read_fds.get(seg.first)
+        if fd is None:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._read_fds[seg.first] = fd
+        return os.pread(fd, length, off), seg.path, off
 
     @classmethod
     def _entry_from_raw(
@@ -912,14 +941,15 @@ class WALStorage:
         n = 0
         while limit is None or n < limit:
             want = 64 if limit is None else min(64, limit - n)
-            raws = []
-            with self._cond:  # only the index search and the preads hold the lock
+            lsns = []
+            with self._mutex:  # only the index search and the preads hold the lock
                 self._check_open()
                 start = max(pos_lsn - self._base, 0)
                 for m in _UNFINISHED.finditer(self._status, start):
-                    raws.append(self._raw_entry(m.start() + self._base))
-                    if len(raws) == want:
+                    lsns.append(m.start() + self._base)
+                    if len(lsns) == want:
                         break
+                raws = self._raw_entries(lsns)
             if not raws:
                 return
             for raw in raws:  # parsing runs unlocked: appenders are not held up by a reader
