@@ -461,7 +461,7 @@ class _HeldFsync(CountingFileOps):
         super().fdatasync(fd)
 
 
-def test_a_background_reader_waits_for_the_flush_in_progress(logdir: Path) -> None:
+def test_a_background_reader_waits_for_the_append_in_progress(logdir: Path) -> None:
     fs = _HeldFsync()
     events: list[str] = []
     with WALStorage(logdir, fs=fs) as log:
@@ -473,7 +473,7 @@ def test_a_background_reader_waits_for_the_flush_in_progress(logdir: Path) -> No
         )
 
         def during_fsync() -> None:
-            reader.start()  # the flush is in progress: the reader must wait for its end
+            reader.start()  # an append is in progress: the reader must wait for its end
             wait_for(lambda: bool(log._cond._waiters), "the reader to wait")  # type: ignore[attr-defined]
             events.append("fsync")
 

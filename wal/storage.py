@@ -214,6 +214,8 @@ class WALStorage:
         self._mutex = threading.Lock()  # guards the state below; its Condition is _cond
         self._cond = threading.Condition(self._mutex)
         self._waiting = 0  # threads in _wait(): notify only when somebody waits
+        self._appenders = 0  # foreground writers between enqueue and acknowledgement
+        self._yielding = 0  # background threads in yield_to_appenders()
         self._closed = False
         self._lock: WriterLock | None = None
         # write state
@@ -525,13 +527,17 @@ class WALStorage:
             if not self._flushing and not self._group.records:
                 # nobody is flushing or waiting: flush this record now, without a group
                 self._flushing = True
+                self._appenders += 1
                 group = None
             else:
                 group, lead = self._enqueue([rec])
-        if group is None:
-            self._flush([rec])
-        else:
-            self._commit(group, lead)
+        try:
+            if group is None:
+                self._flush([rec])
+            else:
+                self._commit(group, lead)
+        finally:
+            self._append_done()
         return entry.with_lsn(lsn)
 
     def append_many(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
@@ -572,7 +578,10 @@ class WALStorage:
                 )
             ]
             group, lead = self._enqueue(records)
-        self._commit(group, lead)
+        try:
+            self._commit(group, lead)
+        finally:
+            self._append_done()
         return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
 
     @staticmethod
@@ -668,7 +677,11 @@ class WALStorage:
                 payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
                 records.append((lsn, encode_line(payload), _NONE, 0, None, target, code))
             group, lead = self._enqueue(records, durable)
-        self._commit(group, lead)
+        try:
+            self._commit(group, lead)
+        finally:
+            if durable:
+                self._append_done()
 
     def _resolve(self, ref: uuid.UUID | str | WALEntry) -> tuple[int, str]:
         """(LSN, id string) of an entry given by id or object; caller holds the lock."""
@@ -717,6 +730,8 @@ class WALStorage:
         g = self._group
         g.records.extend(records)
         g.durable = g.durable or durable
+        if durable:
+            self._appenders += 1  # a foreground writer: background work yields to it
         lead = not g.led
         if not lead:
             g.join()
@@ -778,6 +793,13 @@ class WALStorage:
                 self._written_lsn = top
             if sync and top > self._durable_lsn:
                 self._durable_lsn = top
+
+    def _append_done(self) -> None:
+        """A foreground writer is back (acknowledged or failed): wake a yielding drain."""
+        with self._mutex:
+            self._appenders -= 1
+            if self._yielding:
+                self._cond.notify_all()
 
     def _wait(self, timeout: float | None = None) -> None:
         """Wait on ``_cond`` (lock held), counted so that notifiers can skip an empty wake."""
@@ -961,18 +983,22 @@ class WALStorage:
                 pos_lsn = (entry.lsn or 0) + 1
 
     def yield_to_appenders(self) -> None:
-        """Wait for the flush in progress, if any, to end (at most one flush).
+        """Let appenders in progress finish first: wait (once, 5 ms at most) for one of them.
 
-        Background work (the drain's parsing and applying) calls this between small steps.
-        Python runs one thread at a time: an appender coming back from its ``fdatasync``
-        would otherwise wait for the GIL until the background thread is preempted (every
-        5 ms by default), which is what an append's p99 showed during a drain.
+        Background work (the drain's parsing) calls this between small steps. Python runs
+        one thread at a time: an appender woken by its ``fdatasync`` or by its group's leader
+        would otherwise wait for the interpreter until the background thread is preempted
+        (every 5 ms by default), which is what an append's p99 showed during a drain.
         """
-        if not self._flushing:  # unlocked read: only a hint, the wait below rechecks it
+        if not self._appenders:  # unlocked read: only a hint, rechecked below
             return
-        with self._cond:
-            if self._flushing:
-                self._wait(0.1)  # _flush notifies at its end; the timeout is a safety net
+        with self._mutex:
+            if self._appenders:
+                self._yielding += 1
+                try:
+                    self._cond.wait(0.005)  # _append_done notifies; bounded: the drain must go on
+                finally:
+                    self._yielding -= 1
 
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
