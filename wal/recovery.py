@@ -14,6 +14,10 @@ reference):
 * ``*.wal.tmp`` files are an interrupted compaction's unfinished output; the segment they were
   to replace is intact, so they are removed.
 
+Every record's checksum is verified and every record indexed. Records in the layout our
+writers produce take a fast path (:mod:`wal.fastindex`) that does both without parsing them
+into dicts; any other line is decoded and checked as below, one at a time.
+
 A read-only open (``WALStorage.open_readonly``) changes nothing on disk: it stops at a torn
 tail instead of cutting it (a writer may still be writing that record). What was found and
 done is the ``RecoveryReport`` in ``WALStorage.recovery_report``.
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wal.errors import WALCorruptionError
+from wal.fastindex import Cursor, index_chunk
 from wal.fileops import write_all
 from wal.record import KIND_SEGMENT
 from wal.segment import (
@@ -35,8 +40,9 @@ from wal.segment import (
     TMP_SUFFIX,
     Defect,
     list_segments,
+    read_chunks,
     read_from,
-    scan_file,
+    scan,
     valid_record_after,
 )
 
@@ -105,15 +111,16 @@ def recover(store: WALStorage) -> None:
 def _recover_segment(
     store: WALStorage, path: Path, first: int, last_segment: bool, prev_end: int
 ) -> _Segment | None:
-    """Index one segment; cut a torn tail; raise on corruption. None: segment removed."""
+    """Index one segment; cut a torn tail; raise on corruption. None: segment removed.
+
+    Records in the writer's layout are verified and indexed in bulk by :mod:`wal.fastindex`;
+    every other line comes to ``slow`` below, one at a time and in order.
+    """
     from wal.storage import _Segment  # at call time: wal.storage imports this module
 
     rep = store.recovery_report
     mode = store.options.recovery
-    header: dict[str, Any] | None = None
-    expected = first
-    end = first - 1
-    compacted = False
+    cur = Cursor(first)
     size = path.stat().st_size
 
     def corrupt(d: Defect) -> None:
@@ -135,23 +142,29 @@ def _recover_segment(
         rep.lsn_gaps += 1
         rep.defects.append(f"{path.name}: {problem}")
 
-    for item in scan_file(path):
+    def slow(data: bytes, base: int, pos: int) -> int:
+        """Take the line at ``data[pos]``; return where the next one starts, -1 to stop."""
+        nonlocal size
+        item = next(scan(path, data, pos, cur.line_no, base))
+        cur.line_no = item.line
+        nl = data.find(b"\n", pos)
+        after = len(data) if nl < 0 else nl + 1
         if isinstance(item, Defect):
             rest = read_from(path, item.offset) if last_segment and mode != "strict" else b""
             if rest and valid_record_after(rest, 0) is None:
                 # a torn tail: only bytes written after the last fsync can be here
                 size = _cut_tail(store, path, rest, item)
-                break
+                return -1
             corrupt(item)
-            continue
+            return after
         rec = item.record
         kind = rec["t"]
-        if header is None:
+        if cur.header is None:
             if kind != KIND_SEGMENT:
                 corrupt(Defect(path, item.line, item.offset, "segment has no header record"))
-                header = {"first": first, "last": None}
+                cur.header = {"first": first, "last": None}
             else:
-                header = rec
+                cur.header = rec
                 if rec.get("first") != first:
                     corrupt(
                         Defect(
@@ -162,17 +175,18 @@ def _recover_segment(
                         )
                     )
                 if rec.get("last") is not None:
-                    compacted = True
-                    end = int(rec["last"])
-                continue
+                    cur.compacted = True
+                    cur.end = int(rec["last"])
+                return after
         if kind == KIND_SEGMENT:
             corrupt(Defect(path, item.line, item.offset, "a second segment header"))
-            continue
+            return after
         lsn = rec.get("lsn")
         if not isinstance(lsn, int):
             corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
-            continue
-        ok = expected <= lsn <= end if compacted else lsn == expected
+            return after
+        expected = cur.expected
+        ok = expected <= lsn <= cur.end if cur.compacted else lsn == expected
         if not ok:
             problem = f"LSN {lsn} out of order (expected {expected})"
             if mode == "skip_corrupt" and lsn > expected:
@@ -182,24 +196,29 @@ def _recover_segment(
                 rep.defects.append(f"{where}: {problem}")
             else:
                 corrupt(Defect(path, item.line, item.offset, problem))
-                continue
+                return after
         try:
             store._index_record(rec, item)
         except (KeyError, ValueError, TypeError) as exc:
             corrupt(Defect(path, item.line, item.offset, f"malformed record: {exc}"))
-            continue
+            return after
         rep.records += 1
-        expected = lsn + 1
-        if not compacted:
-            end = lsn
-    if header is None:
+        cur.expected = lsn + 1
+        if not cur.compacted:
+            cur.end = lsn
+        return after
+
+    for data, end, base in read_chunks(path, 1 << 20):  # 1 MiB: the rows of a chunk stay small
+        if not index_chunk(store, cur, data, end, base, slow):
+            break
+    if cur.header is None:
         # nothing verifiable in the file: a segment created by a rotation whose header was
         # never made durable (only possible for the last one; earlier ones raised above)
         if not store.readonly:
             store._fs.unlink(str(path))
             rep.removed_empty_segments += 1
         return None
-    return _Segment(first, path, end, compacted, size)
+    return _Segment(first, path, cur.end, cur.compacted, size)
 
 
 def _cut_tail(store: WALStorage, path: Path, torn: bytes, d: Defect) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "SEGMENT_SUFFIX",
     "TMP_SUFFIX",
     "list_segments",
+    "read_chunks",
     "read_from",
     "scan",
     "scan_file",
@@ -99,28 +100,40 @@ def scan(
         pos = nl + 1
 
 
-def scan_file(path: Path, chunk_size: int = 1 << 22) -> Iterator[Line | Defect]:
-    """``scan`` over a whole segment file, read in chunks: memory holds one chunk, not the file."""
-    line_no = 0
+def read_chunks(path: Path, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, int, int]]:
+    """A segment file in pieces ``(data, end, base)``: ``data[:end]`` is whole lines (the last
+    piece: the rest of the file, which may end without a newline), ``base`` its file offset.
+
+    Memory holds one chunk, not the file; a piece's bytes after ``end`` are read again with
+    the next one (a seek instead of a copy of the chunk).
+    """
     base = 0
-    carry = b""
     with open(path, "rb") as f:
         while True:
-            more = f.read(chunk_size)
-            data = carry + more if carry else more
-            if not more:
-                if data:  # the last line has no newline: scan reports it
-                    yield from scan(path, data, line_no=line_no, base=base)
+            data = f.read(chunk_size)
+            if not data:
                 return
             cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            for item in scan(path, data[:cut], line_no=line_no, base=base):
-                line_no = item.line
-                yield item
+            while cut == 0:  # no newline: a line longer than a chunk, or the end of the file
+                more = f.read(chunk_size)
+                if not more:
+                    yield data, len(data), base
+                    return
+                data += more
+                cut = data.rfind(b"\n") + 1
+            yield data, cut, base
             base += cut
-            carry = data[cut:]
+            if cut < len(data):
+                f.seek(base)
+
+
+def scan_file(path: Path, chunk_size: int = 1 << 22) -> Iterator[Line | Defect]:
+    """``scan`` over a whole segment file, read in chunks (see ``read_chunks``)."""
+    line_no = 0
+    for data, end, base in read_chunks(path, chunk_size):
+        for item in scan(path, data[:end] if end < len(data) else data, line_no=line_no, base=base):
+            line_no = item.line
+            yield item
 
 
 def read_from(path: Path, offset: int) -> bytes:
