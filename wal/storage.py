@@ -654,8 +654,10 @@ class WALStorage:
                     for t, c in zip(targets, changes, strict=True)
                 ]
         bodies = []  # serialized outside the lock; the LSN is spliced in below
-        for t, (_, status, error, attempts) in zip(targets, changes, strict=True):
+        for k, (t, (_, status, error, attempts)) in enumerate(zip(targets, changes, strict=True)):
             assert t is not None
+            if not durable and k % 16 == 0:
+                self.yield_to_appenders()  # non-durable marks are background work
             status = WALEntryStatus(status)
             body = orjson.dumps(
                 {
