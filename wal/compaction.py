@@ -24,11 +24,13 @@ import orjson
 
 from wal._crashpoints import crash_point
 from wal.fileops import write_all
+from wal.index import _COMPLETED, _NONE
+from wal.reading import _Segment
 from wal.record import KIND_STATUS, encode_line
 from wal.segment import TMP_SUFFIX
 
 if TYPE_CHECKING:
-    from wal.storage import WALStorage, _Segment
+    from wal.storage import WALStorage
 
 __all__ = ["compact"]
 
@@ -90,8 +92,7 @@ def _compact_segment(
     store: WALStorage, seg: _Segment, cutoff: datetime, folded: set[int]
 ) -> tuple[int, bool, bool]:
     """Rewrite one sealed segment (lock held). Returns (dropped, rewritten, removed)."""
-    # at call time: wal.storage imports this module
-    from wal.storage import _COMPLETED, _FILE_MODE, _NONE, _segment_header
+    from wal.storage import _FILE_MODE, _segment_header  # at call time: it imports this module
 
     keep: list[tuple[int, bytes]] = []
     dropped_status: list[tuple[int, int]] = []  # (status record LSN, its entry's LSN)
@@ -179,8 +180,6 @@ def _forget(
     dropped_status: list[tuple[int, int]],
 ) -> None:
     """Clear the index slots of a rewritten segment's dropped records (lock held)."""
-    from wal.storage import _NONE  # at call time: wal.storage imports this module
-
     for s_lsn, target in dropped_status:
         t = target - store._base
         if 0 <= t < len(store._status_rec) and store._status_rec[t] == s_lsn:

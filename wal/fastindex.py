@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
+from wal.index import _BLOOM_MASK
+
 if TYPE_CHECKING:
     from wal.storage import WALStorage
 
@@ -233,8 +235,6 @@ def _put_entries(
     lens: list[int],
 ) -> None:
     """Index entry rows a..b-1 exactly as ``_index_entry`` would, one slice per array."""
-    from wal.storage import _BLOOM_MASK  # at call time: wal.storage imports this module
-
     m = b - a
     lsn0 = lsns[0]
     if lsns[-1] - lsn0 != m - 1:  # a compacted segment's gaps: index each contiguous piece

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from wal.errors import WALCorruptionError
 from wal.fastindex import Cursor, index_chunk
 from wal.fileops import write_all
+from wal.reading import _Segment
 from wal.record import KIND_SEGMENT
 from wal.segment import (
     BROKEN_SUFFIX,
@@ -47,7 +48,7 @@ from wal.segment import (
 )
 
 if TYPE_CHECKING:
-    from wal.storage import WALStorage, _Segment
+    from wal.storage import WALStorage
 
 __all__ = ["RecoveryReport", "recover"]
 
@@ -116,8 +117,6 @@ def _recover_segment(
     Records in the writer's layout are verified and indexed in bulk by :mod:`wal.fastindex`;
     every other line comes to ``slow`` below, one at a time and in order.
     """
-    from wal.storage import _Segment  # at call time: wal.storage imports this module
-
     rep = store.recovery_report
     mode = store.options.recovery
     cur = Cursor(first)

@@ -1,43 +1,40 @@
 """``WALStorage``: the append-only, segmented, crash-safe log.
 
-The write path (group commit, after PostgreSQL's ``XLogFlush``): an appender frames its record,
-takes the next LSN and adds the line to a shared buffer under one lock. If nobody is flushing,
-it becomes the leader: it takes the whole buffer, releases the lock, writes it with one
-``write`` and makes it durable with one ``fdatasync``, then wakes everybody whose LSN is now
-durable. Appenders that arrive during the leader's fsync wait; the first of them to wake up
-leads the next flush, for all of them. A lone appender pays one fsync per append.
+The write path (group commit, after PostgreSQL's ``XLogFlush``): an appender frames its record
+and takes the next LSN under one lock. If nobody is flushing or waiting, it writes the record
+at once with one ``write`` and makes it durable with one ``fdatasync``: a lone appender pays
+one fsync per append. Otherwise it adds the record to the open group; the group's first
+writer leads its flush once the previous one ends (one ``write``, one ``fdatasync`` for the
+whole group), the others wait on the group's latch and are woken once, when their records
+are durable. Status records may be written without an fsync of their own (``durable=False``):
+the next flush's fsync covers them.
 
-The in-memory index is compact: about 29 bytes per LSN in arrays grown in chunks (status
-byte, file offset and length of every record, the LSN of each entry's newest status record,
-64 bits of its id), plus a dict slot per explicit idempotency key. Entries themselves are
-read back from disk on demand, so memory stays bounded however many entries are pending.
-
-Opening a log runs recovery (:mod:`wal.recovery`); ``compact`` runs :mod:`wal.compaction`.
+The class is built in three layers, one concept each: :mod:`wal.index` (``LogIndex``: the
+compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.reading` (``LogReader``: entries
+read back from disk on demand, so memory stays bounded however many are pending) and this
+module (opening, the write path, sync, stats, closing). Opening a log runs recovery
+(:mod:`wal.recovery`, with :mod:`wal.fastindex`); ``compact`` runs :mod:`wal.compaction`.
 Both are plain functions that take the storage and work on its index.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno as errno_mod
 import logging
 import os
-import re
 import stat
 import threading
 import time
 import uuid
-from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-import xxhash
 
 from wal import compaction
 from wal._crashpoints import crash_point
@@ -50,35 +47,29 @@ from wal.errors import (
     WALWriteError,
 )
 from wal.fileops import FileOps, OSFileOps, write_all
+from wal.index import (
+    _CODE,
+    _NONE,
+    _UNFINISHED,
+    _key_hash,
+    _Rec,
+    _uuid_hash,
+)
 from wal.lock import WriterLock
 from wal.options import StorageOptions
+from wal.reading import LogReader, _Segment
 from wal.record import (
     FORMAT_VERSION,
-    KIND_ENTRY,
     KIND_SEGMENT,
-    KIND_STATUS,
-    RecordError,
-    decode_line,
     encode_line,
 )
 from wal.recovery import RecoveryReport, recover
-from wal.segment import Line, segment_name
+from wal.segment import segment_name
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
 log = logging.getLogger("wal")
 
-# Status codes in the per-LSN index (0: not an entry, or compacted away).
-_NONE, _PENDING, _SYNCING, _COMPLETED, _FAILED = 0, 1, 2, 3, 4
-_CODE = {
-    WALEntryStatus.PENDING: _PENDING,
-    WALEntryStatus.SYNCING: _SYNCING,
-    WALEntryStatus.COMPLETED: _COMPLETED,
-    WALEntryStatus.FAILED: _FAILED,
-}
-_STATUS = {v: k for k, v in _CODE.items()}
-_CODE_OF_TEXT = {k.value: v for k, v in _CODE.items()}
-_UNFINISHED = re.compile(b"[\x01\x02]")  # PENDING or SYNCING
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -104,21 +95,6 @@ class StorageStats:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["recovery"] = self.recovery.to_dict()
         return d
-
-
-@dataclass
-class _Segment:
-    first: int
-    path: Path
-    end: int  # last LSN it covers (first - 1 when empty)
-    compacted: bool  # header declares a fixed range: records are a subset of first..end
-    size: int
-
-
-# A framed record on its way to disk (a tuple: the append path makes one per record):
-# (lsn, line, code, id_hash, key_hash, target, target_code). ``code`` is the entry's status
-# code, or _NONE for a status record, which changes entry ``target`` to ``target_code``.
-_Rec = tuple[int, bytes, int, int, int | None, int, int]
 
 
 class _Group:
@@ -167,25 +143,7 @@ def _segment_header(first: int, last: int | None) -> bytes:
     )
 
 
-_BLOOM_BYTES = 1 << 22
-_BLOOM_MASK = (_BLOOM_BYTES * 8) - 1
-
-
-def _id_hash(entry_id: bytes) -> int:
-    """The last 8 bytes of a UUID4: random, so a fine hash (hits are verified on disk)."""
-    return int.from_bytes(entry_id[8:], "little")
-
-
-def _uuid_hash(u: uuid.UUID) -> int:
-    """``_id_hash(u.bytes)``, from the UUID's integer."""
-    return int.from_bytes((u.int & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big"), "little")
-
-
-def _key_hash(key: str) -> int:
-    return xxhash.xxh3_64_intdigest(key.encode())
-
-
-class WALStorage:
+class WALStorage(LogReader):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
     >>> import tempfile
@@ -230,18 +188,7 @@ class WALStorage:
         self._failed: WALWriteError | None = None
         # index
         self._segments: list[_Segment] = []
-        self._base = 1  # LSN of index slot 0
-        self._status = bytearray()  # allocated in chunks; slots past _n are zero
-        self._n = 0  # slots in use
-        self._offsets = array("q")
-        self._lengths = array("I")
-        self._status_rec = array("q")  # LSN of an entry's newest status record (0: none)
-        self._idh = array("Q")  # 64 random bits of each entry's id, searched in C by _find_id
-        # a Bloom filter of every id appended since open (4 MiB): a re-appended entry is
-        # caught, and only its rare false positives pay for a _find_id search
-        self._seen_ids = bytearray(_BLOOM_BYTES)
-        self._keys: dict[int, int] = {}  # hash of an explicit idempotency key -> LSN
-        self._counts = [0, 0, 0, 0, 0]
+        self._init_index()
         self._read_fds: dict[int, int] = {}
         # stats
         self._fsync_count = 0
@@ -332,158 +279,6 @@ class WALStorage:
         self._fd = fd
         self._seg_size = self._header_len = len(header)
         self._segments.append(_Segment(first, path, first - 1, False, len(header)))
-
-    # ------------------------------------------------------------------ the index
-
-    def _slot(self, lsn: int) -> int:
-        """Grow the index to hold ``lsn`` (in chunks, amortized); return its slot."""
-        i = lsn - self._base
-        if i >= self._n:
-            have = len(self._status)
-            if i >= have:
-                grow = max(i + 1 - have, have // 2, 4096)
-                self._status.extend(bytes(grow))
-                zeros = bytes(8 * grow)
-                self._offsets.frombytes(zeros)
-                self._status_rec.frombytes(zeros)
-                self._idh.frombytes(zeros)
-                self._lengths.frombytes(bytes(self._lengths.itemsize * grow))
-            self._n = i + 1
-        return i
-
-    def _index_record(self, rec: dict[str, Any], item: Line) -> None:
-        """Index a record read back during recovery."""
-        kind = rec["t"]
-        lsn = rec["lsn"]
-        if kind == KIND_ENTRY:
-            code = _CODE_OF_TEXT[rec.get("status", "pending")]
-            key = rec["idempotency_key"]
-            sid = rec["entry_id"]
-            eid = bytes.fromhex(sid.replace("-", ""))  # 4x faster than uuid.UUID(sid).bytes
-            if len(eid) != 16:
-                raise ValueError(f"entry_id {sid!r} is not a UUID")
-            self._index_entry(lsn, item.offset, item.length, code, eid, key, sid)
-            self.recovery_report.entries += 1
-        elif kind == KIND_STATUS:
-            code = _CODE_OF_TEXT[rec["status"]]
-            self._index_status(lsn, item.offset, item.length, int(rec["of"]), code)
-        else:
-            raise ValueError(f"unknown record kind {kind!r}")
-
-    def _index_entry(
-        self, lsn: int, off: int, length: int, code: int, eid: bytes, key: str | None, sid: str
-    ) -> None:
-        i = self._slot(lsn)
-        self._status[i] = code
-        self._offsets[i] = off
-        self._lengths[i] = length
-        self._counts[code] += 1
-        self._idh[i] = h = _id_hash(eid)
-        self._bloom_add(h)
-        if key is not None and key != sid:
-            self._keys[_key_hash(key)] = lsn
-
-    def _index_status(self, lsn: int, off: int, length: int, target: int, code: int) -> None:
-        i = self._slot(lsn)
-        self._offsets[i] = off
-        self._lengths[i] = length
-        t = target - self._base
-        if t < 0 or t >= self._n or self._status[t] == _NONE:
-            return  # its entry was compacted away: nothing to change
-        old = self._status[t]
-        self._counts[old] -= 1
-        self._counts[code] += 1
-        self._status[t] = code
-        self._status_rec[t] = lsn
-
-    def _segment_for(self, lsn: int) -> _Segment:
-        firsts = [s.first for s in self._segments]
-        k = bisect.bisect_right(firsts, lsn) - 1
-        if k < 0:
-            raise WALEntryNotFoundError(lsn)
-        return self._segments[k]
-
-    def _read_raw(self, lsn: int) -> tuple[bytes, Path, int]:
-        """One record's bytes by LSN, with its file and offset (caller holds the lock)."""
-        i = lsn - self._base
-        if i < 0 or i >= self._n or self._lengths[i] == 0:
-            raise WALEntryNotFoundError(lsn)
-        return self._read_span(self._segment_for(lsn), self._offsets[i], self._lengths[i])
-
-    @staticmethod
-    def _decode_raw(raw: tuple[bytes, Path, int]) -> dict[str, Any]:
-        """Verify and parse what ``_read_raw`` read (no lock needed)."""
-        data, path, off = raw
-        try:
-            return decode_line(data[:-1])
-        except RecordError as exc:
-            raise WALCorruptionError(path, 0, off, exc.problem) from None
-
-    def _read_record(self, lsn: int) -> dict[str, Any]:
-        """Read one record back from disk by LSN (caller holds the lock or is recovering)."""
-        return self._decode_raw(self._read_raw(lsn))
-
-    def _raw_entry(
-        self, lsn: int
-    ) -> tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]:
-        """An entry's record and its newest status record, as bytes (caller holds the lock)."""
-        s = self._status_rec[lsn - self._base]
-        return self._read_raw(lsn), (self._read_raw(s) if s else None)
-
-    def _raw_entries(
-        self, lsns: list[int]
-    ) -> list[tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]]:
-        """``_raw_entry`` of each LSN (ascending); one ``pread`` when they lie close together
-        in one segment, as a backlog does (caller holds the lock)."""
-        if len(lsns) < 2:
-            return [self._raw_entry(lsn) for lsn in lsns]
-        base, offsets, lengths = self._base, self._offsets, self._lengths
-        seg = self._segment_for(lsns[0])
-        i0, i1 = lsns[0] - base, lsns[-1] - base
-        lo, hi = offsets[i0], offsets[i1] + lengths[i1]
-        useful = sum(lengths[lsn - base] for lsn in lsns)
-        if (
-            self._segment_for(lsns[-1]) is not seg
-            or min(useful, hi - lo) <= 0
-            or hi - lo > 2 * useful
-        ):
-            return [self._raw_entry(lsn) for lsn in lsns]
-        data, _, _ = self._read_span(seg, lo, hi - lo)
-        out = []
-        for lsn in lsns:
-            i = lsn - base
-            off = offsets[i]
-            s = self._status_rec[i]
-            rec = (data[off - lo : off - lo + lengths[i]], seg.path, off)
-            out.append((rec, self._read_raw(s) if s else None))
-        return out
-
-    def _read_span(self, seg: _Segment, off: int, length: int) -> tuple[bytes, Path, int]:
-        fd = self._read_fds.get(seg.first)
-        if fd is None:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-            self._read_fds[seg.first] = fd
-        return os.pread(fd, length, off), seg.path, off
-
-    @classmethod
-    def _entry_from_raw(
-        cls, raw: tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]
-    ) -> WALEntry:
-        """Build the entry with its current status from ``_raw_entry`` (no lock needed)."""
-        entry = WALEntry.from_dict(cls._decode_raw(raw[0]))
-        if raw[1] is not None:
-            st = cls._decode_raw(raw[1])
-            at = st.get("at")
-            entry = entry.with_status(
-                WALEntryStatus(st["status"]),
-                at=None if at is None else datetime.fromisoformat(at),
-                error=st.get("error"),
-                attempts=st.get("attempts"),
-            )
-        return entry
-
-    def _load_entry(self, lsn: int) -> WALEntry:
-        return self._entry_from_raw(self._raw_entry(lsn))
 
     # ------------------------------------------------------------------ writing
 
@@ -685,48 +480,6 @@ class WALStorage:
             if durable:
                 self._append_done()
 
-    def _resolve(self, ref: uuid.UUID | str | WALEntry) -> tuple[int, str]:
-        """(LSN, id string) of an entry given by id or object; caller holds the lock."""
-        if isinstance(ref, WALEntry):
-            if ref.lsn is None:
-                raise WALEntryNotFoundError(ref.entry_id)
-            return ref.lsn, str(ref.entry_id)
-        try:
-            u = ref if isinstance(ref, uuid.UUID) else uuid.UUID(str(ref))
-        except ValueError:
-            raise WALEntryNotFoundError(ref) from None
-        return self._find_id(u), str(u)
-
-    def _bloom_add(self, h: int) -> None:
-        b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
-        self._seen_ids[b1 >> 3] |= 1 << (b1 & 7)
-        self._seen_ids[b2 >> 3] |= 1 << (b2 & 7)
-
-    def _bloom_has(self, h: int) -> bool:
-        """False: no entry with this id hash was appended since open (True: maybe)."""
-        b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
-        seen = self._seen_ids
-        return bool(seen[b1 >> 3] & (1 << (b1 & 7)) and seen[b2 >> 3] & (1 << (b2 & 7)))
-
-    def _has_id(self, u: uuid.UUID) -> bool:
-        try:
-            self._find_id(u)
-        except WALEntryNotFoundError:
-            return False
-        return True
-
-    def _find_id(self, u: uuid.UUID) -> int:
-        """The LSN of entry ``u``: a search of the id-hash array in C, each hit verified."""
-        pattern = re.compile(re.escape(_uuid_hash(u).to_bytes(8, "little")))
-        with memoryview(self._idh) as ids, ids.cast("B") as raw:
-            hits = [m.start() for m in pattern.finditer(raw, 0, self._n * 8) if m.start() % 8 == 0]
-        sid = str(u)
-        for pos in hits:
-            i = pos // 8
-            if self._status[i] != _NONE and self._read_record(i + self._base)["entry_id"] == sid:
-                return i + self._base
-        raise WALEntryNotFoundError(sid)
-
     def _enqueue(self, records: list[_Rec], durable: bool = True) -> tuple[_Group, bool]:
         """Add records to the open group (lock held). True: the caller leads its flush."""
         g = self._group
@@ -862,30 +615,6 @@ class WALStorage:
             self._durable_lsn = self._written_lsn
         self._create_segment(first)
 
-    def _index_written(self, batch: list[_Rec], off: int) -> None:
-        """Index the records a flush has written from offset ``off`` on (lock held)."""
-        self._slot(batch[-1][0])  # grow the arrays once for the whole batch
-        base = self._base
-        status, offsets, lengths, idh = self._status, self._offsets, self._lengths, self._idh
-        counts, seen, keys = self._counts, self._seen_ids, self._keys
-        for lsn, line, code, h, kh, target, target_code in batch:
-            n = len(line)
-            if code:  # an entry
-                i = lsn - base
-                status[i] = code
-                offsets[i] = off
-                lengths[i] = n
-                counts[code] += 1
-                idh[i] = h
-                b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
-                seen[b1 >> 3] |= 1 << (b1 & 7)
-                seen[b2 >> 3] |= 1 << (b2 & 7)
-                if kh is not None:
-                    keys[kh] = lsn
-            else:
-                self._index_status(lsn, off, n, target, target_code)
-            off += n
-
     def sync(self) -> None:
         """Make everything written so far durable (for ``interval`` mode; cheap otherwise)."""
         with self._cond:
@@ -920,111 +649,6 @@ class WALStorage:
                 self.sync()
             except WALError:
                 return  # the storage is poisoned; appends raise from now on
-
-    # ------------------------------------------------------------------ reading
-
-    def get_entry(self, entry_id: uuid.UUID | str) -> WALEntry:
-        """The entry with its current status; ``WALEntryNotFoundError`` if it is not here."""
-        with self._cond:
-            self._check_open()
-            lsn, _ = self._resolve(entry_id)
-            return self._load_entry(lsn)
-
-    def find_by_idempotency_key(self, key: str) -> WALEntry | None:
-        """The entry appended with this explicit idempotency key, if it is still in the log."""
-        with self._cond:
-            self._check_open()
-            lsn = self._keys.get(_key_hash(key))
-            if lsn is None:
-                return None
-            try:
-                entry = self._load_entry(lsn)
-            except WALEntryNotFoundError:
-                return None
-            if entry.idempotency_key == key:
-                return entry
-            # a 64-bit hash collision: look the slow way
-            for e in self.iter_entries():
-                if e.idempotency_key == key:
-                    return e
-            return None
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise WALClosedError("the log is closed")
-
-    def get_pending_entries(
-        self, *, after_lsn: int = 0, limit: int | None = None, background: bool = False
-    ) -> Iterator[WALEntry]:
-        """PENDING and SYNCING entries in LSN order, read from disk one at a time.
-
-        ``background=True`` (a drain): before parsing each entry, wait for a flush in
-        progress to end (``yield_to_appenders``), so appends keep their latency.
-        """
-        pos_lsn = after_lsn + 1
-        n = 0
-        while limit is None or n < limit:
-            want = 64 if limit is None else min(64, limit - n)
-            lsns = []
-            with self._mutex:  # only the index search and the preads hold the lock
-                self._check_open()
-                start = max(pos_lsn - self._base, 0)
-                for m in _UNFINISHED.finditer(self._status, start):
-                    lsns.append(m.start() + self._base)
-                    if len(lsns) == want:
-                        break
-                raws = self._raw_entries(lsns)
-            if not raws:
-                return
-            for raw in raws:  # parsing runs unlocked: appenders are not held up by a reader
-                if background:
-                    self.yield_to_appenders()
-                entry = self._entry_from_raw(raw)
-                yield entry
-                n += 1
-                pos_lsn = (entry.lsn or 0) + 1
-
-    def yield_to_appenders(self) -> None:
-        """Let appenders in progress finish first: wait (once, 5 ms at most) for one of them.
-
-        Background work (the drain's parsing) calls this between small steps. Python runs
-        one thread at a time: an appender woken by its ``fdatasync`` or by its group's leader
-        would otherwise wait for the interpreter until the background thread is preempted
-        (every 5 ms by default), which is what an append's p99 showed during a drain.
-        """
-        if not self._appenders:  # unlocked read: only a hint, rechecked below
-            return
-        with self._mutex:
-            if self._appenders:
-                self._yielding += 1
-                try:
-                    self._cond.wait(0.005)  # _append_done notifies; bounded: the drain must go on
-                finally:
-                    self._yielding -= 1
-
-    def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
-        """Every entry still in the log, in LSN order, with its current status."""
-        wanted = {_CODE[WALEntryStatus(s)] for s in statuses} if statuses is not None else None
-        next_lsn = 0  # by LSN, not slot: a compaction may shift the index between yields
-        while True:
-            with self._cond:
-                self._check_open()
-                n = self._n
-                i = max(next_lsn - self._base, 0)
-                while i < n:
-                    code = self._status[i]
-                    if code != _NONE and (wanted is None or code in wanted):
-                        break
-                    i += 1
-                if i >= n:
-                    return
-                entry = self._load_entry(i + self._base)
-                next_lsn = i + self._base + 1
-            yield entry
-
-    def count(self, status: WALEntryStatus) -> int:
-        with self._cond:
-            return self._counts[_CODE[WALEntryStatus(status)]]
 
     @property
     def next_lsn(self) -> int:
