@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers_log import make_entry
+from helpers_log import lines_of, make_entry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -188,15 +188,7 @@ def test_one_big_segment_and_a_big_chunk(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def line_spans(p: Path) -> list[tuple[int, int]]:
-    data = p.read_bytes()
-    out = []
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl < 0 else nl + 1
-        out.append((pos, end))
-        pos = end
-    return out
+    return [(off, off + len(line)) for off, line in lines_of(p)]
 
 
 def edit(p: Path, fn: Callable[[bytes, list[tuple[int, int]]], bytes]) -> None:
