@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_log import CountingFileOps
 from trading_child import (
     Model,
     Op,
@@ -113,6 +114,37 @@ def test_write_applies_at_once_and_returns_the_result(rig: Rig) -> None:
     assert m.storage.get_entry(r.entry_id).status is WALEntryStatus.COMPLETED
     assert ledger_count(rig.db) == 2
     assert m.get_stats()["pending"] == 0
+
+
+class _NoLedger:
+    """The reference database without ``apply``: the manager falls back to at-least-once."""
+
+    def __init__(self, inner: DatabaseManager) -> None:
+        self.inner = inner
+
+    def atomic_balance_update(self, delta: Decimal, *, reason: str, account: str) -> Decimal:
+        return self.inner.atomic_balance_update(delta, reason=reason, account=account)
+
+
+@pytest.mark.parametrize("ledger", [True, False])
+def test_completed_marks_need_their_own_fsync_only_without_the_ledger(
+    rig: Rig, ledger: bool
+) -> None:
+    fs = CountingFileOps()
+    cfg = fast_config(rig.directory, rig.url)
+    storage = WALStorage(cfg.directory, cfg.storage_options(), fs=fs)
+    m = WALManager(storage, rig.db if ledger else _NoLedger(rig.db), cfg)
+    rig.managers.append(m)
+    assert m.exactly_once is ledger
+    before = fs.count("fdatasync")
+    assert deposit(m, "5").applied
+    # with the ledger a lost COMPLETED mark only causes a replay the ledger skips: it rides on
+    # the next fsync; without it, SYNCING and COMPLETED are each durable before they count
+    assert fs.count("fdatasync") - before == (1 if ledger else 3)
+    e = storage.get_entry(next(iter(storage.iter_entries())).entry_id)
+    assert e.status is WALEntryStatus.COMPLETED
+    assert deposit(m, "1").applied  # its append's fsync makes the first mark durable too
+    assert fs.count("fdatasync") - before == (2 if ledger else 6)
 
 
 def test_a_repeated_key_returns_the_first_receipt_and_writes_nothing(rig: Rig) -> None:
