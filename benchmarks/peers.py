@@ -1,19 +1,17 @@
 # Helpers for benchmarks/: the persist-queue peer (a dev dependency, so not in wal/bench.py).
-# Not a benchmark itself; its rows come from: /tmp/venv/bin/python benchmarks/run_all.py
+# Not a benchmark itself; its rows come from: python benchmarks/run_all.py
 """persist-queue ``SQLiteAckQueue``: a durable queue on SQLite (WAL mode), measured as a peer."""
 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import orjson
 import persistqueue
 import persistqueue.serializers.json as pq_json
 
-from wal.bench import Measurement, fresh_dir, latency_row, make_trade, run_threads
+from wal.bench import Measurement, fresh_dir, latency_row, make_trade, run_calls
 
 __all__ = ["bench_persist_queue", "open_queue"]
 
@@ -36,19 +34,8 @@ def bench_persist_queue(directory: Path, threads: int, total: int) -> Measuremen
         [orjson.loads(orjson.dumps(make_trade(i * per + j).to_dict())) for j in range(per)]
         for i in range(threads)
     ]
-    lats: list[list[int]] = [[] for _ in range(threads)]
-
-    def work(i: int, barrier: threading.Barrier) -> None:
-        out = lats[i]
-        put = q.put
-        barrier.wait()
-        for item in items[i]:
-            s = time.perf_counter_ns()
-            put(item)
-            out.append(time.perf_counter_ns() - s)
-
     try:
-        secs = run_threads(threads, work)
+        secs, lat = run_calls(threads, items, q.put)
     finally:
         q.close()
         shutil.rmtree(d)
@@ -64,4 +51,4 @@ def bench_persist_queue(directory: Path, threads: int, total: int) -> Measuremen
         per_s=n / secs,
         note=f"persist-queue {persistqueue.__version__}, PRAGMA synchronous={sync}",
     )
-    return latency_row(m, [x for lat in lats for x in lat])
+    return latency_row(m, lat)

@@ -1,4 +1,4 @@
-# Reproduce: /tmp/venv/bin/python benchmarks/run_all.py --full --out benchmarks/results
+# Reproduce: python benchmarks/run_all.py --full --out benchmarks/results
 #   (--medium: about two minutes; --quick: seconds, rough, what CI's smoke test runs)
 """Every benchmark of atb-wal in ONE run on ONE disk, printed as ONE table.
 

@@ -1,4 +1,4 @@
-# Reproduce: /tmp/venv/bin/pytest benchmarks/test_bench_append.py --benchmark-only
+# Reproduce: pytest benchmarks/test_bench_append.py --benchmark-only
 """One thread appending realistic trades: ``append`` (always, interval) and ``append_many``.
 
 Thread counts (group commit) are measured by ``benchmarks/run_all.py``, which pytest-benchmark

@@ -1,4 +1,4 @@
-# Reproduce: /tmp/venv/bin/pytest benchmarks/test_bench_limit.py --benchmark-only
+# Reproduce: pytest benchmarks/test_bench_limit.py --benchmark-only
 """The disk's own limit: ``os.write`` + ``os.fdatasync`` of trade-sized records, per call."""
 
 from __future__ import annotations

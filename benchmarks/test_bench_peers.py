@@ -1,4 +1,4 @@
-# Reproduce: /tmp/venv/bin/pytest benchmarks/test_bench_peers.py --benchmark-only
+# Reproduce: pytest benchmarks/test_bench_peers.py --benchmark-only
 """The peers, one thread: SQLite (WAL, synchronous=FULL, one INSERT per transaction) and
 persist-queue's ``SQLiteAckQueue.put``, with the same trades the log stores."""
 

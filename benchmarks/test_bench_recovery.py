@@ -1,4 +1,4 @@
-# Reproduce: /tmp/venv/bin/pytest benchmarks/test_bench_recovery.py --benchmark-only
+# Reproduce: pytest benchmarks/test_bench_recovery.py --benchmark-only
 #   (BENCH_ENTRIES=1000000 for the size of the full run; default 20,000)
 """Opening a log: every record's checksum verified and indexed (warm page cache)."""
 

@@ -30,7 +30,11 @@ def test_demo_installed_command_in_a_fresh_directory(tmp_path: Path) -> None:
     atb_script = Path(sys.executable).with_name("atb")
     cmd = [str(atb_script)] if atb_script.exists() else [sys.executable, "-m", "cli.main"]
     proc = subprocess.run(
-        [*cmd, "demo", "--rounds", "2"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [*cmd, "demo", "--rounds", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_log import wait_for
 from trading_child import (
     Model,
     Outage,
@@ -26,7 +27,6 @@ from trading_child import (
     make_plan,
     open_positions_view,
     perform,
-    wait_until,
 )
 
 from wal import WALDatabaseError, WALEntry, WALEntryStatus
@@ -193,7 +193,7 @@ def test_reads_include_the_pending_entries_while_the_database_is_down(rig: Rig) 
         assert open_positions_view(ddb.get_open_positions()) == model.open_positions()
     assert ddb.get_wal_status()["pending"] == 40
     rig.outage.end()
-    wait_until(lambda: ddb.get_wal_status()["pending"] == 0, what="the log to drain")
+    wait_for(lambda: ddb.get_wal_status()["pending"] == 0, "the log to drain")
     assert db_state(db) == model.state()
     assert ddb.get_balance("main") == db.get_balance("main") == model.balance("main")
 
@@ -284,7 +284,7 @@ def test_a_manager_without_apply_works_at_least_once(rig: Rig) -> None:
         assert ddb.get_balance("main") == model.balance("main")
     assert open_positions_view(ddb.get_open_positions()) == model.open_positions()
     rig.outage.end()
-    wait_until(lambda: ddb.get_wal_status()["pending"] == 0, what="the log to drain")
+    wait_for(lambda: ddb.get_wal_status()["pending"] == 0, "the log to drain")
     # no crash happened, so at-least-once delivered each operation exactly once
     assert db_state(legacy.inner) == model.state()
     assert len(legacy.calls) >= len(plan)

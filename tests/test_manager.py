@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_log import CountingFileOps
+from helpers_log import CountingFileOps, wait_for
 from trading_child import (
     Model,
     Op,
@@ -28,7 +28,6 @@ from trading_child import (
     ledger_count,
     make_outage,
     make_plan,
-    wait_until,
 )
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
@@ -260,7 +259,7 @@ def test_stop_leaves_pending_entries_durable_and_a_new_manager_drains_them(rig: 
     m2 = rig.open()
     assert m2.storage.count(WALEntryStatus.PENDING) == 20
     m2.start()
-    wait_until(lambda: m2.get_stats()["pending"] == 0, what="the new manager to drain the log")
+    wait_for(lambda: m2.get_stats()["pending"] == 0, "the new manager to drain the log")
     assert db_state(rig.db) == model.state()
     assert ledger_count(rig.db) == 30
     assert m2.get_stats()["applied_total"] == 20
@@ -468,9 +467,9 @@ def test_alerts_warn_once_per_crossing(rig: Rig, caplog: pytest.LogCaptureFixtur
         rig.outage.begin()
         for n in range(3):
             deposit(m, str(n))
-        wait_until(
+        wait_for(
             lambda: (m.storage.get_stats().oldest_pending_age_seconds or 0) > 0.001,
-            what="the oldest entry to age",
+            "the oldest entry to age",
         )
         for _ in range(3):
             assert m.force_sync().pending == 3

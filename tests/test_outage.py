@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers_log import wait_for
 from trading_child import (
     Model,
     Outage,
@@ -30,7 +31,6 @@ from trading_child import (
     make_plan,
     open_positions_view,
     perform,
-    wait_until,
 )
 
 from wal import WALEntryStatus
@@ -99,7 +99,7 @@ def test_trading_continues_through_an_outage_and_nothing_is_lost_or_doubled(
             perform(ddb, op)
             model.apply(op)
             assert ddb.get_balance(main) == model.balance(main)
-        wait_until(lambda: pending() == 0, timeout=60, what="the log to drain")
+        wait_for(lambda: pending() == 0, "the log to drain", timeout=60)
         drain_seconds = time.monotonic() - t_up
         check_reads()
         stats = manager.get_stats()

@@ -8,7 +8,6 @@ The tests of ``WALManager`` and ``DurableDatabaseManager`` against real database
 * ``Model``: what the database must hold after a sequence of operations, exactly (Decimal).
 * ``db_state(db, prefix)``: the same view read from the database's tables, to compare.
 * ``Outage``: makes the database really unreachable and brings it back (see its docstring).
-* ``wait_until(pred, timeout)``: poll a condition with a deadline (never sleep to synchronize).
 
 Run as a program it is the trading process of ``test_trading_crash.py``::
 
@@ -30,7 +29,7 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -56,7 +55,6 @@ __all__ = [
     "make_plan",
     "open_positions_view",
     "perform",
-    "wait_until",
 ]
 
 # Small delays so that the tests run fast: quick retries, a short breaker cooldown.
@@ -74,15 +72,6 @@ def fast_config(directory: Path | str, url: str, **overrides: Any) -> WALConfig:
     return WALConfig.from_env(
         {}, directory=Path(directory), database_url=url, **{**FAST, **overrides}
     )
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``pred`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)  # polling a condition with a deadline, not a synchronization sleep
 
 
 # --------------------------------------------------------------------------- the plan

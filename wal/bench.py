@@ -80,6 +80,7 @@ __all__ = [
     "percentile",
     "run_disk_bench",
     "run_interleaved",
+    "run_calls",
     "run_threads",
     "sqlite_specs",
     "trade_line_bytes",
@@ -217,28 +218,34 @@ def run_threads(threads: int, work: Callable[[int, threading.Barrier], None]) ->
     return secs
 
 
+def run_calls(
+    threads: int, items: list[list[Any]], call: Callable[[Any], object]
+) -> tuple[float, list[int]]:
+    """``call(item)`` for ``items[i]`` in thread ``i``, all released together: seconds from
+    release to last join, and every call's latency (ns)."""
+    lats: list[list[int]] = [[] for _ in range(threads)]
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        out = lats[i]
+        clock = time.perf_counter_ns
+        barrier.wait()
+        for item in items[i]:
+            s = clock()
+            call(item)
+            out.append(clock() - s)
+
+    return run_threads(threads, work), [x for lat in lats for x in lat]
+
+
 def bench_wal_append(
     directory: Path, threads: int, total: int, fsync: FsyncMode = "always"
 ) -> Measurement:
     """``append`` of single trades from ``threads`` threads; records/s and append latency."""
     per = max(1, total // threads)
     work_entries = [[make_trade(i * per + j) for j in range(per)] for i in range(threads)]
-    lats: list[list[int]] = [[] for _ in range(threads)]
     d = fresh_dir(directory, f"wal-{fsync}-{threads}")
     with WALStorage(d, fsync=fsync) as log:
-
-        def work(i: int, barrier: threading.Barrier) -> None:
-            mine = work_entries[i]
-            out = lats[i]
-            append = log.append
-            clock = time.perf_counter_ns
-            barrier.wait()
-            for e in mine:
-                s = clock()
-                append(e)
-                out.append(clock() - s)
-
-        secs = run_threads(threads, work)
+        secs, lat = run_calls(threads, work_entries, log.append)
         stats = log.get_stats()
     shutil.rmtree(d)
     n = per * threads
@@ -257,7 +264,7 @@ def bench_wal_append(
     if fsync == "interval":
         m.extra["interval_ms"] = log.options.fsync_interval_ms
         m.note = f"loses ≤ {log.options.fsync_interval_ms:g} ms on power loss"
-    return latency_row(m, [x for lat in lats for x in lat])
+    return latency_row(m, lat)
 
 
 def bench_wal_append_many(directory: Path, batches: int, batch: int = 1000) -> Measurement:
@@ -311,20 +318,14 @@ def bench_sqlite(directory: Path, threads: int, total: int) -> Measurement:
         ]
         for i in range(threads)
     ]
-    lats: list[list[int]] = [[] for _ in range(threads)]
     lock = threading.Lock()
 
-    def work(i: int, barrier: threading.Barrier) -> None:
-        out = lats[i]
-        barrier.wait()
-        for row in rows[i]:
-            s = time.perf_counter_ns()
-            with lock:
-                conn.execute("INSERT INTO trades VALUES (?, ?)", row)  # autocommit: 1 txn
-            out.append(time.perf_counter_ns() - s)
+    def insert(row: tuple[str, bytes]) -> None:
+        with lock:
+            conn.execute("INSERT INTO trades VALUES (?, ?)", row)  # autocommit: 1 txn
 
     try:
-        secs = run_threads(threads, work)
+        secs, lat = run_calls(threads, rows, insert)
     finally:
         conn.close()
         shutil.rmtree(d)
@@ -340,7 +341,7 @@ def bench_sqlite(directory: Path, threads: int, total: int) -> Measurement:
         per_s=n / secs,
         note=f"PRAGMA synchronous={sync}; SQLite {sqlite3.sqlite_version}",
     )
-    return latency_row(m, [x for lat in lats for x in lat])
+    return latency_row(m, lat)
 
 
 # ---------------------------------------------------------------------------- recovery
