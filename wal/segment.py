@@ -26,7 +26,6 @@ __all__ = [
     "read_chunks",
     "read_from",
     "scan",
-    "scan_file",
     "segment_name",
     "valid_record_after",
 ]
@@ -125,15 +124,6 @@ def read_chunks(path: Path, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, 
             base += cut
             if cut < len(data):
                 f.seek(base)
-
-
-def scan_file(path: Path, chunk_size: int = 1 << 22) -> Iterator[Line | Defect]:
-    """``scan`` over a whole segment file, read in chunks (see ``read_chunks``)."""
-    line_no = 0
-    for data, end, base in read_chunks(path, chunk_size):
-        for item in scan(path, data[:end] if end < len(data) else data, line_no=line_no, base=base):
-            line_no = item.line
-            yield item
 
 
 def read_from(path: Path, offset: int) -> bytes:
