@@ -15,6 +15,11 @@ The points, in the order the write path meets them:
 ``compact-after-rename``      the temp file replaced the segment; directory not synced
 ``compact-after-unlink``      an emptied front segment was unlinked; directory not synced
 ``compact-between-segments``  one segment was rewritten, the next ones are not yet
+``order.after_intent_fsync``  an order intent is durable in the log; nothing was sent
+``order.after_submitting_fsync``  SUBMITTING is durable; the broker call is next
+``order.after_broker_accept``  the broker accepted the order; the journal does not know yet
+``order.after_ack_before_fill``  ACCEPTED is journaled; its fills are not
+``order.after_fill_fsync``    one fill is journaled (the next ones are not)
 ``manager.after_apply_before_status``  the database committed a batch (effects and ledger
                               rows); the log does not yet say COMPLETED
 """
@@ -37,6 +42,11 @@ POINTS = frozenset(
         "compact-after-unlink",
         "compact-between-segments",
         "manager.after_apply_before_status",
+        "order.after_intent_fsync",
+        "order.after_submitting_fsync",
+        "order.after_broker_accept",
+        "order.after_ack_before_fill",
+        "order.after_fill_fsync",
     }
 )
 

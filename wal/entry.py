@@ -44,6 +44,10 @@ class OperationType(StrEnum):
     CLOSE_POSITION = "close_position"
     CREATE_TRADING_SESSION = "create_trading_session"
     END_TRADING_SESSION = "end_trading_session"
+    # the order journal (wal.orders): intent, state change, fill
+    ORDER_INTENT = "record_order_intent"
+    ORDER_EVENT = "record_order_event"
+    ORDER_FILL = "record_order_fill"
 
 
 class WALEntryStatus(StrEnum):

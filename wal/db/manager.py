@@ -58,6 +58,15 @@ from wal.db.operations import (
     op_log_trade,
     op_update_position,
 )
+from wal.db.orders import (
+    event_rows,
+    fill_rows,
+    op_record_order_event,
+    op_record_order_fill,
+    op_record_order_intent,
+    order_row,
+    order_rows,
+)
 from wal.db.schema import (
     balances,
     metadata,
@@ -307,6 +316,7 @@ class DatabaseManager:
         take_profit: Decimal | None = None,
         quantity: Decimal | None = None,
         current_price: Decimal | None = None,
+        entry_price: Decimal | None = None,
     ) -> None:
         """Change the given fields of an open position (None leaves a field as it is).
 
@@ -320,6 +330,7 @@ class DatabaseManager:
                 take_profit=take_profit,
                 quantity=quantity,
                 current_price=current_price,
+                entry_price=entry_price,
             )
 
     def close_position(
@@ -368,6 +379,46 @@ class DatabaseManager:
             op_end_trading_session(
                 conn, session_id, final_balance=final_balance, ended_at=ended_at
             )
+
+    # ------------------------------------------------------------------ the order journal
+    # (wal.db.orders has the tables and effects; wal.orders.OrderManager is the one caller)
+
+    def record_order_intent(self, **kwargs: Any) -> str:
+        """Insert an order (PENDING) and its first event; return its client order id."""
+        with self._write() as conn:
+            return op_record_order_intent(conn, **kwargs)
+
+    def record_order_event(self, **kwargs: Any) -> None:
+        """Append an order event (seq must follow the order's last) and set its state."""
+        with self._write() as conn:
+            op_record_order_event(conn, **kwargs)
+
+    def record_order_fill(self, **kwargs: Any) -> None:
+        """Journal one execution: fill row, event, order totals, trade, position change."""
+        with self._write() as conn:
+            op_record_order_fill(conn, **kwargs)
+
+    def get_order_row(self, client_order_id: str) -> dict[str, Any] | None:
+        """The ``orders`` row of this client order id, or None."""
+        with self._read() as conn:
+            return order_row(conn, client_order_id)
+
+    def get_order_rows(self, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """Every ``orders`` row (or those not in a final state), oldest first."""
+        with self._read() as conn:
+            return order_rows(conn, open_only=open_only)
+
+    def get_order_events(self, client_order_id: str) -> list[dict[str, Any]]:
+        """The order's ``order_events`` rows in seq order."""
+        with self._read() as conn:
+            return event_rows(conn, client_order_id)
+
+    def get_order_fills(
+        self, *, client_order_id: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """``fills`` rows (of one order, or executed at or after ``since``), oldest first."""
+        with self._read() as conn:
+            return fill_rows(conn, client_order_id=client_order_id, since=since)
 
     # ------------------------------------------------------------------ reads
 

@@ -152,8 +152,9 @@ class FaultPlan:
         return cls(
             seed=int(d.get("seed", 0)),
             rules=[
-                FaultRule(str(r["op"]), Fault(r["fault"]), int(r.get("first", 1)),
-                          int(r.get("times", 1)))
+                FaultRule(
+                    str(r["op"]), Fault(r["fault"]), int(r.get("first", 1)), int(r.get("times", 1))
+                )
                 for r in d.get("rules", [])
             ],
             random_faults={

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
-from wal.database import is_transient
+from wal.db.classify import is_transient
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
@@ -56,17 +56,43 @@ def apply_entry(
     kw = entry.kwargs
     cid = str(kw.get("client_order_id"))
     if entry.operation == _INTENT:
-        row = {k: kw.get(k) for k in (
-            "client_order_id", "symbol", "side", "quantity", "order_type", "limit_price",
-            "stop_price", "time_in_force", "account", "created_at")}
-        row.update(state=OrderState.PENDING.value, broker_order_id=None,
-                   filled_quantity=Decimal(0), avg_fill_price=None, reason=None, last_seq=1,
-                   updated_at=kw.get("created_at"))
+        row = {
+            k: kw.get(k)
+            for k in (
+                "client_order_id",
+                "symbol",
+                "side",
+                "quantity",
+                "order_type",
+                "limit_price",
+                "stop_price",
+                "time_in_force",
+                "account",
+                "created_at",
+            )
+        }
+        row.update(
+            state=OrderState.PENDING.value,
+            broker_order_id=None,
+            filled_quantity=Decimal(0),
+            avg_fill_price=None,
+            reason=None,
+            last_seq=1,
+            updated_at=kw.get("created_at"),
+        )
         orders.setdefault(cid, row)
         if events is not None:
-            events.append({"client_order_id": cid, "seq": 1, "kind": EventKind.CREATED.value,
-                           "state": OrderState.PENDING.value, "at": kw.get("created_at"),
-                           "broker_order_id": None, "detail": None})
+            events.append(
+                {
+                    "client_order_id": cid,
+                    "seq": 1,
+                    "kind": EventKind.CREATED.value,
+                    "state": OrderState.PENDING.value,
+                    "at": kw.get("created_at"),
+                    "broker_order_id": None,
+                    "detail": None,
+                }
+            )
         return
     row_ = orders.get(cid)
     if entry.operation == _EVENT:
@@ -77,25 +103,53 @@ def apply_entry(
             if kw.get("reason") is not None:
                 row_["reason"] = kw["reason"]
         if events is not None:
-            events.append({k: kw.get(k) for k in (
-                "client_order_id", "seq", "kind", "state", "at", "broker_order_id")}
-                | {"detail": kw.get("reason")})
+            events.append(
+                {
+                    k: kw.get(k)
+                    for k in ("client_order_id", "seq", "kind", "state", "at", "broker_order_id")
+                }
+                | {"detail": kw.get("reason")}
+            )
     elif entry.operation == _FILL:
         if row_ is not None:
-            row_.update(state=kw["state"], last_seq=kw["seq"], updated_at=kw["executed_at"],
-                        filled_quantity=kw["filled_quantity"],
-                        avg_fill_price=kw["avg_fill_price"])
+            row_.update(
+                state=kw["state"],
+                last_seq=kw["seq"],
+                updated_at=kw["executed_at"],
+                filled_quantity=kw["filled_quantity"],
+                avg_fill_price=kw["avg_fill_price"],
+            )
             if kw.get("broker_order_id") is not None:
                 row_["broker_order_id"] = kw["broker_order_id"]
         if events is not None:
-            events.append({"client_order_id": cid, "seq": kw["seq"], "kind": kw["kind"],
-                           "state": kw["state"], "at": kw["executed_at"],
-                           "broker_order_id": kw.get("broker_order_id"),
-                           "detail": kw["execution_id"]})
+            events.append(
+                {
+                    "client_order_id": cid,
+                    "seq": kw["seq"],
+                    "kind": kw["kind"],
+                    "state": kw["state"],
+                    "at": kw["executed_at"],
+                    "broker_order_id": kw.get("broker_order_id"),
+                    "detail": kw["execution_id"],
+                }
+            )
         if fills is not None:
-            fills[str(kw["execution_key"])] = {k: kw.get(k) for k in (
-                "execution_key", "execution_id", "client_order_id", "broker_order_id", "symbol",
-                "side", "quantity", "price", "executed_at", "trade_id", "pnl")}
+            fills[str(kw["execution_key"])] = {
+                k: kw.get(k)
+                for k in (
+                    "execution_key",
+                    "execution_id",
+                    "client_order_id",
+                    "broker_order_id",
+                    "symbol",
+                    "side",
+                    "quantity",
+                    "price",
+                    "executed_at",
+                    "trade_id",
+                    "pnl",
+                )
+            }
 
 
 class OrderJournal:
@@ -117,27 +171,45 @@ class OrderJournal:
         """Journal the intent (fsynced on return): the order exists, PENDING, nothing sent."""
         d = intent
         self.ddb.record_order_intent(
-            client_order_id=d.client_order_id, symbol=d.symbol, side=d.side,
-            quantity=d.quantity, order_type=d.order_type, limit_price=d.limit_price,
-            stop_price=d.stop_price, time_in_force=d.time_in_force, account=d.account,
-            created_at=d.created_at, idempotency_key=d.client_order_id,
+            client_order_id=d.client_order_id,
+            symbol=d.symbol,
+            side=d.side,
+            quantity=d.quantity,
+            order_type=d.order_type,
+            limit_price=d.limit_price,
+            stop_price=d.stop_price,
+            time_in_force=d.time_in_force,
+            account=d.account,
+            created_at=d.created_at,
+            idempotency_key=d.client_order_id,
         )
 
     def record_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         """Journal one state change (fsynced on return)."""
         self.ddb.record_order_event(
-            client_order_id=ev.client_order_id, seq=ev.seq, kind=ev.kind.value,
-            state=ev.state.value, at=ev.at, broker_order_id=ev.broker_order_id, reason=reason,
+            client_order_id=ev.client_order_id,
+            seq=ev.seq,
+            kind=ev.kind.value,
+            state=ev.state.value,
+            at=ev.at,
+            broker_order_id=ev.broker_order_id,
+            reason=reason,
             idempotency_key=f"{ev.client_order_id}:{ev.seq}",
         )
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
         self.ddb.record_order_fill(
-            execution_id=fill.execution_id, client_order_id=fill.client_order_id,
-            broker_order_id=fill.broker_order_id, symbol=fill.symbol, side=fill.side,
-            quantity=fill.quantity, price=fill.price, executed_at=fill.executed_at,
-            idempotency_key=f"fill:{fill.execution_id}", **computed,
+            execution_id=fill.execution_id,
+            client_order_id=fill.client_order_id,
+            broker_order_id=fill.broker_order_id,
+            symbol=fill.symbol,
+            side=fill.side,
+            quantity=fill.quantity,
+            price=fill.price,
+            executed_at=fill.executed_at,
+            idempotency_key=f"fill:{fill.execution_id}",
+            **computed,
         )
 
     async def arecord_intent(self, intent: OrderIntent) -> None:
@@ -161,8 +233,7 @@ class OrderJournal:
 
     def order(self, client_order_id: str) -> Order | None:
         """One order, pending entries included; None if the journal has no such order."""
-        rows = self._read(lambda: self._fresh_orders(client_order_id),
-                          lambda: self._kept_rows())
+        rows = self._read(lambda: self._fresh_orders(client_order_id), lambda: self._kept_rows())
         row = rows.get(client_order_id)
         return None if row is None else Order.from_row(row)
 
@@ -186,10 +257,19 @@ class OrderJournal:
         db = self.ddb.db
 
         def fresh() -> list[dict[str, Any]]:
-            by_key = {str(r["execution_key"]): r for r in
-                      db.get_order_fills(client_order_id=client_order_id, since=since)}
-            for e in self._pending(lambda e: e.operation == _FILL and (
-                    client_order_id is None or e.kwargs.get("client_order_id") == client_order_id)):
+            by_key = {
+                str(r["execution_key"]): r
+                for r in db.get_order_fills(client_order_id=client_order_id, since=since)
+            }
+            for e in self._pending(
+                lambda e: (
+                    e.operation == _FILL
+                    and (
+                        client_order_id is None
+                        or e.kwargs.get("client_order_id") == client_order_id
+                    )
+                )
+            ):
                 apply_entry({}, e, fills=by_key)
             rows = [r for r in by_key.values() if since is None or r["executed_at"] >= since]
             return sorted(rows, key=lambda r: (r["executed_at"], r["execution_key"]))
@@ -202,8 +282,9 @@ class OrderJournal:
         storage = self.ddb.storage
         if storage is None:
             return []
-        return [e for e in storage.get_pending_entries()
-                if e.operation in ORDER_OPERATIONS and keep(e)]
+        return [
+            e for e in storage.get_pending_entries() if e.operation in ORDER_OPERATIONS and keep(e)
+        ]
 
     def _fresh_orders(self, only: str | None) -> dict[str, dict[str, Any]]:
         db = self.ddb.db
@@ -211,11 +292,11 @@ class OrderJournal:
         with self._lock:
             # the watermark under this lock: an entry the hook sees later is above it
             wm = storage.last_lsn if storage is not None else 0
-            rows = ([db.get_order_row(only)] if only is not None
-                    else list(db.get_order_rows()))
+            rows = [db.get_order_row(only)] if only is not None else list(db.get_order_rows())
             orders = {str(r["client_order_id"]): dict(r) for r in rows if r is not None}
-            for e in self._pending(lambda e: only is None
-                                   or e.kwargs.get("client_order_id") == only):
+            for e in self._pending(
+                lambda e: only is None or e.kwargs.get("client_order_id") == only
+            ):
                 if e.lsn is not None and e.lsn <= wm:
                     apply_entry(orders, e)
             if only is None:
@@ -252,12 +333,21 @@ class OrderJournal:
             if value is None:
                 raise WALDatabaseError(
                     "the order journal cannot be read: the database is unreachable and no "
-                    "earlier read of it is kept", transient=True) from exc
+                    "earlier read of it is kept",
+                    transient=True,
+                ) from exc
             return value
 
 
-_FINAL = frozenset(s.value for s in (OrderState.FILLED, OrderState.REJECTED,
-                                     OrderState.CANCELLED, OrderState.SUBMIT_FAILED))
+_FINAL = frozenset(
+    s.value
+    for s in (
+        OrderState.FILLED,
+        OrderState.REJECTED,
+        OrderState.CANCELLED,
+        OrderState.SUBMIT_FAILED,
+    )
+)
 
 
 def _transient(exc: BaseException) -> bool:

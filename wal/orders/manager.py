@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from wal import DurableDatabaseManager
-from wal._crashpoints import crash_point
+from wal.crashpoints import crash_point
 from wal.orders.broker import Broker, BrokerOrder, DedupScope
 from wal.orders.errors import (
     BrokerError,
@@ -248,13 +248,11 @@ class OrderManager:
                 self.broker.submit_order(order.intent), self.retry.call_timeout
             )
         except BrokerRejectedError as exc:
-            return await self._transition(order, EventKind.REJECTED, _S.REJECTED,
-                                          reason=exc.reason)
+            return await self._transition(order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason)
         except DuplicateClientOrderId:
             return await self._chase(order)  # it exists: look it up and adopt it
         except Exception as exc:  # timeout, transport, 5xx, unreadable: outcome unknown
-            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                           reason=_why(exc))
+            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc))
             return await self._chase(order)
         crash_point("order.after_broker_accept")  # accepted at the broker, not journaled
         return await self._adopt(order, bo, EventKind.ACCEPTED)
@@ -281,20 +279,24 @@ class OrderManager:
                     self.broker.submit_order(order.intent), self.retry.call_timeout
                 )
             except BrokerRejectedError as exc:
-                return await self._transition(order, EventKind.REJECTED, _S.REJECTED,
-                                              reason=exc.reason)
+                return await self._transition(
+                    order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason
+                )
             except DuplicateClientOrderId:
-                order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                               reason="duplicate client id: look it up")
+                order = await self._transition(
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason="duplicate client id: look it up"
+                )
                 continue
             except Exception as exc:
-                order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                               reason=_why(exc))
+                order = await self._transition(
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc)
+                )
                 continue
             return await self._adopt(order, bo, EventKind.ACCEPTED)
         if order.state is _S.SUBMITTING:  # a resend's outcome is not known either
-            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                           reason="retries exhausted")
+            order = await self._transition(
+                order, EventKind.UNKNOWN, _S.UNKNOWN, reason="retries exhausted"
+            )
         return order
 
     async def _adopt(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
@@ -304,25 +306,40 @@ class OrderManager:
         except BrokerProtocolError as exc:
             log.error("order %s: %s", order.client_order_id, exc)
             if order.state is not _S.UNKNOWN:
-                order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                               reason=str(exc), broker_order_id=bo.broker_order_id)
+                order = await self._transition(
+                    order,
+                    EventKind.UNKNOWN,
+                    _S.UNKNOWN,
+                    reason=str(exc),
+                    broker_order_id=bo.broker_order_id,
+                )
             return order  # left for reconciliation: we cannot read what the broker says
         if not bo.matches(order.intent):
-            log.critical("broker order %s under client id %s does not match the intent",
-                         bo.broker_order_id, order.client_order_id)
+            log.critical(
+                "broker order %s under client id %s does not match the intent",
+                bo.broker_order_id,
+                order.client_order_id,
+            )
         if target is _S.REJECTED:
-            return await self._transition(order, kind, _S.REJECTED, reason=bo.reject_reason,
-                                          broker_order_id=bo.broker_order_id)
+            return await self._transition(
+                order,
+                kind,
+                _S.REJECTED,
+                reason=bo.reject_reason,
+                broker_order_id=bo.broker_order_id,
+            )
         if order.state not in _LIVE:
-            order = await self._transition(order, kind, _S.ACCEPTED,
-                                           broker_order_id=bo.broker_order_id)
+            order = await self._transition(
+                order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
+            )
         crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills yet
         if bo.filled_quantity > order.filled_quantity:
             await self._sync_fills([order])
             order = self._orders[order.client_order_id]
         if target is _S.CANCELLED and not is_final(order.state):
-            order = await self._transition(order, EventKind.CANCELLED, _S.CANCELLED,
-                                           broker_order_id=bo.broker_order_id)
+            order = await self._transition(
+                order, EventKind.CANCELLED, _S.CANCELLED, broker_order_id=bo.broker_order_id
+            )
         return order
 
     async def _recover(self, order: Order) -> Order:
@@ -350,21 +367,30 @@ class OrderManager:
             if bo is not None:
                 return await self._adopt(order, bo, EventKind.RECOVERED)
             if order.state is _S.PENDING:  # SUBMITTING is journaled before any send
-                return await self._transition(order, EventKind.SUBMIT_FAILED, _S.SUBMIT_FAILED,
-                                              reason="never sent: stopped before the broker call")
+                return await self._transition(
+                    order,
+                    EventKind.SUBMIT_FAILED,
+                    _S.SUBMIT_FAILED,
+                    reason="never sent: stopped before the broker call",
+                )
             misses += 1
-            window_left = (order.updated_at + timedelta(seconds=rules.visibility_window_seconds)
-                           - _now()).total_seconds()
+            window_left = (
+                order.updated_at + timedelta(seconds=rules.visibility_window_seconds) - _now()
+            ).total_seconds()
             if misses >= needed and window_left <= 0:
                 return await self._transition(
-                    order, EventKind.SUBMIT_FAILED, _S.SUBMIT_FAILED,
+                    order,
+                    EventKind.SUBMIT_FAILED,
+                    _S.SUBMIT_FAILED,
                     reason=f"not at the broker after {misses} lookups and its "
-                    f"{rules.visibility_window_seconds:g} s visibility window")
+                    f"{rules.visibility_window_seconds:g} s visibility window",
+                )
             if misses >= needed:
                 wait = max(wait, window_left)  # the broker may not show it yet: wait it out
         if order.state is not _S.UNKNOWN:
-            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN,
-                                           reason="lookups failed during recovery")
+            order = await self._transition(
+                order, EventKind.UNKNOWN, _S.UNKNOWN, reason="lookups failed during recovery"
+            )
         return order
 
     # ------------------------------------------------------------------ status and fills
@@ -419,32 +445,48 @@ class OrderManager:
         if order is None:
             found = await asyncio.to_thread(self.journal.order, cid)
             if found is None:
-                raise FillError(f"fill {fill.execution_id}: no order with client_order_id "
-                                f"{cid!r} in the journal")
+                raise FillError(
+                    f"fill {fill.execution_id}: no order with client_order_id "
+                    f"{cid!r} in the journal"
+                )
             order = found
-            self._fills[cid] = {str(r["execution_key"]): r for r in
-                                await asyncio.to_thread(self.journal.fills, client_order_id=cid)}
+            self._fills[cid] = {
+                str(r["execution_key"]): r
+                for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
+            }
         key = self.broker.rules.execution_key(fill.execution_id)
         known = self._fills.setdefault(cid, {})
         old = known.get(key)
         if old is not None and old["execution_id"] == fill.execution_id:
             return False  # already journaled: replaying a fill adds nothing
         if fill.symbol != order.symbol or fill.side != order.intent.side:
-            raise FillError(f"fill {fill.execution_id} is {fill.side} {fill.symbol}; order {cid} "
-                            f"is {order.intent.side} {order.symbol}")
-        if not (isinstance(fill.quantity, Decimal) and fill.quantity > 0
-                and isinstance(fill.price, Decimal) and fill.price > 0):
-            raise FillError(f"fill {fill.execution_id}: quantity and price must be positive "
-                            f"Decimals, got {fill.quantity!r} at {fill.price!r}")
+            raise FillError(
+                f"fill {fill.execution_id} is {fill.side} {fill.symbol}; order {cid} "
+                f"is {order.intent.side} {order.symbol}"
+            )
+        if not (
+            isinstance(fill.quantity, Decimal)
+            and fill.quantity > 0
+            and isinstance(fill.price, Decimal)
+            and fill.price > 0
+        ):
+            raise FillError(
+                f"fill {fill.execution_id}: quantity and price must be positive "
+                f"Decimals, got {fill.quantity!r} at {fill.price!r}"
+            )
         old_qty = Decimal(str(old["quantity"])) if old is not None else Decimal(0)
         delta = fill.quantity - old_qty
         filled = order.filled_quantity + delta
         if filled > order.intent.quantity:
-            raise FillError(f"fill {fill.execution_id} of {fill.quantity} would make order {cid} "
-                            f"filled {filled} > its quantity {order.intent.quantity}; not applied")
+            raise FillError(
+                f"fill {fill.execution_id} of {fill.quantity} would make order {cid} "
+                f"filled {filled} > its quantity {order.intent.quantity}; not applied"
+            )
         rows = [r for k, r in known.items() if k != key]
-        notional = sum((Decimal(str(r["quantity"])) * Decimal(str(r["price"])) for r in rows),
-                       Decimal(0)) + fill.quantity * fill.price
+        notional = (
+            sum((Decimal(str(r["quantity"])) * Decimal(str(r["price"])) for r in rows), Decimal(0))
+            + fill.quantity * fill.price
+        )
         avg = (notional / filled).quantize(_Q)
         state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
         if state is not order.state or state is _S.PARTIALLY_FILLED:
@@ -456,23 +498,51 @@ class OrderManager:
             seq = order.last_seq + 1
             trade_id = uuid.uuid4().hex if old is None else None  # made here: a replay reuses it
             await self.journal.arecord_fill(
-                fill, execution_key=key, seq=seq, kind=kind.value, state=state.value,
-                filled_quantity=filled, avg_fill_price=avg, trade_id=trade_id, pnl=pnl,
+                fill,
+                execution_key=key,
+                seq=seq,
+                kind=kind.value,
+                state=state.value,
+                filled_quantity=filled,
+                avg_fill_price=avg,
+                trade_id=trade_id,
+                pnl=pnl,
                 position_ops=ops,
             )  # fsynced: fill, event, order, trade and position change as one entry
             crash_point("order.after_fill_fsync")
             self._set_position(fill.symbol, new_pos)
             if pnl is not None:
                 self._add_pnl(fill.executed_at, pnl)
-            known[key] = {"execution_key": key, "execution_id": fill.execution_id,
-                          "quantity": fill.quantity, "price": fill.price,
-                          "executed_at": fill.executed_at, "pnl": pnl, "trade_id": trade_id}
-            order = replace(order, state=state, filled_quantity=filled, avg_fill_price=avg,
-                            last_seq=seq, updated_at=fill.executed_at,
-                            broker_order_id=order.broker_order_id or fill.broker_order_id)
+            known[key] = {
+                "execution_key": key,
+                "execution_id": fill.execution_id,
+                "quantity": fill.quantity,
+                "price": fill.price,
+                "executed_at": fill.executed_at,
+                "pnl": pnl,
+                "trade_id": trade_id,
+            }
+            order = replace(
+                order,
+                state=state,
+                filled_quantity=filled,
+                avg_fill_price=avg,
+                last_seq=seq,
+                updated_at=fill.executed_at,
+                broker_order_id=order.broker_order_id or fill.broker_order_id,
+            )
             self._orders[cid] = order
-            self._publish(OrderEvent(cid, seq, kind, state, fill.executed_at,
-                                     order.broker_order_id, fill.execution_id))
+            self._publish(
+                OrderEvent(
+                    cid,
+                    seq,
+                    kind,
+                    state,
+                    fill.executed_at,
+                    order.broker_order_id,
+                    fill.execution_id,
+                )
+            )
         return True
 
     def _position_change(
@@ -489,30 +559,56 @@ class OrderManager:
 
         def opened(q: Decimal) -> tuple[dict[str, Any], _Pos]:
             pid = f"{_POSITION_PREFIX}{uuid.uuid4().hex}"  # made here: a replay reuses it
-            return ({"op": "log_position", "kwargs": {
-                "position_id": pid, "symbol": symbol, "side": "long" if q > 0 else "short",
-                "quantity": abs(q), "entry_price": price}}, _Pos(pid, q, price))
+            return (
+                {
+                    "op": "log_position",
+                    "kwargs": {
+                        "position_id": pid,
+                        "symbol": symbol,
+                        "side": "long" if q > 0 else "short",
+                        "quantity": abs(q),
+                        "entry_price": price,
+                    },
+                },
+                _Pos(pid, q, price),
+            )
 
         if pos is None or q0 == 0:
             op, new = opened(q1)
             return [op], None, new
         if (q0 > 0) == (signed > 0):  # adding: the entry price becomes the average
             entry = ((pos.entry_price * abs(q0) + price * abs(signed)) / abs(q1)).quantize(_Q)
-            ops.append({"op": "update_position", "kwargs": {
-                "position_id": pos.position_id, "quantity": abs(q1), "entry_price": entry}})
+            ops.append(
+                {
+                    "op": "update_position",
+                    "kwargs": {
+                        "position_id": pos.position_id,
+                        "quantity": abs(q1),
+                        "entry_price": entry,
+                    },
+                }
+            )
             return ops, None, _Pos(pos.position_id, q1, entry)
         closed = min(abs(signed), abs(q0))
         pnl = ((price - pos.entry_price) * closed * (1 if q0 > 0 else -1)).quantize(_Q)
         if q1 == 0 or (q1 > 0) != (q0 > 0):
-            ops.append({"op": "close_position", "kwargs": {
-                "position_id": pos.position_id, "exit_price": price, "pnl": pnl}})
+            ops.append(
+                {
+                    "op": "close_position",
+                    "kwargs": {"position_id": pos.position_id, "exit_price": price, "pnl": pnl},
+                }
+            )
             if q1 == 0:
                 return ops, pnl, None
             op, new = opened(q1)
             ops.append(op)
             return ops, pnl, new
-        ops.append({"op": "update_position", "kwargs": {
-            "position_id": pos.position_id, "quantity": abs(q1)}})
+        ops.append(
+            {
+                "op": "update_position",
+                "kwargs": {"position_id": pos.position_id, "quantity": abs(q1)},
+            }
+        )
         return ops, pnl, _Pos(pos.position_id, q1, pos.entry_price)
 
     def _set_position(self, symbol: str, pos: _Pos | None) -> None:
@@ -532,15 +628,22 @@ class OrderManager:
         async with self._lock(client_order_id):
             order = self._orders.get(client_order_id)
             if order is None or is_final(order.state):
-                raise OrderRejected(RejectReason.CONFLICTING_INTENT,
-                                    f"order {client_order_id!r} is not open", field="client_order_id")
+                raise OrderRejected(
+                    RejectReason.CONFLICTING_INTENT,
+                    f"order {client_order_id!r} is not open",
+                    field="client_order_id",
+                )
             if order.state is _S.PENDING:
-                return await self._transition(order, EventKind.CANCELLED, _S.CANCELLED,
-                                              reason="cancelled before it was sent")
+                return await self._transition(
+                    order, EventKind.CANCELLED, _S.CANCELLED, reason="cancelled before it was sent"
+                )
             if order.broker_order_id is None:
-                raise OrderRejected(RejectReason.CONFLICTING_INTENT,
-                                    f"order {client_order_id!r} is {order.state.value}: its "
-                                    "broker id is not known yet", field="client_order_id")
+                raise OrderRejected(
+                    RejectReason.CONFLICTING_INTENT,
+                    f"order {client_order_id!r} is {order.state.value}: its "
+                    "broker id is not known yet",
+                    field="client_order_id",
+                )
             await self._transition(order, EventKind.CANCEL_REQUESTED, order.state)
             try:
                 await self.broker.cancel_order(order.broker_order_id)
@@ -567,8 +670,14 @@ class OrderManager:
             order = self.get(client_order_id)
             if order is None:
                 raise FillError(f"no order with client_order_id {client_order_id!r}")
-            return await self._transition(order, EventKind.FORCED, state, reason=reason,
-                                          broker_order_id=broker_order_id, check=False)
+            return await self._transition(
+                order,
+                EventKind.FORCED,
+                state,
+                reason=reason,
+                broker_order_id=broker_order_id,
+                check=False,
+            )
 
     # ------------------------------------------------------------------ internals
 
@@ -588,12 +697,24 @@ class OrderManager:
             check_transition(order.state, state)
         async with self._state_lock:
             seq = order.last_seq + 1
-            ev = OrderEvent(order.client_order_id, seq, kind, state, _now(),
-                            broker_order_id or order.broker_order_id, reason)
+            ev = OrderEvent(
+                order.client_order_id,
+                seq,
+                kind,
+                state,
+                _now(),
+                broker_order_id or order.broker_order_id,
+                reason,
+            )
             await self.journal.arecord_event(ev, reason)  # durable before anything follows
-            new = replace(order, state=state, last_seq=seq, updated_at=ev.at,
-                          broker_order_id=ev.broker_order_id,
-                          reason=reason if reason is not None else order.reason)
+            new = replace(
+                order,
+                state=state,
+                last_seq=seq,
+                updated_at=ev.at,
+                broker_order_id=ev.broker_order_id,
+                reason=reason if reason is not None else order.reason,
+            )
             self._orders[order.client_order_id] = new
             self._publish(ev)
         return new
@@ -609,20 +730,30 @@ class OrderManager:
             except Exception as exc:
                 log.warning("balance of %s unknown: %s", intent.account, _why(exc))
         reserved = Decimal(0)
-        position = self._positions[intent.symbol].quantity if intent.symbol in self._positions \
+        position = (
+            self._positions[intent.symbol].quantity
+            if intent.symbol in self._positions
             else Decimal(0)
+        )
         for o in self._orders.values():
             if is_final(o.state):
                 continue
             if o.symbol == intent.symbol:
                 position += o.remaining if o.intent.side == "buy" else -o.remaining
             if o.intent.side == "buy" and o.intent.account == intent.account:
-                p = o.intent.limit_price or o.intent.stop_price or o.avg_fill_price or (
-                    self.price_source(o.symbol) if self.price_source else None)
+                p = (
+                    o.intent.limit_price
+                    or o.intent.stop_price
+                    or o.avg_fill_price
+                    or (self.price_source(o.symbol) if self.price_source else None)
+                )
                 reserved += o.remaining * (p or Decimal(0))
         today = _now().date().isoformat()
-        check_risk(intent, self.risk, RiskView(price, balance, reserved, position,
-                                               self._daily_pnl.get(today, Decimal(0))))
+        check_risk(
+            intent,
+            self.risk,
+            RiskView(price, balance, reserved, position, self._daily_pnl.get(today, Decimal(0))),
+        )
 
     def _lock(self, cid: str) -> asyncio.Lock:
         lock = self._locks.get(cid)

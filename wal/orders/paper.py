@@ -70,7 +70,7 @@ class PaperBroker:
     """A simulated broker (the async ``Broker`` protocol); see the module docstring.
 
     ``auto_fill``: marketable orders execute at once (all their planned parts); False keeps
-    them open until ``advance()`` executes the next part of each.
+    every order open until ``advance()`` executes the next part of each marketable one.
     """
 
     def __init__(
@@ -136,8 +136,9 @@ class PaperBroker:
             fault = self.faults.decide("submit_order")
             hang = self.faults.timeout_hang_seconds
             if fault is Fault.TIMEOUT_BEFORE_ACCEPT:
-                raise SimulatedTimeout("submit timed out (before accept)", accepted=False,
-                                       hang_seconds=hang)
+                raise SimulatedTimeout(
+                    "submit timed out (before accept)", accepted=False, hang_seconds=hang
+                )
             if fault is Fault.SERVER_ERROR:
                 raise BrokerUnavailable("503 service unavailable (simulated)")
             why = self._rules.check(intent.client_order_id)
@@ -151,8 +152,9 @@ class PaperBroker:
             bo = self._create(intent)
             self._save()  # durable before any reply: an accepted order survives our restart
             if fault is Fault.TIMEOUT_AFTER_ACCEPT:
-                raise SimulatedTimeout("submit timed out (after accept)", accepted=True,
-                                       hang_seconds=hang)
+                raise SimulatedTimeout(
+                    "submit timed out (after accept)", accepted=True, hang_seconds=hang
+                )
             if fault is Fault.DUPLICATE_ID:
                 raise DuplicateClientOrderId(intent.client_order_id)
             return self._orders[bo].order
@@ -208,7 +210,8 @@ class PaperBroker:
         with self._lock:
             self._list_fault("get_positions")
             return [
-                BrokerPosition(sym, q, avg) for sym, (q, avg) in sorted(self._positions.items())
+                BrokerPosition(sym, q, avg)
+                for sym, (q, avg) in sorted(self._positions.items())
                 if q != 0
             ]
 
@@ -228,8 +231,12 @@ class PaperBroker:
         with self._lock:
             self._prices[symbol] = Decimal(price)
             for bo, po in self._orders.items():
-                if po.order.symbol == symbol and po.order.status in OPEN_STATUSES:
-                    self._try_fill(bo, all_parts=self.auto_fill)
+                if (
+                    self.auto_fill
+                    and po.order.symbol == symbol
+                    and po.order.status in OPEN_STATUSES
+                ):
+                    self._try_fill(bo, all_parts=True)
             self._save()
 
     def step_prices(self, pct: Decimal = Decimal("0.01")) -> None:
@@ -296,7 +303,8 @@ class PaperBroker:
         )
         self._orders[bo] = _Order(order, self._split(intent.quantity))
         self._by_cid.setdefault(intent.client_order_id, []).append(bo)
-        self._try_fill(bo, all_parts=self.auto_fill)
+        if self.auto_fill:
+            self._try_fill(bo, all_parts=True)
         return bo
 
     def _split(self, qty: Decimal) -> list[Decimal]:
@@ -336,9 +344,11 @@ class PaperBroker:
     def _execute(self, po: _Order, qty: Decimal, price: Decimal) -> None:
         o = po.order
         filled = o.filled_quantity + qty
-        avg = price if o.avg_fill_price is None else (
-            (o.avg_fill_price * o.filled_quantity + price * qty) / filled
-        ).quantize(_Q)
+        avg = (
+            price
+            if o.avg_fill_price is None
+            else ((o.avg_fill_price * o.filled_quantity + price * qty) / filled).quantize(_Q)
+        )
         po.order = replace(
             o,
             filled_quantity=filled,
@@ -361,7 +371,7 @@ class PaperBroker:
         signed = qty if o.side == "buy" else -qty
         q, avg_entry = self._positions.get(o.symbol, (Decimal(0), Decimal(0)))
         new = q + signed
-        if q == 0 or (q > 0) != (new > 0) and new != 0:
+        if q == 0 or ((q > 0) != (new > 0) and new != 0):
             avg_entry = price  # opened, or flipped through zero
         elif (q > 0) == (signed > 0):
             avg_entry = ((avg_entry * abs(q) + price * qty) / abs(new)).quantize(_Q)
@@ -416,7 +426,5 @@ class PaperBroker:
             self._orders[o.broker_order_id] = _Order(o, [Decimal(q) for q in item["plan"]])
             self._by_cid.setdefault(o.client_order_id, []).append(o.broker_order_id)
         self._fills = [Fill.from_dict(f) for f in d["fills"]]
-        self._positions = {
-            s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()
-        }
+        self._positions = {s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()}
         self._prices = {s: Decimal(p) for s, p in d["prices"].items()}

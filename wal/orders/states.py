@@ -64,7 +64,9 @@ class EventKind(StrEnum):
 
 _S = OrderState
 FINAL_STATES: Final = frozenset({_S.FILLED, _S.REJECTED, _S.CANCELLED, _S.SUBMIT_FAILED})
-_BROKER_OUTCOMES = frozenset({_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED, _S.REJECTED, _S.CANCELLED})
+_BROKER_OUTCOMES = frozenset(
+    {_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED, _S.REJECTED, _S.CANCELLED}
+)
 
 TRANSITIONS: Final[dict[OrderState, frozenset[OrderState]]] = {
     # a PENDING order was never sent; a lookup at start may still find it (adopted)

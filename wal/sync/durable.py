@@ -282,6 +282,21 @@ class DurableDatabaseManager:
     ) -> Any:
         return self._critical("end_trading_session", args, kwargs, idempotency_key)[2]
 
+    # the order journal (wal.orders.OrderJournal writes these; keys are the client order id,
+    # "<client order id>:<seq>" and "fill:<execution id>", so a retried write is one entry)
+
+    def record_order_intent(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1)."""
+        return self._critical("record_order_intent", (), kwargs, idempotency_key)[2]
+
+    def record_order_event(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an order's state change durably."""
+        return self._critical("record_order_event", (), kwargs, idempotency_key)[2]
+
+    def record_order_fill(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an execution durably, with the trade and position change it makes."""
+        return self._critical("record_order_fill", (), kwargs, idempotency_key)[2]
+
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:

@@ -35,7 +35,8 @@ _BAL = OperationType.BALANCE_UPDATE.value
 _NEW_POS = OperationType.LOG_POSITION.value
 _UPD_POS = OperationType.UPDATE_POSITION.value
 _CLOSE_POS = OperationType.CLOSE_POSITION.value
-_POSITION_OPS = frozenset({_NEW_POS, _UPD_POS, _CLOSE_POS})
+_ORDER_FILL = OperationType.ORDER_FILL.value  # carries its position changes in position_ops
+_POSITION_OPS = frozenset({_NEW_POS, _UPD_POS, _CLOSE_POS, _ORDER_FILL})
 
 
 def _dec(v: Any) -> Decimal:
@@ -68,21 +69,30 @@ class Overlay:
 
     @staticmethod
     def apply_position(positions: dict[str, dict[str, Any]], entry: WALEntry) -> None:
-        kw = entry.kwargs
+        if entry.operation == _ORDER_FILL:  # an order fill: its position operations, in order
+            for op in entry.kwargs.get("position_ops") or []:
+                Overlay.apply_position_op(positions, str(op["op"]), op["kwargs"])
+            return
+        Overlay.apply_position_op(positions, entry.operation, entry.kwargs)
+
+    @staticmethod
+    def apply_position_op(
+        positions: dict[str, dict[str, Any]], operation: str, kw: dict[str, Any]
+    ) -> None:
         pid = kw.get("position_id")
         if pid is None:
             return
         pid = str(pid)
-        if entry.operation == _NEW_POS:
+        if operation == _NEW_POS:
             row = {k: v for k, v in kw.items()}
             row["position_id"] = pid
             row.setdefault("status", "open")
             positions[pid] = row
-        elif entry.operation == _UPD_POS:
+        elif operation == _UPD_POS:
             row_ = positions.get(pid)
             if row_ is not None:
                 row_.update({k: v for k, v in kw.items() if v is not None and k != "position_id"})
-        elif entry.operation == _CLOSE_POS:
+        elif operation == _CLOSE_POS:
             positions.pop(pid, None)
 
     # -------------------------------------------------------------- fresh reads
