@@ -11,6 +11,8 @@ from __future__ import annotations
 import click
 
 from cli.commands.demo import demo
+from cli.commands.orders import orders
+from cli.commands.paper_broker import paper_broker
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
 from cli.commands.wal_compact import compact
@@ -42,6 +44,8 @@ def atb() -> None:
 
 atb.add_command(wal)
 atb.add_command(demo)
+atb.add_command(orders)
+atb.add_command(paper_broker)
 for _command in (
     status,
     sync,

@@ -62,8 +62,7 @@ def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: P
         assert order.avg_fill_price == Decimal("100")
         assert len(order.client_order_id) == 32
         assert broker.submit_calls == 1
-        assert kinds(rig.ddb, order.client_order_id) == [
-            "created", "submitted", "accepted", "fill"]
+        assert kinds(rig.ddb, order.client_order_id) == ["created", "submitted", "accepted", "fill"]
         trades = rig.ddb.db.get_trades()
         assert [(t["symbol"], t["quantity"]) for t in trades] == [("AAPL", Decimal("10"))]
         assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}
@@ -77,27 +76,27 @@ def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: P
         rig.close()
 
 
-def test_timeout_after_accept_is_recovered_not_resent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rules", [GLOBAL, OPEN_ONLY], ids=["global", "open_only"])
+def test_timeout_after_accept_is_recovered_not_resent(tmp_path: Path, rules: ClientIdRules) -> None:
     """catalyst#317, blue_collar_gdax#1: a timeout after the order was placed, a second buy."""
-    for rules in (GLOBAL, OPEN_ONLY):
-        plan = FaultPlan().on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
-        broker = PaperBroker(seed=2, rules=rules, faults=plan)
-        rig = make_rig(tmp_path / rules.dedup_scope.value, broker)
+    plan = FaultPlan().on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+    broker = PaperBroker(seed=2, rules=rules, faults=plan)
+    rig = make_rig(tmp_path, broker)
 
-        async def go() -> None:
-            await rig.om.start()
-            order = await rig.om.submit(buy("5"))
-            assert order.state is OrderState.FILLED
-            assert len(broker.orders_with_client_id(order.client_order_id)) == 1
-            assert broker.submit_calls == 1
-            k = kinds(rig.ddb, order.client_order_id)
-            assert k[:4] == ["created", "submitted", "unknown", "recovered"]
-            assert "accepted" not in k
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        assert order.state is OrderState.FILLED
+        assert len(broker.orders_with_client_id(order.client_order_id)) == 1
+        assert broker.submit_calls == 1
+        k = kinds(rig.ddb, order.client_order_id)
+        assert k[:4] == ["created", "submitted", "unknown", "recovered"]
+        assert "accepted" not in k
 
-        try:
-            run(go())
-        finally:
-            rig.close()
+    try:
+        run(go())
+    finally:
+        rig.close()
 
 
 def test_timeout_before_accept_is_resent_with_the_same_id_where_dedup_is_global(
@@ -200,7 +199,10 @@ def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
     try:
         cid = run(go())
         assert sorted(t["quantity"] for t in rig.ddb.db.get_trades()) == [
-            Decimal("3"), Decimal("3"), Decimal("4")]
+            Decimal("3"),
+            Decimal("3"),
+            Decimal("4"),
+        ]
         assert kinds(rig.ddb, cid).count("fill") == 3
     finally:
         rig.close()
@@ -222,23 +224,28 @@ def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
         ddb.db.dispose()
 
 
-def test_visibility_lag_and_a_timeout_still_make_one_order(tmp_path: Path) -> None:
-    for rules in (GLOBAL, OPEN_ONLY):
-        plan = (FaultPlan().on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
-                .on("get_order_by_client_id", Fault.NOT_FOUND, times=2))
-        broker = PaperBroker(seed=8, rules=rules, faults=plan)
-        rig = make_rig(tmp_path / rules.dedup_scope.value, broker)
+@pytest.mark.parametrize("rules", [GLOBAL, OPEN_ONLY], ids=["global", "open_only"])
+def test_visibility_lag_and_a_timeout_still_make_one_order(
+    tmp_path: Path, rules: ClientIdRules
+) -> None:
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=2)
+    )
+    broker = PaperBroker(seed=8, rules=rules, faults=plan)
+    rig = make_rig(tmp_path, broker)
 
-        async def go() -> None:
-            await rig.om.start()
-            order = await rig.om.submit(buy("5"))
-            assert order.state is OrderState.FILLED
-            assert len(broker.all_orders()) == 1
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        assert order.state is OrderState.FILLED
+        assert len(broker.all_orders()) == 1
 
-        try:
-            run(go())
-        finally:
-            rig.close()
+    try:
+        run(go())
+    finally:
+        rig.close()
 
 
 def test_submitting_the_same_intent_twice_is_one_entry_and_one_order(tmp_path: Path) -> None:
@@ -252,8 +259,9 @@ def test_submitting_the_same_intent_twice_is_one_entry_and_one_order(tmp_path: P
         second = await rig.om.submit(intent)
         assert first == second
         assert broker.submit_calls == 1
-        changed = OrderIntent(symbol="AAPL", side="buy", quantity=Decimal("4"),
-                              client_order_id=intent.client_order_id)
+        changed = OrderIntent(
+            symbol="AAPL", side="buy", quantity=Decimal("4"), client_order_id=intent.client_order_id
+        )
         with pytest.raises(OrderRejected) as e:
             await rig.om.submit(changed)
         assert e.value.reason is RejectReason.CONFLICTING_INTENT
@@ -261,8 +269,9 @@ def test_submitting_the_same_intent_twice_is_one_entry_and_one_order(tmp_path: P
     try:
         run(go())
         assert rig.ddb.storage is not None
-        intents = [e for e in rig.ddb.storage.iter_entries()
-                   if e.operation == "record_order_intent"]
+        intents = [
+            e for e in rig.ddb.storage.iter_entries() if e.operation == "record_order_intent"
+        ]
         assert len(intents) == 1
     finally:
         rig.close()
@@ -321,8 +330,9 @@ def test_a_fill_beyond_the_order_quantity_is_an_error_and_not_applied(tmp_path: 
 
 
 def test_a_corrected_execution_replaces_the_fill_never_adds(tmp_path: Path) -> None:
-    rules = ClientIdRules(dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0,
-                          correction_separator=".")
+    rules = ClientIdRules(
+        dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0, correction_separator="."
+    )
     broker = PaperBroker(seed=12, rules=rules, auto_fill=False)
     rig = make_rig(tmp_path, broker)
 
@@ -357,8 +367,12 @@ def test_a_crash_before_the_send_fails_the_order_and_after_it_adopts_it(tmp_path
     sent = buy("2")
 
     async def first_run() -> None:
-        om = OrderManager(ddb, broker, retry=FAST_RETRY.__class__(max_attempts=0, base_delay=0),
-                          price_source=broker.price)
+        om = OrderManager(
+            ddb,
+            broker,
+            retry=FAST_RETRY.__class__(max_attempts=0, base_delay=0),
+            price_source=broker.price,
+        )
         await om.start()
         OrderJournal(ddb).record_intent(never_sent)  # the process stopped right after this
         order = await om.submit(sent)
@@ -391,8 +405,9 @@ def test_force_state_is_for_the_reconciler_only(tmp_path: Path) -> None:
         cid = (await rig.om.submit(buy("1"))).client_order_id
         with pytest.raises(RuntimeError, match="reconciler"):
             await rig.om.force_state(cid, OrderState.CANCELLED, reason="x")
-        o = await rig.om.force_state(cid, OrderState.CANCELLED, reason="broker says so",
-                                     _reconciliation=True)
+        o = await rig.om.force_state(
+            cid, OrderState.CANCELLED, reason="broker says so", _reconciliation=True
+        )
         assert o.state is OrderState.CANCELLED
         assert kinds(rig.ddb, cid)[-1] == EventKind.FORCED.value
 

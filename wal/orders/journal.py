@@ -32,7 +32,7 @@ from wal.db.classify import is_transient
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
-__all__ = ["ORDER_OPERATIONS", "OrderJournal", "apply_entry"]
+__all__ = ["ORDER_OPERATIONS", "OrderJournal", "apply_entry", "read_journal"]
 
 _T = TypeVar("_T")
 _INTENT = OperationType.ORDER_INTENT.value
@@ -354,3 +354,39 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, WALDatabaseError):
         return exc.transient
     return is_transient(exc)
+
+
+def read_journal(
+    db: Any, pending: Iterable[WALEntry], client_order_id: str | None = None
+) -> tuple[list[Order], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The journal as another process sees it (``atb orders``): the database's rows with the
+    log's pending order entries on top. Returns (orders, events, fills); events and fills
+    only when ``client_order_id`` is given (that order's)."""
+    mine = [
+        e
+        for e in pending
+        if e.operation in ORDER_OPERATIONS
+        and (client_order_id is None or e.kwargs.get("client_order_id") == client_order_id)
+    ]
+    if client_order_id is None:
+        rows = {str(r["client_order_id"]): dict(r) for r in db.get_order_rows()}
+        for e in mine:
+            apply_entry(rows, e)
+        orders = sorted(
+            (Order.from_row(r) for r in rows.values()),
+            key=lambda o: (o.intent.created_at, o.client_order_id),
+        )
+        return orders, [], []
+    row = db.get_order_row(client_order_id)
+    one = {} if row is None else {client_order_id: dict(row)}
+    events = list(db.get_order_events(client_order_id))
+    fills = {
+        str(r["execution_key"]): r for r in db.get_order_fills(client_order_id=client_order_id)
+    }
+    for e in mine:
+        apply_entry(one, e, events=events, fills=fills)
+    return (
+        [Order.from_row(r) for r in one.values()],
+        sorted(events, key=lambda r: int(r["seq"])),
+        sorted(fills.values(), key=lambda r: (r["executed_at"], r["execution_key"])),
+    )
