@@ -34,6 +34,7 @@ from wal.config import WALConfig
 from wal.entry import OperationType, WALEntry
 from wal.errors import WALDatabaseError, WALSerializationError
 from wal.log.storage import WALStorage
+from wal.sync.apply import transient_error
 from wal.sync.breaker import BreakerState
 from wal.sync.manager import Receipt, WALManager
 from wal.sync.overlay import Overlay
@@ -348,7 +349,7 @@ class DurableDatabaseManager:
                 with m.apply_lock:
                     return fresh()
             except Exception as exc:
-                if not _transient(exc):
+                if not transient_error(exc):
                     raise
                 m.breaker.failure()  # a read that cannot connect is evidence of an outage
         value = kept()
@@ -372,10 +373,3 @@ class DurableDatabaseManager:
             raise AttributeError(name)
         return getattr(self._db, name)
 
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, WALDatabaseError):
-        return exc.transient
-    from wal.db.classify import is_transient
-
-    return is_transient(exc)
