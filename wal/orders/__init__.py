@@ -1,5 +1,8 @@
 """Orders on the write-ahead log: an intent journal, idempotent submit and retry, a paper broker.
 
+Layer rule: it may import the foundation modules, ``wal.config``, ``wal.log``, ``wal.db``,
+``wal.sync`` and the public face ``wal``; never ``wal.tools`` or ``cli``.
+
 ::
 
     om = OrderManager(ddb, broker, risk=RiskLimits(max_order_notional=Decimal("50000")))
