@@ -315,16 +315,21 @@ ORDER_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
 """The order journal's operations: name (from the log) -> effect (``apply``'s registry)."""
 
 
+def _plain_row(m: Any) -> dict[str, Any]:
+    """A row as a dict with plain ``str`` keys (SQLAlchemy's may be a ``str`` subclass)."""
+    return {str(k): v for k, v in m.items()}
+
+
 def order_row(conn: Connection, client_order_id: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else _plain_row(row._mapping)
 
 
 def order_rows(conn: Connection, *, open_only: bool = False) -> list[dict[str, Any]]:
     q = sa.select(orders).order_by(orders.c.created_at, orders.c.client_order_id)
     if open_only:
         q = q.where(orders.c.state.not_in(["filled", "rejected", "cancelled", "submit_failed"]))
-    return [dict(r._mapping) for r in conn.execute(q)]
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
 
 
 def event_rows(conn: Connection, client_order_id: str) -> list[dict[str, Any]]:
@@ -333,7 +338,7 @@ def event_rows(conn: Connection, client_order_id: str) -> list[dict[str, Any]]:
         .where(order_events.c.client_order_id == client_order_id)
         .order_by(order_events.c.seq)
     )
-    return [dict(r._mapping) for r in conn.execute(q)]
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
 
 
 def fill_rows(
@@ -344,4 +349,4 @@ def fill_rows(
         q = q.where(fills.c.client_order_id == client_order_id)
     if since is not None:
         q = q.where(fills.c.executed_at >= valid_utc(since, "since"))
-    return [dict(r._mapping) for r in conn.execute(q)]
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
