@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from wal.db.apply import ApplyResult, applied_in, apply_batch
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
-from wal.db.engine import DEFAULT_URL, READ_ONLY, make_engine
+from wal.db.engine import DEFAULT_URL, READ_ONLY, Timeouts, make_engine
 from wal.db.operations import (
     lock_balance,
     op_balance_update,
@@ -78,6 +78,7 @@ from wal.db.schema import (
     valid_money,
     valid_text,
     valid_when,
+    wal_database_id,
 )
 from wal.entry import WALEntry
 from wal.errors import WALDatabaseError
@@ -149,10 +150,13 @@ class DatabaseManager:
     ``TypeError`` / ``RecordNotFoundError`` for bad input.
     """
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, timeout_ms: int | None = None
+    ) -> None:
         given = url if url is not None else (os.environ.get("DATABASE_URL") or DEFAULT_URL)
         self.url: str = given
-        self._engine, self._dialect_name = make_engine(given, echo=echo)
+        self._timeouts = Timeouts(timeout_ms)
+        self._engine, self._dialect_name = make_engine(given, echo=echo, timeouts=self._timeouts)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
@@ -177,6 +181,24 @@ class DatabaseManager:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._dialect_name
 
+    @property
+    def timeout_ms(self) -> int | None:
+        """How long one call may wait (SQLite busy timeout; PostgreSQL connect, lock and
+        statement timeouts); None: the driver defaults of ``wal.db.engine``."""
+        return self._timeouts.ms
+
+    def set_timeout_ms(self, ms: int | None) -> None:
+        """Change ``timeout_ms``; pooled connections are closed so every new one uses it.
+
+        ``WALManager`` calls it with ``WAL_DB_TIMEOUT_MS``: during an outage a critical call
+        then waits at most that long before its entry falls back to the log.
+        """
+        if ms is not None and (type(ms) is not int or ms < 1):
+            raise ValueError(f"timeout_ms must be a positive integer, got {ms!r}")
+        if ms != self._timeouts.ms:
+            self._timeouts.ms = ms
+            self._engine.dispose()
+
     # ------------------------------------------------------------------ plumbing
 
     def _ensure_schema(self) -> None:
@@ -192,7 +214,50 @@ class DatabaseManager:
                     raise
                 # Another process created the same tables at this very moment; look again.
                 metadata.create_all(self._engine)
+            self._make_database_id()
             self._schema_ready = True
+
+    def _make_database_id(self) -> str:
+        with self._engine.begin() as conn:
+            found = conn.execute(sa.select(wal_database_id.c.database_id)).scalar()
+            if found is not None:
+                return str(found)
+            new = str(uuid.uuid4())
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(wal_database_id).values(
+                            key=1, database_id=new, created_at=valid_when(None, "created_at")
+                        )
+                    )
+            except sa_exc.IntegrityError:  # another process gave it one at this very moment
+                pass
+            return str(conn.execute(sa.select(wal_database_id.c.database_id)).scalar_one())
+
+    def database_id(self, *, create: bool = False) -> str | None:
+        """The random id that names this database (``wal_database_id``), given on first use.
+
+        ``create=False`` only reads: None when the database has none yet (a new database, or
+        one from before ids existed); nothing is created. ``create=True`` creates the tables
+        and the id when missing. The log records it, and ``atb wal sync`` refuses to drain a
+        log into a database with another id.
+        """
+        if create:
+            self._ensure_schema()
+            return self._make_database_id()
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    found = conn.execute(sa.select(wal_database_id.c.database_id)).scalar()
+        except sa_exc.DBAPIError as exc:
+            if is_transient(exc):
+                raise WALDatabaseError(
+                    f"database {self.safe_url} is unreachable: {describe_error(exc)}",
+                    transient=True,
+                ) from exc
+            return None  # no such table: a database the log never applied to
+        return None if found is None else str(found)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -522,10 +587,25 @@ class DatabaseManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def ping(self) -> None:
-        """Round-trip to the database; raise ``WALDatabaseError`` if it cannot be reached."""
+    def ping(self, *, write: bool = False) -> None:
+        """Round-trip to the database; raise ``WALDatabaseError`` if it cannot be reached.
+
+        ``write=True`` checks that it could take a write now: on SQLite a ``BEGIN
+        IMMEDIATE`` (the write lock, within the busy timeout) rolled back at once; on
+        PostgreSQL a ``SELECT 1`` in a transaction that is not read-only (a standby or a
+        read-only default fails). Nothing is written either way.
+        """
         try:
             with self._engine.connect() as conn:
+                if write:
+                    with conn.begin() as txn:  # BEGIN IMMEDIATE on SQLite
+                        conn.exec_driver_sql("SELECT 1")
+                        if self._dialect_name == "postgresql":
+                            ro = conn.exec_driver_sql("SHOW transaction_read_only").scalar()
+                            if ro == "on":
+                                raise RuntimeError("the database is read-only (a standby?)")
+                        txn.rollback()
+                    return
                 conn.execution_options(**{READ_ONLY: True})
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -180,6 +180,8 @@ class WALStorage(LogReader):
         # stats
         self._fsync_count = 0
         self._fsync_ns: deque[int] = deque(maxlen=4096)
+        # called with each fsync's duration in ns (e.g. a Prometheus histogram); must not raise
+        self.fsync_observers: list[Callable[[int], None]] = []
         self.recovery_report = RecoveryReport(mode=opts.recovery)
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
@@ -591,6 +593,8 @@ class WALStorage(LogReader):
     def _record_fsync(self, ns: int) -> None:
         self._fsync_count += 1
         self._fsync_ns.append(ns)
+        for observe in self.fsync_observers:
+            observe(ns)
 
     def _rotate(self, first: int) -> None:
         """Seal the active segment and start a new one at ``first``. Leader only."""

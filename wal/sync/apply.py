@@ -27,6 +27,7 @@ from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import CircuitBreaker
+from wal.sync.identity import bind_on_apply
 from wal.sync.results import SyncResult
 
 __all__ = ["Applier", "BatchAborted", "Counters", "Outcome", "transient_error"]
@@ -87,6 +88,7 @@ class Applier:
         # entries of batches aborted by a transient error: committed or not, nobody knows
         # until the ledger is asked (the ambiguous commit); read overlays must ask it
         self.maybe_applied: set[uuid.UUID] = set()
+        self._target_bound = False  # database.json checked after the first applied batch
 
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
@@ -152,6 +154,9 @@ class Applier:
             raise BatchAborted from exc
         self.note_success()
         self.maybe_applied.difference_update(e.entry_id for e in batch)
+        if not self._target_bound:  # which database this log belongs to (database.json)
+            self._target_bound = True
+            bind_on_apply(self.storage.directory, self.db)
         outcomes: dict[uuid.UUID, Outcome] = {}
         for e, r in zip(batch, results, strict=True):
             if r.outcome == "applied":

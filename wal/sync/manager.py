@@ -48,6 +48,7 @@ from wal.errors import WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.apply import Applier, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
+from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
 from wal.sync.status import MANAGER_STATUS_FILE, manager_stats, publish_status
 
@@ -69,10 +70,18 @@ class WALManager:
         config: WALConfig | None = None,
         *,
         rng: Callable[[float, float], float] = random.uniform,
+        publish_status: bool = True,
     ) -> None:
         self.storage = storage
         self.db = db
         self.config = config if config is not None else WALConfig.from_env()
+        # the apply path's own short timeout (WAL_DB_TIMEOUT_MS), when the db supports one
+        set_timeout = getattr(db, "set_timeout_ms", None)
+        if callable(set_timeout):
+            set_timeout(self.config.db_timeout_ms)
+        # False: a one-off run (`atb wal sync`) must not overwrite the engine's published view
+        self._publish = publish_status
+        self._metrics: MetricsServer | None = None
         self._applier = Applier(storage, db, self.config)
         self.breaker = self._applier.breaker
         self.exactly_once = self._applier.exactly_once
@@ -240,6 +249,16 @@ class WALManager:
         self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
         self._thread.start()
         self._wake.set()  # replay what a previous run left pending, now
+        if self.config.metrics_port is not None and self._metrics is None:
+            try:
+                self._start_metrics(self.config.metrics_port, self.config.metrics_address)
+            except OSError as exc:  # monitoring must never stop trading
+                log.error(
+                    "cannot serve metrics on %s:%d (WAL_METRICS_PORT): %s",
+                    self.config.metrics_address,
+                    self.config.metrics_port,
+                    exc,
+                )
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop the thread. Whatever is not applied stays durable in the log."""
@@ -251,6 +270,11 @@ class WALManager:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._metrics is not None:
+            metrics, self._metrics = self._metrics, None
+            self.storage.fsync_observers.remove(metrics.observe_fsync)
+            self._write_hooks.remove(metrics.count_append)
+            metrics.close()
         self._publish_status()
 
     def wake(self) -> None:
@@ -301,4 +325,21 @@ class WALManager:
 
     def _publish_status(self) -> None:
         """Write ``manager-status.json`` for ``atb wal status`` in another process."""
-        publish_status(self.storage, self.get_stats)
+        if self._publish:
+            publish_status(self.storage, self.get_stats)
+
+    # ------------------------------------------------------------------ metrics
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on while running (None: not served)."""
+        return None if self._metrics is None else self._metrics.port
+
+    def _start_metrics(self, port: int, address: str) -> None:
+        def read() -> dict[str, Any]:
+            return figures_of(self.storage.get_stats().to_dict(), self.get_stats())
+
+        self._metrics = MetricsServer(read, port, address)
+        self.storage.fsync_observers.append(self._metrics.observe_fsync)
+        self._write_hooks.append(self._metrics.count_append)
+        log.info("serving metrics on http://%s:%d/metrics", address, self._metrics.port)
