@@ -579,10 +579,8 @@ def _pytest(copy: Path, tests: list[str], timeout: float) -> tuple[int, float, s
         return -1, time.monotonic() - t0, f"no result after {timeout:.0f} s"
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
     failed = [ln.split(" - ")[0].split("::", 1)[-1] for ln in lines if ln.startswith("FAILED ")]
-    if failed:
-        detail = f"{len(failed)} failed: " + ", ".join(failed)
-    else:
-        detail = lines[-1] if lines else ""
+    last = lines[-1] if lines else ""
+    detail = f"{len(failed)} failed: " + ", ".join(failed) if failed else last
     return p.returncode, time.monotonic() - t0, detail[:600]
 
 
