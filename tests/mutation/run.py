@@ -151,6 +151,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         (IOE + "test_a_failed_write_or_fsync_stops_the_log_and_loses_nothing_acknowledged",),
     ),
     Mutation(
+        "one-writer-lock",
+        "wal/log/lock.py",
+        "one writer per log: an exclusive flock, refused when taken",
+        "            portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)\n",
+        "            pass\n",
+        (
+            "tests/test_lock.py::test_second_storage_in_the_same_process",
+            "tests/test_lock.py::test_storage_in_another_process",
+        ),
+    ),
+    Mutation(
         "new-log-directory-fsync",
         "wal/log/storage.py",
         "a new log directory's name is fsynced in its parent",
@@ -450,6 +461,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            self.storage.update_statuses(changes, durable=False)\n",
         (
             "tests/test_manager.py::test_completed_marks_need_their_own_fsync_only_without_the_ledger",
+        ),
+        "database",
+    ),
+    Mutation(
+        "ledger-row-with-the-effect",
+        "wal/db/apply.py",
+        "exactly once: a batch's applied-ledger rows commit in the transaction of its effects",
+        "                _insert_ledger(conn, todo)\n",
+        "                pass\n",
+        (
+            "tests/test_ambiguous_commit.py::test_a_batch_replayed_after_a_lost_commit_equals_the_model",
         ),
         "database",
     ),
