@@ -15,6 +15,14 @@ kept, a random prefix, zero-filled, garbage). Each distinct image is opened with
 * no compaction leftovers remain; torn bytes that were cut are kept in a ``.broken`` file;
 * the log takes a new append, and reopens with ``recovery="strict"`` (no defect left).
 
+"Acknowledged" follows the log's promises (see ``Recorder``): with ``fsync="interval"``, and
+for a ``durable=False`` status mark, only once a later acknowledged flush covers the write.
+Some workloads are built so that one durability step is the only cover of an acknowledgement
+(``test_power_loss_where_one_durability_step_is_the_only_cover``): each of them fails when
+that step is removed (docs/testing.md, ``tests/mutation/run.py``).
+``test_no_name_reaches_the_disk_before_its_data`` checks the rule "data first, then the name"
+on every directory fsync of the workloads.
+
 The last tests show that the checker has teeth: with the directory fsync of
 ``_create_segment``, or the one after a compaction's rename, taken out of the model, it
 reports lost entries.

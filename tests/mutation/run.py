@@ -667,16 +667,20 @@ def markdown(results: list[Outcome], seconds: float, when: str) -> str:
         f"mutations killed, in {seconds / 60:.1f} min "
         "(`python tests/mutation/run.py`).",
         "",
-        "| mutation | file | durability step | killed by | outcome |",
+        "| area | durability step | mutation (file) | the test that fails without it | outcome |",
         "|---|---|---|---|---|",
     ]
     for m in MUTATIONS:
         r = by_id.get(m.id)
         if r is None:
             continue
-        tests = "<br>".join(f"`{t.split('::', 1)[1]}`" for t in m.tests)
+        tests = "<br>".join(
+            f"`{t.split('::', 1)[0].removeprefix('tests/')}::{t.split('::', 1)[1]}`"
+            for t in m.tests
+        )
         out.append(
-            f"| `{m.id}` | `{m.file}` | {m.step} | {tests} | {r.outcome} ({r.seconds:.0f} s) |"
+            f"| {m.area} | {m.step} | `{m.id}` (`{m.file}`) | {tests} "
+            f"| {r.outcome} ({r.seconds:.0f} s) |"
         )
     return "\n".join(out) + "\n"
 
@@ -690,7 +694,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--markdown", type=Path, help="write the results table here")
     ap.add_argument("--keep", action="store_true", help="keep the mutated copy's directory")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="print --json results as Markdown")
     args = ap.parse_args(argv)
+
+    if args.render:
+        doc = json.loads(args.render.read_text())
+        print(markdown([Outcome(**r) for r in doc["results"]], doc["seconds"], doc["when"]), end="")
+        return 0
 
     if args.list:
         for m in MUTATIONS:
