@@ -385,13 +385,13 @@ class GateFS(OSFileOps):
 def test_concurrent_writers_share_fsyncs(rig: Rig) -> None:
     fs = GateFS()
     m = rig.open(fs=fs, breaker_failure_threshold=1)
-    append = m.storage.append
+    append_async = m.storage.append_async
 
-    def counted_append(e: WALEntry) -> WALEntry:
+    async def counted_append(e: WALEntry) -> WALEntry:
         fs.note_append()
-        return append(e)
+        return await append_async(e)
 
-    m.storage.append = counted_append  # type: ignore[method-assign,assignment]
+    m.storage.append_async = counted_append  # type: ignore[method-assign]
     rig.outage.begin()
     assert deposit(m, "1").pending  # the breaker opens: no status records from here on
     assert m.breaker.state is BreakerState.OPEN

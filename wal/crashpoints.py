@@ -30,7 +30,7 @@ import os
 
 from wal.errors import WALConfigError
 
-__all__ = ["POINTS", "crash_point"]
+__all__ = ["ARMED", "POINTS", "crash_point"]
 
 POINTS = frozenset(
     {
@@ -58,6 +58,8 @@ if _name and (_name not in POINTS or (_nth and not (_nth.isdigit() and int(_nth)
         "<point>[:<n>], point one of " + ", ".join(sorted(POINTS)),
     )
 _remaining = int(_nth) if _nth else 1
+# True when a crash point is set: hot paths test this constant and skip the call (zero cost).
+ARMED = bool(_name)
 
 
 def crash_point(name: str) -> None:

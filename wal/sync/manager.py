@@ -31,7 +31,6 @@ no operation is acknowledged, or applied, without being durable in the log first
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import threading
@@ -126,16 +125,68 @@ class WALManager:
         idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Receipt:
-        """``write`` for asyncio engines: the fsync and the database call run in a worker
-        thread, never on the event loop; concurrent coroutines share one fsync."""
+        """``write`` for asyncio engines: the entry joins the log's group commit on the loop
+        (``WALStorage.append_async``: concurrent coroutines share one fsync, done by the
+        log's flush thread); the database apply, if the breaker lets it, runs in a worker
+        thread. The loop never waits for the disk or the database.
+
+        Cancelling the coroutine does not cancel the write: the entry may still be durable
+        and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
+        same call finds it (and returns its receipt, ``duplicate=True``).
+        """
+        entry = WALEntry.create(operation, args, kwargs, idempotency_key)
+        if idempotency_key is None:
+            return await self._write_new_async(entry)
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._keys_lock:
+                hit = self._receipts.get(idempotency_key)
+                if hit is not None:
+                    self._receipts.move_to_end(idempotency_key)
+                    return replace(hit, duplicate=True)
+                waiting = self._inflight.get(idempotency_key)
+                if waiting is None:
+                    done = self._inflight[idempotency_key] = threading.Event()
+                    break
+            # another writer has this key in flight: wait for it off the loop (rare)
+            await loop.run_in_executor(self._apply_executor(), waiting.wait)
+        try:
+            found = self.storage.find_by_idempotency_key(idempotency_key)
+            if found is not None:
+                receipt = self._receipt(found, found.status)
+                self._remember(idempotency_key, receipt)
+                return replace(receipt, duplicate=True)
+            receipt = await self._write_new_async(entry)
+            self._remember(idempotency_key, receipt)
+            return receipt
+        finally:
+            with self._keys_lock:
+                del self._inflight[idempotency_key]
+            done.set()
+
+    async def _write_new_async(self, entry: WALEntry) -> Receipt:
+        if self._applier.fatal is not None:
+            raise self._applier.fatal
+        try:
+            e = await self.storage.append_async(entry)  # durable on return
+        except WALWriteError as exc:
+            self._applier.fatal = exc
+            raise
+        for hook in self._write_hooks:
+            hook(e)
+        if self.breaker.state is not BreakerState.CLOSED:
+            self._wake.set()
+            return self._receipt(e, WALEntryStatus.PENDING)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apply_executor(), self._apply_through, e)
+
+    def _apply_executor(self) -> ThreadPoolExecutor:
+        """The threads that apply ``write_async`` entries to the database (made on first use)."""
         if self._executor is None:
             with self._keys_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(64, thread_name_prefix="wal-write")
-        call = functools.partial(
-            self.write, operation, *args, idempotency_key=idempotency_key, **kwargs
-        )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+                    self._executor = ThreadPoolExecutor(8, thread_name_prefix="wal-apply")
+        return self._executor
 
     def add_write_hook(self, hook: Callable[[WALEntry], None]) -> None:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
