@@ -234,6 +234,25 @@ def test_transient_errors_never_use_up_retries(rig: Rig) -> None:
     assert m.get_stats()["breaker_state"] == "closed"
 
 
+def test_an_outage_is_one_short_line_in_the_log_and_the_status(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wal.sync.manager")
+    m = rig.open()
+    assert deposit(m, "1").applied
+    rig.outage.begin()
+    assert deposit(m, "2").pending
+    lines = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert lines, "the outage is logged"
+    for line in lines:
+        # what failed, once: no SQL dump, no documentation links, no operator hint that
+        # would point `atb wal status` at itself
+        assert len(line) <= 260, line
+        assert "atb wal status" not in line and "sqlalche.me" not in line and "\n" not in line
+    last = m.get_stats()["last_error"]
+    assert last is not None and len(last) <= 200 and "atb wal status" not in last
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 

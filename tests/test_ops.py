@@ -131,6 +131,39 @@ def test_sync_never_drains_into_another_database(db_url: str, tmp_path: Path) ->
     assert balance(db_url) == Decimal(31)
 
 
+def test_the_engine_applies_nothing_to_another_database(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    first = sqlite_url(tmp_path / "first.db")
+    engine_applied(d, first, ["1"])
+    other = sqlite_url(tmp_path / "other.db")
+    db = DatabaseManager(other)
+    storage = WALStorage(d)
+    try:
+        m = WALManager(storage, db, WALConfig(directory=d, database_url=other))
+        r = m.write("atomic_balance_update", delta=Decimal(7), reason="deposit")
+        assert r.status is WALEntryStatus.PENDING  # durable in the log, never misdirected
+        assert m.force_sync().applied == 0
+        assert "this log belongs to" in (m.get_stats()["last_error"] or "")
+        m.stop()
+    finally:
+        storage.close()
+        db.dispose()
+    assert balance(other) == 0
+    assert read_target(d) is not None and read_target(d).url == mask_url(first)  # type: ignore[union-attr]
+    # pointed back at its own database, the engine drains it there
+    engine_applied(d, first, [])
+    db = DatabaseManager(first)
+    storage = WALStorage(d)
+    try:
+        m = WALManager(storage, db, WALConfig(directory=d, database_url=first))
+        assert m.force_sync().applied == 1
+        m.stop()
+    finally:
+        storage.close()
+        db.dispose()
+    assert balance(first) == Decimal(8)
+
+
 def test_sync_to_a_new_database_needs_the_url_and_a_confirmation(tmp_path: Path) -> None:
     d = tmp_path / "wal"
     first = sqlite_url(tmp_path / "first.db")
@@ -508,3 +541,54 @@ def test_atb_wal_metrics_prints_the_exposition_once(tmp_path: Path) -> None:
     assert s["wal_entries{status=pending}"] == 2 and s["wal_pending_entries"] == 2
     assert s["wal_failed_entries"] == 0 and s["wal_oldest_pending_age_seconds"] >= 0
     assert s["wal_log_write_failed"] == 0
+
+
+def _run_on_a_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``atb ARGS`` with its stdout on a real pseudo-terminal; return (exit code, output)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args],
+        stdout=follower,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_sync_shows_progress_on_a_terminal_and_nothing_extra_when_piped(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    url = sqlite_url(tmp_path / "atb.db")
+    engine_applied(d, url, ["1"])
+    deposits(d, ["1"] * 300)
+    env = {**os.environ, "DATABASE_URL": url, "WAL_DIR": str(d)}
+    code, out = _run_on_a_tty(["wal", "sync"], env)
+    assert code == 0, out
+    assert "applying" in out and "300/300" in out  # the bar: label and position
+    assert "applied 300" in out
+    deposits(d, ["1"] * 5)
+    piped = subprocess.run(
+        [sys.executable, "-m", "cli.main", "wal", "sync", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert orjson.loads(piped.stdout)["applied"] == 5  # one JSON document, no bar
+    assert "applying" not in piped.stdout + piped.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from datetime import UTC, datetime
 
 import click
@@ -16,8 +18,49 @@ from cli._common import (
     require_log_dir,
     wal_errors,
 )
+from wal.entry import WALEntryStatus
 from wal.errors import WALLockedError
 from wal.log.storage import WALStorage
+from wal.sync.manager import WALManager
+from wal.sync.results import SyncResult
+
+_PROGRESS_EVERY_S = 0.2  # how often the bar is redrawn (a TTY only; never in --json or pipes)
+
+
+def _unfinished(manager: WALManager) -> int:
+    st = manager.storage
+    return st.count(WALEntryStatus.PENDING) + st.count(WALEntryStatus.SYNCING)
+
+
+def _sync_with_progress(manager: WALManager) -> SyncResult:
+    """``force_sync`` in a worker thread while a progress bar (entries, rate, ETA) follows it."""
+    total = _unfinished(manager)
+    out: dict[str, SyncResult | BaseException] = {}
+
+    def work() -> None:
+        try:
+            out["result"] = manager.force_sync()
+        except BaseException as exc:  # re-raised below, in the command's thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=work, name="atb-sync", daemon=True)
+    worker.start()
+    with click.progressbar(
+        length=max(total, 1), label="applying", show_eta=True, show_pos=True, width=30
+    ) as bar:
+        shown = 0
+        while worker.is_alive():
+            worker.join(_PROGRESS_EVERY_S)
+            done = max(0, total - _unfinished(manager))
+            bar.update(done - shown)
+            shown = done
+        bar.update(max(total, 1) - shown)
+    error = out.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    result = out["result"]
+    assert isinstance(result, SyncResult)
+    return result
 
 
 @click.command(short_help="Apply every pending entry to the database now.")
@@ -69,14 +112,16 @@ def sync(ctx: click.Context, as_json: bool, yes: bool) -> None:
         ) from None
     try:
         from cli._target import connect_target
-        from wal.sync.manager import WALManager
         from wal.sync.status import CLI_SYNC_FILE, write_view
 
         db = connect_target(ctx, config, storage, what="sync", yes=yes)
         try:
             manager = WALManager(storage, db, config, publish_status=False)
             try:
-                result = manager.force_sync()
+                if not as_json and sys.stdout.isatty():
+                    result = _sync_with_progress(manager)
+                else:
+                    result = manager.force_sync()
             finally:
                 manager.stop()
         finally:

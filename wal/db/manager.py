@@ -570,9 +570,10 @@ class DatabaseManager:
                 else "was rolled back (or, if the "
                 "connection was lost during COMMIT, maybe committed: a retry skips what was)"
             )
+            # the cause first: a log line or a status cut short still says what failed
             raise WALDatabaseError(
-                f"applying {len(entries)} entries to {self.safe_url} failed and the batch "
-                f"{what}: {describe_error(exc)}",
+                f"{describe_error(exc)}: applying {len(entries)} entries to {self.safe_url} "
+                f"failed and the batch {what}",
                 transient=transient,
             ) from exc
         return results

@@ -22,18 +22,19 @@ from typing import Any
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
-from wal.db.classify import is_transient
+from wal.db.classify import describe_error, is_transient
 from wal.entry import OperationType, WALEntry, WALEntryStatus
-from wal.errors import WALDatabaseError, WALWriteError
+from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import CircuitBreaker
-from wal.sync.identity import bind_on_apply
+from wal.sync.identity import check_before_apply
 from wal.sync.results import SyncResult
 
-__all__ = ["Applier", "BatchAborted", "Counters", "Outcome", "transient_error"]
+__all__ = ["Applier", "BatchAborted", "Counters", "Outcome", "short_error", "transient_error"]
 
 log = logging.getLogger("wal.sync.manager")
 
+_SHORT_ERROR_LEN = 200  # a log line an operator can read, and the status view shows
 _CRITICAL = frozenset(op.value for op in OperationType)
 
 
@@ -55,6 +56,12 @@ class Counters:
 
 class BatchAborted(Exception):
     """A transient database error stopped a batch (nothing, or all of it, committed)."""
+
+
+def short_error(exc: BaseException) -> str:
+    """One short line for logs and status: what failed, without hints, SQL or links."""
+    text = exc.message if isinstance(exc, WALError) else describe_error(exc)
+    return text if len(text) <= _SHORT_ERROR_LEN else text[: _SHORT_ERROR_LEN - 3] + "..."
 
 
 def transient_error(exc: BaseException) -> bool:
@@ -88,7 +95,7 @@ class Applier:
         # entries of batches aborted by a transient error: committed or not, nobody knows
         # until the ledger is asked (the ambiguous commit); read overlays must ask it
         self.maybe_applied: set[uuid.UUID] = set()
-        self._target_bound = False  # database.json checked after the first applied batch
+        self._target_checked = False  # database.json: checked before the first batch is applied
 
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
@@ -145,6 +152,9 @@ class Applier:
 
     def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         try:
+            if not self._target_checked:  # the log's own database, never another one
+                check_before_apply(self.storage.directory, self.db)
+                self._target_checked = True
             results = self.db.apply(list(batch))
         except Exception as exc:
             if not transient_error(exc):
@@ -154,9 +164,6 @@ class Applier:
             raise BatchAborted from exc
         self.note_success()
         self.maybe_applied.difference_update(e.entry_id for e in batch)
-        if not self._target_bound:  # which database this log belongs to (database.json)
-            self._target_bound = True
-            bind_on_apply(self.storage.directory, self.db)
         outcomes: dict[uuid.UUID, Outcome] = {}
         for e, r in zip(batch, results, strict=True):
             if r.outcome == "applied":
@@ -199,7 +206,7 @@ class Applier:
     def note_transient(self, exc: BaseException) -> None:
         self.breaker.failure()
         self.attempt += 1
-        self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        self.last_error = short_error(exc)
         log.warning("database unavailable (%s); entries stay in the log", self.last_error)
 
     def note_success(self) -> None:

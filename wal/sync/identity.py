@@ -8,13 +8,12 @@ compare the two and refuse to drain a log into another database unless the opera
 the database with ``--database-url`` and confirms (then the new identity is recorded).
 
 The file is written atomically (temp file, fsync, rename, directory fsync). The trading
-process (``WALManager``) records the identity when none is recorded yet, and logs an error
-when it applies to a database with another id (it keeps the recorded one).
+process (``WALManager``) checks before its first batch: it records the identity when none is
+recorded yet, and applies nothing to a database with another id (``check_before_apply``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,17 +23,16 @@ from typing import Any
 import orjson
 
 from wal.config import mask_url
+from wal.errors import WALDatabaseError
 
 __all__ = [
     "TARGET_FILE",
     "DatabaseTarget",
-    "bind_on_apply",
+    "check_before_apply",
     "mismatch",
     "read_target",
     "record_target",
 ]
-
-log = logging.getLogger("wal.sync.manager")
 
 TARGET_FILE = "database.json"
 
@@ -108,23 +106,30 @@ def mismatch(target: DatabaseTarget, url: str, database_id: str | None) -> str |
     )
 
 
-def bind_on_apply(directory: Path, db: Any) -> None:
-    """After entries were applied to ``db``: record it when no target is recorded yet; log an
-    error when it is another database (the recorded target is kept). Never raises."""
+def check_before_apply(directory: Path, db: Any) -> None:
+    """Before the first batch of this process is applied to ``db``: record ``db`` as the log's
+    database when none is recorded yet; refuse when it is another database.
+
+    The refusal is a ``WALDatabaseError`` marked transient: the entries stay PENDING (never
+    dead letters), the breaker opens, and the status shows why, until the engine is pointed
+    at the log's database or the operator rebinds the log (``atb wal sync --database-url URL
+    --yes``). A manager without ``database_id`` (your own) is not checked.
+    """
     get_id = getattr(db, "database_id", None)
     if not callable(get_id):
         return
-    try:
-        db_id = get_id()
-        if not isinstance(db_id, str):
-            return
-        url = str(getattr(db, "url", "?"))
-        target = read_target(directory)
-        if target is None:
-            record_target(directory, url, db_id)
-            return
-        why = mismatch(target, url, db_id)
-        if why is not None:
-            log.error("%s: entries are being applied to another database than before", why)
-    except Exception:
-        log.debug("could not record the log's database", exc_info=True)
+    url = str(getattr(db, "url", "?"))
+    target = read_target(directory)
+    if target is None:
+        db_id = get_id(create=True)
+        if isinstance(db_id, str):
+            record_target(directory, url, db_id)  # durable before anything is applied there
+        return
+    why = mismatch(target, url, get_id())
+    if why is not None:
+        raise WALDatabaseError(
+            f"{why}: nothing is applied there",
+            transient=True,
+            hint="point the engine at the log's database, or rebind the log with "
+            "`atb wal sync --database-url URL --yes`; the entries stay pending",
+        )
