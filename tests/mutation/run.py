@@ -455,7 +455,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "lazy-marks-only-behind-the-ledger",
-        "wal/sync/manager.py",
+        "wal/sync/apply.py",
         "status marks skip their own fsync only when COMPLETED behind the applied-ledger",
         "            self.storage.update_statuses(changes, durable=durable)\n",
         "            self.storage.update_statuses(changes, durable=False)\n",
