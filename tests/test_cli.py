@@ -595,3 +595,18 @@ def test_bench_quick(tmp_path: Path) -> None:
     doc = orjson.loads(r.stdout)
     assert doc["measurements"] and isinstance(doc["advice"], str)
     assert list((tmp_path / "b").iterdir()) == []  # its scratch directory is gone
+
+
+def test_bench_speaks_to_the_user_not_to_the_project(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    r = invoke(["wal", "bench", "--dir", str(tmp_path / "b"), "--quick"])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    # what to choose on this disk, each choice with its measured cost
+    assert "what to choose on this disk:" in out
+    assert "WAL_FSYNC=always" in out and "µs" in out and "trades/s" in out
+    assert "group commit" in out and "append_many" in out and "not for money" in out
+    # the project's own performance targets are for benchmarks/, not for the user
+    assert "not met" not in out and "target" not in out
+    help_text = invoke(["wal", "bench", "--help"]).output
+    assert "30 s" not in help_text and "fsync every trade, or batch?" in help_text

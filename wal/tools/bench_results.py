@@ -137,6 +137,7 @@ class DiskBenchResult:
             "measurements": [m.to_dict() for m in self.measurements],
             "targets": [t.to_dict() for t in self.targets()],
             "advice": self.advice(),
+            "recommendation": self.recommendation(),
         }
 
     def advice(self) -> str:
@@ -177,6 +178,60 @@ class DiskBenchResult:
         if not parts:
             return "nothing was measured"
         return "Here " + "; ".join(parts) + "."
+
+    def recommendation(self) -> list[str]:
+        """What to choose on this disk, each line with the cost measured in this run."""
+        out: list[str] = []
+        one = self.get("wal_always_1")
+        raw = self.get("raw_per_record")
+        if one is not None and one.per_s and one.p50_us is not None:
+            p99 = "" if one.p99_us is None else f", p99 {one.p99_us:,.0f} µs"
+            vs = ""
+            if raw is not None and raw.per_s:
+                vs = f", {one.per_s / raw.per_s:.2f}x this disk's own write+fdatasync"
+            out.append(
+                f'WAL_FSYNC=always (the default; keep it for balances and trades): every trade '
+                f"is on disk before the call returns; p50 {one.p50_us:,.0f} µs{p99} per trade, "
+                f"up to {one.per_s:,.0f} trades/s from one thread{vs}."
+            )
+        best: Measurement | None = None
+        for k in (8, 64):
+            m = self.get(f"wal_always_{k}")
+            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
+                best = m
+        if best is not None and best.per_s:
+            out.append(
+                f"Several threads or coroutines trading at once share one fsync (group "
+                f"commit): {best.per_s:,.0f} trades/s with {best.threads} writers, each still "
+                "durable before it returns. No batching is needed for that."
+            )
+        many = self.get("wal_many_1000")
+        if many is not None and many.per_s:
+            out.append(
+                f"Bulk loads (a backfill, an import): append_many of 1,000 entries per call "
+                f"gives {many.per_s:,.0f} entries/s, one fsync per call."
+            )
+        iv = self.get("wal_interval_1")
+        if iv is not None and iv.per_s:
+            ms = float(iv.extra.get("interval_ms", 10))
+            out.append(
+                f"WAL_FSYNC=interval gives {iv.per_s:,.0f}/s from one thread, but a power loss "
+                f"can lose the last {ms:g} ms of acknowledged trades: not for money."
+            )
+        return out or ["nothing was measured"]
+
+    def report(self) -> str:
+        """For the user of ``atb wal bench``: what was measured, then what to choose."""
+        lines = [f"measured in {self.directory} ({self.size}, {self.record_bytes} B per trade)", ""]
+        lines.append(f"{'what':<44} {'threads':>7} {'per second':>12} {'p50 µs':>8} {'p99 µs':>8}")
+        for m in self.measurements:
+            lines.append(
+                f"{m.label[:44]:<44} {m.threads:>7} {_fmt(m.per_s, 0):>12} "
+                f"{_fmt(m.p50_us, 0):>8} {_fmt(m.p99_us, 0):>8}"
+            )
+        lines += ["", "what to choose on this disk:"]
+        lines += [f"- {line}" for line in self.recommendation()]
+        return "\n".join(lines)
 
     def markdown(self) -> str:
         """The results table, then the targets table, as markdown."""
