@@ -165,10 +165,13 @@ def _pg_append_only(table: str) -> list[str]:
 
 
 def _install_append_only(table: sa.Table) -> None:
-    for stmt in _sqlite_append_only(table.name):
-        sa.event.listen(table, "after_create", sa.DDL(stmt).execute_if(dialect="sqlite"))
-    for stmt in _pg_append_only(table.name):
-        sa.event.listen(table, "after_create", sa.DDL(stmt).execute_if(dialect="postgresql"))
+    for dialect, stmts in (
+        ("sqlite", _sqlite_append_only(table.name)),
+        ("postgresql", _pg_append_only(table.name)),
+    ):
+        for stmt in stmts:
+            ddl = sa.DDL(stmt)  # type: ignore[no-untyped-call]
+            sa.event.listen(table, "after_create", ddl.execute_if(dialect=dialect))
 
 
 _install_append_only(order_events)
@@ -246,6 +249,7 @@ def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any
         }
     conn.execute(sa.insert(order_events), row | chained)
 
+
 fills = sa.Table(
     "fills",
     metadata,
@@ -278,7 +282,7 @@ def op_record_order_intent(
     created_at: datetime | None = None,
     audit_seq: int | None = None,
     prev_hash: str | None = None,
-    hash: str | None = None,  # noqa: A002 - the column's name
+    hash: str | None = None,
 ) -> str:
     cid = valid_text(client_order_id, "client_order_id")
     at = utc_now() if created_at is None else valid_utc(created_at, "created_at")
@@ -344,7 +348,7 @@ def op_record_order_event(
     reason: str | None = None,
     audit_seq: int | None = None,
     prev_hash: str | None = None,
-    hash: str | None = None,  # noqa: A002 - the column's name
+    hash: str | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     n = _next_seq(conn, cid, seq)
@@ -400,7 +404,7 @@ def op_record_order_fill(
     position_ops: list[dict[str, Any]] | None = None,
     audit_seq: int | None = None,
     prev_hash: str | None = None,
-    hash: str | None = None,  # noqa: A002 - the column's name
+    hash: str | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     n = _next_seq(conn, cid, seq)
@@ -469,23 +473,26 @@ def op_record_order_fill(
 
 
 def op_record_order_anchor(
-    conn: Connection, *, seq: int, hash: str, at: datetime, reason: str  # noqa: A002
+    conn: Connection, *, seq: int, hash: str, at: datetime, reason: str
 ) -> None:
     """Record an anchor (seq, hash) of the audit chain. The same anchor again is a no-op (a
     replay after the ledger lost it); a different hash at a known seq is refused."""
     if not isinstance(seq, int) or seq < 0:
         raise ValueError(f"anchor seq must be an int >= 0, got {seq!r}")
     h = valid_text(hash, "hash")
-    known = conn.execute(
-        sa.select(audit_anchors.c.hash).where(audit_anchors.c.seq == seq)
-    ).first()
+    known = conn.execute(sa.select(audit_anchors.c.hash).where(audit_anchors.c.seq == seq)).first()
     if known is not None:
         if known[0] != h:
             raise ValueError(f"audit anchor at seq {seq} is {known[0]}; refusing {h}")
         return
     conn.execute(
         sa.insert(audit_anchors),
-        {"seq": seq, "hash": h, "at": valid_utc(at, "at"), "reason": valid_text(reason, "reason", 32)},
+        {
+            "seq": seq,
+            "hash": h,
+            "at": valid_utc(at, "at"),
+            "reason": valid_text(reason, "reason", 32),
+        },
     )
 
 

@@ -65,9 +65,9 @@ class _Chain:
 
     def on_write(self, entry: WALEntry) -> None:
         seq = entry.kwargs.get("audit_seq")
-        if entry.operation in ORDER_OPERATIONS and isinstance(seq, int):
-            if self.seq is None or seq > self.seq:
-                self.seq, self.hash = seq, str(entry.kwargs["hash"])
+        fresh = isinstance(seq, int) and (self.seq is None or seq > self.seq)
+        if entry.operation in ORDER_OPERATIONS and fresh:
+            self.seq, self.hash = int(str(seq)), str(entry.kwargs["hash"])
 
     def head(self, ddb: DurableDatabaseManager) -> tuple[int, str]:
         """(seq, hash) of the last event: the database's head, or a pending entry's above it."""
@@ -335,11 +335,10 @@ class OrderJournal:
         chain = _chain_of(self.ddb)
         with chain.lock:
             seq, prev = chain.head(self.ddb)
-            audit = {"audit_seq": seq + 1, "prev_hash": prev}
-            audit["hash"] = audit_hash(event | audit, prev)
-            write(audit)
+            link = audit_hash(event | {"audit_seq": seq + 1}, prev)
+            write({"audit_seq": seq + 1, "prev_hash": prev, "hash": link})
             if self.ddb.manager is None:  # no log, no write hook: the call applied it
-                chain.seq, chain.hash = int(audit["audit_seq"]), str(audit["hash"])
+                chain.seq, chain.hash = seq + 1, link
             new_seq, new_hash = chain.head(self.ddb)
             if new_seq == seq + 1 and new_seq % ANCHOR_EVERY == 0:
                 self._record_anchor(new_seq, new_hash, f"every_{ANCHOR_EVERY}")

@@ -376,4 +376,3 @@ class DurableDatabaseManager:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._db, name)
-
