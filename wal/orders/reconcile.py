@@ -569,7 +569,15 @@ class StartupReconciler:
                 continue
             c.orphans += 1
             try:
-                await self._orphan(sym, diff, broker_pos.get(sym), now, c, dry)
+                for _ in range(5):  # an unfinished synthetic order is completed first
+                    await self._orphan(sym, diff, broker_pos.get(sym), now, c, dry)
+                    if dry:
+                        break
+                    diff = have - om.positions().get(sym, Decimal(0))
+                    if diff == 0:
+                        break
+                else:
+                    c.errors.append(f"orphan position {sym}: still {diff} off after 5 tries")
             except Exception as exc:
                 c.errors.append(f"orphan position {sym}: {_why(exc)}")
         # every position gets exactly its stop; emergency stops of closed positions go
@@ -783,11 +791,16 @@ class StartupReconciler:
             o.client_order_id == bo.client_order_id for o in om.open_orders()
         ):
             try:
-                await om.cancel(bo.client_order_id)
-                return
+                order = await om.cancel(bo.client_order_id)
+                for attempt in range(self.config.fetch_attempts):  # settle it in the journal
+                    if is_final(order.state):
+                        return
+                    await asyncio.sleep(self.config.backoff(attempt))
+                    order = await om.refresh(bo.client_order_id)
+                c.errors.append(f"cancelled {bo.client_order_id}: still {order.state.value}")
             except Exception as exc:
                 c.errors.append(f"cancelling {bo.client_order_id}: {_why(exc)}")
-                return
+            return
         await self._cancel_at_broker(bo, c)
 
     @staticmethod
