@@ -139,8 +139,9 @@ def test_a_flipped_byte_in_the_sqlite_file_is_named_by_seq(tmp_path: Path) -> No
     try:
         cid = trade(rig, 2, reason="operator-note-7f3a")
         target = next(
-            r["audit_seq"] for r in rig.ddb.db.get_audit_rows() if r["client_order_id"] == cid
-            and r["detail"] == "operator-note-7f3a"
+            r["audit_seq"]
+            for r in rig.ddb.db.get_audit_rows()
+            if r["client_order_id"] == cid and r["detail"] == "operator-note-7f3a"
         )
     finally:
         rig.close()  # connections closed: SQLite checkpoints its WAL into the file

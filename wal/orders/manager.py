@@ -251,11 +251,11 @@ class OrderManager:
         that only reduces the journal's position in its symbol (opposite side, at most its
         size); it skips the risk limits and is allowed while halted.
         """
+        if not protective and self._halted is not None:
+            raise TradingHalted(f"trading is halted: {self._halted}; nothing was sent")
         self._require_loaded()
         if protective:
             self._check_protective(intent)
-        elif self._halted is not None:
-            raise TradingHalted(f"trading is halted: {self._halted}; nothing was sent")
         cid = intent.client_order_id
         async with self._lock(cid):
             existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
