@@ -107,7 +107,9 @@ class Cursor:
 Slow = Callable[[bytes, int, int], int]
 
 
-def index_chunk(store: LogIndex, cur: Cursor, data: bytes, end: int, base: int, slow: Slow) -> bool:
+def index_chunk(
+    store: LogIndex, cur: Cursor, data: bytes, end: int, base: int, slow: Slow
+) -> bool:
     """Index the lines of ``data[:end]`` (at file offset ``base``: whole lines, unless it is
     the end of the file). ``slow(data, base, pos)`` takes the line at ``pos`` the slow way and
     returns where the next line starts, or -1 to stop reading the segment. False: stopped."""

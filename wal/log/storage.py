@@ -248,7 +248,9 @@ class WALStorage(LogReader):
         """Create a segment, durable (data and directory entry) before it is used."""
         path = self.directory / segment_name(first)
         header = segment_header(first, None)
-        fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        fd = self._fs.open(
+            str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE
+        )
         try:
             write_all(self._fs, fd, header)
             if self.options.fsync != "unsafe_never":
