@@ -49,6 +49,7 @@ class OperationType(StrEnum):
     ORDER_INTENT = "record_order_intent"
     ORDER_EVENT = "record_order_event"
     ORDER_FILL = "record_order_fill"
+    ORDER_ANCHOR = "record_order_anchor"  # an anchor (seq, hash) of the order audit chain
 
 
 class WALEntryStatus(StrEnum):

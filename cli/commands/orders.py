@@ -1,22 +1,49 @@
-"""``atb orders``: the order journal, for the operator (read-only)."""
+"""``atb orders``: the order journal, for the operator.
+
+``list``, ``show``, ``status`` and ``verify`` only read (they work while the engine runs);
+``reconcile`` takes the log's writer lock and talks to the broker.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli._common import EXIT_UNREADABLE, AtbError, WalContext, echo_json, get_config, one_line
+from cli._common import (
+    EXIT_UNREADABLE,
+    AtbError,
+    WalContext,
+    echo_json,
+    get_config,
+    locked_message,
+    one_line,
+)
+from wal import DurableDatabaseManager
 from wal.config import WALConfig
 from wal.db import DatabaseManager
-from wal.errors import WALError
+from wal.errors import WALError, WALLockedError
 from wal.log.storage import WALStorage
+from wal.orders.audit import verify_audit
+from wal.orders.errors import ReconciliationFatalError
+from wal.orders.http_broker import HttpBroker
 from wal.orders.journal import read_journal
+from wal.orders.manager import OrderManager, RetryPolicy
 from wal.orders.models import Order
+from wal.orders.reconcile import (
+    EMERGENCY_STOP_PREFIX,
+    ReconcilerConfig,
+    ReconciliationResult,
+    StartupReconciler,
+)
 from wal.orders.states import OrderState
+
+DEFAULT_BROKER_URL = "http://127.0.0.1:8787"
 
 STATES = [s.value for s in OrderState]
 
@@ -173,3 +200,217 @@ def show_order(ctx: click.Context, client_order_id: str, as_json: bool) -> None:
             f"  {f['execution_id']}  {f['side']} {f['quantity']} {f['symbol']} "
             f"@ {f['price']}  {f['executed_at']}"
         )
+
+
+# ---------------------------------------------------------------------- reconcile, status, verify
+
+_BROKER_URL_HELP = (
+    f"The broker (Alpaca v2 shape; the paper broker's URL for now). Default: "
+    f"$ATB_BROKER_URL, else {DEFAULT_BROKER_URL}."
+)
+
+
+def _broker_url(given: str | None) -> str:
+    return given or os.environ.get("ATB_BROKER_URL") or DEFAULT_BROKER_URL
+
+
+async def _reconcile(
+    config: WALConfig, url: str, rcfg: ReconcilerConfig, dry_run: bool
+) -> ReconciliationResult:
+    try:
+        ddb = DurableDatabaseManager(DatabaseManager(config.database_url), config=config)
+    except WALLockedError as exc:
+        raise AtbError(locked_message(exc, "the order journal", "stop the engine first")) from None
+    try:
+        ddb.start()
+        broker = await HttpBroker.connect(url, timeout=rcfg.fetch_timeout)
+        try:
+            om = OrderManager(ddb, broker, retry=RetryPolicy.from_env())
+            return await StartupReconciler(om, rcfg).run(dry_run=dry_run)
+        finally:
+            await broker.aclose()
+    finally:
+        ddb.stop()
+        ddb.db.dispose()
+
+
+@orders.command("reconcile", short_help="Reconcile the journal with the broker.")
+@click.option("--broker-url", default=None, metavar="URL", help=_BROKER_URL_HELP)
+@click.option("--dry-run", is_flag=True, help="Fetch and print what it would do; change nothing.")
+@click.option(
+    "--emergency-stop-pct",
+    default=None,
+    metavar="FRACTION",
+    help="Emergency stop distance from the entry price, 0.005-0.10 (default 0.02 = 2 %; "
+    "$ORDER_EMERGENCY_STOP_PCT).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def reconcile_cmd(
+    ctx: click.Context,
+    broker_url: str | None,
+    dry_run: bool,
+    emergency_stop_pct: str | None,
+    as_json: bool,
+) -> None:
+    """Run the startup reconciliation against the broker (docs/orders.md).
+
+    Orders left unfinished are settled from the broker's state, unknown broker orders are
+    cancelled (a stop protecting a held position is adopted), orphan positions get a
+    synthetic order, every position gets its stop. Takes the log's writer lock: stop the
+    engine first (the engine runs the same reconciliation itself on start).
+
+    --json prints {orders_reconciled, orders_adopted, orphans_detected,
+    orphan_orders_canceled, emergency_stops_placed, fills_inferred, stops_canceled,
+    positions_closed, errors, dry_run, actions}. Exit 0: reconciled without errors; 1:
+    errors, or a fatal failure (trading would stay halted).
+
+    \b
+    Examples:
+      atb orders reconcile --dry-run
+      atb orders reconcile --broker-url http://127.0.0.1:8787 --json
+    """
+    config = get_config(ctx)
+    try:
+        rcfg = ReconcilerConfig.from_env()
+        if emergency_stop_pct is not None:
+            rcfg = ReconcilerConfig(
+                emergency_stop_pct=Decimal(emergency_stop_pct),
+                fetch_timeout=rcfg.fetch_timeout,
+            )
+    except (ValueError, InvalidOperation) as exc:
+        raise AtbError(f"--emergency-stop-pct: {exc}") from None
+    url = _broker_url(broker_url)
+    try:
+        result = asyncio.run(_reconcile(config, url, rcfg, dry_run))
+    except ReconciliationFatalError as exc:
+        raise AtbError(f"reconciliation failed, trading stays halted: {exc}") from None
+    except WALError as exc:
+        raise AtbError(str(exc)) from None
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        head = "would do" if dry_run else "did"
+        click.echo(f"reconciliation against {url} ({head}):")
+        for k, v in result.to_dict().items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                click.echo(f"  {k + ':':<24}{v}")
+        for a in result.actions:
+            click.echo(f"  - {a}")
+        for e in result.errors:
+            click.echo(f"  ERROR {e}")
+    if result.errors:
+        ctx.exit(1)
+
+
+def _status(orders_: list[Order]) -> dict[str, Any]:
+    positions: dict[str, Decimal] = {}
+    for o in orders_:
+        if o.filled_quantity:
+            q = o.filled_quantity if o.intent.side == "buy" else -o.filled_quantity
+            positions[o.symbol] = positions.get(o.symbol, Decimal(0)) + q
+    live = [o for o in orders_ if o.state in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)]
+    out = []
+    for sym, q in sorted(positions.items()):
+        if q == 0:
+            continue
+        side = "sell" if q > 0 else "buy"
+        cover = sum(
+            (
+                o.remaining
+                for o in live
+                if o.symbol == sym
+                and o.intent.side == side
+                and o.intent.order_type in ("stop", "stop_limit")
+            ),
+            Decimal(0),
+        )
+        out.append(
+            {
+                "symbol": sym,
+                "quantity": format(q, "f"),
+                "stop_quantity": format(cover, "f"),
+                "protected": cover >= abs(q),
+            }
+        )
+    unknown = [o.client_order_id for o in orders_ if o.state is OrderState.UNKNOWN]
+    unprotected = [p["symbol"] for p in out if not p["protected"]]
+    return {
+        "ok": not unknown and not unprotected,
+        "unknown_orders": unknown,
+        "unprotected_positions": unprotected,
+        "positions": out,
+        "open_orders": sum(1 for o in orders_ if o.state.value not in _FINAL),
+        "emergency_stops": sum(
+            1 for o in live if o.client_order_id.startswith(EMERGENCY_STOP_PREFIX)
+        ),
+    }
+
+
+@orders.command("status", short_help="Exit 1 if an order is UNKNOWN or a position unprotected.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """For monitoring: exit 0 when no order is UNKNOWN and every position the journal holds
+    has stops covering it; 1 otherwise. Reads the journal only (pending entries included).
+
+    --json prints {ok, unknown_orders, unprotected_positions, positions: [{symbol, quantity,
+    stop_quantity, protected}], open_orders, emergency_stops}.
+
+    \b
+    Examples:
+      atb orders status
+      atb orders status --json | jq .unprotected_positions
+    """
+    got, _, _ = _read(get_config(ctx), None)
+    st = _status(got)
+    if as_json:
+        echo_json(st)
+    else:
+        click.echo(
+            f"{'OK' if st['ok'] else 'PROBLEM'}: {st['open_orders']} open order(s), "
+            f"{len(st['positions'])} position(s), {len(st['unknown_orders'])} unknown, "
+            f"{len(st['unprotected_positions'])} unprotected"
+        )
+        for cid in st["unknown_orders"]:
+            click.echo(f"  UNKNOWN order {cid}: run `atb orders reconcile`")
+        for p in st["positions"]:
+            mark = "ok" if p["protected"] else "UNPROTECTED"
+            click.echo(f"  {p['symbol']}: {p['quantity']} (stops {p['stop_quantity']}) {mark}")
+    if not st["ok"]:
+        ctx.exit(1)
+
+
+@orders.command("verify", short_help="Verify the tamper-evident audit chain of order events.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def verify_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Recompute the hash chain over every order event and check the anchors.
+
+    Exit 0 when intact; 1 with "first broken link at seq N (expected ..., found ...)" when
+    a row was changed or removed, or an anchor names rows cut off the end.
+
+    --json prints {ok, events, anchors, last_seq, last_confirmed_anchor, first_broken_seq,
+    problems}.
+
+    \b
+    Examples:
+      atb orders verify
+      atb orders verify --json
+    """
+    config = get_config(ctx)
+    db = DatabaseManager(config.database_url)
+    try:
+        report = verify_audit(db)
+    except Exception as exc:
+        raise AtbError(f"cannot read the audit trail from {db.safe_url}: {exc}") from None
+    finally:
+        db.dispose()
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.message)
+        for p in report.problems[1:]:
+            click.echo(f"  {p}")
+    if not report.ok:
+        ctx.exit(1)

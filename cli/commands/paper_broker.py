@@ -15,7 +15,7 @@ from cli._common import AtbError
 from wal.orders.broker import ClientIdRules, DedupScope
 from wal.orders.faults import FaultPlan
 from wal.orders.paper import PaperBroker
-from wal.orders.server import create_app
+from wal.orders.server import Clock, create_app
 
 
 @click.group("paper-broker")
@@ -69,6 +69,14 @@ def paper_broker() -> None:
     help="A FaultPlan as JSON (FaultPlan.to_dict).",
 )
 @click.option(
+    "--tick",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Step every price (seeded random walk, up to 1 %) this often; 0: never.",
+)
+@click.option(
     "--price",
     "prices",
     multiple=True,
@@ -83,6 +91,7 @@ def serve(
     dedup_scope: str,
     visibility_window: float,
     faults_path: Path | None,
+    tick: float,
     prices: tuple[str, ...],
 ) -> None:
     """Serve a PaperBroker: POST /v2/orders, GET /v2/orders:by_client_order_id, ...
@@ -123,7 +132,7 @@ def serve(
     except OSError as exc:
         raise AtbError(f"cannot bind {host}:{port}: {exc.strerror}") from None
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(broker), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(broker, Clock(tick)), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
 
     async def run() -> None:

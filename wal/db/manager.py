@@ -59,8 +59,14 @@ from wal.db.operations import (
     op_update_position,
 )
 from wal.db.orders import (
+    anchor_rows,
+    audit_head,
+    audit_rows,
+    event_counts,
     event_rows,
     fill_rows,
+    last_seq_by_order,
+    op_record_order_anchor,
     op_record_order_event,
     op_record_order_fill,
     op_record_order_intent,
@@ -92,6 +98,7 @@ __all__ = [
     "is_transient",
     "metadata",
 ]
+
 
 class BalanceTxn:
     """The open transaction of ``with db.atomic_balance_update(account=...) as t:``.
@@ -441,9 +448,7 @@ class DatabaseManager:
     ) -> None:
         """End a session. ``RecordNotFoundError`` if unknown, ``ValueError`` if already ended."""
         with self._write() as conn:
-            op_end_trading_session(
-                conn, session_id, final_balance=final_balance, ended_at=ended_at
-            )
+            op_end_trading_session(conn, session_id, final_balance=final_balance, ended_at=ended_at)
 
     # ------------------------------------------------------------------ the order journal
     # (wal.db.orders has the tables and effects; wal.orders.OrderManager is the one caller)
@@ -462,6 +467,31 @@ class DatabaseManager:
         """Journal one execution: fill row, event, order totals, trade, position change."""
         with self._write() as conn:
             op_record_order_fill(conn, **kwargs)
+
+    def record_order_anchor(self, **kwargs: Any) -> None:
+        """Record an anchor (seq, hash) of the order audit chain."""
+        with self._write() as conn:
+            op_record_order_anchor(conn, **kwargs)
+
+    def get_audit_head(self) -> tuple[int, str]:
+        """(audit_seq, hash) of the order audit chain's last row ((0, "0"*64) if empty)."""
+        with self._read() as conn:
+            return audit_head(conn)
+
+    def get_audit_rows(self, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+        """``order_events`` rows in audit_seq order, from ``after + 1`` (at most ``limit``)."""
+        with self._read() as conn:
+            return audit_rows(conn, after=after, limit=limit)
+
+    def get_audit_anchors(self) -> list[dict[str, Any]]:
+        """The audit chain's anchors (seq, hash, at, reason), by seq."""
+        with self._read() as conn:
+            return anchor_rows(conn)
+
+    def get_order_event_counts(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        """(every order's last_seq, per order (event rows, highest seq)): a cut is visible."""
+        with self._read() as conn:
+            return last_seq_by_order(conn), event_counts(conn)
 
     def get_order_row(self, client_order_id: str) -> dict[str, Any] | None:
         """The ``orders`` row of this client order id, or None."""

@@ -19,12 +19,26 @@ Effects (one function per critical operation; ``DatabaseManager`` and ``apply`` 
 
 The event's seq must be the order's ``last_seq + 1``: a gap or a repeat is refused (a
 permanent error), so the history can never fork.
+
+The audit trail (issue 14)
+--------------------------
+``order_events`` is also a hash chain over every order's events: each row carries
+``audit_seq`` (1, 2, ... across all orders), ``prev_hash`` and ``hash = SHA-256(canonical
+JSON of the event || prev_hash)`` (``audit_hash``). The order journal computes them once,
+when it journals the event, and carries them in the log entry, so a replay writes the same
+chain; an entry without them (a direct ``DatabaseManager`` call) gets them from the table's
+head when it is applied. ``order_audit_anchors`` records (seq, hash) every
+``ANCHOR_EVERY`` events and at session end, so rows cut off the end are detected. Triggers
+(SQLite and PostgreSQL) refuse ``UPDATE`` and ``DELETE`` on both tables (and ``TRUNCATE``
+on PostgreSQL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -52,8 +66,15 @@ from wal.db.schema import (
 from wal.entry import OperationType, utc_now
 
 __all__ = [
+    "ANCHOR_EVERY",
+    "GENESIS_HASH",
     "ORDER_OPERATIONS",
+    "audit_anchors",
+    "audit_hash",
+    "audit_head",
+    "canonical_event",
     "fills",
+    "op_record_order_anchor",
     "op_record_order_event",
     "op_record_order_fill",
     "op_record_order_intent",
@@ -95,7 +116,139 @@ order_events = sa.Table(
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("broker_order_id", sa.String(_ID), nullable=True),
     sa.Column("detail", sa.Text(), nullable=True),
+    # the audit chain: position across all orders, the previous row's hash, this row's hash
+    sa.Column("audit_seq", sa.Integer(), nullable=False, unique=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
 )
+
+audit_anchors = sa.Table(
+    "order_audit_anchors",
+    metadata,
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+)
+
+ANCHOR_EVERY: Final = 1000  # an anchor after every this many events (and at session end)
+GENESIS_HASH: Final = "0" * 64  # the prev_hash of the first event
+
+
+def _sqlite_append_only(table: str) -> list[str]:
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is an append-only audit trail: {op} refused'); "
+        "END"
+        for op in ("UPDATE", "DELETE")
+    ]
+
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION atb_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION '%% is an append-only audit trail: %% refused', TG_TABLE_NAME, TG_OP;
+END $$
+"""
+
+
+def _pg_append_only(table: str) -> list[str]:
+    return [
+        _PG_FUNCTION,
+        f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION atb_audit_append_only()",
+        f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION atb_audit_append_only()",
+    ]
+
+
+def _install_append_only(table: sa.Table) -> None:
+    for dialect, stmts in (
+        ("sqlite", _sqlite_append_only(table.name)),
+        ("postgresql", _pg_append_only(table.name)),
+    ):
+        for stmt in stmts:
+            ddl = sa.DDL(stmt)  # type: ignore[no-untyped-call]
+            sa.event.listen(table, "after_create", ddl.execute_if(dialect=dialect))
+
+
+_install_append_only(order_events)
+_install_append_only(audit_anchors)
+
+
+def _iso(at: datetime) -> str:
+    return valid_utc(at, "at").astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_event(
+    *,
+    audit_seq: int,
+    client_order_id: str,
+    seq: int,
+    kind: str,
+    state: str,
+    at: datetime,
+    broker_order_id: str | None,
+    detail: str | None,
+) -> bytes:
+    """The event as canonical JSON (sorted keys, no spaces, UTF-8, time in UTC to the
+    microsecond): what its hash covers."""
+    doc = {
+        "audit_seq": audit_seq,
+        "client_order_id": client_order_id,
+        "seq": seq,
+        "kind": kind,
+        "state": state,
+        "at": _iso(at),
+        "broker_order_id": broker_order_id,
+        "detail": detail,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def audit_hash(event: Mapping[str, Any], prev_hash: str) -> str:
+    """``SHA-256(canonical JSON of the event || prev_hash)`` as hex; ``event`` has the keys of
+    ``canonical_event`` (an ``order_events`` row does)."""
+    body = canonical_event(
+        audit_seq=int(event["audit_seq"]),
+        client_order_id=str(event["client_order_id"]),
+        seq=int(event["seq"]),
+        kind=str(event["kind"]),
+        state=str(event["state"]),
+        at=event["at"],
+        broker_order_id=event.get("broker_order_id"),
+        detail=event.get("detail"),
+    )
+    return hashlib.sha256(body + prev_hash.encode("ascii")).hexdigest()
+
+
+def audit_head(conn: Connection) -> tuple[int, str]:
+    """(audit_seq, hash) of the chain's last row; (0, GENESIS_HASH) when it is empty."""
+    row = conn.execute(
+        sa.select(order_events.c.audit_seq, order_events.c.hash)
+        .order_by(order_events.c.audit_seq.desc())
+        .limit(1)
+    ).first()
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+
+def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any]) -> None:
+    """Insert an event row with its chain fields: the journal's, or the head's next."""
+    seq = audit.get("audit_seq")
+    if seq is None:
+        head_seq, head_hash = audit_head(conn)
+        chained = {"audit_seq": head_seq + 1, "prev_hash": head_hash}
+        chained["hash"] = audit_hash(row | chained, head_hash)
+    else:
+        chained = {
+            "audit_seq": seq,
+            "prev_hash": valid_text(audit.get("prev_hash"), "prev_hash"),
+            "hash": valid_text(audit.get("hash"), "hash"),
+        }
+    conn.execute(sa.insert(order_events), row | chained)
+
 
 fills = sa.Table(
     "fills",
@@ -127,6 +280,9 @@ def op_record_order_intent(
     time_in_force: str = "day",
     account: str = "default",
     created_at: datetime | None = None,
+    audit_seq: int | None = None,
+    prev_hash: str | None = None,
+    hash: str | None = None,
 ) -> str:
     cid = valid_text(client_order_id, "client_order_id")
     at = utc_now() if created_at is None else valid_utc(created_at, "created_at")
@@ -152,8 +308,8 @@ def op_record_order_intent(
             "updated_at": at,
         },
     )
-    conn.execute(
-        sa.insert(order_events),
+    _insert_event(
+        conn,
         {
             "client_order_id": cid,
             "seq": 1,
@@ -163,6 +319,7 @@ def op_record_order_intent(
             "broker_order_id": None,
             "detail": None,
         },
+        {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
     )
     return cid
 
@@ -189,13 +346,16 @@ def op_record_order_event(
     at: datetime,
     broker_order_id: str | None = None,
     reason: str | None = None,
+    audit_seq: int | None = None,
+    prev_hash: str | None = None,
+    hash: str | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     n = _next_seq(conn, cid, seq)
     when = valid_utc(at, "at")
     bid = valid_opt_id(broker_order_id, "broker_order_id")
-    conn.execute(
-        sa.insert(order_events),
+    _insert_event(
+        conn,
         {
             "client_order_id": cid,
             "seq": n,
@@ -205,6 +365,7 @@ def op_record_order_event(
             "broker_order_id": bid,
             "detail": reason,
         },
+        {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
     )
     values: dict[str, Any] = {"state": state, "last_seq": n, "updated_at": when}
     if bid is not None:
@@ -241,6 +402,9 @@ def op_record_order_fill(
     trade_id: str | None = None,
     pnl: Decimal | None = None,
     position_ops: list[dict[str, Any]] | None = None,
+    audit_seq: int | None = None,
+    prev_hash: str | None = None,
+    hash: str | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     n = _next_seq(conn, cid, seq)
@@ -267,8 +431,8 @@ def op_record_order_fill(
             f"execution key {execution_key!r} is journaled; a correction makes no second trade"
         )
     conn.execute(sa.insert(fills), row)
-    conn.execute(
-        sa.insert(order_events),
+    _insert_event(
+        conn,
         {
             "client_order_id": cid,
             "seq": n,
@@ -278,6 +442,7 @@ def op_record_order_fill(
             "broker_order_id": row["broker_order_id"],
             "detail": row["execution_id"],
         },
+        {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
     )
     values: dict[str, Any] = {
         "state": state,
@@ -307,10 +472,35 @@ def op_record_order_fill(
         effect(conn, **op["kwargs"])
 
 
+def op_record_order_anchor(
+    conn: Connection, *, seq: int, hash: str, at: datetime, reason: str
+) -> None:
+    """Record an anchor (seq, hash) of the audit chain. The same anchor again is a no-op (a
+    replay after the ledger lost it); a different hash at a known seq is refused."""
+    if not isinstance(seq, int) or seq < 0:
+        raise ValueError(f"anchor seq must be an int >= 0, got {seq!r}")
+    h = valid_text(hash, "hash")
+    known = conn.execute(sa.select(audit_anchors.c.hash).where(audit_anchors.c.seq == seq)).first()
+    if known is not None:
+        if known[0] != h:
+            raise ValueError(f"audit anchor at seq {seq} is {known[0]}; refusing {h}")
+        return
+    conn.execute(
+        sa.insert(audit_anchors),
+        {
+            "seq": seq,
+            "hash": h,
+            "at": valid_utc(at, "at"),
+            "reason": valid_text(reason, "reason", 32),
+        },
+    )
+
+
 ORDER_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
     OperationType.ORDER_INTENT.value: op_record_order_intent,
     OperationType.ORDER_EVENT.value: op_record_order_event,
     OperationType.ORDER_FILL.value: op_record_order_fill,
+    OperationType.ORDER_ANCHOR.value: op_record_order_anchor,
 }
 """The order journal's operations: name (from the log) -> effect (``apply``'s registry)."""
 
@@ -350,3 +540,33 @@ def fill_rows(
     if since is not None:
         q = q.where(fills.c.executed_at >= valid_utc(since, "since"))
     return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def audit_rows(conn: Connection, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Event rows in audit_seq order, from ``after + 1``, at most ``limit``."""
+    q = (
+        sa.select(order_events)
+        .where(order_events.c.audit_seq > after)
+        .order_by(order_events.c.audit_seq)
+        .limit(limit)
+    )
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def anchor_rows(conn: Connection) -> list[dict[str, Any]]:
+    q = sa.select(audit_anchors).order_by(audit_anchors.c.seq)
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def last_seq_by_order(conn: Connection) -> dict[str, int]:
+    """Every order's ``last_seq`` (its events must run 1..last_seq)."""
+    q = sa.select(orders.c.client_order_id, orders.c.last_seq)
+    return {str(r[0]): int(r[1]) for r in conn.execute(q)}
+
+
+def event_counts(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Per order: (number of event rows, highest seq)."""
+    q = sa.select(
+        order_events.c.client_order_id, sa.func.count(), sa.func.max(order_events.c.seq)
+    ).group_by(order_events.c.client_order_id)
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in conn.execute(q)}

@@ -21,9 +21,12 @@ Modules: :mod:`~wal.orders.states` (states, transitions), :mod:`~wal.orders.mode
 :mod:`~wal.orders.broker` (the ``Broker`` protocol), :mod:`~wal.orders.faults`,
 :mod:`~wal.orders.paper` (``PaperBroker``), :mod:`~wal.orders.server` (its HTTP face),
 :mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal` and
-:mod:`~wal.orders.manager` (``OrderManager``).
+:mod:`~wal.orders.manager` (``OrderManager``), :mod:`~wal.orders.reconcile`
+(``StartupReconciler``: the journal made to agree with the broker at start, emergency stops)
+and :mod:`~wal.orders.audit` (``verify_audit``: the tamper-evident event chain).
 """
 
+from wal.orders.audit import AuditReport, verify_audit
 from wal.orders.broker import (
     BROKER_STATUS,
     Broker,
@@ -43,13 +46,21 @@ from wal.orders.errors import (
     IllegalTransitionError,
     OrderError,
     OrderRejected,
+    ReconciliationFatalError,
     RejectReason,
+    TradingHalted,
 )
 from wal.orders.faults import Fault, FaultPlan, FaultRule
 from wal.orders.journal import OrderJournal
 from wal.orders.manager import OrderManager, RecoveryResult, RetryPolicy
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent, new_client_order_id
 from wal.orders.paper import PaperBroker, SimulatedTimeout
+from wal.orders.reconcile import (
+    FilledTrade,
+    ReconcilerConfig,
+    ReconciliationResult,
+    StartupReconciler,
+)
 from wal.orders.states import (
     FINAL_STATES,
     TRANSITIONS,
@@ -62,6 +73,14 @@ from wal.orders.validation import RiskLimits, RiskView, check_risk, validate_int
 
 __all__ = [
     "BROKER_STATUS",
+    "AuditReport",
+    "FilledTrade",
+    "ReconciliationFatalError",
+    "ReconciliationResult",
+    "ReconcilerConfig",
+    "StartupReconciler",
+    "TradingHalted",
+    "verify_audit",
     "FINAL_STATES",
     "TRANSITIONS",
     "Broker",

@@ -7,6 +7,8 @@
         ├── OrderRejected              refused before anything was written or sent; ``reason``
         ├── IllegalTransitionError     a state change the transition table does not allow
         ├── FillError                  a fill that cannot be applied (overfill, unknown order)
+        ├── TradingHalted              submit refused: startup reconciliation has not succeeded
+        ├── ReconciliationFatalError   the reconciler could not establish the broker's state
         └── BrokerError                the broker call did not give a clear answer or refused
             ├── BrokerUnavailable      timeout, transport error, 5xx: the outcome is UNKNOWN
             ├── BrokerRejectedError    a clear reject (4xx with a reason): the order is over
@@ -32,7 +34,9 @@ __all__ = [
     "IllegalTransitionError",
     "OrderError",
     "OrderRejected",
+    "ReconciliationFatalError",
     "RejectReason",
+    "TradingHalted",
 ]
 
 
@@ -80,6 +84,20 @@ class FillError(OrderError):
     order, or contradicts the order (symbol or side)."""
 
     hint = "the fill was not journaled; reconcile the order with the broker"
+
+
+class TradingHalted(OrderError):
+    """``OrderManager.submit`` refused: trading is halted (startup reconciliation has not
+    succeeded yet, or failed). Nothing was journaled or sent; cancels are still allowed."""
+
+    hint = "run the startup reconciliation (`atb orders reconcile`); see docs/orders.md"
+
+
+class ReconciliationFatalError(OrderError):
+    """The startup reconciler could not establish the broker's state (a fetch failed after
+    its retries, or the broker reported a status nobody knows): trading stays halted."""
+
+    hint = "trading stays halted; see the runbook in docs/orders.md, then reconcile again"
 
 
 class BrokerError(OrderError):

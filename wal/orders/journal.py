@@ -12,6 +12,14 @@ anything else happens and replayed exactly once into the reference database:
   it), the event, the order's filled quantity and average price, the ``trades`` row and the
   position change, in ONE database transaction. Key: ``fill:<execution id>``.
 
+The audit chain (``wal.db.orders``): every event the journal writes (the intent's
+``created``, each state change, each fill) gets the next ``audit_seq``, the previous event's
+hash as ``prev_hash`` and its own ``hash``, computed here, once, under one lock per
+``DurableDatabaseManager`` that also covers the append, so the log's order is the chain's
+order and a replay writes the same chain. Every ``ANCHOR_EVERY`` events, and on ``anchor()``
+(session end), an anchor (seq, hash) is journaled too. All order writes of a process must go
+through ``OrderJournal`` for the chain to stay whole.
+
 Reading: the database's rows with the log's pending order entries applied on top (the same
 rules as the database, ``apply_entry``), read under the manager's apply lock so every entry
 counts once; while the database is unreachable, the state kept from the last fresh read plus
@@ -22,13 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
 from wal.db.classify import is_transient
+from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
@@ -38,7 +48,56 @@ _T = TypeVar("_T")
 _INTENT = OperationType.ORDER_INTENT.value
 _EVENT = OperationType.ORDER_EVENT.value
 _FILL = OperationType.ORDER_FILL.value
+_ANCHOR = OperationType.ORDER_ANCHOR.value
 ORDER_OPERATIONS = frozenset({_INTENT, _EVENT, _FILL})
+_AUDIT = ("audit_seq", "prev_hash", "hash")
+
+
+class _Chain:
+    """The audit chain's head for one ``DurableDatabaseManager`` (shared by its journals)."""
+
+    def __init__(self, ddb: DurableDatabaseManager) -> None:
+        self.lock = threading.RLock()  # held across computing the link and appending it
+        self.seq: int | None = None  # None: not read yet
+        self.hash = GENESIS_HASH
+        if ddb.manager is not None:
+            ddb.manager.add_write_hook(self.on_write)
+
+    def on_write(self, entry: WALEntry) -> None:
+        seq = entry.kwargs.get("audit_seq")
+        fresh = isinstance(seq, int) and (self.seq is None or seq > self.seq)
+        if entry.operation in ORDER_OPERATIONS and fresh:
+            self.seq, self.hash = int(str(seq)), str(entry.kwargs["hash"])
+
+    def head(self, ddb: DurableDatabaseManager) -> tuple[int, str]:
+        """(seq, hash) of the last event: the database's head, or a pending entry's above it."""
+        if self.seq is None:
+            m = ddb.manager
+            if m is None:
+                seq, h = ddb.db.get_audit_head()
+            else:
+                with m.apply_lock:
+                    seq, h = ddb.db.get_audit_head()
+                    storage = ddb.storage
+                    for e in storage.get_pending_entries() if storage is not None else []:
+                        s = e.kwargs.get("audit_seq")
+                        if e.operation in ORDER_OPERATIONS and isinstance(s, int) and s > seq:
+                            seq, h = s, str(e.kwargs["hash"])
+            if self.seq is None:
+                self.seq, self.hash = seq, h
+        return self.seq, self.hash
+
+
+_CHAINS: weakref.WeakKeyDictionary[DurableDatabaseManager, _Chain] = weakref.WeakKeyDictionary()
+_CHAINS_LOCK = threading.Lock()
+
+
+def _chain_of(ddb: DurableDatabaseManager) -> _Chain:
+    with _CHAINS_LOCK:
+        chain = _CHAINS.get(ddb)
+        if chain is None:
+            chain = _CHAINS[ddb] = _Chain(ddb)
+        return chain
 
 
 def _dec(v: Any) -> Decimal | None:
@@ -92,6 +151,7 @@ def apply_entry(
                     "broker_order_id": None,
                     "detail": None,
                 }
+                | {k: kw.get(k) for k in _AUDIT}
             )
         return
     row_ = orders.get(cid)
@@ -109,6 +169,7 @@ def apply_entry(
                     for k in ("client_order_id", "seq", "kind", "state", "at", "broker_order_id")
                 }
                 | {"detail": kw.get("reason")}
+                | {k: kw.get(k) for k in _AUDIT}
             )
     elif entry.operation == _FILL:
         if row_ is not None:
@@ -132,6 +193,7 @@ def apply_entry(
                     "broker_order_id": kw.get("broker_order_id"),
                     "detail": kw["execution_id"],
                 }
+                | {k: kw.get(k) for k in _AUDIT}
             )
         if fills is not None:
             fills[str(kw["execution_key"])] = {
@@ -170,47 +232,116 @@ class OrderJournal:
     def record_intent(self, intent: OrderIntent) -> None:
         """Journal the intent (fsynced on return): the order exists, PENDING, nothing sent."""
         d = intent
-        self.ddb.record_order_intent(
-            client_order_id=d.client_order_id,
-            symbol=d.symbol,
-            side=d.side,
-            quantity=d.quantity,
-            order_type=d.order_type,
-            limit_price=d.limit_price,
-            stop_price=d.stop_price,
-            time_in_force=d.time_in_force,
-            account=d.account,
-            created_at=d.created_at,
-            idempotency_key=d.client_order_id,
+        event = {
+            "client_order_id": d.client_order_id,
+            "seq": 1,
+            "kind": EventKind.CREATED.value,
+            "state": OrderState.PENDING.value,
+            "at": d.created_at,
+            "broker_order_id": None,
+            "detail": None,
+        }
+        self._chained(
+            event,
+            lambda audit: self.ddb.record_order_intent(
+                client_order_id=d.client_order_id,
+                symbol=d.symbol,
+                side=d.side,
+                quantity=d.quantity,
+                order_type=d.order_type,
+                limit_price=d.limit_price,
+                stop_price=d.stop_price,
+                time_in_force=d.time_in_force,
+                account=d.account,
+                created_at=d.created_at,
+                idempotency_key=d.client_order_id,
+                **audit,
+            ),
         )
 
     def record_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         """Journal one state change (fsynced on return)."""
-        self.ddb.record_order_event(
-            client_order_id=ev.client_order_id,
-            seq=ev.seq,
-            kind=ev.kind.value,
-            state=ev.state.value,
-            at=ev.at,
-            broker_order_id=ev.broker_order_id,
-            reason=reason,
-            idempotency_key=f"{ev.client_order_id}:{ev.seq}",
+        event = {
+            "client_order_id": ev.client_order_id,
+            "seq": ev.seq,
+            "kind": ev.kind.value,
+            "state": ev.state.value,
+            "at": ev.at,
+            "broker_order_id": ev.broker_order_id,
+            "detail": reason,
+        }
+        self._chained(
+            event,
+            lambda audit: self.ddb.record_order_event(
+                client_order_id=ev.client_order_id,
+                seq=ev.seq,
+                kind=ev.kind.value,
+                state=ev.state.value,
+                at=ev.at,
+                broker_order_id=ev.broker_order_id,
+                reason=reason,
+                idempotency_key=f"{ev.client_order_id}:{ev.seq}",
+                **audit,
+            ),
         )
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
-        self.ddb.record_order_fill(
-            execution_id=fill.execution_id,
-            client_order_id=fill.client_order_id,
-            broker_order_id=fill.broker_order_id,
-            symbol=fill.symbol,
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            executed_at=fill.executed_at,
-            idempotency_key=f"fill:{fill.execution_id}",
-            **computed,
+        event = {
+            "client_order_id": fill.client_order_id,
+            "seq": computed["seq"],
+            "kind": computed["kind"],
+            "state": computed["state"],
+            "at": fill.executed_at,
+            "broker_order_id": fill.broker_order_id,
+            "detail": fill.execution_id,
+        }
+        self._chained(
+            event,
+            lambda audit: self.ddb.record_order_fill(
+                execution_id=fill.execution_id,
+                client_order_id=fill.client_order_id,
+                broker_order_id=fill.broker_order_id,
+                symbol=fill.symbol,
+                side=fill.side,
+                quantity=fill.quantity,
+                price=fill.price,
+                executed_at=fill.executed_at,
+                idempotency_key=f"fill:{fill.execution_id}",
+                **computed,
+                **audit,
+            ),
         )
+
+    def anchor(self, reason: str = "session_end") -> tuple[int, str] | None:
+        """Journal an anchor (seq, hash) at the chain's head (session end: a cut-off tail is
+        then detected); the anchor, or None if the chain is empty."""
+        chain = _chain_of(self.ddb)
+        with chain.lock:
+            seq, h = chain.head(self.ddb)
+            if seq == 0:
+                return None
+            self._record_anchor(seq, h, reason)
+            return seq, h
+
+    def _record_anchor(self, seq: int, h: str, reason: str) -> None:
+        self.ddb.record_order_anchor(
+            seq=seq, hash=h, at=datetime.now(UTC), reason=reason, idempotency_key=f"anchor:{seq}"
+        )
+
+    def _chained(self, event: dict[str, Any], write: Callable[[dict[str, Any]], Any]) -> None:
+        """Write ``event`` as the chain's next link (the lock covers the append: the log's
+        order is the chain's order); anchor every ``ANCHOR_EVERY`` events."""
+        chain = _chain_of(self.ddb)
+        with chain.lock:
+            seq, prev = chain.head(self.ddb)
+            link = audit_hash(event | {"audit_seq": seq + 1}, prev)
+            write({"audit_seq": seq + 1, "prev_hash": prev, "hash": link})
+            if self.ddb.manager is None:  # no log, no write hook: the call applied it
+                chain.seq, chain.hash = seq + 1, link
+            new_seq, new_hash = chain.head(self.ddb)
+            if new_seq == seq + 1 and new_seq % ANCHOR_EVERY == 0:
+                self._record_anchor(new_seq, new_hash, f"every_{ANCHOR_EVERY}")
 
     async def arecord_intent(self, intent: OrderIntent) -> None:
         await asyncio.to_thread(self.record_intent, intent)
@@ -220,6 +351,9 @@ class OrderJournal:
 
     async def arecord_fill(self, fill: Fill, **computed: Any) -> None:
         await asyncio.to_thread(lambda: self.record_fill(fill, **computed))
+
+    async def aanchor(self, reason: str = "session_end") -> tuple[int, str] | None:
+        return await asyncio.to_thread(self.anchor, reason)
 
     # ------------------------------------------------------------------ reading
 

@@ -44,6 +44,7 @@ from wal.orders.errors import (
     FillError,
     OrderRejected,
     RejectReason,
+    TradingHalted,
 )
 from wal.orders.journal import OrderJournal
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
@@ -136,12 +137,19 @@ class OrderManager:
         self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._loaded = False
+        self._halted: str | None = None  # why submit is refused (None: trading)
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def load(self) -> None:
+        """Load the journal (open orders, their fills, positions, today's P&L); idempotent.
+        ``start()`` does it; the startup reconciler calls it instead of ``start()``."""
+        if not self._loaded:
+            await asyncio.to_thread(self._load)
+
     async def start(self) -> RecoveryResult:
         """Load the journal and resolve what a crash left unfinished (module docstring)."""
-        await asyncio.to_thread(self._load)
+        await self.load()
         adopted = failed = unknown = fills = 0
         for order in [o for o in self._orders.values() if not is_final(o.state)]:
             async with self._lock(order.client_order_id):
@@ -156,7 +164,32 @@ class OrderManager:
                     adopted += 1
         return RecoveryResult(adopted, failed, unknown, fills)
 
+    async def close(self) -> None:
+        """Session end: journal an anchor of the audit chain at its head (a truncated
+        ``order_events`` table is then detected by ``atb orders verify``)."""
+        await self.journal.aanchor("session_end")
+
+    # ------------------------------------------------------------------ halting
+
+    @property
+    def halted(self) -> str | None:
+        """Why ``submit`` is refused (``TradingHalted``), or None while trading."""
+        return self._halted
+
+    def halt(self, reason: str) -> None:
+        """Refuse ``submit`` (``TradingHalted``) until ``resume()``; cancels still work."""
+        self._halted = reason
+        log.warning("trading halted: %s", reason)
+
+    def resume(self) -> None:
+        """Allow ``submit`` again (the startup reconciler calls it when it succeeded)."""
+        if self._halted is not None:
+            log.info("trading resumed (was halted: %s)", self._halted)
+        self._halted = None
+
     def _load(self) -> None:
+        if self._loaded:
+            return
         for o in self.journal.orders(open_only=True):
             self._orders[o.client_order_id] = o
             self._fills[o.client_order_id] = {
@@ -190,6 +223,11 @@ class OrderManager:
         """The journal's net position per symbol (signed), from the fills it holds."""
         return {s: p.quantity for s, p in self._positions.items() if p.quantity != 0}
 
+    def entry_price(self, symbol: str) -> Decimal | None:
+        """The journal's entry price of its open position in ``symbol`` (None if flat)."""
+        p = self._positions.get(symbol)
+        return None if p is None or p.quantity == 0 else p.entry_price
+
     async def events(self) -> AsyncIterator[OrderEvent]:
         """Every state change journaled from now on, in order."""
         q: asyncio.Queue[OrderEvent] = asyncio.Queue()
@@ -202,13 +240,22 @@ class OrderManager:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, intent: OrderIntent) -> Order:
+    async def submit(self, intent: OrderIntent, *, protective: bool = False) -> Order:
         """Validate, journal, send (see the module docstring); the order as it stands.
 
-        Raises ``OrderRejected`` (nothing journaled or sent) and ``WALWriteError`` (the log
-        failed: not sent if the failure came before the broker call).
+        Raises ``TradingHalted`` while trading is halted (the startup reconciler has not
+        succeeded), ``OrderRejected`` (nothing journaled or sent) and ``WALWriteError`` (the
+        log failed: not sent if the failure came before the broker call).
+
+        ``protective=True`` (the reconciler's emergency stops and market closes): an order
+        that only reduces the journal's position in its symbol (opposite side, at most its
+        size); it skips the risk limits and is allowed while halted.
         """
+        if not protective and self._halted is not None:
+            raise TradingHalted(f"trading is halted: {self._halted}; nothing was sent")
         self._require_loaded()
+        if protective:
+            self._check_protective(intent)
         cid = intent.client_order_id
         async with self._lock(cid):
             existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
@@ -216,7 +263,8 @@ class OrderManager:
                 return await self._resubmitted(existing, intent)
             async with self._state_lock:
                 validate_intent(intent, self.broker.rules)
-                await self._check_risk(intent)
+                if not protective:
+                    await self._check_risk(intent)
                 await self.journal.arecord_intent(intent)  # fsynced: the order exists now
                 order = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
                 self._orders[cid] = order
@@ -620,6 +668,96 @@ class OrderManager:
     def _add_pnl(self, at: datetime, pnl: Decimal) -> None:
         day = at.astimezone(UTC).date().isoformat()
         self._daily_pnl[day] = self._daily_pnl.get(day, Decimal(0)) + pnl
+
+    def _check_protective(self, intent: OrderIntent) -> None:
+        pos = self.positions().get(intent.symbol, Decimal(0))
+        reduces = (pos > 0 and intent.side == "sell") or (pos < 0 and intent.side == "buy")
+        if not reduces or not isinstance(intent.quantity, Decimal) or intent.quantity > abs(pos):
+            raise OrderRejected(
+                RejectReason.MAX_POSITION,
+                f"a protective {intent.side} of {intent.quantity} {intent.symbol} does not only "
+                f"reduce the journal's position of {pos}",
+                field="quantity",
+            )
+
+    # ------------------------------------------------------------------ the reconciler's tools
+
+    async def adopt_external(self, bo: BrokerOrder, *, reason: str) -> Order:
+        """Journal a broker order the journal does not know (a stop protecting a position
+        we hold) under its own client id, then take the broker's word for it (state, fills).
+        The startup reconciler's tool."""
+        self._require_loaded()
+        intent = OrderIntent(
+            symbol=bo.symbol,
+            side=bo.side,
+            quantity=bo.quantity,
+            order_type=bo.order_type,
+            limit_price=bo.limit_price,
+            stop_price=bo.stop_price,
+            client_order_id=bo.client_order_id,
+            created_at=bo.created_at,
+        )
+        cid = intent.client_order_id
+        async with self._lock(cid):
+            existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
+            if existing is None:
+                async with self._state_lock:
+                    await self.journal.arecord_intent(intent)
+                    existing = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
+                    self._orders[cid] = existing
+                    self._fills[cid] = {}
+                    self._publish(
+                        OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, existing.updated_at)
+                    )
+            self._orders.setdefault(cid, existing)
+            log.info("adopted broker order %s (%s): %s", bo.broker_order_id, cid, reason)
+            return await self._adopt(existing, bo, EventKind.RECOVERED)
+
+    async def record_synthetic(self, intent: OrderIntent, fill: Fill, *, reason: str) -> Order:
+        """Journal an order the broker's books imply but nobody sent (an orphan position):
+        the intent, a ``forced`` ACCEPTED event with ``reason``, and ``fill`` (the trade and
+        the position change). Never sent to the broker. If the order exists (a crash came
+        between its entries), only what is missing is journaled."""
+        self._require_loaded()
+        cid = intent.client_order_id
+        async with self._lock(cid):
+            order = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
+            if order is None:
+                async with self._state_lock:
+                    await self.journal.arecord_intent(intent)
+                    order = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
+                    self._orders[cid] = order
+                    self._fills[cid] = {}
+            else:
+                self._orders.setdefault(cid, order)
+            if order.state is _S.PENDING:
+                order = await self._transition(
+                    order, EventKind.FORCED, _S.ACCEPTED, reason=reason, check=False
+                )
+            if order.filled_quantity < order.intent.quantity:
+                await self._apply_fill(fill)
+            return self._orders[cid]
+
+    async def apply_fills(self, fills: list[Fill]) -> int:
+        """Journal the fills the journal lacks (each once per execution key) for orders it
+        knows; how many were journaled. Fills of unknown orders are skipped."""
+        n = 0
+        for f in fills:
+            async with self._lock(f.client_order_id):
+                order = self._orders.get(f.client_order_id)
+                if order is None:
+                    order = await asyncio.to_thread(self.journal.order, f.client_order_id)
+                if order is None:
+                    continue
+                if await self._apply_fill(f):
+                    n += 1
+        return n
+
+    def known_execution(self, fill: Fill) -> bool:
+        """True if the journal holds this execution (by execution key and id)."""
+        known = self._fills.get(fill.client_order_id, {})
+        old = known.get(self.broker.rules.execution_key(fill.execution_id))
+        return old is not None and old["execution_id"] == fill.execution_id
 
     # ------------------------------------------------------------------ cancel, force
 

@@ -97,6 +97,7 @@ class PaperBroker:
         self._prices: dict[str, Decimal] = dict(prices or {})
         self._next_order = 1
         self.submit_calls = 0  # every submit_order call that reached the broker
+        self.cancel_calls = 0  # every cancel_order call that reached the broker
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
 
@@ -175,6 +176,7 @@ class PaperBroker:
 
     def cancel(self, broker_order_id: str) -> None:
         with self._lock:
+            self.cancel_calls += 1
             fault = self.faults.decide("cancel_order")
             if fault in (Fault.SERVER_ERROR, Fault.FETCH_FAILURE):
                 raise BrokerUnavailable("503 service unavailable (simulated)")
@@ -255,6 +257,15 @@ class PaperBroker:
             if n:
                 self._save()
             return n
+
+    def write_calls(self) -> int:
+        """Submits plus cancels that reached the broker (tests: "no broker write")."""
+        with self._lock:
+            return self.submit_calls + self.cancel_calls
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"submit_calls": self.submit_calls, "cancel_calls": self.cancel_calls}
 
     def orders_with_client_id(self, client_order_id: str) -> list[BrokerOrder]:
         """Every order the broker holds for this client id (tests: "at most one")."""

@@ -11,6 +11,9 @@
 ``GET /_paper/rules``                  the broker's client-id rules (dedup scope, ...)
 ``PUT /_paper/faults``                 replace the fault plan (tests)
 ``POST /_paper/price``                 ``{"symbol":..., "price":...}``: move the market
+``POST /_paper/step``                  one seeded random-walk step of every price
+``PUT /_paper/clock``                  ``{"running": bool}``: pause/resume the ticker
+``GET /_paper/stats``                  ``{"submit_calls", "cancel_calls", ...}`` (writes seen)
 =====================================  ==============================================
 
 Errors follow Alpaca: 422 with ``{"code": 40010001, "message": "client_order_id must be
@@ -21,6 +24,8 @@ client's own socket timeout fires first; a simulated outage answers 503.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -41,7 +46,7 @@ from wal.orders.faults import FaultPlan
 from wal.orders.models import OrderIntent
 from wal.orders.paper import PaperBroker, SimulatedTimeout
 
-__all__ = ["DUPLICATE_CODE", "create_app"]
+__all__ = ["DUPLICATE_CODE", "Clock", "create_app"]
 
 DUPLICATE_CODE = 40010001  # Alpaca's "client_order_id must be unique"
 
@@ -80,8 +85,21 @@ def _dec(d: dict[str, Any], name: str) -> Decimal | None:
         raise ValueError(f"{name}={v!r} is not a decimal") from None
 
 
-def create_app(broker: PaperBroker) -> Starlette:
+class Clock:
+    """The market's ticker: with ``interval`` > 0, a background task steps every price
+    (``PaperBroker.step_prices``) that often while ``running``, so resting orders and stops
+    fill while clients come and go."""
+
+    def __init__(self, interval: float = 0.0, pct: Decimal = Decimal("0.01")) -> None:
+        self.interval = interval
+        self.pct = pct
+        self.running = interval > 0
+        self.ticks = 0
+
+
+def create_app(broker: PaperBroker, clock: Clock | None = None) -> Starlette:
     """The Starlette app serving ``broker`` (see the module docstring)."""
+    clk = clock if clock is not None else Clock()
 
     async def submit(request: Request) -> Response:
         try:
@@ -167,7 +185,37 @@ def create_app(broker: PaperBroker) -> Starlette:
         broker.set_price(str(d["symbol"]), Decimal(str(d["price"])))
         return _json({"symbol": d["symbol"], "price": str(broker.price(str(d["symbol"])))})
 
+    async def step(request: Request) -> Response:
+        broker.step_prices(clk.pct)
+        return _json({"ticks": clk.ticks})
+
+    async def set_clock(request: Request) -> Response:
+        d = orjson.loads(await request.body())
+        clk.running = bool(d.get("running", clk.running)) and clk.interval > 0
+        return _json({"running": clk.running, "interval": clk.interval, "ticks": clk.ticks})
+
+    async def stats(request: Request) -> Response:
+        return _json(broker.stats() | {"ticks": clk.ticks, "running": clk.running})
+
+    async def ticker() -> None:
+        while True:
+            await anyio.sleep(clk.interval)
+            if clk.running:
+                broker.step_prices(clk.pct)
+                clk.ticks += 1
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if clk.interval <= 0:
+            yield
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            yield
+            tg.cancel_scope.cancel()
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v2/orders", submit, methods=["POST"]),
             Route("/v2/orders", list_orders, methods=["GET"]),
@@ -178,5 +226,8 @@ def create_app(broker: PaperBroker) -> Starlette:
             Route("/_paper/rules", rules, methods=["GET"]),
             Route("/_paper/faults", set_faults, methods=["PUT"]),
             Route("/_paper/price", set_price, methods=["POST"]),
-        ]
+            Route("/_paper/step", step, methods=["POST"]),
+            Route("/_paper/clock", set_clock, methods=["PUT"]),
+            Route("/_paper/stats", stats, methods=["GET"]),
+        ],
     )

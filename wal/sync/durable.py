@@ -298,6 +298,10 @@ class DurableDatabaseManager:
         """Journal an execution durably, with the trade and position change it makes."""
         return self._critical("record_order_fill", (), kwargs, idempotency_key)[2]
 
+    def record_order_anchor(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Critical: an anchor (seq, hash) of the order audit chain (``wal.orders.audit``)."""
+        return self._critical("record_order_anchor", (), kwargs, idempotency_key)[2]
+
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:
@@ -372,4 +376,3 @@ class DurableDatabaseManager:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._db, name)
-
