@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from wal.codec import decode_value, encode_value
+from wal.codec import check_text, decode_value, encode_value
 from wal.errors import WALSerializationError
 
 __all__ = ["OperationType", "WALEntry", "WALEntryStatus", "content_checksum"]
@@ -120,15 +120,17 @@ class WALEntry:
         idempotency_key: str | None = None,
     ) -> WALEntry:
         """Build a new PENDING entry; raise ``WALSerializationError`` for an unloggable value."""
-        op = str(operation.value if isinstance(operation, OperationType) else operation)
-        if not op:
-            raise WALSerializationError("operation", "must be a non-empty string")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise WALSerializationError(
-                "idempotency_key", f"must be a non-empty str, got {idempotency_key!r}"
-            )
+        if isinstance(operation, OperationType):
+            operation = operation.value
+        if not isinstance(operation, str) or not operation:
+            raise WALSerializationError("operation", f"must be a non-empty str, got {operation!r}")
+        op = check_text(operation, "operation")
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise WALSerializationError(
+                    "idempotency_key", f"must be a non-empty str, got {idempotency_key!r}"
+                )
+            idempotency_key = check_text(idempotency_key, "idempotency_key")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise WALSerializationError("kwargs", f"must be a mapping, got {type(kwargs).__name__}")
         if isinstance(args, str | bytes | Mapping):

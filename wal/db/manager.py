@@ -83,6 +83,7 @@ __all__ = [
     "metadata",
 ]
 
+
 class BalanceTxn:
     """The open transaction of ``with db.atomic_balance_update(account=...) as t:``.
 
@@ -365,9 +366,7 @@ class DatabaseManager:
     ) -> None:
         """End a session. ``RecordNotFoundError`` if unknown, ``ValueError`` if already ended."""
         with self._write() as conn:
-            op_end_trading_session(
-                conn, session_id, final_balance=final_balance, ended_at=ended_at
-            )
+            op_end_trading_session(conn, session_id, final_balance=final_balance, ended_at=ended_at)
 
     # ------------------------------------------------------------------ reads
 

@@ -42,7 +42,6 @@ from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
 __all__ = ["RepairReport", "repair_log"]
 
 
-
 @dataclass
 class RepairReport:
     """What ``repair_log`` did. ``backup`` is None when there was nothing to repair."""

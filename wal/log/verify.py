@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALCorruptionError
-from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT, KIND_STATUS
+from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT
 from wal.log.segment import (
     BROKEN_SUFFIX,
     TMP_SUFFIX,
@@ -44,6 +43,7 @@ from wal.log.segment import (
     scan,
     valid_record_after,
 )
+from wal.log.validate import record_problem
 
 __all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
 
@@ -121,35 +121,6 @@ class VerifyReport:
             "defects": [d.to_dict() for d in self.defects],
             "notes": list(self.notes),
         }
-
-
-def record_problem(rec: dict[str, Any]) -> str | None:
-    """Why a record with a good checksum still cannot be used (None: it is fine).
-
-    Checks what recovery needs to index it, and for entries that they decode and that their
-    content checksum matches.
-    """
-    kind = rec.get("t")
-    try:
-        if kind == KIND_ENTRY:
-            WALEntryStatus(rec.get("status", "pending"))
-            uuid.UUID(rec["entry_id"])
-            if not isinstance(rec["idempotency_key"], str):
-                return "malformed entry: idempotency_key is not a string"
-            entry = WALEntry.from_dict(rec)
-            if not entry.verify():
-                return "entry content checksum mismatch (written wrong, not damaged on disk)"
-        elif kind == KIND_STATUS:
-            WALEntryStatus(rec["status"])
-            uuid.UUID(rec["entry_id"])
-            of = rec["of"]
-            if not isinstance(of, int) or of >= rec["lsn"]:
-                return f"malformed status record: 'of' is {of!r}"
-        else:
-            return f"unknown record kind {kind!r}"
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        return f"malformed {kind} record: {type(exc).__name__}: {exc}"
-    return None
 
 
 # --------------------------------------------------------------------------- the scan
