@@ -217,6 +217,7 @@ def _document(
         )
     if failed:
         problems.append(f"{failed} FAILED entries: see `atb wal failed`")
+    problems.extend(stats.recovery.warnings)  # e.g. a suspect tail cut: never routine
     if manager and manager.get("log_failed"):
         problems.append(f"the trading process reported a log failure: {manager['log_failed']}")
     m = manager or {}

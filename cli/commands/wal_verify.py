@@ -13,7 +13,7 @@ from cli._common import (
     lock_state,
     one_line,
 )
-from wal.errors import WALError
+from wal.errors import WALError, printable
 from wal.log.verify import verify_log
 
 
@@ -50,16 +50,18 @@ def verify(ctx: click.Context, as_json: bool) -> None:
             else "no records"
         )
         click.echo(
-            f"{report.directory}: {report.segments} segments, {report.records} records "
-            f"({report.entries} entries), {fmt_bytes(report.bytes)}, {lsns}"
+            printable(
+                f"{report.directory}: {report.segments} segments, {report.records} records "
+                f"({report.entries} entries), {fmt_bytes(report.bytes)}, {lsns}"
+            )
         )
         for d in report.defects:
             guess = ""
             if d.lsn is not None or d.entry_id is not None:
                 guess = f" (probably LSN {d.lsn}, entry {d.entry_id})"
-            click.echo(f"DEFECT  {d}{guess}")
+            click.echo(printable(f"DEFECT  {d}{guess}"))  # names and bytes from the disk
         for note in report.notes:
-            click.echo(f"note    {note}")
+            click.echo(printable(f"note    {note}"))
         if report.ok:
             click.echo("OK: no defects")
         elif report.opens:
