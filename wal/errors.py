@@ -221,9 +221,7 @@ class WALDatabaseError(WALError):
 class WALEntryTooLargeError(WALSerializationError):
     """An entry's record is larger than ``StorageOptions.max_entry_bytes``; nothing was written."""
 
-    hint = (
-        "split the operation, or raise max_entry_bytes (WAL_MAX_ENTRY_BYTES); nothing was written"
-    )
+    hint = "split the operation, or raise StorageOptions.max_entry_bytes; nothing was written"
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
