@@ -13,7 +13,9 @@ keeps, beside them, a model of the disk after a power cut (SQLite ``test6.c``, R
 ``crash_image(dest, tail_mode, rng, dir_ops)`` writes the disk a power cut would leave: each
 name of the durable directory (plus any chosen subset of the pending directory operations),
 with its file's durable bytes followed by the unsynced tail either dropped, kept, cut to a
-random prefix, zero-filled or garbage-filled (ALICE's model of an append).
+random prefix, zero-filled or garbage-filled (ALICE's model of an append), or with a hole:
+one page of the unsynced tail lost (zeros up to its page boundary) and the pages after it
+kept, as writeback may order the pages of one multi-page write.
 
 A failed ``fdatasync`` is modelled the way Linux behaves ("fsyncgate"): the dirty pages are
 marked clean without reaching the disk, so those bytes read back fine but are zeros on the
@@ -58,8 +60,9 @@ __all__ = [
 ]
 
 OPS = ("open", "write", "fdatasync", "fsync_dir", "rename", "unlink", "truncate")
-TailMode = Literal["drop", "keep", "prefix", "zero", "garbage"]
-TAIL_MODES: tuple[TailMode, ...] = ("drop", "keep", "prefix", "zero", "garbage")
+TailMode = Literal["drop", "keep", "prefix", "zero", "garbage", "hole"]
+TAIL_MODES: tuple[TailMode, ...] = ("drop", "keep", "prefix", "zero", "garbage", "hole")
+PAGE = 4096  # the page cache's unit: a power loss keeps or loses whole pages
 
 
 class SimulatedCrash(BaseException):
@@ -482,7 +485,8 @@ class CrashFS:
         in their order; the rest are lost). ``tail_mode`` says what becomes of each file's
         bytes written after its last fdatasync: ``drop``, ``keep``, ``prefix`` (a random
         prefix survives), ``zero`` (the file grew but the data blocks are zeros), ``garbage``
-        (random bytes). ``rng`` drives ``prefix`` and ``garbage`` (default ``Random(0)``).
+        (random bytes), ``hole`` (one page lost, a later one kept). ``rng`` drives ``prefix``,
+        ``garbage`` and ``hole`` (default ``Random(0)``).
         """
         if tail_mode not in TAIL_MODES:
             raise ValueError(f"tail_mode must be one of {TAIL_MODES}, got {tail_mode!r}")
@@ -541,9 +545,27 @@ def _after_power_loss(f: _File, mode: TailMode, rng: random.Random) -> bytes:
         kept = tail[: rng.randint(0, len(tail))]
     elif mode == "zero":
         kept = bytes(len(tail))
+    elif mode == "hole":
+        kept = _with_hole(tail, common, rng)
     else:
         kept = rng.randbytes(len(tail))
     return now[:common] + kept  # ``now`` has fsyncgate ranges zeroed: they never reach disk
+
+
+def _with_hole(tail: bytes, start: int, rng: random.Random) -> bytes:
+    """``tail`` (at file offset ``start``) with one page lost: the bytes from the start of a
+    page (or of the tail, when that page holds durable bytes too) to its end read as zeros,
+    while the page after it is kept. A tail within one page is kept whole (no later page)."""
+    end = start + len(tail)
+    bounds = list(range((start // PAGE + 1) * PAGE, end, PAGE))  # page starts inside the tail
+    if not bounds:
+        return tail
+    k = rng.randrange(len(bounds))
+    lo = bounds[k - 1] if k > 0 else start  # the lost page: from its start (or the tail's)
+    hi = bounds[k]  # to its end; the page from ``hi`` on is kept
+    out = bytearray(tail)
+    out[lo - start : hi - start] = bytes(hi - lo)
+    return bytes(out)
 
 
 def write_image(dest_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -> Path:

@@ -60,6 +60,7 @@ import pytest
 from helpers_log import check_files, lines_of, make_entry
 
 from wal import StorageOptions, WALCorruptionError, WALEntry, WALEntryStatus, WALStorage
+from wal.errors import WALMissingSegmentError
 from wal.log.segment import list_segments
 
 Snapshot = dict[str, bytes]
@@ -244,9 +245,11 @@ def test_6_every_bit_of_a_middle_record(
         assert rep.defects[0].startswith(f"{seg.name}: line 4, offset {start}: ")
 
 
-def test_7_bit_flip_in_the_last_record_is_a_torn_tail(
+def test_7_bit_flip_in_the_last_record_is_cut_loudly(
     one_segment: tuple[Path, list[WALEntry], Path, Snapshot],
 ) -> None:
+    """A complete last line with a bad checksum is not what a crash leaves: strict refuses it,
+    tolerate_tail cuts it but keeps it in a .suspect file and warns (issue 11, section 3)."""
     d, es, seg, snap = one_segment
     whole = snap[seg.name]
     start, last = lines_of(seg)[-1]
@@ -259,7 +262,13 @@ def test_7_bit_flip_in_the_last_record_is_a_torn_tail(
     log.close()
     assert got == [str(e.entry_id) for e in es[:-1]]
     assert rep.truncated_bytes == len(last)
-    assert (d / (seg.name + ".broken")).read_bytes() == bytes(data[start:])
+    assert (d / (seg.name + ".suspect")).read_bytes() == bytes(data[start:])
+    assert not (d / (seg.name + ".broken")).exists()
+    assert rep.warnings and "checksum fails" in rep.warnings[0]
+    # every later open (a read-only status too) keeps warning while the evidence is there
+    ro = WALStorage.open_readonly(d)
+    assert any(seg.name + ".suspect" in w for w in ro.recovery_report.warnings)
+    ro.close()
 
 
 # ---------------------------------------------------------------- 8: non-last segments
@@ -380,16 +389,20 @@ def test_14_leftover_tmp_file(one_segment: tuple[Path, list[WALEntry], Path, Sna
     assert snapshot(d) == snap
 
 
-def test_15_first_or_last_segment_deleted_is_not_detectable(
+def test_15_first_segment_deleted_is_detected_last_is_not(
     segments: tuple[Path, list[WALEntry], list[Path], Snapshot],
 ) -> None:
     d, es, segs, snap = segments
-    for gone in (segs[0], segs[-1]):
-        restore(d, snap)
-        gone.unlink()
-        got, log = open_ids(d, "strict")  # a known limitation, documented in the table
-        log.close()
-        assert 0 < len(got) < len(es)
+    restore(d, snap)
+    segs[0].unlink()
+    for mode in ("strict", "tolerate_tail"):  # the manifest owes LSN 1: never a shorter log
+        with pytest.raises(WALMissingSegmentError, match="was deleted"):
+            WALStorage(d, StorageOptions(recovery=mode))  # type: ignore[arg-type]
+    restore(d, snap)
+    segs[-1].unlink()
+    got, log = open_ids(d, "strict")  # a known limitation, documented in the table
+    log.close()
+    assert 0 < len(got) < len(es)
 
 
 # ---------------------------------------------------------------- 16

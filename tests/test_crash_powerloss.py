@@ -60,6 +60,7 @@ TAILS: list[tuple[TailMode, int]] = [
     ("prefix", 2),
     ("garbage", 1),
     ("garbage", 2),
+    ("hole", 1),  # a lost page inside a multi-page unsynced write, a later page kept
 ]
 
 

@@ -23,6 +23,7 @@ from faultfs import CrashFS, FaultRule
 from helpers_log import content, wait_for
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
+from wal.errors import WALCompactionError
 from wal.log.segment import TMP_SUFFIX
 
 
@@ -70,13 +71,17 @@ def assert_recovers(
 
 
 # For a new log: write 1 / fdatasync 1 are the segment header's, then one of each per append
-# or status update. The fifth (the third append) is the one that fails.
+# or status update. The fifth (the third append) is the one that fails. (Counted on segment
+# files only: the manifest written at creation is MANIFEST.tmp, renamed.)
+SEG = ".wal"
 CASES = {
-    "write-ENOSPC": FaultRule("write", nth=5, errno=errno.ENOSPC),
-    "write-EIO": FaultRule("write", nth=5, errno=errno.EIO),
-    "short-write-then-ENOSPC": FaultRule("write", nth=5, errno=errno.ENOSPC, short=57),
-    "fdatasync-EIO": FaultRule("fdatasync", nth=5, errno=errno.EIO),
-    "fdatasync-ENOSPC": FaultRule("fdatasync", nth=5, errno=errno.ENOSPC),
+    "write-ENOSPC": FaultRule("write", nth=5, errno=errno.ENOSPC, path_contains=SEG),
+    "write-EIO": FaultRule("write", nth=5, errno=errno.EIO, path_contains=SEG),
+    "short-write-then-ENOSPC": FaultRule(
+        "write", nth=5, errno=errno.ENOSPC, short=57, path_contains=SEG
+    ),
+    "fdatasync-EIO": FaultRule("fdatasync", nth=5, errno=errno.EIO, path_contains=SEG),
+    "fdatasync-ENOSPC": FaultRule("fdatasync", nth=5, errno=errno.ENOSPC, path_contains=SEG),
 }
 
 
@@ -131,7 +136,7 @@ def test_the_failed_fsync_is_not_retried_even_when_a_later_fsync_would_succeed(
 ) -> None:
     """fsyncgate: a retry on the same descriptor "succeeds" with the data gone."""
     d = tmp_path / "log"
-    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO)])
+    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=SEG)])
     with WALStorage(d, fs=fs) as log:
         ok = log.append(entry(1))
         with pytest.raises(WALWriteError):
@@ -169,10 +174,11 @@ def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "rule",
     [
-        FaultRule("open", nth=2, errno=errno.ENOSPC),  # the next segment cannot be created
+        # the next segment cannot be created
+        FaultRule("open", nth=2, errno=errno.ENOSPC, path_contains=SEG),
         FaultRule("write", nth=1, errno=errno.ENOSPC, path_contains="0000004.wal"),
         FaultRule("fdatasync", nth=1, errno=errno.EIO, path_contains="0000004.wal"),
-        FaultRule("fsync_dir", nth=2, errno=errno.EIO),  # 1: the first segment's
+        FaultRule("fsync_dir", nth=3, errno=errno.EIO),  # 1: the first segment's, 2: manifest
     ],
     ids=["open", "header-write", "header-fdatasync", "fsync_dir"],
 )
@@ -203,25 +209,31 @@ def test_a_failed_rotation_stops_the_log_and_loses_nothing_acknowledged(
     [
         FaultRule("write", nth=1, errno=errno.ENOSPC, path_contains=TMP_SUFFIX),
         FaultRule("fdatasync", nth=1, errno=errno.EIO, path_contains=TMP_SUFFIX),
-        FaultRule("rename", nth=1, errno=errno.EIO),
-        FaultRule("fsync_dir", nth=4, errno=errno.EIO),  # 1-3: new segments'
+        FaultRule("rename", nth=1, errno=errno.EIO, path_contains=TMP_SUFFIX),
+        FaultRule("fsync_dir", nth=5, errno=errno.EIO),  # 1-3: new segments', 4: manifest
     ],
     ids=["tmp-write", "tmp-fdatasync", "rename", "fsync_dir"],
 )
-def test_a_failed_compaction_stops_the_log_and_loses_nothing(
-    rule: FaultRule, tmp_path: Path
-) -> None:
+def test_a_failed_compaction_loses_nothing(rule: FaultRule, tmp_path: Path) -> None:
+    """A failure writing the temporary file leaves the log writable (WALCompactionError, the
+    file removed); from the rename on, the log stops (the files and the index may differ)."""
     d = tmp_path / "log"
     fs = CrashFS(d, rules=[rule])
     attempted = [entry(i, pad=900) for i in range(4)]
+    before_rename = rule.path_contains == TMP_SUFFIX and rule.op != "rename"
     with WALStorage(d, fs=fs, max_segment_bytes=4096) as log:
         acked = [log.append(e) for e in attempted]
         log.update_status(acked[1], WALEntryStatus.COMPLETED)  # segment 1 gets rewritten
-        with pytest.raises(WALWriteError):
+        with pytest.raises(WALCompactionError if before_rename else WALWriteError):
             log.compact()
         assert rule.fired == 1
-        with pytest.raises(WALWriteError):
-            log.append(entry(99))
+        if before_rename:
+            assert not list(d.glob("*" + TMP_SUFFIX))
+            attempted.append(entry(99))
+            acked.append(log.append(attempted[-1]))  # compaction is optional: appends go on
+        else:
+            with pytest.raises(WALWriteError):
+                log.append(entry(99))
     dropped = frozenset({acked[1].entry_id})
     got = assert_recovers(d, acked, attempted, dropped, max_segment_bytes=4096)
     assert [e.entry_id for e in got] in (
@@ -235,7 +247,7 @@ def test_a_failed_compaction_stops_the_log_and_loses_nothing(
 def test_concurrent_appenders_all_get_the_error_of_a_failing_fsync(tmp_path: Path) -> None:
     d = tmp_path / "log"
     release = threading.Event()
-    rule = FaultRule("fdatasync", nth=2, errno=errno.EIO, hold=release)  # 1: the header's
+    rule = FaultRule("fdatasync", nth=2, errno=errno.EIO, hold=release, path_contains=SEG)
     fs = CrashFS(d, rules=[rule])
     entries = [entry(i) for i in range(6)]
     outcome: dict[int, BaseException | WALEntry] = {}
@@ -261,7 +273,7 @@ def test_concurrent_appenders_all_get_the_error_of_a_failing_fsync(tmp_path: Pat
             t.join(10)
             assert not t.is_alive()
         assert all(isinstance(outcome[i], WALWriteError) for i in range(6)), outcome
-        writes = [p for op, p in fs.ops if op == "write"]
+        writes = [p for op, p in fs.ops if op == "write" and SEG in p]
         assert len(writes) == 2, "the followers' records were written after the failure"
         with pytest.raises(WALWriteError):
             log.append(entry(7))

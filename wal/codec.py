@@ -21,8 +21,12 @@ with ``$``
 ``Enum`` members are stored by value and come back as that value (no class is ever imported
 from log contents). Tuples come back as lists.
 
-NaN, Infinity, non-string dict keys and any other type raise ``WALSerializationError`` naming
+NaN, Infinity, non-string dict keys, strings that are not valid Unicode (lone surrogates),
+nesting deeper than ``MAX_DEPTH`` and any other type raise ``WALSerializationError`` naming
 the path of the bad value (``kwargs['price']``, ``args[1][0]``); nothing is written.
+Subclasses of ``str``, ``int``, ``float``, ``Decimal``, ``datetime`` and ``date`` are stored
+as their base type's value (their overridden methods are never called), and a tag's text is
+checked to read back before it is accepted.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from typing import Any
 
 from wal.errors import WALSerializationError
 
-__all__ = ["decode_value", "encode_pair", "encode_value"]
+__all__ = ["MAX_DEPTH", "check_text", "decode_value", "encode_pair", "encode_value"]
+
+MAX_DEPTH = 200  # nesting of lists and dicts (orjson refuses more than 255 levels)
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**64 - 1  # orjson writes unsigned 64-bit ints too
@@ -62,18 +68,61 @@ def encode_value(value: Any, path: str = "value") -> Any:
     wal.errors.WALSerializationError: cannot log kwargs['price']: NaN is not allowed ...
     """
     try:
-        return _enc(value)
+        return _enc(value, 0)
     except _Bad as bad:
-        raise WALSerializationError(path + "".join(reversed(bad.parts)), bad.problem) from None
+        parts = bad.parts[::-1]
+        if len(parts) > 12:  # a deep value: the first levels say where it is
+            parts = [*parts[:12], f"...({len(parts) - 12} levels more)"]
+        raise WALSerializationError(path + "".join(parts), bad.problem) from None
     except RecursionError:
         raise WALSerializationError(path, "nested too deeply (or contains itself)") from None
 
 
-def _enc(v: Any) -> Any:
+def check_text(text: str, path: str) -> str:
+    """``text`` as an exact ``str``; ``WALSerializationError`` if it is not valid Unicode.
+
+    >>> check_text("ok", "operation")
+    'ok'
+    """
+    try:
+        return _text(text)
+    except _Bad as bad:
+        raise WALSerializationError(path, bad.problem) from None
+
+
+def _text(s: str) -> str:
+    """An exact ``str`` that encodes to UTF-8 (no lone surrogate): what orjson can write."""
+    if type(s) is not str:
+        s = str.__str__(s)  # a subclass: its own __str__ is never called
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Bad(
+                f"the text is not valid Unicode (a lone surrogate at position {exc.start})"
+            ) from None
+    return s
+
+
+def _tag_text(v: Any, kind: str, to_text: Callable[[Any], str], back: Callable[[str], Any]) -> str:
+    """The text of a tagged value, made by the base class's method and checked to read back."""
+    try:
+        text = to_text(v)
+        if type(text) is not str:
+            raise TypeError(f"it gave a {type(text).__name__}")
+        back(text)
+    except Exception as exc:  # an odd subclass: whatever it raises, the value is refused
+        raise _Bad(f"{type(v).__name__} value cannot be stored as a {kind}: {exc}") from None
+    return text
+
+
+def _enc(v: Any, depth: int) -> Any:
     # Order matters: bool is an int, Enum members may be ints or strs, datetime is a date.
     t = type(v)
-    if v is None or t is str or t is bool:
+    if v is None or t is bool:
         return v
+    if t is str:
+        return v if v.isascii() else _text(v)
     if t is int:
         if _INT64_MIN <= v <= _INT64_MAX:
             return v
@@ -83,25 +132,29 @@ def _enc(v: Any) -> Any:
             return v
         raise _Bad(f"{v!r} is not allowed (a NaN or Infinity cannot be a price or a quantity)")
     if isinstance(v, Enum):
-        return _enc(v.value)
+        return _enc(v.value, depth)
     if isinstance(v, Decimal):
-        if not v.is_finite():
-            raise _Bad(f"Decimal {v} is not allowed (NaN and Infinity cannot be stored)")
-        return {"$decimal": str(v)}
+        if not Decimal.is_finite(v):
+            raise _Bad(
+                f"Decimal {Decimal.__str__(v)} is not allowed (NaN and Infinity cannot be stored)"
+            )
+        return {"$decimal": _tag_text(v, "decimal", Decimal.__str__, Decimal)}
     if isinstance(v, datetime):
-        return {"$datetime": v.isoformat()}
+        return {"$datetime": _tag_text(v, "datetime", datetime.isoformat, datetime.fromisoformat)}
     if isinstance(v, date):
-        return {"$date": v.isoformat()}
+        return {"$date": _tag_text(v, "date", date.isoformat, date.fromisoformat)}
     if isinstance(v, uuid.UUID):
-        return {"$uuid": str(v)}
+        return {"$uuid": _tag_text(v, "uuid", uuid.UUID.__str__, uuid.UUID)}
     if isinstance(v, str):  # str subclasses
-        return str(v)
+        return _text(v)
     if isinstance(v, bool):
         return bool(v)
     if isinstance(v, int):  # int subclasses (IntFlag handled above as Enum)
-        return _enc(int(v))
+        return _enc(int.__index__(v), depth)
     if isinstance(v, float):
-        return _enc(float(v))
+        return _enc(float.__float__(v), depth)
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"nested too deeply (more than {MAX_DEPTH} levels, or it contains itself)")
     if isinstance(v, Mapping):
         out: dict[str, Any] = {}
         tagged = False
@@ -109,10 +162,11 @@ def _enc(v: Any) -> Any:
             if not isinstance(k, str):
                 bad = _Bad(f"dict key {k!r} is a {type(k).__name__}; keys must be str")
                 raise bad
-            if k.startswith("$"):
-                tagged = True
             try:
-                out[k] = _enc(item)
+                k = _text(k)  # an exact str (a StrEnum key is stored by its value)
+                if k.startswith("$"):
+                    tagged = True
+                out[k] = _enc(item, depth + 1)
             except _Bad as bad:
                 bad.parts.append(f"[{k!r}]")
                 raise
@@ -121,97 +175,12 @@ def _enc(v: Any) -> Any:
         items = []
         for i, item in enumerate(v):
             try:
-                items.append(_enc(item))
+                items.append(_enc(item, depth + 1))
             except _Bad as bad:
                 bad.parts.append(f"[{i}]")
                 raise
         return items
     raise _Bad(f"type {type(v).__name__} is not supported")
-
-
-class _Slow(Exception):
-    """Internal: a value the fast path of ``encode_pair`` leaves to the general one."""
-
-
-def _same(v: Any) -> Any:
-    return v
-
-
-def _int_leaf(v: int) -> Any:
-    if _INT64_MIN <= v <= _INT64_MAX:
-        return v
-    raise _Slow
-
-
-def _float_leaf(v: float) -> Any:
-    if math.isfinite(v):
-        return v
-    raise _Slow
-
-
-def _decimal_leaf(v: Decimal) -> Any:
-    if v.is_finite():
-        return {"$decimal": str(v)}  # Decimal(str(d)) keeps digits, exponent and sign
-    raise _Slow
-
-
-def _datetime_leaf(v: datetime) -> Any:
-    tz = v.tzinfo
-    if (tz is None or tz is UTC) and not v.fold:  # other zones come back as an offset
-        return {"$datetime": v.isoformat()}
-    raise _Slow
-
-
-# The exact types whose round trip (encode, then decode) gives back an equal object: the
-# decoded value is the value itself. Each function returns the encoded form or raises _Slow.
-_LEAVES: dict[type, Callable[[Any], Any]] = {
-    str: _same,
-    bool: _same,
-    type(None): _same,
-    int: _int_leaf,
-    float: _float_leaf,
-    Decimal: _decimal_leaf,
-    uuid.UUID: lambda v: {"$uuid": str(v)},
-    datetime: _datetime_leaf,
-    date: lambda v: {"$date": v.isoformat()},
-}
-
-
-def encode_pair(value: list[Any] | dict[str, Any], path: str) -> tuple[Any, Any]:
-    """``(encode_value(value), decode_value(encode_value(value)))`` without the decode.
-
-    ``value`` is a fresh list or dict the caller owns (it may be returned as the decoded
-    form). When every item is a leaf of an exact type whose round trip gives back an equal
-    object (JSON natives, ``Decimal``, ``UUID``, naive or UTC ``datetime``, ``date``),
-    ``value`` itself is what a replay will see: no decode. Anything else (nested
-    containers, enums, subclasses, other time zones, big ints, ``$`` keys, bad values)
-    takes the general path, which also raises the errors.
-
-    >>> encode_pair({"qty": Decimal("1.50")}, "kwargs")
-    ({'qty': {'$decimal': '1.50'}}, {'qty': Decimal('1.50')})
-    """
-    leaves = _LEAVES
-    try:
-        if type(value) is dict:
-            enc: dict[str, Any] = {}
-            for k, v in value.items():
-                f = leaves.get(type(v))
-                if f is None or type(k) is not str or k[:1] == "$":
-                    raise _Slow
-                enc[k] = f(v)
-            return enc, value  # the leaves decode to themselves: the copy is its own decode
-        if type(value) is list:
-            out = []
-            for v in value:
-                f = leaves.get(type(v))
-                if f is None:
-                    raise _Slow
-                out.append(f(v))
-            return out, value
-    except _Slow:
-        pass
-    encoded = encode_value(value, path)
-    return encoded, decode_value(encoded)
 
 
 def decode_value(v: Any) -> Any:
@@ -259,3 +228,95 @@ _TAGS: dict[str, Callable[[Any], Any]] = {
     "$uuid": uuid.UUID,
     "$int": int,
 }
+
+
+class _Slow(Exception):
+    """Internal: a value the fast path of ``encode_pair`` leaves to the general one."""
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _str_leaf(v: str) -> Any:
+    if v.isascii():  # anything else is checked for lone surrogates by the general path
+        return v
+    raise _Slow
+
+
+def _int_leaf(v: int) -> Any:
+    if _INT64_MIN <= v <= _INT64_MAX:
+        return v
+    raise _Slow
+
+
+def _float_leaf(v: float) -> Any:
+    if math.isfinite(v):
+        return v
+    raise _Slow
+
+
+def _decimal_leaf(v: Decimal) -> Any:
+    if v.is_finite():
+        return {"$decimal": str(v)}  # Decimal(str(d)) keeps digits, exponent and sign
+    raise _Slow
+
+
+def _datetime_leaf(v: datetime) -> Any:
+    tz = v.tzinfo
+    if (tz is None or tz is UTC) and not v.fold:  # other zones come back as an offset
+        return {"$datetime": v.isoformat()}
+    raise _Slow
+
+
+# The exact types whose round trip (encode, then decode) gives back an equal object: the
+# decoded value is the value itself. Each function returns the encoded form or raises _Slow.
+_LEAVES: dict[type, Callable[[Any], Any]] = {
+    str: _str_leaf,
+    bool: _same,
+    type(None): _same,
+    int: _int_leaf,
+    float: _float_leaf,
+    Decimal: _decimal_leaf,
+    uuid.UUID: lambda v: {"$uuid": str(v)},
+    datetime: _datetime_leaf,
+    date: lambda v: {"$date": v.isoformat()},
+}
+
+
+def encode_pair(value: list[Any] | dict[str, Any], path: str) -> tuple[Any, Any]:
+    """``(encode_value(value), decode_value(encode_value(value)))`` without the decode.
+
+    ``value`` is a fresh list or dict the caller owns (it may be returned as the decoded
+    form). When every item is a leaf of an exact type whose round trip gives back an equal
+    object (JSON natives, ``Decimal``, ``UUID``, naive or UTC ``datetime``, ``date``),
+    ``value`` itself is what a replay will see: no decode. Anything else (nested
+    containers, enums, subclasses, other time zones, big ints, ``$`` keys, non-ASCII text,
+    bad values)
+    takes the general path, which also raises the errors.
+
+    >>> encode_pair({"qty": Decimal("1.50")}, "kwargs")
+    ({'qty': {'$decimal': '1.50'}}, {'qty': Decimal('1.50')})
+    """
+    leaves = _LEAVES
+    try:
+        if type(value) is dict:
+            enc: dict[str, Any] = {}
+            for k, v in value.items():
+                f = leaves.get(type(v))
+                if f is None or type(k) is not str or k[:1] == "$" or not k.isascii():
+                    raise _Slow
+                enc[k] = f(v)
+            return enc, value  # the leaves decode to themselves: the copy is its own decode
+        if type(value) is list:
+            out = []
+            for v in value:
+                f = leaves.get(type(v))
+                if f is None:
+                    raise _Slow
+                out.append(f(v))
+            return out, value
+    except _Slow:
+        pass
+    encoded = encode_value(value, path)
+    return encoded, decode_value(encoded)

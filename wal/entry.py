@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from wal.codec import decode_value, encode_pair, encode_value
+from wal.codec import check_text, decode_value, encode_pair, encode_value
 from wal.errors import WALSerializationError
 
 __all__ = ["OperationType", "WALEntry", "WALEntryStatus", "content_checksum"]
@@ -143,18 +143,23 @@ class WALEntry:
     ) -> WALEntry:
         """Build a new PENDING entry; raise ``WALSerializationError`` for an unloggable value."""
         # exact-type checks first: the isinstance checks against ABCs cost more than the rest
-        if type(operation) is str:
+        if type(operation) is str and operation and operation.isascii():
             op = operation
         else:
-            op = str(operation.value if isinstance(operation, OperationType) else operation)
-        if not op:
-            raise WALSerializationError("operation", "must be a non-empty string")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise WALSerializationError(
-                "idempotency_key", f"must be a non-empty str, got {idempotency_key!r}"
-            )
+            if isinstance(operation, OperationType):
+                operation = operation.value
+            if not isinstance(operation, str) or not operation:
+                raise WALSerializationError(
+                    "operation", f"must be a non-empty str, got {operation!r}"
+                )
+            op = check_text(operation, "operation")  # an exact str, valid Unicode
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise WALSerializationError(
+                    "idempotency_key", f"must be a non-empty str, got {idempotency_key!r}"
+                )
+            if type(idempotency_key) is not str or not idempotency_key.isascii():
+                idempotency_key = check_text(idempotency_key, "idempotency_key")
         if kwargs is not None and type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise WALSerializationError("kwargs", f"must be a mapping, got {type(kwargs).__name__}")
         ta = type(args)

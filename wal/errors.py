@@ -8,12 +8,21 @@
     ├── WALLockedError             another writer holds the log; names its pid
     ├── WALClosedError             the storage was used after close()
     ├── WALEntryNotFoundError      no entry with that id in the log              (also KeyError)
+    │   └── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
     ├── WALCorruptionError         a defect on disk; names file, line, offset
+    │   ├── WALFormatVersionError  a segment of an unknown format version (a newer writer)
+    │   └── WALMissingSegmentError the first segment(s) the manifest owes are missing or empty
+    ├── WALUnsafeFileError         a file in the log directory is a symlink or not a regular file
+    ├── WALLogChangedError         a read-only reader's files were replaced under it: reopen
+    ├── WALCompactionError         compaction failed; the log is intact and appends go on
     ├── WALWriteError              write or fsync failed: the log refuses appends until reopened
+    │   ├── WALLockLostError       the LOCK file is no longer the one this writer locked
+    │   └── WALForkedError         the storage was used in a process forked from its opener
     └── WALDatabaseError           the database refused or could not be reached during a sync
 
 Every error carries a one-line ``hint``: what the operator can do about it. ``str(error)``
-says what happened and where, then the hint.
+says what happened and where, then the hint, with control characters escaped
+(:func:`printable`): a file name or an operation name from the log never reaches a terminal raw.
 
 A ``WALWriteError`` means the durability of the log itself is gone (disk full, EIO). It is
 never retried inside the library: a failed ``fsync`` leaves the kernel's page cache in an
@@ -23,19 +32,51 @@ reopen, which recovers every acknowledged entry. Trading must halt until then.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = [
     "WALClosedError",
+    "WALCompactionError",
     "WALConfigError",
     "WALCorruptionError",
     "WALDatabaseError",
     "WALEntryNotFoundError",
+    "WALEntryTooLargeError",
     "WALError",
+    "WALForkedError",
+    "WALFormatVersionError",
+    "WALLockLostError",
     "WALLockedError",
+    "WALLogChangedError",
+    "WALMissingSegmentError",
     "WALSerializationError",
+    "WALUnsafeFileError",
     "WALWriteError",
+    "printable",
 ]
+
+# C0 and C1 control characters, DEL, and the Unicode format characters that reorder or hide
+# text on a terminal (bidi overrides and isolates, zero-width marks, the BOM, line separators)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: object) -> str:
+    r"""``str(text)`` with control and invisible formatting characters escaped (``\x1b``).
+
+    Log contents (operation names, errors, ids) and file names are chosen by whoever wrote
+    them; a terminal must never interpret them (escape sequences, fake lines, bidi tricks).
+
+    >>> printable("log_trade\x1b[2J\nFAKE")
+    'log_trade\\x1b[2J\\x0aFAKE'
+    """
+    s = str(text)
+    return _UNPRINTABLE.sub(_escape, s) if _UNPRINTABLE.search(s) else s
 
 
 class WALError(Exception):
@@ -50,7 +91,8 @@ class WALError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        return printable(text)
 
 
 class WALConfigError(WALError, ValueError):
@@ -149,10 +191,17 @@ class WALWriteError(WALError):
 
     hint = "free disk space or fix the device, then reopen the log; trading must halt until then"
 
-    def __init__(self, message: str, *, path: Path | None = None, errno: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        errno: int | None = None,
+        hint: str | None = None,
+    ) -> None:
         self.path = path
         self.errno = errno
-        super().__init__(message)
+        super().__init__(message, hint=hint)
 
 
 class WALDatabaseError(WALError):
@@ -167,3 +216,98 @@ class WALDatabaseError(WALError):
     def __init__(self, message: str, *, transient: bool, hint: str | None = None) -> None:
         self.transient = transient
         super().__init__(message, hint=hint)
+
+
+class WALEntryTooLargeError(WALSerializationError):
+    """An entry's record is larger than ``StorageOptions.max_entry_bytes``; nothing was written."""
+
+    hint = "split the operation, or raise StorageOptions.max_entry_bytes; nothing was written"
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__("entry", f"its record is {size} bytes, over max_entry_bytes={limit}")
+
+
+class WALFormatVersionError(WALCorruptionError):
+    """A segment declares a format version this library does not know (a newer writer's log)."""
+
+    hint = "open this log with the atb-wal version that wrote it; nothing was changed"
+
+    def __init__(self, path: Path, line: int, offset: int, version: object) -> None:
+        self.version = version
+        super().__init__(path, line, offset, f"unknown log format version {version!r}")
+
+
+class WALMissingSegmentError(WALCorruptionError):
+    """The log's manifest owes records from an LSN that no segment holds any more.
+
+    The first segment was deleted, emptied or zero-filled: reading on would be a shorter log.
+    """
+
+    hint = (
+        "restore the missing segment from a backup; or accept the loss with `atb wal repair`, "
+        "which backs the directory up and moves the manifest to the first segment present"
+    )
+
+
+class WALUnsafeFileError(WALError):
+    """A file of the log is a symlink, a directory or another non-regular file.
+
+    The log opens its files with ``O_NOFOLLOW`` and never reads, truncates or copies anything
+    that is not its own regular file.
+    """
+
+    hint = "move that entry out of the log directory (it must hold only the log's own files)"
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is {what}, not a regular file of the log")
+
+
+class WALLogChangedError(WALError):
+    """A read-only reader found that a writer replaced or removed the segment it was reading
+    (compaction), and re-indexing did not settle. Retryable: open the log again."""
+
+    hint = "open the log again (a writer compacted it meanwhile); nothing is wrong with it"
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {what}")
+
+
+class WALCompactionError(WALError):
+    """Compaction failed (disk full while writing its temporary file, for instance).
+
+    Compaction is optional work: the segments and the index are as before it started, its
+    temporary file was removed, and appends go on.
+    """
+
+    hint = "free disk space and compact again later; the log itself is intact and writable"
+
+    def __init__(self, message: str, *, path: Path | None = None, errno: int | None = None) -> None:
+        self.path = path
+        self.errno = errno
+        super().__init__(message)
+
+
+class WALLockLostError(WALWriteError):
+    """The ``LOCK`` file is not the one this writer locked (deleted or replaced by someone).
+
+    Another process may be writing to the log now. The storage refuses every later append.
+    """
+
+    hint = (
+        "stop every process using this log, check with `atb wal verify`, then reopen; "
+        "never delete LOCK while a writer runs"
+    )
+
+
+class WALForkedError(WALWriteError):
+    """The storage was used in a child process forked after it was opened.
+
+    The writer lock and the file descriptors belong to the parent; a child's ``close()``
+    releases nothing.
+    """
+
+    hint = "open the log in the process that uses it (after the fork), never share it across one"

@@ -20,7 +20,7 @@ from cli._common import (
 )
 from wal.config import WALConfig
 from wal.entry import WALEntry, WALEntryStatus
-from wal.errors import WALError
+from wal.errors import WALError, printable
 from wal.log.storage import WALStorage
 
 STATUSES = [s.value for s in WALEntryStatus]
@@ -106,7 +106,7 @@ def show_entries(
     try:
         storage = WALStorage.open_readonly(config.directory, config.storage_options())
     except (WALError, OSError) as exc:
-        raise AtbError(one_line(str(exc)), EXIT_UNREADABLE) from None
+        raise AtbError(printable(one_line(str(exc))), EXIT_UNREADABLE) from None
     try:
         # one more than asked, to tell the operator that more entries match
         cap = None if limit == 0 else limit + 1
@@ -157,11 +157,11 @@ def _row(e: WALEntry, show_error: bool) -> tuple[str, ...]:
     row: tuple[str, ...] = (
         str(e.lsn),
         e.status.value,
-        e.operation,
+        printable(e.operation),  # written by anyone: never a terminal escape or a fake line
         created,
         str(e.attempts),
         str(e.entry_id),
     )
     if show_error:
-        row = (*row, one_line(e.last_error or "")[:120])
+        row = (*row, printable(one_line(e.last_error or ""))[:120])
     return row

@@ -247,6 +247,7 @@ def _document(
         )
     if database.get("matches_log") is False:
         problems.append(f"the configured database is not the log's: {database['error']}")
+    problems.extend(stats.recovery.warnings)  # e.g. a suspect tail cut: never routine
     if manager and manager.get("log_failed"):
         problems.append(f"the trading process reported a log failure: {manager['log_failed']}")
     m = manager or {}

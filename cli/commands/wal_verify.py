@@ -15,7 +15,7 @@ from cli._common import (
     require_log_dir,
     wal_errors,
 )
-from wal.errors import WALError
+from wal.errors import WALError, printable
 from wal.log.verify import verify_log
 
 
@@ -54,8 +54,10 @@ def verify(ctx: click.Context, as_json: bool) -> None:
             else "no records"
         )
         click.echo(
-            f"{report.directory}: {report.segments} segments, {report.records} records "
-            f"({report.entries} entries), {fmt_bytes(report.bytes)}, {lsns}"
+            printable(
+                f"{report.directory}: {report.segments} segments, {report.records} records "
+                f"({report.entries} entries), {fmt_bytes(report.bytes)}, {lsns}"
+            )
         )
         for d in report.defects:
             legible = [
@@ -64,9 +66,9 @@ def verify(ctx: click.Context, as_json: bool) -> None:
             ]
             known = ", ".join(x for x in legible if x)
             guess = f" (still legible: {known})" if known else ""
-            click.echo(f"DEFECT  {d}{guess}")
+            click.echo(printable(f"DEFECT  {d}{guess}"))  # names and bytes from the disk
         for note in report.notes:
-            click.echo(f"note    {note}")
+            click.echo(printable(f"note    {note}"))
         if report.ok:
             click.echo("OK: no defects")
         elif report.opens:

@@ -9,22 +9,36 @@ only some of them.
 
 Each rewrite is crash-safe: write a ``.wal.tmp`` file, fsync it, rename it over the segment,
 fsync the directory; only then does the in-memory index forget the dropped records. An emptied
-front segment is unlinked instead (then the directory is fsynced). A crash leaves each segment
-old or new, never a mix; recovery removes a leftover ``.wal.tmp`` file. Segments are rewritten
-oldest first; a status record is dropped only when its entry is gone, or when the entry's
-newest status is folded into its record in this segment or in an older one already rewritten.
+front segment is unlinked instead: first the manifest (:mod:`wal.log.manifest`) is moved to
+the next segment, then the file is unlinked and the directory fsynced.
+
+Compaction is optional work. A failure while writing the temporary file (ENOSPC) removes it
+and raises ``WALCompactionError``: the segment and the index are untouched and appends go on.
+Only a failure from the rename on (the files and the index may then disagree) poisons the log.
+Entries named in ``protected`` (targets of status records waiting to be written) are kept,
+and explicit idempotency keys of dropped entries leave the index with them.
+
+A crash leaves each segment old or new, never a mix; recovery removes a leftover ``.wal.tmp``
+file. Segments are rewritten oldest first; a status record is dropped only when its entry is
+gone, or when the entry's newest status is folded into its record in this segment or in an
+older one already rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_mod
 import os
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 
 from wal.crashpoints import crash_point
+from wal.errors import WALCompactionError
 from wal.log.fileops import write_all
-from wal.log.index import CODE_COMPLETED, CODE_NONE
+from wal.log.index import CODE_COMPLETED, CODE_NONE, key_hash
+from wal.log.manifest import write_manifest
 from wal.log.reading import LogReader
 from wal.log.record import KIND_STATUS, encode_line
 from wal.log.segment import FILE_MODE, TMP_SUFFIX, SegmentInfo, segment_header
@@ -33,18 +47,22 @@ __all__ = ["compact_sealed"]
 
 
 def compact_sealed(
-    store: LogReader, sealed: list[SegmentInfo], cutoff: datetime
+    store: LogReader,
+    sealed: list[SegmentInfo],
+    cutoff: datetime,
+    protected: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[int, int, int]:
     """Rewrite each sealed segment, oldest first (the caller holds the log's lock and has
     sealed the active segment). Returns (entries dropped, segments rewritten, removed).
 
-    An ``OSError`` propagates: the caller poisons the log, since the index and the files
-    may disagree after a failed rewrite.
+    ``WALCompactionError``: a temporary file could not be written; nothing changed. Another
+    ``OSError`` propagates: the caller poisons the log, since the index and the files may
+    disagree after a failed rename or directory fsync.
     """
     dropped = rewritten = removed = 0
     folded_segments: set[int] = set()
     for seg in sealed:
-        d, changed, gone = _compact_segment(store, seg, cutoff, folded_segments)
+        d, changed, gone = _compact_segment(store, seg, cutoff, folded_segments, protected)
         dropped += d
         rewritten += int(changed)
         removed += int(gone)
@@ -54,11 +72,16 @@ def compact_sealed(
 
 
 def _compact_segment(
-    store: LogReader, seg: SegmentInfo, cutoff: datetime, folded: set[int]
+    store: LogReader,
+    seg: SegmentInfo,
+    cutoff: datetime,
+    folded: set[int],
+    protected: frozenset[int] | set[int],
 ) -> tuple[int, bool, bool]:
     """Rewrite one sealed segment (lock held). Returns (dropped, rewritten, removed)."""
     keep: list[tuple[int, bytes]] = []
     dropped_status: list[tuple[int, int]] = []  # (status record LSN, its entry's LSN)
+    dropped_keys: list[tuple[int, int]] = []  # (key hash, LSN) of dropped explicit keys
     dropped = 0
     droppable = False
     for lsn in range(seg.first, seg.end + 1):
@@ -79,13 +102,12 @@ def _compact_segment(
             continue
         entry = store._load_entry(lsn)
         when = entry.synced_at or entry.created_at
-        if code == CODE_COMPLETED and when.tzinfo is not None and when <= cutoff:
+        old = when <= (cutoff if when.tzinfo is not None else cutoff.replace(tzinfo=None))
+        if code == CODE_COMPLETED and old and lsn not in protected:
             droppable = True
             dropped += 1
-            continue
-        if code == CODE_COMPLETED and when.tzinfo is None and when <= cutoff.replace(tzinfo=None):
-            droppable = True
-            dropped += 1
+            if entry.has_explicit_key:
+                dropped_keys.append((key_hash(entry.idempotency_key), lsn))
             continue
         if store._status_rec[i]:
             droppable = True  # fold the newest status into the entry record
@@ -98,11 +120,14 @@ def _compact_segment(
         return 0, False, False
     folded.add(seg.first)
     if not keep and front:
+        # the manifest first: a crash before the unlink leaves a segment wholly before the
+        # manifest's first LSN, which recovery removes; never a manifest naming a lost segment
+        write_manifest(store._fs, store.directory, store._segments[1].first)
         store._fs.unlink(str(seg.path))
         crash_point("compact-after-unlink")
         # the removal must be durable before the index forgets these LSNs
         store._fs.fsync_dir(str(store.directory))
-        _forget(store, seg, [], dropped_status)
+        _forget(store, seg, [], dropped_status, dropped_keys)
         store._segments.remove(seg)
         _drop_front(store)
         gone_fd = store._read_fds.pop(seg.first, None)
@@ -111,20 +136,16 @@ def _compact_segment(
         return dropped, True, True
     header = segment_header(seg.first, seg.end)
     tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
-    fd = store._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        write_all(store._fs, fd, header + b"".join(line for _, line in keep))
-        store._fs.fdatasync(fd)  # never rename an unsynced file over good data
-    finally:
-        store._fs.close(fd)
+    ino = _write_tmp(store, tmp, header + b"".join(line for _, line in keep))
     crash_point("compact-after-tmp-write")
     store._fs.rename(str(tmp), str(seg.path))
     crash_point("compact-after-rename")
     store._fs.fsync_dir(str(store.directory))  # the rename is durable only after this
-    old = store._read_fds.pop(seg.first, None)
-    if old is not None:
-        os.close(old)
-    _forget(store, seg, keep, dropped_status)
+    old_fd = store._read_fds.pop(seg.first, None)
+    if old_fd is not None:
+        os.close(old_fd)
+    seg.ino = ino
+    _forget(store, seg, keep, dropped_status, dropped_keys)
     off = len(header)
     for lsn, line in keep:
         i = lsn - store._base
@@ -136,13 +157,50 @@ def _compact_segment(
     return dropped, True, False
 
 
+def _write_tmp(store: LogReader, tmp: os.PathLike[str], data: bytes) -> tuple[int, int]:
+    """Write and fsync a compaction's temporary file; return its (st_dev, st_ino).
+
+    A failure (ENOSPC, EIO) removes the file and raises ``WALCompactionError``: nothing else
+    was touched, so the log goes on (its own descriptors never saw this error).
+    """
+    fd = -1
+    try:
+        fd = store._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        write_all(store._fs, fd, data)
+        store._fs.fdatasync(fd)  # never rename an unsynced file over good data
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+    except OSError as exc:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                store._fs.close(fd)
+            fd = -1
+        with contextlib.suppress(OSError):
+            store._fs.unlink(str(tmp))  # never leave a half-written file behind
+        en = exc.errno
+        name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
+        raise WALCompactionError(
+            f"compaction could not write {tmp} ({name}: {exc.strerror or exc}); it was removed "
+            "and the log is unchanged",
+            path=Path(tmp),
+            errno=en,
+        ) from exc
+    finally:
+        if fd >= 0:
+            store._fs.close(fd)
+
+
 def _forget(
     store: LogReader,
     seg: SegmentInfo,
     keep: list[tuple[int, bytes]],
     dropped_status: list[tuple[int, int]],
+    dropped_keys: list[tuple[int, int]],
 ) -> None:
     """Clear the index slots of a rewritten segment's dropped records (lock held)."""
+    for kh, lsn in dropped_keys:
+        if store._keys.get(kh) == lsn:
+            del store._keys[kh]  # the key's entry is gone: the map stays as small as the log
     for s_lsn, target in dropped_status:
         t = target - store._base
         if 0 <= t < len(store._status_rec) and store._status_rec[t] == s_lsn:

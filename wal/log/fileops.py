@@ -30,10 +30,11 @@ class FileOps(Protocol):
 
 
 class OSFileOps:
-    """The real file system."""
+    """The real file system. Never follows a symlink: a file of the log that is a symlink
+    fails to open (ELOOP) instead of writing, truncating or copying what it points to."""
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags | os.O_CLOEXEC, mode)
+        return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
 
     def write(self, fd: int, data: bytes) -> int:
         return os.write(fd, data)
@@ -58,7 +59,7 @@ class OSFileOps:
         os.unlink(path)
 
     def truncate(self, path: str, length: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             os.ftruncate(fd, length)
             os.fsync(fd)  # the cut must be durable before anything is appended after it

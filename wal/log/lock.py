@@ -1,33 +1,46 @@
-"""One writer per log: an exclusive ``flock`` on ``<dir>/LOCK``.
+"""One writer per log: an exclusive ``flock`` on the log directory and on ``<dir>/LOCK``.
 
 ``flock`` locks belong to an open file description, so a second ``WALStorage`` in the same
-process is refused just like one in another process. The owner writes its pid into the file
-so the refused one can name it. The lock dies with its process (SIGKILL included): no stale
-lock files to clean up. ``flock`` does not work across NFS: keep the log on a local disk.
+process is refused just like one in another process. The owner writes its pid into ``LOCK``
+so the refused one can name it. The locks die with their process (SIGKILL included): no
+stale lock files to clean up. ``flock`` does not work across NFS: keep the log on a local disk.
+
+The directory itself is locked too: a directory cannot be deleted while the log is in it, so
+an operator deleting ``LOCK`` while a writer runs does not let a second writer in. The writer
+also checks, after each rotation and every ``CHECK_EVERY`` flushes, that ``LOCK`` is still the
+file it locked (``still_ours``), and halts if not. ``LOCK`` is opened with ``O_NOFOLLOW``: a
+symlink named ``LOCK`` is refused, its target never truncated.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
 from pathlib import Path
-from typing import IO
 
-import portalocker
+from wal.errors import WALLockedError, WALUnsafeFileError
 
-from wal.errors import WALLockedError
-
-__all__ = ["LOCK_NAME", "WriterLock", "read_owner_pid"]
+__all__ = ["CHECK_EVERY", "LOCK_NAME", "WriterLock", "read_owner_pid"]
 
 LOCK_NAME = "LOCK"
+CHECK_EVERY = 1024  # flushes between two checks that LOCK is still ours (and after a rotation)
 
 
 def read_owner_pid(directory: Path) -> int | None:
     """The pid written by the current (or last) owner of the lock, if readable."""
     try:
-        text = (directory / LOCK_NAME).read_text().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class WriterLock:
@@ -35,27 +48,69 @@ class WriterLock:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._file: IO[str] | None = None
+        self._fd = -1
+        self._dir_fd = -1
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the LOCK we hold
+        self._pid = 0
 
     def acquire(self) -> None:
         path = self.directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        f = os.fdopen(fd, "r+")
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        except portalocker.exceptions.LockException:
-            f.close()
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(dir_fd)
             raise WALLockedError(self.directory, read_owner_pid(self.directory)) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()  # only informational: no fsync needed, the lock itself is not on disk
-        self._file = f
+        try:
+            fd = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+            )
+        except OSError as exc:
+            os.close(dir_fd)
+            if exc.errno == errno.ELOOP:
+                raise WALUnsafeFileError(path, "a symlink") from None
+            if exc.errno == errno.EISDIR:
+                raise WALUnsafeFileError(path, "a directory") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            os.close(dir_fd)
+            raise WALUnsafeFileError(path, "a special file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            os.close(dir_fd)
+            raise WALLockedError(self.directory, read_owner_pid(self.directory)) from None
+        os.ftruncate(fd, 0)
+        # only informational: no fsync needed, the lock itself is not on disk
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd, self._dir_fd = fd, dir_fd
+        self._identity = (st.st_dev, st.st_ino)
+        self._pid = os.getpid()
+
+    def still_ours(self) -> str | None:
+        """None while ``LOCK`` is the file this writer locked; else what happened to it."""
+        try:
+            st = os.lstat(self.directory / LOCK_NAME)
+        except FileNotFoundError:
+            return "LOCK was deleted"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "LOCK was replaced by another file"
+        return None
 
     def release(self) -> None:
-        if self._file is not None:
-            try:
-                portalocker.unlock(self._file)
-            finally:
-                self._file.close()
-                self._file = None
+        """Unlock and close. In a process forked from the owner, only close this process's
+        copies of the descriptors: an unlock there would release the owner's lock."""
+        fd, dir_fd = self._fd, self._dir_fd
+        self._fd = self._dir_fd = -1
+        if fd < 0:
+            return
+        try:
+            if os.getpid() == self._pid:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.flock(dir_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            os.close(dir_fd)

@@ -41,12 +41,17 @@ class StorageOptions:
         ``"strict"``: any defect raises, the torn tail too.
         ``"skip_corrupt"``: salvage: bad records and LSN gaps are skipped and counted in the
         recovery report; for an explicit repair after a disaster.
+    ``max_entry_bytes``
+        The largest record an ``append`` accepts (its JSON line); a larger entry raises
+        ``WALEntryTooLargeError`` and nothing is written. Default 4 MiB: a trading operation
+        is a few hundred bytes, and every record is read back whole (recovery, replay).
     """
 
     fsync: FsyncMode = "always"
     fsync_interval_ms: float = 10.0
     max_segment_bytes: int = 64 * 1024 * 1024
     recovery: RecoveryMode = "tolerate_tail"
+    max_entry_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
@@ -57,6 +62,9 @@ class StorageOptions:
             raise WALConfigError("max_segment_bytes", self.max_segment_bytes, "an int >= 4096")
         if self.max_segment_bytes < 4096:
             raise WALConfigError("max_segment_bytes", self.max_segment_bytes, "an int >= 4096")
+        me = self.max_entry_bytes
+        if isinstance(me, bool) or not isinstance(me, int) or not 1024 <= me <= 1 << 30:
+            raise WALConfigError("max_entry_bytes", me, "an int from 1024 to 1073741824")
         iv = self.fsync_interval_ms
         if isinstance(iv, bool) or not isinstance(iv, int | float) or not 0 < iv <= 60_000:
             raise WALConfigError("fsync_interval_ms", iv, "a number of ms in (0, 60000]")

@@ -5,6 +5,14 @@ into entries: it finds a record's segment and offset in the index (:mod:`wal.log
 its bytes with ``pread`` under the storage's lock (a backlog's neighbouring records with one
 ``pread``), then verifies and parses them without the lock, so a reader never holds up an
 appender while it parses. Background readers (a drain) also yield to appends in progress.
+
+A read never returns a record other than the one asked for: the decoded record's LSN must be
+the one looked up, an entry's id must match the 64 id bits the index holds for that LSN, and a
+status record must name that entry. A mismatch means the file changed under the index: for
+the writer (which owns the files) that is a ``WALCorruptionError``; for a read-only reader
+(``open_readonly``) it is a writer's compaction, and so is a segment file replaced (another
+inode) or removed: the reader re-indexes the log and retries, or raises the retryable
+``WALLogChangedError``. Read descriptors are kept in an LRU cache of ``MAX_READ_FDS``.
 """
 
 from __future__ import annotations
@@ -13,20 +21,35 @@ import bisect
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wal.entry import WALEntry, WALEntryStatus
-from wal.errors import WALClosedError, WALCorruptionError, WALEntryNotFoundError
+from wal.errors import (
+    WALClosedError,
+    WALCorruptionError,
+    WALEntryNotFoundError,
+    WALForkedError,
+    WALLogChangedError,
+)
 from wal.log.fileops import FileOps
 from wal.log.index import CODE_NONE, STATUS_CODE, UNFINISHED_CODES, LogIndex, key_hash
 from wal.log.options import StorageOptions
 from wal.log.record import RecordError, decode_line
-from wal.log.segment import SegmentInfo
+from wal.log.segment import SegmentInfo, open_read
 
-__all__ = ["LogReader"]
+__all__ = ["MAX_READ_FDS", "LogReader", "RawRecord"]
+
+MAX_READ_FDS = 32  # read descriptors cached (least recently used closed first)
+READ_ATTEMPTS = 4  # a read-only reader re-indexes at most this many times for one read
+T = TypeVar("T")
+
+# One record as read from disk: (bytes with the newline, file, offset, the LSN asked for,
+# the id hash the index holds for it: 0 for a status record)
+RawRecord = tuple[bytes, Path, int, int, int]
 
 
 class LogReader(LogIndex):
@@ -44,9 +67,35 @@ class LogReader(LogIndex):
     _cond: threading.Condition
     _closed: bool
     _segments: list[SegmentInfo]
-    _read_fds: dict[int, int]  # segment's first LSN -> read-only descriptor
+    _read_fds: OrderedDict[int, int]  # segment's first LSN -> read-only descriptor (LRU)
     _appenders: int  # foreground writers between enqueue and acknowledgement
     _yielding: int  # background threads in yield_to_appenders()
+    _forked: bool  # set in a child process forked after the open: every use raises
+
+    def _reindex(self) -> None:
+        """Forget the index and build it again from disk (read-only readers; WALStorage)."""
+        raise NotImplementedError
+
+    def _locked(self, read: Callable[[], T]) -> T:
+        """Run ``read`` under the lock. A read-only reader whose files a writer replaced
+        meanwhile re-indexes the log and runs it again."""
+        with self._cond:
+            self._check_open()
+            for attempt in range(READ_ATTEMPTS):
+                try:
+                    return read()
+                except WALLogChangedError:
+                    if not self.readonly or attempt + 1 == READ_ATTEMPTS:
+                        raise
+                    self._reindex()
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _changed(self, path: Path, what: str) -> Exception:
+        """The error for a file that is not what the index says: a writer's compaction for a
+        read-only reader, damage or tampering for the writer itself."""
+        if self.readonly:
+            return WALLogChangedError(path, what)
+        return WALCorruptionError(path, 0, 0, f"{what} (the file changed under the open log)")
 
     def _segment_for(self, lsn: int) -> SegmentInfo:
         firsts = [s.first for s in self._segments]
@@ -55,36 +104,54 @@ class LogReader(LogIndex):
             raise WALEntryNotFoundError(lsn)
         return self._segments[k]
 
-    def _read_raw(self, lsn: int) -> tuple[bytes, Path, int]:
+    def _read_raw(self, lsn: int) -> RawRecord:
         """One record's bytes by LSN, with its file and offset (caller holds the lock)."""
         i = lsn - self._base
         if i < 0 or i >= self._n or self._lengths[i] == 0:
             raise WALEntryNotFoundError(lsn)
-        return self._read_span(self._segment_for(lsn), self._offsets[i], self._lengths[i])
+        data, path, off = self._read_span(
+            self._segment_for(lsn), self._offsets[i], self._lengths[i]
+        )
+        return data, path, off, lsn, self._idh[i] if self._status[i] != CODE_NONE else 0
 
-    @staticmethod
-    def _decode_raw(raw: tuple[bytes, Path, int]) -> dict[str, Any]:
-        """Verify and parse what ``_read_raw`` read (no lock needed)."""
-        data, path, off = raw
+    def _decode_raw(self, raw: RawRecord) -> dict[str, Any]:
+        """Verify and parse what ``_read_raw`` read, and check that it is the record asked
+        for: its LSN, and an entry's id (no lock needed)."""
+        data, path, off, lsn, idh = raw
         try:
-            return decode_line(data[:-1])
+            if len(data) < 2 or data[-1:] != b"\n":
+                raise RecordError("the record ends early (the file is shorter than indexed)")
+            rec = decode_line(data[:-1])
         except RecordError as exc:
+            if self.readonly:
+                raise WALLogChangedError(path, f"offset {off}: {exc.problem}") from None
             raise WALCorruptionError(path, 0, off, exc.problem) from None
+        got = rec.get("lsn")
+        if got != lsn:
+            raise self._changed(path, f"offset {off} holds LSN {got!r}, the index says LSN {lsn}")
+        if idh:
+            sid: Any = rec.get("entry_id")
+            try:  # id_hash of the UUID's last 8 bytes, read from its text (hex groups 4 and 5)
+                ok = int.from_bytes(bytes.fromhex(sid[19:23] + sid[24:36]), "little") == idh
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise self._changed(path, f"LSN {lsn} at offset {off} is not the entry indexed")
+        return rec
 
     def _read_record(self, lsn: int) -> dict[str, Any]:
         """Read one record back from disk by LSN (caller holds the lock or is recovering)."""
         return self._decode_raw(self._read_raw(lsn))
 
-    def _raw_entry(
-        self, lsn: int
-    ) -> tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]:
+    def _raw_entry(self, lsn: int) -> tuple[RawRecord, RawRecord | None]:
         """An entry's record and its newest status record, as bytes (caller holds the lock)."""
-        s = self._status_rec[lsn - self._base]
+        i = lsn - self._base
+        if i < 0 or i >= self._n or self._status[i] == CODE_NONE:
+            raise WALEntryNotFoundError(lsn)
+        s = self._status_rec[i]
         return self._read_raw(lsn), (self._read_raw(s) if s else None)
 
-    def _raw_entries(
-        self, lsns: list[int]
-    ) -> list[tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]]:
+    def _raw_entries(self, lsns: list[int]) -> list[tuple[RawRecord, RawRecord | None]]:
         """``_raw_entry`` of each LSN (ascending); one ``pread`` when they lie close together
         in one segment, as a backlog does (caller holds the lock)."""
         if len(lsns) < 2:
@@ -106,32 +173,66 @@ class LogReader(LogIndex):
             i = lsn - base
             off = offsets[i]
             s = self._status_rec[i]
-            rec = (data[off - lo : off - lo + lengths[i]], seg.path, off)
+            rec = (data[off - lo : off - lo + lengths[i]], seg.path, off, lsn, self._idh[i])
             out.append((rec, self._read_raw(s) if s else None))
         return out
 
     def _read_span(self, seg: SegmentInfo, off: int, length: int) -> tuple[bytes, Path, int]:
-        fd = self._read_fds.get(seg.first)
+        fds = self._read_fds
+        fd = fds.get(seg.first)
         if fd is None:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-            self._read_fds[seg.first] = fd
+            fd = self._open_segment(seg)
+        else:
+            fds.move_to_end(seg.first)
         return os.pread(fd, length, off), seg.path, off
 
-    @classmethod
-    def _entry_from_raw(
-        cls, raw: tuple[tuple[bytes, Path, int], tuple[bytes, Path, int] | None]
-    ) -> WALEntry:
+    def _open_segment(self, seg: SegmentInfo) -> int:
+        """A read descriptor of ``seg``, checked to be the file that was indexed, cached."""
+        try:
+            fd = open_read(seg.path)
+        except FileNotFoundError:
+            raise self._changed(seg.path, "the segment was removed") from None
+        st = os.fstat(fd)
+        if seg.ino is not None and (st.st_dev, st.st_ino) != seg.ino:
+            os.close(fd)
+            raise self._changed(seg.path, "the segment was replaced by another file")
+        self._cache_fd(seg.first, fd)
+        return fd
+
+    def _cache_fd(self, first: int, fd: int) -> None:
+        """Keep a read descriptor, closing the least recently used one past ``MAX_READ_FDS``."""
+        fds = self._read_fds
+        old = fds.pop(first, None)
+        if old is not None and old != fd:
+            os.close(old)
+        fds[first] = fd
+        while len(fds) > MAX_READ_FDS:
+            _, victim = fds.popitem(last=False)
+            os.close(victim)
+
+    def _entry_from_raw(self, raw: tuple[RawRecord, RawRecord | None]) -> WALEntry:
         """Build the entry with its current status from ``_raw_entry`` (no lock needed)."""
-        entry = WALEntry.from_dict(cls._decode_raw(raw[0]))
+        rec = self._decode_raw(raw[0])
+        try:
+            entry = WALEntry.from_dict(rec)
+        except (KeyError, ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+            _, path, off, lsn, _ = raw[0]
+            raise WALCorruptionError(path, 0, off, f"LSN {lsn}: malformed entry: {exc}") from None
         if raw[1] is not None:
-            st = cls._decode_raw(raw[1])
-            at = st.get("at")
-            entry = entry.with_status(
-                WALEntryStatus(st["status"]),
-                at=None if at is None else datetime.fromisoformat(at),
-                error=st.get("error"),
-                attempts=st.get("attempts"),
-            )
+            st = self._decode_raw(raw[1])
+            path, off = raw[1][1], raw[1][2]
+            if st.get("of") != entry.lsn or st.get("entry_id") != str(entry.entry_id):
+                raise self._changed(path, f"the status record at offset {off} is another entry's")
+            try:
+                at = st.get("at")
+                entry = entry.with_status(
+                    WALEntryStatus(st["status"]),
+                    at=None if at is None else datetime.fromisoformat(at),
+                    error=st.get("error"),
+                    attempts=st.get("attempts"),
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                raise WALCorruptionError(path, 0, off, f"malformed status record: {exc}") from None
         return entry
 
     def _load_entry(self, lsn: int) -> WALEntry:
@@ -139,15 +240,12 @@ class LogReader(LogIndex):
 
     def get_entry(self, entry_id: uuid.UUID | str) -> WALEntry:
         """The entry with its current status; ``WALEntryNotFoundError`` if it is not here."""
-        with self._cond:
-            self._check_open()
-            lsn, _ = self._resolve(entry_id)
-            return self._load_entry(lsn)
+        return self._locked(lambda: self._load_entry(self._resolve(entry_id)[0]))
 
     def find_by_idempotency_key(self, key: str) -> WALEntry | None:
         """The entry appended with this explicit idempotency key, if it is still in the log."""
-        with self._cond:
-            self._check_open()
+
+        def find() -> WALEntry | None:
             lsn = self._keys.get(key_hash(key))
             if lsn is None:
                 return None
@@ -157,15 +255,27 @@ class LogReader(LogIndex):
                 return None
             if entry.idempotency_key == key:
                 return entry
-            # a 64-bit hash collision: look the slow way
-            for e in self.iter_entries():
+            return self._find_key_slowly(key)  # a 64-bit hash collision
+
+        return self._locked(find)
+
+    def _find_key_slowly(self, key: str) -> WALEntry | None:
+        """Every entry read in turn (lock held): for a hash collision, practically never."""
+        for i in range(self._n):
+            if self._status[i] != CODE_NONE:
+                e = self._load_entry(i + self._base)
                 if e.idempotency_key == key:
                     return e
-            return None
+        return None
 
     def _check_open(self) -> None:
         if self._closed:
             raise WALClosedError("the log is closed")
+        if self._forked:
+            raise WALForkedError(
+                f"the log in {self.directory} was opened by another process (this one was "
+                "forked from it)"
+            )
 
     def get_pending_entries(
         self, *, after_lsn: int = 0, limit: int | None = None, background: bool = False
@@ -179,15 +289,17 @@ class LogReader(LogIndex):
         n = 0
         while limit is None or n < limit:
             want = 64 if limit is None else min(64, limit - n)
-            lsns = []
-            with self._mutex:  # only the index search and the preads hold the lock
-                self._check_open()
+
+            def batch(pos_lsn: int = pos_lsn, want: int = want) -> list[Any]:
+                lsns = []
                 start = max(pos_lsn - self._base, 0)
                 for m in UNFINISHED_CODES.finditer(self._status, start):
                     lsns.append(m.start() + self._base)
                     if len(lsns) == want:
                         break
-                raws = self._raw_entries(lsns)
+                return self._raw_entries(lsns)
+
+            raws = self._locked(batch)  # only the index search and the preads hold the lock
             if not raws:
                 return
             for raw in raws:  # parsing runs unlocked: appenders are not held up by a reader
@@ -220,22 +332,28 @@ class LogReader(LogIndex):
         """Every entry still in the log, in LSN order, with its current status."""
         wanted = None if statuses is None else {STATUS_CODE[WALEntryStatus(s)] for s in statuses}
         next_lsn = 0  # by LSN, not slot: a compaction may shift the index between yields
+
+        def step() -> WALEntry | None:
+            n = self._n
+            i = max(next_lsn - self._base, 0)
+            while i < n:
+                code = self._status[i]
+                if code != CODE_NONE and (wanted is None or code in wanted):
+                    break
+                i += 1
+            if i >= n:
+                return None
+            return self._load_entry(i + self._base)
+
         while True:
-            with self._cond:
-                self._check_open()
-                n = self._n
-                i = max(next_lsn - self._base, 0)
-                while i < n:
-                    code = self._status[i]
-                    if code != CODE_NONE and (wanted is None or code in wanted):
-                        break
-                    i += 1
-                if i >= n:
-                    return
-                entry = self._load_entry(i + self._base)
-                next_lsn = i + self._base + 1
+            entry = self._locked(step)
+            if entry is None:
+                return
+            assert entry.lsn is not None
+            next_lsn = entry.lsn + 1
             yield entry
 
     def count(self, status: WALEntryStatus) -> int:
         with self._cond:
+            self._check_open()
             return self._counts[STATUS_CODE[WALEntryStatus(status)]]

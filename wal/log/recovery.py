@@ -7,20 +7,35 @@ reference):
 * A crash can only tear the last record of the last segment (bytes written after the last
   fsync). Unless the mode is ``"strict"``, that tail is cut: the torn bytes are first kept in
   a ``.broken`` file (synced, and its directory entry too), then the segment is truncated
-  before them. A last segment without a durable header (a rotation cut short) is removed.
+  before them. A torn tail is an incomplete last line, a zero-filled tail, or a lost page (a
+  zero run up to a page boundary) of a multi-page write with later pages kept: nothing after
+  such a hole was ever acknowledged. A tail that is a *complete* line with a bad checksum can
+  be a damaged acknowledged record: it is cut too (the bytes kept in a ``.suspect`` file),
+  with a warning in the report that ``atb wal status`` shows while the file is there.
+* A last segment without a valid header is removed only when it is no longer than a header
+  (a rotation cut short: records are written only after the header is durable); a longer
+  one, or any other segment without a header (empty, zero-filled), is corruption.
+* The manifest (:mod:`wal.log.manifest`) names the first LSN the log owes: no segment there
+  is ``WALMissingSegmentError``, never a shorter log. Segments wholly before it are an
+  interrupted compaction's leftovers and are removed.
 * Anything else (a bad record before the end, an LSN gap between segments, a record out of
-  order) raises ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the
-  torn tail too, and ``"skip_corrupt"`` skips and counts instead (an explicit salvage).
+  order, a record whose checksum matches but whose contents do not decode) raises
+  ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the torn tail too,
+  and ``"skip_corrupt"`` skips and counts instead (an explicit salvage). A segment of an
+  unknown format version raises ``WALFormatVersionError`` in every mode.
 * ``*.wal.tmp`` files are an interrupted compaction's unfinished output; the segment they were
-  to replace is intact, so they are removed.
+  to replace is intact, so they are removed (``MANIFEST.tmp`` likewise).
+* Every file is checked to be a regular file (``WALUnsafeFileError`` for a symlink or a
+  directory) and read through ``O_NOFOLLOW`` descriptors.
 
 Every record's checksum is verified and every record indexed. Records in the layout our
 writers produce take a fast path (:mod:`wal.log.fastindex`) that does both without parsing them
 into dicts; any other line is decoded and checked as below, one at a time.
 
 A read-only open (``WALStorage.open_readonly``) changes nothing on disk: it stops at a torn
-tail instead of cutting it (a writer may still be writing that record). What was found and
-done is the ``RecoveryReport`` in ``WALStorage.recovery_report``.
+tail instead of cutting it (a writer may still be writing that record), and keeps the
+descriptors it read each segment with, so its later reads see the files it indexed. What was
+found and done is the ``RecoveryReport`` in ``WALStorage.recovery_report``.
 """
 
 from __future__ import annotations
@@ -29,24 +44,37 @@ import logging
 import os
 from pathlib import Path
 
-from wal.errors import WALCorruptionError
+from wal.errors import (
+    WALCorruptionError,
+    WALFormatVersionError,
+    WALLogChangedError,
+    WALMissingSegmentError,
+)
 from wal.log.fastindex import Cursor, index_chunk
 from wal.log.fileops import write_all
+from wal.log.manifest import MANIFEST_TMP, read_manifest
 from wal.log.reading import LogReader
-from wal.log.record import KIND_SEGMENT
+from wal.log.record import FORMAT_VERSION, KIND_SEGMENT
 from wal.log.report import RecoveryReport
 from wal.log.segment import (
     BROKEN_SUFFIX,
     FILE_MODE,
+    SUSPECT_SUFFIX,
     TMP_SUFFIX,
     Defect,
     SegmentInfo,
+    check_regular,
     list_segments,
+    lost_page_at,
+    open_read,
     read_chunks,
     read_from,
     scan,
+    segment_header,
+    segment_name,
     valid_record_after,
 )
+from wal.log.validate import record_problem
 
 __all__ = ["RecoveryReport", "recover"]
 
@@ -56,22 +84,61 @@ log = logging.getLogger("wal")
 def recover(store: LogReader) -> None:
     """Index every segment of ``store``'s directory and set its next LSN (while it opens)."""
     rep = store.recovery_report
+    d = store.directory
     if not store.readonly:
-        for tmp in store.directory.glob("*" + TMP_SUFFIX):
-            # an interrupted compaction's unfinished output: the original is intact
+        leftovers = [*d.glob("*" + TMP_SUFFIX), *d.glob(MANIFEST_TMP)]
+        for tmp in leftovers:
+            check_regular(tmp)  # never unlink a directory or follow anything here
+            # an interrupted compaction's (or manifest write's) unfinished output: the
+            # original is intact
             store._fs.unlink(str(tmp))
             rep.removed_tmp_files += 1
-    segments = list_segments(store.directory)
+    owed = read_manifest(d)
+    rep.manifest_first = owed
+    segments = list_segments(d)
+    for _, path in segments:
+        check_regular(path)
+    for kept in sorted(d.glob("*" + SUSPECT_SUFFIX + "*")):
+        rep.warnings.append(
+            f"{kept.name}: a complete record with a bad checksum was cut from the end of the "
+            "log by an earlier open: an acknowledged entry may have been damaged on disk; "
+            "check it against the database, then delete the file"
+        )
+    changed_dir = rep.removed_tmp_files > 0
+    if owed is not None:
+        front = [(f, p) for f, p in segments if f < owed]
+        segments = segments[len(front) :]
+        if not segments or segments[0][0] != owed:
+            where = (
+                f"segment {segments[0][1].name} starts at LSN {segments[0][0]}"
+                if segments
+                else "no segment is left"
+            )
+            problem = (
+                f"the manifest says the log starts at LSN {owed} but {where}: the first "
+                f"segment ({segment_name(owed)}) was deleted"
+            )
+            if store.options.recovery != "skip_corrupt":
+                raise WALMissingSegmentError(d / segment_name(owed), 0, 0, problem)
+            rep.lsn_gaps += 1
+            rep.defects.append(problem)
+            owed = None
+        for _, path in front:
+            # wholly before the manifest's first LSN: an interrupted compaction had still to
+            # remove it (the manifest is moved first); nothing in it is owed
+            if not store.readonly:
+                store._fs.unlink(str(path))
+                rep.removed_front_segments += 1
+                changed_dir = True
     store._base = segments[0][0] if segments else 1
     prev_end = 0
-    changed_dir = rep.removed_tmp_files > 0
     for i, (first, path) in enumerate(segments):
         last_segment = i == len(segments) - 1
         try:
-            seg = _recover_segment(store, path, first, last_segment, prev_end)
+            seg = _recover_segment(store, path, first, last_segment, prev_end, first == owed)
         except FileNotFoundError:
-            if store.readonly:  # a writer's compaction removed it meanwhile
-                continue
+            if store.readonly:  # a writer's compaction removed it meanwhile: read again
+                raise WALLogChangedError(path, "removed while it was read") from None
             raise
         if seg is None:
             changed_dir = True
@@ -87,9 +154,36 @@ def recover(store: LogReader) -> None:
 
 
 def _recover_segment(
-    store: LogReader, path: Path, first: int, last_segment: bool, prev_end: int
+    store: LogReader, path: Path, first: int, last_segment: bool, prev_end: int, owed: bool
 ) -> SegmentInfo | None:
     """Index one segment; cut a torn tail; raise on corruption. None: segment removed.
+
+    ``owed``: the manifest names this segment as the log's first. A read-only reader keeps
+    the descriptor it read the segment with (its later reads see this very file).
+    """
+    fd = open_read(path)
+    keep_fd = False
+    try:
+        seg = _index_segment(store, fd, path, first, last_segment, prev_end, owed)
+        keep_fd = seg is not None and store.readonly
+        if keep_fd:
+            store._cache_fd(first, fd)
+        return seg
+    finally:
+        if not keep_fd:
+            os.close(fd)
+
+
+def _index_segment(
+    store: LogReader,
+    fd: int,
+    path: Path,
+    first: int,
+    last_segment: bool,
+    prev_end: int,
+    owed: bool,
+) -> SegmentInfo | None:
+    """``_recover_segment`` on an open descriptor.
 
     Records in the writer's layout are verified and indexed in bulk by :mod:`wal.log.fastindex`;
     every other line comes to ``slow`` below, one at a time and in order.
@@ -97,7 +191,12 @@ def _recover_segment(
     rep = store.recovery_report
     mode = store.options.recovery
     cur = Cursor(first)
-    size = path.stat().st_size
+    st = os.fstat(fd)
+    size = st.st_size
+    header_len = len(segment_header(first, None))
+    # a last segment with no valid header is a rotation cut short only if it holds no more
+    # than a header (records are written after the header is durable); else records are lost
+    headless_ok = last_segment and size <= header_len and not owed
 
     def corrupt(d: Defect) -> None:
         text = f"{d.path.name}: line {d.line}, offset {d.offset}: {d.problem}"
@@ -126,11 +225,23 @@ def _recover_segment(
         nl = data.find(b"\n", pos)
         after = len(data) if nl < 0 else nl + 1
         if isinstance(item, Defect):
-            rest = read_from(path, item.offset) if last_segment and mode != "strict" else b""
-            if rest and valid_record_after(rest, 0) is None:
-                # a torn tail: only bytes written after the last fsync can be here
-                size = _cut_tail(store, path, rest, item)
-                return -1
+            torn_ok = last_segment and mode != "strict" and (cur.header is not None or headless_ok)
+            rest = read_from(fd, item.offset) if torn_ok else b""
+            if rest:
+                hole = lost_page_at(rest, 0, item.offset)
+                if hole or valid_record_after(rest, 0) is None:
+                    # a torn tail: only bytes written after the last fsync can be here (a
+                    # lost page of one unacknowledged write, with later pages of it kept)
+                    suspect = not hole and _looks_like_record(rest)
+                    size = _cut_tail(store, path, rest, item, suspect=suspect)
+                    return -1
+            if cur.header is None and owed and mode != "skip_corrupt":
+                raise WALMissingSegmentError(
+                    path,
+                    item.line,
+                    item.offset,
+                    f"the log's first segment is unreadable: {item.problem}",
+                )
             corrupt(item)
             return after
         rec = item.record
@@ -141,18 +252,30 @@ def _recover_segment(
                 cur.header = {"first": first, "last": None}
             else:
                 cur.header = rec
+                version = rec.get("version")
+                if version != FORMAT_VERSION:
+                    # a newer writer's log: never salvaged by dropping what we cannot read
+                    raise WALFormatVersionError(path, item.line, item.offset, version)
                 if rec.get("first") != first:
                     corrupt(
                         Defect(
                             path,
                             item.line,
                             item.offset,
-                            f"header says first LSN {rec.get('first')}, name says {first}",
+                            f"header says first LSN {rec.get('first')!r}, name says {first}",
                         )
                     )
-                if rec.get("last") is not None:
-                    cur.compacted = True
-                    cur.end = int(rec["last"])
+                last = rec.get("last")
+                if last is not None:
+                    if type(last) is int and last >= first - 1:
+                        cur.compacted = True
+                        cur.end = last
+                    else:
+                        corrupt(
+                            Defect(
+                                path, item.line, item.offset, f"header has a bad 'last': {last!r}"
+                            )
+                        )
                 return after
         if kind == KIND_SEGMENT:
             corrupt(Defect(path, item.line, item.offset, "a second segment header"))
@@ -173,6 +296,12 @@ def _recover_segment(
             else:
                 corrupt(Defect(path, item.line, item.offset, problem))
                 return after
+        bad = record_problem(rec, content=False)
+        if bad is not None:
+            # a good checksum over bad contents: never indexed, so never read, replayed or
+            # drained (every later read of it would fail)
+            corrupt(Defect(path, item.line, item.offset, bad))
+            return after
         try:
             store._index_record(rec, item)
         except (KeyError, ValueError, TypeError) as exc:
@@ -184,21 +313,54 @@ def _recover_segment(
             cur.end = lsn
         return after
 
-    for data, end, base in read_chunks(path, 1 << 20):  # 1 MiB: the rows of a chunk stay small
+    for data, end, base in read_chunks(fd, 1 << 20):  # 1 MiB: the rows of a chunk stay small
         if not index_chunk(store, cur, data, end, base, slow):
             break
     if cur.header is None:
-        # nothing verifiable in the file: a segment created by a rotation whose header was
-        # never made durable (only possible for the last one; earlier ones raised above)
-        if not store.readonly:
-            store._fs.unlink(str(path))
-            rep.removed_empty_segments += 1
+        if headless_ok:
+            # a segment created by a rotation whose header was never made durable: it held
+            # nothing (records are only written once the header is durable)
+            if not store.readonly:
+                store._fs.unlink(str(path))
+                rep.removed_empty_segments += 1
+            return None
+        problem = (
+            f"segment has no valid header ({size} bytes): it is empty, zero-filled or "
+            "overwritten, and the records it held are lost"
+        )
+        if owed and mode != "skip_corrupt":
+            raise WALMissingSegmentError(path, 0, 0, f"the log's first segment: {problem}")
+        if mode != "skip_corrupt":
+            raise WALCorruptionError(path, 0, 0, problem)
+        rep.lsn_gaps += 1
+        rep.defects.append(f"{path.name}: {problem}")
         return None
-    return SegmentInfo(first, path, cur.end, cur.compacted, size)
+    return SegmentInfo(first, path, cur.end, cur.compacted, size, (st.st_dev, st.st_ino))
 
 
-def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect) -> int:
-    """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them."""
+def _looks_like_record(tail: bytes) -> bool:
+    """True when the first line of ``tail`` is complete and framed like a record (checksum
+    field, space, one JSON object) although it does not verify: a flipped bit in a written
+    record, not the zeros, garbage or partial line that a crash leaves."""
+    nl = tail.find(b"\n")
+    if nl < 19:
+        return False
+    line = tail[:nl]
+    return (
+        line[16:17] == b" "
+        and line[17:23] == b'{"t":"'
+        and line.endswith(b"}")
+        and all(48 <= c <= 57 or 97 <= c <= 102 for c in line[:16])
+    )
+
+
+def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: bool) -> int:
+    """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them.
+
+    ``suspect``: the tail is a complete line whose checksum fails (not what a crash leaves
+    in practice: possibly a damaged acknowledged record): the bytes go to a ``.suspect`` file
+    and the report carries a warning that status shows.
+    """
 
     rep = store.recovery_report
     text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
@@ -206,11 +368,18 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect) -> int:
     if store.readonly:  # a writer may be in the middle of this very record: report, keep
         rep.defects.append(text + f" (torn tail of {len(torn)} bytes: a normal open cuts it)")
         return d.offset
+    if suspect:
+        rep.warnings.append(
+            f"{text}: the last record was complete but its checksum fails; it was cut as a "
+            "torn tail (kept in a .suspect file): an acknowledged entry may have been damaged"
+        )
+        log.error("cut a complete record with a bad checksum from the tail: %s", text)
     if torn.strip(b"\x00"):
-        broken = path.with_name(path.name + BROKEN_SUFFIX)
+        suffix = SUSPECT_SUFFIX if suspect else BROKEN_SUFFIX
+        broken = path.with_name(path.name + suffix)
         n = 1
-        while broken.exists():
-            broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{n}")
+        while os.path.lexists(broken):
+            broken = path.with_name(f"{path.name}{suffix}.{n}")
             n += 1
         fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:

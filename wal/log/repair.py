@@ -24,6 +24,7 @@ its LSN and entry id (when still legible) are in the report, its bytes in the ba
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,13 +35,13 @@ import orjson
 from wal.errors import WALCorruptionError, WALLockedError
 from wal.log.fileops import OSFileOps, write_all
 from wal.log.lock import LOCK_NAME, WriterLock
+from wal.log.manifest import MANIFEST_NAME, write_manifest
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, encode_line
-from wal.log.segment import DIR_MODE, FILE_MODE, TMP_SUFFIX
+from wal.log.segment import DIR_MODE, FILE_MODE, TMP_SUFFIX, open_read, read_from
 from wal.log.storage import WALStorage
 from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
 
 __all__ = ["RepairReport", "repair_log"]
-
 
 
 @dataclass
@@ -94,6 +95,7 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
         else:
             report.backup = str(_backup(d))
             _rewrite(d, report)
+            _move_manifest(d, report)
             after = verify_log(d)
             if not after.ok:
                 first = after.defects[0]
@@ -122,6 +124,30 @@ def _opens(d: Path, report: RepairReport) -> bool:
     return True
 
 
+def _move_manifest(d: Path, report: RepairReport) -> None:
+    """A deleted first segment: accept the loss by moving the manifest to the first segment
+    present (the lost LSNs are reported; their bytes may be in an older backup)."""
+    scan = scan_log(d)
+    if scan.missing_front is None:
+        return
+    report.dropped.append(scan.missing_front)
+    if scan.segments:
+        first = scan.segments[0].first
+        write_manifest(OSFileOps(), d, first)  # durable: temp, fsync, rename, fsync dir
+        report.notes.append(
+            f"the manifest owed LSN {scan.manifest_first}; the first segment present starts at "
+            f"{first}: LSNs {scan.manifest_first}..{first - 1} are lost, the log starts at {first}"
+        )
+    else:  # every segment is gone: the log starts again empty (its next open writes one)
+        fs = OSFileOps()
+        fs.unlink(str(d / MANIFEST_NAME))
+        fs.fsync_dir(str(d))  # the removal must be durable before the log is used again
+        report.notes.append(
+            f"the manifest owed LSN {scan.manifest_first} and no segment is left: every entry "
+            "is lost; the log starts again empty (the backup holds what was there)"
+        )
+
+
 def _backup(d: Path) -> Path:
     """Copy every file of the log (not the lock) into a new sibling directory, durably."""
     fs = OSFileOps()
@@ -131,12 +157,16 @@ def _backup(d: Path) -> Path:
     while target.exists():
         target = d.with_name(f"{d.name}.backup-{stamp}-{n}")
         n += 1
-    target.mkdir(mode=DIR_MODE)
+    target.mkdir(mode=DIR_MODE)  # 0700 (chmod below: whatever the umask)
     os.chmod(target, DIR_MODE)  # the copy holds the same balances and trades: owner only
     for src in sorted(d.iterdir()):
-        if src.name == LOCK_NAME or not src.is_file():
-            continue
-        data = src.read_bytes()
+        if src.name == LOCK_NAME or not stat.S_ISREG(os.lstat(src).st_mode):
+            continue  # never follow a symlink out of the log directory
+        fd_in = open_read(src)
+        try:
+            data = read_from(fd_in, 0)
+        finally:
+            os.close(fd_in)
         fd = fs.open(str(target / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(fs, fd, data)

@@ -25,6 +25,11 @@ class RecoveryReport:
     lsn_gaps: int = 0  # skip_corrupt only
     defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
     removed_tmp_files: int = 0
+    removed_front_segments: int = 0  # wholly before the manifest: an interrupted compaction's
+    manifest_first: int | None = None  # the first LSN the manifest owes (None: no manifest)
+    # things the operator must look at although the log opened: a cut tail that was a
+    # complete record with a bad checksum (possibly damage, not a crash), suspect files kept
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

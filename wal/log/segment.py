@@ -8,7 +8,10 @@ hold bytes that recovery cut from a torn tail, kept for the operator.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +19,26 @@ from typing import Any
 
 import orjson
 
+from wal.errors import WALUnsafeFileError
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, RecordError, decode_line, encode_line
 
 __all__ = [
     "BROKEN_SUFFIX",
     "DIR_MODE",
     "FILE_MODE",
+    "PAGE",
+    "SUSPECT_SUFFIX",
     "SegmentInfo",
     "segment_header",
     "Defect",
     "Line",
     "SEGMENT_SUFFIX",
     "TMP_SUFFIX",
+    "check_regular",
     "list_segments",
+    "lost_page_at",
+    "make_dirs",
+    "open_read",
     "read_chunks",
     "read_from",
     "scan",
@@ -39,6 +49,8 @@ __all__ = [
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".wal.tmp"
 BROKEN_SUFFIX = ".broken"
+SUSPECT_SUFFIX = ".suspect"  # a cut tail that was a complete line with a bad checksum
+PAGE = 4096  # the page size of the page cache: what a power loss loses or keeps as a unit
 _NAME = re.compile(r"^(\d{20})\.wal$")
 DIR_MODE = 0o700  # the log directory: owner only (balances and trades)
 FILE_MODE = 0o600  # every file of the log: owner read/write only
@@ -60,6 +72,66 @@ class SegmentInfo:
     end: int  # last LSN it covers (first - 1 when empty)
     compacted: bool  # header declares a fixed range: records are a subset of first..end
     size: int
+    ino: tuple[int, int] | None = None  # (st_dev, st_ino) of the file indexed: a reader
+    # notices a segment replaced by compaction (same name, another file)
+
+
+def _unsafe(path: Path, st_mode: int | None) -> WALUnsafeFileError:
+    what = (
+        "a symlink"
+        if st_mode is None or stat.S_ISLNK(st_mode)
+        else "a directory"
+        if stat.S_ISDIR(st_mode)
+        else "a special file"
+    )
+    return WALUnsafeFileError(path, what)
+
+
+def check_regular(path: Path) -> os.stat_result:
+    """``lstat`` of a file of the log; ``WALUnsafeFileError`` unless it is a regular file."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _unsafe(path, st.st_mode)
+    return st
+
+
+def open_read(path: Path) -> int:
+    """A read-only descriptor of a regular file of the log, never through a symlink.
+
+    ``FileNotFoundError`` propagates (a writer's compaction may have removed the file).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path, None) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _unsafe(path, st.st_mode)
+    return fd
+
+
+def make_dirs(directory: Path, mode: int = DIR_MODE) -> list[Path]:
+    """Create ``directory`` and its missing parents, each with ``mode`` whatever the umask;
+    return the directories created, outermost first (their parents need an fsync)."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: keep its mode
+        os.chmod(d, mode)  # mkdir applies the umask; the log's directories are owner only
+        created.append(d)
+    return created
 
 
 def segment_name(first_lsn: int) -> str:
@@ -125,38 +197,72 @@ def scan(
         pos = nl + 1
 
 
-def read_chunks(path: Path, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, int, int]]:
-    """A segment file in pieces ``(data, end, base)``: ``data[:end]`` is whole lines (the last
-    piece: the rest of the file, which may end without a newline), ``base`` its file offset.
+def read_chunks(fd: int, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, int, int]]:
+    """A segment file (an open descriptor) in pieces ``(data, end, base)``: ``data[:end]`` is
+    whole lines (the last piece: the rest of the file, which may end without a newline),
+    ``base`` its file offset.
 
     Memory holds one chunk, not the file; a piece's bytes after ``end`` are read again with
-    the next one (a seek instead of a copy of the chunk).
+    the next one. A line longer than a chunk is gathered as a list of pieces joined once
+    (linear in its length: a growing buffer would copy it again for every chunk).
     """
     base = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(chunk_size)
-            if not data:
-                return
-            cut = data.rfind(b"\n") + 1
-            while cut == 0:  # no newline: a line longer than a chunk, or the end of the file
-                more = f.read(chunk_size)
+    while True:
+        data = os.pread(fd, chunk_size, base)
+        if not data:
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # no newline: a line longer than a chunk, or the end of the file
+            pieces = [data]
+            pos = base + len(data)
+            while True:
+                more = os.pread(fd, max(chunk_size, pos - base), pos)
                 if not more:
-                    yield data, len(data), base
-                    return
-                data += more
-                cut = data.rfind(b"\n") + 1
-            yield data, cut, base
-            base += cut
-            if cut < len(data):
-                f.seek(base)
+                    break
+                pieces.append(more)
+                pos += len(more)
+                if b"\n" in more:
+                    break
+            data = b"".join(pieces)
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                yield data, len(data), base  # the end of the file without a newline
+                return
+        yield data, cut, base
+        base += cut
 
 
-def read_from(path: Path, offset: int) -> bytes:
-    """The bytes of a file from ``offset`` to its end."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read()
+def read_from(fd: int, offset: int) -> bytes:
+    """The bytes of an open file from ``offset`` to its end."""
+    pieces: list[bytes] = []
+    while True:
+        more = os.pread(fd, 1 << 22, offset)
+        if not more:
+            return b"".join(pieces)
+        pieces.append(more)
+        offset += len(more)
+
+
+def lost_page_at(data: bytes, pos: int, base: int = 0) -> bool:
+    """True when the bad line at ``data[pos]`` holds a run of zero bytes that ends on a page
+    boundary (``base`` is the file offset of ``data[0]``).
+
+    Our writers never write a zero byte (JSON escapes it), and a page of the page cache that
+    never reached the disk reads back as zeros up to its end: so this is a lost page of a write
+    that was never made durable. Whatever follows it in the file came with that same write,
+    or later ones, and was never acknowledged either: it is a torn tail with a hole in it.
+    """
+    nl = data.find(b"\n", pos)
+    end = len(data) if nl == -1 else nl
+    z = data.find(b"\x00", pos, end)
+    while z != -1:
+        run_end = z
+        while run_end < end and data[run_end] == 0:
+            run_end += 1
+        if (base + run_end) % PAGE == 0 or run_end == len(data):
+            return True
+        z = data.find(b"\x00", run_end, end)
+    return False
 
 
 def valid_record_after(data: bytes, pos: int) -> int | None:

@@ -29,7 +29,8 @@ import stat
 import threading
 import time
 import uuid
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
@@ -42,9 +43,15 @@ from wal.crashpoints import ARMED, crash_point
 from wal.entry import WALEntry, WALEntryStatus, utc_now
 from wal.errors import (
     WALClosedError,
+    WALCompactionError,
     WALCorruptionError,
     WALEntryNotFoundError,
+    WALEntryTooLargeError,
     WALError,
+    WALForkedError,
+    WALLockLostError,
+    WALLogChangedError,
+    WALSerializationError,
     WALWriteError,
 )
 from wal.log.compaction import compact_sealed
@@ -57,20 +64,50 @@ from wal.log.index import (
     key_hash,
     uuid_hash,
 )
-from wal.log.lock import WriterLock
+from wal.log.lock import CHECK_EVERY, WriterLock
+from wal.log.manifest import write_manifest
 from wal.log.options import StorageOptions
 from wal.log.reading import LogReader
-from wal.log.record import (
-    encode_line,
-)
+from wal.log.record import RecordError, decode_line, encode_line
 from wal.log.recovery import recover
 from wal.log.report import RecoveryReport
-from wal.log.segment import DIR_MODE, FILE_MODE, SegmentInfo, segment_header, segment_name
+from wal.log.segment import (
+    DIR_MODE,
+    FILE_MODE,
+    SegmentInfo,
+    list_segments,
+    make_dirs,
+    open_read,
+    segment_header,
+    segment_name,
+)
 from wal.log.waiters import AsyncWaiters
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
 log = logging.getLogger("wal")
+
+READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
+_live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: every storage inherited from the parent refuses to be used.
+
+    The lock and the descriptors are the parent's; the mutex may be held by a thread that
+    does not exist here. Marking is free on the hot path: append already tests ``_failed``.
+    """
+    for store in list(_live):
+        store._forked = True
+        store._mutex = threading.Lock()
+        store._cond = threading.Condition(store._mutex)
+        store._failed = WALForkedError(
+            f"the log in {store.directory} was opened by process {store._pid}, not this one "
+            "(a forked child): it refuses to write"
+        )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -180,7 +217,10 @@ class WALStorage(LogReader):
         self._appenders = 0  # foreground writers between enqueue and acknowledgement
         self._yielding = 0  # background threads in yield_to_appenders()
         self._closed = False
+        self._forked = False  # set in a forked child (see _after_fork_in_child)
+        self._pid = os.getpid()
         self._lock: WriterLock | None = None
+        self._flushes_unchecked = 0  # flushes since the last check that LOCK is still ours
         # write state
         self._fd = -1
         self._seg_size = 0
@@ -194,7 +234,7 @@ class WALStorage(LogReader):
         # index
         self._segments: list[SegmentInfo] = []
         self._init_index()
-        self._read_fds: dict[int, int] = {}
+        self._read_fds: OrderedDict[int, int] = OrderedDict()
         # stats
         self._fsync_count = 0
         self._fsync_ns: deque[int] = deque(maxlen=4096)
@@ -210,6 +250,7 @@ class WALStorage(LogReader):
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False  # the flush thread waits on _stage_cond for work
         self._open()
+        _live.add(self)
 
     # ------------------------------------------------------------------ opening
 
@@ -225,6 +266,8 @@ class WALStorage(LogReader):
         if self.readonly:
             if not self.directory.is_dir():
                 raise WALCorruptionError(self.directory, 0, 0, "no log directory here")
+        elif self.directory.is_symlink() and not self.directory.exists():
+            raise WALCorruptionError(self.directory, 0, 0, "a dangling symlink, not a directory")
         else:
             self._prepare_directory()
             self._lock = WriterLock(self.directory)
@@ -247,36 +290,111 @@ class WALStorage(LogReader):
 
     def _prepare_directory(self) -> None:
         d = self.directory
-        if not d.exists():
-            d.mkdir(mode=DIR_MODE, parents=True)
-            # the new directory's own entry must survive a crash
-            self._fs.fsync_dir(str(d.parent))
+        for made in make_dirs(d, DIR_MODE):  # the log dir and missing parents: 0700 each
+            # a new directory's own entry is in its parent: it must survive a crash
+            self._fs.fsync_dir(str(made.parent))
         if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
             os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
 
     def _recover(self) -> None:
-        recover(self)
+        if not self.readonly:
+            recover(self)
+            return
+        # a read-only open races a running writer: a compaction may replace or remove a
+        # segment and move the manifest while we read, and the last record may be in flight.
+        # Read again while what we saw has changed since; a defect that stays is reported.
+        for attempt in range(READONLY_OPEN_ATTEMPTS):
+            before = self._dir_state()
+            try:
+                recover(self)
+                return
+            except (WALCorruptionError, WALLogChangedError, FileNotFoundError) as exc:
+                last = attempt + 1 == READONLY_OPEN_ATTEMPTS
+                if last or not (self._dir_state() != before or self._settled_since(exc)):
+                    if isinstance(exc, FileNotFoundError):
+                        raise WALLogChangedError(
+                            Path(exc.filename or self.directory), "removed while it was read"
+                        ) from None
+                    raise
+                self._reset_index()
+
+    def _dir_state(self) -> tuple[object, ...]:
+        """What a writer's compaction or rotation changes: segment names and files, manifest."""
+        state: list[object] = []
+        for _, path in list_segments(self.directory):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            state.append((path.name, st.st_dev, st.st_ino))
+        for name in ("MANIFEST",):
+            try:
+                st = os.lstat(self.directory / name)
+                state.append((name, st.st_ino, st.st_mtime_ns))
+            except FileNotFoundError:
+                pass
+        return tuple(state)
+
+    @staticmethod
+    def _settled_since(exc: BaseException) -> bool:
+        """True when the line a defect was reported at reads as a good record now: it was a
+        record in flight (a writer appending while we read), not damage."""
+        if not isinstance(exc, WALCorruptionError) or not exc.line:
+            return isinstance(exc, WALLogChangedError | FileNotFoundError)
+        try:
+            fd = open_read(exc.path)
+        except (OSError, WALError):
+            return True  # gone: a compaction removed it
+        try:
+            data = os.pread(fd, 1 << 20, exc.offset)
+        finally:
+            os.close(fd)
+        nl = data.find(b"\n")
+        if nl < 0:
+            return False
+        try:
+            decode_line(data[:nl])
+        except RecordError:
+            return False
+        return True
+
+    def _reset_index(self) -> None:
+        """Forget everything recovery built (the read-only open reads the log again)."""
+        self._close_read_fds()
+        self._segments = []
+        self._init_index()
+        self.recovery_report = RecoveryReport(mode=self.options.recovery)
+
+    def _reindex(self) -> None:
+        """A read-only reader whose files changed under it: build the index again."""
+        self._reset_index()
+        self._recover()
 
     def _open_for_append(self) -> None:
         if not self._segments:
             self._create_segment(self._next_lsn)
-            return
-        seg = self._segments[-1]
-        if seg.compacted:
+        elif self._segments[-1].compacted:
             # never append to a compacted segment (its header fixes its range): start a new one
             self._create_segment(self._next_lsn)
-            return
-        self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
-        self._seg_size = seg.size
-        self._header_len = len(segment_header(seg.first, None))
+        else:
+            seg = self._segments[-1]
+            self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
+            st = os.fstat(self._fd)
+            seg.ino = (st.st_dev, st.st_ino)
+            self._seg_size = seg.size
+            self._header_len = len(segment_header(seg.first, None))
+        if self.recovery_report.manifest_first is None:
+            # a new log (or one from before the manifest): record the first LSN it owes,
+            # after that segment's header is durable (the manifest never names a lost one)
+            first = self._segments[0].first
+            write_manifest(self._fs, self.directory, first)
+            self.recovery_report.manifest_first = first
 
     def _create_segment(self, first: int) -> None:
         """Create a segment, durable (data and directory entry) before it is used."""
         path = self.directory / segment_name(first)
         header = segment_header(first, None)
-        fd = self._fs.open(
-            str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE
-        )
+        fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         try:
             write_all(self._fs, fd, header)
             if self.options.fsync != "unsafe_never":
@@ -291,11 +409,17 @@ class WALStorage(LogReader):
             self._fs.close(self._fd)
         self._fd = fd
         self._seg_size = self._header_len = len(header)
-        self._segments.append(SegmentInfo(first, path, first - 1, False, len(header)))
+        st = os.fstat(fd)
+        self._segments.append(
+            SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
+        )
 
     # ------------------------------------------------------------------ writing
 
     def _check_writable(self) -> None:
+        if self._forked:
+            assert self._failed is not None
+            raise self._failed
         if self._closed:
             raise WALClosedError("the log is closed")
         if self.readonly:
@@ -303,15 +427,20 @@ class WALStorage(LogReader):
                 "this log was opened read-only", hint="open it with WALStorage(dir) to write"
             )
         if self._failed is not None:
-            raise WALWriteError(
+            raise type(self._failed)(
                 f"the log refuses appends after an earlier write failure: {self._failed.message}",
                 path=self._failed.path,
                 errno=self._failed.errno,
+                hint=self._failed.hint,
             )
 
     def append(self, entry: WALEntry) -> WALEntry:
         """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
+        if self._forked:  # a child of a fork: the parent's mutex may be held forever here
+            self._check_writable()
         body = self._entry_body(entry)  # serialize outside the lock
+        if len(body) > self.options.max_entry_bytes:
+            raise WALEntryTooLargeError(len(body), self.options.max_entry_bytes)
         eid = entry.entry_id
         h = uuid_hash(eid)
         kh = key_hash(entry.idempotency_key) if entry.has_explicit_key else None
@@ -353,7 +482,12 @@ class WALStorage(LogReader):
         entries = list(entries)
         if not entries:
             return []
+        if self._forked:
+            self._check_writable()
         bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
+        for b in bodies:
+            if len(b) > self.options.max_entry_bytes:
+                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
         hashes = [uuid_hash(e.entry_id) for e in entries]
         key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
         if len(set(hashes)) != len(entries) and len({e.entry_id for e in entries}) != len(entries):
@@ -414,9 +548,12 @@ class WALStorage(LogReader):
         entries = list(entries)
         if not entries:
             return []
-        if self._failed is not None or self._closed or self.readonly:
+        if self._failed is not None or self._closed or self.readonly or self._forked:
             self._check_writable()  # fail fast; the flush thread checks again under the lock
         bodies = [self._entry_body(e) for e in entries]  # serialize on the loop, no lock
+        for b in bodies:
+            if len(b) > self.options.max_entry_bytes:  # refused before anything is staged
+                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
         hashes = [uuid_hash(e.entry_id) for e in entries]
         key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
         codes = [STATUS_CODE[e.status] for e in entries]
@@ -515,21 +652,24 @@ class WALStorage(LogReader):
         a, k = e.encoded()
         # the same bytes as orjson.dumps(e.to_dict()) without "lsn": orjson writes the UUID,
         # the datetimes (isoformat) and the status enum natively, which is 4x faster
-        return orjson.dumps(
-            {
-                "entry_id": e.entry_id,
-                "operation": e.operation,
-                "args": a,
-                "kwargs": k,
-                "idempotency_key": e.idempotency_key,
-                "checksum": e.checksum,
-                "created_at": e.created_at,
-                "synced_at": e.synced_at,
-                "status": e.status,
-                "attempts": e.attempts,
-                "last_error": e.last_error,
-            }
-        )
+        try:
+            return orjson.dumps(
+                {
+                    "entry_id": e.entry_id,
+                    "operation": e.operation,
+                    "args": a,
+                    "kwargs": k,
+                    "idempotency_key": e.idempotency_key,
+                    "checksum": e.checksum,
+                    "created_at": e.created_at,
+                    "synced_at": e.synced_at,
+                    "status": e.status,
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                }
+            )
+        except orjson.JSONEncodeError as exc:  # an entry built by hand, not by create()
+            raise WALSerializationError(f"entry {e.entry_id}", str(exc)) from None
 
     def update_status(
         self,
@@ -561,6 +701,8 @@ class WALStorage(LogReader):
         changes = list(changes)
         if not changes:
             return
+        if self._forked:
+            self._check_writable()
         at = utc_now().isoformat()
         targets: list[tuple[int, str] | None] = []
         for ref, _, _, _ in changes:
@@ -583,19 +725,29 @@ class WALStorage(LogReader):
             if not durable and k % 16 == 0:
                 self.yield_to_appenders()  # non-durable marks are background work
             status = WALEntryStatus(status)
-            body = orjson.dumps(
-                {
-                    "of": t[0],
-                    "entry_id": t[1],
-                    "status": status.value,
-                    "at": at,
-                    "attempts": attempts,
-                    "error": error,
-                }
-            )
+            if attempts is not None and (type(attempts) is not int or attempts < 0):
+                raise WALSerializationError("attempts", f"must be an int >= 0, got {attempts!r}")
+            if error is not None and not isinstance(error, str):
+                raise WALSerializationError("error", f"must be a str or None, got {error!r}")
+            try:
+                body = orjson.dumps(
+                    {
+                        "of": t[0],
+                        "entry_id": t[1],
+                        "status": status.value,
+                        "at": at,
+                        "attempts": attempts,
+                        "error": error,
+                    }
+                )
+            except orjson.JSONEncodeError as exc:  # a lone surrogate in the error text
+                raise WALSerializationError("error", str(exc)) from None
             bodies.append((t[0], STATUS_CODE[status], body))
         with self._cond:
             self._check_writable()
+            for t in targets:  # checked under the lock that compaction holds: exclusive
+                assert t is not None
+                self._check_target(*t)
             records: list[IndexRecord] = []
             for target, code, body in bodies:
                 lsn = self._next_lsn
@@ -608,6 +760,19 @@ class WALStorage(LogReader):
         finally:
             if durable:
                 self._append_done()
+
+    def _check_target(self, lsn: int, sid: str) -> None:
+        """Refuse a status record for anything but the live entry ``sid`` at ``lsn`` (lock
+        held): an entry object from another log, a stale one, or one compaction dropped."""
+        i = lsn - self._base
+        if (
+            type(lsn) is not int
+            or i < 0
+            or i >= self._n
+            or self._status[i] == CODE_NONE
+            or self._idh[i] != uuid_hash(uuid.UUID(sid))
+        ):
+            raise WALEntryNotFoundError(f"{sid} at LSN {lsn}")
 
     def _enqueue(self, records: list[IndexRecord], durable: bool = True) -> tuple[_Group, bool]:
         """Add records to the open group (lock held). True: the caller leads its flush."""
@@ -702,10 +867,17 @@ class WALStorage(LogReader):
         en = getattr(error, "errno", None)
         name = errno_mod.errorcode.get(en, str(en)) if isinstance(en, int) else type(error).__name__
         seg = self._segments[-1].path if self._segments else self.directory
+        hint = None
+        if en in (errno_mod.EMFILE, errno_mod.ENFILE):
+            hint = (
+                "the process ran out of file descriptors (not disk space): raise its open-file "
+                "limit (ulimit -n) or close files elsewhere, then reopen the log"
+            )
         self._failed = WALWriteError(
             f"writing {seg} failed ({name}: {error}); the last entries were not acknowledged",
             path=seg,
             errno=en if isinstance(en, int) else None,
+            hint=hint,
         )
         self._failed.__cause__ = error
         log.error("%s", self._failed)
@@ -715,8 +887,12 @@ class WALStorage(LogReader):
         of its first record. Leader only."""
         data = b"".join([r[1] for r in batch])
         header_only = self._seg_size <= self._header_len
+        self._flushes_unchecked += 1
         if not header_only and self._seg_size + len(data) > self.options.max_segment_bytes:
             self._rotate(batch[0][0])
+            self._flushes_unchecked = CHECK_EVERY
+        if self._flushes_unchecked >= CHECK_EVERY:
+            self._check_lock()  # before these records are written, let alone acknowledged
         seg = self._segments[-1]
         off = self._seg_size
         write_all(self._fs, self._fd, data)
@@ -731,6 +907,17 @@ class WALStorage(LogReader):
         self._seg_size = seg.size = off + len(data)
         seg.end = batch[-1][0]
         return off
+
+    def _check_lock(self) -> None:
+        """Halt if ``LOCK`` is not the file this writer locked (after a rotation, and every
+        ``CHECK_EVERY`` flushes: an ``lstat``, never on each append)."""
+        self._flushes_unchecked = 0
+        problem = self._lock.still_ours() if self._lock is not None else None
+        if problem is not None:
+            raise WALLockLostError(
+                f"{problem} in {self.directory} while this process (pid {self._pid}) was "
+                "writing: another writer may be appending; this one stops"
+            )
 
     def _record_fsync(self, ns: int) -> None:
         self._fsync_count += 1
@@ -828,8 +1015,15 @@ class WALStorage(LogReader):
                 finally:
                     self._flushing = False
                     self._cond.notify_all()
+            # entries that status records waiting in the open group name stay: an update and
+            # the compaction that would drop its entry are exclusive
+            protected = {r[5] for r in self._group.records if r[5]}
             try:
-                dropped, rewritten, removed = compact_sealed(self, self._segments[:-1], cutoff)
+                dropped, rewritten, removed = compact_sealed(
+                    self, self._segments[:-1], cutoff, protected
+                )
+            except WALCompactionError:
+                raise  # nothing changed: the log goes on as before
             except OSError as exc:
                 self._poison(exc)  # the files and the index may disagree now: stop writing
                 raise (self._failed or exc) from exc
@@ -872,8 +1066,18 @@ class WALStorage(LogReader):
             )
 
     def close(self) -> None:
-        """Flush what was written (``interval`` mode), release the lock. Idempotent."""
+        """Flush what was written (``interval`` mode), release the lock. Idempotent.
+
+        In a process forked after the open, only this process's copies of the descriptors
+        are closed: the parent's lock and files stay as they are."""
         if self._closed:
+            return
+        if self._forked:
+            self._closed = True
+            self._close_fds()
+            if self._lock is not None:
+                self._lock.release()  # closes this process's descriptors; no unlock
+                self._lock = None
             return
         with self._stage_cond:
             self._stage_closed = True  # later append_async calls are refused
@@ -897,10 +1101,13 @@ class WALStorage(LogReader):
             self._lock.release()
             self._lock = None
 
-    def _close_fds(self) -> None:
+    def _close_read_fds(self) -> None:
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
+
+    def _close_fds(self) -> None:
+        self._close_read_fds()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 self._fs.close(self._fd)

@@ -32,18 +32,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wal.entry import WALEntry, WALEntryStatus
-from wal.errors import WALCorruptionError
-from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT, KIND_STATUS
+from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
+from wal.log.manifest import MANIFEST_NAME, read_manifest
+from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT
 from wal.log.segment import (
     BROKEN_SUFFIX,
+    SUSPECT_SUFFIX,
     TMP_SUFFIX,
     Defect,
     Line,
     list_segments,
+    lost_page_at,
+    open_read,
+    read_from,
     scan,
+    segment_header,
     valid_record_after,
 )
+from wal.log.validate import record_problem
 
 __all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
 
@@ -70,7 +76,7 @@ class VerifyDefect:
     def __str__(self) -> str:
         where = f"line {self.line}, byte offset {self.offset}" if self.line else "whole file"
         tail = " [torn tail: a normal open cuts it]" if self.torn_tail else ""
-        return f"{self.file}: {where}: {self.problem}{tail}"
+        return printable(f"{self.file}: {where}: {self.problem}{tail}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,35 +129,6 @@ class VerifyReport:
         }
 
 
-def record_problem(rec: dict[str, Any]) -> str | None:
-    """Why a record with a good checksum still cannot be used (None: it is fine).
-
-    Checks what recovery needs to index it, and for entries that they decode and that their
-    content checksum matches.
-    """
-    kind = rec.get("t")
-    try:
-        if kind == KIND_ENTRY:
-            WALEntryStatus(rec.get("status", "pending"))
-            uuid.UUID(rec["entry_id"])
-            if not isinstance(rec["idempotency_key"], str):
-                return "malformed entry: idempotency_key is not a string"
-            entry = WALEntry.from_dict(rec)
-            if not entry.verify():
-                return "entry content checksum mismatch (written wrong, not damaged on disk)"
-        elif kind == KIND_STATUS:
-            WALEntryStatus(rec["status"])
-            uuid.UUID(rec["entry_id"])
-            of = rec["of"]
-            if not isinstance(of, int) or of >= rec["lsn"]:
-                return f"malformed status record: 'of' is {of!r}"
-        else:
-            return f"unknown record kind {kind!r}"
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        return f"malformed {kind} record: {type(exc).__name__}: {exc}"
-    return None
-
-
 # --------------------------------------------------------------------------- the scan
 
 _LSN_RE = re.compile(rb'"lsn":(\d{1,19})')
@@ -185,6 +162,8 @@ class LogScan:
     segments: list[SegmentScan] = field(default_factory=list)  # the LSN chain, in order
     leftovers: list[Path] = field(default_factory=list)  # interrupted-compaction leftovers
     notes: list[str] = field(default_factory=list)
+    manifest_first: int | None = None  # the first LSN the manifest owes (None: no manifest)
+    missing_front: VerifyDefect | None = None  # the manifest owes LSNs no segment holds
 
 
 def scan_log(directory: Path) -> LogScan:
@@ -197,10 +176,41 @@ def scan_log(directory: Path) -> LogScan:
             out.notes.append(f"{p.name}: unfinished compaction output; the next open removes it")
         elif BROKEN_SUFFIX in p.name:
             out.notes.append(f"{p.name}: bytes cut from a torn tail earlier, kept for inspection")
+        elif SUSPECT_SUFFIX in p.name:
+            out.notes.append(
+                f"{p.name}: a complete record with a bad checksum cut from the end of the log "
+                "earlier: an acknowledged entry may have been damaged; check, then delete it"
+            )
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode != 0o700:
         out.notes.append(f"directory mode is {mode:o}, expected 700 (the next open fixes it)")
     segments = list_segments(directory)
+    try:
+        owed = read_manifest(directory)
+    except WALCorruptionError as exc:
+        out.notes.append(f"{MANIFEST_NAME}: {exc.problem}")
+        owed = None
+    out.manifest_first = owed
+    if owed is not None:
+        front = [(f, p) for f, p in segments if f < owed]
+        for _, path in front:
+            out.leftovers.append(path)
+            out.notes.append(
+                f"{path.name}: wholly before the manifest's first LSN {owed} (an interrupted "
+                "compaction); the next open removes it"
+            )
+        segments = segments[len(front) :]
+        if not segments or segments[0][0] != owed:
+            starts = (
+                f"the first segment starts at LSN {segments[0][0]}" if segments else "no segment"
+            )
+            out.missing_front = VerifyDefect(
+                MANIFEST_NAME,
+                0,
+                0,
+                f"the manifest says the log starts at LSN {owed} but {starts}: the first "
+                "segment was deleted (restore it, or `atb wal repair` accepts the loss)",
+            )
     seen_ids: set[bytes] = set()
     prev: SegmentScan | None = None
     for i, (first, path) in enumerate(segments):
@@ -213,14 +223,24 @@ def scan_log(directory: Path) -> LogScan:
             )
             continue
         try:
-            data = path.read_bytes()
+            fd = open_read(path)  # never through a symlink
         except FileNotFoundError:  # a running writer's compaction removed it meanwhile
             out.notes.append(f"{path.name}: removed while it was being read (a compaction)")
             continue
+        except WALUnsafeFileError as exc:
+            bad = SegmentScan(first, path, b"", end=first - 1)
+            bad.defects.append(VerifyDefect(path.name, 0, 0, exc.message))
+            out.segments.append(bad)
+            continue
+        try:
+            data = read_from(fd, 0)
+        finally:
+            os.close(fd)
         fmode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
         if fmode & 0o077:
             out.notes.append(f"{path.name}: mode {fmode:o}; log files should be 600")
-        seg = _scan_segment(path, first, data, last_segment, prev, seen_ids)
+        owed_here = first == out.manifest_first
+        seg = _scan_segment(path, first, data, last_segment, prev, seen_ids, owed_here)
         if seg.header is None and not seg.defects:
             out.notes.append(f"{path.name}: empty last segment; the next open removes it")
         out.segments.append(seg)
@@ -235,6 +255,7 @@ def _scan_segment(
     last_segment: bool,
     prev: SegmentScan | None,
     seen_ids: set[bytes],
+    owed: bool = False,
 ) -> SegmentScan:
     seg = SegmentScan(first, path, data, end=first - 1)
     name = path.name
@@ -257,7 +278,12 @@ def _scan_segment(
     bad_lines = 0  # unreadable lines since the last good record: each may hide one LSN
     for item in scan(path, data):
         if isinstance(item, Defect):
-            torn = last_segment and valid_record_after(data, item.offset) is None
+            torn = (last_segment and seg.header is not None) or (
+                last_segment and len(data) <= len(segment_header(first, None))
+            )
+            torn = torn and (
+                valid_record_after(data, item.offset) is None or lost_page_at(data, item.offset)
+            )
             defect(item.line, item.offset, item.problem, torn=torn)
             if torn:
                 break  # the rest of the file is the torn tail itself
@@ -320,7 +346,12 @@ def _scan_segment(
             defect(item.line, item.offset, problem)
             continue
         seg.good.append(item)
-    if seg.header is None and not (last_segment and all(d.torn_tail for d in seg.defects)):
+    if seg.header is None and not (
+        last_segment
+        and not owed
+        and len(data) <= len(segment_header(first, None))
+        and all(d.torn_tail for d in seg.defects)
+    ):
         # recovery removes a headerless *last* segment (a rotation torn before its header was
         # durable); anywhere else an empty or headerless segment means lost records
         defect(0, 0, "segment has no verifiable header record")
@@ -335,6 +366,8 @@ def verify_log(directory: str | os.PathLike[str]) -> VerifyReport:
     d = Path(directory)
     result = scan_log(d)
     rep = VerifyReport(directory=str(d), notes=list(result.notes))
+    if result.missing_front is not None:
+        rep.defects.append(result.missing_front)
     for seg in result.segments:
         rep.segments += 1
         rep.bytes += len(seg.data)
