@@ -153,7 +153,8 @@ def test_the_failed_fsync_is_not_retried_even_when_a_later_fsync_would_succeed(
 def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
     """fsyncgate in interval mode: the sync that failed poisons the log like an append's."""
     d = tmp_path / "log"
-    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO)])  # 1: the header's
+    # a segment's fdatasyncs: 1, its header; 2, the first sync; 3, fails
+    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=SEG)])
     with WALStorage(d, fs=fs, fsync="interval", fsync_interval_ms=60_000) as log:
         ok = log.append(entry(1))
         log.sync()  # 2
