@@ -50,6 +50,16 @@ def kinds(ddb: DurableDatabaseManager, cid: str) -> list[str]:
     return [e["kind"] for e in OrderJournal(ddb).events(cid)]
 
 
+def settled_kinds(ddb: DurableDatabaseManager, cid: str) -> list[str]:
+    """The order's event kinds as the journal reads them (the log's pending entries on top of
+    the database), checked against the database's own rows once the log is applied."""
+    via_log = kinds(ddb, cid)
+    assert ddb.manager is not None and ddb.manager.force_sync().pending == 0
+    assert [e["kind"] for e in ddb.db.get_order_events(cid)] == via_log
+    assert kinds(ddb, cid) == via_log
+    return via_log
+
+
 def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: Path) -> None:
     broker = PaperBroker(seed=1, rules=GLOBAL)
     rig = make_rig(tmp_path, broker, url=db_url)
@@ -62,7 +72,13 @@ def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: P
         assert order.avg_fill_price == Decimal("100")
         assert len(order.client_order_id) == 32
         assert broker.submit_calls == 1
-        assert kinds(rig.ddb, order.client_order_id) == ["created", "submitted", "accepted", "fill"]
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}  # read through the log
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "accepted",
+            "fill",
+        ]
         trades = rig.ddb.db.get_trades()
         assert [(t["symbol"], t["quantity"]) for t in trades] == [("AAPL", Decimal("10"))]
         assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}
@@ -88,10 +104,17 @@ def test_timeout_after_accept_is_recovered_not_resent(tmp_path: Path, rules: Cli
         order = await rig.om.submit(buy("5"))
         assert order.state is OrderState.FILLED
         assert len(broker.orders_with_client_id(order.client_order_id)) == 1
-        assert broker.submit_calls == 1
-        k = kinds(rig.ddb, order.client_order_id)
-        assert k[:4] == ["created", "submitted", "unknown", "recovered"]
-        assert "accepted" not in k
+        assert len(broker.all_orders()) == 1
+        assert broker.submitted_client_ids == [order.client_order_id]  # never resent
+        assert plan.calls("get_order_by_client_id") == 1  # looked up once, found
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -109,10 +132,20 @@ def test_timeout_before_accept_is_resent_with_the_same_id_where_dedup_is_global(
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert broker.submit_calls == 2
-        assert len(broker.all_orders()) == 1
-        assert broker.all_orders()[0].client_order_id == order.client_order_id
+        assert broker.submitted_client_ids == [cid, cid]  # resent with the same id
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]  # one order
+        assert plan.calls("get_order_by_client_id") == 1  # looked up before the resend
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "submitted",
+            "accepted",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -130,9 +163,10 @@ def test_timeout_before_accept_is_never_resent_where_dedup_is_open_only(tmp_path
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
         assert order.state is OrderState.UNKNOWN
-        assert broker.submit_calls == 1
+        assert broker.submitted_client_ids == [order.client_order_id]
         assert broker.all_orders() == []
         assert plan.calls("get_order_by_client_id") == FAST_RETRY.max_attempts
+        assert settled_kinds(rig.ddb, order.client_order_id) == ["created", "submitted", "unknown"]
 
     try:
         run(go())
@@ -140,17 +174,26 @@ def test_timeout_before_accept_is_never_resent_where_dedup_is_open_only(tmp_path
         rig.close()
 
 
-def test_a_duplicate_client_id_error_is_adopted_not_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rules", [GLOBAL, OPEN_ONLY], ids=["global", "open_only"])
+def test_a_duplicate_client_id_error_is_adopted_not_rejected(
+    tmp_path: Path, rules: ClientIdRules
+) -> None:
     plan = FaultPlan().on("submit_order", Fault.DUPLICATE_ID)
-    broker = PaperBroker(seed=5, rules=GLOBAL, faults=plan)
+    broker = PaperBroker(seed=5, rules=rules, faults=plan)
     rig = make_rig(tmp_path, broker)
 
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert "recovered" in kinds(rig.ddb, order.client_order_id)
-        assert len(broker.all_orders()) == 1 and broker.submit_calls == 1
+        assert order.reason is None  # adopted, not rejected
+        assert order.broker_order_id == broker.all_orders()[0].broker_order_id
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]
+        assert broker.submitted_client_ids == [cid]  # looked up, never resent
+        assert plan.calls("get_order_by_client_id") == 1
+        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -165,12 +208,21 @@ def test_a_clear_reject_ends_the_order_after_one_call(tmp_path: Path) -> None:
 
     async def go() -> None:
         await rig.om.start()
-        order = await rig.om.submit(buy("5"))
+        intent = buy("5")
+        order = await rig.om.submit(intent)
         assert order.state is OrderState.REJECTED
         assert order.reason == "insufficient buying power"
-        assert broker.submit_calls == 1
+        assert await rig.om.submit(intent) == order  # the same intent again: no second call
+        assert broker.submitted_client_ids == [order.client_order_id]  # one call
+        assert broker.all_orders() == []
         assert plan.calls("get_order_by_client_id") == 0
         assert rig.om.get(order.client_order_id) == order
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "rejected",
+        ]
+        assert rig.ddb.db.get_trades() == []
 
     try:
         run(go())
@@ -178,32 +230,57 @@ def test_a_clear_reject_ends_the_order_after_one_call(tmp_path: Path) -> None:
         rig.close()
 
 
+@pytest.mark.parametrize("at_once", [True, False], ids=["at_once", "one_by_one"])
 def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, at_once: bool
 ) -> None:
+    """0.3/0.3/0.4: three executions, three fills, three trades; every replay (on_fill of each
+    execution again, a poll, a restart that replays the log and asks the broker) adds none."""
     plan = FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.3"), Decimal("0.4")))
-    broker = PaperBroker(seed=7, rules=GLOBAL, faults=plan)
+    broker = PaperBroker(seed=7, rules=GLOBAL, faults=plan, auto_fill=at_once)
     rig = make_rig(tmp_path, broker, url=db_url)
+    three = [Decimal("3"), Decimal("3"), Decimal("4")]
 
     async def go() -> str:
         await rig.om.start()
         order = await rig.om.submit(buy("10", order_type="limit", limit_price=Decimal("101")))
+        cid = order.client_order_id
+        if not at_once:  # the executions arrive one at a time, each polled
+            assert order.state is OrderState.ACCEPTED
+            for filled, state in (
+                ("3", OrderState.PARTIALLY_FILLED),
+                ("6", OrderState.PARTIALLY_FILLED),
+                ("10", OrderState.FILLED),
+            ):
+                assert broker.advance() == 1
+                assert await rig.om.poll_fills() == 1
+                o = rig.om.get(cid)
+                assert o is not None and (o.filled_quantity, o.state) == (Decimal(filled), state)
+            order = rig.om.get(cid)  # type: ignore[assignment]
         assert order.state is OrderState.FILLED
+        assert order.filled_quantity == Decimal("10")
         assert order.avg_fill_price == Decimal("101")
+        assert [f.quantity for f in broker.fills()] == three
         for f in broker.fills():
             again = await rig.om.on_fill(f)
-            assert again.filled_quantity == Decimal("10")
+            assert again.filled_quantity == Decimal("10") and again.last_seq == 6
         assert await rig.om.poll_fills() == 0
-        return order.client_order_id
+        rows = OrderJournal(rig.ddb).fills(client_order_id=cid)
+        assert [r["quantity"] for r in rows] == three
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}
+        return cid
 
     try:
         cid = run(go())
-        assert sorted(t["quantity"] for t in rig.ddb.db.get_trades()) == [
-            Decimal("3"),
-            Decimal("3"),
-            Decimal("4"),
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "accepted",
+            "fill",
+            "fill",
+            "fill",
         ]
-        assert kinds(rig.ddb, cid).count("fill") == 3
+        assert sorted(t["quantity"] for t in rig.ddb.db.get_trades()) == three
     finally:
         rig.close()
     # a restart replays the log and asks the broker again: still three
@@ -215,9 +292,12 @@ def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
             await om.start()
             for f in broker.fills():
                 await om.on_fill(f)
+            assert await om.poll_fills() == 0
 
         run(again())
-        assert len(ddb.db.get_trades()) == 3
+        assert settled_kinds(ddb, cid).count("fill") == 3
+        assert sorted(t["quantity"] for t in ddb.db.get_trades()) == three
+        assert len(OrderJournal(ddb).fills()) == 3
         assert journal_positions(ddb) == broker_positions(broker.positions())
     finally:
         ddb.stop()
@@ -239,8 +319,21 @@ def test_visibility_lag_and_a_timeout_still_make_one_order(
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert len(broker.all_orders()) == 1
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]  # still one order
+        assert plan.calls("get_order_by_client_id") == 3  # two lagging "not found", then found
+        if rules.dedup_scope is DedupScope.GLOBAL:
+            # each miss is resent with the same id; the broker's duplicate answer proves it
+            # exists, and the next lookup adopts it
+            assert broker.submitted_client_ids == [cid, cid, cid]
+            expected = ["created", "submitted", "unknown"]
+            expected += ["submitted", "unknown"] * 2 + ["recovered", "fill"]
+        else:  # never resent: looked up until it shows
+            assert broker.submitted_client_ids == [cid]
+            expected = ["created", "submitted", "unknown", "recovered", "fill"]
+        assert settled_kinds(rig.ddb, cid) == expected
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -321,6 +414,8 @@ def test_a_fill_beyond_the_order_quantity_is_an_error_and_not_applied(tmp_path: 
         assert rig.om.get(cid).filled_quantity == Decimal("1.5")  # type: ignore[union-attr]
         with pytest.raises(FillError, match="is sell"):
             await rig.om.on_fill(Fill("x-3", cid, "AAPL", "sell", Decimal("0.1"), Decimal("1")))
+        assert len(OrderJournal(rig.ddb).fills(client_order_id=cid)) == 1
+        assert rig.ddb.force_sync()["pending"] == 0
         assert len(rig.ddb.db.get_trades()) == 1
 
     try:

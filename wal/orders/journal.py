@@ -152,6 +152,37 @@ def apply_entry(
             }
 
 
+def _intent_call(d: OrderIntent) -> tuple[str, dict[str, Any], str]:
+    """The ``record_order_intent`` call for an intent; its key is the client order id."""
+    kwargs = {
+        "client_order_id": d.client_order_id,
+        "symbol": d.symbol,
+        "side": d.side,
+        "quantity": d.quantity,
+        "order_type": d.order_type,
+        "limit_price": d.limit_price,
+        "stop_price": d.stop_price,
+        "time_in_force": d.time_in_force,
+        "account": d.account,
+        "created_at": d.created_at,
+    }
+    return _INTENT, kwargs, d.client_order_id
+
+
+def _event_call(ev: OrderEvent, reason: str | None) -> tuple[str, dict[str, Any], str]:
+    """The ``record_order_event`` call for an event; its key is ``<client id>:<seq>``."""
+    kwargs = {
+        "client_order_id": ev.client_order_id,
+        "seq": ev.seq,
+        "kind": ev.kind.value,
+        "state": ev.state.value,
+        "at": ev.at,
+        "broker_order_id": ev.broker_order_id,
+        "reason": reason,
+    }
+    return _EVENT, kwargs, f"{ev.client_order_id}:{ev.seq}"
+
+
 class OrderJournal:
     """Writes order entries through a ``DurableDatabaseManager``; reads them back (module
     docstring). The writes are blocking (an fsync); the ``a*`` methods run them in a worker
@@ -167,59 +198,58 @@ class OrderJournal:
 
     # ------------------------------------------------------------------ writing
 
+    # Every write is durable (fsynced in the log) on return and applied to the database by
+    # the sync thread, not by the writer: a submit waits for the log, never for the database.
+
     def record_intent(self, intent: OrderIntent) -> None:
         """Journal the intent (fsynced on return): the order exists, PENDING, nothing sent."""
-        d = intent
-        self.ddb.record_order_intent(
-            client_order_id=d.client_order_id,
-            symbol=d.symbol,
-            side=d.side,
-            quantity=d.quantity,
-            order_type=d.order_type,
-            limit_price=d.limit_price,
-            stop_price=d.stop_price,
-            time_in_force=d.time_in_force,
-            account=d.account,
-            created_at=d.created_at,
-            idempotency_key=d.client_order_id,
-        )
+        self.ddb.journal_orders([_intent_call(intent)])
+
+    def record_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
+        """Journal the intent and its SUBMITTED event (seq 2) as one group commit: one fsync
+        before the broker call. Both entries or neither are acknowledged; a torn group that
+        kept only the intent leaves a PENDING order, which was never sent."""
+        self.ddb.journal_orders([_intent_call(intent), _event_call(submitted, None)])
 
     def record_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         """Journal one state change (fsynced on return)."""
-        self.ddb.record_order_event(
-            client_order_id=ev.client_order_id,
-            seq=ev.seq,
-            kind=ev.kind.value,
-            state=ev.state.value,
-            at=ev.at,
-            broker_order_id=ev.broker_order_id,
-            reason=reason,
-            idempotency_key=f"{ev.client_order_id}:{ev.seq}",
-        )
+        self.ddb.journal_orders([_event_call(ev, reason)])
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
-        self.ddb.record_order_fill(
-            execution_id=fill.execution_id,
-            client_order_id=fill.client_order_id,
-            broker_order_id=fill.broker_order_id,
-            symbol=fill.symbol,
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            executed_at=fill.executed_at,
-            idempotency_key=f"fill:{fill.execution_id}",
+        kwargs = {
+            "execution_id": fill.execution_id,
+            "client_order_id": fill.client_order_id,
+            "broker_order_id": fill.broker_order_id,
+            "symbol": fill.symbol,
+            "side": fill.side,
+            "quantity": fill.quantity,
+            "price": fill.price,
+            "executed_at": fill.executed_at,
             **computed,
-        )
+        }
+        self.ddb.journal_orders([(_FILL, kwargs, f"fill:{fill.execution_id}")])
 
     async def arecord_intent(self, intent: OrderIntent) -> None:
         await asyncio.to_thread(self.record_intent, intent)
+
+    async def arecord_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
+        await asyncio.to_thread(self.record_submission, intent, submitted)
 
     async def arecord_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         await asyncio.to_thread(self.record_event, ev, reason)
 
     async def arecord_fill(self, fill: Fill, **computed: Any) -> None:
         await asyncio.to_thread(lambda: self.record_fill(fill, **computed))
+
+    def knows(self, client_order_id: str) -> bool:
+        """Whether the log holds an intent under this client id (pending or applied, until
+        compaction drops it). Cheap: the log's key index, no database read, no lock."""
+        storage = self.ddb.storage
+        if storage is None:
+            return False
+        found = storage.find_by_idempotency_key(client_order_id)
+        return found is not None and found.operation == _INTENT
 
     # ------------------------------------------------------------------ reading
 

@@ -97,6 +97,7 @@ class PaperBroker:
         self._prices: dict[str, Decimal] = dict(prices or {})
         self._next_order = 1
         self.submit_calls = 0  # every submit_order call that reached the broker
+        self.submitted_client_ids: list[str] = []  # the client id of each of those calls
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
 
@@ -133,6 +134,7 @@ class PaperBroker:
         """Accept (and maybe fill) an order, or fail as the fault plan says."""
         with self._lock:
             self.submit_calls += 1
+            self.submitted_client_ids.append(intent.client_order_id)
             fault = self.faults.decide("submit_order")
             hang = self.faults.timeout_hang_seconds
             if fault is Fault.TIMEOUT_BEFORE_ACCEPT:
