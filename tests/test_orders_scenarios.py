@@ -201,6 +201,68 @@ def test_a_duplicate_client_id_error_is_adopted_not_rejected(
         rig.close()
 
 
+def test_a_duplicate_answer_is_looked_up_until_it_shows_never_resent(tmp_path: Path) -> None:
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.DUPLICATE_ID)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=2)
+    )
+    broker = PaperBroker(seed=5, rules=GLOBAL, faults=plan)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
+        assert order.state is OrderState.FILLED
+        assert broker.submitted_client_ids == [cid]
+        assert plan.calls("get_order_by_client_id") == 3
+        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_a_refused_resend_does_not_end_an_order_the_first_send_may_have_placed(
+    tmp_path: Path,
+) -> None:
+    """Timeout after accept, a lagging lookup, and the resend refused (the first order used
+    the buying power): REJECTED would forget a filled order. It is looked up again."""
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND)
+        .on("submit_order", Fault.REJECT, nth=2)
+    )
+    broker = PaperBroker(seed=6, rules=GLOBAL, faults=plan)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
+        assert order.state is OrderState.FILLED
+        assert broker.submitted_client_ids == [cid, cid]
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker.net_positions() == {"AAPL": Decimal("5")}
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
 def test_a_clear_reject_ends_the_order_after_one_call(tmp_path: Path) -> None:
     plan = FaultPlan(reject_reason="insufficient buying power").on("submit_order", Fault.REJECT)
     broker = PaperBroker(seed=6, rules=GLOBAL, faults=plan)
@@ -324,11 +386,11 @@ def test_visibility_lag_and_a_timeout_still_make_one_order(
         assert [o.client_order_id for o in broker.all_orders()] == [cid]  # still one order
         assert plan.calls("get_order_by_client_id") == 3  # two lagging "not found", then found
         if rules.dedup_scope is DedupScope.GLOBAL:
-            # each miss is resent with the same id; the broker's duplicate answer proves it
-            # exists, and the next lookup adopts it
-            assert broker.submitted_client_ids == [cid, cid, cid]
-            expected = ["created", "submitted", "unknown"]
-            expected += ["submitted", "unknown"] * 2 + ["recovered", "fill"]
+            # the first miss is resent with the same id; the broker's duplicate answer
+            # proves it exists: never resent again, looked up until it shows
+            assert broker.submitted_client_ids == [cid, cid]
+            expected = ["created", "submitted", "unknown", "submitted", "unknown"]
+            expected += ["recovered", "fill"]
         else:  # never resent: looked up until it shows
             assert broker.submitted_client_ids == [cid]
             expected = ["created", "submitted", "unknown", "recovered", "fill"]

@@ -273,16 +273,21 @@ class OrderManager:
             )
         except BrokerRejectedError as exc:
             return await self._transition(order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason)
-        except DuplicateClientOrderId:
-            return await self._chase(order)  # it exists: look it up and adopt it
+        except DuplicateClientOrderId:  # it exists: look it up and adopt it, never resend
+            return await self._chase(order, resend=False)
         except Exception as exc:  # timeout, transport, 5xx, unreadable: outcome unknown
             order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc))
             return await self._chase(order)
         crash_point("order.after_broker_accept")  # accepted at the broker, not journaled
         return await self._adopt(order, bo, EventKind.ACCEPTED)
 
-    async def _chase(self, order: Order) -> Order:
-        """Retries of an order whose outcome is unknown: look up first (module docstring)."""
+    async def _chase(self, order: Order, *, resend: bool = True) -> Order:
+        """Retries of an order whose outcome is unknown: look up first (module docstring).
+
+        A miss is resent (same client id) only where the broker deduplicates globally, and
+        only until the broker has answered a send with "duplicate" (it exists: only look)
+        or refused a resend (which proves nothing about the first request: it may have
+        arrived, and used the buying power the resend lacked)."""
         for attempt in range(self.retry.max_attempts):
             await asyncio.sleep(self.retry.delay(attempt))
             try:
@@ -295,18 +300,29 @@ class OrderManager:
                 continue
             if bo is not None:
                 return await self._adopt(order, bo, EventKind.RECOVERED)
-            if self.broker.rules.dedup_scope is not DedupScope.GLOBAL:
+            if not resend or self.broker.rules.dedup_scope is not DedupScope.GLOBAL:
                 continue  # a resend could double a filled order: only look again
+            if order.state is _S.SUBMITTING:
+                order = await self._transition(
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason="not found by its client id"
+                )
             order = await self._transition(order, EventKind.SUBMITTED, _S.SUBMITTING)
             try:  # the broker refuses a known client id forever: the resend is safe
                 bo = await asyncio.wait_for(
                     self.broker.submit_order(order.intent), self.retry.call_timeout
                 )
             except BrokerRejectedError as exc:
-                return await self._transition(
-                    order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason
+                resend = False  # not final: the first request's outcome is still unknown
+                order = await self._transition(
+                    order,
+                    EventKind.UNKNOWN,
+                    _S.UNKNOWN,
+                    reason=f"the resend was refused ({exc.reason}); the first request may "
+                    "have arrived: looked up again",
                 )
+                continue
             except DuplicateClientOrderId:
+                resend = False  # it exists: only look it up from now on
                 order = await self._transition(
                     order, EventKind.UNKNOWN, _S.UNKNOWN, reason="duplicate client id: look it up"
                 )
@@ -329,7 +345,7 @@ class OrderManager:
             target = bo.state
         except BrokerProtocolError as exc:
             log.error("order %s: %s", order.client_order_id, exc)
-            if order.state is not _S.UNKNOWN:
+            if order.state in (_S.PENDING, _S.SUBMITTING):  # a live order stays as it is
                 order = await self._transition(
                     order,
                     EventKind.UNKNOWN,

@@ -264,8 +264,19 @@ class PaperBroker:
             return [self._orders[b].order for b in self._by_cid.get(client_order_id, [])]
 
     def all_orders(self) -> list[BrokerOrder]:
+        """Every order the broker holds (tests; no fault applies)."""
         with self._lock:
             return [p.order for p in self._orders.values()]
+
+    def all_fills(self) -> list[Fill]:
+        """Every execution, oldest first (tests; no fault applies)."""
+        with self._lock:
+            return list(self._fills)
+
+    def net_positions(self) -> dict[str, Decimal]:
+        """The net position per symbol, zeros left out (tests; no fault applies)."""
+        with self._lock:
+            return {s: q for s, (q, _) in sorted(self._positions.items()) if q != 0}
 
     # ------------------------------------------------------------------ internals
 
