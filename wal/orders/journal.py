@@ -1,7 +1,9 @@
 """``OrderJournal``: the order journal on the write-ahead log, and how to read it back.
 
 Three critical operations carry it (``OperationType``), each fsynced in the log before
-anything else happens and replayed exactly once into the reference database:
+anything else happens (several at once as one group commit) and applied exactly once to the
+reference database by the sync thread, never by the writer
+(``DurableDatabaseManager.journal_orders``), so a submit waits for the log only:
 
 * ``record_order_intent``: the ``orders`` row (state PENDING) and its first event
   (``CREATED``, seq 1). Idempotency key: the client order id, so a second submit of the same
