@@ -21,7 +21,7 @@ from orders_helpers import (
     open_ddb,
     run,
 )
-from trading_child import fast_config
+from trading_child import fast_config, make_outage
 
 from wal import DurableDatabaseManager, WALStorage, WALWriteError
 from wal.db import DatabaseManager
@@ -40,6 +40,7 @@ from wal.orders import (
     OrderState,
     PaperBroker,
     RejectReason,
+    RiskLimits,
 )
 
 GLOBAL = ClientIdRules(dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0)
@@ -619,3 +620,59 @@ def test_cancel_a_resting_order(tmp_path: Path) -> None:
         run(go())
     finally:
         rig.close()
+
+
+def test_orders_go_on_through_a_database_outage_and_reach_it_once(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The submit path waits for the log only: with the database really down (PostgreSQL
+    crashed, SQLite locked by another connection) orders are journaled, sent, filled and read
+    back through the log; once it is back, the database holds each of them exactly once."""
+    outage = make_outage(db_url, request)
+    broker = PaperBroker(seed=17, rules=GLOBAL)
+    db = outage.attach(DatabaseManager(db_url))
+    ddb = DurableDatabaseManager(db, config=fast_config(tmp_path / "wal", db_url))
+    ddb.start()
+    om = OrderManager(
+        ddb,
+        broker,
+        risk=RiskLimits(check_balance=False),
+        retry=FAST_RETRY,
+        price_source=broker.price,
+    )
+    try:
+
+        async def go() -> list[str]:
+            await om.start()
+            first = await om.submit(buy("2"))
+            outage.begin()
+            during = [await om.submit(buy("1", symbol=s)) for s in ("AAPL", "MSFT", "AAPL")]
+            assert [o.state for o in during] == [OrderState.FILLED] * 3
+            # read through the log while the database is down (the kept state of start())
+            j = om.journal
+            assert {o.client_order_id: o.state for o in j.orders()} == {
+                o.client_order_id: OrderState.FILLED for o in [first, *during]
+            }
+            assert om.positions() == {"AAPL": Decimal("4"), "MSFT": Decimal("1")}
+            assert broker.submitted_client_ids == [o.client_order_id for o in [first, *during]]
+            return [o.client_order_id for o in [first, *during]]
+
+        cids = run(go())
+        outage.end()
+        assert ddb.manager is not None
+        assert ddb.manager.force_sync().pending == 0
+        for cid in cids:
+            assert [e["kind"] for e in db.get_order_events(cid)] == [
+                "created",
+                "submitted",
+                "accepted",
+                "fill",
+            ]
+        assert len(db.get_trades()) == 4
+        assert journal_positions(ddb) == broker.net_positions()
+    finally:
+        if outage.active:
+            outage.end()
+        ddb.stop()
+        outage.close()
+        db.dispose()

@@ -23,6 +23,7 @@ every entry written since (the write hook), as ``wal.overlay`` does for balances
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
 from wal.db.classify import is_transient
+from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
@@ -154,6 +156,19 @@ def apply_entry(
             }
 
 
+_SIGNATURES = {op: inspect.signature(effect) for op, effect in _EFFECTS.items()}
+
+
+def _checked(
+    calls: list[tuple[str, dict[str, Any], str]],
+) -> list[tuple[str, dict[str, Any], str | None]]:
+    """The calls, each checked against its database effect's parameters: a call the
+    database would refuse for its arguments raises ``TypeError`` before anything is logged."""
+    for op, kwargs, _ in calls:
+        _SIGNATURES[op].bind(None, **kwargs)  # (conn, **kwargs)
+    return list(calls)
+
+
 def _intent_call(d: OrderIntent) -> tuple[str, dict[str, Any], str]:
     """The ``record_order_intent`` call for an intent; its key is the client order id."""
     kwargs = {
@@ -205,17 +220,17 @@ class OrderJournal:
 
     def record_intent(self, intent: OrderIntent) -> None:
         """Journal the intent (fsynced on return): the order exists, PENDING, nothing sent."""
-        self.ddb.journal_orders([_intent_call(intent)])
+        self.ddb.journal_orders(_checked([_intent_call(intent)]))
 
     def record_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
         """Journal the intent and its SUBMITTED event (seq 2) as one group commit: one fsync
         before the broker call. Both entries or neither are acknowledged; a torn group that
         kept only the intent leaves a PENDING order, which was never sent."""
-        self.ddb.journal_orders([_intent_call(intent), _event_call(submitted, None)])
+        self.ddb.journal_orders(_checked([_intent_call(intent), _event_call(submitted, None)]))
 
     def record_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         """Journal one state change (fsynced on return)."""
-        self.ddb.journal_orders([_event_call(ev, reason)])
+        self.ddb.journal_orders(_checked([_event_call(ev, reason)]))
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
@@ -230,7 +245,7 @@ class OrderJournal:
             "executed_at": fill.executed_at,
             **computed,
         }
-        self.ddb.journal_orders([(_FILL, kwargs, f"fill:{fill.execution_id}")])
+        self.ddb.journal_orders(_checked([(_FILL, kwargs, f"fill:{fill.execution_id}")]))
 
     async def arecord_intent(self, intent: OrderIntent) -> None:
         await asyncio.to_thread(self.record_intent, intent)
