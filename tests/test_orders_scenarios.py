@@ -21,7 +21,7 @@ from orders_helpers import (
     open_ddb,
     run,
 )
-from trading_child import fast_config
+from trading_child import fast_config, make_outage
 
 from wal import DurableDatabaseManager, WALStorage, WALWriteError
 from wal.db import DatabaseManager
@@ -40,6 +40,7 @@ from wal.orders import (
     OrderState,
     PaperBroker,
     RejectReason,
+    RiskLimits,
 )
 
 GLOBAL = ClientIdRules(dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0)
@@ -48,6 +49,16 @@ OPEN_ONLY = ClientIdRules(dedup_scope=DedupScope.OPEN_ONLY, visibility_window_se
 
 def kinds(ddb: DurableDatabaseManager, cid: str) -> list[str]:
     return [e["kind"] for e in OrderJournal(ddb).events(cid)]
+
+
+def settled_kinds(ddb: DurableDatabaseManager, cid: str) -> list[str]:
+    """The order's event kinds as the journal reads them (the log's pending entries on top of
+    the database), checked against the database's own rows once the log is applied."""
+    via_log = kinds(ddb, cid)
+    assert ddb.manager is not None and ddb.manager.force_sync().pending == 0
+    assert [e["kind"] for e in ddb.db.get_order_events(cid)] == via_log
+    assert kinds(ddb, cid) == via_log
+    return via_log
 
 
 def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: Path) -> None:
@@ -62,7 +73,13 @@ def test_a_market_buy_is_journaled_sent_once_and_filled(db_url: str, tmp_path: P
         assert order.avg_fill_price == Decimal("100")
         assert len(order.client_order_id) == 32
         assert broker.submit_calls == 1
-        assert kinds(rig.ddb, order.client_order_id) == ["created", "submitted", "accepted", "fill"]
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}  # read through the log
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "accepted",
+            "fill",
+        ]
         trades = rig.ddb.db.get_trades()
         assert [(t["symbol"], t["quantity"]) for t in trades] == [("AAPL", Decimal("10"))]
         assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}
@@ -88,10 +105,17 @@ def test_timeout_after_accept_is_recovered_not_resent(tmp_path: Path, rules: Cli
         order = await rig.om.submit(buy("5"))
         assert order.state is OrderState.FILLED
         assert len(broker.orders_with_client_id(order.client_order_id)) == 1
-        assert broker.submit_calls == 1
-        k = kinds(rig.ddb, order.client_order_id)
-        assert k[:4] == ["created", "submitted", "unknown", "recovered"]
-        assert "accepted" not in k
+        assert len(broker.all_orders()) == 1
+        assert broker.submitted_client_ids == [order.client_order_id]  # never resent
+        assert plan.calls("get_order_by_client_id") == 1  # looked up once, found
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -109,10 +133,20 @@ def test_timeout_before_accept_is_resent_with_the_same_id_where_dedup_is_global(
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert broker.submit_calls == 2
-        assert len(broker.all_orders()) == 1
-        assert broker.all_orders()[0].client_order_id == order.client_order_id
+        assert broker.submitted_client_ids == [cid, cid]  # resent with the same id
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]  # one order
+        assert plan.calls("get_order_by_client_id") == 1  # looked up before the resend
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "submitted",
+            "accepted",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -130,9 +164,10 @@ def test_timeout_before_accept_is_never_resent_where_dedup_is_open_only(tmp_path
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
         assert order.state is OrderState.UNKNOWN
-        assert broker.submit_calls == 1
+        assert broker.submitted_client_ids == [order.client_order_id]
         assert broker.all_orders() == []
         assert plan.calls("get_order_by_client_id") == FAST_RETRY.max_attempts
+        assert settled_kinds(rig.ddb, order.client_order_id) == ["created", "submitted", "unknown"]
 
     try:
         run(go())
@@ -140,17 +175,88 @@ def test_timeout_before_accept_is_never_resent_where_dedup_is_open_only(tmp_path
         rig.close()
 
 
-def test_a_duplicate_client_id_error_is_adopted_not_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rules", [GLOBAL, OPEN_ONLY], ids=["global", "open_only"])
+def test_a_duplicate_client_id_error_is_adopted_not_rejected(
+    tmp_path: Path, rules: ClientIdRules
+) -> None:
     plan = FaultPlan().on("submit_order", Fault.DUPLICATE_ID)
+    broker = PaperBroker(seed=5, rules=rules, faults=plan)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
+        assert order.state is OrderState.FILLED
+        assert order.reason is None  # adopted, not rejected
+        assert order.broker_order_id == broker.all_orders()[0].broker_order_id
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]
+        assert broker.submitted_client_ids == [cid]  # looked up, never resent
+        assert plan.calls("get_order_by_client_id") == 1
+        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_a_duplicate_answer_is_looked_up_until_it_shows_never_resent(tmp_path: Path) -> None:
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.DUPLICATE_ID)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=2)
+    )
     broker = PaperBroker(seed=5, rules=GLOBAL, faults=plan)
     rig = make_rig(tmp_path, broker)
 
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert "recovered" in kinds(rig.ddb, order.client_order_id)
-        assert len(broker.all_orders()) == 1 and broker.submit_calls == 1
+        assert broker.submitted_client_ids == [cid]
+        assert plan.calls("get_order_by_client_id") == 3
+        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_a_refused_resend_does_not_end_an_order_the_first_send_may_have_placed(
+    tmp_path: Path,
+) -> None:
+    """Timeout after accept, a lagging lookup, and the resend refused (the first order used
+    the buying power): REJECTED would forget a filled order. It is looked up again."""
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND)
+        .on("submit_order", Fault.REJECT, nth=2)
+    )
+    broker = PaperBroker(seed=6, rules=GLOBAL, faults=plan)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
+        assert order.state is OrderState.FILLED
+        assert broker.submitted_client_ids == [cid, cid]
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
+        assert journal_positions(rig.ddb) == broker.net_positions() == {"AAPL": Decimal("5")}
 
     try:
         run(go())
@@ -165,12 +271,21 @@ def test_a_clear_reject_ends_the_order_after_one_call(tmp_path: Path) -> None:
 
     async def go() -> None:
         await rig.om.start()
-        order = await rig.om.submit(buy("5"))
+        intent = buy("5")
+        order = await rig.om.submit(intent)
         assert order.state is OrderState.REJECTED
         assert order.reason == "insufficient buying power"
-        assert broker.submit_calls == 1
+        assert await rig.om.submit(intent) == order  # the same intent again: no second call
+        assert broker.submitted_client_ids == [order.client_order_id]  # one call
+        assert broker.all_orders() == []
         assert plan.calls("get_order_by_client_id") == 0
         assert rig.om.get(order.client_order_id) == order
+        assert settled_kinds(rig.ddb, order.client_order_id) == [
+            "created",
+            "submitted",
+            "rejected",
+        ]
+        assert rig.ddb.db.get_trades() == []
 
     try:
         run(go())
@@ -178,32 +293,57 @@ def test_a_clear_reject_ends_the_order_after_one_call(tmp_path: Path) -> None:
         rig.close()
 
 
+@pytest.mark.parametrize("at_once", [True, False], ids=["at_once", "one_by_one"])
 def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, at_once: bool
 ) -> None:
+    """0.3/0.3/0.4: three executions, three fills, three trades; every replay (on_fill of each
+    execution again, a poll, a restart that replays the log and asks the broker) adds none."""
     plan = FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.3"), Decimal("0.4")))
-    broker = PaperBroker(seed=7, rules=GLOBAL, faults=plan)
+    broker = PaperBroker(seed=7, rules=GLOBAL, faults=plan, auto_fill=at_once)
     rig = make_rig(tmp_path, broker, url=db_url)
+    three = [Decimal("3"), Decimal("3"), Decimal("4")]
 
     async def go() -> str:
         await rig.om.start()
         order = await rig.om.submit(buy("10", order_type="limit", limit_price=Decimal("101")))
+        cid = order.client_order_id
+        if not at_once:  # the executions arrive one at a time, each polled
+            assert order.state is OrderState.ACCEPTED
+            for filled, state in (
+                ("3", OrderState.PARTIALLY_FILLED),
+                ("6", OrderState.PARTIALLY_FILLED),
+                ("10", OrderState.FILLED),
+            ):
+                assert broker.advance() == 1
+                assert await rig.om.poll_fills() == 1
+                o = rig.om.get(cid)
+                assert o is not None and (o.filled_quantity, o.state) == (Decimal(filled), state)
+            order = rig.om.get(cid)  # type: ignore[assignment]
         assert order.state is OrderState.FILLED
+        assert order.filled_quantity == Decimal("10")
         assert order.avg_fill_price == Decimal("101")
+        assert [f.quantity for f in broker.fills()] == three
         for f in broker.fills():
             again = await rig.om.on_fill(f)
-            assert again.filled_quantity == Decimal("10")
+            assert again.filled_quantity == Decimal("10") and again.last_seq == 6
         assert await rig.om.poll_fills() == 0
-        return order.client_order_id
+        rows = OrderJournal(rig.ddb).fills(client_order_id=cid)
+        assert [r["quantity"] for r in rows] == three
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("10")}
+        return cid
 
     try:
         cid = run(go())
-        assert sorted(t["quantity"] for t in rig.ddb.db.get_trades()) == [
-            Decimal("3"),
-            Decimal("3"),
-            Decimal("4"),
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "accepted",
+            "fill",
+            "fill",
+            "fill",
         ]
-        assert kinds(rig.ddb, cid).count("fill") == 3
+        assert sorted(t["quantity"] for t in rig.ddb.db.get_trades()) == three
     finally:
         rig.close()
     # a restart replays the log and asks the broker again: still three
@@ -215,9 +355,12 @@ def test_partial_fills_make_three_trades_and_replaying_them_adds_none(
             await om.start()
             for f in broker.fills():
                 await om.on_fill(f)
+            assert await om.poll_fills() == 0
 
         run(again())
-        assert len(ddb.db.get_trades()) == 3
+        assert settled_kinds(ddb, cid).count("fill") == 3
+        assert sorted(t["quantity"] for t in ddb.db.get_trades()) == three
+        assert len(OrderJournal(ddb).fills()) == 3
         assert journal_positions(ddb) == broker_positions(broker.positions())
     finally:
         ddb.stop()
@@ -239,8 +382,21 @@ def test_visibility_lag_and_a_timeout_still_make_one_order(
     async def go() -> None:
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
+        cid = order.client_order_id
         assert order.state is OrderState.FILLED
-        assert len(broker.all_orders()) == 1
+        assert [o.client_order_id for o in broker.all_orders()] == [cid]  # still one order
+        assert plan.calls("get_order_by_client_id") == 3  # two lagging "not found", then found
+        if rules.dedup_scope is DedupScope.GLOBAL:
+            # the first miss is resent with the same id; the broker's duplicate answer
+            # proves it exists: never resent again, looked up until it shows
+            assert broker.submitted_client_ids == [cid, cid]
+            expected = ["created", "submitted", "unknown", "submitted", "unknown"]
+            expected += ["recovered", "fill"]
+        else:  # never resent: looked up until it shows
+            assert broker.submitted_client_ids == [cid]
+            expected = ["created", "submitted", "unknown", "recovered", "fill"]
+        assert settled_kinds(rig.ddb, cid) == expected
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
         run(go())
@@ -321,6 +477,8 @@ def test_a_fill_beyond_the_order_quantity_is_an_error_and_not_applied(tmp_path: 
         assert rig.om.get(cid).filled_quantity == Decimal("1.5")  # type: ignore[union-attr]
         with pytest.raises(FillError, match="is sell"):
             await rig.om.on_fill(Fill("x-3", cid, "AAPL", "sell", Decimal("0.1"), Decimal("1")))
+        assert len(OrderJournal(rig.ddb).fills(client_order_id=cid)) == 1
+        assert rig.ddb.force_sync()["pending"] == 0
         assert len(rig.ddb.db.get_trades()) == 1
 
     try:
@@ -462,3 +620,59 @@ def test_cancel_a_resting_order(tmp_path: Path) -> None:
         run(go())
     finally:
         rig.close()
+
+
+def test_orders_go_on_through_a_database_outage_and_reach_it_once(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The submit path waits for the log only: with the database really down (PostgreSQL
+    crashed, SQLite locked by another connection) orders are journaled, sent, filled and read
+    back through the log; once it is back, the database holds each of them exactly once."""
+    outage = make_outage(db_url, request)
+    broker = PaperBroker(seed=17, rules=GLOBAL)
+    db = outage.attach(DatabaseManager(db_url))
+    ddb = DurableDatabaseManager(db, config=fast_config(tmp_path / "wal", db_url))
+    ddb.start()
+    om = OrderManager(
+        ddb,
+        broker,
+        risk=RiskLimits(check_balance=False),
+        retry=FAST_RETRY,
+        price_source=broker.price,
+    )
+    try:
+
+        async def go() -> list[str]:
+            await om.start()
+            first = await om.submit(buy("2"))
+            outage.begin()
+            during = [await om.submit(buy("1", symbol=s)) for s in ("AAPL", "MSFT", "AAPL")]
+            assert [o.state for o in during] == [OrderState.FILLED] * 3
+            # read through the log while the database is down (the kept state of start())
+            j = om.journal
+            assert {o.client_order_id: o.state for o in j.orders()} == {
+                o.client_order_id: OrderState.FILLED for o in [first, *during]
+            }
+            assert om.positions() == {"AAPL": Decimal("4"), "MSFT": Decimal("1")}
+            assert broker.submitted_client_ids == [o.client_order_id for o in [first, *during]]
+            return [o.client_order_id for o in [first, *during]]
+
+        cids = run(go())
+        outage.end()
+        assert ddb.manager is not None
+        assert ddb.manager.force_sync().pending == 0
+        for cid in cids:
+            assert [e["kind"] for e in db.get_order_events(cid)] == [
+                "created",
+                "submitted",
+                "accepted",
+                "fill",
+            ]
+        assert len(db.get_trades()) == 4
+        assert journal_positions(ddb) == broker.net_positions()
+    finally:
+        if outage.active:
+            outage.end()
+        ddb.stop()
+        outage.close()
+        db.dispose()

@@ -192,6 +192,11 @@ def test_a_rejected_submit_journals_and_sends_nothing(tmp_path: Any) -> None:
     try:
         run(go())
         assert broker.submit_calls == 0
+        assert rig.om.open_orders() == []
+        assert rig.ddb.storage is not None
+        assert [
+            e for e in rig.ddb.storage.iter_entries() if e.operation.startswith("record_order")
+        ] == []
         assert rig.ddb.db.get_order_rows() == []
     finally:
         rig.close()

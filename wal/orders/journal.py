@@ -1,7 +1,9 @@
 """``OrderJournal``: the order journal on the write-ahead log, and how to read it back.
 
 Three critical operations carry it (``OperationType``), each fsynced in the log before
-anything else happens and replayed exactly once into the reference database:
+anything else happens (several at once as one group commit) and applied exactly once to the
+reference database by the sync thread, never by the writer
+(``DurableDatabaseManager.journal_orders``), so a submit waits for the log only:
 
 * ``record_order_intent``: the ``orders`` row (state PENDING) and its first event
   (``CREATED``, seq 1). Idempotency key: the client order id, so a second submit of the same
@@ -29,6 +31,7 @@ every entry written since (the write hook), as ``wal.overlay`` does for balances
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -39,6 +42,7 @@ from typing import Any, TypeVar
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
 from wal.db.classify import is_transient
 from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
+from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
@@ -214,6 +218,83 @@ def apply_entry(
             }
 
 
+_SIGNATURES = {op: inspect.signature(effect) for op, effect in _EFFECTS.items()}
+
+
+def _checked(
+    calls: list[tuple[str, dict[str, Any], str]],
+) -> list[tuple[str, dict[str, Any], str | None]]:
+    """The calls, each checked against its database effect's parameters: a call the
+    database would refuse for its arguments raises ``TypeError`` before anything is logged."""
+    for op, kwargs, _ in calls:
+        _SIGNATURES[op].bind(None, **kwargs)  # (conn, **kwargs)
+    return list(calls)
+
+
+def _intent_call(d: OrderIntent) -> tuple[str, dict[str, Any], str]:
+    """The ``record_order_intent`` call for an intent; its key is the client order id."""
+    kwargs = {
+        "client_order_id": d.client_order_id,
+        "symbol": d.symbol,
+        "side": d.side,
+        "quantity": d.quantity,
+        "order_type": d.order_type,
+        "limit_price": d.limit_price,
+        "stop_price": d.stop_price,
+        "time_in_force": d.time_in_force,
+        "account": d.account,
+        "created_at": d.created_at,
+    }
+    return _INTENT, kwargs, d.client_order_id
+
+
+def _event_call(ev: OrderEvent, reason: str | None) -> tuple[str, dict[str, Any], str]:
+    """The ``record_order_event`` call for an event; its key is ``<client id>:<seq>``."""
+    kwargs = {
+        "client_order_id": ev.client_order_id,
+        "seq": ev.seq,
+        "kind": ev.kind.value,
+        "state": ev.state.value,
+        "at": ev.at,
+        "broker_order_id": ev.broker_order_id,
+        "reason": reason,
+    }
+    return _EVENT, kwargs, f"{ev.client_order_id}:{ev.seq}"
+
+
+def _audit_event(op: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """The event a journal call adds to the audit chain (what ``audit_hash`` covers)."""
+    if op == _INTENT:
+        return {
+            "client_order_id": kw["client_order_id"],
+            "seq": 1,
+            "kind": EventKind.CREATED.value,
+            "state": OrderState.PENDING.value,
+            "at": kw["created_at"],
+            "broker_order_id": None,
+            "detail": None,
+        }
+    if op == _EVENT:
+        return {
+            "client_order_id": kw["client_order_id"],
+            "seq": kw["seq"],
+            "kind": kw["kind"],
+            "state": kw["state"],
+            "at": kw["at"],
+            "broker_order_id": kw["broker_order_id"],
+            "detail": kw["reason"],
+        }
+    return {  # a fill
+        "client_order_id": kw["client_order_id"],
+        "seq": kw["seq"],
+        "kind": kw["kind"],
+        "state": kw["state"],
+        "at": kw["executed_at"],
+        "broker_order_id": kw["broker_order_id"],
+        "detail": kw["execution_id"],
+    }
+
+
 class OrderJournal:
     """Writes order entries through a ``DurableDatabaseManager``; reads them back (module
     docstring). The writes are blocking (an fsync); the ``a*`` methods run them in a worker
@@ -229,89 +310,37 @@ class OrderJournal:
 
     # ------------------------------------------------------------------ writing
 
+    # Every write is durable (fsynced in the log) on return and applied to the database by
+    # the sync thread, not by the writer: a submit waits for the log, never for the database.
+
     def record_intent(self, intent: OrderIntent) -> None:
         """Journal the intent (fsynced on return): the order exists, PENDING, nothing sent."""
-        d = intent
-        event = {
-            "client_order_id": d.client_order_id,
-            "seq": 1,
-            "kind": EventKind.CREATED.value,
-            "state": OrderState.PENDING.value,
-            "at": d.created_at,
-            "broker_order_id": None,
-            "detail": None,
-        }
-        self._chained(
-            event,
-            lambda audit: self.ddb.record_order_intent(
-                client_order_id=d.client_order_id,
-                symbol=d.symbol,
-                side=d.side,
-                quantity=d.quantity,
-                order_type=d.order_type,
-                limit_price=d.limit_price,
-                stop_price=d.stop_price,
-                time_in_force=d.time_in_force,
-                account=d.account,
-                created_at=d.created_at,
-                idempotency_key=d.client_order_id,
-                **audit,
-            ),
-        )
+        self._write_chained([_intent_call(intent)])
+
+    def record_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
+        """Journal the intent and its SUBMITTED event (seq 2) as one group commit: one fsync
+        before the broker call. Both entries or neither are acknowledged; a torn group that
+        kept only the intent leaves a PENDING order, which was never sent."""
+        self._write_chained([_intent_call(intent), _event_call(submitted, None)])
 
     def record_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         """Journal one state change (fsynced on return)."""
-        event = {
-            "client_order_id": ev.client_order_id,
-            "seq": ev.seq,
-            "kind": ev.kind.value,
-            "state": ev.state.value,
-            "at": ev.at,
-            "broker_order_id": ev.broker_order_id,
-            "detail": reason,
-        }
-        self._chained(
-            event,
-            lambda audit: self.ddb.record_order_event(
-                client_order_id=ev.client_order_id,
-                seq=ev.seq,
-                kind=ev.kind.value,
-                state=ev.state.value,
-                at=ev.at,
-                broker_order_id=ev.broker_order_id,
-                reason=reason,
-                idempotency_key=f"{ev.client_order_id}:{ev.seq}",
-                **audit,
-            ),
-        )
+        self._write_chained([_event_call(ev, reason)])
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
-        event = {
+        kwargs = {
+            "execution_id": fill.execution_id,
             "client_order_id": fill.client_order_id,
-            "seq": computed["seq"],
-            "kind": computed["kind"],
-            "state": computed["state"],
-            "at": fill.executed_at,
             "broker_order_id": fill.broker_order_id,
-            "detail": fill.execution_id,
+            "symbol": fill.symbol,
+            "side": fill.side,
+            "quantity": fill.quantity,
+            "price": fill.price,
+            "executed_at": fill.executed_at,
+            **computed,
         }
-        self._chained(
-            event,
-            lambda audit: self.ddb.record_order_fill(
-                execution_id=fill.execution_id,
-                client_order_id=fill.client_order_id,
-                broker_order_id=fill.broker_order_id,
-                symbol=fill.symbol,
-                side=fill.side,
-                quantity=fill.quantity,
-                price=fill.price,
-                executed_at=fill.executed_at,
-                idempotency_key=f"fill:{fill.execution_id}",
-                **computed,
-                **audit,
-            ),
-        )
+        self._write_chained([(_FILL, kwargs, f"fill:{fill.execution_id}")])
 
     def anchor(self, reason: str = "session_end") -> tuple[int, str] | None:
         """Journal an anchor (seq, hash) at the chain's head (session end: a cut-off tail is
@@ -329,22 +358,45 @@ class OrderJournal:
             seq=seq, hash=h, at=datetime.now(UTC), reason=reason, idempotency_key=f"anchor:{seq}"
         )
 
-    def _chained(self, event: dict[str, Any], write: Callable[[dict[str, Any]], Any]) -> None:
-        """Write ``event`` as the chain's next link (the lock covers the append: the log's
-        order is the chain's order); anchor every ``ANCHOR_EVERY`` events."""
+    def _write_chained(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
+        """Journal ``calls`` as ONE group commit, each event the chain's next link.
+
+        The chain lock covers computing the links and appending them, so the log's order is
+        the chain's order. A call whose key is already in the log (a retry) is left out
+        before the links are computed: a link is never made for an entry that is not
+        written. The sync thread applies them (``DurableDatabaseManager.journal_orders``).
+        Anchors every ``ANCHOR_EVERY`` events.
+        """
+        _checked(calls)  # a call the database would refuse: TypeError, nothing logged
         chain = _chain_of(self.ddb)
         with chain.lock:
+            storage = self.ddb.storage
+            if storage is not None:
+                calls = [c for c in calls if storage.find_by_idempotency_key(c[2]) is None]
+            if not calls:
+                return
             seq, prev = chain.head(self.ddb)
-            link = audit_hash(event | {"audit_seq": seq + 1}, prev)
-            write({"audit_seq": seq + 1, "prev_hash": prev, "hash": link})
-            if self.ddb.manager is None:  # no log, no write hook: the call applied it
-                chain.seq, chain.hash = seq + 1, link
-            new_seq, new_hash = chain.head(self.ddb)
-            if new_seq == seq + 1 and new_seq % ANCHOR_EVERY == 0:
-                self._record_anchor(new_seq, new_hash, f"every_{ANCHOR_EVERY}")
+            linked: list[tuple[str, dict[str, Any], str]] = []
+            links: list[tuple[int, str]] = []
+            for op, kwargs, key in calls:
+                seq += 1
+                link = audit_hash(_audit_event(op, kwargs) | {"audit_seq": seq}, prev)
+                audit = {"audit_seq": seq, "prev_hash": prev, "hash": link}
+                linked.append((op, {**kwargs, **audit}, key))
+                links.append((seq, link))
+                prev = link
+            self.ddb.journal_orders(_checked(linked))
+            if self.ddb.manager is None:  # no log, no write hook: the calls applied them
+                chain.seq, chain.hash = seq, prev
+            for s, h in links:
+                if s % ANCHOR_EVERY == 0:
+                    self._record_anchor(s, h, f"every_{ANCHOR_EVERY}")
 
     async def arecord_intent(self, intent: OrderIntent) -> None:
         await asyncio.to_thread(self.record_intent, intent)
+
+    async def arecord_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
+        await asyncio.to_thread(self.record_submission, intent, submitted)
 
     async def arecord_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         await asyncio.to_thread(self.record_event, ev, reason)
@@ -354,6 +406,15 @@ class OrderJournal:
 
     async def aanchor(self, reason: str = "session_end") -> tuple[int, str] | None:
         return await asyncio.to_thread(self.anchor, reason)
+
+    def knows(self, client_order_id: str) -> bool:
+        """Whether the log holds an intent under this client id (pending or applied, until
+        compaction drops it). Cheap: the log's key index, no database read, no lock."""
+        storage = self.ddb.storage
+        if storage is None:
+            return False
+        found = storage.find_by_idempotency_key(client_order_id)
+        return found is not None and found.operation == _INTENT
 
     # ------------------------------------------------------------------ reading
 

@@ -2,8 +2,13 @@
 
 The submit path, each step durable (fsynced in the log) before the next one starts::
 
-    validate + risk  ->  journal the intent (PENDING)  ->  journal SUBMITTED (SUBMITTING)
+    validate + risk  ->  journal the intent (PENDING) and SUBMITTED (SUBMITTING): one fsync
         ->  broker.submit_order  ->  journal ACCEPTED / REJECTED / UNKNOWN  ->  fills
+
+The journal's writes wait for the log only: the sync thread applies them to the database
+(``DurableDatabaseManager.journal_orders``), and every read of the journal includes the log's
+pending entries. The fills of an order the broker reports executed are fetched while its
+ACCEPTED entry is being fsynced.
 
 * A ``WALWriteError`` (the log failed) raises to the caller before the broker is called.
 * A timeout, a transport error or a 5xx is not a failure: the order becomes UNKNOWN and the
@@ -27,7 +32,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -131,6 +136,7 @@ class OrderManager:
         self.journal = OrderJournal(db)
         self._orders: dict[str, Order] = {}
         self._fills: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> exec key -> fill row
+        self._final_at_start: set[str] = set()  # client ids of orders already final at start()
         self._positions: dict[str, _Pos] = {}
         self._daily_pnl: dict[str, Decimal] = {}  # UTC date -> realized P&L
         self._locks: dict[str, asyncio.Lock] = {}
@@ -190,7 +196,10 @@ class OrderManager:
     def _load(self) -> None:
         if self._loaded:
             return
-        for o in self.journal.orders(open_only=True):
+        for o in self.journal.orders():
+            if is_final(o.state):
+                self._final_at_start.add(o.client_order_id)  # a resubmit finds it without a read
+                continue
             self._orders[o.client_order_id] = o
             self._fills[o.client_order_id] = {
                 str(r["execution_key"]): r
@@ -258,20 +267,37 @@ class OrderManager:
             self._check_protective(intent)
         cid = intent.client_order_id
         async with self._lock(cid):
-            existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
+            existing = await self._existing(cid)
             if existing is not None:
                 return await self._resubmitted(existing, intent)
             async with self._state_lock:
                 validate_intent(intent, self.broker.rules)
                 if not protective:
                     await self._check_risk(intent)
-                await self.journal.arecord_intent(intent)  # fsynced: the order exists now
-                order = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
+                check_transition(_S.PENDING, _S.SUBMITTING)
+                submitted = OrderEvent(cid, 2, EventKind.SUBMITTED, _S.SUBMITTING, _now())
+                # ONE group commit, one fsync: the intent (PENDING) and SUBMITTING, durable
+                # before the broker call; the database gets them from the sync thread
+                await self.journal.arecord_submission(intent, submitted)
+                order = Order(intent, _S.SUBMITTING, last_seq=2, updated_at=submitted.at)
                 self._orders[cid] = order
                 self._fills[cid] = {}
-                self._publish(OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, order.updated_at))
+                self._publish(OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, intent.created_at))
+                self._publish(submitted)
             crash_point("order.after_intent_fsync")  # journaled, nothing sent
+            crash_point("order.after_submitting_fsync")  # durable: the request may go out next
             return await self._send(order)
+
+    async def _existing(self, cid: str) -> Order | None:
+        """The journal's order under this client id, if any, without a database read on the
+        common path (a new id): this run's orders are in memory, those final at start are
+        listed, and an intent journaled by anyone else since is in the log's key index."""
+        order = self._orders.get(cid)
+        if order is not None:
+            return order
+        if cid in self._final_at_start or self.journal.knows(cid):
+            return await asyncio.to_thread(self.journal.order, cid)
+        return None
 
     async def _resubmitted(self, existing: Order, intent: OrderIntent) -> Order:
         """The same intent again: never a second order; chase it if its outcome is unknown."""
@@ -288,25 +314,28 @@ class OrderManager:
         return existing
 
     async def _send(self, order: Order) -> Order:
-        """Journal SUBMITTING, call the broker once, journal what it answered."""
-        order = await self._transition(order, EventKind.SUBMITTED, _S.SUBMITTING)
-        crash_point("order.after_submitting_fsync")  # durable: the request may go out next
+        """Call the broker once for an order journaled SUBMITTING; journal what it answered."""
         try:
             bo = await asyncio.wait_for(
                 self.broker.submit_order(order.intent), self.retry.call_timeout
             )
         except BrokerRejectedError as exc:
             return await self._transition(order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason)
-        except DuplicateClientOrderId:
-            return await self._chase(order)  # it exists: look it up and adopt it
+        except DuplicateClientOrderId:  # it exists: look it up and adopt it, never resend
+            return await self._chase(order, resend=False)
         except Exception as exc:  # timeout, transport, 5xx, unreadable: outcome unknown
             order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc))
             return await self._chase(order)
         crash_point("order.after_broker_accept")  # accepted at the broker, not journaled
         return await self._adopt(order, bo, EventKind.ACCEPTED)
 
-    async def _chase(self, order: Order) -> Order:
-        """Retries of an order whose outcome is unknown: look up first (module docstring)."""
+    async def _chase(self, order: Order, *, resend: bool = True) -> Order:
+        """Retries of an order whose outcome is unknown: look up first (module docstring).
+
+        A miss is resent (same client id) only where the broker deduplicates globally, and
+        only until the broker has answered a send with "duplicate" (it exists: only look)
+        or refused a resend (which proves nothing about the first request: it may have
+        arrived, and used the buying power the resend lacked)."""
         for attempt in range(self.retry.max_attempts):
             await asyncio.sleep(self.retry.delay(attempt))
             try:
@@ -319,18 +348,29 @@ class OrderManager:
                 continue
             if bo is not None:
                 return await self._adopt(order, bo, EventKind.RECOVERED)
-            if self.broker.rules.dedup_scope is not DedupScope.GLOBAL:
+            if not resend or self.broker.rules.dedup_scope is not DedupScope.GLOBAL:
                 continue  # a resend could double a filled order: only look again
+            if order.state is _S.SUBMITTING:
+                order = await self._transition(
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason="not found by its client id"
+                )
             order = await self._transition(order, EventKind.SUBMITTED, _S.SUBMITTING)
             try:  # the broker refuses a known client id forever: the resend is safe
                 bo = await asyncio.wait_for(
                     self.broker.submit_order(order.intent), self.retry.call_timeout
                 )
             except BrokerRejectedError as exc:
-                return await self._transition(
-                    order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason
+                resend = False  # not final: the first request's outcome is still unknown
+                order = await self._transition(
+                    order,
+                    EventKind.UNKNOWN,
+                    _S.UNKNOWN,
+                    reason=f"the resend was refused ({exc.reason}); the first request may "
+                    "have arrived: looked up again",
                 )
+                continue
             except DuplicateClientOrderId:
+                resend = False  # it exists: only look it up from now on
                 order = await self._transition(
                     order, EventKind.UNKNOWN, _S.UNKNOWN, reason="duplicate client id: look it up"
                 )
@@ -353,7 +393,7 @@ class OrderManager:
             target = bo.state
         except BrokerProtocolError as exc:
             log.error("order %s: %s", order.client_order_id, exc)
-            if order.state is not _S.UNKNOWN:
+            if order.state in (_S.PENDING, _S.SUBMITTING):  # a live order stays as it is
                 order = await self._transition(
                     order,
                     EventKind.UNKNOWN,
@@ -376,13 +416,22 @@ class OrderManager:
                 reason=bo.reject_reason,
                 broker_order_id=bo.broker_order_id,
             )
-        if order.state not in _LIVE:
-            order = await self._transition(
-                order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
-            )
-        crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills yet
+        fetch: asyncio.Future[list[Fill] | None] | None = None
         if bo.filled_quantity > order.filled_quantity:
-            await self._sync_fills([order])
+            # ask for its fills now: the round trip overlaps the fsync of ACCEPTED below
+            fetch = asyncio.ensure_future(self._fetch_fills([order]))
+        try:
+            if order.state not in _LIVE:
+                order = await self._transition(
+                    order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
+                )
+            crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
+        except BaseException:
+            if fetch is not None:
+                fetch.cancel()
+            raise
+        if fetch is not None:
+            await self._sync_fills([order], fetched=fetch)
             order = self._orders[order.client_order_id]
         if target is _S.CANCELLED and not is_final(order.state):
             order = await self._transition(
@@ -464,13 +513,22 @@ class OrderManager:
         open_ = [o for o in self._orders.values() if not is_final(o.state)]
         return await self._sync_fills(open_) if open_ else 0
 
-    async def _sync_fills(self, orders: list[Order]) -> int:
-        wanted = {o.client_order_id for o in orders}
+    async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:
+        """The broker's fills since the oldest of ``orders``; None if the fetch failed."""
         since = min(o.intent.created_at for o in orders) - _FILL_SLACK
         try:
-            fills = await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
+            return await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
         except Exception as exc:
             log.warning("fetching fills failed (%s); they are fetched again later", _why(exc))
+            return None
+
+    async def _sync_fills(
+        self, orders: list[Order], *, fetched: Awaitable[list[Fill] | None] | None = None
+    ) -> int:
+        """Journal the new fills of ``orders`` (fetched now, or by ``fetched``); how many."""
+        wanted = {o.client_order_id for o in orders}
+        fills = await (fetched if fetched is not None else self._fetch_fills(orders))
+        if fills is None:
             return 0
         n = 0
         for f in fills:

@@ -80,11 +80,22 @@ class OrderIntent:
         }
 
     def same_order(self, other: OrderIntent) -> bool:
-        """True when ``other`` asks for the same order (times aside)."""
-        a, b = self.to_dict(), other.to_dict()
-        a.pop("created_at")
-        b.pop("created_at")
-        return a == b
+        """True when ``other`` asks for the same order (times aside). Decimals compare by
+        value: the journal gives ``0.2500000000`` back for ``0.25``."""
+        return all(getattr(self, f) == getattr(other, f) for f in _SAME_ORDER_FIELDS)
+
+
+_SAME_ORDER_FIELDS = (
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "stop_price",
+    "time_in_force",
+    "account",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ class PaperBroker:
         self._next_order = 1
         self.submit_calls = 0  # every submit_order call that reached the broker
         self.cancel_calls = 0  # every cancel_order call that reached the broker
+        self.submitted_client_ids: list[str] = []  # the client id of each of those calls
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
 
@@ -134,6 +135,7 @@ class PaperBroker:
         """Accept (and maybe fill) an order, or fail as the fault plan says."""
         with self._lock:
             self.submit_calls += 1
+            self.submitted_client_ids.append(intent.client_order_id)
             fault = self.faults.decide("submit_order")
             hang = self.faults.timeout_hang_seconds
             if fault is Fault.TIMEOUT_BEFORE_ACCEPT:
@@ -273,8 +275,19 @@ class PaperBroker:
             return [self._orders[b].order for b in self._by_cid.get(client_order_id, [])]
 
     def all_orders(self) -> list[BrokerOrder]:
+        """Every order the broker holds (tests; no fault applies)."""
         with self._lock:
             return [p.order for p in self._orders.values()]
+
+    def all_fills(self) -> list[Fill]:
+        """Every execution, oldest first (tests; no fault applies)."""
+        with self._lock:
+            return list(self._fills)
+
+    def net_positions(self) -> dict[str, Decimal]:
+        """The net position per symbol, zeros left out (tests; no fault applies)."""
+        with self._lock:
+            return {s: q for s, (q, _) in sorted(self._positions.items()) if q != 0}
 
     # ------------------------------------------------------------------ internals
 

@@ -302,6 +302,22 @@ class DurableDatabaseManager:
         """Critical: an anchor (seq, hash) of the order audit chain (``wal.orders.audit``)."""
         return self._critical("record_order_anchor", (), kwargs, idempotency_key)[2]
 
+    def journal_orders(self, calls: list[tuple[str, dict[str, Any], str | None]]) -> None:
+        """Journal order operations ``(method name, kwargs, idempotency key)`` durably as ONE
+        group commit (one fsync), in order, without applying them in this thread: the sync
+        thread applies them; ``OrderJournal`` and ``get_open_positions`` read them from the
+        log meanwhile. The order journal's write path: the caller waits for the log only."""
+        if self.manager is None:
+            for op, kwargs, key in calls:
+                self._critical(op, (), kwargs, key)
+            return
+        for op, kwargs, _ in calls:
+            if op not in CRITICAL_OPERATIONS:
+                raise ValueError(f"{op!r} is not a critical operation")
+            inspect.signature(getattr(self._db, op)).bind(**kwargs)  # refused before logging
+            _reject_floats(op, kwargs)
+        self.manager.write_deferred([(op, kwargs, key) for op, kwargs, key in calls])
+
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:

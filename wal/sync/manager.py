@@ -218,6 +218,78 @@ class WALManager:
                 del self._inflight[key]
             done.set()
 
+    def write_deferred(
+        self, calls: list[tuple[str | OperationType, dict[str, Any], str | None]]
+    ) -> list[Receipt]:
+        """Log ``(operation, kwargs, idempotency_key)`` calls durably as ONE group (one write,
+        one fsync), in order, and leave them to the sync thread: nothing is applied in this
+        thread, so the caller waits for the log and never for the database. Readers see them
+        through the overlay (pending entries) until they are applied.
+
+        A call whose key is already in the log (or being written) is not written again: its
+        receipt is the first write's, ``duplicate=True``. All or none of the new entries are
+        acknowledged; ``WALWriteError`` halts trading as in ``write``.
+        """
+        entries = [WALEntry.create(op, (), kw, key) for op, kw, key in calls]
+        keys = sorted({e.idempotency_key for e in entries if e.has_explicit_key})
+        claimed: dict[str, threading.Event] = {}
+        known: dict[str, Receipt] = {}
+        try:
+            for key in keys:  # sorted: two batches never wait on each other in a cycle
+                while True:
+                    with self._keys_lock:
+                        hit = self._receipts.get(key)
+                        if hit is not None:
+                            self._receipts.move_to_end(key)
+                            known[key] = replace(hit, duplicate=True)
+                            break
+                        waiting = self._inflight.get(key)
+                        if waiting is None:
+                            claimed[key] = self._inflight[key] = threading.Event()
+                            break
+                    waiting.wait()  # another thread is writing this key; then its receipt
+            for key in claimed:
+                found = self.storage.find_by_idempotency_key(key)  # evicted from the cache
+                if found is not None:
+                    known[key] = replace(self._receipt(found, found.status), duplicate=True)
+                    self._remember(key, known[key])
+            fresh: list[WALEntry] = []
+            fresh_keys: set[str] = set()
+            for e in entries:
+                if not e.has_explicit_key:
+                    fresh.append(e)
+                elif e.idempotency_key not in known and e.idempotency_key not in fresh_keys:
+                    fresh_keys.add(e.idempotency_key)  # a key twice in one batch: one entry
+                    fresh.append(e)
+            by_key: dict[str, Receipt] = dict(known)
+            written: dict[uuid.UUID, Receipt] = {}
+            if fresh:
+                if self._applier.fatal is not None:
+                    raise self._applier.fatal
+                try:
+                    durable = self.storage.append_many(fresh)  # one fsync for the group
+                except WALWriteError as exc:
+                    self._applier.fatal = exc
+                    raise
+                for d in durable:
+                    for hook in self._write_hooks:
+                        hook(d)
+                    r = written[d.entry_id] = self._receipt(d, WALEntryStatus.PENDING)
+                    if d.has_explicit_key:
+                        by_key[d.idempotency_key] = r
+                        self._remember(d.idempotency_key, r)
+                self._wake.set()  # the sync thread applies them now
+            return [
+                written.get(e.entry_id) or replace(by_key[e.idempotency_key], duplicate=True)
+                for e in entries
+            ]
+        finally:
+            with self._keys_lock:
+                for key in claimed:
+                    del self._inflight[key]
+            for done in claimed.values():
+                done.set()
+
     def _remember(self, key: str, receipt: Receipt) -> None:
         with self._keys_lock:
             self._receipts[key] = receipt
