@@ -18,10 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from wal.config import WALConfig
-from wal.database import DatabaseManager
+from wal.db import DatabaseManager
 from wal.entry import WALEntry
-from wal.manager import WALManager
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
+from wal.sync.manager import WALManager
 
 
 def fill(log: WALStorage, n: int) -> None:

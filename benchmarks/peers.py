@@ -1,4 +1,4 @@
-# Helpers for benchmarks/: the persist-queue peer (a dev dependency, so not in wal/bench.py).
+# Helpers for benchmarks/: the persist-queue peer (a dev dependency, so not in wal/tools/bench.py).
 # Not a benchmark itself; its rows come from: python benchmarks/run_all.py
 """persist-queue ``SQLiteAckQueue``: a durable queue on SQLite (WAL mode), measured as a peer."""
 
@@ -11,7 +11,7 @@ import orjson
 import persistqueue
 import persistqueue.serializers.json as pq_json
 
-from wal.bench import Measurement, fresh_dir, latency_row, make_trade, run_calls
+from wal.tools.bench import Measurement, fresh_dir, latency_row, make_trade, run_calls
 
 __all__ = ["bench_persist_queue", "open_queue"]
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 from drain import measure_drain, pg_url_for_bench
 from peers import bench_persist_queue
 
-from wal.bench import (
+from wal.tools.bench import (
     BenchSizes,
     DiskBenchResult,
     Measurement,

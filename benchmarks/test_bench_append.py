@@ -15,7 +15,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from wal import WALEntry, WALStorage
-from wal.bench import make_trade
+from wal.tools.bench import make_trade
 
 
 @pytest.fixture(params=["always", "interval"])

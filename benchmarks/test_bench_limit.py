@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from wal.bench import trade_line_bytes
+from wal.tools.bench import trade_line_bytes
 
 RECORD = b"x" * (trade_line_bytes() - 1) + b"\n"
 

@@ -12,7 +12,7 @@ import orjson
 from peers import open_queue
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from wal.bench import make_trade
+from wal.tools.bench import make_trade
 
 
 def _row() -> tuple[tuple[tuple[str, bytes]], dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from wal import WALStorage
-from wal.bench import build_log
+from wal.tools.bench import build_log
 
 ENTRIES = int(os.environ.get("BENCH_ENTRIES", "20000"))
 

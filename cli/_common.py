@@ -21,7 +21,7 @@ import orjson
 
 from wal.config import WALConfig
 from wal.errors import WALConfigError, WALError, WALLockedError
-from wal.lock import LOCK_NAME, read_owner_pid
+from wal.log.lock import LOCK_NAME, read_owner_pid
 
 __all__ = [
     "AtbError",

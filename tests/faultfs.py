@@ -126,7 +126,7 @@ class _Dir:
 
 
 class CrashFS:
-    """A ``wal.fileops.FileOps`` over the real files that also models a power loss.
+    """A ``wal.log.fileops.FileOps`` over the real files that also models a power loss.
 
     ``root``: the directory whose contents are modelled (the log directory). Files already in
     it are taken as durable. Operations elsewhere are performed and counted, not modelled.

@@ -1,6 +1,6 @@
 """Shared helpers for the log's tests: entries, counting file ops, and an independent checker.
 
-``check_files`` reads a log directory with nothing but ``wal.record.decode_line`` and the
+``check_files`` reads a log directory with nothing but ``wal.log.record.decode_line`` and the
 format description in ``wal/__init__.py``, so it does not share the storage's recovery code:
 it is the second opinion the crash tests ask after every recovery.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from wal import WALEntry
-from wal.fileops import OSFileOps
-from wal.record import RecordError, decode_line
-from wal.segment import list_segments
+from wal.log.fileops import OSFileOps
+from wal.log.record import RecordError, decode_line
+from wal.log.segment import list_segments
 
 __all__ = [
     "CountingFileOps",

@@ -29,8 +29,8 @@ from trading_child import (
 )
 
 from wal import WALEntryStatus
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 pytestmark = pytest.mark.postgres
 D = Decimal

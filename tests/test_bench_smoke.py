@@ -1,7 +1,7 @@
 """Smoke test of the benchmarks: every row is produced and the outputs parse. No timings.
 
 ``benchmarks/run_all.py --quick`` runs in a real subprocess (as CI and users run it), and
-``wal.bench.run_disk_bench(quick=True)`` (what ``atb wal bench`` calls) runs in-process.
+``wal.tools.bench.run_disk_bench(quick=True)`` (what ``atb wal bench`` calls) runs in-process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from wal import WALEntry, WALEntryStatus, WALStorage
-from wal.bench import DiskBenchResult, drain_rows, make_trade, run_disk_bench
+from wal.tools.bench import DiskBenchResult, drain_rows, make_trade, run_disk_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 

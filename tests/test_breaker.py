@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from wal.breaker import BreakerState, CircuitBreaker, backoff_delay
+from wal.sync.breaker import BreakerState, CircuitBreaker, backoff_delay
 
 
 class ManualClock:

@@ -23,7 +23,7 @@ from helpers_log import flip_bit, lines_of, make_entry
 
 from cli.main import atb
 from wal import WALCorruptionError, WALEntry, WALEntryStatus, WALStorage
-from wal.segment import list_segments
+from wal.log.segment import list_segments
 
 BIN = Path(sys.executable).parent
 ATB = shutil.which("atb", path=str(BIN))
@@ -305,7 +305,7 @@ def test_status_exit_2_when_there_is_no_log(tmp_path: Path) -> None:
 
 
 def test_status_database_check(tmp_path: Path) -> None:
-    from wal.database import DatabaseManager
+    from wal.db import DatabaseManager
 
     make_log(tmp_path / "wal", n=1)
     # a missing SQLite file is unreachable, and checking does not create it
@@ -531,7 +531,7 @@ def test_retry_all(tmp_path: Path) -> None:
 
 
 def test_sync_applies_pending_entries_once(tmp_path: Path) -> None:
-    from wal.database import DatabaseManager
+    from wal.db import DatabaseManager
 
     d = tmp_path / "wal"
     entries = deposits(d, ["10", "2.5", "0.25"])

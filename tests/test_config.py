@@ -12,7 +12,7 @@ import pytest
 import wal.config
 from wal.config import ENV_VARS, WALConfig, mask_url
 from wal.errors import WALConfigError
-from wal.options import StorageOptions
+from wal.log.options import StorageOptions
 
 SECRET = "s3cr3t-pw"
 PG_URL = f"postgresql+psycopg://trader:{SECRET}@db.internal:5432/atb"

@@ -60,7 +60,7 @@ import pytest
 from helpers_log import check_files, lines_of, make_entry
 
 from wal import StorageOptions, WALCorruptionError, WALEntry, WALEntryStatus, WALStorage
-from wal.segment import list_segments
+from wal.log.segment import list_segments
 
 Snapshot = dict[str, bytes]
 

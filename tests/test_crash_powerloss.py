@@ -37,7 +37,7 @@ from faultfs import CrashFS, SimulatedCrash, TailMode, write_image
 from helpers_log import content
 
 from wal import WALEntry, WALEntryStatus, WALError, WALStorage
-from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
+from wal.log.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
 
 PENDING = WALEntryStatus.PENDING
 SYNCING = WALEntryStatus.SYNCING

@@ -1,4 +1,4 @@
-"""wal.database: the reference DatabaseManager and its exactly-once ``apply``.
+"""wal.db.manager: the reference DatabaseManager and its exactly-once ``apply``.
 
 The same test bodies run on SQLite (a file) and on a real PostgreSQL (``db_url``); the outage
 tests stop the real server (``pg_ctl stop -m immediate``) or hold SQLite's real write lock.
@@ -27,8 +27,8 @@ from pg import PgServer
 from sqlalchemy.engine import make_url
 
 from wal import WALConfigError, WALDatabaseError, WALEntry
-from wal import database as dbmod
-from wal.database import (
+from wal.db import engine, operations, schema
+from wal.db.manager import (
     ApplyResult,
     DatabaseManager,
     RecordNotFoundError,
@@ -76,9 +76,9 @@ def test_balance_updates_are_exact_decimals(db: DatabaseManager) -> None:
     assert db.get_balance("big") == big
     with db.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(dbmod.balance_changes.c.delta, dbmod.balance_changes.c.reason)
-            .where(dbmod.balance_changes.c.account == "default")
-            .order_by(dbmod.balance_changes.c.id)
+            sa.select(schema.balance_changes.c.delta, schema.balance_changes.c.reason)
+            .where(schema.balance_changes.c.account == "default")
+            .order_by(schema.balance_changes.c.id)
         ).all()
     assert [tuple(r) for r in rows] == [(Decimal("0.1"), "a"), (Decimal("0.2"), "b")]
 
@@ -101,7 +101,7 @@ def test_bad_money_is_refused_and_nothing_written(
     db = DatabaseManager(f"sqlite:///{tmp_path / 'atb.db'}")
     db.atomic_balance_update(Decimal(5))
     with pytest.raises(error, match=text), db.engine.begin() as conn:
-        dbmod._op_balance_update(conn, value)
+        operations.op_balance_update(conn, value)
     with pytest.raises(ValueError, match="more than 10"):
         db.log_trade(symbol="X", side="buy", quantity=Decimal("1e-11"), price=Decimal(1))
     assert db.get_balance() == 5
@@ -266,7 +266,7 @@ def test_position_lifecycle(db: DatabaseManager) -> None:
     assert [p["position_id"] for p in db.get_open_positions()] == ["p-2"]
     with db.engine.connect() as conn:
         row = conn.execute(
-            sa.select(dbmod.positions).where(dbmod.positions.c.position_id == pid)
+            sa.select(schema.positions).where(schema.positions.c.position_id == pid)
         ).one()
     assert row.status == "closed" and row.exit_price == Decimal("62000")
     assert row.pnl == Decimal("1000") and row.closed_at == T0
@@ -399,8 +399,8 @@ def test_apply_runs_each_entry_exactly_once(db: DatabaseManager) -> None:
     }
     with db.engine.connect() as conn:
         ledger = conn.execute(
-            sa.select(dbmod.wal_applied.c.lsn, dbmod.wal_applied.c.operation).order_by(
-                dbmod.wal_applied.c.lsn
+            sa.select(schema.wal_applied.c.lsn, schema.wal_applied.c.operation).order_by(
+                schema.wal_applied.c.lsn
             )
         ).all()
     assert [tuple(r) for r in ledger] == [(e.lsn, e.operation) for e in entries]
@@ -641,7 +641,7 @@ def test_server_crash_in_the_middle_of_a_batch_commits_nothing(
 def test_sqlite_locked_database_is_transient(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_MS", 50)  # do not wait 5 s for the lock
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 50)  # do not wait 5 s for the lock
     path = tmp_path / "atb.db"
     db = DatabaseManager(f"sqlite:///{path}")
     db.ping()

@@ -35,8 +35,8 @@ from trading_child import (
 )
 
 from wal import WALDatabaseError, WALEntryStatus
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 KINDS = ("balance", "trade", "open", "update", "close")
 _op = st.tuples(

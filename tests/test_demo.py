@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pg import PgServer
 
 from cli.main import atb
-from wal.demo import run_demo
+from wal.tools.demo import run_demo
 
 
 def test_demo_cli_on_sqlite(tmp_path: Path) -> None:

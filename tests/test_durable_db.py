@@ -31,8 +31,8 @@ from trading_child import (
 
 from wal import WALDatabaseError, WALEntry, WALEntryStatus
 from wal.config import WALConfig
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 D = Decimal
 

@@ -1,4 +1,4 @@
-"""wal.fastindex: recovery's fast path indexes exactly what the slow path does, or defers to it.
+"""wal.log.fastindex: recovery's fast path indexes exactly what the slow path does, or defers to it.
 
 Every test opens the same bytes twice, once as shipped and once with the fast path replaced
 by a loop that hands every line to the slow path (``decode_line`` + ``_index_record``), and
@@ -21,19 +21,19 @@ from helpers_log import lines_of, make_entry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wal.fastindex
-import wal.recovery
+import wal.log.fastindex
+import wal.log.recovery
 from wal import StorageOptions, WALCorruptionError, WALEntry, WALEntryStatus, WALStorage
-from wal.fastindex import Cursor, Slow
-from wal.record import encode_line
-from wal.segment import list_segments, segment_name
+from wal.log.fastindex import Cursor, Slow
+from wal.log.record import encode_line
+from wal.log.segment import list_segments, segment_name
 
 MODES = ("tolerate_tail", "strict", "skip_corrupt")
 
 
 @pytest.fixture(autouse=True)
 def _always_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wal.fastindex, "_SMALL", 0)  # the fast path even for tiny logs
+    monkeypatch.setattr(wal.log.fastindex, "_SMALL", 0)  # the fast path even for tiny logs
 
 
 def slow_only(store: WALStorage, cur: Cursor, data: bytes, end: int, base: int, slow: Slow) -> bool:
@@ -88,7 +88,7 @@ def both(
     """(fast outcome, slow outcome, lines the fast run sent to the slow path)."""
     out = []
     slow_lines = 0
-    real_scan = wal.recovery.scan
+    real_scan = wal.log.recovery.scan
 
     def counting_scan(*args: Any) -> Iterator[Any]:
         nonlocal slow_lines
@@ -101,9 +101,9 @@ def both(
         shutil.copytree(src, d)
         with monkeypatch.context() as m:
             if fast:
-                m.setattr(wal.recovery, "scan", counting_scan)
+                m.setattr(wal.log.recovery, "scan", counting_scan)
             else:
-                m.setattr(wal.recovery, "index_chunk", slow_only)
+                m.setattr(wal.log.recovery, "index_chunk", slow_only)
             out.append(outcome(d, mode, readonly))
     return out[0], out[1], slow_lines
 

@@ -23,7 +23,7 @@ from faultfs import CrashFS, FaultRule
 from helpers_log import content, wait_for
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
-from wal.segment import TMP_SUFFIX
+from wal.log.segment import TMP_SUFFIX
 
 
 def entry(n: int, pad: int = 0) -> WALEntry:

@@ -1,4 +1,4 @@
-"""wal.lock: one writer per log, in this process and across processes; the lock dies with its
+"""wal.log.lock: one writer per log, in this process and across processes; the lock dies with its
 owner (SIGKILL included)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wal import WALLockedError, WALStorage
-from wal.lock import LOCK_NAME, WriterLock, read_owner_pid
+from wal.log.lock import LOCK_NAME, WriterLock, read_owner_pid
 
 # A process that takes the writer lock (through a real WALStorage), says so, and waits.
 HOLDER = """

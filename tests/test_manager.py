@@ -31,10 +31,10 @@ from trading_child import (
 )
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
-from wal.breaker import BreakerState
-from wal.database import DatabaseManager
-from wal.fileops import FileOps, OSFileOps
-from wal.manager import Receipt, WALManager
+from wal.db import DatabaseManager
+from wal.log.fileops import FileOps, OSFileOps
+from wal.sync.breaker import BreakerState
+from wal.sync.manager import Receipt, WALManager
 
 D = Decimal
 
@@ -188,7 +188,7 @@ def test_a_repeated_key_returns_the_first_receipt_and_writes_nothing(rig: Rig) -
 def test_a_permanent_error_is_retried_then_dead_lettered_and_later_entries_apply(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="wal.manager")
+    caplog.set_level(logging.ERROR, logger="wal.sync.manager")
     m = rig.open(max_retries=3)
     bad = m.write("update_position", position_id="no-such-position", current_price=D("1"))
     assert bad.status is WALEntryStatus.PENDING and bad.error is not None
@@ -457,7 +457,7 @@ def test_a_log_write_error_raises_and_nothing_reaches_the_database(rig: Rig) -> 
 
 
 def test_alerts_warn_once_per_crossing(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="wal.manager")
+    caplog.set_level(logging.WARNING, logger="wal.sync.manager")
     m = rig.open(pending_alert_threshold=2, pending_alert_age_seconds=0.001)
 
     def count(text: str) -> int:

@@ -34,8 +34,8 @@ from trading_child import (
 )
 
 from wal import WALEntryStatus
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 BEFORE, DURING, AFTER = 150, 400, 150
 

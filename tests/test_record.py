@@ -1,4 +1,4 @@
-"""wal.record: the line framing; every single flipped bit is caught by the checksum."""
+"""wal.log.record: the line framing; every single flipped bit is caught by the checksum."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import orjson
 import pytest
 import xxhash
 
-from wal.record import RecordError, decode_line, encode_line, encode_record
+from wal.log.record import RecordError, decode_line, encode_line, encode_record
 
 REC = {"t": "entry", "lsn": 12, "kwargs": {"qty": {"$decimal": "12.50"}, "n": 1234567}}
 

@@ -12,8 +12,8 @@ from helpers_log import check_files, make_entry
 from test_verify import CASES, Case, build_log, snapshot
 
 from wal import WALCorruptionError, WALEntryStatus, WALLockedError, WALStorage
-from wal.repair import repair_log
-from wal.verify import verify_log
+from wal.log.repair import repair_log
+from wal.log.verify import verify_log
 
 
 def entries_of(d: Path) -> dict[int, tuple[str, WALEntryStatus]]:

@@ -1,11 +1,11 @@
-"""wal.segment: names that sort by LSN, and a scanner that locates every bad line exactly."""
+"""wal.log.segment: names that sort by LSN, and a scanner that locates every bad line exactly."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from wal.record import encode_record
-from wal.segment import Defect, Line, list_segments, scan, segment_name, valid_record_after
+from wal.log.record import encode_record
+from wal.log.segment import Defect, Line, list_segments, scan, segment_name, valid_record_after
 
 
 def rec(lsn: int) -> bytes:

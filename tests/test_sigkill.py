@@ -21,7 +21,7 @@ own process with its own log handle. 400 kills by default, ``WAL_SIGKILL_KILLS``
 ``test_crash_powerloss.py``'s job.
 
 ``WAL_CRASH_POINT`` runs stop the child with ``os._exit(137)`` at a named point (see
-``wal/_crashpoints.py``); what was written before that point must be recovered.
+``wal/crashpoints.py``); what was written before that point must be recovered.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from helpers_log import check_files
 from walwriter_child import content
 
 from wal import WALStorage
-from wal._crashpoints import POINTS
 from wal.codec import encode_value
+from wal.crashpoints import POINTS
 
 CHILD = Path(__file__).with_name("walwriter_child.py")
 SEED = int(os.environ.get("WAL_SIGKILL_SEED", "20261121"))
@@ -292,7 +292,7 @@ def test_named_crash_point(tmp_path: Path, point: str, nth: int) -> None:
 
 def test_crash_point_names_are_checked(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "import wal._crashpoints"],
+        [sys.executable, "-c", "import wal.crashpoints"],
         env={**os.environ, "WAL_CRASH_POINT": "append-after-wirte"},
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""wal.storage: appends, statuses, rotation, compaction, stats, permissions, group commit,
+"""wal.log.storage: appends, statuses, rotation, compaction, stats, permissions, group commit,
 fsync modes, read-only opening, closed and misused storages. Real files, real fsync."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from wal import (
     WALLockedError,
     WALStorage,
 )
-from wal.segment import list_segments
+from wal.log.segment import list_segments
 
 P, S, C, F = (
     WALEntryStatus.PENDING,

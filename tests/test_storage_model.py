@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from wal import WALEntryNotFoundError, WALEntryStatus, WALStorage
-from wal.segment import list_segments
+from wal.log.segment import list_segments
 
 STRESS = bool(os.environ.get("WAL_STRESS"))
 STATUSES = list(WALEntryStatus)

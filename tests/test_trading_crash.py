@@ -33,7 +33,7 @@ import pytest
 from trading_child import Model, db_state, ledger_count, make_plan
 
 from wal import WALEntryStatus, WALStorage
-from wal.database import DatabaseManager
+from wal.db import DatabaseManager
 
 CHILD = Path(__file__).with_name("trading_child.py")
 CRASH_POINT = "manager.after_apply_before_status"

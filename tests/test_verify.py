@@ -16,9 +16,9 @@ import pytest
 from helpers_log import flip_bit, lines_of, make_entry
 
 from wal import WALCorruptionError, WALEntryStatus, WALStorage
-from wal.record import decode_line, encode_line
-from wal.segment import list_segments
-from wal.verify import verify_log
+from wal.log.record import decode_line, encode_line
+from wal.log.segment import list_segments
+from wal.log.verify import verify_log
 
 
 def build_log(d: Path, n: int = 24) -> dict[int, str]:

@@ -39,8 +39,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from wal.config import WALConfig
-from wal.database import DatabaseManager, metadata
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.db.schema import metadata
+from wal.sync.durable import DurableDatabaseManager
 
 __all__ = [
     "FAST",

@@ -18,7 +18,7 @@ tear it), and an ack only after the call returned::
     C                               compaction finished
     D                               MAX_OPS done, closed cleanly
 
-``WAL_CRASH_POINT`` (see ``wal._crashpoints``) makes it exit with status 137 at a named point.
+``WAL_CRASH_POINT`` (see ``wal.crashpoints``) makes it exit with status 137 at a named point.
 ``WALWRITER_COMPACT_P`` (default 0.04) and ``WALWRITER_FAIL_P`` (0.05) set how often it
 compacts and how often a status change is FAILED.
 """

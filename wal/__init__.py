@@ -25,7 +25,6 @@ the guarantees and the recovery modes.
 """
 
 from wal.config import WALConfig
-from wal.durable_db import DurableDatabaseManager
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import (
     WALClosedError,
@@ -38,10 +37,12 @@ from wal.errors import (
     WALSerializationError,
     WALWriteError,
 )
-from wal.fileops import FileOps, OSFileOps
-from wal.manager import Receipt, SyncResult, WALManager
-from wal.options import StorageOptions
-from wal.storage import RecoveryReport, StorageStats, WALStorage
+from wal.log.fileops import FileOps, OSFileOps
+from wal.log.options import StorageOptions
+from wal.log.report import RecoveryReport
+from wal.log.storage import StorageStats, WALStorage
+from wal.sync.durable import DurableDatabaseManager
+from wal.sync.manager import Receipt, SyncResult, WALManager
 
 __all__ = [
     "DurableDatabaseManager",

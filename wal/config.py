@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from wal.errors import WALConfigError
-from wal.options import FSYNC_MODES, RECOVERY_MODES, FsyncMode, RecoveryMode, StorageOptions
+from wal.log.options import FSYNC_MODES, RECOVERY_MODES, FsyncMode, RecoveryMode, StorageOptions
 
 __all__ = ["ENV_VARS", "WALConfig", "mask_url"]
 

@@ -73,7 +73,7 @@ def content_checksum(entry_id: str, operation: str, args: Any, kwargs: Any, key:
 _STATUS_OF = {s.value: s for s in WALEntryStatus}  # a dict lookup is 5x an Enum call
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -147,7 +147,7 @@ class WALEntry:
             kwargs=decode_value(enc_kwargs),
             idempotency_key=key,
             checksum=content_checksum(sid, op, enc_args, enc_kwargs, key),
-            created_at=_now(),
+            created_at=utc_now(),
         )._cached(enc_args, enc_kwargs, idempotency_key is not None and key != sid)
 
     def _cached(
@@ -185,7 +185,7 @@ class WALEntry:
         attempts: int | None = None,
     ) -> WALEntry:
         """A copy with a new status (what a status record means when read back)."""
-        synced = (at or _now()) if status is WALEntryStatus.COMPLETED else self.synced_at
+        synced = (at or utc_now()) if status is WALEntryStatus.COMPLETED else self.synced_at
         return replace(
             self,
             status=status,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli._common import EXIT_PROBLEM, AtbError, wal_errors
-from wal.demo import run_demo
+from wal.tools.demo import run_demo
 
 
 @click.command(short_help="Trade through a real database outage and check the result.")

@@ -40,7 +40,7 @@ def bench(ctx: click.Context, bench_dir: Path | None, quick: bool, as_json: bool
         bench_dir = get_config(ctx).directory.absolute()
         while not bench_dir.is_dir() and bench_dir != bench_dir.parent:
             bench_dir = bench_dir.parent
-    from wal.bench import run_disk_bench
+    from wal.tools.bench import run_disk_bench
 
     try:
         result = run_disk_bench(bench_dir, quick)

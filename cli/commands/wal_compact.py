@@ -14,7 +14,7 @@ from cli._common import (
     wal_errors,
 )
 from wal.errors import WALLockedError
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
 
 
 @click.command(short_help="Drop old COMPLETED entries from sealed segments.")

@@ -7,7 +7,7 @@ import click
 from cli._common import AtbError, get_config, locked_message, require_log_dir, wal_errors
 from wal.entry import WALEntryStatus
 from wal.errors import WALLockedError
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
 
 DISCARD_PREFIX = "discarded by operator: "
 

@@ -19,7 +19,7 @@ from cli._common import (
 from wal.config import WALConfig
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALError
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
 
 STATUSES = [s.value for s in WALEntryStatus]
 

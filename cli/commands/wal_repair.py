@@ -14,8 +14,8 @@ from cli._common import (
     wal_errors,
 )
 from wal.errors import WALCorruptionError, WALLockedError
-from wal.repair import repair_log
-from wal.verify import verify_log
+from wal.log.repair import repair_log
+from wal.log.verify import verify_log
 
 
 @click.command(short_help="Salvage a damaged log (backs it up first).")

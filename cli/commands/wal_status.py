@@ -23,10 +23,10 @@ from cli._common import (
 )
 from wal.config import WALConfig, mask_url
 from wal.errors import WALCorruptionError, WALError
-from wal.storage import StorageStats, WALStorage
+from wal.log.storage import StorageStats, WALStorage
 
 DB_CHECK_TIMEOUT_S = 10.0
-MANAGER_STATUS_FILE = "manager-status.json"  # written by wal.manager.WALManager
+MANAGER_STATUS_FILE = "manager-status.json"  # written by wal.sync.manager.WALManager
 
 
 @click.command(short_help="Show the log's health (read-only).")
@@ -169,7 +169,7 @@ def _database(url: str, skip: bool) -> dict[str, Any]:
 
     def ping() -> None:
         try:
-            from wal.database import DatabaseManager
+            from wal.db import DatabaseManager
 
             db = DatabaseManager(url)
             try:

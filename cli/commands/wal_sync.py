@@ -14,7 +14,7 @@ from cli._common import (
     wal_errors,
 )
 from wal.errors import WALLockedError
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
 
 
 @click.command(short_help="Apply every pending entry to the database now.")
@@ -51,8 +51,8 @@ def sync(ctx: click.Context, as_json: bool) -> None:
             )
         ) from None
     try:
-        from wal.database import DatabaseManager
-        from wal.manager import WALManager
+        from wal.db import DatabaseManager
+        from wal.sync.manager import WALManager
 
         db = DatabaseManager(config.database_url)
         try:

@@ -14,7 +14,7 @@ from cli._common import (
     one_line,
 )
 from wal.errors import WALError
-from wal.verify import verify_log
+from wal.log.verify import verify_log
 
 
 @click.command(short_help="Check every checksum; list every defect.")

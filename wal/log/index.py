@@ -17,52 +17,50 @@ from __future__ import annotations
 import re
 import uuid
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import xxhash
 
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALEntryNotFoundError
-from wal.record import KIND_ENTRY, KIND_STATUS
-
-if TYPE_CHECKING:
-    from wal.recovery import RecoveryReport
-    from wal.segment import Line
+from wal.log.record import KIND_ENTRY, KIND_STATUS
+from wal.log.report import RecoveryReport
+from wal.log.segment import Line
 
 # Status codes in the per-LSN index (0: not an entry, or compacted away).
-_NONE, _PENDING, _SYNCING, _COMPLETED, _FAILED = 0, 1, 2, 3, 4
-_CODE = {
-    WALEntryStatus.PENDING: _PENDING,
-    WALEntryStatus.SYNCING: _SYNCING,
-    WALEntryStatus.COMPLETED: _COMPLETED,
-    WALEntryStatus.FAILED: _FAILED,
+CODE_NONE, CODE_PENDING, CODE_SYNCING, CODE_COMPLETED, CODE_FAILED = 0, 1, 2, 3, 4
+STATUS_CODE = {
+    WALEntryStatus.PENDING: CODE_PENDING,
+    WALEntryStatus.SYNCING: CODE_SYNCING,
+    WALEntryStatus.COMPLETED: CODE_COMPLETED,
+    WALEntryStatus.FAILED: CODE_FAILED,
 }
-_STATUS = {v: k for k, v in _CODE.items()}
-_CODE_OF_TEXT = {k.value: v for k, v in _CODE.items()}
-_UNFINISHED = re.compile(b"[\x01\x02]")  # PENDING or SYNCING
+CODE_STATUS = {v: k for k, v in STATUS_CODE.items()}
+CODE_OF_TEXT = {k.value: v for k, v in STATUS_CODE.items()}
+UNFINISHED_CODES = re.compile(b"[\x01\x02]")  # PENDING or SYNCING
 
-_BLOOM_BYTES = 1 << 22
-_BLOOM_MASK = (_BLOOM_BYTES * 8) - 1
+BLOOM_BYTES = 1 << 22
+BLOOM_MASK = (BLOOM_BYTES * 8) - 1
 
 
-def _id_hash(entry_id: bytes) -> int:
+def id_hash(entry_id: bytes) -> int:
     """The last 8 bytes of a UUID4: random, so a fine hash (hits are verified on disk)."""
     return int.from_bytes(entry_id[8:], "little")
 
 
-def _uuid_hash(u: uuid.UUID) -> int:
-    """``_id_hash(u.bytes)``, from the UUID's integer."""
+def uuid_hash(u: uuid.UUID) -> int:
+    """``id_hash(u.bytes)``, from the UUID's integer."""
     return int.from_bytes((u.int & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big"), "little")
 
 
-def _key_hash(key: str) -> int:
+def key_hash(key: str) -> int:
     return xxhash.xxh3_64_intdigest(key.encode())
 
 
 # A framed record on its way to disk (a tuple: the append path makes one per record):
 # (lsn, line, code, id_hash, key_hash, target, target_code). ``code`` is the entry's status
-# code, or _NONE for a status record, which changes entry ``target`` to ``target_code``.
-_Rec = tuple[int, bytes, int, int, int | None, int, int]
+# code, or CODE_NONE for a status record, which changes entry ``target`` to ``target_code``.
+IndexRecord = tuple[int, bytes, int, int, int | None, int, int]
 
 
 class LogIndex:
@@ -80,7 +78,7 @@ class LogIndex:
         self._idh = array("Q")  # 64 random bits of each entry's id, searched in C by _find_id
         # a Bloom filter of every id appended since open (4 MiB): a re-appended entry is
         # caught, and only its rare false positives pay for a _find_id search
-        self._seen_ids = bytearray(_BLOOM_BYTES)
+        self._seen_ids = bytearray(BLOOM_BYTES)
         self._keys: dict[int, int] = {}  # hash of an explicit idempotency key -> LSN
         self._counts = [0, 0, 0, 0, 0]
 
@@ -109,7 +107,7 @@ class LogIndex:
         kind = rec["t"]
         lsn = rec["lsn"]
         if kind == KIND_ENTRY:
-            code = _CODE_OF_TEXT[rec.get("status", "pending")]
+            code = CODE_OF_TEXT[rec.get("status", "pending")]
             key = rec["idempotency_key"]
             sid = rec["entry_id"]
             eid = bytes.fromhex(sid.replace("-", ""))  # 4x faster than uuid.UUID(sid).bytes
@@ -118,7 +116,7 @@ class LogIndex:
             self._index_entry(lsn, item.offset, item.length, code, eid, key, sid)
             self.recovery_report.entries += 1
         elif kind == KIND_STATUS:
-            code = _CODE_OF_TEXT[rec["status"]]
+            code = CODE_OF_TEXT[rec["status"]]
             self._index_status(lsn, item.offset, item.length, int(rec["of"]), code)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
@@ -131,17 +129,17 @@ class LogIndex:
         self._offsets[i] = off
         self._lengths[i] = length
         self._counts[code] += 1
-        self._idh[i] = h = _id_hash(eid)
+        self._idh[i] = h = id_hash(eid)
         self._bloom_add(h)
         if key is not None and key != sid:
-            self._keys[_key_hash(key)] = lsn
+            self._keys[key_hash(key)] = lsn
 
     def _index_status(self, lsn: int, off: int, length: int, target: int, code: int) -> None:
         i = self._slot(lsn)
         self._offsets[i] = off
         self._lengths[i] = length
         t = target - self._base
-        if t < 0 or t >= self._n or self._status[t] == _NONE:
+        if t < 0 or t >= self._n or self._status[t] == CODE_NONE:
             return  # its entry was compacted away: nothing to change
         old = self._status[t]
         self._counts[old] -= 1
@@ -149,7 +147,7 @@ class LogIndex:
         self._status[t] = code
         self._status_rec[t] = lsn
 
-    def _index_written(self, batch: list[_Rec], off: int) -> None:
+    def _index_written(self, batch: list[IndexRecord], off: int) -> None:
         """Index the records a flush has written from offset ``off`` on (lock held)."""
         self._slot(batch[-1][0])  # grow the arrays once for the whole batch
         base = self._base
@@ -164,7 +162,7 @@ class LogIndex:
                 lengths[i] = n
                 counts[code] += 1
                 idh[i] = h
-                b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
+                b1, b2 = h & BLOOM_MASK, (h >> 32) & BLOOM_MASK
                 seen[b1 >> 3] |= 1 << (b1 & 7)
                 seen[b2 >> 3] |= 1 << (b2 & 7)
                 if kh is not None:
@@ -186,13 +184,13 @@ class LogIndex:
         return self._find_id(u), str(u)
 
     def _bloom_add(self, h: int) -> None:
-        b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
+        b1, b2 = h & BLOOM_MASK, (h >> 32) & BLOOM_MASK
         self._seen_ids[b1 >> 3] |= 1 << (b1 & 7)
         self._seen_ids[b2 >> 3] |= 1 << (b2 & 7)
 
     def _bloom_has(self, h: int) -> bool:
         """False: no entry with this id hash was appended since open (True: maybe)."""
-        b1, b2 = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
+        b1, b2 = h & BLOOM_MASK, (h >> 32) & BLOOM_MASK
         seen = self._seen_ids
         return bool(seen[b1 >> 3] & (1 << (b1 & 7)) and seen[b2 >> 3] & (1 << (b2 & 7)))
 
@@ -205,12 +203,13 @@ class LogIndex:
 
     def _find_id(self, u: uuid.UUID) -> int:
         """The LSN of entry ``u``: a search of the id-hash array in C, each hit verified."""
-        pattern = re.compile(re.escape(_uuid_hash(u).to_bytes(8, "little")))
+        pattern = re.compile(re.escape(uuid_hash(u).to_bytes(8, "little")))
         with memoryview(self._idh) as ids, ids.cast("B") as raw:
             hits = [m.start() for m in pattern.finditer(raw, 0, self._n * 8) if m.start() % 8 == 0]
         sid = str(u)
         for pos in hits:
             i = pos // 8
-            if self._status[i] != _NONE and self._read_record(i + self._base)["entry_id"] == sid:
-                return i + self._base
+            lsn = i + self._base
+            if self._status[i] != CODE_NONE and self._read_record(lsn)["entry_id"] == sid:
+                return lsn
         raise WALEntryNotFoundError(sid)

@@ -10,7 +10,7 @@ decision to go on with what can be saved, after a disaster:
    touching anything. Nothing is ever lost for good: every dropped byte is in the backup.
 3. For each segment with a defect it writes a new segment that holds only the good records,
    with a header whose ``last`` covers the segment's original LSN range (a "compacted"
-   header, see :mod:`wal.record`), so the LSNs of the dropped records are allowed gaps. A
+   header, see :mod:`wal.log.record`), so the LSNs of the dropped records are allowed gaps. A
    missing segment is covered the same way: the segment before it is rewritten with a range
    that extends to the next one. Each rewrite is temp file, fsync, rename, fsync directory.
 4. It checks the result with ``verify_log`` and then with a normal ``WALStorage`` open.
@@ -32,16 +32,15 @@ from typing import Any
 import orjson
 
 from wal.errors import WALCorruptionError, WALLockedError
-from wal.fileops import OSFileOps, write_all
-from wal.lock import LOCK_NAME, WriterLock
-from wal.record import FORMAT_VERSION, KIND_SEGMENT, encode_line
-from wal.segment import TMP_SUFFIX
-from wal.verify import SegmentScan, VerifyDefect, scan_log, verify_log
+from wal.log.fileops import OSFileOps, write_all
+from wal.log.lock import LOCK_NAME, WriterLock
+from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, encode_line
+from wal.log.segment import DIR_MODE, FILE_MODE, TMP_SUFFIX
+from wal.log.storage import WALStorage
+from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
 
 __all__ = ["RepairReport", "repair_log"]
 
-_FILE_MODE = 0o600
-_DIR_MODE = 0o700
 
 
 @dataclass
@@ -114,7 +113,6 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
 
 def _opens(d: Path, report: RepairReport) -> bool:
     """Prove the repaired log opens normally (this also finishes what recovery tidies up)."""
-    from wal.storage import WALStorage  # the storage imports nothing from here
 
     try:
         WALStorage(d).close()
@@ -133,13 +131,13 @@ def _backup(d: Path) -> Path:
     while target.exists():
         target = d.with_name(f"{d.name}.backup-{stamp}-{n}")
         n += 1
-    target.mkdir(mode=_DIR_MODE)
-    os.chmod(target, _DIR_MODE)  # the copy holds the same balances and trades: owner only
+    target.mkdir(mode=DIR_MODE)
+    os.chmod(target, DIR_MODE)  # the copy holds the same balances and trades: owner only
     for src in sorted(d.iterdir()):
         if src.name == LOCK_NAME or not src.is_file():
             continue
         data = src.read_bytes()
-        fd = fs.open(str(target / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        fd = fs.open(str(target / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(fs, fd, data)
             fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
@@ -190,7 +188,7 @@ def _rewrite(d: Path, report: RepairReport) -> None:
         if new == seg.data:
             continue
         tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
-        fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             write_all(fs, fd, new)
             fs.fdatasync(fd)  # never rename an unsynced file over a segment

@@ -6,7 +6,7 @@ real, not by a flag in our code:
 
 * SQLite: another process takes an exclusive lock on the database file (as a stuck
   migration or backup would); every write fails with "database is locked".
-* PostgreSQL: the connection goes through a local TCP proxy (``wal.netproxy``) that drops
+* PostgreSQL: the connection goes through a local TCP proxy (``wal.tools.netproxy``) that drops
   every connection and refuses new ones.
 
 Trading goes on; the balance it reads stays correct; the database comes back, the log
@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from wal.config import WALConfig, mask_url
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
 from wal.errors import WALError
-from wal.netproxy import TcpProxy
+from wal.sync.durable import DurableDatabaseManager
+from wal.tools.netproxy import TcpProxy
 
 __all__ = ["DemoResult", "run_demo"]
 

@@ -1,6 +1,6 @@
 """Recovery's fast path: verify and index a chunk of records without building a dict per record.
 
-The slow path (:func:`wal.segment.scan`, then ``WALStorage._index_record``) parses every payload
+The slow path (:func:`wal.log.segment.scan`, then ``WALStorage._index_record``) parses every payload
 with ``orjson``, which is most of what opening a log costs. Records as our writers lay them out
 (``WALStorage.append_many``, ``update_statuses`` and compaction: fixed field order, no
 whitespace) are matched instead by one compiled regex per chunk that both checks that the
@@ -31,20 +31,17 @@ from binascii import unhexlify
 from collections.abc import Callable, Sequence
 from functools import cache
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
-from wal.index import _BLOOM_MASK
-
-if TYPE_CHECKING:
-    from wal.storage import WALStorage
+from wal.log.index import BLOOM_MASK, LogIndex
 
 __all__ = ["Cursor", "index_chunk"]
 
 _DEPTH = 5  # nesting of args/kwargs the regex follows; deeper records take the slow path
-_CODE = {b"p": 1, b"s": 2, b"c": 3, b"f": 4}  # storage's status codes, by their first letter
-_CODES = bytes(_CODE.get(bytes([b]), 0) for b in range(256))  # the same, for bytes.translate
+STATUS_CODE = {b"p": 1, b"s": 2, b"c": 3, b"f": 4}  # storage's status codes, by their first letter
+_CODES = bytes(STATUS_CODE.get(bytes([b]), 0) for b in range(256))  # the same, for bytes.translate
 _ADD18 = (18).__add__  # a line is checksum (16), space, payload, newline
 _BIG_ENDIAN = sys.byteorder == "big"
 # compiling the regex takes ~40 ms, the slow path ~10 us a record: a process compiles it
@@ -95,7 +92,7 @@ def _line() -> re.Pattern[bytes]:
 
 
 class Cursor:
-    """Where recovery is in one segment: shared by the slow path (wal.recovery) and this one."""
+    """Where recovery is in one segment: shared by the slow path (wal.log.recovery) and this one."""
 
     __slots__ = ("compacted", "end", "expected", "header", "line_no")
 
@@ -111,7 +108,7 @@ Slow = Callable[[bytes, int, int], int]
 
 
 def index_chunk(
-    store: WALStorage, cur: Cursor, data: bytes, end: int, base: int, slow: Slow
+    store: LogIndex, cur: Cursor, data: bytes, end: int, base: int, slow: Slow
 ) -> bool:
     """Index the lines of ``data[:end]`` (at file offset ``base``: whole lines, unless it is
     the end of the file). ``slow(data, base, pos)`` takes the line at ``pos`` the slow way and
@@ -187,7 +184,7 @@ def _in_order(cur: Cursor, lsns: list[int]) -> int:
 
 
 def _index_run(
-    store: WALStorage,
+    store: LogIndex,
     cur: Cursor,
     cols: Sequence[tuple[bytes, ...]],
     i: int,
@@ -213,7 +210,7 @@ def _index_run(
             rep.entries += b - a
         if b < j:
             r = b - i
-            code = _CODE[cols[8][b]]
+            code = STATUS_CODE[cols[8][b]]
             store._index_status(lsns[r], offs[r], lens[r], int(cols[7][b]), code)
             b += 1
         a = b
@@ -226,7 +223,7 @@ def _index_run(
 
 
 def _put_entries(
-    store: WALStorage,
+    store: LogIndex,
     cols: Sequence[tuple[bytes, ...]],
     a: int,
     b: int,
@@ -256,10 +253,10 @@ def _put_entries(
     store._lengths[i0:i1] = array("I", lens[:m])
     ids = array("Q", unhexlify(b"".join(cols[4][a:b]).replace(b"-", b"")))[1::2]
     if _BIG_ENDIAN:
-        ids.byteswap()  # _id_hash reads an id's last 8 bytes little-endian
+        ids.byteswap()  # id_hash reads an id's last 8 bytes little-endian
     store._idh[i0:i1] = ids
     seen = store._seen_ids
-    mask = _BLOOM_MASK
+    mask = BLOOM_MASK
     for h in ids:  # WALStorage._bloom_add
         x = h & mask
         seen[x >> 3] |= 1 << (x & 7)

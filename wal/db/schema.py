@@ -14,9 +14,9 @@ decimal places or 18 integer digits (it would be rounded or overflow). Times are
 UTC and come back aware; a naive ``datetime`` is taken as UTC. Ids are strings the caller
 may choose; when absent, a uuid4 is generated.
 
-The validators (``_money``, ``_text``, ``_id``, ...) are the one definition of those rules:
-the column types and the effects in :mod:`wal.db_operations` both use them, and each raises
-naming the value that was wrong.
+The validators (``valid_money``, ``valid_text``, ``valid_id``, ...) are the one definition
+of those rules: the column types and the effects in :mod:`wal.db.operations` both use them,
+and each raises naming the value that was wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from wal.entry import utc_now
 
 __all__ = [
     "Money",
@@ -68,13 +70,13 @@ class Money(TypeDecorator[Decimal]):
     def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        d = _money(value, "value")
+        d = valid_money(value, "value")
         return format(d, "f") if dialect.name == "sqlite" else d
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
-        return _money(value, "stored value")  # a Decimal (PostgreSQL) or its text (SQLite)
+        return valid_money(value, "stored value")  # a Decimal (PostgreSQL) or its text (SQLite)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -86,7 +88,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        v = _utc(value, "value")
+        v = valid_utc(value, "value")
         return v.replace(tzinfo=None) if dialect.name == "sqlite" else v
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
@@ -114,7 +116,7 @@ def _money_text(d: Decimal) -> str:
 
 
 def _sqlite_utc_text(v: datetime) -> str:
-    u = v if v.tzinfo is UTC else _utc(v, "value")
+    u = v if v.tzinfo is UTC else valid_utc(v, "value")
     return u.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
 
 
@@ -212,11 +214,7 @@ wal_applied = sa.Table(
 # --------------------------------------------------------------------------- validation
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _money(value: object, name: str) -> Decimal:
+def valid_money(value: object, name: str) -> Decimal:
     """An exact money value with 10 places; raise naming ``name`` for anything else."""
     if type(value) is Decimal:  # the common case first: no conversion to try
         d = value
@@ -240,22 +238,22 @@ def _money(value: object, name: str) -> Decimal:
     return q if q else q.copy_abs()  # no negative zero
 
 
-def _opt_money(value: object, name: str) -> Decimal | None:
-    return None if value is None else _money(value, name)
+def valid_opt_money(value: object, name: str) -> Decimal | None:
+    return None if value is None else valid_money(value, name)
 
 
-def _positive(value: object, name: str) -> Decimal:
-    d = _money(value, name)
+def valid_positive(value: object, name: str) -> Decimal:
+    d = valid_money(value, name)
     if d <= 0:
         raise ValueError(f"{name} must be positive, got {d}")
     return d
 
 
-def _opt_positive(value: object, name: str) -> Decimal | None:
-    return None if value is None else _positive(value, name)
+def valid_opt_positive(value: object, name: str) -> Decimal | None:
+    return None if value is None else valid_positive(value, name)
 
 
-def _text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
+def valid_text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
     if not value and not empty:
@@ -265,24 +263,24 @@ def _text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool =
     return value
 
 
-def _id(value: object, name: str) -> str:
+def valid_id(value: object, name: str) -> str:
     """An id given by the caller: a non-empty str (or a UUID, stored as its text)."""
-    return str(value) if isinstance(value, uuid.UUID) else _text(value, name)
+    return str(value) if isinstance(value, uuid.UUID) else valid_text(value, name)
 
 
-def _new_id(value: object, name: str) -> str:
-    return str(uuid.uuid4()) if value is None else _id(value, name)
+def valid_new_id(value: object, name: str) -> str:
+    return str(uuid.uuid4()) if value is None else valid_id(value, name)
 
 
-def _opt_id(value: object, name: str) -> str | None:
-    return None if value is None else _id(value, name)
+def valid_opt_id(value: object, name: str) -> str | None:
+    return None if value is None else valid_id(value, name)
 
 
-def _utc(value: object, name: str) -> datetime:
+def valid_utc(value: object, name: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _when(value: object, name: str) -> datetime:
-    return _now() if value is None else _utc(value, name)
+def valid_when(value: object, name: str) -> datetime:
+    return utc_now() if value is None else valid_utc(value, name)

@@ -15,7 +15,7 @@ reference):
   to replace is intact, so they are removed.
 
 Every record's checksum is verified and every record indexed. Records in the layout our
-writers produce take a fast path (:mod:`wal.fastindex`) that does both without parsing them
+writers produce take a fast path (:mod:`wal.log.fastindex`) that does both without parsing them
 into dicts; any other line is decoded and checked as below, one at a time.
 
 A read-only open (``WALStorage.open_readonly``) changes nothing on disk: it stops at a torn
@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from wal.errors import WALCorruptionError
-from wal.fastindex import Cursor, index_chunk
-from wal.fileops import write_all
-from wal.reading import _Segment
-from wal.record import KIND_SEGMENT
-from wal.segment import (
+from wal.log.fastindex import Cursor, index_chunk
+from wal.log.fileops import write_all
+from wal.log.reading import LogReader
+from wal.log.record import KIND_SEGMENT
+from wal.log.report import RecoveryReport
+from wal.log.segment import (
     BROKEN_SUFFIX,
+    FILE_MODE,
     TMP_SUFFIX,
     Defect,
+    SegmentInfo,
     list_segments,
     read_chunks,
     read_from,
@@ -47,36 +48,12 @@ from wal.segment import (
     valid_record_after,
 )
 
-if TYPE_CHECKING:
-    from wal.storage import WALStorage
-
 __all__ = ["RecoveryReport", "recover"]
 
 log = logging.getLogger("wal")
 
 
-@dataclass
-class RecoveryReport:
-    """What opening the log found and did."""
-
-    mode: str = "tolerate_tail"
-    segments: int = 0
-    records: int = 0
-    entries: int = 0
-    truncated_bytes: int = 0  # torn tail cut off the last segment
-    broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
-    removed_empty_segments: int = 0  # a last segment torn before its header was durable
-    skipped_records: int = 0  # skip_corrupt only
-    lsn_gaps: int = 0  # skip_corrupt only
-    defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
-    removed_tmp_files: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def recover(store: WALStorage) -> None:
+def recover(store: LogReader) -> None:
     """Index every segment of ``store``'s directory and set its next LSN (while it opens)."""
     rep = store.recovery_report
     if not store.readonly:
@@ -110,11 +87,11 @@ def recover(store: WALStorage) -> None:
 
 
 def _recover_segment(
-    store: WALStorage, path: Path, first: int, last_segment: bool, prev_end: int
-) -> _Segment | None:
+    store: LogReader, path: Path, first: int, last_segment: bool, prev_end: int
+) -> SegmentInfo | None:
     """Index one segment; cut a torn tail; raise on corruption. None: segment removed.
 
-    Records in the writer's layout are verified and indexed in bulk by :mod:`wal.fastindex`;
+    Records in the writer's layout are verified and indexed in bulk by :mod:`wal.log.fastindex`;
     every other line comes to ``slow`` below, one at a time and in order.
     """
     rep = store.recovery_report
@@ -217,12 +194,11 @@ def _recover_segment(
             store._fs.unlink(str(path))
             rep.removed_empty_segments += 1
         return None
-    return _Segment(first, path, cur.end, cur.compacted, size)
+    return SegmentInfo(first, path, cur.end, cur.compacted, size)
 
 
-def _cut_tail(store: WALStorage, path: Path, torn: bytes, d: Defect) -> int:
+def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect) -> int:
     """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them."""
-    from wal.storage import _FILE_MODE  # at call time: wal.storage imports this module
 
     rep = store.recovery_report
     text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
@@ -234,7 +210,7 @@ def _cut_tail(store: WALStorage, path: Path, torn: bytes, d: Defect) -> int:
         while broken.exists():
             broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{n}")
             n += 1
-        fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(store._fs, fd, torn)
             store._fs.fdatasync(fd)  # the evidence must exist before the cut below

@@ -9,12 +9,13 @@ whole group), the others wait on the group's latch and are woken once, when thei
 are durable. Status records may be written without an fsync of their own (``durable=False``):
 the next flush's fsync covers them.
 
-The class is built in three layers, one concept each: :mod:`wal.index` (``LogIndex``: the
-compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.reading` (``LogReader``: entries
+The class is built in three layers, one concept each: :mod:`wal.log.index` (``LogIndex``: the
+compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.log.reading` (``LogReader``: entries
 read back from disk on demand, so memory stays bounded however many are pending) and this
 module (opening, the write path, sync, stats, closing). Opening a log runs recovery
-(:mod:`wal.recovery`, with :mod:`wal.fastindex`); ``compact`` runs :mod:`wal.compaction`.
-Both are plain functions that take the storage and work on its index.
+(:mod:`wal.log.recovery`, with :mod:`wal.log.fastindex`); ``compact`` seals the active segment
+and runs :mod:`wal.log.compaction`. Both are plain functions that work on a ``LogReader``
+(the directory, the file operations, the index), not on the storage.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from wal import compaction
-from wal._crashpoints import crash_point
-from wal.entry import WALEntry, WALEntryStatus
+from wal.crashpoints import crash_point
+from wal.entry import WALEntry, WALEntryStatus, utc_now
 from wal.errors import (
     WALClosedError,
     WALCorruptionError,
@@ -46,32 +46,29 @@ from wal.errors import (
     WALError,
     WALWriteError,
 )
-from wal.fileops import FileOps, OSFileOps, write_all
-from wal.index import (
-    _CODE,
-    _NONE,
-    _UNFINISHED,
-    _key_hash,
-    _Rec,
-    _uuid_hash,
+from wal.log.compaction import compact_sealed
+from wal.log.fileops import FileOps, OSFileOps, write_all
+from wal.log.index import (
+    CODE_NONE,
+    STATUS_CODE,
+    UNFINISHED_CODES,
+    IndexRecord,
+    key_hash,
+    uuid_hash,
 )
-from wal.lock import WriterLock
-from wal.options import StorageOptions
-from wal.reading import LogReader, _Segment
-from wal.record import (
-    FORMAT_VERSION,
-    KIND_SEGMENT,
+from wal.log.lock import WriterLock
+from wal.log.options import StorageOptions
+from wal.log.reading import LogReader
+from wal.log.record import (
     encode_line,
 )
-from wal.recovery import RecoveryReport, recover
-from wal.segment import segment_name
+from wal.log.recovery import recover
+from wal.log.report import RecoveryReport
+from wal.log.segment import DIR_MODE, FILE_MODE, SegmentInfo, segment_header, segment_name
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
 log = logging.getLogger("wal")
-
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
 
 
 @dataclass
@@ -109,7 +106,7 @@ class _Group:
     __slots__ = ("durable", "error", "latch", "led", "records")
 
     def __init__(self) -> None:
-        self.records: list[_Rec] = []
+        self.records: list[IndexRecord] = []
         self.durable = False  # some record needs an fsync before it is acknowledged
         self.led = False
         self.latch: threading.Lock | None = None
@@ -131,16 +128,6 @@ class _Group:
         """The group is flushed (or failed): wake its members."""
         if self.latch is not None:
             self.latch.release()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _segment_header(first: int, last: int | None) -> bytes:
-    return encode_line(
-        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
-    )
 
 
 class WALStorage(LogReader):
@@ -187,7 +174,7 @@ class WALStorage(LogReader):
         self._written_lsn = 0  # everything up to here is written (not necessarily synced)
         self._failed: WALWriteError | None = None
         # index
-        self._segments: list[_Segment] = []
+        self._segments: list[SegmentInfo] = []
         self._init_index()
         self._read_fds: dict[int, int] = {}
         # stats
@@ -235,11 +222,11 @@ class WALStorage(LogReader):
     def _prepare_directory(self) -> None:
         d = self.directory
         if not d.exists():
-            d.mkdir(mode=_DIR_MODE, parents=True)
+            d.mkdir(mode=DIR_MODE, parents=True)
             # the new directory's own entry must survive a crash
             self._fs.fsync_dir(str(d.parent))
-        if stat.S_IMODE(d.stat().st_mode) != _DIR_MODE:
-            os.chmod(d, _DIR_MODE)  # the log holds balances and trades: owner only
+        if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
+            os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
 
     def _recover(self) -> None:
         recover(self)
@@ -253,16 +240,16 @@ class WALStorage(LogReader):
             # never append to a compacted segment (its header fixes its range): start a new one
             self._create_segment(self._next_lsn)
             return
-        self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, _FILE_MODE)
+        self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
         self._seg_size = seg.size
-        self._header_len = len(_segment_header(seg.first, None))
+        self._header_len = len(segment_header(seg.first, None))
 
     def _create_segment(self, first: int) -> None:
         """Create a segment, durable (data and directory entry) before it is used."""
         path = self.directory / segment_name(first)
-        header = _segment_header(first, None)
+        header = segment_header(first, None)
         fd = self._fs.open(
-            str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _FILE_MODE
+            str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE
         )
         try:
             write_all(self._fs, fd, header)
@@ -278,7 +265,7 @@ class WALStorage(LogReader):
             self._fs.close(self._fd)
         self._fd = fd
         self._seg_size = self._header_len = len(header)
-        self._segments.append(_Segment(first, path, first - 1, False, len(header)))
+        self._segments.append(SegmentInfo(first, path, first - 1, False, len(header)))
 
     # ------------------------------------------------------------------ writing
 
@@ -300,9 +287,9 @@ class WALStorage(LogReader):
         """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
         body = self._entry_body(entry)  # serialize outside the lock
         eid = entry.entry_id
-        h = _uuid_hash(eid)
-        kh = _key_hash(entry.idempotency_key) if entry.has_explicit_key else None
-        code = _CODE[entry.status]
+        h = uuid_hash(eid)
+        kh = key_hash(entry.idempotency_key) if entry.has_explicit_key else None
+        code = STATUS_CODE[entry.status]
         with self._mutex:
             if self._failed is not None or self._closed or self.readonly:
                 self._check_writable()
@@ -341,8 +328,8 @@ class WALStorage(LogReader):
         if not entries:
             return []
         bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
-        hashes = [_uuid_hash(e.entry_id) for e in entries]
-        key_hashes = [_key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
+        hashes = [uuid_hash(e.entry_id) for e in entries]
+        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
         if len(set(hashes)) != len(entries) and len({e.entry_id for e in entries}) != len(entries):
             raise ValueError("the batch holds the same entry twice: already in the log")
         with self._cond:
@@ -357,7 +344,7 @@ class WALStorage(LogReader):
                 (
                     lsn,
                     encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
-                    _CODE[e.status],
+                    STATUS_CODE[e.status],
                     h,
                     kh,
                     0,
@@ -432,7 +419,7 @@ class WALStorage(LogReader):
         changes = list(changes)
         if not changes:
             return
-        at = _now().isoformat()
+        at = utc_now().isoformat()
         targets: list[tuple[int, str] | None] = []
         for ref, _, _, _ in changes:
             if isinstance(ref, WALEntry):
@@ -464,15 +451,15 @@ class WALStorage(LogReader):
                     "error": error,
                 }
             )
-            bodies.append((t[0], _CODE[status], body))
+            bodies.append((t[0], STATUS_CODE[status], body))
         with self._cond:
             self._check_writable()
-            records: list[_Rec] = []
+            records: list[IndexRecord] = []
             for target, code, body in bodies:
                 lsn = self._next_lsn
                 self._next_lsn += 1
                 payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
-                records.append((lsn, encode_line(payload), _NONE, 0, None, target, code))
+                records.append((lsn, encode_line(payload), CODE_NONE, 0, None, target, code))
             group, lead = self._enqueue(records, durable)
         try:
             self._commit(group, lead)
@@ -480,7 +467,7 @@ class WALStorage(LogReader):
             if durable:
                 self._append_done()
 
-    def _enqueue(self, records: list[_Rec], durable: bool = True) -> tuple[_Group, bool]:
+    def _enqueue(self, records: list[IndexRecord], durable: bool = True) -> tuple[_Group, bool]:
         """Add records to the open group (lock held). True: the caller leads its flush."""
         g = self._group
         g.records.extend(records)
@@ -526,7 +513,7 @@ class WALStorage(LogReader):
         finally:
             g.finish()
 
-    def _flush(self, batch: list[_Rec], durable: bool = True) -> None:
+    def _flush(self, batch: list[IndexRecord], durable: bool = True) -> None:
         """Write ``batch`` and make it durable, then index it (caller set ``_flushing``)."""
         sync = durable and self.options.fsync == "always"
         error: BaseException | None = None
@@ -581,7 +568,7 @@ class WALStorage(LogReader):
         self._failed.__cause__ = error
         log.error("%s", self._failed)
 
-    def _write_batch(self, batch: list[_Rec], sync: bool) -> int:
+    def _write_batch(self, batch: list[IndexRecord], sync: bool) -> int:
         """Write a batch to the active segment (rotating first if needed); return the offset
         of its first record. Leader only."""
         data = b"".join([r[1] for r in batch])
@@ -670,19 +657,56 @@ class WALStorage(LogReader):
         next open. Returns ``{"bytes_before", "bytes_after", "entries_dropped",
         "segments_rewritten", "segments_removed"}``.
         """
-        return compaction.compact(self, retention)
+        if retention is None:
+            keep_for = timedelta(0)
+        elif isinstance(retention, timedelta):
+            keep_for = retention
+        else:
+            keep_for = timedelta(hours=float(retention))
+        cutoff = utc_now() - keep_for
+        with self._cond:
+            self._check_writable()
+            while self._flushing:
+                self._wait()
+            before = sum(s.size for s in self._segments)
+            if self._seg_size > self._header_len:
+                # seal the active segment so everything written so far can be compacted; the
+                # open group's records (LSNs assigned, not yet written) go to the new segment
+                waiting = self._group.records
+                self._flushing = True
+                try:
+                    self._rotate(waiting[0][0] if waiting else self._next_lsn)
+                except BaseException as exc:
+                    self._poison(exc)
+                    raise (self._failed or exc) from exc
+                finally:
+                    self._flushing = False
+                    self._cond.notify_all()
+            try:
+                dropped, rewritten, removed = compact_sealed(self, self._segments[:-1], cutoff)
+            except OSError as exc:
+                self._poison(exc)  # the files and the index may disagree now: stop writing
+                raise (self._failed or exc) from exc
+            after = sum(s.size for s in self._segments)
+        return {
+            "bytes_before": before,
+            "bytes_after": after,
+            "entries_dropped": dropped,
+            "segments_rewritten": rewritten,
+            "segments_removed": removed,
+        }
 
     # ------------------------------------------------------------------ stats, closing
 
     def get_stats(self) -> StorageStats:
         with self._cond:
             self._check_open()
-            counts = {s.value: self._counts[c] for s, c in _CODE.items()}
+            counts = {s.value: self._counts[c] for s, c in STATUS_CODE.items()}
             oldest = None
-            m = _UNFINISHED.search(self._status)
+            m = UNFINISHED_CODES.search(self._status)
             if m is not None:
                 e = self._load_entry(m.start() + self._base)
-                oldest = max(0.0, (_now() - e.created_at.astimezone(UTC)).total_seconds())
+                oldest = max(0.0, (utc_now() - e.created_at.astimezone(UTC)).total_seconds())
             lat = sorted(self._fsync_ns)
             p50 = lat[len(lat) // 2] / 1000 if lat else None
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else None

@@ -7,7 +7,7 @@ says PENDING; a background thread replays pending entries in LSN order, in batch
 exponential backoff and full jitter, and a half-open probe after the breaker's cooldown.
 
 Exactly once. With a database that has ``apply(entries)`` (the bundled
-``wal.database.DatabaseManager``), each entry's effect and its row in the ``wal_applied``
+``wal.db.manager.DatabaseManager``), each entry's effect and its row in the ``wal_applied``
 ledger commit in one transaction, and entries already in the ledger are skipped. A crash
 between the database commit and the log's COMPLETED record, or a connection lost between
 COMMIT and its reply, therefore cannot double an effect: the replay finds the ledger row.
@@ -48,16 +48,16 @@ from typing import Any
 
 import orjson
 
-from wal._crashpoints import crash_point
-from wal.breaker import BreakerState, CircuitBreaker, backoff_delay
 from wal.config import WALConfig
+from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALWriteError
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
+from wal.sync.breaker import BreakerState, CircuitBreaker, backoff_delay
 
 __all__ = ["MANAGER_STATUS_FILE", "Receipt", "SyncResult", "WALManager"]
 
-log = logging.getLogger("wal.manager")
+log = logging.getLogger("wal.sync.manager")
 
 MANAGER_STATUS_FILE = "manager-status.json"
 _CRITICAL = frozenset(op.value for op in OperationType)
@@ -127,7 +127,7 @@ class _BatchAborted(Exception):
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, WALDatabaseError):
         return exc.transient
-    from wal.database import is_transient  # SQLAlchemy is imported only when needed
+    from wal.db.classify import is_transient  # SQLAlchemy is imported only when needed
 
     return is_transient(exc)
 

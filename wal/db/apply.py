@@ -3,7 +3,7 @@
 The caller holds one open transaction. ``apply_batch`` looks the batch's ids up in the
 ``wal_applied`` ledger with one query, then tries the whole batch in ONE savepoint: the ledger
 rows of the new entries first (in LSN order, one statement), then their effects, consecutive
-INSERT-only operations (``_INSERT_ONLY``) as one multi-row insert. If any entry fails, that
+INSERT-only operations (``INSERT_ONLY``) as one multi-row insert. If any entry fails, that
 savepoint is rolled back and the batch runs entry by entry, each in its own savepoint with its
 ledger row, so that a permanent error undoes that entry only. A transient error propagates.
 
@@ -24,10 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
-from wal.db_errors import _describe, is_transient
-from wal.db_operations import _INSERT_ONLY, _OPERATIONS
-from wal.db_schema import _now, bulk_binder, wal_applied
-from wal.entry import WALEntry
+from wal.db.classify import describe_error, is_transient
+from wal.db.operations import INSERT_ONLY, OPERATIONS
+from wal.db.schema import bulk_binder, wal_applied
+from wal.entry import WALEntry, utc_now
 
 __all__ = ["ApplyResult", "applied_in", "apply_batch"]
 
@@ -64,7 +64,7 @@ def _apply_fast(
     """The whole batch in ONE savepoint; None if any entry fails (the savepoint is rolled
     back and the caller goes entry by entry)."""
     todo = [(e, eid) for e, eid in zip(entries, ids, strict=True) if eid not in done]
-    if any(e.operation not in _OPERATIONS for e, _ in todo):
+    if any(e.operation not in OPERATIONS for e, _ in todo):
         return None
     values: dict[str, Any] = {}
     try:
@@ -75,15 +75,15 @@ def _apply_fast(
             run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
             run_op = ""
             for e, eid in todo:
-                if e.operation in _INSERT_ONLY and not e.args:
+                if e.operation in INSERT_ONLY and not e.args:
                     if run and e.operation != run_op:
                         _insert_run(conn, run_op, run, values)
                     run_op = e.operation
-                    run.append((eid, _INSERT_ONLY[e.operation][1](**e.kwargs)))
+                    run.append((eid, INSERT_ONLY[e.operation][1](**e.kwargs)))
                     continue
                 if run:
                     _insert_run(conn, run_op, run, values)
-                values[eid] = _OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
+                values[eid] = OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
             if run:
                 _insert_run(conn, run_op, run, values)
     except Exception as exc:
@@ -103,9 +103,9 @@ def _apply_fast(
 def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> ApplyResult:
     if eid in done:
         return ApplyResult(eid, "duplicate")
-    effect = _OPERATIONS.get(entry.operation)
+    effect = OPERATIONS.get(entry.operation)
     if effect is None:
-        known = ", ".join(sorted(_OPERATIONS))
+        known = ", ".join(sorted(OPERATIONS))
         return ApplyResult(
             eid, "error", error=f"unknown operation {entry.operation!r} (known: {known})"
         )
@@ -118,7 +118,7 @@ def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> A
                     entry_id=eid,
                     lsn=entry.lsn,
                     operation=entry.operation,
-                    applied_at=_now(),
+                    applied_at=utc_now(),
                 )
             )
             value = effect(conn, *entry.args, **entry.kwargs)
@@ -127,7 +127,7 @@ def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> A
             raise
         if isinstance(exc, sa_exc.IntegrityError) and applied_in(conn, [eid]):
             return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
-        return ApplyResult(eid, "error", error=f"{entry.operation}: {_describe(exc)}")
+        return ApplyResult(eid, "error", error=f"{entry.operation}: {describe_error(exc)}")
     done.add(eid)
     return ApplyResult(eid, "applied", value=value)
 
@@ -159,7 +159,7 @@ def applied_in(conn: Connection, ids: Sequence[str]) -> set[str]:
 def _insert_ledger(conn: Connection, todo: list[tuple[WALEntry, str]]) -> None:
     plan = _plan(conn.dialect, wal_applied, ("entry_id", "lsn", "operation", "applied_at"))
     bind_at = plan.binders[3]
-    at = _now() if bind_at is None else bind_at(_now())  # one time for the batch: bound once
+    at = utc_now() if bind_at is None else bind_at(utc_now())  # one time for the batch: bound once
     ids = [eid for _, eid in todo]
     lsns = [e.lsn for e, _ in todo]
     ops = [e.operation for e, _ in todo]
@@ -173,7 +173,7 @@ def _insert_run(
     conn: Connection, op: str, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
 ) -> None:
     """Insert a run of same-operation rows with one statement; record each entry's value."""
-    table, _, id_key = _INSERT_ONLY[op]
+    table, _, id_key = INSERT_ONLY[op]
     cols = tuple(run[0][1])  # one builder made every row: the same keys in the same order
     plan = _plan(conn.dialect, table, cols)
     columns = []

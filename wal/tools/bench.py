@@ -42,7 +42,10 @@ from typing import Any
 
 import orjson
 
-from wal.bench_results import (
+from wal.entry import WALEntry, WALEntryStatus
+from wal.log.options import FsyncMode
+from wal.log.storage import WALStorage
+from wal.tools.bench_results import (
     DiskBenchResult,
     Measurement,
     TargetResult,
@@ -51,9 +54,6 @@ from wal.bench_results import (
     merge_rounds,
     percentile,
 )
-from wal.entry import WALEntry, WALEntryStatus
-from wal.options import FsyncMode
-from wal.storage import WALStorage
 
 __all__ = [
     "BenchSizes",
@@ -532,7 +532,7 @@ def _rss_child(directory: str) -> None:
 
 def bench_rss(log_dir: Path, entries: int) -> Measurement:
     """Peak RSS of a fresh process that opens the log and iterates its pending entries."""
-    code = "import sys; from wal.bench import _rss_child; _rss_child(sys.argv[1])"
+    code = "import sys; from wal.tools.bench import _rss_child; _rss_child(sys.argv[1])"
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", code, str(log_dir)], capture_output=True, text=True, check=True

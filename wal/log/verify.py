@@ -34,8 +34,8 @@ from typing import Any
 
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALCorruptionError
-from wal.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT, KIND_STATUS
-from wal.segment import (
+from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT, KIND_STATUS
+from wal.log.segment import (
     BROKEN_SUFFIX,
     TMP_SUFFIX,
     Defect,

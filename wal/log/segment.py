@@ -2,7 +2,7 @@
 
 A segment is named by the first LSN it holds, zero-padded to 20 digits so that names sort in
 LSN order: ``00000000000000000001.wal``. Its first line is a ``segment`` header record (see
-:mod:`wal.record`). ``*.wal.tmp`` files are unfinished compaction output; ``*.broken`` files
+:mod:`wal.log.record`). ``*.wal.tmp`` files are unfinished compaction output; ``*.broken`` files
 hold bytes that recovery cut from a torn tail, kept for the operator.
 """
 
@@ -14,10 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wal.record import RecordError, decode_line
+import orjson
+
+from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, RecordError, decode_line, encode_line
 
 __all__ = [
     "BROKEN_SUFFIX",
+    "DIR_MODE",
+    "FILE_MODE",
+    "SegmentInfo",
+    "segment_header",
     "Defect",
     "Line",
     "SEGMENT_SUFFIX",
@@ -34,6 +40,26 @@ SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".wal.tmp"
 BROKEN_SUFFIX = ".broken"
 _NAME = re.compile(r"^(\d{20})\.wal$")
+DIR_MODE = 0o700  # the log directory: owner only (balances and trades)
+FILE_MODE = 0o600  # every file of the log: owner read/write only
+
+
+def segment_header(first: int, last: int | None) -> bytes:
+    """The framed header line of a segment covering ``first`` (..``last`` when compacted)."""
+    return encode_line(
+        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
+    )
+
+
+@dataclass
+class SegmentInfo:
+    """A segment file as the open log knows it."""
+
+    first: int
+    path: Path
+    end: int  # last LSN it covers (first - 1 when empty)
+    compacted: bool  # header declares a fixed range: records are a subset of first..end
+    size: int
 
 
 def segment_name(first_lsn: int) -> str:

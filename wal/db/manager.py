@@ -11,10 +11,10 @@ Decimal('0.1000000000')
 True
 >>> db.dispose()
 
-Its tables, column types and value rules are in :mod:`wal.db_schema`, the effect of each
-critical operation in :mod:`wal.db_operations`, the classification of database errors
-(``is_transient``) in :mod:`wal.db_errors`, the batch replay of ``apply`` in
-:mod:`wal.db_apply`; their public names are importable from here too.
+Its tables, column types and value rules are in :mod:`wal.db.schema`, the effect of each
+critical operation in :mod:`wal.db.operations`, the classification of database errors
+(``is_transient``) in :mod:`wal.db.classify`, the batch replay of ``apply`` in
+:mod:`wal.db.apply`; their public names are importable from here too.
 
 Exactly-once replay
 -------------------
@@ -39,45 +39,39 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Final, overload
+from typing import Any, overload
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, Engine, make_url
 
-from wal.db_apply import ApplyResult, applied_in, apply_batch
-from wal.db_errors import RecordNotFoundError, _describe, is_transient
-from wal.db_operations import (
-    _lock_balance,
-    _op_balance_update,
-    _op_close_position,
-    _op_create_trading_session,
-    _op_end_trading_session,
-    _op_log_position,
-    _op_log_trade,
-    _op_update_position,
+from wal.db.apply import ApplyResult, applied_in, apply_batch
+from wal.db.classify import RecordNotFoundError, describe_error, is_transient
+from wal.db.engine import DEFAULT_URL, READ_ONLY, make_engine
+from wal.db.operations import (
+    lock_balance,
+    op_balance_update,
+    op_close_position,
+    op_create_trading_session,
+    op_end_trading_session,
+    op_log_position,
+    op_log_trade,
+    op_update_position,
 )
-from wal.db_schema import Money as Money  # re-exported: importable from here as before
-from wal.db_schema import UTCDateTime as UTCDateTime
-from wal.db_schema import (
-    _id,
-    _money,
-    _text,
-    _when,
+from wal.db.schema import (
     balances,
     metadata,
     metrics,
     positions,
     trades,
     trading_sessions,
+    valid_id,
+    valid_money,
+    valid_text,
+    valid_when,
 )
-from wal.db_schema import balance_changes as balance_changes
-from wal.db_schema import wal_applied as wal_applied
 from wal.entry import WALEntry
-from wal.errors import WALConfigError, WALDatabaseError
+from wal.errors import WALDatabaseError
 
 __all__ = [
     "DEFAULT_URL",
@@ -88,21 +82,6 @@ __all__ = [
     "is_transient",
     "metadata",
 ]
-
-DEFAULT_URL: Final = "sqlite:///data/atb.db"
-"""Used when neither the ``url`` argument nor ``DATABASE_URL`` is given."""
-
-SQLITE_BUSY_TIMEOUT_MS: Final = 5000
-"""How long a SQLite writer waits for another one's lock before "database is locked"."""
-
-PG_CONNECT_TIMEOUT_S: Final = 5
-"""How long a PostgreSQL connection attempt may take before it counts as a transient error."""
-
-PG_LOCK_TIMEOUT_MS: Final = 30_000
-"""How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
-so that a lock that is never released (say, the same account updated from inside its own
-``with atomic_balance_update()`` block) is an error instead of a hang."""
-
 
 class BalanceTxn:
     """The open transaction of ``with db.atomic_balance_update(account=...) as t:``.
@@ -143,95 +122,9 @@ class BalanceTxn:
         if not self._open:
             raise RuntimeError("the balance transaction has ended: call add() inside the block")
         why = reason or self._reason
-        self._balance = _op_balance_update(self._conn, delta, reason=why, account=self._account)
-        self._changes.append((_money(delta, "delta"), why))
+        self._balance = op_balance_update(self._conn, delta, reason=why, account=self._account)
+        self._changes.append((valid_money(delta, "delta"), why))
         return self._balance
-
-
-# --------------------------------------------------------------------------- the manager
-
-
-def _engine_url(given: str) -> URL:
-    try:
-        url = make_url(given)
-    except (sa_exc.ArgumentError, ValueError):
-        raise WALConfigError(
-            "database url",
-            "(not shown: it may hold a password)",
-            "a URL such as sqlite:///data/atb.db or postgresql://user:password@host:5432/dbname",
-        ) from None
-    backend = url.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return url.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        return url
-    raise WALConfigError("database url scheme", url.drivername, "sqlite or postgresql")
-
-
-def _sqlite_memory(url: URL) -> bool:
-    name = url.database or ""
-    return name in ("", ":memory:") or "mode=memory" in name or url.query.get("mode") == "memory"
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    """The database file of a SQLite URL; None for in-memory and ``file:`` URI databases."""
-    name = url.database
-    if _sqlite_memory(url) or not name or name.startswith("file:") or url.query.get("uri"):
-        return None
-    return Path(name)
-
-
-def _prepare_sqlite_file(path: Path) -> None:
-    """Create the file's missing parent directories (0700) and the file itself (0600)."""
-    parent = path.parent
-    missing = []
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700)
-        fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the new directory's entry must survive a power loss
-        finally:
-            os.close(fd)
-    if path.exists():
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)  # SQLite gives -wal/-shm this mode too
-    os.close(fd)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)  # SQLite syncs the directory for its journal files, not for this one
-    finally:
-        os.close(fd)
-
-
-_READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
-
-
-def _install_sqlite_listeners(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # sqlite3 must not issue its own BEGIN (it would break SAVEPOINTs); the "begin" hook
-        # below does it.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode, NORMAL may lose a commit on power loss; FULL syncs the WAL on each
-            # commit, so an entry marked applied really is in the database.
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA foreign_keys=ON")
-        finally:
-            cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the write lock up front: a read-then-write (the balance update) can
-        # then never fail half-way with SQLITE_BUSY on the lock upgrade.
-        read_only = conn.get_execution_options().get(_READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class DatabaseManager:
@@ -250,27 +143,7 @@ class DatabaseManager:
     def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
         given = url if url is not None else (os.environ.get("DATABASE_URL") or DEFAULT_URL)
         self.url: str = given
-        engine_url = _engine_url(given)
-        self._dialect_name = engine_url.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
-        if self._dialect_name == "sqlite":
-            path = _sqlite_file(engine_url)
-            if path is not None:
-                _prepare_sqlite_file(path)
-            if _sqlite_memory(engine_url):
-                # One in-memory database needs one connection: use it from one thread at a
-                # time (doctests, experiments). Anything real belongs in a file.
-                kwargs["poolclass"] = StaticPool
-                kwargs["connect_args"] = {"check_same_thread": False}
-        else:
-            kwargs["connect_args"] = {
-                "connect_timeout": PG_CONNECT_TIMEOUT_S,
-                "application_name": "atb-wal",
-                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
-            }
-        self._engine: Engine = sa.create_engine(engine_url, **kwargs)
-        if self._dialect_name == "sqlite":
-            _install_sqlite_listeners(self._engine)
+        self._engine, self._dialect_name = make_engine(given, echo=echo)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
@@ -323,7 +196,7 @@ class DatabaseManager:
     def _read(self) -> Iterator[Connection]:
         self._ensure_schema()
         with self._engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})
+            conn.execution_options(**{READ_ONLY: True})
             with conn.begin():
                 yield conn
 
@@ -358,15 +231,15 @@ class DatabaseManager:
         """
         if delta is None:
             return self._balance_txn(
-                _text(account, "account"), _text(reason, "reason", 1000, empty=True)
+                valid_text(account, "account"), valid_text(reason, "reason", 1000, empty=True)
             )
         with self._write() as conn:
-            return _op_balance_update(conn, delta, reason=reason, account=account)
+            return op_balance_update(conn, delta, reason=reason, account=account)
 
     @contextlib.contextmanager
     def _balance_txn(self, account: str, reason: str) -> Iterator[BalanceTxn]:
         with self._write() as conn:
-            txn = BalanceTxn(conn, account, _lock_balance(conn, account), reason)
+            txn = BalanceTxn(conn, account, lock_balance(conn, account), reason)
             try:
                 yield txn
             finally:
@@ -386,7 +259,7 @@ class DatabaseManager:
     ) -> str:
         """Record an executed trade; return its ``trade_id`` (a new uuid4 when not given)."""
         with self._write() as conn:
-            return _op_log_trade(
+            return op_log_trade(
                 conn,
                 symbol=symbol,
                 side=side,
@@ -413,7 +286,7 @@ class DatabaseManager:
     ) -> str:
         """Open a position; return its ``position_id`` (a new uuid4 when not given)."""
         with self._write() as conn:
-            return _op_log_position(
+            return op_log_position(
                 conn,
                 symbol=symbol,
                 side=side,
@@ -440,7 +313,7 @@ class DatabaseManager:
         Raises ``RecordNotFoundError`` for an unknown id, ``ValueError`` for a closed one.
         """
         with self._write() as conn:
-            _op_update_position(
+            op_update_position(
                 conn,
                 position_id,
                 stop_loss=stop_loss,
@@ -459,7 +332,7 @@ class DatabaseManager:
     ) -> None:
         """Close an open position. Raises ``RecordNotFoundError`` / ``ValueError`` as above."""
         with self._write() as conn:
-            _op_close_position(
+            op_close_position(
                 conn, position_id, exit_price=exit_price, pnl=pnl, closed_at=closed_at
             )
 
@@ -474,7 +347,7 @@ class DatabaseManager:
     ) -> str:
         """Start a trading session; return its ``session_id`` (a new uuid4 when not given)."""
         with self._write() as conn:
-            return _op_create_trading_session(
+            return op_create_trading_session(
                 conn,
                 strategy=strategy,
                 session_id=session_id,
@@ -492,7 +365,7 @@ class DatabaseManager:
     ) -> None:
         """End a session. ``RecordNotFoundError`` if unknown, ``ValueError`` if already ended."""
         with self._write() as conn:
-            _op_end_trading_session(
+            op_end_trading_session(
                 conn, session_id, final_balance=final_balance, ended_at=ended_at
             )
 
@@ -500,7 +373,7 @@ class DatabaseManager:
 
     def get_balance(self, account: str = "default") -> Decimal:
         """The account's balance; ``Decimal(0)`` when it has never been updated."""
-        acct = _text(account, "account")
+        acct = valid_text(account, "account")
         with self._read() as conn:
             value = conn.execute(
                 sa.select(balances.c.balance).where(balances.c.account == acct)
@@ -520,7 +393,7 @@ class DatabaseManager:
         """Every trade (of one session when ``session_id`` is given), oldest first."""
         query = sa.select(trades).order_by(trades.c.executed_at, trades.c.trade_id)
         if session_id is not None:
-            query = query.where(trades.c.session_id == _id(session_id, "session_id"))
+            query = query.where(trades.c.session_id == valid_id(session_id, "session_id"))
         return self._rows(query)
 
     def get_sessions(self) -> list[dict[str, Any]]:
@@ -543,7 +416,7 @@ class DatabaseManager:
         number = float(value)
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"metric value must be finite, got {number}")
-        row = {"name": _text(name, "name", 200), "value": number, "at": _when(at, "at")}
+        row = {"name": valid_text(name, "name", 200), "value": number, "at": valid_when(at, "at")}
         with self._write() as conn:
             conn.execute(sa.insert(metrics).values(row))
 
@@ -551,7 +424,7 @@ class DatabaseManager:
         """The measurements named ``name`` (``name``, ``value``, ``at``), oldest first."""
         query = (
             sa.select(metrics.c.name, metrics.c.value, metrics.c.at)
-            .where(metrics.c.name == _text(name, "name", 200))
+            .where(metrics.c.name == valid_text(name, "name", 200))
             .order_by(metrics.c.at, metrics.c.id)
         )
         return self._rows(query)
@@ -583,7 +456,7 @@ class DatabaseManager:
             )
             raise WALDatabaseError(
                 f"applying {len(entries)} entries to {self.safe_url} failed and the batch "
-                f"{what}: {_describe(exc)}",
+                f"{what}: {describe_error(exc)}",
                 transient=transient,
             ) from exc
         return results
@@ -602,11 +475,11 @@ class DatabaseManager:
         """Round-trip to the database; raise ``WALDatabaseError`` if it cannot be reached."""
         try:
             with self._engine.connect() as conn:
-                conn.execution_options(**{_READ_ONLY: True})
+                conn.execution_options(**{READ_ONLY: True})
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
             raise WALDatabaseError(
-                f"database {self.safe_url} is unreachable: {_describe(exc)}",
+                f"database {self.safe_url} is unreachable: {describe_error(exc)}",
                 transient=is_transient(exc),
             ) from exc
 

@@ -4,9 +4,9 @@ Each takes an open connection inside a transaction. The public methods of
 ``DatabaseManager`` and its ``apply`` both call these, so a replay does exactly what a
 direct call does. Each raises on bad input before touching the database.
 
-``apply`` looks operations up in an explicit registry (``_OPERATIONS``), never by ``getattr``
-on a name read from the log. Operations whose effect is one INSERT (``_INSERT_ONLY``) are
-applied in runs, one multi-row insert each (``wal.db_apply``).
+``apply`` looks operations up in an explicit registry (``OPERATIONS``), never by ``getattr``
+on a name read from the log. Operations whose effect is one INSERT (``INSERT_ONLY``) are
+applied in runs, one multi-row insert each (``wal.db.apply``).
 """
 
 from __future__ import annotations
@@ -21,25 +21,24 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
-from wal.db_errors import RecordNotFoundError
-from wal.db_schema import (
-    _id,
-    _money,
-    _new_id,
-    _now,
-    _opt_id,
-    _opt_money,
-    _opt_positive,
-    _positive,
-    _text,
-    _when,
+from wal.db.classify import RecordNotFoundError
+from wal.db.schema import (
     balance_changes,
     balances,
     positions,
     trades,
     trading_sessions,
+    valid_id,
+    valid_money,
+    valid_new_id,
+    valid_opt_id,
+    valid_opt_money,
+    valid_opt_positive,
+    valid_positive,
+    valid_text,
+    valid_when,
 )
-from wal.entry import OperationType
+from wal.entry import OperationType, utc_now
 
 
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
@@ -61,14 +60,14 @@ _GET_BALANCE_FOR_UPDATE = (
 )
 
 
-def _lock_balance(conn: Connection, account: str) -> Decimal:
+def lock_balance(conn: Connection, account: str) -> Decimal:
     """The account's balance, row-locked until the transaction ends (created at 0 if absent)."""
     row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).first()
     if row is None:
         # ON CONFLICT: two first updates of one account at once must not fail on the key.
         conn.execute(
             _insert_ignore(conn, balances).values(
-                account=account, balance=Decimal(0), updated_at=_now()
+                account=account, balance=Decimal(0), updated_at=utc_now()
             )
         )
         row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).one()
@@ -76,16 +75,16 @@ def _lock_balance(conn: Connection, account: str) -> Decimal:
     return balance
 
 
-def _op_balance_update(
+def op_balance_update(
     conn: Connection, delta: object, *, reason: str = "", account: str = "default"
 ) -> Decimal:
     if delta is None:
         raise TypeError("atomic_balance_update needs a delta")
-    d = _money(delta, "delta")
-    acct = _text(account, "account")
-    why = _text(reason, "reason", 1000, empty=True)
-    new = _money(_lock_balance(conn, acct) + d, f"the new balance of {acct!r}")
-    now = _now()
+    d = valid_money(delta, "delta")
+    acct = valid_text(account, "account")
+    why = valid_text(reason, "reason", 1000, empty=True)
+    new = valid_money(lock_balance(conn, acct) + d, f"the new balance of {acct!r}")
+    now = utc_now()
     # statements built once and given parameters: SQLAlchemy's cache skips re-compiling them
     conn.execute(_SET_BALANCE, {"acct": acct, "bal": new, "at": now})
     conn.execute(
@@ -107,19 +106,19 @@ def _trade_row(
     executed_at: datetime | None = None,
 ) -> dict[str, Any]:
     row = {
-        "trade_id": _new_id(trade_id, "trade_id"),
-        "session_id": _opt_id(session_id, "session_id"),
-        "symbol": _text(symbol, "symbol"),
-        "side": _text(side, "side", 16),
-        "quantity": _positive(quantity, "quantity"),
-        "price": _positive(price, "price"),
-        "pnl": _opt_money(pnl, "pnl"),
-        "executed_at": _when(executed_at, "executed_at"),
+        "trade_id": valid_new_id(trade_id, "trade_id"),
+        "session_id": valid_opt_id(session_id, "session_id"),
+        "symbol": valid_text(symbol, "symbol"),
+        "side": valid_text(side, "side", 16),
+        "quantity": valid_positive(quantity, "quantity"),
+        "price": valid_positive(price, "price"),
+        "pnl": valid_opt_money(pnl, "pnl"),
+        "executed_at": valid_when(executed_at, "executed_at"),
     }
     return row
 
 
-def _op_log_trade(conn: Connection, **kwargs: Any) -> str:
+def op_log_trade(conn: Connection, **kwargs: Any) -> str:
     row = _trade_row(**kwargs)
     conn.execute(sa.insert(trades), row)
     return str(row["trade_id"])
@@ -137,16 +136,16 @@ def _position_row(
     session_id: str | None = None,
     opened_at: datetime | None = None,
 ) -> dict[str, Any]:
-    opened = _when(opened_at, "opened_at")
+    opened = valid_when(opened_at, "opened_at")
     row = {
-        "position_id": _new_id(position_id, "position_id"),
-        "session_id": _opt_id(session_id, "session_id"),
-        "symbol": _text(symbol, "symbol"),
-        "side": _text(side, "side", 16),
-        "quantity": _positive(quantity, "quantity"),
-        "entry_price": _positive(entry_price, "entry_price"),
-        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
-        "take_profit": _opt_positive(take_profit, "take_profit"),
+        "position_id": valid_new_id(position_id, "position_id"),
+        "session_id": valid_opt_id(session_id, "session_id"),
+        "symbol": valid_text(symbol, "symbol"),
+        "side": valid_text(side, "side", 16),
+        "quantity": valid_positive(quantity, "quantity"),
+        "entry_price": valid_positive(entry_price, "entry_price"),
+        "stop_loss": valid_opt_positive(stop_loss, "stop_loss"),
+        "take_profit": valid_opt_positive(take_profit, "take_profit"),
         "status": "open",
         "opened_at": opened,
         "updated_at": opened,
@@ -154,14 +153,14 @@ def _position_row(
     return row
 
 
-def _op_log_position(conn: Connection, **kwargs: Any) -> str:
+def op_log_position(conn: Connection, **kwargs: Any) -> str:
     row = _position_row(**kwargs)
     conn.execute(sa.insert(positions), row)
     return str(row["position_id"])
 
 
 def _lock_open_position(conn: Connection, position_id: object) -> str:
-    pid = _id(position_id, "position_id")
+    pid = valid_id(position_id, "position_id")
     query = sa.select(positions.c.status).where(positions.c.position_id == pid).with_for_update()
     row = conn.execute(query).first()
     if row is None:
@@ -171,7 +170,7 @@ def _lock_open_position(conn: Connection, position_id: object) -> str:
     return pid
 
 
-def _op_update_position(
+def op_update_position(
     conn: Connection,
     position_id: str,
     *,
@@ -181,18 +180,18 @@ def _op_update_position(
     current_price: Decimal | None = None,
 ) -> None:
     given = {
-        "stop_loss": _opt_positive(stop_loss, "stop_loss"),
-        "take_profit": _opt_positive(take_profit, "take_profit"),
-        "quantity": _opt_positive(quantity, "quantity"),
-        "current_price": _opt_positive(current_price, "current_price"),
+        "stop_loss": valid_opt_positive(stop_loss, "stop_loss"),
+        "take_profit": valid_opt_positive(take_profit, "take_profit"),
+        "quantity": valid_opt_positive(quantity, "quantity"),
+        "current_price": valid_opt_positive(current_price, "current_price"),
     }
     values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     pid = _lock_open_position(conn, position_id)
-    values["updated_at"] = _now()
+    values["updated_at"] = utc_now()
     conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
 
 
-def _op_close_position(
+def op_close_position(
     conn: Connection,
     position_id: str,
     *,
@@ -202,10 +201,10 @@ def _op_close_position(
 ) -> None:
     values = {
         "status": "closed",
-        "exit_price": _positive(exit_price, "exit_price"),
-        "pnl": _opt_money(pnl, "pnl"),
-        "closed_at": _when(closed_at, "closed_at"),
-        "updated_at": _now(),
+        "exit_price": valid_positive(exit_price, "exit_price"),
+        "pnl": valid_opt_money(pnl, "pnl"),
+        "closed_at": valid_when(closed_at, "closed_at"),
+        "updated_at": utc_now(),
     }
     pid = _lock_open_position(conn, position_id)
     conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
@@ -220,32 +219,32 @@ def _session_row(
     started_at: datetime | None = None,
 ) -> dict[str, Any]:
     row = {
-        "session_id": _new_id(session_id, "session_id"),
-        "strategy": _text(strategy, "strategy", 200),
-        "mode": _text(mode, "mode", 32),
-        "initial_balance": _opt_money(initial_balance, "initial_balance"),
-        "started_at": _when(started_at, "started_at"),
+        "session_id": valid_new_id(session_id, "session_id"),
+        "strategy": valid_text(strategy, "strategy", 200),
+        "mode": valid_text(mode, "mode", 32),
+        "initial_balance": valid_opt_money(initial_balance, "initial_balance"),
+        "started_at": valid_when(started_at, "started_at"),
     }
     return row
 
 
-def _op_create_trading_session(conn: Connection, **kwargs: Any) -> str:
+def op_create_trading_session(conn: Connection, **kwargs: Any) -> str:
     row = _session_row(**kwargs)
     conn.execute(sa.insert(trading_sessions), row)
     return str(row["session_id"])
 
 
-def _op_end_trading_session(
+def op_end_trading_session(
     conn: Connection,
     session_id: str,
     *,
     final_balance: Decimal | None = None,
     ended_at: datetime | None = None,
 ) -> None:
-    sid = _id(session_id, "session_id")
+    sid = valid_id(session_id, "session_id")
     values = {
-        "final_balance": _opt_money(final_balance, "final_balance"),
-        "ended_at": _when(ended_at, "ended_at"),
+        "final_balance": valid_opt_money(final_balance, "final_balance"),
+        "ended_at": valid_when(ended_at, "ended_at"),
     }
     query = (
         sa.select(trading_sessions.c.ended_at)
@@ -262,18 +261,18 @@ def _op_end_trading_session(
     )
 
 
-_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
-    OperationType.BALANCE_UPDATE.value: _op_balance_update,
-    OperationType.LOG_TRADE.value: _op_log_trade,
-    OperationType.LOG_POSITION.value: _op_log_position,
-    OperationType.UPDATE_POSITION.value: _op_update_position,
-    OperationType.CLOSE_POSITION.value: _op_close_position,
-    OperationType.CREATE_TRADING_SESSION.value: _op_create_trading_session,
-    OperationType.END_TRADING_SESSION.value: _op_end_trading_session,
+OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
+    OperationType.BALANCE_UPDATE.value: op_balance_update,
+    OperationType.LOG_TRADE.value: op_log_trade,
+    OperationType.LOG_POSITION.value: op_log_position,
+    OperationType.UPDATE_POSITION.value: op_update_position,
+    OperationType.CLOSE_POSITION.value: op_close_position,
+    OperationType.CREATE_TRADING_SESSION.value: op_create_trading_session,
+    OperationType.END_TRADING_SESSION.value: op_end_trading_session,
 }
 """What ``apply`` may run: operation name (from the log) -> effect. Nothing else is callable."""
 
-_INSERT_ONLY: Final[dict[str, tuple[sa.Table, Callable[..., dict[str, Any]], str]]] = {
+INSERT_ONLY: Final[dict[str, tuple[sa.Table, Callable[..., dict[str, Any]], str]]] = {
     OperationType.LOG_TRADE.value: (trades, _trade_row, "trade_id"),
     OperationType.LOG_POSITION.value: (positions, _position_row, "position_id"),
     OperationType.CREATE_TRADING_SESSION.value: (trading_sessions, _session_row, "session_id"),

@@ -1,7 +1,7 @@
 """Reading entries back from the log's segments, by LSN, while appenders keep writing.
 
 ``LogReader`` is the part of ``WALStorage`` (which derives from it) that turns index slots
-into entries: it finds a record's segment and offset in the index (:mod:`wal.index`), reads
+into entries: it finds a record's segment and offset in the index (:mod:`wal.log.index`), reads
 its bytes with ``pread`` under the storage's lock (a backlog's neighbouring records with one
 ``pread``), then verifies and parses them without the lock, so a reader never holds up an
 appender while it parses. Background readers (a drain) also yield to appends in progress.
@@ -14,41 +14,41 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALClosedError, WALCorruptionError, WALEntryNotFoundError
-from wal.index import _CODE, _NONE, _UNFINISHED, LogIndex, _key_hash
-from wal.record import RecordError, decode_line
+from wal.log.fileops import FileOps
+from wal.log.index import CODE_NONE, STATUS_CODE, UNFINISHED_CODES, LogIndex, key_hash
+from wal.log.options import StorageOptions
+from wal.log.record import RecordError, decode_line
+from wal.log.segment import SegmentInfo
 
 __all__ = ["LogReader"]
-
-
-@dataclass
-class _Segment:
-    first: int
-    path: Path
-    end: int  # last LSN it covers (first - 1 when empty)
-    compacted: bool  # header declares a fixed range: records are a subset of first..end
-    size: int
 
 
 class LogReader(LogIndex):
     """Reads entries back from disk (a base of ``WALStorage``; see the module docstring)."""
 
-    # set up by WALStorage.__init__
+    # set up by WALStorage.__init__ (recovery and compaction work on this narrow view)
+    directory: Path
+    options: StorageOptions
+    readonly: bool
+    _fs: FileOps
+    _next_lsn: int  # the LSN the next record gets
+    _written_lsn: int  # highest LSN written and indexed
+    _durable_lsn: int  # highest LSN fsynced
     _mutex: threading.Lock
     _cond: threading.Condition
     _closed: bool
-    _segments: list[_Segment]
+    _segments: list[SegmentInfo]
     _read_fds: dict[int, int]  # segment's first LSN -> read-only descriptor
     _appenders: int  # foreground writers between enqueue and acknowledgement
     _yielding: int  # background threads in yield_to_appenders()
 
-    def _segment_for(self, lsn: int) -> _Segment:
+    def _segment_for(self, lsn: int) -> SegmentInfo:
         firsts = [s.first for s in self._segments]
         k = bisect.bisect_right(firsts, lsn) - 1
         if k < 0:
@@ -110,7 +110,7 @@ class LogReader(LogIndex):
             out.append((rec, self._read_raw(s) if s else None))
         return out
 
-    def _read_span(self, seg: _Segment, off: int, length: int) -> tuple[bytes, Path, int]:
+    def _read_span(self, seg: SegmentInfo, off: int, length: int) -> tuple[bytes, Path, int]:
         fd = self._read_fds.get(seg.first)
         if fd is None:
             fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -148,7 +148,7 @@ class LogReader(LogIndex):
         """The entry appended with this explicit idempotency key, if it is still in the log."""
         with self._cond:
             self._check_open()
-            lsn = self._keys.get(_key_hash(key))
+            lsn = self._keys.get(key_hash(key))
             if lsn is None:
                 return None
             try:
@@ -183,7 +183,7 @@ class LogReader(LogIndex):
             with self._mutex:  # only the index search and the preads hold the lock
                 self._check_open()
                 start = max(pos_lsn - self._base, 0)
-                for m in _UNFINISHED.finditer(self._status, start):
+                for m in UNFINISHED_CODES.finditer(self._status, start):
                     lsns.append(m.start() + self._base)
                     if len(lsns) == want:
                         break
@@ -218,7 +218,7 @@ class LogReader(LogIndex):
 
     def iter_entries(self, statuses: Iterable[WALEntryStatus] | None = None) -> Iterator[WALEntry]:
         """Every entry still in the log, in LSN order, with its current status."""
-        wanted = {_CODE[WALEntryStatus(s)] for s in statuses} if statuses is not None else None
+        wanted = None if statuses is None else {STATUS_CODE[WALEntryStatus(s)] for s in statuses}
         next_lsn = 0  # by LSN, not slot: a compaction may shift the index between yields
         while True:
             with self._cond:
@@ -227,7 +227,7 @@ class LogReader(LogIndex):
                 i = max(next_lsn - self._base, 0)
                 while i < n:
                     code = self._status[i]
-                    if code != _NONE and (wanted is None or code in wanted):
+                    if code != CODE_NONE and (wanted is None or code in wanted):
                         break
                     i += 1
                 if i >= n:
@@ -238,4 +238,4 @@ class LogReader(LogIndex):
 
     def count(self, status: WALEntryStatus) -> int:
         with self._cond:
-            return self._counts[_CODE[WALEntryStatus(status)]]
+            return self._counts[STATUS_CODE[WALEntryStatus(status)]]

@@ -3,7 +3,7 @@
 ``is_transient`` decides whether an entry that failed may succeed later (the database is down,
 locked or overloaded) or would fail the same way again (the entry itself is bad): a transient
 error aborts the whole batch, which is retried with backoff; a permanent one fails that entry
-only (FAILED after ``WAL_MAX_RETRIES`` attempts). ``_describe`` turns an error into one line.
+only (FAILED after ``WAL_MAX_RETRIES`` attempts). ``describe_error`` turns an error into one line.
 ``RecordNotFoundError`` is the permanent error of an effect that names an unknown id.
 """
 
@@ -105,7 +105,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """One line: the error's type and message, without SQLAlchemy's SQL dump and links."""
     inner = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
     kind = type(exc).__name__

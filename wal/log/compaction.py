@@ -1,10 +1,11 @@
 """Compaction: rewriting sealed segments without the entries the database no longer needs.
 
-``compact(store, retention)`` seals the active segment, then rewrites each sealed segment
-without its COMPLETED entries older than ``retention``; every other entry stays (never compact
-away an entry the database has not durably applied). A kept entry's newest status is folded
-into its entry record. A rewritten segment's header names a fixed range (``"last"`` set, see
-:mod:`wal`): LSNs stay gap-free across segments although it holds only some of them.
+``WALStorage.compact`` seals the active segment; ``compact_sealed`` then rewrites each
+sealed segment without its COMPLETED entries older than ``retention``; every other entry
+stays (never compact away an entry the database has not durably applied). A kept entry's
+newest status is folded into its entry record. A rewritten segment's header names a fixed
+range (``"last"`` set, see :mod:`wal`): LSNs stay gap-free across segments although it holds
+only some of them.
 
 Each rewrite is crash-safe: write a ``.wal.tmp`` file, fsync it, rename it over the segment,
 fsync the directory; only then does the in-memory index forget the dropped records. An emptied
@@ -17,83 +18,45 @@ newest status is folded into its record in this segment or in an older one alrea
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 import orjson
 
-from wal._crashpoints import crash_point
-from wal.fileops import write_all
-from wal.index import _COMPLETED, _NONE
-from wal.reading import _Segment
-from wal.record import KIND_STATUS, encode_line
-from wal.segment import TMP_SUFFIX
+from wal.crashpoints import crash_point
+from wal.log.fileops import write_all
+from wal.log.index import CODE_COMPLETED, CODE_NONE
+from wal.log.reading import LogReader
+from wal.log.record import KIND_STATUS, encode_line
+from wal.log.segment import FILE_MODE, TMP_SUFFIX, SegmentInfo, segment_header
 
-if TYPE_CHECKING:
-    from wal.storage import WALStorage
-
-__all__ = ["compact"]
+__all__ = ["compact_sealed"]
 
 
-def compact(store: WALStorage, retention: timedelta | float | None = None) -> dict[str, int]:
-    """``WALStorage.compact``: see its docstring (takes the storage's lock)."""
-    from wal.storage import _now  # at call time: wal.storage imports this module
+def compact_sealed(
+    store: LogReader, sealed: list[SegmentInfo], cutoff: datetime
+) -> tuple[int, int, int]:
+    """Rewrite each sealed segment, oldest first (the caller holds the log's lock and has
+    sealed the active segment). Returns (entries dropped, segments rewritten, removed).
 
-    if retention is None:
-        keep_for = timedelta(0)
-    elif isinstance(retention, timedelta):
-        keep_for = retention
-    else:
-        keep_for = timedelta(hours=float(retention))
-    cutoff = _now() - keep_for
-    with store._cond:
-        store._check_writable()
-        while store._flushing:
-            store._wait()
-        before = sum(s.size for s in store._segments)
-        if store._seg_size > store._header_len:
-            # seal the active segment so everything written so far can be compacted; the
-            # open group's records (LSNs assigned, not yet written) go to the new segment
-            waiting = store._group.records
-            store._flushing = True
-            try:
-                store._rotate(waiting[0][0] if waiting else store._next_lsn)
-            except BaseException as exc:
-                store._poison(exc)
-                raise (store._failed or exc) from exc
-            finally:
-                store._flushing = False
-                store._cond.notify_all()
-        sealed = list(store._segments[:-1])
-        dropped = rewritten = removed = 0
-        folded_segments: set[int] = set()
-        for seg in sealed:
-            try:
-                d, changed, gone = _compact_segment(store, seg, cutoff, folded_segments)
-            except OSError as exc:
-                store._poison(exc)
-                raise (store._failed or exc) from exc
-            dropped += d
-            rewritten += int(changed)
-            removed += int(gone)
-            if changed:
-                crash_point("compact-between-segments")
-        after = sum(s.size for s in store._segments)
-    return {
-        "bytes_before": before,
-        "bytes_after": after,
-        "entries_dropped": dropped,
-        "segments_rewritten": rewritten,
-        "segments_removed": removed,
-    }
+    An ``OSError`` propagates: the caller poisons the log, since the index and the files
+    may disagree after a failed rewrite.
+    """
+    dropped = rewritten = removed = 0
+    folded_segments: set[int] = set()
+    for seg in sealed:
+        d, changed, gone = _compact_segment(store, seg, cutoff, folded_segments)
+        dropped += d
+        rewritten += int(changed)
+        removed += int(gone)
+        if changed:
+            crash_point("compact-between-segments")
+    return dropped, rewritten, removed
 
 
 def _compact_segment(
-    store: WALStorage, seg: _Segment, cutoff: datetime, folded: set[int]
+    store: LogReader, seg: SegmentInfo, cutoff: datetime, folded: set[int]
 ) -> tuple[int, bool, bool]:
     """Rewrite one sealed segment (lock held). Returns (dropped, rewritten, removed)."""
-    from wal.storage import _FILE_MODE, _segment_header  # at call time: it imports this module
-
     keep: list[tuple[int, bytes]] = []
     dropped_status: list[tuple[int, int]] = []  # (status record LSN, its entry's LSN)
     dropped = 0
@@ -107,7 +70,7 @@ def _compact_segment(
         if rec["t"] == KIND_STATUS:
             target = int(rec["of"])
             t = target - store._base
-            gone = t < 0 or t >= store._n or store._status[t] == _NONE
+            gone = t < 0 or t >= store._n or store._status[t] == CODE_NONE
             if gone or store._segment_for(target).first in folded | {seg.first}:
                 droppable = True  # folded into its entry (or its entry is gone)
                 dropped_status.append((lsn, int(rec["of"])))
@@ -116,11 +79,11 @@ def _compact_segment(
             continue
         entry = store._load_entry(lsn)
         when = entry.synced_at or entry.created_at
-        if code == _COMPLETED and when.tzinfo is not None and when <= cutoff:
+        if code == CODE_COMPLETED and when.tzinfo is not None and when <= cutoff:
             droppable = True
             dropped += 1
             continue
-        if code == _COMPLETED and when.tzinfo is None and when <= cutoff.replace(tzinfo=None):
+        if code == CODE_COMPLETED and when.tzinfo is None and when <= cutoff.replace(tzinfo=None):
             droppable = True
             dropped += 1
             continue
@@ -146,9 +109,9 @@ def _compact_segment(
         if gone_fd is not None:
             os.close(gone_fd)  # an open fd would keep the unlinked file's space in use
         return dropped, True, True
-    header = _segment_header(seg.first, seg.end)
+    header = segment_header(seg.first, seg.end)
     tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
-    fd = store._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+    fd = store._fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         write_all(store._fs, fd, header + b"".join(line for _, line in keep))
         store._fs.fdatasync(fd)  # never rename an unsynced file over good data
@@ -174,8 +137,8 @@ def _compact_segment(
 
 
 def _forget(
-    store: WALStorage,
-    seg: _Segment,
+    store: LogReader,
+    seg: SegmentInfo,
     keep: list[tuple[int, bytes]],
     dropped_status: list[tuple[int, int]],
 ) -> None:
@@ -190,14 +153,14 @@ def _forget(
         if i < 0 or i >= store._n or lsn in kept:
             continue
         code = store._status[i]
-        if code != _NONE:
+        if code != CODE_NONE:
             store._counts[code] -= 1
-            store._status[i] = _NONE
+            store._status[i] = CODE_NONE
         store._lengths[i] = 0
         store._offsets[i] = 0
 
 
-def _drop_front(store: WALStorage) -> None:
+def _drop_front(store: LogReader) -> None:
     """Shrink the index when the oldest segments are gone (lock held)."""
     new_base = store._segments[0].first if store._segments else store._next_lsn
     k = new_base - store._base

@@ -1,6 +1,6 @@
 """Benchmark results: one measured row, the targets of issue 5, and their report.
 
-``wal.bench`` measures; this module holds what it measured (``Measurement``), the run
+``wal.tools.bench`` measures; this module holds what it measured (``Measurement``), the run
 (``DiskBenchResult``: table, advice sentence, JSON) and the targets checked against it.
 """
 

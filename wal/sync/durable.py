@@ -10,10 +10,10 @@ log and the ``WALManager``; every other attribute is forwarded as it is (``__get
 * Positional arguments are bound to the wrapped method's parameter names before logging,
   so the log holds keyword arguments only (readable, and the read overlay can find
   ``account``, ``delta`` and ``position_id`` whatever the call style).
-* ``get_balance()`` and ``get_open_positions()`` include pending entries (``wal.overlay``).
+* ``get_balance()`` and ``get_open_positions()`` include pending entries (``wal.sync.overlay``).
 * ``WAL_ENABLED=false`` (``WALConfig.enabled``) makes it a plain pass-through.
 
-With the bundled ``wal.database.DatabaseManager`` (it has ``apply`` and the ``wal_applied``
+With the bundled ``wal.db.manager.DatabaseManager`` (it has ``apply`` and the ``wal_applied``
 ledger) every operation reaches the database exactly once. A manager of your own without
 ``apply`` gets at-least-once; to opt in to exactly-once, give it an ``apply(entries)`` that
 commits each entry's effect with a ledger row in one transaction (see docs/database.md).
@@ -30,13 +30,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from wal.breaker import BreakerState
 from wal.config import WALConfig
 from wal.entry import OperationType, WALEntry
 from wal.errors import WALDatabaseError, WALSerializationError
-from wal.manager import Receipt, WALManager
-from wal.overlay import Overlay
-from wal.storage import WALStorage
+from wal.log.storage import WALStorage
+from wal.sync.breaker import BreakerState
+from wal.sync.manager import Receipt, WALManager
+from wal.sync.overlay import Overlay
 
 __all__ = ["DurableBalanceTxn", "DurableDatabaseManager"]
 
@@ -95,7 +95,7 @@ class DurableBalanceTxn:
 class DurableDatabaseManager:
     """Wrap ``db``; ``start()`` before trading, ``stop()`` after.
 
-    >>> from wal.database import DatabaseManager  # doctest: +SKIP
+    >>> from wal.db.manager import DatabaseManager  # doctest: +SKIP
     >>> ddb = DurableDatabaseManager(DatabaseManager("sqlite:///data/atb.db"))  # doctest: +SKIP
     """
 
@@ -361,6 +361,6 @@ class DurableDatabaseManager:
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, WALDatabaseError):
         return exc.transient
-    from wal.database import is_transient
+    from wal.db.classify import is_transient
 
     return is_transient(exc)

@@ -1,0 +1,21 @@
+"""The database side: the reference ``DatabaseManager`` (SQLAlchemy 2; SQLite and PostgreSQL).
+
+Layer rule: it knows entries (``wal.entry``), not the storage: it imports only the foundation
+modules (``wal.errors``, ``wal.codec``, ``wal.entry``, ``wal.crashpoints``) and its own
+modules; never ``wal.log``, ``wal.sync`` or ``wal.tools``.
+
+Modules, bottom to top:
+
+* ``classify``: ``is_transient`` (retry later, or fail the entry), ``RecordNotFoundError``.
+* ``schema``: the tables, exact column types (``Money``, ``UTCDateTime``), value validators.
+* ``operations``: the effect of each critical operation, shared by direct calls and replay.
+* ``apply``: exactly-once replay of a batch (one ledger query, multi-row inserts, fallback).
+* ``engine``: engines and connections (SQLite pragmas, PostgreSQL settings, URL checks).
+* ``manager``: ``DatabaseManager``, the public methods an engine calls.
+
+``from wal.db import DatabaseManager`` is the public name.
+"""
+
+from wal.db.manager import DatabaseManager
+
+__all__ = ["DatabaseManager"]

@@ -1,0 +1,154 @@
+"""Engines and connections for the reference ``DatabaseManager``: URL checks, SQLite pragmas
+(WAL journal, ``synchronous=FULL``, busy timeout, ``BEGIN IMMEDIATE`` for writers) and
+PostgreSQL connection settings (connect timeout, lock timeout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from wal.errors import WALConfigError
+
+__all__ = [
+    "DEFAULT_URL",
+    "PG_CONNECT_TIMEOUT_S",
+    "PG_LOCK_TIMEOUT_MS",
+    "READ_ONLY",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "make_engine",
+]
+
+DEFAULT_URL: Final = "sqlite:///data/atb.db"
+"""Used when neither the ``url`` argument nor ``DATABASE_URL`` is given."""
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+"""How long a SQLite writer waits for another one's lock before "database is locked"."""
+
+PG_CONNECT_TIMEOUT_S: Final = 5
+"""How long a PostgreSQL connection attempt may take before it counts as a transient error."""
+
+PG_LOCK_TIMEOUT_MS: Final = 30_000
+"""How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
+so that a lock that is never released (say, the same account updated from inside its own
+``with atomic_balance_update()`` block) is an error instead of a hang."""
+
+
+def _engine_url(given: str) -> URL:
+    try:
+        url = make_url(given)
+    except (sa_exc.ArgumentError, ValueError):
+        raise WALConfigError(
+            "database url",
+            "(not shown: it may hold a password)",
+            "a URL such as sqlite:///data/atb.db or postgresql://user:password@host:5432/dbname",
+        ) from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise WALConfigError("database url scheme", url.drivername, "sqlite or postgresql")
+
+
+def _sqlite_memory(url: URL) -> bool:
+    name = url.database or ""
+    return name in ("", ":memory:") or "mode=memory" in name or url.query.get("mode") == "memory"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for in-memory and ``file:`` URI databases."""
+    name = url.database
+    if _sqlite_memory(url) or not name or name.startswith("file:") or url.query.get("uri"):
+        return None
+    return Path(name)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the file's missing parent directories (0700) and the file itself (0600)."""
+    parent = path.parent
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700)
+        fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the new directory's entry must survive a power loss
+        finally:
+            os.close(fd)
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)  # SQLite gives -wal/-shm this mode too
+    os.close(fd)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # SQLite syncs the directory for its journal files, not for this one
+    finally:
+        os.close(fd)
+
+
+READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
+
+
+def _install_sqlite_listeners(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # sqlite3 must not issue its own BEGIN (it would break SAVEPOINTs); the "begin" hook
+        # below does it.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode, NORMAL may lose a commit on power loss; FULL syncs the WAL on each
+            # commit, so an entry marked applied really is in the database.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a read-then-write (the balance update) can
+        # then never fail half-way with SQLITE_BUSY on the lock upgrade.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_engine(given: str, *, echo: bool = False) -> tuple[Engine, str]:
+    """An engine for the URL ``given`` and its dialect name (``"sqlite"`` or ``"postgresql"``).
+
+    A SQLite file's missing parent directories are created 0700 and the file 0600; an
+    in-memory SQLite database is one shared connection (one thread at a time).
+    """
+    engine_url = _engine_url(given)
+    dialect = engine_url.get_backend_name()
+    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    if dialect == "sqlite":
+        path = _sqlite_file(engine_url)
+        if path is not None:
+            _prepare_sqlite_file(path)
+        if _sqlite_memory(engine_url):
+            # One in-memory database needs one connection: use it from one thread at a
+            # time (doctests, experiments). Anything real belongs in a file.
+            kwargs["poolclass"] = StaticPool
+            kwargs["connect_args"] = {"check_same_thread": False}
+    else:
+        kwargs["connect_args"] = {
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "application_name": "atb-wal",
+            "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
+        }
+    engine = sa.create_engine(engine_url, **kwargs)
+    if dialect == "sqlite":
+        _install_sqlite_listeners(engine)
+    return engine, dialect

@@ -1,0 +1,24 @@
+"""The log: records, segments, the writer lock, the index, reading, appends, recovery, compaction.
+
+Layer rule: this package knows nothing of databases. It imports only the foundation modules
+(``wal.errors``, ``wal.codec``, ``wal.entry``, ``wal.crashpoints``) and its own modules; the
+database side, the manager and the tools are above it and never imported from here.
+
+Modules, bottom to top:
+
+* ``record``: one line on disk (checksum, payload, record kinds, format version).
+* ``segment``: segment names and headers, file and directory modes, scanning a segment.
+* ``fileops``: the file operations durability depends on (the fault-injection seam).
+* ``lock``: one writer per log (``flock`` on ``LOCK``).
+* ``options``: ``StorageOptions`` (fsync mode, segment size, recovery mode).
+* ``report``: ``RecoveryReport``, what an open found and did.
+* ``index``: ``LogIndex``, the per-LSN arrays, the id Bloom filter, explicit keys, counts.
+* ``fastindex``: recovery's fast path over the records our writers lay out.
+* ``reading``: ``LogReader``, entries read back from disk by LSN.
+* ``recovery``: opening a log (index, cut a torn tail, refuse corruption), on a ``LogReader``.
+* ``compaction``: rewriting sealed segments without old COMPLETED entries, on a ``LogReader``.
+* ``storage``: ``WALStorage``, the write path (appends, group commit, rotation, status records).
+* ``verify``, ``repair``: a read-only full scan; explicit salvage with a backup.
+
+The on-disk format is in the ``wal`` package docstring and ``docs/wal.md``.
+"""

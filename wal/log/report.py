@@ -1,0 +1,29 @@
+"""``RecoveryReport``: what opening a log found and did (filled in by :mod:`wal.log.recovery`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RecoveryReport"]
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the log found and did."""
+
+    mode: str = "tolerate_tail"
+    segments: int = 0
+    records: int = 0
+    entries: int = 0
+    truncated_bytes: int = 0  # torn tail cut off the last segment
+    broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
+    removed_empty_segments: int = 0  # a last segment torn before its header was durable
+    skipped_records: int = 0  # skip_corrupt only
+    lsn_gaps: int = 0  # skip_corrupt only
+    defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
+    removed_tmp_files: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
