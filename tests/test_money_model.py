@@ -61,11 +61,12 @@ from sqlalchemy.engine import make_url
 from trading_child import Model, Op, Outage, db_state, fast_config, open_positions_view
 
 from wal import WALEntryStatus, WALStorage
-from wal._crashpoints import set_in_process_handler
-from wal.database import DatabaseManager, metadata
-from wal.durable_db import DurableDatabaseManager
+from wal.crashpoints import set_in_process_handler
+from wal.db import DatabaseManager
+from wal.db.schema import metadata
 from wal.errors import WALDatabaseError, WALWriteError
-from wal.netproxy import TcpProxy
+from wal.sync.durable import DurableDatabaseManager
+from wal.tools.netproxy import TcpProxy
 
 STRESS = os.environ.get("WAL_STRESS") == "1"
 EXAMPLES = {"sqlite": 300 if STRESS else 30, "postgresql": 150 if STRESS else 16}
@@ -139,6 +140,8 @@ class MoneyMachine(RuleBasedStateMachine):
         self.unsure: list[Op] = []  # tried, not acknowledged: ask the log after the restart
         self.down = False
         self.outage = Outage(self.h.url) if self.h.sqlite else None
+        if self.outage is not None:
+            self.outage.dbs.append(self.h.direct)  # its pooled connections must go too
         self.armed: tuple[str, int] | None = None
         self.seen: collections.Counter[str] = collections.Counter()
         self.session_state = "none"  # none | open | ended
@@ -316,8 +319,9 @@ class MoneyMachine(RuleBasedStateMachine):
         self._call(op, use_async)
 
     @precondition(
-        lambda self: self.session in self.model().sessions
-        and not self.model().sessions[self.session][3]
+        lambda self: (
+            self.session in self.model().sessions and not self.model().sessions[self.session][3]
+        )
     )
     @rule(final=cents, use_async=st.booleans())
     def end_session(self, final: Decimal, use_async: bool) -> None:

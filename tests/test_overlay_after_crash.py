@@ -20,8 +20,8 @@ from pathlib import Path
 from trading_child import fast_config
 
 from wal import WALEntryStatus
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 TESTS = Path(__file__).parent
 CRASH_POINT = "manager.after_apply_before_status"
@@ -31,8 +31,8 @@ import sys
 from decimal import Decimal
 sys.path.insert(0, sys.argv[3])
 from trading_child import fast_config
-from wal.database import DatabaseManager
-from wal.durable_db import DurableDatabaseManager
+from wal.db import DatabaseManager
+from wal.sync.durable import DurableDatabaseManager
 
 url, wal_dir = sys.argv[1], sys.argv[2]
 ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))

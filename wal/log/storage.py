@@ -241,6 +241,10 @@ class WALStorage(LogReader):
             self._create_segment(self._next_lsn)
             return
         self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        if self.options.fsync != "unsafe_never":
+            # what recovery just read may be page cache only (the writer was killed before its
+            # fsync): make it durable, so an entry found after a restart survives a power loss
+            self._fs.fdatasync(self._fd)
         self._seg_size = seg.size
         self._header_len = len(segment_header(seg.first, None))
 

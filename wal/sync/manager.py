@@ -44,18 +44,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
-from wal.errors import WALDatabaseError, WALWriteError
+from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import BreakerState, CircuitBreaker, backoff_delay
 
-__all__ = ["MANAGER_STATUS_FILE", "Receipt", "SyncResult", "WALManager"]
+__all__ = ["MANAGER_STATUS_FILE", "ApplyObserver", "Receipt", "SyncResult", "WALManager"]
 
 log = logging.getLogger("wal.sync.manager")
 
@@ -120,6 +120,19 @@ class _Counters:
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
 
 
+class ApplyObserver(Protocol):
+    """Told when a batch is about to be applied and when it ended (the read overlay)."""
+
+    def batch_starting(self, batch: Sequence[WALEntry]) -> None: ...
+
+    def batch_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None: ...
+
+
 class _BatchAborted(Exception):
     """A transient database error stopped a batch (nothing, or all of it, committed)."""
 
@@ -168,6 +181,8 @@ class WALManager:
         self._alerted_count = False
         self._alerted_age = False
         self._write_hooks: list[Callable[[WALEntry], None]] = []
+        self._observers: list[ApplyObserver] = []
+        self._told = False  # the observers heard how the current batch ended
         # entries of batches aborted by a transient error: committed or not, nobody knows
         # until the ledger is asked (the ambiguous commit); read overlays must ask it
         self.maybe_applied: set[uuid.UUID] = set()
@@ -214,6 +229,10 @@ class WALManager:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
         self._write_hooks.append(hook)
 
+    def add_apply_observer(self, observer: ApplyObserver) -> None:
+        """Tell ``observer`` when each batch starts and ends (see ``ApplyObserver``)."""
+        self._observers.append(observer)
+
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while True:
             with self._keys_lock:
@@ -257,6 +276,7 @@ class WALManager:
             raise
         for hook in self._write_hooks:
             hook(e)
+        crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
         if self.breaker.state is not BreakerState.CLOSED:
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
@@ -314,6 +334,30 @@ class WALManager:
         Raises ``_BatchAborted`` on a transient database error (the breaker counts it) and
         ``WALWriteError`` when the log cannot record the statuses.
         """
+        for o in self._observers:
+            o.batch_starting(batch)  # reads ask the ledger about these entries until the end
+        self._told = False
+        try:
+            outcomes = self._apply_and_record(batch)
+        except BaseException:
+            if not self._told:
+                # the batch may have committed (an ambiguous COMMIT): maybe applied
+                self._tell_finished(batch, {}, {e.entry_id for e in batch})
+            raise
+        crash_point("manager.after_status_before_ack")  # recorded; the writer not yet answered
+        return outcomes
+
+    def _tell_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None:
+        self._told = True
+        for o in self._observers:
+            o.batch_finished(batch, statuses, unsure)
+
+    def _apply_and_record(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, _Outcome]:
         if self.exactly_once:
             outcomes = self._apply_exactly_once(batch)
         else:
@@ -351,6 +395,13 @@ class WALManager:
         # such marks ride on the next flush's fsync instead of an fsync of their own.
         durable = not self.exactly_once or any(
             st is not WALEntryStatus.COMPLETED for _, st, _, _ in changes
+        )
+        maybe = self.maybe_applied
+        # the overlay learns the outcome before the log: reads need not wait for the fsync
+        self._tell_finished(
+            batch,
+            {e.entry_id: st for e, st, _, _ in changes},
+            {e.entry_id for e in batch if e.entry_id not in outcomes and e.entry_id in maybe},
         )
         try:
             # any other outcome is acknowledged only once it is durable in the log
@@ -427,17 +478,41 @@ class WALManager:
         """Drain now, in this thread, ignoring the breaker's cooldown. Returns counts."""
         return self._drain(force=True)
 
+    def drain(self, timeout: float | None = None) -> int:
+        """Apply pending entries until none is left or ``timeout`` seconds passed (None: no
+        limit; 0: one pass). Returns how many are left: 0 means every entry was applied (or
+        became a dead letter, see ``get_stats()["failed"]``). Retries with backoff while the
+        database is unreachable. Raises ``WALWriteError`` if the log failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            left = self.force_sync().pending
+            now = time.monotonic()
+            if left == 0 or (deadline is not None and now >= deadline):
+                return left
+            delay = backoff_delay(
+                attempt,
+                self.config.backoff_base_seconds,
+                self.config.backoff_max_seconds,
+                self._rng,
+            )
+            attempt += 1
+            time.sleep(delay if deadline is None else min(delay, deadline - now))
+
     def _drain(self, *, force: bool = False) -> SyncResult:
         t0 = time.monotonic()
         c = self._counters
         before = (c.applied, c.duplicates, c.failed, c.errors)
         error = None
-        with self._apply_lock:
-            after_lsn = 0
-            while not (self._stopping.is_set() and not force):
-                if not force and not self.breaker.allow():
-                    error = self._last_error
-                    break
+        after_lsn = 0
+        while not (self._stopping.is_set() and not force):
+            if not force and not self.breaker.allow():
+                error = self._last_error
+                break
+            # the lock is taken per batch: a writer applying inline waits for one batch at most
+            with self._apply_lock:
                 batch = list(  # background: appenders coming back from fsync go first
                     self.storage.get_pending_entries(
                         after_lsn=after_lsn, limit=self.config.batch_size, background=True
@@ -450,10 +525,10 @@ class WALManager:
                 except _BatchAborted:
                     error = self._last_error
                     break
-                force = False  # the probe went through; the breaker governs from here
-                # entries that stay PENDING after a permanent error wait for the next drain
-                if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
-                    after_lsn = max(e.lsn or 0 for e in batch)
+            force = False  # the probe went through; the breaker governs from here
+            # entries that stay PENDING after a permanent error wait for the next drain
+            if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
+                after_lsn = max(e.lsn or 0 for e in batch)
         applied = c.applied - before[0]
         pending = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
             WALEntryStatus.SYNCING
@@ -497,8 +572,11 @@ class WALManager:
         self._thread.start()
         self._wake.set()  # replay what a previous run left pending, now
 
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the thread. Whatever is not applied stays durable in the log."""
+    def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
+        """Stop the thread (waiting up to ``timeout`` for it). Whatever is not applied stays
+        durable in the log. ``drain=True`` first drains (``drain(timeout)``). Returns how many
+        entries are left pending."""
+        left = self.drain(timeout) if drain else 0
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -508,6 +586,14 @@ class WALManager:
             self._executor.shutdown(wait=True)
             self._executor = None
         self._publish_status()
+        if not drain:
+            try:
+                left = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
+                    WALEntryStatus.SYNCING
+                )
+            except WALError:  # the log is already closed: stopped twice
+                left = 0
+        return left
 
     def wake(self) -> None:
         """Ask the sync thread for a pass now."""
