@@ -69,7 +69,7 @@ from wal.sync.durable import DurableDatabaseManager
 from wal.tools.netproxy import TcpProxy
 
 STRESS = os.environ.get("WAL_STRESS") == "1"
-EXAMPLES = {"sqlite": 300 if STRESS else 30, "postgresql": 150 if STRESS else 16}
+EXAMPLES = {"sqlite": 300 if STRESS else 30, "postgresql": 300 if STRESS else 40}
 STEPS = 60 if STRESS else 30
 MIN_HITS = 3  # each crash point, each test (CI settings); far more under WAL_STRESS
 
@@ -139,11 +139,14 @@ class MoneyMachine(RuleBasedStateMachine):
         self.counted: dict[int, Op] = {}  # acknowledged, or found in the log after a crash
         self.unsure: list[Op] = []  # tried, not acknowledged: ask the log after the restart
         self.down = False
+        if self.h.proxy is not None:
+            self.h.proxy.heal()  # every example starts with the database up
         self.outage = Outage(self.h.url) if self.h.sqlite else None
         if self.outage is not None:
             self.outage.dbs.append(self.h.direct)  # its pooled connections must go too
         self.armed: tuple[str, int] | None = None
         self.seen: collections.Counter[str] = collections.Counter()
+        self.crashes = 0  # crash rules so far: the points take turns
         self.session_state = "none"  # none | open | ended
         self.read_since_open = False
         self._open()
@@ -362,7 +365,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self._restart(power_loss)
 
     @rule(
-        point=st.sampled_from(POINTS),
+        turn=st.integers(0, len(POINTS) - 1),
         nth=st.integers(1, 3),
         power_loss=st.booleans(),
         account=st.sampled_from(ACCOUNTS),
@@ -371,14 +374,20 @@ class MoneyMachine(RuleBasedStateMachine):
     )
     def crash_at_point(
         self,
-        point: str,
+        turn: int,
         nth: int,
         power_loss: bool,
         account: str,
         delta: Decimal,
         use_async: bool,
     ) -> None:
-        """Arm ``point``; a deposit, then a drain, reach it (unless the database is down)."""
+        """Arm ``point``; a deposit, then a drain, reach it (the database is brought up
+        first: the points after the apply need it). The points take turns, so that each is
+        reached about as often as the others."""
+        point = POINTS[(turn + self.crashes) % len(POINTS)]
+        self.crashes += 1
+        if self.down:
+            self.database_up()
         self.armed = (point, nth)
         self.seen[point] = 0
         self.power_on_crash = power_loss
