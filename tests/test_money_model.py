@@ -48,6 +48,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from faultfs import CrashFS, SimulatedCrash
+from helpers_log import wait_for
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -69,9 +70,9 @@ from wal.sync.durable import DurableDatabaseManager
 from wal.tools.netproxy import TcpProxy
 
 STRESS = os.environ.get("WAL_STRESS") == "1"
-EXAMPLES = {"sqlite": 300 if STRESS else 30, "postgresql": 300 if STRESS else 40}
+EXAMPLES = {"sqlite": 400 if STRESS else 50, "postgresql": 400 if STRESS else 50}
 STEPS = 60 if STRESS else 30
-MIN_HITS = 3  # each crash point, each test (CI settings); far more under WAL_STRESS
+MIN_HITS = 8  # crashes at each point, each database (CI settings); far more under WAL_STRESS
 
 # Every crash point of the durable wrapper and the manager, and the log's write path.
 POINTS = (
@@ -114,6 +115,20 @@ class Harness:
         self.examples = itertools.count()
         self.hits: collections.Counter[str] = collections.Counter()
 
+    def heal(self) -> None:
+        """End a proxy outage; the port may be held a moment by sockets being closed."""
+        assert self.proxy is not None
+        proxy = self.proxy
+
+        def healed() -> bool:
+            try:
+                proxy.heal()
+            except OSError:
+                return False
+            return True
+
+        wait_for(healed, "the proxy to listen again")
+
     def close(self) -> None:
         self.direct.dispose()
         if self.proxy is not None:
@@ -140,7 +155,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.unsure: list[Op] = []  # tried, not acknowledged: ask the log after the restart
         self.down = False
         if self.h.proxy is not None:
-            self.h.proxy.heal()  # every example starts with the database up
+            self.h.heal()  # every example starts with the database up
         self.outage = Outage(self.h.url) if self.h.sqlite else None
         if self.outage is not None:
             self.outage.dbs.append(self.h.direct)  # its pooled connections must go too
@@ -349,8 +364,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if self.outage is not None:
             self.outage.end()
         else:
-            assert self.h.proxy is not None
-            self.h.proxy.heal()
+            self.h.heal()
         self.down = False
 
     @rule()
@@ -388,6 +402,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.crashes += 1
         if self.down:
             self.database_up()
+        self.drain()  # the backlog applied and the breaker closed: the ops below apply inline
         self.armed = (point, nth)
         self.seen[point] = 0
         self.power_on_crash = power_loss
