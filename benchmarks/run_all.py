@@ -25,17 +25,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
 from drain import measure_drain, pg_url_for_bench
-from peers import bench_persist_queue
+from peers import PEERS_INSTALLED, bench_lmdb, bench_persist_queue, bench_plyvel, bench_rocksdict
 
 from wal.tools.bench import (
     BenchSizes,
     DiskBenchResult,
     Measurement,
     Spec,
+    bench_create,
     bench_drain_latency,
+    bench_manager_async,
     bench_raw,
+    bench_raw_preallocated,
     bench_recovery,
     bench_rss,
+    bench_wal_async,
     build_log,
     disk_specs,
     fresh_dir,
@@ -73,7 +77,14 @@ ROW_NAMES = [
     "raw_per_record_end",
     "drain_sqlite",
     "drain_postgresql",
+    "raw_prealloc_per_record",
+    "entry_create",
+    "wal_async_64",
+    "wal_async_256",
+    "manager_async_256",
 ]
+# The C peers (pip install -e '.[peers]'): measured when installed.
+PEER_ROWS = [f"{p}_{t}" for p in ("plyvel", "rocksdict", "lmdb") for t in (1, 8, 64)]
 
 
 def run(
@@ -94,7 +105,34 @@ def run(
         *sqlite_specs(work, sizes, rounds),
         ("persist_queue_1", lambda: bench_persist_queue(work, 1, n_peer)),
         ("persist_queue_8", lambda: bench_persist_queue(work, 8, n_peer)),
+        (
+            "raw_prealloc_per_record",
+            lambda: bench_raw_preallocated(
+                work, max(1, sizes.raw_records // rounds), trade_line_bytes()
+            ),
+        ),
+        ("entry_create", lambda: bench_create(max(1000, sizes.appends_64 // rounds))),
+        ("wal_async_64", lambda: bench_wal_async(work, 64, max(64, sizes.appends_64 // rounds))),
+        (
+            "wal_async_256",
+            lambda: bench_wal_async(work, 256, max(256, 2 * sizes.appends_64 // rounds)),
+        ),
+        (
+            "manager_async_256",
+            lambda: bench_manager_async(work, 256, max(256, 2 * sizes.appends_64 // rounds)),
+        ),
     ]
+    if PEERS_INSTALLED:
+        per_thread = {1: sizes.appends_1, 8: sizes.appends_8, 64: sizes.appends_64}
+        for name, bench in (("plyvel", bench_plyvel), ("rocksdict", bench_rocksdict)):
+            for t, total in per_thread.items():
+                n = max(t, total // rounds)
+                specs.append((f"{name}_{t}", lambda b=bench, t=t, n=n: b(work, t, n)))
+        for t in (1, 8, 64):  # LMDB serializes its writers: the peer-insert count suffices
+            n = max(t, sizes.peer_inserts // rounds)
+            specs.append((f"lmdb_{t}", lambda t=t, n=n: bench_lmdb(work, t, n)))
+    else:
+        say("the C peers are not installed (pip install -e '.[peers]'): their rows are skipped")
     rows.extend(run_interleaved(specs, rounds, say))
 
     say(f"recovery: building a log of {n_log:,} pending entries (untimed)")

@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -90,31 +90,74 @@ def get_config(ctx: click.Context) -> WALConfig:
 
 
 def wal_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn library errors into one-line messages (exit 1) instead of tracebacks."""
+    """Turn library errors into one-line messages (exit 1) instead of tracebacks.
+
+    With ``--json`` (an ``as_json`` parameter), a failure also prints one JSON document on
+    stdout, ``{"directory", "error", "health": {"exit_code", "problems"}}``: a script always
+    gets a document, whatever happened.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
+            try:
+                return fn(*args, **kwargs)
+            except click.ClickException:
+                raise
+            except WALError as exc:
+                raise AtbError(str(exc)) from None
+            except OSError as exc:
+                text = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                raise AtbError(text) from None
+        except click.ClickException as exc:
+            if kwargs.get("as_json"):
+                echo_error_json(exc.format_message(), exc.exit_code)
             raise
-        except WALError as exc:
-            raise AtbError(str(exc)) from None
-        except OSError as exc:
-            raise AtbError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
     return wrapper
 
 
+def echo_error_json(message: str, exit_code: int) -> None:
+    """The ``--json`` document of a command that failed (see ``wal_errors``)."""
+    directory: str | None = None
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(WalContext) if ctx is not None else None
+    if obj is not None and obj._config is not None:
+        directory = str(obj._config.directory)
+    elif obj is not None and obj.directory is not None:
+        directory = str(obj.directory)
+    else:
+        default = next(f.default for f in fields(WALConfig) if f.name == "directory")
+        directory = os.environ.get("WAL_DIR") or str(default)
+    text = one_line(message)
+    echo_json(
+        {
+            "directory": directory,
+            "error": text,
+            "health": {"exit_code": exit_code, "problems": [text]},
+        }
+    )
+
+
 def require_log_dir(config: WALConfig) -> Path:
-    """The log directory; a writing command must not create an empty log by accident."""
+    """The log directory; no command creates an empty log by accident.
+
+    Raises (exit 2) naming the path: missing, or not a directory.
+    """
     d = config.directory
-    if not d.is_dir():
+    if d.is_dir():
+        return d
+    if d.exists():
         raise AtbError(
-            f"no log directory at {d} (set WAL_DIR or pass --dir to point at the log)",
+            f"{d} is not a directory, so it holds no log (set WAL_DIR or pass --dir to point "
+            "at the log directory)",
             EXIT_UNREADABLE,
         )
-    return d
+    raise AtbError(
+        f"no log at {d}: the directory does not exist (set WAL_DIR or pass --dir to point at "
+        "the log; a trading process creates it on first start)",
+        EXIT_UNREADABLE,
+    )
 
 
 @dataclass(frozen=True)

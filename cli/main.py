@@ -8,16 +8,25 @@ whole command tree is visible in one place. To add a command group (``atb demo``
 
 from __future__ import annotations
 
+import io
+import os
+import sys
+from typing import Any
+
 import click
 
 from cli.commands.demo import demo
+from cli.commands.orders import orders
+from cli.commands.paper_broker import paper_broker
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
 from cli.commands.wal_compact import compact
 from cli.commands.wal_discard import discard
 from cli.commands.wal_failed import failed
 from cli.commands.wal_inspect import inspect_entries
+from cli.commands.wal_metrics import metrics
 from cli.commands.wal_repair import repair
+from cli.commands.wal_replay import replay
 from cli.commands.wal_retry import retry
 from cli.commands.wal_status import status
 from cli.commands.wal_sync import sync
@@ -42,6 +51,8 @@ def atb() -> None:
 
 atb.add_command(wal)
 atb.add_command(demo)
+atb.add_command(orders)
+atb.add_command(paper_broker)
 for _command in (
     status,
     sync,
@@ -50,15 +61,63 @@ for _command in (
     inspect_entries,
     failed,
     retry,
+    replay,
     discard,
     repair,
+    metrics,
     bench,
 ):
     wal.add_command(_command)
 
 
+class _QuietPipe(io.TextIOBase):
+    """stdout that, once the reader has gone (``atb wal status | head -2``: EPIPE), drops
+    the rest of the output instead of failing: the command ends with its own exit code."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._inner.write(text)
+            except BrokenPipeError:
+                self._went()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._inner.flush()
+            except BrokenPipeError:
+                self._went()
+
+    def _went(self) -> None:
+        self._gone = True
+        # the interpreter flushes stdout at exit: point its descriptor at /dev/null
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._inner.fileno())
+        os.close(devnull)
+
+    def isatty(self) -> bool:
+        return bool(self._inner.isatty())
+
+    def fileno(self) -> int:
+        return int(self._inner.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(self._inner.encoding)
+
+    @property
+    def buffer(self) -> Any:
+        return self._inner.buffer
+
+
 def main() -> None:
     """The ``atb`` console script."""
+    sys.stdout = _QuietPipe(sys.stdout)
     atb(prog_name="atb")
 
 

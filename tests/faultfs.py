@@ -19,6 +19,14 @@ A failed ``fdatasync`` is modelled the way Linux behaves ("fsyncgate"): the dirt
 marked clean without reaching the disk, so those bytes read back fine but are zeros on the
 disk even after a later fsync "succeeds".
 
+``Gate`` pauses an operation just before it is performed (``reached`` is set, then it waits
+for ``release``): a group commit's leader can be held inside its ``fdatasync`` while the test
+looks at what a power loss at that instant would leave.
+
+``named_before_data`` lists every file whose name a directory fsync made durable while none
+of its data was (a new segment before its header, a rename target before its contents): the
+rule "data first, then the name".
+
 It also stops a workload at any operation (``crash_at``: ``SimulatedCrash`` is raised at the
 n-th counted operation, before or after performing it; afterwards every operation fails with
 EIO as on a dead machine) and injects errors (``FaultRule``: the k-th write, fdatasync,
@@ -45,6 +53,7 @@ __all__ = [
     "TAIL_MODES",
     "CrashFS",
     "FaultRule",
+    "Gate",
     "SimulatedCrash",
 ]
 
@@ -84,6 +93,25 @@ class FaultRule:
             raise ValueError(f"FaultRule.op must be one of {OPS}, got {self.op!r}")
         if self.short is not None and self.op != "write":
             raise ValueError("FaultRule.short is for op='write' only")
+
+
+@dataclass
+class Gate:
+    """Pause the ``nth`` call (1-based, counted from when the gate is added) of ``op`` whose path
+    contains ``path_contains``, just before it is performed: set ``reached``, wait for
+    ``release`` (at most ``timeout`` seconds, then fail loudly), then perform it normally."""
+
+    op: str
+    nth: int = 1
+    path_contains: str | None = None
+    timeout: float = 60.0
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"Gate.op must be one of {OPS}, got {self.op!r}")
 
 
 class _File:
@@ -133,6 +161,7 @@ class CrashFS:
     ``crash_at``: raise ``SimulatedCrash`` at this counted operation (1-based), ``before``
     or ``after`` performing it (``crash_when``).
     ``rules``: errors to inject (``FaultRule``).
+    ``gates``: operations to pause (``Gate``); ``add_gate`` adds one while the workload runs.
     ``ignore_fsync_dir(caller, previous_op)``: when it returns True the directory fsync is
     performed but the model does not persist anything: as if that line of the storage were
     deleted. ``caller`` is the name of the function that called ``fsync_dir``.
@@ -145,18 +174,22 @@ class CrashFS:
         crash_at: int | None = None,
         crash_when: Literal["before", "after"] = "before",
         rules: Iterable[FaultRule] = (),
+        gates: Iterable[Gate] = (),
         ignore_fsync_dir: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.crash_at = crash_at
         self.crash_when = crash_when
         self.rules = list(rules)
+        self.gates = list(gates)  # more may be appended while a workload runs
         self.ignore_fsync_dir = ignore_fsync_dir
         self.crashed = False
         self.op_count = 0
         self.ops: list[tuple[str, str]] = []  # (op, path) of every counted operation
         self.failures: list[tuple[str, str, int]] = []  # (op, path, errno) injected
         self.ignored_dir_syncs = 0
+        # files whose name a directory fsync made durable while none of their data was
+        self.named_before_data: list[str] = []
         self._mu = threading.RLock()
         self._fds: dict[int, tuple[_File | None, str]] = {}
         self._short_pending: FaultRule | None = None
@@ -213,6 +246,29 @@ class CrashFS:
         hit.fired += 1
         return hit
 
+    def add_gate(self, gate: Gate) -> Gate:
+        """Pause a later operation: ``gate.nth`` counts the matching calls from now on."""
+        with self._mu:
+            self.gates.append(gate)
+        return gate
+
+    def _gate(self, op: str, path: str) -> None:
+        """Wait at the gate that pauses this call, if any."""
+        hit = None
+        with self._mu:
+            for g in self.gates:
+                if g.op != op or (g.path_contains is not None and g.path_contains not in path):
+                    continue
+                g.seen += 1
+                if g.seen == g.nth:
+                    hit = g
+                    break
+        if hit is None:
+            return
+        hit.reached.set()
+        if not hit.release.wait(timeout=hit.timeout):
+            raise RuntimeError(f"Gate on {op} {path} was never released")
+
     def _fail(self, rule: FaultRule, op: str, path: str) -> OSError:
         with self._mu:
             self.failures.append((op, path, rule.errno))
@@ -257,6 +313,7 @@ class CrashFS:
         f, path = self._fds.get(fd, (None, f"fd {fd}"))
         after = self._begin("write", path)
         try:
+            self._gate("write", path)
             with self._mu:
                 short, self._short_pending = self._short_pending, None
             if short is not None:
@@ -287,6 +344,7 @@ class CrashFS:
         f, path = self._fds.get(fd, (None, f"fd {fd}"))
         after = self._begin("fdatasync", path)
         try:
+            self._gate("fdatasync", path)
             rule = self._fault("fdatasync", path)
             if rule is not None:
                 if f is not None:
@@ -327,6 +385,15 @@ class CrashFS:
                     self.ignored_dir_syncs += 1
                     return
                 with self._mu:
+                    for op in self._dir.pending:
+                        name = op.dst or op.name
+                        if (
+                            op.kind != "unlink"
+                            and self._dir.current.get(name) is op.file
+                            and op.file.current
+                            and not op.file.durable
+                        ):
+                            self.named_before_data.append(f"{name} (by {caller})")
                     self._dir.durable = dict(self._dir.current)
                     self._dir.pending.clear()
         finally:

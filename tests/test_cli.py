@@ -42,6 +42,7 @@ STATUS_FIELDS = {
     "lock",
     "database",
     "manager",
+    "last_cli_sync",
     "health",
 }
 
@@ -246,7 +247,15 @@ def test_status_healthy(tmp_path: Path) -> None:
     assert doc["pending"] == 2 and doc["next_lsn"] == 3 and doc["segments"] == 1
     assert doc["oldest_pending_age_seconds"] >= 0
     assert doc["health"] == {"exit_code": 0, "problems": []}
-    assert doc["database"] == {"url": "sqlite:///data/atb.db", "reachable": None, "error": None}
+    assert doc["database"] == {
+        "url": "sqlite:///data/atb.db",
+        "reachable": None,
+        "error": None,
+        "checked": None,
+        "database_id": None,
+        "log_database": None,
+        "matches_log": None,
+    }
     assert doc["lock"] == {"owner_pid": os.getpid(), "owner_alive": True, "held": False}
     assert doc["manager"] is None
     assert doc["recovery"]["defects"] == []
@@ -281,7 +290,7 @@ def test_status_exit_1_with_a_failed_entry(tmp_path: Path) -> None:
         log.update_status(e[0], WALEntryStatus.FAILED, "constraint violated")
     r = invoke(["wal", "--dir", str(d), "status", "--no-db"])
     assert r.exit_code == 1
-    assert "PROBLEM: 1 FAILED entries" in r.output
+    assert "PROBLEM: 1 FAILED entry: see" in r.output
 
 
 def test_status_exit_2_when_the_log_is_corrupt(tmp_path: Path) -> None:
@@ -300,7 +309,7 @@ def test_status_exit_2_when_the_log_is_corrupt(tmp_path: Path) -> None:
 def test_status_exit_2_when_there_is_no_log(tmp_path: Path) -> None:
     r = invoke(["wal", "--dir", "nowhere", "status", "--no-db"])
     assert r.exit_code == 2
-    assert_one_line_error(r.stderr, "no log directory")
+    assert_one_line_error(r.stderr, "no log at")
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -317,7 +326,9 @@ def test_status_database_check(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'atb.db'}"
     DatabaseManager(url).dispose()
     r = invoke(["wal", "--dir", "wal", "--database-url", url, "status", "--json"])
-    assert orjson.loads(r.stdout)["database"] == {"url": url, "reachable": True, "error": None}
+    db = orjson.loads(r.stdout)["database"]
+    assert db["url"] == url and db["reachable"] is True and db["error"] is None
+    assert "BEGIN IMMEDIATE" in db["checked"]
     # a PostgreSQL nobody listens on: refused, reported, password masked
     secret = "pa55word"
     pg = f"postgresql://trader:{secret}@127.0.0.1:1/atb"
@@ -380,7 +391,7 @@ def test_writing_commands_do_not_create_a_missing_log(tmp_path: Path) -> None:
     for args in (["sync"], ["compact"], ["retry", "--all"]):
         r = invoke(["wal", "--dir", "missing", *args])
         assert r.exit_code == 2, args
-        assert_one_line_error(r.stderr, "no log directory at missing")
+        assert_one_line_error(r.stderr, "no log at missing")
     assert not (tmp_path / "missing").exists()
 
 
@@ -406,7 +417,7 @@ def test_verify_finds_a_flipped_bit(tmp_path: Path) -> None:
 def test_verify_without_a_log_exits_2(tmp_path: Path) -> None:
     r = invoke(["wal", "--dir", "nope", "verify"])
     assert r.exit_code == 2
-    assert_one_line_error(r.stderr, "no log directory")
+    assert_one_line_error(r.stderr, "no log at")
 
 
 def test_repair_makes_a_corrupt_log_open_and_keeps_the_backup(tmp_path: Path) -> None:
@@ -514,7 +525,7 @@ def test_failed_retry_and_discard(tmp_path: Path) -> None:
     r = invoke([*w, "discard", str(e[1].entry_id), "--yes"])
     assert r.exit_code == 1
     assert_one_line_error(r.stderr, "discarded already")
-    assert invoke([*w, "failed"]).output.strip() == "no matching entries"
+    assert invoke([*w, "failed"]).output.strip() == "no FAILED entries (no dead letters)"
 
 
 def test_retry_all(tmp_path: Path) -> None:
@@ -536,6 +547,7 @@ def test_sync_applies_pending_entries_once(tmp_path: Path) -> None:
     d = tmp_path / "wal"
     entries = deposits(d, ["10", "2.5", "0.25"])
     url = f"sqlite:///{tmp_path / 'atb.db'}"
+    DatabaseManager(url).dispose()  # sync never creates a database
     r = run_atb(["wal", "--dir", str(d), "--database-url", url, "sync"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("applied 3,") and "still pending 0" in r.stdout
@@ -583,3 +595,18 @@ def test_bench_quick(tmp_path: Path) -> None:
     doc = orjson.loads(r.stdout)
     assert doc["measurements"] and isinstance(doc["advice"], str)
     assert list((tmp_path / "b").iterdir()) == []  # its scratch directory is gone
+
+
+def test_bench_speaks_to_the_user_not_to_the_project(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    r = invoke(["wal", "bench", "--dir", str(tmp_path / "b"), "--quick"])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    # what to choose on this disk, each choice with its measured cost
+    assert "what to choose on this disk:" in out
+    assert "WAL_FSYNC=always" in out and "µs" in out and "trades/s" in out
+    assert "group commit" in out and "append_many" in out and "not for money" in out
+    # the project's own performance targets are for benchmarks/, not for the user
+    assert "not met" not in out and "target" not in out
+    help_text = invoke(["wal", "bench", "--help"]).output
+    assert "30 s" not in help_text and "fsync every trade, or batch?" in help_text

@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "backoff_base_seconds": 0.5,
     "backoff_max_seconds": 60.0,
     "recovery": "tolerate_tail",
+    "db_timeout_ms": 2000,
+    "metrics_port": None,
+    "metrics_address": "127.0.0.1",
     "database_url": "sqlite:///data/atb.db",
 }
 
@@ -57,6 +60,9 @@ GOOD = [
     ("WAL_BACKOFF_BASE", "0.1", "backoff_base_seconds", 0.1),
     ("WAL_BACKOFF_MAX", "5", "backoff_max_seconds", 5.0),
     ("WAL_RECOVERY", "strict", "recovery", "strict"),
+    ("WAL_DB_TIMEOUT_MS", "250", "db_timeout_ms", 250),
+    ("WAL_METRICS_PORT", "9464", "metrics_port", 9464),
+    ("WAL_METRICS_ADDR", "0.0.0.0", "metrics_address", "0.0.0.0"),
     ("DATABASE_URL", PG_URL, "database_url", PG_URL),
 ]
 
@@ -87,6 +93,11 @@ BAD = [
     ("WAL_BACKOFF_BASE", "0", "> 0"),
     ("WAL_BACKOFF_MAX", "x", "> 0"),
     ("WAL_RECOVERY", "yolo", "skip_corrupt"),
+    ("WAL_DB_TIMEOUT_MS", "0", ">= 1"),
+    ("WAL_DB_TIMEOUT_MS", "1.5", ">= 1"),
+    ("WAL_METRICS_PORT", "65536", "0..65535"),
+    ("WAL_METRICS_PORT", "http", "0..65535"),
+    ("WAL_METRICS_ADDR", " ", "address"),
     ("DATABASE_URL", "not a url", "SQLAlchemy URL"),
 ]
 

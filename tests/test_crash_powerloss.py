@@ -15,6 +15,14 @@ kept, a random prefix, zero-filled, garbage). Each distinct image is opened with
 * no compaction leftovers remain; torn bytes that were cut are kept in a ``.broken`` file;
 * the log takes a new append, and reopens with ``recovery="strict"`` (no defect left).
 
+"Acknowledged" follows the log's promises (see ``Recorder``): with ``fsync="interval"``, and
+for a ``durable=False`` status mark, only once a later acknowledged flush covers the write.
+Some workloads are built so that one durability step is the only cover of an acknowledgement
+(``test_power_loss_where_one_durability_step_is_the_only_cover``): each of them fails when
+that step is removed (docs/testing.md, ``tests/mutation/run.py``).
+``test_no_name_reaches_the_disk_before_its_data`` checks the rule "data first, then the name"
+on every directory fsync of the workloads.
+
 The last tests show that the checker has teeth: with the directory fsync of
 ``_create_segment``, or the one after a compaction's rename, taken out of the model, it
 reports lost entries.
@@ -37,7 +45,7 @@ from faultfs import CrashFS, SimulatedCrash, TailMode, write_image
 from helpers_log import content
 
 from wal import WALEntry, WALEntryStatus, WALError, WALStorage
-from wal.log.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
+from wal.log.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments, segment_name
 
 PENDING = WALEntryStatus.PENDING
 SYNCING = WALEntryStatus.SYNCING
@@ -78,21 +86,41 @@ class Attempt:
 
 
 class Recorder:
-    """Drives a log for a workload and writes down every attempt and acknowledgement."""
+    """Drives a log for a workload and writes down every attempt and acknowledgement.
+
+    What counts as acknowledged follows the log's promises: with ``fsync="always"`` an append
+    or a status update is durable when it returns; with ``fsync="interval"`` (and for a
+    ``durable=False`` status mark) only once a later acknowledged flush covers it: a durable
+    append or status update, ``sync()``, a compaction (it seals the active segment) or
+    ``close()``. Whatever was written before such a flush is covered by it, even in an
+    earlier segment: a rotation seals the segment it leaves.
+    """
 
     def __init__(self, directory: Path, options: dict[str, Any]) -> None:
         self.directory = directory
         self.options = options
+        self.interval = options.get("fsync") == "interval"
         self.fs: CrashFS | None = None
         self.log: WALStorage | None = None
         self.attempts: list[Attempt] = []
         self.by_id: dict[str, Attempt] = {}
         self.torn: bytes | None = None  # torn tail planted by a workload's prepare step
         self.compacted = 0
+        self.written: list[Attempt] = []  # appended, not yet covered by an acknowledged flush
+        self.lazy: list[tuple[Attempt, int]] = []  # status marks written, not yet covered
 
     def open(self) -> WALStorage:
         self.log = WALStorage(self.directory, fs=self.fs, **self.options)
         return self.log
+
+    def settle(self) -> None:
+        """An acknowledged flush: everything written before it is durable now."""
+        for a in self.written:
+            a.acked = True
+        self.written.clear()
+        for a, k in self.lazy:
+            a.acked_status = max(a.acked_status, k)
+        self.lazy.clear()
 
     def append(self, *entries: WALEntry) -> None:
         assert self.log is not None
@@ -105,19 +133,29 @@ class Recorder:
         got = [self.log.append(entries[0])] if len(entries) == 1 else self.log.append_many(entries)
         for a, g in zip(batch, got, strict=True):
             assert g.lsn == a.lsn, (g.lsn, a.lsn)
-            a.acked = True
+        self.written.extend(batch)
+        if not self.interval:
+            self.settle()
 
-    def status(self, *changes: tuple[int, WALEntryStatus]) -> None:
+    def status(self, *changes: tuple[int, WALEntryStatus], durable: bool = True) -> None:
         """Status updates by attempt index (several: one ``update_statuses`` batch)."""
         assert self.log is not None
         for i, s in changes:
             self.attempts[i].statuses.append(s)
         self.log.update_statuses(
-            [(self.attempts[i].entry.entry_id, s, None, None) for i, s in changes]
+            [(self.attempts[i].entry.entry_id, s, None, None) for i, s in changes],
+            durable=durable,
         )
         for i, _ in changes:
             a = self.attempts[i]
-            a.acked_status = len(a.statuses) - 1
+            self.lazy.append((a, len(a.statuses) - 1))
+        if durable and not self.interval:
+            self.settle()
+
+    def sync(self) -> None:
+        assert self.log is not None
+        self.log.sync()
+        self.settle()
 
     def compact(self) -> dict[str, int]:
         assert self.log is not None
@@ -126,12 +164,15 @@ class Recorder:
                 a.droppable = True
         out = self.log.compact()
         self.compacted += 1
+        self.settle()  # it sealed the active segment
         return out
 
     def close(self) -> None:
         if self.log is not None:
             log, self.log = self.log, None
             log.close()
+            if self.fs is None or not self.fs.crashed:
+                self.settle()  # close() flushed what was written
 
 
 @dataclass(frozen=True)
@@ -208,10 +249,94 @@ def _recover_torn(r: Recorder) -> None:
     r.close()
 
 
+def _rotation_after_lazy_marks(r: Recorder) -> None:
+    # COMPLETED marks written without an fsync of their own (durable=False: what the manager
+    # writes behind the ledger) are the last records of a segment when the next append
+    # rotates: the rotation's seal is the only fsync that ever covers them
+    r.open()
+    r.append(entry(1, 900), entry(2, 900), entry(3, 900))
+    r.status((0, COMPLETED), durable=False)
+    r.append(entry(4, 900))  # does not fit: rotates, sealing segment 1 with the mark
+    assert len(list_segments(r.directory)) == 2
+    r.status((1, COMPLETED), (3, SYNCING), durable=False)
+    r.append(entry(5, 900), entry(6, 900))  # rotates again
+    assert len(list_segments(r.directory)) == 3
+    r.close()
+
+
+def _rotation_in_interval_mode(r: Recorder) -> None:
+    # fsync="interval": appends return after write; sync() (the background thread's job,
+    # called here by hand) makes them durable. Entry 3 is written to segment 1 and never
+    # synced there: the rotation before entry 4 must seal it, as sync() only syncs segment 2
+    r.open()
+    r.append(entry(1, 900), entry(2, 900))
+    r.sync()
+    r.append(entry(3, 900))
+    r.status((0, COMPLETED), durable=False)
+    r.append(entry(4, 900))  # rotates
+    assert len(list_segments(r.directory)) == 2
+    r.sync()
+    r.append(entry(5, 900))
+    r.status((1, SYNCING))
+    r.close()  # close() syncs
+
+
+def _compaction_of_a_front_segment(r: Recorder) -> None:
+    # segment 1's entries are COMPLETED by marks that live in segment 2; compaction unlinks
+    # segment 1 and then rewrites segment 2 without those marks. If the unlink were not
+    # durable before segment 2's rewrite, a power cut could bring segment 1 back without its
+    # marks: entries 1-3 PENDING again, applied to the database twice
+    r.open()
+    r.append(entry(1, 900), entry(2, 900), entry(3, 900))  # segment 1
+    r.status((0, COMPLETED), (1, COMPLETED), (2, COMPLETED))  # does not fit: segment 2
+    r.append(entry(4))  # segment 2, stays pending
+    assert len(list_segments(r.directory)) == 2
+    out = r.compact()
+    assert out["segments_removed"] == 1 and out["segments_rewritten"] == 2, out
+    r.append(entry(5))
+    r.close()
+
+
+def _headerless_segment_start(r: Recorder) -> None:
+    """Two entries, then a segment file whose header never reached the disk (a rotation cut
+    short by a power loss after the file's name was made durable)."""
+    r.open()
+    r.append(entry(1), entry(2))
+    r.close()
+    (r.directory / segment_name(3)).touch(mode=0o600)
+
+
+def _recover_headerless(r: Recorder) -> None:
+    # recovery removes the headerless segment, and appends continue in segment 1: the removal
+    # must be durable first, else a power cut brings it back behind entries it overlaps
+    r.open()
+    r.append(entry(3))
+    r.status((0, COMPLETED))
+    r.close()
+
+
 APPENDS = Workload("appends", _appends)
 ROTATION = Workload("rotation", _rotation, {"max_segment_bytes": 4096})
 COMPACTION = Workload("compaction", _compaction, {"max_segment_bytes": 4096}, compacts=True)
 RECOVERY = Workload("recovery", _recover_torn, prepare=_torn_start)
+LAZY_ROTATION = Workload(
+    "rotation-after-lazy-marks", _rotation_after_lazy_marks, {"max_segment_bytes": 4096}
+)
+# the background fsync thread never fires in the workload (60 s): every run does the same ops
+INTERVAL_ROTATION = Workload(
+    "rotation-in-interval-mode",
+    _rotation_in_interval_mode,
+    {"max_segment_bytes": 4096, "fsync": "interval", "fsync_interval_ms": 60_000},
+)
+FRONT_COMPACTION = Workload(
+    "compaction-of-a-front-segment",
+    _compaction_of_a_front_segment,
+    {"max_segment_bytes": 4096},
+    compacts=True,
+)
+HEADERLESS = Workload(
+    "recovery-headerless-segment", _recover_headerless, prepare=_headerless_segment_start
+)
 
 
 # CrashMonkey's bounded exhaustive workloads: every sequence of three operations from
@@ -511,6 +636,39 @@ def test_power_loss_at_every_operation_loses_nothing_acknowledged(
         "recovery": {"cut a torn tail", "kept a .broken file"},
     }[w.name]
     assert wanted <= result.seen.keys(), result.seen
+
+
+@pytest.mark.parametrize(
+    "w",
+    [LAZY_ROTATION, INTERVAL_ROTATION, FRONT_COMPACTION, HEADERLESS],
+    ids=lambda w: w.name,
+)
+def test_power_loss_where_one_durability_step_is_the_only_cover(
+    w: Workload, tmp_path: Path
+) -> None:
+    """Workloads where a single fsync is all that stands between a power cut and a lost
+    acknowledgement: the seal of a rotation after non-durable writes (lazy marks, interval
+    mode), the directory fsync after a compaction unlinks a front segment, the directory fsync
+    after recovery removes a headerless segment. See docs/testing.md."""
+    result = enumerate_crashes(w, tmp_path)
+    assert result.problems == [], "\n".join(result.problems[:20])
+    assert result.crash_points >= 8 and result.images >= result.crash_points
+
+
+@pytest.mark.parametrize(
+    "w",
+    [APPENDS, ROTATION, COMPACTION, RECOVERY, LAZY_ROTATION, INTERVAL_ROTATION, FRONT_COMPACTION],
+    ids=lambda w: w.name,
+)
+def test_no_name_reaches_the_disk_before_its_data(w: Workload, tmp_path: Path) -> None:
+    """Data first, then the name: a new segment's header is synced before the directory fsync
+    that makes its name durable, a compaction's temp file before its rename is made durable,
+    a ``.broken`` file before its name. (With the data unsynced, a power cut could leave a
+    durable name over an empty or torn file; on a disk that writes pages out of order, a
+    header lost under records that survived is mid-log corruption.)"""
+    fs, _ = run_workload(w, tmp_path, None)
+    assert fs.named_before_data == []
+    assert [op for op, _ in fs.ops].count("fsync_dir") >= 1
 
 
 @pytest.mark.parametrize("ops", SEQUENCES)

@@ -22,6 +22,7 @@ def test_demo_cli_on_sqlite(tmp_path: Path) -> None:
     assert "expected" in out and ": ok)" in out  # the balance read during the outage
     assert "OK: nothing lost, nothing doubled" in out
     assert "MISMATCH" not in out
+    assert "temporary" not in out  # --dir keeps the log where it says
 
 
 def test_demo_installed_command_in_a_fresh_directory(tmp_path: Path) -> None:
@@ -40,6 +41,11 @@ def test_demo_installed_command_in_a_fresh_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK: nothing lost, nothing doubled" in proc.stdout
     assert "Traceback" not in proc.stderr
+    # the log it names lived in a temporary directory: it says so, and it is gone
+    log_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("log:"))
+    assert "temporary: removed at the end" in log_line
+    log_dir = Path(log_line.split("log:", 1)[1].split(" (temporary")[0].strip())
+    assert not log_dir.exists() and not log_dir.parent.exists()
 
 
 def test_demo_on_postgresql_cuts_the_network(pg_url: PgServer, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import runpy
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,11 @@ def test_example_runs(
     monkeypatch.chdir(tmp_path)
     for var in ("WAL_DIR", "DATABASE_URL", "WAL_ENABLED"):
         monkeypatch.delenv(var, raising=False)
+    # the examples make their own temporary directories: keep them inside tmp_path, so that
+    # the suite leaves nothing behind in the machine's /tmp
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     script = tmp_path / "example.py"
     script.write_text(python_blocks(page)[index])
     runpy.run_path(str(script), run_name="__main__")

@@ -218,6 +218,38 @@ def test_the_balance_is_unknown_before_any_successful_read(rig: Rig) -> None:
     assert ddb.get_balance() == D("5")  # the database (0, nothing applied yet) + pending 5
 
 
+def test_open_positions_include_a_position_logged_during_an_outage_before_the_drain(
+    rig: Rig,
+) -> None:
+    """The positions version of the test above: the outage ends, nothing has drained the log
+    yet (the manager is not started), and the read (database + pending) must list what the
+    database has not seen: a position opened during the outage, and not one closed then."""
+    db = rig.db()
+    ddb = rig.durable(db)
+    held = ddb.log_position(
+        symbol="ETHUSDT", side="long", quantity=D("2"), entry_price=D("3000")
+    )  # the database is up: applied at once
+    rig.outage.begin()
+    opened = ddb.log_position(
+        symbol="BTCUSDT", side="short", quantity=D("0.5"), entry_price=D("50000")
+    )
+    ddb.update_position(opened, stop_loss=D("52000"))
+    ddb.close_position(held, exit_price=D("3100"))
+    assert ddb.get_wal_status()["pending"] == 3
+    rig.outage.end()
+
+    assert [r["position_id"] for r in db.get_open_positions()] == [held]  # not drained yet
+    rows = ddb.get_open_positions()
+    assert [str(r["position_id"]) for r in rows] == [opened]
+    assert (rows[0]["symbol"], D(str(rows[0]["stop_loss"]))) == ("BTCUSDT", D("52000"))
+    assert ddb.get_wal_status()["pending"] == 3  # the read applied nothing
+
+    ddb.start()
+    wait_for(lambda: ddb.get_wal_status()["pending"] == 0, "the log to drain")
+    assert [str(r["position_id"]) for r in db.get_open_positions()] == [opened]
+    assert [str(r["position_id"]) for r in ddb.get_open_positions()] == [opened]
+
+
 class LegacyDatabaseManager:
     """A user's own database manager: the critical methods, no ``apply``, no ledger.
 

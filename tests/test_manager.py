@@ -234,6 +234,25 @@ def test_transient_errors_never_use_up_retries(rig: Rig) -> None:
     assert m.get_stats()["breaker_state"] == "closed"
 
 
+def test_an_outage_is_one_short_line_in_the_log_and_the_status(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wal.sync.manager")
+    m = rig.open()
+    assert deposit(m, "1").applied
+    rig.outage.begin()
+    assert deposit(m, "2").pending
+    lines = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert lines, "the outage is logged"
+    for line in lines:
+        # what failed, once: no SQL dump, no documentation links, no operator hint that
+        # would point `atb wal status` at itself
+        assert len(line) <= 260, line
+        assert "atb wal status" not in line and "sqlalche.me" not in line and "\n" not in line
+    last = m.get_stats()["last_error"]
+    assert last is not None and len(last) <= 200 and "atb wal status" not in last
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -385,13 +404,13 @@ class GateFS(OSFileOps):
 def test_concurrent_writers_share_fsyncs(rig: Rig) -> None:
     fs = GateFS()
     m = rig.open(fs=fs, breaker_failure_threshold=1)
-    append = m.storage.append
+    append_async = m.storage.append_async
 
-    def counted_append(e: WALEntry) -> WALEntry:
+    async def counted_append(e: WALEntry) -> WALEntry:
         fs.note_append()
-        return append(e)
+        return await append_async(e)
 
-    m.storage.append = counted_append  # type: ignore[method-assign,assignment]
+    m.storage.append_async = counted_append  # type: ignore[method-assign]
     rig.outage.begin()
     assert deposit(m, "1").pending  # the breaker opens: no status records from here on
     assert m.breaker.state is BreakerState.OPEN

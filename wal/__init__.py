@@ -19,6 +19,15 @@ torn-tail repair, ``*.broken`` files with the bytes that were cut.
 * LSNs number every record (entries and status records), gap-free across segments, so a
   missing, reordered or duplicated segment or record is detected.
 
+Layers
+------
+``wal.log`` (the log; knows nothing of databases), ``wal.db`` (the reference database side;
+knows entries, not the storage), ``wal.sync`` (the manager and ``DurableDatabaseManager``),
+``wal.tools`` (benchmarks and the demo; only ``cli`` imports it), over the foundation modules
+``wal.errors``, ``wal.codec``, ``wal.entry`` and ``wal.crashpoints``. This module is the one
+public face; ``docs/architecture.md`` has the tree and the layer rule (checked by
+``tests/test_layers.py``).
+
 Values inside ``args`` and ``kwargs`` keep their types through tags such as
 ``{"$decimal": "1.50"}`` (see :mod:`wal.codec`). ``docs/wal.md`` has the full description,
 the guarantees and the recovery modes.

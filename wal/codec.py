@@ -30,14 +30,14 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 from wal.errors import WALSerializationError
 
-__all__ = ["decode_value", "encode_value"]
+__all__ = ["decode_value", "encode_pair", "encode_value"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**64 - 1  # orjson writes unsigned 64-bit ints too
@@ -127,6 +127,91 @@ def _enc(v: Any) -> Any:
                 raise
         return items
     raise _Bad(f"type {type(v).__name__} is not supported")
+
+
+class _Slow(Exception):
+    """Internal: a value the fast path of ``encode_pair`` leaves to the general one."""
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _int_leaf(v: int) -> Any:
+    if _INT64_MIN <= v <= _INT64_MAX:
+        return v
+    raise _Slow
+
+
+def _float_leaf(v: float) -> Any:
+    if math.isfinite(v):
+        return v
+    raise _Slow
+
+
+def _decimal_leaf(v: Decimal) -> Any:
+    if v.is_finite():
+        return {"$decimal": str(v)}  # Decimal(str(d)) keeps digits, exponent and sign
+    raise _Slow
+
+
+def _datetime_leaf(v: datetime) -> Any:
+    tz = v.tzinfo
+    if (tz is None or tz is UTC) and not v.fold:  # other zones come back as an offset
+        return {"$datetime": v.isoformat()}
+    raise _Slow
+
+
+# The exact types whose round trip (encode, then decode) gives back an equal object: the
+# decoded value is the value itself. Each function returns the encoded form or raises _Slow.
+_LEAVES: dict[type, Callable[[Any], Any]] = {
+    str: _same,
+    bool: _same,
+    type(None): _same,
+    int: _int_leaf,
+    float: _float_leaf,
+    Decimal: _decimal_leaf,
+    uuid.UUID: lambda v: {"$uuid": str(v)},
+    datetime: _datetime_leaf,
+    date: lambda v: {"$date": v.isoformat()},
+}
+
+
+def encode_pair(value: list[Any] | dict[str, Any], path: str) -> tuple[Any, Any]:
+    """``(encode_value(value), decode_value(encode_value(value)))`` without the decode.
+
+    ``value`` is a fresh list or dict the caller owns (it may be returned as the decoded
+    form). When every item is a leaf of an exact type whose round trip gives back an equal
+    object (JSON natives, ``Decimal``, ``UUID``, naive or UTC ``datetime``, ``date``),
+    ``value`` itself is what a replay will see: no decode. Anything else (nested
+    containers, enums, subclasses, other time zones, big ints, ``$`` keys, bad values)
+    takes the general path, which also raises the errors.
+
+    >>> encode_pair({"qty": Decimal("1.50")}, "kwargs")
+    ({'qty': {'$decimal': '1.50'}}, {'qty': Decimal('1.50')})
+    """
+    leaves = _LEAVES
+    try:
+        if type(value) is dict:
+            enc: dict[str, Any] = {}
+            for k, v in value.items():
+                f = leaves.get(type(v))
+                if f is None or type(k) is not str or k[:1] == "$":
+                    raise _Slow
+                enc[k] = f(v)
+            return enc, value  # the leaves decode to themselves: the copy is its own decode
+        if type(value) is list:
+            out = []
+            for v in value:
+                f = leaves.get(type(v))
+                if f is None:
+                    raise _Slow
+                out.append(f(v))
+            return out, value
+    except _Slow:
+        pass
+    encoded = encode_value(value, path)
+    return encoded, decode_value(encoded)
 
 
 def decode_value(v: Any) -> Any:

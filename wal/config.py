@@ -22,6 +22,9 @@ breaker_cooldown_seconds        ``WAL_BREAKER_COOLDOWN``         ``10.0``
 backoff_base_seconds            ``WAL_BACKOFF_BASE``             ``0.5``
 backoff_max_seconds             ``WAL_BACKOFF_MAX``              ``60.0``
 recovery                        ``WAL_RECOVERY``                 ``tolerate_tail``
+db_timeout_ms                   ``WAL_DB_TIMEOUT_MS``            ``2000``
+metrics_port                    ``WAL_METRICS_PORT``             unset (no ``/metrics``)
+metrics_address                 ``WAL_METRICS_ADDR``             ``127.0.0.1``
 database_url                    ``DATABASE_URL``                 ``sqlite:///data/atb.db``
 ==============================  ===============================  ============================
 
@@ -109,6 +112,17 @@ class WALConfig:
     # What opening does with a defect: "tolerate_tail" cuts a torn last record and refuses any
     # other defect; "strict" refuses all; "skip_corrupt" salvages (explicit repair only).
     recovery: RecoveryMode = "tolerate_tail"
+    # How long one database call of the apply path may wait, in ms: the SQLite busy timeout,
+    # PostgreSQL's connect (rounded up to seconds), lock and statement timeouts. During an
+    # outage a critical call costs at most the log's fsync plus this before it falls back to
+    # the log (PENDING); the breaker opens after breaker_failure_threshold such failures.
+    db_timeout_ms: int = 2000
+    # Serve Prometheus metrics on http://metrics_address:metrics_port/metrics while the
+    # WALManager runs. None: off. 0: any free port (``WALManager.metrics_port`` says which).
+    metrics_port: int | None = None
+    # The address /metrics binds to; loopback unless configured (the figures are not secret,
+    # but nothing outside the host needs them by default).
+    metrics_address: str = "127.0.0.1"
     # The database the log is synced into (SQLAlchemy URL). Masked wherever it is printed.
     database_url: str = "sqlite:///data/atb.db"
 
@@ -289,8 +303,8 @@ _SPECS: dict[str, _Spec] = {
     "directory": _Spec(
         "WAL_DIR",
         Path,
-        lambda v: isinstance(v, Path),
-        "a directory path",
+        lambda v: isinstance(v, Path) and (v.is_dir() or not v.exists()),
+        "a directory path (this path exists and is not a directory)",
     ),
     "sync_interval": _num_spec("WAL_SYNC_INTERVAL"),
     "max_retries": _int_spec("WAL_MAX_RETRIES", 1),
@@ -308,6 +322,19 @@ _SPECS: dict[str, _Spec] = {
     "backoff_max_seconds": _num_spec("WAL_BACKOFF_MAX"),
     "recovery": _Spec(
         "WAL_RECOVERY", str, lambda v: _choice(v, RECOVERY_MODES), " | ".join(RECOVERY_MODES)
+    ),
+    "db_timeout_ms": _int_spec("WAL_DB_TIMEOUT_MS", 1),
+    "metrics_port": _Spec(
+        "WAL_METRICS_PORT",
+        int,
+        lambda v: v is None or (_is_int(v) and 0 <= v <= 65535),
+        "a TCP port 0..65535 (0: any free port; unset: no metrics endpoint)",
+    ),
+    "metrics_address": _Spec(
+        "WAL_METRICS_ADDR",
+        str,
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "an address to bind, such as 127.0.0.1 or 0.0.0.0",
     ),
     "database_url": _Spec(
         "DATABASE_URL",

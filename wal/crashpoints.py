@@ -19,6 +19,11 @@ The points, in the order the write path meets them:
                               update, before reading the balance it returns
 ``manager.after_append_before_apply``  the entry is durable in the log, not yet applied, the
                               caller not yet acknowledged
+``order.after_intent_fsync``  an order intent is durable in the log; nothing was sent
+``order.after_submitting_fsync``  SUBMITTING is durable; the broker call is next
+``order.after_broker_accept``  the broker accepted the order; the journal does not know yet
+``order.after_ack_before_fill``  ACCEPTED is journaled; its fills are not
+``order.after_fill_fsync``    one fill is journaled (the next ones are not)
 ``manager.after_apply_before_status``  the database committed a batch (effects and ledger
                               rows); the log does not yet say COMPLETED
 ``manager.after_status_before_ack``  the log recorded the batch's statuses; the caller of the
@@ -26,7 +31,8 @@ The points, in the order the write path meets them:
 
 In-process crashes (the model tests): ``set_in_process_handler(handler)`` makes every point
 call ``handler(name)`` first; the handler raises to stop the stack at that point, as if the
-process died there (the test then drops every object and opens the files again).
+process died there (the test then drops every object and opens the files again). The log's
+hot-path points (``append-*``, behind ``ARMED``) are reached only with ``WAL_CRASH_POINT``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from collections.abc import Callable
 
 from wal.errors import WALConfigError
 
-__all__ = ["POINTS", "crash_point", "set_in_process_handler"]
+__all__ = ["ARMED", "POINTS", "crash_point", "set_in_process_handler"]
 
 POINTS = frozenset(
     {
@@ -51,6 +57,11 @@ POINTS = frozenset(
         "manager.after_append_before_apply",
         "manager.after_apply_before_status",
         "manager.after_status_before_ack",
+        "order.after_intent_fsync",
+        "order.after_submitting_fsync",
+        "order.after_broker_accept",
+        "order.after_ack_before_fill",
+        "order.after_fill_fsync",
     }
 )
 
@@ -62,6 +73,8 @@ if _name and (_name not in POINTS or (_nth and not (_nth.isdigit() and int(_nth)
         "<point>[:<n>], point one of " + ", ".join(sorted(POINTS)),
     )
 _remaining = int(_nth) if _nth else 1
+# True when a crash point is set: hot paths test this constant and skip the call (zero cost).
+ARMED = bool(_name)
 _handler: Callable[[str], None] | None = None
 
 

@@ -18,6 +18,7 @@ their values), so the entry holds exactly what a replay after a restart will see
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from wal.codec import decode_value, encode_value
+from wal.codec import decode_value, encode_pair, encode_value
 from wal.errors import WALSerializationError
 
 __all__ = ["OperationType", "WALEntry", "WALEntryStatus", "content_checksum"]
@@ -44,6 +45,11 @@ class OperationType(StrEnum):
     CLOSE_POSITION = "close_position"
     CREATE_TRADING_SESSION = "create_trading_session"
     END_TRADING_SESSION = "end_trading_session"
+    # the order journal (wal.orders): intent, state change, fill
+    ORDER_INTENT = "record_order_intent"
+    ORDER_EVENT = "record_order_event"
+    ORDER_FILL = "record_order_fill"
+    ORDER_ANCHOR = "record_order_anchor"  # an anchor (seq, hash) of the order audit chain
 
 
 class WALEntryStatus(StrEnum):
@@ -60,8 +66,11 @@ class WALEntryStatus(StrEnum):
     FAILED = "failed"
 
 
-def content_checksum(entry_id: str, operation: str, args: Any, kwargs: Any, key: str) -> str:
-    """xxh3-64 (hex) over the entry's content in its encoded form.
+def content_checksum(
+    entry_id: str | uuid.UUID, operation: str, args: Any, kwargs: Any, key: str
+) -> str:
+    """xxh3-64 (hex) over the entry's content in its encoded form (the id as its string;
+    orjson writes a ``UUID`` as that same string).
 
     It guards the entry end to end (creation to replay); each record on disk also has its
     own checksum over its exact bytes.
@@ -70,7 +79,20 @@ def content_checksum(entry_id: str, operation: str, args: Any, kwargs: Any, key:
     return xxhash.xxh3_64_hexdigest(blob)
 
 
-_STATUS_OF = {s.value: s for s in WALEntryStatus}  # a dict lookup is 5x an Enum call
+_STATUS_OF = {s.value: s for s in WALEntryStatus}
+_set = object.__setattr__  # fills a frozen entry's caches
+_new_uuid = _new_object = object.__new__
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+def _uuid4() -> uuid.UUID:
+    """``uuid.uuid4()`` (the same 16 bytes of ``os.urandom``, the same bits set), 3x faster:
+    the UUID is filled in directly instead of through its argument-checking constructor."""
+    u = _new_uuid(uuid.UUID)
+    _set(u, "int", (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR) | _UUID4_SET)
+    _set(u, "is_safe", uuid.SafeUUID.unknown)
+    return u  # a dict lookup is 5x an Enum call
 
 
 def utc_now() -> datetime:
@@ -120,7 +142,11 @@ class WALEntry:
         idempotency_key: str | None = None,
     ) -> WALEntry:
         """Build a new PENDING entry; raise ``WALSerializationError`` for an unloggable value."""
-        op = str(operation.value if isinstance(operation, OperationType) else operation)
+        # exact-type checks first: the isinstance checks against ABCs cost more than the rest
+        if type(operation) is str:
+            op = operation
+        else:
+            op = str(operation.value if isinstance(operation, OperationType) else operation)
         if not op:
             raise WALSerializationError("operation", "must be a non-empty string")
         if idempotency_key is not None and (
@@ -129,26 +155,39 @@ class WALEntry:
             raise WALSerializationError(
                 "idempotency_key", f"must be a non-empty str, got {idempotency_key!r}"
             )
-        if kwargs is not None and not isinstance(kwargs, Mapping):
+        if kwargs is not None and type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise WALSerializationError("kwargs", f"must be a mapping, got {type(kwargs).__name__}")
-        if isinstance(args, str | bytes | Mapping):
+        ta = type(args)
+        if ta is not tuple and ta is not list and isinstance(args, str | bytes | Mapping):
             raise WALSerializationError("args", f"must be a sequence, got {type(args).__name__}")
-        enc_args: list[Any] = encode_value(list(args), "args")
-        enc_kwargs: dict[str, Any] = encode_value(dict(kwargs or {}), "kwargs")
+        if ta is tuple and not args:
+            enc_args: list[Any] = []
+            dec_args: list[Any] = enc_args
+        else:
+            enc_args, dec_args = encode_pair(list(args), "args")
+        enc_kwargs, dec_kwargs = encode_pair(dict(kwargs) if kwargs else {}, "kwargs")
         if "$dict" in enc_kwargs and len(enc_kwargs) == 1:
             raise WALSerializationError("kwargs", "keyword names must not start with '$'")
-        entry_id = uuid.uuid4()
+        entry_id = _uuid4()
         sid = str(entry_id)
         key = idempotency_key if idempotency_key is not None else sid
-        return cls(
-            entry_id=entry_id,
-            operation=op,
-            args=tuple(decode_value(enc_args)),
-            kwargs=decode_value(enc_kwargs),
-            idempotency_key=key,
-            checksum=content_checksum(sid, op, enc_args, enc_kwargs, key),
-            created_at=utc_now(),
-        )._cached(enc_args, enc_kwargs, idempotency_key is not None and key != sid)
+        return _build(
+            cls,
+            entry_id,
+            op,
+            tuple(dec_args),
+            dec_kwargs,
+            key,
+            content_checksum(entry_id, op, enc_args, enc_kwargs, key),
+            datetime.now(UTC),
+            None,
+            None,
+            WALEntryStatus.PENDING,
+            0,
+            None,
+            (enc_args, enc_kwargs),
+            idempotency_key is not None and key != sid,
+        )
 
     def _cached(
         self, enc_args: list[Any], enc_kwargs: dict[str, Any], explicit: bool | None = None
@@ -195,8 +234,9 @@ class WALEntry:
         )
 
     def with_lsn(self, lsn: int) -> WALEntry:
-        """A copy with its LSN set (on the append path: positional, faster than replace())."""
-        new = WALEntry(
+        """A copy with its LSN set (on the append path: slots filled directly, 3x replace())."""
+        return _build(
+            type(self),
             self.entry_id,
             self.operation,
             self.args,
@@ -209,10 +249,9 @@ class WALEntry:
             self.status,
             self.attempts,
             self.last_error,
+            self._encoded,  # same args and kwargs
+            self._explicit,
         )
-        object.__setattr__(new, "_encoded", self._encoded)  # same args and kwargs
-        object.__setattr__(new, "_explicit", self._explicit)
-        return new
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native dict; ``from_dict`` turns it back into an equal entry."""
@@ -255,3 +294,58 @@ class WALEntry:
             attempts=int(d.get("attempts", 0)),
             last_error=d.get("last_error"),
         )._cached(enc_args, enc_kwargs)
+
+
+# The slots of WALEntry, filled directly by their descriptors (a frozen dataclass's __init__
+# goes through object.__setattr__ once per field: about twice the cost).
+_slot = vars(WALEntry)
+_s_id = _slot["entry_id"].__set__
+_s_op = _slot["operation"].__set__
+_s_args = _slot["args"].__set__
+_s_kwargs = _slot["kwargs"].__set__
+_s_key = _slot["idempotency_key"].__set__
+_s_checksum = _slot["checksum"].__set__
+_s_created = _slot["created_at"].__set__
+_s_lsn = _slot["lsn"].__set__
+_s_synced = _slot["synced_at"].__set__
+_s_status = _slot["status"].__set__
+_s_attempts = _slot["attempts"].__set__
+_s_error = _slot["last_error"].__set__
+_s_encoded = _slot["_encoded"].__set__
+_s_explicit = _slot["_explicit"].__set__
+
+
+def _build(
+    cls: type[WALEntry],
+    entry_id: uuid.UUID,
+    operation: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    key: str,
+    checksum: str,
+    created_at: datetime,
+    lsn: int | None,
+    synced_at: datetime | None,
+    status: WALEntryStatus,
+    attempts: int,
+    last_error: str | None,
+    encoded: tuple[list[Any], dict[str, Any]] | None,
+    explicit: bool | None,
+) -> WALEntry:
+    """A ``WALEntry`` with every slot given (no validation: the append path's constructor)."""
+    e = _new_object(cls)
+    _s_id(e, entry_id)
+    _s_op(e, operation)
+    _s_args(e, args)
+    _s_kwargs(e, kwargs)
+    _s_key(e, key)
+    _s_checksum(e, checksum)
+    _s_created(e, created_at)
+    _s_lsn(e, lsn)
+    _s_synced(e, synced_at)
+    _s_status(e, status)
+    _s_attempts(e, attempts)
+    _s_error(e, last_error)
+    _s_encoded(e, encoded)
+    _s_explicit(e, explicit)
+    return e

@@ -164,6 +164,6 @@ class WALDatabaseError(WALError):
 
     hint = "see `atb wal status`; transient errors are retried, permanent ones become FAILED"
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, hint: str | None = None) -> None:
         self.transient = transient
-        super().__init__(message)
+        super().__init__(message, hint=hint)

@@ -13,7 +13,7 @@ from cli._common import WalContext
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # a file is refused by the config, in one line
     default=None,
     help="The log directory (overrides WAL_DIR; default data/wal).",
 )

@@ -19,17 +19,21 @@ from cli._common import AtbError, echo_json, get_config, wal_errors
     help="Where to measure (a scratch directory is made inside and removed). "
     "Default: the log directory, or its nearest existing parent.",
 )
-@click.option("--quick", is_flag=True, help="A few seconds, rough figures (else ~30 s).")
+@click.option(
+    "--quick", is_flag=True, help="One round, rough figures (else three interleaved rounds)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 @wal_errors
 def bench(ctx: click.Context, bench_dir: Path | None, quick: bool, as_json: bool) -> None:
     """Measure fsync cost, group commit and the log's throughput on this disk.
 
-    Runs the raw fdatasync limit and the log side by side in the same run (these
-    machines are noisy: ratios matter more than absolute figures) and prints advice on
-    WAL_FSYNC. Writes only inside a scratch directory it removes afterwards; the log
-    itself is not touched.
+    Answers "fsync every trade, or batch?" for this disk: measures the disk's own
+    write + fdatasync and the log side by side in the same run (one thread, 8 and 64
+    concurrent writers, append_many, WAL_FSYNC=interval), then says what to choose and
+    what each choice costs here. Writes only inside a scratch directory it removes
+    afterwards; the log itself is not touched. It takes seconds to a minute, depending
+    on the disk (--quick: one round).
 
     \b
     Examples:
@@ -49,6 +53,4 @@ def bench(ctx: click.Context, bench_dir: Path | None, quick: bool, as_json: bool
     if as_json:
         echo_json(result.to_dict())
         return
-    click.echo(result.markdown())
-    click.echo("")
-    click.echo(result.advice())
+    click.echo(result.report())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli._common import get_config
+from cli._common import get_config, require_log_dir, wal_errors
 from cli.commands.wal_inspect import show_entries
 from wal.entry import WALEntryStatus
 
@@ -19,6 +19,7 @@ from wal.entry import WALEntryStatus
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON array.")
 @click.pass_context
+@wal_errors
 def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List FAILED entries: those the database refused WAL_MAX_RETRIES times.
 
@@ -32,6 +33,16 @@ def failed(ctx: click.Context, limit: int, as_json: bool) -> None:
       atb wal failed --json | jq '.[].last_error'
     """
     config = get_config(ctx)
-    n = show_entries(config, [WALEntryStatus.FAILED], None, None, limit, as_json, show_error=True)
+    require_log_dir(config)
+    n = show_entries(
+        config,
+        [WALEntryStatus.FAILED],
+        None,
+        None,
+        limit,
+        as_json,
+        show_error=True,
+        empty="no FAILED entries (no dead letters)",
+    )
     if n and not as_json:
         click.echo("retry with `atb wal retry ID` (or --all); give up with `atb wal discard ID`")

@@ -15,6 +15,8 @@ from cli._common import (
     get_config,
     one_line,
     parse_time,
+    require_log_dir,
+    wal_errors,
 )
 from wal.config import WALConfig
 from wal.entry import WALEntry, WALEntryStatus
@@ -60,6 +62,7 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> d
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON array.")
 @click.pass_context
+@wal_errors
 def inspect_entries(
     ctx: click.Context,
     statuses: tuple[str, ...],
@@ -83,6 +86,7 @@ def inspect_entries(
       atb wal inspect --limit 0 --json > entries.json
     """
     config = get_config(ctx)
+    require_log_dir(config)
     wanted = [WALEntryStatus(s.lower()) for s in statuses] or None
     show_entries(config, wanted, operation, since, limit, as_json, show_error=False)
 
@@ -96,6 +100,7 @@ def show_entries(
     as_json: bool,
     *,
     show_error: bool,
+    empty: str = "no matching entries",
 ) -> int:
     """Print the matching entries (table or JSON); return how many were printed."""
     try:
@@ -121,7 +126,7 @@ def show_entries(
     if show_error:
         header = (*header, "LAST ERROR")
     if not rows:
-        click.echo("no matching entries")
+        click.echo(empty)
         return 0
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     for r in [header, *rows]:

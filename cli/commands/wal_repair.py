@@ -11,6 +11,7 @@ from cli._common import (
     get_config,
     locked_message,
     one_line,
+    require_log_dir,
     wal_errors,
 )
 from wal.errors import WALCorruptionError, WALLockedError
@@ -44,7 +45,7 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
       atb wal --dir /var/lib/atb/wal repair --yes --json
     """
     config = get_config(ctx)
-    directory = config.directory
+    directory = require_log_dir(config)
     try:
         before = verify_log(directory)
     except WALCorruptionError as exc:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from cli._common import (
     EXIT_UNREADABLE,
@@ -20,6 +18,8 @@ from cli._common import (
     get_config,
     lock_state,
     one_line,
+    require_log_dir,
+    wal_errors,
 )
 from wal.config import WALConfig, mask_url
 from wal.errors import WALCorruptionError, WALError
@@ -33,17 +33,21 @@ MANAGER_STATUS_FILE = "manager-status.json"  # written by wal.sync.manager.WALMa
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
 @click.option("--no-db", is_flag=True, help="Do not try to connect to the database.")
 @click.pass_context
+@wal_errors
 def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     """Show the log's health: entries by status, lock owner, database, sync thread.
 
     Opens the log read-only: works while a trading process holds it. The running
     process's own view (breaker, last sync, rate) is shown when it has published
-    <WAL_DIR>/manager-status.json.
+    <WAL_DIR>/manager-status.json; a view whose process is gone is labelled STALE.
+    The last `atb wal sync` run is shown apart (last-cli-sync.json).
 
     Exit code: 0 healthy; 1 when more entries are pending than
     WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older than
-    WAL_PENDING_ALERT_AGE, any entry is FAILED, or the running process reported a
-    log write failure; 2 when the log cannot be read (corrupt or missing).
+    WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a log
+    write failure, the last segment ends in a torn tail while no writer holds the
+    log, or the database is not the one the log records; 2 when the log cannot be
+    read (corrupt or missing).
 
     \b
     --json prints one object with these stable fields (new fields may be added;
@@ -55,13 +59,18 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
       oldest_pending_age_seconds  age of the oldest unapplied entry, or null
       fsync                       {mode, p50_us, p99_us}; latencies from the
                                   running process when it published them, else null
-      recovery                    what opening found (defects, torn tail bytes...)
+      recovery                    what a normal open would find: defects, torn tail
+                                  bytes (torn_tail_bytes), ...
       lock                        {owner_pid, owner_alive, held}: the writer
-      database                    {url (password masked), reachable (true/false,
-                                  null with --no-db), error}
-      manager                     the running process's view or null: last_sync_at,
-                                  last_error, breaker_state, pending, failed,
-                                  applied_per_second, updated_at, age_seconds, ...
+      database                    {url (password masked), reachable (a write-capable
+                                  round trip: true/false, null with --no-db), error,
+                                  checked, database_id, log_database, matches_log}
+      manager                     the running process's view or null: pid,
+                                  pid_alive, stale, last_sync_at, last_error,
+                                  breaker_state, pending, failed,
+                                  applied_per_second (a 60 s average),
+                                  updated_at, age_seconds, ...
+      last_cli_sync               the last `atb wal sync` result or null
       health                      {exit_code, problems: [one line each]}
     When the log cannot be read: {directory, error, health} and exit code 2.
 
@@ -72,24 +81,21 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
       atb wal --dir /var/lib/atb/wal status --no-db
     """
     config = get_config(ctx)
-    directory = config.directory
-    lock = lock_state(directory) if directory.is_dir() else LockState(None, None, None)
+    directory = require_log_dir(config)
+    lock = lock_state(directory)
     try:
         stats = _read_stats(config, lock)
     except (WALError, OSError) as exc:
-        message = one_line(str(exc))
-        if as_json:
-            echo_json(
-                {
-                    "directory": str(directory),
-                    "error": message,
-                    "health": {"exit_code": EXIT_UNREADABLE, "problems": [message]},
-                }
-            )
-        raise AtbError(message, EXIT_UNREADABLE) from None
-    manager = read_manager_status(directory)
-    database = _database(config.database_url, no_db)
+        raise AtbError(one_line(str(exc)), EXIT_UNREADABLE) from None
+    from wal.sync.status import CLI_SYNC_FILE, read_view
+
+    manager = read_view(directory)
+    if manager is not None and "pid_alive" in manager and lock.held is False:
+        manager["stale"] = True  # no process holds the log: whoever published it is gone
+    cli_sync = read_view(directory, CLI_SYNC_FILE)
+    database = _database(config, no_db)
     doc = _document(config, stats, lock, database, manager)
+    doc["last_cli_sync"] = cli_sync
     if as_json:
         echo_json(doc)
     else:
@@ -116,25 +122,9 @@ def _read_stats(config: WALConfig, lock: LockState) -> StorageStats:
 
 def read_manager_status(directory: Path) -> dict[str, Any] | None:
     """The running manager's published view, with its age; None when there is none."""
-    path = directory / MANAGER_STATUS_FILE
-    try:
-        data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        return {"error": f"unreadable {MANAGER_STATUS_FILE}: {exc}"}
-    if not isinstance(data, dict):
-        return {"error": f"unreadable {MANAGER_STATUS_FILE}: not an object"}
-    age = None
-    try:
-        updated = datetime.fromisoformat(str(data["updated_at"]))
-        if updated.tzinfo is None:
-            updated = updated.replace(tzinfo=UTC)
-        age = max(0.0, (datetime.now(UTC) - updated).total_seconds())
-    except (KeyError, ValueError):
-        pass
-    data["age_seconds"] = age
-    return data
+    from wal.sync.status import read_view
+
+    return read_view(directory)
 
 
 def _sqlite_missing(url: str) -> str | None:
@@ -155,14 +145,33 @@ def _sqlite_missing(url: str) -> str | None:
     return None
 
 
-def _database(url: str, skip: bool) -> dict[str, Any]:
-    """Try a real connection (``DatabaseManager.ping``), bounded by a deadline."""
-    out: dict[str, Any] = {"url": mask_url(url), "reachable": None, "error": None}
+def _database(config: WALConfig, skip: bool) -> dict[str, Any]:
+    """Try a real write-capable round trip (``DatabaseManager.ping(write=True)``) within
+    ``WAL_DB_TIMEOUT_MS``, and compare the database's id with the one the log records."""
+    from wal.sync.identity import mismatch, read_target
+
+    url = config.database_url
+    out: dict[str, Any] = {
+        "url": mask_url(url),
+        "reachable": None,
+        "error": None,
+        "checked": None,
+        "database_id": None,
+        "log_database": None,
+        "matches_log": None,
+    }
+    try:
+        target = read_target(config.directory)
+    except ValueError as exc:
+        target = None
+        out["log_database"] = {"error": one_line(str(exc))}
+    if target is not None:
+        out["log_database"] = target.to_dict()
     if skip:
         return out
     missing = _sqlite_missing(url)
     if missing is not None:
-        out.update(reachable=False, error=missing)
+        out.update(reachable=False, error=missing, matches_log=False if target else None)
         return out
     result: dict[str, Any] = {}
     done = threading.Event()
@@ -171,9 +180,15 @@ def _database(url: str, skip: bool) -> dict[str, Any]:
         try:
             from wal.db import DatabaseManager
 
-            db = DatabaseManager(url)
+            db = DatabaseManager(url, timeout_ms=config.db_timeout_ms)
             try:
-                db.ping()
+                result["checked"] = (
+                    "BEGIN IMMEDIATE (the write lock), rolled back"
+                    if db.dialect == "sqlite"
+                    else "SELECT 1 in a read-write transaction, rolled back"
+                )
+                db.ping(write=True)
+                result["database_id"] = db.database_id()
             finally:
                 db.dispose()
             result["ok"] = True
@@ -187,9 +202,15 @@ def _database(url: str, skip: bool) -> dict[str, Any]:
     if not done.wait(DB_CHECK_TIMEOUT_S):
         out.update(reachable=False, error=f"no answer within {DB_CHECK_TIMEOUT_S:.0f} s")
     elif result.get("ok"):
-        out["reachable"] = True
+        out.update(reachable=True, database_id=result.get("database_id"))
+        if target is not None:
+            why = mismatch(target, url, out["database_id"])
+            out["matches_log"] = why is None
+            if why is not None:
+                out["error"] = why
     else:
         out.update(reachable=False, error=mask_url(str(result.get("error"))))
+    out["checked"] = result.get("checked")
     return out
 
 
@@ -216,7 +237,16 @@ def _document(
             f"{fmt_age(config.pending_alert_age_seconds)}): is anything syncing?"
         )
     if failed:
-        problems.append(f"{failed} FAILED entries: see `atb wal failed`")
+        noun = "entry" if failed == 1 else "entries"
+        problems.append(f"{failed} FAILED {noun}: see `atb wal failed`")
+    torn = stats.recovery.torn_tail_bytes
+    if torn and lock.held is not True:
+        problems.append(
+            f"a torn tail of {torn} bytes ends the last segment (a crash, or a damaged last "
+            "record): the next open cuts it; `atb wal verify` shows it"
+        )
+    if database.get("matches_log") is False:
+        problems.append(f"the configured database is not the log's: {database['error']}")
     if manager and manager.get("log_failed"):
         problems.append(f"the trading process reported a log failure: {manager['log_failed']}")
     m = manager or {}
@@ -259,6 +289,8 @@ def _print_table(doc: dict[str, Any], config: WALConfig) -> None:
         ("database", _db(doc["database"])),
         ("manager", _manager(doc["manager"], config)),
     ]
+    if doc.get("last_cli_sync"):
+        rows.append(("cli sync", _cli_sync(doc["last_cli_sync"])))
     problems = doc["health"]["problems"]
     rows.append(("health", "OK" if not problems else "PROBLEM: " + "; ".join(problems)))
     width = max(len(k) for k, _ in rows)
@@ -278,6 +310,8 @@ def _fsync(f: dict[str, Any]) -> str:
 
 def _recovery(r: dict[str, Any]) -> str:
     parts = []
+    if r.get("torn_tail_bytes") and not r.get("truncated_bytes"):
+        parts.append(f"torn tail of {r['torn_tail_bytes']} bytes (a normal open cuts it)")
     if r.get("defects"):
         parts.append(f"{len(r['defects'])} defects: {r['defects'][0]}")
     if r.get("lsn_gaps"):
@@ -295,8 +329,23 @@ def _db(db: dict[str, Any]) -> str:
     if db["reachable"] is None:
         return f"{db['url']} (not checked)"
     if db["reachable"]:
-        return f"{db['url']} reachable"
+        text = f"{db['url']} reachable, writable ({db['checked']})"
+        if db.get("matches_log") is False:
+            text += f"; NOT THE LOG'S DATABASE: {db['error']}"
+        return text
     return f"{db['url']} UNREACHABLE: {db['error']}"
+
+
+def _cli_sync(c: dict[str, Any]) -> str:
+    if "updated_at" not in c:
+        return str(c.get("error"))
+    text = (
+        f"{c['updated_at']} ({fmt_age(c.get('age_seconds'))} ago): applied {c.get('applied')}, "
+        f"still pending {c.get('pending')}"
+    )
+    if c.get("error"):
+        text += f", stopped by: {c['error']}"
+    return text
 
 
 def _manager(m: dict[str, Any] | None, config: WALConfig) -> str:
@@ -305,13 +354,18 @@ def _manager(m: dict[str, Any] | None, config: WALConfig) -> str:
     if "error" in m and "updated_at" not in m:
         return str(m["error"])
     age = m.get("age_seconds")
-    stale = age is not None and age > max(60.0, 10 * config.sync_interval)
+    pid = m.get("pid")
+    if m.get("stale"):
+        label = f" (STALE: process {pid} is not running; its last view)"
+    elif age is not None and age > max(60.0, 10 * config.sync_interval):
+        label = " (stale: is the process still running?)"
+    else:
+        label = ""
     parts = [
-        f"updated {fmt_age(age)} ago"
-        + (" (stale: is the process still running?)" if stale else ""),
+        (f"pid {pid}, " if pid is not None else "") + f"updated {fmt_age(age)} ago" + label,
         f"breaker {m.get('breaker_state', '?')}",
         f"last sync {m.get('last_sync_at') or 'never'}",
-        f"{float(m.get('applied_per_second') or 0):.1f} applied/s",
+        f"{float(m.get('applied_per_second') or 0):.1f} applied/s (60 s average)",
     ]
     if m.get("last_error"):
         parts.append(f"last error: {m['last_error']}")

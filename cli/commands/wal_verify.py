@@ -12,6 +12,8 @@ from cli._common import (
     get_config,
     lock_state,
     one_line,
+    require_log_dir,
+    wal_errors,
 )
 from wal.errors import WALError
 from wal.log.verify import verify_log
@@ -20,6 +22,7 @@ from wal.log.verify import verify_log
 @click.command(short_help="Check every checksum; list every defect.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
+@wal_errors
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check the checksum of every record and the LSN chain; list every defect.
 
@@ -37,6 +40,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
       atb wal --dir /var/lib/atb/wal verify --json
     """
     config = get_config(ctx)
+    require_log_dir(config)
     try:
         report = verify_log(config.directory)
     except (WALError, OSError) as exc:
@@ -54,9 +58,12 @@ def verify(ctx: click.Context, as_json: bool) -> None:
             f"({report.entries} entries), {fmt_bytes(report.bytes)}, {lsns}"
         )
         for d in report.defects:
-            guess = ""
-            if d.lsn is not None or d.entry_id is not None:
-                guess = f" (probably LSN {d.lsn}, entry {d.entry_id})"
+            legible = [
+                f"LSN {d.lsn}" if d.lsn is not None else "",
+                (f"entry {d.entry_id}" if d.entry_id is not None else ""),
+            ]
+            known = ", ".join(x for x in legible if x)
+            guess = f" (still legible: {known})" if known else ""
             click.echo(f"DEFECT  {d}{guess}")
         for note in report.notes:
             click.echo(f"note    {note}")

@@ -25,11 +25,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
 from wal.db.classify import describe_error, is_transient
-from wal.db.operations import INSERT_ONLY, OPERATIONS
+from wal.db.operations import INSERT_ONLY
+from wal.db.operations import OPERATIONS as _BASE_OPERATIONS
+from wal.db.orders import ORDER_OPERATIONS
 from wal.db.schema import bulk_binder, wal_applied
 from wal.entry import WALEntry, utc_now
 
 __all__ = ["ApplyResult", "applied_in", "apply_batch"]
+
+# every effect ``apply`` may run: the trading operations and the order journal's
+OPERATIONS = {**_BASE_OPERATIONS, **ORDER_OPERATIONS}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from wal.errors import WALDatabaseError
 
-__all__ = ["RecordNotFoundError", "is_transient"]
+__all__ = ["RecordNotFoundError", "describe_error", "is_transient"]
 
 _MAX_ERROR_LEN: Final = 500
 

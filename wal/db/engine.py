@@ -1,11 +1,20 @@
 """Engines and connections for the reference ``DatabaseManager``: URL checks, SQLite pragmas
 (WAL journal, ``synchronous=FULL``, busy timeout, ``BEGIN IMMEDIATE`` for writers) and
-PostgreSQL connection settings (connect timeout, lock timeout).
+PostgreSQL connection settings (connect timeout, lock timeout, statement timeout).
+
+Timeouts. ``Timeouts.ms`` bounds how long one database call may wait: the SQLite busy timeout,
+and PostgreSQL's ``connect_timeout`` (rounded up to whole seconds, at least 1),
+``lock_timeout`` and ``statement_timeout``. ``None`` keeps the defaults below (a plain
+``DatabaseManager``). The log's apply path sets it from ``WAL_DB_TIMEOUT_MS``
+(``WALConfig.db_timeout_ms``) so that a database outage costs a critical call at most that
+long before the entry falls back to the log. Every new connection reads the current value.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,7 +32,9 @@ __all__ = [
     "PG_LOCK_TIMEOUT_MS",
     "READ_ONLY",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "Timeouts",
     "make_engine",
+    "sqlite_file",
 ]
 
 DEFAULT_URL: Final = "sqlite:///data/atb.db"
@@ -39,6 +50,42 @@ PG_LOCK_TIMEOUT_MS: Final = 30_000
 """How long a PostgreSQL statement waits for a row lock before failing (transient, 55P03),
 so that a lock that is never released (say, the same account updated from inside its own
 ``with atomic_balance_update()`` block) is an error instead of a hang."""
+
+
+@dataclass
+class Timeouts:
+    """How long one database call may wait, in milliseconds (None: the defaults above).
+
+    Read by every new connection: change ``ms``, then dispose the engine's pool.
+    """
+
+    ms: int | None = None
+
+    def sqlite_busy_ms(self) -> int:
+        return SQLITE_BUSY_TIMEOUT_MS if self.ms is None else self.ms
+
+    def pg_connect_args(self) -> dict[str, Any]:
+        if self.ms is None:
+            return {
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
+            }
+        return {
+            # libpq counts whole seconds (and treats 1 as 2); at least 1
+            "connect_timeout": max(1, math.ceil(self.ms / 1000)),
+            "options": f"-c lock_timeout={self.ms} -c statement_timeout={self.ms}",
+        }
+
+
+def sqlite_file(given: str) -> Path | None:
+    """The database file a SQLite URL names (None: not SQLite, in memory, or a ``file:`` URI).
+
+    Raises ``WALConfigError`` for a URL that cannot be parsed.
+    """
+    url = _engine_url(given)
+    if url.get_backend_name() != "sqlite":
+        return None
+    return _sqlite_file(url)
 
 
 def _engine_url(given: str) -> URL:
@@ -99,7 +146,7 @@ def _prepare_sqlite_file(path: Path) -> None:
 READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
 
 
-def _install_sqlite_listeners(engine: Engine) -> None:
+def _install_sqlite_listeners(engine: Engine, timeouts: Timeouts) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # sqlite3 must not issue its own BEGIN (it would break SAVEPOINTs); the "begin" hook
@@ -111,7 +158,7 @@ def _install_sqlite_listeners(engine: Engine) -> None:
             # In WAL mode, NORMAL may lose a commit on power loss; FULL syncs the WAL on each
             # commit, so an entry marked applied really is in the database.
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout={int(timeouts.sqlite_busy_ms())}")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
             cur.close()
@@ -124,12 +171,16 @@ def _install_sqlite_listeners(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def make_engine(given: str, *, echo: bool = False) -> tuple[Engine, str]:
+def make_engine(
+    given: str, *, echo: bool = False, timeouts: Timeouts | None = None
+) -> tuple[Engine, str]:
     """An engine for the URL ``given`` and its dialect name (``"sqlite"`` or ``"postgresql"``).
 
     A SQLite file's missing parent directories are created 0700 and the file 0600; an
-    in-memory SQLite database is one shared connection (one thread at a time).
+    in-memory SQLite database is one shared connection (one thread at a time). ``timeouts``
+    (read by each new connection) bounds how long a call waits; see ``Timeouts``.
     """
+    timeouts = timeouts if timeouts is not None else Timeouts()
     engine_url = _engine_url(given)
     dialect = engine_url.get_backend_name()
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
@@ -143,12 +194,14 @@ def make_engine(given: str, *, echo: bool = False) -> tuple[Engine, str]:
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"] = {"check_same_thread": False}
     else:
-        kwargs["connect_args"] = {
-            "connect_timeout": PG_CONNECT_TIMEOUT_S,
-            "application_name": "atb-wal",
-            "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
-        }
+        kwargs["connect_args"] = {"application_name": "atb-wal", **timeouts.pg_connect_args()}
     engine = sa.create_engine(engine_url, **kwargs)
     if dialect == "sqlite":
-        _install_sqlite_listeners(engine)
+        _install_sqlite_listeners(engine, timeouts)
+    else:
+
+        @event.listens_for(engine, "do_connect")
+        def _timeouts(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
+            cparams.update(timeouts.pg_connect_args())  # the value now, not at creation
+
     return engine, dialect

@@ -178,12 +178,14 @@ def op_update_position(
     take_profit: Decimal | None = None,
     quantity: Decimal | None = None,
     current_price: Decimal | None = None,
+    entry_price: Decimal | None = None,
 ) -> None:
     given = {
         "stop_loss": valid_opt_positive(stop_loss, "stop_loss"),
         "take_profit": valid_opt_positive(take_profit, "take_profit"),
         "quantity": valid_opt_positive(quantity, "quantity"),
         "current_price": valid_opt_positive(current_price, "current_price"),
+        "entry_price": valid_opt_positive(entry_price, "entry_price"),  # averaged-in orders
     }
     values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     pid = _lock_open_position(conn, position_id)

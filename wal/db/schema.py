@@ -5,7 +5,8 @@ Tables (created on first use)
 ``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
 its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
 ``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
-operation, applied_at).
+operation, applied_at), and ``wal_database_id``, one row holding a random id that names this
+database (the log records it, and refuses to drain into a database with another id).
 
 Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
 no decimal type and would round through float). Values come back as ``Decimal`` with 10
@@ -44,6 +45,7 @@ __all__ = [
     "trades",
     "trading_sessions",
     "wal_applied",
+    "wal_database_id",
 ]
 
 _SCALE: Final = 10  # decimal places kept for money
@@ -209,6 +211,16 @@ wal_applied = sa.Table(
     sa.Column("lsn", sa.BigInteger(), nullable=True),
     sa.Column("operation", sa.String(_MAX_ID_LEN), nullable=False),
     sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# One row (key 1): a random id given to this database the first time the log applies to it.
+# A backup carries it; another database has another id (or none), so the log can tell them apart.
+wal_database_id = sa.Table(
+    "wal_database_id",
+    metadata,
+    sa.Column("key", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("database_id", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # --------------------------------------------------------------------------- validation

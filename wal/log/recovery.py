@@ -202,8 +202,10 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect) -> int:
 
     rep = store.recovery_report
     text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
-    if store.readonly:
-        return d.offset  # a writer may be in the middle of this very record
+    rep.torn_tail_bytes += len(torn)
+    if store.readonly:  # a writer may be in the middle of this very record: report, keep
+        rep.defects.append(text + f" (torn tail of {len(torn)} bytes: a normal open cuts it)")
+        return d.offset
     if torn.strip(b"\x00"):
         broken = path.with_name(path.name + BROKEN_SUFFIX)
         n = 1

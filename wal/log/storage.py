@@ -20,6 +20,7 @@ and runs :mod:`wal.log.compaction`. Both are plain functions that work on a ``Lo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno as errno_mod
 import logging
@@ -29,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from wal.crashpoints import crash_point
+from wal.crashpoints import ARMED, crash_point
 from wal.entry import WALEntry, WALEntryStatus, utc_now
 from wal.errors import (
     WALClosedError,
@@ -65,6 +66,7 @@ from wal.log.record import (
 from wal.log.recovery import recover
 from wal.log.report import RecoveryReport
 from wal.log.segment import DIR_MODE, FILE_MODE, SegmentInfo, segment_header, segment_name
+from wal.log.waiters import AsyncWaiters
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
@@ -103,7 +105,7 @@ class _Group:
     latch is made only when a second writer joins: a lone appender needs none.
     """
 
-    __slots__ = ("durable", "error", "latch", "led", "records")
+    __slots__ = ("durable", "error", "latch", "led", "records", "waiters")
 
     def __init__(self) -> None:
         self.records: list[IndexRecord] = []
@@ -111,6 +113,7 @@ class _Group:
         self.led = False
         self.latch: threading.Lock | None = None
         self.error: BaseException | None = None
+        self.waiters: AsyncWaiters | None = None  # coroutines of append_async, by loop
 
     def join(self) -> None:
         """A member joins (lock held): make the latch, held until ``finish``."""
@@ -125,9 +128,24 @@ class _Group:
         self.latch.release()  # hand on to the next member
 
     def finish(self) -> None:
-        """The group is flushed (or failed): wake its members."""
+        """The group is flushed (or failed): wake its members, threads and coroutines."""
         if self.latch is not None:
             self.latch.release()
+        if self.waiters is not None:
+            self.waiters.settle(self.error)
+
+
+# What a coroutine hands the flush thread: its loop and future, its entries, their bodies
+# (serialized, no LSN yet), id hashes, explicit-key hashes and status codes.
+_Staged = tuple[
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[int]",
+    list[WALEntry],
+    list[bytes],
+    list[int],
+    list[int | None],
+    list[int],
+]
 
 
 class WALStorage(LogReader):
@@ -180,9 +198,17 @@ class WALStorage(LogReader):
         # stats
         self._fsync_count = 0
         self._fsync_ns: deque[int] = deque(maxlen=4096)
+        # called with each fsync's duration in ns (e.g. a Prometheus histogram); must not raise
+        self.fsync_observers: list[Callable[[int], None]] = []
         self.recovery_report = RecoveryReport(mode=opts.recovery)
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
+        # append_async: coroutines stage their records here; one flush thread commits them
+        self._stage_cond = threading.Condition(threading.Lock())  # held only to swap the list
+        self._staged: list[_Staged] = []
+        self._stage_closed = False
+        self._flusher: threading.Thread | None = None
+        self._flusher_idle = False  # the flush thread waits on _stage_cond for work
         self._open()
 
     # ------------------------------------------------------------------ opening
@@ -369,6 +395,122 @@ class WALStorage(LogReader):
         finally:
             self._append_done()
         return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
+
+    # ------------------------------------------------------------------ writing from asyncio
+
+    async def append_async(self, entry: WALEntry) -> WALEntry:
+        """``append`` for asyncio: return the entry with its LSN once it is durable.
+
+        The entry is serialized on the loop and staged; one flush thread commits whatever
+        coroutines staged meanwhile as one group (one ``write``, one ``fdatasync``) and
+        resolves their futures on the loop: the loop never waits for the disk, and the next
+        flush starts as soon as the previous one ends. Thread and coroutine appenders share
+        one LSN order and the same group commit.
+
+        Cancellation does not cancel the write: a cancelled ``append_async`` may still become
+        durable (and be replayed). Give the entry an ``idempotency_key`` and look it up
+        (``find_by_idempotency_key``) to learn whether it is in the log.
+        """
+        return (await self.append_many_async([entry]))[0]
+
+    async def append_many_async(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
+        """``append_many`` for asyncio (see ``append_async``): all or none acknowledged."""
+        entries = list(entries)
+        if not entries:
+            return []
+        if self._failed is not None or self._closed or self.readonly:
+            self._check_writable()  # fail fast; the flush thread checks again under the lock
+        bodies = [self._entry_body(e) for e in entries]  # serialize on the loop, no lock
+        hashes = [uuid_hash(e.entry_id) for e in entries]
+        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
+        codes = [STATUS_CODE[e.status] for e in entries]
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        with self._stage_cond:  # held for a list append: never across I/O
+            if self._stage_closed:
+                raise WALClosedError("the log is closed")
+            self._staged.append((loop, fut, entries, bodies, hashes, key_hashes, codes))
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_staged_loop, name="wal-async-flush", daemon=True
+                )
+                self._flusher.start()
+            elif self._flusher_idle:
+                self._flusher_idle = False
+                self._stage_cond.notify()
+        first = await fut  # resolved only after the fdatasync of these records returned
+        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
+
+    def _flush_staged_loop(self) -> None:
+        """The flush thread: commit everything staged since the last flush, as one group."""
+        while True:
+            with self._stage_cond:
+                while not self._staged and not self._stage_closed:
+                    self._flusher_idle = True
+                    self._stage_cond.wait()
+                self._flusher_idle = False
+                items, self._staged = self._staged, []
+            if not items:
+                return  # closing, and nothing is left staged
+            self._commit_staged(items)
+
+    def _commit_staged(self, items: list[_Staged]) -> None:
+        """Give staged appends their LSNs, join the open group, commit it (flush thread)."""
+        waiters = AsyncWaiters()
+        refused = AsyncWaiters()  # duplicates: refused alone, the rest of the group goes on
+        records: list[IndexRecord] = []
+        with self._mutex:
+            error: BaseException | None = None
+            try:
+                self._check_writable()
+            except WALError as exc:
+                error = exc
+            if error is not None:
+                for loop, fut, *_ in items:
+                    refused.add(loop, fut, None)
+                refused.settle(error)
+                return
+            ids: set[uuid.UUID] = set()
+            for loop, fut, entries, bodies, hashes, key_hashes, codes in items:
+                dup = next(
+                    (
+                        e
+                        for e, h in zip(entries, hashes, strict=True)
+                        if e.entry_id in ids or (self._bloom_has(h) and self._has_id(e.entry_id))
+                    ),
+                    None,
+                )
+                if dup is not None:
+                    bad = AsyncWaiters()
+                    bad.add(loop, fut, None)
+                    bad.settle(ValueError(f"entry {dup.entry_id} is already in the log"))
+                    continue
+                ids.update(e.entry_id for e in entries)
+                first = self._next_lsn
+                self._next_lsn = first + len(entries)
+                for lsn, body, code, h, kh in zip(
+                    range(first, first + len(entries)),
+                    bodies,
+                    codes,
+                    hashes,
+                    key_hashes,
+                    strict=True,
+                ):
+                    line = encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:]))
+                    records.append((lsn, line, code, h, kh, 0, 0))
+                waiters.add(loop, fut, first)
+            if not records:
+                return
+            group, lead = self._enqueue(records)
+            # settled by whoever finishes the group: after its fdatasync, or with its error
+            assert group.waiters is None  # this thread joins a group once, then waits for it
+            group.waiters = waiters
+        try:
+            # the group's error, if any, reached every waiter through its future
+            with contextlib.suppress(BaseException):
+                self._commit(group, lead)
+        finally:
+            self._append_done()
 
     @staticmethod
     def _entry_body(e: WALEntry) -> bytes:
@@ -582,12 +724,14 @@ class WALStorage(LogReader):
         seg = self._segments[-1]
         off = self._seg_size
         write_all(self._fs, self._fd, data)
-        crash_point("append-after-write")
+        if ARMED:  # a constant: the crash tests' hook costs nothing in production
+            crash_point("append-after-write")
         if sync:
             t0 = time.perf_counter_ns()
             self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
             self._record_fsync(time.perf_counter_ns() - t0)
-            crash_point("append-after-fsync")
+            if ARMED:
+                crash_point("append-after-fsync")
         self._seg_size = seg.size = off + len(data)
         seg.end = batch[-1][0]
         return off
@@ -595,6 +739,8 @@ class WALStorage(LogReader):
     def _record_fsync(self, ns: int) -> None:
         self._fsync_count += 1
         self._fsync_ns.append(ns)
+        for observe in self.fsync_observers:
+            observe(ns)
 
     def _rotate(self, first: int) -> None:
         """Seal the active segment and start a new one at ``first``. Leader only."""
@@ -733,6 +879,12 @@ class WALStorage(LogReader):
         """Flush what was written (``interval`` mode), release the lock. Idempotent."""
         if self._closed:
             return
+        with self._stage_cond:
+            self._stage_closed = True  # later append_async calls are refused
+            flusher, self._flusher = self._flusher, None
+            self._stage_cond.notify()
+        if flusher is not None:
+            flusher.join()  # it commits what coroutines staged before the close, then ends
         self._stop_syncer.set()
         if self._syncer is not None:
             self._syncer.join()

@@ -42,6 +42,7 @@ from wal.db.manager import DatabaseManager
 from wal.entry import OperationType, WALEntry
 from wal.errors import WALConfigError, WALDatabaseError, WALSerializationError
 from wal.log.storage import WALStorage
+from wal.sync.apply import transient_error
 from wal.sync.breaker import BreakerState
 from wal.sync.manager import Receipt, WALManager
 from wal.sync.overlay import BalanceReader, Overlay, PositionsReader
@@ -344,6 +345,25 @@ class DurableDatabaseManager:
     ) -> Any:
         return self._critical("end_trading_session", args, kwargs, idempotency_key)[2]
 
+    # the order journal (wal.orders.OrderJournal writes these; keys are the client order id,
+    # "<client order id>:<seq>" and "fill:<execution id>", so a retried write is one entry)
+
+    def record_order_intent(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1)."""
+        return self._critical("record_order_intent", (), kwargs, idempotency_key)[2]
+
+    def record_order_event(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an order's state change durably."""
+        return self._critical("record_order_event", (), kwargs, idempotency_key)[2]
+
+    def record_order_fill(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Journal an execution durably, with the trade and position change it makes."""
+        return self._critical("record_order_fill", (), kwargs, idempotency_key)[2]
+
+    def record_order_anchor(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        """Critical: an anchor (seq, hash) of the order audit chain (``wal.orders.audit``)."""
+        return self._critical("record_order_anchor", (), kwargs, idempotency_key)[2]
+
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:
@@ -409,7 +429,7 @@ class DurableDatabaseManager:
                 with m.apply_lock:  # two separate reads: no batch may commit between them
                     return fresh()
             except Exception as exc:
-                if not _transient(exc):
+                if not transient_error(exc):
                     raise
                 m.breaker.failure()  # a read that cannot connect is evidence of an outage
         value = kept()
@@ -511,10 +531,3 @@ def _check_same_database(db: Any, config: WALConfig) -> None:
             "config with DurableDatabaseManager.from_config(config)",
         )
 
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, WALDatabaseError):
-        return exc.transient
-    from wal.db.classify import is_transient
-
-    return is_transient(exc)

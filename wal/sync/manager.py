@@ -31,118 +31,34 @@ no operation is acknowledged, or applied, without being durable in the log first
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import os
 import random
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
-
-import orjson
+from dataclasses import replace
+from typing import Any
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
-from wal.errors import WALDatabaseError, WALError, WALWriteError
+from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
-from wal.sync.breaker import BreakerState, CircuitBreaker, backoff_delay
+from wal.sync.apply import Applier, ApplyObserver, BatchAborted
+from wal.sync.breaker import BreakerState, backoff_delay
+from wal.sync.metrics import MetricsServer, figures_of
+from wal.sync.results import Receipt, SyncResult
+from wal.sync.status import MANAGER_STATUS_FILE, manager_stats, publish_status
 
-__all__ = ["MANAGER_STATUS_FILE", "ApplyObserver", "Receipt", "SyncResult", "WALManager"]
+__all__ = ["MANAGER_STATUS_FILE", "Receipt", "SyncResult", "WALManager"]
 
 log = logging.getLogger("wal.sync.manager")
 
-MANAGER_STATUS_FILE = "manager-status.json"
 _CRITICAL = frozenset(op.value for op in OperationType)
 _UNFINISHED = (WALEntryStatus.PENDING, WALEntryStatus.SYNCING)
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What ``write`` hands back. ``status`` COMPLETED: applied, ``result`` is the database
-    method's return value. PENDING: durable in the log, to be applied by the sync thread.
-    ``duplicate``: the idempotency key was seen before; this is the first write's receipt."""
-
-    entry_id: uuid.UUID
-    lsn: int
-    operation: str
-    idempotency_key: str
-    status: WALEntryStatus
-    result: Any = None
-    error: str | None = None
-    duplicate: bool = False
-
-    @property
-    def applied(self) -> bool:
-        return self.status is WALEntryStatus.COMPLETED
-
-    @property
-    def pending(self) -> bool:
-        return self.status in _UNFINISHED
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    """Counts of one drain (``force_sync`` or a pass of the sync thread)."""
-
-    applied: int = 0
-    duplicates: int = 0
-    failed: int = 0  # became FAILED (dead letters) in this drain
-    errors: int = 0  # permanent errors that will be retried
-    pending: int = 0  # still unfinished after the drain
-    seconds: float = 0.0
-    error: str | None = None  # the transient error that stopped the drain, if any
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass
-class _Outcome:
-    status: WALEntryStatus
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass
-class _Counters:
-    applied: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    errors: int = 0
-    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
-
-
-class ApplyObserver(Protocol):
-    """Told when a batch is about to be applied and when it ended (the read overlay)."""
-
-    def batch_starting(self, batch: Sequence[WALEntry]) -> None: ...
-
-    def batch_finished(
-        self,
-        batch: Sequence[WALEntry],
-        statuses: dict[uuid.UUID, WALEntryStatus],
-        unsure: set[uuid.UUID],
-    ) -> None: ...
-
-
-class _BatchAborted(Exception):
-    """A transient database error stopped a batch (nothing, or all of it, committed)."""
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, WALDatabaseError):
-        return exc.transient
-    from wal.db.classify import is_transient  # SQLAlchemy is imported only when needed
-
-    return is_transient(exc)
 
 
 class WALManager:
@@ -155,37 +71,34 @@ class WALManager:
         config: WALConfig | None = None,
         *,
         rng: Callable[[float, float], float] = random.uniform,
+        publish_status: bool = True,
     ) -> None:
         self.storage = storage
         self.db = db
         self.config = config if config is not None else WALConfig.from_env()
-        self.breaker = CircuitBreaker(
-            self.config.breaker_failure_threshold, self.config.breaker_cooldown_seconds
-        )
-        self.exactly_once = callable(getattr(db, "apply", None))
+        # the apply path's own short timeout (WAL_DB_TIMEOUT_MS), when the db supports one
+        set_timeout = getattr(db, "set_timeout_ms", None)
+        if callable(set_timeout):
+            set_timeout(self.config.db_timeout_ms)
+        # False: a one-off run (`atb wal sync`) must not overwrite the engine's published view
+        self._publish = publish_status
+        self._metrics: MetricsServer | None = None
+        self._applier = Applier(storage, db, self.config)
+        self.breaker = self._applier.breaker
+        self.exactly_once = self._applier.exactly_once
         self._rng = rng
-        # one applier at a time (the sync thread, force_sync, or a write applying inline)
-        self._apply_lock = threading.RLock()
         self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._keys_lock = threading.Lock()
         self._receipts: OrderedDict[str, Receipt] = OrderedDict()
         self._inflight: dict[str, threading.Event] = {}
-        self._counters = _Counters()
-        self._attempt = 0  # consecutive transient failures (backoff exponent)
-        self._last_sync_at: datetime | None = None
-        self._last_error: str | None = None
-        self._fatal: WALWriteError | None = None
-        self._alerted_count = False
-        self._alerted_age = False
         self._write_hooks: list[Callable[[WALEntry], None]] = []
-        self._observers: list[ApplyObserver] = []
-        self._told = False  # the observers heard how the current batch ended
-        # entries of batches aborted by a transient error: committed or not, nobody knows
-        # until the ledger is asked (the ambiguous commit); read overlays must ask it
-        self.maybe_applied: set[uuid.UUID] = set()
+
+    @property
+    def maybe_applied(self) -> set[uuid.UUID]:
+        """Entries of batches aborted by a transient error: the ledger decides (see apply)."""
+        return self._applier.maybe_applied
 
     # ------------------------------------------------------------------ writing
 
@@ -214,24 +127,77 @@ class WALManager:
         idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Receipt:
-        """``write`` for asyncio engines: the fsync and the database call run in a worker
-        thread, never on the event loop; concurrent coroutines share one fsync."""
+        """``write`` for asyncio engines: the entry joins the log's group commit on the loop
+        (``WALStorage.append_async``: concurrent coroutines share one fsync, done by the
+        log's flush thread); the database apply, if the breaker lets it, runs in a worker
+        thread. The loop never waits for the disk or the database.
+
+        Cancelling the coroutine does not cancel the write: the entry may still be durable
+        and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
+        same call finds it (and returns its receipt, ``duplicate=True``).
+        """
+        entry = WALEntry.create(operation, args, kwargs, idempotency_key)
+        if idempotency_key is None:
+            return await self._write_new_async(entry)
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._keys_lock:
+                hit = self._receipts.get(idempotency_key)
+                if hit is not None:
+                    self._receipts.move_to_end(idempotency_key)
+                    return replace(hit, duplicate=True)
+                waiting = self._inflight.get(idempotency_key)
+                if waiting is None:
+                    done = self._inflight[idempotency_key] = threading.Event()
+                    break
+            # another writer has this key in flight: wait for it off the loop (rare)
+            await loop.run_in_executor(self._apply_executor(), waiting.wait)
+        try:
+            found = self.storage.find_by_idempotency_key(idempotency_key)
+            if found is not None:
+                receipt = self._receipt(found, found.status)
+                self._remember(idempotency_key, receipt)
+                return replace(receipt, duplicate=True)
+            receipt = await self._write_new_async(entry)
+            self._remember(idempotency_key, receipt)
+            return receipt
+        finally:
+            with self._keys_lock:
+                del self._inflight[idempotency_key]
+            done.set()
+
+    async def _write_new_async(self, entry: WALEntry) -> Receipt:
+        if self._applier.fatal is not None:
+            raise self._applier.fatal
+        try:
+            e = await self.storage.append_async(entry)  # durable on return
+        except WALWriteError as exc:
+            self._applier.fatal = exc
+            raise
+        for hook in self._write_hooks:
+            hook(e)
+        crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
+        if self.breaker.state is not BreakerState.CLOSED:
+            self._wake.set()
+            return self._receipt(e, WALEntryStatus.PENDING)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apply_executor(), self._apply_through, e)
+
+    def _apply_executor(self) -> ThreadPoolExecutor:
+        """The threads that apply ``write_async`` entries to the database (made on first use)."""
         if self._executor is None:
             with self._keys_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(64, thread_name_prefix="wal-write")
-        call = functools.partial(
-            self.write, operation, *args, idempotency_key=idempotency_key, **kwargs
-        )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+                    self._executor = ThreadPoolExecutor(8, thread_name_prefix="wal-apply")
+        return self._executor
+
+    def add_apply_observer(self, observer: ApplyObserver) -> None:
+        """Tell ``observer`` when each batch starts and how it ends (see ``ApplyObserver``)."""
+        self._applier.observers.append(observer)
 
     def add_write_hook(self, hook: Callable[[WALEntry], None]) -> None:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
         self._write_hooks.append(hook)
-
-    def add_apply_observer(self, observer: ApplyObserver) -> None:
-        """Tell ``observer`` when each batch starts and ends (see ``ApplyObserver``)."""
-        self._observers.append(observer)
 
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while True:
@@ -267,12 +233,12 @@ class WALManager:
                 self._receipts.popitem(last=False)
 
     def _write_new(self, entry: WALEntry) -> Receipt:
-        if self._fatal is not None:
-            raise self._fatal
+        if self._applier.fatal is not None:
+            raise self._applier.fatal
         try:
             e = self.storage.append(entry)  # durable on return; a WALWriteError halts trading
         except WALWriteError as exc:
-            self._fatal = exc
+            self._applier.fatal = exc
             raise
         for hook in self._write_hooks:
             hook(e)
@@ -292,7 +258,7 @@ class WALManager:
         if backlog > limit:  # the sync thread drains it; do not read it back on every write
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
-        with self._apply_lock:
+        with self._applier.apply_lock:
             batch = []
             for p in self.storage.get_pending_entries(limit=limit + 1):
                 if p.lsn is not None and p.lsn > e.lsn:
@@ -306,8 +272,8 @@ class WALManager:
                 self._wake.set()
                 return self._receipt(e, WALEntryStatus.PENDING)
             try:
-                outcomes = self._apply_batch(batch)
-            except _BatchAborted:
+                outcomes = self._applier.apply_batch(batch)
+            except BatchAborted:
                 self._wake.set()
                 return self._receipt(e, WALEntryStatus.PENDING)
         out = outcomes[e.entry_id]
@@ -326,157 +292,11 @@ class WALManager:
         assert e.lsn is not None
         return Receipt(e.entry_id, e.lsn, e.operation, e.idempotency_key, status, result, error)
 
-    # ------------------------------------------------------------------ applying
-
-    def _apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, _Outcome]:
-        """Apply a batch (apply lock held), record the statuses durably, return outcomes.
-
-        Raises ``_BatchAborted`` on a transient database error (the breaker counts it) and
-        ``WALWriteError`` when the log cannot record the statuses.
-        """
-        for o in self._observers:
-            o.batch_starting(batch)  # reads ask the ledger about these entries until the end
-        self._told = False
-        try:
-            outcomes = self._apply_and_record(batch)
-        except BaseException:
-            if not self._told:
-                # the batch may have committed (an ambiguous COMMIT): maybe applied
-                self._tell_finished(batch, {}, {e.entry_id for e in batch})
-            raise
-        crash_point("manager.after_status_before_ack")  # recorded; the writer not yet answered
-        return outcomes
-
-    def _tell_finished(
-        self,
-        batch: Sequence[WALEntry],
-        statuses: dict[uuid.UUID, WALEntryStatus],
-        unsure: set[uuid.UUID],
-    ) -> None:
-        self._told = True
-        for o in self._observers:
-            o.batch_finished(batch, statuses, unsure)
-
-    def _apply_and_record(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, _Outcome]:
-        if self.exactly_once:
-            outcomes = self._apply_exactly_once(batch)
-        else:
-            outcomes = self._apply_at_least_once(batch)
-        crash_point("manager.after_apply_before_status")  # committed, not yet COMPLETED in the log
-        changes: list[tuple[WALEntry, WALEntryStatus, str | None, int | None]] = []
-        c = self._counters
-        for e in batch:
-            out = outcomes.get(e.entry_id)
-            if out is None:
-                continue
-            if out.status is WALEntryStatus.COMPLETED:
-                changes.append((e, out.status, None, e.attempts))
-                continue
-            attempts = e.attempts + 1
-            if attempts >= self.config.max_retries:
-                out.status = WALEntryStatus.FAILED
-                c.failed += 1
-                log.error(
-                    "dead letter: entry %s (lsn %s, %s) failed %d times: %s",
-                    e.entry_id,
-                    e.lsn,
-                    e.operation,
-                    attempts,
-                    out.error,
-                )
-            else:
-                out.status = WALEntryStatus.PENDING
-                c.errors += 1
-            changes.append((e, out.status, out.error, attempts))
-        done = sum(1 for o in outcomes.values() if o.status is WALEntryStatus.COMPLETED)
-        if done:
-            c.recent.append((time.monotonic(), done))  # for applied_per_second
-        # With the ledger, a lost COMPLETED mark only causes a replay that the ledger skips:
-        # such marks ride on the next flush's fsync instead of an fsync of their own.
-        durable = not self.exactly_once or any(
-            st is not WALEntryStatus.COMPLETED for _, st, _, _ in changes
-        )
-        maybe = self.maybe_applied
-        # the overlay learns the outcome before the log: reads need not wait for the fsync
-        self._tell_finished(
-            batch,
-            {e.entry_id: st for e, st, _, _ in changes},
-            {e.entry_id for e in batch if e.entry_id not in outcomes and e.entry_id in maybe},
-        )
-        try:
-            # any other outcome is acknowledged only once it is durable in the log
-            self.storage.update_statuses(changes, durable=durable)
-        except WALWriteError as exc:
-            self._fatal = exc
-            raise
-        self._last_sync_at = datetime.now(UTC)
-        return outcomes
-
-    def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, _Outcome]:
-        try:
-            results = self.db.apply(list(batch))
-        except Exception as exc:
-            if not _is_transient(exc):
-                log.exception("apply of a batch failed without a per-entry result")
-            self._note_transient(exc)
-            self.maybe_applied.update(e.entry_id for e in batch)
-            raise _BatchAborted from exc
-        self._note_success()
-        self.maybe_applied.difference_update(e.entry_id for e in batch)
-        outcomes: dict[uuid.UUID, _Outcome] = {}
-        for e, r in zip(batch, results, strict=True):
-            if r.outcome == "applied":
-                self._counters.applied += 1
-                outcomes[e.entry_id] = _Outcome(WALEntryStatus.COMPLETED, r.value)
-            elif r.outcome == "duplicate":
-                self._counters.duplicates += 1
-                outcomes[e.entry_id] = _Outcome(WALEntryStatus.COMPLETED)
-            else:
-                outcomes[e.entry_id] = _Outcome(WALEntryStatus.PENDING, error=r.error)
-        return outcomes
-
-    def _apply_at_least_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, _Outcome]:
-        # mark them first, so a crash between the call and the COMPLETED record is visible
-        fresh = [e for e in batch if e.status is not WALEntryStatus.SYNCING]
-        self.storage.update_statuses((e, WALEntryStatus.SYNCING, None, e.attempts) for e in fresh)
-        outcomes: dict[uuid.UUID, _Outcome] = {}
-        for e in batch:
-            if e.operation not in _CRITICAL:  # never call a method named by log contents
-                outcomes[e.entry_id] = _Outcome(
-                    WALEntryStatus.PENDING, error=f"unknown operation {e.operation!r}"
-                )
-                continue
-            try:
-                value = getattr(self.db, e.operation)(*e.args, **e.kwargs)
-            except Exception as exc:
-                if _is_transient(exc):
-                    self.maybe_applied.add(e.entry_id)
-                    self._note_transient(exc)
-                    if not outcomes:
-                        raise _BatchAborted from exc
-                    break  # the ones done so far are recorded below
-                outcomes[e.entry_id] = _Outcome(WALEntryStatus.PENDING, error=repr(exc))
-                continue
-            self._note_success()
-            self._counters.applied += 1
-            outcomes[e.entry_id] = _Outcome(WALEntryStatus.COMPLETED, value)
-        return outcomes
-
-    def _note_transient(self, exc: BaseException) -> None:
-        self.breaker.failure()
-        self._attempt += 1
-        self._last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        log.warning("database unavailable (%s); entries stay in the log", self._last_error)
-
-    def _note_success(self) -> None:
-        self.breaker.success()
-        self._attempt = 0
-
     # ------------------------------------------------------------------ draining
 
     def force_sync(self) -> SyncResult:
         """Drain now, in this thread, ignoring the breaker's cooldown. Returns counts."""
-        return self._drain(force=True)
+        return self._applier.drain(force=True)
 
     def drain(self, timeout: float | None = None) -> int:
         """Apply pending entries until none is left or ``timeout`` seconds passed (None: no
@@ -486,8 +306,8 @@ class WALManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
         while True:
-            if self._fatal is not None:
-                raise self._fatal
+            if self._applier.fatal is not None:
+                raise self._applier.fatal
             left = self.force_sync().pending
             now = time.monotonic()
             if left == 0 or (deadline is not None and now >= deadline):
@@ -501,83 +321,33 @@ class WALManager:
             attempt += 1
             time.sleep(delay if deadline is None else min(delay, deadline - now))
 
-    def _drain(self, *, force: bool = False) -> SyncResult:
-        t0 = time.monotonic()
-        c = self._counters
-        before = (c.applied, c.duplicates, c.failed, c.errors)
-        error = None
-        after_lsn = 0
-        while not (self._stopping.is_set() and not force):
-            if not force and not self.breaker.allow():
-                error = self._last_error
-                break
-            # the lock is taken per batch: a writer applying inline waits for one batch at most
-            with self._apply_lock:
-                batch = list(  # background: appenders coming back from fsync go first
-                    self.storage.get_pending_entries(
-                        after_lsn=after_lsn, limit=self.config.batch_size, background=True
-                    )
-                )
-                if not batch:
-                    break
-                try:
-                    outcomes = self._apply_batch(batch)
-                except _BatchAborted:
-                    error = self._last_error
-                    break
-            force = False  # the probe went through; the breaker governs from here
-            # entries that stay PENDING after a permanent error wait for the next drain
-            if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
-                after_lsn = max(e.lsn or 0 for e in batch)
-        applied = c.applied - before[0]
-        pending = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
-            WALEntryStatus.SYNCING
-        )
-        result = SyncResult(
-            applied=applied,
-            duplicates=c.duplicates - before[1],
-            failed=c.failed - before[2],
-            errors=c.errors - before[3],
-            pending=pending,
-            seconds=time.monotonic() - t0,
-            error=error,
-        )
-        self._check_alerts(pending)
-        return result
-
-    def _check_alerts(self, pending: int) -> None:
-        """Warn once per crossing of the pending-count and oldest-age thresholds."""
-        over = pending > self.config.pending_alert_threshold
-        if over and not self._alerted_count:
-            log.warning(
-                "%d entries pending (threshold %d): the database is behind",
-                pending,
-                self.config.pending_alert_threshold,
-            )
-        self._alerted_count = over
-        age = self.storage.get_stats().oldest_pending_age_seconds if pending else None
-        old = age is not None and age > self.config.pending_alert_age_seconds
-        if old and not self._alerted_age:
-            log.warning("the oldest pending entry is %.0f s old", age)
-        self._alerted_age = old
-
     # ------------------------------------------------------------------ the thread
 
     def start(self) -> None:
         """Start the background sync thread (idempotent)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self._stopping.clear()
+        self._applier.stopping.clear()
         self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
         self._thread.start()
         self._wake.set()  # replay what a previous run left pending, now
+        if self.config.metrics_port is not None and self._metrics is None:
+            try:
+                self._start_metrics(self.config.metrics_port, self.config.metrics_address)
+            except OSError as exc:  # monitoring must never stop trading
+                log.error(
+                    "cannot serve metrics on %s:%d (WAL_METRICS_PORT): %s",
+                    self.config.metrics_address,
+                    self.config.metrics_port,
+                    exc,
+                )
 
     def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
         """Stop the thread (waiting up to ``timeout`` for it). Whatever is not applied stays
         durable in the log. ``drain=True`` first drains (``drain(timeout)``). Returns how many
         entries are left pending."""
         left = self.drain(timeout) if drain else 0
-        self._stopping.set()
+        self._applier.stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -585,6 +355,11 @@ class WALManager:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._metrics is not None:
+            metrics, self._metrics = self._metrics, None
+            self.storage.fsync_observers.remove(metrics.observe_fsync)
+            self._write_hooks.remove(metrics.count_append)
+            metrics.close()
         self._publish_status()
         if not drain:
             try:
@@ -602,22 +377,22 @@ class WALManager:
     @property
     def apply_lock(self) -> threading.RLock:
         """Held while entries are applied; hold it to see the database and the log agree."""
-        return self._apply_lock
+        return self._applier.apply_lock
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        while not self._applier.stopping.is_set():
             self._wake.wait(self._next_delay())
             self._wake.clear()
-            if self._stopping.is_set():
+            if self._applier.stopping.is_set():
                 break
             try:
-                self._drain()
+                self._applier.drain()
             except WALWriteError as exc:
-                self._fatal = exc
+                self._applier.fatal = exc
                 log.critical("the log failed; the sync thread stops: %s", exc)
                 break
             except Exception:
@@ -625,10 +400,10 @@ class WALManager:
             self._publish_status()
 
     def _next_delay(self) -> float:
-        if self._attempt == 0:
+        if self._applier.attempt == 0:
             return self.config.sync_interval
         delay = backoff_delay(
-            self._attempt - 1,
+            self._applier.attempt - 1,
             self.config.backoff_base_seconds,
             self.config.backoff_max_seconds,
             self._rng,
@@ -639,44 +414,25 @@ class WALManager:
 
     def get_stats(self) -> dict[str, Any]:
         """Pending, failed, oldest pending age, last sync and error, breaker, rates."""
-        st = self.storage.get_stats()
-        c = self._counters
-        now = time.monotonic()
-        window = [n for t, n in c.recent if now - t <= 60.0]
-        return {
-            "pending": st.entries["pending"] + st.entries["syncing"],
-            "failed": st.entries["failed"],
-            "completed": st.entries["completed"],
-            "oldest_pending_age_seconds": st.oldest_pending_age_seconds,
-            "last_sync_at": None if self._last_sync_at is None else self._last_sync_at.isoformat(),
-            "last_error": self._last_error,
-            "breaker_state": self.breaker.state.value,
-            "applied_total": c.applied,
-            "duplicates_total": c.duplicates,
-            "failed_total": c.failed,
-            "applied_per_second": sum(window) / 60.0,
-            "fsync_p50_us": st.fsync_p50_us,
-            "fsync_p99_us": st.fsync_p99_us,
-            "exactly_once": self.exactly_once,
-            "running": self.running,
-            "log_failed": None if self._fatal is None else str(self._fatal),
-            "updated_at": datetime.now(UTC).isoformat(),
-        }
+        return manager_stats(self._applier, running=self.running)
 
     def _publish_status(self) -> None:
         """Write ``manager-status.json`` for ``atb wal status`` in another process."""
-        if self.storage.readonly:
-            return
-        try:
-            data = orjson.dumps(self.get_stats(), option=orjson.OPT_INDENT_2)
-            path = Path(self.storage.directory) / MANAGER_STATUS_FILE
-            tmp = path.with_suffix(".json.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            # informational only: an atomic rename, no fsync (losing it on power loss is fine)
-            os.replace(tmp, path)
-        except Exception:
-            log.debug("could not publish manager status", exc_info=True)
+        if self._publish:
+            publish_status(self.storage, self.get_stats)
+
+    # ------------------------------------------------------------------ metrics
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on while running (None: not served)."""
+        return None if self._metrics is None else self._metrics.port
+
+    def _start_metrics(self, port: int, address: str) -> None:
+        def read() -> dict[str, Any]:
+            return figures_of(self.storage.get_stats().to_dict(), self.get_stats())
+
+        self._metrics = MetricsServer(read, port, address)
+        self.storage.fsync_observers.append(self._metrics.observe_fsync)
+        self._write_hooks.append(self._metrics.count_append)
+        log.info("serving metrics on http://%s:%d/metrics", address, self._metrics.port)

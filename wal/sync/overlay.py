@@ -51,7 +51,8 @@ _BAL = OperationType.BALANCE_UPDATE.value
 _NEW_POS = OperationType.LOG_POSITION.value
 _UPD_POS = OperationType.UPDATE_POSITION.value
 _CLOSE_POS = OperationType.CLOSE_POSITION.value
-_POSITION_OPS = frozenset({_NEW_POS, _UPD_POS, _CLOSE_POS})
+_ORDER_FILL = OperationType.ORDER_FILL.value  # carries its position changes in position_ops
+_POSITION_OPS = frozenset({_NEW_POS, _UPD_POS, _CLOSE_POS, _ORDER_FILL})
 _DONE = (WALEntryStatus.COMPLETED, WALEntryStatus.FAILED)
 _ZERO = Decimal(0)
 
@@ -83,6 +84,8 @@ def _effect(entry: WALEntry) -> _Effect | None:
             return None
         account = str(entry.kwargs.get("account", "default"))
         return _Effect(str(entry.entry_id), lsn, account, _dec(delta), None)
+    if entry.operation == _ORDER_FILL and entry.kwargs.get("position_ops"):
+        return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
     if entry.operation in _POSITION_OPS and entry.kwargs.get("position_id") is not None:
         return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
     return None
@@ -161,21 +164,30 @@ class Overlay:
 
     @staticmethod
     def apply_position(positions: dict[str, dict[str, Any]], entry: WALEntry) -> None:
-        kw = entry.kwargs
+        if entry.operation == _ORDER_FILL:  # an order fill: its position operations, in order
+            for op in entry.kwargs.get("position_ops") or []:
+                Overlay.apply_position_op(positions, str(op["op"]), op["kwargs"])
+            return
+        Overlay.apply_position_op(positions, entry.operation, entry.kwargs)
+
+    @staticmethod
+    def apply_position_op(
+        positions: dict[str, dict[str, Any]], operation: str, kw: dict[str, Any]
+    ) -> None:
         pid = kw.get("position_id")
         if pid is None:
             return
         pid = str(pid)
-        if entry.operation == _NEW_POS:
+        if operation == _NEW_POS:
             row = dict(kw)
             row["position_id"] = pid
             row.setdefault("status", "open")
             positions[pid] = row
-        elif entry.operation == _UPD_POS:
+        elif operation == _UPD_POS:
             row_ = positions.get(pid)
             if row_ is not None:
                 row_.update({k: v for k, v in kw.items() if v is not None and k != "position_id"})
-        elif entry.operation == _CLOSE_POS:
+        elif operation == _CLOSE_POS:
             positions.pop(pid, None)
 
     # -------------------------------------------------------------- feeding

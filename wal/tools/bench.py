@@ -21,6 +21,7 @@ the log really writes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -42,9 +43,12 @@ from typing import Any
 
 import orjson
 
+from wal.config import WALConfig
+from wal.db.manager import DatabaseManager
 from wal.entry import WALEntry, WALEntryStatus
 from wal.log.options import FsyncMode
 from wal.log.storage import WALStorage
+from wal.sync.manager import WALManager
 from wal.tools.bench_results import (
     DiskBenchResult,
     Measurement,
@@ -293,6 +297,146 @@ def bench_wal_append_many(directory: Path, batches: int, batch: int = 1000) -> M
         latency="call",
     )
     return latency_row(m, lat)
+
+
+def bench_raw_preallocated(directory: Path, n_records: int, record_bytes: int) -> Measurement:
+    """``os.pwrite`` of one record then ``os.fdatasync``, into a file given its space first
+    (``posix_fallocate``): the fsync need not commit a new file size. What a log with
+    preallocated segments could reach (this one does not preallocate yet)."""
+    rec = (b"x" * (record_bytes - 1)) + b"\n"
+    path = directory / "raw-prealloc.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    lat: list[int] = []
+    try:
+        os.posix_fallocate(fd, 0, n_records * len(rec))
+        os.fsync(fd)  # the allocation itself is durable before the timed writes
+        t0 = time.perf_counter()
+        for i in range(n_records):
+            s = time.perf_counter_ns()
+            os.pwrite(fd, rec, i * len(rec))
+            os.fdatasync(fd)  # every record durable before the next, as in raw_per_record
+            lat.append(time.perf_counter_ns() - s)
+        secs = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        path.unlink()
+    m = Measurement(
+        "raw_prealloc_per_record",
+        "limit",
+        "os.pwrite + fdatasync per record into a preallocated file",
+        n_records,
+        secs,
+        1,
+        1,
+        per_s=n_records / secs,
+    )
+    return latency_row(m, lat)
+
+
+def bench_create(n: int) -> Measurement:
+    """``WALEntry.create`` of a realistic trade (the caller's cost before any append)."""
+    rows = [make_trade(i).kwargs for i in range(min(n, 1000))]
+    lat: list[int] = []
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        s = time.perf_counter_ns()
+        for kw in rows[: n - done]:
+            WALEntry.create("log_trade", kwargs=kw)
+        lat.append((time.perf_counter_ns() - s) // min(len(rows), n - done))
+        done += min(len(rows), n - done)
+    secs = time.perf_counter() - t0
+    m = Measurement("entry_create", "this project", "WALEntry.create (a trade)", n, secs, 1, 1)
+    m.per_s = n / secs
+    m.note = f"{secs / n * 1e6:.2f} µs per entry"
+    m.latency = "none"
+    return m
+
+
+def _gather_calls(
+    coroutines: int, items: list[list[Any]], call: Callable[[Any], Any]
+) -> tuple[float, list[int]]:
+    """``await call(item)`` for ``items[i]`` in coroutine ``i``, all on one event loop."""
+    lats: list[list[int]] = [[] for _ in range(coroutines)]
+
+    async def one(i: int, start: asyncio.Event) -> None:
+        out = lats[i]
+        clock = time.perf_counter_ns
+        await start.wait()
+        for item in items[i]:
+            s = clock()
+            await call(item)
+            out.append(clock() - s)
+
+    async def main() -> float:
+        start = asyncio.Event()
+        tasks = [asyncio.ensure_future(one(i, start)) for i in range(coroutines)]
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        start.set()
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - t0
+
+    secs = asyncio.run(main())
+    return secs, [x for lat in lats for x in lat]
+
+
+def bench_wal_async(directory: Path, coroutines: int, total: int) -> Measurement:
+    """``await append_async`` of single trades from ``coroutines`` coroutines on one loop."""
+    per = max(1, total // coroutines)
+    work = [[make_trade(i * per + j) for j in range(per)] for i in range(coroutines)]
+    d = fresh_dir(directory, f"wal-async-{coroutines}")
+    with WALStorage(d) as log:
+        secs, lat = _gather_calls(coroutines, work, log.append_async)
+        fsyncs = log.get_stats().fsync_count
+    shutil.rmtree(d)
+    n = per * coroutines
+    m = Measurement(
+        f"wal_async_{coroutines}",
+        "this project",
+        f"WALStorage.append_async(), {coroutines} coroutines",
+        n,
+        secs,
+        coroutines,
+        1,
+        per_s=n / secs,
+    )
+    m.extra["fsyncs"] = fsyncs
+    return latency_row(m, lat)
+
+
+def bench_manager_async(directory: Path, coroutines: int, total: int) -> Measurement:
+    """``await WALManager.write_async`` with the database down (breaker open): log only."""
+    per = max(1, total // coroutines)
+    d = fresh_dir(directory, f"manager-async-{coroutines}")
+    kwargs = [[make_trade(i * per + j).kwargs for j in range(per)] for i in range(coroutines)]
+    cfg = WALConfig(directory=d / "wal", breaker_cooldown_seconds=3600.0)
+    db = DatabaseManager(f"sqlite:///{d / 'down.db'}")  # never called: the breaker is open
+    with WALStorage(cfg.directory, cfg.storage_options()) as log:
+        m = WALManager(log, db, cfg)
+        for _ in range(cfg.breaker_failure_threshold):
+            m.breaker.failure()  # the database is down: every write stays in the log
+
+        def write(kw: dict[str, Any]) -> Any:
+            return m.write_async("log_trade", **kw)
+
+        secs, lat = _gather_calls(coroutines, kwargs, write)
+        m.stop()
+    db.dispose()
+    shutil.rmtree(d)
+    n = per * coroutines
+    out = Measurement(
+        f"manager_async_{coroutines}",
+        "this project",
+        f"WALManager.write_async(), database down, {coroutines} coroutines",
+        n,
+        secs,
+        coroutines,
+        1,
+        per_s=n / secs,
+    )
+    out.note = "create + durable append + receipt (breaker open)"
+    return latency_row(out, lat)
 
 
 # ---------------------------------------------------------------------------- SQLite

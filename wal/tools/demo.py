@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -153,16 +153,6 @@ def _round_trip(ddb: DurableDatabaseManager, model: _Model, rng: random.Random, 
     return 6
 
 
-def _short_busy_timeout(db: DatabaseManager) -> None:
-    """Make SQLite give up on a locked database after 200 ms instead of 5 s (demo pace)."""
-
-    @sa.event.listens_for(db.engine, "connect")
-    def _busy(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=200")
-        cur.close()
-
-
 def run_demo(
     *,
     workdir: Path | None = None,
@@ -212,15 +202,15 @@ def run_demo(
         breaker_cooldown_seconds=0.5,
         backoff_base_seconds=0.1,
         backoff_max_seconds=0.5,
+        db_timeout_ms=200,  # WAL_DB_TIMEOUT_MS: how long a call waits for a database that is down
     )
-    db = DatabaseManager(connect_url)
-    if db.dialect == "sqlite":
-        _short_busy_timeout(db)
+    db = DatabaseManager(connect_url, timeout_ms=config.db_timeout_ms)
     ddb = DurableDatabaseManager(db, config=config)
     model = _Model()
     rng = random.Random(seed)
     echo(f"atb demo: a trading session through a database outage ({db.dialect})")
-    echo(f"  log: {wal_dir}")
+    where = " (temporary: removed at the end; pass --dir to keep it)" if tmp is not None else ""
+    echo(f"  log: {wal_dir}{where}")
     echo(f"  database: {result.database}")
     try:
         ddb.start()

@@ -1,0 +1,522 @@
+"""Startup reconciliation against the in-process paper broker: the note's test list.
+
+Real parts: a real log directory and database (SQLite, PostgreSQL where ``db_url`` is used),
+the ``PaperBroker`` with a ``FaultPlan``. Each "restart" closes the engine's log and
+database and opens new ones on the same files, with a new ``OrderManager`` and reconciler.
+Tiny backoffs (milliseconds), never seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from orders_helpers import Rig, broker_positions, buy, journal_positions, make_rig, run
+
+from wal.orders import (
+    BrokerOrder,
+    BrokerPosition,
+    ClientIdRules,
+    DedupScope,
+    Fault,
+    FaultPlan,
+    Fill,
+    OrderEvent,
+    OrderIntent,
+    OrderJournal,
+    OrderState,
+    PaperBroker,
+    ReconcilerConfig,
+    ReconciliationFatalError,
+    ReconciliationResult,
+    StartupReconciler,
+    TradingHalted,
+)
+from wal.orders.reconcile import emergency_stop_price, orphan_order_id
+from wal.orders.states import EventKind
+
+FAST = ReconcilerConfig(fetch_timeout=5.0, fetch_backoff=(0.001, 0.002, 0.004))
+RULES = ClientIdRules(dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0)
+ZERO = ReconciliationResult()
+
+
+def paper(**kw: object) -> PaperBroker:
+    return PaperBroker(seed=7, rules=RULES, **kw)  # type: ignore[arg-type]
+
+
+def restart(rig: Rig, tmp_path: Path, url: str | None = None) -> Rig:
+    rig.close()
+    return make_rig(tmp_path, rig.broker, url=url)
+
+
+def reconcile(rig: Rig, config: ReconcilerConfig = FAST, **kw: object) -> ReconciliationResult:
+    return run(StartupReconciler(rig.om, config).run(**kw))  # type: ignore[arg-type]
+
+
+def zeros(r: ReconciliationResult) -> bool:
+    return r.changes == 0 and not r.errors
+
+
+def active_stops(broker: PaperBroker, symbol: str) -> list[BrokerOrder]:
+    return [o for o in broker.open_orders() if o.symbol == symbol and o.order_type == "stop"]
+
+
+def external(broker: PaperBroker, side: str, qty: str, symbol: str = "AAPL", **kw: object) -> str:
+    """An order placed at the broker by someone else (no journal record)."""
+    intent = OrderIntent(symbol=symbol, side=side, quantity=Decimal(qty), **kw)  # type: ignore[arg-type]
+    return broker.submit(intent).broker_order_id
+
+
+# ---------------------------------------------------------------------------- halting
+
+
+def test_submit_is_halted_until_reconciliation_succeeds_cancel_is_not(tmp_path: Path) -> None:
+    broker = paper(auto_fill=False)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        resting = await rig.om.submit(buy("1", order_type="limit", limit_price=Decimal("90")))
+        rec = StartupReconciler(rig.om, FAST)
+        with pytest.raises(TradingHalted):
+            await rig.om.submit(buy("1"))
+        assert broker.submit_calls == 1
+        cancelled = await rig.om.cancel(resting.client_order_id)  # cancels still allowed
+        assert cancelled.state is OrderState.CANCELLED
+        result = await rec.run()
+        assert zeros(result), result
+        assert rig.om.halted is None
+        assert (await rig.om.submit(buy("1"))).state is OrderState.ACCEPTED
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("op", ["get_positions", "get_open_orders", "get_recent_orders"])
+def test_three_failing_fetches_are_fatal_and_submit_stays_refused(tmp_path: Path, op: str) -> None:
+    plan = FaultPlan().on(op, Fault.FETCH_FAILURE, times=3)
+    broker = paper(faults=plan)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        rec = StartupReconciler(rig.om, FAST)
+        with pytest.raises(ReconciliationFatalError, match="failed 3 times"):
+            await rec.run()
+        assert plan.calls(op) == 3
+        with pytest.raises(TradingHalted, match="reconciliation failed"):
+            await rig.om.submit(buy("1"))
+        assert broker.submit_calls == 0
+        assert (await rec.run()).changes == 0  # the broker is back: the next run succeeds
+        assert (await rig.om.submit(buy("1"))).state is OrderState.FILLED
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_two_failing_fetches_are_retried(tmp_path: Path) -> None:
+    plan = FaultPlan().on("get_positions", Fault.FETCH_FAILURE, times=2)
+    rig = make_rig(tmp_path, paper(faults=plan))
+    try:
+        assert zeros(reconcile(rig))
+        assert plan.calls("get_positions") == 3
+    finally:
+        rig.close()
+
+
+def test_an_unknown_broker_status_is_fatal(tmp_path: Path) -> None:
+    broker = paper(auto_fill=False)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        await rig.om.submit(buy("1", order_type="limit", limit_price=Decimal("90")))
+        broker.faults = FaultPlan().on("get_open_orders", Fault.UNKNOWN_STATUS)
+        with pytest.raises(ReconciliationFatalError, match="unknown broker order status"):
+            await StartupReconciler(rig.om, FAST).run()
+        with pytest.raises(TradingHalted):
+            await rig.om.submit(buy("1"))
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_the_fetches_run_in_parallel(tmp_path: Path) -> None:
+    class Barrier(PaperBroker):
+        """A paper broker whose list calls wait until all four have started."""
+
+        def __init__(self) -> None:
+            super().__init__(seed=1, rules=RULES)
+            self.barrier = asyncio.Barrier(4)
+
+        async def get_positions(self) -> list[BrokerPosition]:
+            await self.barrier.wait()
+            return await super().get_positions()
+
+        async def get_open_orders(self) -> list[BrokerOrder]:
+            await self.barrier.wait()
+            return await super().get_open_orders()
+
+        async def get_recent_orders(self, hours: float) -> list[BrokerOrder]:
+            await self.barrier.wait()
+            return await super().get_recent_orders(hours)
+
+        async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+            await self.barrier.wait()
+            return await super().get_fills(since)
+
+    rig = make_rig(tmp_path, Barrier())
+    try:  # sequential fetches would each wait for the others until their timeout
+        assert zeros(reconcile(rig, replace(FAST, fetch_attempts=1)))
+    finally:
+        rig.close()
+
+
+def test_emergency_stop_pct_is_validated() -> None:
+    for bad in (Decimal("0.004"), Decimal("0.11"), Decimal("-0.02"), Decimal("NaN"), 0.02):
+        with pytest.raises(ValueError, match="emergency_stop_pct"):
+            ReconcilerConfig(emergency_stop_pct=bad)  # type: ignore[arg-type]
+    assert ReconcilerConfig(emergency_stop_pct=Decimal("0.005")).emergency_stop_pct == Decimal(
+        "0.005"
+    )
+    assert ReconcilerConfig(emergency_stop_pct=Decimal("0.1")).emergency_stop_pct == Decimal("0.1")
+    assert ReconcilerConfig().emergency_stop_pct == Decimal("0.02")
+    assert emergency_stop_price(Decimal("100"), Decimal("5"), Decimal("0.02")) == Decimal("98.00")
+    assert emergency_stop_price(Decimal("100"), Decimal("-5"), Decimal("0.02")) == Decimal("102.00")
+    assert emergency_stop_price(Decimal("187.255"), Decimal("1"), Decimal("0.02")) == Decimal(
+        "183.509"
+    )
+
+
+# ---------------------------------------------------------------------------- phase 1
+
+
+def test_an_order_with_a_broker_id_takes_the_brokers_state(db_url: str, tmp_path: Path) -> None:
+    broker = paper(auto_fill=False)
+    rig = make_rig(tmp_path, broker, url=db_url)
+    run(rig.om.start())
+    resting = run(rig.om.submit(buy("3", order_type="limit", limit_price=Decimal("90"))))
+    assert resting.state is OrderState.ACCEPTED and resting.broker_order_id
+    broker.cancel(resting.broker_order_id)  # cancelled at the broker while we were down
+    rig = restart(rig, tmp_path, db_url)
+    try:
+        r = reconcile(rig)
+        assert r.orders_reconciled == 1 and r.changes == 1 and not r.errors, r
+        order = rig.om.get(resting.client_order_id)
+        assert order is not None and order.state is OrderState.CANCELLED
+        kinds = [e["kind"] for e in rig.om.journal.events(resting.client_order_id)]
+        assert kinds[-1] == EventKind.FORCED.value
+        writes = broker.write_calls()
+        assert zeros(reconcile(rig)) and broker.write_calls() == writes
+    finally:
+        rig.close()
+
+
+def test_an_order_without_a_broker_id_is_looked_up_by_client_id_not_failed(
+    tmp_path: Path,
+) -> None:
+    """The note marks these failed blindly; ours asks the broker first (nautilus#4958)."""
+    rules = ClientIdRules(dedup_scope=DedupScope.OPEN_ONLY, visibility_window_seconds=0)
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3)
+    )
+    broker = PaperBroker(seed=2, rules=rules, faults=plan)
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("4")))
+    assert order.state is OrderState.UNKNOWN and order.broker_order_id is None
+    rig = restart(rig, tmp_path)
+    try:
+        # the broker's 24 h history is empty here: only the lookup by client id can find it
+        r = reconcile(rig, replace(FAST, recent_hours=1e-9))
+        assert r.orders_adopted == 1 and r.fills_inferred == 1 and not r.errors, r
+        got = rig.om.get(order.client_order_id)
+        assert got is not None and got.state is OrderState.FILLED
+        assert (
+            got.broker_order_id
+            == broker.orders_with_client_id(order.client_order_id)[0].broker_order_id
+        )
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
+        assert len(broker.orders_with_client_id(order.client_order_id)) == 1
+        assert zeros(reconcile(rig, replace(FAST, recent_hours=1e-9)))
+    finally:
+        rig.close()
+
+
+def test_orders_never_sent_or_not_at_the_broker_become_submit_failed(tmp_path: Path) -> None:
+    broker = paper()
+    rig = make_rig(tmp_path, broker)
+    journal = OrderJournal(rig.ddb)
+    never_sent = buy("1")
+    journal.record_intent(never_sent)  # a crash right after the intent's fsync
+    lost = buy("2")
+    journal.record_intent(lost)  # ... and one after SUBMITTED, the request never arrived
+    journal.record_event(
+        OrderEvent(
+            lost.client_order_id, 2, EventKind.SUBMITTED, OrderState.SUBMITTING, datetime.now(UTC)
+        )
+    )
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        assert r.orders_reconciled == 2 and not r.errors, r
+        for i in (never_sent, lost):
+            o = rig.om.get(i.client_order_id)
+            assert o is not None and o.state is OrderState.SUBMIT_FAILED
+        assert broker.submit_calls == 0
+        assert plan_calls(broker, "get_order_by_client_id") == 2
+        assert zeros(reconcile(rig))
+    finally:
+        rig.close()
+
+
+def plan_calls(broker: PaperBroker, op: str) -> int:
+    return broker.faults.calls(op)
+
+
+def test_missing_fills_are_inferred_once_by_execution_id(tmp_path: Path) -> None:
+    broker = paper(
+        auto_fill=False, faults=FaultPlan(partial_fills=(Decimal("0.5"), Decimal("0.5")))
+    )
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("10")))
+    assert order.state is OrderState.ACCEPTED
+    broker.advance()
+    broker.advance()  # two executions while the engine was down
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        assert r.fills_inferred == 2 and r.orders_reconciled == 1, r
+        got = rig.om.get(order.client_order_id)
+        assert got is not None and got.state is OrderState.FILLED
+        assert got.filled_quantity == Decimal("10")
+        assert len(rig.ddb.db.get_trades()) == 2
+        r2 = reconcile(rig)
+        assert r2.fills_inferred == 0 and len(rig.ddb.db.get_trades()) == 2
+        assert journal_positions(rig.ddb) == broker_positions(broker.positions())
+    finally:
+        rig.close()
+
+
+def test_a_filled_report_without_a_price_is_critical_and_still_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = paper(auto_fill=False)
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("2", order_type="limit", limit_price=Decimal("90"))))
+    assert order.broker_order_id is not None
+    po = broker._orders[order.broker_order_id]  # the broker misreports: filled, no price
+    po.order = replace(po.order, status="filled", filled_quantity=Decimal("2"))
+    rig = restart(rig, tmp_path)
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="wal.orders.reconcile"):
+            r = reconcile(rig)
+        assert any("without a fill price" in e for e in r.errors), r
+        assert any(rec.levelno == logging.CRITICAL for rec in caplog.records)
+        got = rig.om.get(order.client_order_id)
+        assert got is not None and got.state is OrderState.FILLED  # the broker is the truth
+    finally:
+        rig.close()
+
+
+def test_unknown_open_orders_are_cancelled_a_protective_stop_is_adopted(tmp_path: Path) -> None:
+    broker = paper()
+    external(broker, "buy", "5")  # a position nobody journaled
+    stop = external(broker, "sell", "5", order_type="stop", stop_price=Decimal("95"))
+    stray = external(
+        broker, "buy", "7", symbol="MSFT", order_type="limit", limit_price=Decimal("50")
+    )
+    rig = make_rig(tmp_path, broker)
+    try:
+        r = reconcile(rig)
+        assert (r.orders_adopted, r.orphan_orders_canceled, r.orphans_detected) == (1, 1, 1), r
+        assert r.emergency_stops_placed == 0 and not r.errors, r
+        status = {o.broker_order_id: o.status for o in broker.all_orders()}
+        assert status[stray] == "canceled" and status[stop] == "new"
+        adopted = [o for o in rig.om.open_orders() if o.broker_order_id == stop]
+        assert len(adopted) == 1 and adopted[0].state is OrderState.ACCEPTED
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("5")}
+        writes = broker.write_calls()
+        assert zeros(reconcile(rig)) and broker.write_calls() == writes
+    finally:
+        rig.close()
+
+
+# ---------------------------------------------------------------------------- phase 2
+
+
+def test_an_orphan_over_three_restarts_in_one_day_is_one_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    broker = paper()
+    external(broker, "buy", "3", symbol="BTC-USD")
+    day = datetime.now(UTC)
+    rig = make_rig(tmp_path, broker, url=db_url)
+    try:
+        for attempt in range(3):
+            r = reconcile(rig)
+            assert r.orphans_detected == (1 if attempt == 0 else 0), r
+            rig = restart(rig, tmp_path, db_url)
+        orphans = [o for o in rig.om.journal.orders() if o.client_order_id.startswith("orphan-")]
+        assert [o.client_order_id for o in orphans] == [orphan_order_id("BTC-USD", day)]
+        assert orphans[0].client_order_id == f"orphan-BTC-USD-{day:%Y%m%d}"
+        assert orphans[0].state is OrderState.FILLED
+        assert journal_positions(rig.ddb) == {"BTC-USD": Decimal("3")}
+        assert len(active_stops(broker, "BTC-USD")) == 1
+    finally:
+        rig.close()
+
+
+def test_every_position_gets_one_emergency_stop_and_a_second_run_is_all_zeros(
+    db_url: str, tmp_path: Path
+) -> None:
+    broker = paper()
+    rig = make_rig(tmp_path, broker, url=db_url)
+    run(rig.om.start())
+    run(rig.om.submit(buy("10")))
+    run(rig.om.submit(OrderIntent(symbol="MSFT", side="sell", quantity=Decimal("4"))))
+    rig = restart(rig, tmp_path, db_url)
+    try:
+        r = reconcile(rig)
+        assert r.emergency_stops_placed == 2 and r.orphans_detected == 0 and not r.errors, r
+        (long_stop,) = active_stops(broker, "AAPL")
+        (short_stop,) = active_stops(broker, "MSFT")
+        assert (long_stop.side, long_stop.quantity, long_stop.stop_price) == (
+            "sell",
+            Decimal("10"),
+            Decimal("98.00"),
+        )
+        assert (short_stop.side, short_stop.quantity, short_stop.stop_price) == (
+            "buy",
+            Decimal("4"),
+            Decimal("102.00"),
+        )
+        assert long_stop.client_order_id.startswith("es-AAPL-")
+        writes = broker.write_calls()
+        second = reconcile(rig)
+        assert second == ZERO, second
+        assert broker.write_calls() == writes  # no write call to the broker
+        rig = restart(rig, tmp_path, db_url)
+        assert zeros(reconcile(rig)) and broker.write_calls() == writes
+    finally:
+        rig.close()
+
+
+def test_a_stop_rejected_three_times_closes_the_position_at_market(tmp_path: Path) -> None:
+    broker = paper()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    run(rig.om.submit(buy("6")))
+    broker.faults = FaultPlan().on("submit_order", Fault.REJECT, times=3)
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        assert r.emergency_stops_placed == 0 and r.positions_closed == 1, r
+        assert len([e for e in r.errors if "emergency stop" in e]) == 3
+        assert broker.submit_calls == 1 + 4
+        assert broker_positions(broker.positions()) == {}
+        assert journal_positions(rig.ddb) == {}
+        assert zeros(reconcile(rig))
+    finally:
+        rig.close()
+
+
+def test_a_stop_of_the_wrong_size_is_replaced_and_a_stale_one_cancelled(tmp_path: Path) -> None:
+    broker = paper()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    run(rig.om.submit(buy("5")))
+    run(rig.om.submit(buy("2", symbol="MSFT")))
+    rig = restart(rig, tmp_path)
+    assert reconcile(rig).emergency_stops_placed == 2
+    run(rig.om.submit(buy("3")))  # the AAPL position grew past its stop
+    run(
+        rig.om.submit(
+            OrderIntent(symbol="MSFT", side="sell", quantity=Decimal("2"), order_type="market")
+        )
+    )  # MSFT closed: its stop protects nothing
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        assert (r.stops_canceled, r.emergency_stops_placed) == (2, 1) and not r.errors, r
+        (stop,) = active_stops(broker, "AAPL")
+        assert stop.quantity == Decimal("8")
+        assert active_stops(broker, "MSFT") == []
+        assert zeros(reconcile(rig))
+    finally:
+        rig.close()
+
+
+def test_journal_position_closed_at_the_broker_is_corrected(tmp_path: Path) -> None:
+    """freqtrade#7606: closed by hand at the broker; the journal must not keep a phantom."""
+    broker = paper()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    run(rig.om.submit(buy("4")))
+    external(broker, "sell", "4")  # closed by hand at the broker
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        assert r.orphans_detected == 1 and r.emergency_stops_placed == 0, r
+        assert journal_positions(rig.ddb) == {} == broker_positions(broker.positions())
+        assert active_stops(broker, "AAPL") == []
+        assert zeros(reconcile(rig))
+    finally:
+        rig.close()
+
+
+def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
+    broker = paper()
+    external(broker, "buy", "5")
+    external(broker, "buy", "1", symbol="MSFT", order_type="limit", limit_price=Decimal("50"))
+    rig = make_rig(tmp_path, broker)
+    try:
+        before = broker.write_calls()
+        dry = reconcile(rig, dry_run=True)
+        assert dry.dry_run and dry.orphans_detected == 1 and dry.orphan_orders_canceled == 1
+        assert dry.emergency_stops_placed == 1 and dry.actions
+        assert broker.write_calls() == before and rig.om.journal.orders() == []
+        real = reconcile(rig)
+        assert (
+            real.orphans_detected,
+            real.orphan_orders_canceled,
+            real.emergency_stops_placed,
+        ) == (1, 1, 1)
+    finally:
+        rig.close()
+
+
+def test_filled_trades_since_rebuilds_a_circuit_breaker(tmp_path: Path) -> None:
+    broker = paper()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    run(rig.om.submit(buy("2")))
+    broker.set_price("AAPL", Decimal("110"))
+    run(rig.om.submit(OrderIntent(symbol="AAPL", side="sell", quantity=Decimal("2"))))
+    rig = restart(rig, tmp_path)
+    try:
+        rec = StartupReconciler(rig.om, FAST)
+        run(rec.run())
+        trades = rec.filled_trades_since(datetime.now(UTC) - timedelta(hours=1))
+        assert [(t.side, t.quantity) for t in trades] == [
+            ("buy", Decimal("2")),
+            ("sell", Decimal("2")),
+        ]
+        assert trades[1].pnl == Decimal("20")
+        assert rec.filled_trades_since(datetime.now(UTC) + timedelta(hours=1)) == []
+    finally:
+        rig.close()

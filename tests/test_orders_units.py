@@ -1,0 +1,197 @@
+"""Unit tests of the order state machine, the intent validation and each risk limit."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from orders_helpers import make_rig, run
+
+from wal.orders import (
+    FINAL_STATES,
+    TRANSITIONS,
+    ClientIdRules,
+    IllegalTransitionError,
+    OrderIntent,
+    OrderRejected,
+    OrderState,
+    PaperBroker,
+    RejectReason,
+    RiskLimits,
+    RiskView,
+    check_risk,
+    check_transition,
+    map_status,
+    validate_intent,
+)
+from wal.orders.errors import BrokerProtocolError
+
+S = OrderState
+
+
+def test_every_state_has_a_row_and_final_states_lead_nowhere() -> None:
+    assert set(TRANSITIONS) == set(OrderState)
+    for s in FINAL_STATES:
+        assert TRANSITIONS[s] == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (S.PENDING, S.SUBMITTING),
+        (S.SUBMITTING, S.UNKNOWN),
+        (S.UNKNOWN, S.ACCEPTED),
+        (S.ACCEPTED, S.PARTIALLY_FILLED),
+        (S.PARTIALLY_FILLED, S.FILLED),
+        (S.UNKNOWN, S.SUBMITTING),
+        (S.SUBMITTING, S.SUBMIT_FAILED),
+    ],
+)
+def test_legal_transitions(a: OrderState, b: OrderState) -> None:
+    check_transition(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (S.FILLED, S.ACCEPTED),
+        (S.REJECTED, S.SUBMITTING),
+        (S.CANCELLED, S.FILLED),
+        (S.ACCEPTED, S.PENDING),
+        (S.ACCEPTED, S.UNKNOWN),
+        (S.PENDING, S.UNKNOWN),
+        (S.SUBMIT_FAILED, S.ACCEPTED),
+        (S.PARTIALLY_FILLED, S.ACCEPTED),
+    ],
+)
+def test_illegal_transitions_raise(a: OrderState, b: OrderState) -> None:
+    with pytest.raises(IllegalTransitionError, match=f"{a.value} -> {b.value}"):
+        check_transition(a, b)
+
+
+def test_broker_statuses_map_through_one_table_and_an_unknown_one_raises() -> None:
+    assert map_status("filled") is S.FILLED
+    assert map_status("pending_cancel") is None
+    with pytest.raises(BrokerProtocolError, match="held_for_review"):
+        map_status("held_for_review")
+
+
+def test_client_order_ids_fit_every_listed_broker() -> None:
+    ids = {
+        OrderIntent(symbol="X", side="buy", quantity=Decimal(1)).client_order_id
+        for _ in range(1000)
+    }
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
+
+
+def intent(**kw: Any) -> OrderIntent:
+    base: dict[str, Any] = {"symbol": "AAPL", "side": "buy", "quantity": Decimal("10")}
+    base.update(kw)
+    return OrderIntent(**base)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason", "field"),
+    [
+        ({"quantity": Decimal(0)}, RejectReason.BAD_QUANTITY, "quantity"),
+        ({"quantity": Decimal(-1)}, RejectReason.BAD_QUANTITY, "quantity"),
+        ({"quantity": 1.5}, RejectReason.BAD_QUANTITY, "quantity"),
+        ({"quantity": Decimal("NaN")}, RejectReason.BAD_QUANTITY, "quantity"),
+        ({"quantity": Decimal("1e-11")}, RejectReason.BAD_QUANTITY, "quantity"),
+        ({"symbol": "aapl"}, RejectReason.BAD_SYMBOL, "symbol"),
+        ({"symbol": ""}, RejectReason.BAD_SYMBOL, "symbol"),
+        ({"symbol": "A" * 33}, RejectReason.BAD_SYMBOL, "symbol"),
+        ({"side": "long"}, RejectReason.BAD_SIDE, "side"),
+        ({"order_type": "iceberg"}, RejectReason.BAD_ORDER_TYPE, "order_type"),
+        ({"order_type": "limit"}, RejectReason.BAD_PRICE, "limit_price"),
+        ({"limit_price": Decimal(5)}, RejectReason.BAD_PRICE, "limit_price"),
+        ({"order_type": "limit", "limit_price": Decimal(0)}, RejectReason.BAD_PRICE, "limit_price"),
+        ({"order_type": "stop"}, RejectReason.BAD_PRICE, "stop_price"),
+        (
+            {"order_type": "stop_limit", "stop_price": Decimal(1)},
+            RejectReason.BAD_PRICE,
+            "limit_price",
+        ),
+        ({"client_order_id": "x" * 37}, RejectReason.BAD_CLIENT_ORDER_ID, "client_order_id"),
+        ({"client_order_id": "a b"}, RejectReason.BAD_CLIENT_ORDER_ID, "client_order_id"),
+    ],
+)
+def test_each_bad_intent_has_its_reason(
+    kw: dict[str, Any], reason: RejectReason, field: str
+) -> None:
+    with pytest.raises(OrderRejected) as e:
+        validate_intent(intent(**kw), ClientIdRules())
+    assert e.value.reason is reason
+    assert e.value.field == field
+    assert reason.value in str(e.value)
+
+
+def view(**kw: Any) -> RiskView:
+    base: dict[str, Any] = {
+        "price": Decimal(100),
+        "balance": Decimal(10_000),
+        "reserved": Decimal(0),
+        "position": Decimal(0),
+        "daily_pnl": Decimal(0),
+    }
+    base.update(kw)
+    return RiskView(**base)
+
+
+@pytest.mark.parametrize(
+    ("limits", "v", "reason"),
+    [
+        (RiskLimits(max_position=Decimal(5)), view(), RejectReason.MAX_POSITION),
+        (
+            RiskLimits(max_position=Decimal(15)),
+            view(position=Decimal(6)),
+            RejectReason.MAX_POSITION,
+        ),
+        (RiskLimits(max_order_notional=Decimal(999)), view(), RejectReason.MAX_NOTIONAL),
+        (
+            RiskLimits(max_daily_loss=Decimal(50)),
+            view(daily_pnl=Decimal(-50)),
+            RejectReason.DAILY_LOSS,
+        ),
+        (RiskLimits(), view(balance=Decimal(999)), RejectReason.INSUFFICIENT_BALANCE),
+        (RiskLimits(), view(reserved=Decimal(9500)), RejectReason.INSUFFICIENT_BALANCE),
+        (RiskLimits(), view(balance=None), RejectReason.INSUFFICIENT_BALANCE),
+        (RiskLimits(), view(price=None), RejectReason.NO_PRICE),
+    ],
+)
+def test_each_risk_limit_has_its_reason(
+    limits: RiskLimits, v: RiskView, reason: RejectReason
+) -> None:
+    with pytest.raises(OrderRejected) as e:
+        check_risk(intent(), limits, v)
+    assert e.value.reason is reason
+
+
+def test_within_every_limit_passes() -> None:
+    limits = RiskLimits(
+        max_position=Decimal(10), max_order_notional=Decimal(1000), max_daily_loss=Decimal(50)
+    )
+    check_risk(intent(), limits, view(daily_pnl=Decimal(-49)))
+    check_risk(intent(side="sell"), RiskLimits(), view(balance=None, price=None))
+
+
+def test_a_rejected_submit_journals_and_sends_nothing(tmp_path: Any) -> None:
+    broker = PaperBroker(seed=1)
+    rig = make_rig(tmp_path, broker, risk=RiskLimits(max_order_notional=Decimal(100)))
+
+    async def go() -> None:
+        await rig.om.start()
+        with pytest.raises(OrderRejected) as e:
+            await rig.om.submit(intent())
+        assert e.value.reason is RejectReason.MAX_NOTIONAL
+        with pytest.raises(OrderRejected):
+            await rig.om.submit(intent(quantity=Decimal(0)))
+
+    try:
+        run(go())
+        assert broker.submit_calls == 0
+        assert rig.ddb.db.get_order_rows() == []
+    finally:
+        rig.close()

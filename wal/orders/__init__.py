@@ -1,0 +1,124 @@
+"""Orders on the write-ahead log: an intent journal, idempotent submit and retry, a paper broker.
+
+Layer rule: it may import the foundation modules, ``wal.config``, ``wal.log``, ``wal.db``,
+``wal.sync`` and the public face ``wal``; never ``wal.tools`` or ``cli``.
+
+::
+
+    om = OrderManager(ddb, broker, risk=RiskLimits(max_order_notional=Decimal("50000")))
+    await om.start()                          # resolves what a crash left unfinished
+    order = await om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=Decimal("10"),
+                                        order_type="limit", limit_price=Decimal("187.25")))
+    order.client_order_id, order.state        # uuid4().hex, OrderState.ACCEPTED / FILLED / ...
+
+Every intent is journaled (fsynced in the log) before the broker hears of it; a timeout is
+UNKNOWN, never a failure, and is resolved by looking the order up by its client id. See
+``docs/orders.md``: the states, the transition table, the retry rules per broker dedup scope
+and what survives which crash.
+
+Modules: :mod:`~wal.orders.states` (states, transitions), :mod:`~wal.orders.models`
+(intent, order, fill, event), :mod:`~wal.orders.validation` (syntax and risk limits),
+:mod:`~wal.orders.broker` (the ``Broker`` protocol), :mod:`~wal.orders.faults`,
+:mod:`~wal.orders.paper` (``PaperBroker``), :mod:`~wal.orders.server` (its HTTP face),
+:mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal` and
+:mod:`~wal.orders.manager` (``OrderManager``), :mod:`~wal.orders.reconcile`
+(``StartupReconciler``: the journal made to agree with the broker at start, emergency stops)
+and :mod:`~wal.orders.audit` (``verify_audit``: the tamper-evident event chain).
+"""
+
+from wal.orders.audit import AuditReport, verify_audit
+from wal.orders.broker import (
+    BROKER_STATUS,
+    Broker,
+    BrokerOrder,
+    BrokerPosition,
+    ClientIdRules,
+    DedupScope,
+    map_status,
+)
+from wal.orders.errors import (
+    BrokerError,
+    BrokerProtocolError,
+    BrokerRejectedError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    FillError,
+    IllegalTransitionError,
+    OrderError,
+    OrderRejected,
+    ReconciliationFatalError,
+    RejectReason,
+    TradingHalted,
+)
+from wal.orders.faults import Fault, FaultPlan, FaultRule
+from wal.orders.journal import OrderJournal
+from wal.orders.manager import OrderManager, RecoveryResult, RetryPolicy
+from wal.orders.models import Fill, Order, OrderEvent, OrderIntent, new_client_order_id
+from wal.orders.paper import PaperBroker, SimulatedTimeout
+from wal.orders.reconcile import (
+    FilledTrade,
+    ReconcilerConfig,
+    ReconciliationResult,
+    StartupReconciler,
+)
+from wal.orders.states import (
+    FINAL_STATES,
+    TRANSITIONS,
+    EventKind,
+    OrderState,
+    check_transition,
+    is_final,
+)
+from wal.orders.validation import RiskLimits, RiskView, check_risk, validate_intent
+
+__all__ = [
+    "BROKER_STATUS",
+    "AuditReport",
+    "FilledTrade",
+    "ReconciliationFatalError",
+    "ReconciliationResult",
+    "ReconcilerConfig",
+    "StartupReconciler",
+    "TradingHalted",
+    "verify_audit",
+    "FINAL_STATES",
+    "TRANSITIONS",
+    "Broker",
+    "BrokerError",
+    "BrokerOrder",
+    "BrokerPosition",
+    "BrokerProtocolError",
+    "BrokerRejectedError",
+    "BrokerUnavailable",
+    "ClientIdRules",
+    "DedupScope",
+    "DuplicateClientOrderId",
+    "EventKind",
+    "Fault",
+    "FaultPlan",
+    "FaultRule",
+    "Fill",
+    "FillError",
+    "IllegalTransitionError",
+    "Order",
+    "OrderError",
+    "OrderEvent",
+    "OrderIntent",
+    "OrderJournal",
+    "OrderManager",
+    "OrderRejected",
+    "OrderState",
+    "PaperBroker",
+    "RecoveryResult",
+    "RejectReason",
+    "RetryPolicy",
+    "RiskLimits",
+    "RiskView",
+    "SimulatedTimeout",
+    "check_risk",
+    "check_transition",
+    "is_final",
+    "map_status",
+    "new_client_order_id",
+    "validate_intent",
+]

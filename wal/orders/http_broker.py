@@ -1,0 +1,140 @@
+"""``HttpBroker``: the ``Broker`` protocol over HTTP (httpx), for ``atb paper-broker serve``
+and for any broker speaking Alpaca's v2 orders API shape.
+
+Every transport failure (connect error, read timeout, a dropped connection) and every 5xx
+raises ``BrokerUnavailable``: the request may or may not have been acted on. 422 with
+Alpaca's code 40010001 raises ``DuplicateClientOrderId``; another 4xx on submit raises
+``BrokerRejectedError``; 404 on a lookup is None. A body that cannot be read raises
+``BrokerProtocolError``. ``timeout`` is a real socket timeout (seconds).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from wal.orders.broker import BrokerOrder, BrokerPosition, ClientIdRules
+from wal.orders.errors import (
+    BrokerProtocolError,
+    BrokerRejectedError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+)
+from wal.orders.models import Fill, OrderIntent
+
+__all__ = ["HttpBroker"]
+
+_DUPLICATE_CODE = 40010001
+
+
+class HttpBroker:
+    """An async ``Broker`` over HTTP. ``rules``: the broker's declared client-id rules (for
+    the paper broker, ``await HttpBroker.connect(url)`` reads them from ``/_paper/rules``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        rules: ClientIdRules | None = None,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._rules = rules or ClientIdRules()
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, headers=headers or {}
+        )
+
+    @classmethod
+    async def connect(cls, base_url: str, *, timeout: float = 5.0) -> HttpBroker:
+        """A client for a paper broker, with the rules it declares."""
+        b = cls(base_url, timeout=timeout)
+        b._rules = ClientIdRules.from_dict(await b._request("GET", "/_paper/rules"))
+        return b
+
+    @property
+    def rules(self) -> ClientIdRules:
+        return self._rules
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = await self._client.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise BrokerUnavailable(f"{method} {path} timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise BrokerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if r.status_code >= 500:
+            raise BrokerUnavailable(f"{method} {path}: HTTP {r.status_code}")
+        if r.status_code == 404:
+            return None
+        if r.status_code == 204:
+            return {}
+        try:
+            body = r.json()
+        except ValueError as exc:
+            raise BrokerProtocolError(f"{method} {path}: unreadable body") from exc
+        if r.status_code >= 400:
+            message = str(body.get("message", r.text)) if isinstance(body, dict) else r.text
+            if isinstance(body, dict) and body.get("code") == _DUPLICATE_CODE:
+                raise DuplicateClientOrderId(kw.get("json", {}).get("client_order_id", "?"))
+            raise BrokerRejectedError(message)
+        return body
+
+    @staticmethod
+    def _order(d: Any) -> BrokerOrder:
+        try:
+            return BrokerOrder.from_dict(d)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise BrokerProtocolError(f"unreadable order: {exc}") from exc
+
+    async def submit_order(self, intent: OrderIntent) -> BrokerOrder:
+        body = {
+            "symbol": intent.symbol,
+            "qty": format(intent.quantity, "f"),
+            "side": intent.side,
+            "type": intent.order_type,
+            "time_in_force": intent.time_in_force,
+            "client_order_id": intent.client_order_id,
+        }
+        if intent.limit_price is not None:
+            body["limit_price"] = format(intent.limit_price, "f")
+        if intent.stop_price is not None:
+            body["stop_price"] = format(intent.stop_price, "f")
+        return self._order(await self._request("POST", "/v2/orders", json=body))
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        d = await self._request(
+            "GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id}
+        )
+        return None if d is None else self._order(d)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        await self._request("DELETE", f"/v2/orders/{broker_order_id}")
+
+    async def get_open_orders(self) -> list[BrokerOrder]:
+        return [self._order(d) for d in await self._request("GET", "/v2/orders") or []]
+
+    async def get_recent_orders(self, hours: float) -> list[BrokerOrder]:
+        after = (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
+        d = await self._request("GET", "/v2/orders", params={"status": "all", "after": after})
+        return [self._order(x) for x in d or []]
+
+    async def get_positions(self) -> list[BrokerPosition]:
+        d = await self._request("GET", "/v2/positions")
+        try:
+            return [BrokerPosition.from_dict(x) for x in d or []]
+        except (KeyError, TypeError, ArithmeticError) as exc:
+            raise BrokerProtocolError(f"unreadable positions: {exc}") from exc
+
+    async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+        params = {} if since is None else {"after": since.isoformat()}
+        d = await self._request("GET", "/v2/account/activities/FILL", params=params)
+        try:
+            return [Fill.from_dict(x) for x in d or []]
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise BrokerProtocolError(f"unreadable fills: {exc}") from exc

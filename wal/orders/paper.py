@@ -1,0 +1,441 @@
+"""``PaperBroker``: a simulated broker with fault injection, real enough to find real bugs.
+
+It keeps orders, executions and net positions; it deduplicates client ids by its declared
+scope (``ClientIdRules.dedup_scope``: GLOBAL refuses a reused id forever, OPEN_ONLY only while
+the first order is open, as Binance does); it fills market orders at the simulated market
+price and marketable limit orders at their limit price (resting ones when ``set_price``
+crosses them; stops trigger the same way); and it misbehaves as its ``FaultPlan`` says.
+
+Everything is deterministic from ``seed``: order ids (``paper-00000001``), execution ids
+(``<order id>-<n>``), the random faults and the random-walk prices of ``step_prices``.
+
+With ``state_path`` the state is durable: after every change it is written to a temporary
+file, fsynced and renamed over the state file (mode 0600), and the directory is fsynced; a
+restarted broker (``atb paper-broker serve`` after a SIGKILL) continues from it. The fault
+plan's call counters are not part of the state: a restarted broker starts its plan over.
+
+Use it in-process (its methods are the async ``Broker`` protocol) or as its own process
+behind :mod:`wal.orders.server` with :class:`wal.orders.http_broker.HttpBroker`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wal.orders.broker import OPEN_STATUSES, BrokerOrder, BrokerPosition, ClientIdRules
+from wal.orders.errors import (
+    BrokerRejectedError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+)
+from wal.orders.faults import Fault, FaultPlan
+from wal.orders.models import Fill, OrderIntent
+
+__all__ = ["PaperBroker", "SimulatedTimeout"]
+
+_Q = Decimal("1E-10")  # prices are kept to 10 places, like the database's money columns
+DEFAULT_PRICE = Decimal("100")
+UNKNOWN_STATUS = "held_for_review"  # what an UNKNOWN_STATUS fault reports: in no table
+
+
+class SimulatedTimeout(BrokerUnavailable):
+    """A timeout the fault plan caused; ``accepted`` says whether the order exists.
+
+    In-process it is raised at once; the HTTP server holds the request ``hang_seconds``
+    first, so that the client's own socket timeout fires.
+    """
+
+    def __init__(self, message: str, *, accepted: bool, hang_seconds: float) -> None:
+        self.accepted = accepted
+        self.hang_seconds = hang_seconds
+        super().__init__(message)
+
+
+@dataclass
+class _Order:
+    order: BrokerOrder
+    plan: list[Decimal] = field(default_factory=list)  # quantities still to execute
+
+
+class PaperBroker:
+    """A simulated broker (the async ``Broker`` protocol); see the module docstring.
+
+    ``auto_fill``: marketable orders execute at once (all their planned parts); False keeps
+    every order open until ``advance()`` executes the next part of each marketable one.
+    """
+
+    def __init__(
+        self,
+        *,
+        rules: ClientIdRules | None = None,
+        faults: FaultPlan | None = None,
+        seed: int = 0,
+        state_path: Path | str | None = None,
+        prices: dict[str, Decimal] | None = None,
+        auto_fill: bool = True,
+    ) -> None:
+        self._rules = rules or ClientIdRules()
+        self.faults = faults or FaultPlan(seed=seed)
+        self.seed = seed
+        self.auto_fill = auto_fill
+        self.state_path = None if state_path is None else Path(state_path)
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._orders: dict[str, _Order] = {}
+        self._by_cid: dict[str, list[str]] = {}
+        self._fills: list[Fill] = []
+        self._positions: dict[str, tuple[Decimal, Decimal]] = {}
+        self._prices: dict[str, Decimal] = dict(prices or {})
+        self._next_order = 1
+        self.submit_calls = 0  # every submit_order call that reached the broker
+        self.cancel_calls = 0  # every cancel_order call that reached the broker
+        if self.state_path is not None and self.state_path.exists():
+            self._load(self.state_path)
+
+    @property
+    def rules(self) -> ClientIdRules:
+        return self._rules
+
+    # ------------------------------------------------------------------ the Broker protocol
+
+    async def submit_order(self, intent: OrderIntent) -> BrokerOrder:
+        return self.submit(intent)
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        return self.lookup(client_order_id)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        self.cancel(broker_order_id)
+
+    async def get_open_orders(self) -> list[BrokerOrder]:
+        return self.open_orders()
+
+    async def get_recent_orders(self, hours: float) -> list[BrokerOrder]:
+        return self.recent_orders(hours)
+
+    async def get_positions(self) -> list[BrokerPosition]:
+        return self.positions()
+
+    async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+        return self.fills(since)
+
+    # ------------------------------------------------------------------ the engine (sync)
+
+    def submit(self, intent: OrderIntent) -> BrokerOrder:
+        """Accept (and maybe fill) an order, or fail as the fault plan says."""
+        with self._lock:
+            self.submit_calls += 1
+            fault = self.faults.decide("submit_order")
+            hang = self.faults.timeout_hang_seconds
+            if fault is Fault.TIMEOUT_BEFORE_ACCEPT:
+                raise SimulatedTimeout(
+                    "submit timed out (before accept)", accepted=False, hang_seconds=hang
+                )
+            if fault is Fault.SERVER_ERROR:
+                raise BrokerUnavailable("503 service unavailable (simulated)")
+            why = self._rules.check(intent.client_order_id)
+            if why is not None:
+                raise BrokerRejectedError(f"client_order_id rejected: {why}")
+            if fault is Fault.REJECT:
+                raise BrokerRejectedError(self.faults.reject_reason)
+            existing = self._dedup_hit(intent.client_order_id)
+            if existing is not None:
+                raise DuplicateClientOrderId(intent.client_order_id)
+            bo = self._create(intent)
+            self._save()  # durable before any reply: an accepted order survives our restart
+            if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+                raise SimulatedTimeout(
+                    "submit timed out (after accept)", accepted=True, hang_seconds=hang
+                )
+            if fault is Fault.DUPLICATE_ID:
+                raise DuplicateClientOrderId(intent.client_order_id)
+            return self._orders[bo].order
+
+    def lookup(self, client_order_id: str) -> BrokerOrder | None:
+        """The newest order with this client id, or None (or a lagging "not found")."""
+        with self._lock:
+            fault = self.faults.decide("get_order_by_client_id")
+            if fault is Fault.NOT_FOUND:
+                return None
+            if fault in (Fault.SERVER_ERROR, Fault.FETCH_FAILURE):
+                raise BrokerUnavailable("503 service unavailable (simulated)")
+            ids = self._by_cid.get(client_order_id)
+            if not ids:
+                return None
+            order = self._orders[ids[-1]].order
+            return self._maybe_garble(order, fault)
+
+    def cancel(self, broker_order_id: str) -> None:
+        with self._lock:
+            self.cancel_calls += 1
+            fault = self.faults.decide("cancel_order")
+            if fault in (Fault.SERVER_ERROR, Fault.FETCH_FAILURE):
+                raise BrokerUnavailable("503 service unavailable (simulated)")
+            po = self._orders.get(broker_order_id)
+            if po is None:
+                raise BrokerRejectedError(f"order {broker_order_id} not found")
+            if po.order.status not in OPEN_STATUSES:
+                raise BrokerRejectedError(f"order {broker_order_id} is {po.order.status}")
+            po.order = replace(po.order, status="canceled")
+            po.plan.clear()
+            self._save()  # the cancel is durable before it is acknowledged
+
+    def open_orders(self) -> list[BrokerOrder]:
+        with self._lock:
+            fault = self._list_fault("get_open_orders")
+            return [
+                self._maybe_garble(p.order, fault)
+                for p in self._orders.values()
+                if p.order.status in OPEN_STATUSES
+            ]
+
+    def recent_orders(self, hours: float) -> list[BrokerOrder]:
+        with self._lock:
+            fault = self._list_fault("get_recent_orders")
+            since = datetime.now(UTC) - timedelta(hours=hours)
+            return [
+                self._maybe_garble(p.order, fault)
+                for p in self._orders.values()
+                if p.order.created_at >= since
+            ]
+
+    def positions(self) -> list[BrokerPosition]:
+        with self._lock:
+            self._list_fault("get_positions")
+            return [
+                BrokerPosition(sym, q, avg)
+                for sym, (q, avg) in sorted(self._positions.items())
+                if q != 0
+            ]
+
+    def fills(self, since: datetime | None = None) -> list[Fill]:
+        with self._lock:
+            self._list_fault("get_fills")
+            return [f for f in self._fills if since is None or f.executed_at >= since]
+
+    # ------------------------------------------------------------------ the market
+
+    def price(self, symbol: str) -> Decimal:
+        """The simulated market price (100 until set)."""
+        return self._prices.get(symbol, DEFAULT_PRICE)
+
+    def set_price(self, symbol: str, price: Decimal) -> None:
+        """Move the market; resting orders that become marketable execute."""
+        with self._lock:
+            self._prices[symbol] = Decimal(price)
+            for bo, po in self._orders.items():
+                if (
+                    self.auto_fill
+                    and po.order.symbol == symbol
+                    and po.order.status in OPEN_STATUSES
+                ):
+                    self._try_fill(bo, all_parts=True)
+            self._save()
+
+    def step_prices(self, pct: Decimal = Decimal("0.01")) -> None:
+        """One seeded random-walk step (up to +-pct) of every known symbol's price."""
+        for sym in sorted({p.order.symbol for p in self._orders.values()} | set(self._prices)):
+            move = Decimal(self._rng.randint(-1000, 1000)) / 1000 * pct
+            self.set_price(sym, (self.price(sym) * (1 + move)).quantize(Decimal("0.01")))
+
+    def advance(self) -> int:
+        """Execute the next planned part of every open marketable order; how many executed."""
+        with self._lock:
+            n = 0
+            for bo, po in list(self._orders.items()):
+                if po.order.status in OPEN_STATUSES and po.plan:
+                    n += self._try_fill(bo, all_parts=False)
+            if n:
+                self._save()
+            return n
+
+    def write_calls(self) -> int:
+        """Submits plus cancels that reached the broker (tests: "no broker write")."""
+        with self._lock:
+            return self.submit_calls + self.cancel_calls
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"submit_calls": self.submit_calls, "cancel_calls": self.cancel_calls}
+
+    def orders_with_client_id(self, client_order_id: str) -> list[BrokerOrder]:
+        """Every order the broker holds for this client id (tests: "at most one")."""
+        with self._lock:
+            return [self._orders[b].order for b in self._by_cid.get(client_order_id, [])]
+
+    def all_orders(self) -> list[BrokerOrder]:
+        with self._lock:
+            return [p.order for p in self._orders.values()]
+
+    # ------------------------------------------------------------------ internals
+
+    def _list_fault(self, op: str) -> Fault | None:
+        fault = self.faults.decide(op)
+        if fault in (Fault.FETCH_FAILURE, Fault.SERVER_ERROR):
+            raise BrokerUnavailable(f"{op}: 503 service unavailable (simulated)")
+        return fault
+
+    @staticmethod
+    def _maybe_garble(order: BrokerOrder, fault: Fault | None) -> BrokerOrder:
+        return replace(order, status=UNKNOWN_STATUS) if fault is Fault.UNKNOWN_STATUS else order
+
+    def _dedup_hit(self, cid: str) -> str | None:
+        ids = self._by_cid.get(cid, [])
+        if self._rules.dedup_scope == "global":
+            return ids[-1] if ids else None
+        for bo in ids:
+            if self._orders[bo].order.status in OPEN_STATUSES:
+                return bo
+        return None
+
+    def _create(self, intent: OrderIntent) -> str:
+        bo = f"paper-{self._next_order:08d}"
+        self._next_order += 1
+        order = BrokerOrder(
+            broker_order_id=bo,
+            client_order_id=intent.client_order_id,
+            symbol=intent.symbol,
+            side=intent.side,
+            quantity=intent.quantity,
+            order_type=intent.order_type,
+            status="new",
+            limit_price=intent.limit_price,
+            stop_price=intent.stop_price,
+            created_at=datetime.now(UTC),
+        )
+        self._orders[bo] = _Order(order, self._split(intent.quantity))
+        self._by_cid.setdefault(intent.client_order_id, []).append(bo)
+        if self.auto_fill:
+            self._try_fill(bo, all_parts=True)
+        return bo
+
+    def _split(self, qty: Decimal) -> list[Decimal]:
+        fractions = self.faults.partial_fills or (Decimal(1),)
+        parts = [qty * f for f in fractions[:-1]]
+        parts.append(qty - sum(parts, Decimal(0)))  # the last part takes the remainder exactly
+        return [p for p in parts if p > 0]
+
+    def _fill_price(self, o: BrokerOrder) -> Decimal | None:
+        """The execution price if ``o`` is marketable now, else None."""
+        mkt = self.price(o.symbol)
+        buy = o.side == "buy"
+        if o.order_type in ("stop", "stop_limit"):
+            assert o.stop_price is not None
+            triggered = mkt >= o.stop_price if buy else mkt <= o.stop_price
+            if not triggered:
+                return None
+            if o.order_type == "stop":
+                return mkt
+        if o.order_type in ("limit", "stop_limit"):
+            assert o.limit_price is not None
+            marketable = mkt <= o.limit_price if buy else mkt >= o.limit_price
+            return o.limit_price if marketable else None
+        return mkt
+
+    def _try_fill(self, bo: str, *, all_parts: bool) -> int:
+        po = self._orders[bo]
+        price = self._fill_price(po.order)
+        n = 0
+        while price is not None and po.plan:
+            self._execute(po, po.plan.pop(0), price)
+            n += 1
+            if not all_parts:
+                break
+        return n
+
+    def _execute(self, po: _Order, qty: Decimal, price: Decimal) -> None:
+        o = po.order
+        filled = o.filled_quantity + qty
+        avg = (
+            price
+            if o.avg_fill_price is None
+            else ((o.avg_fill_price * o.filled_quantity + price * qty) / filled).quantize(_Q)
+        )
+        po.order = replace(
+            o,
+            filled_quantity=filled,
+            avg_fill_price=avg,
+            status="filled" if filled == o.quantity else "partially_filled",
+        )
+        n = sum(1 for f in self._fills if f.broker_order_id == o.broker_order_id) + 1
+        self._fills.append(
+            Fill(
+                execution_id=f"{o.broker_order_id}-{n}",
+                client_order_id=o.client_order_id,
+                broker_order_id=o.broker_order_id,
+                symbol=o.symbol,
+                side=o.side,
+                quantity=qty,
+                price=price,
+                executed_at=datetime.now(UTC),
+            )
+        )
+        signed = qty if o.side == "buy" else -qty
+        q, avg_entry = self._positions.get(o.symbol, (Decimal(0), Decimal(0)))
+        new = q + signed
+        if q == 0 or ((q > 0) != (new > 0) and new != 0):
+            avg_entry = price  # opened, or flipped through zero
+        elif (q > 0) == (signed > 0):
+            avg_entry = ((avg_entry * abs(q) + price * qty) / abs(new)).quantize(_Q)
+        self._positions[o.symbol] = (new, avg_entry if new != 0 else Decimal(0))
+
+    # ------------------------------------------------------------------ durable state
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "next_order": self._next_order,
+            "rules": self._rules.to_dict(),
+            "orders": [
+                {"order": p.order.to_dict(), "plan": [format(q, "f") for q in p.plan]}
+                for p in self._orders.values()
+            ],
+            "fills": [f.to_dict() for f in self._fills],
+            "positions": {
+                s: [format(q, "f"), format(a, "f")] for s, (q, a) in self._positions.items()
+            },
+            "prices": {s: format(p, "f") for s, p in self._prices.items()},
+        }
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        path = self.state_path
+        tmp = path.with_name(path.name + ".tmp")
+        data = orjson.dumps(self._state())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)  # the new state is on disk before it replaces the old one
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself survives a power loss
+        finally:
+            os.close(dfd)
+
+    def _load(self, path: Path) -> None:
+        d = orjson.loads(path.read_bytes())
+        if d.get("version") != 1:
+            raise ValueError(f"{path}: unknown paper broker state version {d.get('version')!r}")
+        self._next_order = int(d["next_order"])
+        self._rules = ClientIdRules.from_dict(d["rules"])
+        for item in d["orders"]:
+            o = BrokerOrder.from_dict(item["order"])
+            self._orders[o.broker_order_id] = _Order(o, [Decimal(q) for q in item["plan"]])
+            self._by_cid.setdefault(o.client_order_id, []).append(o.broker_order_id)
+        self._fills = [Fill.from_dict(f) for f in d["fills"]]
+        self._positions = {s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()}
+        self._prices = {s: Decimal(p) for s, p in d["prices"].items()}

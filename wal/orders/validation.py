@@ -1,0 +1,196 @@
+"""Checks before an order is journaled: the intent's own syntax, then the risk limits.
+
+Every failure raises ``OrderRejected`` with one specific ``RejectReason`` naming what was
+wrong; nothing is journaled or sent. ``validate_intent`` needs nothing but the intent;
+``check_risk`` is given the figures it judges (the balance read through the log's overlay,
+the net position, today's realized P&L), so it is a pure function the tests can drive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+from wal.orders.broker import ClientIdRules
+from wal.orders.errors import OrderRejected, RejectReason
+from wal.orders.models import OrderIntent
+
+__all__ = ["ORDER_TYPES", "SIDES", "RiskLimits", "RiskView", "check_risk", "validate_intent"]
+
+SIDES: Final = frozenset({"buy", "sell"})
+ORDER_TYPES: Final = frozenset({"market", "limit", "stop", "stop_limit"})
+SYMBOL_RE: Final = re.compile(r"^[A-Z0-9][A-Z0-9._/:-]{0,31}$")
+_MAX_DIGITS: Final = 18  # the database's NUMERIC(28, 10): at most 18 integer digits
+_MAX_PLACES: Final = 10
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """Pre-trade limits; None switches a limit off.
+
+    ``max_position``: the largest net position (absolute, in units) per symbol after this
+    order and the open orders. ``max_order_notional``: quantity x price of one order.
+    ``max_daily_loss``: a positive amount; submits stop once today's (UTC) realized P&L is
+    at or below minus it. ``check_balance``: a buy's cost (plus the open buys') must fit in
+    the account's balance as read through the log (pending entries included).
+    """
+
+    max_position: Decimal | None = None
+    max_order_notional: Decimal | None = None
+    max_daily_loss: Decimal | None = None
+    check_balance: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RiskLimits:
+        """``ORDER_MAX_POSITION``, ``ORDER_MAX_NOTIONAL``, ``ORDER_MAX_DAILY_LOSS``."""
+        e = os.environ if env is None else env
+
+        def dec(name: str) -> Decimal | None:
+            v = e.get(name)
+            return None if not v else Decimal(v)
+
+        return cls(
+            dec("ORDER_MAX_POSITION"), dec("ORDER_MAX_NOTIONAL"), dec("ORDER_MAX_DAILY_LOSS")
+        )
+
+
+@dataclass(frozen=True)
+class RiskView:
+    """What ``check_risk`` judges an intent against (read by the manager, fed in here)."""
+
+    price: Decimal | None  # the price the order is valued at (limit, stop or market)
+    balance: Decimal | None  # the account's balance incl. pending entries; None: unknown
+    reserved: Decimal  # what the account's open buy orders may still cost
+    position: Decimal  # the symbol's net position, signed, incl. open orders' remainders
+    daily_pnl: Decimal  # today's realized P&L (negative: a loss)
+
+
+def _reject(reason: RejectReason, message: str, field_: str) -> OrderRejected:
+    return OrderRejected(reason, message, field=field_)
+
+
+def _amount(value: object, name: str, reason: RejectReason) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, Decimal):
+        raise _reject(
+            reason,
+            f"{name} must be a Decimal, got {type(value).__name__} "
+            f"{value!r} (money is never float)",
+            name,
+        )
+    if not value.is_finite() or value <= 0:
+        raise _reject(reason, f"{name} must be a positive finite Decimal, got {value}", name)
+    if value.adjusted() >= _MAX_DIGITS or value != value.quantize(Decimal(1).scaleb(-_MAX_PLACES)):
+        raise _reject(
+            reason,
+            f"{name}={value} needs at most {_MAX_DIGITS} integer digits and "
+            f"{_MAX_PLACES} decimal places",
+            name,
+        )
+    return value
+
+
+def validate_intent(intent: OrderIntent, rules: ClientIdRules | None = None) -> None:
+    """Raise ``OrderRejected`` for the first thing wrong with the intent itself."""
+    if not isinstance(intent.symbol, str) or not SYMBOL_RE.match(intent.symbol):
+        raise _reject(
+            RejectReason.BAD_SYMBOL,
+            f"symbol {intent.symbol!r} is not 1-32 chars of "
+            "A-Z 0-9 . _ / : - starting with a letter or digit",
+            "symbol",
+        )
+    if intent.side not in SIDES:
+        raise _reject(RejectReason.BAD_SIDE, f"side {intent.side!r} is not buy or sell", "side")
+    _amount(intent.quantity, "quantity", RejectReason.BAD_QUANTITY)
+    if intent.order_type not in ORDER_TYPES:
+        raise _reject(
+            RejectReason.BAD_ORDER_TYPE,
+            f"order_type {intent.order_type!r} is not one of {', '.join(sorted(ORDER_TYPES))}",
+            "order_type",
+        )
+    needs_limit = intent.order_type in ("limit", "stop_limit")
+    needs_stop = intent.order_type in ("stop", "stop_limit")
+    for name, needed, value in (
+        ("limit_price", needs_limit, intent.limit_price),
+        ("stop_price", needs_stop, intent.stop_price),
+    ):
+        if needed and value is None:
+            raise _reject(
+                RejectReason.BAD_PRICE, f"a {intent.order_type} order needs a {name}", name
+            )
+        if not needed and value is not None:
+            raise _reject(
+                RejectReason.BAD_PRICE, f"a {intent.order_type} order takes no {name}", name
+            )
+        if value is not None:
+            _amount(value, name, RejectReason.BAD_PRICE)
+    why = (
+        (rules or ClientIdRules()).check(intent.client_order_id)
+        if isinstance(intent.client_order_id, str)
+        else "not a str"
+    )
+    if why is not None:
+        raise _reject(
+            RejectReason.BAD_CLIENT_ORDER_ID,
+            f"client_order_id {intent.client_order_id!r}: {why}",
+            "client_order_id",
+        )
+
+
+def check_risk(intent: OrderIntent, limits: RiskLimits, view: RiskView) -> None:
+    """Raise ``OrderRejected`` for the first limit the intent would break."""
+    if limits.max_daily_loss is not None and view.daily_pnl <= -limits.max_daily_loss:
+        raise _reject(
+            RejectReason.DAILY_LOSS,
+            f"today's realized P&L {view.daily_pnl} has "
+            f"reached the daily loss limit {limits.max_daily_loss}",
+            "max_daily_loss",
+        )
+    signed = intent.quantity if intent.side == "buy" else -intent.quantity
+    if limits.max_position is not None and abs(view.position + signed) > limits.max_position:
+        raise _reject(
+            RejectReason.MAX_POSITION,
+            f"the {intent.symbol} position would be "
+            f"{view.position + signed} (open orders included); the limit is "
+            f"{limits.max_position}",
+            "quantity",
+        )
+    needs_price = limits.max_order_notional is not None or (
+        limits.check_balance and intent.side == "buy"
+    )
+    if view.price is None:
+        if needs_price:
+            raise _reject(
+                RejectReason.NO_PRICE,
+                f"no price to value the {intent.order_type} "
+                f"order in {intent.symbol}: give the manager a price source",
+                "price",
+            )
+        return
+    notional = intent.quantity * view.price
+    if limits.max_order_notional is not None and notional > limits.max_order_notional:
+        raise _reject(
+            RejectReason.MAX_NOTIONAL,
+            f"notional {notional} exceeds the per-order limit {limits.max_order_notional}",
+            "quantity",
+        )
+    if limits.check_balance and intent.side == "buy":
+        if view.balance is None:
+            raise _reject(
+                RejectReason.INSUFFICIENT_BALANCE,
+                f"the balance of account "
+                f"{intent.account!r} is unknown (the database has not been reachable)",
+                "account",
+            )
+        available = view.balance - view.reserved
+        if notional > available:
+            raise _reject(
+                RejectReason.INSUFFICIENT_BALANCE,
+                f"the order costs {notional}; "
+                f"account {intent.account!r} has {available} available (balance "
+                f"{view.balance}, open buys {view.reserved})",
+                "quantity",
+            )

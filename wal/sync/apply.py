@@ -1,0 +1,329 @@
+"""Applying log entries to the database: one batch, and a drain of everything pending.
+
+``Applier`` is the manager's database side. ``apply_batch`` applies entries in LSN order (with
+the ledger, exactly once; without it, at least once, marking entries SYNCING first), counts
+the outcomes, turns an entry that failed ``max_retries`` times into a dead letter (FAILED),
+and records every status in the log before anything is acknowledged. ``drain`` repeats it
+until nothing is pending, the breaker opens, or the manager stops. The caller holds
+``apply_lock``: one applier at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from wal.config import WALConfig
+from wal.crashpoints import crash_point
+from wal.db.classify import describe_error, is_transient
+from wal.entry import OperationType, WALEntry, WALEntryStatus
+from wal.errors import WALDatabaseError, WALError, WALWriteError
+from wal.log.storage import WALStorage
+from wal.sync.breaker import CircuitBreaker
+from wal.sync.identity import check_before_apply
+from wal.sync.results import SyncResult
+
+__all__ = [
+    "Applier",
+    "ApplyObserver",
+    "BatchAborted",
+    "Counters",
+    "Outcome",
+    "short_error",
+    "transient_error",
+]
+
+log = logging.getLogger("wal.sync.manager")
+
+_SHORT_ERROR_LEN = 200  # a log line an operator can read, and the status view shows
+_CRITICAL = frozenset(op.value for op in OperationType)
+
+
+@dataclass
+class Outcome:
+    status: WALEntryStatus
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Counters:
+    applied: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    errors: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+
+class ApplyObserver(Protocol):
+    """Told when a batch is about to be applied and how it ended (the read overlay)."""
+
+    def batch_starting(self, batch: Sequence[WALEntry]) -> None: ...
+
+    def batch_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None: ...
+
+
+class BatchAborted(Exception):
+    """A transient database error stopped a batch (nothing, or all of it, committed)."""
+
+
+def short_error(exc: BaseException) -> str:
+    """One short line for logs and status: what failed, without hints, SQL or links."""
+    text = exc.message if isinstance(exc, WALError) else describe_error(exc)
+    return text if len(text) <= _SHORT_ERROR_LEN else text[: _SHORT_ERROR_LEN - 3] + "..."
+
+
+def transient_error(exc: BaseException) -> bool:
+    """A ``WALDatabaseError``'s own verdict, else ``wal.db.classify.is_transient``."""
+    if isinstance(exc, WALDatabaseError):
+        return exc.transient
+    return is_transient(exc)
+
+
+class Applier:
+    """The manager's database side: apply batches, drain, count, keep the breaker informed."""
+
+    def __init__(self, storage: WALStorage, db: Any, config: WALConfig) -> None:
+        self.storage = storage
+        self.db = db
+        self.config = config
+        self.breaker = CircuitBreaker(
+            config.breaker_failure_threshold, config.breaker_cooldown_seconds
+        )
+        self.exactly_once = callable(getattr(db, "apply", None))
+        # one applier at a time (the sync thread, force_sync, or a write applying inline)
+        self.apply_lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.counters = Counters()
+        self.attempt = 0  # consecutive transient failures (backoff exponent)
+        self.last_sync_at: datetime | None = None
+        self.last_error: str | None = None
+        self.fatal: WALWriteError | None = None
+        self._alerted_count = False
+        self._alerted_age = False
+        # entries of batches aborted by a transient error: committed or not, nobody knows
+        # until the ledger is asked (the ambiguous commit); read overlays must ask it
+        self.maybe_applied: set[uuid.UUID] = set()
+        self._target_checked = False  # database.json: checked before the first batch is applied
+        self.observers: list[ApplyObserver] = []
+        self._told = False  # the observers heard how the current batch ended
+
+    def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        """Apply a batch (apply lock held), record the statuses durably, return outcomes.
+
+        The observers hear of it before the database does, and of its end before the log
+        records the statuses. Raises ``BatchAborted`` on a transient database error (the
+        breaker counts it) and ``WALWriteError`` when the log cannot record the statuses.
+        """
+        for o in self.observers:
+            o.batch_starting(batch)  # reads ask the ledger about these entries until the end
+        self._told = False
+        try:
+            outcomes = self._apply_and_record(batch)
+        except BaseException:
+            if not self._told:
+                # the batch may have committed (an ambiguous COMMIT): maybe applied
+                self._tell_finished(batch, {}, {e.entry_id for e in batch})
+            raise
+        crash_point("manager.after_status_before_ack")  # recorded; the writer not yet answered
+        return outcomes
+
+    def _tell_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None:
+        self._told = True
+        for o in self.observers:
+            o.batch_finished(batch, statuses, unsure)
+
+    def _apply_and_record(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        if self.exactly_once:
+            outcomes = self._apply_exactly_once(batch)
+        else:
+            outcomes = self._apply_at_least_once(batch)
+        crash_point("manager.after_apply_before_status")  # committed, not yet COMPLETED in the log
+        changes: list[tuple[WALEntry, WALEntryStatus, str | None, int | None]] = []
+        c = self.counters
+        for e in batch:
+            out = outcomes.get(e.entry_id)
+            if out is None:
+                continue
+            if out.status is WALEntryStatus.COMPLETED:
+                changes.append((e, out.status, None, e.attempts))
+                continue
+            attempts = e.attempts + 1
+            if attempts >= self.config.max_retries:
+                out.status = WALEntryStatus.FAILED
+                c.failed += 1
+                log.error(
+                    "dead letter: entry %s (lsn %s, %s) failed %d times: %s",
+                    e.entry_id,
+                    e.lsn,
+                    e.operation,
+                    attempts,
+                    out.error,
+                )
+            else:
+                out.status = WALEntryStatus.PENDING
+                c.errors += 1
+            changes.append((e, out.status, out.error, attempts))
+        done = sum(1 for o in outcomes.values() if o.status is WALEntryStatus.COMPLETED)
+        if done:
+            c.recent.append((time.monotonic(), done))  # for applied_per_second
+        # With the ledger, a lost COMPLETED mark only causes a replay that the ledger skips:
+        # such marks ride on the next flush's fsync instead of an fsync of their own.
+        durable = not self.exactly_once or any(
+            st is not WALEntryStatus.COMPLETED for _, st, _, _ in changes
+        )
+        maybe = self.maybe_applied
+        # the overlay learns the outcome before the log: reads need not wait for the fsync
+        self._tell_finished(
+            batch,
+            {e.entry_id: st for e, st, _, _ in changes},
+            {e.entry_id for e in batch if e.entry_id not in outcomes and e.entry_id in maybe},
+        )
+        try:
+            # any other outcome is acknowledged only once it is durable in the log
+            self.storage.update_statuses(changes, durable=durable)
+        except WALWriteError as exc:
+            self.fatal = exc
+            raise
+        self.last_sync_at = datetime.now(UTC)
+        return outcomes
+
+    def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        try:
+            if not self._target_checked:  # the log's own database, never another one
+                check_before_apply(self.storage.directory, self.db)
+                self._target_checked = True
+            results = self.db.apply(list(batch))
+        except Exception as exc:
+            if not transient_error(exc):
+                log.exception("apply of a batch failed without a per-entry result")
+            self.note_transient(exc)
+            self.maybe_applied.update(e.entry_id for e in batch)
+            raise BatchAborted from exc
+        self.note_success()
+        self.maybe_applied.difference_update(e.entry_id for e in batch)
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        for e, r in zip(batch, results, strict=True):
+            if r.outcome == "applied":
+                self.counters.applied += 1
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, r.value)
+            elif r.outcome == "duplicate":
+                self.counters.duplicates += 1
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED)
+            else:
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.PENDING, error=r.error)
+        return outcomes
+
+    def _apply_at_least_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        # mark them first, so a crash between the call and the COMPLETED record is visible
+        fresh = [e for e in batch if e.status is not WALEntryStatus.SYNCING]
+        self.storage.update_statuses((e, WALEntryStatus.SYNCING, None, e.attempts) for e in fresh)
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        for e in batch:
+            if e.operation not in _CRITICAL:  # never call a method named by log contents
+                outcomes[e.entry_id] = Outcome(
+                    WALEntryStatus.PENDING, error=f"unknown operation {e.operation!r}"
+                )
+                continue
+            try:
+                value = getattr(self.db, e.operation)(*e.args, **e.kwargs)
+            except Exception as exc:
+                if transient_error(exc):
+                    self.maybe_applied.add(e.entry_id)
+                    self.note_transient(exc)
+                    if not outcomes:
+                        raise BatchAborted from exc
+                    break  # the ones done so far are recorded below
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.PENDING, error=repr(exc))
+                continue
+            self.note_success()
+            self.counters.applied += 1
+            outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, value)
+        return outcomes
+
+    def note_transient(self, exc: BaseException) -> None:
+        self.breaker.failure()
+        self.attempt += 1
+        self.last_error = short_error(exc)
+        log.warning("database unavailable (%s); entries stay in the log", self.last_error)
+
+    def note_success(self) -> None:
+        self.breaker.success()
+        self.attempt = 0
+
+    def drain(self, *, force: bool = False) -> SyncResult:
+        t0 = time.monotonic()
+        c = self.counters
+        before = (c.applied, c.duplicates, c.failed, c.errors)
+        error = None
+        after_lsn = 0
+        while not (self.stopping.is_set() and not force):
+            if not force and not self.breaker.allow():
+                error = self.last_error
+                break
+            # the lock is taken per batch: a writer applying inline waits for one batch at most
+            with self.apply_lock:
+                batch = list(  # background: appenders coming back from fsync go first
+                    self.storage.get_pending_entries(
+                        after_lsn=after_lsn, limit=self.config.batch_size, background=True
+                    )
+                )
+                if not batch:
+                    break
+                try:
+                    outcomes = self.apply_batch(batch)
+                except BatchAborted:
+                    error = self.last_error
+                    break
+            force = False  # the probe went through; the breaker governs from here
+            # entries that stay PENDING after a permanent error wait for the next drain
+            if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
+                after_lsn = max(e.lsn or 0 for e in batch)
+        applied = c.applied - before[0]
+        pending = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
+            WALEntryStatus.SYNCING
+        )
+        result = SyncResult(
+            applied=applied,
+            duplicates=c.duplicates - before[1],
+            failed=c.failed - before[2],
+            errors=c.errors - before[3],
+            pending=pending,
+            seconds=time.monotonic() - t0,
+            error=error,
+        )
+        self._check_alerts(pending)
+        return result
+
+    def _check_alerts(self, pending: int) -> None:
+        """Warn once per crossing of the pending-count and oldest-age thresholds."""
+        over = pending > self.config.pending_alert_threshold
+        if over and not self._alerted_count:
+            log.warning(
+                "%d entries pending (threshold %d): the database is behind",
+                pending,
+                self.config.pending_alert_threshold,
+            )
+        self._alerted_count = over
+        age = self.storage.get_stats().oldest_pending_age_seconds if pending else None
+        old = age is not None and age > self.config.pending_alert_age_seconds
+        if old and not self._alerted_age:
+            log.warning("the oldest pending entry is %.0f s old", age)
+        self._alerted_age = old
