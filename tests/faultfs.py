@@ -466,6 +466,13 @@ class CrashFS:
             if after:
                 self._crash_after("truncate", path)
 
+    def revive(self) -> None:
+        """The process was killed, not the machine: it restarts on the same files (the page
+        cache survived), and the model of what is durable is kept for a later power loss."""
+        with self._mu:
+            self.crashed = False
+            self._fds.clear()
+
     # ------------------------------------------------------------------ the crash image
 
     def pending_dir_ops(self) -> list[str]:

@@ -9,7 +9,8 @@ at-least-once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -333,13 +334,23 @@ class PausedReadDB(DatabaseManager):
         self.reading = threading.Event()
         self.go_on = threading.Event()
 
-    def get_balance(self, account: str = "default") -> Decimal:
-        value = super().get_balance(account)
+    def _pause(self) -> None:
         if self.armed:
             self.armed = False
             self.reading.set()
             assert self.go_on.wait(15)
+
+    def get_balance(self, account: str = "default") -> Decimal:
+        value = super().get_balance(account)
+        self._pause()
         return value
+
+    def get_balance_and_applied(
+        self, account: str, entry_ids: Iterable[uuid.UUID | str]
+    ) -> tuple[Decimal, set[str]]:
+        answer = super().get_balance_and_applied(account, entry_ids)  # the wrapper's read
+        self._pause()
+        return answer
 
 
 def test_a_write_during_a_read_is_not_lost_from_the_kept_balance(rig: Rig) -> None:

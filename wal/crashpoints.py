@@ -15,6 +15,10 @@ The points, in the order the write path meets them:
 ``compact-after-rename``      the temp file replaced the segment; directory not synced
 ``compact-after-unlink``      an emptied front segment was unlinked; directory not synced
 ``compact-between-segments``  one segment was rewritten, the next ones are not yet
+``durable.after_write_before_read``  ``atomic_balance_update`` logged (and maybe applied) the
+                              update, before reading the balance it returns
+``manager.after_append_before_apply``  the entry is durable in the log, not yet applied, the
+                              caller not yet acknowledged
 ``order.after_intent_fsync``  an order intent is durable in the log; nothing was sent
 ``order.after_submitting_fsync``  SUBMITTING is durable; the broker call is next
 ``order.after_broker_accept``  the broker accepted the order; the journal does not know yet
@@ -22,15 +26,23 @@ The points, in the order the write path meets them:
 ``order.after_fill_fsync``    one fill is journaled (the next ones are not)
 ``manager.after_apply_before_status``  the database committed a batch (effects and ledger
                               rows); the log does not yet say COMPLETED
+``manager.after_status_before_ack``  the log recorded the batch's statuses; the caller of the
+                              write that applied it is not yet acknowledged
+
+In-process crashes (the model tests): ``set_in_process_handler(handler)`` makes every point
+call ``handler(name)`` first; the handler raises to stop the stack at that point, as if the
+process died there (the test then drops every object and opens the files again). The log's
+hot-path points (``append-*``, behind ``ARMED``) are reached only with ``WAL_CRASH_POINT``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from wal.errors import WALConfigError
 
-__all__ = ["ARMED", "POINTS", "crash_point"]
+__all__ = ["ARMED", "POINTS", "crash_point", "set_in_process_handler"]
 
 POINTS = frozenset(
     {
@@ -41,7 +53,10 @@ POINTS = frozenset(
         "compact-after-rename",
         "compact-after-unlink",
         "compact-between-segments",
+        "durable.after_write_before_read",
+        "manager.after_append_before_apply",
         "manager.after_apply_before_status",
+        "manager.after_status_before_ack",
         "order.after_intent_fsync",
         "order.after_submitting_fsync",
         "order.after_broker_accept",
@@ -60,11 +75,20 @@ if _name and (_name not in POINTS or (_nth and not (_nth.isdigit() and int(_nth)
 _remaining = int(_nth) if _nth else 1
 # True when a crash point is set: hot paths test this constant and skip the call (zero cost).
 ARMED = bool(_name)
+_handler: Callable[[str], None] | None = None
+
+
+def set_in_process_handler(handler: Callable[[str], None] | None) -> None:
+    """Call ``handler(point)`` at every crash point (None: stop). For in-process crash tests."""
+    global _handler
+    _handler = handler
 
 
 def crash_point(name: str) -> None:
     """Exit at once (status 137) if ``WAL_CRASH_POINT`` names this point and its count is up."""
     global _remaining
+    if _handler is not None:
+        _handler(name)
     if name != _name:
         return
     _remaining -= 1

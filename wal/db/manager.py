@@ -281,6 +281,20 @@ class DatabaseManager:
             with conn.begin():
                 yield conn
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read transaction whose statements all see ONE snapshot of the database."""
+        self._ensure_schema()
+        with self._engine.connect() as conn:
+            options: dict[str, Any] = {READ_ONLY: True}
+            if self._dialect_name == "postgresql":
+                # READ COMMITTED gives each statement its own snapshot; the overlay needs the
+                # balance and the ledger rows from the same instant
+                options["isolation_level"] = "REPEATABLE READ"
+            conn.execution_options(**options)
+            with conn.begin():  # SQLite (WAL mode): the first read fixes the snapshot
+                yield conn
+
     # ------------------------------------------------------------------ critical operations
 
     @overload
@@ -534,6 +548,38 @@ class DatabaseManager:
             .order_by(positions.c.opened_at, positions.c.position_id)
         )
         return self._rows(query)
+
+    def get_balance_and_applied(
+        self, account: str, entry_ids: Iterable[uuid.UUID | str]
+    ) -> tuple[Decimal, set[str]]:
+        """``get_balance(account)`` and ``applied_ids(entry_ids)`` read in ONE snapshot.
+
+        The read overlay of ``DurableDatabaseManager`` needs both from the same instant: an
+        entry committed between two separate reads would be counted twice or not at all.
+        """
+        acct = valid_text(account, "account")
+        ids = [str(e) for e in entry_ids]
+        with self._snapshot() as conn:
+            value = conn.execute(
+                sa.select(balances.c.balance).where(balances.c.account == acct)
+            ).scalar_one_or_none()
+            done = applied_in(conn, ids) if ids else set()
+        return (Decimal(0) if value is None else value), done
+
+    def get_open_positions_and_applied(
+        self, entry_ids: Iterable[uuid.UUID | str]
+    ) -> tuple[list[dict[str, Any]], set[str]]:
+        """``get_open_positions()`` and ``applied_ids(entry_ids)`` read in ONE snapshot."""
+        query = (
+            sa.select(positions)
+            .where(positions.c.status == "open")
+            .order_by(positions.c.opened_at, positions.c.position_id)
+        )
+        ids = [str(e) for e in entry_ids]
+        with self._snapshot() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+            done = applied_in(conn, ids) if ids else set()
+        return rows, done
 
     def get_trades(self, session_id: str | None = None) -> list[dict[str, Any]]:
         """Every trade (of one session when ``session_id`` is given), oldest first."""

@@ -381,6 +381,11 @@ class WALStorage(LogReader):
             self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
             st = os.fstat(self._fd)
             seg.ino = (st.st_dev, st.st_ino)
+            if self.options.fsync != "unsafe_never":
+                # what recovery just read may be page cache only (the writer was killed before
+                # its fsync): make it durable, so an entry found after a restart survives a
+                # power loss
+                self._fs.fdatasync(self._fd)
             self._seg_size = seg.size
             self._header_len = len(segment_header(seg.first, None))
         if self.recovery_report.manifest_first is None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
@@ -30,7 +30,15 @@ from wal.sync.breaker import CircuitBreaker
 from wal.sync.identity import check_before_apply
 from wal.sync.results import SyncResult
 
-__all__ = ["Applier", "BatchAborted", "Counters", "Outcome", "short_error", "transient_error"]
+__all__ = [
+    "Applier",
+    "ApplyObserver",
+    "BatchAborted",
+    "Counters",
+    "Outcome",
+    "short_error",
+    "transient_error",
+]
 
 log = logging.getLogger("wal.sync.manager")
 
@@ -52,6 +60,19 @@ class Counters:
     failed: int = 0
     errors: int = 0
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+
+class ApplyObserver(Protocol):
+    """Told when a batch is about to be applied and how it ended (the read overlay)."""
+
+    def batch_starting(self, batch: Sequence[WALEntry]) -> None: ...
+
+    def batch_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None: ...
 
 
 class BatchAborted(Exception):
@@ -96,13 +117,40 @@ class Applier:
         # until the ledger is asked (the ambiguous commit); read overlays must ask it
         self.maybe_applied: set[uuid.UUID] = set()
         self._target_checked = False  # database.json: checked before the first batch is applied
+        self.observers: list[ApplyObserver] = []
+        self._told = False  # the observers heard how the current batch ended
 
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
 
-        Raises ``BatchAborted`` on a transient database error (the breaker counts it) and
-        ``WALWriteError`` when the log cannot record the statuses.
+        The observers hear of it before the database does, and of its end before the log
+        records the statuses. Raises ``BatchAborted`` on a transient database error (the
+        breaker counts it) and ``WALWriteError`` when the log cannot record the statuses.
         """
+        for o in self.observers:
+            o.batch_starting(batch)  # reads ask the ledger about these entries until the end
+        self._told = False
+        try:
+            outcomes = self._apply_and_record(batch)
+        except BaseException:
+            if not self._told:
+                # the batch may have committed (an ambiguous COMMIT): maybe applied
+                self._tell_finished(batch, {}, {e.entry_id for e in batch})
+            raise
+        crash_point("manager.after_status_before_ack")  # recorded; the writer not yet answered
+        return outcomes
+
+    def _tell_finished(
+        self,
+        batch: Sequence[WALEntry],
+        statuses: dict[uuid.UUID, WALEntryStatus],
+        unsure: set[uuid.UUID],
+    ) -> None:
+        self._told = True
+        for o in self.observers:
+            o.batch_finished(batch, statuses, unsure)
+
+    def _apply_and_record(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         if self.exactly_once:
             outcomes = self._apply_exactly_once(batch)
         else:
@@ -140,6 +188,13 @@ class Applier:
         # such marks ride on the next flush's fsync instead of an fsync of their own.
         durable = not self.exactly_once or any(
             st is not WALEntryStatus.COMPLETED for _, st, _, _ in changes
+        )
+        maybe = self.maybe_applied
+        # the overlay learns the outcome before the log: reads need not wait for the fsync
+        self._tell_finished(
+            batch,
+            {e.entry_id: st for e, st, _, _ in changes},
+            {e.entry_id for e in batch if e.entry_id not in outcomes and e.entry_id in maybe},
         )
         try:
             # any other outcome is acknowledged only once it is durable in the log
@@ -218,12 +273,13 @@ class Applier:
         c = self.counters
         before = (c.applied, c.duplicates, c.failed, c.errors)
         error = None
-        with self.apply_lock:
-            after_lsn = 0
-            while not (self.stopping.is_set() and not force):
-                if not force and not self.breaker.allow():
-                    error = self.last_error
-                    break
+        after_lsn = 0
+        while not (self.stopping.is_set() and not force):
+            if not force and not self.breaker.allow():
+                error = self.last_error
+                break
+            # the lock is taken per batch: a writer applying inline waits for one batch at most
+            with self.apply_lock:
                 batch = list(  # background: appenders coming back from fsync go first
                     self.storage.get_pending_entries(
                         after_lsn=after_lsn, limit=self.config.batch_size, background=True
@@ -236,10 +292,10 @@ class Applier:
                 except BatchAborted:
                     error = self.last_error
                     break
-                force = False  # the probe went through; the breaker governs from here
-                # entries that stay PENDING after a permanent error wait for the next drain
-                if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
-                    after_lsn = max(e.lsn or 0 for e in batch)
+            force = False  # the probe went through; the breaker governs from here
+            # entries that stay PENDING after a permanent error wait for the next drain
+            if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
+                after_lsn = max(e.lsn or 0 for e in batch)
         applied = c.applied - before[0]
         pending = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
             WALEntryStatus.SYNCING

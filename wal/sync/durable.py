@@ -21,23 +21,31 @@ commits each entry's effect with a ledger row in one transaction (see docs/datab
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from wal.config import WALConfig
+from sqlalchemy.engine import make_url
+
+from wal.config import WALConfig, mask_url
+from wal.crashpoints import crash_point
+from wal.db.engine import DEFAULT_URL
+from wal.db.manager import DatabaseManager
 from wal.entry import OperationType, WALEntry
-from wal.errors import WALDatabaseError, WALSerializationError
+from wal.errors import WALConfigError, WALDatabaseError, WALSerializationError
 from wal.log.storage import WALStorage
 from wal.sync.apply import transient_error
 from wal.sync.breaker import BreakerState
 from wal.sync.manager import Receipt, WALManager
-from wal.sync.overlay import Overlay
+from wal.sync.overlay import BalanceReader, Overlay, PositionsReader
 
 __all__ = ["DurableBalanceTxn", "DurableDatabaseManager"]
 
@@ -110,7 +118,12 @@ class DurableDatabaseManager:
     ) -> None:
         self._db = db
         self.config = config if config is not None else WALConfig.from_env()
+        if config is not None:
+            _check_same_database(db, config)
         self.enabled = self.config.enabled
+        self._owns_db = False  # from_config: stop() disposes the engine it made
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self._overlay = Overlay()
         self._account_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -129,7 +142,23 @@ class DurableDatabaseManager:
                 self.config.directory, self.config.storage_options()
             )
             self.manager = WALManager(self.storage, db, self.config)
+        # Every entry pending in the log now may already be in the database (a crash between
+        # its COMMIT and the COMPLETED mark, or a power loss of marks written with
+        # durable=False): counted, and maybe applied until the ledger says otherwise.
+        self._overlay = Overlay(open_lsn=self.storage.last_lsn)
+        self._overlay.track_open(self.storage.get_pending_entries())
         self.manager.add_write_hook(self._overlay.on_write)
+        self.manager.add_apply_observer(self._overlay)
+
+    @classmethod
+    def from_config(cls, config: WALConfig | None = None) -> DurableDatabaseManager:
+        """The bundled ``DatabaseManager`` on ``config.database_url``, wrapped: the URL is
+        given once. ``config`` defaults to ``WALConfig.from_env()`` (reads ``os.environ``).
+        ``stop()`` disposes the engine made here."""
+        cfg = config if config is not None else WALConfig.from_env()
+        ddb = cls(DatabaseManager(cfg.database_url), config=cfg)
+        ddb._owns_db = True
+        return ddb
 
     @property
     def db(self) -> Any:
@@ -143,12 +172,44 @@ class DurableDatabaseManager:
         if self.manager is not None:
             self.manager.start()
 
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the sync thread and close the log; pending entries stay durable in it."""
+    def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
+        """Stop the sync thread and close the log; pending entries stay durable in it.
+
+        ``drain=True`` first applies what is pending, for up to ``timeout`` seconds (see
+        ``drain``). Returns how many entries are left pending. Then every pooled connection
+        of the wrapped manager is closed (its ``dispose()``): a stopped engine holds no
+        database connection (the manager stays usable: it reconnects on its next call).
+        """
+        left = 0
         if self.manager is not None:
-            self.manager.stop(timeout)
+            left = self.manager.stop(timeout, drain=drain)
         if self.storage is not None and self._owns_storage:
             self.storage.close()
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+        dispose = getattr(self._db, "dispose", None)
+        if callable(dispose):
+            dispose()  # the connections the sync thread and the reads opened
+        return left
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Apply every pending entry and wait: returns how many are left when ``timeout``
+        seconds passed (0: all applied; ``timeout=0``: one pass; None: no limit). Retries
+        with backoff while the database is unreachable; use it instead of polling
+        ``get_wal_status()["pending"]``."""
+        if self.manager is None:
+            return 0
+        return self.manager.drain(timeout)
+
+    def find_by_idempotency_key(self, key: str) -> WALEntry | None:
+        """The logged entry of the operation made with ``idempotency_key=key``, or None if
+        it never reached the log (then it was never acknowledged: redo it). After a crash,
+        ask this before redoing an operation whose acknowledgement you did not see."""
+        if self.storage is None:
+            return None
+        return self.storage.find_by_idempotency_key(key)
 
     def __enter__(self) -> DurableDatabaseManager:
         self.start()
@@ -230,6 +291,7 @@ class DurableDatabaseManager:
             reason=reason,
             account=account,
         )
+        crash_point("durable.after_write_before_read")  # durable; the caller not yet answered
         if receipt.applied and receipt.result is not None and not receipt.duplicate:
             return receipt.result
         try:
@@ -321,52 +383,66 @@ class DurableDatabaseManager:
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:
-        """The balance including pending entries. Raises ``WALDatabaseError`` only when the
-        database has not been reachable since start (then the balance is unknown)."""
+        """The balance including every acknowledged operation exactly once, in every state
+        (pending, being applied, applied but not yet marked in the log, after a crash). Does
+        not wait for a drain. Raises ``WALDatabaseError`` only when the database has not been
+        reachable since start (then the balance is unknown)."""
         if self.manager is None or self.storage is None:
             return Decimal(self._db.get_balance(account))
-        storage = self.storage
         return self._read_with_pending(
-            lambda: self._overlay.fresh_balance(
-                account,
-                Decimal(self._db.get_balance(account)),
-                storage.get_pending_entries(),
-                lambda: storage.last_lsn,
-                self._already_applied,
-            ),
+            lambda: self._overlay.fresh_balance(account, self._balance_reader(account)),
             lambda: self._overlay.kept_balance(account),
             f"the balance of account {account!r} is unknown: the database has not been "
             "reachable since this process started, so pending entries have no base",
         )
 
     def get_open_positions(self) -> list[dict[str, Any]]:
-        """Open positions including pending opens, updates and closes."""
+        """Open positions including pending opens, updates and closes (exactly once, as
+        ``get_balance``)."""
         if self.manager is None or self.storage is None:
             rows: list[dict[str, Any]] = self._db.get_open_positions()
             return rows
-        storage = self.storage
         return self._read_with_pending(
-            lambda: self._overlay.fresh_positions(
-                list(self._db.get_open_positions()),
-                storage.get_pending_entries(),
-                lambda: storage.last_lsn,
-                self._already_applied,
-            ),
+            lambda: self._overlay.fresh_positions(self._positions_reader()),
             self._overlay.kept_positions,
             "open positions are unknown: the database has not been reachable since this "
             "process started",
         )
 
+    def _snapshot_reads(self) -> bool:
+        """The wrapped manager reads a figure and its ledger in one snapshot."""
+        return callable(getattr(self._db, "get_balance_and_applied", None)) and callable(
+            getattr(self._db, "get_open_positions_and_applied", None)
+        )
+
+    def _ledger(self, ids: list[str]) -> set[str]:
+        applied_ids = getattr(self._db, "applied_ids", None)
+        if not ids or not callable(applied_ids):
+            return set()  # no ledger (at-least-once): pending entries count as pending
+        return {str(x) for x in applied_ids(ids)}
+
+    def _balance_reader(self, account: str) -> BalanceReader:
+        if self._snapshot_reads():
+            return lambda ids: self._db.get_balance_and_applied(account, ids)
+        return lambda ids: (Decimal(self._db.get_balance(account)), self._ledger(ids))
+
+    def _positions_reader(self) -> PositionsReader:
+        if self._snapshot_reads():
+            return lambda ids: self._db.get_open_positions_and_applied(ids)
+        return lambda ids: (list(self._db.get_open_positions()), self._ledger(ids))
+
     def _read_with_pending(
         self, fresh: Callable[[], _T], kept: Callable[[], _T | None], unknown: str
     ) -> _T:
-        """A fresh read (database + pending, under the apply lock) unless the breaker is open
-        and a kept state exists; the kept state when the database cannot be reached."""
+        """A fresh read (database + pending) unless the breaker is open and a kept state
+        exists; the kept state when the database cannot be reached."""
         m = self.manager
         assert m is not None
         if kept() is None or m.breaker.state is not BreakerState.OPEN:
             try:
-                with m.apply_lock:
+                if self._snapshot_reads():
+                    return fresh()  # one snapshot: no need to wait for a batch
+                with m.apply_lock:  # two separate reads: no batch may commit between them
                     return fresh()
             except Exception as exc:
                 if not transient_error(exc):
@@ -377,18 +453,97 @@ class DurableDatabaseManager:
             raise WALDatabaseError(unknown, transient=True)
         return value
 
-    def _already_applied(self, entries: list[WALEntry]) -> set[str]:
-        """Which of these pending entries the database already has (ambiguous commits)."""
-        m = self.manager
-        if m is None or not m.maybe_applied:
-            return set()
-        unsure = [e.entry_id for e in entries if e.entry_id in m.maybe_applied]
-        if not unsure or not callable(getattr(self._db, "applied_ids", None)):
-            return set()
-        return {str(x) for x in self._db.applied_ids(unsure)}
+    # ------------------------------------------------------------------ asyncio
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a blocking call (fsync, database round trip) off the event loop."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(32, thread_name_prefix="wal-async")
+            executor = self._executor
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def atomic_balance_update_async(
+        self,
+        delta: Decimal,
+        *,
+        reason: str = "",
+        account: str = "default",
+        idempotency_key: str | None = None,
+    ) -> Decimal | None:
+        """``atomic_balance_update(delta, ...)`` for asyncio: the same guarantees (durable
+        before it returns, exactly once), the fsync and the database off the event loop."""
+        result: Decimal | None = await self._in_thread(
+            self.atomic_balance_update,
+            delta,
+            reason=reason,
+            account=account,
+            idempotency_key=idempotency_key,
+        )
+        return result
+
+    async def log_trade_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``log_trade`` for asyncio (see ``atomic_balance_update_async``)."""
+        return await self._in_thread(self.log_trade, *args, **kwargs)
+
+    async def log_position_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``log_position`` for asyncio."""
+        return await self._in_thread(self.log_position, *args, **kwargs)
+
+    async def update_position_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``update_position`` for asyncio."""
+        return await self._in_thread(self.update_position, *args, **kwargs)
+
+    async def close_position_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``close_position`` for asyncio."""
+        return await self._in_thread(self.close_position, *args, **kwargs)
+
+    async def create_trading_session_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``create_trading_session`` for asyncio."""
+        return await self._in_thread(self.create_trading_session, *args, **kwargs)
+
+    async def end_trading_session_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``end_trading_session`` for asyncio."""
+        return await self._in_thread(self.end_trading_session, *args, **kwargs)
+
+    async def get_balance_async(self, account: str = "default") -> Decimal:
+        """``get_balance`` for asyncio (the same exactly-once read)."""
+        return await self._in_thread(self.get_balance, account)
+
+    async def get_open_positions_async(self) -> list[dict[str, Any]]:
+        """``get_open_positions`` for asyncio."""
+        return await self._in_thread(self.get_open_positions)
+
+    async def drain_async(self, timeout: float | None = None) -> int:
+        """``drain`` for asyncio."""
+        return await self._in_thread(self.drain, timeout)
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found here: everything non-critical passes through
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._db, name)
+
+
+def _check_same_database(db: Any, config: WALConfig) -> None:
+    """A wrapped manager on another database than ``config.database_url`` is an error: the
+    URL is given once (``from_config``), never silently ignored."""
+    url = getattr(db, "url", None)
+    if not isinstance(url, str) or config.database_url == DEFAULT_URL:
+        return  # a manager of the user's own without a URL, or a config that names none
+
+    def norm(u: str) -> str:
+        parsed = make_url(u)
+        return parsed.set(drivername=parsed.get_backend_name()).render_as_string(
+            hide_password=False
+        )
+
+    if norm(url) != norm(config.database_url):
+        raise WALConfigError(
+            "database_url",
+            mask_url(config.database_url),
+            f"the URL of the wrapped manager ({mask_url(url)}); or build both from the "
+            "config with DurableDatabaseManager.from_config(config)",
+        )
+

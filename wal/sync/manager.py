@@ -34,6 +34,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,10 +43,11 @@ from dataclasses import replace
 from typing import Any
 
 from wal.config import WALConfig
+from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
-from wal.errors import WALWriteError
+from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
-from wal.sync.apply import Applier, BatchAborted
+from wal.sync.apply import Applier, ApplyObserver, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
 from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
@@ -174,6 +176,7 @@ class WALManager:
             raise
         for hook in self._write_hooks:
             hook(e)
+        crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
         if self.breaker.state is not BreakerState.CLOSED:
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
@@ -187,6 +190,10 @@ class WALManager:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(8, thread_name_prefix="wal-apply")
         return self._executor
+
+    def add_apply_observer(self, observer: ApplyObserver) -> None:
+        """Tell ``observer`` when each batch starts and how it ends (see ``ApplyObserver``)."""
+        self._applier.observers.append(observer)
 
     def add_write_hook(self, hook: Callable[[WALEntry], None]) -> None:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
@@ -307,6 +314,7 @@ class WALManager:
             raise
         for hook in self._write_hooks:
             hook(e)
+        crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
         if self.breaker.state is not BreakerState.CLOSED:
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
@@ -362,6 +370,29 @@ class WALManager:
         """Drain now, in this thread, ignoring the breaker's cooldown. Returns counts."""
         return self._applier.drain(force=True)
 
+    def drain(self, timeout: float | None = None) -> int:
+        """Apply pending entries until none is left or ``timeout`` seconds passed (None: no
+        limit; 0: one pass). Returns how many are left: 0 means every entry was applied (or
+        became a dead letter, see ``get_stats()["failed"]``). Retries with backoff while the
+        database is unreachable. Raises ``WALWriteError`` if the log failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            if self._applier.fatal is not None:
+                raise self._applier.fatal
+            left = self.force_sync().pending
+            now = time.monotonic()
+            if left == 0 or (deadline is not None and now >= deadline):
+                return left
+            delay = backoff_delay(
+                attempt,
+                self.config.backoff_base_seconds,
+                self.config.backoff_max_seconds,
+                self._rng,
+            )
+            attempt += 1
+            time.sleep(delay if deadline is None else min(delay, deadline - now))
+
     # ------------------------------------------------------------------ the thread
 
     def start(self) -> None:
@@ -383,8 +414,11 @@ class WALManager:
                     exc,
                 )
 
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the thread. Whatever is not applied stays durable in the log."""
+    def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
+        """Stop the thread (waiting up to ``timeout`` for it). Whatever is not applied stays
+        durable in the log. ``drain=True`` first drains (``drain(timeout)``). Returns how many
+        entries are left pending."""
+        left = self.drain(timeout) if drain else 0
         self._applier.stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -399,6 +433,14 @@ class WALManager:
             self._write_hooks.remove(metrics.count_append)
             metrics.close()
         self._publish_status()
+        if not drain:
+            try:
+                left = self.storage.count(WALEntryStatus.PENDING) + self.storage.count(
+                    WALEntryStatus.SYNCING
+                )
+            except WALError:  # the log is already closed: stopped twice
+                left = 0
+        return left
 
     def wake(self) -> None:
         """Ask the sync thread for a pass now."""

@@ -196,7 +196,7 @@ def run_demo(
     config = WALConfig.from_env(
         {},
         directory=wal_dir,
-        database_url=url,
+        database_url=connect_url,  # the route the manager takes (through the proxy)
         sync_interval=0.2,
         breaker_failure_threshold=1,
         breaker_cooldown_seconds=0.5,

@@ -48,6 +48,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 5 s were for connecting: an idle link stays up
             with self._lock:
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -69,6 +70,9 @@ class TcpProxy:
         """The outage: close every connection and stop listening (connections are refused)."""
         with self._lock:
             if self._server is not None:
+                # shutdown first: a thread blocked in accept() keeps a closed socket listening
+                with contextlib.suppress(OSError):
+                    self._server.shutdown(socket.SHUT_RDWR)
                 self._server.close()
                 self._server = None
             for s in self._conns:
