@@ -592,3 +592,29 @@ def test_sync_shows_progress_on_a_terminal_and_nothing_extra_when_piped(tmp_path
     assert piped.returncode == 0, piped.stderr
     assert orjson.loads(piped.stdout)["applied"] == 5  # one JSON document, no bar
     assert "applying" not in piped.stdout + piped.stderr
+
+
+def test_compact_shows_progress_on_a_terminal_and_nothing_extra_when_piped(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "wal"
+    url = sqlite_url(tmp_path / "atb.db")
+    engine_applied(d, url, ["1"] * 3)
+    with WALStorage(d, max_segment_bytes=4096) as log:  # several sealed segments
+        log.append_many(WALEntry.create("atomic_balance_update", (), {"delta": Decimal(1)})
+                        for _ in range(60))
+    env = {**os.environ, "DATABASE_URL": url, "WAL_DIR": str(d)}
+    code, out = _run_on_a_tty(["wal", "compact", "--retention-hours", "0"], env)
+    assert code == 0, out
+    assert "compacting segments" in out and "compacted" in out
+    piped = subprocess.run(
+        [sys.executable, "-m", "cli.main", "wal", "compact", "--retention-hours", "0", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "bytes_before" in orjson.loads(piped.stdout)
+    assert "compacting" not in piped.stdout + piped.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cli._common import (
@@ -49,7 +51,22 @@ def compact(ctx: click.Context, retention_hours: float | None, as_json: bool) ->
     except WALLockedError as exc:
         raise AtbError(locked_message(exc, "compact")) from None
     try:
-        sizes = storage.compact(hours)
+        if not as_json and sys.stdout.isatty():
+            with click.progressbar(
+                length=max(storage.get_stats().segments, 1),
+                label="compacting segments",
+                show_pos=True,
+                show_eta=True,
+                width=30,
+            ) as bar:
+
+                def step(done: int, total: int) -> None:
+                    bar.length = max(total, 1)
+                    bar.update(done - bar.pos)
+
+                sizes = storage.compact(hours, progress=step)
+        else:
+            sizes = storage.compact(hours)
     finally:
         storage.close()
     if as_json:

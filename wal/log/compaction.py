@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -51,9 +52,11 @@ def compact_sealed(
     sealed: list[SegmentInfo],
     cutoff: datetime,
     protected: frozenset[int] | set[int] = frozenset(),
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int, int]:
     """Rewrite each sealed segment, oldest first (the caller holds the log's lock and has
     sealed the active segment). Returns (entries dropped, segments rewritten, removed).
+    ``progress(done, total)`` is called after each segment (segments looked at, of all).
 
     ``WALCompactionError``: a temporary file could not be written; nothing changed. Another
     ``OSError`` propagates: the caller poisons the log, since the index and the files may
@@ -61,13 +64,15 @@ def compact_sealed(
     """
     dropped = rewritten = removed = 0
     folded_segments: set[int] = set()
-    for seg in sealed:
+    for done, seg in enumerate(sealed, 1):
         d, changed, gone = _compact_segment(store, seg, cutoff, folded_segments, protected)
         dropped += d
         rewritten += int(changed)
         removed += int(gone)
         if changed:
             crash_point("compact-between-segments")
+        if progress is not None:
+            progress(done, len(sealed))
     return dropped, rewritten, removed
 
 

@@ -986,8 +986,16 @@ class WALStorage(LogReader):
 
     # ------------------------------------------------------------------ compaction
 
-    def compact(self, retention: timedelta | float | None = None) -> dict[str, int]:
+    def compact(
+        self,
+        retention: timedelta | float | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, int]:
         """Rewrite sealed segments without COMPLETED entries older than ``retention``.
+
+        ``progress(done, total)``, if given, is called after each sealed segment (for a
+        progress bar; it runs with the log's lock held, so it must not use the log).
 
         ``retention`` is a ``timedelta`` or hours (default 0: drop every COMPLETED entry).
         Non-COMPLETED entries always stay. Each rewrite: temp file, fsync, rename over the
@@ -1025,7 +1033,7 @@ class WALStorage(LogReader):
             protected = {r[5] for r in self._group.records if r[5]}
             try:
                 dropped, rewritten, removed = compact_sealed(
-                    self, self._segments[:-1], cutoff, protected
+                    self, self._segments[:-1], cutoff, protected, progress
                 )
             except WALCompactionError:
                 raise  # nothing changed: the log goes on as before
