@@ -153,13 +153,13 @@ def test_the_failed_fsync_is_not_retried_even_when_a_later_fsync_would_succeed(
 def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
     """fsyncgate in interval mode: the sync that failed poisons the log like an append's."""
     d = tmp_path / "log"
-    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO)])  # 1: the header's
+    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=4, errno=errno.EIO)])  # 1 header, 2 manifest
     with WALStorage(d, fs=fs, fsync="interval", fsync_interval_ms=60_000) as log:
         ok = log.append(entry(1))
-        log.sync()  # 2
+        log.sync()  # 3
         log.append(entry(2))
         with pytest.raises(WALWriteError):
-            log.sync()  # 3: fails; entry 2's pages are marked clean, their data gone
+            log.sync()  # 4: fails; entry 2's pages are marked clean, their data gone
         syncs = [op for op, _ in fs.ops].count("fdatasync")
         with pytest.raises(WALWriteError):
             log.sync()  # a retry would "succeed" and believe entry 2 durable

@@ -13,7 +13,7 @@ retention_hours                 ``WAL_RETENTION_HOURS``          ``168`` (one we
 fsync                           ``WAL_FSYNC``                    ``always``
 fsync_interval_ms               ``WAL_FSYNC_INTERVAL_MS``        ``10``
 max_segment_bytes               ``WAL_MAX_SEGMENT_BYTES``        64 MiB
-preallocate                     ``WAL_PREALLOCATE``              ``zero``
+preallocate                     ``WAL_PREALLOCATE``              ``off``
 pending_alert_threshold         ``WAL_PENDING_ALERT_THRESHOLD``  ``1000``
 pending_alert_age_seconds       ``WAL_PENDING_ALERT_AGE``        ``300``
 batch_size                      ``WAL_BATCH_SIZE``               ``500``
@@ -105,7 +105,7 @@ class WALConfig:
     # How a segment gets its space before appends (so an fsync need not commit a new size):
     # "zero" writes zeros ahead (fastest fsync measured here), "fallocate" reserves blocks,
     # "off" lets segments grow. A background thread prepares the next segment.
-    preallocate: PreallocateMode = "zero"
+    preallocate: PreallocateMode = "off"
     # Alert (and `atb wal status` exits 1) when more entries than this wait for the database.
     pending_alert_threshold: int = 1000
     # Alert (and `atb wal status` exits 1) when the oldest pending entry is older than this.

@@ -69,7 +69,7 @@ class StorageOptions:
     max_segment_bytes: int = 64 * 1024 * 1024
     recovery: RecoveryMode = "tolerate_tail"
     max_entry_bytes: int = 4 * 1024 * 1024
-    preallocate: PreallocateMode = "zero"
+    preallocate: PreallocateMode = "off"
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:

@@ -387,8 +387,8 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: 
             "torn tail (kept in a .suspect file): an acknowledged entry may have been damaged"
         )
         log.error("cut a complete record with a bad checksum from the tail: %s", text)
-    torn = torn.rstrip(b"\x00")  # zeros after a torn record: preallocated space, nothing lost
-    if torn:
+    kept = torn.rstrip(b"\x00")  # zeros after a torn record: preallocated space, nothing lost
+    if kept:
         suffix = SUSPECT_SUFFIX if suspect else BROKEN_SUFFIX
         broken = path.with_name(path.name + suffix)
         n = 1
@@ -397,7 +397,7 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: 
             n += 1
         fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            write_all(store._fs, fd, torn)
+            write_all(store._fs, fd, kept)
             store._fs.fdatasync(fd)  # the evidence must exist before the cut below
         finally:
             store._fs.close(fd)
