@@ -165,8 +165,8 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
 
 @pytest.mark.parametrize("how", ["fallocate", "zero"])
 def test_a_real_small_tmpfs_preallocates_or_falls_back(how: str, tmp_path: Path) -> None:
-    """On a real tmpfs: a segment that fits is preallocated; one that does not (under 200 KiB of
-    space left when half of a 256 KiB segment is written) fails to prepare and the log goes on without it."""
+    """On a real tmpfs: a segment that fits is preallocated; one that does not (under 200 KiB
+    left when half of a 256 KiB segment is written) fails to prepare; the log goes on."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     with small_tmpfs(tmp_path / "mnt", "320k") as mnt:

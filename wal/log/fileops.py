@@ -1,10 +1,10 @@
 """The file operations the log's durability depends on, behind one small interface.
 
-Every operation that changes what survives a crash (open-for-write, write, fdatasync, fsync
-of a directory, rename, unlink, truncate, fallocate) goes through a ``FileOps``. ``OSFileOps`` is the
-real thing. Tests pass their own implementation to ``WALStorage(fs=...)`` to model the page
-cache (what survives a power loss) and to inject ENOSPC, EIO and short writes where the real
-fault cannot be produced. Reads go straight to the OS: they change nothing on disk.
+Every operation that changes what survives a crash (open-for-write, write, fdatasync,
+fsync of a directory, rename, unlink, truncate, fallocate) goes through a ``FileOps``.
+``OSFileOps`` is the real thing. Tests pass their own implementation to
+``WALStorage(fs=...)`` to model the page cache (what survives a power loss) and to inject
+ENOSPC, EIO and short writes where the real fault cannot be produced. Reads go straight to the OS: they change nothing on disk.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class OSFileOps:
             os.fsync(fd)  # the cut must be durable before anything is appended after it
         finally:
             os.close(fd)
-
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         """Give the file its blocks (``posix_fallocate``); the new size is durable only after

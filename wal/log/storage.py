@@ -541,7 +541,7 @@ class WALStorage(LogReader):
             except OSError as exc:
                 if exc.errno not in _NO_FALLOCATE:
                     raise
-                log.info("%s: fallocate refused (%s): preallocating with zeros", self.directory, exc)
+                log.info("%s: fallocate refused (%s): zeros instead", self.directory, exc)
                 self._prep_how = "zero"
         zeros = bytes(min(ZERO_CHUNK, size))
         done = unsynced = 0
