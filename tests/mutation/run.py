@@ -241,18 +241,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "wal/log/storage.py",
         "a prepared (preallocated) segment gets its name only after its header is durable",
         "            write_all(self._fs, fd, header)\n"
-        "            if self.options.fsync != \"unsafe_never\":\n"
+        '            if self.options.fsync != "unsafe_never":\n'
         "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n"
-        "                crash_point(\"rotate-after-create\")\n"
+        '                crash_point("rotate-after-create")\n'
         "            if prepared:\n"
         "                # its name makes it a segment: only once its header is durable (above)\n"
         "                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))\n",
         "            if prepared:\n"
         "                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))\n"
         "            write_all(self._fs, fd, header)\n"
-        "            if self.options.fsync != \"unsafe_never\":\n"
+        '            if self.options.fsync != "unsafe_never":\n'
         "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n"
-        "                crash_point(\"rotate-after-create\")\n",
+        '                crash_point("rotate-after-create")\n',
         (PRE + "[prealloc-zero]",),
         "preallocation",
     ),
@@ -262,7 +262,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a sealed preallocated segment is cut back to its last record before the next exists",
         "            self._fs.truncate(str(self._segments[-1].path), self._seg_size)\n",
         "            pass\n",
-        (PRE + "[prealloc-zero]", PTEST + "test_segments_get_their_space_and_readers_see_only_records[zero]"),
+        (
+            PRE + "[prealloc-zero]",
+            PTEST + "test_segments_get_their_space_and_readers_see_only_records[zero]",
+        ),
         "preallocation",
     ),
     Mutation(

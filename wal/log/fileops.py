@@ -4,7 +4,8 @@ Every operation that changes what survives a crash (open-for-write, write, fdata
 fsync of a directory, rename, unlink, truncate, fallocate) goes through a ``FileOps``.
 ``OSFileOps`` is the real thing. Tests pass their own implementation to
 ``WALStorage(fs=...)`` to model the page cache (what survives a power loss) and to inject
-ENOSPC, EIO and short writes where the real fault cannot be produced. Reads go straight to the OS: they change nothing on disk.
+ENOSPC, EIO and short writes where the real fault cannot be produced. Reads go straight to
+the OS: they change nothing on disk.
 """
 
 from __future__ import annotations
