@@ -14,6 +14,23 @@ from pathlib import Path
 import pytest
 from pg import ENV_REQUIRE, HOW_TO_RUN, PgServer, PgUnavailable, launch
 
+from wal.log.storage import WALStorage
+
+
+@pytest.fixture(autouse=True)
+def _prepare_inline_under_crashfs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In modules that model power loss with ``CrashFS``: the next segment is prepared inline
+    (by the flush that asks for it), so a workload's file operations come in one order and
+    a crash point is the same operation on every run. Everywhere else, a real thread."""
+    if not hasattr(request.module, "CrashFS"):
+        yield
+        return
+    WALStorage.prepare_in_background = False
+    try:
+        yield
+    finally:
+        WALStorage.prepare_in_background = True
+
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[PgServer]:

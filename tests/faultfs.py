@@ -34,8 +34,15 @@ n-th counted operation, before or after performing it; afterwards every operatio
 EIO as on a dead machine) and injects errors (``FaultRule``: the k-th write, fdatasync,
 fsync_dir, rename, unlink, truncate or open fails with an errno; short writes).
 
-Counted operations: open, write, fdatasync, fsync_dir, rename, unlink, truncate (``close``
-is performed but not counted: it changes nothing on disk).
+Counted operations: open, write, fdatasync, fsync_dir, rename, unlink, truncate, fallocate
+(``close`` is performed but not counted: it changes nothing on disk).
+
+Preallocated space: ``fallocate`` (or a write of zeros) grows the file with zeros that, like any
+write, are durable only after the next ``fdatasync`` (before it, the growth is lost, kept, or
+zero/garbage filled as any unsynced tail). Once durable, a later write *into* that space is an
+unsynced overwrite: a power cut keeps it, loses it (the durable zeros read back), keeps a prefix
+of it (the durable zeros after), or fills it with zeros or garbage: the file never shrinks
+below its durable size, and only the bytes written since the sync change.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ __all__ = [
     "SimulatedCrash",
 ]
 
-OPS = ("open", "write", "fdatasync", "fsync_dir", "rename", "unlink", "truncate")
+OPS = ("open", "write", "fdatasync", "fsync_dir", "rename", "unlink", "truncate", "fallocate")
 TailMode = Literal["drop", "keep", "prefix", "zero", "garbage", "hole"]
 TAIL_MODES: tuple[TailMode, ...] = ("drop", "keep", "prefix", "zero", "garbage", "hole")
 PAGE = 4096  # the page cache's unit: a power loss keeps or loses whole pages
@@ -473,6 +480,23 @@ class CrashFS:
             self.crashed = False
             self._fds.clear()
 
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        f, path = self._fds.get(fd, (None, f"fd {fd}"))
+        after = self._begin("fallocate", path)
+        try:
+            rule = self._fault("fallocate", path)
+            if rule is not None:
+                raise self._fail(rule, "fallocate", path)
+            os.posix_fallocate(fd, offset, length)
+            if f is not None:
+                with self._mu:
+                    end = offset + length
+                    if len(f.current) < end:  # the file grows with zeros (not durable yet)
+                        f.current.extend(bytes(end - len(f.current)))
+        finally:
+            if after:
+                self._crash_after("fallocate", path)
+
     # ------------------------------------------------------------------ the crash image
 
     def pending_dir_ops(self) -> list[str]:
@@ -534,16 +558,30 @@ class CrashFS:
 
 
 def _after_power_loss(f: _File, mode: TailMode, rng: random.Random) -> bytes:
-    """A file's bytes on disk after a power cut: durable bytes, then the unsynced tail."""
+    """A file's bytes on disk after a power cut: durable bytes, then the unsynced tail.
+
+    The unsynced tail runs from the first byte that differs from the durable bytes to the end
+    of the file when it grew, else to the last byte that differs (a write into preallocated
+    space): its fate is chosen by ``mode``; what the fate does not keep reads back as the
+    durable bytes (a durable size never shrinks) or is gone (beyond the durable size).
+    """
     durable = f.durable
     now = f.synced_view()
     common = 0
     limit = min(len(durable), len(now))
     while common < limit and durable[common] == now[common]:
         common += 1
-    if common < len(durable) and mode == "drop":
-        return durable  # rewritten or cut without a sync: the old bytes are what is on disk
-    tail = now[common:]
+    if len(now) < len(durable):  # cut without a sync (O_TRUNC): the old bytes are on disk
+        if mode == "drop":
+            return durable
+        hi = len(now)
+    elif len(now) > len(durable):
+        hi = len(now)
+    else:
+        hi = len(now)
+        while hi > common and durable[hi - 1] == now[hi - 1]:
+            hi -= 1
+    tail = now[common:hi]
     if mode == "drop":
         kept = b""
     elif mode == "keep":
@@ -556,7 +594,10 @@ def _after_power_loss(f: _File, mode: TailMode, rng: random.Random) -> bytes:
         kept = _with_hole(tail, common, rng)
     else:
         kept = rng.randbytes(len(tail))
-    return now[:common] + kept  # ``now`` has fsyncgate ranges zeroed: they never reach disk
+    if len(now) < len(durable):
+        return now[:common] + kept  # as before the model knew preallocated space
+    # ``now`` has fsyncgate ranges zeroed: they never reach disk
+    return now[:common] + kept + durable[common + len(kept) :]
 
 
 def _with_hole(tail: bytes, start: int, rng: random.Random) -> bytes:

@@ -316,7 +316,63 @@ def _recover_headerless(r: Recorder) -> None:
     r.close()
 
 
+def _preallocated(r: Recorder) -> None:
+    # ~1.2 kB entries, 4 kB segments: the first segment asks for a prepared one after 2 kB,
+    # the next flush moves into it (early rotation), later rotations take prepared segments
+    # whose preparation (zeros or fallocate, then fdatasync) happens between appends; every
+    # append after that is a write into preallocated space
+    r.open()
+    r.append(entry(1, 900), entry(2, 900))
+    r.append(entry(3, 900))  # rotates into the prepared segment
+    r.append(entry(4, 900))
+    r.status((0, COMPLETED), durable=False)
+    r.append(entry(5, 900), entry(6, 900))  # rotates: the sealed segment is cut back
+    r.status((1, SYNCING))
+    r.append(entry(7, 900))
+    r.close()
+
+
+def _prealloc_reopened(r: Recorder) -> None:
+    # a preallocated last segment from an earlier run: appends continue inside its space
+    r.open()
+    r.append(entry(4, 900))
+    r.status((0, COMPLETED))
+    r.append(entry(5, 900))
+    r.close()
+
+
+def _prealloc_start(r: Recorder) -> None:
+    r.open()
+    r.append(entry(1, 900), entry(2, 900))
+    r.append(entry(3, 900))  # now in a preallocated segment
+    r.close()
+    last = list_segments(r.directory)[-1][1]
+    assert last.stat().st_size == 4096 and last.read_bytes().endswith(b"\0")
+
+
 APPENDS = Workload("appends", _appends)
+PREALLOC_ZERO = Workload(
+    "prealloc-zero", _preallocated, {"max_segment_bytes": 4096, "preallocate": "zero"}
+)
+PREALLOC_FALLOCATE = Workload(
+    "prealloc-fallocate", _preallocated, {"max_segment_bytes": 4096, "preallocate": "fallocate"}
+)
+PREALLOC_INTERVAL = Workload(
+    "prealloc-interval",
+    _preallocated,
+    {
+        "max_segment_bytes": 4096,
+        "preallocate": "zero",
+        "fsync": "interval",
+        "fsync_interval_ms": 60_000,
+    },
+)
+PREALLOC_REOPEN = Workload(
+    "prealloc-reopened",
+    _prealloc_reopened,
+    {"max_segment_bytes": 4096, "preallocate": "zero"},
+    prepare=_prealloc_start,
+)
 ROTATION = Workload("rotation", _rotation, {"max_segment_bytes": 4096})
 COMPACTION = Workload("compaction", _compaction, {"max_segment_bytes": 4096}, compacts=True)
 RECOVERY = Workload("recovery", _recover_torn, prepare=_torn_start)
@@ -496,6 +552,7 @@ def check_image(img: Path, w: Workload, rec: Recorder, result: Result) -> list[s
         result.saw("removed an empty segment", rep.removed_empty_segments)
         result.saw("removed a compaction temp file", rep.removed_tmp_files)
         result.saw("kept a .broken file", bool(rep.broken_files))
+        result.saw("zeros read as the end", rep.spare_bytes > 0)
         got = list(log.iter_entries())
         problems += compare(got, rec)
         left = sorted(p.name for p in img.glob("*" + TMP_SUFFIX))
@@ -641,6 +698,25 @@ def test_power_loss_at_every_operation_loses_nothing_acknowledged(
 
 @pytest.mark.parametrize(
     "w",
+    [PREALLOC_ZERO, PREALLOC_FALLOCATE, PREALLOC_INTERVAL, PREALLOC_REOPEN],
+    ids=lambda w: w.name,
+)
+def test_power_loss_while_appending_into_preallocated_space(w: Workload, tmp_path: Path) -> None:
+    """Appends into preallocated space, the prepared next segment (its preparation, header,
+    rename, directory fsync), the sealed segment cut back, at every operation and every
+    fate of the unsynced bytes: nothing acknowledged is lost, and the zeros of a
+    preallocated segment open as the end of the log."""
+    fs, _ = run_workload(w, tmp_path, None)
+    ops = [op for op, path in fs.ops if "next.wal.prep" in path]
+    assert ("fallocate" in ops) == (w.options["preallocate"] == "fallocate") and "rename" in ops
+    assert [op for op, _ in fs.ops].count("truncate") >= (0 if w.prepare else 1)
+    result = enumerate_crashes(w, tmp_path)
+    assert result.problems == [], "\n".join(result.problems[:20])
+    assert {"zeros read as the end", "cut a torn tail"} <= result.seen.keys(), result.seen
+
+
+@pytest.mark.parametrize(
+    "w",
     [LAZY_ROTATION, INTERVAL_ROTATION, FRONT_COMPACTION, HEADERLESS],
     ids=lambda w: w.name,
 )
@@ -658,7 +734,17 @@ def test_power_loss_where_one_durability_step_is_the_only_cover(
 
 @pytest.mark.parametrize(
     "w",
-    [APPENDS, ROTATION, COMPACTION, RECOVERY, LAZY_ROTATION, INTERVAL_ROTATION, FRONT_COMPACTION],
+    [
+        APPENDS,
+        ROTATION,
+        COMPACTION,
+        RECOVERY,
+        LAZY_ROTATION,
+        INTERVAL_ROTATION,
+        FRONT_COMPACTION,
+        PREALLOC_ZERO,
+        PREALLOC_FALLOCATE,
+    ],
     ids=lambda w: w.name,
 )
 def test_no_name_reaches_the_disk_before_its_data(w: Workload, tmp_path: Path) -> None:

@@ -157,10 +157,10 @@ def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
     fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=SEG)])
     with WALStorage(d, fs=fs, fsync="interval", fsync_interval_ms=60_000) as log:
         ok = log.append(entry(1))
-        log.sync()  # 2
+        log.sync()  # 3
         log.append(entry(2))
         with pytest.raises(WALWriteError):
-            log.sync()  # 3: fails; entry 2's pages are marked clean, their data gone
+            log.sync()  # 4: fails; entry 2's pages are marked clean, their data gone
         syncs = [op for op, _ in fs.ops].count("fdatasync")
         with pytest.raises(WALWriteError):
             log.sync()  # a retry would "succeed" and believe entry 2 durable

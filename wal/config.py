@@ -13,6 +13,7 @@ retention_hours                 ``WAL_RETENTION_HOURS``          ``168`` (one we
 fsync                           ``WAL_FSYNC``                    ``always``
 fsync_interval_ms               ``WAL_FSYNC_INTERVAL_MS``        ``10``
 max_segment_bytes               ``WAL_MAX_SEGMENT_BYTES``        64 MiB
+preallocate                     ``WAL_PREALLOCATE``              ``off``
 pending_alert_threshold         ``WAL_PENDING_ALERT_THRESHOLD``  ``1000``
 pending_alert_age_seconds       ``WAL_PENDING_ALERT_AGE``        ``300``
 batch_size                      ``WAL_BATCH_SIZE``               ``500``
@@ -56,7 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from wal.errors import WALConfigError
-from wal.log.options import FSYNC_MODES, RECOVERY_MODES, FsyncMode, RecoveryMode, StorageOptions
+from wal.log.options import (
+    FSYNC_MODES,
+    PREALLOCATE_MODES,
+    RECOVERY_MODES,
+    FsyncMode,
+    PreallocateMode,
+    RecoveryMode,
+    StorageOptions,
+)
 
 __all__ = ["ENV_VARS", "WALConfig", "mask_url"]
 
@@ -93,6 +102,10 @@ class WALConfig:
     fsync_interval_ms: float = 10.0
     # A segment is sealed and a new one started before it would grow past this size.
     max_segment_bytes: int = 64 * 1024 * 1024
+    # How a segment gets its space before appends (so an fsync need not commit a new size):
+    # "zero" writes zeros ahead (fastest fsync measured here), "fallocate" reserves blocks,
+    # "off" lets segments grow. A background thread prepares the next segment.
+    preallocate: PreallocateMode = "off"
     # Alert (and `atb wal status` exits 1) when more entries than this wait for the database.
     pending_alert_threshold: int = 1000
     # Alert (and `atb wal status` exits 1) when the oldest pending entry is older than this.
@@ -177,6 +190,7 @@ class WALConfig:
             fsync_interval_ms=self.fsync_interval_ms,
             max_segment_bytes=self.max_segment_bytes,
             recovery=self.recovery,
+            preallocate=self.preallocate,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +326,12 @@ _SPECS: dict[str, _Spec] = {
     "fsync": _Spec("WAL_FSYNC", str, lambda v: _choice(v, FSYNC_MODES), " | ".join(FSYNC_MODES)),
     "fsync_interval_ms": _num_spec("WAL_FSYNC_INTERVAL_MS", high=60_000),
     "max_segment_bytes": _int_spec("WAL_MAX_SEGMENT_BYTES", 4096),
+    "preallocate": _Spec(
+        "WAL_PREALLOCATE",
+        str,
+        lambda v: _choice(v, PREALLOCATE_MODES),
+        " | ".join(PREALLOCATE_MODES),
+    ),
     "pending_alert_threshold": _int_spec("WAL_PENDING_ALERT_THRESHOLD", 0),
     "pending_alert_age_seconds": _num_spec("WAL_PENDING_ALERT_AGE"),
     "batch_size": _int_spec("WAL_BATCH_SIZE", 1),

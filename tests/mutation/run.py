@@ -57,6 +57,8 @@ SYS = "tests/test_syscalls.py::"
 IOE = "tests/test_io_errors.py::"
 COR = "tests/test_corruption.py::"
 DDB = "tests/test_durable_db.py::"
+PRE = PL + "test_power_loss_while_appending_into_preallocated_space"
+PTEST = "tests/test_prealloc.py::"
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,56 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                pass\n",
         (EVERY_OP + "[rotation]",),
         "rotation",
+    ),
+    Mutation(
+        "prealloc-header-before-rename",
+        "wal/log/storage.py",
+        "a prepared (preallocated) segment gets its name only after its header is durable",
+        "            write_all(self._fs, fd, header)\n"
+        '            if self.options.fsync != "unsafe_never":\n'
+        "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n"
+        '                crash_point("rotate-after-create")\n'
+        "            if prepared:\n"
+        "                # its name makes it a segment: only once its header is durable (above)\n"
+        "                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))\n",
+        "            if prepared:\n"
+        "                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))\n"
+        "            write_all(self._fs, fd, header)\n"
+        '            if self.options.fsync != "unsafe_never":\n'
+        "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n"
+        '                crash_point("rotate-after-create")\n',
+        (PRE + "[prealloc-zero]",),
+        "preallocation",
+    ),
+    Mutation(
+        "prealloc-cut-sealed",
+        "wal/log/storage.py",
+        "a sealed preallocated segment is cut back to its last record before the next exists",
+        "            self._fs.truncate(str(self._segments[-1].path), self._seg_size)\n",
+        "            pass\n",
+        (
+            PRE + "[prealloc-zero]",
+            PTEST + "test_segments_get_their_space_and_readers_see_only_records[zero]",
+        ),
+        "preallocation",
+    ),
+    Mutation(
+        "prealloc-write-at-data-end",
+        "wal/log/storage.py",
+        "a reopened preallocated segment is written at the end of its records, not after its zeros",
+        "            os.lseek(self._fd, seg.size, os.SEEK_SET)\n",
+        "            os.lseek(self._fd, 0, os.SEEK_END)\n",
+        (PRE + "[prealloc-reopened]",),
+        "preallocation",
+    ),
+    Mutation(
+        "recovery-zeros-are-the-end",
+        "wal/log/recovery.py",
+        "the zeros of a preallocated last segment are the end of the log (no defect, not cut)",
+        "            if last_segment and cur.header is not None and zero_rest(data, pos):\n",
+        "            if False:\n",
+        (PTEST + "test_segments_get_their_space_and_readers_see_only_records[zero]",),
+        "preallocation",
     ),
     # ------------------------------------------------------------------ compaction
     Mutation(

@@ -1,10 +1,11 @@
 """The file operations the log's durability depends on, behind one small interface.
 
-Every operation that changes what survives a crash (open-for-write, write, fdatasync, fsync
-of a directory, rename, unlink, truncate) goes through a ``FileOps``. ``OSFileOps`` is the
-real thing. Tests pass their own implementation to ``WALStorage(fs=...)`` to model the page
-cache (what survives a power loss) and to inject ENOSPC, EIO and short writes where the real
-fault cannot be produced. Reads go straight to the OS: they change nothing on disk.
+Every operation that changes what survives a crash (open-for-write, write, fdatasync,
+fsync of a directory, rename, unlink, truncate, fallocate) goes through a ``FileOps``.
+``OSFileOps`` is the real thing. Tests pass their own implementation to
+``WALStorage(fs=...)`` to model the page cache (what survives a power loss) and to inject
+ENOSPC, EIO and short writes where the real fault cannot be produced. Reads go straight to
+the OS: they change nothing on disk.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FileOps(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def truncate(self, path: str, length: int) -> None: ...
+    def fallocate(self, fd: int, offset: int, length: int) -> None: ...
 
 
 class OSFileOps:
@@ -65,6 +67,11 @@ class OSFileOps:
             os.fsync(fd)  # the cut must be durable before anything is appended after it
         finally:
             os.close(fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        """Give the file its blocks (``posix_fallocate``); the new size is durable only after
+        the next fdatasync. Raises ``OSError`` (``EOPNOTSUPP``) where the file system cannot."""
+        os.posix_fallocate(fd, offset, length)
 
 
 def write_all(fs: FileOps, fd: int, data: bytes) -> None:

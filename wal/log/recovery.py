@@ -4,6 +4,11 @@
 each defect means under ``StorageOptions.recovery`` (RocksDB's recovery modes are the
 reference):
 
+* The last segment may end in zeros: the rest of its preallocated space
+  (``StorageOptions.preallocate``). Zeros from the end of the last record to the end of the
+  file are the normal end of the log in every mode: no defect, nothing cut, nothing kept, and
+  the space stays for the next appends (``RecoveryReport.spare_bytes``). Zeros followed by
+  anything else are not: that is a torn tail or corruption, as below.
 * A crash can only tear the last record of the last segment (bytes written after the last
   fsync). Unless the mode is ``"strict"``, that tail is cut: the torn bytes are first kept in
   a ``.broken`` file (synced, and its directory entry too), then the segment is truncated
@@ -24,7 +29,8 @@ reference):
   and ``"skip_corrupt"`` skips and counts instead (an explicit salvage). A segment of an
   unknown format version raises ``WALFormatVersionError`` in every mode.
 * ``*.wal.tmp`` files are an interrupted compaction's unfinished output; the segment they were
-  to replace is intact, so they are removed (``MANIFEST.tmp`` likewise).
+  to replace is intact, so they are removed (``MANIFEST.tmp`` likewise, and a next segment
+  whose preparation was left unfinished, ``next.wal.prep``: it holds no record).
 * Every file is checked to be a regular file (``WALUnsafeFileError`` for a symlink or a
   directory) and read through ``O_NOFOLLOW`` descriptors.
 
@@ -59,6 +65,7 @@ from wal.log.report import RecoveryReport
 from wal.log.segment import (
     BROKEN_SUFFIX,
     FILE_MODE,
+    PREPARED_NAME,
     SUSPECT_SUFFIX,
     TMP_SUFFIX,
     Defect,
@@ -73,6 +80,7 @@ from wal.log.segment import (
     segment_header,
     segment_name,
     valid_record_after,
+    zero_rest,
 )
 from wal.log.validate import record_problem
 
@@ -86,7 +94,7 @@ def recover(store: LogReader) -> None:
     rep = store.recovery_report
     d = store.directory
     if not store.readonly:
-        leftovers = [*d.glob("*" + TMP_SUFFIX), *d.glob(MANIFEST_TMP)]
+        leftovers = [*d.glob("*" + TMP_SUFFIX), *d.glob(MANIFEST_TMP), *d.glob(PREPARED_NAME)]
         for tmp in leftovers:
             check_regular(tmp)  # never unlink a directory or follow anything here
             # an interrupted compaction's (or manifest write's) unfinished output: the
@@ -225,6 +233,11 @@ def _index_segment(
         nl = data.find(b"\n", pos)
         after = len(data) if nl < 0 else nl + 1
         if isinstance(item, Defect):
+            if last_segment and cur.header is not None and zero_rest(data, pos):
+                # the preallocated rest of the last segment: where the next append goes
+                rep.spare_bytes += len(data) - pos
+                size = item.offset
+                return -1
             torn_ok = last_segment and mode != "strict" and (cur.header is not None or headless_ok)
             rest = read_from(fd, item.offset) if torn_ok else b""
             if rest:
@@ -374,7 +387,8 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: 
             "torn tail (kept in a .suspect file): an acknowledged entry may have been damaged"
         )
         log.error("cut a complete record with a bad checksum from the tail: %s", text)
-    if torn.strip(b"\x00"):
+    kept = torn.rstrip(b"\x00")  # zeros after a torn record: preallocated space, nothing lost
+    if kept:
         suffix = SUSPECT_SUFFIX if suspect else BROKEN_SUFFIX
         broken = path.with_name(path.name + suffix)
         n = 1
@@ -383,7 +397,7 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: 
             n += 1
         fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            write_all(store._fs, fd, torn)
+            write_all(store._fs, fd, kept)
             store._fs.fdatasync(fd)  # the evidence must exist before the cut below
         finally:
             store._fs.close(fd)

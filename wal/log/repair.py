@@ -215,8 +215,8 @@ def _rewrite(d: Path, report: RepairReport) -> None:
             last = end  # a fixed range: the LSNs of dropped records are allowed gaps
         body = b"".join(seg.data[x.offset : x.offset + x.length] for x in kept)
         new = _header(seg.first, last) + body
-        if new == seg.data:
-            continue
+        if new == (seg.data if seg.data_end is None else seg.data[: seg.data_end]):
+            continue  # intact (a preallocated last segment's zeros are its normal end)
         tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
         fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:

@@ -19,6 +19,9 @@ class RecoveryReport:
     truncated_bytes: int = 0  # torn tail cut off the last segment
     # a torn tail found (cut by a writing open; a read-only open leaves it: what an open cuts)
     torn_tail_bytes: int = 0
+    # zeros after the last record of the last segment: its preallocated space (or an unsynced
+    # write whose data never reached the disk): the normal end of the log, not a defect
+    spare_bytes: int = 0
     broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
     removed_empty_segments: int = 0  # a last segment torn before its header was durable
     skipped_records: int = 0  # skip_corrupt only

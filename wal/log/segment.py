@@ -3,7 +3,13 @@
 A segment is named by the first LSN it holds, zero-padded to 20 digits so that names sort in
 LSN order: ``00000000000000000001.wal``. Its first line is a ``segment`` header record (see
 :mod:`wal.log.record`). ``*.wal.tmp`` files are unfinished compaction output; ``*.broken`` files
-hold bytes that recovery cut from a torn tail, kept for the operator.
+hold bytes that recovery cut from a torn tail, kept for the operator. ``next.wal.prep`` is the
+next segment being given its space (see ``StorageOptions.preallocate``): renamed to a segment's
+name once its header is durable, removed by the next open if it is left over.
+
+The last segment may end in zeros: its preallocated space. Our writers never write a zero byte
+(JSON escapes it), so the first zero byte after a record, with only zeros to the end of the
+file, is the end of the log (:func:`zero_rest`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "DIR_MODE",
     "FILE_MODE",
     "PAGE",
+    "PREPARED_NAME",
     "SUSPECT_SUFFIX",
     "SegmentInfo",
     "segment_header",
@@ -44,11 +51,13 @@ __all__ = [
     "scan",
     "segment_name",
     "valid_record_after",
+    "zero_rest",
 ]
 
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".wal.tmp"
 BROKEN_SUFFIX = ".broken"
+PREPARED_NAME = "next.wal.prep"  # the next segment being preallocated (no LSN yet)
 SUSPECT_SUFFIX = ".suspect"  # a cut tail that was a complete line with a bad checksum
 PAGE = 4096  # the page size of the page cache: what a power loss loses or keeps as a unit
 _NAME = re.compile(r"^(\d{20})\.wal$")
@@ -263,6 +272,12 @@ def lost_page_at(data: bytes, pos: int, base: int = 0) -> bool:
             return True
         z = data.find(b"\x00", run_end, end)
     return False
+
+
+def zero_rest(data: bytes, pos: int) -> bool:
+    """True when ``data[pos:]`` is one or more zero bytes and nothing else: the unused,
+    preallocated rest of a segment (no record was ever written there)."""
+    return pos < len(data) and data.count(0, pos) == len(data) - pos
 
 
 def valid_record_after(data: bytes, pos: int) -> int | None:

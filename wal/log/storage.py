@@ -9,6 +9,14 @@ whole group), the others wait on the group's latch and are woken once, when thei
 are durable. Status records may be written without an fsync of their own (``durable=False``):
 the next flush's fsync covers them.
 
+Preallocation (``StorageOptions.preallocate``): a segment gets its space before records go
+into it, so an append's ``fdatasync`` writes data without committing a new file size. A
+background thread prepares the next segment (``next.wal.prep``: zeros or ``posix_fallocate``,
+synced) while the current one fills; a rotation writes the header into it, syncs it, renames
+it into place and syncs the directory, so appenders never wait for the zeroing. A sealed
+segment is cut back to its last record before the next one exists: only the last segment ever
+ends in zeros, which recovery reads as the normal end of the log.
+
 The class is built in three layers, one concept each: :mod:`wal.log.index` (``LogIndex``: the
 compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.log.reading` (``LogReader``: entries
 read back from disk on demand, so memory stays bounded however many are pending) and this
@@ -35,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -74,6 +82,7 @@ from wal.log.report import RecoveryReport
 from wal.log.segment import (
     DIR_MODE,
     FILE_MODE,
+    PREPARED_NAME,
     SegmentInfo,
     list_segments,
     make_dirs,
@@ -87,6 +96,11 @@ __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
 log = logging.getLogger("wal")
 
+PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment asks for a prepared one after
+# this many bytes (or half a segment): short-lived logs never pay for preallocation
+ZERO_CHUNK = 1 << 20  # zeros written per call while preparing a segment
+ZERO_SYNC_EVERY = 16 << 20  # and synced this often: little dirty data to hold up the log's fsyncs
+_NO_FALLOCATE = (errno_mod.EOPNOTSUPP, errno_mod.ENOSYS, errno_mod.EINVAL)
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
 
@@ -185,6 +199,10 @@ _Staged = tuple[
 ]
 
 
+class _PrepareStopped(Exception):
+    """The log is closing: the segment being prepared is abandoned."""
+
+
 class WALStorage(LogReader):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
@@ -194,6 +212,10 @@ class WALStorage(LogReader):
     ...     e.lsn
     1
     """
+
+    # tests of power loss set this False: the next segment is then prepared inline, by the
+    # flush that asks for it, so a workload's file operations come in a deterministic order
+    prepare_in_background: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -225,6 +247,16 @@ class WALStorage(LogReader):
         self._fd = -1
         self._seg_size = 0
         self._header_len = 0  # the active segment's header: a segment of only this is empty
+        self._alloc_end = 0  # the active segment's file size: data, then preallocated zeros
+        self._seg_prealloc = False  # the active segment was given its space when created
+        # the next segment, prepared in the background (guarded by _prep_lock)
+        self._prep_lock = threading.Lock()
+        self._prep_busy = False  # a thread is preparing it
+        self._prep_ready = False  # PREPARED_NAME holds a synced, preallocated file
+        self._prep_off = opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly
+        self._prep_how: str = opts.preallocate  # "fallocate" falls back to "zero" if refused
+        self._prep_thread: threading.Thread | None = None
+        self._prep_stop = threading.Event()
         self._next_lsn = 1
         self._group = _Group()  # the open group: records waiting for the next flush
         self._flushing = False
@@ -378,7 +410,10 @@ class WALStorage(LogReader):
             self._create_segment(self._next_lsn)
         else:
             seg = self._segments[-1]
-            self._fd = self._fs.open(str(seg.path), os.O_WRONLY | os.O_APPEND, FILE_MODE)
+            # no O_APPEND: a preallocated segment is written at the end of its records, before
+            # the zeros of its preallocated rest
+            self._fd = self._fs.open(str(seg.path), os.O_WRONLY, FILE_MODE)
+            os.lseek(self._fd, seg.size, os.SEEK_SET)
             st = os.fstat(self._fd)
             seg.ino = (st.st_dev, st.st_ino)
             if self.options.fsync != "unsafe_never":
@@ -387,6 +422,8 @@ class WALStorage(LogReader):
                 # power loss
                 self._fs.fdatasync(self._fd)
             self._seg_size = seg.size
+            self._alloc_end = max(st.st_size, seg.size)
+            self._seg_prealloc = st.st_size >= self.options.max_segment_bytes
             self._header_len = len(segment_header(seg.first, None))
         if self.recovery_report.manifest_first is None:
             # a new log (or one from before the manifest): record the first LSN it owes,
@@ -396,15 +433,24 @@ class WALStorage(LogReader):
             self.recovery_report.manifest_first = first
 
     def _create_segment(self, first: int) -> None:
-        """Create a segment, durable (data and directory entry) before it is used."""
+        """Create a segment, durable (data and directory entry) before it is used: the
+        prepared next segment when one is ready, else a new file that grows with appends."""
         path = self.directory / segment_name(first)
         header = segment_header(first, None)
-        fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        prepared = self._take_prepared()
+        if prepared:
+            fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
+        else:
+            fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(self._fs, fd, header)
             if self.options.fsync != "unsafe_never":
                 self._fs.fdatasync(fd)  # the header must be on disk before any record after it
                 crash_point("rotate-after-create")
+            if prepared:
+                # its name makes it a segment: only once its header is durable (above)
+                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))
+            if self.options.fsync != "unsafe_never":
                 # a new file's name is in the directory, not the file: fsync the directory
                 self._fs.fsync_dir(str(self.directory))
         except BaseException:
@@ -415,9 +461,105 @@ class WALStorage(LogReader):
         self._fd = fd
         self._seg_size = self._header_len = len(header)
         st = os.fstat(fd)
+        self._alloc_end = max(st.st_size, len(header))
+        self._seg_prealloc = prepared
         self._segments.append(
             SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
         )
+
+    # ------------------------------------------------------------------ preallocation
+
+    def _take_prepared(self) -> bool:
+        """True (and it is ours now) when a prepared next segment is ready."""
+        with self._prep_lock:
+            ready, self._prep_ready = self._prep_ready, False
+            return ready
+
+    def _want_prepared(self) -> bool:
+        """Should the next segment be prepared now? (leader, after a write)"""
+        if self._prep_off or self._prep_busy or self._prep_ready:
+            return False
+        limit = self.options.max_segment_bytes
+        if self._seg_prealloc:
+            return self._seg_size * 2 >= limit  # half full: the next one is ready in time
+        return self._seg_size - self._header_len >= min(PREPARE_UNALLOCATED_AFTER, limit // 2)
+
+    def _start_prepare(self) -> None:
+        with self._prep_lock:
+            if self._prep_busy or self._prep_ready or self._prep_off:
+                return
+            self._prep_busy = True
+        if not self.prepare_in_background:
+            self._prepare_next()
+            return
+        old = self._prep_thread
+        if old is not None:
+            old.join()  # it has finished (busy was False): reap it
+        self._prep_thread = threading.Thread(
+            target=self._prepare_next, name="wal-preallocate", daemon=True
+        )
+        self._prep_thread.start()
+
+    def _prepare_next(self) -> None:
+        """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
+
+        Nothing here is owed: a crash leaves a file the next open removes. A failure (disk
+        full, a file system that refuses) only turns preallocation off for this open.
+        """
+        path = str(self.directory / PREPARED_NAME)
+        size = self.options.max_segment_bytes
+        ok = False
+        try:
+            fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                self._allocate(fd, size)
+                # not for durability (the rotation syncs the header, and the file, before the
+                # rename): so that the rotation's fdatasync has one page to write, not them all
+                self._fs.fdatasync(fd)
+            finally:
+                self._fs.close(fd)
+            ok = True
+        except _PrepareStopped:
+            pass
+        except Exception as exc:  # disk full, EIO, a refusal: appends go on without it
+            log.warning(
+                "could not preallocate the next segment in %s (%s); segments grow with each "
+                "append until the log is reopened",
+                self.directory,
+                exc,
+            )
+            self._prep_off = True
+        finally:
+            if not ok:
+                with contextlib.suppress(OSError):
+                    self._fs.unlink(path)
+            with self._prep_lock:
+                self._prep_busy = False
+                self._prep_ready = ok
+
+    def _allocate(self, fd: int, size: int) -> None:
+        """Give the open file ``size`` bytes of space: ``posix_fallocate`` or zeros."""
+        if self._prep_how == "fallocate":
+            try:
+                self._fs.fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE:
+                    raise
+                log.info("%s: fallocate refused (%s): zeros instead", self.directory, exc)
+                self._prep_how = "zero"
+        zeros = bytes(min(ZERO_CHUNK, size))
+        done = unsynced = 0
+        while done < size:
+            if self._prep_stop.is_set():
+                raise _PrepareStopped
+            n = min(len(zeros), size - done)
+            write_all(self._fs, fd, zeros[:n])
+            done += n
+            unsynced += n
+            if unsynced >= ZERO_SYNC_EVERY and done < size:
+                self._fs.fdatasync(fd)  # bound the dirty data the log's own fsyncs might wait on
+                unsynced = 0
 
     # ------------------------------------------------------------------ writing
 
@@ -893,7 +1035,10 @@ class WALStorage(LogReader):
         data = b"".join([r[1] for r in batch])
         header_only = self._seg_size <= self._header_len
         self._flushes_unchecked += 1
-        if not header_only and self._seg_size + len(data) > self.options.max_segment_bytes:
+        full = self._seg_size + len(data) > self.options.max_segment_bytes
+        # an unpreallocated segment moves on as soon as a prepared one is ready
+        early = self._prep_ready and not self._seg_prealloc
+        if not header_only and (full or early):
             self._rotate(batch[0][0])
             self._flushes_unchecked = CHECK_EVERY
         if self._flushes_unchecked >= CHECK_EVERY:
@@ -910,7 +1055,11 @@ class WALStorage(LogReader):
             if ARMED:
                 crash_point("append-after-fsync")
         self._seg_size = seg.size = off + len(data)
+        if self._seg_size > self._alloc_end:
+            self._alloc_end = self._seg_size
         seg.end = batch[-1][0]
+        if self._want_prepared():
+            self._start_prepare()
         return off
 
     def _check_lock(self) -> None:
@@ -938,6 +1087,11 @@ class WALStorage(LogReader):
             self._fs.fdatasync(self._fd)
             self._record_fsync(time.perf_counter_ns() - t0)
             self._durable_lsn = self._written_lsn
+        if self._alloc_end > self._seg_size:
+            # only the last segment may end in zeros: cut this one back to its last record
+            # (truncate syncs) before the next segment exists
+            self._fs.truncate(str(self._segments[-1].path), self._seg_size)
+            self._alloc_end = self._seg_size
         self._create_segment(first)
 
     def sync(self) -> None:
@@ -1098,6 +1252,9 @@ class WALStorage(LogReader):
             self._stage_cond.notify()
         if flusher is not None:
             flusher.join()  # it commits what coroutines staged before the close, then ends
+        self._prep_stop.set()  # a segment being prepared is abandoned (the next open removes it)
+        if self._prep_thread is not None:
+            self._prep_thread.join()
         self._stop_syncer.set()
         if self._syncer is not None:
             self._syncer.join()

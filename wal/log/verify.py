@@ -48,6 +48,7 @@ from wal.log.segment import (
     scan,
     segment_header,
     valid_record_after,
+    zero_rest,
 )
 from wal.log.validate import record_problem
 
@@ -155,6 +156,7 @@ class SegmentScan:
     good: list[Line] = field(default_factory=list)  # usable records, in increasing LSN order
     defects: list[VerifyDefect] = field(default_factory=list)
     header_ok: bool = False  # a header that is the first line and matches the name
+    data_end: int | None = None  # where the zeros of a preallocated last segment start
 
 
 @dataclass
@@ -278,6 +280,9 @@ def _scan_segment(
     bad_lines = 0  # unreadable lines since the last good record: each may hide one LSN
     for item in scan(path, data):
         if isinstance(item, Defect):
+            if last_segment and seg.header is not None and zero_rest(data, item.offset):
+                seg.data_end = item.offset  # the preallocated rest: the normal end of the log
+                break
             torn = (last_segment and seg.header is not None) or (
                 last_segment and len(data) <= len(segment_header(first, None))
             )
@@ -370,7 +375,7 @@ def verify_log(directory: str | os.PathLike[str]) -> VerifyReport:
         rep.defects.append(result.missing_front)
     for seg in result.segments:
         rep.segments += 1
-        rep.bytes += len(seg.data)
+        rep.bytes += seg.data_end if seg.data_end is not None else len(seg.data)
         rep.defects.extend(seg.defects)
         for line in seg.good:
             rep.records += 1

@@ -1,0 +1,188 @@
+"""Preallocated segments (``StorageOptions.preallocate``): the space, the prepared next segment,
+what readers see, and the fallbacks (an injected EOPNOTSUPP, a real small tmpfs).
+
+Power loss during appends into preallocated space, at every operation, is in
+``test_crash_powerloss.py`` (the ``prealloc-*`` workloads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faultfs import CrashFS, FaultRule, Gate
+from helpers_log import make_entry
+
+from wal import WALEntryStatus, WALStorage
+from wal.log.repair import repair_log
+from wal.log.segment import PREPARED_NAME, list_segments
+from wal.log.verify import verify_log
+
+SEG = 8192
+
+
+def segs(d: Path) -> list[Path]:
+    return [p for _, p in list_segments(d)]
+
+
+def fill(log: WALStorage, n: int, start: int = 0) -> list[str]:
+    return [str(log.append(make_entry(start + i, blob=600)).entry_id) for i in range(n)]
+
+
+@pytest.mark.parametrize("how", ["zero", "fallocate"])
+def test_segments_get_their_space_and_readers_see_only_records(how: str, tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d, max_segment_bytes=SEG, preallocate=how) as log:
+        ids = fill(log, 40)
+        log.update_status(ids[0], WALEntryStatus.COMPLETED)
+        stats = log.get_stats()
+        data = sum(s.size for s in log._segments)
+    files = segs(d)
+    assert len(files) >= 4
+    last = files[-1].read_bytes()
+    assert len(last) == SEG and last.endswith(b"\0"), "the last segment is preallocated"
+    for p in files[:-1]:
+        assert not p.read_bytes().endswith(b"\0"), f"{p.name}: a sealed segment was cut back"
+    assert stats.bytes == data < sum(p.stat().st_size for p in files)  # data, not space
+    for mode in ("strict", "tolerate_tail"):
+        with WALStorage(d, recovery=mode, max_segment_bytes=SEG, preallocate=how) as log:
+            rep = log.recovery_report
+            assert rep.defects == [] and rep.truncated_bytes == 0 and rep.broken_files == []
+            assert rep.spare_bytes > 0 and log.get_stats().bytes == data
+            assert [str(e.entry_id) for e in log.iter_entries()] == ids
+            more = fill(log, 3, 100)  # appends go into the space, not after it
+            data = log.get_stats().bytes
+        assert len(segs(d)[-1].read_bytes()) == SEG
+        ids += more
+    ro = WALStorage.open_readonly(d)
+    try:
+        assert ro.recovery_report.defects == []
+        assert [str(e.entry_id) for e in ro.iter_entries()] == ids
+    finally:
+        ro.close()
+    v = verify_log(d)
+    assert v.ok and v.entries == len(ids)
+    assert repair_log(d).nothing_to_do
+    assert not list(d.glob("*.broken*"))
+
+
+def test_compaction_sees_sealed_segments_without_zeros(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d, max_segment_bytes=SEG, preallocate="zero") as log:
+        ids = fill(log, 30)
+        log.update_statuses([(i, WALEntryStatus.COMPLETED, None, None) for i in ids[:20]])
+        log.compact()
+        kept = [str(e.entry_id) for e in log.iter_entries()]
+        fill(log, 20, 200)
+    assert kept == ids[20:]
+    with WALStorage(d, recovery="strict", max_segment_bytes=SEG) as log:
+        assert log.recovery_report.defects == []
+        assert [str(e.entry_id) for e in log.iter_entries()][:10] == ids[20:]
+
+
+def test_the_next_segment_is_prepared_by_a_thread_and_rotation_does_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background step held inside its fdatasync: appends and rotations go on (into
+    segments that grow), then the prepared segment is taken at the next flush."""
+    monkeypatch.setattr(WALStorage, "prepare_in_background", True)
+    d = tmp_path / "wal"
+    fs = CrashFS(d)
+    gate = fs.add_gate(Gate("fdatasync", path_contains=PREPARED_NAME, timeout=30))
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
+        ids = fill(log, 8)
+        assert gate.reached.wait(30), "the next segment was never prepared"
+        ids += fill(log, 30, 100)  # several rotations while the preparation is held
+        assert len(segs(d)) >= 3 and not log._seg_prealloc
+        gate.release.set()
+        assert log._prep_thread is not None
+        log._prep_thread.join()
+        ids += fill(log, 1, 200)  # takes the prepared segment
+        assert log._seg_prealloc and segs(d)[-1].stat().st_size == SEG
+        ids += fill(log, 20, 300)
+    with WALStorage(d, recovery="strict") as log:
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
+
+
+def test_a_leftover_prepared_file_is_removed_on_open(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d, max_segment_bytes=SEG) as log:
+        ids = fill(log, 2)
+    (d / PREPARED_NAME).write_bytes(bytes(1000))  # a preparation cut short by a crash
+    with WALStorage(d, recovery="strict") as log:
+        assert log.recovery_report.removed_tmp_files == 1
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
+    assert not (d / PREPARED_NAME).exists()
+
+
+def test_fallocate_refused_falls_back_to_zeros(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    rule = FaultRule("fallocate", errno=errno.EOPNOTSUPP, persistent=True)
+    fs = CrashFS(d, rules=[rule])
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="fallocate") as log:
+        ids = fill(log, 30)
+        assert log._prep_how == "zero" and rule.fired >= 1
+    assert ("write", str(d / PREPARED_NAME)) in fs.ops  # zeros were written instead
+    assert len(segs(d)[-1].read_bytes()) == SEG
+    with WALStorage(d, recovery="strict") as log:
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
+
+
+@pytest.mark.parametrize("op", ["fallocate", "write", "fdatasync", "open"])
+def test_a_failed_preparation_turns_preallocation_off_not_the_log(op: str, tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    rule = FaultRule(op, errno=errno.ENOSPC, path_contains=PREPARED_NAME, persistent=True)
+    fs = CrashFS(d, rules=[rule])
+    how = "fallocate" if op == "fallocate" else "zero"
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate=how) as log:
+        ids = fill(log, 30)
+        assert log._prep_off and rule.fired == 1
+    assert not (d / PREPARED_NAME).exists()
+    with WALStorage(d, recovery="strict") as log:
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+@pytest.mark.parametrize("how", ["fallocate", "zero"])
+def test_a_real_small_tmpfs_preallocates_or_falls_back(how: str, tmp_path: Path) -> None:
+    """On a real tmpfs: a segment that fits is preallocated; one that does not (under 200 KiB
+    left when half of a 256 KiB segment is written) fails to prepare; the log goes on."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    with small_tmpfs(tmp_path / "mnt", "320k") as mnt:
+        d = mnt / "wal"
+        with WALStorage(d, max_segment_bytes=SEG, preallocate=how) as log:
+            ids = fill(log, 20)
+            assert not log._prep_off and log._seg_prealloc
+        assert len(segs(d)[-1].read_bytes()) == SEG
+        big = mnt / "big"
+        with WALStorage(big, max_segment_bytes=256 << 10, preallocate=how) as log:
+            ids2 = fill(log, 160)  # past half a segment: its preparation runs out of space
+            if log._prep_thread is not None:
+                log._prep_thread.join()
+            assert log._prep_off and not (big / PREPARED_NAME).exists()
+            ids2 += fill(log, 5, 100)
+        with WALStorage(big, recovery="strict") as log:
+            assert [str(e.entry_id) for e in log.iter_entries()] == ids2
+        with WALStorage(d, recovery="strict") as log:
+            assert [str(e.entry_id) for e in log.iter_entries()] == ids
