@@ -14,6 +14,7 @@ fsync                           ``WAL_FSYNC``                    ``always``
 fsync_interval_ms               ``WAL_FSYNC_INTERVAL_MS``        ``10``
 max_segment_bytes               ``WAL_MAX_SEGMENT_BYTES``        64 MiB
 preallocate                     ``WAL_PREALLOCATE``              ``off``
+max_entry_bytes                 ``WAL_MAX_ENTRY_BYTES``          4 MiB
 pending_alert_threshold         ``WAL_PENDING_ALERT_THRESHOLD``  ``1000``
 pending_alert_age_seconds       ``WAL_PENDING_ALERT_AGE``        ``300``
 batch_size                      ``WAL_BATCH_SIZE``               ``500``
@@ -106,6 +107,9 @@ class WALConfig:
     # "zero" writes zeros ahead (fastest fsync measured here), "fallocate" reserves blocks,
     # "off" lets segments grow. A background thread prepares the next segment.
     preallocate: PreallocateMode = "off"
+    # The largest record one entry may make; a bigger one is refused at append (nothing
+    # written), and reading a log never has to hold more than this per record.
+    max_entry_bytes: int = 4 * 1024 * 1024
     # Alert (and `atb wal status` exits 1) when more entries than this wait for the database.
     pending_alert_threshold: int = 1000
     # Alert (and `atb wal status` exits 1) when the oldest pending entry is older than this.
@@ -191,6 +195,7 @@ class WALConfig:
             max_segment_bytes=self.max_segment_bytes,
             recovery=self.recovery,
             preallocate=self.preallocate,
+            max_entry_bytes=self.max_entry_bytes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +337,7 @@ _SPECS: dict[str, _Spec] = {
         lambda v: _choice(v, PREALLOCATE_MODES),
         " | ".join(PREALLOCATE_MODES),
     ),
+    "max_entry_bytes": _int_spec("WAL_MAX_ENTRY_BYTES", 1024),
     "pending_alert_threshold": _int_spec("WAL_PENDING_ALERT_THRESHOLD", 0),
     "pending_alert_age_seconds": _num_spec("WAL_PENDING_ALERT_AGE"),
     "batch_size": _int_spec("WAL_BATCH_SIZE", 1),

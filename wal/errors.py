@@ -5,10 +5,10 @@
     WALError                       base of everything below; catch this to catch them all
     ├── WALConfigError             an option or WAL_* variable has a bad value   (also ValueError)
     ├── WALSerializationError      a value cannot be logged; names its path      (also ValueError)
+    │   └── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
     ├── WALLockedError             another writer holds the log; names its pid
     ├── WALClosedError             the storage was used after close()
     ├── WALEntryNotFoundError      no entry with that id in the log              (also KeyError)
-    │   └── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
     ├── WALCorruptionError         a defect on disk; names file, line, offset
     │   ├── WALFormatVersionError  a segment of an unknown format version (a newer writer)
     │   └── WALMissingSegmentError the first segment(s) the manifest owes are missing or empty
@@ -18,7 +18,8 @@
     ├── WALWriteError              write or fsync failed: the log refuses appends until reopened
     │   ├── WALLockLostError       the LOCK file is no longer the one this writer locked
     │   └── WALForkedError         the storage was used in a process forked from its opener
-    └── WALDatabaseError           the database refused or could not be reached during a sync
+    ├── WALDatabaseError           the database refused or could not be reached during a sync
+    └── OrderError                 the order layer's errors, drawn in ``wal.orders.errors``
 
 Every error carries a one-line ``hint``: what the operator can do about it. ``str(error)``
 says what happened and where, then the hint, with control characters escaped
