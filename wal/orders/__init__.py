@@ -24,10 +24,12 @@ Modules: :mod:`~wal.orders.states` (states, transitions), :mod:`~wal.orders.mode
 :mod:`~wal.orders.positions` (``PositionBook``: positions and daily P&L from the fills),
 the ``OrderManager`` in three layers: :mod:`~wal.orders.base` (state, reads, halting, one
 journaled transition), :mod:`~wal.orders.fills` (the broker's status and fills journaled,
-the reconciler's tools) and :mod:`~wal.orders.manager` (submit, retries, startup
-recovery, cancel), :mod:`~wal.orders.reconcile`
-(``StartupReconciler``: the journal made to agree with the broker at start, emergency stops)
-and :mod:`~wal.orders.audit` (``verify_audit``: the tamper-evident event chain).
+the reconciler's tools) and :mod:`~wal.orders.manager` (submit, retries, startup recovery,
+cancel); :mod:`~wal.orders.reconcile_model` (the reconciler's config, result, ids, rules),
+:mod:`~wal.orders.stops` (``PositionReconciler``: orphan positions, emergency stops) and
+:mod:`~wal.orders.reconcile` (``StartupReconciler``: the journal made to agree with the
+broker at start: fetch, phase 1 orders, phase 2 in ``stops``), and :mod:`~wal.orders.audit`
+(``verify_audit``: the tamper-evident event chain).
 """
 
 from wal.orders.audit import AuditReport, verify_audit
