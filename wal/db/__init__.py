@@ -11,7 +11,10 @@ Modules, bottom to top:
 * ``operations``: the effect of each critical operation, shared by direct calls and replay.
 * ``apply``: exactly-once replay of a batch (one ledger query, multi-row inserts, fallback).
 * ``engine``: engines and connections (SQLite pragmas, PostgreSQL settings, URL checks).
-* ``manager``: ``DatabaseManager``, the public methods an engine calls.
+* ``orders``: the order journal's tables (append-only events, audit hashes) and effects.
+* ``connection``: ``DatabaseConnection``: the engine, schema, database id, transactions.
+* ``order_methods``: ``OrderJournalMethods(DatabaseConnection)``: the order journal's calls.
+* ``manager``: ``DatabaseManager(OrderJournalMethods)``, the public methods an engine calls.
 
 ``from wal.db import DatabaseManager`` is the public name.
 """

@@ -14,7 +14,10 @@ True
 Its tables, column types and value rules are in :mod:`wal.db.schema`, the effect of each
 critical operation in :mod:`wal.db.operations`, the classification of database errors
 (``is_transient``) in :mod:`wal.db.classify`, the batch replay of ``apply`` in
-:mod:`wal.db.apply`; their public names are importable from here too.
+:mod:`wal.db.apply`; their public names are importable from here too. The engine, the
+schema, the transactions, ``ping`` and ``dispose`` are ``DatabaseConnection``
+(:mod:`wal.db.connection`), the order journal's methods ``OrderJournalMethods``
+(:mod:`wal.db.order_methods`); ``DatabaseManager`` builds on both.
 
 Exactly-once replay
 -------------------
@@ -32,8 +35,6 @@ effect, so they do exactly the same thing.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -42,12 +43,11 @@ from decimal import Decimal
 from typing import Any, overload
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection
 
 from wal.db.apply import ApplyResult, applied_in, apply_batch
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
-from wal.db.engine import DEFAULT_URL, READ_ONLY, Timeouts, make_engine
+from wal.db.engine import DEFAULT_URL
 from wal.db.operations import (
     lock_balance,
     op_balance_update,
@@ -58,21 +58,7 @@ from wal.db.operations import (
     op_log_trade,
     op_update_position,
 )
-from wal.db.orders import (
-    anchor_rows,
-    audit_head,
-    audit_rows,
-    event_counts,
-    event_rows,
-    fill_rows,
-    last_seq_by_order,
-    op_record_order_anchor,
-    op_record_order_event,
-    op_record_order_fill,
-    op_record_order_intent,
-    order_row,
-    order_rows,
-)
+from wal.db.order_methods import OrderJournalMethods
 from wal.db.schema import (
     balances,
     metadata,
@@ -84,7 +70,6 @@ from wal.db.schema import (
     valid_money,
     valid_text,
     valid_when,
-    wal_database_id,
 )
 from wal.entry import WALEntry
 from wal.errors import WALDatabaseError
@@ -144,7 +129,7 @@ class BalanceTxn:
         return self._balance
 
 
-class DatabaseManager:
+class DatabaseManager(OrderJournalMethods):
     """The trading database: balances, trades, positions, sessions, metrics.
 
     ``url``: a SQLAlchemy URL; when None, the ``DATABASE_URL`` environment variable, else
@@ -157,143 +142,8 @@ class DatabaseManager:
     ``TypeError`` / ``RecordNotFoundError`` for bad input.
     """
 
-    def __init__(
-        self, url: str | None = None, *, echo: bool = False, timeout_ms: int | None = None
-    ) -> None:
-        given = url if url is not None else (os.environ.get("DATABASE_URL") or DEFAULT_URL)
-        self.url: str = given
-        self._timeouts = Timeouts(timeout_ms)
-        self._engine, self._dialect_name = make_engine(given, echo=echo, timeouts=self._timeouts)
-        self._schema_ready = False
-        self._schema_lock = threading.Lock()
-
     def __repr__(self) -> str:
         return f"DatabaseManager({self.safe_url!r})"
-
-    @property
-    def safe_url(self) -> str:
-        """The URL with its password masked (``***``): safe to print and log."""
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except (sa_exc.ArgumentError, ValueError):  # pragma: no cover - checked in __init__
-            return "(unparseable url)"
-
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine (for tests and tools; the methods below are the API)."""
-        return self._engine
-
-    @property
-    def dialect(self) -> str:
-        """``"sqlite"`` or ``"postgresql"``."""
-        return self._dialect_name
-
-    @property
-    def timeout_ms(self) -> int | None:
-        """How long one call may wait (SQLite busy timeout; PostgreSQL connect, lock and
-        statement timeouts); None: the driver defaults of ``wal.db.engine``."""
-        return self._timeouts.ms
-
-    def set_timeout_ms(self, ms: int | None) -> None:
-        """Change ``timeout_ms``; pooled connections are closed so every new one uses it.
-
-        ``WALManager`` calls it with ``WAL_DB_TIMEOUT_MS``: during an outage a critical call
-        then waits at most that long before its entry falls back to the log.
-        """
-        if ms is not None and (type(ms) is not int or ms < 1):
-            raise ValueError(f"timeout_ms must be a positive integer, got {ms!r}")
-        if ms != self._timeouts.ms:
-            self._timeouts.ms = ms
-            self._engine.dispose()
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _ensure_schema(self) -> None:
-        if self._schema_ready:
-            return
-        with self._schema_lock:
-            if self._schema_ready:
-                return
-            try:
-                metadata.create_all(self._engine)
-            except sa_exc.DBAPIError as exc:
-                if is_transient(exc):
-                    raise
-                # Another process created the same tables at this very moment; look again.
-                metadata.create_all(self._engine)
-            self._make_database_id()
-            self._schema_ready = True
-
-    def _make_database_id(self) -> str:
-        with self._engine.begin() as conn:
-            found = conn.execute(sa.select(wal_database_id.c.database_id)).scalar()
-            if found is not None:
-                return str(found)
-            new = str(uuid.uuid4())
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(wal_database_id).values(
-                            key=1, database_id=new, created_at=valid_when(None, "created_at")
-                        )
-                    )
-            except sa_exc.IntegrityError:  # another process gave it one at this very moment
-                pass
-            return str(conn.execute(sa.select(wal_database_id.c.database_id)).scalar_one())
-
-    def database_id(self, *, create: bool = False) -> str | None:
-        """The random id that names this database (``wal_database_id``), given on first use.
-
-        ``create=False`` only reads: None when the database has none yet (a new database, or
-        one from before ids existed); nothing is created. ``create=True`` creates the tables
-        and the id when missing. The log records it, and ``atb wal sync`` refuses to drain a
-        log into a database with another id.
-        """
-        if create:
-            self._ensure_schema()
-            return self._make_database_id()
-        try:
-            with self._engine.connect() as conn:
-                conn.execution_options(**{READ_ONLY: True})
-                with conn.begin():
-                    found = conn.execute(sa.select(wal_database_id.c.database_id)).scalar()
-        except sa_exc.DBAPIError as exc:
-            if is_transient(exc):
-                raise WALDatabaseError(
-                    f"database {self.safe_url} is unreachable: {describe_error(exc)}",
-                    transient=True,
-                ) from exc
-            return None  # no such table: a database the log never applied to
-        return None if found is None else str(found)
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A connection in a transaction: committed on exit, rolled back on an exception."""
-        self._ensure_schema()
-        with self._engine.begin() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        self._ensure_schema()
-        with self._engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                yield conn
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[Connection]:
-        """A read transaction whose statements all see ONE snapshot of the database."""
-        self._ensure_schema()
-        with self._engine.connect() as conn:
-            options: dict[str, Any] = {READ_ONLY: True}
-            if self._dialect_name == "postgresql":
-                # READ COMMITTED gives each statement its own snapshot; the overlay needs the
-                # balance and the ledger rows from the same instant
-                options["isolation_level"] = "REPEATABLE READ"
-            conn.execution_options(**options)
-            with conn.begin():  # SQLite (WAL mode): the first read fixes the snapshot
-                yield conn
 
     # ------------------------------------------------------------------ critical operations
 
@@ -464,71 +314,6 @@ class DatabaseManager:
         with self._write() as conn:
             op_end_trading_session(conn, session_id, final_balance=final_balance, ended_at=ended_at)
 
-    # ------------------------------------------------------------------ the order journal
-    # (wal.db.orders has the tables and effects; wal.orders.OrderManager is the one caller)
-
-    def record_order_intent(self, **kwargs: Any) -> str:
-        """Insert an order (PENDING) and its first event; return its client order id."""
-        with self._write() as conn:
-            return op_record_order_intent(conn, **kwargs)
-
-    def record_order_event(self, **kwargs: Any) -> None:
-        """Append an order event (seq must follow the order's last) and set its state."""
-        with self._write() as conn:
-            op_record_order_event(conn, **kwargs)
-
-    def record_order_fill(self, **kwargs: Any) -> None:
-        """Journal one execution: fill row, event, order totals, trade, position change."""
-        with self._write() as conn:
-            op_record_order_fill(conn, **kwargs)
-
-    def record_order_anchor(self, **kwargs: Any) -> None:
-        """Record an anchor (seq, hash) of the order audit chain."""
-        with self._write() as conn:
-            op_record_order_anchor(conn, **kwargs)
-
-    def get_audit_head(self) -> tuple[int, str]:
-        """(audit_seq, hash) of the order audit chain's last row ((0, "0"*64) if empty)."""
-        with self._read() as conn:
-            return audit_head(conn)
-
-    def get_audit_rows(self, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-        """``order_events`` rows in audit_seq order, from ``after + 1`` (at most ``limit``)."""
-        with self._read() as conn:
-            return audit_rows(conn, after=after, limit=limit)
-
-    def get_audit_anchors(self) -> list[dict[str, Any]]:
-        """The audit chain's anchors (seq, hash, at, reason), by seq."""
-        with self._read() as conn:
-            return anchor_rows(conn)
-
-    def get_order_event_counts(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
-        """(every order's last_seq, per order (event rows, highest seq)): a cut is visible."""
-        with self._read() as conn:
-            return last_seq_by_order(conn), event_counts(conn)
-
-    def get_order_row(self, client_order_id: str) -> dict[str, Any] | None:
-        """The ``orders`` row of this client order id, or None."""
-        with self._read() as conn:
-            return order_row(conn, client_order_id)
-
-    def get_order_rows(self, *, open_only: bool = False) -> list[dict[str, Any]]:
-        """Every ``orders`` row (or those not in a final state), oldest first."""
-        with self._read() as conn:
-            return order_rows(conn, open_only=open_only)
-
-    def get_order_events(self, client_order_id: str) -> list[dict[str, Any]]:
-        """The order's ``order_events`` rows in seq order."""
-        with self._read() as conn:
-            return event_rows(conn, client_order_id)
-
-    def get_order_fills(
-        self, *, client_order_id: str | None = None, since: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        """``fills`` rows (of one order, or executed at or after ``since``), oldest first."""
-        with self._read() as conn:
-            return fill_rows(conn, client_order_id=client_order_id, since=since)
-
     # ------------------------------------------------------------------ reads
 
     def get_balance(self, account: str = "default") -> Decimal:
@@ -663,34 +448,3 @@ class DatabaseManager:
             return applied_in(conn, ids)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def ping(self, *, write: bool = False) -> None:
-        """Round-trip to the database; raise ``WALDatabaseError`` if it cannot be reached.
-
-        ``write=True`` checks that it could take a write now: on SQLite a ``BEGIN
-        IMMEDIATE`` (the write lock, within the busy timeout) rolled back at once; on
-        PostgreSQL a ``SELECT 1`` in a transaction that is not read-only (a standby or a
-        read-only default fails). Nothing is written either way.
-        """
-        try:
-            with self._engine.connect() as conn:
-                if write:
-                    with conn.begin() as txn:  # BEGIN IMMEDIATE on SQLite
-                        conn.exec_driver_sql("SELECT 1")
-                        if self._dialect_name == "postgresql":
-                            ro = conn.exec_driver_sql("SHOW transaction_read_only").scalar()
-                            if ro == "on":
-                                raise RuntimeError("the database is read-only (a standby?)")
-                        txn.rollback()
-                    return
-                conn.execution_options(**{READ_ONLY: True})
-                conn.exec_driver_sql("SELECT 1")
-        except Exception as exc:
-            raise WALDatabaseError(
-                f"database {self.safe_url} is unreachable: {describe_error(exc)}",
-                transient=is_transient(exc),
-            ) from exc
-
-    def dispose(self) -> None:
-        """Close every pooled connection (the manager stays usable; it reconnects)."""
-        self._engine.dispose()

@@ -20,10 +20,16 @@ Modules: :mod:`~wal.orders.states` (states, transitions), :mod:`~wal.orders.mode
 (intent, order, fill, event), :mod:`~wal.orders.validation` (syntax and risk limits),
 :mod:`~wal.orders.broker` (the ``Broker`` protocol), :mod:`~wal.orders.faults`,
 :mod:`~wal.orders.paper` (``PaperBroker``), :mod:`~wal.orders.server` (its HTTP face),
-:mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal` and
-:mod:`~wal.orders.manager` (``OrderManager``), :mod:`~wal.orders.reconcile`
-(``StartupReconciler``: the journal made to agree with the broker at start, emergency stops)
-and :mod:`~wal.orders.audit` (``verify_audit``: the tamper-evident event chain).
+:mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal`,
+:mod:`~wal.orders.positions` (``PositionBook``: positions and daily P&L from the fills),
+the ``OrderManager`` in three layers: :mod:`~wal.orders.base` (state, reads, halting, one
+journaled transition), :mod:`~wal.orders.fills` (the broker's status and fills journaled,
+the reconciler's tools) and :mod:`~wal.orders.manager` (submit, retries, startup recovery,
+cancel); :mod:`~wal.orders.reconcile_model` (the reconciler's config, result, ids, rules),
+:mod:`~wal.orders.stops` (``PositionReconciler``: orphan positions, emergency stops) and
+:mod:`~wal.orders.reconcile` (``StartupReconciler``: the journal made to agree with the
+broker at start: fetch, phase 1 orders, phase 2 in ``stops``), and :mod:`~wal.orders.audit`
+(``verify_audit``: the tamper-evident event chain).
 """
 
 from wal.orders.audit import AuditReport, verify_audit

@@ -23,27 +23,27 @@ ACCEPTED entry is being fsynced.
 * ``start()`` resolves what a crash left: PENDING (never sent) and SUBMITTING/UNKNOWN orders
   are looked up by client id; only "not found" after ``max_attempts`` lookups *and* the
   broker's visibility window makes them SUBMIT_FAILED. Accepted orders get their missing fills.
+
+The class is built in three modules: ``OrderBase`` (:mod:`wal.orders.base`: state, reads,
+halting, one journaled transition), ``OrderFills`` (:mod:`wal.orders.fills`: the broker's
+status and fills taken into the journal, the reconciler's tools) and ``OrderManager`` here
+(submit, send, retries, startup recovery, cancel). Positions and daily P&L are a
+``PositionBook`` (:mod:`wal.orders.positions`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
-from wal import DurableDatabaseManager
 from wal.crashpoints import crash_point
-from wal.orders.broker import Broker, BrokerOrder, DedupScope
+from wal.entry import utc_now
+from wal.orders.base import LIVE_STATES, RetryPolicy, why
+from wal.orders.broker import DedupScope
 from wal.orders.errors import (
-    BrokerError,
-    BrokerProtocolError,
     BrokerRejectedError,
     DuplicateClientOrderId,
     FillError,
@@ -51,48 +51,16 @@ from wal.orders.errors import (
     RejectReason,
     TradingHalted,
 )
-from wal.orders.journal import OrderJournal
-from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
+from wal.orders.fills import OrderFills
+from wal.orders.models import Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
-from wal.orders.validation import RiskLimits, RiskView, check_risk, validate_intent
+from wal.orders.validation import RiskView, check_risk, validate_intent
 
 __all__ = ["OrderManager", "RecoveryResult", "RetryPolicy"]
 
 log = logging.getLogger("wal.orders")
 
-_Q = Decimal("1E-10")
 _S = OrderState
-_LIVE = (_S.ACCEPTED, _S.PARTIALLY_FILLED)
-_FILL_SLACK = timedelta(minutes=1)  # broker clocks differ: ask for fills a little earlier
-_POSITION_PREFIX = "ord-"  # positions this manager opens; it is their only writer
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How an UNKNOWN order is chased. Delays ``base_delay * 2**n``: 1, 2, 4 s by default;
-    tests use ``base_delay=0``."""
-
-    max_attempts: int = 3  # ORDER_RETRY_MAX_ATTEMPTS: lookups (and resends) after a failure
-    base_delay: float = 1.0  # ORDER_RETRY_BASE_DELAY, seconds
-    max_delay: float = 30.0
-    call_timeout: float = 10.0  # ORDER_CALL_TIMEOUT: one broker call; then it is UNKNOWN
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 0 or self.base_delay < 0 or self.call_timeout <= 0:
-            raise ValueError(f"bad retry policy {self}")
-
-    def delay(self, attempt: int) -> float:
-        """The wait before retry number ``attempt`` (0-based)."""
-        return float(min(self.max_delay, self.base_delay * (2**attempt)))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        e = os.environ if env is None else env
-        return cls(
-            max_attempts=int(e.get("ORDER_RETRY_MAX_ATTEMPTS", "3")),
-            base_delay=float(e.get("ORDER_RETRY_BASE_DELAY", "1.0")),
-            call_timeout=float(e.get("ORDER_CALL_TIMEOUT", "10.0")),
-        )
 
 
 @dataclass(frozen=True)
@@ -105,53 +73,10 @@ class RecoveryResult:
     fills_journaled: int = 0
 
 
-@dataclass
-class _Pos:
-    position_id: str
-    quantity: Decimal  # signed
-    entry_price: Decimal
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class OrderManager:
+class OrderManager(OrderFills):
     """Orders on the log (module docstring). ``db`` is a ``DurableDatabaseManager``."""
 
-    def __init__(
-        self,
-        db: DurableDatabaseManager,
-        broker: Broker,
-        *,
-        risk: RiskLimits | None = None,
-        retry: RetryPolicy | None = None,
-        price_source: Callable[[str], Decimal | None] | None = None,
-    ) -> None:
-        self.db = db
-        self.broker = broker
-        self.risk = risk if risk is not None else RiskLimits()
-        self.retry = retry if retry is not None else RetryPolicy.from_env()
-        self.price_source = price_source
-        self.journal = OrderJournal(db)
-        self._orders: dict[str, Order] = {}
-        self._fills: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> exec key -> fill row
-        self._final_at_start: set[str] = set()  # client ids of orders already final at start()
-        self._positions: dict[str, _Pos] = {}
-        self._daily_pnl: dict[str, Decimal] = {}  # UTC date -> realized P&L
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
-        self._subscribers: list[asyncio.Queue[OrderEvent]] = []
-        self._loaded = False
-        self._halted: str | None = None  # why submit is refused (None: trading)
-
     # ------------------------------------------------------------------ lifecycle
-
-    async def load(self) -> None:
-        """Load the journal (open orders, their fills, positions, today's P&L); idempotent.
-        ``start()`` does it; the startup reconciler calls it instead of ``start()``."""
-        if not self._loaded:
-            await asyncio.to_thread(self._load)
 
     async def start(self) -> RecoveryResult:
         """Load the journal and resolve what a crash left unfinished (module docstring)."""
@@ -166,86 +91,9 @@ class OrderManager:
                     failed += 1
                 elif o.state is _S.UNKNOWN:
                     unknown += 1
-                elif order.state not in _LIVE and o.state is not order.state:
+                elif order.state not in LIVE_STATES and o.state is not order.state:
                     adopted += 1
         return RecoveryResult(adopted, failed, unknown, fills)
-
-    async def close(self) -> None:
-        """Session end: journal an anchor of the audit chain at its head (a truncated
-        ``order_events`` table is then detected by ``atb orders verify``)."""
-        await self.journal.aanchor("session_end")
-
-    # ------------------------------------------------------------------ halting
-
-    @property
-    def halted(self) -> str | None:
-        """Why ``submit`` is refused (``TradingHalted``), or None while trading."""
-        return self._halted
-
-    def halt(self, reason: str) -> None:
-        """Refuse ``submit`` (``TradingHalted``) until ``resume()``; cancels still work."""
-        self._halted = reason
-        log.warning("trading halted: %s", reason)
-
-    def resume(self) -> None:
-        """Allow ``submit`` again (the startup reconciler calls it when it succeeded)."""
-        if self._halted is not None:
-            log.info("trading resumed (was halted: %s)", self._halted)
-        self._halted = None
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        for o in self.journal.orders():
-            if is_final(o.state):
-                self._final_at_start.add(o.client_order_id)  # a resubmit finds it without a read
-                continue
-            self._orders[o.client_order_id] = o
-            self._fills[o.client_order_id] = {
-                str(r["execution_key"]): r
-                for r in self.journal.fills(client_order_id=o.client_order_id)
-            }
-        for row in self.db.get_open_positions():
-            pid = str(row["position_id"])
-            if pid.startswith(_POSITION_PREFIX):
-                q = Decimal(str(row["quantity"]))
-                self._positions[str(row["symbol"])] = _Pos(
-                    pid, q if row["side"] == "long" else -q, Decimal(str(row["entry_price"]))
-                )
-        today = _now().replace(hour=0, minute=0, second=0, microsecond=0)
-        for r in self.journal.fills(since=today):
-            if r.get("pnl") is not None:
-                self._add_pnl(r["executed_at"], Decimal(str(r["pnl"])))
-        self._loaded = True
-
-    # ------------------------------------------------------------------ reading
-
-    def get(self, client_order_id: str) -> Order | None:
-        """The order, from memory or the journal (pending entries included)."""
-        o = self._orders.get(client_order_id)
-        return o if o is not None else self.journal.order(client_order_id)
-
-    def open_orders(self) -> list[Order]:
-        return [o for o in self._orders.values() if not is_final(o.state)]
-
-    def positions(self) -> dict[str, Decimal]:
-        """The journal's net position per symbol (signed), from the fills it holds."""
-        return {s: p.quantity for s, p in self._positions.items() if p.quantity != 0}
-
-    def entry_price(self, symbol: str) -> Decimal | None:
-        """The journal's entry price of its open position in ``symbol`` (None if flat)."""
-        p = self._positions.get(symbol)
-        return None if p is None or p.quantity == 0 else p.entry_price
-
-    async def events(self) -> AsyncIterator[OrderEvent]:
-        """Every state change journaled from now on, in order."""
-        q: asyncio.Queue[OrderEvent] = asyncio.Queue()
-        self._subscribers.append(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self._subscribers.remove(q)
 
     # ------------------------------------------------------------------ submit
 
@@ -275,7 +123,7 @@ class OrderManager:
                 if not protective:
                     await self._check_risk(intent)
                 check_transition(_S.PENDING, _S.SUBMITTING)
-                submitted = OrderEvent(cid, 2, EventKind.SUBMITTED, _S.SUBMITTING, _now())
+                submitted = OrderEvent(cid, 2, EventKind.SUBMITTED, _S.SUBMITTING, utc_now())
                 # ONE group commit, one fsync: the intent (PENDING) and SUBMITTING, durable
                 # before the broker call; the database gets them from the sync thread
                 await self.journal.arecord_submission(intent, submitted)
@@ -324,7 +172,7 @@ class OrderManager:
         except DuplicateClientOrderId:  # it exists: look it up and adopt it, never resend
             return await self._chase(order, resend=False)
         except Exception as exc:  # timeout, transport, 5xx, unreadable: outcome unknown
-            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc))
+            order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=why(exc))
             return await self._chase(order)
         crash_point("order.after_broker_accept")  # accepted at the broker, not journaled
         return await self._adopt(order, bo, EventKind.ACCEPTED)
@@ -344,7 +192,7 @@ class OrderManager:
                     self.retry.call_timeout,
                 )
             except Exception as exc:
-                log.warning("lookup of %s failed: %s", order.client_order_id, _why(exc))
+                log.warning("lookup of %s failed: %s", order.client_order_id, why(exc))
                 continue
             if bo is not None:
                 return await self._adopt(order, bo, EventKind.RECOVERED)
@@ -377,7 +225,7 @@ class OrderManager:
                 continue
             except Exception as exc:
                 order = await self._transition(
-                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason=_why(exc)
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason=why(exc)
                 )
                 continue
             return await self._adopt(order, bo, EventKind.ACCEPTED)
@@ -387,61 +235,9 @@ class OrderManager:
             )
         return order
 
-    async def _adopt(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
-        """Take the broker's word for an order: its id, status and fills."""
-        try:
-            target = bo.state
-        except BrokerProtocolError as exc:
-            log.error("order %s: %s", order.client_order_id, exc)
-            if order.state in (_S.PENDING, _S.SUBMITTING):  # a live order stays as it is
-                order = await self._transition(
-                    order,
-                    EventKind.UNKNOWN,
-                    _S.UNKNOWN,
-                    reason=str(exc),
-                    broker_order_id=bo.broker_order_id,
-                )
-            return order  # left for reconciliation: we cannot read what the broker says
-        if not bo.matches(order.intent):
-            log.critical(
-                "broker order %s under client id %s does not match the intent",
-                bo.broker_order_id,
-                order.client_order_id,
-            )
-        if target is _S.REJECTED:
-            return await self._transition(
-                order,
-                kind,
-                _S.REJECTED,
-                reason=bo.reject_reason,
-                broker_order_id=bo.broker_order_id,
-            )
-        fetch: asyncio.Future[list[Fill] | None] | None = None
-        if bo.filled_quantity > order.filled_quantity:
-            # ask for its fills now: the round trip overlaps the fsync of ACCEPTED below
-            fetch = asyncio.ensure_future(self._fetch_fills([order]))
-        try:
-            if order.state not in _LIVE:
-                order = await self._transition(
-                    order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
-                )
-            crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
-        except BaseException:
-            if fetch is not None:
-                fetch.cancel()
-            raise
-        if fetch is not None:
-            await self._sync_fills([order], fetched=fetch)
-            order = self._orders[order.client_order_id]
-        if target is _S.CANCELLED and not is_final(order.state):
-            order = await self._transition(
-                order, EventKind.CANCELLED, _S.CANCELLED, broker_order_id=bo.broker_order_id
-            )
-        return order
-
     async def _recover(self, order: Order) -> Order:
         """Resolve one order a previous run left unfinished."""
-        if order.state in _LIVE:
+        if order.state in LIVE_STATES:
             return await self.refresh(order.client_order_id, _locked=True)
         rules = self.broker.rules
         needed = max(1, self.retry.max_attempts)
@@ -457,7 +253,7 @@ class OrderManager:
                     self.retry.call_timeout,
                 )
             except Exception as exc:
-                log.warning("recovery lookup of %s failed: %s", order.client_order_id, _why(exc))
+                log.warning("recovery lookup of %s failed: %s", order.client_order_id, why(exc))
                 bo = None
                 if order.state is not _S.PENDING:
                     continue
@@ -472,7 +268,7 @@ class OrderManager:
                 )
             misses += 1
             window_left = (
-                order.updated_at + timedelta(seconds=rules.visibility_window_seconds) - _now()
+                order.updated_at + timedelta(seconds=rules.visibility_window_seconds) - utc_now()
             ).total_seconds()
             if misses >= needed and window_left <= 0:
                 return await self._transition(
@@ -490,243 +286,6 @@ class OrderManager:
             )
         return order
 
-    # ------------------------------------------------------------------ status and fills
-
-    async def refresh(self, client_order_id: str, *, _locked: bool = False) -> Order:
-        """Ask the broker for the order's status and fills, journal what changed."""
-        ctx = contextlib.nullcontext() if _locked else self._lock(client_order_id)
-        async with ctx:
-            order = self._orders.get(client_order_id)
-            if order is None:
-                raise FillError(f"no order with client_order_id {client_order_id!r} is open")
-            try:
-                bo = await self.broker.get_order_by_client_id(client_order_id)
-            except BrokerError as exc:
-                log.warning("refresh of %s failed: %s", client_order_id, exc)
-                return order
-            if bo is None:
-                return order
-            return await self._adopt(order, bo, EventKind.RECOVERED)
-
-    async def poll_fills(self) -> int:
-        """Fetch the broker's fills for every open order; journal the new ones. How many."""
-        open_ = [o for o in self._orders.values() if not is_final(o.state)]
-        return await self._sync_fills(open_) if open_ else 0
-
-    async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:
-        """The broker's fills since the oldest of ``orders``; None if the fetch failed."""
-        since = min(o.intent.created_at for o in orders) - _FILL_SLACK
-        try:
-            return await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
-        except Exception as exc:
-            log.warning("fetching fills failed (%s); they are fetched again later", _why(exc))
-            return None
-
-    async def _sync_fills(
-        self, orders: list[Order], *, fetched: Awaitable[list[Fill] | None] | None = None
-    ) -> int:
-        """Journal the new fills of ``orders`` (fetched now, or by ``fetched``); how many."""
-        wanted = {o.client_order_id for o in orders}
-        fills = await (fetched if fetched is not None else self._fetch_fills(orders))
-        if fills is None:
-            return 0
-        n = 0
-        for f in fills:
-            if f.client_order_id in wanted and await self._apply_fill(f):
-                n += 1
-        return n
-
-    async def on_fill(self, fill: Fill) -> Order:
-        """Journal one execution (once per execution key); the order after it."""
-        async with self._lock(fill.client_order_id):
-            await self._apply_fill(fill)
-            order = self.get(fill.client_order_id)
-            assert order is not None
-            return order
-
-    async def _apply_fill(self, fill: Fill) -> bool:
-        """Journal the fill unless it is known; True if it was journaled."""
-        cid = fill.client_order_id
-        order = self._orders.get(cid)
-        if order is None:
-            found = await asyncio.to_thread(self.journal.order, cid)
-            if found is None:
-                raise FillError(
-                    f"fill {fill.execution_id}: no order with client_order_id "
-                    f"{cid!r} in the journal"
-                )
-            order = found
-            self._fills[cid] = {
-                str(r["execution_key"]): r
-                for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
-            }
-        key = self.broker.rules.execution_key(fill.execution_id)
-        known = self._fills.setdefault(cid, {})
-        old = known.get(key)
-        if old is not None and old["execution_id"] == fill.execution_id:
-            return False  # already journaled: replaying a fill adds nothing
-        if fill.symbol != order.symbol or fill.side != order.intent.side:
-            raise FillError(
-                f"fill {fill.execution_id} is {fill.side} {fill.symbol}; order {cid} "
-                f"is {order.intent.side} {order.symbol}"
-            )
-        if not (
-            isinstance(fill.quantity, Decimal)
-            and fill.quantity > 0
-            and isinstance(fill.price, Decimal)
-            and fill.price > 0
-        ):
-            raise FillError(
-                f"fill {fill.execution_id}: quantity and price must be positive "
-                f"Decimals, got {fill.quantity!r} at {fill.price!r}"
-            )
-        old_qty = Decimal(str(old["quantity"])) if old is not None else Decimal(0)
-        delta = fill.quantity - old_qty
-        filled = order.filled_quantity + delta
-        if filled > order.intent.quantity:
-            raise FillError(
-                f"fill {fill.execution_id} of {fill.quantity} would make order {cid} "
-                f"filled {filled} > its quantity {order.intent.quantity}; not applied"
-            )
-        rows = [r for k, r in known.items() if k != key]
-        notional = (
-            sum((Decimal(str(r["quantity"])) * Decimal(str(r["price"])) for r in rows), Decimal(0))
-            + fill.quantity * fill.price
-        )
-        avg = (notional / filled).quantize(_Q)
-        state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
-        if state is not order.state or state is _S.PARTIALLY_FILLED:
-            check_transition(order.state, state)
-        kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
-        async with self._state_lock:
-            signed = delta if fill.side == "buy" else -delta
-            ops, pnl, new_pos = self._position_change(fill.symbol, signed, fill.price, cid)
-            seq = order.last_seq + 1
-            trade_id = uuid.uuid4().hex if old is None else None  # made here: a replay reuses it
-            await self.journal.arecord_fill(
-                fill,
-                execution_key=key,
-                seq=seq,
-                kind=kind.value,
-                state=state.value,
-                filled_quantity=filled,
-                avg_fill_price=avg,
-                trade_id=trade_id,
-                pnl=pnl,
-                position_ops=ops,
-            )  # fsynced: fill, event, order, trade and position change as one entry
-            crash_point("order.after_fill_fsync")
-            self._set_position(fill.symbol, new_pos)
-            if pnl is not None:
-                self._add_pnl(fill.executed_at, pnl)
-            known[key] = {
-                "execution_key": key,
-                "execution_id": fill.execution_id,
-                "quantity": fill.quantity,
-                "price": fill.price,
-                "executed_at": fill.executed_at,
-                "pnl": pnl,
-                "trade_id": trade_id,
-            }
-            order = replace(
-                order,
-                state=state,
-                filled_quantity=filled,
-                avg_fill_price=avg,
-                last_seq=seq,
-                updated_at=fill.executed_at,
-                broker_order_id=order.broker_order_id or fill.broker_order_id,
-            )
-            self._orders[cid] = order
-            self._publish(
-                OrderEvent(
-                    cid,
-                    seq,
-                    kind,
-                    state,
-                    fill.executed_at,
-                    order.broker_order_id,
-                    fill.execution_id,
-                )
-            )
-        return True
-
-    def _position_change(
-        self, symbol: str, signed: Decimal, price: Decimal, cid: str
-    ) -> tuple[list[dict[str, Any]], Decimal | None, _Pos | None]:
-        """The position operations a fill makes, its realized P&L, the position after it."""
-        pos = self._positions.get(symbol)
-        q0 = pos.quantity if pos is not None else Decimal(0)
-        q1 = q0 + signed
-        ops: list[dict[str, Any]] = []
-        pnl: Decimal | None = None
-        if signed == 0:
-            return ops, None, pos
-
-        def opened(q: Decimal) -> tuple[dict[str, Any], _Pos]:
-            pid = f"{_POSITION_PREFIX}{uuid.uuid4().hex}"  # made here: a replay reuses it
-            return (
-                {
-                    "op": "log_position",
-                    "kwargs": {
-                        "position_id": pid,
-                        "symbol": symbol,
-                        "side": "long" if q > 0 else "short",
-                        "quantity": abs(q),
-                        "entry_price": price,
-                    },
-                },
-                _Pos(pid, q, price),
-            )
-
-        if pos is None or q0 == 0:
-            op, new = opened(q1)
-            return [op], None, new
-        if (q0 > 0) == (signed > 0):  # adding: the entry price becomes the average
-            entry = ((pos.entry_price * abs(q0) + price * abs(signed)) / abs(q1)).quantize(_Q)
-            ops.append(
-                {
-                    "op": "update_position",
-                    "kwargs": {
-                        "position_id": pos.position_id,
-                        "quantity": abs(q1),
-                        "entry_price": entry,
-                    },
-                }
-            )
-            return ops, None, _Pos(pos.position_id, q1, entry)
-        closed = min(abs(signed), abs(q0))
-        pnl = ((price - pos.entry_price) * closed * (1 if q0 > 0 else -1)).quantize(_Q)
-        if q1 == 0 or (q1 > 0) != (q0 > 0):
-            ops.append(
-                {
-                    "op": "close_position",
-                    "kwargs": {"position_id": pos.position_id, "exit_price": price, "pnl": pnl},
-                }
-            )
-            if q1 == 0:
-                return ops, pnl, None
-            op, new = opened(q1)
-            ops.append(op)
-            return ops, pnl, new
-        ops.append(
-            {
-                "op": "update_position",
-                "kwargs": {"position_id": pos.position_id, "quantity": abs(q1)},
-            }
-        )
-        return ops, pnl, _Pos(pos.position_id, q1, pos.entry_price)
-
-    def _set_position(self, symbol: str, pos: _Pos | None) -> None:
-        if pos is None:
-            self._positions.pop(symbol, None)
-        else:
-            self._positions[symbol] = pos
-
-    def _add_pnl(self, at: datetime, pnl: Decimal) -> None:
-        day = at.astimezone(UTC).date().isoformat()
-        self._daily_pnl[day] = self._daily_pnl.get(day, Decimal(0)) + pnl
-
     def _check_protective(self, intent: OrderIntent) -> None:
         pos = self.positions().get(intent.symbol, Decimal(0))
         reduces = (pos > 0 and intent.side == "sell") or (pos < 0 and intent.side == "buy")
@@ -737,85 +296,6 @@ class OrderManager:
                 f"reduce the journal's position of {pos}",
                 field="quantity",
             )
-
-    # ------------------------------------------------------------------ the reconciler's tools
-
-    async def adopt_external(self, bo: BrokerOrder, *, reason: str) -> Order:
-        """Journal a broker order the journal does not know (a stop protecting a position
-        we hold) under its own client id, then take the broker's word for it (state, fills).
-        The startup reconciler's tool."""
-        self._require_loaded()
-        intent = OrderIntent(
-            symbol=bo.symbol,
-            side=bo.side,
-            quantity=bo.quantity,
-            order_type=bo.order_type,
-            limit_price=bo.limit_price,
-            stop_price=bo.stop_price,
-            client_order_id=bo.client_order_id,
-            created_at=bo.created_at,
-        )
-        cid = intent.client_order_id
-        async with self._lock(cid):
-            existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
-            if existing is None:
-                async with self._state_lock:
-                    await self.journal.arecord_intent(intent)
-                    existing = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
-                    self._orders[cid] = existing
-                    self._fills[cid] = {}
-                    self._publish(
-                        OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, existing.updated_at)
-                    )
-            self._orders.setdefault(cid, existing)
-            log.info("adopted broker order %s (%s): %s", bo.broker_order_id, cid, reason)
-            return await self._adopt(existing, bo, EventKind.RECOVERED)
-
-    async def record_synthetic(self, intent: OrderIntent, fill: Fill, *, reason: str) -> Order:
-        """Journal an order the broker's books imply but nobody sent (an orphan position):
-        the intent, a ``forced`` ACCEPTED event with ``reason``, and ``fill`` (the trade and
-        the position change). Never sent to the broker. If the order exists (a crash came
-        between its entries), only what is missing is journaled."""
-        self._require_loaded()
-        cid = intent.client_order_id
-        async with self._lock(cid):
-            order = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
-            if order is None:
-                async with self._state_lock:
-                    await self.journal.arecord_intent(intent)
-                    order = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
-                    self._orders[cid] = order
-                    self._fills[cid] = {}
-            else:
-                self._orders.setdefault(cid, order)
-            if order.state is _S.PENDING:
-                order = await self._transition(
-                    order, EventKind.FORCED, _S.ACCEPTED, reason=reason, check=False
-                )
-            if order.filled_quantity < order.intent.quantity:
-                await self._apply_fill(fill)
-            return self._orders[cid]
-
-    async def apply_fills(self, fills: list[Fill]) -> int:
-        """Journal the fills the journal lacks (each once per execution key) for orders it
-        knows; how many were journaled. Fills of unknown orders are skipped."""
-        n = 0
-        for f in fills:
-            async with self._lock(f.client_order_id):
-                order = self._orders.get(f.client_order_id)
-                if order is None:
-                    order = await asyncio.to_thread(self.journal.order, f.client_order_id)
-                if order is None:
-                    continue
-                if await self._apply_fill(f):
-                    n += 1
-        return n
-
-    def known_execution(self, fill: Fill) -> bool:
-        """True if the journal holds this execution (by execution key and id)."""
-        known = self._fills.get(fill.client_order_id, {})
-        old = known.get(self.broker.rules.execution_key(fill.execution_id))
-        return old is not None and old["execution_id"] == fill.execution_id
 
     # ------------------------------------------------------------------ cancel, force
 
@@ -877,44 +357,6 @@ class OrderManager:
 
     # ------------------------------------------------------------------ internals
 
-    async def _transition(
-        self,
-        order: Order,
-        kind: EventKind,
-        state: OrderState,
-        *,
-        reason: str | None = None,
-        broker_order_id: str | None = None,
-        check: bool = True,
-    ) -> Order:
-        """Journal one event (fsynced), then change the order in memory and publish it."""
-        informational = kind is EventKind.CANCEL_REQUESTED and state is order.state
-        if check and not informational:
-            check_transition(order.state, state)
-        async with self._state_lock:
-            seq = order.last_seq + 1
-            ev = OrderEvent(
-                order.client_order_id,
-                seq,
-                kind,
-                state,
-                _now(),
-                broker_order_id or order.broker_order_id,
-                reason,
-            )
-            await self.journal.arecord_event(ev, reason)  # durable before anything follows
-            new = replace(
-                order,
-                state=state,
-                last_seq=seq,
-                updated_at=ev.at,
-                broker_order_id=ev.broker_order_id,
-                reason=reason if reason is not None else order.reason,
-            )
-            self._orders[order.client_order_id] = new
-            self._publish(ev)
-        return new
-
     async def _check_risk(self, intent: OrderIntent) -> None:
         price = intent.limit_price or intent.stop_price
         if price is None and self.price_source is not None:
@@ -924,13 +366,9 @@ class OrderManager:
             try:
                 balance = await asyncio.to_thread(self.db.get_balance, intent.account)
             except Exception as exc:
-                log.warning("balance of %s unknown: %s", intent.account, _why(exc))
+                log.warning("balance of %s unknown: %s", intent.account, why(exc))
         reserved = Decimal(0)
-        position = (
-            self._positions[intent.symbol].quantity
-            if intent.symbol in self._positions
-            else Decimal(0)
-        )
+        position = self._book.quantity(intent.symbol)
         for o in self._orders.values():
             if is_final(o.state):
                 continue
@@ -944,29 +382,9 @@ class OrderManager:
                     or (self.price_source(o.symbol) if self.price_source else None)
                 )
                 reserved += o.remaining * (p or Decimal(0))
-        today = _now().date().isoformat()
+        today = utc_now().date().isoformat()
         check_risk(
             intent,
             self.risk,
-            RiskView(price, balance, reserved, position, self._daily_pnl.get(today, Decimal(0))),
+            RiskView(price, balance, reserved, position, self._book.pnl_on(today)),
         )
-
-    def _lock(self, cid: str) -> asyncio.Lock:
-        lock = self._locks.get(cid)
-        if lock is None:
-            lock = self._locks[cid] = asyncio.Lock()
-        return lock
-
-    def _publish(self, ev: OrderEvent) -> None:
-        for q in self._subscribers:
-            q.put_nowait(ev)
-
-    def _require_loaded(self) -> None:
-        if not self._loaded:
-            raise RuntimeError("call `await OrderManager.start()` before submitting")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -1,0 +1,336 @@
+"""``OrderFills``: the broker's word taken into the journal: status, fills, adopted orders.
+
+* ``_adopt``: an order as the broker reports it: its id, its state (ACCEPTED, REJECTED,
+  CANCELLED) and its fills, fetched while the ACCEPTED entry is fsynced; a status the broker
+  reports that we cannot read leaves the order for reconciliation.
+* Fills are journaled once per execution key (a correction replaces, never adds), with the
+  order's filled quantity and average price, the trade and the position change
+  (``PositionBook``) in one entry; a fill beyond the order's quantity raises ``FillError``.
+* The startup reconciler's tools: ``adopt_external`` (a broker order the journal lacks),
+  ``record_synthetic`` (an order the broker's books imply), ``apply_fills``,
+  ``known_execution``.
+
+``OrderManager`` (:mod:`wal.orders.manager`) builds on this class: submit, retries, recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+from wal.crashpoints import crash_point
+from wal.orders.base import LIVE_STATES, OrderBase, why
+from wal.orders.broker import BrokerOrder
+from wal.orders.errors import BrokerError, BrokerProtocolError, FillError
+from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
+from wal.orders.positions import PRICE_QUANTUM
+from wal.orders.states import EventKind, OrderState, check_transition, is_final
+
+__all__ = ["OrderFills"]
+
+log = logging.getLogger("wal.orders")
+
+_S = OrderState
+_FILL_SLACK = timedelta(minutes=1)  # broker clocks differ: ask for fills a little earlier
+
+
+class OrderFills(OrderBase):
+    """Status, fills and adoption (module docstring); ``OrderManager`` builds on it."""
+
+    # ------------------------------------------------------------------ status and fills
+
+    async def refresh(self, client_order_id: str, *, _locked: bool = False) -> Order:
+        """Ask the broker for the order's status and fills, journal what changed."""
+        ctx = contextlib.nullcontext() if _locked else self._lock(client_order_id)
+        async with ctx:
+            order = self._orders.get(client_order_id)
+            if order is None:
+                raise FillError(f"no order with client_order_id {client_order_id!r} is open")
+            try:
+                bo = await self.broker.get_order_by_client_id(client_order_id)
+            except BrokerError as exc:
+                log.warning("refresh of %s failed: %s", client_order_id, exc)
+                return order
+            if bo is None:
+                return order
+            return await self._adopt(order, bo, EventKind.RECOVERED)
+
+    async def _adopt(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
+        """Take the broker's word for an order: its id, status and fills."""
+        try:
+            target = bo.state
+        except BrokerProtocolError as exc:
+            log.error("order %s: %s", order.client_order_id, exc)
+            if order.state in (_S.PENDING, _S.SUBMITTING):  # a live order stays as it is
+                order = await self._transition(
+                    order,
+                    EventKind.UNKNOWN,
+                    _S.UNKNOWN,
+                    reason=str(exc),
+                    broker_order_id=bo.broker_order_id,
+                )
+            return order  # left for reconciliation: we cannot read what the broker says
+        if not bo.matches(order.intent):
+            log.critical(
+                "broker order %s under client id %s does not match the intent",
+                bo.broker_order_id,
+                order.client_order_id,
+            )
+        if target is _S.REJECTED:
+            return await self._transition(
+                order,
+                kind,
+                _S.REJECTED,
+                reason=bo.reject_reason,
+                broker_order_id=bo.broker_order_id,
+            )
+        fetch: asyncio.Future[list[Fill] | None] | None = None
+        if bo.filled_quantity > order.filled_quantity:
+            # ask for its fills now: the round trip overlaps the fsync of ACCEPTED below
+            fetch = asyncio.ensure_future(self._fetch_fills([order]))
+        try:
+            if order.state not in LIVE_STATES:
+                order = await self._transition(
+                    order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
+                )
+            crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
+        except BaseException:
+            if fetch is not None:
+                fetch.cancel()
+            raise
+        if fetch is not None:
+            await self._sync_fills([order], fetched=fetch)
+            order = self._orders[order.client_order_id]
+        if target is _S.CANCELLED and not is_final(order.state):
+            order = await self._transition(
+                order, EventKind.CANCELLED, _S.CANCELLED, broker_order_id=bo.broker_order_id
+            )
+        return order
+
+    async def poll_fills(self) -> int:
+        """Fetch the broker's fills for every open order; journal the new ones. How many."""
+        open_ = [o for o in self._orders.values() if not is_final(o.state)]
+        return await self._sync_fills(open_) if open_ else 0
+
+    async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:
+        """The broker's fills since the oldest of ``orders``; None if the fetch failed."""
+        since = min(o.intent.created_at for o in orders) - _FILL_SLACK
+        try:
+            return await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
+        except Exception as exc:
+            log.warning("fetching fills failed (%s); they are fetched again later", why(exc))
+            return None
+
+    async def _sync_fills(
+        self, orders: list[Order], *, fetched: Awaitable[list[Fill] | None] | None = None
+    ) -> int:
+        """Journal the new fills of ``orders`` (fetched now, or by ``fetched``); how many."""
+        wanted = {o.client_order_id for o in orders}
+        fills = await (fetched if fetched is not None else self._fetch_fills(orders))
+        if fills is None:
+            return 0
+        n = 0
+        for f in fills:
+            if f.client_order_id in wanted and await self._apply_fill(f):
+                n += 1
+        return n
+
+    async def on_fill(self, fill: Fill) -> Order:
+        """Journal one execution (once per execution key); the order after it."""
+        async with self._lock(fill.client_order_id):
+            await self._apply_fill(fill)
+            order = self.get(fill.client_order_id)
+            assert order is not None
+            return order
+
+    async def _apply_fill(self, fill: Fill) -> bool:
+        """Journal the fill unless it is known; True if it was journaled."""
+        cid = fill.client_order_id
+        order = self._orders.get(cid)
+        if order is None:
+            found = await asyncio.to_thread(self.journal.order, cid)
+            if found is None:
+                raise FillError(
+                    f"fill {fill.execution_id}: no order with client_order_id "
+                    f"{cid!r} in the journal"
+                )
+            order = found
+            self._fills[cid] = {
+                str(r["execution_key"]): r
+                for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
+            }
+        key = self.broker.rules.execution_key(fill.execution_id)
+        known = self._fills.setdefault(cid, {})
+        old = known.get(key)
+        if old is not None and old["execution_id"] == fill.execution_id:
+            return False  # already journaled: replaying a fill adds nothing
+        if fill.symbol != order.symbol or fill.side != order.intent.side:
+            raise FillError(
+                f"fill {fill.execution_id} is {fill.side} {fill.symbol}; order {cid} "
+                f"is {order.intent.side} {order.symbol}"
+            )
+        if not (
+            isinstance(fill.quantity, Decimal)
+            and fill.quantity > 0
+            and isinstance(fill.price, Decimal)
+            and fill.price > 0
+        ):
+            raise FillError(
+                f"fill {fill.execution_id}: quantity and price must be positive "
+                f"Decimals, got {fill.quantity!r} at {fill.price!r}"
+            )
+        old_qty = Decimal(str(old["quantity"])) if old is not None else Decimal(0)
+        delta = fill.quantity - old_qty
+        filled = order.filled_quantity + delta
+        if filled > order.intent.quantity:
+            raise FillError(
+                f"fill {fill.execution_id} of {fill.quantity} would make order {cid} "
+                f"filled {filled} > its quantity {order.intent.quantity}; not applied"
+            )
+        rows = [r for k, r in known.items() if k != key]
+        notional = (
+            sum((Decimal(str(r["quantity"])) * Decimal(str(r["price"])) for r in rows), Decimal(0))
+            + fill.quantity * fill.price
+        )
+        avg = (notional / filled).quantize(PRICE_QUANTUM)
+        state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
+        if state is not order.state or state is _S.PARTIALLY_FILLED:
+            check_transition(order.state, state)
+        kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
+        async with self._state_lock:
+            signed = delta if fill.side == "buy" else -delta
+            ops, pnl, new_pos = self._book.change(fill.symbol, signed, fill.price)
+            seq = order.last_seq + 1
+            trade_id = uuid.uuid4().hex if old is None else None  # made here: a replay reuses it
+            await self.journal.arecord_fill(
+                fill,
+                execution_key=key,
+                seq=seq,
+                kind=kind.value,
+                state=state.value,
+                filled_quantity=filled,
+                avg_fill_price=avg,
+                trade_id=trade_id,
+                pnl=pnl,
+                position_ops=ops,
+            )  # fsynced: fill, event, order, trade and position change as one entry
+            crash_point("order.after_fill_fsync")
+            self._book.set(fill.symbol, new_pos)
+            if pnl is not None:
+                self._book.add_pnl(fill.executed_at, pnl)
+            known[key] = {
+                "execution_key": key,
+                "execution_id": fill.execution_id,
+                "quantity": fill.quantity,
+                "price": fill.price,
+                "executed_at": fill.executed_at,
+                "pnl": pnl,
+                "trade_id": trade_id,
+            }
+            order = replace(
+                order,
+                state=state,
+                filled_quantity=filled,
+                avg_fill_price=avg,
+                last_seq=seq,
+                updated_at=fill.executed_at,
+                broker_order_id=order.broker_order_id or fill.broker_order_id,
+            )
+            self._orders[cid] = order
+            self._publish(
+                OrderEvent(
+                    cid,
+                    seq,
+                    kind,
+                    state,
+                    fill.executed_at,
+                    order.broker_order_id,
+                    fill.execution_id,
+                )
+            )
+        return True
+
+    # ------------------------------------------------------------------ the reconciler's tools
+
+    async def adopt_external(self, bo: BrokerOrder, *, reason: str) -> Order:
+        """Journal a broker order the journal does not know (a stop protecting a position
+        we hold) under its own client id, then take the broker's word for it (state, fills).
+        The startup reconciler's tool."""
+        self._require_loaded()
+        intent = OrderIntent(
+            symbol=bo.symbol,
+            side=bo.side,
+            quantity=bo.quantity,
+            order_type=bo.order_type,
+            limit_price=bo.limit_price,
+            stop_price=bo.stop_price,
+            client_order_id=bo.client_order_id,
+            created_at=bo.created_at,
+        )
+        cid = intent.client_order_id
+        async with self._lock(cid):
+            existing = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
+            if existing is None:
+                async with self._state_lock:
+                    await self.journal.arecord_intent(intent)
+                    existing = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
+                    self._orders[cid] = existing
+                    self._fills[cid] = {}
+                    self._publish(
+                        OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, existing.updated_at)
+                    )
+            self._orders.setdefault(cid, existing)
+            log.info("adopted broker order %s (%s): %s", bo.broker_order_id, cid, reason)
+            return await self._adopt(existing, bo, EventKind.RECOVERED)
+
+    async def record_synthetic(self, intent: OrderIntent, fill: Fill, *, reason: str) -> Order:
+        """Journal an order the broker's books imply but nobody sent (an orphan position):
+        the intent, a ``forced`` ACCEPTED event with ``reason``, and ``fill`` (the trade and
+        the position change). Never sent to the broker. If the order exists (a crash came
+        between its entries), only what is missing is journaled."""
+        self._require_loaded()
+        cid = intent.client_order_id
+        async with self._lock(cid):
+            order = self._orders.get(cid) or await asyncio.to_thread(self.journal.order, cid)
+            if order is None:
+                async with self._state_lock:
+                    await self.journal.arecord_intent(intent)
+                    order = Order(intent, _S.PENDING, last_seq=1, updated_at=intent.created_at)
+                    self._orders[cid] = order
+                    self._fills[cid] = {}
+            else:
+                self._orders.setdefault(cid, order)
+            if order.state is _S.PENDING:
+                order = await self._transition(
+                    order, EventKind.FORCED, _S.ACCEPTED, reason=reason, check=False
+                )
+            if order.filled_quantity < order.intent.quantity:
+                await self._apply_fill(fill)
+            return self._orders[cid]
+
+    async def apply_fills(self, fills: list[Fill]) -> int:
+        """Journal the fills the journal lacks (each once per execution key) for orders it
+        knows; how many were journaled. Fills of unknown orders are skipped."""
+        n = 0
+        for f in fills:
+            async with self._lock(f.client_order_id):
+                order = self._orders.get(f.client_order_id)
+                if order is None:
+                    order = await asyncio.to_thread(self.journal.order, f.client_order_id)
+                if order is None:
+                    continue
+                if await self._apply_fill(f):
+                    n += 1
+        return n
+
+    def known_execution(self, fill: Fill) -> bool:
+        """True if the journal holds this execution (by execution key and id)."""
+        known = self._fills.get(fill.client_order_id, {})
+        old = known.get(self.broker.rules.execution_key(fill.execution_id))
+        return old is not None and old["execution_id"] == fill.execution_id

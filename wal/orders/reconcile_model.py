@@ -1,0 +1,262 @@
+"""What startup reconciliation works with: its config, its result, the ids it makes, its rules.
+
+``ReconcilerConfig`` (the knobs), ``ReconciliationResult`` (what a run did), ``FilledTrade``
+(phase 3's rows); the run's ``Snapshot`` of the broker and its ``Counts`` (the tallies and
+actions, logged as they are made); the ids of synthetic orders (``orphan_order_id``) and
+emergency stops (``emergency_stop_id``), the emergency stop's price, and which broker orders
+are live or protect a position. Used by :mod:`wal.orders.reconcile` (the run, phase 1) and
+:mod:`wal.orders.stops` (phase 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
+from typing import Any
+
+from wal.orders.broker import BROKER_STATUS, Broker, BrokerOrder, BrokerPosition
+from wal.orders.models import Fill
+from wal.orders.states import OrderState
+
+__all__ = [
+    "EMERGENCY_STOP_PREFIX",
+    "Counts",
+    "FilledTrade",
+    "ReconciliationResult",
+    "ReconcilerConfig",
+    "Snapshot",
+    "cancel_at_broker",
+    "emergency_stop_id",
+    "emergency_stop_price",
+    "error_text",
+    "is_live",
+    "orphan_order_id",
+    "protects",
+    "remaining",
+    "symbol_tag",
+]
+
+log = logging.getLogger("wal.orders.reconcile")
+
+_S = OrderState
+EMERGENCY_STOP_PREFIX = "es-"
+_STOP_TYPES = ("stop", "stop_limit")
+_MIN_PCT = Decimal("0.005")
+_MAX_PCT = Decimal("0.10")
+
+
+@dataclass(frozen=True)
+class ReconcilerConfig:
+    """The reconciler's knobs. ``emergency_stop_pct`` is a fraction: 0.02 is 2 %."""
+
+    emergency_stop_pct: Decimal = Decimal("0.02")  # allowed 0.005-0.10 (0.5 %-10 %)
+    fetch_timeout: float = 10.0  # seconds, one broker call
+    fetch_attempts: int = 3  # tries per fetch before ReconciliationFatalError
+    fetch_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)  # the waits between tries
+    stop_attempts: int = 3  # emergency stop tries before the position is closed at market
+    recent_hours: float = 24.0  # how far back the broker's order history is fetched
+
+    def __post_init__(self) -> None:
+        pct = self.emergency_stop_pct
+        if isinstance(pct, bool) or not isinstance(pct, (Decimal, int, str)):
+            raise ValueError(
+                f"emergency_stop_pct must be a Decimal fraction (0.02 is 2 %), got "
+                f"{type(pct).__name__} {pct!r}"
+            )
+        try:
+            d = Decimal(pct)
+        except InvalidOperation:
+            raise ValueError(f"emergency_stop_pct {pct!r} is not a number") from None
+        if not d.is_finite() or not _MIN_PCT <= d <= _MAX_PCT:
+            raise ValueError(
+                f"emergency_stop_pct must be between {_MIN_PCT} and {_MAX_PCT} (0.5 %-10 %), "
+                f"got {pct}"
+            )
+        object.__setattr__(self, "emergency_stop_pct", d)
+        if self.fetch_timeout <= 0:
+            raise ValueError(f"fetch_timeout must be > 0 seconds, got {self.fetch_timeout}")
+        if self.fetch_attempts < 1 or self.stop_attempts < 1:
+            raise ValueError(
+                f"fetch_attempts and stop_attempts must be >= 1, got {self.fetch_attempts} "
+                f"and {self.stop_attempts}"
+            )
+        if any(b < 0 for b in self.fetch_backoff) or self.recent_hours <= 0:
+            raise ValueError("fetch_backoff must be >= 0 and recent_hours > 0")
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed try ``attempt`` (0-based)."""
+        if not self.fetch_backoff:
+            return 0.0
+        return self.fetch_backoff[min(attempt, len(self.fetch_backoff) - 1)]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReconcilerConfig:
+        """``ORDER_EMERGENCY_STOP_PCT`` (fraction), ``ORDER_RECONCILE_TIMEOUT`` (s)."""
+        e = os.environ if env is None else env
+        return cls(
+            emergency_stop_pct=Decimal(e.get("ORDER_EMERGENCY_STOP_PCT", "0.02")),
+            fetch_timeout=float(e.get("ORDER_RECONCILE_TIMEOUT", "10")),
+        )
+
+
+@dataclass(frozen=True)
+class ReconciliationResult:
+    """What a run did (or, dry, would do). All zeros: the journal and the broker agreed."""
+
+    orders_reconciled: int = 0  # journal orders whose state changed to the broker's
+    orders_adopted: int = 0  # found by client id without a broker id, or a protective stop
+    orphans_detected: int = 0  # positions the journal's fills did not explain
+    orphan_orders_canceled: int = 0  # open broker orders the journal did not know
+    emergency_stops_placed: int = 0
+    fills_inferred: int = 0  # fills journaled from the broker's executions
+    errors: tuple[str, ...] = ()
+    stops_canceled: int = 0  # emergency stops replaced (wrong size) or of a closed position
+    positions_closed: int = 0  # closed at market after the stop failed stop_attempts times
+    dry_run: bool = False
+    actions: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def changes(self) -> int:
+        """The number of changes made (or planned): 0 on an idempotent second run."""
+        return (
+            self.orders_reconciled
+            + self.orders_adopted
+            + self.orphans_detected
+            + self.orphan_orders_canceled
+            + self.emergency_stops_placed
+            + self.fills_inferred
+            + self.stops_canceled
+            + self.positions_closed
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "orders_reconciled": self.orders_reconciled,
+            "orders_adopted": self.orders_adopted,
+            "orphans_detected": self.orphans_detected,
+            "orphan_orders_canceled": self.orphan_orders_canceled,
+            "emergency_stops_placed": self.emergency_stops_placed,
+            "fills_inferred": self.fills_inferred,
+            "stops_canceled": self.stops_canceled,
+            "positions_closed": self.positions_closed,
+            "errors": list(self.errors),
+            "dry_run": self.dry_run,
+            "actions": list(self.actions),
+        }
+
+
+@dataclass(frozen=True)
+class FilledTrade:
+    """One journaled execution, what a circuit breaker rebuilds its state from."""
+
+    client_order_id: str
+    execution_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    price: Decimal
+    executed_at: datetime
+    pnl: Decimal | None
+    trade_id: str | None
+
+
+@dataclass
+class Snapshot:
+    """What the broker reported at the start of a run."""
+
+    positions: list[BrokerPosition]
+    open_orders: list[BrokerOrder]
+    recent_orders: list[BrokerOrder]
+    fills: list[Fill]
+
+
+@dataclass
+class Counts:
+    """A run's tallies, errors and actions (``ReconciliationResult`` is made from them)."""
+
+    reconciled: int = 0
+    adopted: int = 0
+    orphans: int = 0
+    orphan_cancels: int = 0
+    stops: int = 0
+    fills: int = 0
+    stop_cancels: int = 0
+    closed: int = 0
+    errors: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    cancelled: set[str] = field(default_factory=set)  # broker order ids cancelled in this run
+
+    def act(self, dry: bool, what: str) -> None:
+        """Record (and log) one change made, or planned by a dry run."""
+        self.actions.append(what)
+        log.info("reconciliation%s: %s", " (dry run)" if dry else "", what)
+
+
+def orphan_order_id(symbol: str, day: datetime, n: int = 1) -> str:
+    """``orphan-{symbol}-{YYYYMMDD}`` (``-{n}`` from the second one of that day on)."""
+    base = f"orphan-{symbol}-{day.astimezone(UTC):%Y%m%d}"
+    return base if n == 1 else f"{base}-{n}"
+
+
+def symbol_tag(symbol: str) -> str:
+    """A short tag of ``symbol`` for client ids (letters and digits, unique)."""
+    tag = re.sub(r"[^A-Za-z0-9]", "", symbol)[:10]
+    if tag != symbol:  # shortened or characters dropped: keep it unique
+        tag += f"{zlib.crc32(symbol.encode()) & 0xFFFF:04x}"
+    return tag
+
+
+def emergency_stop_id(symbol: str, day: datetime, n: int) -> str:
+    """``es-{tag}-{YYYYMMDD}-{n}``: the client id of an emergency stop."""
+    return f"{EMERGENCY_STOP_PREFIX}{symbol_tag(symbol)}-{day.astimezone(UTC):%Y%m%d}-{n}"
+
+
+def emergency_stop_price(entry: Decimal, quantity: Decimal, pct: Decimal) -> Decimal:
+    """``pct`` below the entry for a long (``quantity`` > 0), above it for a short; rounded
+    away from the entry to the entry's precision (at least cents)."""
+    exp = min(entry.as_tuple().exponent if isinstance(entry.as_tuple().exponent, int) else -2, -2)
+    q = Decimal(1).scaleb(int(exp))
+    if quantity > 0:
+        return (entry * (1 - pct)).quantize(q, rounding=ROUND_DOWN)
+    return (entry * (1 + pct)).quantize(q, rounding=ROUND_UP)
+
+
+def remaining(bo: BrokerOrder) -> Decimal:
+    """What is left of a broker order to fill."""
+    return bo.quantity - bo.filled_quantity
+
+
+def protects(bo: BrokerOrder, position: Decimal) -> bool:
+    """A stop on the other side of ``position`` (sell stop for a long, buy stop for a short)."""
+    if bo.order_type not in _STOP_TYPES or position == 0:
+        return False
+    return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
+
+
+def is_live(bo: BrokerOrder) -> bool:
+    """Accepted or partially filled at the broker."""
+    return BROKER_STATUS.get(bo.status) in (_S.ACCEPTED, _S.PARTIALLY_FILLED)
+
+
+async def cancel_at_broker(broker: Broker, bo: BrokerOrder, c: Counts, timeout: float) -> None:
+    """Cancel a broker order directly (the journal does not hold it); an error is counted."""
+    try:
+        await asyncio.wait_for(broker.cancel_order(bo.broker_order_id), timeout)
+    except Exception as exc:
+        c.errors.append(f"cancelling broker order {bo.broker_order_id}: {error_text(exc)}")
+
+
+def error_text(exc: BaseException | None) -> str:
+    """One line on what failed ("timed out", or the exception's first line)."""
+    if exc is None:
+        return "no error"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
