@@ -75,6 +75,7 @@ from wal.log.index import (
 from wal.log.lock import CHECK_EVERY, WriterLock
 from wal.log.manifest import write_manifest
 from wal.log.options import StorageOptions
+from wal.log.prealloc import Preallocator
 from wal.log.reading import LogReader
 from wal.log.record import RecordError, decode_line, encode_line
 from wal.log.recovery import recover
@@ -98,9 +99,6 @@ log = logging.getLogger("wal")
 
 PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment asks for a prepared one after
 # this many bytes (or half a segment): short-lived logs never pay for preallocation
-ZERO_CHUNK = 1 << 20  # zeros written per call while preparing a segment
-ZERO_SYNC_EVERY = 16 << 20  # and synced this often: little dirty data to hold up the log's fsyncs
-_NO_FALLOCATE = (errno_mod.EOPNOTSUPP, errno_mod.ENOSYS, errno_mod.EINVAL)
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
 
@@ -199,10 +197,6 @@ _Staged = tuple[
 ]
 
 
-class _PrepareStopped(Exception):
-    """The log is closing: the segment being prepared is abandoned."""
-
-
 class WALStorage(LogReader):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
@@ -249,14 +243,14 @@ class WALStorage(LogReader):
         self._header_len = 0  # the active segment's header: a segment of only this is empty
         self._alloc_end = 0  # the active segment's file size: data, then preallocated zeros
         self._seg_prealloc = False  # the active segment was given its space when created
-        # the next segment, prepared in the background (guarded by _prep_lock)
-        self._prep_lock = threading.Lock()
-        self._prep_busy = False  # a thread is preparing it
-        self._prep_ready = False  # PREPARED_NAME holds a synced, preallocated file
-        self._prep_off = opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly
-        self._prep_how: str = opts.preallocate  # "fallocate" falls back to "zero" if refused
-        self._prep_thread: threading.Thread | None = None
-        self._prep_stop = threading.Event()
+        # the next segment, prepared in the background
+        self._prealloc = Preallocator(
+            self._fs,
+            self.directory,
+            opts.max_segment_bytes,
+            opts.preallocate,
+            off=opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly,
+        )
         self._next_lsn = 1
         self._group = _Group()  # the open group: records waiting for the next flush
         self._flushing = False
@@ -437,7 +431,7 @@ class WALStorage(LogReader):
         prepared next segment when one is ready, else a new file that grows with appends."""
         path = self.directory / segment_name(first)
         header = segment_header(first, None)
-        prepared = self._take_prepared()
+        prepared = self._prealloc.take()
         if prepared:
             fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
         else:
@@ -469,97 +463,15 @@ class WALStorage(LogReader):
 
     # ------------------------------------------------------------------ preallocation
 
-    def _take_prepared(self) -> bool:
-        """True (and it is ours now) when a prepared next segment is ready."""
-        with self._prep_lock:
-            ready, self._prep_ready = self._prep_ready, False
-            return ready
-
     def _want_prepared(self) -> bool:
         """Should the next segment be prepared now? (leader, after a write)"""
-        if self._prep_off or self._prep_busy or self._prep_ready:
+        p = self._prealloc
+        if p.off or p.busy or p.ready:
             return False
         limit = self.options.max_segment_bytes
         if self._seg_prealloc:
             return self._seg_size * 2 >= limit  # half full: the next one is ready in time
         return self._seg_size - self._header_len >= min(PREPARE_UNALLOCATED_AFTER, limit // 2)
-
-    def _start_prepare(self) -> None:
-        with self._prep_lock:
-            if self._prep_busy or self._prep_ready or self._prep_off:
-                return
-            self._prep_busy = True
-        if not self.prepare_in_background:
-            self._prepare_next()
-            return
-        old = self._prep_thread
-        if old is not None:
-            old.join()  # it has finished (busy was False): reap it
-        self._prep_thread = threading.Thread(
-            target=self._prepare_next, name="wal-preallocate", daemon=True
-        )
-        self._prep_thread.start()
-
-    def _prepare_next(self) -> None:
-        """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
-
-        Nothing here is owed: a crash leaves a file the next open removes. A failure (disk
-        full, a file system that refuses) only turns preallocation off for this open.
-        """
-        path = str(self.directory / PREPARED_NAME)
-        size = self.options.max_segment_bytes
-        ok = False
-        try:
-            fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                self._allocate(fd, size)
-                # not for durability (the rotation syncs the header, and the file, before the
-                # rename): so that the rotation's fdatasync has one page to write, not them all
-                self._fs.fdatasync(fd)
-            finally:
-                self._fs.close(fd)
-            ok = True
-        except _PrepareStopped:
-            pass
-        except Exception as exc:  # disk full, EIO, a refusal: appends go on without it
-            log.warning(
-                "could not preallocate the next segment in %s (%s); segments grow with each "
-                "append until the log is reopened",
-                self.directory,
-                exc,
-            )
-            self._prep_off = True
-        finally:
-            if not ok:
-                with contextlib.suppress(OSError):
-                    self._fs.unlink(path)
-            with self._prep_lock:
-                self._prep_busy = False
-                self._prep_ready = ok
-
-    def _allocate(self, fd: int, size: int) -> None:
-        """Give the open file ``size`` bytes of space: ``posix_fallocate`` or zeros."""
-        if self._prep_how == "fallocate":
-            try:
-                self._fs.fallocate(fd, 0, size)
-                return
-            except OSError as exc:
-                if exc.errno not in _NO_FALLOCATE:
-                    raise
-                log.info("%s: fallocate refused (%s): zeros instead", self.directory, exc)
-                self._prep_how = "zero"
-        zeros = bytes(min(ZERO_CHUNK, size))
-        done = unsynced = 0
-        while done < size:
-            if self._prep_stop.is_set():
-                raise _PrepareStopped
-            n = min(len(zeros), size - done)
-            write_all(self._fs, fd, zeros[:n])
-            done += n
-            unsynced += n
-            if unsynced >= ZERO_SYNC_EVERY and done < size:
-                self._fs.fdatasync(fd)  # bound the dirty data the log's own fsyncs might wait on
-                unsynced = 0
 
     # ------------------------------------------------------------------ writing
 
@@ -1037,7 +949,7 @@ class WALStorage(LogReader):
         self._flushes_unchecked += 1
         full = self._seg_size + len(data) > self.options.max_segment_bytes
         # an unpreallocated segment moves on as soon as a prepared one is ready
-        early = self._prep_ready and not self._seg_prealloc
+        early = self._prealloc.ready and not self._seg_prealloc
         if not header_only and (full or early):
             self._rotate(batch[0][0])
             self._flushes_unchecked = CHECK_EVERY
@@ -1059,7 +971,7 @@ class WALStorage(LogReader):
             self._alloc_end = self._seg_size
         seg.end = batch[-1][0]
         if self._want_prepared():
-            self._start_prepare()
+            self._prealloc.start(self.prepare_in_background)
         return off
 
     def _check_lock(self) -> None:
@@ -1252,9 +1164,7 @@ class WALStorage(LogReader):
             self._stage_cond.notify()
         if flusher is not None:
             flusher.join()  # it commits what coroutines staged before the close, then ends
-        self._prep_stop.set()  # a segment being prepared is abandoned (the next open removes it)
-        if self._prep_thread is not None:
-            self._prep_thread.join()
+        self._prealloc.close()  # a segment being prepared is abandoned (the next open removes it)
         self._stop_syncer.set()
         if self._syncer is not None:
             self._syncer.join()
