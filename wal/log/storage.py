@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno as errno_mod
-import logging
 import os
 import stat
 import threading
@@ -43,11 +41,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
-from wal.crashpoints import ARMED, crash_point
 from wal.entry import WALEntry, WALEntryStatus, utc_now
 from wal.errors import (
     WALClosedError,
@@ -57,13 +54,13 @@ from wal.errors import (
     WALEntryTooLargeError,
     WALError,
     WALForkedError,
-    WALLockLostError,
     WALLogChangedError,
     WALSerializationError,
     WALWriteError,
 )
 from wal.log.compaction import compact_sealed
-from wal.log.fileops import FileOps, OSFileOps, write_all
+from wal.log.fileops import FileOps, OSFileOps
+from wal.log.groupcommit import Group, GroupCommit
 from wal.log.index import (
     CODE_NONE,
     STATUS_CODE,
@@ -72,33 +69,23 @@ from wal.log.index import (
     key_hash,
     uuid_hash,
 )
-from wal.log.lock import CHECK_EVERY, WriterLock
-from wal.log.manifest import write_manifest
+from wal.log.lock import WriterLock
 from wal.log.options import StorageOptions
 from wal.log.prealloc import Preallocator
-from wal.log.reading import LogReader
 from wal.log.record import RecordError, decode_line, encode_line
 from wal.log.recovery import recover
 from wal.log.report import RecoveryReport
 from wal.log.segment import (
     DIR_MODE,
-    FILE_MODE,
-    PREPARED_NAME,
     SegmentInfo,
     list_segments,
     make_dirs,
     open_read,
-    segment_header,
-    segment_name,
 )
 from wal.log.waiters import AsyncWaiters
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
-log = logging.getLogger("wal")
-
-PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment asks for a prepared one after
-# this many bytes (or half a segment): short-lived logs never pay for preallocation
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
 
@@ -145,45 +132,6 @@ class StorageStats:
         return d
 
 
-class _Group:
-    """The records that the next flush writes together, and how their writers learn the end.
-
-    The first writer to add records to a group leads its flush; the others (members) wait on
-    ``latch``, a lock the leader holds until the flush ends. Each member takes it and hands it
-    on at once, so a group of N wakes with N lock hand-offs and no Condition machinery. The
-    latch is made only when a second writer joins: a lone appender needs none.
-    """
-
-    __slots__ = ("durable", "error", "latch", "led", "records", "waiters")
-
-    def __init__(self) -> None:
-        self.records: list[IndexRecord] = []
-        self.durable = False  # some record needs an fsync before it is acknowledged
-        self.led = False
-        self.latch: threading.Lock | None = None
-        self.error: BaseException | None = None
-        self.waiters: AsyncWaiters | None = None  # coroutines of append_async, by loop
-
-    def join(self) -> None:
-        """A member joins (lock held): make the latch, held until ``finish``."""
-        if self.latch is None:
-            self.latch = threading.Lock()
-            self.latch.acquire()
-
-    def wait(self) -> None:
-        """A member waits for the end of the flush (lock not held)."""
-        assert self.latch is not None
-        self.latch.acquire()  # blocks until the leader's finish(), then the member before us
-        self.latch.release()  # hand on to the next member
-
-    def finish(self) -> None:
-        """The group is flushed (or failed): wake its members, threads and coroutines."""
-        if self.latch is not None:
-            self.latch.release()
-        if self.waiters is not None:
-            self.waiters.settle(self.error)
-
-
 # What a coroutine hands the flush thread: its loop and future, its entries, their bodies
 # (serialized, no LSN yet), id hashes, explicit-key hashes and status codes.
 _Staged = tuple[
@@ -197,7 +145,7 @@ _Staged = tuple[
 ]
 
 
-class WALStorage(LogReader):
+class WALStorage(GroupCommit):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
     >>> import tempfile
@@ -206,10 +154,6 @@ class WALStorage(LogReader):
     ...     e.lsn
     1
     """
-
-    # tests of power loss set this False: the next segment is then prepared inline, by the
-    # flush that asks for it, so a workload's file operations come in a deterministic order
-    prepare_in_background: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -252,7 +196,7 @@ class WALStorage(LogReader):
             off=opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly,
         )
         self._next_lsn = 1
-        self._group = _Group()  # the open group: records waiting for the next flush
+        self._group = Group()  # the open group: records waiting for the next flush
         self._flushing = False
         self._durable_lsn = 0  # everything up to here is acknowledged
         self._written_lsn = 0  # everything up to here is written (not necessarily synced)
@@ -396,102 +340,7 @@ class WALStorage(LogReader):
         self._reset_index()
         self._recover()
 
-    def _open_for_append(self) -> None:
-        if not self._segments:
-            self._create_segment(self._next_lsn)
-        elif self._segments[-1].compacted:
-            # never append to a compacted segment (its header fixes its range): start a new one
-            self._create_segment(self._next_lsn)
-        else:
-            seg = self._segments[-1]
-            # no O_APPEND: a preallocated segment is written at the end of its records, before
-            # the zeros of its preallocated rest
-            self._fd = self._fs.open(str(seg.path), os.O_WRONLY, FILE_MODE)
-            os.lseek(self._fd, seg.size, os.SEEK_SET)
-            st = os.fstat(self._fd)
-            seg.ino = (st.st_dev, st.st_ino)
-            if self.options.fsync != "unsafe_never":
-                # what recovery just read may be page cache only (the writer was killed before
-                # its fsync): make it durable, so an entry found after a restart survives a
-                # power loss
-                self._fs.fdatasync(self._fd)
-            self._seg_size = seg.size
-            self._alloc_end = max(st.st_size, seg.size)
-            self._seg_prealloc = st.st_size >= self.options.max_segment_bytes
-            self._header_len = len(segment_header(seg.first, None))
-        if self.recovery_report.manifest_first is None:
-            # a new log (or one from before the manifest): record the first LSN it owes,
-            # after that segment's header is durable (the manifest never names a lost one)
-            first = self._segments[0].first
-            write_manifest(self._fs, self.directory, first)
-            self.recovery_report.manifest_first = first
-
-    def _create_segment(self, first: int) -> None:
-        """Create a segment, durable (data and directory entry) before it is used: the
-        prepared next segment when one is ready, else a new file that grows with appends."""
-        path = self.directory / segment_name(first)
-        header = segment_header(first, None)
-        prepared = self._prealloc.take()
-        if prepared:
-            fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
-        else:
-            fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            write_all(self._fs, fd, header)
-            if self.options.fsync != "unsafe_never":
-                self._fs.fdatasync(fd)  # the header must be on disk before any record after it
-                crash_point("rotate-after-create")
-            if prepared:
-                # its name makes it a segment: only once its header is durable (above)
-                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))
-            if self.options.fsync != "unsafe_never":
-                # a new file's name is in the directory, not the file: fsync the directory
-                self._fs.fsync_dir(str(self.directory))
-        except BaseException:
-            self._fs.close(fd)
-            raise
-        if self._fd >= 0:
-            self._fs.close(self._fd)
-        self._fd = fd
-        self._seg_size = self._header_len = len(header)
-        st = os.fstat(fd)
-        self._alloc_end = max(st.st_size, len(header))
-        self._seg_prealloc = prepared
-        self._segments.append(
-            SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
-        )
-
-    # ------------------------------------------------------------------ preallocation
-
-    def _want_prepared(self) -> bool:
-        """Should the next segment be prepared now? (leader, after a write)"""
-        p = self._prealloc
-        if p.off or p.busy or p.ready:
-            return False
-        limit = self.options.max_segment_bytes
-        if self._seg_prealloc:
-            return self._seg_size * 2 >= limit  # half full: the next one is ready in time
-        return self._seg_size - self._header_len >= min(PREPARE_UNALLOCATED_AFTER, limit // 2)
-
     # ------------------------------------------------------------------ writing
-
-    def _check_writable(self) -> None:
-        if self._forked:
-            assert self._failed is not None
-            raise self._failed
-        if self._closed:
-            raise WALClosedError("the log is closed")
-        if self.readonly:
-            raise WALError(
-                "this log was opened read-only", hint="open it with WALStorage(dir) to write"
-            )
-        if self._failed is not None:
-            raise type(self._failed)(
-                f"the log refuses appends after an earlier write failure: {self._failed.message}",
-                path=self._failed.path,
-                errno=self._failed.errno,
-                hint=self._failed.hint,
-            )
 
     def append(self, entry: WALEntry) -> WALEntry:
         """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
@@ -832,214 +681,6 @@ class WALStorage(LogReader):
             or self._idh[i] != uuid_hash(uuid.UUID(sid))
         ):
             raise WALEntryNotFoundError(f"{sid} at LSN {lsn}")
-
-    def _enqueue(self, records: list[IndexRecord], durable: bool = True) -> tuple[_Group, bool]:
-        """Add records to the open group (lock held). True: the caller leads its flush."""
-        g = self._group
-        g.records.extend(records)
-        g.durable = g.durable or durable
-        if durable:
-            self._appenders += 1  # a foreground writer: background work yields to it
-        lead = not g.led
-        if not lead:
-            g.join()
-        g.led = True
-        return g, lead
-
-    def _commit(self, g: _Group, lead: bool) -> None:
-        """Group commit (lock not held): return when ``g``'s records are acknowledged.
-
-        The leader waits for the previous flush to end, closes the group, writes all its
-        records with one ``write`` and one ``fdatasync``, then wakes the group's members;
-        records arriving meanwhile form the next group, whose first writer leads it.
-        """
-        if not lead:
-            g.wait()  # our leader finishes the group once our records are durable (or failed)
-            if g.error is not None:
-                raise g.error
-            return
-        with self._cond:
-            while self._flushing:
-                self._wait()  # one flush at a time: the previous group is being written
-            if self._group is g:
-                self._group = _Group()
-            refused: BaseException | None = self._failed
-            if refused is None and self._closed:
-                refused = WALClosedError("the log was closed before this write was made durable")
-            if refused is not None:
-                g.error = refused
-                g.finish()
-                raise refused
-            self._flushing = True
-        try:
-            self._flush(g.records, g.durable)
-        except BaseException as exc:
-            g.error = exc
-            raise
-        finally:
-            g.finish()
-
-    def _flush(self, batch: list[IndexRecord], durable: bool = True) -> None:
-        """Write ``batch`` and make it durable, then index it (caller set ``_flushing``)."""
-        sync = durable and self.options.fsync == "always"
-        error: BaseException | None = None
-        off = 0
-        try:
-            off = self._write_batch(batch, sync)
-        except BaseException as exc:
-            error = exc
-        with self._mutex:
-            self._flushing = False
-            if self._waiting:  # the next group's leader, sync() and compact() wait here
-                self._cond.notify_all()
-            if error is not None:
-                self._poison(error)
-                raise self._failed or error
-            self._index_written(batch, off)
-            top = batch[-1][0]
-            if top > self._written_lsn:
-                self._written_lsn = top
-            if sync and top > self._durable_lsn:
-                self._durable_lsn = top
-
-    def _append_done(self) -> None:
-        """A foreground writer is back (acknowledged or failed): wake a yielding drain."""
-        with self._mutex:
-            self._appenders -= 1
-            if self._yielding:
-                self._cond.notify_all()
-
-    def _wait(self, timeout: float | None = None) -> None:
-        """Wait on ``_cond`` (lock held), counted so that notifiers can skip an empty wake."""
-        self._waiting += 1
-        try:
-            self._cond.wait(timeout)
-        finally:
-            self._waiting -= 1
-
-    def _poison(self, error: BaseException) -> None:
-        if self._failed is not None:
-            return
-        if isinstance(error, WALWriteError):
-            self._failed = error
-            return
-        en = getattr(error, "errno", None)
-        name = errno_mod.errorcode.get(en, str(en)) if isinstance(en, int) else type(error).__name__
-        seg = self._segments[-1].path if self._segments else self.directory
-        hint = None
-        if en in (errno_mod.EMFILE, errno_mod.ENFILE):
-            hint = (
-                "the process ran out of file descriptors (not disk space): raise its open-file "
-                "limit (ulimit -n) or close files elsewhere, then reopen the log"
-            )
-        self._failed = WALWriteError(
-            f"writing {seg} failed ({name}: {error}); the last entries were not acknowledged",
-            path=seg,
-            errno=en if isinstance(en, int) else None,
-            hint=hint,
-        )
-        self._failed.__cause__ = error
-        log.error("%s", self._failed)
-
-    def _write_batch(self, batch: list[IndexRecord], sync: bool) -> int:
-        """Write a batch to the active segment (rotating first if needed); return the offset
-        of its first record. Leader only."""
-        data = b"".join([r[1] for r in batch])
-        header_only = self._seg_size <= self._header_len
-        self._flushes_unchecked += 1
-        full = self._seg_size + len(data) > self.options.max_segment_bytes
-        # an unpreallocated segment moves on as soon as a prepared one is ready
-        early = self._prealloc.ready and not self._seg_prealloc
-        if not header_only and (full or early):
-            self._rotate(batch[0][0])
-            self._flushes_unchecked = CHECK_EVERY
-        if self._flushes_unchecked >= CHECK_EVERY:
-            self._check_lock()  # before these records are written, let alone acknowledged
-        seg = self._segments[-1]
-        off = self._seg_size
-        write_all(self._fs, self._fd, data)
-        if ARMED:  # a constant: the crash tests' hook costs nothing in production
-            crash_point("append-after-write")
-        if sync:
-            t0 = time.perf_counter_ns()
-            self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
-            self._record_fsync(time.perf_counter_ns() - t0)
-            if ARMED:
-                crash_point("append-after-fsync")
-        self._seg_size = seg.size = off + len(data)
-        if self._seg_size > self._alloc_end:
-            self._alloc_end = self._seg_size
-        seg.end = batch[-1][0]
-        if self._want_prepared():
-            self._prealloc.start(self.prepare_in_background)
-        return off
-
-    def _check_lock(self) -> None:
-        """Halt if ``LOCK`` is not the file this writer locked (after a rotation, and every
-        ``CHECK_EVERY`` flushes: an ``lstat``, never on each append)."""
-        self._flushes_unchecked = 0
-        problem = self._lock.still_ours() if self._lock is not None else None
-        if problem is not None:
-            raise WALLockLostError(
-                f"{problem} in {self.directory} while this process (pid {self._pid}) was "
-                "writing: another writer may be appending; this one stops"
-            )
-
-    def _record_fsync(self, ns: int) -> None:
-        self._fsync_count += 1
-        self._fsync_ns.append(ns)
-        for observe in self.fsync_observers:
-            observe(ns)
-
-    def _rotate(self, first: int) -> None:
-        """Seal the active segment and start a new one at ``first``. Leader only."""
-        if self.options.fsync != "unsafe_never":
-            # a torn record may only ever be in the last segment: seal this one on disk
-            t0 = time.perf_counter_ns()
-            self._fs.fdatasync(self._fd)
-            self._record_fsync(time.perf_counter_ns() - t0)
-            self._durable_lsn = self._written_lsn
-        if self._alloc_end > self._seg_size:
-            # only the last segment may end in zeros: cut this one back to its last record
-            # (truncate syncs) before the next segment exists
-            self._fs.truncate(str(self._segments[-1].path), self._seg_size)
-            self._alloc_end = self._seg_size
-        self._create_segment(first)
-
-    def sync(self) -> None:
-        """Make everything written so far durable (for ``interval`` mode; cheap otherwise)."""
-        with self._cond:
-            self._check_writable()
-            while self._flushing:
-                self._wait()
-            if self._durable_lsn >= self._written_lsn or self.options.fsync == "unsafe_never":
-                return
-            top = self._written_lsn
-            self._flushing = True
-            self._cond.release()
-            error: BaseException | None = None
-            try:
-                t0 = time.perf_counter_ns()
-                self._fs.fdatasync(self._fd)  # interval mode: bound the power-loss window
-                self._record_fsync(time.perf_counter_ns() - t0)
-            except BaseException as exc:
-                error = exc
-            finally:
-                self._cond.acquire()
-                self._flushing = False
-                self._cond.notify_all()
-            if error is not None:
-                self._poison(error)
-                raise self._failed or error
-            self._durable_lsn = max(self._durable_lsn, top)
-
-    def _interval_sync_loop(self) -> None:
-        interval = self.options.fsync_interval_ms / 1000.0
-        while not self._stop_syncer.wait(interval):
-            try:
-                self.sync()
-            except WALError:
-                return  # the storage is poisoned; appends raise from now on
 
     @property
     def next_lsn(self) -> int:
