@@ -1,78 +1,59 @@
 """``WALStorage``: the append-only, segmented, crash-safe log.
 
-The write path (group commit, after PostgreSQL's ``XLogFlush``): an appender frames its record
-and takes the next LSN under one lock. If nobody is flushing or waiting, it writes the record
-at once with one ``write`` and makes it durable with one ``fdatasync``: a lone appender pays
-one fsync per append. Otherwise it adds the record to the open group; the group's first
-writer leads its flush once the previous one ends (one ``write``, one ``fdatasync`` for the
-whole group), the others wait on the group's latch and are woken once, when their records
-are durable. Status records may be written without an fsync of their own (``durable=False``):
-the next flush's fsync covers them.
+The class is built in layers, one concept and one module each, every layer a base of the next:
 
-Preallocation (``StorageOptions.preallocate``): a segment gets its space before records go
-into it, so an append's ``fdatasync`` writes data without committing a new file size. A
-background thread prepares the next segment (``next.wal.prep``: zeros or ``posix_fallocate``,
-synced) while the current one fills; a rotation writes the header into it, syncs it, renames
-it into place and syncs the directory, so appenders never wait for the zeroing. A sealed
-segment is cut back to its last record before the next one exists: only the last segment ever
-ends in zeros, which recovery reads as the normal end of the log.
+* :mod:`wal.log.index` (``LogIndex``): the compact per-LSN arrays, about 29 bytes per LSN;
+* :mod:`wal.log.reading` (``LogReader``): entries read back from disk on demand, so memory
+  stays bounded however many are pending;
+* :mod:`wal.log.segwriter` (``SegmentWriter``): the active segment, written a batch at a time,
+  rotated, and the next one preallocated (:mod:`wal.log.prealloc`) while it fills;
+* :mod:`wal.log.groupcommit` (``GroupCommit``): one ``write`` and one ``fdatasync`` for the
+  records of concurrent appenders, a failed write or fsync poisons the log, ``sync``;
+* :mod:`wal.log.writing` (``LogWriter``): ``append``, ``append_many``, status records;
+* :mod:`wal.log.asyncappend` (``AsyncAppender``): ``append_async``, its flush thread;
+* this module: opening (the directory, the writer lock, recovery; a read-only open re-reads a
+  log a running writer changes under it), compaction, stats, closing, fork safety.
 
-The class is built in three layers, one concept each: :mod:`wal.log.index` (``LogIndex``: the
-compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.log.reading` (``LogReader``: entries
-read back from disk on demand, so memory stays bounded however many are pending) and this
-module (opening, the write path, sync, stats, closing). Opening a log runs recovery
-(:mod:`wal.log.recovery`, with :mod:`wal.log.fastindex`); ``compact`` seals the active segment
-and runs :mod:`wal.log.compaction`. Both are plain functions that work on a ``LogReader``
-(the directory, the file operations, the index), not on the storage.
+Opening a log runs recovery (:mod:`wal.log.recovery`, with :mod:`wal.log.fastindex`);
+``compact`` seals the active segment and runs :mod:`wal.log.compaction`. Both are plain
+functions that work on a ``LogReader`` (the directory, the file operations, the index), not on
+the storage. The attributes each layer uses are declared on it and set up here, in
+``WALStorage.__init__``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import stat
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from wal.entry import WALEntry, WALEntryStatus, utc_now
+from wal.entry import utc_now
 from wal.errors import (
-    WALClosedError,
     WALCompactionError,
     WALCorruptionError,
-    WALEntryNotFoundError,
-    WALEntryTooLargeError,
     WALError,
     WALForkedError,
     WALLogChangedError,
-    WALSerializationError,
     WALWriteError,
 )
+from wal.log.asyncappend import AsyncAppender, Staged
 from wal.log.compaction import compact_sealed
 from wal.log.fileops import FileOps, OSFileOps
-from wal.log.groupcommit import Group, GroupCommit
-from wal.log.index import (
-    CODE_NONE,
-    STATUS_CODE,
-    UNFINISHED_CODES,
-    IndexRecord,
-    key_hash,
-    uuid_hash,
-)
+from wal.log.groupcommit import Group
+from wal.log.index import STATUS_CODE, UNFINISHED_CODES
 from wal.log.lock import WriterLock
 from wal.log.options import StorageOptions
 from wal.log.prealloc import Preallocator
-from wal.log.record import RecordError, decode_line, encode_line
+from wal.log.record import RecordError, decode_line
 from wal.log.recovery import recover
 from wal.log.report import RecoveryReport
 from wal.log.segment import (
@@ -82,7 +63,6 @@ from wal.log.segment import (
     make_dirs,
     open_read,
 )
-from wal.log.waiters import AsyncWaiters
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
@@ -132,20 +112,7 @@ class StorageStats:
         return d
 
 
-# What a coroutine hands the flush thread: its loop and future, its entries, their bodies
-# (serialized, no LSN yet), id hashes, explicit-key hashes and status codes.
-_Staged = tuple[
-    asyncio.AbstractEventLoop,
-    "asyncio.Future[int]",
-    list[WALEntry],
-    list[bytes],
-    list[int],
-    list[int | None],
-    list[int],
-]
-
-
-class WALStorage(GroupCommit):
+class WALStorage(AsyncAppender):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
     >>> import tempfile
@@ -215,7 +182,7 @@ class WALStorage(GroupCommit):
         self._stop_syncer = threading.Event()
         # append_async: coroutines stage their records here; one flush thread commits them
         self._stage_cond = threading.Condition(threading.Lock())  # held only to swap the list
-        self._staged: list[_Staged] = []
+        self._staged: list[Staged] = []
         self._stage_closed = False
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False  # the flush thread waits on _stage_cond for work
@@ -340,347 +307,7 @@ class WALStorage(GroupCommit):
         self._reset_index()
         self._recover()
 
-    # ------------------------------------------------------------------ writing
-
-    def append(self, entry: WALEntry) -> WALEntry:
-        """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
-        if self._forked:  # a child of a fork: the parent's mutex may be held forever here
-            self._check_writable()
-        body = self._entry_body(entry)  # serialize outside the lock
-        if len(body) > self.options.max_entry_bytes:
-            raise WALEntryTooLargeError(len(body), self.options.max_entry_bytes)
-        eid = entry.entry_id
-        h = uuid_hash(eid)
-        kh = key_hash(entry.idempotency_key) if entry.has_explicit_key else None
-        code = STATUS_CODE[entry.status]
-        with self._mutex:
-            if self._failed is not None or self._closed or self.readonly:
-                self._check_writable()
-            if self._bloom_has(h) and self._has_id(eid):
-                raise ValueError(f"entry {eid} is already in the log")
-            lsn = self._next_lsn
-            self._next_lsn = lsn + 1
-            rec = (
-                lsn,
-                encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
-                code,
-                h,
-                kh,
-                0,
-                0,
-            )
-            if not self._flushing and not self._group.records:
-                # nobody is flushing or waiting: flush this record now, without a group
-                self._flushing = True
-                self._appenders += 1
-                group = None
-            else:
-                group, lead = self._enqueue([rec])
-        try:
-            if group is None:
-                self._flush([rec])
-            else:
-                self._commit(group, lead)
-        finally:
-            self._append_done()
-        return entry.with_lsn(lsn)
-
-    def append_many(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
-        """Append a batch with one write and one fsync; all or none are acknowledged."""
-        entries = list(entries)
-        if not entries:
-            return []
-        if self._forked:
-            self._check_writable()
-        bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
-        for b in bodies:
-            if len(b) > self.options.max_entry_bytes:
-                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
-        hashes = [uuid_hash(e.entry_id) for e in entries]
-        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
-        if len(set(hashes)) != len(entries) and len({e.entry_id for e in entries}) != len(entries):
-            raise ValueError("the batch holds the same entry twice: already in the log")
-        with self._cond:
-            self._check_writable()
-            has = self._bloom_has
-            for e, h in zip(entries, hashes, strict=True):
-                if has(h) and self._has_id(e.entry_id):
-                    raise ValueError(f"entry {e.entry_id} is already in the log")
-            first = self._next_lsn
-            self._next_lsn = first + len(entries)
-            records = [
-                (
-                    lsn,
-                    encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
-                    STATUS_CODE[e.status],
-                    h,
-                    kh,
-                    0,
-                    0,
-                )
-                for lsn, e, body, h, kh in zip(
-                    range(first, first + len(entries)),
-                    entries,
-                    bodies,
-                    hashes,
-                    key_hashes,
-                    strict=True,
-                )
-            ]
-            group, lead = self._enqueue(records)
-        try:
-            self._commit(group, lead)
-        finally:
-            self._append_done()
-        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
-
-    # ------------------------------------------------------------------ writing from asyncio
-
-    async def append_async(self, entry: WALEntry) -> WALEntry:
-        """``append`` for asyncio: return the entry with its LSN once it is durable.
-
-        The entry is serialized on the loop and staged; one flush thread commits whatever
-        coroutines staged meanwhile as one group (one ``write``, one ``fdatasync``) and
-        resolves their futures on the loop: the loop never waits for the disk, and the next
-        flush starts as soon as the previous one ends. Thread and coroutine appenders share
-        one LSN order and the same group commit.
-
-        Cancellation does not cancel the write: a cancelled ``append_async`` may still become
-        durable (and be replayed). Give the entry an ``idempotency_key`` and look it up
-        (``find_by_idempotency_key``) to learn whether it is in the log.
-        """
-        return (await self.append_many_async([entry]))[0]
-
-    async def append_many_async(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
-        """``append_many`` for asyncio (see ``append_async``): all or none acknowledged."""
-        entries = list(entries)
-        if not entries:
-            return []
-        if self._failed is not None or self._closed or self.readonly or self._forked:
-            self._check_writable()  # fail fast; the flush thread checks again under the lock
-        bodies = [self._entry_body(e) for e in entries]  # serialize on the loop, no lock
-        for b in bodies:
-            if len(b) > self.options.max_entry_bytes:  # refused before anything is staged
-                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
-        hashes = [uuid_hash(e.entry_id) for e in entries]
-        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
-        codes = [STATUS_CODE[e.status] for e in entries]
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        with self._stage_cond:  # held for a list append: never across I/O
-            if self._stage_closed:
-                raise WALClosedError("the log is closed")
-            self._staged.append((loop, fut, entries, bodies, hashes, key_hashes, codes))
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_staged_loop, name="wal-async-flush", daemon=True
-                )
-                self._flusher.start()
-            elif self._flusher_idle:
-                self._flusher_idle = False
-                self._stage_cond.notify()
-        first = await fut  # resolved only after the fdatasync of these records returned
-        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
-
-    def _flush_staged_loop(self) -> None:
-        """The flush thread: commit everything staged since the last flush, as one group."""
-        while True:
-            with self._stage_cond:
-                while not self._staged and not self._stage_closed:
-                    self._flusher_idle = True
-                    self._stage_cond.wait()
-                self._flusher_idle = False
-                items, self._staged = self._staged, []
-            if not items:
-                return  # closing, and nothing is left staged
-            self._commit_staged(items)
-
-    def _commit_staged(self, items: list[_Staged]) -> None:
-        """Give staged appends their LSNs, join the open group, commit it (flush thread)."""
-        waiters = AsyncWaiters()
-        refused = AsyncWaiters()  # duplicates: refused alone, the rest of the group goes on
-        records: list[IndexRecord] = []
-        with self._mutex:
-            error: BaseException | None = None
-            try:
-                self._check_writable()
-            except WALError as exc:
-                error = exc
-            if error is not None:
-                for loop, fut, *_ in items:
-                    refused.add(loop, fut, None)
-                refused.settle(error)
-                return
-            ids: set[uuid.UUID] = set()
-            for loop, fut, entries, bodies, hashes, key_hashes, codes in items:
-                dup = next(
-                    (
-                        e
-                        for e, h in zip(entries, hashes, strict=True)
-                        if e.entry_id in ids or (self._bloom_has(h) and self._has_id(e.entry_id))
-                    ),
-                    None,
-                )
-                if dup is not None:
-                    bad = AsyncWaiters()
-                    bad.add(loop, fut, None)
-                    bad.settle(ValueError(f"entry {dup.entry_id} is already in the log"))
-                    continue
-                ids.update(e.entry_id for e in entries)
-                first = self._next_lsn
-                self._next_lsn = first + len(entries)
-                for lsn, body, code, h, kh in zip(
-                    range(first, first + len(entries)),
-                    bodies,
-                    codes,
-                    hashes,
-                    key_hashes,
-                    strict=True,
-                ):
-                    line = encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:]))
-                    records.append((lsn, line, code, h, kh, 0, 0))
-                waiters.add(loop, fut, first)
-            if not records:
-                return
-            group, lead = self._enqueue(records)
-            # settled by whoever finishes the group: after its fdatasync, or with its error
-            assert group.waiters is None  # this thread joins a group once, then waits for it
-            group.waiters = waiters
-        try:
-            # the group's error, if any, reached every waiter through its future
-            with contextlib.suppress(BaseException):
-                self._commit(group, lead)
-        finally:
-            self._append_done()
-
-    @staticmethod
-    def _entry_body(e: WALEntry) -> bytes:
-        if e.lsn is not None:
-            raise ValueError(f"entry {e.entry_id} already has LSN {e.lsn}: it is in a log")
-        a, k = e.encoded()
-        # the same bytes as orjson.dumps(e.to_dict()) without "lsn": orjson writes the UUID,
-        # the datetimes (isoformat) and the status enum natively, which is 4x faster
-        try:
-            return orjson.dumps(
-                {
-                    "entry_id": e.entry_id,
-                    "operation": e.operation,
-                    "args": a,
-                    "kwargs": k,
-                    "idempotency_key": e.idempotency_key,
-                    "checksum": e.checksum,
-                    "created_at": e.created_at,
-                    "synced_at": e.synced_at,
-                    "status": e.status,
-                    "attempts": e.attempts,
-                    "last_error": e.last_error,
-                }
-            )
-        except orjson.JSONEncodeError as exc:  # an entry built by hand, not by create()
-            raise WALSerializationError(f"entry {e.entry_id}", str(exc)) from None
-
-    def update_status(
-        self,
-        entry_id: uuid.UUID | str | WALEntry,
-        status: WALEntryStatus,
-        error: str | None = None,
-        *,
-        attempts: int | None = None,
-    ) -> None:
-        """Append a durable status record for an entry."""
-        self.update_statuses([(entry_id, status, error, attempts)])
-
-    def update_statuses(
-        self,
-        changes: Iterable[
-            tuple[uuid.UUID | str | WALEntry, WALEntryStatus, str | None, int | None]
-        ],
-        *,
-        durable: bool = True,
-    ) -> None:
-        """Append several status records with one fsync: ``(entry, status, error, attempts)``.
-
-        ``durable=False`` writes them without waiting for an fsync of their own: the next
-        flush's fsync (any append's, ``sync()``, a rotation or ``close()``) covers them, and a
-        crash before it may lose them. Only for marks whose loss is harmless: a COMPLETED
-        mark behind the database's applied-ledger (the replay is skipped). Appenders then
-        never wait for a drain's fsync.
-        """
-        changes = list(changes)
-        if not changes:
-            return
-        if self._forked:
-            self._check_writable()
-        at = utc_now().isoformat()
-        targets: list[tuple[int, str] | None] = []
-        for ref, _, _, _ in changes:
-            if isinstance(ref, WALEntry):
-                if ref.lsn is None:
-                    raise WALEntryNotFoundError(ref.entry_id)
-                targets.append((ref.lsn, str(ref.entry_id)))
-            else:
-                targets.append(None)  # an id: looked up in the index below
-        if any(t is None for t in targets):
-            with self._cond:
-                self._check_open()
-                targets = [
-                    t if t is not None else self._resolve(c[0])
-                    for t, c in zip(targets, changes, strict=True)
-                ]
-        bodies = []  # serialized outside the lock; the LSN is spliced in below
-        for k, (t, (_, status, error, attempts)) in enumerate(zip(targets, changes, strict=True)):
-            assert t is not None
-            if not durable and k % 16 == 0:
-                self.yield_to_appenders()  # non-durable marks are background work
-            status = WALEntryStatus(status)
-            if attempts is not None and (type(attempts) is not int or attempts < 0):
-                raise WALSerializationError("attempts", f"must be an int >= 0, got {attempts!r}")
-            if error is not None and not isinstance(error, str):
-                raise WALSerializationError("error", f"must be a str or None, got {error!r}")
-            try:
-                body = orjson.dumps(
-                    {
-                        "of": t[0],
-                        "entry_id": t[1],
-                        "status": status.value,
-                        "at": at,
-                        "attempts": attempts,
-                        "error": error,
-                    }
-                )
-            except orjson.JSONEncodeError as exc:  # a lone surrogate in the error text
-                raise WALSerializationError("error", str(exc)) from None
-            bodies.append((t[0], STATUS_CODE[status], body))
-        with self._cond:
-            self._check_writable()
-            for t in targets:  # checked under the lock that compaction holds: exclusive
-                assert t is not None
-                self._check_target(*t)
-            records: list[IndexRecord] = []
-            for target, code, body in bodies:
-                lsn = self._next_lsn
-                self._next_lsn += 1
-                payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
-                records.append((lsn, encode_line(payload), CODE_NONE, 0, None, target, code))
-            group, lead = self._enqueue(records, durable)
-        try:
-            self._commit(group, lead)
-        finally:
-            if durable:
-                self._append_done()
-
-    def _check_target(self, lsn: int, sid: str) -> None:
-        """Refuse a status record for anything but the live entry ``sid`` at ``lsn`` (lock
-        held): an entry object from another log, a stale one, or one compaction dropped."""
-        i = lsn - self._base
-        if (
-            type(lsn) is not int
-            or i < 0
-            or i >= self._n
-            or self._status[i] == CODE_NONE
-            or self._idh[i] != uuid_hash(uuid.UUID(sid))
-        ):
-            raise WALEntryNotFoundError(f"{sid} at LSN {lsn}")
+    # ------------------------------------------------------------------ positions
 
     @property
     def next_lsn(self) -> int:
@@ -799,12 +426,7 @@ class WALStorage(GroupCommit):
                 self._lock.release()  # closes this process's descriptors; no unlock
                 self._lock = None
             return
-        with self._stage_cond:
-            self._stage_closed = True  # later append_async calls are refused
-            flusher, self._flusher = self._flusher, None
-            self._stage_cond.notify()
-        if flusher is not None:
-            flusher.join()  # it commits what coroutines staged before the close, then ends
+        self._close_staging()  # what coroutines staged before the close is committed
         self._prealloc.close()  # a segment being prepared is abandoned (the next open removes it)
         self._stop_syncer.set()
         if self._syncer is not None:
