@@ -100,8 +100,8 @@ def test_the_next_segment_is_prepared_by_a_thread_and_rotation_does_not_wait(
         ids += fill(log, 30, 100)  # several rotations while the preparation is held
         assert len(segs(d)) >= 3 and not log._seg_prealloc
         gate.release.set()
-        assert log._prep_thread is not None
-        log._prep_thread.join()
+        assert log._prealloc.thread is not None
+        log._prealloc.thread.join()
         ids += fill(log, 1, 200)  # takes the prepared segment
         assert log._seg_prealloc and segs(d)[-1].stat().st_size == SEG
         ids += fill(log, 20, 300)
@@ -126,7 +126,7 @@ def test_fallocate_refused_falls_back_to_zeros(tmp_path: Path) -> None:
     fs = CrashFS(d, rules=[rule])
     with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="fallocate") as log:
         ids = fill(log, 30)
-        assert log._prep_how == "zero" and rule.fired >= 1
+        assert log._prealloc.how == "zero" and rule.fired >= 1
     assert ("write", str(d / PREPARED_NAME)) in fs.ops  # zeros were written instead
     assert len(segs(d)[-1].read_bytes()) == SEG
     with WALStorage(d, recovery="strict") as log:
@@ -141,7 +141,7 @@ def test_a_failed_preparation_turns_preallocation_off_not_the_log(op: str, tmp_p
     how = "fallocate" if op == "fallocate" else "zero"
     with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate=how) as log:
         ids = fill(log, 30)
-        assert log._prep_off and rule.fired == 1
+        assert log._prealloc.off and rule.fired == 1
     assert not (d / PREPARED_NAME).exists()
     with WALStorage(d, recovery="strict") as log:
         assert [str(e.entry_id) for e in log.iter_entries()] == ids
@@ -173,14 +173,14 @@ def test_a_real_small_tmpfs_preallocates_or_falls_back(how: str, tmp_path: Path)
         d = mnt / "wal"
         with WALStorage(d, max_segment_bytes=SEG, preallocate=how) as log:
             ids = fill(log, 20)
-            assert not log._prep_off and log._seg_prealloc
+            assert not log._prealloc.off and log._seg_prealloc
         assert len(segs(d)[-1].read_bytes()) == SEG
         big = mnt / "big"
         with WALStorage(big, max_segment_bytes=256 << 10, preallocate=how) as log:
             ids2 = fill(log, 160)  # past half a segment: its preparation runs out of space
-            if log._prep_thread is not None:
-                log._prep_thread.join()
-            assert log._prep_off and not (big / PREPARED_NAME).exists()
+            if log._prealloc.thread is not None:
+                log._prealloc.thread.join()
+            assert log._prealloc.off and not (big / PREPARED_NAME).exists()
             ids2 += fill(log, 5, 100)
         with WALStorage(big, recovery="strict") as log:
             assert [str(e.entry_id) for e in log.iter_entries()] == ids2

@@ -76,7 +76,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the write path
     Mutation(
         "append-fdatasync",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "an append is acknowledged only after the fdatasync of its bytes",
         "            self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes\n",
         "            pass\n",
@@ -84,7 +84,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "group-ack-after-fsync",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "group commit: members are woken only after their group's write and fdatasync",
         "        try:\n"
         "            self._flush(g.records, g.durable)\n"
@@ -103,7 +103,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "group-durable-sticky",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "a group holding any durable record is fsynced (a durable=False joiner cannot unset it)",
         "        g.durable = g.durable or durable\n",
         "        g.durable = durable\n",
@@ -111,7 +111,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fsync-error-poisons",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "a failed write or fdatasync stops the log: never retry an fsync and believe it",
         "            if error is not None:\n"
         "                self._poison(error)\n"
@@ -124,7 +124,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "one-flush-at-a-time",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "one flush at a time: a group's leader waits until the previous flush has ended",
         "            while self._flushing:\n"
         "                self._wait()  # one flush at a time: the previous group is being written\n",
@@ -133,7 +133,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "sync-error-poisons",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "a failed sync() (interval mode) stops the log too",
         "            if error is not None:\n"
         "                self._poison(error)\n"
@@ -173,7 +173,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ interval mode
     Mutation(
         "interval-sync-fdatasync",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "interval mode: sync() fdatasyncs what was written before it returns",
         "                self._fs.fdatasync(self._fd)  # interval mode: bound the power-loss window\n",
         "                pass\n",
@@ -182,7 +182,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "interval-background-sync",
-        "wal/log/storage.py",
+        "wal/log/groupcommit.py",
         "interval mode: the background thread calls sync() every fsync_interval_ms",
         "        while not self._stop_syncer.wait(interval):\n"
         "            try:\n"
@@ -205,7 +205,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ rotation
     Mutation(
         "rotate-seal",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "rotation seals the old segment with an fdatasync (covers lazy marks, interval writes)",
         "            t0 = time.perf_counter_ns()\n"
         "            self._fs.fdatasync(self._fd)\n"
@@ -219,7 +219,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "segment-header-fdatasync",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "a new segment's header is fdatasynced before its name is made durable",
         "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n",
         "                pass\n",
@@ -228,7 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "segment-directory-fsync",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "a new segment's name is made durable (directory fsync) before a record goes into it",
         "                # a new file's name is in the directory, not the file: fsync the directory\n"
         "                self._fs.fsync_dir(str(self.directory))\n",
@@ -238,7 +238,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "prealloc-header-before-rename",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "a prepared (preallocated) segment gets its name only after its header is durable",
         "            write_all(self._fs, fd, header)\n"
         '            if self.options.fsync != "unsafe_never":\n'
@@ -258,7 +258,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "prealloc-cut-sealed",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "a sealed preallocated segment is cut back to its last record before the next exists",
         "            self._fs.truncate(str(self._segments[-1].path), self._seg_size)\n",
         "            pass\n",
@@ -270,7 +270,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "prealloc-write-at-data-end",
-        "wal/log/storage.py",
+        "wal/log/segwriter.py",
         "a reopened preallocated segment is written at the end of its records, not after its zeros",
         "            os.lseek(self._fd, seg.size, os.SEEK_SET)\n",
         "            os.lseek(self._fd, 0, os.SEEK_END)\n",

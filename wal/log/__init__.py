@@ -17,7 +17,12 @@ Modules, bottom to top:
 * ``reading``: ``LogReader``, entries read back from disk by LSN.
 * ``recovery``: opening a log (index, cut a torn tail, refuse corruption), on a ``LogReader``.
 * ``compaction``: rewriting sealed segments without old COMPLETED entries, on a ``LogReader``.
-* ``storage``: ``WALStorage``, the write path (appends, group commit, rotation, status records).
+* ``prealloc``: ``Preallocator``, the next segment given its space in a background thread.
+* ``segwriter``: ``SegmentWriter``, the active segment: written a batch at a time, rotated.
+* ``groupcommit``: ``GroupCommit``, one write and one fdatasync per group; poisoning, ``sync``.
+* ``writing``: ``LogWriter``, appends from threads and status records.
+* ``asyncappend``: ``AsyncAppender``, ``append_async`` through one flush thread.
+* ``storage``: ``WALStorage``, opening (lock, recovery), compaction, stats, closing, fork safety.
 * ``verify``, ``repair``: a read-only full scan; explicit salvage with a backup.
 
 The on-disk format is in the ``wal`` package docstring and ``docs/wal.md``.

@@ -1,106 +1,71 @@
 """``WALStorage``: the append-only, segmented, crash-safe log.
 
-The write path (group commit, after PostgreSQL's ``XLogFlush``): an appender frames its record
-and takes the next LSN under one lock. If nobody is flushing or waiting, it writes the record
-at once with one ``write`` and makes it durable with one ``fdatasync``: a lone appender pays
-one fsync per append. Otherwise it adds the record to the open group; the group's first
-writer leads its flush once the previous one ends (one ``write``, one ``fdatasync`` for the
-whole group), the others wait on the group's latch and are woken once, when their records
-are durable. Status records may be written without an fsync of their own (``durable=False``):
-the next flush's fsync covers them.
+The class is built in layers, one concept and one module each, every layer a base of the next:
 
-Preallocation (``StorageOptions.preallocate``): a segment gets its space before records go
-into it, so an append's ``fdatasync`` writes data without committing a new file size. A
-background thread prepares the next segment (``next.wal.prep``: zeros or ``posix_fallocate``,
-synced) while the current one fills; a rotation writes the header into it, syncs it, renames
-it into place and syncs the directory, so appenders never wait for the zeroing. A sealed
-segment is cut back to its last record before the next one exists: only the last segment ever
-ends in zeros, which recovery reads as the normal end of the log.
+* :mod:`wal.log.index` (``LogIndex``): the compact per-LSN arrays, about 29 bytes per LSN;
+* :mod:`wal.log.reading` (``LogReader``): entries read back from disk on demand, so memory
+  stays bounded however many are pending;
+* :mod:`wal.log.segwriter` (``SegmentWriter``): the active segment, written a batch at a time,
+  rotated, and the next one preallocated (:mod:`wal.log.prealloc`) while it fills;
+* :mod:`wal.log.groupcommit` (``GroupCommit``): one ``write`` and one ``fdatasync`` for the
+  records of concurrent appenders, a failed write or fsync poisons the log, ``sync``;
+* :mod:`wal.log.writing` (``LogWriter``): ``append``, ``append_many``, status records;
+* :mod:`wal.log.asyncappend` (``AsyncAppender``): ``append_async``, its flush thread;
+* this module: opening (the directory, the writer lock, recovery; a read-only open re-reads a
+  log a running writer changes under it), compaction, stats, closing, fork safety.
 
-The class is built in three layers, one concept each: :mod:`wal.log.index` (``LogIndex``: the
-compact per-LSN arrays, about 29 bytes per LSN), :mod:`wal.log.reading` (``LogReader``: entries
-read back from disk on demand, so memory stays bounded however many are pending) and this
-module (opening, the write path, sync, stats, closing). Opening a log runs recovery
-(:mod:`wal.log.recovery`, with :mod:`wal.log.fastindex`); ``compact`` seals the active segment
-and runs :mod:`wal.log.compaction`. Both are plain functions that work on a ``LogReader``
-(the directory, the file operations, the index), not on the storage.
+Opening a log runs recovery (:mod:`wal.log.recovery`, with :mod:`wal.log.fastindex`);
+``compact`` seals the active segment and runs :mod:`wal.log.compaction`. Both are plain
+functions that work on a ``LogReader`` (the directory, the file operations, the index), not on
+the storage. The attributes each layer uses are declared on it and set up here, in
+``WALStorage.__init__``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno as errno_mod
-import logging
 import os
 import stat
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import orjson
-
-from wal.crashpoints import ARMED, crash_point
-from wal.entry import WALEntry, WALEntryStatus, utc_now
+from wal.entry import utc_now
 from wal.errors import (
-    WALClosedError,
     WALCompactionError,
     WALCorruptionError,
-    WALEntryNotFoundError,
-    WALEntryTooLargeError,
     WALError,
     WALForkedError,
-    WALLockLostError,
     WALLogChangedError,
-    WALSerializationError,
     WALWriteError,
 )
+from wal.log.asyncappend import AsyncAppender, Staged
 from wal.log.compaction import compact_sealed
-from wal.log.fileops import FileOps, OSFileOps, write_all
-from wal.log.index import (
-    CODE_NONE,
-    STATUS_CODE,
-    UNFINISHED_CODES,
-    IndexRecord,
-    key_hash,
-    uuid_hash,
-)
-from wal.log.lock import CHECK_EVERY, WriterLock
-from wal.log.manifest import write_manifest
+from wal.log.fileops import FileOps, OSFileOps
+from wal.log.groupcommit import Group
+from wal.log.index import STATUS_CODE, UNFINISHED_CODES
+from wal.log.lock import WriterLock
 from wal.log.options import StorageOptions
-from wal.log.reading import LogReader
-from wal.log.record import RecordError, decode_line, encode_line
+from wal.log.prealloc import Preallocator
+from wal.log.record import RecordError, decode_line
 from wal.log.recovery import recover
 from wal.log.report import RecoveryReport
 from wal.log.segment import (
     DIR_MODE,
-    FILE_MODE,
-    PREPARED_NAME,
     SegmentInfo,
     list_segments,
     make_dirs,
     open_read,
-    segment_header,
-    segment_name,
 )
-from wal.log.waiters import AsyncWaiters
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
 
-log = logging.getLogger("wal")
-
-PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment asks for a prepared one after
-# this many bytes (or half a segment): short-lived logs never pay for preallocation
-ZERO_CHUNK = 1 << 20  # zeros written per call while preparing a segment
-ZERO_SYNC_EVERY = 16 << 20  # and synced this often: little dirty data to hold up the log's fsyncs
-_NO_FALLOCATE = (errno_mod.EOPNOTSUPP, errno_mod.ENOSYS, errno_mod.EINVAL)
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
 
@@ -147,63 +112,7 @@ class StorageStats:
         return d
 
 
-class _Group:
-    """The records that the next flush writes together, and how their writers learn the end.
-
-    The first writer to add records to a group leads its flush; the others (members) wait on
-    ``latch``, a lock the leader holds until the flush ends. Each member takes it and hands it
-    on at once, so a group of N wakes with N lock hand-offs and no Condition machinery. The
-    latch is made only when a second writer joins: a lone appender needs none.
-    """
-
-    __slots__ = ("durable", "error", "latch", "led", "records", "waiters")
-
-    def __init__(self) -> None:
-        self.records: list[IndexRecord] = []
-        self.durable = False  # some record needs an fsync before it is acknowledged
-        self.led = False
-        self.latch: threading.Lock | None = None
-        self.error: BaseException | None = None
-        self.waiters: AsyncWaiters | None = None  # coroutines of append_async, by loop
-
-    def join(self) -> None:
-        """A member joins (lock held): make the latch, held until ``finish``."""
-        if self.latch is None:
-            self.latch = threading.Lock()
-            self.latch.acquire()
-
-    def wait(self) -> None:
-        """A member waits for the end of the flush (lock not held)."""
-        assert self.latch is not None
-        self.latch.acquire()  # blocks until the leader's finish(), then the member before us
-        self.latch.release()  # hand on to the next member
-
-    def finish(self) -> None:
-        """The group is flushed (or failed): wake its members, threads and coroutines."""
-        if self.latch is not None:
-            self.latch.release()
-        if self.waiters is not None:
-            self.waiters.settle(self.error)
-
-
-# What a coroutine hands the flush thread: its loop and future, its entries, their bodies
-# (serialized, no LSN yet), id hashes, explicit-key hashes and status codes.
-_Staged = tuple[
-    asyncio.AbstractEventLoop,
-    "asyncio.Future[int]",
-    list[WALEntry],
-    list[bytes],
-    list[int],
-    list[int | None],
-    list[int],
-]
-
-
-class _PrepareStopped(Exception):
-    """The log is closing: the segment being prepared is abandoned."""
-
-
-class WALStorage(LogReader):
+class WALStorage(AsyncAppender):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
     >>> import tempfile
@@ -212,10 +121,6 @@ class WALStorage(LogReader):
     ...     e.lsn
     1
     """
-
-    # tests of power loss set this False: the next segment is then prepared inline, by the
-    # flush that asks for it, so a workload's file operations come in a deterministic order
-    prepare_in_background: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -249,16 +154,16 @@ class WALStorage(LogReader):
         self._header_len = 0  # the active segment's header: a segment of only this is empty
         self._alloc_end = 0  # the active segment's file size: data, then preallocated zeros
         self._seg_prealloc = False  # the active segment was given its space when created
-        # the next segment, prepared in the background (guarded by _prep_lock)
-        self._prep_lock = threading.Lock()
-        self._prep_busy = False  # a thread is preparing it
-        self._prep_ready = False  # PREPARED_NAME holds a synced, preallocated file
-        self._prep_off = opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly
-        self._prep_how: str = opts.preallocate  # "fallocate" falls back to "zero" if refused
-        self._prep_thread: threading.Thread | None = None
-        self._prep_stop = threading.Event()
+        # the next segment, prepared in the background
+        self._prealloc = Preallocator(
+            self._fs,
+            self.directory,
+            opts.max_segment_bytes,
+            opts.preallocate,
+            off=opts.preallocate == "off" or opts.fsync == "unsafe_never" or readonly,
+        )
         self._next_lsn = 1
-        self._group = _Group()  # the open group: records waiting for the next flush
+        self._group = Group()  # the open group: records waiting for the next flush
         self._flushing = False
         self._durable_lsn = 0  # everything up to here is acknowledged
         self._written_lsn = 0  # everything up to here is written (not necessarily synced)
@@ -277,7 +182,7 @@ class WALStorage(LogReader):
         self._stop_syncer = threading.Event()
         # append_async: coroutines stage their records here; one flush thread commits them
         self._stage_cond = threading.Condition(threading.Lock())  # held only to swap the list
-        self._staged: list[_Staged] = []
+        self._staged: list[Staged] = []
         self._stage_closed = False
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False  # the flush thread waits on _stage_cond for work
@@ -402,732 +307,7 @@ class WALStorage(LogReader):
         self._reset_index()
         self._recover()
 
-    def _open_for_append(self) -> None:
-        if not self._segments:
-            self._create_segment(self._next_lsn)
-        elif self._segments[-1].compacted:
-            # never append to a compacted segment (its header fixes its range): start a new one
-            self._create_segment(self._next_lsn)
-        else:
-            seg = self._segments[-1]
-            # no O_APPEND: a preallocated segment is written at the end of its records, before
-            # the zeros of its preallocated rest
-            self._fd = self._fs.open(str(seg.path), os.O_WRONLY, FILE_MODE)
-            os.lseek(self._fd, seg.size, os.SEEK_SET)
-            st = os.fstat(self._fd)
-            seg.ino = (st.st_dev, st.st_ino)
-            if self.options.fsync != "unsafe_never":
-                # what recovery just read may be page cache only (the writer was killed before
-                # its fsync): make it durable, so an entry found after a restart survives a
-                # power loss
-                self._fs.fdatasync(self._fd)
-            self._seg_size = seg.size
-            self._alloc_end = max(st.st_size, seg.size)
-            self._seg_prealloc = st.st_size >= self.options.max_segment_bytes
-            self._header_len = len(segment_header(seg.first, None))
-        if self.recovery_report.manifest_first is None:
-            # a new log (or one from before the manifest): record the first LSN it owes,
-            # after that segment's header is durable (the manifest never names a lost one)
-            first = self._segments[0].first
-            write_manifest(self._fs, self.directory, first)
-            self.recovery_report.manifest_first = first
-
-    def _create_segment(self, first: int) -> None:
-        """Create a segment, durable (data and directory entry) before it is used: the
-        prepared next segment when one is ready, else a new file that grows with appends."""
-        path = self.directory / segment_name(first)
-        header = segment_header(first, None)
-        prepared = self._take_prepared()
-        if prepared:
-            fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
-        else:
-            fd = self._fs.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            write_all(self._fs, fd, header)
-            if self.options.fsync != "unsafe_never":
-                self._fs.fdatasync(fd)  # the header must be on disk before any record after it
-                crash_point("rotate-after-create")
-            if prepared:
-                # its name makes it a segment: only once its header is durable (above)
-                self._fs.rename(str(self.directory / PREPARED_NAME), str(path))
-            if self.options.fsync != "unsafe_never":
-                # a new file's name is in the directory, not the file: fsync the directory
-                self._fs.fsync_dir(str(self.directory))
-        except BaseException:
-            self._fs.close(fd)
-            raise
-        if self._fd >= 0:
-            self._fs.close(self._fd)
-        self._fd = fd
-        self._seg_size = self._header_len = len(header)
-        st = os.fstat(fd)
-        self._alloc_end = max(st.st_size, len(header))
-        self._seg_prealloc = prepared
-        self._segments.append(
-            SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
-        )
-
-    # ------------------------------------------------------------------ preallocation
-
-    def _take_prepared(self) -> bool:
-        """True (and it is ours now) when a prepared next segment is ready."""
-        with self._prep_lock:
-            ready, self._prep_ready = self._prep_ready, False
-            return ready
-
-    def _want_prepared(self) -> bool:
-        """Should the next segment be prepared now? (leader, after a write)"""
-        if self._prep_off or self._prep_busy or self._prep_ready:
-            return False
-        limit = self.options.max_segment_bytes
-        if self._seg_prealloc:
-            return self._seg_size * 2 >= limit  # half full: the next one is ready in time
-        return self._seg_size - self._header_len >= min(PREPARE_UNALLOCATED_AFTER, limit // 2)
-
-    def _start_prepare(self) -> None:
-        with self._prep_lock:
-            if self._prep_busy or self._prep_ready or self._prep_off:
-                return
-            self._prep_busy = True
-        if not self.prepare_in_background:
-            self._prepare_next()
-            return
-        old = self._prep_thread
-        if old is not None:
-            old.join()  # it has finished (busy was False): reap it
-        self._prep_thread = threading.Thread(
-            target=self._prepare_next, name="wal-preallocate", daemon=True
-        )
-        self._prep_thread.start()
-
-    def _prepare_next(self) -> None:
-        """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
-
-        Nothing here is owed: a crash leaves a file the next open removes. A failure (disk
-        full, a file system that refuses) only turns preallocation off for this open.
-        """
-        path = str(self.directory / PREPARED_NAME)
-        size = self.options.max_segment_bytes
-        ok = False
-        try:
-            fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                self._allocate(fd, size)
-                # not for durability (the rotation syncs the header, and the file, before the
-                # rename): so that the rotation's fdatasync has one page to write, not them all
-                self._fs.fdatasync(fd)
-            finally:
-                self._fs.close(fd)
-            ok = True
-        except _PrepareStopped:
-            pass
-        except Exception as exc:  # disk full, EIO, a refusal: appends go on without it
-            log.warning(
-                "could not preallocate the next segment in %s (%s); segments grow with each "
-                "append until the log is reopened",
-                self.directory,
-                exc,
-            )
-            self._prep_off = True
-        finally:
-            if not ok:
-                with contextlib.suppress(OSError):
-                    self._fs.unlink(path)
-            with self._prep_lock:
-                self._prep_busy = False
-                self._prep_ready = ok
-
-    def _allocate(self, fd: int, size: int) -> None:
-        """Give the open file ``size`` bytes of space: ``posix_fallocate`` or zeros."""
-        if self._prep_how == "fallocate":
-            try:
-                self._fs.fallocate(fd, 0, size)
-                return
-            except OSError as exc:
-                if exc.errno not in _NO_FALLOCATE:
-                    raise
-                log.info("%s: fallocate refused (%s): zeros instead", self.directory, exc)
-                self._prep_how = "zero"
-        zeros = bytes(min(ZERO_CHUNK, size))
-        done = unsynced = 0
-        while done < size:
-            if self._prep_stop.is_set():
-                raise _PrepareStopped
-            n = min(len(zeros), size - done)
-            write_all(self._fs, fd, zeros[:n])
-            done += n
-            unsynced += n
-            if unsynced >= ZERO_SYNC_EVERY and done < size:
-                self._fs.fdatasync(fd)  # bound the dirty data the log's own fsyncs might wait on
-                unsynced = 0
-
-    # ------------------------------------------------------------------ writing
-
-    def _check_writable(self) -> None:
-        if self._forked:
-            assert self._failed is not None
-            raise self._failed
-        if self._closed:
-            raise WALClosedError("the log is closed")
-        if self.readonly:
-            raise WALError(
-                "this log was opened read-only", hint="open it with WALStorage(dir) to write"
-            )
-        if self._failed is not None:
-            raise type(self._failed)(
-                f"the log refuses appends after an earlier write failure: {self._failed.message}",
-                path=self._failed.path,
-                errno=self._failed.errno,
-                hint=self._failed.hint,
-            )
-
-    def append(self, entry: WALEntry) -> WALEntry:
-        """Append one entry; return it with its LSN once it is durable (see ``fsync``)."""
-        if self._forked:  # a child of a fork: the parent's mutex may be held forever here
-            self._check_writable()
-        body = self._entry_body(entry)  # serialize outside the lock
-        if len(body) > self.options.max_entry_bytes:
-            raise WALEntryTooLargeError(len(body), self.options.max_entry_bytes)
-        eid = entry.entry_id
-        h = uuid_hash(eid)
-        kh = key_hash(entry.idempotency_key) if entry.has_explicit_key else None
-        code = STATUS_CODE[entry.status]
-        with self._mutex:
-            if self._failed is not None or self._closed or self.readonly:
-                self._check_writable()
-            if self._bloom_has(h) and self._has_id(eid):
-                raise ValueError(f"entry {eid} is already in the log")
-            lsn = self._next_lsn
-            self._next_lsn = lsn + 1
-            rec = (
-                lsn,
-                encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
-                code,
-                h,
-                kh,
-                0,
-                0,
-            )
-            if not self._flushing and not self._group.records:
-                # nobody is flushing or waiting: flush this record now, without a group
-                self._flushing = True
-                self._appenders += 1
-                group = None
-            else:
-                group, lead = self._enqueue([rec])
-        try:
-            if group is None:
-                self._flush([rec])
-            else:
-                self._commit(group, lead)
-        finally:
-            self._append_done()
-        return entry.with_lsn(lsn)
-
-    def append_many(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
-        """Append a batch with one write and one fsync; all or none are acknowledged."""
-        entries = list(entries)
-        if not entries:
-            return []
-        if self._forked:
-            self._check_writable()
-        bodies = [self._entry_body(e) for e in entries]  # serialize outside the lock
-        for b in bodies:
-            if len(b) > self.options.max_entry_bytes:
-                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
-        hashes = [uuid_hash(e.entry_id) for e in entries]
-        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
-        if len(set(hashes)) != len(entries) and len({e.entry_id for e in entries}) != len(entries):
-            raise ValueError("the batch holds the same entry twice: already in the log")
-        with self._cond:
-            self._check_writable()
-            has = self._bloom_has
-            for e, h in zip(entries, hashes, strict=True):
-                if has(h) and self._has_id(e.entry_id):
-                    raise ValueError(f"entry {e.entry_id} is already in the log")
-            first = self._next_lsn
-            self._next_lsn = first + len(entries)
-            records = [
-                (
-                    lsn,
-                    encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:])),
-                    STATUS_CODE[e.status],
-                    h,
-                    kh,
-                    0,
-                    0,
-                )
-                for lsn, e, body, h, kh in zip(
-                    range(first, first + len(entries)),
-                    entries,
-                    bodies,
-                    hashes,
-                    key_hashes,
-                    strict=True,
-                )
-            ]
-            group, lead = self._enqueue(records)
-        try:
-            self._commit(group, lead)
-        finally:
-            self._append_done()
-        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
-
-    # ------------------------------------------------------------------ writing from asyncio
-
-    async def append_async(self, entry: WALEntry) -> WALEntry:
-        """``append`` for asyncio: return the entry with its LSN once it is durable.
-
-        The entry is serialized on the loop and staged; one flush thread commits whatever
-        coroutines staged meanwhile as one group (one ``write``, one ``fdatasync``) and
-        resolves their futures on the loop: the loop never waits for the disk, and the next
-        flush starts as soon as the previous one ends. Thread and coroutine appenders share
-        one LSN order and the same group commit.
-
-        Cancellation does not cancel the write: a cancelled ``append_async`` may still become
-        durable (and be replayed). Give the entry an ``idempotency_key`` and look it up
-        (``find_by_idempotency_key``) to learn whether it is in the log.
-        """
-        return (await self.append_many_async([entry]))[0]
-
-    async def append_many_async(self, entries: Iterable[WALEntry]) -> list[WALEntry]:
-        """``append_many`` for asyncio (see ``append_async``): all or none acknowledged."""
-        entries = list(entries)
-        if not entries:
-            return []
-        if self._failed is not None or self._closed or self.readonly or self._forked:
-            self._check_writable()  # fail fast; the flush thread checks again under the lock
-        bodies = [self._entry_body(e) for e in entries]  # serialize on the loop, no lock
-        for b in bodies:
-            if len(b) > self.options.max_entry_bytes:  # refused before anything is staged
-                raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
-        hashes = [uuid_hash(e.entry_id) for e in entries]
-        key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
-        codes = [STATUS_CODE[e.status] for e in entries]
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        with self._stage_cond:  # held for a list append: never across I/O
-            if self._stage_closed:
-                raise WALClosedError("the log is closed")
-            self._staged.append((loop, fut, entries, bodies, hashes, key_hashes, codes))
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_staged_loop, name="wal-async-flush", daemon=True
-                )
-                self._flusher.start()
-            elif self._flusher_idle:
-                self._flusher_idle = False
-                self._stage_cond.notify()
-        first = await fut  # resolved only after the fdatasync of these records returned
-        return [e.with_lsn(lsn) for lsn, e in enumerate(entries, first)]
-
-    def _flush_staged_loop(self) -> None:
-        """The flush thread: commit everything staged since the last flush, as one group."""
-        while True:
-            with self._stage_cond:
-                while not self._staged and not self._stage_closed:
-                    self._flusher_idle = True
-                    self._stage_cond.wait()
-                self._flusher_idle = False
-                items, self._staged = self._staged, []
-            if not items:
-                return  # closing, and nothing is left staged
-            self._commit_staged(items)
-
-    def _commit_staged(self, items: list[_Staged]) -> None:
-        """Give staged appends their LSNs, join the open group, commit it (flush thread)."""
-        waiters = AsyncWaiters()
-        refused = AsyncWaiters()  # duplicates: refused alone, the rest of the group goes on
-        records: list[IndexRecord] = []
-        with self._mutex:
-            error: BaseException | None = None
-            try:
-                self._check_writable()
-            except WALError as exc:
-                error = exc
-            if error is not None:
-                for loop, fut, *_ in items:
-                    refused.add(loop, fut, None)
-                refused.settle(error)
-                return
-            ids: set[uuid.UUID] = set()
-            for loop, fut, entries, bodies, hashes, key_hashes, codes in items:
-                dup = next(
-                    (
-                        e
-                        for e, h in zip(entries, hashes, strict=True)
-                        if e.entry_id in ids or (self._bloom_has(h) and self._has_id(e.entry_id))
-                    ),
-                    None,
-                )
-                if dup is not None:
-                    bad = AsyncWaiters()
-                    bad.add(loop, fut, None)
-                    bad.settle(ValueError(f"entry {dup.entry_id} is already in the log"))
-                    continue
-                ids.update(e.entry_id for e in entries)
-                first = self._next_lsn
-                self._next_lsn = first + len(entries)
-                for lsn, body, code, h, kh in zip(
-                    range(first, first + len(entries)),
-                    bodies,
-                    codes,
-                    hashes,
-                    key_hashes,
-                    strict=True,
-                ):
-                    line = encode_line(b'{"t":"entry","lsn":%d,%s' % (lsn, body[1:]))
-                    records.append((lsn, line, code, h, kh, 0, 0))
-                waiters.add(loop, fut, first)
-            if not records:
-                return
-            group, lead = self._enqueue(records)
-            # settled by whoever finishes the group: after its fdatasync, or with its error
-            assert group.waiters is None  # this thread joins a group once, then waits for it
-            group.waiters = waiters
-        try:
-            # the group's error, if any, reached every waiter through its future
-            with contextlib.suppress(BaseException):
-                self._commit(group, lead)
-        finally:
-            self._append_done()
-
-    @staticmethod
-    def _entry_body(e: WALEntry) -> bytes:
-        if e.lsn is not None:
-            raise ValueError(f"entry {e.entry_id} already has LSN {e.lsn}: it is in a log")
-        a, k = e.encoded()
-        # the same bytes as orjson.dumps(e.to_dict()) without "lsn": orjson writes the UUID,
-        # the datetimes (isoformat) and the status enum natively, which is 4x faster
-        try:
-            return orjson.dumps(
-                {
-                    "entry_id": e.entry_id,
-                    "operation": e.operation,
-                    "args": a,
-                    "kwargs": k,
-                    "idempotency_key": e.idempotency_key,
-                    "checksum": e.checksum,
-                    "created_at": e.created_at,
-                    "synced_at": e.synced_at,
-                    "status": e.status,
-                    "attempts": e.attempts,
-                    "last_error": e.last_error,
-                }
-            )
-        except orjson.JSONEncodeError as exc:  # an entry built by hand, not by create()
-            raise WALSerializationError(f"entry {e.entry_id}", str(exc)) from None
-
-    def update_status(
-        self,
-        entry_id: uuid.UUID | str | WALEntry,
-        status: WALEntryStatus,
-        error: str | None = None,
-        *,
-        attempts: int | None = None,
-    ) -> None:
-        """Append a durable status record for an entry."""
-        self.update_statuses([(entry_id, status, error, attempts)])
-
-    def update_statuses(
-        self,
-        changes: Iterable[
-            tuple[uuid.UUID | str | WALEntry, WALEntryStatus, str | None, int | None]
-        ],
-        *,
-        durable: bool = True,
-    ) -> None:
-        """Append several status records with one fsync: ``(entry, status, error, attempts)``.
-
-        ``durable=False`` writes them without waiting for an fsync of their own: the next
-        flush's fsync (any append's, ``sync()``, a rotation or ``close()``) covers them, and a
-        crash before it may lose them. Only for marks whose loss is harmless: a COMPLETED
-        mark behind the database's applied-ledger (the replay is skipped). Appenders then
-        never wait for a drain's fsync.
-        """
-        changes = list(changes)
-        if not changes:
-            return
-        if self._forked:
-            self._check_writable()
-        at = utc_now().isoformat()
-        targets: list[tuple[int, str] | None] = []
-        for ref, _, _, _ in changes:
-            if isinstance(ref, WALEntry):
-                if ref.lsn is None:
-                    raise WALEntryNotFoundError(ref.entry_id)
-                targets.append((ref.lsn, str(ref.entry_id)))
-            else:
-                targets.append(None)  # an id: looked up in the index below
-        if any(t is None for t in targets):
-            with self._cond:
-                self._check_open()
-                targets = [
-                    t if t is not None else self._resolve(c[0])
-                    for t, c in zip(targets, changes, strict=True)
-                ]
-        bodies = []  # serialized outside the lock; the LSN is spliced in below
-        for k, (t, (_, status, error, attempts)) in enumerate(zip(targets, changes, strict=True)):
-            assert t is not None
-            if not durable and k % 16 == 0:
-                self.yield_to_appenders()  # non-durable marks are background work
-            status = WALEntryStatus(status)
-            if attempts is not None and (type(attempts) is not int or attempts < 0):
-                raise WALSerializationError("attempts", f"must be an int >= 0, got {attempts!r}")
-            if error is not None and not isinstance(error, str):
-                raise WALSerializationError("error", f"must be a str or None, got {error!r}")
-            try:
-                body = orjson.dumps(
-                    {
-                        "of": t[0],
-                        "entry_id": t[1],
-                        "status": status.value,
-                        "at": at,
-                        "attempts": attempts,
-                        "error": error,
-                    }
-                )
-            except orjson.JSONEncodeError as exc:  # a lone surrogate in the error text
-                raise WALSerializationError("error", str(exc)) from None
-            bodies.append((t[0], STATUS_CODE[status], body))
-        with self._cond:
-            self._check_writable()
-            for t in targets:  # checked under the lock that compaction holds: exclusive
-                assert t is not None
-                self._check_target(*t)
-            records: list[IndexRecord] = []
-            for target, code, body in bodies:
-                lsn = self._next_lsn
-                self._next_lsn += 1
-                payload = b'{"t":"status","lsn":%d,%s' % (lsn, body[1:])
-                records.append((lsn, encode_line(payload), CODE_NONE, 0, None, target, code))
-            group, lead = self._enqueue(records, durable)
-        try:
-            self._commit(group, lead)
-        finally:
-            if durable:
-                self._append_done()
-
-    def _check_target(self, lsn: int, sid: str) -> None:
-        """Refuse a status record for anything but the live entry ``sid`` at ``lsn`` (lock
-        held): an entry object from another log, a stale one, or one compaction dropped."""
-        i = lsn - self._base
-        if (
-            type(lsn) is not int
-            or i < 0
-            or i >= self._n
-            or self._status[i] == CODE_NONE
-            or self._idh[i] != uuid_hash(uuid.UUID(sid))
-        ):
-            raise WALEntryNotFoundError(f"{sid} at LSN {lsn}")
-
-    def _enqueue(self, records: list[IndexRecord], durable: bool = True) -> tuple[_Group, bool]:
-        """Add records to the open group (lock held). True: the caller leads its flush."""
-        g = self._group
-        g.records.extend(records)
-        g.durable = g.durable or durable
-        if durable:
-            self._appenders += 1  # a foreground writer: background work yields to it
-        lead = not g.led
-        if not lead:
-            g.join()
-        g.led = True
-        return g, lead
-
-    def _commit(self, g: _Group, lead: bool) -> None:
-        """Group commit (lock not held): return when ``g``'s records are acknowledged.
-
-        The leader waits for the previous flush to end, closes the group, writes all its
-        records with one ``write`` and one ``fdatasync``, then wakes the group's members;
-        records arriving meanwhile form the next group, whose first writer leads it.
-        """
-        if not lead:
-            g.wait()  # our leader finishes the group once our records are durable (or failed)
-            if g.error is not None:
-                raise g.error
-            return
-        with self._cond:
-            while self._flushing:
-                self._wait()  # one flush at a time: the previous group is being written
-            if self._group is g:
-                self._group = _Group()
-            refused: BaseException | None = self._failed
-            if refused is None and self._closed:
-                refused = WALClosedError("the log was closed before this write was made durable")
-            if refused is not None:
-                g.error = refused
-                g.finish()
-                raise refused
-            self._flushing = True
-        try:
-            self._flush(g.records, g.durable)
-        except BaseException as exc:
-            g.error = exc
-            raise
-        finally:
-            g.finish()
-
-    def _flush(self, batch: list[IndexRecord], durable: bool = True) -> None:
-        """Write ``batch`` and make it durable, then index it (caller set ``_flushing``)."""
-        sync = durable and self.options.fsync == "always"
-        error: BaseException | None = None
-        off = 0
-        try:
-            off = self._write_batch(batch, sync)
-        except BaseException as exc:
-            error = exc
-        with self._mutex:
-            self._flushing = False
-            if self._waiting:  # the next group's leader, sync() and compact() wait here
-                self._cond.notify_all()
-            if error is not None:
-                self._poison(error)
-                raise self._failed or error
-            self._index_written(batch, off)
-            top = batch[-1][0]
-            if top > self._written_lsn:
-                self._written_lsn = top
-            if sync and top > self._durable_lsn:
-                self._durable_lsn = top
-
-    def _append_done(self) -> None:
-        """A foreground writer is back (acknowledged or failed): wake a yielding drain."""
-        with self._mutex:
-            self._appenders -= 1
-            if self._yielding:
-                self._cond.notify_all()
-
-    def _wait(self, timeout: float | None = None) -> None:
-        """Wait on ``_cond`` (lock held), counted so that notifiers can skip an empty wake."""
-        self._waiting += 1
-        try:
-            self._cond.wait(timeout)
-        finally:
-            self._waiting -= 1
-
-    def _poison(self, error: BaseException) -> None:
-        if self._failed is not None:
-            return
-        if isinstance(error, WALWriteError):
-            self._failed = error
-            return
-        en = getattr(error, "errno", None)
-        name = errno_mod.errorcode.get(en, str(en)) if isinstance(en, int) else type(error).__name__
-        seg = self._segments[-1].path if self._segments else self.directory
-        hint = None
-        if en in (errno_mod.EMFILE, errno_mod.ENFILE):
-            hint = (
-                "the process ran out of file descriptors (not disk space): raise its open-file "
-                "limit (ulimit -n) or close files elsewhere, then reopen the log"
-            )
-        self._failed = WALWriteError(
-            f"writing {seg} failed ({name}: {error}); the last entries were not acknowledged",
-            path=seg,
-            errno=en if isinstance(en, int) else None,
-            hint=hint,
-        )
-        self._failed.__cause__ = error
-        log.error("%s", self._failed)
-
-    def _write_batch(self, batch: list[IndexRecord], sync: bool) -> int:
-        """Write a batch to the active segment (rotating first if needed); return the offset
-        of its first record. Leader only."""
-        data = b"".join([r[1] for r in batch])
-        header_only = self._seg_size <= self._header_len
-        self._flushes_unchecked += 1
-        full = self._seg_size + len(data) > self.options.max_segment_bytes
-        # an unpreallocated segment moves on as soon as a prepared one is ready
-        early = self._prep_ready and not self._seg_prealloc
-        if not header_only and (full or early):
-            self._rotate(batch[0][0])
-            self._flushes_unchecked = CHECK_EVERY
-        if self._flushes_unchecked >= CHECK_EVERY:
-            self._check_lock()  # before these records are written, let alone acknowledged
-        seg = self._segments[-1]
-        off = self._seg_size
-        write_all(self._fs, self._fd, data)
-        if ARMED:  # a constant: the crash tests' hook costs nothing in production
-            crash_point("append-after-write")
-        if sync:
-            t0 = time.perf_counter_ns()
-            self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
-            self._record_fsync(time.perf_counter_ns() - t0)
-            if ARMED:
-                crash_point("append-after-fsync")
-        self._seg_size = seg.size = off + len(data)
-        if self._seg_size > self._alloc_end:
-            self._alloc_end = self._seg_size
-        seg.end = batch[-1][0]
-        if self._want_prepared():
-            self._start_prepare()
-        return off
-
-    def _check_lock(self) -> None:
-        """Halt if ``LOCK`` is not the file this writer locked (after a rotation, and every
-        ``CHECK_EVERY`` flushes: an ``lstat``, never on each append)."""
-        self._flushes_unchecked = 0
-        problem = self._lock.still_ours() if self._lock is not None else None
-        if problem is not None:
-            raise WALLockLostError(
-                f"{problem} in {self.directory} while this process (pid {self._pid}) was "
-                "writing: another writer may be appending; this one stops"
-            )
-
-    def _record_fsync(self, ns: int) -> None:
-        self._fsync_count += 1
-        self._fsync_ns.append(ns)
-        for observe in self.fsync_observers:
-            observe(ns)
-
-    def _rotate(self, first: int) -> None:
-        """Seal the active segment and start a new one at ``first``. Leader only."""
-        if self.options.fsync != "unsafe_never":
-            # a torn record may only ever be in the last segment: seal this one on disk
-            t0 = time.perf_counter_ns()
-            self._fs.fdatasync(self._fd)
-            self._record_fsync(time.perf_counter_ns() - t0)
-            self._durable_lsn = self._written_lsn
-        if self._alloc_end > self._seg_size:
-            # only the last segment may end in zeros: cut this one back to its last record
-            # (truncate syncs) before the next segment exists
-            self._fs.truncate(str(self._segments[-1].path), self._seg_size)
-            self._alloc_end = self._seg_size
-        self._create_segment(first)
-
-    def sync(self) -> None:
-        """Make everything written so far durable (for ``interval`` mode; cheap otherwise)."""
-        with self._cond:
-            self._check_writable()
-            while self._flushing:
-                self._wait()
-            if self._durable_lsn >= self._written_lsn or self.options.fsync == "unsafe_never":
-                return
-            top = self._written_lsn
-            self._flushing = True
-            self._cond.release()
-            error: BaseException | None = None
-            try:
-                t0 = time.perf_counter_ns()
-                self._fs.fdatasync(self._fd)  # interval mode: bound the power-loss window
-                self._record_fsync(time.perf_counter_ns() - t0)
-            except BaseException as exc:
-                error = exc
-            finally:
-                self._cond.acquire()
-                self._flushing = False
-                self._cond.notify_all()
-            if error is not None:
-                self._poison(error)
-                raise self._failed or error
-            self._durable_lsn = max(self._durable_lsn, top)
-
-    def _interval_sync_loop(self) -> None:
-        interval = self.options.fsync_interval_ms / 1000.0
-        while not self._stop_syncer.wait(interval):
-            try:
-                self.sync()
-            except WALError:
-                return  # the storage is poisoned; appends raise from now on
+    # ------------------------------------------------------------------ positions
 
     @property
     def next_lsn(self) -> int:
@@ -1246,15 +426,8 @@ class WALStorage(LogReader):
                 self._lock.release()  # closes this process's descriptors; no unlock
                 self._lock = None
             return
-        with self._stage_cond:
-            self._stage_closed = True  # later append_async calls are refused
-            flusher, self._flusher = self._flusher, None
-            self._stage_cond.notify()
-        if flusher is not None:
-            flusher.join()  # it commits what coroutines staged before the close, then ends
-        self._prep_stop.set()  # a segment being prepared is abandoned (the next open removes it)
-        if self._prep_thread is not None:
-            self._prep_thread.join()
+        self._close_staging()  # what coroutines staged before the close is committed
+        self._prealloc.close()  # a segment being prepared is abandoned (the next open removes it)
         self._stop_syncer.set()
         if self._syncer is not None:
             self._syncer.join()

@@ -1,0 +1,142 @@
+"""Preallocation: the next segment, given its space in the background while the current fills.
+
+``StorageOptions.preallocate`` ("off", "zero", "fallocate"): a segment gets its space before
+records go into it, so an append's ``fdatasync`` writes data without committing a new file
+size. The ``Preallocator`` (one per ``WALStorage``, owned by its active segment,
+:mod:`wal.log.segwriter`) prepares ``PREPARED_NAME`` (``next.wal.prep``): zeros or
+``posix_fallocate``, synced, in a background thread. The rotation takes it (``take``), writes
+the header into it, syncs it, renames it into place and syncs the directory, so appenders never
+wait for the zeroing. When to ask for one is the active segment's call (how full it is).
+
+Nothing here is owed: a crash leaves a file the next open removes. A failure (disk full, a file
+system that refuses) only turns preallocation off for this open; ``fallocate`` refused as
+unsupported falls back to zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import logging
+import os
+import threading
+from pathlib import Path
+
+from wal.log.fileops import FileOps, write_all
+from wal.log.segment import FILE_MODE, PREPARED_NAME
+
+__all__ = ["PrepareStopped", "Preallocator"]
+
+log = logging.getLogger("wal")
+
+ZERO_CHUNK = 1 << 20  # zeros written per call while preparing a segment
+ZERO_SYNC_EVERY = 16 << 20  # and synced this often: little dirty data to hold up the log's fsyncs
+NO_FALLOCATE = (errno_mod.EOPNOTSUPP, errno_mod.ENOSYS, errno_mod.EINVAL)
+
+
+class PrepareStopped(Exception):
+    """The log is closing: the segment being prepared is abandoned."""
+
+
+class Preallocator:
+    """The next segment of one log, prepared in the background (see the module docstring)."""
+
+    def __init__(self, fs: FileOps, directory: Path, size: int, how: str, *, off: bool) -> None:
+        self._fs = fs
+        self.directory = directory
+        self.size = size  # a segment's size: max_segment_bytes
+        self.lock = threading.Lock()  # guards busy and ready
+        self.busy = False  # a thread is preparing it
+        self.ready = False  # PREPARED_NAME holds a synced, preallocated file
+        self.off = off  # never prepare (options, read-only), or not any more (a failure)
+        self.how = how  # "fallocate" falls back to "zero" if refused
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+
+    def take(self) -> bool:
+        """True (and it is ours now) when a prepared next segment is ready."""
+        with self.lock:
+            ready, self.ready = self.ready, False
+            return ready
+
+    def start(self, background: bool) -> None:
+        """Prepare the next segment: in a thread, or inline when not ``background``."""
+        with self.lock:
+            if self.busy or self.ready or self.off:
+                return
+            self.busy = True
+        if not background:
+            self.prepare()
+            return
+        old = self.thread
+        if old is not None:
+            old.join()  # it has finished (busy was False): reap it
+        self.thread = threading.Thread(target=self.prepare, name="wal-preallocate", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop: a segment being prepared is abandoned (the next open removes it)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def prepare(self) -> None:
+        """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
+
+        Nothing here is owed: a crash leaves a file the next open removes. A failure (disk
+        full, a file system that refuses) only turns preallocation off for this open.
+        """
+        path = str(self.directory / PREPARED_NAME)
+        size = self.size
+        ok = False
+        try:
+            fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                self.allocate(fd, size)
+                # not for durability (the rotation syncs the header, and the file, before the
+                # rename): so that the rotation's fdatasync has one page to write, not them all
+                self._fs.fdatasync(fd)
+            finally:
+                self._fs.close(fd)
+            ok = True
+        except PrepareStopped:
+            pass
+        except Exception as exc:  # disk full, EIO, a refusal: appends go on without it
+            log.warning(
+                "could not preallocate the next segment in %s (%s); segments grow with each "
+                "append until the log is reopened",
+                self.directory,
+                exc,
+            )
+            self.off = True
+        finally:
+            if not ok:
+                with contextlib.suppress(OSError):
+                    self._fs.unlink(path)
+            with self.lock:
+                self.busy = False
+                self.ready = ok
+
+    def allocate(self, fd: int, size: int) -> None:
+        """Give the open file ``size`` bytes of space: ``posix_fallocate`` or zeros."""
+        if self.how == "fallocate":
+            try:
+                self._fs.fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in NO_FALLOCATE:
+                    raise
+                log.info("%s: fallocate refused (%s): zeros instead", self.directory, exc)
+                self.how = "zero"
+        zeros = bytes(min(ZERO_CHUNK, size))
+        done = unsynced = 0
+        while done < size:
+            if self.stop.is_set():
+                raise PrepareStopped
+            n = min(len(zeros), size - done)
+            write_all(self._fs, fd, zeros[:n])
+            done += n
+            unsynced += n
+            if unsynced >= ZERO_SYNC_EVERY and done < size:
+                self._fs.fdatasync(fd)  # bound the dirty data the log's own fsyncs might wait on
+                unsynced = 0
