@@ -1,8 +1,9 @@
 """``OrderJournalMethods``: the order journal's calls on ``DatabaseManager``.
 
 Thin: each opens its transaction (``DatabaseConnection``) and calls the table function of
-:mod:`wal.db.orders`, which has the tables and the effects; ``wal.orders`` (the journal, the
-audit check) is the one caller. ``DatabaseManager`` (:mod:`wal.db.manager`) inherits them.
+:mod:`wal.db.orders` (the effects) or :mod:`wal.db.order_reads` (the reads) on the tables of
+:mod:`wal.db.order_schema`; ``wal.orders`` (the journal, the audit check) is the one caller.
+``DatabaseManager`` (:mod:`wal.db.manager`) inherits them.
 """
 
 from __future__ import annotations
@@ -11,20 +12,22 @@ from datetime import datetime
 from typing import Any
 
 from wal.db.connection import DatabaseConnection
-from wal.db.orders import (
+from wal.db.order_reads import (
     anchor_rows,
-    audit_head,
     audit_rows,
     event_counts,
     event_rows,
     fill_rows,
     last_seq_by_order,
+    order_row,
+    order_rows,
+)
+from wal.db.order_schema import audit_head
+from wal.db.orders import (
     op_record_order_anchor,
     op_record_order_event,
     op_record_order_fill,
     op_record_order_intent,
-    order_row,
-    order_rows,
 )
 
 __all__ = ["OrderJournalMethods"]

@@ -1,14 +1,8 @@
-"""The order journal's tables and effects in the reference database.
+"""The order journal's effects in the reference database: one function per critical operation.
 
-Tables (created on first use, with the others)
-----------------------------------------------
-``orders``: one row per client order id, its intent and its current state, filled quantity
-and average fill price, and ``last_seq``, the seq of its latest event. ``order_events``: the
-order's history, primary key (client_order_id, seq): every state change, in order.
-``fills``: one row per execution key (a correction replaces its row), with the trade it made.
+``DatabaseManager`` (:mod:`wal.db.order_methods`) and ``apply`` (``ORDER_OPERATIONS``, the
+registry) share them; each runs in the caller's transaction.
 
-Effects (one function per critical operation; ``DatabaseManager`` and ``apply`` share them)
-------------------------------------------------------------------------------------------
 * ``op_record_order_intent``: the ``orders`` row (PENDING) and event 1 (``created``).
 * ``op_record_order_event``: the event row; the order's state (and broker id, reason).
 * ``op_record_order_fill``: in the caller's ONE transaction: the fill row (inserted, or
@@ -16,29 +10,20 @@ Effects (one function per critical operation; ``DatabaseManager`` and ``apply`` 
   state, the ``trades`` row (``op_log_trade``; not for a correction) and the position change
   (``position_ops``: the ``log_position`` / ``update_position`` / ``close_position`` effects,
   decided by the ``OrderManager`` before logging so a replay does exactly the same).
+* ``op_record_order_anchor``: an anchor (seq, hash) of the audit chain.
 
 The event's seq must be the order's ``last_seq + 1``: a gap or a repeat is refused (a
-permanent error), so the history can never fork.
+permanent error), so the history can never fork. Every event row gets its audit chain
+fields: the journal's (carried in the log entry), or the table's head's next.
 
-The audit trail (issue 14)
---------------------------
-``order_events`` is also a hash chain over every order's events: each row carries
-``audit_seq`` (1, 2, ... across all orders), ``prev_hash`` and ``hash = SHA-256(canonical
-JSON of the event || prev_hash)`` (``audit_hash``). The order journal computes them once,
-when it journals the event, and carries them in the log entry, so a replay writes the same
-chain; an entry without them (a direct ``DatabaseManager`` call) gets them from the table's
-head when it is applied. ``order_audit_anchors`` records (seq, hash) every
-``ANCHOR_EVERY`` events and at session end, so rows cut off the end are detected. Triggers
-(SQLite and PostgreSQL) refuse ``UPDATE`` and ``DELETE`` on both tables (and ``TRUNCATE``
-on PostgreSQL).
+The tables, the append-only triggers and the audit hash are in :mod:`wal.db.order_schema`
+(its public names are importable from here too, where the order layer imports them).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -52,10 +37,18 @@ from wal.db.operations import (
     op_log_trade,
     op_update_position,
 )
+from wal.db.order_schema import (
+    ANCHOR_EVERY,
+    GENESIS_HASH,
+    audit_anchors,
+    audit_hash,
+    audit_head,
+    canonical_event,
+    fills,
+    order_events,
+    orders,
+)
 from wal.db.schema import (
-    Money,
-    UTCDateTime,
-    metadata,
     valid_money,
     valid_opt_id,
     valid_opt_positive,
@@ -82,157 +75,6 @@ __all__ = [
     "orders",
 ]
 
-_ID = 64
-
-orders = sa.Table(
-    "orders",
-    metadata,
-    sa.Column("client_order_id", sa.String(_ID), primary_key=True),
-    sa.Column("symbol", sa.String(_ID), nullable=False, index=True),
-    sa.Column("side", sa.String(8), nullable=False),
-    sa.Column("quantity", Money(), nullable=False),
-    sa.Column("order_type", sa.String(16), nullable=False),
-    sa.Column("limit_price", Money(), nullable=True),
-    sa.Column("stop_price", Money(), nullable=True),
-    sa.Column("time_in_force", sa.String(16), nullable=False),
-    sa.Column("account", sa.String(_ID), nullable=False),
-    sa.Column("state", sa.String(24), nullable=False, index=True),
-    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
-    sa.Column("filled_quantity", Money(), nullable=False),
-    sa.Column("avg_fill_price", Money(), nullable=True),
-    sa.Column("reason", sa.Text(), nullable=True),
-    sa.Column("last_seq", sa.Integer(), nullable=False),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-order_events = sa.Table(
-    "order_events",
-    metadata,
-    sa.Column("client_order_id", sa.String(_ID), primary_key=True),
-    sa.Column("seq", sa.Integer(), primary_key=True),
-    sa.Column("kind", sa.String(24), nullable=False),
-    sa.Column("state", sa.String(24), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
-    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
-    sa.Column("detail", sa.Text(), nullable=True),
-    # the audit chain: position across all orders, the previous row's hash, this row's hash
-    sa.Column("audit_seq", sa.Integer(), nullable=False, unique=True),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-)
-
-audit_anchors = sa.Table(
-    "order_audit_anchors",
-    metadata,
-    sa.Column("seq", sa.Integer(), primary_key=True),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
-    sa.Column("reason", sa.String(32), nullable=False),
-)
-
-ANCHOR_EVERY: Final = 1000  # an anchor after every this many events (and at session end)
-GENESIS_HASH: Final = "0" * 64  # the prev_hash of the first event
-
-
-def _sqlite_append_only(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is an append-only audit trail: {op} refused'); "
-        "END"
-        for op in ("UPDATE", "DELETE")
-    ]
-
-
-_PG_FUNCTION = """
-CREATE OR REPLACE FUNCTION atb_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION '%% is an append-only audit trail: %% refused', TG_TABLE_NAME, TG_OP;
-END $$
-"""
-
-
-def _pg_append_only(table: str) -> list[str]:
-    return [
-        _PG_FUNCTION,
-        f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
-        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-        "FOR EACH ROW EXECUTE FUNCTION atb_audit_append_only()",
-        f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
-        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-        "FOR EACH STATEMENT EXECUTE FUNCTION atb_audit_append_only()",
-    ]
-
-
-def _install_append_only(table: sa.Table) -> None:
-    for dialect, stmts in (
-        ("sqlite", _sqlite_append_only(table.name)),
-        ("postgresql", _pg_append_only(table.name)),
-    ):
-        for stmt in stmts:
-            ddl = sa.DDL(stmt)  # type: ignore[no-untyped-call]
-            sa.event.listen(table, "after_create", ddl.execute_if(dialect=dialect))
-
-
-_install_append_only(order_events)
-_install_append_only(audit_anchors)
-
-
-def _iso(at: datetime) -> str:
-    return valid_utc(at, "at").astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def canonical_event(
-    *,
-    audit_seq: int,
-    client_order_id: str,
-    seq: int,
-    kind: str,
-    state: str,
-    at: datetime,
-    broker_order_id: str | None,
-    detail: str | None,
-) -> bytes:
-    """The event as canonical JSON (sorted keys, no spaces, UTF-8, time in UTC to the
-    microsecond): what its hash covers."""
-    doc = {
-        "audit_seq": audit_seq,
-        "client_order_id": client_order_id,
-        "seq": seq,
-        "kind": kind,
-        "state": state,
-        "at": _iso(at),
-        "broker_order_id": broker_order_id,
-        "detail": detail,
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def audit_hash(event: Mapping[str, Any], prev_hash: str) -> str:
-    """``SHA-256(canonical JSON of the event || prev_hash)`` as hex; ``event`` has the keys of
-    ``canonical_event`` (an ``order_events`` row does)."""
-    body = canonical_event(
-        audit_seq=int(event["audit_seq"]),
-        client_order_id=str(event["client_order_id"]),
-        seq=int(event["seq"]),
-        kind=str(event["kind"]),
-        state=str(event["state"]),
-        at=event["at"],
-        broker_order_id=event.get("broker_order_id"),
-        detail=event.get("detail"),
-    )
-    return hashlib.sha256(body + prev_hash.encode("ascii")).hexdigest()
-
-
-def audit_head(conn: Connection) -> tuple[int, str]:
-    """(audit_seq, hash) of the chain's last row; (0, GENESIS_HASH) when it is empty."""
-    row = conn.execute(
-        sa.select(order_events.c.audit_seq, order_events.c.hash)
-        .order_by(order_events.c.audit_seq.desc())
-        .limit(1)
-    ).first()
-    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
-
 
 def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any]) -> None:
     """Insert an event row with its chain fields: the journal's, or the head's next."""
@@ -248,23 +90,6 @@ def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any
             "hash": valid_text(audit.get("hash"), "hash"),
         }
     conn.execute(sa.insert(order_events), row | chained)
-
-
-fills = sa.Table(
-    "fills",
-    metadata,
-    sa.Column("execution_key", sa.String(128), primary_key=True),
-    sa.Column("execution_id", sa.String(128), nullable=False),
-    sa.Column("client_order_id", sa.String(_ID), nullable=False, index=True),
-    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
-    sa.Column("symbol", sa.String(_ID), nullable=False),
-    sa.Column("side", sa.String(8), nullable=False),
-    sa.Column("quantity", Money(), nullable=False),
-    sa.Column("price", Money(), nullable=False),
-    sa.Column("executed_at", UTCDateTime(), nullable=False, index=True),
-    sa.Column("trade_id", sa.String(_ID), nullable=True),
-    sa.Column("pnl", Money(), nullable=True),
-)
 
 
 def op_record_order_intent(
@@ -503,70 +328,3 @@ ORDER_OPERATIONS: Final[dict[str, Callable[..., Any]]] = {
     OperationType.ORDER_ANCHOR.value: op_record_order_anchor,
 }
 """The order journal's operations: name (from the log) -> effect (``apply``'s registry)."""
-
-
-def _plain_row(m: Any) -> dict[str, Any]:
-    """A row as a dict with plain ``str`` keys (SQLAlchemy's may be a ``str`` subclass)."""
-    return {str(k): v for k, v in m.items()}
-
-
-def order_row(conn: Connection, client_order_id: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first()
-    return None if row is None else _plain_row(row._mapping)
-
-
-def order_rows(conn: Connection, *, open_only: bool = False) -> list[dict[str, Any]]:
-    q = sa.select(orders).order_by(orders.c.created_at, orders.c.client_order_id)
-    if open_only:
-        q = q.where(orders.c.state.not_in(["filled", "rejected", "cancelled", "submit_failed"]))
-    return [_plain_row(r._mapping) for r in conn.execute(q)]
-
-
-def event_rows(conn: Connection, client_order_id: str) -> list[dict[str, Any]]:
-    q = (
-        sa.select(order_events)
-        .where(order_events.c.client_order_id == client_order_id)
-        .order_by(order_events.c.seq)
-    )
-    return [_plain_row(r._mapping) for r in conn.execute(q)]
-
-
-def fill_rows(
-    conn: Connection, *, client_order_id: str | None = None, since: datetime | None = None
-) -> list[dict[str, Any]]:
-    q = sa.select(fills).order_by(fills.c.executed_at, fills.c.execution_key)
-    if client_order_id is not None:
-        q = q.where(fills.c.client_order_id == client_order_id)
-    if since is not None:
-        q = q.where(fills.c.executed_at >= valid_utc(since, "since"))
-    return [_plain_row(r._mapping) for r in conn.execute(q)]
-
-
-def audit_rows(conn: Connection, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-    """Event rows in audit_seq order, from ``after + 1``, at most ``limit``."""
-    q = (
-        sa.select(order_events)
-        .where(order_events.c.audit_seq > after)
-        .order_by(order_events.c.audit_seq)
-        .limit(limit)
-    )
-    return [_plain_row(r._mapping) for r in conn.execute(q)]
-
-
-def anchor_rows(conn: Connection) -> list[dict[str, Any]]:
-    q = sa.select(audit_anchors).order_by(audit_anchors.c.seq)
-    return [_plain_row(r._mapping) for r in conn.execute(q)]
-
-
-def last_seq_by_order(conn: Connection) -> dict[str, int]:
-    """Every order's ``last_seq`` (its events must run 1..last_seq)."""
-    q = sa.select(orders.c.client_order_id, orders.c.last_seq)
-    return {str(r[0]): int(r[1]) for r in conn.execute(q)}
-
-
-def event_counts(conn: Connection) -> dict[str, tuple[int, int]]:
-    """Per order: (number of event rows, highest seq)."""
-    q = sa.select(
-        order_events.c.client_order_id, sa.func.count(), sa.func.max(order_events.c.seq)
-    ).group_by(order_events.c.client_order_id)
-    return {str(r[0]): (int(r[1]), int(r[2])) for r in conn.execute(q)}

@@ -20,7 +20,8 @@ Modules: :mod:`~wal.orders.states` (states, transitions), :mod:`~wal.orders.mode
 (intent, order, fill, event), :mod:`~wal.orders.validation` (syntax and risk limits),
 :mod:`~wal.orders.broker` (the ``Broker`` protocol), :mod:`~wal.orders.faults`,
 :mod:`~wal.orders.paper` (``PaperBroker``), :mod:`~wal.orders.server` (its HTTP face),
-:mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal`,
+:mod:`~wal.orders.http_broker` (``HttpBroker``), :mod:`~wal.orders.journal_reads` (the journal
+read back with pending entries), :mod:`~wal.orders.journal` (writing, the audit chain),
 :mod:`~wal.orders.positions` (``PositionBook``: positions and daily P&L from the fills),
 the ``OrderManager`` in three layers: :mod:`~wal.orders.base` (state, reads, halting, one
 journaled transition), :mod:`~wal.orders.fills` (the broker's status and fills journaled,

@@ -4,13 +4,14 @@ Composition, not modification: the wrapped manager is untouched. The critical op
 (``wal.entry.OperationType``: balance updates, trades, positions, sessions) go through the
 log and the ``WALManager``; every other attribute is forwarded as it is (``__getattr__``).
 
-* Ids (trade, position, session) are made here, before the entry is logged, when the caller
-  did not give one: an operation logged during an outage can be referred to by the next one,
-  and a replay reuses the same id.
+* Ids (trade, position, session) are made before the entry is logged, when the caller did
+  not give one (``wal.sync.calls``): an operation logged during an outage can be referred to
+  by the next one, and a replay reuses the same id.
 * Positional arguments are bound to the wrapped method's parameter names before logging,
   so the log holds keyword arguments only (readable, and the read overlay can find
   ``account``, ``delta`` and ``position_id`` whatever the call style).
-* ``get_balance()`` and ``get_open_positions()`` include pending entries (``wal.sync.overlay``).
+* ``get_balance()`` and ``get_open_positions()`` include pending entries (``wal.sync.reads``
+  on ``wal.sync.overlay``).
 * ``WAL_ENABLED=false`` (``WALConfig.enabled``) makes it a plain pass-through.
 
 With the bundled ``wal.db.manager.DatabaseManager`` (it has ``apply`` and the ``wal_applied``
@@ -23,82 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import make_url
-
-from wal.config import WALConfig, mask_url
+from wal.config import WALConfig
 from wal.crashpoints import crash_point
-from wal.db.engine import DEFAULT_URL
 from wal.db.manager import DatabaseManager
 from wal.entry import OperationType, WALEntry
-from wal.errors import WALConfigError, WALDatabaseError, WALSerializationError
+from wal.errors import WALDatabaseError, WALSerializationError
 from wal.log.storage import WALStorage
-from wal.sync.apply import transient_error
-from wal.sync.breaker import BreakerState
+from wal.sync.calls import DurableBalanceTxn, check_call, check_same_database, prepare_call
 from wal.sync.manager import Receipt, WALManager
-from wal.sync.overlay import BalanceReader, Overlay, PositionsReader
+from wal.sync.overlay import Overlay
+from wal.sync.reads import PendingReads
 
 __all__ = ["DurableBalanceTxn", "DurableDatabaseManager"]
 
 _T = TypeVar("_T")
-
-CRITICAL_OPERATIONS = frozenset(op.value for op in OperationType)
-# The id parameter each creating operation gets filled in before it is logged.
-_ID_PARAMS = {
-    OperationType.LOG_TRADE.value: "trade_id",
-    OperationType.LOG_POSITION.value: "position_id",
-    OperationType.CREATE_TRADING_SESSION.value: "session_id",
-}
-# The time parameter filled in with "now" before logging, so that a replay hours later
-# records when the operation happened, not when the database came back.
-_TIME_PARAMS = {
-    OperationType.LOG_TRADE.value: "executed_at",
-    OperationType.LOG_POSITION.value: "opened_at",
-    OperationType.CLOSE_POSITION.value: "closed_at",
-    OperationType.CREATE_TRADING_SESSION.value: "started_at",
-    OperationType.END_TRADING_SESSION.value: "ended_at",
-}
-
-
-def _reject_floats(op: str, params: dict[str, Any]) -> None:
-    """Money is Decimal: a float would be logged and then refused by the database."""
-    for name, value in params.items():
-        if isinstance(value, float):
-            raise WALSerializationError(
-                f"{op}({name}=...)", f"{value!r} is a float; pass money as Decimal"
-            )
-
-
-class DurableBalanceTxn:
-    """The context-manager form of ``atomic_balance_update``: read, decide, add.
-
-    ``balance`` is the balance including pending entries, as of entering; ``add`` changes it.
-    The net delta is logged as one balance update when the block exits without an exception.
-    """
-
-    def __init__(self, account: str, balance: Decimal) -> None:
-        self.account = account
-        self.balance = balance
-        self.delta = Decimal(0)
-        self.reasons: list[str] = []
-
-    def add(self, delta: Decimal, reason: str = "") -> Decimal:
-        if not isinstance(delta, Decimal):
-            raise TypeError(f"delta must be a Decimal, got {type(delta).__name__}")
-        self.delta += delta
-        self.balance += delta
-        if reason:
-            self.reasons.append(reason)
-        return self.balance
 
 
 class DurableDatabaseManager:
@@ -119,12 +65,12 @@ class DurableDatabaseManager:
         self._db = db
         self.config = config if config is not None else WALConfig.from_env()
         if config is not None:
-            _check_same_database(db, config)
+            check_same_database(db, config)
         self.enabled = self.config.enabled
         self._owns_db = False  # from_config: stop() disposes the engine it made
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
-        self._overlay = Overlay()
+        self._reads: PendingReads | None = None
         self._account_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._owns_storage = storage is None and manager is None
@@ -145,10 +91,11 @@ class DurableDatabaseManager:
         # Every entry pending in the log now may already be in the database (a crash between
         # its COMMIT and the COMPLETED mark, or a power loss of marks written with
         # durable=False): counted, and maybe applied until the ledger says otherwise.
-        self._overlay = Overlay(open_lsn=self.storage.last_lsn)
-        self._overlay.track_open(self.storage.get_pending_entries())
-        self.manager.add_write_hook(self._overlay.on_write)
-        self.manager.add_apply_observer(self._overlay)
+        overlay = Overlay(open_lsn=self.storage.last_lsn)
+        overlay.track_open(self.storage.get_pending_entries())
+        self.manager.add_write_hook(overlay.on_write)
+        self.manager.add_apply_observer(overlay)
+        self._reads = PendingReads(db, self.manager, overlay)
 
     @classmethod
     def from_config(cls, config: WALConfig | None = None) -> DurableDatabaseManager:
@@ -240,19 +187,7 @@ class DurableDatabaseManager:
     ) -> tuple[dict[str, Any], Receipt | None, Any]:
         """Bind, fill the id, log and apply. Returns (logged kwargs, receipt, direct result)."""
         method = getattr(self._db, op)
-        bound = inspect.signature(method).bind(*args, **kwargs)
-        params = dict(bound.arguments)
-        for name, p in inspect.signature(method).parameters.items():
-            if p.kind is inspect.Parameter.VAR_KEYWORD and name in params:
-                params.update(params.pop(name))
-        accepted = inspect.signature(method).parameters
-        id_param = _ID_PARAMS.get(op)
-        if id_param is not None and id_param in accepted and params.get(id_param) is None:
-            params[id_param] = str(uuid.uuid4())
-        time_param = _TIME_PARAMS.get(op)
-        if time_param is not None and time_param in accepted and params.get(time_param) is None:
-            params[time_param] = datetime.now(UTC)
-        _reject_floats(op, params)
+        params = prepare_call(method, op, args, kwargs)
         if self.manager is None:
             return params, None, method(**params)
         receipt = self.manager.write(op, idempotency_key=key, **params)
@@ -374,10 +309,7 @@ class DurableDatabaseManager:
                 self._critical(op, (), kwargs, key)
             return
         for op, kwargs, _ in calls:
-            if op not in CRITICAL_OPERATIONS:
-                raise ValueError(f"{op!r} is not a critical operation")
-            inspect.signature(getattr(self._db, op)).bind(**kwargs)  # refused before logging
-            _reject_floats(op, kwargs)
+            check_call(self._db, op, kwargs)
         self.manager.write_deferred([(op, kwargs, key) for op, kwargs, key in calls])
 
     # ------------------------------------------------------------------ reads
@@ -387,71 +319,17 @@ class DurableDatabaseManager:
         (pending, being applied, applied but not yet marked in the log, after a crash). Does
         not wait for a drain. Raises ``WALDatabaseError`` only when the database has not been
         reachable since start (then the balance is unknown)."""
-        if self.manager is None or self.storage is None:
+        if self._reads is None:
             return Decimal(self._db.get_balance(account))
-        return self._read_with_pending(
-            lambda: self._overlay.fresh_balance(account, self._balance_reader(account)),
-            lambda: self._overlay.kept_balance(account),
-            f"the balance of account {account!r} is unknown: the database has not been "
-            "reachable since this process started, so pending entries have no base",
-        )
+        return self._reads.balance(account)
 
     def get_open_positions(self) -> list[dict[str, Any]]:
         """Open positions including pending opens, updates and closes (exactly once, as
         ``get_balance``)."""
-        if self.manager is None or self.storage is None:
+        if self._reads is None:
             rows: list[dict[str, Any]] = self._db.get_open_positions()
             return rows
-        return self._read_with_pending(
-            lambda: self._overlay.fresh_positions(self._positions_reader()),
-            self._overlay.kept_positions,
-            "open positions are unknown: the database has not been reachable since this "
-            "process started",
-        )
-
-    def _snapshot_reads(self) -> bool:
-        """The wrapped manager reads a figure and its ledger in one snapshot."""
-        return callable(getattr(self._db, "get_balance_and_applied", None)) and callable(
-            getattr(self._db, "get_open_positions_and_applied", None)
-        )
-
-    def _ledger(self, ids: list[str]) -> set[str]:
-        applied_ids = getattr(self._db, "applied_ids", None)
-        if not ids or not callable(applied_ids):
-            return set()  # no ledger (at-least-once): pending entries count as pending
-        return {str(x) for x in applied_ids(ids)}
-
-    def _balance_reader(self, account: str) -> BalanceReader:
-        if self._snapshot_reads():
-            return lambda ids: self._db.get_balance_and_applied(account, ids)
-        return lambda ids: (Decimal(self._db.get_balance(account)), self._ledger(ids))
-
-    def _positions_reader(self) -> PositionsReader:
-        if self._snapshot_reads():
-            return lambda ids: self._db.get_open_positions_and_applied(ids)
-        return lambda ids: (list(self._db.get_open_positions()), self._ledger(ids))
-
-    def _read_with_pending(
-        self, fresh: Callable[[], _T], kept: Callable[[], _T | None], unknown: str
-    ) -> _T:
-        """A fresh read (database + pending) unless the breaker is open and a kept state
-        exists; the kept state when the database cannot be reached."""
-        m = self.manager
-        assert m is not None
-        if kept() is None or m.breaker.state is not BreakerState.OPEN:
-            try:
-                if self._snapshot_reads():
-                    return fresh()  # one snapshot: no need to wait for a batch
-                with m.apply_lock:  # two separate reads: no batch may commit between them
-                    return fresh()
-            except Exception as exc:
-                if not transient_error(exc):
-                    raise
-                m.breaker.failure()  # a read that cannot connect is evidence of an outage
-        value = kept()
-        if value is None:
-            raise WALDatabaseError(unknown, transient=True)
-        return value
+        return self._reads.open_positions()
 
     # ------------------------------------------------------------------ asyncio
 
@@ -524,26 +402,3 @@ class DurableDatabaseManager:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._db, name)
-
-
-def _check_same_database(db: Any, config: WALConfig) -> None:
-    """A wrapped manager on another database than ``config.database_url`` is an error: the
-    URL is given once (``from_config``), never silently ignored."""
-    url = getattr(db, "url", None)
-    if not isinstance(url, str) or config.database_url == DEFAULT_URL:
-        return  # a manager of the user's own without a URL, or a config that names none
-
-    def norm(u: str) -> str:
-        parsed = make_url(u)
-        return parsed.set(drivername=parsed.get_backend_name()).render_as_string(
-            hide_password=False
-        )
-
-    if norm(url) != norm(config.database_url):
-        raise WALConfigError(
-            "database_url",
-            mask_url(config.database_url),
-            f"the URL of the wrapped manager ({mask_url(url)}); or build both from the "
-            "config with DurableDatabaseManager.from_config(config)",
-        )
-

@@ -1,0 +1,94 @@
+"""The order journal's tables read back: orders, events, fills, the audit chain and anchors.
+
+Plain functions on a connection, for ``OrderJournalMethods`` (:mod:`wal.db.order_methods`);
+every row is a ``dict`` with plain ``str`` keys. The tables are in :mod:`wal.db.order_schema`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from wal.db.order_schema import audit_anchors, fills, order_events, orders
+from wal.db.schema import valid_utc
+
+__all__ = [
+    "anchor_rows",
+    "audit_rows",
+    "event_counts",
+    "event_rows",
+    "fill_rows",
+    "last_seq_by_order",
+    "order_row",
+    "order_rows",
+]
+
+
+def _plain_row(m: Any) -> dict[str, Any]:
+    """A row as a dict with plain ``str`` keys (SQLAlchemy's may be a ``str`` subclass)."""
+    return {str(k): v for k, v in m.items()}
+
+
+def order_row(conn: Connection, client_order_id: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first()
+    return None if row is None else _plain_row(row._mapping)
+
+
+def order_rows(conn: Connection, *, open_only: bool = False) -> list[dict[str, Any]]:
+    q = sa.select(orders).order_by(orders.c.created_at, orders.c.client_order_id)
+    if open_only:
+        q = q.where(orders.c.state.not_in(["filled", "rejected", "cancelled", "submit_failed"]))
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def event_rows(conn: Connection, client_order_id: str) -> list[dict[str, Any]]:
+    q = (
+        sa.select(order_events)
+        .where(order_events.c.client_order_id == client_order_id)
+        .order_by(order_events.c.seq)
+    )
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def fill_rows(
+    conn: Connection, *, client_order_id: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    q = sa.select(fills).order_by(fills.c.executed_at, fills.c.execution_key)
+    if client_order_id is not None:
+        q = q.where(fills.c.client_order_id == client_order_id)
+    if since is not None:
+        q = q.where(fills.c.executed_at >= valid_utc(since, "since"))
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def audit_rows(conn: Connection, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Event rows in audit_seq order, from ``after + 1``, at most ``limit``."""
+    q = (
+        sa.select(order_events)
+        .where(order_events.c.audit_seq > after)
+        .order_by(order_events.c.audit_seq)
+        .limit(limit)
+    )
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def anchor_rows(conn: Connection) -> list[dict[str, Any]]:
+    q = sa.select(audit_anchors).order_by(audit_anchors.c.seq)
+    return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def last_seq_by_order(conn: Connection) -> dict[str, int]:
+    """Every order's ``last_seq`` (its events must run 1..last_seq)."""
+    q = sa.select(orders.c.client_order_id, orders.c.last_seq)
+    return {str(r[0]): int(r[1]) for r in conn.execute(q)}
+
+
+def event_counts(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Per order: (number of event rows, highest seq)."""
+    q = sa.select(
+        order_events.c.client_order_id, sa.func.count(), sa.func.max(order_events.c.seq)
+    ).group_by(order_events.c.client_order_id)
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in conn.execute(q)}

@@ -1,0 +1,218 @@
+"""The order journal's tables in the reference database, append-only, and its audit chain.
+
+Tables (created on first use, with the others)
+----------------------------------------------
+``orders``: one row per client order id, its intent and its current state, filled quantity
+and average fill price, and ``last_seq``, the seq of its latest event. ``order_events``: the
+order's history, primary key (client_order_id, seq): every state change, in order.
+``fills``: one row per execution key (a correction replaces its row), with the trade it made.
+``order_audit_anchors``: (seq, hash) of the audit chain.
+
+The audit trail (issue 14)
+--------------------------
+``order_events`` is also a hash chain over every order's events: each row carries
+``audit_seq`` (1, 2, ... across all orders), ``prev_hash`` and ``hash = SHA-256(canonical
+JSON of the event || prev_hash)`` (``audit_hash``). The order journal computes them once,
+when it journals the event, and carries them in the log entry, so a replay writes the same
+chain; an entry without them (a direct ``DatabaseManager`` call) gets them from the table's
+head (``audit_head``) when it is applied. ``order_audit_anchors`` records (seq, hash) every
+``ANCHOR_EVERY`` events and at session end, so rows cut off the end are detected. Triggers
+(SQLite and PostgreSQL) refuse ``UPDATE`` and ``DELETE`` on both tables (and ``TRUNCATE``
+on PostgreSQL).
+
+The effects that write these tables are in :mod:`wal.db.orders`, the reads in
+:mod:`wal.db.order_reads`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from wal.db.schema import Money, UTCDateTime, metadata, valid_utc
+
+__all__ = [
+    "ANCHOR_EVERY",
+    "GENESIS_HASH",
+    "audit_anchors",
+    "audit_hash",
+    "audit_head",
+    "canonical_event",
+    "fills",
+    "order_events",
+    "orders",
+]
+
+_ID = 64
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("client_order_id", sa.String(_ID), primary_key=True),
+    sa.Column("symbol", sa.String(_ID), nullable=False, index=True),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("order_type", sa.String(16), nullable=False),
+    sa.Column("limit_price", Money(), nullable=True),
+    sa.Column("stop_price", Money(), nullable=True),
+    sa.Column("time_in_force", sa.String(16), nullable=False),
+    sa.Column("account", sa.String(_ID), nullable=False),
+    sa.Column("state", sa.String(24), nullable=False, index=True),
+    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
+    sa.Column("filled_quantity", Money(), nullable=False),
+    sa.Column("avg_fill_price", Money(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("last_seq", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+order_events = sa.Table(
+    "order_events",
+    metadata,
+    sa.Column("client_order_id", sa.String(_ID), primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
+    sa.Column("detail", sa.Text(), nullable=True),
+    # the audit chain: position across all orders, the previous row's hash, this row's hash
+    sa.Column("audit_seq", sa.Integer(), nullable=False, unique=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+audit_anchors = sa.Table(
+    "order_audit_anchors",
+    metadata,
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+)
+
+fills = sa.Table(
+    "fills",
+    metadata,
+    sa.Column("execution_key", sa.String(128), primary_key=True),
+    sa.Column("execution_id", sa.String(128), nullable=False),
+    sa.Column("client_order_id", sa.String(_ID), nullable=False, index=True),
+    sa.Column("broker_order_id", sa.String(_ID), nullable=True),
+    sa.Column("symbol", sa.String(_ID), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("price", Money(), nullable=False),
+    sa.Column("executed_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("trade_id", sa.String(_ID), nullable=True),
+    sa.Column("pnl", Money(), nullable=True),
+)
+
+
+ANCHOR_EVERY: Final = 1000  # an anchor after every this many events (and at session end)
+GENESIS_HASH: Final = "0" * 64  # the prev_hash of the first event
+
+
+def _sqlite_append_only(table: str) -> list[str]:
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is an append-only audit trail: {op} refused'); "
+        "END"
+        for op in ("UPDATE", "DELETE")
+    ]
+
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION atb_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION '%% is an append-only audit trail: %% refused', TG_TABLE_NAME, TG_OP;
+END $$
+"""
+
+
+def _pg_append_only(table: str) -> list[str]:
+    return [
+        _PG_FUNCTION,
+        f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION atb_audit_append_only()",
+        f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION atb_audit_append_only()",
+    ]
+
+
+def _install_append_only(table: sa.Table) -> None:
+    for dialect, stmts in (
+        ("sqlite", _sqlite_append_only(table.name)),
+        ("postgresql", _pg_append_only(table.name)),
+    ):
+        for stmt in stmts:
+            ddl = sa.DDL(stmt)  # type: ignore[no-untyped-call]
+            sa.event.listen(table, "after_create", ddl.execute_if(dialect=dialect))
+
+
+_install_append_only(order_events)
+_install_append_only(audit_anchors)
+
+
+def _iso(at: datetime) -> str:
+    return valid_utc(at, "at").astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_event(
+    *,
+    audit_seq: int,
+    client_order_id: str,
+    seq: int,
+    kind: str,
+    state: str,
+    at: datetime,
+    broker_order_id: str | None,
+    detail: str | None,
+) -> bytes:
+    """The event as canonical JSON (sorted keys, no spaces, UTF-8, time in UTC to the
+    microsecond): what its hash covers."""
+    doc = {
+        "audit_seq": audit_seq,
+        "client_order_id": client_order_id,
+        "seq": seq,
+        "kind": kind,
+        "state": state,
+        "at": _iso(at),
+        "broker_order_id": broker_order_id,
+        "detail": detail,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def audit_hash(event: Mapping[str, Any], prev_hash: str) -> str:
+    """``SHA-256(canonical JSON of the event || prev_hash)`` as hex; ``event`` has the keys of
+    ``canonical_event`` (an ``order_events`` row does)."""
+    body = canonical_event(
+        audit_seq=int(event["audit_seq"]),
+        client_order_id=str(event["client_order_id"]),
+        seq=int(event["seq"]),
+        kind=str(event["kind"]),
+        state=str(event["state"]),
+        at=event["at"],
+        broker_order_id=event.get("broker_order_id"),
+        detail=event.get("detail"),
+    )
+    return hashlib.sha256(body + prev_hash.encode("ascii")).hexdigest()
+
+
+def audit_head(conn: Connection) -> tuple[int, str]:
+    """(audit_seq, hash) of the chain's last row; (0, GENESIS_HASH) when it is empty."""
+    row = conn.execute(
+        sa.select(order_events.c.audit_seq, order_events.c.hash)
+        .order_by(order_events.c.audit_seq.desc())
+        .limit(1)
+    ).first()
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
