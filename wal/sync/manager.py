@@ -140,31 +140,20 @@ class WALManager:
         if idempotency_key is None:
             return await self._write_new_async(entry)
         loop = asyncio.get_running_loop()
-        while True:
-            with self._keys_lock:
-                hit = self._receipts.get(idempotency_key)
-                if hit is not None:
-                    self._receipts.move_to_end(idempotency_key)
-                    return replace(hit, duplicate=True)
-                waiting = self._inflight.get(idempotency_key)
-                if waiting is None:
-                    done = self._inflight[idempotency_key] = threading.Event()
-                    break
+        while (got := self._claim(idempotency_key)) is not None:
+            if isinstance(got, Receipt):
+                return got
             # another writer has this key in flight: wait for it off the loop (rare)
-            await loop.run_in_executor(self._apply_executor(), waiting.wait)
+            await loop.run_in_executor(self._apply_executor(), got.wait)
         try:
-            found = self.storage.find_by_idempotency_key(idempotency_key)
-            if found is not None:
-                receipt = self._receipt(found, found.status)
-                self._remember(idempotency_key, receipt)
-                return replace(receipt, duplicate=True)
+            known = self._logged(idempotency_key)
+            if known is not None:
+                return known
             receipt = await self._write_new_async(entry)
             self._remember(idempotency_key, receipt)
             return receipt
         finally:
-            with self._keys_lock:
-                del self._inflight[idempotency_key]
-            done.set()
+            self._release(idempotency_key)
 
     async def _write_new_async(self, entry: WALEntry) -> Receipt:
         if self._applier.fatal is not None:
@@ -199,31 +188,50 @@ class WALManager:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
         self._write_hooks.append(hook)
 
+    def _claim(self, key: str) -> Receipt | threading.Event | None:
+        """One try at an idempotency key: the first write's receipt (``duplicate=True``), the
+        event of the writer that has the key in flight (wait on it, then try again), or None:
+        this caller now has the key and must ``_release`` it."""
+        with self._keys_lock:
+            hit = self._receipts.get(key)
+            if hit is not None:
+                self._receipts.move_to_end(key)
+                return replace(hit, duplicate=True)
+            waiting = self._inflight.get(key)
+            if waiting is None:
+                self._inflight[key] = threading.Event()
+            return waiting
+
+    def _release(self, key: str) -> None:
+        """Give back a key ``_claim`` handed out; whoever waits on it tries again."""
+        with self._keys_lock:
+            done = self._inflight.pop(key)
+        done.set()
+
+    def _logged(self, key: str) -> Receipt | None:
+        """The receipt of an entry the log already holds under ``key`` (a key evicted from the
+        receipt cache, or written before a restart), ``duplicate=True``; None if there is none."""
+        found = self.storage.find_by_idempotency_key(key)
+        if found is None:
+            return None
+        receipt = replace(self._receipt(found, found.status), duplicate=True)
+        self._remember(key, receipt)
+        return receipt
+
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
-        while True:
-            with self._keys_lock:
-                hit = self._receipts.get(key)
-                if hit is not None:
-                    self._receipts.move_to_end(key)
-                    return replace(hit, duplicate=True)
-                waiting = self._inflight.get(key)
-                if waiting is None:
-                    done = self._inflight[key] = threading.Event()
-                    break
-            waiting.wait()  # another thread is writing this key; take its receipt
+        while (got := self._claim(key)) is not None:
+            if isinstance(got, Receipt):
+                return got
+            got.wait()  # another thread is writing this key; then take its receipt
         try:
-            found = self.storage.find_by_idempotency_key(key)  # keys evicted from the cache
-            if found is not None:
-                receipt = self._receipt(found, found.status)
-                self._remember(key, receipt)
-                return replace(receipt, duplicate=True)
+            known = self._logged(key)
+            if known is not None:
+                return known
             receipt = self._write_new(entry)
             self._remember(key, receipt)
             return receipt
         finally:
-            with self._keys_lock:
-                del self._inflight[key]
-            done.set()
+            self._release(key)
 
     def write_deferred(
         self, calls: list[tuple[str | OperationType, dict[str, Any], str | None]]
@@ -239,27 +247,21 @@ class WALManager:
         """
         entries = [WALEntry.create(op, (), kw, key) for op, kw, key in calls]
         keys = sorted({e.idempotency_key for e in entries if e.has_explicit_key})
-        claimed: dict[str, threading.Event] = {}
+        claimed: list[str] = []
         known: dict[str, Receipt] = {}
         try:
             for key in keys:  # sorted: two batches never wait on each other in a cycle
-                while True:
-                    with self._keys_lock:
-                        hit = self._receipts.get(key)
-                        if hit is not None:
-                            self._receipts.move_to_end(key)
-                            known[key] = replace(hit, duplicate=True)
-                            break
-                        waiting = self._inflight.get(key)
-                        if waiting is None:
-                            claimed[key] = self._inflight[key] = threading.Event()
-                            break
-                    waiting.wait()  # another thread is writing this key; then its receipt
+                while (got := self._claim(key)) is not None:
+                    if isinstance(got, Receipt):
+                        known[key] = got
+                        break
+                    got.wait()  # another thread is writing this key; then its receipt
+                else:
+                    claimed.append(key)
             for key in claimed:
-                found = self.storage.find_by_idempotency_key(key)  # evicted from the cache
-                if found is not None:
-                    known[key] = replace(self._receipt(found, found.status), duplicate=True)
-                    self._remember(key, known[key])
+                logged = self._logged(key)
+                if logged is not None:
+                    known[key] = logged
             fresh: list[WALEntry] = []
             fresh_keys: set[str] = set()
             for e in entries:
@@ -291,11 +293,8 @@ class WALManager:
                 for e in entries
             ]
         finally:
-            with self._keys_lock:
-                for key in claimed:
-                    del self._inflight[key]
-            for done in claimed.values():
-                done.set()
+            for key in claimed:
+                self._release(key)
 
     def _remember(self, key: str, receipt: Receipt) -> None:
         with self._keys_lock:

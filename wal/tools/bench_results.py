@@ -140,6 +140,15 @@ class DiskBenchResult:
             "recommendation": self.recommendation(),
         }
 
+    def best_concurrent(self) -> Measurement | None:
+        """The faster of the 8- and 64-writer durable append rows (None if neither ran)."""
+        best: Measurement | None = None
+        for k in (8, 64):
+            m = self.get(f"wal_always_{k}")
+            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
+                best = m
+        return best
+
     def advice(self) -> str:
         """A plain sentence: the cost of an fsync per trade, and what group commit gives."""
         parts: list[str] = []
@@ -156,11 +165,7 @@ class DiskBenchResult:
                     f"{raw.per_s:,.0f}/s"
                 )
             parts.append(s + ")")
-        best: Measurement | None = None
-        for k in (8, 64):
-            m = self.get(f"wal_always_{k}")
-            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
-                best = m
+        best = self.best_concurrent()
         if best is not None and best.per_s:
             parts.append(
                 f"with {best.threads} concurrent writers group commit gives "
@@ -194,11 +199,7 @@ class DiskBenchResult:
                 f"is on disk before the call returns; p50 {one.p50_us:,.0f} µs{p99} per trade, "
                 f"up to {one.per_s:,.0f} trades/s from one thread{vs}."
             )
-        best: Measurement | None = None
-        for k in (8, 64):
-            m = self.get(f"wal_always_{k}")
-            if m is not None and m.per_s and (best is None or m.per_s > (best.per_s or 0)):
-                best = m
+        best = self.best_concurrent()
         if best is not None and best.per_s:
             out.append(
                 f"Several threads or coroutines trading at once share one fsync (group "
