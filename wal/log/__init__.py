@@ -12,6 +12,8 @@ Modules, bottom to top:
 * ``lock``: one writer per log (``flock`` on ``LOCK``).
 * ``options``: ``StorageOptions`` (fsync mode, segment size, recovery mode).
 * ``report``: ``RecoveryReport``, what an open found and did.
+* ``manifest``: ``MANIFEST``, the first LSN the log still owes (a lost front is detected).
+* ``validate``: the contents of a checksummed record checked at recovery.
 * ``index``: ``LogIndex``, the per-LSN arrays, the id Bloom filter, explicit keys, counts.
 * ``fastindex``: recovery's fast path over the records our writers lay out.
 * ``reading``: ``LogReader``, entries read back from disk by LSN.
@@ -21,6 +23,7 @@ Modules, bottom to top:
 * ``segwriter``: ``SegmentWriter``, the active segment: written a batch at a time, rotated.
 * ``groupcommit``: ``GroupCommit``, one write and one fdatasync per group; poisoning, ``sync``.
 * ``writing``: ``LogWriter``, appends from threads and status records.
+* ``waiters``: ``AsyncWaiters``, how a flush thread wakes coroutines on their own loops.
 * ``asyncappend``: ``AsyncAppender``, ``append_async`` through one flush thread.
 * ``storage``: ``WALStorage``, opening (lock, recovery), compaction, stats, closing, fork safety.
 * ``verify``, ``repair``: a read-only full scan; explicit salvage with a backup.
