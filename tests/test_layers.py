@@ -208,3 +208,13 @@ def test_subpackages_say_what_they_own_and_may_import() -> None:
         if path.name == "__init__.py" and module.count(".") == 1 and module.startswith("wal."):
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
             assert "Layer rule" in doc, f"{module}: the package docstring states its layer rule"
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [
+        module
+        for module, path in MODULES.items()
+        if module.startswith("wal.") and path.name != "__init__.py" and path.name not in page
+    ]
+    assert not missing, f"docs/architecture.md's tree lacks: {missing}"
