@@ -8,6 +8,10 @@ still made, in the same order, just without the 1-2-4 s waits).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
@@ -91,3 +95,25 @@ def journal_positions(ddb: DurableDatabaseManager) -> dict[str, Decimal]:
 
 def broker_positions(positions: list[Any]) -> dict[str, Decimal]:
     return {p.symbol: p.quantity for p in positions if p.quantity != 0}
+
+
+def run_order_child(
+    child: Path, args: list[str], crash: str | None = None, kill_after: int | None = None
+) -> tuple[int, list[str]]:
+    """Run ``child`` (a trading process) with ``args``; arm ``WAL_CRASH_POINT=crash``; SIGKILL
+    it once it has printed more than ``kill_after`` ``ack`` lines. (exit code, its lines)."""
+    env = {k: v for k, v in os.environ.items() if k != "WAL_CRASH_POINT"}
+    if crash:
+        env["WAL_CRASH_POINT"] = crash
+    proc = subprocess.Popen(
+        [sys.executable, str(child), *args], stdout=subprocess.PIPE, env=env, cwd=child.parent
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for raw in proc.stdout:
+        lines.append(raw.decode().rstrip("\n"))
+        if kill_after is not None and sum(x.startswith("ack ") for x in lines) > kill_after:
+            proc.send_signal(signal.SIGKILL)  # a real SIGKILL, mid-run
+            break
+    proc.stdout.close()
+    return proc.wait(60), lines

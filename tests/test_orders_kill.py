@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from orders_helpers import run_order_child
 
 from wal.crashpoints import POINTS
 from wal.db import DatabaseManager
@@ -118,21 +119,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerPro
 def run_child(
     args: list[str], crash: str | None = None, kill_after: int | None = None
 ) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if k != "WAL_CRASH_POINT"}
-    if crash:
-        env["WAL_CRASH_POINT"] = crash
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, env=env, cwd=HERE
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for raw in proc.stdout:
-        lines.append(raw.decode().rstrip("\n"))
-        if kill_after is not None and sum(x.startswith("ack ") for x in lines) > kill_after:
-            proc.send_signal(signal.SIGKILL)  # a real SIGKILL, mid-run
-            break
-    proc.stdout.close()
-    return proc.wait(60), lines
+    return run_order_child(CHILD, args, crash, kill_after)
 
 
 def check_books(broker: BrokerProcess, url: str, wal_dir: Path, acked: set[str]) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from orders_helpers import run_order_child
 from paper_process import PaperProcess
 
 from wal.crashpoints import POINTS
@@ -64,21 +63,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PaperProc
 def run_child(
     args: list[str], crash: str | None = None, kill_after: int | None = None
 ) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if k != "WAL_CRASH_POINT"}
-    if crash:
-        env["WAL_CRASH_POINT"] = crash
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, env=env, cwd=HERE
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for raw in proc.stdout:
-        lines.append(raw.decode().rstrip("\n"))
-        if kill_after is not None and sum(x.startswith("ack ") for x in lines) > kill_after:
-            proc.send_signal(signal.SIGKILL)  # a real SIGKILL, mid-run
-            break
-    proc.stdout.close()
-    return proc.wait(60), lines
+    return run_order_child(CHILD, args, crash, kill_after)
 
 
 def restart_and_reconcile(args: list[str]) -> list[str]:

@@ -76,6 +76,21 @@ __all__ = [
 ]
 
 
+def _event_row(
+    cid: str, seq: int, kind: object, state: object, at: object, bid: object, detail: object
+) -> dict[str, Any]:
+    """An ``order_events`` row (kind and state checked), before its audit fields."""
+    return {
+        "client_order_id": cid,
+        "seq": seq,
+        "kind": valid_text(kind, "kind", 24),
+        "state": valid_text(state, "state", 24),
+        "at": at,
+        "broker_order_id": bid,
+        "detail": detail,
+    }
+
+
 def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any]) -> None:
     """Insert an event row with its chain fields: the journal's, or the head's next."""
     seq = audit.get("audit_seq")
@@ -181,15 +196,7 @@ def op_record_order_event(
     bid = valid_opt_id(broker_order_id, "broker_order_id")
     _insert_event(
         conn,
-        {
-            "client_order_id": cid,
-            "seq": n,
-            "kind": valid_text(kind, "kind", 24),
-            "state": valid_text(state, "state", 24),
-            "at": when,
-            "broker_order_id": bid,
-            "detail": reason,
-        },
+        _event_row(cid, n, kind, state, when, bid, reason),
         {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
     )
     values: dict[str, Any] = {"state": state, "last_seq": n, "updated_at": when}
@@ -258,15 +265,7 @@ def op_record_order_fill(
     conn.execute(sa.insert(fills), row)
     _insert_event(
         conn,
-        {
-            "client_order_id": cid,
-            "seq": n,
-            "kind": valid_text(kind, "kind", 24),
-            "state": valid_text(state, "state", 24),
-            "at": when,
-            "broker_order_id": row["broker_order_id"],
-            "detail": row["execution_id"],
-        },
+        _event_row(cid, n, kind, state, when, row["broker_order_id"], row["execution_id"]),
         {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
     )
     values: dict[str, Any] = {
