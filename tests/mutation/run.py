@@ -48,17 +48,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------- the named tests
 
-PL = "tests/test_crash_powerloss.py::"
+PL = "tests/log/test_crash_powerloss.py::"
 EVERY_OP = PL + "test_power_loss_at_every_operation_loses_nothing_acknowledged"
 ONLY_COVER = PL + "test_power_loss_where_one_durability_step_is_the_only_cover"
 NAMES = PL + "test_no_name_reaches_the_disk_before_its_data"
-GC = "tests/test_crash_group_commit.py::"
-SYS = "tests/test_syscalls.py::"
-IOE = "tests/test_io_errors.py::"
-COR = "tests/test_corruption.py::"
-DDB = "tests/test_durable_db.py::"
+GC = "tests/log/test_crash_group_commit.py::"
+SYS = "tests/log/test_syscalls.py::"
+IOE = "tests/log/test_io_errors.py::"
+COR = "tests/log/test_corruption.py::"
+DDB = "tests/sync/test_durable_db.py::"
 PRE = PL + "test_power_loss_while_appending_into_preallocated_space"
-PTEST = "tests/test_prealloc.py::"
+PTEST = "tests/log/test_prealloc.py::"
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
         "            pass\n",
         (
-            "tests/test_hardening.py::test_a_deleted_lock_lets_no_second_writer_in_and_halts_the_first",
+            "tests/log/test_hardening.py::test_a_deleted_lock_lets_no_second_writer_in_and_halts_the_first",
         ),
     ),
     Mutation(
@@ -190,7 +190,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        while not self._stop_syncer.wait(interval):\n"
         "            try:\n"
         "                pass\n",
-        ("tests/test_storage.py::test_interval_mode_syncs_in_the_background_and_on_close",),
+        ("tests/log/test_storage.py::test_interval_mode_syncs_in_the_background_and_on_close",),
         "interval mode",
     ),
     Mutation(
@@ -341,7 +341,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "compaction drops only COMPLETED entries; every unfinished one stays",
         "        if code == CODE_COMPLETED and old and lsn not in protected:\n",
         "        if old and lsn not in protected:\n",
-        ("tests/test_storage.py::test_compaction_folds_statuses_and_keeps_unfinished",),
+        ("tests/log/test_storage.py::test_compaction_folds_statuses_and_keeps_unfinished",),
         "compaction",
     ),
     # ------------------------------------------------------------------ recovery
@@ -406,7 +406,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every record's checksum is verified over its exact bytes (slow path)",
         "    if int(head, 16) != xxhash.xxh3_64_intdigest(payload):\n",
         "    if False:\n",
-        ("tests/test_record.py::test_flip_inside_a_number_that_still_parses",),
+        ("tests/log/test_record.py::test_flip_inside_a_number_that_still_parses",),
         "recovery",
     ),
     Mutation(
@@ -521,7 +521,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "SQLite runs with synchronous=FULL (NORMAL may roll back a commit on power loss)",
         '            cur.execute("PRAGMA synchronous=FULL")\n',
         '            cur.execute("PRAGMA synchronous=NORMAL")\n',
-        ("tests/test_database.py::test_sqlite_pragmas_and_file_modes",),
+        ("tests/db/test_database.py::test_sqlite_pragmas_and_file_modes",),
         "database",
     ),
     Mutation(
@@ -531,7 +531,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            self.storage.update_statuses(changes, durable=durable)\n",
         "            self.storage.update_statuses(changes, durable=False)\n",
         (
-            "tests/test_manager.py::test_completed_marks_need_their_own_fsync_only_without_the_ledger",
+            "tests/sync/test_manager.py::test_completed_marks_need_their_own_fsync_only_without_the_ledger",
         ),
         "database",
     ),
@@ -542,7 +542,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                _insert_ledger(conn, todo)\n",
         "                pass\n",
         (
-            "tests/test_ambiguous_commit.py::test_a_batch_replayed_after_a_lost_commit_equals_the_model",
+            "tests/db/test_ambiguous_commit.py::test_a_batch_replayed_after_a_lost_commit_equals_the_model",
         ),
         "database",
     ),
@@ -591,7 +591,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                self._unsure[eff.entry_id] = eff\n",
         "                pass\n",
         (
-            "tests/test_overlay_after_crash.py::"
+            "tests/sync/test_overlay_after_crash.py::"
             "test_a_committed_but_unmarked_deposit_is_counted_once_after_a_crash",
         ),
         "reads",
@@ -603,7 +603,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                value -= sum((d for eid, d in mine.items() if eid in applied), _ZERO)\n",
         "                pass\n",
         (
-            "tests/test_overlay_after_crash.py::"
+            "tests/sync/test_overlay_after_crash.py::"
             "test_a_committed_but_unmarked_deposit_is_counted_once_after_a_crash",
         ),
         "reads",

@@ -36,7 +36,7 @@ from wal.log.storage import WALStorage
 from wal.orders import Fault, FaultPlan, verify_audit
 from wal.orders.journal import read_journal
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "support"
 CHILD = HERE / "orders_recon_child.py"
 ORDER_POINTS = sorted(p for p in POINTS if p.startswith("order."))
 STRESS = bool(os.environ.get("WAL_STRESS"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from wal import WALEntry, WALEntryStatus, WALStorage
 from wal.tools.bench import DiskBenchResult, drain_rows, make_trade, run_disk_bench
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every row run_all.py prints (its ROW_NAMES); a renamed or lost row must fail here.
 ALL_ROWS = [

@@ -44,7 +44,7 @@ from wal import WALStorage
 from wal.codec import encode_value
 from wal.crashpoints import POINTS
 
-CHILD = Path(__file__).with_name("walwriter_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "support" / "walwriter_child.py"
 SEED = int(os.environ.get("WAL_SIGKILL_SEED", "20261121"))
 STORAGE_POINTS = sorted(p for p in POINTS if "." not in p)  # manager.* points: test_manager
 KILLS = int(os.environ.get("WAL_SIGKILL_KILLS", "1500" if os.environ.get("WAL_STRESS") else "400"))

@@ -184,7 +184,7 @@ def test_status_help_documents_every_json_field() -> None:
     text = invoke(["wal", "status", "--help"]).output
     for field in STATUS_FIELDS:
         assert field in text, field
-    docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
     page = docs.read_text()
     assert "## Stable JSON output" in page
     for field in STATUS_FIELDS:

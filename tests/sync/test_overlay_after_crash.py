@@ -23,7 +23,7 @@ from wal import WALEntryStatus
 from wal.db import DatabaseManager
 from wal.sync.durable import DurableDatabaseManager
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1] / "support"
 CRASH_POINT = "manager.after_apply_before_status"
 
 PROCESS_A = """

@@ -11,7 +11,7 @@ A crash here is in-process: the ``OrderManager`` and the ``DurableDatabaseManage
 dropped with everything they held in memory (the task dies at the crash point), the log and
 the database are closed and opened again, and a new manager's ``start()`` recovers; the
 paper broker, a process of its own in real life, keeps its state. (Real SIGKILLs, with the
-broker in its own process, are ``test_orders_kill.py``.) Real parts only: a log directory,
+broker in its own process, are ``tests/orders/test_kill.py``.) Real parts only: a log directory,
 SQLite (PostgreSQL in the second test), the paper broker.
 
 After every recovery:

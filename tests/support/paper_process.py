@@ -46,7 +46,7 @@ class PaperProcess:
                 "--tick", str(tick),
             ],
             stdout=subprocess.PIPE,
-            cwd=HERE.parent,
+            cwd=HERE.parents[1],
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

@@ -39,7 +39,7 @@ from wal.log.storage import WALStorage
 from wal.orders import Fault, FaultPlan
 from wal.orders.journal import read_journal
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "support"
 CHILD = HERE / "orders_child.py"
 ORDER_POINTS = sorted(p for p in POINTS if p.startswith("order."))
 STRESS = bool(os.environ.get("WAL_STRESS"))
@@ -78,7 +78,7 @@ class BrokerProcess:
                 str(SEED),
             ],
             stdout=subprocess.PIPE,
-            cwd=HERE.parent,
+            cwd=HERE.parents[1],
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

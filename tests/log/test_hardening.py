@@ -485,7 +485,7 @@ def test_read_descriptors_are_bounded_and_emfile_has_its_own_message(tmp_path: P
             print("ERR", exc)
         """
     )
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1] / "support"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), *sys.path])}
     r = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "log")],

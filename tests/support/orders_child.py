@@ -1,6 +1,6 @@
-"""The trading engine of ``test_orders_kill.py``: orders through a paper broker process.
+"""The trading engine of ``tests/orders/test_kill.py``: orders through a paper broker process.
 
-    python tests/orders_child.py DB_URL WAL_DIR BROKER_URL SEED N
+    python tests/support/orders_child.py DB_URL WAL_DIR BROKER_URL SEED N
 
 Opens the durable database on the log in WAL_DIR, an ``OrderManager`` on the paper broker at
 BROKER_URL (``HttpBroker``, 0.2 s socket timeout, zero backoff), runs ``start()`` (recovery of

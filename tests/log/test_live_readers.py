@@ -118,7 +118,7 @@ def test_read_only_opens_against_a_writer_appending_rotating_compacting(tmp_path
     open never reports corruption of this healthy, busy log; status never exits 2."""
     d = tmp_path / "log"
     side = tmp_path / "acked.txt"
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1] / "support"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), *sys.path])}
     child = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(d), str(side)],

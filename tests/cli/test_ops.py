@@ -35,7 +35,7 @@ from wal.sync.manager import WALManager
 BIN = Path(sys.executable).parent
 ATB = shutil.which("atb", path=str(BIN))
 ATB_CMD = [ATB] if ATB else [sys.executable, "-m", "cli.main"]
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture(autouse=True)
@@ -554,7 +554,7 @@ def _run_on_a_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
         stderr=follower,
         stdin=subprocess.DEVNULL,
         env=env,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     os.close(follower)
     chunks: list[bytes] = []
@@ -587,7 +587,7 @@ def test_sync_shows_progress_on_a_terminal_and_nothing_extra_when_piped(tmp_path
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     assert piped.returncode == 0, piped.stderr
     assert orjson.loads(piped.stdout)["applied"] == 5  # one JSON document, no bar
@@ -613,7 +613,7 @@ def test_compact_shows_progress_on_a_terminal_and_nothing_extra_when_piped(
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     assert piped.returncode == 0, piped.stderr
     assert "bytes_before" in orjson.loads(piped.stdout)

@@ -11,7 +11,7 @@ The tests of ``WALManager`` and ``DurableDatabaseManager`` against real database
 
 Run as a program it is the trading process of ``test_trading_crash.py``::
 
-    python tests/trading_child.py DB_URL WAL_DIR SEED N START
+    python tests/support/trading_child.py DB_URL WAL_DIR SEED N START
 
 It opens a ``DurableDatabaseManager`` on the log in ``WAL_DIR``, replays what a killed
 predecessor left pending, prints ``ready APPLIED DUPLICATES`` (the replay's counts),

@@ -1,6 +1,6 @@
-"""The engine of ``test_orders_reconcile_kill.py``: reconcile at start, then trade.
+"""The engine of ``tests/orders/test_reconcile_kill.py``: reconcile at start, then trade.
 
-    python tests/orders_recon_child.py DB_URL WAL_DIR BROKER_URL SEED N [--twice]
+    python tests/support/orders_recon_child.py DB_URL WAL_DIR BROKER_URL SEED N [--twice]
 
 Opens the durable database on the log in WAL_DIR and an ``OrderManager`` on the paper broker
 at BROKER_URL (``HttpBroker``, 0.3 s socket timeout, zero backoff); a ``StartupReconciler``

@@ -35,7 +35,7 @@ from trading_child import Model, db_state, ledger_count, make_plan
 from wal import WALEntryStatus, WALStorage
 from wal.db import DatabaseManager
 
-CHILD = Path(__file__).with_name("trading_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "support" / "trading_child.py"
 CRASH_POINT = "manager.after_apply_before_status"
 LINE_TIMEOUT = 60.0
 

@@ -10,7 +10,7 @@ The database comes back while trading goes on; the log drains; then the database
 model: every trade once, every balance change once (the list of deltas, in order), the
 balance exact, positions exact, and one ``wal_applied`` ledger row per log entry.
 
-Run with ``pytest -s tests/test_outage.py`` to see the figures (also in the junit report).
+Run with ``pytest -s tests/sync/test_outage.py`` to see the figures (also in the junit report).
 """
 
 from __future__ import annotations
