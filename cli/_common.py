@@ -18,10 +18,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from wal.config import WALConfig
-from wal.errors import WALConfigError, WALError, WALLockedError
+from wal.db.classify import describe_error
+from wal.errors import WALConfigError, WALDatabaseError, WALError, WALLockedError
 from wal.log.lock import LOCK_NAME, read_owner_pid
+from wal.log.manifest import MANIFEST_NAME
+from wal.log.segment import SEGMENT_SUFFIX
 
 __all__ = [
     "AtbError",
@@ -44,7 +48,9 @@ R = TypeVar("R")
 # Exit codes shared by the commands (documented in docs/cli.md).
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # the command ran and found a problem (unhealthy log, defects, failed sync)
-EXIT_UNREADABLE = 2  # the log could not be read at all (corrupt, missing)
+EXIT_UNREADABLE = 2  # the log could not be read at all (corrupt, missing), or a usage error
+EXIT_UNCHECKED = 3  # could not check: the database or the broker did not answer
+EXIT_ENGINE = 4  # `atb wal status`: the engine is not running while entries are pending
 
 
 class AtbError(click.ClickException):
@@ -71,6 +77,12 @@ class WalContext:
         if self._config is None:
             overrides: dict[str, Any] = {}
             if self.directory is not None:
+                if self.directory.exists() and not self.directory.is_dir():
+                    raise AtbError(
+                        f"--dir {self.directory} is a file, not a log directory, so it holds "
+                        "no log (pass the directory the engine writes its log in)",
+                        EXIT_UNREADABLE,
+                    )
                 overrides["directory"] = self.directory
             if self.database_url is not None:
                 overrides["database_url"] = self.database_url
@@ -104,8 +116,13 @@ def wal_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 return fn(*args, **kwargs)
             except click.ClickException:
                 raise
+            except WALDatabaseError as exc:
+                code = EXIT_UNCHECKED if exc.transient else EXIT_PROBLEM
+                raise AtbError(str(exc), code) from None
             except WALError as exc:
                 raise AtbError(str(exc)) from None
+            except SQLAlchemyError as exc:  # the database failed under a library call
+                raise AtbError(f"database error: {describe_error(exc)}", EXIT_UNCHECKED) from None
             except OSError as exc:
                 text = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
                 raise AtbError(text) from None
@@ -139,13 +156,30 @@ def echo_error_json(message: str, exit_code: int) -> None:
     )
 
 
-def require_log_dir(config: WALConfig) -> Path:
-    """The log directory; no command creates an empty log by accident.
+def has_log(directory: Path) -> bool:
+    """Whether ``directory`` holds a log: a segment file or the manifest. An empty directory
+    (a typo in ``--dir``, a fresh mount) holds none, and no command starts one there."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    return any(n.endswith(SEGMENT_SUFFIX) or n == MANIFEST_NAME for n in names)
 
-    Raises (exit 2) naming the path: missing, or not a directory.
+
+def require_log_dir(config: WALConfig) -> Path:
+    """The log directory; no command creates a log by accident.
+
+    Raises (exit 2) naming the path: missing, not a directory, or a directory without a log.
     """
     d = config.directory
     if d.is_dir():
+        if not has_log(d):
+            raise AtbError(
+                f"no log at {d}: the directory holds no log segments (set WAL_DIR or pass "
+                "--dir to point at the log; a trading process creates it on first start). "
+                "Nothing was created",
+                EXIT_UNREADABLE,
+            )
         return d
     if d.exists():
         raise AtbError(

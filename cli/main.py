@@ -17,6 +17,7 @@ import click
 
 from cli.commands.demo import demo
 from cli.commands.orders import orders
+from cli.commands.orders_act import cancel_cmd, flatten_cmd, halt_cmd, reconcile_cmd, resume_cmd
 from cli.commands.paper_broker import paper_broker
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
@@ -53,6 +54,8 @@ atb.add_command(wal)
 atb.add_command(demo)
 atb.add_command(orders)
 atb.add_command(paper_broker)
+for _command in (reconcile_cmd, cancel_cmd, flatten_cmd, halt_cmd, resume_cmd):
+    orders.add_command(_command)
 for _command in (
     status,
     sync,

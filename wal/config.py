@@ -248,9 +248,9 @@ class _Spec:
 
     def parse(self, name: str, raw: str) -> Any:
         text = raw.strip()
+        if not text:  # "unset" is never spelled as an empty value: a broken template is
+            raise WALConfigError(name, raw, f"a value, not an empty one: {self.accepted}")
         try:
-            if not text:
-                raise ValueError("empty")
             value = self.parse_raw(text)
             return self.check(name, value)
         except (ValueError, TypeError, OverflowError):  # WALConfigError is a ValueError too
@@ -323,7 +323,7 @@ _SPECS: dict[str, _Spec] = {
         "WAL_DIR",
         Path,
         lambda v: isinstance(v, Path) and (v.is_dir() or not v.exists()),
-        "a directory path (this path exists and is not a directory)",
+        "the path of a directory (not a file)",
     ),
     "sync_interval": _num_spec("WAL_SYNC_INTERVAL"),
     "max_retries": _int_spec("WAL_MAX_RETRIES", 1),

@@ -43,8 +43,9 @@ def trade(rig: Rig, n: int = 3, reason: str | None = None) -> str:
     return run(go())
 
 
-def verify_cli(url: str) -> tuple[int, str]:
-    r = CliRunner().invoke(atb, ["orders", "--database-url", url, "verify"])
+def verify_cli(url: str, tmp_path: Path) -> tuple[int, str]:
+    wal_dir = str(tmp_path / "wal")  # the rig's log: `atb orders` never reads without one
+    r = CliRunner().invoke(atb, ["orders", "--dir", wal_dir, "--database-url", url, "verify"])
     return r.exit_code, r.output
 
 
@@ -71,7 +72,7 @@ def test_the_chain_links_every_event_and_verifies(db_url: str, tmp_path: Path) -
         assert report.ok and report.events == 12 and report.last_confirmed_anchor == 12
     finally:
         rig.close()
-    code, out = verify_cli(db_url)
+    code, out = verify_cli(db_url, tmp_path)
     assert code == 0 and "intact" in out, out
 
 
@@ -155,7 +156,7 @@ def test_a_flipped_byte_in_the_sqlite_file_is_named_by_seq(tmp_path: Path) -> No
         db.dispose()
     assert not report.ok and report.first_broken_seq == target
     assert report.message.startswith(f"first broken link at seq {target} (expected hash ")
-    code, out = verify_cli(f"sqlite:///{db_file}")
+    code, out = verify_cli(f"sqlite:///{db_file}", tmp_path)
     assert code == 1 and f"first broken link at seq {target} (expected" in out and "found" in out
 
 
@@ -172,7 +173,7 @@ def test_rows_deleted_from_the_end_are_detected(tmp_path: Path) -> None:
             con.execute(f"DROP TRIGGER {name}")
         con.execute("DELETE FROM order_events WHERE audit_seq > 9")
     con.close()
-    code, out = verify_cli(f"sqlite:///{db_file}")
+    code, out = verify_cli(f"sqlite:///{db_file}", tmp_path)
     assert code == 1, out
     assert "anchor at seq 12" in out and "deleted from the end" in out
 
@@ -197,5 +198,5 @@ def test_a_changed_row_on_postgresql_is_named_by_seq(pg_db: str, tmp_path: Path)
         assert any("deleted from the end" in p for p in report.problems), report
     finally:
         rig.close()
-    code, out = verify_cli(pg_db)
+    code, out = verify_cli(pg_db, tmp_path)
     assert code == 1 and "first broken link at seq 6" in out

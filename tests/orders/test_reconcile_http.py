@@ -127,11 +127,11 @@ def test_atb_orders_reconcile_and_status(tmp_path: Path, paper: PaperProcess) ->
     assert dry["dry_run"] and dry["emergency_stops_placed"] == 1 and paper.writes() == writes
     code, out = cli(tmp_path, "reconcile", "--broker-url", paper.url)
     assert code == 0 and "emergency_stops_placed: 1" in " ".join(out.split()), out
-    code, out = cli(tmp_path, "status")
+    code, out = cli(tmp_path, "status", "--broker-url", paper.url)
     assert code == 0 and out.startswith("OK"), out
     code, out = cli(tmp_path, "reconcile", "--broker-url", paper.url, "--json")
     assert code == 0 and json.loads(out)["emergency_stops_placed"] == 0
     code, out = cli(tmp_path, "reconcile", "--broker-url", paper.url, "--emergency-stop-pct", "0.5")
-    assert code == 1 and "between 0.005 and 0.10" in out, out
+    assert code == 2 and "between 0.005 and 0.10" in out, out  # a usage error
     code, out = cli(tmp_path, "verify")
     assert code == 0 and "intact" in out

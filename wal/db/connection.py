@@ -33,10 +33,18 @@ class DatabaseConnection:
     ``DatabaseManager``."""
 
     def __init__(
-        self, url: str | None = None, *, echo: bool = False, timeout_ms: int | None = None
+        self,
+        url: str | None = None,
+        *,
+        echo: bool = False,
+        timeout_ms: int | None = None,
+        read_only: bool = False,
     ) -> None:
         given = url if url is not None else (os.environ.get("DATABASE_URL") or DEFAULT_URL)
         self.url: str = given
+        # read_only: a reader of a database as it is (`atb orders`): the schema and the id are
+        # never created, so a read never takes SQLite's write lock (BEGIN IMMEDIATE)
+        self.read_only = read_only
         self._timeouts = Timeouts(timeout_ms)
         self._engine, self._dialect_name = make_engine(given, echo=echo, timeouts=self._timeouts)
         self._schema_ready = False
@@ -81,7 +89,7 @@ class DatabaseConnection:
     # ------------------------------------------------------------------ plumbing
 
     def _ensure_schema(self) -> None:
-        if self._schema_ready:
+        if self._schema_ready or self.read_only:
             return
         with self._schema_lock:
             if self._schema_ready:
@@ -141,6 +149,11 @@ class DatabaseConnection:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         """A connection in a transaction: committed on exit, rolled back on an exception."""
+        if self.read_only:
+            raise WALDatabaseError(
+                f"database {self.safe_url} was opened read-only: nothing is written",
+                transient=False,
+            )
         self._ensure_schema()
         with self._engine.begin() as conn:
             yield conn

@@ -55,6 +55,7 @@ from wal.orders.fills import OrderFills
 from wal.orders.models import Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
 from wal.orders.validation import RiskView, check_risk, validate_intent
+from wal.sync.halt import RESUME, operator_halt
 
 __all__ = ["OrderManager", "RecoveryResult", "RetryPolicy"]
 
@@ -110,6 +111,8 @@ class OrderManager(OrderFills):
         """
         if not protective and self._halted is not None:
             raise TradingHalted(f"trading is halted: {self._halted}; nothing was sent")
+        if not protective and (halt := operator_halt(self.db)) is not None:  # `atb orders halt`
+            raise TradingHalted(f"trading is {halt.describe()}; nothing was sent", hint=RESUME)
         self._require_loaded()
         if protective:
             self._check_protective(intent)
