@@ -9,6 +9,9 @@ from typing import Any
 import click
 
 from cli._common import (
+    EXIT_ENGINE,
+    EXIT_PROBLEM,
+    EXIT_UNCHECKED,
     EXIT_UNREADABLE,
     AtbError,
     LockState,
@@ -24,6 +27,7 @@ from cli._common import (
 from wal.config import WALConfig, mask_url
 from wal.errors import WALCorruptionError, WALError
 from wal.log.storage import StorageStats, WALStorage
+from wal.sync.halt import read_halt
 
 DB_CHECK_TIMEOUT_S = 10.0
 MANAGER_STATUS_FILE = "manager-status.json"  # written by wal.sync.manager.WALManager
@@ -42,12 +46,15 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     <WAL_DIR>/manager-status.json; a view whose process is gone is labelled STALE.
     The last `atb wal sync` run is shown apart (last-cli-sync.json).
 
-    Exit code: 0 healthy; 1 when more entries are pending than
-    WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older than
-    WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a log
-    write failure, the last segment ends in a torn tail while no writer holds the
-    log, or the database is not the one the log records; 2 when the log cannot be
-    read (corrupt or missing).
+    Exit code (several problems: the highest code): 0 healthy; 1 when more entries
+    are pending than WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older
+    than WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a
+    log write failure, the last segment ends in a torn tail while no writer holds the
+    log, or the database is not the one the log records; 2 when there is no log or it
+    cannot be read (missing, empty, corrupt); 3 when the database is unreachable (also
+    a missing SQLite file) or the engine's circuit breaker is open; 4 when the engine
+    is not running while entries are pending (its published view is STALE, or no
+    process holds the log).
 
     \b
     --json prints one object with these stable fields (new fields may be added;
@@ -71,7 +78,10 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
                                   applied_per_second (a 60 s average),
                                   updated_at, age_seconds, ...
       last_cli_sync               the last `atb wal sync` result or null
-      health                      {exit_code, problems: [one line each]}
+      halted                      the operator's halt (`atb orders halt`): {reason,
+                                  at, by}, or null while trading is allowed
+      health                      {exit_code, problems: [one line each],
+                                  issues: [{exit_code, problem}]}
     When the log cannot be read: {directory, error, health} and exit code 2.
 
     \b
@@ -92,10 +102,14 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     manager = read_view(directory)
     if manager is not None and "pid_alive" in manager and lock.held is False:
         manager["stale"] = True  # no process holds the log: whoever published it is gone
+    if manager is not None and manager.get("stale"):
+        manager["running"] = False  # its last words said running; its process is gone
     cli_sync = read_view(directory, CLI_SYNC_FILE)
     database = _database(config, no_db)
     doc = _document(config, stats, lock, database, manager)
     doc["last_cli_sync"] = cli_sync
+    halt = read_halt(directory)
+    doc["halted"] = None if halt is None else halt.to_dict()
     if as_json:
         echo_json(doc)
     else:
@@ -225,7 +239,8 @@ def _document(
     pending = entries.get("pending", 0) + entries.get("syncing", 0)
     failed = entries.get("failed", 0)
     age = stats.oldest_pending_age_seconds
-    problems: list[str] = []
+    issues: list[tuple[int, str]] = []  # (exit code, one line): docs/cli.md's table
+    problems = _Problems(issues, EXIT_PROBLEM)
     if pending > config.pending_alert_threshold:
         problems.append(
             f"{pending} entries pending (alert threshold {config.pending_alert_threshold}): "
@@ -248,9 +263,35 @@ def _document(
     if database.get("matches_log") is False:
         problems.append(f"the configured database is not the log's: {database['error']}")
     problems.extend(stats.recovery.warnings)  # e.g. a suspect tail cut: never routine
-    if manager and manager.get("log_failed"):
-        problems.append(f"the trading process reported a log failure: {manager['log_failed']}")
     m = manager or {}
+    alive = not m.get("stale") and (
+        lock.held is True or (lock.held is None and lock.owner_alive is True)
+    )
+    if m.get("log_failed"):
+        problems.append(f"the trading process reported a log failure: {m['log_failed']}")
+    if database.get("reachable") is False and database.get("matches_log") is not False:
+        issues.append((EXIT_UNCHECKED, f"the database is unreachable: {database['error']}"))
+    if alive and manager and m.get("breaker_state") not in (None, "closed"):
+        issues.append(
+            (
+                EXIT_UNCHECKED,
+                f"the engine's circuit breaker is {m['breaker_state']}: it cannot write to the "
+                f"database (last error: {m.get('last_error') or '-'})",
+            )
+        )
+    if pending and not alive:
+        who = (
+            f"process {m.get('pid')} that published manager-status.json is gone"
+            if m.get("stale")
+            else "no process holds the log"
+        )
+        issues.append(
+            (
+                EXIT_ENGINE,
+                f"the engine is not running ({who}) while {pending} entries are pending: "
+                "start it, or apply them with `atb wal sync`",
+            )
+        )
     p50 = stats.fsync_p50_us if stats.fsync_p50_us is not None else m.get("fsync_p50_us")
     p99 = stats.fsync_p99_us if stats.fsync_p99_us is not None else m.get("fsync_p99_us")
     return {
@@ -266,8 +307,27 @@ def _document(
         "lock": lock.to_dict(),
         "database": database,
         "manager": manager,
-        "health": {"exit_code": 1 if problems else 0, "problems": problems},
+        "health": {
+            "exit_code": max((c for c, _ in issues), default=0),
+            "problems": [text for _, text in issues],
+            "issues": [{"exit_code": c, "problem": text} for c, text in issues],
+        },
     }
+
+
+class _Problems:
+    """``append``/``extend`` one-line problems with one exit code into ``issues``."""
+
+    def __init__(self, issues: list[tuple[int, str]], code: int) -> None:
+        self._issues = issues
+        self._code = code
+
+    def append(self, text: str) -> None:
+        self._issues.append((self._code, text))
+
+    def extend(self, texts: Any) -> None:
+        for t in texts:
+            self.append(str(t))
 
 
 def _print_table(doc: dict[str, Any], config: WALConfig) -> None:
@@ -292,6 +352,10 @@ def _print_table(doc: dict[str, Any], config: WALConfig) -> None:
     ]
     if doc.get("last_cli_sync"):
         rows.append(("cli sync", _cli_sync(doc["last_cli_sync"])))
+    h = doc.get("halted")
+    rows.append(
+        ("trading", "allowed" if h is None else f"HALTED by {h['by']} at {h['at']}: {h['reason']}")
+    )
     problems = doc["health"]["problems"]
     rows.append(("health", "OK" if not problems else "PROBLEM: " + "; ".join(problems)))
     width = max(len(k) for k, _ in rows)

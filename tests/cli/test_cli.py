@@ -42,6 +42,7 @@ STATUS_FIELDS = {
     "lock",
     "database",
     "manager",
+    "halted",
     "last_cli_sync",
     "health",
 }
@@ -239,6 +240,14 @@ def test_help_works_even_with_a_bad_variable() -> None:
 
 def test_status_healthy(tmp_path: Path) -> None:
     make_log(tmp_path / "wal", n=2)
+    engine = WALStorage(tmp_path / "wal")  # a running engine holds the log: healthy
+    try:
+        _healthy(tmp_path)
+    finally:
+        engine.close()
+
+
+def _healthy(tmp_path: Path) -> None:
     r = invoke(["wal", "--dir", "wal", "status", "--json", "--no-db"])
     assert r.exit_code == 0, r.output
     doc = orjson.loads(r.stdout)
@@ -246,7 +255,7 @@ def test_status_healthy(tmp_path: Path) -> None:
     assert doc["entries"] == {"pending": 2, "syncing": 0, "completed": 0, "failed": 0}
     assert doc["pending"] == 2 and doc["next_lsn"] == 3 and doc["segments"] == 1
     assert doc["oldest_pending_age_seconds"] >= 0
-    assert doc["health"] == {"exit_code": 0, "problems": []}
+    assert doc["health"] == {"exit_code": 0, "problems": [], "issues": []}
     assert doc["database"] == {
         "url": "sqlite:///data/atb.db",
         "reachable": None,
@@ -256,7 +265,7 @@ def test_status_healthy(tmp_path: Path) -> None:
         "log_database": None,
         "matches_log": None,
     }
-    assert doc["lock"] == {"owner_pid": os.getpid(), "owner_alive": True, "held": False}
+    assert doc["lock"] == {"owner_pid": os.getpid(), "owner_alive": True, "held": True}
     assert doc["manager"] is None
     assert doc["recovery"]["defects"] == []
     table = invoke(["wal", "--dir", "wal", "status", "--no-db"])
@@ -276,7 +285,8 @@ def test_status_exit_1_when_the_database_is_behind(
     tmp_path: Path, env: dict[str, str], problem: str
 ) -> None:
     make_log(tmp_path / "wal", n=3)
-    r = invoke(["wal", "--dir", "wal", "status", "--json", "--no-db"], env=env)
+    with WALStorage(tmp_path / "wal"):  # the engine runs: only the threshold is a problem
+        r = invoke(["wal", "--dir", "wal", "status", "--json", "--no-db"], env=env)
     assert r.exit_code == 1
     doc = orjson.loads(r.stdout)
     assert doc["health"]["exit_code"] == 1
@@ -288,7 +298,7 @@ def test_status_exit_1_with_a_failed_entry(tmp_path: Path) -> None:
     e = make_log(d, n=2)
     with WALStorage(d) as log:
         log.update_status(e[0], WALEntryStatus.FAILED, "constraint violated")
-    r = invoke(["wal", "--dir", str(d), "status", "--no-db"])
+        r = invoke(["wal", "--dir", str(d), "status", "--no-db"])  # while the engine runs
     assert r.exit_code == 1
     assert "PROBLEM: 1 FAILED entry: see" in r.output
 
@@ -314,11 +324,20 @@ def test_status_exit_2_when_there_is_no_log(tmp_path: Path) -> None:
 
 
 def test_status_database_check(tmp_path: Path) -> None:
+    make_log(tmp_path / "wal", n=1)
+    engine = WALStorage(tmp_path / "wal")  # the engine runs: only the database is checked
+    try:
+        _database_check(tmp_path)
+    finally:
+        engine.close()
+
+
+def _database_check(tmp_path: Path) -> None:
     from wal.db import DatabaseManager
 
-    make_log(tmp_path / "wal", n=1)
-    # a missing SQLite file is unreachable, and checking does not create it
+    # a missing SQLite file is unreachable (exit 3), and checking does not create it
     r = invoke(["wal", "--dir", "wal", "status", "--json"])
+    assert r.exit_code == 3, r.output
     db = orjson.loads(r.stdout)["database"]
     assert db["reachable"] is False and "does not exist" in db["error"]
     assert not (tmp_path / "data").exists()
@@ -326,6 +345,7 @@ def test_status_database_check(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'atb.db'}"
     DatabaseManager(url).dispose()
     r = invoke(["wal", "--dir", "wal", "--database-url", url, "status", "--json"])
+    assert r.exit_code == 0, r.output
     db = orjson.loads(r.stdout)["database"]
     assert db["url"] == url and db["reachable"] is True and db["error"] is None
     assert "BEGIN IMMEDIATE" in db["checked"]
@@ -333,7 +353,7 @@ def test_status_database_check(tmp_path: Path) -> None:
     secret = "pa55word"
     pg = f"postgresql://trader:{secret}@127.0.0.1:1/atb"
     r = invoke(["wal", "--dir", "wal", "--database-url", pg, "status", "--json"])
-    assert r.exit_code == 0  # the database's state alone does not make the log unhealthy
+    assert r.exit_code == 3  # unreachable: its own exit code (docs/cli.md)
     db = orjson.loads(r.stdout)["database"]
     assert db["reachable"] is False and db["error"]
     assert db["url"] == "postgresql://trader:***@127.0.0.1:1/atb"
