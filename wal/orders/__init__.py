@@ -58,6 +58,7 @@ from wal.orders.errors import (
     TradingHalted,
 )
 from wal.orders.faults import Fault, FaultPlan, FaultRule
+from wal.orders.http_broker import HttpBroker
 from wal.orders.journal import OrderJournal
 from wal.orders.manager import OrderManager, RecoveryResult, RetryPolicy
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent, new_client_order_id
@@ -106,6 +107,7 @@ __all__ = [
     "FaultRule",
     "Fill",
     "FillError",
+    "HttpBroker",
     "IllegalTransitionError",
     "Order",
     "OrderError",

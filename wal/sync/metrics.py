@@ -35,7 +35,21 @@ metric                                      type       meaning
 ``wal_log_write_failed``                    gauge      1 after the log failed (trading halts)
 ``wal_manager_view_age_seconds``            gauge      ``atb wal metrics`` only: age of the
                                                        published view (stale: process gone?)
+``atb_trading_halted``                      gauge      1 while the operator's kill switch is
+                                                       on (``atb orders halt``)
+``atb_engine_alive``                        gauge      1 while the engine runs (its view is
+                                                       current and its process exists)
+``atb_database_reachable``                  gauge      1 when the database answered: the
+                                                       engine's breaker is closed (served),
+                                                       a read just worked (``atb wal
+                                                       metrics``); absent when unknown
+``atb_orders_unknown``                      gauge      ``atb wal metrics`` only: orders in
+                                                       state UNKNOWN (the journal)
+``atb_positions_unprotected``               gauge      ``atb wal metrics`` only: positions
+                                                       whose stops do not cover them
 ==========================================  =========  =====================================
+
+The served endpoint answers ``/metrics`` only (404 for any other path).
 
 Counters of the manager count since the process started (Prometheus handles the resets).
 """
@@ -44,13 +58,24 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from wal.sync.halt import read_halt
 
 __all__ = ["FSYNC_BUCKETS", "MetricsServer", "figures_of", "render"]
 
@@ -79,9 +104,24 @@ _STATUSES = ("pending", "syncing", "completed", "failed")
 _BREAKER_STATES = ("closed", "open", "half_open")
 
 
-def figures_of(log_stats: dict[str, Any], manager: dict[str, Any] | None) -> dict[str, Any]:
-    """One flat dict of figures from ``StorageStats.to_dict()`` and a manager's stats."""
+def figures_of(
+    log_stats: dict[str, Any],
+    manager: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One flat dict of figures from ``StorageStats.to_dict()`` and a manager's stats.
+
+    ``extra`` (``atb wal metrics``): ``database_reachable``, ``orders_unknown``,
+    ``positions_unprotected`` when it could read them. The operator's halt is read from the
+    log's directory at each call: a switch thrown by another process is seen at once."""
     m = manager or {}
+    x = extra or {}
+    directory = log_stats.get("directory")
+    halted = directory is not None and read_halt(directory) is not None
+    alive = bool(m.get("running")) and not m.get("stale") and m.get("pid_alive") is not False
+    reachable = x.get("database_reachable")
+    if reachable is None and alive and m.get("breaker_state") is not None:
+        reachable = m.get("breaker_state") == "closed"
     entries = dict(log_stats.get("entries") or {})
     rec = log_stats.get("recovery") or {}
     p50 = log_stats.get("fsync_p50_us")
@@ -111,6 +151,11 @@ def figures_of(log_stats: dict[str, Any], manager: dict[str, Any] | None) -> dic
         "last_apply_ts": last_ts,
         "log_failed": bool(m.get("log_failed") or log_stats.get("failed_write")),
         "view_age_seconds": m.get("age_seconds"),
+        "trading_halted": halted,
+        "engine_alive": alive,
+        "database_reachable": reachable,
+        "orders_unknown": x.get("orders_unknown"),
+        "positions_unprotected": x.get("positions_unprotected"),
     }
 
 
@@ -186,6 +231,46 @@ class _FiguresCollector(Collector):
                 "Age of the running process's published view.",
                 f["view_age_seconds"],
             )
+        yield _gauge(
+            "atb_trading_halted",
+            "1 while the operator's kill switch (atb orders halt) is on.",
+            1 if f.get("trading_halted") else 0,
+        )
+        yield _gauge(
+            "atb_engine_alive", "1 while the engine runs.", 1 if f.get("engine_alive") else 0
+        )
+        for key, name, doc in (
+            ("database_reachable", "atb_database_reachable", "1 when the database answered."),
+            ("orders_unknown", "atb_orders_unknown", "Orders in state UNKNOWN."),
+            (
+                "positions_unprotected",
+                "atb_positions_unprotected",
+                "Positions whose stops do not cover them.",
+            ),
+        ):
+            if f.get(key) is not None:
+                yield _gauge(name, doc, float(f[key]))
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never keeps the process alive
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (one line per scrape on stderr otherwise)."""
+
+
+def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
+    """``app`` on ``/metrics``; 404 for every other path (nothing else is served)."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: only /metrics is served here\n"]
+        return app(environ, start_response)
+
+    return serve
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -208,8 +293,6 @@ class MetricsServer:
     """
 
     def __init__(self, read: Callable[[], dict[str, Any]], port: int, address: str) -> None:
-        from prometheus_client import start_http_server
-
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_FiguresCollector(read))
         self._fsync = Histogram(
@@ -221,7 +304,17 @@ class MetricsServer:
         self._appended = Counter(
             "wal_appended_entries", "Entries appended by this process.", registry=self.registry
         )
-        self._server, self._thread = start_http_server(port, address, self.registry)
+        self._server = make_server(
+            address,
+            port,
+            _only_metrics(make_wsgi_app(self.registry)),
+            _ThreadingServer,
+            handler_class=_QuietHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="wal-metrics", daemon=True
+        )
+        self._thread.start()
         self.address = address
         self.port: int = int(self._server.server_port)
 

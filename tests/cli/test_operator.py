@@ -1,0 +1,414 @@
+"""Issue 24 through the real CLI: `atb orders` never acts on the wrong log or database, status
+is never green on a broken engine, and the operator's hands (halt, cancel, flatten).
+
+Real files, real SQLite, the paper broker as its own HTTP process (``PaperProcess``), the
+engine as an in-process ``OrderManager`` on a real log (``open_ddb``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+from orders_helpers import FAST_RETRY, open_ddb, run
+from paper_process import PaperProcess
+
+from cli.main import atb
+from wal.log.storage import WALStorage
+from wal.orders import HttpBroker, OrderIntent, OrderManager, RiskLimits, TradingHalted
+from wal.orders.reconcile import ReconcilerConfig, StartupReconciler
+
+FAST = ReconcilerConfig(fetch_timeout=2.0, fetch_attempts=1, fetch_backoff=())
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in list(os.environ):
+        if k.startswith("WAL_") or k in ("DATABASE_URL", "ATB_BROKER_URL"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)  # a default data/ would appear here: it must not
+
+
+@pytest.fixture
+def paper(tmp_path: Path) -> Iterator[PaperProcess]:
+    p = PaperProcess(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(atb, args, env=env, input=stdin, catch_exceptions=False)
+
+
+def url_of(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'atb.db'}"
+
+
+def engine(
+    tmp_path: Path,
+    broker_url: str,
+    *,
+    buy: int = 0,
+    limit: str | None = None,
+    stop: bool = False,
+) -> list[str]:
+    """One engine run on tmp/wal and tmp/atb.db: reconcile, then buy ``buy`` AAPL at market,
+    optionally rest a buy limit at ``limit``; the client ids of what it sent."""
+    url = url_of(tmp_path)
+    sent: list[str] = []
+
+    async def go() -> None:
+        ddb = open_ddb(tmp_path / "wal", url)
+        broker = await HttpBroker.connect(broker_url, timeout=2.0)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            result = await StartupReconciler(om, FAST).run()
+            assert not result.errors, result
+            if buy:
+                o = await om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=Decimal(buy)))
+                sent.append(o.client_order_id)
+            if limit is not None:
+                o = await om.submit(
+                    OrderIntent(
+                        symbol="MSFT",
+                        side="buy",
+                        quantity=Decimal(1),
+                        order_type="limit",
+                        limit_price=Decimal(limit),
+                    )
+                )
+                sent.append(o.client_order_id)
+            ddb.drain(10.0)  # applied: the log records its database (database.json)
+            await om.close()
+        finally:
+            await broker.aclose()
+            ddb.stop()
+            ddb.db.dispose()
+
+    run(go())
+    return sent
+
+
+def tree(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+# ------------------------------------------------------------ never act on the wrong thing
+
+ORDER_COMMANDS = [
+    ["list"],
+    ["list", "--json"],
+    ["show", "abc"],
+    ["status", "--no-broker"],
+    ["status", "--json"],
+    ["verify"],
+    ["reconcile", "--dry-run"],
+    ["reconcile", "--json"],
+    ["cancel", "abc", "--yes"],
+    ["flatten", "--yes"],
+    ["flatten", "--dry-run"],
+    ["halt", "--reason", "x"],
+    ["resume"],
+]
+
+
+@pytest.mark.parametrize("args", ORDER_COMMANDS, ids=lambda a: " ".join(a))
+def test_no_orders_command_creates_a_log_or_a_database(tmp_path: Path, args: list[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    for where in ("missing", "empty"):
+        for env in ({}, {"DATABASE_URL": url_of(tmp_path)}):
+            r = invoke(["orders", "--dir", where, *args], env=env)
+            assert r.exit_code == 2, (where, r.output)
+            assert f"no log at {where}" in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            if "--json" in args:
+                assert json.loads(r.stdout)["health"]["exit_code"] == 2
+    assert tree(tmp_path) == ["empty"]  # nothing created: no log, no HALT, no data/atb.db
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o755  # and nothing chmodded
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync"],
+        ["compact"],
+        ["retry", "--all"],
+        ["status"],
+        ["metrics"],
+        ["replay", "--since", "1"],
+    ],
+)
+def test_no_wal_command_starts_a_log_in_an_empty_directory(tmp_path: Path, args: list[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    r = invoke(["wal", "--dir", "empty", *args], env={"DATABASE_URL": url_of(tmp_path)})
+    assert r.exit_code == 2, r.output
+    assert "no log at empty" in r.stderr
+    assert list(empty.iterdir()) == [] and stat.S_IMODE(empty.stat().st_mode) == 0o755
+
+
+def test_orders_read_the_database_the_log_records(tmp_path: Path, paper: PaperProcess) -> None:
+    (cid,) = engine(tmp_path, paper.url, buy=3)
+    assert (tmp_path / "wal" / "database.json").exists()
+    # no DATABASE_URL: the log's database.json names it (not the default data/atb.db)
+    r = invoke(["orders", "--dir", "wal", "list", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [o["client_order_id"] for o in json.loads(r.stdout)] == [cid]
+    r = invoke(["orders", "--dir", "wal", "verify"])
+    assert r.exit_code == 0 and "intact" in r.output, r.output
+    # a database that does not exist is refused, and not created
+    for cmd in (["status", "--no-broker"], ["list"], ["verify"]):
+        r = invoke(["orders", "--dir", "wal", "--database-url", "sqlite:///nope.db", *cmd])
+        assert r.exit_code == 2 and "nope.db does not exist" in r.stderr, r.output
+    # another database (with its own id) is refused: it is not the log's
+    other = tmp_path / "other.db"
+    from wal.db import DatabaseManager
+
+    db = DatabaseManager(f"sqlite:///{other}")
+    db.database_id(create=True)
+    db.dispose()
+    r = invoke(["orders", "--dir", "wal", "--database-url", f"sqlite:///{other}", "list"])
+    assert r.exit_code == 2 and "this log belongs to" in r.stderr, r.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "nope.db").exists()
+
+
+def test_reconcile_never_writes_the_engines_status_file(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    engine(tmp_path, paper.url, buy=2)
+    view = tmp_path / "wal" / "manager-status.json"
+    theirs = b'{"pid": 1, "running": true, "updated_at": "2025-01-01T00:00:00+00:00"}'
+    view.write_bytes(theirs)
+    for args in (["--dry-run"], [], ["--broker-url", "http://127.0.0.1:9"]):
+        url = [] if args and args[0] == "--broker-url" else ["--broker-url", paper.url]
+        invoke(["orders", "--dir", "wal", "reconcile", *url, *args])
+        assert view.read_bytes() == theirs
+
+
+def test_an_unreachable_broker_is_named_not_an_order(tmp_path: Path, paper: PaperProcess) -> None:
+    engine(tmp_path, paper.url, buy=1)
+    r = invoke(
+        ["orders", "--dir", "wal", "reconcile", "--broker-url", "http://127.0.0.1:9", "--json"]
+    )
+    assert r.exit_code == 3, r.output
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "the broker at http://127.0.0.1:9 did not answer" in err
+    assert "the order is UNKNOWN" not in err
+    assert json.loads(r.stdout)["health"]["exit_code"] == 3
+
+
+def test_reconcile_with_the_log_locked_is_one_line_and_a_json_document(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    engine(tmp_path, paper.url, buy=1)
+    with WALStorage(tmp_path / "wal"):  # the engine runs
+        r = invoke(["orders", "--dir", "wal", "reconcile", "--broker-url", paper.url, "--json"])
+    assert r.exit_code == 1
+    assert "cannot reconcile the order journal: the log in wal is locked by" in r.stderr
+    assert "cannot the" not in r.stderr
+    assert "locked by" in json.loads(r.stdout)["error"]
+
+
+# ------------------------------------------------------------ never green on a broken engine
+
+
+def test_wal_status_engine_dead_with_pending_entries(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d) as log:
+        from wal.entry import WALEntry
+
+        for _ in range(3):
+            log.append(WALEntry.create("atomic_balance_update", kwargs={"delta": Decimal(1)}))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    (d / "manager-status.json").write_bytes(
+        orjson.dumps(
+            {
+                "pid": dead_pid,
+                "running": True,
+                "breaker_state": "open",
+                "last_sync_at": None,
+                "updated_at": "2025-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    r = invoke(["wal", "--dir", "wal", "status", "--json", "--no-db"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 4, r.output
+    assert doc["manager"]["pid_alive"] is False and doc["manager"]["running"] is False
+    assert any("engine is not running" in p for p in doc["health"]["problems"])
+    table = invoke(["wal", "--dir", "wal", "status", "--no-db"])
+    assert table.exit_code == 4 and "health    PROBLEM" in table.output
+
+
+def test_wal_status_database_unreachable_and_breaker_open(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d) as log:  # the engine runs (this process holds the log)
+        from wal.entry import WALEntry
+
+        log.append(WALEntry.create("atomic_balance_update", kwargs={"delta": Decimal(1)}))
+        r = invoke(["wal", "--dir", "wal", "--database-url", "sqlite:///gone.db", "status"])
+        assert r.exit_code == 3 and "the database is unreachable" in r.output, r.output
+        (d / "manager-status.json").write_bytes(
+            orjson.dumps(
+                {
+                    "pid": os.getpid(),
+                    "running": True,
+                    "breaker_state": "open",
+                    "last_error": "connection refused",
+                    "updated_at": "2025-01-01T00:00:00+00:00",
+                }
+            )
+        )
+        r = invoke(["wal", "--dir", "wal", "status", "--no-db", "--json"])
+        doc = json.loads(r.stdout)
+        assert r.exit_code == 3, r.output
+        assert doc["health"]["issues"][0]["exit_code"] == 3
+        assert "circuit breaker is open" in doc["health"]["issues"][0]["problem"]
+    assert not (tmp_path / "gone.db").exists()
+
+
+def test_orders_status_asks_the_broker(tmp_path: Path, paper: PaperProcess) -> None:
+    (cid,) = engine(tmp_path, paper.url, limit="1")  # a resting buy limit, far below the market
+    base = ["orders", "--dir", "wal", "status", "--broker-url", paper.url, "--json"]
+    r = invoke(base)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["checked_broker"] is True
+    # behind the journal's back (the engine is down), the broker fills the order
+    paper.http.post("/_paper/price", json={"symbol": "MSFT", "price": "0.5"}).raise_for_status()
+    assert paper.positions().get("MSFT") == 1, paper.open_orders()
+    r = invoke(base)
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1, r.output
+    assert doc["unprotected_positions"] == ["MSFT"]
+    assert any(cid in d for d in doc["disagreements"]), doc
+    # the journal alone would say OK: --no-broker says plainly it did not ask
+    r = invoke(["orders", "--dir", "wal", "status", "--no-broker"])
+    assert r.exit_code == 0 and "broker: not asked" in r.output, r.output
+    # an unreachable broker: "could not check" (3), never OK
+    r = invoke(["orders", "--dir", "wal", "status", "--broker-url", "http://127.0.0.1:9"])
+    assert r.exit_code == 3 and r.output.startswith("NOT CHECKED"), r.output
+    assert "did not answer" in r.output
+
+
+def test_orders_reads_never_take_the_sqlite_write_lock(tmp_path: Path, paper: PaperProcess) -> None:
+    (cid,) = engine(tmp_path, paper.url, buy=1)
+    locker = sqlite3.connect(tmp_path / "atb.db", isolation_level=None)
+    env = {"WAL_DB_TIMEOUT_MS": "100"}
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # a writer holds the write lock
+        r = invoke(["orders", "--dir", "wal", "list", "--json"], env=env)
+        assert r.exit_code == 0, r.output
+        assert [o["client_order_id"] for o in json.loads(r.stdout)] == [cid]
+        r = invoke(["orders", "--dir", "wal", "show", cid[:8]], env=env)
+        assert r.exit_code == 0, r.output
+        r = invoke(["orders", "--dir", "wal", "verify"], env=env)
+        assert r.exit_code == 0, r.output
+        r = invoke(["orders", "--dir", "wal", "status", "--no-broker"], env=env)
+        assert r.exit_code == 1, r.output  # the position has no stop: a verdict, not a lock error
+        # a command that must write: one line, and one JSON document
+        env["DATABASE_URL"] = url_of(tmp_path)
+        r = invoke(["wal", "--dir", "wal", "sync", "--json"], env=env)
+        assert r.exit_code != 0
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "locked" in json.loads(r.stdout)["error"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+
+# ------------------------------------------------------------ the operator's hands
+
+
+def test_halt_stops_new_orders_of_a_running_engine_durably(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    engine(tmp_path, paper.url, buy=2)
+    url = url_of(tmp_path)
+
+    async def running_engine(halt_between: bool) -> tuple[Any, Any]:
+        ddb = open_ddb(tmp_path / "wal", url)
+        broker = await HttpBroker.connect(paper.url, timeout=2.0)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            await StartupReconciler(om, FAST).run()
+            if halt_between:  # the operator throws the switch while the engine runs
+                r = invoke(["orders", "--dir", "wal", "halt", "--reason", "broker incident"])
+                assert r.exit_code == 0 and "HALTED" in r.output, r.output
+            writes = paper.writes()
+            with pytest.raises(TradingHalted, match="broker incident"):
+                await om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=Decimal(1)))
+            assert paper.writes() == writes  # nothing was sent
+            # a protective order still goes out: it only reduces the position
+            close = await om.submit(
+                OrderIntent(symbol="AAPL", side="sell", quantity=Decimal(1), order_type="market"),
+                protective=True,
+            )
+            return close.state.value, om.positions()
+        finally:
+            await broker.aclose()
+            ddb.stop()
+            ddb.db.dispose()
+
+    state, _ = run(running_engine(True))
+    assert state == "filled"
+    halt = tmp_path / "wal" / "HALT"
+    assert stat.S_IMODE(halt.stat().st_mode) == 0o600
+    # shown by status
+    r = invoke(["orders", "--dir", "wal", "status", "--no-broker", "--json"])
+    assert json.loads(r.stdout)["halted"]["reason"] == "broker incident"
+    r = invoke(["wal", "--dir", "wal", "status", "--no-db"])
+    assert "HALTED" in r.output and "broker incident" in r.output
+    r = invoke(["wal", "--dir", "wal", "metrics"])
+    assert "atb_trading_halted 1.0" in r.output
+    # durable across a restart
+    run(running_engine(False))
+    r = invoke(["orders", "--dir", "wal", "resume"])
+    assert r.exit_code == 0 and "RESUMED" in r.output and not halt.exists()
+    assert "atb_trading_halted 0.0" in invoke(["wal", "--dir", "wal", "metrics"]).output
+
+
+def test_cancel_and_flatten_with_dry_run_and_confirmation(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    aapl, msft = engine(tmp_path, paper.url, buy=3, limit="1")
+    base = ["orders", "--dir", "wal"]
+    b = ["--broker-url", paper.url]
+    writes = paper.writes()
+    r = invoke([*base, "cancel", msft[:10], *b, "--dry-run"])
+    assert r.exit_code == 0 and "would cancel" in r.output and paper.writes() == writes, r.output
+    r = invoke([*base, "cancel", msft[:10], *b], stdin="n\n")
+    assert r.exit_code == 1 and "not confirmed" in r.stderr and paper.writes() == writes
+    r = invoke([*base, "cancel", msft, *b, "--yes"])
+    assert r.exit_code == 0 and "cancelled" in r.output, r.output
+    assert paper.open_orders() == []
+    r = invoke([*base, "flatten", "AAPL", *b, "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["closes"] == [{"symbol": "AAPL", "side": "sell", "quantity": "3"}]
+    assert paper.positions() == {"AAPL": Decimal(3)}
+    r = invoke([*base, "flatten", *b], stdin="n\n")
+    assert r.exit_code == 1 and paper.positions() == {"AAPL": Decimal(3)}
+    r = invoke([*base, "flatten", *b, "--yes"])
+    assert r.exit_code == 0 and "sent market sell 3 AAPL: filled" in r.output, r.output
+    assert paper.positions() == {}
+    r = invoke([*base, "list", "--json"])
+    closes = [o for o in json.loads(r.stdout) if o["side"] == "sell"]
+    assert [(c["order_type"], c["state"], c["quantity"]) for c in closes] == [
+        ("market", "filled", "3")
+    ]
