@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from cli._logging import LogSession, log_format
+from cli.commands.config import config
 from cli.commands.demo import demo
 from cli.commands.orders import orders
 from cli.commands.orders_act import cancel_cmd, flatten_cmd, halt_cmd, reconcile_cmd, resume_cmd
@@ -36,24 +38,59 @@ from cli.commands.wal_verify import verify
 __all__ = ["atb", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Atb(click.Group):
+    """The root group: settles the command's log records once its outcome is known."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ok = False
+        try:
+            result = super().invoke(ctx)
+            ok = True
+            return result
+        except click.exceptions.Exit as exc:
+            ok = exc.exit_code == 0
+            raise
+        finally:
+            session = ctx.meta.get("atb.logs")
+            if isinstance(session, LogSession):
+                session.finish(ok)
+
+
+@click.group(cls=_Atb, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="atb-wal", prog_name="atb")
-def atb() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Show no log records, even when it fails.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show the library's log records (INFO and up) live."
+)
+@click.pass_context
+def atb(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     """atb: a crash-safe write-ahead log for a trading engine's database writes.
+
+    The library's warnings are shown only when a command fails (exit code not 0);
+    --verbose shows INFO and up as they happen, --quiet none. WAL_LOG_FORMAT=json
+    writes them as one JSON object per line on stderr. Shell completion: see
+    docs/cli.md (eval "$(_ATB_COMPLETE=bash_source atb)").
 
     \b
     Examples:
       atb demo
       atb wal status
-      atb wal verify
-      atb wal --help
+      atb orders status
+      atb -v orders reconcile --dry-run
+      atb config show
     """
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose: choose one")
+    session = LogSession(quiet=quiet, verbose=verbose, fmt=log_format())
+    session.start()
+    ctx.meta["atb.logs"] = session
 
 
 atb.add_command(wal)
 atb.add_command(demo)
 atb.add_command(orders)
 atb.add_command(paper_broker)
+atb.add_command(config)
 for _command in (reconcile_cmd, cancel_cmd, flatten_cmd, halt_cmd, resume_cmd):
     orders.add_command(_command)
 for _command in (

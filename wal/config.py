@@ -171,7 +171,7 @@ class WALConfig:
             raw = source.get(spec.env)
             if raw is not None:
                 values[name] = spec.parse(spec.env, raw)
-        known = {spec.env for spec in _SPECS.values()}
+        known = {spec.env for spec in _SPECS.values()} | _OTHER_VARS
         for var in source:
             if var.startswith("WAL_") and var not in known and not var.startswith("WAL_TEST"):
                 log.warning("ignoring unknown variable %s (a typo?)", var)
@@ -373,3 +373,5 @@ _SPECS: dict[str, _Spec] = {
 
 #: field name -> environment variable, for documentation and the CLI.
 ENV_VARS: dict[str, str] = {name: spec.env for name, spec in _SPECS.items()}
+# WAL_* variables read elsewhere, not typos: the CLI's log format (cli/_logging.py)
+_OTHER_VARS = frozenset({"WAL_LOG_FORMAT"})

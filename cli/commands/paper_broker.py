@@ -104,16 +104,25 @@ def serve(
       atb paper-broker serve --state data/paper.json
       atb paper-broker serve --port 0 --price AAPL=187.25
     """
+    start_prices = {}
+    for p in prices:  # a usage error (exit 2) names the bad value, before anything starts
+        sym, sep, value = p.partition("=")
+        try:
+            price = Decimal(value.strip()) if sep and sym.strip() else None
+        except ArithmeticError:
+            price = None
+        if price is None or not price.is_finite() or price <= 0:
+            raise click.BadParameter(
+                f"{p!r}: expected SYMBOL=PRICE with a positive price, e.g. AAPL=187.25",
+                param_hint="--price",
+            )
+        start_prices[sym.strip()] = price
     try:
         plan = (
             FaultPlan.from_dict(orjson.loads(faults_path.read_bytes()))
             if faults_path
             else FaultPlan(seed=seed)
         )
-        start_prices = {}
-        for p in prices:
-            sym, _, value = p.partition("=")
-            start_prices[sym] = Decimal(value)
         broker = PaperBroker(
             rules=ClientIdRules(
                 dedup_scope=DedupScope(dedup_scope), visibility_window_seconds=visibility_window

@@ -29,9 +29,10 @@ def wal(ctx: click.Context, directory: Path | None, database_url: str | None) ->
 
     Settings come from the WAL_* variables and DATABASE_URL (see docs/cli.md);
     --dir and --database-url override them. Read-only commands (status, verify,
-    inspect, failed) work while a trading process holds the log; commands that write
-    (sync, compact, retry, discard, repair) need the writer lock and say which
-    process holds it when they cannot take it.
+    inspect, failed, metrics, bench) work while a trading process holds the log;
+    commands that write (sync, replay, compact, retry, discard, repair) need the
+    writer lock and say which process holds it when they cannot take it. No command
+    creates a log: a missing or empty directory is "no log at ...", exit 2.
 
     \b
     Examples:

@@ -19,9 +19,10 @@ from cli._common import (
     wal_errors,
 )
 from wal.config import WALConfig
-from wal.entry import WALEntry, WALEntryStatus
+from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALError, printable
 from wal.log.storage import WALStorage
+from wal.orders.journal_reads import ORDER_OPERATIONS
 
 STATUSES = [s.value for s in WALEntryStatus]
 
@@ -111,6 +112,15 @@ def show_entries(
         # one more than asked, to tell the operator that more entries match
         cap = None if limit == 0 else limit + 1
         chosen = list(_select(storage.iter_entries(statuses), operation, since, cap))
+        if not chosen and operation is not None and operation not in _KNOWN_OPERATIONS:
+            seen = {e.operation for e in storage.iter_entries(None)}
+            if operation not in seen:
+                names = ", ".join(sorted(_KNOWN_OPERATIONS | seen))
+                raise click.BadParameter(
+                    f"{printable(operation)!r} is not an operation this log or atb knows "
+                    f"(known: {names})",
+                    param_hint="--operation",
+                )
     except WALError as exc:
         raise AtbError(one_line(str(exc))) from None
     finally:
@@ -135,6 +145,10 @@ def show_entries(
     if more:
         click.echo("(more entries match: raise --limit, or --limit 0 for all)")
     return len(chosen)
+
+
+# the operations atb writes; a log may hold more (a DatabaseManager of your own)
+_KNOWN_OPERATIONS = frozenset({o.value for o in OperationType}) | ORDER_OPERATIONS
 
 
 def _select(

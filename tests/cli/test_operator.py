@@ -412,3 +412,65 @@ def test_cancel_and_flatten_with_dry_run_and_confirmation(
     assert [(c["order_type"], c["state"], c["quantity"]) for c in closes] == [
         ("market", "filled", "3")
     ]
+
+
+def test_served_metrics_answer_only_metrics(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from wal.config import WALConfig
+    from wal.db import DatabaseManager
+    from wal.sync.manager import WALManager
+
+    db = DatabaseManager(url_of(tmp_path))
+    storage = WALStorage(tmp_path / "wal")
+    m = WALManager(storage, db, WALConfig(metrics_port=0, sync_interval=600))
+    try:
+        m.start()
+        base = f"http://127.0.0.1:{m.metrics_port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert "atb_trading_halted 0.0" in text and "atb_engine_alive 1.0" in text
+        assert "atb_database_reachable 1.0" in text
+        for path in ("/", "/favicon.ico", "/metrics/x", "/debug"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"{base}{path}", timeout=10)
+            assert err.value.code == 404, path
+        (tmp_path / "wal" / "HALT").write_text('{"reason": "r", "at": "t", "by": "me"}')
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            assert "atb_trading_halted 1.0" in resp.read().decode()  # seen at the next scrape
+    finally:
+        m.stop()
+        storage.close()
+        db.dispose()
+
+
+def test_wal_metrics_on_a_broken_log_says_why(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    with WALStorage(d, max_segment_bytes=4096) as log:
+        from wal.entry import WALEntry
+
+        for i in range(40):
+            log.append(
+                WALEntry.create(
+                    "atomic_balance_update", kwargs={"delta": Decimal(i), "reason": "x" * 200}
+                )
+            )
+    first = sorted(d.glob("*.wal"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[300] ^= 0x01  # a bit flipped inside a sealed segment
+    first.write_bytes(bytes(raw))
+    r = invoke(["wal", "--dir", "wal", "metrics"])
+    assert r.exit_code == 2, r.output
+    assert r.stdout == ""  # `> tmp && mv` keeps the last good file
+    assert r.stderr.startswith("Error: cannot read the log: ") and first.name in r.stderr
+
+
+def test_wal_metrics_counts_unknown_orders_and_unprotected_positions(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    engine(tmp_path, paper.url, buy=2)
+    r = invoke(["wal", "--dir", "wal", "metrics"])
+    assert r.exit_code == 0, r.output
+    assert "atb_positions_unprotected 1.0" in r.stdout and "atb_orders_unknown 0.0" in r.stdout
+    assert "atb_database_reachable 1.0" in r.stdout and "atb_engine_alive 0.0" in r.stdout

@@ -153,6 +153,17 @@ def _round_trip(ddb: DurableDatabaseManager, model: _Model, rng: random.Random, 
     return 6
 
 
+# the settings the demo shortens (said at its start): (WALConfig field, variable)
+_SHORTENED = (
+    ("sync_interval", "WAL_SYNC_INTERVAL"),
+    ("breaker_failure_threshold", "WAL_BREAKER_FAILURES"),
+    ("breaker_cooldown_seconds", "WAL_BREAKER_COOLDOWN"),
+    ("backoff_base_seconds", "WAL_BACKOFF_BASE"),
+    ("backoff_max_seconds", "WAL_BACKOFF_MAX"),
+    ("db_timeout_ms", "WAL_DB_TIMEOUT_MS"),
+)
+
+
 def run_demo(
     *,
     workdir: Path | None = None,
@@ -194,7 +205,7 @@ def run_demo(
         echo(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
     config = WALConfig.from_env(
-        {},
+        {},  # the demo's own settings: the environment's WAL_* are not read
         directory=wal_dir,
         database_url=connect_url,  # the route the manager takes (through the proxy)
         sync_interval=0.2,
@@ -212,6 +223,12 @@ def run_demo(
     where = " (temporary: removed at the end; pass --dir to keep it)" if tmp is not None else ""
     echo(f"  log: {wal_dir}{where}")
     echo(f"  database: {result.database}")
+    defaults = WALConfig()
+    shortened = ", ".join(
+        f"{env} {getattr(config, name):g} (default {getattr(defaults, name):g})"
+        for name, env in _SHORTENED
+    )
+    echo(f"  shortened for the show, so the outage fits in seconds: {shortened}")
     try:
         ddb.start()
         sid = ddb.create_trading_session(strategy="demo", initial_balance=Decimal("10000"))
