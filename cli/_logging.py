@@ -83,6 +83,7 @@ class LogSession:
         self._out = logging.StreamHandler(sys.stderr)
         self._out.setFormatter(formatter)
         self._held = _Held()
+        self._null = logging.NullHandler()
         self._saved: list[tuple[logging.Logger, int, bool]] = []
 
     def start(self) -> None:
@@ -93,13 +94,14 @@ class LogSession:
             self._saved.append((lg, lg.level, lg.propagate))
             lg.setLevel(level)
             lg.propagate = False  # Python's last-resort handler would print warnings at once
-            if not self.quiet:
-                lg.addHandler(handler)
+            # quiet: a handler that drops them (none at all would bring the last resort back)
+            lg.addHandler(self._null if self.quiet else handler)
 
     def finish(self, ok: bool) -> None:
         for lg, level, propagate in self._saved:
             lg.removeHandler(self._out)
             lg.removeHandler(self._held)
+            lg.removeHandler(self._null)
             lg.setLevel(level)
             lg.propagate = propagate
         self._saved.clear()

@@ -474,3 +474,165 @@ def test_wal_metrics_counts_unknown_orders_and_unprotected_positions(
     assert r.exit_code == 0, r.output
     assert "atb_positions_unprotected 1.0" in r.stdout and "atb_orders_unknown 0.0" in r.stdout
     assert "atb_database_reachable 1.0" in r.stdout and "atb_engine_alive 0.0" in r.stdout
+
+
+# ------------------------------------------------------------ config, logs, smaller items
+
+
+def test_config_show_names_each_source_and_masks_secrets(tmp_path: Path) -> None:
+    env = {
+        "WAL_FSYNC": "interval",
+        "DATABASE_URL": "postgresql://trader:s3cret@db.internal/atb",
+        "ATB_BROKER_URL": "https://key:t0ken@broker.example/api",
+    }
+    r = invoke(["config", "show", "--dir", "somewhere", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    rows = {s["name"]: s for s in json.loads(r.stdout)["settings"]}
+    assert rows["fsync"] == {
+        "name": "fsync",
+        "variable": "WAL_FSYNC",
+        "value": "interval",
+        "source": "env WAL_FSYNC",
+    }
+    assert rows["directory"]["value"] == "somewhere" and rows["directory"]["source"] == "--dir"
+    assert rows["max_retries"]["source"] == "default"
+    assert rows["database_url"]["value"] == "postgresql://trader:***@db.internal/atb"
+    assert rows["broker_url"]["source"] == "env ATB_BROKER_URL"
+    assert "s3cret" not in r.output and "t0ken" not in r.output
+    table = invoke(["config", "show"], env=env)
+    assert "(env WAL_FSYNC)" in table.output and "s3cret" not in table.output
+    assert not (tmp_path / "somewhere").exists()
+
+
+def test_a_successful_command_prints_no_library_warnings(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    engine(tmp_path, paper.url, buy=1)
+    wal_dir = str(tmp_path / "wal")  # run from the project root: tmp/wal would shadow `wal`
+    args = ["orders", "--dir", wal_dir, "reconcile", "--broker-url", paper.url, "--dry-run"]
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAL_")}
+    ok = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == "" and "trading halted" not in ok.stdout
+    # --verbose shows them, as JSON lines with WAL_LOG_FORMAT=json
+    v = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--verbose", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "WAL_LOG_FORMAT": "json"},
+        cwd=root,
+    )
+    assert v.returncode == 0, v.stderr
+    lines = [json.loads(line) for line in v.stderr.splitlines()]
+    assert any("trading halted" in d["message"] for d in lines), v.stderr
+    assert all(set(d) >= {"ts", "level", "logger", "message"} for d in lines)
+    # --quiet: nothing on stderr, and a bad format is one line
+    q = invoke(["--quiet", *args])
+    assert q.exit_code == 0 and q.stderr == ""
+    bad = invoke(args, env={"WAL_LOG_FORMAT": "xml"})
+    assert bad.exit_code == 1 and "WAL_LOG_FORMAT='xml' is not valid" in bad.stderr
+
+
+def test_a_failing_command_shows_the_warnings_it_held(tmp_path: Path) -> None:
+    import logging
+
+    from cli.commands.orders import orders
+
+    @orders.command("warn-then-fail", hidden=True)
+    def warn_then_fail() -> None:
+        """A command that logs a warning, then fails."""
+        logging.getLogger("wal.test").warning("the held warning")
+        raise click_exception()
+
+    try:
+        r = invoke(["orders", "warn-then-fail"])
+        assert r.exit_code == 1
+        assert "WARNING wal.test: the held warning" in r.stderr
+        r = invoke(["--quiet", "orders", "warn-then-fail"])
+        assert "held warning" not in r.stderr
+    finally:
+        del orders.commands["warn-then-fail"]
+
+
+def click_exception() -> Exception:
+    from cli._common import AtbError
+
+    return AtbError("failed on purpose")
+
+
+def test_dir_naming_a_file_and_an_empty_wal_dir_are_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for group in ("wal", "orders"):
+        r = invoke([group, "--dir", "afile", "status" if group == "wal" else "list"])
+        assert r.exit_code == 2, r.output
+        assert "afile is a file, not a log directory" in r.stderr and "PosixPath" not in r.stderr
+    r = invoke(["wal", "status"], env={"WAL_DIR": ""})
+    assert r.exit_code == 1
+    assert "WAL_DIR='' is not valid: expected a value, not an empty one" in r.stderr
+    assert "exists and is not a directory" not in r.stderr
+
+
+def test_paper_broker_bad_price_is_a_usage_error() -> None:
+    for bad in ("AAPL", "AAPL=abc", "=5", "AAPL=-1"):
+        r = invoke(["paper-broker", "serve", "--port", "0", "--price", bad])
+        assert r.exit_code == 2, (bad, r.output)
+        assert "--price" in r.stderr and "SYMBOL=PRICE" in r.stderr
+        assert "ConversionSyntax" not in r.stderr
+
+
+def test_orders_list_show_filters_prefix_and_plain_decimals(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    aapl, msft = engine(tmp_path, paper.url, buy=2, limit="1.5")
+    base = ["orders", "--dir", "wal"]
+    r = invoke([*base, "list"])
+    assert r.exit_code == 0
+    assert "CREATED (UTC)" in r.output and ".0000000000" not in r.output
+    rows = json.loads(invoke([*base, "list", "--json"]).stdout)
+    assert {o["quantity"] for o in rows} == {"2", "1"}
+    assert [o["limit_price"] for o in rows if o["symbol"] == "MSFT"] == ["1.5"]
+    by_symbol = json.loads(invoke([*base, "list", "--symbol", "MSFT", "--json"]).stdout)
+    assert [o["client_order_id"] for o in by_symbol] == [msft]
+    last = json.loads(invoke([*base, "list", "--limit", "1", "--json"]).stdout)
+    assert [o["client_order_id"] for o in last] == [msft]
+    later = json.loads(invoke([*base, "list", "--since", "2999-01-01", "--json"]).stdout)
+    assert later == []
+    r = invoke([*base, "list", "--since", "yesterday"])
+    assert r.exit_code == 2 and "--since" in r.stderr
+    r = invoke([*base, "show", aapl[:6], "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["order"]["client_order_id"] == aapl
+    assert ".0000000000" not in r.stdout
+    r = invoke([*base, "show", "nope", "--json"])
+    assert r.exit_code == 1
+    assert "no order with client_order_id 'nope'" in json.loads(r.stdout)["error"]
+
+
+def test_inspect_unknown_operation_and_wal_help_names_every_command(tmp_path: Path) -> None:
+    with WALStorage(tmp_path / "wal") as log:
+        from wal.entry import WALEntry
+
+        log.append(WALEntry.create("atomic_balance_update", kwargs={"delta": Decimal(1)}))
+    r = invoke(["wal", "--dir", "wal", "inspect", "--operation", "nope"])
+    assert r.exit_code == 2 and "'nope' is not an operation" in r.stderr, r.output
+    r = invoke(["wal", "--dir", "wal", "inspect", "--operation", "log_trade"])
+    assert r.exit_code == 0 and "no matching entries" in r.output
+    from cli.commands.wal import wal
+
+    text = invoke(["wal", "--help"]).output
+    intro = text.split("Examples:")[0]
+    for name in wal.commands:
+        assert name in intro, name
+
+
+def test_demo_says_what_it_shortens(tmp_path: Path) -> None:
+    r = invoke(["demo", "--rounds", "1", "--dir", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if "shortened for the show" in x)
+    assert "WAL_BREAKER_FAILURES 1 (default 5)" in line and "WAL_DB_TIMEOUT_MS 200" in line
