@@ -32,11 +32,13 @@ from cli._common import (
 )
 from cli._journal import open_database, resolve
 from wal.config import WALConfig
+from wal.db.classify import describe_error
 from wal.errors import WALDatabaseError, WALError
 from wal.log.storage import WALStorage
 from wal.orders.audit import verify_audit
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerError
+from wal.orders.http_broker import HttpBroker
 from wal.orders.journal import read_journal
 from wal.orders.models import Order
 from wal.orders.reconcile import EMERGENCY_STOP_PREFIX
@@ -146,8 +148,6 @@ def read_orders(
     except WALDatabaseError as exc:
         return (*read_journal(_NoRows(), pending, cid), f"cannot {what}: {exc}")
     except Exception as exc:  # SQLAlchemy and the driver: one line, never a traceback
-        from wal.db.classify import describe_error
-
         raise AtbError(
             f"cannot {what} from {source.shown_url}: {describe_error(exc)}", EXIT_UNCHECKED
         ) from None
@@ -361,8 +361,6 @@ def _stops(orders_: list[tuple[str, str, str, Decimal]], symbol: str, side: str)
 
 
 async def _ask_broker(url: str, timeout: float) -> tuple[list[BrokerPosition], list[BrokerOrder]]:
-    from wal.orders.http_broker import HttpBroker
-
     broker = HttpBroker(url, timeout=timeout)
     try:
         # the whole question within the timeout, whatever the transport does
@@ -555,8 +553,6 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
     except WALDatabaseError as exc:
         raise AtbError(f"cannot {what}: {exc}", EXIT_UNCHECKED) from None
     except Exception as exc:  # SQLAlchemy and the driver: one line, never a traceback
-        from wal.db.classify import describe_error
-
         raise AtbError(
             f"cannot {what} from {source.shown_url}: {describe_error(exc)}", EXIT_UNCHECKED
         ) from None

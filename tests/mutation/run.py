@@ -58,6 +58,7 @@ IOE = "tests/log/test_io_errors.py::"
 COR = "tests/log/test_corruption.py::"
 DDB = "tests/sync/test_durable_db.py::"
 PRE = PL + "test_power_loss_while_appending_into_preallocated_space"
+OPS = "tests/cli/test_operator.py::"
 PTEST = "tests/log/test_prealloc.py::"
 
 
@@ -607,6 +608,42 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_a_committed_but_unmarked_deposit_is_counted_once_after_a_crash",
         ),
         "reads",
+    ),
+    Mutation(
+        "halt-checked-before-submit",
+        "wal/orders/manager.py",
+        "the operator's kill switch (<WAL_DIR>/HALT) is read before every new order goes out",
+        "        if not protective and (halt := operator_halt(self.db)) is not None:  # `atb orders halt`\n",
+        "        if False:\n",
+        (OPS + "test_halt_stops_new_orders_of_a_running_engine_durably",),
+        "operator",
+    ),
+    Mutation(
+        "no-log-in-an-empty-directory",
+        "cli/_common.py",
+        "no command starts a log in an empty directory (a mistyped --dir): no log at ..., exit 2",
+        "        if not has_log(d):\n",
+        "        if False:\n",
+        (OPS + "test_no_wal_command_starts_a_log_in_an_empty_directory",),
+        "operator",
+    ),
+    Mutation(
+        "orders-reads-take-no-write-lock",
+        "wal/db/connection.py",
+        "a read-only reader (atb orders) never creates the schema: no BEGIN IMMEDIATE for a read",
+        "        if self._schema_ready or self.read_only:\n",
+        "        if self._schema_ready:\n",
+        (OPS + "test_orders_reads_never_take_the_sqlite_write_lock",),
+        "operator",
+    ),
+    Mutation(
+        "cli-runs-leave-the-engines-view",
+        "cli/commands/orders_act.py",
+        "a CLI run never writes the engine's manager-status.json",
+        "            manager = WALManager(storage, db, config, publish_status=False)\n",
+        "            manager = WALManager(storage, db, config, publish_status=True)\n",
+        (OPS + "test_reconcile_never_writes_the_engines_status_file",),
+        "operator",
     ),
 )
 
