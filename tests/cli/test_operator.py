@@ -150,7 +150,13 @@ def test_no_orders_command_creates_a_log_or_a_database(tmp_path: Path, args: lis
         ["status"],
         ["metrics"],
         ["replay", "--since", "1"],
+        ["verify"],
+        ["inspect"],
+        ["failed"],
+        ["discard", "00000000-0000-0000-0000-000000000000", "--yes"],
+        ["repair", "--yes"],
     ],
+    ids=lambda a: a[0],
 )
 def test_no_wal_command_starts_a_log_in_an_empty_directory(tmp_path: Path, args: list[str]) -> None:
     empty = tmp_path / "empty"
@@ -324,10 +330,11 @@ def test_orders_reads_never_take_the_sqlite_write_lock(tmp_path: Path, paper: Pa
         assert r.exit_code == 1, r.output  # the position has no stop: a verdict, not a lock error
         # a command that must write: one line, and one JSON document
         env["DATABASE_URL"] = url_of(tmp_path)
-        r = invoke(["wal", "--dir", "wal", "sync", "--json"], env=env)
-        assert r.exit_code != 0
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert "locked" in json.loads(r.stdout)["error"]
+        for cmd in (["sync", "--json"], ["replay", "--since", "1", "--json"]):
+            r = invoke(["wal", "--dir", "wal", *cmd], env=env)
+            assert r.exit_code == 3, r.output
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "locked" in json.loads(r.stdout)["error"]
     finally:
         locker.execute("ROLLBACK")
         locker.close()
@@ -387,7 +394,7 @@ def test_halt_stops_new_orders_of_a_running_engine_durably(
 def test_cancel_and_flatten_with_dry_run_and_confirmation(
     tmp_path: Path, paper: PaperProcess
 ) -> None:
-    aapl, msft = engine(tmp_path, paper.url, buy=3, limit="1")
+    _aapl, msft = engine(tmp_path, paper.url, buy=3, limit="1")
     base = ["orders", "--dir", "wal"]
     b = ["--broker-url", paper.url]
     writes = paper.writes()
@@ -636,3 +643,36 @@ def test_demo_says_what_it_shortens(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     line = next(x for x in r.output.splitlines() if "shortened for the show" in x)
     assert "WAL_BREAKER_FAILURES 1 (default 5)" in line and "WAL_DB_TIMEOUT_MS 200" in line
+
+
+def test_shell_completion_works_as_documented(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "cli.md").read_text()
+    assert 'eval "$(_ATB_COMPLETE=bash_source atb)"' in page
+    env = {**os.environ, "COMP_WORDS": "atb orders ", "COMP_CWORD": "2"}
+    env["_ATB_COMPLETE"] = "bash_complete"
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main"], capture_output=True, text=True, env=env, cwd=root
+    )
+    words = {line.split(",", 1)[1] for line in r.stdout.split()}
+    assert {"list", "status", "halt", "resume", "cancel", "flatten", "reconcile"} <= words
+
+
+def test_the_exit_code_table_is_whole() -> None:
+    import re
+
+    import cli._common as common
+
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "cli.md").read_text()
+    section = page.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(m) for m in re.findall(r"^\| (\d) \|", section, re.M)}
+    codes = {v for k, v in vars(common).items() if k.startswith("EXIT_")}
+    assert codes == rows == {0, 1, 2, 3, 4}
+    header = re.search(r"^\| code \|(.*)$", section, re.M)
+    assert header is not None
+    for column in ("`atb wal status`", "`atb wal verify`", "`atb orders status`", "other"):
+        assert column in header.group(1)
+    status_help = invoke(["wal", "status", "--help"]).output
+    for code in ("1 when", "2 when", "3 when", "4 when"):
+        assert code in " ".join(status_help.split()), code
