@@ -676,3 +676,42 @@ def test_the_exit_code_table_is_whole() -> None:
     status_help = invoke(["wal", "status", "--help"]).output
     for code in ("1 when", "2 when", "3 when", "4 when"):
         assert code in " ".join(status_help.split()), code
+
+
+def test_orders_list_during_an_outage_shows_the_logs_pending_orders(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    from trading_child import Outage
+
+    (first,) = engine(tmp_path, paper.url, buy=1)  # applied: the log records its database
+    url = url_of(tmp_path)
+    outage = Outage(url)
+
+    async def during_outage() -> str:
+        ddb = open_ddb(tmp_path / "wal", url)
+        outage.attach(ddb.db)
+        broker = await HttpBroker.connect(paper.url, timeout=2.0)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            await StartupReconciler(om, FAST).run()
+            outage.begin()  # the database is gone: the order is journaled in the log only
+            o = await om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=Decimal(2)))
+            return o.client_order_id
+        finally:
+            await broker.aclose()
+            ddb.stop()
+            ddb.db.dispose()
+
+    try:
+        second = run(during_outage())
+        r = invoke(["orders", "--dir", "wal", "list", "--json"], env={"WAL_DB_TIMEOUT_MS": "50"})
+        assert r.exit_code == 3, r.output
+        shown = [o["client_order_id"] for o in json.loads(r.stdout)]
+        assert second in shown and first not in shown  # the log's pending part only
+        assert "warning:" in r.stderr and "pending" in r.stderr
+        r = invoke(["orders", "--dir", "wal", "status", "--no-broker", "--json"])
+        assert r.exit_code in (1, 3) and json.loads(r.stdout)["database_error"]
+    finally:
+        outage.close()
+    r = invoke(["orders", "--dir", "wal", "list", "--json"])  # back: both, nothing lost
+    assert {first, second} <= {o["client_order_id"] for o in json.loads(r.stdout)}

@@ -125,4 +125,6 @@ def read_view(directory: Path, name: str = MANAGER_STATUS_FILE) -> dict[str, Any
         alive = _pid_alive(pid)
         data["pid_alive"] = alive
         data["stale"] = not alive
+        if not alive:
+            data["running"] = False  # its last words said running; its process is gone
     return data
