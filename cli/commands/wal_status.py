@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from cli._common import (
     EXIT_UNREADABLE,
     AtbError,
     LockState,
+    WalContext,
     echo_json,
     fmt_age,
     fmt_bytes,
@@ -105,7 +107,11 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     if manager is not None and manager.get("stale"):
         manager["running"] = False  # its last words said running; its process is gone
     cli_sync = read_view(directory, CLI_SYNC_FILE)
-    database = _database(config, no_db)
+    obj = ctx.find_object(WalContext)
+    named = (obj is not None and obj.database_url is not None) or bool(
+        os.environ.get("DATABASE_URL")
+    )
+    database = _database(config, no_db, named=named)
     doc = _document(config, stats, lock, database, manager)
     doc["last_cli_sync"] = cli_sync
     halt = read_halt(directory)
@@ -159,12 +165,23 @@ def _sqlite_missing(url: str) -> str | None:
     return None
 
 
-def _database(config: WALConfig, skip: bool) -> dict[str, Any]:
+def _database(config: WALConfig, skip: bool, *, named: bool = True) -> dict[str, Any]:
     """Try a real write-capable round trip (``DatabaseManager.ping(write=True)``) within
-    ``WAL_DB_TIMEOUT_MS``, and compare the database's id with the one the log records."""
+    ``WAL_DB_TIMEOUT_MS``, and compare the database's id with the one the log records.
+
+    ``named``: --database-url or DATABASE_URL was given; otherwise the database the log
+    records (database.json) is checked when its URL is usable as is (no masked password),
+    not the built-in default."""
     from wal.sync.identity import mismatch, read_target
 
     url = config.database_url
+    if not named:
+        try:
+            recorded = read_target(config.directory)
+        except ValueError:
+            recorded = None
+        if recorded is not None and "***" not in recorded.url:
+            url = recorded.url
     out: dict[str, Any] = {
         "url": mask_url(url),
         "reachable": None,

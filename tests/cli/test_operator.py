@@ -176,6 +176,11 @@ def test_orders_read_the_database_the_log_records(tmp_path: Path, paper: PaperPr
     assert [o["client_order_id"] for o in json.loads(r.stdout)] == [cid]
     r = invoke(["orders", "--dir", "wal", "verify"])
     assert r.exit_code == 0 and "intact" in r.output, r.output
+    # `atb wal status` checks the same database, not the built-in default
+    r = invoke(["wal", "--dir", "wal", "status", "--json"])
+    db_doc = json.loads(r.stdout)["database"]
+    assert db_doc["url"] == url_of(tmp_path) and db_doc["reachable"] is True, db_doc
+    assert db_doc["matches_log"] is True and r.exit_code == 0, r.output
     # a database that does not exist is refused, and not created
     for cmd in (["status", "--no-broker"], ["list"], ["verify"]):
         r = invoke(["orders", "--dir", "wal", "--database-url", "sqlite:///nope.db", *cmd])
