@@ -102,8 +102,9 @@ class OrderManager(OrderFills):
         """Validate, journal, send (see the module docstring); the order as it stands.
 
         Raises ``TradingHalted`` while trading is halted (the startup reconciler has not
-        succeeded), ``OrderRejected`` (nothing journaled or sent) and ``WALWriteError`` (the
-        log failed: not sent if the failure came before the broker call).
+        succeeded, or the operator's ``atb orders halt``: ``wal.sync.halt``),
+        ``OrderRejected`` (nothing journaled or sent) and ``WALWriteError`` (the log
+        failed: not sent if the failure came before the broker call).
 
         ``protective=True`` (the reconciler's emergency stops and market closes): an order
         that only reduces the journal's position in its symbol (opposite side, at most its
