@@ -72,6 +72,154 @@ class Mutation:
     area: str = "write path"
 
 
+# ---------------------------------------------------------------------------- the reconciler's decisions
+RP = "tests/orders/test_reconcile_protect.py::"
+RC = "tests/orders/test_reconcile.py::"
+
+RECONCILER: tuple[Mutation, ...] = (
+    Mutation(
+        "reconciler-lookup-window",
+        "wal/orders/reconcile.py",
+        "a reconciler lookup that finds nothing inside the broker's visibility window waits it out and looks again",
+        "            while bo is None and left > 0:  # the broker may not show it yet: wait its window out\n",
+        "            while False:\n",
+        (RP + "test_a_reconciler_lookup_honours_the_visibility_window",),
+        "reconciler",
+    ),
+    Mutation(
+        "reconciler-failed-lookup-is-not-not-found",
+        "wal/orders/reconcile.py",
+        "a failed reconciler lookup raises (halted), never taken for \"not found\" (SUBMIT_FAILED)",
+        '            bo = await self._lookup(cid)  # a failed lookup raises: never taken for "not found"\n',
+        "            try:\n                bo = await self._lookup(cid)\n            except ReconciliationFatalError:\n                bo = None\n",
+        (RP + "test_a_failed_reconciler_lookup_is_never_not_found",),
+        "reconciler",
+    ),
+    Mutation(
+        "adopted-stop-not-larger-than-position",
+        "wal/orders/reconcile.py",
+        "an unknown stop is adopted only if it is no larger than the position it protects",
+        "            if protects(bo, pos) and remaining(bo) <= abs(pos) and bo.symbol not in adopted_for:\n",
+        "            if protects(bo, pos) and bo.symbol not in adopted_for:\n",
+        (RP + "test_an_unknown_stop_larger_than_its_position_is_not_adopted",),
+        "reconciler",
+    ),
+    Mutation(
+        "emergency-stop-counts-stops-in-place",
+        "wal/orders/stops.py",
+        "an emergency stop covers only what the stops already in place leave",
+        "        need = size - cover\n",
+        "        need = size\n",
+        (RP + "test_an_emergency_stop_covers_only_what_the_stops_in_place_leave",),
+        "reconciler",
+    ),
+    Mutation(
+        "half-written-orphan-completed",
+        "wal/orders/stops.py",
+        "a half-written orphan order is completed, not skipped for a second one",
+        "            if not is_final(existing.state) and existing.filled_quantity < existing.intent.quantity:\n                break\n",
+        "            if False:\n                break\n",
+        (RP + "test_a_half_written_orphan_is_completed_not_doubled",),
+        "reconciler",
+    ),
+    Mutation(
+        "emergency-stop-price-side",
+        "wal/orders/reconcile_model.py",
+        "a long's emergency stop is below its entry (a short's above)",
+        '        return table.round_stop(symbol, entry * (1 - pct), "sell")\n',
+        '        return table.round_stop(symbol, entry * (1 + pct), "sell")\n',
+        (
+            RP + "test_an_emergency_stop_price_is_on_the_tick_beyond_the_entry",
+            RC + "test_every_position_gets_one_emergency_stop_and_a_second_run_is_all_zeros",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "stop-rounded-away-from-market",
+        "wal/orders/ticks.py",
+        "a stop price is rounded to its tick away from the market (sell stop down, buy stop up)",
+        '        return self.round(symbol, price, ROUND_FLOOR if side == "sell" else ROUND_CEILING)\n',
+        '        return self.round(symbol, price, ROUND_CEILING if side == "sell" else ROUND_FLOOR)\n',
+        (
+            RP + "test_default_ticks_follow_the_equity_rule",
+            RP + "test_an_emergency_stop_price_is_on_the_tick_beyond_the_entry",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "unknown-stop-resolved-by-lookup",
+        "wal/orders/stops.py",
+        "a protective order of unknown outcome is resolved by lookup before anything else is sent",
+        "            order = await self._resolve(order)\n",
+        "            pass\n",
+        (RP + "test_an_unknown_emergency_stop_is_looked_up_never_doubled",),
+        "reconciler",
+    ),
+    Mutation(
+        "only-refusals-count",
+        "wal/orders/stops.py",
+        "only definite refusals count toward the market close (a stop not at the broker does not)",
+        '            c.errors.append(f"emergency stop {cid} for {bp.symbol}: not at the broker")\n',
+        "            refusals += 1\n",
+        (RP + "test_only_definite_refusals_count_toward_the_market_close",),
+        "reconciler",
+    ),
+    Mutation(
+        "wrong-side-stops-cancelled",
+        "wal/orders/stops.py",
+        "every active stop that would open or grow a position is cancelled (user stops too)",
+        "        for bo in [b for b in stops if not protects(b, pos)]:\n",
+        "        for bo in []:\n",
+        (
+            RP + "test_a_stop_without_a_position_is_cancelled_with_its_reason",
+            RP + "test_a_stop_that_would_grow_the_position_is_cancelled",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "over-cover-resized",
+        "wal/orders/stops.py",
+        "stops covering more than the position are resized (kept only while they fit)",
+        "            if cover + remaining(b) <= size:\n",
+        "            if True:\n",
+        (RP + "test_over_cover_is_resized_never_left",),
+        "reconciler",
+    ),
+    Mutation(
+        "run-ends-with-the-end-check",
+        "wal/orders/reconcile.py",
+        "a run succeeds only if the broker's state, read at its end, matches the journal and is covered exactly",
+        "                problems = await self._end_check()  # success is the broker's state, checked\n",
+        "                problems = []\n",
+        (
+            RP + "test_an_emergency_stop_filled_at_once_with_its_fill_fetch_failing_is_booked_in_the_run",
+            RP + "test_a_book_that_cannot_be_made_exact_is_fatal_and_halted",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "broker-evidence-beats-a-final-state",
+        "wal/orders/reconcile.py",
+        "a broker order under a journal client id whose journal state is final is still settled",
+        "            if final is None or not is_final(final.state):\n",
+        "            if True:\n",
+        (
+            RP + "test_a_live_order_under_a_final_journal_state_is_tracked_and_its_fills_booked",
+            RP + "test_a_fill_lost_behind_a_cancel_is_booked_to_its_order_not_an_orphan",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "never-final-while-fills-differ",
+        "wal/orders/reconcile.py",
+        "an order is never set final while its booked fills differ from the broker's filled quantity",
+        "                return  # never final while the booked fills differ from the broker's figure\n",
+        "                pass\n",
+        (RC + "test_a_filled_report_without_executions_is_critical_never_final_and_fatal",),
+        "reconciler",
+    ),
+)
+
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the write path
     Mutation(
@@ -609,6 +757,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "reads",
     ),
 )
+MUTATIONS = (*MUTATIONS, *RECONCILER)  # the reconciler's decisions (issue 19)
 
 
 # ---------------------------------------------------------------------------- checking
