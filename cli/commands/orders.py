@@ -29,7 +29,7 @@ from wal.config import WALConfig
 from wal.db import DatabaseManager
 from wal.errors import WALError, WALLockedError
 from wal.log.storage import WALStorage
-from wal.orders.audit import verify_audit
+from wal.orders.audit import digest_path, verify_audit
 from wal.orders.errors import ReconciliationFatalError
 from wal.orders.http_broker import HttpBroker
 from wal.orders.journal import read_journal
@@ -388,10 +388,12 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
     """Recompute the hash chain over every order event and check the anchors.
 
     Exit 0 when intact; 1 with "first broken link at seq N (expected ..., found ...)" when
-    a row was changed or removed, or an anchor names rows cut off the end.
+    a row was changed or removed, or an anchor names rows cut off the end. When the log
+    directory (--dir, WAL_DIR) exists, its digest file (order-audit.digest) is compared
+    too: a rewrite of both tables is detected by it.
 
     --json prints {ok, events, anchors, last_seq, last_confirmed_anchor, first_broken_seq,
-    problems}.
+    problems, digest_entries}.
 
     \b
     Examples:
@@ -400,8 +402,9 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
     """
     config = get_config(ctx)
     db = DatabaseManager(config.database_url)
+    digest = digest_path(config.directory) if config.directory.is_dir() else None
     try:
-        report = verify_audit(db)
+        report = verify_audit(db, digest=digest)
     except Exception as exc:
         raise AtbError(f"cannot read the audit trail from {db.safe_url}: {exc}") from None
     finally:
