@@ -75,6 +75,7 @@ class Mutation:
 # ---------------------------------------------------------------------------- the reconciler's decisions
 RP = "tests/orders/test_reconcile_protect.py::"
 RC = "tests/orders/test_reconcile.py::"
+AU = "tests/orders/test_audit.py::"
 
 RECONCILER: tuple[Mutation, ...] = (
     Mutation(
@@ -217,6 +218,72 @@ RECONCILER: tuple[Mutation, ...] = (
         "                pass\n",
         (RC + "test_a_filled_report_without_executions_is_critical_never_final_and_fatal",),
         "reconciler",
+    ),
+    Mutation(
+        "audit-hash-covers-prev-hash",
+        "wal/db/order_schema.py",
+        "a row's hash covers the previous row's hash (the chain)",
+        '    return hashlib.sha256(body + prev_hash.encode("ascii")).hexdigest()\n',
+        "    return hashlib.sha256(body).hexdigest()\n",
+        (AU + "test_a_rows_hash_covers_the_previous_hash_and_every_field",),
+        "audit",
+    ),
+    Mutation(
+        "audit-hash-covers-broker-order-id",
+        "wal/db/order_schema.py",
+        "a row's hash covers every field, the broker order id included",
+        '        broker_order_id=event.get("broker_order_id"),\n',
+        "        broker_order_id=None,\n",
+        (
+            AU + "test_a_rows_hash_covers_the_previous_hash_and_every_field",
+            AU + "test_a_changed_broker_order_id_is_named_by_seq",
+        ),
+        "audit",
+    ),
+    Mutation(
+        "verify-reads-every-batch",
+        "wal/orders/audit.py",
+        "verify reads the chain batch after batch to its end",
+        "        rows = db.get_audit_rows(after=after, limit=_BATCH)\n",
+        "        rows = db.get_audit_rows(after=after, limit=_BATCH) if after == 0 else []\n",
+        (AU + "test_verify_reads_past_its_first_batch",),
+        "audit",
+    ),
+    Mutation(
+        "anchor-checked-by-hash",
+        "wal/orders/audit.py",
+        "an anchor is checked by its hash, not only by its presence",
+        "        if found != h:\n",
+        "        if False:\n",
+        (AU + "test_an_anchor_is_checked_by_its_hash_not_its_presence",),
+        "audit",
+    ),
+    Mutation(
+        "digest-compared",
+        "wal/orders/audit.py",
+        "verify compares the digest file with the rows and anchors (a rewrite of both tables)",
+        "        problems += _check_digest(entries, anchors, hashes, last)\n",
+        "        pass\n",
+        (AU + "test_the_digest_file_catches_a_rewrite_of_both_tables",),
+        "audit",
+    ),
+    Mutation(
+        "digest-fsync",
+        "wal/orders/audit.py",
+        "each digest line is fsynced before the anchor write returns",
+        "        os.fsync(fd)  # the anchor is on disk before the call returns\n",
+        "        pass\n",
+        (AU + "test_the_digest_is_appended_fsynced_and_refuses_a_symlink",),
+        "audit",
+    ),
+    Mutation(
+        "digest-directory-fsync",
+        "wal/orders/audit.py",
+        "a new digest file's name is fsynced in its directory",
+        "            os.fsync(dfd)  # the new file's name survives a power loss\n",
+        "            pass\n",
+        (AU + "test_the_digest_is_appended_fsynced_and_refuses_a_symlink",),
+        "audit",
     ),
 )
 
