@@ -219,10 +219,16 @@ class StartupReconciler:
                     f"{bo.status}, {bo.filled_quantity} filled"
                 )
         for bo in open_orders:
-            if bo.client_order_id not in journal:
+            known = journal.get(bo.client_order_id)
+            if known is None:
                 problems.append(
                     f"broker order {bo.broker_order_id} ({bo.client_order_id}) is open and "
                     "not in the journal"
+                )
+            elif is_final(known.state):
+                problems.append(
+                    f"broker order {bo.broker_order_id} ({bo.client_order_id}) is open; the "
+                    f"journal has it {known.state.value}"
                 )
         return problems
 
