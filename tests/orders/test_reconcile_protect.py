@@ -15,7 +15,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
 import pytest
-from orders_helpers import Rig, broker_positions, buy, journal_positions, make_rig, run
+from orders_helpers import Rig, buy, journal_positions, make_rig, run
 
 from wal.orders import (
     BrokerOrder,
