@@ -23,6 +23,7 @@ from wal.orders import (
     DedupScope,
     Fault,
     FaultPlan,
+    Fill,
     OrderIntent,
     OrderJournal,
     OrderState,
@@ -554,5 +555,84 @@ def test_an_emergency_stop_sent_to_the_broker_is_on_the_tick(
         assert stop.stop_price == stop.stop_price.quantize(Decimal("0.01"))
         entry = Decimal(str(broker.positions()[0].avg_entry_price))
         assert stop.stop_price <= entry * Decimal("0.98")
+    finally:
+        rig.close()
+
+
+def test_an_emergency_stop_follows_the_symbols_configured_tick(tmp_path: Path) -> None:
+    broker = paper(prices={"AAPL": Decimal("101.13")})
+    rig = restart(long_position(tmp_path, broker, "2"), tmp_path)
+    try:
+        cfg = replace(FAST, ticks=TickTable({"AAPL": Decimal("0.25")}))
+        reconcile(rig, cfg)
+        ((stop),) = stops(broker)
+        assert stop.stop_price == Decimal("99.00")  # 101.13 * 0.98 = 99.1074, down to 0.25
+    finally:
+        rig.close()
+
+
+def test_a_filled_order_the_journal_failed_is_booked_to_it(tmp_path: Path) -> None:
+    """The journal says SUBMIT_FAILED (final); the broker filled it: its executions are
+    booked to that order, never to a synthetic orphan."""
+    broker = paper(LOOK_ONLY)
+    broker.faults = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3)
+    )
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("3")))
+    assert order.state is OrderState.UNKNOWN
+    run(
+        rig.om.force_state(
+            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
+        )
+    )
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        got = rig.om.get(order.client_order_id)
+        assert got is not None and got.state is OrderState.FILLED, r
+        assert got.filled_quantity == Decimal("3") and r.orphans_detected == 0
+        assert not [o for o in rig.om.journal.orders() if o.client_order_id.startswith("orphan-")]
+        assert exact(broker)
+        quiet(rig)
+    finally:
+        rig.close()
+
+
+class ShortPage(PaperBroker):
+    """A broker whose fills endpoint returns a short page the first time (pagination cut)."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=7, rules=RULES, auto_fill=False)
+        self.short = True
+
+    async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+        got = await super().get_fills(since)
+        if self.short:
+            self.short = False
+            return []
+        return got
+
+
+def test_executions_the_fetch_missed_are_fetched_again_for_their_order(tmp_path: Path) -> None:
+    """The broker reports 2 filled; the snapshot's fills lack them: the reconciler fetches
+    the order's fills again (the broker's figure is authoritative) and books them to it."""
+    broker = ShortPage()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("2", order_type="limit", limit_price=Decimal("101"))))
+    broker.short = False
+    broker.advance()  # it fills while we are down
+    rig = restart(rig, tmp_path)
+    broker.short = True
+    try:
+        r = reconcile(rig)
+        got = rig.om.get(order.client_order_id)
+        assert got is not None and got.state is OrderState.FILLED, r
+        assert r.orphans_detected == 0 and r.fills_inferred == 1
+        assert not any("end check" in e for e in r.errors), r.errors  # in the first pass
     finally:
         rig.close()
