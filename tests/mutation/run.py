@@ -238,6 +238,15 @@ RECONCILER: tuple[Mutation, ...] = (
         "reconciler",
     ),
     Mutation(
+        "no-orphan-for-a-known-client-id",
+        "wal/orders/stops.py",
+        "a position difference made of a journal order's unbooked executions gets no synthetic orphan",
+        "            if sym in c.unsettled:  # the difference is an order's unbooked executions\n",
+        "            if False:\n",
+        (RP + "test_executions_the_broker_cannot_list_are_never_an_orphan",),
+        "reconciler",
+    ),
+    Mutation(
         "audit-hash-covers-prev-hash",
         "wal/db/order_schema.py",
         "a row's hash covers the previous row's hash (the chain)",

@@ -636,3 +636,45 @@ def test_executions_the_fetch_missed_are_fetched_again_for_their_order(tmp_path:
         assert not any("end check" in e for e in r.errors), r.errors  # in the first pass
     finally:
         rig.close()
+
+
+class HidingFills(PaperBroker):
+    """A broker that never lists the executions of the client ids in ``hidden``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            seed=7,
+            rules=RULES,
+            auto_fill=False,
+            faults=FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.7"))),
+        )
+        self.hidden: set[str] = set()
+
+    async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+        return [f for f in await super().get_fills(since) if f.client_order_id not in self.hidden]
+
+
+def test_executions_the_broker_cannot_list_are_never_an_orphan(tmp_path: Path) -> None:
+    """The broker says 3 of 10 filled, then cancelled; its executions cannot be had: no
+    synthetic order takes them (they belong to that order), the run is fatal, halted."""
+    broker = HidingFills()
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("10")))
+    assert order.broker_order_id is not None
+    broker.advance()  # 3 of 10
+    broker.cancel(order.broker_order_id)
+    run(
+        rig.om.force_state(
+            order.client_order_id, OrderState.CANCELLED, reason="lost", _reconciliation=True
+        )
+    )
+    broker.hidden.add(order.client_order_id)
+    rig = restart(rig, tmp_path)
+    try:
+        with pytest.raises(ReconciliationFatalError, match="AAPL"):
+            reconcile(rig)
+        assert not [o for o in rig.om.journal.orders() if o.client_order_id.startswith("orphan-")]
+        assert rig.om.halted is not None
+    finally:
+        rig.close()

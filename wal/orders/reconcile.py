@@ -514,6 +514,7 @@ class StartupReconciler:
             )
             log.critical(msg)
             c.errors.append(msg)
+            c.unsettled.add(order.symbol)  # no synthetic orphan covers what belongs to it
             if is_final(target):
                 return  # never final while the booked fills differ from the broker's figure
         if state is not target and not (target is _S.ACCEPTED and state is _S.PARTIALLY_FILLED):

@@ -200,6 +200,7 @@ class Counts:
     errors: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)  # broker order ids cancelled in this run
+    unsettled: set[str] = field(default_factory=set)  # symbols with executions not booked
 
     def act(self, dry: bool, what: str) -> None:
         """Record (and log) one change made, or planned by a dry run."""

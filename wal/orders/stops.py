@@ -104,6 +104,12 @@ class PositionReconciler:
             diff = have - mine.get(sym, Decimal(0))
             if diff == 0:
                 continue
+            if sym in c.unsettled:  # the difference is an order's unbooked executions
+                c.errors.append(
+                    f"orphan position {sym}: not journaled: a journal order of {sym} has "
+                    "executions the broker reports and the journal lacks"
+                )
+                continue
             c.orphans += 1
             try:
                 for _ in range(5):  # an unfinished synthetic order is completed first
@@ -249,10 +255,9 @@ class PositionReconciler:
             left = size - cover
             if left > 0 and b.stop_price is not None:
                 price = self.config.ticks.round_stop(sym, b.stop_price, side)
-                await self._place(
-                    bp, side, left, price, taken, now, c, dry, f"resizes {b.client_order_id}"
-                )
-                cover = size
+                what = f"resizes {b.client_order_id}"
+                if await self._place(bp, side, left, price, taken, now, c, dry, what):
+                    cover = size  # else an emergency stop (or the close) covers what is left
         need = size - cover
         if need > 0:
             await self._emergency_stop(bp, side, need, taken, now, c, dry)
@@ -283,11 +288,11 @@ class PositionReconciler:
                     break
                 await asyncio.sleep(self.config.backoff(attempt))
                 order = await om.refresh(cid)
-            if order.state is _S.CANCELLED:
+            if order.state is _S.CANCELLED and order.filled_quantity <= bo.filled_quantity:
                 return
             raise _Unresolved(
-                f"stop {cid} is {order.state.value} after its cancel ({why}): nothing more is "
-                "sent until it is settled"
+                f"stop {cid} is {order.state.value} ({order.filled_quantity} filled) after its "
+                f"cancel ({why}): nothing more is sent until it is settled"
             )
         try:
             await asyncio.wait_for(
@@ -299,7 +304,11 @@ class PositionReconciler:
             after = await self._lookup(cid)
         except ReconciliationFatalError as exc:
             raise _Unresolved(f"stop {cid}: the lookup after its cancel failed ({exc})") from None
-        if after is None or after.state is not _S.CANCELLED or after.filled_quantity:
+        if (
+            after is None
+            or after.state is not _S.CANCELLED
+            or after.filled_quantity != bo.filled_quantity  # it executed: the position moved
+        ):
             state = "not found" if after is None else after.status
             raise _Unresolved(f"stop {cid} is {state} after its cancel ({why})")
 
