@@ -247,6 +247,15 @@ RECONCILER: tuple[Mutation, ...] = (
         "reconciler",
     ),
     Mutation(
+        "unknown-stop-lookup-window",
+        "wal/orders/stops.py",
+        "an unknown stop is given up (submit_failed) only after the broker's visibility window",
+        "            if left <= 0:\n",
+        "            if True:\n",
+        (RP + "test_an_unknown_stop_is_not_given_up_inside_the_visibility_window",),
+        "reconciler",
+    ),
+    Mutation(
         "audit-hash-covers-prev-hash",
         "wal/db/order_schema.py",
         "a row's hash covers the previous row's hash (the chain)",

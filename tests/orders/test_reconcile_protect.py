@@ -678,3 +678,23 @@ def test_executions_the_broker_cannot_list_are_never_an_orphan(tmp_path: Path) -
         assert rig.om.halted is not None
     finally:
         rig.close()
+
+
+def test_an_unknown_stop_is_not_given_up_inside_the_visibility_window(tmp_path: Path) -> None:
+    """The stop's reply is lost and the broker's lookups lag inside its window: the
+    reconciler waits the window out and looks again; it never marks the stop failed and
+    sends a second one."""
+    rules = ClientIdRules(dedup_scope=DedupScope.OPEN_ONLY, visibility_window_seconds=0.3)
+    broker = PaperBroker(seed=7, rules=rules)
+    rig = restart(long_position(tmp_path, broker), tmp_path)
+    broker.faults = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3 + 1)
+    )
+    try:
+        r = reconcile(rig)
+        assert broker.submit_calls == 2 and r.emergency_stops_placed == 1, r
+        assert len(stops(broker)) == 1 and exact(broker)
+    finally:
+        rig.close()
