@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -273,11 +274,11 @@ def reconcile_cmd(
     config = get_config(ctx)
     try:
         rcfg = ReconcilerConfig.from_env()
+    except (ValueError, InvalidOperation) as exc:
+        raise AtbError(f"ORDER_* environment: {exc}") from None
+    try:
         if emergency_stop_pct is not None:
-            rcfg = ReconcilerConfig(
-                emergency_stop_pct=Decimal(emergency_stop_pct),
-                fetch_timeout=rcfg.fetch_timeout,
-            )
+            rcfg = replace(rcfg, emergency_stop_pct=Decimal(emergency_stop_pct))
     except (ValueError, InvalidOperation) as exc:
         raise AtbError(f"--emergency-stop-pct: {exc}") from None
     url = _broker_url(broker_url)
