@@ -14,24 +14,40 @@ then, in parallel (``asyncio.gather``), each call with ``fetch_timeout`` and
 ``fetch_attempts`` tries (backoff ``fetch_backoff``); a fetch that still fails, or a broker
 status string that ``BROKER_STATUS`` does not know, is ``ReconciliationFatalError``.
 
+A run is **passes** (up to ``run_attempts``): fetch, phase 1, phase 2, then the **end
+check**, read from the broker at that moment: the journal's positions equal the broker's,
+every position's stops on its reducing side sum exactly to it (none would open or grow one),
+every journal order is settled (final, or open at the broker with the same filled quantity),
+every open broker order is open in the journal. Only then does the run succeed; otherwise the
+next pass starts from a fresh fetch, and after the last one it is ``ReconciliationFatalError``.
+
 **Phase 1, orders**: every journal order not in a final state is found at the broker (in the
 fetched lists, else looked up by client id: also an order *without* a broker id, since the
-crash may have come after the send). Found: its missing fills are journaled (inferred, once
-per execution key), then its state is set to the broker's through ``BROKER_STATUS``
-(``force_state(..., _reconciliation=True)``); transient statuses are skipped. Not found:
-PENDING (never sent) or older than the broker's visibility window -> ``SUBMIT_FAILED``.
-Open broker orders the journal does not know are cancelled, except a stop that protects a
-position we hold, which is adopted (journaled under its client id).
+crash may have come after the send; a failed lookup raises, never "not found"). Found: its
+missing executions are booked to it (fetched again when the snapshot's do not explain the
+broker's filled quantity), then its state is set to the broker's through ``BROKER_STATUS``
+(``force_state(..., _reconciliation=True)``), never a final one while the booked quantity
+differs from the broker's; transient statuses are skipped. Not found: PENDING (never sent),
+or still missing once the broker's visibility window has passed -> ``SUBMIT_FAILED``. Broker
+evidence wins over a final journal state: a broker order under a journal client id that is
+live, filled, or has executions the journal lacks is reopened (``force_state``), its fills
+booked, its state set to the broker's. Open broker orders the journal does not know are
+cancelled, except a stop that protects a position we hold (no larger than it), which is
+adopted (journaled under its client id).
 
 **Phase 2, positions** (:mod:`wal.orders.stops`): a difference between the broker's net
-position and the journal's gets a synthetic order ``orphan-{symbol}-{YYYYMMDD}``; every
-position must then have its stop (else an emergency stop ``es-...``, else a market close).
+position and the journal's gets a synthetic order ``orphan-{symbol}-{YYYYMMDD}`` (never for a
+symbol whose journal order has executions it could not book); then protection is made exact:
+stops that would open or grow a position are cancelled, the reducing side is resized to the
+position, an emergency stop ``es-...`` covers what is left (prices on the tick,
+:mod:`wal.orders.ticks`), a stop of unknown outcome is looked up before anything else is
+sent, and only definite refusals lead to a market close.
 
 **Result**: ``ReconciliationResult`` (frozen); errors are collected, every position is
 processed. A second run right after a successful one reports all zeros and makes no write
-call to the broker. ``dry_run=True`` fetches and reports what it would do, changing nothing.
-The config, the result and the ids are in :mod:`wal.orders.reconcile_model` (imported from
-here too).
+call to the broker. ``dry_run=True`` fetches and reports what it would do, changing nothing
+(one pass, no end check). The config, the result and the ids are in
+:mod:`wal.orders.reconcile_model` (imported from here too).
 """
 
 from __future__ import annotations
