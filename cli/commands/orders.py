@@ -331,15 +331,23 @@ def _status(orders_: list[Order]) -> dict[str, Any]:
                 "symbol": sym,
                 "quantity": format(q, "f"),
                 "stop_quantity": format(cover, "f"),
-                "protected": cover >= abs(q),
+                "protected": cover == abs(q),  # exact: more would flip the position
             }
         )
     unknown = [o.client_order_id for o in orders_ if o.state is OrderState.UNKNOWN]
     unprotected = [p["symbol"] for p in out if not p["protected"]]
+    stray = []  # stops that would open or grow a position (none without a position)
+    for o in live:
+        pos = positions.get(o.symbol, Decimal(0))
+        if o.intent.order_type in ("stop", "stop_limit") and (
+            pos == 0 or (pos > 0) == (o.intent.side == "buy")
+        ):
+            stray.append(o.client_order_id)
     return {
-        "ok": not unknown and not unprotected,
+        "ok": not unknown and not unprotected and not stray,
         "unknown_orders": unknown,
         "unprotected_positions": unprotected,
+        "stray_stops": stray,
         "positions": out,
         "open_orders": sum(1 for o in orders_ if o.state.value not in _FINAL),
         "emergency_stops": sum(
@@ -352,11 +360,12 @@ def _status(orders_: list[Order]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """For monitoring: exit 0 when no order is UNKNOWN and every position the journal holds
-    has stops covering it; 1 otherwise. Reads the journal only (pending entries included).
+    """For monitoring: exit 0 when no order is UNKNOWN, every position the journal holds has
+    stops on its reducing side covering it exactly, and no stop would open or grow a
+    position; 1 otherwise. Reads the journal only (pending entries included).
 
-    --json prints {ok, unknown_orders, unprotected_positions, positions: [{symbol, quantity,
-    stop_quantity, protected}], open_orders, emergency_stops}.
+    --json prints {ok, unknown_orders, unprotected_positions, stray_stops, positions:
+    [{symbol, quantity, stop_quantity, protected}], open_orders, emergency_stops}.
 
     \b
     Examples:
@@ -376,8 +385,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         for cid in st["unknown_orders"]:
             click.echo(f"  UNKNOWN order {cid}: run `atb orders reconcile`")
         for p in st["positions"]:
-            mark = "ok" if p["protected"] else "UNPROTECTED"
+            mark = "ok" if p["protected"] else "NOT EXACTLY PROTECTED"
             click.echo(f"  {p['symbol']}: {p['quantity']} (stops {p['stop_quantity']}) {mark}")
+        for cid in st["stray_stops"]:
+            click.echo(f"  STOP {cid} would open or grow a position: run `atb orders reconcile`")
     if not st["ok"]:
         ctx.exit(1)
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 from orders_helpers import Rig, buy, journal_positions, make_rig, run
 
@@ -698,3 +699,30 @@ def test_an_unknown_stop_is_not_given_up_inside_the_visibility_window(tmp_path: 
         assert len(stops(broker)) == 1 and exact(broker)
     finally:
         rig.close()
+
+
+def test_status_reports_over_cover_and_stray_stops(tmp_path: Path) -> None:
+    """``atb orders status``: over-cover is not "protected" (it would flip the position), a
+    stop that would grow the position is listed; after reconciling, OK."""
+    from click.testing import CliRunner
+
+    from cli.main import atb
+
+    broker = paper()
+    rig = long_position(tmp_path, broker, "4")
+    run(rig.om.submit(stop_intent("sell", "10", "90")))
+    grow = run(rig.om.submit(stop_intent("buy", "1", "120")))
+    rig.close()
+    args = ["orders", "--dir", str(tmp_path / "wal"), "--database-url",
+            f"sqlite:///{tmp_path / 'atb.db'}", "status", "--json"]  # fmt: skip
+    r = CliRunner().invoke(atb, args)
+    st = orjson.loads(r.output)
+    assert r.exit_code == 1 and not st["ok"], r.output
+    assert st["unprotected_positions"] == ["AAPL"] and st["stray_stops"] == [grow.client_order_id]
+    rig = make_rig(tmp_path, broker)
+    try:
+        reconcile(rig)
+    finally:
+        rig.close()
+    r = CliRunner().invoke(atb, args)
+    assert r.exit_code == 0 and orjson.loads(r.output)["ok"], r.output
