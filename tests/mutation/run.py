@@ -256,6 +256,15 @@ RECONCILER: tuple[Mutation, ...] = (
         "reconciler",
     ),
     Mutation(
+        "status-exact-cover",
+        "cli/commands/orders.py",
+        "atb orders status calls a position protected only when its stops cover it exactly",
+        '                "protected": cover == abs(q),  # exact: more would flip the position\n',
+        '                "protected": cover >= abs(q),\n',
+        (RP + "test_status_reports_over_cover_and_stray_stops",),
+        "reconciler",
+    ),
+    Mutation(
         "audit-hash-covers-prev-hash",
         "wal/db/order_schema.py",
         "a row's hash covers the previous row's hash (the chain)",
