@@ -35,7 +35,7 @@ from wal.config import WALConfig
 from wal.db.classify import describe_error
 from wal.errors import WALDatabaseError, WALError
 from wal.log.storage import WALStorage
-from wal.orders.audit import verify_audit
+from wal.orders.audit import digest_path, verify_audit
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerError
 from wal.orders.http_broker import HttpBroker
@@ -348,12 +348,14 @@ def _journal_positions(orders_: list[Order]) -> dict[str, Decimal]:
     return {s: q for s, q in positions.items() if q != 0}
 
 
-def _stops(orders_: list[tuple[str, str, str, Decimal]], symbol: str, side: str) -> Decimal:
-    """The quantity of live stop orders (symbol, side, type, remaining) on ``side``."""
+def _stops(
+    orders_: list[tuple[str, str, str, Decimal, str]], symbol: str, side: str
+) -> Decimal:
+    """The quantity of live stop orders (symbol, side, type, remaining, id) on ``side``."""
     return sum(
         (
             r
-            for s, sd, t, r in orders_
+            for s, sd, t, r, _ in orders_
             if s == symbol and sd == side and t in ("stop", "stop_limit")
         ),
         Decimal(0),
@@ -384,12 +386,16 @@ def order_status(
     disagreements: list[str] = []
     if broker is None:
         positions = journal
-        working = [(o.symbol, o.intent.side, o.intent.order_type, o.remaining) for o in live]
+        working = [
+            (o.symbol, o.intent.side, o.intent.order_type, o.remaining, o.client_order_id)
+            for o in live
+        ]
     else:
         b_positions, b_orders = broker
         positions = {p.symbol: p.quantity for p in b_positions if p.quantity != 0}
         working = [
-            (o.symbol, o.side, o.order_type, o.quantity - o.filled_quantity) for o in b_orders
+            (o.symbol, o.side, o.order_type, o.quantity - o.filled_quantity, o.client_order_id)
+            for o in b_orders
         ]
         for sym in sorted(set(positions) | set(journal)):
             j, b = journal.get(sym, Decimal(0)), positions.get(sym, Decimal(0))
@@ -413,15 +419,22 @@ def order_status(
                 "symbol": sym,
                 "quantity": dec(q),
                 "stop_quantity": dec(cover),
-                "protected": cover >= abs(q),
+                "protected": cover == abs(q),  # exact: more would flip the position
             }
         )
     unknown = [o.client_order_id for o in orders_ if o.state is OrderState.UNKNOWN]
     unprotected = [p["symbol"] for p in out if not p["protected"]]
+    stray = [  # stops that would open or grow a position (none without a position)
+        cid
+        for sym, side, type_, _, cid in working
+        if type_ in ("stop", "stop_limit")
+        and (positions.get(sym, Decimal(0)) == 0 or (positions[sym] > 0) == (side == "buy"))
+    ]
     return {
-        "ok": not unknown and not unprotected and not disagreements,
+        "ok": not unknown and not unprotected and not disagreements and not stray,
         "unknown_orders": unknown,
         "unprotected_positions": unprotected,
+        "stray_stops": stray,
         "disagreements": disagreements,
         "positions": out,
         "open_orders": sum(1 for o in orders_ if o.state.value not in _FINAL),
@@ -460,8 +473,10 @@ def status_cmd(
     code is the journal's (0 or 1). A halt (`atb orders halt`) is shown, not an error.
 
     --json prints {ok, checked_broker, broker_url, broker_error, halted, unknown_orders,
-    unprotected_positions, disagreements, positions: [{symbol, quantity, stop_quantity,
-    protected}], open_orders, emergency_stops, database_error, exit_code}.
+    unprotected_positions, stray_stops, disagreements, positions: [{symbol, quantity,
+    stop_quantity, protected}], open_orders, emergency_stops, database_error, exit_code}.
+    A position is protected only when its stops on the reducing side cover it exactly; a
+    stop that would open or grow a position is listed in stray_stops (exit 1).
 
     \b
     Examples:
@@ -520,8 +535,10 @@ def status_cmd(
         for line in st["disagreements"]:
             click.echo(f"  DISAGREE {line}")
         for p in st["positions"]:
-            mark = "ok" if p["protected"] else "UNPROTECTED"
+            mark = "ok" if p["protected"] else "NOT EXACTLY PROTECTED"
             click.echo(f"  {p['symbol']}: {p['quantity']} (stops {p['stop_quantity']}) {mark}")
+        for cid in st["stray_stops"]:
+            click.echo(f"  STOP {cid} would open or grow a position: run `atb orders reconcile`")
     ctx.exit(code)
 
 
@@ -537,7 +554,8 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
     no log or its database is missing; 3 when the database cannot be read.
 
     --json prints {ok, events, anchors, last_seq, last_confirmed_anchor, first_broken_seq,
-    problems}.
+    problems, digest_entries}. The log's digest file (order-audit.digest) is compared too: a
+    rewrite of both tables is detected by it.
 
     \b
     Examples:
@@ -549,7 +567,7 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
     source = resolve(ctx, config, what=what)
     db = open_database(source, config, what=what)
     try:
-        report = verify_audit(db)
+        report = verify_audit(db, digest=digest_path(config.directory))
     except WALDatabaseError as exc:
         raise AtbError(f"cannot {what}: {exc}", EXIT_UNCHECKED) from None
     except Exception as exc:  # SQLAlchemy and the driver: one line, never a traceback

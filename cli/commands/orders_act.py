@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -156,10 +157,7 @@ def reconcile_cmd(
     try:
         rcfg = ReconcilerConfig.from_env()
         if emergency_stop_pct is not None:
-            rcfg = ReconcilerConfig(
-                emergency_stop_pct=Decimal(emergency_stop_pct),
-                fetch_timeout=rcfg.fetch_timeout,
-            )
+            rcfg = replace(rcfg, emergency_stop_pct=Decimal(emergency_stop_pct))
     except (ValueError, InvalidOperation) as exc:
         raise click.BadParameter(str(exc), param_hint="--emergency-stop-pct") from None
     what = "reconcile the order journal"

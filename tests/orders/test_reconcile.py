@@ -127,7 +127,7 @@ def test_two_failing_fetches_are_retried(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, paper(faults=plan))
     try:
         assert zeros(reconcile(rig))
-        assert plan.calls("get_positions") == 3
+        assert plan.calls("get_positions") == 3 + 1  # three tries, then the end check
     finally:
         rig.close()
 
@@ -153,26 +153,32 @@ def test_an_unknown_broker_status_is_fatal(tmp_path: Path) -> None:
 
 def test_the_fetches_run_in_parallel(tmp_path: Path) -> None:
     class Barrier(PaperBroker):
-        """A paper broker whose list calls wait until all four have started."""
+        """A paper broker whose first four list calls wait until all four have started."""
 
         def __init__(self) -> None:
             super().__init__(seed=1, rules=RULES)
             self.barrier = asyncio.Barrier(4)
+            self.first: set[str] = set()
+
+        async def _meet(self, op: str) -> None:
+            if op not in self.first:  # the fetch; the end check's reads come later, alone
+                self.first.add(op)
+                await self.barrier.wait()
 
         async def get_positions(self) -> list[BrokerPosition]:
-            await self.barrier.wait()
+            await self._meet("positions")
             return await super().get_positions()
 
         async def get_open_orders(self) -> list[BrokerOrder]:
-            await self.barrier.wait()
+            await self._meet("open")
             return await super().get_open_orders()
 
         async def get_recent_orders(self, hours: float) -> list[BrokerOrder]:
-            await self.barrier.wait()
+            await self._meet("recent")
             return await super().get_recent_orders(hours)
 
         async def get_fills(self, since: datetime | None = None) -> list[Fill]:
-            await self.barrier.wait()
+            await self._meet("fills")
             return await super().get_fills(since)
 
     rig = make_rig(tmp_path, Barrier())
@@ -193,8 +199,9 @@ def test_emergency_stop_pct_is_validated() -> None:
     assert ReconcilerConfig().emergency_stop_pct == Decimal("0.02")
     assert emergency_stop_price(Decimal("100"), Decimal("5"), Decimal("0.02")) == Decimal("98.00")
     assert emergency_stop_price(Decimal("100"), Decimal("-5"), Decimal("0.02")) == Decimal("102.00")
+    # on the tick (0.01 at or above 1.00), rounded away from the market: down for a sell stop
     assert emergency_stop_price(Decimal("187.255"), Decimal("1"), Decimal("0.02")) == Decimal(
-        "183.509"
+        "183.50"
     )
 
 
@@ -311,24 +318,30 @@ def test_missing_fills_are_inferred_once_by_execution_id(tmp_path: Path) -> None
         rig.close()
 
 
-def test_a_filled_report_without_a_price_is_critical_and_still_applied(
+def test_a_filled_report_without_executions_is_critical_never_final_and_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Rule 1: never FILLED in the journal while its booked fills (0) differ from the
+    broker's filled quantity (2); the run cannot end exact, so it is fatal (halted)."""
     broker = paper(auto_fill=False)
     rig = make_rig(tmp_path, broker)
     run(rig.om.start())
     order = run(rig.om.submit(buy("2", order_type="limit", limit_price=Decimal("90"))))
     assert order.broker_order_id is not None
-    po = broker._orders[order.broker_order_id]  # the broker misreports: filled, no price
+    po = broker._orders[order.broker_order_id]  # the broker misreports: filled, no execution
     po.order = replace(po.order, status="filled", filled_quantity=Decimal("2"))
     rig = restart(rig, tmp_path)
     try:
-        with caplog.at_level(logging.CRITICAL, logger="wal.orders.reconcile"):
-            r = reconcile(rig)
-        assert any("without a fill price" in e for e in r.errors), r
-        assert any(rec.levelno == logging.CRITICAL for rec in caplog.records)
+        with (
+            caplog.at_level(logging.CRITICAL, logger="wal.orders.reconcile"),
+            pytest.raises(ReconciliationFatalError, match="still differ after 3 passes"),
+        ):
+            reconcile(rig)
+        assert any("without a fill price" in r.message for r in caplog.records)
+        assert any("its executions are missing" in r.message for r in caplog.records)
         got = rig.om.get(order.client_order_id)
-        assert got is not None and got.state is OrderState.FILLED  # the broker is the truth
+        assert got is not None and got.state is OrderState.ACCEPTED
+        assert rig.om.halted is not None
     finally:
         rig.close()
 

@@ -1,12 +1,16 @@
 """The engine of ``tests/orders/test_reconcile_kill.py``: reconcile at start, then trade.
 
     python tests/support/orders_recon_child.py DB_URL WAL_DIR BROKER_URL SEED N [--twice]
+        [--user-stops]
 
 Opens the durable database on the log in WAL_DIR and an ``OrderManager`` on the paper broker
 at BROKER_URL (``HttpBroker``, 0.3 s socket timeout, zero backoff); a ``StartupReconciler``
 runs first (submit is refused until it succeeds) and prints ``reconciled <result JSON>``;
-then N orders made from SEED are submitted (``ack <client id> <state>`` after each), fills
-are polled, the session ends with an anchor of the audit chain, ``done``.
+then N orders made from SEED are submitted (``ack <client id> <state>`` after each), then the
+user's own stops are worked on, seeded (``--user-stops``): for each position one is placed (a
+half, all, or one and a half of it: under and over cover), or one is resized (cancelled,
+another placed) or cancelled, and a resting limit order may be cancelled (``ack`` lines too);
+fills are polled, the session ends with an anchor of the audit chain, ``done``.
 ``WAL_CRASH_POINT`` (``order.*``) stops it at that point: also inside the reconciliation.
 A ``ReconciliationFatalError`` prints ``fatal <message>`` and exits 3. ``--twice``: a second
 reconciliation right after the first, printed as ``second <result JSON> writes <n>`` with the
@@ -16,7 +20,9 @@ broker write calls (submits + cancels, from ``/_paper/stats``) it made.
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -27,6 +33,7 @@ from trading_child import fast_config
 from wal import DurableDatabaseManager
 from wal.db import DatabaseManager
 from wal.orders import (
+    OrderIntent,
     OrderManager,
     ReconcilerConfig,
     ReconciliationFatalError,
@@ -44,8 +51,62 @@ def writes(broker_url: str) -> int:
     return int(st["submit_calls"]) + int(st["cancel_calls"])
 
 
+async def cancel(om: OrderManager, cid: str) -> str:
+    try:
+        return (await om.cancel(cid)).state.value
+    except Exception as exc:  # a lost reply, a refusal: the next reconciliation settles it
+        return f"cancel-failed:{type(exc).__name__}"
+
+
+async def user_stops(om: OrderManager, rng: random.Random) -> None:
+    """The user's stops, placed, resized and cancelled; a resting limit order cancelled."""
+    for sym, pos in sorted(om.positions().items()):
+        if pos == 0:
+            continue
+        side = "sell" if pos > 0 else "buy"
+        mine = [
+            o
+            for o in om.open_orders()
+            if o.symbol == sym
+            and o.intent.order_type == "stop"
+            and not o.client_order_id.startswith("es-")
+            and o.broker_order_id is not None
+        ]
+        roll = rng.random()
+        if mine and roll < 0.3:
+            state = await cancel(om, mine[0].client_order_id)
+            print(f"ack {mine[0].client_order_id} user-cancel {state}", flush=True)
+            continue
+        if mine and roll < 0.6:
+            state = await cancel(om, mine[0].client_order_id)
+            print(f"ack {mine[0].client_order_id} user-resize-cancel {state}", flush=True)
+        qty = (abs(pos) * Decimal(rng.choice(("0.5", "1", "1.5")))).quantize(Decimal("0.25"))
+        if qty <= 0:
+            continue
+        intent = OrderIntent(
+            symbol=sym,
+            side=side,
+            quantity=qty,
+            order_type="stop",
+            stop_price=Decimal("90") if side == "sell" else Decimal("110"),
+            time_in_force="gtc",
+        )
+        order = await om.submit(intent)
+        print(f"ack {order.client_order_id} user-stop {order.state.value}", flush=True)
+    resting = [o for o in om.open_orders() if o.intent.order_type == "limit"]
+    if resting and rng.random() < 0.5:
+        state = await cancel(om, resting[0].client_order_id)
+        print(f"ack {resting[0].client_order_id} user-cancel-limit {state}", flush=True)
+
+
 async def main(
-    url: str, wal_dir: Path, broker_url: str, seed: int, n: int, twice: bool = False
+    url: str,
+    wal_dir: Path,
+    broker_url: str,
+    seed: int,
+    n: int,
+    twice: bool = False,
+    stops: bool = False,
 ) -> int:
     ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))
     ddb.start()
@@ -74,6 +135,8 @@ async def main(
     for intent in intents(seed, n):
         order = await om.submit(intent)
         print(f"ack {order.client_order_id} {order.state.value}", flush=True)
+    if stops:
+        await user_stops(om, random.Random(seed))
     await om.poll_fills()
     await om.close()
     await broker.aclose()
@@ -85,4 +148,5 @@ async def main(
 if __name__ == "__main__":
     db_url, wal_dir, broker_url, seed, n = sys.argv[1:6]
     twice = "--twice" in sys.argv[6:]
-    sys.exit(asyncio.run(main(db_url, Path(wal_dir), broker_url, int(seed), int(n), twice)))
+    stops = "--user-stops" in sys.argv[6:]
+    sys.exit(asyncio.run(main(db_url, Path(wal_dir), broker_url, int(seed), int(n), twice, stops)))

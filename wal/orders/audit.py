@@ -13,23 +13,96 @@ superuser with the triggers disabled) can change a row, and ``verify_audit`` the
 * rows cut off the end: an anchor names a seq (and hash) the table no longer has, or an
   order's ``last_seq`` is beyond its last event row.
 
-::
+Anchors in the same database catch a cut tail, not a consistent rewrite of both tables: each
+anchor is also appended to the **digest file** beside the log (``<log dir>/order-audit.digest``,
+one ``"{seq} {hash}\n"`` line per anchor; 0600, opened ``O_APPEND | O_NOFOLLOW``, the file
+fsynced after each line and the directory when it is created). ``verify_audit(db,
+digest=path)`` checks every digest line against the row at its seq, and every database anchor
+from the digest's first line on against the digest: a rewrite of both tables is detected. ::
 
-    report = verify_audit(db)          # db: a DatabaseManager
+    report = verify_audit(db, digest=digest_path(wal_dir))   # db: a DatabaseManager
     report.ok, report.events, report.first_broken_seq, report.message
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wal.db import DatabaseManager
 from wal.db.orders import GENESIS_HASH, audit_hash
 
-__all__ = ["AuditReport", "verify_audit"]
+__all__ = [
+    "DIGEST_NAME",
+    "AuditReport",
+    "append_digest",
+    "digest_path",
+    "read_digest",
+    "verify_audit",
+]
 
 _BATCH = 5_000
+DIGEST_NAME = "order-audit.digest"
+_LINE = re.compile(r"^(\d+) ([0-9a-f]{64})$")
+
+
+def digest_path(wal_dir: Path | str) -> Path:
+    """The digest file of the log in ``wal_dir``."""
+    return Path(wal_dir) / DIGEST_NAME
+
+
+def append_digest(path: Path, seq: int, hash_: str) -> None:
+    """Append one anchor to the digest file, durably (module docstring)."""
+    if not _LINE.match(f"{seq} {hash_}"):
+        raise ValueError(f"not an audit anchor: seq {seq!r}, hash {hash_!r}")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+        created = True
+    except FileExistsError:
+        fd = os.open(path, flags, 0o600)  # O_NOFOLLOW: a symlink planted here is refused
+        created = False
+    try:
+        if created:
+            os.fchmod(fd, 0o600)  # owner only, whatever the umask
+        data = f"{seq} {hash_}\n".encode()
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)  # the anchor is on disk before the call returns
+    finally:
+        os.close(fd)
+    if created:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the new file's name survives a power loss
+        finally:
+            os.close(dfd)
+
+
+def read_digest(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """The digest's anchors in file order, and its problems. A last line without its newline
+    (a crash inside the append) is left out, not a problem."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    text = b"".join(chunks).decode("ascii", errors="replace")
+    lines = text.split("\n")[:-1]  # the part after the last newline: torn, or empty
+    out: list[tuple[int, str]] = []
+    problems: list[str] = []
+    for n, line in enumerate(lines, 1):
+        m = _LINE.match(line)
+        if m is None:
+            problems.append(f"digest file {path}: line {n} is not 'SEQ HASH': {line[:80]!r}")
+            continue
+        out.append((int(m.group(1)), m.group(2)))
+    return out, problems
 
 
 @dataclass(frozen=True)
@@ -42,6 +115,7 @@ class AuditReport:
     last_confirmed_anchor: int | None  # the last anchor the rows confirm
     first_broken_seq: int | None = None  # the first audit_seq whose link is broken
     problems: tuple[str, ...] = field(default_factory=tuple)
+    digest_entries: int | None = None  # anchors in the digest file (None: not checked)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +129,12 @@ class AuditReport:
                 if self.last_confirmed_anchor is not None
                 else ""
             )
-            return f"audit chain intact: {self.events} events{anchor}"
+            digest = (
+                f", digest file agrees ({self.digest_entries} anchors)"
+                if self.digest_entries is not None
+                else ""
+            )
+            return f"audit chain intact: {self.events} events{anchor}{digest}"
         return self.problems[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,17 +146,30 @@ class AuditReport:
             "last_confirmed_anchor": self.last_confirmed_anchor,
             "first_broken_seq": self.first_broken_seq,
             "problems": list(self.problems),
+            "digest_entries": self.digest_entries,
         }
 
 
-def verify_audit(db: DatabaseManager) -> AuditReport:
-    """Walk the chain in ``audit_seq`` order, then the anchors and every order's last seq."""
+def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditReport:
+    """Walk the chain in ``audit_seq`` order, then the anchors, the digest file (if
+    ``digest`` is given) and every order's last seq."""
     problems: list[str] = []
     broken: int | None = None
     expected_seq = 1
     prev = GENESIS_HASH
     anchors = db.get_audit_anchors()
-    wanted = {int(a["seq"]) for a in anchors}
+    entries: list[tuple[int, str]] | None = None
+    if digest is not None:
+        if os.path.lexists(digest):
+            entries, bad = read_digest(digest)
+            problems += bad
+        elif anchors:
+            entries = []
+            problems.append(
+                f"digest file {digest} is missing but the database holds {len(anchors)} "
+                "anchor(s): it was deleted, or this is not this database's log directory"
+            )
+    wanted = {int(a["seq"]) for a in anchors} | {s for s, _ in entries or []}
     hashes: dict[int, str] = {}  # the rows' hashes at the anchors' seqs
     n = 0
     after = 0
@@ -140,6 +232,8 @@ def verify_audit(db: DatabaseManager) -> AuditReport:
             continue
         if broken is None or seq < broken:
             confirmed = seq
+    if entries:
+        problems += _check_digest(entries, anchors, hashes, last)
     last_seqs, counts = db.get_order_event_counts()
     for cid, last_seq in sorted(last_seqs.items()):
         rows_n, top = counts.get(cid, (0, 0))
@@ -155,4 +249,41 @@ def verify_audit(db: DatabaseManager) -> AuditReport:
         last_confirmed_anchor=confirmed,
         first_broken_seq=broken,
         problems=tuple(problems),
+        digest_entries=None if entries is None else len(entries),
     )
+
+
+def _check_digest(
+    entries: list[tuple[int, str]],
+    anchors: list[dict[str, Any]],
+    hashes: dict[int, str],
+    last: int,
+) -> list[str]:
+    """The digest's anchors against the rows, and the database's anchors against it."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for seq, h in entries:
+        if seen.setdefault(seq, h) != h:
+            problems.append(f"digest file: two hashes for seq {seq} ({seen[seq]} and {h})")
+            continue
+        found = hashes.get(seq)
+        if found is None:
+            problems.append(
+                f"digest anchor at seq {seq} names an event the table does not have (the chain "
+                f"ends at seq {last}): rows were cut off, or the log is not applied yet (stop "
+                "the engine and verify again)"
+            )
+        elif found != h:
+            problems.append(
+                f"digest anchor at seq {seq} does not match (expected hash {h}, found "
+                f"{found}): the chain was rewritten"
+            )
+    first = min(seen)
+    for a in anchors:
+        seq, h = int(a["seq"]), str(a["hash"])
+        if seq >= first and seen.get(seq) != h:
+            problems.append(
+                f"database anchor at seq {seq} (hash {h}) is not in the digest file"
+                + (f" (the digest has {seen[seq]})" if seq in seen else "")
+            )
+    return problems

@@ -42,6 +42,7 @@ from typing import Any
 from wal import DurableDatabaseManager, OperationType, WALEntry
 from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
 from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
+from wal.orders.audit import append_digest, digest_path
 from wal.orders.journal_reads import ORDER_OPERATIONS, JournalReader, apply_entry, read_journal
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
@@ -236,6 +237,8 @@ class OrderJournal:
         self.ddb.record_order_anchor(
             seq=seq, hash=h, at=datetime.now(UTC), reason=reason, idempotency_key=f"anchor:{seq}"
         )
+        if self.ddb.manager is not None:  # a rewrite of both tables is caught by the digest
+            append_digest(digest_path(self.ddb.config.directory), seq, h)
 
     def _write_chained(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
         """Journal ``calls`` as ONE group commit, each event the chain's next link.

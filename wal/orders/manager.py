@@ -350,6 +350,11 @@ class OrderManager(OrderFills):
             order = self.get(client_order_id)
             if order is None:
                 raise FillError(f"no order with client_order_id {client_order_id!r}")
+            if client_order_id not in self._fills:  # a final order reopened: its booked fills
+                self._fills[client_order_id] = {
+                    str(r["execution_key"]): r
+                    for r in self.journal.fills(client_order_id=client_order_id)
+                }
             return await self._transition(
                 order,
                 EventKind.FORCED,

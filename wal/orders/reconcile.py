@@ -14,24 +14,40 @@ then, in parallel (``asyncio.gather``), each call with ``fetch_timeout`` and
 ``fetch_attempts`` tries (backoff ``fetch_backoff``); a fetch that still fails, or a broker
 status string that ``BROKER_STATUS`` does not know, is ``ReconciliationFatalError``.
 
+A run is **passes** (up to ``run_attempts``): fetch, phase 1, phase 2, then the **end
+check**, read from the broker at that moment: the journal's positions equal the broker's,
+every position's stops on its reducing side sum exactly to it (none would open or grow one),
+every journal order is settled (final, or open at the broker with the same filled quantity),
+every open broker order is open in the journal. Only then does the run succeed; otherwise the
+next pass starts from a fresh fetch, and after the last one it is ``ReconciliationFatalError``.
+
 **Phase 1, orders**: every journal order not in a final state is found at the broker (in the
 fetched lists, else looked up by client id: also an order *without* a broker id, since the
-crash may have come after the send). Found: its missing fills are journaled (inferred, once
-per execution key), then its state is set to the broker's through ``BROKER_STATUS``
-(``force_state(..., _reconciliation=True)``); transient statuses are skipped. Not found:
-PENDING (never sent) or older than the broker's visibility window -> ``SUBMIT_FAILED``.
-Open broker orders the journal does not know are cancelled, except a stop that protects a
-position we hold, which is adopted (journaled under its client id).
+crash may have come after the send; a failed lookup raises, never "not found"). Found: its
+missing executions are booked to it (fetched again when the snapshot's do not explain the
+broker's filled quantity), then its state is set to the broker's through ``BROKER_STATUS``
+(``force_state(..., _reconciliation=True)``), never a final one while the booked quantity
+differs from the broker's; transient statuses are skipped. Not found: PENDING (never sent),
+or still missing once the broker's visibility window has passed -> ``SUBMIT_FAILED``. Broker
+evidence wins over a final journal state: a broker order under a journal client id that is
+live, filled, or has executions the journal lacks is reopened (``force_state``), its fills
+booked, its state set to the broker's. Open broker orders the journal does not know are
+cancelled, except a stop that protects a position we hold (no larger than it), which is
+adopted (journaled under its client id).
 
 **Phase 2, positions** (:mod:`wal.orders.stops`): a difference between the broker's net
-position and the journal's gets a synthetic order ``orphan-{symbol}-{YYYYMMDD}``; every
-position must then have its stop (else an emergency stop ``es-...``, else a market close).
+position and the journal's gets a synthetic order ``orphan-{symbol}-{YYYYMMDD}`` (never for a
+symbol whose journal order has executions it could not book); then protection is made exact:
+stops that would open or grow a position are cancelled, the reducing side is resized to the
+position, an emergency stop ``es-...`` covers what is left (prices on the tick,
+:mod:`wal.orders.ticks`), a stop of unknown outcome is looked up before anything else is
+sent, and only definite refusals lead to a market close.
 
 **Result**: ``ReconciliationResult`` (frozen); errors are collected, every position is
 processed. A second run right after a successful one reports all zeros and makes no write
-call to the broker. ``dry_run=True`` fetches and reports what it would do, changing nothing.
-The config, the result and the ids are in :mod:`wal.orders.reconcile_model` (imported from
-here too).
+call to the broker. ``dry_run=True`` fetches and reports what it would do, changing nothing
+(one pass, no end check). The config, the result and the ids are in
+:mod:`wal.orders.reconcile_model` (imported from here too).
 """
 
 from __future__ import annotations
@@ -43,12 +59,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
+from wal.errors import WALWriteError
 from wal.orders.broker import BrokerOrder
 from wal.orders.errors import BrokerProtocolError, ReconciliationFatalError
 from wal.orders.manager import OrderManager
 from wal.orders.models import Fill, Order
 from wal.orders.reconcile_model import (
     EMERGENCY_STOP_PREFIX,
+    ORPHAN_PREFIX,
     Counts,
     FilledTrade,
     ReconcilerConfig,
@@ -58,12 +76,13 @@ from wal.orders.reconcile_model import (
     emergency_stop_price,
     error_text,
     is_live,
+    is_stop,
     orphan_order_id,
     protects,
     remaining,
 )
 from wal.orders.states import OrderState, is_final
-from wal.orders.stops import PositionReconciler
+from wal.orders.stops import UNRESOLVED_STATES, PositionReconciler
 
 __all__ = [
     "EMERGENCY_STOP_PREFIX",
@@ -80,6 +99,7 @@ log = logging.getLogger("wal.orders.reconcile")
 _S = OrderState
 _T = TypeVar("_T")
 _FILL_SLACK = timedelta(minutes=1)
+_PLACED = (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED)
 
 
 class StartupReconciler:
@@ -98,24 +118,45 @@ class StartupReconciler:
         self.config = config if config is not None else ReconcilerConfig()
         self._now = now or (lambda: datetime.now(UTC))
         om.halt("startup reconciliation has not run yet")
-        self._positions = PositionReconciler(om, self.config, self._now)
+        self._positions = PositionReconciler(om, self.config, self._now, self._lookup)
 
     # ------------------------------------------------------------------ the run
 
     async def run(self, *, dry_run: bool = False) -> ReconciliationResult:
-        """Fetch, then phases 1 and 2 (module docstring). On success trading resumes (not
-        after a dry run); on ``ReconciliationFatalError`` (or any other error) it stays
-        halted."""
+        """Fetch, phases 1 and 2, then the end check (module docstring), up to
+        ``run_attempts`` passes. On success trading resumes (not after a dry run); on
+        ``ReconciliationFatalError`` (or any other error) it stays halted."""
         om = self.om
         before = om.halted
         om.halt("startup reconciliation in progress")
+        c = Counts()
         try:
             await om.load()
-            snap = await self._fetch()
-            self._check_statuses(snap)
-            c = Counts()
-            await self._phase_orders(snap, c, dry_run)
-            await self._positions.run(snap, c, dry_run, self._planned_fills)
+            passes = 1 if dry_run else self.config.run_attempts
+            problems: list[str] = []
+            for attempt in range(passes):
+                if attempt:
+                    log.warning(
+                        "reconciliation pass %d: the end check failed: %s",
+                        attempt,
+                        "; ".join(problems),
+                    )
+                    await asyncio.sleep(self.config.backoff(attempt - 1))
+                snap = await self._fetch()
+                self._check_statuses(snap)
+                await self._phase_orders(snap, c, dry_run)
+                await self._positions.run(snap, c, dry_run, self._planned_fills)
+                if dry_run:
+                    break
+                problems = await self._end_check()  # success is the broker's state, checked
+                if not problems:
+                    break
+                c.errors += [f"end check of pass {attempt + 1}: {p}" for p in problems]
+            else:
+                raise ReconciliationFatalError(
+                    f"the journal and the broker still differ after {passes} passes: "
+                    + "; ".join(problems)
+                )
         except ReconciliationFatalError as exc:
             om.halt(f"startup reconciliation failed: {exc}")
             log.critical("startup reconciliation failed, trading stays halted: %s", exc)
@@ -148,6 +189,64 @@ class StartupReconciler:
         )
         log.info("startup reconciliation%s: %s", " (dry run)" if dry_run else "", result)
         return result
+
+    async def _end_check(self) -> list[str]:
+        """What is still wrong, read from the broker now: the journal's positions against the
+        broker's, every position's stops exact (none that would open or grow one), every
+        journal order settled (final, or live at the broker with the same filled quantity),
+        every open broker order known to the journal. Empty: the run succeeded."""
+        b = self.broker
+        positions, open_orders = await asyncio.gather(
+            self._call("fetching positions (end check)", b.get_positions),
+            self._call("fetching open orders (end check)", b.get_open_orders),
+        )
+        problems: list[str] = []
+        theirs = {p.symbol: p.quantity for p in positions if p.quantity != 0}
+        mine = {s: q for s, q in self.om.positions().items() if q != 0}
+        for sym in sorted(set(theirs) | set(mine)):
+            if theirs.get(sym, Decimal(0)) != mine.get(sym, Decimal(0)):
+                problems.append(
+                    f"{sym}: the journal's position is {mine.get(sym, 0)}, the broker's "
+                    f"{theirs.get(sym, 0)}"
+                )
+        stops = [bo for bo in open_orders if is_live(bo) and is_stop(bo)]
+        for sym in sorted(set(theirs) | {bo.symbol for bo in stops}):
+            pos = theirs.get(sym, Decimal(0))
+            mine_stops = [bo for bo in stops if bo.symbol == sym]
+            wrong = [bo.client_order_id for bo in mine_stops if not protects(bo, pos)]
+            if wrong:
+                problems.append(f"{sym}: stops {wrong} would open or grow the {pos} position")
+            cover = sum((remaining(bo) for bo in mine_stops if protects(bo, pos)), Decimal(0))
+            if pos != 0 and cover != abs(pos):
+                problems.append(f"{sym}: the stops cover {cover} of the {pos} position")
+        journal = {o.client_order_id: o for o in await asyncio.to_thread(self.om.journal.orders)}
+        at_broker = {bo.client_order_id: bo for bo in open_orders}
+        for cid, o in sorted(journal.items()):
+            if is_final(o.state):
+                continue
+            bo = at_broker.get(cid)
+            if bo is None:
+                problems.append(
+                    f"order {cid} is {o.state.value} in the journal, not open at the broker"
+                )
+            elif o.state in UNRESOLVED_STATES or o.filled_quantity != bo.filled_quantity:
+                problems.append(
+                    f"order {cid}: {o.state.value}, {o.filled_quantity} booked; the broker: "
+                    f"{bo.status}, {bo.filled_quantity} filled"
+                )
+        for bo in open_orders:
+            known = journal.get(bo.client_order_id)
+            if known is None:
+                problems.append(
+                    f"broker order {bo.broker_order_id} ({bo.client_order_id}) is open and "
+                    "not in the journal"
+                )
+            elif is_final(known.state):
+                problems.append(
+                    f"broker order {bo.broker_order_id} ({bo.client_order_id}) is open; the "
+                    f"journal has it {known.state.value}"
+                )
+        return problems
 
     def filled_trades_since(self, since: datetime) -> list[FilledTrade]:
         """Phase 3: every journaled execution at or after ``since``, oldest first (what a
@@ -239,7 +338,22 @@ class StartupReconciler:
             fills_of.setdefault(f.client_order_id, []).append(f)
         self._planned_fills: list[Fill] = []
         for order in [o for o in journal.values() if not is_final(o.state)]:
+            if order.client_order_id.startswith(ORPHAN_PREFIX) and order.broker_order_id is None:
+                continue  # a synthetic order, never sent: phase 2 completes it
             await self._one_order(order, by_cid, fills_of, c, dry)
+        # broker evidence wins over a final journal state: a live, filled or executed broker
+        # order under a journal client id is settled, never skipped
+        for cid in sorted(set(by_cid) | set(fills_of)):
+            final = journal.get(cid)
+            if final is None or not is_final(final.state):
+                continue
+            if cid.startswith(ORPHAN_PREFIX) and final.broker_order_id is None:
+                continue
+            found = by_cid.get(cid)
+            if found is None:
+                found = await self._lookup(cid)
+            if found is not None:
+                await self._settle(final, found, fills_of, c, dry)
         # open broker orders the journal does not know: cancel, or adopt a protective stop
         positions = {p.symbol: p.quantity for p in snap.positions}
         adopted_for: set[str] = set()
@@ -285,14 +399,15 @@ class StartupReconciler:
         om = self.om
         cid = order.client_order_id
         bo = by_cid.get(cid)
-        if bo is None:
-            bo = await self._lookup(cid)  # also without a broker id: the send may have happened
+        if bo is None:  # also without a broker id: the send may have happened
+            bo = await self._lookup(cid)  # a failed lookup raises: never taken for "not found"
         if bo is None and order.broker_order_id is None and order.state is not _S.PENDING:
             window = self.broker.rules.visibility_window_seconds
             left = (order.updated_at + timedelta(seconds=window) - self._now()).total_seconds()
-            if left > 0:  # the broker may not show it yet: wait its window out, look again
+            while bo is None and left > 0:  # the broker may not show it yet: wait its window out
                 await asyncio.sleep(left)
                 bo = await self._lookup(cid)
+                left = (order.updated_at + timedelta(seconds=window) - self._now()).total_seconds()
         if bo is None:
             if order.broker_order_id is not None:
                 c.errors.append(
@@ -310,51 +425,114 @@ class StartupReconciler:
             if not dry:
                 await om.force_state(cid, _S.SUBMIT_FAILED, reason=why, _reconciliation=True)
             return
+        await self._settle(order, bo, fills_of, c, dry)
+
+    async def _executions(
+        self, order: Order, bo: BrokerOrder, fills_of: dict[str, list[Fill]]
+    ) -> tuple[list[Fill], Decimal]:
+        """The broker's executions of ``order`` the journal lacks, and the quantity the
+        journal has booked. The fetch is authoritative: when the snapshot's executions do
+        not explain the broker's filled quantity, they are fetched again from the order's
+        creation on."""
+        cid = order.client_order_id
+        key = self.broker.rules.execution_key
+        rows = await asyncio.to_thread(self.om.journal.fills, client_order_id=cid)
+        booked = {(str(r["execution_key"]), str(r["execution_id"])) for r in rows}
+        booked_qty = sum((Decimal(str(r["quantity"])) for r in rows), Decimal(0))
+        execs = fills_of.get(cid, [])
+        if sum((f.quantity for f in execs), Decimal(0)) < bo.filled_quantity - booked_qty:
+            since = min(bo.created_at, order.intent.created_at) - _FILL_SLACK
+            fetched = await self._call(
+                f"fetching the fills of {cid}", lambda: self.broker.get_fills(since)
+            )
+            execs = [f for f in fetched if f.client_order_id == cid]
+        missing = [f for f in execs if (key(f.execution_id), f.execution_id) not in booked]
+        return missing, booked_qty
+
+    async def _settle(
+        self,
+        order: Order,
+        bo: BrokerOrder,
+        fills_of: dict[str, list[Fill]],
+        c: Counts,
+        dry: bool,
+    ) -> None:
+        """Make a journal order the broker's: its executions booked to it, then its state.
+        Never a final state while the booked quantity differs from the broker's filled
+        quantity (the broker's figure is authoritative)."""
+        om = self.om
+        cid = order.client_order_id
         target = bo.state
         if target is None:
             return  # transient at the broker (pending cancel, replaced): the next run settles it
-        if order.broker_order_id is None:
-            c.adopted += 1
-        missing = [f for f in fills_of.get(cid, []) if not om.known_execution(f)]
-        changed = False
         state = order.state
-        if state in (_S.PENDING, _S.SUBMITTING, _S.UNKNOWN) and (
-            missing or target in (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED)
-        ):
+        agreed = is_final(state) and state is target
+        if agreed and order.filled_quantity == bo.filled_quantity and cid not in fills_of:
+            return  # the journal agrees, and nothing of it was executed in the fetched window
+        missing, booked = await self._executions(order, bo, fills_of)
+        if agreed and not missing and booked == bo.filled_quantity:
+            return
+        if order.broker_order_id is None and state in UNRESOLVED_STATES:
+            c.adopted += 1
+        changed = False
+        # a final or unresolved order the broker holds (live, or with executions) is reopened
+        # through force_state so that its fills are booked and its state follows the broker
+        reopen = (missing and (is_final(state) or state in UNRESOLVED_STATES)) or (
+            target in _PLACED
+            and (state in UNRESOLVED_STATES or is_final(state))
+            and state is not target
+        )
+        if reopen:
+            new = _S.PARTIALLY_FILLED if order.filled_quantity > 0 else _S.ACCEPTED
             changed = True
             c.act(
                 dry,
-                f"{cid}: {state.value} -> accepted (found at the broker as {bo.broker_order_id})",
+                f"{cid}: {state.value} -> {new.value} (the broker holds it as "
+                f"{bo.broker_order_id}: {bo.status}, {bo.filled_quantity} filled)",
             )
-            state = _S.ACCEPTED
+            state = new
             if not dry:
                 order = await om.force_state(
                     cid,
-                    _S.ACCEPTED,
-                    reason=f"found at the broker by client id ({bo.status})",
+                    new,
+                    reason=f"broker evidence: {bo.status}, {bo.filled_quantity} filled",
                     broker_order_id=bo.broker_order_id,
                     _reconciliation=True,
                 )
+        filled = booked
         if missing:
             c.fills += len(missing)
-            c.act(dry, f"{cid}: journal {len(missing)} inferred fill(s)")
+            c.act(dry, f"{cid}: book {len(missing)} broker execution(s) to it")
             if dry:
                 self._planned_fills += missing
-                filled = order.filled_quantity + sum((f.quantity for f in missing), Decimal(0))
+                filled = booked + sum((f.quantity for f in missing), Decimal(0))
                 state = _S.FILLED if filled >= order.intent.quantity else _S.PARTIALLY_FILLED
             else:
                 try:
                     await om.apply_fills(missing)
+                except WALWriteError:
+                    raise  # the log failed: trading halts
                 except Exception as exc:
-                    c.errors.append(f"order {cid}: inferred fills not journaled: {error_text(exc)}")
+                    c.errors.append(f"order {cid}: executions not booked: {error_text(exc)}")
                 got = om.get(cid)
                 assert got is not None
                 order = got
                 state = order.state
+                filled = order.filled_quantity
         if target is _S.FILLED and bo.avg_fill_price is None:
             msg = f"order {cid}: the broker reports it filled without a fill price"
-            log.critical("%s; applied anyway (the broker is the truth)", msg)
+            log.critical(msg)
             c.errors.append(msg)
+        if filled != bo.filled_quantity:
+            msg = (
+                f"order {cid}: the broker reports {bo.filled_quantity} filled, the journal has "
+                f"{filled} booked; its executions are missing"
+            )
+            log.critical(msg)
+            c.errors.append(msg)
+            c.unsettled.add(order.symbol)  # no synthetic orphan covers what belongs to it
+            if is_final(target):
+                return  # never final while the booked fills differ from the broker's figure
         if state is not target and not (target is _S.ACCEPTED and state is _S.PARTIALLY_FILLED):
             changed = True
             c.act(dry, f"{cid}: {state.value} -> {target.value} (broker: {bo.status})")

@@ -18,15 +18,17 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from wal.orders.broker import BROKER_STATUS, Broker, BrokerOrder, BrokerPosition
 from wal.orders.models import Fill
 from wal.orders.states import OrderState
+from wal.orders.ticks import TickTable
 
 __all__ = [
     "EMERGENCY_STOP_PREFIX",
+    "ORPHAN_PREFIX",
     "Counts",
     "FilledTrade",
     "ReconciliationResult",
@@ -37,6 +39,7 @@ __all__ = [
     "emergency_stop_price",
     "error_text",
     "is_live",
+    "is_stop",
     "orphan_order_id",
     "protects",
     "remaining",
@@ -47,6 +50,7 @@ log = logging.getLogger("wal.orders.reconcile")
 
 _S = OrderState
 EMERGENCY_STOP_PREFIX = "es-"
+ORPHAN_PREFIX = "orphan-"  # synthetic orders: journaled, never sent
 _STOP_TYPES = ("stop", "stop_limit")
 _MIN_PCT = Decimal("0.005")
 _MAX_PCT = Decimal("0.10")
@@ -62,6 +66,8 @@ class ReconcilerConfig:
     fetch_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)  # the waits between tries
     stop_attempts: int = 3  # emergency stop tries before the position is closed at market
     recent_hours: float = 24.0  # how far back the broker's order history is fetched
+    run_attempts: int = 3  # passes until the end check holds (then ReconciliationFatalError)
+    ticks: TickTable = field(default_factory=TickTable)  # every computed price on its tick
 
     def __post_init__(self) -> None:
         pct = self.emergency_stop_pct
@@ -82,10 +88,10 @@ class ReconcilerConfig:
         object.__setattr__(self, "emergency_stop_pct", d)
         if self.fetch_timeout <= 0:
             raise ValueError(f"fetch_timeout must be > 0 seconds, got {self.fetch_timeout}")
-        if self.fetch_attempts < 1 or self.stop_attempts < 1:
+        if self.fetch_attempts < 1 or self.stop_attempts < 1 or self.run_attempts < 1:
             raise ValueError(
-                f"fetch_attempts and stop_attempts must be >= 1, got {self.fetch_attempts} "
-                f"and {self.stop_attempts}"
+                f"fetch_attempts, stop_attempts and run_attempts must be >= 1, got "
+                f"{self.fetch_attempts}, {self.stop_attempts} and {self.run_attempts}"
             )
         if any(b < 0 for b in self.fetch_backoff) or self.recent_hours <= 0:
             raise ValueError("fetch_backoff must be >= 0 and recent_hours > 0")
@@ -98,11 +104,13 @@ class ReconcilerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReconcilerConfig:
-        """``ORDER_EMERGENCY_STOP_PCT`` (fraction), ``ORDER_RECONCILE_TIMEOUT`` (s)."""
+        """``ORDER_EMERGENCY_STOP_PCT`` (fraction), ``ORDER_RECONCILE_TIMEOUT`` (s),
+        ``ORDER_TICK_SIZES`` (``SYM=TICK,...``, :class:`wal.orders.ticks.TickTable`)."""
         e = os.environ if env is None else env
         return cls(
             emergency_stop_pct=Decimal(e.get("ORDER_EMERGENCY_STOP_PCT", "0.02")),
             fetch_timeout=float(e.get("ORDER_RECONCILE_TIMEOUT", "10")),
+            ticks=TickTable.from_env(e),
         )
 
 
@@ -117,7 +125,7 @@ class ReconciliationResult:
     emergency_stops_placed: int = 0
     fills_inferred: int = 0  # fills journaled from the broker's executions
     errors: tuple[str, ...] = ()
-    stops_canceled: int = 0  # emergency stops replaced (wrong size) or of a closed position
+    stops_canceled: int = 0  # stops cancelled: wrong side, no position, or resized (replaced)
     positions_closed: int = 0  # closed at market after the stop failed stop_attempts times
     dry_run: bool = False
     actions: tuple[str, ...] = field(default=(), compare=False)
@@ -192,6 +200,7 @@ class Counts:
     errors: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)  # broker order ids cancelled in this run
+    unsettled: set[str] = field(default_factory=set)  # symbols with executions not booked
 
     def act(self, dry: bool, what: str) -> None:
         """Record (and log) one change made, or planned by a dry run."""
@@ -201,7 +210,7 @@ class Counts:
 
 def orphan_order_id(symbol: str, day: datetime, n: int = 1) -> str:
     """``orphan-{symbol}-{YYYYMMDD}`` (``-{n}`` from the second one of that day on)."""
-    base = f"orphan-{symbol}-{day.astimezone(UTC):%Y%m%d}"
+    base = f"{ORPHAN_PREFIX}{symbol}-{day.astimezone(UTC):%Y%m%d}"
     return base if n == 1 else f"{base}-{n}"
 
 
@@ -218,14 +227,21 @@ def emergency_stop_id(symbol: str, day: datetime, n: int) -> str:
     return f"{EMERGENCY_STOP_PREFIX}{symbol_tag(symbol)}-{day.astimezone(UTC):%Y%m%d}-{n}"
 
 
-def emergency_stop_price(entry: Decimal, quantity: Decimal, pct: Decimal) -> Decimal:
-    """``pct`` below the entry for a long (``quantity`` > 0), above it for a short; rounded
-    away from the entry to the entry's precision (at least cents)."""
-    exp = min(entry.as_tuple().exponent if isinstance(entry.as_tuple().exponent, int) else -2, -2)
-    q = Decimal(1).scaleb(int(exp))
+def emergency_stop_price(
+    entry: Decimal,
+    quantity: Decimal,
+    pct: Decimal,
+    *,
+    symbol: str = "",
+    ticks: TickTable | None = None,
+) -> Decimal:
+    """``pct`` below the entry for a long (``quantity`` > 0: a sell stop), above it for a
+    short (a buy stop); on ``symbol``'s tick (``ticks``, default: the equity rule), rounded
+    away from the market (down for the sell stop, up for the buy stop)."""
+    table = ticks if ticks is not None else TickTable()
     if quantity > 0:
-        return (entry * (1 - pct)).quantize(q, rounding=ROUND_DOWN)
-    return (entry * (1 + pct)).quantize(q, rounding=ROUND_UP)
+        return table.round_stop(symbol, entry * (1 - pct), "sell")
+    return table.round_stop(symbol, entry * (1 + pct), "buy")
 
 
 def remaining(bo: BrokerOrder) -> Decimal:
@@ -233,9 +249,15 @@ def remaining(bo: BrokerOrder) -> Decimal:
     return bo.quantity - bo.filled_quantity
 
 
+def is_stop(bo: BrokerOrder) -> bool:
+    """A stop or stop-limit order."""
+    return bo.order_type in _STOP_TYPES
+
+
 def protects(bo: BrokerOrder, position: Decimal) -> bool:
-    """A stop on the other side of ``position`` (sell stop for a long, buy stop for a short)."""
-    if bo.order_type not in _STOP_TYPES or position == 0:
+    """A stop on the reducing side of ``position`` (sell stop for a long, buy stop for a
+    short). Any other stop would open or grow a position."""
+    if not is_stop(bo) or position == 0:
         return False
     return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
 

@@ -1,25 +1,44 @@
-"""Startup reconciliation, phase 2: every position explained by the journal, and protected.
+"""Startup reconciliation, phase 2: every position explained by the journal, protected exactly.
 
-A difference between the broker's net position and the journal's gets a synthetic order
-``orphan-{symbol}-{YYYYMMDD}`` (``-2``, ``-3``... if that id is used up today) with one
-synthetic fill at the broker's entry price; the id is checked before creation, so restarts
-do not make duplicates. Every position must then have its stop: the stops on the other side
-must cover it exactly, else the emergency stops (client ids ``es-...``) are replaced by one
-stop ``emergency_stop_pct`` beyond the entry price; after ``stop_attempts`` failed attempts
-the position is closed at market. Emergency stops of positions that are gone are cancelled.
+**Orphans.** A difference between the broker's net position and the journal's gets a
+synthetic order ``orphan-{symbol}-{YYYYMMDD}`` (``-2``, ``-3``... if that id is used up today)
+with one synthetic fill at the broker's entry price. A half-written one (a crash between its
+intent and its fill) is completed, never skipped for a second one.
 
-``StartupReconciler`` (:mod:`wal.orders.reconcile`) runs it after phase 1.
+**Protection is exact.** For each symbol, from the broker's own list of live orders:
+
+1. Every active stop that would open or grow a position (a buy stop under a long, a sell stop
+   under a short, any stop of a symbol without a position; user stops too) is cancelled,
+   the reason journaled first (a ``forced`` event that keeps the order's state).
+2. The stops on the reducing side must sum to the position. When they don't: the emergency
+   stops (``es-...``) are cancelled; the user's stops are kept oldest first while they fit;
+   the one that does not fit is resized (cancelled, then replaced by a stop of what is left
+   at its own stop price); what is still uncovered gets one emergency stop
+   ``emergency_stop_pct`` beyond the entry price (on the instrument's tick, rounded away from
+   the market). A cancel that is not confirmed stops the work on that symbol: nothing is
+   placed on top of a stop that may still be live.
+3. A stop whose outcome is unknown (a timeout after the broker may have accepted it) is
+   resolved by lookup by client id (within the broker's visibility window) before anything
+   else is sent; a failed lookup is never "not found": nothing more is sent for that symbol.
+   Only definite refusals count toward ``stop_attempts``; after that many the position is
+   closed at market.
+4. No stop is sent for a symbol with a journal order whose outcome is still unresolved.
+
+``StartupReconciler`` (:mod:`wal.orders.reconcile`) runs it after phase 1, then checks the
+result from the broker's state (its end check) and runs again within its budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from wal.errors import WALWriteError
 from wal.orders.broker import BrokerOrder, BrokerPosition
+from wal.orders.errors import OrderRejected, ReconciliationFatalError
 from wal.orders.manager import OrderManager
 from wal.orders.models import Fill, Order, OrderIntent
 from wal.orders.reconcile_model import (
@@ -27,11 +46,11 @@ from wal.orders.reconcile_model import (
     Counts,
     ReconcilerConfig,
     Snapshot,
-    cancel_at_broker,
     emergency_stop_id,
     emergency_stop_price,
     error_text,
     is_live,
+    is_stop,
     orphan_order_id,
     protects,
     remaining,
@@ -39,26 +58,39 @@ from wal.orders.reconcile_model import (
 )
 from wal.orders.states import OrderState, is_final
 
-__all__ = ["PositionReconciler"]
+__all__ = ["Lookup", "PositionReconciler", "UNRESOLVED_STATES"]
 
 log = logging.getLogger("wal.orders.reconcile")
 
 _S = OrderState
+Lookup = Callable[[str], Awaitable[BrokerOrder | None]]
+UNRESOLVED_STATES = (_S.PENDING, _S.SUBMITTING, _S.UNKNOWN)  # the broker may hold it or not
+_PLACED = (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED)
+
+
+class _Unresolved(Exception):
+    """A stop or close whose outcome is unknown: nothing more may be sent for the symbol."""
 
 
 class PositionReconciler:
-    """Phase 2 of a startup reconciliation of ``om`` (module docstring)."""
+    """Phase 2 of a startup reconciliation of ``om`` (module docstring). ``lookup``: the
+    reconciler's lookup by client id (its timeout and tries; raises when they fail)."""
 
     def __init__(
-        self, om: OrderManager, config: ReconcilerConfig, now: Callable[[], datetime]
+        self,
+        om: OrderManager,
+        config: ReconcilerConfig,
+        now: Callable[[], datetime],
+        lookup: Lookup,
     ) -> None:
         self.om = om
         self.broker = om.broker
         self.config = config
         self._now = now
+        self._lookup = lookup
 
     async def run(self, snap: Snapshot, c: Counts, dry: bool, planned_fills: list[Fill]) -> None:
-        """Orphan positions, then every position's stop. ``planned_fills``: the fills phase 1
+        """Orphan positions, then every symbol's stops. ``planned_fills``: the fills phase 1
         would have journaled (a dry run)."""
         om = self.om
         now = self._now()
@@ -71,6 +103,12 @@ class PositionReconciler:
             have = broker_pos[sym].quantity if sym in broker_pos else Decimal(0)
             diff = have - mine.get(sym, Decimal(0))
             if diff == 0:
+                continue
+            if sym in c.unsettled:  # the difference is an order's unbooked executions
+                c.errors.append(
+                    f"orphan position {sym}: not journaled: a journal order of {sym} has "
+                    "executions the broker reports and the journal lacks"
+                )
                 continue
             c.orphans += 1
             try:
@@ -85,30 +123,33 @@ class PositionReconciler:
                     c.errors.append(f"orphan position {sym}: still {diff} off after 5 tries")
             except Exception as exc:
                 c.errors.append(f"orphan position {sym}: {error_text(exc)}")
-        # every position gets exactly its stop; emergency stops of closed positions go
         known = {o.client_order_id: o for o in await asyncio.to_thread(om.journal.orders)}
         live = [
-            bo for bo in snap.open_orders if is_live(bo) and bo.broker_order_id not in c.cancelled
+            bo
+            for bo in snap.open_orders
+            if is_live(bo) and is_stop(bo) and bo.broker_order_id not in c.cancelled
         ]
-        for sym in sorted(broker_pos):
+        taken = set(known)  # client ids in use: a new stop never reuses one
+        unresolved = {o.symbol for o in known.values() if o.state in UNRESOLVED_STATES}
+        for sym in sorted(set(broker_pos) | {bo.symbol for bo in live}):
+            if sym in unresolved and not dry:
+                c.errors.append(
+                    f"{sym}: a journal order's outcome is still unknown; no stop is sent or "
+                    "cancelled until it is resolved"
+                )
+                continue
+            pos = broker_pos[sym].quantity if sym in broker_pos else Decimal(0)
+            stops = [bo for bo in live if bo.symbol == sym]
             try:
-                await self._protect(broker_pos[sym], live, known, now, c, dry)
+                await self._protect(sym, broker_pos.get(sym), pos, stops, taken, now, c, dry)
+            except _Unresolved as exc:
+                c.errors.append(f"protecting {sym}: {exc}")
+            except WALWriteError:
+                raise  # the log failed: trading halts
             except Exception as exc:
                 c.errors.append(f"protecting {sym}: {error_text(exc)}")
-        for bo in live:
-            if bo.broker_order_id in c.cancelled:
-                continue
-            pos = broker_pos[bo.symbol].quantity if bo.symbol in broker_pos else Decimal(0)
-            if bo.client_order_id.startswith(EMERGENCY_STOP_PREFIX) and not protects(bo, pos):
-                c.stop_cancels += 1
-                c.cancelled.add(bo.broker_order_id)
-                c.act(
-                    dry,
-                    f"cancel emergency stop {bo.client_order_id}: no "
-                    f"{bo.symbol} position left for it to protect",
-                )
-                if not dry:
-                    await self._cancel_own(bo, c)
+
+    # ------------------------------------------------------------------ orphans
 
     async def _orphan(
         self,
@@ -133,7 +174,10 @@ class PositionReconciler:
         while True:
             cid = orphan_order_id(sym, now, n)
             existing = await asyncio.to_thread(om.journal.order, cid)
-            if existing is None or existing.filled_quantity < existing.intent.quantity:
+            if existing is None:
+                break
+            # a half-written one (its intent journaled, its fill not) is completed, not skipped
+            if not is_final(existing.state) and existing.filled_quantity < existing.intent.quantity:
                 break
             n += 1
         if existing is not None:
@@ -167,73 +211,155 @@ class PositionReconciler:
             intent, fill, reason=f"synthetic: the broker's {sym} position is not in the journal"
         )
 
+    # ------------------------------------------------------------------ exact protection
+
     async def _protect(
         self,
-        bp: BrokerPosition,
-        live: list[BrokerOrder],
-        known: dict[str, Order],
+        sym: str,
+        bp: BrokerPosition | None,
+        pos: Decimal,
+        stops: list[BrokerOrder],
+        taken: set[str],
         now: datetime,
         c: Counts,
         dry: bool,
     ) -> None:
-        pos = bp.quantity
-        stops = [bo for bo in live if bo.symbol == bp.symbol and protects(bo, pos)]
-        if sum((remaining(b) for b in stops), Decimal(0)) == abs(pos):
+        # 1. stops that would open or grow a position: cancelled, user stops too
+        for bo in [b for b in stops if not protects(b, pos)]:
+            why = (
+                f"no {sym} position: it would open one"
+                if pos == 0
+                else f"a {bo.side} stop would grow the {pos} {sym} position"
+            )
+            await self._cancel_stop(bo, why, c, dry)
+        if pos == 0 or bp is None:
+            return
+        # 2. the reducing side sums to the position exactly
+        reducing = [b for b in stops if protects(b, pos)]
+        size = abs(pos)
+        if sum((remaining(b) for b in reducing), Decimal(0)) == size:
             return  # protected, exactly
-        ours = [b for b in stops if b.client_order_id.startswith(EMERGENCY_STOP_PREFIX)]
+        ours = [b for b in reducing if b.client_order_id.startswith(EMERGENCY_STOP_PREFIX)]
+        users = sorted((b for b in reducing if b not in ours), key=lambda b: b.created_at)
         for b in ours:
-            c.stop_cancels += 1
-            c.cancelled.add(b.broker_order_id)
-            c.act(
-                dry,
-                f"cancel emergency stop {b.client_order_id}: it does not cover "
-                f"the {pos} {bp.symbol} position",
+            await self._cancel_stop(b, f"it does not make the {pos} {sym} cover exact", c, dry)
+        cover = Decimal(0)
+        side = "sell" if pos > 0 else "buy"
+        for b in users:
+            if cover + remaining(b) <= size:
+                cover += remaining(b)
+                continue
+            await self._cancel_stop(
+                b, f"resized: the {sym} stops would cover more than the position {pos}", c, dry
             )
-            if not dry:
-                await self._cancel_own(b, c)
-        cover = sum((remaining(b) for b in stops if b not in ours), Decimal(0))
-        need = abs(pos) - cover
-        if need < 0:
-            c.errors.append(
-                f"{bp.symbol}: stops cover {cover}, more than the position {pos}; left as they are"
+            left = size - cover
+            if left > 0 and b.stop_price is not None:
+                price = self.config.ticks.round_stop(sym, b.stop_price, side)
+                what = f"resizes {b.client_order_id}"
+                if await self._place(bp, side, left, price, taken, now, c, dry, what):
+                    cover = size  # else an emergency stop (or the close) covers what is left
+        need = size - cover
+        if need > 0:
+            await self._emergency_stop(bp, side, need, taken, now, c, dry)
+
+    async def _cancel_stop(self, bo: BrokerOrder, why: str, c: Counts, dry: bool) -> None:
+        """Cancel a live stop, the reason journaled first; confirmed, else ``_Unresolved``."""
+        c.stop_cancels += 1
+        c.cancelled.add(bo.broker_order_id)
+        c.act(
+            dry, f"cancel stop {bo.client_order_id} ({bo.side} {remaining(bo)} {bo.symbol}): {why}"
+        )
+        if dry:
+            return
+        om = self.om
+        cid = bo.client_order_id
+        order = om.get(cid)
+        if order is not None and not is_final(order.state):
+            # the reason is durable before the broker hears of the cancel
+            await om.force_state(
+                cid, order.state, reason=f"reconciler cancels it: {why}", _reconciliation=True
             )
-            return
-        if need == 0:
-            return
-        await self._emergency_stop(bp, need, known, now, c, dry)
+            try:
+                order = await om.cancel(cid)
+            except Exception as exc:
+                log.warning("cancel of %s failed: %s", cid, error_text(exc))
+            for attempt in range(self.config.fetch_attempts):  # settled in the journal
+                if is_final(order.state):
+                    break
+                await asyncio.sleep(self.config.backoff(attempt))
+                order = await om.refresh(cid)
+            if order.state is _S.CANCELLED and order.filled_quantity <= bo.filled_quantity:
+                return
+            raise _Unresolved(
+                f"stop {cid} is {order.state.value} ({order.filled_quantity} filled) after its "
+                f"cancel ({why}): nothing more is sent until it is settled"
+            )
+        try:
+            await asyncio.wait_for(
+                self.broker.cancel_order(bo.broker_order_id), self.config.fetch_timeout
+            )
+        except Exception as exc:
+            log.warning("cancel of broker order %s failed: %s", bo.broker_order_id, error_text(exc))
+        try:
+            after = await self._lookup(cid)
+        except ReconciliationFatalError as exc:
+            raise _Unresolved(f"stop {cid}: the lookup after its cancel failed ({exc})") from None
+        if (
+            after is None
+            or after.state is not _S.CANCELLED
+            or after.filled_quantity != bo.filled_quantity  # it executed: the position moved
+        ):
+            state = "not found" if after is None else after.status
+            raise _Unresolved(f"stop {cid} is {state} after its cancel ({why})")
 
     async def _emergency_stop(
         self,
         bp: BrokerPosition,
+        side: str,
         qty: Decimal,
-        known: dict[str, Order],
+        taken: set[str],
         now: datetime,
         c: Counts,
         dry: bool,
     ) -> None:
-        om = self.om
-        side = "sell" if bp.quantity > 0 else "buy"
         pct = self.config.emergency_stop_pct
         entry = bp.avg_entry_price
         if entry is None or entry <= 0:
-            entry = om.entry_price(bp.symbol) or Decimal(0)
-        price = emergency_stop_price(entry, bp.quantity, pct) if entry > 0 else None
-        prefix = f"{EMERGENCY_STOP_PREFIX}{symbol_tag(bp.symbol)}-{now.astimezone(UTC):%Y%m%d}-"
-        used = {cid for cid in known if cid.startswith(prefix)}
-        n = len(used) + 1
+            entry = self.om.entry_price(bp.symbol) or Decimal(0)
+        price = (
+            emergency_stop_price(entry, bp.quantity, pct, symbol=bp.symbol, ticks=self.config.ticks)
+            if entry > 0
+            else None
+        )
+        what = f"{pct * 100:g} % from {entry}"
+        if price is None:
+            c.errors.append(f"{bp.symbol}: no entry price for an emergency stop")
+            await self._close(bp, side, qty, taken, now, c, dry)
+            return
+        if not await self._place(bp, side, qty, price, taken, now, c, dry, what):
+            await self._close(bp, side, qty, taken, now, c, dry)
+
+    async def _place(
+        self,
+        bp: BrokerPosition,
+        side: str,
+        qty: Decimal,
+        price: Decimal,
+        taken: set[str],
+        now: datetime,
+        c: Counts,
+        dry: bool,
+        what: str,
+    ) -> bool:
+        """Place a stop (``es-...``); True once one is live. False after ``stop_attempts``
+        definite refusals; ``_Unresolved`` when an outcome stays unknown."""
         if dry:
             c.stops += 1
-            c.act(
-                dry,
-                f"emergency stop {side} {qty} {bp.symbol} @ {price} ({pct * 100:g} % from {entry})",
-            )
-            return
-        for attempt in range(self.config.stop_attempts if price is not None else 0):
-            cid = emergency_stop_id(bp.symbol, now, n)
-            while cid in used:
-                n += 1
-                cid = emergency_stop_id(bp.symbol, now, n)
-            used.add(cid)
+            c.act(dry, f"emergency stop {side} {qty} {bp.symbol} @ {price} ({what})")
+            return True
+        refusals = 0
+        for _ in range(2 * self.config.stop_attempts):  # misses after the window are not refusals
+            cid = self._next_id(bp.symbol, taken, now)
             intent = OrderIntent(
                 symbol=bp.symbol,
                 side=side,
@@ -244,62 +370,101 @@ class PositionReconciler:
                 client_order_id=cid,
                 created_at=now,
             )
-            try:
-                order = await om.submit(intent, protective=True)
-            except Exception as exc:
+            order = await self._send(intent, c)
+            if order is None or order.state is _S.REJECTED:
+                refusals += 1
+                why = "" if order is None else f": {order.reason}" if order.reason else ""
                 c.errors.append(
-                    f"emergency stop {cid} (try {attempt + 1}) for {bp.symbol}: {error_text(exc)}"
+                    f"emergency stop {cid} (refusal {refusals}) for {bp.symbol} refused{why}"
                 )
+                if refusals >= self.config.stop_attempts:
+                    return False
                 continue
-            if order.state in (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED):
+            if order.state in _PLACED:
                 c.stops += 1
-                c.act(
-                    dry,
-                    f"emergency stop {cid}: {side} {qty} {bp.symbol} @ {price} "
-                    f"({pct * 100:g} % from {entry})",
-                )
-                return
-            c.errors.append(
-                f"emergency stop {cid} (try {attempt + 1}) for {bp.symbol} ended "
-                f"{order.state.value}: {order.reason or ''}".rstrip(": ")
-            )
-        # never leave a position unprotected: close it at market
+                c.act(dry, f"emergency stop {cid}: {side} {qty} {bp.symbol} @ {price} ({what})")
+                return True
+            c.errors.append(f"emergency stop {cid} for {bp.symbol}: not at the broker")
+        raise _Unresolved(f"no stop for {bp.symbol} could be placed (nothing refused it)")
+
+    async def _send(self, intent: OrderIntent, c: Counts) -> Order | None:
+        """Submit a protective order; its outcome resolved by lookup if unknown. None: a
+        definite refusal before it was sent (``OrderRejected``)."""
+        om = self.om
+        cid = intent.client_order_id
+        try:  # broker errors end in the order's state; anything else (the log) raises
+            order = await om.submit(intent, protective=True)
+        except OrderRejected as exc:
+            c.errors.append(f"{cid}: refused before it was sent: {exc}")
+            return None
+        if order.state in UNRESOLVED_STATES:
+            order = await self._resolve(order)
+        return order
+
+    async def _resolve(self, order: Order) -> Order:
+        """Look an order of unknown outcome up by client id until found, or not found after
+        the broker's visibility window (measured from its last journaled event, which is
+        after its last send); a failed lookup is ``_Unresolved``, never "not found"."""
+        om = self.om
+        cid = order.client_order_id
+        window = timedelta(seconds=self.broker.rules.visibility_window_seconds)
+        while True:
+            try:
+                bo = await self._lookup(cid)
+            except ReconciliationFatalError as exc:
+                raise _Unresolved(f"{cid}: outcome unknown, its lookup failed ({exc})") from None
+            if bo is not None:
+                for attempt in range(self.config.fetch_attempts):  # journal the broker's word
+                    order = await om.refresh(cid)
+                    if order.state not in UNRESOLVED_STATES:
+                        return order
+                    await asyncio.sleep(self.config.backoff(attempt))
+                raise _Unresolved(f"{cid}: found at the broker but not settled in the journal")
+            left = (order.updated_at + window - self._now()).total_seconds()
+            if left <= 0:
+                why = "not at the broker after its visibility window"
+                return await om.force_state(cid, _S.SUBMIT_FAILED, reason=why, _reconciliation=True)
+            await asyncio.sleep(left)  # the broker may not show it yet: wait its window out
+
+    async def _close(
+        self,
+        bp: BrokerPosition,
+        side: str,
+        qty: Decimal,
+        taken: set[str],
+        now: datetime,
+        c: Counts,
+        dry: bool,
+    ) -> None:
+        """Never leave a position unprotected: close it at market."""
+        cid = "close-" + self._next_id(bp.symbol, taken, now)[len(EMERGENCY_STOP_PREFIX) :]
         close = OrderIntent(
             symbol=bp.symbol,
             side=side,
             quantity=qty,
             order_type="market",
-            client_order_id="close-"
-            + emergency_stop_id(bp.symbol, now, n)[len(EMERGENCY_STOP_PREFIX) :],
+            client_order_id=cid,
             created_at=now,
         )
         c.act(dry, f"close {bp.symbol} at market ({side} {qty}): no stop could be placed")
-        closed: Order | None = None
-        try:
-            closed = await om.submit(close, protective=True)
-        except Exception as exc:
-            c.errors.append(f"closing {bp.symbol} at market: {error_text(exc)}")
-        if closed is not None and closed.state in (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED):
-            c.closed += 1
-        else:
-            msg = f"position {bp.quantity} {bp.symbol} is UNPROTECTED: stop and market close failed"
-            log.critical(msg)
-            c.errors.append(msg)
-
-    async def _cancel_own(self, bo: BrokerOrder, c: Counts) -> None:
-        om = self.om
-        if om.get(bo.client_order_id) is not None and any(
-            o.client_order_id == bo.client_order_id for o in om.open_orders()
-        ):
-            try:
-                order = await om.cancel(bo.client_order_id)
-                for attempt in range(self.config.fetch_attempts):  # settle it in the journal
-                    if is_final(order.state):
-                        return
-                    await asyncio.sleep(self.config.backoff(attempt))
-                    order = await om.refresh(bo.client_order_id)
-                c.errors.append(f"cancelled {bo.client_order_id}: still {order.state.value}")
-            except Exception as exc:
-                c.errors.append(f"cancelling {bo.client_order_id}: {error_text(exc)}")
+        if dry:
             return
-        await cancel_at_broker(self.broker, bo, c, self.config.fetch_timeout)
+        closed = await self._send(close, c)
+        if closed is not None and closed.state in _PLACED:
+            c.closed += 1
+            return
+        msg = f"position {bp.quantity} {bp.symbol} is UNPROTECTED: stop and market close failed"
+        log.critical(msg)
+        c.errors.append(msg)
+
+    @staticmethod
+    def _next_id(symbol: str, taken: set[str], now: datetime) -> str:
+        """The next unused ``es-{tag}-{YYYYMMDD}-{n}`` (added to ``taken``)."""
+        prefix = f"{EMERGENCY_STOP_PREFIX}{symbol_tag(symbol)}-{now.astimezone(UTC):%Y%m%d}-"
+        n = sum(1 for cid in taken if cid.startswith(prefix)) + 1
+        cid = emergency_stop_id(symbol, now, n)
+        while cid in taken or ("close-" + cid[len(EMERGENCY_STOP_PREFIX) :]) in taken:
+            n += 1
+            cid = emergency_stop_id(symbol, now, n)
+        taken.add(cid)
+        return cid
