@@ -19,7 +19,7 @@ from typing import Any
 
 from wal import DurableDatabaseManager
 from wal.entry import utc_now
-from wal.orders.broker import Broker
+from wal.orders.broker import Broker, BrokerOrder
 from wal.orders.journal import OrderJournal
 from wal.orders.models import Order, OrderEvent
 from wal.orders.positions import PositionBook
@@ -82,6 +82,9 @@ class OrderBase:
         self._orders: dict[str, Order] = {}
         self._fills: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> exec key -> fill row
         self._final_at_start: set[str] = set()  # client ids of orders already final at start()
+        # orders the broker reports final whose fills are not all booked: why, and its report
+        self._unsettled: dict[str, str] = {}
+        self._broker_final: dict[str, BrokerOrder] = {}
         self._book = PositionBook()  # positions and daily P&L, from the journaled fills
         self._locks: dict[str, asyncio.Lock] = {}
         self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
