@@ -227,27 +227,81 @@ def test_an_execution_of_an_order_the_journal_holds_final_is_booked_to_it(
 
 
 @pytest.mark.parametrize("filled", [False, True], ids=["live", "filled"])
-def test_broker_evidence_wins_over_a_final_journal_state(tmp_path: Path, filled: bool) -> None:
-    """A lookup that finds a live (or filled) order under a client id the journal holds
-    SUBMIT_FAILED corrects the journal: ``forced`` back open, its fills booked."""
+def test_start_takes_back_an_order_journaled_submit_failed_that_the_broker_holds(
+    tmp_path: Path, filled: bool
+) -> None:
+    """Broker evidence wins over a final journal state: an order an earlier run made
+    SUBMIT_FAILED (the broker did not show it) that the broker holds live (or filled) is
+    looked up by the next start(): ``forced`` back open, its fills booked."""
     broker = PaperBroker(seed=25, rules=GLOBAL, auto_fill=False)
+    eng = engine(tmp_path, broker)
+
+    async def go() -> str:
+        om = eng.om
+        await om.start()
+        cid = (await om.submit(buy("4"))).client_order_id
+        await om.force_state(
+            cid, S.SUBMIT_FAILED, reason="not at the broker (lagging)", _reconciliation=True
+        )
+        if filled:
+            broker.advance()
+        return cid
+
+    try:
+        cid = run(go())
+        om = eng.restart()
+        result = run(om.start())
+        assert result.adopted == 1
+        order = om.get(cid)
+        assert order is not None
+        want = (S.FILLED, Decimal("4")) if filled else (S.ACCEPTED, Decimal("0"))
+        assert (order.state, order.filled_quantity) == want
+        assert kinds(eng.ddb, cid)[4] == EventKind.FORCED.value  # submit_failed -> reopened
+        assert journal_positions(eng.ddb) == broker.net_positions()
+    finally:
+        eng.close()
+
+
+def test_poll_fills_books_an_execution_of_an_order_journaled_submit_failed(
+    tmp_path: Path,
+) -> None:
+    """The order fills at the broker after this run made it SUBMIT_FAILED: the next poll
+    books the execution to it (reopened), never leaves it to become an orphan."""
+    broker = PaperBroker(seed=40, rules=OPEN_ONLY, auto_fill=False)
+    plan = FaultPlan().on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+    broker.faults = plan
+    eng = engine(tmp_path, broker, retry=NO_RETRY)
+    try:
+        cid = _unknown_in_a_first_run(eng, buy("2"))
+        plan.on("get_order_by_client_id", Fault.NOT_FOUND, times=FAST_RETRY.max_attempts)
+        om = eng.restart()
+        assert run(om.start()).submit_failed == 1  # window 0: three "not found" are final
+        broker.advance()  # ... but the broker had it, and it fills
+
+        async def poll() -> None:
+            assert await om.poll_fills() == 1
+
+        run(poll())
+        order = om.get(cid)
+        assert order is not None
+        assert (order.state, order.filled_quantity) == (S.FILLED, Decimal("2"))
+        assert journal_positions(eng.ddb) == broker.net_positions() == {"AAPL": Decimal("2")}
+    finally:
+        eng.close()
+
+
+def test_a_lookup_corrects_a_final_journal_state_the_broker_contradicts(tmp_path: Path) -> None:
+    broker = PaperBroker(seed=41, rules=GLOBAL, auto_fill=False)
     eng = engine(tmp_path, broker)
 
     async def go() -> None:
         om = eng.om
         await om.start()
         cid = (await om.submit(buy("4"))).client_order_id
-        await om.force_state(cid, S.SUBMIT_FAILED, reason="wrong", _reconciliation=True)
-        if filled:
-            broker.advance()
-        om2 = eng.restart()
-        await om2.start()  # final orders are not recovered by start ...
-        assert om2.get(cid).state is S.SUBMIT_FAILED  # type: ignore[union-attr]
-        order = await om2.refresh(cid)  # ... but a lookup's evidence wins
-        want = (S.FILLED, Decimal("4")) if filled else (S.ACCEPTED, Decimal("0"))
-        assert (order.state, order.filled_quantity) == want
-        assert kinds(eng.ddb, cid)[4] == EventKind.FORCED.value
-        assert journal_positions(eng.ddb) == broker.net_positions()
+        await om.force_state(cid, S.CANCELLED, reason="wrong", _reconciliation=True)
+        order = await om.refresh(cid)
+        assert order.state is S.ACCEPTED  # live at the broker: the broker's word wins
+        assert kinds(eng.ddb, cid)[-2:] == ["forced", "forced"]
 
     try:
         run(go())

@@ -242,9 +242,34 @@ class OrderFills(OrderBase):
         are all booked."""
         open_ = [o for o in self._orders.values() if not is_final(o.state)]
         n = await self._sync_fills(open_) if open_ else 0
+        n += await self._book_absent()
         for cid, bo in list(self._broker_final.items()):
             async with self._lock(cid):
                 await self._settle(self._orders[cid], bo)
+        return n
+
+    async def _book_absent(self) -> int:
+        """Executions of orders journaled SUBMIT_FAILED because the broker did not show them
+        (``is_absent``, the last 24 h): booked to them (``on_fill`` reopens the order and
+        looks it up): an execution whose client id the journal knows is never an orphan."""
+        if not self._absent:
+            return 0
+        since = min(self._absent.values()) - _FILL_SLACK
+        try:
+            fills = await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
+        except Exception as exc:
+            log.warning("fetching fills failed (%s); they are fetched again later", why(exc))
+            return 0
+        n = 0
+        for f in fills:
+            if f.client_order_id not in self._absent:
+                continue
+            await self._load_order(f.client_order_id)  # with its fills: known ones are skipped
+            if not self.known_execution(f):
+                order = await self.on_fill(f)
+                n += 1
+                if order.state is not _S.SUBMIT_FAILED:
+                    self._absent.pop(f.client_order_id, None)
         return n
 
     async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:

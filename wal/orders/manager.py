@@ -36,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from wal.crashpoints import crash_point
 from wal.entry import utc_now
-from wal.orders.base import LIVE_STATES, RetryPolicy, why
+from wal.orders.base import LIVE_STATES, NEVER_SENT, RetryPolicy, utc, why
 from wal.orders.broker import DedupScope
 from wal.orders.errors import (
     BrokerProtocolError,
@@ -64,11 +64,6 @@ log = logging.getLogger("wal.orders")
 _S = OrderState
 # the reason journaled when the broker answers "duplicate client id": the order exists there
 DUPLICATE_ANSWER = "the broker answered duplicate client id: it exists"
-
-
-def _utc(v: object) -> datetime:
-    t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,13 @@ class OrderManager(OrderFills):
                     unknown += 1
                 elif order.state not in LIVE_STATES and o.state is not order.state:
                     adopted += 1
+        for cid in [c for c in self._absent if c in self._final_at_start]:
+            # SUBMIT_FAILED by an earlier run because the broker did not show it: the broker's
+            # word wins over a final journal state (a live or filled order is taken back)
+            o = await self.refresh(cid)
+            if o.state is not _S.SUBMIT_FAILED:
+                self._absent.pop(cid, None)
+                adopted += 1
         return RecoveryResult(adopted, failed, unknown, fills, len(self._unsettled))
 
     # ------------------------------------------------------------------ submit
@@ -289,11 +291,13 @@ class OrderManager(OrderFills):
                 misses += 1  # only an answer asked after the window counts
             if misses >= needed:
                 never_sent = order.state is _S.PENDING  # SUBMITTED is journaled before any send
+                if not never_sent:
+                    self._absent[cid] = order.intent.created_at  # its fills are still booked
                 return await self._transition(
                     order,
                     EventKind.SUBMIT_FAILED,
                     _S.SUBMIT_FAILED,
-                    reason="never sent: stopped before the broker call"
+                    reason=f"{NEVER_SENT}: stopped before the broker call"
                     if never_sent
                     else f"not at the broker after {misses} lookups past its "
                     f"{rules.visibility_window_seconds:g} s visibility window from the last send",
@@ -325,10 +329,10 @@ class OrderManager(OrderFills):
         except Exception as exc:
             log.warning("events of %s unreadable (%s)", order.client_order_id, why(exc))
             return max(order.updated_at, started), True
-        sends = [_utc(e["at"]) for e in events if e["kind"] == EventKind.SUBMITTED.value]
+        sends = [utc(e["at"]) for e in events if e["kind"] == EventKind.SUBMITTED.value]
         exists = any(str(e.get("detail") or "").startswith(DUPLICATE_ANSWER) for e in events)
         if not sends:
-            return _utc(order.intent.created_at), exists
+            return utc(order.intent.created_at), exists
         last = max(sends)
         return min(last + timedelta(seconds=self.retry.call_timeout), max(last, started)), exists
 
