@@ -257,7 +257,7 @@ class OrderManager(OrderFills):
         A failed lookup (transport error, timeout, 5xx) is never "not found": it decides
         nothing. SUBMIT_FAILED needs ``max_attempts`` definite "not found" answers to
         lookups *asked* after the broker's visibility window, measured from the last send
-        (``_sent_by``), and never comes to an order the broker answered "duplicate client
+        (``_send_evidence``), and never comes to an order the broker answered "duplicate client
         id" for (it exists: it stays UNKNOWN for reconciliation)."""
         if order.state in LIVE_STATES:
             return await self.refresh(order.client_order_id, _locked=True)
@@ -311,7 +311,7 @@ class OrderManager(OrderFills):
                 _S.UNKNOWN,
                 reason=DUPLICATE_ANSWER + "; not found during recovery"
                 if exists
-                else "lookups failed during recovery",
+                else "not resolved by the lookups of recovery",
             )
         return order
 
