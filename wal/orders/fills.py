@@ -2,7 +2,11 @@
 
 * ``_adopt``: an order as the broker reports it: its id, its state (ACCEPTED, REJECTED,
   CANCELLED) and its fills, fetched while the ACCEPTED entry is fsynced; a status the broker
-  reports that we cannot read leaves the order for reconciliation.
+  reports that we cannot read leaves the order for reconciliation. The broker's filled
+  quantity is authoritative: an order takes a final state only once its booked fills equal
+  it (missing executions fetched with retries and booked to it; otherwise it stays open and
+  ``unsettled()`` lists it), and a final journal state the broker contradicts is reopened
+  (``forced``): the broker's word wins. An execution of a known client id is never an orphan.
 * Fills are journaled once per execution key (a correction replaces, never adds), with the
   order's filled quantity and average price, the trade and the position change
   (``PositionBook``) in one entry; a fill beyond the order's quantity raises ``FillError``.

@@ -15,14 +15,23 @@ ACCEPTED entry is being fsynced.
   retries (``RetryPolicy``: backoff 1, 2, 4 s, 3 attempts) **look it up by client id first**:
   found -> adopted (event RECOVERED); not found -> resent with the same client id only if the
   broker deduplicates client ids globally (a duplicate then proves it exists), otherwise left
-  UNKNOWN for reconciliation. A duplicate-client-id answer means "it exists: look it up".
+  UNKNOWN for reconciliation. A duplicate-client-id answer means "it exists: look it up";
+  it is journaled (``DUPLICATE_ANSWER``): no run ever makes that order SUBMIT_FAILED.
 * A clear reject ends the order after one call.
 * Fills are journaled once per execution key (a correction replaces, never adds), with the
   order's filled quantity and average price, the trade and the position change in one entry;
   a fill beyond the order's quantity raises ``FillError`` and is not applied.
 * ``start()`` resolves what a crash left: PENDING (never sent) and SUBMITTING/UNKNOWN orders
-  are looked up by client id; only "not found" after ``max_attempts`` lookups *and* the
-  broker's visibility window makes them SUBMIT_FAILED. Accepted orders get their missing fills.
+  are looked up by client id; only ``max_attempts`` definite "not found" answers to lookups
+  asked after the broker's visibility window, measured from the *last* send, make them
+  SUBMIT_FAILED; a failed lookup is never "not found" (it decides nothing). Accepted orders
+  get their missing fills; orders SUBMIT_FAILED by absence in the last 24 h are looked up
+  again (the broker's word wins over a final journal state).
+* ``cancel()`` has submit's discipline: an UNKNOWN order is looked up before anything is
+  sent; a cancel whose answer is lost is resolved by lookups (and resent while the broker
+  shows the order live); the caller gets the order as it stands.
+* An order reaches a final state only when its booked fills equal the broker's filled
+  quantity (:mod:`wal.orders.fills`); until then it stays open, listed by ``unsettled()``.
 
 The class is built in three modules: ``OrderBase`` (:mod:`wal.orders.base`: state, reads,
 halting, one journaled transition), ``OrderFills`` (:mod:`wal.orders.fills`: the broker's
