@@ -736,7 +736,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a cancel that times out or fails in transport is resolved by lookup, never raised",
         "                except Exception as exc:  # the broker may have cancelled: look it up\n",
         "                except BrokerRejectedError as exc:  # the broker may have cancelled: look it up\n",
-        (MGR + "test_a_cancel_whose_answer_is_lost_is_resolved_by_lookup",),
+        (
+            MGR + "test_a_cancel_whose_answer_is_lost_is_resolved_by_lookup",
+            MGR + "test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup",
+        ),
         "orders",
     ),
     Mutation(

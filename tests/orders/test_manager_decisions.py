@@ -5,7 +5,8 @@ broker acted, lookups that lag or fail, partial fills, fill fetches that fail) a
 the manager *decided*: which state the journal holds, which broker calls it made, what it
 reports. Lookups with visibility rules use a **non-zero** window, so a start-up that ignores it
 (or measures it from the wrong moment) is caught. Real parts: a log directory, SQLite (and
-PostgreSQL where ``db_url`` is used), the paper broker.
+PostgreSQL where ``db_url`` is used), the paper broker (in process, and as its own HTTP
+process for the cancel whose reply times out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from orders_helpers import FAST_RETRY, buy, journal_positions, make_rig, open_ddb, run
+from paper_process import PaperProcess
 
 from wal import DurableDatabaseManager
 from wal.entry import utc_now
@@ -38,6 +40,7 @@ from wal.orders import (
     RetryPolicy,
     RiskLimits,
 )
+from wal.orders.http_broker import HttpBroker
 
 S = OrderState
 WINDOW = 1.0  # seconds: a real (small) visibility window; every wait in here is bounded by it
@@ -699,3 +702,44 @@ def test_sells_reduce_the_position_they_are_never_counted_as_buys(tmp_path: Path
         run(go())
     finally:
         eng.close()
+
+
+# ---------------------------------------------------------------------------- over HTTP
+
+
+@pytest.mark.parametrize(
+    ("fault", "writes"),
+    [(Fault.TIMEOUT_AFTER_ACCEPT, 2), (Fault.TIMEOUT_BEFORE_ACCEPT, 3)],
+    ids=["cancelled_reply_dropped", "never_arrived"],
+)
+def test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup(
+    tmp_path: Path, fault: Fault, writes: int
+) -> None:
+    """The paper broker in its own process holds the cancel's reply past the client's socket
+    timeout (after it cancelled, or without acting): the manager looks the order up, sends
+    the cancel again only if the broker still shows it live, and returns it CANCELLED."""
+    paper = PaperProcess(
+        tmp_path, plan=FaultPlan(timeout_hang_seconds=1.0).on("cancel_order", fault)
+    )
+    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+
+    async def go() -> None:
+        broker = await HttpBroker.connect(paper.url, timeout=0.5)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            await om.start()
+            o = await om.submit(buy("1", order_type="limit", limit_price=Decimal("90")))
+            assert o.state is S.ACCEPTED
+            o = await om.cancel(o.client_order_id)  # no BrokerUnavailable
+            assert o.state is S.CANCELLED
+            assert paper.writes() == writes  # one submit, one or two cancels
+            assert [x["status"] for x in paper.orders()] == ["canceled"]
+        finally:
+            await broker.aclose()
+
+    try:
+        run(go())
+    finally:
+        paper.close()
+        ddb.stop()
+        ddb.db.dispose()
