@@ -3,18 +3,54 @@
 PostgreSQL tests use ``WAL_TEST_PG_DSN`` when it is set, else a throwaway ``pgserver``. When
 neither works they are skipped with a message saying how to run them, unless
 ``WAL_REQUIRE_PG=1`` (CI sets it): then they fail.
+
+Hypothesis profiles (docs/testing.md): ``ci``, the default, is derandomized (the same
+examples on every run: CI never turns red by chance); ``soak`` draws new examples from a
+random seed (``tests/soak.py``, ``WAL_STRESS=1``). Choose with ``WAL_HYPOTHESIS_PROFILE`` or
+``--hypothesis-profile``. With ``WAL_SOAK_COUNTS=FILE`` the examples run per test and outcome
+are written to FILE as JSON at the end of the session (what the soak reports).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis.internal.observability import add_observability_callback
 from pg import ENV_REQUIRE, HOW_TO_RUN, PgServer, PgUnavailable, launch
 
 from wal.log.storage import WALStorage
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("soak", derandomize=False, database=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("WAL_HYPOTHESIS_PROFILE")
+    or ("soak" if os.environ.get("WAL_STRESS") == "1" else "ci")
+)
+
+_SOAK_COUNTS = os.environ.get("WAL_SOAK_COUNTS")
+_examples: Counter[tuple[str, str]] = Counter()
+
+
+def _count_example(observation: Any, _thread: int | None = None) -> None:
+    if getattr(observation, "type", None) == "test_case":
+        _examples[(str(observation.property), str(observation.status))] += 1
+
+
+if _SOAK_COUNTS:
+    add_observability_callback(_count_example, all_threads=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SOAK_COUNTS:
+        rows = [{"test": t, "status": s, "examples": n} for (t, s), n in sorted(_examples.items())]
+        Path(_SOAK_COUNTS).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 @pytest.fixture(autouse=True)

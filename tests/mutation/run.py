@@ -60,6 +60,7 @@ DDB = "tests/sync/test_durable_db.py::"
 PRE = PL + "test_power_loss_while_appending_into_preallocated_space"
 OPS = "tests/cli/test_operator.py::"
 PTEST = "tests/log/test_prealloc.py::"
+MGR = "tests/orders/test_manager_decisions.py::"
 
 
 @dataclass(frozen=True)
@@ -904,6 +905,193 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            manager = WALManager(storage, db, config, publish_status=True)\n",
         (OPS + "test_reconcile_never_writes_the_engines_status_file",),
         "operator",
+    ),
+    # ------------------------------------------------------------------ orders: the manager's decisions
+    # (issue 19: not durability steps but decisions no test noticed when broken)
+    Mutation(
+        "start-failed-lookup-not-a-miss",
+        "wal/orders/manager.py",
+        "start(): a failed lookup (5xx, timeout) is never taken for \"not found\"",
+        "                log.warning(\"recovery lookup of %s failed: %s\", cid, why(exc))\n"
+        "                continue\n",
+        "                log.warning(\"recovery lookup of %s failed: %s\", cid, why(exc))\n"
+        "                bo = None\n",
+        (
+            MGR + "test_a_failed_lookup_at_start_is_never_taken_for_not_found",
+            MGR + "test_a_failed_lookup_of_a_pending_order_is_not_not_found",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "start-visibility-window",
+        "wal/orders/manager.py",
+        "start(): a \"not found\" counts only if asked after the broker's visibility window",
+        "            if asked >= deadline:\n",
+        "            if True:\n",
+        (MGR + "test_start_waits_the_visibility_window_before_submit_failed",),
+        "orders",
+    ),
+    Mutation(
+        "start-window-from-last-send",
+        "wal/orders/manager.py",
+        "start(): the visibility window runs from the last send, not the first",
+        "        last = max(sends)\n",
+        "        last = min(sends)\n",
+        (MGR + "test_the_window_is_measured_from_the_last_send_not_the_first",),
+        "orders",
+    ),
+    Mutation(
+        "duplicate-answer-journaled",
+        "wal/orders/manager.py",
+        "a \"duplicate client id\" answer is journaled before the lookups (it exists)",
+        "            order = await self._transition(\n"
+        "                order, EventKind.UNKNOWN, _S.UNKNOWN, reason=DUPLICATE_ANSWER\n"
+        "            )\n"
+        "            return await self._chase(order, resend=False)\n",
+        "            return await self._chase(order, resend=False)\n",
+        (MGR + "test_retries_exhausted_after_a_duplicate_answer_never_end_final",),
+        "orders",
+    ),
+    Mutation(
+        "duplicate-answer-never-submit-failed",
+        "wal/orders/manager.py",
+        "start(): an order the broker answered \"duplicate\" for is never SUBMIT_FAILED",
+        "            if exists:  # the broker said it has it: absence proves nothing\n",
+        "            if False:  # the broker said it has it: absence proves nothing\n",
+        (MGR + "test_retries_exhausted_after_a_duplicate_answer_never_end_final",),
+        "orders",
+    ),
+    Mutation(
+        "retries-exhausted-not-final",
+        "wal/orders/manager.py",
+        "retries used up (after a duplicate answer too) leave the order UNKNOWN, never final",
+        "        if order.state is _S.SUBMITTING:  # a resend's outcome is not known either\n"
+        "            order = await self._transition(\n"
+        "                order, EventKind.UNKNOWN, _S.UNKNOWN, reason=\"retries exhausted\"\n"
+        "            )\n",
+        "        if True:\n"
+        "            order = await self._transition(\n"
+        "                order, EventKind.SUBMIT_FAILED, _S.SUBMIT_FAILED, reason=\"retries exhausted\"\n"
+        "            )\n",
+        (MGR + "test_retries_exhausted_after_a_duplicate_answer_never_end_final",),
+        "orders",
+    ),
+    Mutation(
+        "start-rechecks-submit-failed",
+        "wal/orders/manager.py",
+        "start(): an order SUBMIT_FAILED by absence is looked up again (the broker's word wins)",
+        "        for cid in [c for c in self._absent if c in self._final_at_start]:\n",
+        "        for cid in []:\n",
+        (MGR + "test_start_takes_back_an_order_journaled_submit_failed_that_the_broker_holds",),
+        "orders",
+    ),
+    Mutation(
+        "final-only-when-fills-match",
+        "wal/orders/fills.py",
+        "an order reaches a final state only when its booked fills equal the broker's",
+        "        if order.filled_quantity != bo.filled_quantity:\n            problem = (\n",
+        "        if False:\n            problem = (\n",
+        (MGR + "test_an_order_whose_fills_cannot_be_fetched_never_reaches_a_final_state",),
+        "orders",
+    ),
+    Mutation(
+        "fill-fetch-retried",
+        "wal/orders/fills.py",
+        "a failed fill fetch is retried (RetryPolicy) before an order is left unsettled",
+        "        for attempt in range(max(1, self.retry.max_attempts)):\n",
+        "        for attempt in range(1):\n",
+        (MGR + "test_a_fill_behind_a_cancel_is_booked_to_its_order_before_it_is_cancelled",),
+        "orders",
+    ),
+    Mutation(
+        "broker-wins-over-a-final-state",
+        "wal/orders/fills.py",
+        "a lookup that contradicts a final journal state reopens the order (forced)",
+        "            order = await self._reopen(order, bo)  # broker evidence wins over a final state\n",
+        "            return order\n",
+        (
+            MGR + "test_start_takes_back_an_order_journaled_submit_failed_that_the_broker_holds",
+            MGR + "test_a_lookup_corrects_a_final_journal_state_the_broker_contradicts",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "execution-of-a-final-order-booked",
+        "wal/orders/fills.py",
+        "an execution of an order the journal holds final is booked to it (never an orphan)",
+        "        if is_final(order.state):  # an execution of an order the journal holds final\n",
+        "        if False:  # an execution of an order the journal holds final\n",
+        (
+            MGR + "test_an_execution_of_an_order_the_journal_holds_final_is_booked_to_it",
+            MGR + "test_poll_fills_books_an_execution_of_an_order_journaled_submit_failed",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "cancel-outcome-looked-up",
+        "wal/orders/manager.py",
+        "a cancel that times out or fails in transport is resolved by lookup, never raised",
+        "                except Exception as exc:  # the broker may have cancelled: look it up\n",
+        "                except BrokerRejectedError as exc:  # the broker may have cancelled: look it up\n",
+        (
+            MGR + "test_a_cancel_whose_answer_is_lost_is_resolved_by_lookup",
+            MGR + "test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "cancel-unknown-looked-up-first",
+        "wal/orders/manager.py",
+        "cancelling an UNKNOWN order looks it up first (nothing sent on a guess)",
+        "                order = await self._chase(order, resend=False)  # resolved by lookup first\n",
+        "                pass\n",
+        (MGR + "test_cancelling_an_unknown_order_looks_it_up_before_anything_is_sent",),
+        "orders",
+    ),
+    Mutation(
+        "daily-loss-this-session",
+        "wal/orders/fills.py",
+        "the daily loss limit counts the losses realized in this session",
+        "                self._book.add_pnl(fill.executed_at, pnl)\n",
+        "                pass\n",
+        (MGR + "test_the_daily_loss_limit_counts_this_sessions_losses",),
+        "orders",
+    ),
+    Mutation(
+        "daily-loss-at-start",
+        "wal/orders/base.py",
+        "the daily loss limit counts today's losses of earlier sessions (loaded at start)",
+        "                self._book.add_pnl(r[\"executed_at\"], Decimal(str(r[\"pnl\"])))\n",
+        "                pass\n",
+        (MGR + "test_the_daily_loss_limit_counts_this_sessions_losses",),
+        "orders",
+    ),
+    Mutation(
+        "risk-open-sells-are-sells",
+        "wal/orders/manager.py",
+        "the position limit counts open sells as sells, not buys",
+        "                position += o.remaining if o.intent.side == \"buy\" else -o.remaining\n",
+        "                position += o.remaining\n",
+        (MGR + "test_open_sells_count_against_the_position_as_sells",),
+        "orders",
+    ),
+    Mutation(
+        "risk-open-sells-reserve-no-cash",
+        "wal/orders/manager.py",
+        "the balance check reserves cash for open buys only",
+        "            if o.intent.side == \"buy\" and o.intent.account == intent.account:\n",
+        "            if o.intent.account == intent.account:\n",
+        (MGR + "test_open_sells_reserve_no_cash",),
+        "orders",
+    ),
+    Mutation(
+        "fill-sells-reduce-the-position",
+        "wal/orders/fills.py",
+        "a sell's fill reduces the position (never counted as a buy)",
+        "            signed = delta if fill.side == \"buy\" else -delta\n",
+        "            signed = delta\n",
+        (MGR + "test_sells_reduce_the_position_they_are_never_counted_as_buys",),
+        "orders",
     ),
 )
 MUTATIONS = (*MUTATIONS, *RECONCILER)  # the reconciler's decisions (issue 19)

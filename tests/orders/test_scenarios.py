@@ -26,6 +26,7 @@ from trading_child import fast_config, make_outage
 from wal import DurableDatabaseManager, WALStorage, WALWriteError
 from wal.db import DatabaseManager
 from wal.orders import (
+    DUPLICATE_ANSWER,
     ClientIdRules,
     DedupScope,
     EventKind,
@@ -187,13 +188,19 @@ def test_a_duplicate_client_id_error_is_adopted_not_rejected(
         await rig.om.start()
         order = await rig.om.submit(buy("5"))
         cid = order.client_order_id
-        assert order.state is OrderState.FILLED
-        assert order.reason is None  # adopted, not rejected
+        assert order.state is OrderState.FILLED  # adopted, not rejected
+        assert order.reason == DUPLICATE_ANSWER  # journaled: it exists, never SUBMIT_FAILED
         assert order.broker_order_id == broker.all_orders()[0].broker_order_id
         assert [o.client_order_id for o in broker.all_orders()] == [cid]
         assert broker.submitted_client_ids == [cid]  # looked up, never resent
         assert plan.calls("get_order_by_client_id") == 1
-        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
         assert journal_positions(rig.ddb) == broker_positions(broker.positions())
 
     try:
@@ -218,7 +225,13 @@ def test_a_duplicate_answer_is_looked_up_until_it_shows_never_resent(tmp_path: P
         assert order.state is OrderState.FILLED
         assert broker.submitted_client_ids == [cid]
         assert plan.calls("get_order_by_client_id") == 3
-        assert settled_kinds(rig.ddb, cid) == ["created", "submitted", "recovered", "fill"]
+        assert settled_kinds(rig.ddb, cid) == [
+            "created",
+            "submitted",
+            "unknown",
+            "recovered",
+            "fill",
+        ]
 
     try:
         run(go())

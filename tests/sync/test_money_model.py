@@ -503,7 +503,7 @@ def test_reads_are_exact_and_effects_happen_once_through_crashes(harness: Harnes
             max_examples=EXAMPLES[kind],
             stateful_step_count=STEPS,
             deadline=None,
-            derandomize=not STRESS,
+            derandomize=settings.default.derandomize,  # the profile: ci or soak
             database=None,
             suppress_health_check=list(HealthCheck),
         ),

@@ -60,7 +60,7 @@ from wal.orders.errors import (
 from wal.orders.faults import Fault, FaultPlan, FaultRule
 from wal.orders.http_broker import HttpBroker
 from wal.orders.journal import OrderJournal
-from wal.orders.manager import OrderManager, RecoveryResult, RetryPolicy
+from wal.orders.manager import DUPLICATE_ANSWER, OrderManager, RecoveryResult, RetryPolicy
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent, new_client_order_id
 from wal.orders.paper import PaperBroker, SimulatedTimeout
 from wal.orders.reconcile import (
@@ -98,6 +98,7 @@ __all__ = [
     "BrokerProtocolError",
     "BrokerRejectedError",
     "BrokerUnavailable",
+    "DUPLICATE_ANSWER",
     "ClientIdRules",
     "DedupScope",
     "DuplicateClientOrderId",

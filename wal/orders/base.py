@@ -14,23 +14,48 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from wal import DurableDatabaseManager
 from wal.entry import utc_now
-from wal.orders.broker import Broker
+from wal.orders.broker import Broker, BrokerOrder
 from wal.orders.journal import OrderJournal
 from wal.orders.models import Order, OrderEvent
 from wal.orders.positions import PositionBook
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
 from wal.orders.validation import RiskLimits
 
-__all__ = ["LIVE_STATES", "OrderBase", "RetryPolicy", "why"]
+__all__ = [
+    "ABSENT_HORIZON",
+    "LIVE_STATES",
+    "NEVER_SENT",
+    "OrderBase",
+    "RetryPolicy",
+    "is_absent",
+    "utc",
+    "why",
+]
 
 log = logging.getLogger("wal.orders")
 
 LIVE_STATES = (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)
+NEVER_SENT = "never sent"  # how the reason of a SUBMIT_FAILED that was never sent starts
+ABSENT_HORIZON = timedelta(hours=24)  # how long a SUBMIT_FAILED by absence is looked at again
+
+
+def is_absent(order: Order) -> bool:
+    """SUBMIT_FAILED because the broker did not show it (it was sent: it may exist)."""
+    return order.state is OrderState.SUBMIT_FAILED and not (order.reason or "").startswith(
+        NEVER_SENT
+    )
+
+
+def utc(v: object) -> datetime:
+    """A datetime (or ISO text) as an aware UTC datetime (a naive one is taken as UTC)."""
+    t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,12 @@ class OrderBase:
         self._orders: dict[str, Order] = {}
         self._fills: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> exec key -> fill row
         self._final_at_start: set[str] = set()  # client ids of orders already final at start()
+        # orders the broker reports final whose fills are not all booked: why, and its report
+        self._unsettled: dict[str, str] = {}
+        # SUBMIT_FAILED because the broker did not show them (recently): looked at again by
+        # start() and poll_fills(), since the broker's word wins over a final journal state
+        self._absent: dict[str, datetime] = {}
+        self._broker_final: dict[str, BrokerOrder] = {}
         self._book = PositionBook()  # positions and daily P&L, from the journaled fills
         self._locks: dict[str, asyncio.Lock] = {}
         self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
@@ -126,6 +157,8 @@ class OrderBase:
         for o in self.journal.orders():
             if is_final(o.state):
                 self._final_at_start.add(o.client_order_id)  # a resubmit finds it without a read
+                if is_absent(o) and utc(o.updated_at) > utc_now() - ABSENT_HORIZON:
+                    self._absent[o.client_order_id] = o.intent.created_at
                 continue
             self._orders[o.client_order_id] = o
             self._fills[o.client_order_id] = {

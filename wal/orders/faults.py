@@ -9,8 +9,9 @@ process (``atb paper-broker serve --faults plan.json`` or ``PUT /_paper/faults``
 The faults (``Fault``):
 
 =======================  ===============================================================
-timeout_before_accept    submit: the request times out; the broker never saw it
-timeout_after_accept     submit: the broker accepted the order; the reply is lost (timeout)
+timeout_before_accept    submit, cancel: the request times out; the broker never saw it
+timeout_after_accept     submit: the broker accepted the order; cancel: the broker cancelled
+                         it; either way the reply is lost (timeout)
 server_error             any operation: a 5xx after the broker did nothing
 reject                   submit: a clear reject with ``reject_reason``
 duplicate_id             submit: the order is accepted, the reply says "duplicate client id"

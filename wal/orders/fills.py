@@ -2,7 +2,11 @@
 
 * ``_adopt``: an order as the broker reports it: its id, its state (ACCEPTED, REJECTED,
   CANCELLED) and its fills, fetched while the ACCEPTED entry is fsynced; a status the broker
-  reports that we cannot read leaves the order for reconciliation.
+  reports that we cannot read leaves the order for reconciliation. The broker's filled
+  quantity is authoritative: an order takes a final state only once its booked fills equal
+  it (missing executions fetched with retries and booked to it; otherwise it stays open and
+  ``unsettled()`` lists it), and a final journal state the broker contradicts is reopened
+  (``forced``): the broker's word wins. An execution of a known client id is never an orphan.
 * Fills are journaled once per execution key (a correction replaces, never adds), with the
   order's filled quantity and average price, the trade and the position change
   (``PositionBook``) in one entry; a fill beyond the order's quantity raises ``FillError``.
@@ -27,7 +31,7 @@ from decimal import Decimal
 from wal.crashpoints import crash_point
 from wal.orders.base import LIVE_STATES, OrderBase, why
 from wal.orders.broker import BrokerOrder
-from wal.orders.errors import BrokerError, BrokerProtocolError, FillError
+from wal.orders.errors import BrokerProtocolError, FillError
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.positions import PRICE_QUANTUM
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
@@ -46,23 +50,54 @@ class OrderFills(OrderBase):
     # ------------------------------------------------------------------ status and fills
 
     async def refresh(self, client_order_id: str, *, _locked: bool = False) -> Order:
-        """Ask the broker for the order's status and fills, journal what changed."""
+        """Ask the broker for the order's status and fills, journal what changed.
+
+        Any journal order, final ones included: broker evidence wins over a final journal
+        state (``_adopt``). A failed lookup changes nothing: the order as it stands."""
         ctx = contextlib.nullcontext() if _locked else self._lock(client_order_id)
         async with ctx:
-            order = self._orders.get(client_order_id)
+            order = await self._load_order(client_order_id)
             if order is None:
-                raise FillError(f"no order with client_order_id {client_order_id!r} is open")
+                raise FillError(f"no order with client_order_id {client_order_id!r}")
             try:
-                bo = await self.broker.get_order_by_client_id(client_order_id)
-            except BrokerError as exc:
-                log.warning("refresh of %s failed: %s", client_order_id, exc)
+                bo = await asyncio.wait_for(
+                    self.broker.get_order_by_client_id(client_order_id), self.retry.call_timeout
+                )
+            except Exception as exc:  # unknown is not "not found": nothing is decided on it
+                log.warning("refresh of %s failed: %s", client_order_id, why(exc))
                 return order
             if bo is None:
                 return order
             return await self._adopt(order, bo, EventKind.RECOVERED)
 
+    async def _load_order(self, cid: str) -> Order | None:
+        """The order (memory, else the journal: then kept in memory with its fills)."""
+        order = self._orders.get(cid)
+        if order is not None:
+            return order
+        found = await asyncio.to_thread(self.journal.order, cid)
+        if found is None:
+            return None
+        self._orders[cid] = found
+        self._fills[cid] = {
+            str(r["execution_key"]): r
+            for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
+        }
+        return found
+
+    def unsettled(self) -> dict[str, str]:
+        """Orders the broker reports final whose booked fills differ from the broker's filled
+        quantity: they stay open in the journal until the missing executions are booked
+        (``poll_fills``, ``refresh``, ``start`` or the reconciler); client id -> why."""
+        return dict(self._unsettled)
+
     async def _adopt(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
-        """Take the broker's word for an order: its id, status and fills."""
+        """Take the broker's word for an order: its id, status and fills.
+
+        The broker is authoritative: a final journal state it contradicts is corrected (a
+        ``forced`` event reopens the order, its fills are booked, then the broker's state);
+        an order reaches a final state only once its booked fills equal the broker's filled
+        quantity (missing executions are fetched, with retries, and booked to this order)."""
         try:
             target = bo.state
         except BrokerProtocolError as exc:
@@ -82,7 +117,13 @@ class OrderFills(OrderBase):
                 bo.broker_order_id,
                 order.client_order_id,
             )
-        if target is _S.REJECTED:
+        if is_final(order.state):
+            if target is order.state and bo.filled_quantity == order.filled_quantity:
+                return order  # the broker agrees with the journal
+            order = await self._reopen(order, bo)  # broker evidence wins over a final state
+            if is_final(order.state):
+                return order
+        if target is _S.REJECTED and bo.filled_quantity == 0 == order.filled_quantity:
             return await self._transition(
                 order,
                 kind,
@@ -91,7 +132,7 @@ class OrderFills(OrderBase):
                 broker_order_id=bo.broker_order_id,
             )
         fetch: asyncio.Future[list[Fill] | None] | None = None
-        if bo.filled_quantity > order.filled_quantity:
+        if bo.filled_quantity != order.filled_quantity:
             # ask for its fills now: the round trip overlaps the fsync of ACCEPTED below
             fetch = asyncio.ensure_future(self._fetch_fills([order]))
         try:
@@ -105,18 +146,135 @@ class OrderFills(OrderBase):
                 fetch.cancel()
             raise
         if fetch is not None:
-            await self._sync_fills([order], fetched=fetch)
-            order = self._orders[order.client_order_id]
-        if target is _S.CANCELLED and not is_final(order.state):
-            order = await self._transition(
-                order, EventKind.CANCELLED, _S.CANCELLED, broker_order_id=bo.broker_order_id
-            )
+            order = await self._book_missing(order, bo, fetch)
+        return await self._settle(order, bo)
+
+    async def _book_missing(
+        self, order: Order, bo: BrokerOrder, first: Awaitable[list[Fill] | None]
+    ) -> Order:
+        """Fetch and book the executions of ``order`` until its booked fills equal the
+        broker's filled quantity, ``RetryPolicy`` tries (a failed or lagging fetch is
+        tried again); the order as it then stands."""
+        cid = order.client_order_id
+        fetched = first
+        for attempt in range(max(1, self.retry.max_attempts)):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+                fetched = self._fetch_fills([order])
+            fills = await fetched
+            for f in fills or ():
+                if f.client_order_id == cid:
+                    await self._apply_fill(f)
+            order = self._orders[cid]
+            if order.filled_quantity == bo.filled_quantity:
+                break
         return order
 
+    async def _settle(self, order: Order, bo: BrokerOrder) -> Order:
+        """The broker's final state, once the booked fills equal its filled quantity; until
+        then the order stays open in the journal and is listed by ``unsettled()``."""
+        cid = order.client_order_id
+        target = bo.state
+        if target is None or not is_final(target):
+            self._unsettled.pop(cid, None)
+            self._broker_final.pop(cid, None)
+            return order
+        problem = None
+        if order.filled_quantity != bo.filled_quantity:
+            problem = (
+                f"the broker reports it {bo.status} with {bo.filled_quantity} filled; "
+                f"{order.filled_quantity} booked: the missing executions could not be fetched"
+            )
+        elif target is _S.FILLED and order.state is not _S.FILLED:
+            problem = (
+                f"the broker reports it filled with {bo.filled_quantity} of {order.intent.quantity}"
+            )
+        elif target is _S.REJECTED and order.filled_quantity > 0:
+            problem = f"the broker reports it rejected with {bo.filled_quantity} filled"
+        if problem is not None:
+            if self._unsettled.get(cid) != problem:
+                log.error("order %s stays %s: %s", cid, order.state.value, problem)
+            self._unsettled[cid] = problem
+            self._broker_final[cid] = bo
+            return order
+        self._unsettled.pop(cid, None)
+        self._broker_final.pop(cid, None)
+        if is_final(order.state):
+            return order  # FILLED by its fills
+        kind = EventKind.CANCELLED if target is _S.CANCELLED else EventKind.REJECTED
+        return await self._transition(
+            order,
+            kind,
+            target,
+            reason=bo.reject_reason if target is _S.REJECTED else None,
+            broker_order_id=bo.broker_order_id,
+        )
+
+    async def _reopen(self, order: Order, bo: BrokerOrder | None, why: str = "") -> Order:
+        """A final journal order the broker contradicts: reopened (event ``forced``) so that
+        its fills are booked and the broker's state follows. A FILLED order is not reopened
+        (its fills are its quantity): logged CRITICAL and listed by ``unsettled()``."""
+        cid = order.client_order_id
+        seen = why or (
+            f"the broker reports {bo.status} with {bo.filled_quantity} filled"
+            if bo is not None
+            else "the broker reports an execution"
+        )
+        if order.state is _S.FILLED:
+            log.critical("order %s is filled in the journal but %s", cid, seen)
+            self._unsettled[cid] = f"filled in the journal; {seen}"
+            return order
+        log.critical(
+            "order %s is %s in the journal but %s: the broker's word wins",
+            cid,
+            order.state.value,
+            seen,
+        )
+        state = _S.PARTIALLY_FILLED if order.filled_quantity > 0 else _S.ACCEPTED
+        return await self._transition(
+            order,
+            EventKind.FORCED,
+            state,
+            reason=f"was {order.state.value}; {seen}",
+            broker_order_id=bo.broker_order_id if bo is not None else None,
+            check=False,
+        )
+
     async def poll_fills(self) -> int:
-        """Fetch the broker's fills for every open order; journal the new ones. How many."""
+        """Fetch the broker's fills for every open order; journal the new ones. How many.
+        An order the broker reported final (``unsettled()``) gets that state once its fills
+        are all booked."""
         open_ = [o for o in self._orders.values() if not is_final(o.state)]
-        return await self._sync_fills(open_) if open_ else 0
+        n = await self._sync_fills(open_) if open_ else 0
+        n += await self._book_absent()
+        for cid, bo in list(self._broker_final.items()):
+            async with self._lock(cid):
+                await self._settle(self._orders[cid], bo)
+        return n
+
+    async def _book_absent(self) -> int:
+        """Executions of orders journaled SUBMIT_FAILED because the broker did not show them
+        (``is_absent``, the last 24 h): booked to them (``on_fill`` reopens the order and
+        looks it up): an execution whose client id the journal knows is never an orphan."""
+        if not self._absent:
+            return 0
+        since = min(self._absent.values()) - _FILL_SLACK
+        try:
+            fills = await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
+        except Exception as exc:
+            log.warning("fetching fills failed (%s); they are fetched again later", why(exc))
+            return 0
+        n = 0
+        for f in fills:
+            if f.client_order_id not in self._absent:
+                continue
+            await self._load_order(f.client_order_id)  # with its fills: known ones are skipped
+            if not self.known_execution(f):
+                order = await self.on_fill(f)
+                n += 1
+                if order.state is not _S.SUBMIT_FAILED:
+                    self._absent.pop(f.client_order_id, None)
+        return n
 
     async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:
         """The broker's fills since the oldest of ``orders``; None if the fetch failed."""
@@ -142,29 +300,26 @@ class OrderFills(OrderBase):
         return n
 
     async def on_fill(self, fill: Fill) -> Order:
-        """Journal one execution (once per execution key); the order after it."""
-        async with self._lock(fill.client_order_id):
+        """Journal one execution (once per execution key); the order after it. An execution
+        of an order the journal holds final reopens it (the broker's word wins) and the
+        order is looked up for the broker's state."""
+        cid = fill.client_order_id
+        async with self._lock(cid):
+            was = await self._load_order(cid)
             await self._apply_fill(fill)
-            order = self.get(fill.client_order_id)
-            assert order is not None
+            order = self._orders[cid]
+            if was is not None and is_final(was.state) and not is_final(order.state):
+                order = await self.refresh(cid, _locked=True)
             return order
 
     async def _apply_fill(self, fill: Fill) -> bool:
         """Journal the fill unless it is known; True if it was journaled."""
         cid = fill.client_order_id
-        order = self._orders.get(cid)
+        order = await self._load_order(cid)
         if order is None:
-            found = await asyncio.to_thread(self.journal.order, cid)
-            if found is None:
-                raise FillError(
-                    f"fill {fill.execution_id}: no order with client_order_id "
-                    f"{cid!r} in the journal"
-                )
-            order = found
-            self._fills[cid] = {
-                str(r["execution_key"]): r
-                for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
-            }
+            raise FillError(
+                f"fill {fill.execution_id}: no order with client_order_id {cid!r} in the journal"
+            )
         key = self.broker.rules.execution_key(fill.execution_id)
         known = self._fills.setdefault(cid, {})
         old = known.get(key)
@@ -199,6 +354,10 @@ class OrderFills(OrderBase):
             + fill.quantity * fill.price
         )
         avg = (notional / filled).quantize(PRICE_QUANTUM)
+        if is_final(order.state):  # an execution of an order the journal holds final
+            order = await self._reopen(
+                order, None, f"the broker reports execution {fill.execution_id}"
+            )
         state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
         if state is not order.state or state is _S.PARTIALLY_FILLED:
             check_transition(order.state, state)
@@ -285,7 +444,7 @@ class OrderFills(OrderBase):
                     self._publish(
                         OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, existing.updated_at)
                     )
-            self._orders.setdefault(cid, existing)
+            existing = await self._load_order(cid) or existing  # with its fills
             log.info("adopted broker order %s (%s): %s", bo.broker_order_id, cid, reason)
             return await self._adopt(existing, bo, EventKind.RECOVERED)
 
@@ -305,7 +464,7 @@ class OrderFills(OrderBase):
                     self._orders[cid] = order
                     self._fills[cid] = {}
             else:
-                self._orders.setdefault(cid, order)
+                order = await self._load_order(cid) or order  # with its fills
             if order.state is _S.PENDING:
                 order = await self._transition(
                     order, EventKind.FORCED, _S.ACCEPTED, reason=reason, check=False

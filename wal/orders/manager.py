@@ -15,14 +15,23 @@ ACCEPTED entry is being fsynced.
   retries (``RetryPolicy``: backoff 1, 2, 4 s, 3 attempts) **look it up by client id first**:
   found -> adopted (event RECOVERED); not found -> resent with the same client id only if the
   broker deduplicates client ids globally (a duplicate then proves it exists), otherwise left
-  UNKNOWN for reconciliation. A duplicate-client-id answer means "it exists: look it up".
+  UNKNOWN for reconciliation. A duplicate-client-id answer means "it exists: look it up";
+  it is journaled (``DUPLICATE_ANSWER``): no run ever makes that order SUBMIT_FAILED.
 * A clear reject ends the order after one call.
 * Fills are journaled once per execution key (a correction replaces, never adds), with the
   order's filled quantity and average price, the trade and the position change in one entry;
   a fill beyond the order's quantity raises ``FillError`` and is not applied.
 * ``start()`` resolves what a crash left: PENDING (never sent) and SUBMITTING/UNKNOWN orders
-  are looked up by client id; only "not found" after ``max_attempts`` lookups *and* the
-  broker's visibility window makes them SUBMIT_FAILED. Accepted orders get their missing fills.
+  are looked up by client id; only ``max_attempts`` definite "not found" answers to lookups
+  asked after the broker's visibility window, measured from the *last* send, make them
+  SUBMIT_FAILED; a failed lookup is never "not found" (it decides nothing). Accepted orders
+  get their missing fills; orders SUBMIT_FAILED by absence in the last 24 h are looked up
+  again (the broker's word wins over a final journal state).
+* ``cancel()`` has submit's discipline: an UNKNOWN order is looked up before anything is
+  sent; a cancel whose answer is lost is resolved by lookups (and resent while the broker
+  shows the order live); the caller gets the order as it stands.
+* An order reaches a final state only when its booked fills equal the broker's filled
+  quantity (:mod:`wal.orders.fills`); until then it stays open, listed by ``unsettled()``.
 
 The class is built in three modules: ``OrderBase`` (:mod:`wal.orders.base`: state, reads,
 halting, one journaled transition), ``OrderFills`` (:mod:`wal.orders.fills`: the broker's
@@ -36,14 +45,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from wal.crashpoints import crash_point
 from wal.entry import utc_now
-from wal.orders.base import LIVE_STATES, RetryPolicy, why
+from wal.orders.base import LIVE_STATES, NEVER_SENT, RetryPolicy, utc, why
 from wal.orders.broker import DedupScope
 from wal.orders.errors import (
+    BrokerProtocolError,
     BrokerRejectedError,
     DuplicateClientOrderId,
     FillError,
@@ -57,11 +67,13 @@ from wal.orders.states import EventKind, OrderState, check_transition, is_final
 from wal.orders.validation import RiskView, check_risk, validate_intent
 from wal.sync.halt import RESUME, operator_halt
 
-__all__ = ["OrderManager", "RecoveryResult", "RetryPolicy"]
+__all__ = ["DUPLICATE_ANSWER", "OrderManager", "RecoveryResult", "RetryPolicy"]
 
 log = logging.getLogger("wal.orders")
 
 _S = OrderState
+# the reason journaled when the broker answers "duplicate client id": the order exists there
+DUPLICATE_ANSWER = "the broker answered duplicate client id: it exists"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class RecoveryResult:
     submit_failed: int = 0  # not at the broker after the lookups and the visibility window
     unknown: int = 0  # still UNKNOWN (lookups failed, or unreadable status): reconcile
     fills_journaled: int = 0
+    unsettled: int = 0  # final at the broker, fills not all booked: left open (``unsettled()``)
 
 
 class OrderManager(OrderFills):
@@ -83,18 +96,26 @@ class OrderManager(OrderFills):
         """Load the journal and resolve what a crash left unfinished (module docstring)."""
         await self.load()
         adopted = failed = unknown = fills = 0
+        started = utc_now()  # the previous process has ended: this one holds the log
         for order in [o for o in self._orders.values() if not is_final(o.state)]:
             async with self._lock(order.client_order_id):
                 before_fills = len(self._fills.get(order.client_order_id, {}))
-                o = await self._recover(self._orders[order.client_order_id])
+                o = await self._recover(self._orders[order.client_order_id], started)
                 fills += len(self._fills.get(order.client_order_id, {})) - before_fills
                 if o.state is _S.SUBMIT_FAILED:
                     failed += 1
-                elif o.state is _S.UNKNOWN:
+                elif o.state in (_S.UNKNOWN, _S.PENDING, _S.SUBMITTING):
                     unknown += 1
                 elif order.state not in LIVE_STATES and o.state is not order.state:
                     adopted += 1
-        return RecoveryResult(adopted, failed, unknown, fills)
+        for cid in [c for c in self._absent if c in self._final_at_start]:
+            # SUBMIT_FAILED by an earlier run because the broker did not show it: the broker's
+            # word wins over a final journal state (a live or filled order is taken back)
+            o = await self.refresh(cid)
+            if o.state is not _S.SUBMIT_FAILED:
+                self._absent.pop(cid, None)
+                adopted += 1
+        return RecoveryResult(adopted, failed, unknown, fills, len(self._unsettled))
 
     # ------------------------------------------------------------------ submit
 
@@ -160,7 +181,7 @@ class OrderManager(OrderFills):
                 f"{existing.intent.side} {existing.intent.quantity} {existing.intent.symbol}",
                 field="client_order_id",
             )
-        self._orders.setdefault(existing.client_order_id, existing)
+        existing = await self._load_order(existing.client_order_id) or existing  # with its fills
         if existing.state in (_S.SUBMITTING, _S.UNKNOWN):
             return await self._chase(existing)
         return existing
@@ -174,6 +195,10 @@ class OrderManager(OrderFills):
         except BrokerRejectedError as exc:
             return await self._transition(order, EventKind.REJECTED, _S.REJECTED, reason=exc.reason)
         except DuplicateClientOrderId:  # it exists: look it up and adopt it, never resend
+            # journaled first: after a crash, start() must know it exists (never SUBMIT_FAILED)
+            order = await self._transition(
+                order, EventKind.UNKNOWN, _S.UNKNOWN, reason=DUPLICATE_ANSWER
+            )
             return await self._chase(order, resend=False)
         except Exception as exc:  # timeout, transport, 5xx, unreadable: outcome unknown
             order = await self._transition(order, EventKind.UNKNOWN, _S.UNKNOWN, reason=why(exc))
@@ -224,7 +249,7 @@ class OrderManager(OrderFills):
             except DuplicateClientOrderId:
                 resend = False  # it exists: only look it up from now on
                 order = await self._transition(
-                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason="duplicate client id: look it up"
+                    order, EventKind.UNKNOWN, _S.UNKNOWN, reason=DUPLICATE_ANSWER
                 )
                 continue
             except Exception as exc:
@@ -239,56 +264,90 @@ class OrderManager(OrderFills):
             )
         return order
 
-    async def _recover(self, order: Order) -> Order:
-        """Resolve one order a previous run left unfinished."""
+    async def _recover(self, order: Order, started: datetime) -> Order:
+        """Resolve one order a previous run left unfinished.
+
+        A failed lookup (transport error, timeout, 5xx) is never "not found": it decides
+        nothing. SUBMIT_FAILED needs ``max_attempts`` definite "not found" answers to
+        lookups *asked* after the broker's visibility window, measured from the last send
+        (``_send_evidence``), and never comes to an order the broker answered "duplicate client
+        id" for (it exists: it stays UNKNOWN for reconciliation)."""
         if order.state in LIVE_STATES:
             return await self.refresh(order.client_order_id, _locked=True)
+        cid = order.client_order_id
         rules = self.broker.rules
         needed = max(1, self.retry.max_attempts)
+        sent_by, exists = await self._send_evidence(order, started)
+        deadline = sent_by + timedelta(seconds=rules.visibility_window_seconds)
         misses = 0
         wait = 0.0
         for attempt in range(2 * needed + 1):
             if attempt:
                 await asyncio.sleep(wait)
             wait = self.retry.delay(attempt)
+            asked = utc_now()
             try:
                 bo = await asyncio.wait_for(
-                    self.broker.get_order_by_client_id(order.client_order_id),
-                    self.retry.call_timeout,
+                    self.broker.get_order_by_client_id(cid), self.retry.call_timeout
                 )
-            except Exception as exc:
-                log.warning("recovery lookup of %s failed: %s", order.client_order_id, why(exc))
-                bo = None
-                if order.state is not _S.PENDING:
-                    continue
+            except Exception as exc:  # unknown, not "not found": decides nothing
+                log.warning("recovery lookup of %s failed: %s", cid, why(exc))
+                continue
             if bo is not None:
                 return await self._adopt(order, bo, EventKind.RECOVERED)
-            if order.state is _S.PENDING:  # SUBMITTING is journaled before any send
-                return await self._transition(
-                    order,
-                    EventKind.SUBMIT_FAILED,
-                    _S.SUBMIT_FAILED,
-                    reason="never sent: stopped before the broker call",
-                )
-            misses += 1
-            window_left = (
-                order.updated_at + timedelta(seconds=rules.visibility_window_seconds) - utc_now()
-            ).total_seconds()
-            if misses >= needed and window_left <= 0:
-                return await self._transition(
-                    order,
-                    EventKind.SUBMIT_FAILED,
-                    _S.SUBMIT_FAILED,
-                    reason=f"not at the broker after {misses} lookups and its "
-                    f"{rules.visibility_window_seconds:g} s visibility window",
-                )
+            if exists:  # the broker said it has it: absence proves nothing
+                misses += 1
+                if misses >= needed:
+                    break
+                continue
+            if asked >= deadline:
+                misses += 1  # only an answer asked after the window counts
             if misses >= needed:
-                wait = max(wait, window_left)  # the broker may not show it yet: wait it out
-        if order.state is not _S.UNKNOWN:
+                never_sent = order.state is _S.PENDING  # SUBMITTED is journaled before any send
+                if not never_sent:
+                    self._absent[cid] = order.intent.created_at  # its fills are still booked
+                return await self._transition(
+                    order,
+                    EventKind.SUBMIT_FAILED,
+                    _S.SUBMIT_FAILED,
+                    reason=f"{NEVER_SENT}: stopped before the broker call"
+                    if never_sent
+                    else f"not at the broker after {misses} lookups past its "
+                    f"{rules.visibility_window_seconds:g} s visibility window from the last send",
+                )
+            left = (deadline - utc_now()).total_seconds()
+            wait = max(wait, left)  # the broker may not show it yet: wait its window out
+        if order.state is _S.SUBMITTING:
             order = await self._transition(
-                order, EventKind.UNKNOWN, _S.UNKNOWN, reason="lookups failed during recovery"
+                order,
+                EventKind.UNKNOWN,
+                _S.UNKNOWN,
+                reason=DUPLICATE_ANSWER + "; not found during recovery"
+                if exists
+                else "not resolved by the lookups of recovery",
             )
         return order
+
+    async def _send_evidence(self, order: Order, started: datetime) -> tuple[datetime, bool]:
+        """(the latest moment its last request can have reached the broker, whether the
+        broker answered "duplicate client id"), from the order's journaled events.
+
+        A request goes out after its SUBMITTED event and can arrive until the call's
+        timeout, or until the process that sent it ended: before this ``start()`` (which
+        holds the log's writer lock). A PENDING order was never sent by us (its intent is
+        journaled in the same fsync as SUBMITTED): the intent's time. Events that cannot be
+        read: the order's last change, and no SUBMIT_FAILED (``exists``)."""
+        try:
+            events = await asyncio.to_thread(self.journal.events, order.client_order_id)
+        except Exception as exc:
+            log.warning("events of %s unreadable (%s)", order.client_order_id, why(exc))
+            return max(order.updated_at, started), True
+        sends = [utc(e["at"]) for e in events if e["kind"] == EventKind.SUBMITTED.value]
+        exists = any(str(e.get("detail") or "").startswith(DUPLICATE_ANSWER) for e in events)
+        if not sends:
+            return utc(order.intent.created_at), exists
+        last = max(sends)
+        return min(last + timedelta(seconds=self.retry.call_timeout), max(last, started)), exists
 
     def _check_protective(self, intent: OrderIntent) -> None:
         pos = self.positions().get(intent.symbol, Decimal(0))
@@ -304,7 +363,14 @@ class OrderManager(OrderFills):
     # ------------------------------------------------------------------ cancel, force
 
     async def cancel(self, client_order_id: str) -> Order:
-        """Cancel: a never-sent order locally; a live one at the broker (then its status)."""
+        """Cancel: a never-sent order locally; a live one at the broker; the order as it
+        stands after.
+
+        Submit's discipline: an order whose outcome is unknown (SUBMITTING, UNKNOWN) is
+        looked up first (never resent); a cancel that times out or fails in transport is
+        resolved by lookups (``RetryPolicy``), and sent again only while the broker shows
+        the order live. The caller never gets a bare ``BrokerUnavailable``: if no lookup
+        answers, the order is returned as it stands (its ``cancel_requested`` journaled)."""
         async with self._lock(client_order_id):
             order = self._orders.get(client_order_id)
             if order is None or is_final(order.state):
@@ -317,19 +383,56 @@ class OrderManager(OrderFills):
                 return await self._transition(
                     order, EventKind.CANCELLED, _S.CANCELLED, reason="cancelled before it was sent"
                 )
+            if order.broker_order_id is None or order.state in (_S.SUBMITTING, _S.UNKNOWN):
+                order = await self._chase(order, resend=False)  # resolved by lookup first
+                if is_final(order.state):
+                    return order
             if order.broker_order_id is None:
                 raise OrderRejected(
                     RejectReason.CONFLICTING_INTENT,
-                    f"order {client_order_id!r} is {order.state.value}: its "
-                    "broker id is not known yet",
+                    f"order {client_order_id!r} is {order.state.value}: not found at the "
+                    f"broker by {self.retry.max_attempts} lookups; nothing was sent",
                     field="client_order_id",
                 )
-            await self._transition(order, EventKind.CANCEL_REQUESTED, order.state)
+            order = await self._transition(order, EventKind.CANCEL_REQUESTED, order.state)
+            return await self._cancel_at_broker(order)
+
+    async def _cancel_at_broker(self, order: Order) -> Order:
+        """Send the cancel, then look the order up until the broker's answer is known."""
+        cid = order.client_order_id
+        bid = order.broker_order_id
+        assert bid is not None
+        send = True
+        for attempt in range(max(1, self.retry.max_attempts) + 1):
+            if send:
+                send = False
+                try:
+                    await asyncio.wait_for(self.broker.cancel_order(bid), self.retry.call_timeout)
+                except BrokerRejectedError as exc:  # not open there: the lookup says why
+                    log.info("cancel of %s refused: %s", cid, exc.reason)
+                except Exception as exc:  # the broker may have cancelled: look it up
+                    log.warning("cancel of %s: outcome unknown (%s); looked up", cid, why(exc))
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
             try:
-                await self.broker.cancel_order(order.broker_order_id)
-            except BrokerRejectedError as exc:
-                log.info("cancel of %s refused: %s", client_order_id, exc.reason)
-            return await self.refresh(client_order_id, _locked=True)
+                bo = await asyncio.wait_for(
+                    self.broker.get_order_by_client_id(cid), self.retry.call_timeout
+                )
+            except Exception as exc:
+                log.warning("lookup of %s after its cancel failed: %s", cid, why(exc))
+                continue
+            if bo is None:
+                continue  # visibility lag: look again
+            order = await self._adopt(order, bo, EventKind.RECOVERED)
+            try:
+                live = bo.state in LIVE_STATES
+            except BrokerProtocolError:
+                return order  # unreadable: left for reconciliation
+            if not live:
+                return order  # cancelled, filled, or on its way (pending_cancel)
+            send = True  # still live: the cancel did not arrive; cancels are idempotent
+        log.warning("cancel of %s: the broker's answer is not known yet", cid)
+        return self._orders[cid]
 
     async def force_state(
         self,

@@ -180,8 +180,13 @@ class PaperBroker:
         with self._lock:
             self.cancel_calls += 1
             fault = self.faults.decide("cancel_order")
+            hang = self.faults.timeout_hang_seconds
             if fault in (Fault.SERVER_ERROR, Fault.FETCH_FAILURE):
                 raise BrokerUnavailable("503 service unavailable (simulated)")
+            if fault is Fault.TIMEOUT_BEFORE_ACCEPT:
+                raise SimulatedTimeout(
+                    "cancel timed out (before the broker saw it)", accepted=False, hang_seconds=hang
+                )
             po = self._orders.get(broker_order_id)
             if po is None:
                 raise BrokerRejectedError(f"order {broker_order_id} not found")
@@ -190,6 +195,12 @@ class PaperBroker:
             po.order = replace(po.order, status="canceled")
             po.plan.clear()
             self._save()  # the cancel is durable before it is acknowledged
+            if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+                raise SimulatedTimeout(
+                    "cancel timed out (after the broker cancelled)",
+                    accepted=True,
+                    hang_seconds=hang,
+                )
 
     def open_orders(self) -> list[BrokerOrder]:
         with self._lock:
