@@ -15,9 +15,11 @@ from typing import Any
 
 import click
 
+from cli.commands.db import db
 from cli.commands.demo import demo
 from cli.commands.orders import orders
 from cli.commands.paper_broker import paper_broker
+from cli.commands.serve import serve
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
 from cli.commands.wal_compact import compact
@@ -53,6 +55,8 @@ atb.add_command(wal)
 atb.add_command(demo)
 atb.add_command(orders)
 atb.add_command(paper_broker)
+atb.add_command(serve)
+atb.add_command(db)
 for _command in (
     status,
     sync,

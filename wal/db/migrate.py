@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from wal.db.engine import make_engine
 from wal.db.migrations.versions.v0001_baseline import TABLES as BASELINE_TABLES
@@ -88,7 +89,10 @@ def upgrade(url: str, revision: str = "head") -> MigrationResult:
             cfg.attributes["connection"] = conn
             if before is None and ours:
                 command.stamp(cfg, "0001")  # the baseline's tables are there: adopt them
-            command.upgrade(cfg, revision)
+            try:
+                command.upgrade(cfg, revision)
+            except CommandError as exc:
+                raise WALSchemaError(f"cannot upgrade to {revision!r}: {exc}") from None
             after, _ = read_revision(conn)
         return MigrationResult(before, after)
     finally:
@@ -103,9 +107,11 @@ def downgrade(url: str, revision: str) -> MigrationResult:
             before, _ = read_revision(conn)
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+            try:
+                command.downgrade(cfg, revision)
+            except CommandError as exc:
+                raise WALSchemaError(f"cannot downgrade to {revision!r}: {exc}") from None
             after, _ = read_revision(conn)
         return MigrationResult(before, after)
     finally:
         engine.dispose()
-
