@@ -9,14 +9,15 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
+import orjson
 import uvicorn
 
 from cli._common import AtbError, WalContext, get_config, wal_errors
 from wal import DurableDatabaseManager
 from wal.db import DatabaseManager
-from wal.db.versioning import check_schema, ensure_schema
+from wal.db.versioning import ensure_schema
 from wal.errors import WALError, WALLockedError
-from wal.orders import ClientIdRules, PaperBroker, RetryPolicy, RiskLimits
+from wal.orders import ClientIdRules, FaultPlan, PaperBroker, RetryPolicy, RiskLimits
 from wal.service.app import create_app
 from wal.service.config import ServiceConfig
 from wal.service.runtime import ServiceRuntime
@@ -46,7 +47,13 @@ from wal.service.tokens import TokenStore, valid_trader
     "--paper-state",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The in-process paper broker's durable state file (0600; fsynced on every change).",
+    help="The paper broker's durable state file (0600, fsynced; default: next to WAL_DIR).",
+)
+@click.option(
+    "--paper-faults",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A FaultPlan as JSON (FaultPlan.to_dict) for the paper broker (tests, drills).",
 )
 @click.option(
     "--paper-balance",
@@ -76,6 +83,7 @@ def serve(
     directory: Path | None,
     database_url: str | None,
     paper_state: Path | None,
+    paper_faults: Path | None,
     paper_balance: str | None,
     prices: tuple[str, ...],
     tick: float,
@@ -107,11 +115,14 @@ def serve(
             start_prices[sym] = Decimal(value)
         risk = RiskLimits.from_env()
         retry = RetryPolicy.from_env()
-    except (WALError, ValueError, ArithmeticError) as exc:
+        faults = (
+            FaultPlan.from_dict(orjson.loads(paper_faults.read_bytes())) if paper_faults else None
+        )
+    except (WALError, ValueError, ArithmeticError, OSError) as exc:
         raise AtbError(f"cannot start the service: {exc}") from None
     db = DatabaseManager(config.database_url)
     try:
-        check_schema(db.engine, db.safe_url)  # refuse a schema behind the code, in one line
+        ensure_schema(db.engine, db.safe_url)  # an empty one is created; one behind: refused
     except WALError as exc:
         raise AtbError(f"cannot start: {exc.message}") from None
     try:
@@ -120,7 +131,9 @@ def serve(
         raise AtbError(f"cannot start: {exc}") from None
     paper = PaperBroker(
         rules=ClientIdRules(visibility_window_seconds=0.0),  # in-process: seen at once
-        state_path=paper_state,
+        faults=faults,
+        # durable next to the log by default: a restarted service finds its orders there
+        state_path=paper_state or config.directory.parent / "paper-broker.json",
         prices=start_prices,
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
