@@ -151,7 +151,13 @@ def serve(
         )
         app = create_app(rt)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, ws="websockets-sansio")
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                ws="websockets-sansio",
+                timeout_graceful_shutdown=5,  # a stuck client never keeps the engine up
+            )
         )
 
         async def run() -> None:

@@ -46,6 +46,14 @@ def _utc(v: datetime | None) -> datetime | None:
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
+async def _until_disconnect(ws: WebSocket) -> None:
+    """Read (and ignore) what the client sends until it disconnects."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
 def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
     """Every route, bound to one runtime."""
     r = APIRouter()
@@ -258,6 +266,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
         since = int(raw) if raw is not None and raw.isdigit() else None
         client = rt.hub.subscribe(who)  # first: nothing published from now on is missed
         head = rt.hub.head  # every later event of this trader reaches the client's queue
+        gone = asyncio.ensure_future(_until_disconnect(ws))  # the client left: stop at once
         try:
             sent = head
             if since is not None:
@@ -268,10 +277,10 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                         sent = int(ev["seq"])
                 sent = max(sent, head)
             await ws.send_json({"type": "ready", "trader_id": who, "seq": sent})
-            while True:
+            while not gone.done():
                 get = asyncio.ensure_future(client.queue.get())
                 over = asyncio.ensure_future(client.overflowed.wait())
-                done, _ = await asyncio.wait({get, over}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({get, over, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if get in done:
                     over.cancel()
                     ev = get.result()
@@ -280,15 +289,18 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                         sent = int(ev["seq"])
                     continue
                 get.cancel()
-                await ws.close(
-                    code=CLOSE_OVERFLOW,
-                    reason=f"too slow: over {rt.hub.queue_size} events behind; "
-                    f"reconnect with ?since={sent}",
-                )
-                return
-        except WebSocketDisconnect:
-            pass
+                if over in done:
+                    await ws.close(
+                        code=CLOSE_OVERFLOW,
+                        reason=f"too slow: over {rt.hub.queue_size} events behind; "
+                        f"reconnect with ?since={sent}",
+                    )
+                    return
+                over.cancel()
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away while we were sending
         finally:
+            gone.cancel()
             rt.hub.unsubscribe(client)
 
     @r.get("/api/v1/whoami", tags=["account"])
