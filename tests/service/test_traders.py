@@ -101,7 +101,7 @@ def test_lists_exports_positions_and_balances_are_per_trader(
 def test_the_event_stream_carries_only_the_traders_own_events(
     svc: ServiceProc, two: tuple[str, str, dict[str, str]]
 ) -> None:
-    a, b, ids = two
+    _a, b, ids = two
     ws_url = svc.url.replace("http", "ws") + "/ws/orders/events"
     with connect(ws_url + "?since=0&token=" + b) as ws:
         ready = None

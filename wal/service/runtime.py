@@ -50,6 +50,7 @@ __all__ = ["Placed", "ServiceRuntime", "account_of"]
 log = logging.getLogger("wal.service")
 
 _UNSETTLED = (OrderState.PENDING, OrderState.SUBMITTING, OrderState.UNKNOWN)
+_LIVE = (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)
 
 
 def account_of(trader_id: str) -> str:
@@ -141,7 +142,12 @@ class ServiceRuntime:
             if self.paper is not None and self.paper_tick > 0:
                 self.paper.step_prices()
             try:
-                await self.om.poll_fills()
+                # each live order refreshed under its own lock: OrderManager.poll_fills takes
+                # no per-order lock and can journal a fill with the seq a concurrent submit's
+                # ACCEPTED event takes (reported to the orders worker)
+                for o in self.om.open_orders():
+                    if o.state in _LIVE:
+                        await self.om.refresh(o.client_order_id)
             except WALWriteError as exc:
                 self.fail_log(exc)
                 return
