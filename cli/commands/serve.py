@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from decimal import Decimal, InvalidOperation
@@ -17,7 +18,14 @@ from wal import DurableDatabaseManager
 from wal.db import DatabaseManager
 from wal.db.versioning import ensure_schema
 from wal.errors import WALError, WALLockedError
-from wal.orders import ClientIdRules, FaultPlan, PaperBroker, RetryPolicy, RiskLimits
+from wal.orders import (
+    ClientIdRules,
+    FaultPlan,
+    PaperBroker,
+    ReconcilerConfig,
+    RetryPolicy,
+    RiskLimits,
+)
 from wal.service.app import create_app
 from wal.service.config import ServiceConfig
 from wal.service.runtime import ServiceRuntime
@@ -146,8 +154,17 @@ def serve(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ddb.start()
     try:
+        b = svc.reconcile_backoff
         rt = ServiceRuntime(
-            ddb, paper, svc, risk=risk, retry=retry, paper=paper, venue="paper", paper_tick=tick
+            ddb,
+            paper,
+            svc,
+            risk=risk,
+            retry=retry,
+            reconciler=ReconcilerConfig(fetch_backoff=(b, 2 * b, 4 * b)),
+            paper=paper,
+            venue="paper",
+            paper_tick=tick,
         )
         app = create_app(rt)
         server = uvicorn.Server(
@@ -181,13 +198,7 @@ def _with_balance(svc: ServiceConfig, raw: str) -> ServiceConfig:
         raise ValueError(f"--paper-balance {raw!r} is not an amount") from None
     if not amount.is_finite() or amount <= 0:
         raise ValueError(f"--paper-balance {raw!r} must be a positive amount")
-    return ServiceConfig(
-        rate_limit=svc.rate_limit,
-        ws_queue=svc.ws_queue,
-        poll_interval=svc.poll_interval,
-        paper_balance=amount,
-        token_cache_seconds=svc.token_cache_seconds,
-    )
+    return dataclasses.replace(svc, paper_balance=amount)
 
 
 @serve.group("token")

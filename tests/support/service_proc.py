@@ -138,6 +138,8 @@ class ServiceProc:
 
     def broker_orders(self, client_order_id: str) -> list[dict[str, object]]:
         """The paper broker's orders with this client id, from its durable state file."""
+        if not self.paper_state.exists():  # the broker never accepted anything
+            return []
         state = orjson.loads(self.paper_state.read_bytes())
         return [o for o in state["orders"] if o["order"]["client_order_id"] == client_order_id]
 

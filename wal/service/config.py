@@ -8,6 +8,7 @@ ws_queue                    ``SERVICE_WS_QUEUE``          1000 events waiting pe
 poll_interval               ``SERVICE_POLL_INTERVAL``     0.5 s between fill polls of open orders
 paper_balance               ``SERVICE_PAPER_BALANCE``     unset; paper mode credits each trader once
 token_cache_seconds         ``SERVICE_TOKEN_CACHE``       5 s a verified token is trusted unread
+reconcile_backoff           ``SERVICE_RECONCILE_BACKOFF`` 1 s: the reconciler's fetches wait 1, 2, 4
 ==========================  ============================  =========================================
 
 A value that is not accepted raises ``WALConfigError`` naming the variable.
@@ -60,6 +61,7 @@ class ServiceConfig:
     poll_interval: float = 0.5
     paper_balance: Decimal | None = None
     token_cache_seconds: float = 5.0
+    reconcile_backoff: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -79,4 +81,5 @@ class ServiceConfig:
             poll_interval=_float(e, "SERVICE_POLL_INTERVAL", 0.5),
             paper_balance=paper,
             token_cache_seconds=_float(e, "SERVICE_TOKEN_CACHE", 5.0),
+            reconcile_backoff=_float(e, "SERVICE_RECONCILE_BACKOFF", 1.0),
         )
