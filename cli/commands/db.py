@@ -31,7 +31,13 @@ def db(ctx: click.Context, database_url: str | None) -> None:
 @click.pass_context
 @wal_errors
 def current(ctx: click.Context) -> None:
-    """Print the database's revision and the one this code needs; exit 1 if they differ."""
+    """Print the database's revision and the one this code needs; exit 1 if they differ.
+
+    \b
+    Examples:
+      atb db current
+      atb db --database-url postgresql+psycopg://atb@db/atb current
+    """
     url = get_config(ctx).database_url
     rev, ours = migrate.current(url)
     shown = rev or ("none (tables from before migrations)" if ours else "none (empty)")
@@ -48,6 +54,11 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     """Apply the migrations up to REVISION (each in its own transaction); idempotent.
 
     A database made before migrations (the baseline's tables) is adopted first.
+
+    \b
+    Examples:
+      atb db upgrade
+      atb db upgrade --revision 0002
     """
     url = get_config(ctx).database_url
     r = migrate.upgrade(url, revision)
@@ -62,7 +73,12 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 @click.pass_context
 @wal_errors
 def downgrade(ctx: click.Context, revision: str) -> None:
-    """Undo the migrations above REVISION (never below the baseline, 0001)."""
+    """Undo the migrations above REVISION (never below the baseline, 0001).
+
+    \b
+    Examples:
+      atb db downgrade 0001
+    """
     url = get_config(ctx).database_url
     try:
         r = migrate.downgrade(url, revision)

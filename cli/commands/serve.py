@@ -228,7 +228,12 @@ def _store(ctx: click.Context) -> TokenStore:
 @click.pass_context
 @wal_errors
 def create(ctx: click.Context, trader_id: str) -> None:
-    """Print a new bearer token for TRADER: only its SHA-256 is stored, keep it now."""
+    """Print a new bearer token for TRADER: only its SHA-256 is stored, keep it now.
+
+    \b
+    Examples:
+      atb serve token create --trader alice
+    """
     try:
         valid_trader(trader_id)
     except ValueError as exc:
@@ -241,6 +246,13 @@ def create(ctx: click.Context, trader_id: str) -> None:
 @click.pass_context
 @wal_errors
 def list_tokens(ctx: click.Context, trader_id: str | None) -> None:
+    """List the tokens' ids, traders and states (the tokens themselves are not kept).
+
+    \b
+    Examples:
+      atb serve token list
+      atb serve token list --trader alice
+    """
     for t in _store(ctx).list(trader_id):
         state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "live"
         click.echo(f"{t.token_id}  {t.trader_id}  created {t.created_at.isoformat()}  {state}")
@@ -251,6 +263,12 @@ def list_tokens(ctx: click.Context, trader_id: str | None) -> None:
 @click.pass_context
 @wal_errors
 def revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke the token with id TOKEN_ID (the part after `atb_`).
+
+    \b
+    Examples:
+      atb serve token revoke 3f9a0c1d2e4b5a69
+    """
     if not _store(ctx).revoke(token_id):
         raise AtbError(f"no live token with id {token_id!r} (see `atb serve token list`)")
     click.echo(f"revoked {token_id}")
