@@ -25,16 +25,30 @@ def post(svc: ServiceProc, token: str, key: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    ("point", "at_broker", "state"),
+    ("point", "at_broker", "state", "database"),
     [
-        ("order.after_broker_accept", 1, "filled"),  # accepted, the journal did not know yet
-        ("order.after_submitting_fsync", 0, "submit_failed"),  # journaled, never sent
-        ("order.after_ack_before_fill", 1, "filled"),  # acknowledged, its fill not journaled
+        # accepted at the broker, the journal did not know yet: on both databases
+        ("order.after_broker_accept", 1, "filled", "sqlite"),
+        pytest.param(
+            "order.after_broker_accept", 1, "filled", "postgresql", marks=pytest.mark.postgres
+        ),
+        ("order.after_submitting_fsync", 0, "submit_failed", "sqlite"),  # journaled, never sent
+        ("order.after_ack_before_fill", 1, "filled", "sqlite"),  # acked, its fill not journaled
     ],
 )
 def test_sigkill_mid_post_then_the_same_key_is_one_order(
-    db_url: str, tmp_path: Path, point: str, at_broker: int, state: str
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    point: str,
+    at_broker: int,
+    state: str,
+    database: str,
 ) -> None:
+    db_url = (
+        f"sqlite:///{tmp_path / 'atb.db'}"
+        if database == "sqlite"
+        else str(request.getfixturevalue("pg_db"))
+    )
     svc = ServiceProc(tmp_path, db_url)
     token = svc.token("killer")
     key = uuid.uuid4().hex
