@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +16,14 @@ from click.testing import CliRunner
 from pg import PgServer
 
 from cli.main import atb
+from wal.config import WALConfig
 from wal.db import DatabaseManager, migrate
 from wal.db.engine import make_engine
 from wal.db.migrations.versions.v0001_baseline import TABLES as BASELINE
 from wal.db.schema import metadata
 from wal.db.versioning import HEAD, REVISIONS
 from wal.errors import WALSchemaError
+from wal.sync.durable import DurableDatabaseManager
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -235,3 +238,17 @@ def test_an_empty_database_upgraded_equals_one_created_on_first_use(
     fresh.get_balance()
     fresh.dispose()
     assert describe(db_url) == describe(second_url)
+
+
+def test_the_durable_manager_refuses_to_start_on_a_schema_behind(
+    db_url: str, tmp_path: Any
+) -> None:
+    make_old_database(db_url)
+    cfg = WALConfig.from_env({}, directory=Path(tmp_path) / "wal", database_url=db_url)
+    ddb = DurableDatabaseManager(DatabaseManager(db_url), config=cfg)
+    try:
+        with pytest.raises(WALSchemaError, match=r"run `atb db upgrade`"):
+            ddb.start()
+    finally:
+        ddb.stop()
+        ddb.db.dispose()
