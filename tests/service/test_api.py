@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -10,7 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
 from service_proc import ServiceProc, auth
+
+from cli.main import atb
+from wal.db.engine import make_engine
+from wal.db.service_schema import api_tokens
 
 
 def post(
@@ -248,3 +256,45 @@ def test_health_ready_metrics_and_the_error_shape(svc: ServiceProc) -> None:
     assert_error(httpx.get(svc.url + "/no/such/route"), 404, "not_found")
     assert_error(httpx.delete(svc.url + "/healthz"), 405, "method_not_allowed")
     assert httpx.get(svc.url + "/openapi.json").json()["paths"]["/api/v1/orders"]
+
+
+def test_concurrent_posts_with_one_key_are_one_order(svc: ServiceProc) -> None:
+    token = svc.token("racer")
+    key = uuid.uuid4().hex
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as c:
+            headers = auth(token) | {"Idempotency-Key": key}
+            return list(
+                await asyncio.gather(
+                    *(c.post("/api/v1/orders", json=MARKET, headers=headers) for _ in range(8))
+                )
+            )
+
+    rs = asyncio.run(burst())
+    codes = sorted(r.status_code for r in rs)
+    assert codes == [200] * 7 + [201], [r.text for r in rs]
+    assert len({r.json()["id"] for r in rs}) == 1
+    assert len(svc.broker_orders(rs[0].json()["id"])) == 1
+
+
+def test_tokens_are_stored_hashed_and_a_revoked_one_is_refused(svc: ServiceProc) -> None:
+    token = svc.token("revoked")
+    assert get(svc, token, "/api/v1/whoami").json() == {"trader_id": "revoked"}
+    engine, _ = make_engine(svc.db_url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(sa.select(api_tokens)).mappings().all()
+    finally:
+        engine.dispose()
+    mine = [r for r in rows if r["trader_id"] == "revoked"]
+    assert [r["token_sha256"] for r in mine] == [hashlib.sha256(token.encode()).hexdigest()]
+    assert not any(token in str(dict(r)) for r in rows)  # never the token itself
+    runner = CliRunner()
+    listed = runner.invoke(atb, ["serve", "--database-url", svc.db_url, "token", "list"])
+    assert mine[0]["token_id"] in listed.output and token not in listed.output
+    out = runner.invoke(
+        atb, ["serve", "--database-url", svc.db_url, "token", "revoke", mine[0]["token_id"]]
+    )
+    assert out.exit_code == 0, out.output
+    assert_error(get(svc, token, "/api/v1/whoami"), 401, "unauthorized")

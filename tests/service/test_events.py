@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from service_proc import ServiceProc, auth
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -124,3 +125,11 @@ def test_the_hub_disconnects_a_full_client_without_waiting() -> None:
         assert other.queue.empty()  # another trader's client gets nothing
 
     asyncio.run(run())
+
+
+def test_a_bad_since_is_refused_naming_it(svc: ServiceProc) -> None:
+    token = svc.token("typo")
+    with connect(ws_url(svc, token) + "&since=abc") as ws, pytest.raises(ConnectionClosed) as info:
+        ws.recv(timeout=30)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4422 and "since" in info.value.rcvd.reason

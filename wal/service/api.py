@@ -38,6 +38,7 @@ __all__ = ["make_router"]
 
 _KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _CLOSE_AUTH = 4401  # the stream's close code for a missing or bad token
+_CLOSE_BAD_INPUT = 4422  # ... for a bad query parameter (named in the reason)
 
 
 def _utc(v: datetime | None) -> datetime | None:
@@ -263,7 +264,10 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
             await ws.close(code=_CLOSE_AUTH, reason="unauthorized: unknown or missing token")
             return
         raw = ws.query_params.get("since")
-        since = int(raw) if raw is not None and raw.isdigit() else None
+        if raw is not None and not raw.isdigit():
+            await ws.close(code=_CLOSE_BAD_INPUT, reason="since: must be a seq (an integer >= 0)")
+            return
+        since = int(raw) if raw is not None else None
         client = rt.hub.subscribe(who)  # first: nothing published from now on is missed
         head = rt.hub.head  # every later event of this trader reaches the client's queue
         gone = asyncio.ensure_future(_until_disconnect(ws))  # the client left: stop at once
