@@ -219,8 +219,10 @@ class ServiceRuntime:
                         f"({owner.client_order_id}); use a new key for a new order",
                         field="Idempotency-Key",
                     )
-                order = self.om.get(cid)
+                order = await asyncio.to_thread(self.om.get, cid)
                 if order is not None:
+                    if order.state in (OrderState.SUBMITTING, OrderState.UNKNOWN):
+                        order = await self._chase(cid, req, trader, order)
                     return Placed(order, owner, created=False)
                 # claimed by a run that died before journaling it: nothing was sent
             self._check_can_trade()
@@ -251,7 +253,8 @@ class ServiceRuntime:
             try:
                 order = await self.om.submit(intent)
             except OrderRejected as exc:
-                await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
+                if await asyncio.to_thread(self.om.get, cid) is None:
+                    await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
                 raise ApiError(422, exc.reason.value, exc.message, field=exc.field) from exc
             except TradingHalted as exc:
                 raise ApiError(503, "halted", str(exc), headers={"Retry-After": "5"}) from exc
@@ -259,6 +262,17 @@ class ServiceRuntime:
                 self.fail_log(exc)
                 raise ApiError(503, "log_failed", str(exc)) from exc
             return Placed(order, owner, created=True)
+
+    async def _chase(self, cid: str, req: OrderRequest, trader: str, order: Order) -> Order:
+        """A retry of an order whose outcome is unknown: the manager looks it up by its
+        client id (never a second order); the order as it stands, whatever happened."""
+        try:
+            return await self.om.submit(_intent(req, cid, account_of(trader)))
+        except (OrderRejected, TradingHalted):
+            return order
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            raise ApiError(503, "log_failed", str(exc)) from exc
 
     def _check_can_trade(self) -> None:
         if self.log_failure is not None:
