@@ -59,7 +59,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
     """Every route, bound to one runtime."""
     r = APIRouter()
 
-    def trader(authorization: Annotated[str | None, Header()] = None) -> str:
+    async def trader(authorization: Annotated[str | None, Header()] = None) -> str:
         """The request's trader, from ``Authorization: Bearer <token>`` (401 otherwise)."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -69,7 +69,9 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                 "send Authorization: Bearer <token> (`atb serve token create --trader ID`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        who = rt.tokens.verify(token.strip())
+        token = token.strip()
+        # a recently verified token costs no thread hop; otherwise one database read
+        who = rt.tokens.cached(token) or await asyncio.to_thread(rt.tokens.verify, token)
         if who is None:
             raise ApiError(
                 401,

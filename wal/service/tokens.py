@@ -81,17 +81,26 @@ class TokenStore:
             )
         return token
 
+    def cached(self, token: str) -> str | None:
+        """The token's trader if it was verified less than ``cache_seconds`` ago (no I/O:
+        safe on the event loop); None means "ask ``verify``"."""
+        digest = hash_token(token)
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and time.monotonic() - hit[1] < self.cache_seconds:
+            return hit[0]
+        return None
+
     def verify(self, token: str) -> str | None:
         """The token's trader, or None (unknown, malformed or revoked)."""
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
         digest = hash_token(token)
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and now - hit[1] < self.cache_seconds:
-            return hit[0]
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(api_tokens.c.token_sha256, api_tokens.c.trader_id).where(
