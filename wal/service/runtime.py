@@ -51,6 +51,7 @@ log = logging.getLogger("wal.service")
 
 _UNSETTLED = (OrderState.PENDING, OrderState.SUBMITTING, OrderState.UNKNOWN)
 _LIVE = (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)
+_STRIPES = 1024  # locks of the Idempotency-Keys being placed (by their client id's hash)
 
 
 def account_of(trader_id: str) -> str:
@@ -106,7 +107,7 @@ class ServiceRuntime:
         self.reconciler = StartupReconciler(self.om, reconciler)  # halts until it succeeded
         self.reconciliation: dict[str, Any] = {"state": "pending"}
         self.log_failure: str | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._funded: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -199,10 +200,8 @@ class ServiceRuntime:
     # ------------------------------------------------------------------ placing orders
 
     def _lock(self, cid: str) -> asyncio.Lock:
-        lock = self._locks.get(cid)
-        if lock is None:
-            lock = self._locks[cid] = asyncio.Lock()
-        return lock
+        """The lock of a client id's stripe: one request per key at a time, in bounded memory."""
+        return self._locks[int(cid[:8], 16) % len(self._locks)]
 
     async def place(self, trader: str, key: str, req: OrderRequest) -> Placed:
         """The order under (trader, key): the same one again, or a new one (module doc)."""
