@@ -38,6 +38,16 @@ __all__ = ["make_router"]
 
 _KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _CLOSE_AUTH = 4401  # the stream's close code for a missing or bad token
+_ERROR = {"description": "the one error shape: {error: {code, message, field, details}}"}
+_POST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the same Idempotency-Key and body again: the same order"},
+    202: {"description": "a new order whose outcome is not known yet (state unknown)"},
+    401: _ERROR,
+    409: {"description": "the Idempotency-Key was used for another body (idempotency_conflict)"},
+    422: {"description": "bad input (validation_error, naming the field) or a risk limit's code"},
+    429: {"description": "over ORDER_RATE_LIMIT new orders per minute; Retry-After"},
+    503: {"description": "halted, log_failed or database_unavailable; nothing was placed"},
+}
 _CLOSE_BAD_INPUT = 4422  # ... for a bad query parameter (named in the reason)
 
 
@@ -100,7 +110,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
 
     # ------------------------------------------------------------------ orders
 
-    @r.post("/api/v1/orders", status_code=201, tags=["orders"])
+    @r.post("/api/v1/orders", status_code=201, tags=["orders"], responses=_POST_RESPONSES)
     async def post_order(
         body: OrderRequest,
         who: Trader,
