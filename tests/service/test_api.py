@@ -247,6 +247,7 @@ def test_audit_export_jsonl_and_csv_stream_the_traders_events(svc: ServiceProc) 
 
 
 def test_health_ready_metrics_and_the_error_shape(svc: ServiceProc) -> None:
+    assert post(svc, svc.token("metered"), MARKET).status_code == 201
     assert httpx.get(svc.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(svc.url + "/readyz").json()
     assert ready["ready"] is True and ready["reconciliation"]["state"] == "succeeded"
