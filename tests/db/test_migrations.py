@@ -252,3 +252,15 @@ def test_the_durable_manager_refuses_to_start_on_a_schema_behind(
     finally:
         ddb.stop()
         ddb.db.dispose()
+
+
+def test_every_table_of_the_code_has_its_migration(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    migrate.upgrade(url)
+    migrated = set(describe(url)) - {"triggers", "alembic_version"}
+    missing = sorted(set(metadata.tables) - migrated)
+    assert not missing, (
+        f"tables {missing} are in the code's metadata but in no migration: add a revision "
+        "in wal/db/migrations/versions/ (down_revision: the current head) and append its id "
+        "to wal.db.versioning.REVISIONS (docs/service.md, Migrations)"
+    )
