@@ -17,10 +17,12 @@ import click
 
 from cli._logging import LogSession, log_format
 from cli.commands.config import config
+from cli.commands.db import db
 from cli.commands.demo import demo
 from cli.commands.orders import orders
 from cli.commands.orders_act import cancel_cmd, flatten_cmd, halt_cmd, reconcile_cmd, resume_cmd
 from cli.commands.paper_broker import paper_broker
+from cli.commands.serve import serve
 from cli.commands.wal import wal
 from cli.commands.wal_bench import bench
 from cli.commands.wal_compact import compact
@@ -93,6 +95,8 @@ atb.add_command(paper_broker)
 atb.add_command(config)
 for _command in (reconcile_cmd, cancel_cmd, flatten_cmd, halt_cmd, resume_cmd):
     orders.add_command(_command)
+atb.add_command(serve)
+atb.add_command(db)
 for _command in (
     status,
     sync,

@@ -28,6 +28,7 @@ LAYER_OF = {
     "wal.config": "config",
     "wal.sync": "sync",
     "wal.orders": "orders",
+    "wal.service": "service",
     "wal.tools": "tools",
     "wal": "public",  # wal/__init__.py: the one public face
     "cli": "cli",
@@ -42,8 +43,20 @@ ALLOWED = {
     "sync": {"foundation", "log", "db", "config", "sync"},
     "public": {"foundation", "log", "db", "config", "sync", "public"},
     "orders": {"foundation", "log", "db", "config", "sync", "public", "orders"},
+    "service": {"foundation", "log", "db", "config", "sync", "public", "orders", "service"},
     "tools": {"foundation", "log", "db", "config", "sync", "public", "orders", "tools"},
-    "cli": {"foundation", "log", "db", "config", "sync", "public", "orders", "tools", "cli"},
+    "cli": {
+        "foundation",
+        "log",
+        "db",
+        "config",
+        "sync",
+        "public",
+        "orders",
+        "service",
+        "tools",
+        "cli",
+    },
 }
 
 # Imports done inside a function, each with the reason it is not at module level. A call-time

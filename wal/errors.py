@@ -19,6 +19,7 @@
     │   ├── WALLockLostError       the LOCK file is no longer the one this writer locked
     │   └── WALForkedError         the storage was used in a process forked from its opener
     ├── WALDatabaseError           the database refused or could not be reached during a sync
+    │   └── WALSchemaError         the database's schema is not the code's: `atb db upgrade`
     └── OrderError                 the order layer's errors, drawn in ``wal.orders.errors``
 
 Every error carries a one-line ``hint``: what the operator can do about it. ``str(error)``
@@ -42,6 +43,7 @@ __all__ = [
     "WALConfigError",
     "WALCorruptionError",
     "WALDatabaseError",
+    "WALSchemaError",
     "WALEntryNotFoundError",
     "WALEntryTooLargeError",
     "WALError",
@@ -217,6 +219,19 @@ class WALDatabaseError(WALError):
     def __init__(self, message: str, *, transient: bool, hint: str | None = None) -> None:
         self.transient = transient
         super().__init__(message, hint=hint)
+
+
+class WALSchemaError(WALDatabaseError):
+    """The database's schema revision is not the one this code was written for.
+
+    Transient on purpose: entries stay PENDING in the log (never dead-lettered) until the
+    operator migrates the database, then they are applied.
+    """
+
+    hint = "run `atb db upgrade` (see `atb db current`), then start again"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, transient=True, hint=hint)
 
 
 class WALEntryTooLargeError(WALSerializationError):

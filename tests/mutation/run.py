@@ -1093,6 +1093,43 @@ MUTATIONS: tuple[Mutation, ...] = (
         (MGR + "test_sells_reduce_the_position_they_are_never_counted_as_buys",),
         "orders",
     ),
+    # ------------------------------------------------------------------ the order service
+    Mutation(
+        "service-used-key-other-body",
+        "wal/service/runtime.py",
+        "a used Idempotency-Key with another body is refused (409), never answered as the first order",
+        "                if owner.request_sha256 != fingerprint:\n",
+        "                if False:\n",
+        (
+            "tests/service/test_api.py::"
+            "test_a_new_order_is_201_and_the_same_key_is_the_same_order",
+        ),
+        "service",
+    ),
+    Mutation(
+        "service-other-traders-order",
+        "wal/service/api.py",
+        "another trader's order is refused (403) on every route that names an order",
+        "        if owner.trader_id != who:\n",
+        "        if False:\n",
+        (
+            "tests/service/test_traders.py::"
+            "test_another_traders_order_is_403_on_every_endpoint",
+        ),
+        "service",
+    ),
+    Mutation(
+        "schema-behind-refused",
+        "wal/db/versioning.py",
+        "a database whose schema is not the code's is refused, naming `atb db upgrade`",
+        "    if rev == HEAD:\n",
+        "    if True:\n",
+        (
+            "tests/db/test_migrations.py::"
+            "test_an_old_database_is_refused_then_upgraded_to_equal_a_fresh_one",
+        ),
+        "service",
+    ),
 )
 MUTATIONS = (*MUTATIONS, *RECONCILER)  # the reconciler's decisions (issue 19)
 

@@ -14,6 +14,10 @@ Modules, bottom to top:
 * ``order_schema``: the order journal's tables (append-only events), the audit chain's hash.
 * ``orders``: the order journal's effects (intent, event, fill, anchor), ``ORDER_OPERATIONS``.
 * ``order_reads``: the order journal's tables read back (orders, events, fills, anchors).
+* ``service_schema``: the order service's tables (``api_tokens``, ``service_orders``).
+* ``versioning``: the schema's revision (``REVISIONS``, ``HEAD``), checked on first use.
+* ``migrate``: ``atb db upgrade | current | downgrade`` (the Alembic migrations in
+  ``migrations/``).
 * ``connection``: ``DatabaseConnection``: the engine, schema, database id, transactions.
 * ``order_methods``: ``OrderJournalMethods(DatabaseConnection)``: the order journal's calls.
 * ``manager``: ``DatabaseManager(OrderJournalMethods)``, the public methods an engine calls.

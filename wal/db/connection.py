@@ -22,7 +22,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from wal.db.classify import describe_error, is_transient
 from wal.db.engine import DEFAULT_URL, READ_ONLY, Timeouts, make_engine
-from wal.db.schema import metadata, valid_when, wal_database_id
+from wal.db.schema import valid_when, wal_database_id
+from wal.db.service_schema import api_tokens  # noqa: F401  (its tables join `metadata`)
+from wal.db.versioning import check_schema as check_revision
+from wal.db.versioning import ensure_schema
 from wal.errors import WALDatabaseError
 
 __all__ = ["DatabaseConnection"]
@@ -94,13 +97,9 @@ class DatabaseConnection:
         with self._schema_lock:
             if self._schema_ready:
                 return
-            try:
-                metadata.create_all(self._engine)
-            except sa_exc.DBAPIError as exc:
-                if is_transient(exc):
-                    raise
-                # Another process created the same tables at this very moment; look again.
-                metadata.create_all(self._engine)
+            # an empty database is created at the code's schema revision; another revision
+            # raises WALSchemaError (transient: entries wait in the log for `atb db upgrade`)
+            ensure_schema(self._engine, self.safe_url)
             self._make_database_id()
             self._schema_ready = True
 
@@ -120,6 +119,16 @@ class DatabaseConnection:
             except sa_exc.IntegrityError:  # another process gave it one at this very moment
                 pass
             return str(conn.execute(sa.select(wal_database_id.c.database_id)).scalar_one())
+
+    def check_schema(self) -> None:
+        """Raise ``WALSchemaError`` if the database is reachable and not at this code's schema
+        revision (``atb db upgrade``); an empty database passes (it is created on first use),
+        and so does an unreachable one (the log takes the writes until it returns)."""
+        try:
+            check_revision(self._engine, self.safe_url)
+        except sa_exc.DBAPIError as exc:
+            if not is_transient(exc):
+                raise
 
     def database_id(self, *, create: bool = False) -> str | None:
         """The random id that names this database (``wal_database_id``), given on first use.

@@ -115,7 +115,13 @@ class DurableDatabaseManager:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start replaying pending entries (the log was recovered when it was opened)."""
+        """Start replaying pending entries (the log was recovered when it was opened).
+
+        Refuses (``WALSchemaError``, naming ``atb db upgrade``) a reachable database whose
+        schema is not the code's: its entries would only wait in the log."""
+        check = getattr(self._db, "check_schema", None)  # the bundled DatabaseManager's
+        if check is not None:
+            check()
         if self.manager is not None:
             self.manager.start()
 

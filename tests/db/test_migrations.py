@@ -1,0 +1,266 @@
+"""The schema's Alembic migrations: a database made by the code from before migrations
+(today's tables, with data) upgraded equals a fresh one, on SQLite and PostgreSQL; the
+audit triggers are part of them; the engine refuses a schema behind its code."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from pg import PgServer
+
+from cli.main import atb
+from wal.config import WALConfig
+from wal.db import DatabaseManager, migrate
+from wal.db.engine import make_engine
+from wal.db.migrations.versions.v0001_baseline import TABLES as BASELINE
+from wal.db.schema import metadata
+from wal.db.versioning import HEAD, REVISIONS
+from wal.errors import WALSchemaError
+from wal.sync.durable import DurableDatabaseManager
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def make_old_database(url: str) -> None:
+    """A database as main made it before migrations: its tables (create_all, triggers
+    included) and some data, no revision."""
+    engine, _ = make_engine(url)
+    try:
+        metadata.create_all(engine, tables=[metadata.tables[n] for n in BASELINE])
+        with engine.begin() as c:
+            t = metadata.tables
+            c.execute(
+                sa.insert(t["balances"]).values(
+                    account="default", balance=Decimal("1234.5"), updated_at=NOW
+                )
+            )
+            c.execute(
+                sa.insert(t["wal_database_id"]).values(key=1, database_id="db-1", created_at=NOW)
+            )
+            c.execute(
+                sa.insert(t["wal_applied"]).values(
+                    entry_id="e1", lsn=7, operation="x", applied_at=NOW
+                )
+            )
+            c.execute(
+                sa.insert(t["orders"]).values(
+                    client_order_id="c1",
+                    symbol="AAPL",
+                    side="buy",
+                    quantity=Decimal(1),
+                    order_type="market",
+                    time_in_force="day",
+                    account="default",
+                    state="pending",
+                    filled_quantity=Decimal(0),
+                    last_seq=1,
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+            c.execute(
+                sa.insert(t["order_events"]).values(
+                    client_order_id="c1",
+                    seq=1,
+                    kind="created",
+                    state="pending",
+                    at=NOW,
+                    audit_seq=1,
+                    prev_hash="0" * 64,
+                    hash="a" * 64,
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def describe(url: str) -> dict[str, Any]:
+    """Tables, columns (type, nullability), keys, indexes, unique constraints, triggers."""
+    engine, dialect = make_engine(url)
+    try:
+        with engine.connect() as c:
+            insp = sa.inspect(c)
+            out: dict[str, Any] = {}
+            for table in sorted(insp.get_table_names()):
+                out[table] = {
+                    "columns": [
+                        (col["name"], str(col["type"]), col["nullable"])
+                        for col in insp.get_columns(table)
+                    ],
+                    "pk": insp.get_pk_constraint(table)["constrained_columns"],
+                    "indexes": sorted(
+                        (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                        for i in insp.get_indexes(table)
+                    ),
+                    "unique": sorted(
+                        tuple(u["column_names"]) for u in insp.get_unique_constraints(table)
+                    ),
+                }
+            if dialect == "sqlite":
+                rows = c.exec_driver_sql(
+                    "SELECT name, tbl_name, sql FROM sqlite_master WHERE type='trigger'"
+                )
+                out["triggers"] = sorted((n, t, " ".join(s.split())) for n, t, s in rows)
+            else:
+                rows = c.exec_driver_sql(
+                    "SELECT tgname, tgrelid::regclass::text, pg_get_triggerdef(oid) "
+                    "FROM pg_trigger WHERE NOT tgisinternal"
+                )
+                out["triggers"] = sorted(rows)
+                out["functions"] = sorted(
+                    c.exec_driver_sql(
+                        "SELECT proname, prosrc FROM pg_proc WHERE proname LIKE 'atb_%%'"
+                    )
+                )
+            return out
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def second_url(db_url: str, request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Another fresh database of the same kind."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    server: PgServer = request.getfixturevalue("pg_url")
+    name = server.create_database()
+    try:
+        yield server.database_url(name)
+    finally:
+        server.drop_database(name)
+
+
+def test_the_revisions_the_code_names_are_the_packaged_ones() -> None:
+    assert list(REVISIONS) == migrate.script_revisions()
+    assert REVISIONS[-1] == HEAD
+
+
+def test_an_old_database_is_refused_then_upgraded_to_equal_a_fresh_one(
+    db_url: str, second_url: str
+) -> None:
+    make_old_database(db_url)
+    # the engine refuses it, naming the command (transient: entries would wait in the log)
+    db = DatabaseManager(db_url)
+    with pytest.raises(WALSchemaError, match=r"run `atb db upgrade`") as info:
+        db.get_balance()
+    assert info.value.transient
+    db.dispose()
+    served = CliRunner().invoke(atb, ["serve", "--database-url", db_url, "--port", "0"])
+    assert served.exit_code == 1
+    assert len(served.output.strip().splitlines()) == 1
+    assert "atb db upgrade" in served.output
+
+    up = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
+    assert up.exit_code == 0, up.output
+    assert re.search(r"revision none -> 0002", up.output)
+    again = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
+    assert "nothing to do" in again.output
+    cur = CliRunner().invoke(atb, ["db", "--database-url", db_url, "current"])
+    assert cur.exit_code == 0 and "revision 0002" in cur.output
+
+    fresh = DatabaseManager(second_url)
+    fresh.get_balance()  # an empty database is created at the code's revision on first use
+    fresh.dispose()
+    assert describe(db_url) == describe(second_url)
+
+    db = DatabaseManager(db_url)
+    try:
+        assert db.get_balance("default") == Decimal("1234.5")  # the data survived
+        assert db.get_order_row("c1") is not None
+        assert db.database_id() == "db-1"
+    finally:
+        db.dispose()
+
+
+def test_the_audit_triggers_come_with_the_migrations(db_url: str) -> None:
+    CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
+    engine, _ = make_engine(db_url)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                sa.insert(metadata.tables["order_events"]).values(
+                    client_order_id="c",
+                    seq=1,
+                    kind="created",
+                    state="pending",
+                    at=NOW,
+                    audit_seq=1,
+                    prev_hash="0" * 64,
+                    hash="b" * 64,
+                )
+            )
+            c.execute(
+                sa.insert(metadata.tables["order_audit_anchors"]).values(
+                    seq=1, hash="b" * 64, at=NOW, reason="session_end"
+                )
+            )
+        for stmt in (
+            "UPDATE order_events SET kind = 'x'",
+            "DELETE FROM order_events",
+            "DELETE FROM order_audit_anchors",
+        ):
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as c:
+                c.exec_driver_sql(stmt)
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_one_revision_and_back_but_never_below_the_baseline(db_url: str) -> None:
+    runner = CliRunner()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0001"])
+    assert down.exit_code == 0 and "0002 -> 0001" in down.output, down.output
+    tables = set(describe(db_url)) - {"triggers", "functions"}
+    assert "api_tokens" not in tables and "orders" in tables
+    behind = runner.invoke(atb, ["db", "--database-url", db_url, "current"])
+    assert behind.exit_code == 1 and "atb db upgrade" in behind.output
+    base = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "base"])
+    assert base.exit_code == 1 and "baseline" in base.output
+    assert "orders" in set(describe(db_url))  # nothing was dropped
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    assert migrate.current(db_url) == (HEAD, True)
+
+
+def test_an_empty_database_upgraded_equals_one_created_on_first_use(
+    db_url: str, second_url: str
+) -> None:
+    up = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
+    assert up.exit_code == 0, up.output
+    fresh = DatabaseManager(second_url)
+    fresh.get_balance()
+    fresh.dispose()
+    assert describe(db_url) == describe(second_url)
+
+
+def test_the_durable_manager_refuses_to_start_on_a_schema_behind(
+    db_url: str, tmp_path: Any
+) -> None:
+    make_old_database(db_url)
+    cfg = WALConfig.from_env({}, directory=Path(tmp_path) / "wal", database_url=db_url)
+    ddb = DurableDatabaseManager(DatabaseManager(db_url), config=cfg)
+    try:
+        with pytest.raises(WALSchemaError, match=r"run `atb db upgrade`"):
+            ddb.start()
+    finally:
+        ddb.stop()
+        ddb.db.dispose()
+
+
+def test_every_table_of_the_code_has_its_migration(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    migrate.upgrade(url)
+    migrated = set(describe(url)) - {"triggers", "alembic_version"}
+    missing = sorted(set(metadata.tables) - migrated)
+    assert not missing, (
+        f"tables {missing} are in the code's metadata but in no migration: add a revision "
+        "in wal/db/migrations/versions/ (down_revision: the current head) and append its id "
+        "to wal.db.versioning.REVISIONS (docs/service.md, Migrations)"
+    )

@@ -1,0 +1,135 @@
+"""The event stream: every journal event of the trader's orders, in order, with its seq;
+``?since=SEQ`` resumes without a gap; a client that does not read is disconnected with a
+reason and never slows trading. Against a real ``atb serve`` (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from service_proc import ServiceProc, auth
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from wal.service.events import EventHub
+
+KINDS = ["created", "submitted", "accepted", "fill"]  # a market order on the paper broker
+
+
+def place(svc: ServiceProc, token: str, n: int) -> list[str]:
+    ids = []
+    with httpx.Client(base_url=svc.url, headers=auth(token), timeout=30) as c:
+        for _ in range(n):
+            r = c.post(
+                "/api/v1/orders",
+                json={"symbol": "AAPL", "side": "buy", "quantity": "1"},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+    return ids
+
+
+def ws_url(svc: ServiceProc, token: str, since: int | None = None) -> str:
+    url = svc.url.replace("http://", "ws://") + f"/ws/orders/events?token={token}"
+    return url if since is None else url + f"&since={since}"
+
+
+def read_until_ready(ws: ClientConnection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    got = []
+    while True:
+        m = json.loads(ws.recv(timeout=30))
+        if m.get("type") == "ready":
+            return got, m
+        got.append(m)
+
+
+def read_events(ws: ClientConnection, want: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while len(out) < want:
+        out.append(json.loads(ws.recv(timeout=30)))
+    return out
+
+
+def test_live_events_in_order_then_a_resume_misses_nothing(svc: ServiceProc) -> None:
+    token = svc.token("streamer")
+    with connect(ws_url(svc, token)) as ws:
+        _, ready = read_until_ready(ws)
+        ids = place(svc, token, 3)
+        evs = read_events(ws, 4 * len(ids))
+    seqs = [e["seq"] for e in evs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] > ready["seq"]
+    for cid in ids:
+        assert [e["kind"] for e in evs if e["client_order_id"] == cid] == KINDS
+        assert [e["order_seq"] for e in evs if e["client_order_id"] == cid] == [1, 2, 3, 4], evs
+    fill = next(e for e in evs if e["kind"] == "fill")
+    assert fill["fill"]["quantity"] == "1" and fill["state"] == "filled"
+    # disconnected after the second order's events: a resume from there gets the rest, once
+    cut = evs[7]["seq"]
+    more = place(svc, token, 2)  # while nobody is connected
+    with connect(ws_url(svc, token, since=cut)) as ws:
+        missed, ready2 = read_until_ready(ws)
+    assert [e["seq"] for e in missed] == [e["seq"] for e in evs[8:]] + [
+        e["seq"] for e in missed[len(evs) - 8 :]
+    ]
+    assert {e["client_order_id"] for e in missed} == {ids[2], *more}
+    assert len(missed) == 4 + 8
+    assert ready2["seq"] == missed[-1]["seq"]
+
+
+def test_a_client_that_does_not_read_never_slows_trading_and_resumes(svc: ServiceProc) -> None:
+    token = svc.token("sleepy")
+    with connect(ws_url(svc, token), max_size=None) as ws:
+        _, ready = read_until_ready(ws)
+        ids = place(svc, token, 25)  # 100 events for a client whose queue holds 8
+        got: list[dict[str, Any]] = []
+        reason = None
+        try:
+            while len(got) < 4 * len(ids):
+                got.append(json.loads(ws.recv(timeout=30)))
+        except ConnectionClosed as exc:
+            reason = exc.rcvd
+    assert len(ids) == 25  # every POST was answered while the client read nothing
+    last = got[-1]["seq"] if got else ready["seq"]
+    if reason is not None:  # disconnected for falling behind: it says why and where from
+        assert reason.code == 4008
+        assert f"since={last}" in reason.reason
+    with connect(ws_url(svc, token, since=last)) as ws:
+        rest, _ = read_until_ready(ws)
+    everything = got + rest
+    pairs = [(e["client_order_id"], e["order_seq"]) for e in everything]
+    assert len(pairs) == len(set(pairs)) == 4 * len(ids)
+    assert {cid for cid, _ in pairs} == set(ids)
+    seqs = [e["seq"] for e in everything]
+    assert seqs == sorted(seqs)
+
+
+def test_the_hub_disconnects_a_full_client_without_waiting() -> None:
+    async def run() -> None:
+        hub = EventHub(lambda cid: "t", queue_size=2)
+        slow = hub.subscribe("t")
+        fast = hub.subscribe("t")
+        for seq in range(1, 6):
+            hub.publish({"seq": seq, "client_order_id": "c"})  # never awaits a client
+            if not fast.queue.empty():
+                await fast.queue.get()
+        assert slow.overflowed.is_set() and slow.queue.qsize() == 2
+        assert not fast.overflowed.is_set()
+        assert hub.overflows == 1
+        other = hub.subscribe("u")
+        hub.publish({"seq": 6, "client_order_id": "c"})
+        assert other.queue.empty()  # another trader's client gets nothing
+
+    asyncio.run(run())
+
+
+def test_a_bad_since_is_refused_naming_it(svc: ServiceProc) -> None:
+    token = svc.token("typo")
+    with connect(ws_url(svc, token) + "&since=abc") as ws, pytest.raises(ConnectionClosed) as info:
+        ws.recv(timeout=30)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4422 and "since" in info.value.rcvd.reason

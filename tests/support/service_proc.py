@@ -1,0 +1,148 @@
+"""A real ``atb serve`` process for the service tests: started, waited for, killed.
+
+``ServiceProc(tmp_path, db_url)``: ``start()`` spawns ``python -m cli.main serve --port 0``
+(its own log directory, the paper broker's state file next to it) and reads the URL it
+prints; ``wait_ready()`` polls ``/readyz`` until it is 200 (or the process died);
+``kill()`` is a SIGKILL; ``stop()`` a SIGTERM (graceful); ``token(trader)`` makes a bearer
+token in the database (what ``atb serve token create`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+import orjson
+
+from wal.db import DatabaseManager
+from wal.db.versioning import ensure_schema
+from wal.service.tokens import TokenStore
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_ENV = {
+    "ORDER_RETRY_BASE_DELAY": "0",
+    "ORDER_CALL_TIMEOUT": "2",
+    "SERVICE_POLL_INTERVAL": "0.1",
+    "WAL_SYNC_INTERVAL": "0.2",
+    "SERVICE_TOKEN_CACHE": "0",
+    "PYTHONFAULTHANDLER": "1",  # a hung stop is SIGABRTed: its threads' stacks in stderr
+}
+
+
+class ServiceProc:
+    def __init__(
+        self,
+        tmp: Path,
+        db_url: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.tmp = tmp
+        self.db_url = db_url
+        self.wal_dir = tmp / "wal"
+        self.paper_state = tmp / "paper.json"
+        self.env = dict(env or {})
+        self.args = list(args)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, *, extra_env: Mapping[str, str] | None = None) -> str:
+        env = {**os.environ, **FAST_ENV, **self.env, **(extra_env or {})}
+        env.pop("DATABASE_URL", None)
+        env["PYTHONPATH"] = str(ROOT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--port",
+            "0",
+            "--dir",
+            str(self.wal_dir),
+            "--database-url",
+            self.db_url,
+            "--paper-state",
+            str(self.paper_state),
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc.wait(10)
+            raise RuntimeError(f"atb serve did not start ({self.proc.returncode}): {line}{err}")
+        self.url = line.split()[-1]
+        return self.url
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
+        """Poll /readyz until 200; the body. Fails if the process died or never got ready."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"atb serve exited {self.proc.returncode}: {self.stderr()}")
+            r = httpx.get(self.url + "/readyz", timeout=5)
+            if r.status_code == 200:
+                body: dict[str, object] = r.json()
+                return body
+            last = r.json()
+            time.sleep(0.05)  # polling a condition, not a timing assumption
+        raise AssertionError(f"never ready: {last}")
+
+    def stderr(self) -> str:
+        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def kill(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(30)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGABRT)
+                self.proc.wait(30)
+                tail = self.proc.stderr.read()[-8000:] if self.proc.stderr else ""
+                raise AssertionError(f"atb serve did not stop on SIGTERM:\n{tail}") from None
+        finally:
+            for f in (self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    f.close()
+
+    def token(self, trader: str) -> str:
+        db = DatabaseManager(self.db_url)
+        try:
+            ensure_schema(db.engine, db.safe_url)
+            return TokenStore(db.engine).create(trader)
+        finally:
+            db.dispose()
+
+    def broker_orders(self, client_order_id: str) -> list[dict[str, object]]:
+        """The paper broker's orders with this client id, from its durable state file."""
+        if not self.paper_state.exists():  # the broker never accepted anything
+            return []
+        state = orjson.loads(self.paper_state.read_bytes())
+        return [o for o in state["orders"] if o["order"]["client_order_id"] == client_order_id]
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

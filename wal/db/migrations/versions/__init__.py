@@ -1,0 +1,1 @@
+"""One module per schema revision (Alembic): ``v0001_baseline``, ``v0002_service``, ..."""

@@ -1,0 +1,117 @@
+"""``create_app``: the FastAPI application of a ``ServiceRuntime``.
+
+The lifespan starts the runtime (recovery and reconciliation run in the background) and
+stops it. Every error is answered in the one shape of :mod:`wal.service.errors`: the
+service's own (``ApiError``), bad input (422 naming the field: a body field, a query
+parameter or a header), unknown routes and methods, and anything unexpected (500, logged).
+The status page (``static/index.html``, plain JavaScript) is served at ``/``; the OpenAPI
+page at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from wal.service.api import make_router
+from wal.service.errors import ApiError, error_body
+from wal.service.metrics import ServiceMetrics
+from wal.service.runtime import ServiceRuntime
+from wal.service.schemas import FieldError
+
+__all__ = ["create_app", "static_dir"]
+
+log = logging.getLogger("wal.service")
+
+
+def static_dir() -> str:
+    """The status page's files, shipped in the package."""
+    return str(resources.files("wal.service") / "static")
+
+
+def _field_of(err: dict[str, Any]) -> str | None:
+    ctx = err.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, FieldError):
+        return cause.field
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    if loc and loc[0] in ("body", "query", "header", "path"):
+        loc = loc[1:]
+    # a union member's name (decimal, str, ...) is not a field: keep the field's own name
+    return loc[0] if loc else None
+
+
+def create_app(rt: ServiceRuntime) -> FastAPI:
+    metrics = ServiceMetrics(
+        lambda: rt.hub.clients, lambda: rt.hub.overflows, lambda: rt.readiness() is None
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    app = FastAPI(title="atb order service", version="1", lifespan=lifespan)
+    app.state.runtime = rt
+    app.include_router(make_router(rt, metrics))
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        first = errors[0] if errors else {}
+        field = _field_of(first)
+        msg = str(first.get("msg", "invalid input"))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if first.get("type") == "missing" and field:
+            msg = f"{field} is required"
+        details = [
+            {"field": _field_of(e), "message": str(e.get("msg")), "type": e.get("type")}
+            for e in errors
+        ]
+        return JSONResponse(
+            error_body("validation_error", f"{field}: {msg}" if field else msg, field, details),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return JSONResponse(
+            error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", f"{type(exc).__name__}: the service logged it"),
+            status_code=500,
+        )
+
+    static = static_dir()
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(f"{static}/index.html")
+
+    return app

@@ -1,0 +1,131 @@
+"""Which trader owns which order, and the ``Idempotency-Key`` each was placed under.
+
+The client order id of a service order is made from the trader and the key
+(``client_order_id_for``: the first 32 hex chars of SHA-256(trader NUL key)), so the same key
+is the same order on every retry, after any restart, with no lookup needed to name it; the
+``service_orders`` row (its owner, key, request hash, bracket levels) is committed before the
+order is journaled, so a journaled service order always has its owner. ``claim`` refuses a
+key already used with another request body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from wal.db.service_schema import service_orders
+from wal.entry import utc_now
+
+__all__ = ["OwnerRow", "OwnerStore", "client_order_id_for"]
+
+
+def client_order_id_for(trader_id: str, idempotency_key: str) -> str:
+    """The order's client id: a pure function of (trader, key); 32 chars of [0-9a-f]."""
+    raw = f"{trader_id}\x00{idempotency_key}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class OwnerRow:
+    client_order_id: str
+    trader_id: str
+    idempotency_key: str
+    request_sha256: str
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+
+
+class OwnerStore:
+    """``service_orders`` with an in-memory copy (loaded once; every claim adds to it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._rows: dict[str, OwnerRow] = {}
+        self._by_trader: dict[str, list[str]] = {}
+
+    def load(self) -> None:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(service_orders).order_by(service_orders.c.created_at))
+            for r in rows:
+                self._remember(_row(r._mapping))
+
+    def _remember(self, row: OwnerRow) -> None:
+        with self._lock:
+            if row.client_order_id not in self._rows:
+                self._by_trader.setdefault(row.trader_id, []).append(row.client_order_id)
+            self._rows[row.client_order_id] = row
+
+    def get(self, client_order_id: str) -> OwnerRow | None:
+        with self._lock:
+            return self._rows.get(client_order_id)
+
+    def trader_of(self, client_order_id: str) -> str | None:
+        row = self.get(client_order_id)
+        return None if row is None else row.trader_id
+
+    def orders_of(self, trader_id: str) -> list[str]:
+        """The trader's client order ids, oldest first."""
+        with self._lock:
+            return list(self._by_trader.get(trader_id, ()))
+
+    def claim(self, row: OwnerRow) -> OwnerRow:
+        """Commit ``row`` (durable before the order is journaled) unless its client id has a
+        row already; the row that holds the id either way."""
+        found = self.get(row.client_order_id)
+        if found is not None:
+            return found
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(service_orders).values(
+                        client_order_id=row.client_order_id,
+                        trader_id=row.trader_id,
+                        idempotency_key=row.idempotency_key,
+                        request_sha256=row.request_sha256,
+                        stop_loss=row.stop_loss,
+                        take_profit=row.take_profit,
+                        created_at=utc_now(),
+                    )
+                )
+        except sa_exc.IntegrityError:  # made by a run that died before we loaded: read it
+            with self.engine.connect() as conn:
+                r = conn.execute(
+                    sa.select(service_orders).where(
+                        service_orders.c.client_order_id == row.client_order_id
+                    )
+                ).first()
+            if r is None:
+                raise
+            row = _row(r._mapping)
+        self._remember(row)
+        return row
+
+    def release(self, client_order_id: str) -> None:
+        """Forget a claim whose order was refused before anything was journaled."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.delete(service_orders).where(service_orders.c.client_order_id == client_order_id)
+            )
+        with self._lock:
+            row = self._rows.pop(client_order_id, None)
+            if row is not None:
+                self._by_trader[row.trader_id].remove(client_order_id)
+
+
+def _row(m: Any) -> OwnerRow:
+    return OwnerRow(
+        str(m["client_order_id"]),
+        str(m["trader_id"]),
+        str(m["idempotency_key"]),
+        str(m["request_sha256"]),
+        m["stop_loss"],
+        m["take_profit"],
+    )

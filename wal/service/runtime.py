@@ -1,0 +1,341 @@
+"""``ServiceRuntime``: the engine the service serves: the log, the broker, the order manager.
+
+It owns the ``DurableDatabaseManager`` (this process is the log's one writer), the broker
+(the in-process ``PaperBroker`` for ``atb serve --paper``), the ``OrderManager`` and its
+``StartupReconciler``. ``start()`` answers at once (``/healthz``) and runs the startup
+recovery and reconciliation in the background: trading stays halted, and ``/readyz`` says
+503 with the reason, until it succeeded. A failure of the log itself (``WALWriteError``)
+halts trading for good (until a restart) and is ``/readyz``'s reason too.
+
+It also places the service's orders (``place``): the Idempotency-Key becomes the client order
+id, the owner row is committed first, then ``OrderManager.submit`` journals and sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from wal import DurableDatabaseManager
+from wal.errors import WALDatabaseError, WALWriteError
+from wal.orders import (
+    Broker,
+    Order,
+    OrderIntent,
+    OrderManager,
+    OrderRejected,
+    OrderState,
+    PaperBroker,
+    ReconcilerConfig,
+    RetryPolicy,
+    RiskLimits,
+    StartupReconciler,
+    TradingHalted,
+)
+from wal.service.config import ServiceConfig
+from wal.service.errors import ApiError
+from wal.service.events import EventHub
+from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
+from wal.service.ratelimit import RateLimiter
+from wal.service.schemas import OrderRequest
+from wal.service.tokens import TokenStore
+
+__all__ = ["Placed", "ServiceRuntime", "account_of"]
+
+log = logging.getLogger("wal.service")
+
+_UNSETTLED = (OrderState.PENDING, OrderState.SUBMITTING, OrderState.UNKNOWN)
+_LIVE = (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)
+_STRIPES = 1024  # locks of the Idempotency-Keys being placed (by their client id's hash)
+
+
+def account_of(trader_id: str) -> str:
+    """The balance account a trader's orders are valued against."""
+    return f"trader:{trader_id}"
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What ``place`` did: the order, its owner row, and whether it is new."""
+
+    order: Order
+    owner: OwnerRow
+    created: bool
+
+    @property
+    def status(self) -> int:
+        """201 new, 200 the same key again, 202 new but its outcome not known yet."""
+        if not self.created:
+            return 200
+        return 202 if self.order.state in _UNSETTLED else 201
+
+
+class ServiceRuntime:
+    """The engine behind the service (module docstring)."""
+
+    def __init__(
+        self,
+        ddb: DurableDatabaseManager,
+        broker: Broker,
+        config: ServiceConfig,
+        *,
+        risk: RiskLimits | None = None,
+        retry: RetryPolicy | None = None,
+        reconciler: ReconcilerConfig | None = None,
+        paper: PaperBroker | None = None,
+        venue: str = "paper",
+        paper_tick: float = 0.0,
+    ) -> None:
+        self.ddb = ddb
+        self.broker = broker
+        self.config = config
+        self.paper = paper
+        self.venue = venue
+        self.paper_tick = paper_tick
+        engine = ddb.db.engine
+        self.owners = OwnerStore(engine)
+        self.tokens = TokenStore(engine, cache_seconds=config.token_cache_seconds)
+        self.hub = EventHub(self.owners.trader_of, config.ws_queue)
+        self.limiter = RateLimiter(config.rate_limit)
+        price = paper.price if paper is not None else None
+        self.om = OrderManager(ddb, broker, risk=risk, retry=retry, price_source=price)
+        self.reconciler = StartupReconciler(self.om, reconciler)  # halts until it succeeded
+        self.reconciliation: dict[str, Any] = {"state": "pending"}
+        self.log_failure: str | None = None
+        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
+        self._funded: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the owners, listen to the log; recovery and reconciliation in the background."""
+        await asyncio.to_thread(self.owners.load)
+        self.hub.attach(self.ddb, asyncio.get_running_loop())
+        await asyncio.to_thread(self.hub.load_head)
+        self._tasks.append(asyncio.create_task(self._startup()))
+
+    async def _startup(self) -> None:
+        self.reconciliation = {"state": "running"}
+        try:
+            await self.om.start()  # orders a crash left unfinished: looked up by client id
+            result = await self.reconciler.run()
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            self.reconciliation = {"state": "failed", "reason": str(exc)}
+            return
+        except Exception as exc:
+            self.reconciliation = {"state": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            log.critical("startup reconciliation failed; trading stays halted: %s", exc)
+            return
+        self.reconciliation = {"state": "succeeded", "result": dataclasses.asdict(result)}
+        self._tasks.append(asyncio.create_task(self._poll()))
+
+    async def _poll(self) -> None:
+        """Fills of open orders (and the paper market's prices) every ``poll_interval``."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            if self.paper is not None and self.paper_tick > 0:
+                self.paper.step_prices()
+            try:
+                # each live order refreshed under its own lock: OrderManager.poll_fills takes
+                # no per-order lock and can journal a fill with the seq a concurrent submit's
+                # ACCEPTED event takes (reported to the orders worker)
+                for o in self.om.open_orders():
+                    if o.state in _LIVE:
+                        await self.om.refresh(o.client_order_id)
+            except WALWriteError as exc:
+                self.fail_log(exc)
+                return
+            except Exception as exc:
+                log.warning("fill poll failed: %s", exc)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.log_failure is None and self.reconciliation.get("state") == "succeeded":
+            with contextlib.suppress(Exception):
+                await self.om.close()  # the session's anchor of the audit chain
+
+    def fail_log(self, exc: BaseException) -> None:
+        """The log failed: trading halts until the process is restarted on a sound disk."""
+        self.log_failure = str(exc)
+        self.om.halt(f"the write-ahead log failed: {exc}")
+
+    def readiness(self) -> str | None:
+        """None when ready; else why not (the reconciliation, the halt, the log)."""
+        if self.log_failure is not None:
+            return f"the write-ahead log failed: {self.log_failure}"
+        state = self.reconciliation.get("state")
+        if state != "succeeded":
+            reason = self.reconciliation.get("reason")
+            return f"startup reconciliation {state}" + (f": {reason}" if reason else "")
+        if self.om.halted is not None:
+            return f"trading is halted: {self.om.halted}"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        wal = self.ddb.get_wal_status()
+        return {
+            "ready": self.readiness() is None,
+            "reason": self.readiness(),
+            "reconciliation": self.reconciliation,
+            "halted": self.om.halted,
+            "log": {
+                "failed": self.log_failure,
+                "pending": wal.get("pending"),
+                "breaker": wal.get("breaker_state"),
+            },
+            "websocket_clients": self.hub.clients,
+        }
+
+    # ------------------------------------------------------------------ placing orders
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        """The lock of a client id's stripe: one request per key at a time, in bounded memory."""
+        return self._locks[int(cid[:8], 16) % len(self._locks)]
+
+    async def place(self, trader: str, key: str, req: OrderRequest) -> Placed:
+        """The order under (trader, key): the same one again, or a new one (module doc)."""
+        cid = client_order_id_for(trader, key)
+        fingerprint = req.fingerprint()
+        async with self._lock(cid):
+            owner = self.owners.get(cid)
+            if owner is not None:
+                if owner.request_sha256 != fingerprint:
+                    raise ApiError(
+                        409,
+                        "idempotency_conflict",
+                        f"Idempotency-Key {key!r} was used for a different order "
+                        f"({owner.client_order_id}); use a new key for a new order",
+                        field="Idempotency-Key",
+                    )
+                order = await asyncio.to_thread(self.om.get, cid)
+                if order is not None:
+                    if order.state in (OrderState.SUBMITTING, OrderState.UNKNOWN):
+                        order = await self._chase(cid, req, trader, order)
+                    return Placed(order, owner, created=False)
+                # claimed by a run that died before journaling it: nothing was sent
+            self._check_can_trade()
+            if owner is None:
+                wait = self.limiter.take(trader)
+                if wait:
+                    raise ApiError(
+                        429,
+                        "rate_limited",
+                        f"trader {trader} placed {self.limiter.per_minute} orders in the last "
+                        f"minute (ORDER_RATE_LIMIT); retry in {wait} s",
+                        headers={"Retry-After": str(wait)},
+                    )
+            await self._fund(trader)
+            row = OwnerRow(cid, trader, key, fingerprint, req.stop_loss, req.take_profit)
+            try:
+                # committed before the intent is journaled: a journaled order has its owner
+                owner = await asyncio.to_thread(self.owners.claim, row)
+            except Exception as exc:
+                raise ApiError(
+                    503,
+                    "database_unavailable",
+                    f"the order was not placed: its owner could not be recorded ({exc}); "
+                    "retry with the same Idempotency-Key",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            intent = _intent(req, cid, account_of(trader))
+            try:
+                order = await self.om.submit(intent)
+            except OrderRejected as exc:
+                if await asyncio.to_thread(self.om.get, cid) is None:
+                    await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
+                raise ApiError(422, exc.reason.value, exc.message, field=exc.field) from exc
+            except TradingHalted as exc:
+                raise ApiError(503, "halted", str(exc), headers={"Retry-After": "5"}) from exc
+            except WALWriteError as exc:
+                self.fail_log(exc)
+                raise ApiError(503, "log_failed", str(exc)) from exc
+            return Placed(order, owner, created=True)
+
+    async def _chase(self, cid: str, req: OrderRequest, trader: str, order: Order) -> Order:
+        """A retry of an order whose outcome is unknown: the manager looks it up by its
+        client id (never a second order); the order as it stands, whatever happened."""
+        try:
+            return await self.om.submit(_intent(req, cid, account_of(trader)))
+        except (OrderRejected, TradingHalted):
+            return order
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            raise ApiError(503, "log_failed", str(exc)) from exc
+
+    def _check_can_trade(self) -> None:
+        if self.log_failure is not None:
+            raise ApiError(503, "log_failed", f"the write-ahead log failed: {self.log_failure}")
+        if self.om.halted is not None:
+            raise ApiError(
+                503,
+                "halted",
+                f"trading is halted: {self.om.halted}; nothing was placed",
+                headers={"Retry-After": "5"},
+            )
+
+    async def _fund(self, trader: str) -> None:
+        """Paper mode: a trader's account is credited once (``SERVICE_PAPER_BALANCE``)."""
+        amount = self.config.paper_balance
+        if amount is None or trader in self._funded:
+            return
+        account = account_of(trader)
+        key = f"paper-open:{trader}"
+        try:
+            balance = await asyncio.to_thread(self.ddb.get_balance, account)
+            if balance == 0 and self.ddb.find_by_idempotency_key(key) is None:
+                await asyncio.to_thread(
+                    lambda: self.ddb.atomic_balance_update(
+                        amount, reason="paper account opened", account=account, idempotency_key=key
+                    )
+                )
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            raise ApiError(503, "log_failed", str(exc)) from exc
+        except WALDatabaseError as exc:
+            log.warning("paper balance of %s unknown: %s", trader, exc)
+            return
+        self._funded.add(trader)
+
+    async def cancel(self, cid: str) -> Order:
+        if self.log_failure is not None:
+            raise ApiError(503, "log_failed", f"the write-ahead log failed: {self.log_failure}")
+        try:
+            return await self.om.cancel(cid)
+        except OrderRejected as exc:
+            raise ApiError(409, "not_open", exc.message, field="id") from exc
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            raise ApiError(503, "log_failed", str(exc)) from exc
+
+
+def _intent(req: OrderRequest, cid: str, account: str) -> OrderIntent:
+    limit: Decimal | None = None
+    stop: Decimal | None = None
+    if req.order_type == "limit":
+        limit = req.price
+    elif req.order_type == "stop":
+        stop = req.price
+    elif req.order_type == "stop_limit":
+        limit, stop = req.price, req.stop_price
+    return OrderIntent(
+        symbol=req.symbol,
+        side=req.side,
+        quantity=req.quantity,
+        order_type=req.order_type,
+        limit_price=limit,
+        stop_price=stop,
+        time_in_force=req.time_in_force,
+        account=account,
+        client_order_id=cid,
+    )

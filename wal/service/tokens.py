@@ -1,0 +1,136 @@
+"""Traders' bearer tokens: made once, shown once, stored as their SHA-256 only.
+
+A token is ``atb_<token id>_<secret>``: the id (16 hex chars) finds its row, the secret is 32
+random bytes (``secrets.token_urlsafe``), so the SHA-256 of the whole token is enough to
+store (a slow password hash buys nothing against 256 bits of entropy). ``verify`` compares
+the hashes with ``hmac.compare_digest`` (constant time) and returns the trader; a revoked
+token fails. A verified token is trusted for ``cache_seconds`` without a database read (so a
+revocation takes effect within that time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from wal.db.service_schema import api_tokens
+from wal.entry import utc_now
+
+__all__ = ["TRADER_RE", "TokenInfo", "TokenStore", "hash_token", "valid_trader"]
+
+TRADER_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_TOKEN_RE: Final = re.compile(r"^atb_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+
+
+def valid_trader(trader_id: str) -> str:
+    """The trader id, or ``ValueError`` saying what a trader id may be."""
+    if not TRADER_RE.fullmatch(trader_id):
+        raise ValueError(
+            f"trader id {trader_id!r} is not 1-32 characters of A-Z a-z 0-9 _ - "
+            "starting with a letter or digit"
+        )
+    return trader_id
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 of a token, as hex (what ``api_tokens`` stores)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    token_id: str
+    trader_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenStore:
+    """``api_tokens`` on an engine whose schema is at the code's revision."""
+
+    def __init__(self, engine: Engine, *, cache_seconds: float = 5.0) -> None:
+        self.engine = engine
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[str, float]] = {}  # sha256 -> (trader, verified at)
+        self._lock = threading.Lock()
+
+    def create(self, trader_id: str) -> str:
+        """A new token for ``trader_id``: returned once, only its hash is kept."""
+        valid_trader(trader_id)
+        token_id = secrets.token_hex(8)
+        token = f"atb_{token_id}_{secrets.token_urlsafe(32)}"
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(api_tokens).values(
+                    token_id=token_id,
+                    token_sha256=hash_token(token),
+                    trader_id=trader_id,
+                    created_at=utc_now(),
+                    revoked_at=None,
+                )
+            )
+        return token
+
+    def cached(self, token: str) -> str | None:
+        """The token's trader if it was verified less than ``cache_seconds`` ago (no I/O:
+        safe on the event loop); None means "ask ``verify``"."""
+        digest = hash_token(token)
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and time.monotonic() - hit[1] < self.cache_seconds:
+            return hit[0]
+        return None
+
+    def verify(self, token: str) -> str | None:
+        """The token's trader, or None (unknown, malformed or revoked)."""
+        m = _TOKEN_RE.fullmatch(token)
+        if m is None:
+            return None
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        digest = hash_token(token)
+        now = time.monotonic()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(api_tokens.c.token_sha256, api_tokens.c.trader_id).where(
+                    api_tokens.c.token_id == m.group(1), api_tokens.c.revoked_at.is_(None)
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(str(row[0]), digest):
+            return None
+        with self._lock:
+            self._cache[digest] = (str(row[1]), now)
+        return str(row[1])
+
+    def revoke(self, token_id: str) -> bool:
+        """Revoke a token by its id; False if there is no such live token."""
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                sa.update(api_tokens)
+                .where(api_tokens.c.token_id == token_id, api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utc_now())
+            ).rowcount
+        with self._lock:
+            self._cache.clear()
+        return bool(n)
+
+    def list(self, trader_id: str | None = None) -> list[TokenInfo]:
+        q = sa.select(api_tokens).order_by(api_tokens.c.created_at)
+        if trader_id is not None:
+            q = q.where(api_tokens.c.trader_id == trader_id)
+        with self.engine.connect() as conn:
+            return [
+                TokenInfo(r.token_id, r.trader_id, r.created_at, r.revoked_at)
+                for r in conn.execute(q)
+            ]
