@@ -82,7 +82,7 @@ from wal.log.segment import (
     valid_record_after,
     zero_rest,
 )
-from wal.log.validate import record_problem
+from wal.log.validate import record_lsn, record_problem
 
 __all__ = ["RecoveryReport", "recover"]
 
@@ -293,8 +293,8 @@ def _index_segment(
         if kind == KIND_SEGMENT:
             corrupt(Defect(path, item.line, item.offset, "a second segment header"))
             return after
-        lsn = rec.get("lsn")
-        if not isinstance(lsn, int):
+        lsn = record_lsn(rec)
+        if lsn is None:  # the one validator (a bool is not an LSN): verify says the same
             corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
             return after
         expected = cur.expected

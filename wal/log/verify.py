@@ -50,7 +50,7 @@ from wal.log.segment import (
     valid_record_after,
     zero_rest,
 )
-from wal.log.validate import record_problem
+from wal.log.validate import record_lsn, record_problem
 
 __all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
 
@@ -326,8 +326,8 @@ def _scan_segment(
         if kind == KIND_SEGMENT:
             defect(item.line, item.offset, "a second segment header")
             continue
-        lsn = rec.get("lsn")
-        if type(lsn) is not int:
+        lsn = record_lsn(rec)
+        if lsn is None:
             defect(item.line, item.offset, "record has no LSN")
             continue
         ok = expected <= lsn <= seg.end if seg.compacted else lsn == expected
