@@ -10,6 +10,7 @@ through the fast path, the same through the slow path, and ``verify_log``. They 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def _mutate(line: bytes, field: str, value: Any) -> bytes:
     else:
         rec[field] = value
     if rec["t"] == "entry":
-        try:  # only the field is wrong: the entry's own content checksum still matches
+        # only the field is wrong: the entry's own content checksum still matches
+        with contextlib.suppress(KeyError, TypeError, orjson.JSONEncodeError):
             rec["checksum"] = (
                 rec["checksum"]
                 if field == "checksum"
@@ -95,8 +97,6 @@ def _mutate(line: bytes, field: str, value: Any) -> bytes:
                     rec["idempotency_key"],
                 )
             )
-        except (KeyError, TypeError, orjson.JSONEncodeError):
-            pass
     return encode_line(orjson.dumps(rec))
 
 

@@ -316,10 +316,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "manifest-tmp-fdatasync",
-        "wal/log/manifest.py",
-        "a new manifest is fdatasynced before it is renamed over the old one",
-        "        fs.fdatasync(fd)  # never rename an unsynced file over the manifest\n",
-        "        pass\n",
+        "wal/log/fileops.py",
+        "a new manifest (any small file, write_file_atomic) is fdatasynced before its rename",
+        "            fs.fdatasync(fd)  # never rename an unsynced file over the old one\n",
+        "            pass\n",
         (
             ONLY_COVER + "[compaction-of-a-front-segment]",
             PL + "test_no_name_reaches_the_disk_before_its_data",
@@ -328,10 +328,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "manifest-directory-fsync",
-        "wal/log/manifest.py",
+        "wal/log/fileops.py",
         "the manifest's rename is made durable (directory fsync) before a segment is unlinked",
-        "    fs.fsync_dir(str(directory))  # the rename is durable only after the directory fsync\n",
-        "    pass\n",
+        "        fs.fsync_dir(os.fspath(directory))  # the rename is durable only after the directory fsync\n",
+        "        pass\n",
         (ONLY_COVER + "[compaction-of-a-front-segment]",),
         "compaction",
     ),

@@ -24,6 +24,7 @@ the storage. The attributes each layer uses are declared on it and set up here, 
 from __future__ import annotations
 
 import contextlib
+import errno as errno_mod
 import os
 import stat
 import threading
@@ -39,6 +40,7 @@ from typing import Any
 from wal.entry import utc_now
 from wal.errors import (
     WALCompactionError,
+    WALConfigError,
     WALCorruptionError,
     WALError,
     WALForkedError,
@@ -110,6 +112,23 @@ class StorageStats:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["recovery"] = self.recovery.to_dict()
         return d
+
+
+def _compaction_poison(exc: OSError, directory: Path) -> WALWriteError:
+    """The error that stops a log whose compaction failed after it began changing files."""
+    en = exc.errno
+    name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
+    where = Path(exc.filename) if isinstance(exc.filename, str) else directory
+    err = WALWriteError(
+        f"compaction failed at {where} ({name}: {exc.strerror or exc}) after it began replacing "
+        "files: the log refuses appends until it is reopened; every acknowledged entry is on "
+        "disk and the reopen recovers it",
+        path=where,
+        errno=en if isinstance(en, int) else None,
+        hint="fix the disk (free space, check the device), then reopen the log",
+    )
+    err.__cause__ = exc
+    return err
 
 
 class WALStorage(AsyncAppender):
@@ -227,11 +246,23 @@ class WALStorage(AsyncAppender):
 
     def _prepare_directory(self) -> None:
         d = self.directory
-        for made in make_dirs(d, DIR_MODE):  # the log dir and missing parents: 0700 each
-            # a new directory's own entry is in its parent: it must survive a crash
-            self._fs.fsync_dir(str(made.parent))
-        if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
-            os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+        try:
+            # checked before anything is created or chmodded: nothing outside the log changes
+            # (a regular file, or a path through one, is refused as it is)
+            if d.exists() and not d.is_dir():
+                raise OSError(errno_mod.ENOTDIR, "it is not a directory", str(d))
+            for made in make_dirs(d, DIR_MODE):  # the log dir and missing parents: 0700 each
+                # a new directory's own entry is in its parent: it must survive a crash
+                self._fs.fsync_dir(str(made.parent))
+            if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
+                os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno_mod.ENOTDIR:
+                why = "the path or one of its parents is not a directory"
+            raise WALConfigError(
+                "directory", str(d), f"a directory for the log, but {why}: nothing was changed"
+            ) from None
 
     def _recover(self) -> None:
         if not self.readonly:
@@ -372,7 +403,9 @@ class WALStorage(AsyncAppender):
             except WALCompactionError:
                 raise  # nothing changed: the log goes on as before
             except OSError as exc:
-                self._poison(exc)  # the files and the index may disagree now: stop writing
+                # the files and the index may disagree now (a failed rename or directory
+                # fsync): stop writing, naming the compaction's file, not the active segment
+                self._poison(_compaction_poison(exc, self.directory))
                 raise (self._failed or exc) from exc
             after = sum(s.size for s in self._segments)
         return {

@@ -11,8 +11,8 @@ never an entry that every later read, replay or drain would fail on.
 The rules, the same everywhere (JSON ``true`` is not an int: ``type(x) is int``):
 
 * ``lsn``: an int >= 1;
-* an entry: ``entry_id`` a canonical (lowercase) UUID, ``operation``, ``checksum``, ``created_at`` and
-  ``idempotency_key`` strings, ``synced_at`` and ``last_error`` null or a string,
+* an entry: ``entry_id`` a canonical (lowercase) UUID, ``operation``, ``checksum``,
+  ``created_at`` and ``idempotency_key`` strings, ``synced_at`` and ``last_error`` null or a string,
   ``attempts`` an int >= 0, ``status`` a known status, every value tag and timestamp decodes;
 * a status record: ``of`` an int from 1 to ``lsn - 1`` (an earlier record), ``entry_id`` a
   canonical UUID, ``status`` a known one, ``at`` a time (or null), ``attempts`` null or an int >= 0,

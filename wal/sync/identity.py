@@ -7,14 +7,14 @@ same id; any other database has another id, or none. ``atb wal sync`` and ``atb 
 compare the two and refuse to drain a log into another database unless the operator names
 the database with ``--database-url`` and confirms (then the new identity is recorded).
 
-The file is written atomically (temp file, fsync, rename, directory fsync). The trading
+The file is written atomically (``write_file_atomic``: temp file, fsync, rename, directory
+fsync; never through a symlink). The trading
 process (``WALManager``) checks before its first batch: it records the identity when none is
 recorded yet, and applies nothing to a database with another id (``check_before_apply``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ import orjson
 
 from wal.config import mask_url
 from wal.errors import WALDatabaseError
+from wal.log.fileops import OSFileOps, write_file_atomic
 
 __all__ = [
     "TARGET_FILE",
@@ -73,21 +74,14 @@ def read_target(directory: Path) -> DatabaseTarget | None:
 def record_target(directory: Path, url: str, database_id: str) -> DatabaseTarget:
     """Record (or replace) the log's target database, durably."""
     target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat())
-    d = Path(directory)
-    path = d / TARGET_FILE
-    tmp = d / (TARGET_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # temp (O_EXCL, O_NOFOLLOW: a symlink planted at database.json.tmp is never written
+    # through), fsync, rename, directory fsync: durable before anything is applied there
+    write_file_atomic(
+        OSFileOps(),
+        directory,
+        TARGET_FILE,
+        orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2),
+    )
     return target
 
 
