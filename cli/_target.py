@@ -24,13 +24,23 @@ __all__ = ["connect_target"]
 
 
 def connect_target(
-    ctx: click.Context, config: WALConfig, storage: WALStorage, *, what: str, yes: bool
+    ctx: click.Context,
+    config: WALConfig,
+    storage: WALStorage,
+    *,
+    what: str,
+    yes: bool,
+    dry_run: bool = False,
 ) -> DatabaseManager:
     """A ``DatabaseManager`` for the configured database once it is proven to be the log's.
 
     Refuses (one line, nothing written) when the SQLite file does not exist (never created
     here), when the log belongs to another database and ``--database-url`` was not given
     explicitly and confirmed, and when the log records no database and none was configured.
+
+    ``dry_run``: the same checks, but nothing is written anywhere: ``database.json`` is not
+    recorded, the database is given no id (``database_id()`` only reads), and no question
+    is asked (an explicit ``--database-url`` names the database to list against).
     """
     obj = ctx.find_object(WalContext)
     explicit = obj is not None and obj.database_url is not None
@@ -73,14 +83,21 @@ def connect_target(
                         f"atb wal --database-url URL {what} (it asks to confirm; --yes skips "
                         "the question). Nothing was written"
                     )
-                if not yes and not click.confirm(
+                if dry_run:
+                    click.echo(
+                        f"dry run: {why}; listing against {shown} (a real {what} asks to "
+                        "confirm it as the log's database)",
+                        err=True,
+                    )
+                elif not yes and not click.confirm(
                     f"{why}. Apply this log's entries to {shown} and record it as the log's "
                     "database?",
                     default=False,
                     err=True,
                 ):
                     raise AtbError(f"not confirmed: nothing was applied to {shown}")
-        record_target(storage.directory, url, db.database_id(create=True) or "")
+        if not dry_run:  # a dry run changes nothing, anywhere: no database.json, no id
+            record_target(storage.directory, url, db.database_id(create=True) or "")
     except BaseException:
         db.dispose()
         raise
