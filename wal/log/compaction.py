@@ -44,7 +44,7 @@ from wal.log.reading import LogReader
 from wal.log.record import KIND_STATUS, encode_line
 from wal.log.segment import FILE_MODE, TMP_SUFFIX, SegmentInfo, segment_header
 
-__all__ = ["compact_sealed"]
+__all__ = ["compact_sealed", "drop_front"]
 
 
 def compact_sealed(
@@ -144,7 +144,7 @@ def _compact_segment(
         store._fs.fsync_dir(str(store.directory))
         _forget(store, seg, [], dropped_status, dropped_keys)
         store._segments.remove(seg)
-        _drop_front(store)
+        drop_front(store)
         gone_fd = store._read_fds.pop(seg.first, None)
         if gone_fd is not None:
             os.close(gone_fd)  # an open fd would keep the unlinked file's space in use
@@ -240,7 +240,7 @@ def _forget(
         store._offsets[i] = 0
 
 
-def _drop_front(store: LogReader) -> None:
+def drop_front(store: LogReader) -> None:
     """Shrink the index when the oldest segments are gone (lock held)."""
     new_base = store._segments[0].first if store._segments else store._next_lsn
     k = new_base - store._base
