@@ -18,7 +18,13 @@ from wal.db import DatabaseManager
 from wal.db.engine import sqlite_file
 from wal.errors import WALConfigError, WALDatabaseError
 from wal.log.storage import WALStorage
-from wal.sync.identity import mismatch, read_target, record_target
+from wal.sync.identity import (
+    log_is_new,
+    mismatch,
+    read_target,
+    record_target,
+    unbound_problem,
+)
 
 __all__ = ["connect_target"]
 
@@ -65,7 +71,30 @@ def connect_target(
             db_id = db.database_id()
         except WALDatabaseError as exc:
             raise AtbError(f"cannot {what}: {exc}. Nothing was written") from None
-        if target is None:
+        if target is None and not log_is_new(storage):
+            # database.json is gone from a log that handed entries to a database before:
+            # as loud as a wrong database; only an explicit, confirmed URL binds it again
+            if not explicit:
+                raise AtbError(
+                    f"cannot {what}: {unbound_problem(storage.directory)}. Refusing to guess "
+                    f"where its entries belong: name the database with atb wal --database-url "
+                    f"URL {what} (it asks to confirm; --yes skips the question). Nothing was "
+                    "written"
+                )
+            if dry_run:
+                click.echo(
+                    f"dry run: the log records no database; listing against {shown} (a real "
+                    f"{what} asks to confirm it as the log's database)",
+                    err=True,
+                )
+            elif not yes and not click.confirm(
+                f"This log has handed entries to a database before but records none. Bind it "
+                f"to {shown} and apply its entries there?",
+                default=False,
+                err=True,
+            ):
+                raise AtbError(f"not confirmed: nothing was applied to {shown}")
+        elif target is None:
             if not configured:
                 raise AtbError(
                     f"cannot {what}: this log records no database yet, and neither "

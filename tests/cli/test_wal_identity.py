@@ -129,3 +129,61 @@ def test_a_dry_run_replay_lists_what_the_real_one_requeues(tmp_path: Path) -> No
     target = read_target(d)
     assert target is not None and "a.db" in target.url
     assert TARGET_FILE in os.listdir(d)
+
+
+# ------------------------------------------------------------------ 8. the operator binds
+
+
+def _balance(url: str) -> Decimal:
+    db = DatabaseManager(url)
+    try:
+        return db.get_balance()
+    finally:
+        db.dispose()
+
+
+def test_a_log_that_lost_database_json_is_bound_only_explicitly(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    url_a = new_database(tmp_path / "a.db", tables=False)
+    deposits(d, ["1"])
+    assert invoke(["wal", "--dir", str(d), "sync"], env={"DATABASE_URL": url_a}).exit_code == 0
+    (d / TARGET_FILE).unlink()  # the identity is lost
+    deposits(d, ["10"])
+    url_b = new_database(tmp_path / "b.db", tables=False)
+
+    # from the environment only: refused, one line, nothing applied or recorded
+    r = invoke(["wal", "--dir", str(d), "sync"], env={"DATABASE_URL": url_b})
+    assert r.exit_code == 1
+    assert "database.json is missing" in r.stderr and "--database-url" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (d / TARGET_FILE).exists() and _balance(url_b) == 0
+
+    # named, but not confirmed: still nothing
+    args = ["wal", "--dir", str(d), "--database-url", url_b, "sync"]
+    r = invoke(args, stdin="n\n")
+    assert r.exit_code == 1 and "not confirmed" in r.stderr
+    assert not (d / TARGET_FILE).exists() and _balance(url_b) == 0
+
+    # a dry run neither binds nor asks
+    r = invoke(
+        ["wal", "--dir", str(d), "--database-url", url_b, "replay", "--since", "1", "--dry-run"]
+    )
+    assert r.exit_code == 0, r.output
+    assert not (d / TARGET_FILE).exists()
+
+    # named and confirmed: bound, and drained there
+    r = invoke([*args, "--yes"])
+    assert r.exit_code == 0, r.output
+    target = read_target(d)
+    assert target is not None and "b.db" in target.url
+    assert _balance(url_b) == 10
+
+
+def test_a_new_log_is_still_bound_by_its_first_sync(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    url_a = new_database(tmp_path / "a.db", tables=False)
+    deposits(d, ["4"])
+    r = invoke(["wal", "--dir", str(d), "sync"], env={"DATABASE_URL": url_a})
+    assert r.exit_code == 0, r.output
+    target = read_target(d)
+    assert target is not None and "a.db" in target.url

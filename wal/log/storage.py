@@ -342,6 +342,11 @@ class WALStorage(AsyncAppender):
     # ------------------------------------------------------------------ positions
 
     @property
+    def first_lsn(self) -> int:
+        """The first LSN still in the log (1 until compaction removes front segments)."""
+        return self._base
+
+    @property
     def next_lsn(self) -> int:
         return self._next_lsn
 

@@ -7,6 +7,11 @@ same id; any other database has another id, or none. ``atb wal sync`` and ``atb 
 compare the two and refuse to drain a log into another database unless the operator names
 the database with ``--database-url`` and confirms (then the new identity is recorded).
 
+A log that has handed entries to a database before (``log_is_new`` is False) never binds
+itself again when the file is missing: that is as loud as a wrong database, until the
+operator names the database (``atb wal --database-url URL sync``, confirmed). Only a new log
+binds itself to the first database it is applied to.
+
 The file is written atomically (``write_file_atomic``: temp file, fsync, rename, directory
 fsync; never through a symlink). The trading
 process (``WALManager``) checks before its first batch: it records the identity when none is
@@ -25,11 +30,14 @@ import orjson
 from wal.config import mask_url
 from wal.errors import WALDatabaseError
 from wal.log.fileops import OSFileOps, write_file_atomic
+from wal.log.storage import WALStorage
 
 __all__ = [
     "TARGET_FILE",
     "DatabaseTarget",
     "check_before_apply",
+    "log_is_new",
+    "unbound_problem",
     "mismatch",
     "read_target",
     "record_target",
@@ -100,14 +108,39 @@ def mismatch(target: DatabaseTarget, url: str, database_id: str | None) -> str |
     )
 
 
-def check_before_apply(directory: Path, db: Any) -> None:
+def log_is_new(storage: WALStorage) -> bool:
+    """True when no entry of the log was ever handed to a database: every record is a
+    PENDING entry (no status record, nothing compacted away, nothing COMPLETED, SYNCING or
+    FAILED). Only such a log may bind itself to a database without the operator saying so."""
+    st = storage.get_stats()
+    return storage.first_lsn == 1 and st.next_lsn - 1 == st.entries["pending"]
+
+
+def unbound_problem(directory: Path) -> str:
+    """Why a log that handed entries to a database before binds to none now."""
+    return (
+        f"this log has handed entries to a database before, but records none: "
+        f"{Path(directory) / TARGET_FILE} is missing (deleted, or lost with a restore)"
+    )
+
+
+BIND_HINT = (
+    "bind the log explicitly to the database its entries belong to: `atb wal --database-url "
+    "URL sync` (asks to confirm; --yes skips the question); the entries stay pending until then"
+)
+
+
+def check_before_apply(directory: Path, db: Any, storage: WALStorage | None = None) -> None:
     """Before the first batch of this process is applied to ``db``: record ``db`` as the log's
-    database when none is recorded yet; refuse when it is another database.
+    database when none is recorded yet and the log is new (``log_is_new``); refuse when it is
+    another database, or when the record is missing from a log that has handed entries to
+    a database before (losing the identity is as loud as a wrong one).
 
     The refusal is a ``WALDatabaseError`` marked transient: the entries stay PENDING (never
     dead letters), the breaker opens, and the status shows why, until the engine is pointed
-    at the log's database or the operator rebinds the log (``atb wal sync --database-url URL
-    --yes``). A manager without ``database_id`` (your own) is not checked.
+    at the log's database or the operator binds the log (``atb wal --database-url URL sync
+    --yes``). A manager without ``database_id`` (your own) is not checked. ``storage``: the
+    log (else it is read once, read-only, to tell whether it is new).
     """
     get_id = getattr(db, "database_id", None)
     if not callable(get_id):
@@ -115,6 +148,17 @@ def check_before_apply(directory: Path, db: Any) -> None:
     url = str(getattr(db, "url", "?"))
     target = read_target(directory)
     if target is None:
+        if storage is not None:
+            new = log_is_new(storage)
+        else:
+            with WALStorage.open_readonly(directory) as log:
+                new = log_is_new(log)
+        if not new:
+            raise WALDatabaseError(
+                f"{unbound_problem(directory)}: nothing is applied to {mask_url(url)}",
+                transient=True,
+                hint=BIND_HINT,
+            )
         db_id = get_id(create=True)
         if isinstance(db_id, str):
             record_target(directory, url, db_id)  # durable before anything is applied there
@@ -125,5 +169,5 @@ def check_before_apply(directory: Path, db: Any) -> None:
             f"{why}: nothing is applied there",
             transient=True,
             hint="point the engine at the log's database, or rebind the log with "
-            "`atb wal sync --database-url URL --yes`; the entries stay pending",
+            "`atb wal --database-url URL sync --yes`; the entries stay pending",
         )
