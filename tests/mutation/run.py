@@ -386,7 +386,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "torn-tail-only-at-the-end",
         "wal/log/recovery.py",
         "a bad record followed by a good one is corruption, never a torn tail to cut",
-        "                if hole or valid_record_after(rest, 0) is None:\n",
+        "                if tail.torn:\n",
         "                if True:\n",
         (COR + "test_6_every_bit_of_a_middle_record",),
         "recovery",
@@ -416,6 +416,52 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    if want == got:\n        return j\n",
         "    return j\n",
         (COR + "test_6_every_bit_of_a_middle_record",),
+        "recovery",
+    ),
+    Mutation(
+        "tear-bound",
+        "wal/log/segment.py",
+        "good records after a hole are a torn tail only within the tear bound (else acknowledged)",
+        "    torn = hole and (bound is None or span <= bound)\n",
+        "    torn = hole\n",
+        (
+            "tests/log/test_tear_bound.py::test_tolerate_tail_keeps_the_bytes_warns_and_status_exits_1",
+        ),
+        "recovery",
+    ),
+    Mutation(
+        "writer-tear-bound",
+        "wal/log/segwriter.py",
+        "the writer fdatasyncs before its unsynced bytes would go past the tear bound",
+        "            # what is written so far is durable before more goes past the tear bound\n"
+        "            self._fs.fdatasync(self._fd)\n",
+        "            pass\n",
+        (
+            "tests/log/test_tear_bound.py::test_the_writer_never_leaves_more_than_the_bound_unsynced",
+        ),
+        "write path",
+    ),
+    Mutation(
+        "never-delete-pending-front",
+        "wal/log/recovery.py",
+        "an open never deletes a segment before the manifest that holds an entry not completed",
+        "    if unfinished:\n        # never delete a segment that holds an entry not yet applied\n",
+        "    if False:\n        # never delete a segment that holds an entry not yet applied\n",
+        (
+            "tests/log/test_manifest.py::test_a_manifest_naming_a_later_segment_never_deletes_pending_entries",
+        ),
+        "recovery",
+    ),
+    Mutation(
+        "validator-bool-is-no-lsn",
+        "wal/log/validate.py",
+        "one validator: a bool is not an LSN (open, its slow path and verify agree)",
+        "    return lsn if type(lsn) is int and lsn >= 1 else None\n",
+        "    return lsn if isinstance(lsn, int) and lsn >= 1 else None\n",
+        (
+            "tests/log/test_validate.py::test_fast_path_slow_path_and_verify_agree_on_every_mutated_record",
+            "tests/log/test_validate.py::test_bools_are_not_ints_anywhere",
+        ),
         "recovery",
     ),
     # ------------------------------------------------------------------ the real file system

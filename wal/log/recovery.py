@@ -13,16 +13,23 @@ reference):
   fsync). Unless the mode is ``"strict"``, that tail is cut: the torn bytes are first kept in
   a ``.broken`` file (synced, and its directory entry too), then the segment is truncated
   before them. A torn tail is an incomplete last line, a zero-filled tail, or a lost page (a
-  zero run up to a page boundary) of a multi-page write with later pages kept: nothing after
-  such a hole was ever acknowledged. A tail that is a *complete* line with a bad checksum can
+  zero run up to a page boundary) of a multi-page write with later pages kept, which the
+  writer bounds: good records after a hole are a torn tail only when they end within the
+  segment header's ``tear`` bound of it (``wal.log.segment.classify_tail``, the rule
+  ``verify`` applies too). Beyond it they are acknowledged entries: ``tolerate_tail`` cuts
+  them into a ``.suspect`` file with a warning (``status`` exits 1), ``strict`` refuses,
+  ``skip_corrupt`` skips the hole and keeps them. Every cut of good records is reported
+  (``RecoveryReport.cut_records``). A tail that is a *complete* line with a bad checksum can
   be a damaged acknowledged record: it is cut too (the bytes kept in a ``.suspect`` file),
   with a warning in the report that ``atb wal status`` shows while the file is there.
 * A last segment without a valid header is removed only when it is no longer than a header
   (a rotation cut short: records are written only after the header is durable); a longer
   one, or any other segment without a header (empty, zero-filled), is corruption.
 * The manifest (:mod:`wal.log.manifest`) names the first LSN the log owes: no segment there
-  is ``WALMissingSegmentError``, never a shorter log. Segments wholly before it are an
-  interrupted compaction's leftovers and are removed.
+  is ``WALMissingSegmentError``, never a shorter log. Segments wholly before it are indexed:
+  when every entry in them is COMPLETED they are an interrupted compaction's leftovers and
+  are removed; one holding an entry not completed is never deleted: the manifest disagrees
+  with the segments (``WALCorruptionError``; ``repair`` moves the manifest back).
 * Anything else (a bad record before the end, an LSN gap between segments, a record out of
   order, a record whose checksum matches but whose contents do not decode) raises
   ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the torn tail too,
