@@ -123,3 +123,26 @@ def test_a_log_directory_is_still_made_owner_only(tmp_path: Path) -> None:
     with WALStorage(d) as log:
         log.append(make_entry(1))
     assert _mode(d) == 0o700 and _mode(d.parent) == 0o700
+
+
+def test_a_directory_holding_other_files_keeps_its_mode(tmp_path: Path) -> None:
+    """Pointed at a directory that is not only the log's (a home, a shared /tmp), the log
+    writes its own files (0600) and changes nothing else: not the directory's mode."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o755)
+    (d / "notes.txt").write_bytes(b"mine")
+    with WALStorage(d) as log:
+        log.append(make_entry(1))
+    assert _mode(d) == 0o755 and (d / "notes.txt").read_bytes() == b"mine"
+    own = d / "00000000000000000001.wal"
+    assert _mode(own) == 0o600
+
+
+def test_a_directory_holding_only_a_log_is_still_tightened(tmp_path: Path) -> None:
+    d = tmp_path / "log"
+    with WALStorage(d) as log:
+        log.append(make_entry(1))
+    d.chmod(0o755)
+    WALStorage(d).close()
+    assert _mode(d) == 0o700

@@ -138,7 +138,7 @@ def _compact_segment(
         except OSError as exc:
             # the manifest already names the next segment; this one (nothing in it is owed)
             # stays until the next compaction or open removes it: the index still holds it
-            raise _failed(exc, seg.path, "the segment is still there") from exc
+            raise _failed(exc, seg.path, "the segment is still there", "remove") from exc
         crash_point("compact-after-unlink")
         # the removal must be durable before the index forgets these LSNs
         store._fs.fsync_dir(str(store.directory))
@@ -198,14 +198,14 @@ def _write_tmp(store: LogReader, tmp: os.PathLike[str], data: bytes) -> tuple[in
             store._fs.close(fd)
 
 
-def _failed(exc: OSError, path: Path, what: str) -> WALCompactionError:
+def _failed(exc: OSError, path: Path, what: str, verb: str = "write") -> WALCompactionError:
     """The error of a compaction step that failed before it changed what the log holds: it
     names the file (``path``, or the one the error names) and leaves appends working."""
     en = exc.errno
     name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
     where = Path(exc.filename) if isinstance(exc.filename, str) else path
     return WALCompactionError(
-        f"compaction could not write {where} ({name}: {exc.strerror or exc}); {what} and the "
+        f"compaction could not {verb} {where} ({name}: {exc.strerror or exc}); {what} and the "
         "log is unchanged: appends go on",
         path=where,
         errno=en,

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -67,6 +69,8 @@ from wal.log.segment import (
 )
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
+
+log = logging.getLogger("wal")
 
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
@@ -112,6 +116,17 @@ class StorageStats:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["recovery"] = self.recovery.to_dict()
         return d
+
+
+_OWN_NAMES = re.compile(
+    r"^(?:\d{20}\.wal(?:\.tmp|\.broken(?:\.\d+)?|\.suspect(?:\.\d+)?)?|LOCK|MANIFEST(?:\.tmp)?"
+    r"|next\.wal\.prep|(?:database|manager-status|last-cli-sync)\.json(?:\.tmp)?)$"
+)
+
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """Names in an existing directory that are not files of a log: it is not (only) a log's."""
+    return sorted(p.name for p in directory.iterdir() if not _OWN_NAMES.match(p.name))
 
 
 def _compaction_poison(exc: OSError, directory: Path) -> WALWriteError:
@@ -252,11 +267,21 @@ class WALStorage(AsyncAppender):
             # (a regular file, or a path through one, is refused as it is)
             if d.exists() and not d.is_dir():
                 raise OSError(errno_mod.ENOTDIR, "it is not a directory", str(d))
-            for made in make_dirs(d, DIR_MODE):  # the log dir and missing parents: 0700 each
+            made = make_dirs(d, DIR_MODE)  # the log dir and missing parents: 0700 each
+            for new in made:
                 # a new directory's own entry is in its parent: it must survive a crash
-                self._fs.fsync_dir(str(made.parent))
+                self._fs.fsync_dir(str(new.parent))
             if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
-                os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+                foreign = [] if made else _foreign_entries(d)
+                if not foreign:
+                    os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+                else:  # not only the log's: never change what is not the log's own
+                    log.warning(
+                        "%s holds files that are not the log's (%s): its mode is left as it "
+                        "is; give the log a directory of its own (mode 0700)",
+                        d,
+                        ", ".join(foreign[:3]),
+                    )
         except OSError as exc:
             why = exc.strerror or str(exc)
             if exc.errno == errno_mod.ENOTDIR:
