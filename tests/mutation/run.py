@@ -166,8 +166,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "new-log-directory-fsync",
         "wal/log/storage.py",
         "a new log directory's name is fsynced in its parent",
-        "            self._fs.fsync_dir(str(made.parent))\n",
-        "            pass\n",
+        "                self._fs.fsync_dir(str(new.parent))\n",
+        "                pass\n",
         (SYS + "test_the_log_makes_the_real_system_calls",),
     ),
     # ------------------------------------------------------------------ interval mode
