@@ -146,3 +146,19 @@ def test_a_directory_holding_only_a_log_is_still_tightened(tmp_path: Path) -> No
     d.chmod(0o755)
     WALStorage(d).close()
     assert _mode(d) == 0o700
+
+
+def test_the_paper_brokers_state_file_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    from wal.orders.paper import PaperBroker
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    state = tmp_path / "paper.json"
+    (tmp_path / "paper.json.tmp").symlink_to(victim)
+    broker = PaperBroker(state_path=state)
+    broker.set_price("BTCUSDT", Decimal("100"))
+    assert victim.read_bytes() == b"precious"
+    assert state.is_file() and not state.is_symlink() and _mode(state) == 0o600
+    assert PaperBroker(state_path=state)._prices == {"BTCUSDT": Decimal("100")}
