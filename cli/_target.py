@@ -126,7 +126,9 @@ def connect_target(
                 ):
                     raise AtbError(f"not confirmed: nothing was applied to {shown}")
         if not dry_run:  # a dry run changes nothing, anywhere: no database.json, no id
-            record_target(storage.directory, url, db.database_id(create=True) or "")
+            record_target(
+                storage.directory, url, db.database_id(create=True) or "", storage.file_ops
+            )
     except BaseException:
         db.dispose()
         raise

@@ -367,6 +367,12 @@ class WALStorage(AsyncAppender):
     # ------------------------------------------------------------------ positions
 
     @property
+    def file_ops(self) -> FileOps:
+        """What the log writes through: a small file kept beside it (``database.json``) goes
+        through it too, so a test's model of the disk (``CrashFS``) sees it like the log."""
+        return self._fs
+
+    @property
     def first_lsn(self) -> int:
         """The first LSN still in the log (1 until compaction removes front segments)."""
         return self._base

@@ -29,7 +29,7 @@ import orjson
 
 from wal.config import mask_url
 from wal.errors import WALDatabaseError
-from wal.log.fileops import OSFileOps, write_file_atomic
+from wal.log.fileops import FileOps, OSFileOps, write_file_atomic
 from wal.log.storage import WALStorage
 
 __all__ = [
@@ -79,13 +79,16 @@ def read_target(directory: Path) -> DatabaseTarget | None:
     return DatabaseTarget(data["url"], data["database_id"], str(data.get("recorded_at", "")))
 
 
-def record_target(directory: Path, url: str, database_id: str) -> DatabaseTarget:
-    """Record (or replace) the log's target database, durably."""
+def record_target(
+    directory: Path, url: str, database_id: str, fs: FileOps | None = None
+) -> DatabaseTarget:
+    """Record (or replace) the log's target database, durably (through ``fs``: the log's
+    own file operations when the caller has the log open)."""
     target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat())
     # temp (O_EXCL, O_NOFOLLOW: a symlink planted at database.json.tmp is never written
     # through), fsync, rename, directory fsync: durable before anything is applied there
     write_file_atomic(
-        OSFileOps(),
+        fs if fs is not None else OSFileOps(),
         directory,
         TARGET_FILE,
         orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2),
@@ -161,7 +164,8 @@ def check_before_apply(directory: Path, db: Any, storage: WALStorage | None = No
             )
         db_id = get_id(create=True)
         if isinstance(db_id, str):
-            record_target(directory, url, db_id)  # durable before anything is applied there
+            # durable before anything is applied there
+            record_target(directory, url, db_id, storage.file_ops if storage else None)
         return
     why = mismatch(target, url, get_id())
     if why is not None:
