@@ -42,6 +42,7 @@ from wal.orders.reconcile import (
     StartupReconciler,
 )
 from wal.orders.states import OrderState
+from wal.sync.manager import WALManager
 
 DEFAULT_BROKER_URL = "http://127.0.0.1:8787"
 
@@ -217,12 +218,23 @@ def _broker_url(given: str | None) -> str:
 async def _reconcile(
     config: WALConfig, url: str, rcfg: ReconcilerConfig, dry_run: bool
 ) -> ReconciliationResult:
+    db = DatabaseManager(config.database_url)
+    storage: WALStorage | None = None
     try:
-        ddb = DurableDatabaseManager(DatabaseManager(config.database_url), config=config)
+        if dry_run:
+            # a dry run changes nothing, anywhere: no sync thread draining the log into the
+            # database (nor binding database.json), no manager-status.json published
+            storage = WALStorage(config.directory, config.storage_options())
+            manager = WALManager(storage, db, config, publish_status=False)
+            ddb = DurableDatabaseManager(db, config=config, manager=manager)
+        else:
+            ddb = DurableDatabaseManager(db, config=config)
     except WALLockedError as exc:
+        db.dispose()
         raise AtbError(locked_message(exc, "the order journal", "stop the engine first")) from None
     try:
-        ddb.start()
+        if not dry_run:
+            ddb.start()
         broker = await HttpBroker.connect(url, timeout=rcfg.fetch_timeout)
         try:
             om = OrderManager(ddb, broker, retry=RetryPolicy.from_env())
@@ -231,6 +243,8 @@ async def _reconcile(
             await broker.aclose()
     finally:
         ddb.stop()
+        if storage is not None:
+            storage.close()
         ddb.db.dispose()
 
 
