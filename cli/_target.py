@@ -18,19 +18,35 @@ from wal.db import DatabaseManager
 from wal.db.engine import sqlite_file
 from wal.errors import WALConfigError, WALDatabaseError
 from wal.log.storage import WALStorage
-from wal.sync.identity import mismatch, read_target, record_target
+from wal.sync.identity import (
+    log_is_new,
+    mismatch,
+    read_target,
+    record_target,
+    unbound_problem,
+)
 
 __all__ = ["connect_target"]
 
 
 def connect_target(
-    ctx: click.Context, config: WALConfig, storage: WALStorage, *, what: str, yes: bool
+    ctx: click.Context,
+    config: WALConfig,
+    storage: WALStorage,
+    *,
+    what: str,
+    yes: bool,
+    dry_run: bool = False,
 ) -> DatabaseManager:
     """A ``DatabaseManager`` for the configured database once it is proven to be the log's.
 
     Refuses (one line, nothing written) when the SQLite file does not exist (never created
     here), when the log belongs to another database and ``--database-url`` was not given
     explicitly and confirmed, and when the log records no database and none was configured.
+
+    ``dry_run``: the same checks, but nothing is written anywhere: ``database.json`` is not
+    recorded, the database is given no id (``database_id()`` only reads), and no question
+    is asked (an explicit ``--database-url`` names the database to list against).
     """
     obj = ctx.find_object(WalContext)
     explicit = obj is not None and obj.database_url is not None
@@ -55,7 +71,30 @@ def connect_target(
             db_id = db.database_id()
         except WALDatabaseError as exc:
             raise AtbError(f"cannot {what}: {exc}. Nothing was written") from None
-        if target is None:
+        if target is None and not log_is_new(storage):
+            # database.json is gone from a log that handed entries to a database before:
+            # as loud as a wrong database; only an explicit, confirmed URL binds it again
+            if not explicit:
+                raise AtbError(
+                    f"cannot {what}: {unbound_problem(storage.directory)}. Refusing to guess "
+                    f"where its entries belong: name the database with atb wal --database-url "
+                    f"URL {what} (it asks to confirm; --yes skips the question). Nothing was "
+                    "written"
+                )
+            if dry_run:
+                click.echo(
+                    f"dry run: the log records no database; listing against {shown} (a real "
+                    f"{what} asks to confirm it as the log's database)",
+                    err=True,
+                )
+            elif not yes and not click.confirm(
+                f"This log has handed entries to a database before but records none. Bind it "
+                f"to {shown} and apply its entries there?",
+                default=False,
+                err=True,
+            ):
+                raise AtbError(f"not confirmed: nothing was applied to {shown}")
+        elif target is None:
             if not configured:
                 raise AtbError(
                     f"cannot {what}: this log records no database yet, and neither "
@@ -73,14 +112,23 @@ def connect_target(
                         f"atb wal --database-url URL {what} (it asks to confirm; --yes skips "
                         "the question). Nothing was written"
                     )
-                if not yes and not click.confirm(
+                if dry_run:
+                    click.echo(
+                        f"dry run: {why}; listing against {shown} (a real {what} asks to "
+                        "confirm it as the log's database)",
+                        err=True,
+                    )
+                elif not yes and not click.confirm(
                     f"{why}. Apply this log's entries to {shown} and record it as the log's "
                     "database?",
                     default=False,
                     err=True,
                 ):
                     raise AtbError(f"not confirmed: nothing was applied to {shown}")
-        record_target(storage.directory, url, db.database_id(create=True) or "")
+        if not dry_run:  # a dry run changes nothing, anywhere: no database.json, no id
+            record_target(
+                storage.directory, url, db.database_id(create=True) or "", storage.file_ops
+            )
     except BaseException:
         db.dispose()
         raise

@@ -11,8 +11,10 @@ torn-tail repair, ``*.broken`` files with the bytes that were cut.
       <xxh3-64 of the payload, 16 hex digits> <space> <payload: a JSON object> <newline>
 
 * The first record of a segment is its header:
-  ``{"t":"segment","version":1,"first":F,"last":null}`` (``last`` is set on segments that
-  compaction rewrote: they cover LSNs F..last and hold only the records that were kept).
+  ``{"t":"segment","version":1,"first":F,"last":null,"tear":65536}`` (``last`` is set on
+  segments that compaction rewrote: they cover LSNs F..last and hold only the records that
+  were kept; ``tear`` is the most bytes the writer ever left unsynced, null if it never
+  fsyncs, 65536 when absent).
 * ``{"t":"entry","lsn":N,...}`` is a ``WALEntry`` (``WALEntry.to_dict()`` plus ``t``).
 * ``{"t":"status","lsn":N,"of":M,"entry_id":...,"status":...,"at":...,"attempts":...,
   "error":...}`` changes entry M's status. Nothing is ever rewritten in place.

@@ -58,20 +58,27 @@ async def _with_manager(
     timeout: float,
     what: str,
     work: Callable[[OrderManager], Awaitable[T]],
+    *,
+    dry_run: bool = False,
 ) -> T:
-    """Run ``work`` with an ``OrderManager`` on the log (writer lock) and the broker."""
+    """Run ``work`` with an ``OrderManager`` on the log (writer lock) and the broker.
+
+    A dry run changes nothing, anywhere: the database is opened read-only and the sync
+    thread is not started (nothing pending drains into the database, database.json is not
+    bound)."""
     config = dataclasses.replace(config, database_url=source.url)
     try:
         storage = WALStorage(source.directory, config.storage_options())
     except WALLockedError as exc:
         raise AtbError(locked_message(exc, what, "stop the engine first")) from None
     try:
-        db = open_database(source, config, what=what, read_only=False)
+        db = open_database(source, config, what=what, read_only=dry_run)
         try:
             # a one-off run: the engine's published view (manager-status.json) is left alone
             manager = WALManager(storage, db, config, publish_status=False)
             ddb = DurableDatabaseManager(db, config=config, manager=manager)
-            ddb.start()
+            if not dry_run:
+                ddb.start()
             try:
                 try:
                     broker = await HttpBroker.connect(url, timeout=timeout)
@@ -171,6 +178,7 @@ def reconcile_cmd(
             rcfg.fetch_timeout,
             what,
             lambda om: StartupReconciler(om, rcfg).run(dry_run=dry_run),
+            dry_run=dry_run,
         )
     )
     if as_json:
@@ -247,7 +255,7 @@ def cancel_cmd(
         return await om.cancel(cid)
 
     try:
-        order = _run(_with_manager(config, source, url, 10.0, what, work))
+        order = _run(_with_manager(config, source, url, 10.0, what, work, dry_run=dry_run))
     except OrderError as exc:
         raise AtbError(f"cannot {what}: {exc.message}") from None
     assert order is not None
@@ -357,7 +365,7 @@ def flatten_cmd(
         return {"dry_run": False, "closes": closes, "stops_cancelled": cancelled}
 
     try:
-        out = _run(_with_manager(config, source, url, 10.0, what, work))
+        out = _run(_with_manager(config, source, url, 10.0, what, work, dry_run=dry_run))
     except OrderError as exc:
         raise AtbError(f"cannot {what}: {exc.message}") from None
     if as_json:

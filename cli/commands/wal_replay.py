@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+import sqlalchemy as sa
 
 from cli._common import (
     AtbError,
@@ -17,6 +18,8 @@ from cli._common import (
     wal_errors,
 )
 from cli.commands.wal_discard import DISCARD_PREFIX
+from wal.db import DatabaseManager
+from wal.db.apply import applied_in
 from wal.entry import WALEntry, WALEntryStatus
 from wal.errors import WALLockedError
 from wal.log.storage import WALStorage
@@ -79,13 +82,19 @@ def replay(ctx: click.Context, since_text: str, dry_run: bool, yes: bool, as_jso
     config = get_config(ctx)
     directory = require_log_dir(config)
     try:
-        storage = WALStorage(directory, config.storage_options())
+        # a dry run changes nothing, anywhere: a read-only open cuts no torn tail, writes no
+        # manifest, takes no lock
+        storage = (
+            WALStorage.open_readonly(directory, config.storage_options())
+            if dry_run
+            else WALStorage(directory, config.storage_options())
+        )
     except WALLockedError as exc:
         raise AtbError(locked_message(exc, "replay")) from None
     with storage:
         from cli._target import connect_target
 
-        db = connect_target(ctx, config, storage, what="replay", yes=yes)
+        db = connect_target(ctx, config, storage, what="replay", yes=yes, dry_run=dry_run)
         try:
             candidates = [
                 e
@@ -95,7 +104,8 @@ def replay(ctx: click.Context, since_text: str, dry_run: bool, yes: bool, as_jso
             missing: list[WALEntry] = []
             for i in range(0, len(candidates), CHUNK):
                 chunk = candidates[i : i + CHUNK]
-                held = db.applied_ids(e.entry_id for e in chunk)
+                ids = [str(e.entry_id) for e in chunk]
+                held = _ledger_holds(db, ids) if dry_run else db.applied_ids(ids)
                 missing.extend(e for e in chunk if str(e.entry_id) not in held)
         finally:
             db.dispose()
@@ -130,6 +140,16 @@ def replay(ctx: click.Context, since_text: str, dry_run: bool, yes: bool, as_jso
         )
     else:
         click.echo(f"nothing to replay: the database's ledger holds all {len(candidates)}")
+
+
+def _ledger_holds(db: DatabaseManager, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the ledger holds, read without creating anything (``applied_ids``
+    first creates missing tables and the database's id): a database with no ledger holds
+    none."""
+    with db.engine.connect() as conn, conn.begin():
+        if not sa.inspect(conn).has_table("wal_applied"):
+            return set()
+        return applied_in(conn, ids)
 
 
 def _selected(e: WALEntry, since: int | datetime) -> bool:

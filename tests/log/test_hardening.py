@@ -507,9 +507,7 @@ def test_an_entry_over_max_entry_bytes_is_refused_and_nothing_written(tmp_path: 
         with pytest.raises(WALEntryTooLargeError):  # the asyncio path has the same limit
             asyncio.run(log.append_async(make_entry(5, blob=5 * 1024 * 1024)))
         with pytest.raises(WALEntryTooLargeError):
-            asyncio.run(
-                log.append_many_async([make_entry(6), make_entry(7, blob=5 * 1024 * 1024)])
-            )
+            asyncio.run(log.append_many_async([make_entry(6), make_entry(7, blob=5 * 1024 * 1024)]))
         assert log.next_lsn == 1
     with WALStorage(tmp_path / "a", max_entry_bytes=8 * 1024 * 1024) as log:
         assert log.append(make_entry(4, blob=5 * 1024 * 1024)).lsn == 1

@@ -339,3 +339,56 @@ def test_a_real_full_disk_stops_the_log_and_loses_nothing_acknowledged(
     assert len(got) in (len(acked), len(acked) + 1)
     statuses = {e.entry_id: e.status for e in got}
     assert completed and all(statuses[a.entry_id] is WALEntryStatus.COMPLETED for a in completed)
+
+
+# the manifest is written at creation (MANIFEST.tmp: open 1, write 1, fdatasync 1, rename 1);
+# the compaction that removes the emptied front segment writes it a second time
+MANIFEST_CASES = {
+    "manifest-open-ENOSPC": FaultRule("open", nth=2, errno=errno.ENOSPC, path_contains="MANIFEST"),
+    "manifest-write-ENOSPC": FaultRule(
+        "write", nth=2, errno=errno.ENOSPC, path_contains="MANIFEST"
+    ),
+    "manifest-short-write-EIO": FaultRule(
+        "write", nth=2, errno=errno.EIO, short=7, path_contains="MANIFEST"
+    ),
+    "manifest-fdatasync-EIO": FaultRule(
+        "fdatasync", nth=2, errno=errno.EIO, path_contains="MANIFEST"
+    ),
+    "manifest-rename-EIO": FaultRule("rename", nth=2, errno=errno.EIO, path_contains="MANIFEST"),
+    "front-segment-unlink-EIO": FaultRule(
+        "unlink", nth=1, errno=errno.EIO, path_contains="00000000000000000001.wal"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES, ids=list(MANIFEST_CASES))
+def test_a_compaction_file_that_cannot_be_written_never_stops_the_log(
+    case: str, tmp_path: Path
+) -> None:
+    """Issue 21 item 4: ENOSPC or EIO on MANIFEST.tmp (or on removing the emptied front
+    segment) during compaction is a WALCompactionError naming that file; appends go on,
+    nothing is left behind, and a reopen recovers every acknowledged entry."""
+    rule = MANIFEST_CASES[case]
+    d = tmp_path / "log"
+    fs = CrashFS(d, rules=[rule])
+    attempted = [entry(i, pad=900) for i in range(6)]
+    with WALStorage(d, fs=fs, max_segment_bytes=4096) as log:
+        acked = [log.append(e) for e in attempted]
+        first_segment_lsns = [e for e in acked if e.lsn is not None and e.lsn <= 3]
+        for e in first_segment_lsns:
+            log.update_status(e, WALEntryStatus.COMPLETED)
+        with pytest.raises(WALCompactionError) as info:
+            log.compact()
+        assert rule.fired == 1
+        named = "MANIFEST.tmp" if case.startswith("manifest") else "00000000000000000001.wal"
+        assert info.value.path is not None and info.value.path.name == named
+        assert named in str(info.value) and "appends go on" in str(info.value)
+        assert "not acknowledged" not in str(info.value)
+        assert not (d / "MANIFEST.tmp").exists()
+        assert log.get_stats().failed_write is None
+        attempted.append(entry(99))
+        acked.append(log.append(attempted[-1]))  # compaction is optional: the log goes on
+        log.update_status(acked[-1], WALEntryStatus.SYNCING)
+        log.compact()  # and a later compaction finishes the job
+    completed = frozenset(e.entry_id for e in first_segment_lsns)
+    assert_recovers(d, acked, attempted, completed, max_segment_bytes=4096)

@@ -39,12 +39,12 @@ from wal.crashpoints import crash_point
 from wal.errors import WALCompactionError
 from wal.log.fileops import write_all
 from wal.log.index import CODE_COMPLETED, CODE_NONE, key_hash
-from wal.log.manifest import write_manifest
+from wal.log.manifest import MANIFEST_TMP, write_manifest
 from wal.log.reading import LogReader
 from wal.log.record import KIND_STATUS, encode_line
 from wal.log.segment import FILE_MODE, TMP_SUFFIX, SegmentInfo, segment_header
 
-__all__ = ["compact_sealed"]
+__all__ = ["compact_sealed", "drop_front"]
 
 
 def compact_sealed(
@@ -127,14 +127,24 @@ def _compact_segment(
     if not keep and front:
         # the manifest first: a crash before the unlink leaves a segment wholly before the
         # manifest's first LSN, which recovery removes; never a manifest naming a lost segment
-        write_manifest(store._fs, store.directory, store._segments[1].first)
-        store._fs.unlink(str(seg.path))
+        try:
+            write_manifest(store._fs, store.directory, store._segments[1].first)
+        except OSError as exc:
+            # the segment is still there and the index untouched: whichever manifest a crash
+            # leaves names a segment present, so the log goes on (never poisoned for this)
+            raise _failed(exc, store.directory / MANIFEST_TMP, "the manifest is unchanged") from exc
+        try:
+            store._fs.unlink(str(seg.path))
+        except OSError as exc:
+            # the manifest already names the next segment; this one (nothing in it is owed)
+            # stays until the next compaction or open removes it: the index still holds it
+            raise _failed(exc, seg.path, "the segment is still there", "remove") from exc
         crash_point("compact-after-unlink")
         # the removal must be durable before the index forgets these LSNs
         store._fs.fsync_dir(str(store.directory))
         _forget(store, seg, [], dropped_status, dropped_keys)
         store._segments.remove(seg)
-        _drop_front(store)
+        drop_front(store)
         gone_fd = store._read_fds.pop(seg.first, None)
         if gone_fd is not None:
             os.close(gone_fd)  # an open fd would keep the unlinked file's space in use
@@ -182,17 +192,24 @@ def _write_tmp(store: LogReader, tmp: os.PathLike[str], data: bytes) -> tuple[in
             fd = -1
         with contextlib.suppress(OSError):
             store._fs.unlink(str(tmp))  # never leave a half-written file behind
-        en = exc.errno
-        name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
-        raise WALCompactionError(
-            f"compaction could not write {tmp} ({name}: {exc.strerror or exc}); it was removed "
-            "and the log is unchanged",
-            path=Path(tmp),
-            errno=en,
-        ) from exc
+        raise _failed(exc, Path(tmp), "it was removed") from exc
     finally:
         if fd >= 0:
             store._fs.close(fd)
+
+
+def _failed(exc: OSError, path: Path, what: str, verb: str = "write") -> WALCompactionError:
+    """The error of a compaction step that failed before it changed what the log holds: it
+    names the file (``path``, or the one the error names) and leaves appends working."""
+    en = exc.errno
+    name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
+    where = Path(exc.filename) if isinstance(exc.filename, str) else path
+    return WALCompactionError(
+        f"compaction could not {verb} {where} ({name}: {exc.strerror or exc}); {what} and the "
+        "log is unchanged: appends go on",
+        path=where,
+        errno=en,
+    )
 
 
 def _forget(
@@ -223,7 +240,7 @@ def _forget(
         store._offsets[i] = 0
 
 
-def _drop_front(store: LogReader) -> None:
+def drop_front(store: LogReader) -> None:
     """Shrink the index when the oldest segments are gone (lock held)."""
     new_base = store._segments[0].first if store._segments else store._next_lsn
     k = new_base - store._base

@@ -15,8 +15,12 @@ The regex accepts only a subset of what the slow path accepts, and indexes it id
   digits, an exponent from -999 to 289), ``args``/``kwargs`` nested at most ``_DEPTH`` deep;
 * ``args`` a list and ``kwargs`` an object (what ``WALEntry.from_dict`` requires);
 * the top-level fields exactly in the writer's order (so no duplicate key changes a value)
-  and of the types it writes, ``lsn`` a positive integer, ``entry_id`` a lowercase canonical
-  UUID, ``status`` a known one.
+  and of the types it writes, ``lsn`` a positive integer, ``entry_id`` (a status record's
+  too) a lowercase canonical UUID, ``status`` a known one, ``attempts`` an int >= 0 (never
+  ``true``), timestamps non-empty strings, a status record's ``of`` an earlier LSN
+  (``_names_earlier``): the rules of the one validator, :mod:`wal.log.validate`, which the
+  slow path and ``verify`` apply; a property test (tests/log/test_validate.py) feeds the
+  same mutated records to all three.
 
 Any other line, a checksum mismatch, an LSN out of order and every line before the segment's
 header go to the slow path (the ``slow`` callback), one line at a time and in order, so every
@@ -84,17 +88,24 @@ def _line() -> re.Pattern[bytes]:
         b"<V>": value,
         b"<C>": chars,
         b"<ST>": rb'"(?=([pscf]))(?:pending|syncing|completed|failed)"',
+        # wal.log.validate: attempts an int >= 0 (never a bool or a float), ids UUIDs
+        b"<I>": rb"(?:0|[1-9][0-9]{0,17}+)",
+        # a timestamp: never empty (_decodes parses every non-empty one)
+        b"<T>": rb'"' + chars + rb'++"',
+        b"<T?>": rb'(?:null|"' + chars + rb'++")',
+        b"<I?>": rb"(?:null|0|[1-9][0-9]{0,17}+)",
+        b"<U>": rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
     }
     # groups: 1 checksum, 2 payload, 3 "e" for an entry, 4 lsn, 5 entry id, 6 explicit key,
     # 7 entry status (first letter), 8 of, 9 status record's status; any other line: 1 empty
     line = (
         rb'(?:([0-9a-f]{16}) (\{"t":"(?:(e)ntry|status)","lsn":([1-9][0-9]{0,17}+),(?(3)'
-        rb'"entry_id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
+        rb'"entry_id":"(<U>)",'
         rb'"operation":<S>,"args":(?=\[)<V>,"kwargs":(?=\{)<V>,"idempotency_key":"(?:\5"|(<C>++)"),'
-        rb'"checksum":<S>,"created_at":<S>,"synced_at":<S?>,"status":<ST>,"attempts":<N>,'
+        rb'"checksum":<S>,"created_at":<T>,"synced_at":<T?>,"status":<ST>,"attempts":<I>,'
         rb'"last_error":<S?>'
-        rb'|"of":(-?+(?:0|[1-9][0-9]{0,17}+)),"entry_id":<S>,"status":<ST>,"at":<S>,'
-        rb'"attempts":<N?>,"error":<S?>'
+        rb'|"of":([1-9][0-9]{0,17}+),"entry_id":"<U>","status":<ST>,"at":<T>,'
+        rb'"attempts":<I?>,"error":<S?>'
         rb")\})|[^\n]*+)\n"
     )
     return re.compile(re.sub(rb"<[A-Z?]+>", lambda m: parts[m.group()], line))
@@ -194,6 +205,7 @@ def index_chunk(store: LogIndex, cur: Cursor, data: bytes, end: int, base: int, 
         k = _checked(cols, i, j)
         lsns = list(map(int, cols[3][i:k]))
         k = i + _in_order(cur, lsns)
+        k = _names_earlier(cols, i, k, lsns)
         if k > i:
             pos = _index_run(store, cur, cols, i, k, lsns, base, pos)
         if k < j:
@@ -235,6 +247,22 @@ def _in_order(cur: Cursor, lsns: list[int]) -> int:
             return k
         e = lsn + 1
     return len(lsns)
+
+
+def _names_earlier(cols: Sequence[tuple[bytes, ...]], i: int, k: int, lsns: list[int]) -> int:
+    """Rows i..k-1 up to the first status record whose ``of`` is not an earlier LSN (the
+    validator's rule, :mod:`wal.log.validate`); the slow path reports that one."""
+    kinds = cols[2]
+    ofs = cols[7]
+    b = i
+    while True:
+        try:
+            b = kinds.index(b"", b, k)  # the next status record
+        except ValueError:
+            return k
+        if int(ofs[b]) >= lsns[b - i]:
+            return b
+        b += 1
 
 
 def _index_run(

@@ -10,11 +10,15 @@ the OS: they change nothing on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from pathlib import Path
 from typing import Protocol
 
-__all__ = ["FileOps", "OSFileOps", "write_all"]
+from wal.errors import WALUnsafeFileError
+
+__all__ = ["FileOps", "OSFileOps", "write_all", "write_file_atomic"]
 
 
 class FileOps(Protocol):
@@ -81,3 +85,60 @@ def write_all(fs: FileOps, fd: int, data: bytes) -> None:
         if n <= 0:
             raise OSError(errno.EIO, f"write returned {n}")
         data = data[n:]
+
+
+def write_file_atomic(
+    fs: FileOps, directory: str | os.PathLike[str], name: str, data: bytes, *, durable: bool = True
+) -> None:
+    """Make ``directory/name`` hold ``data``, atomically: the old bytes or the new, never a mix.
+
+    The one way the library writes a small file of its own (``MANIFEST``, ``database.json``,
+    ``manager-status.json``, ...): ``<name>.tmp`` is created afresh (``O_CREAT | O_EXCL``,
+    mode 0600; ``fs`` opens with ``O_NOFOLLOW``), written, fdatasynced, renamed over ``name``
+    (a rename replaces a symlink there, never writes through it), then the directory is
+    fsynced. A leftover ``.tmp`` (or a symlink planted there) is unlinked first, never
+    followed or truncated. ``durable=False`` (an informational view whose loss on power
+    failure loses nothing) skips the two fsyncs, never the rest.
+
+    A failure up to the rename removes the temp file and raises ``OSError`` whose
+    ``filename`` is the temp file; ``name`` is then the old file or the new one, whole.
+    ``WALUnsafeFileError`` when the temp name is taken by a directory.
+    """
+    tmp = os.path.join(directory, name + ".tmp")
+    try:
+        fs.unlink(tmp)  # a leftover of an interrupted write, or something planted: never followed
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+        raise WALUnsafeFileError(Path(tmp), "a directory") from None
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fs, fd, data)
+        if durable:
+            fs.fdatasync(fd)  # never rename an unsynced file over the old one
+    except OSError as exc:
+        _discard(fs, fd, tmp)
+        raise OSError(exc.errno, exc.strerror or str(exc), tmp) from exc
+    except BaseException:
+        _discard(fs, fd, tmp)
+        raise
+    fs.close(fd)
+    try:
+        fs.rename(tmp, os.path.join(directory, name))  # atomic: the old file or the new one
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fs.unlink(tmp)  # never leave the temp file behind (gone already if it was renamed)
+        raise OSError(exc.errno, exc.strerror or str(exc), tmp) from exc
+    if durable:
+        fs.fsync_dir(os.fspath(directory))  # the rename is durable only after the directory fsync
+
+
+def _discard(fs: FileOps, fd: int, tmp: str) -> None:
+    """Close and remove a temp file that could not be written (best effort: the error that
+    got us here is the one the caller hears)."""
+    with contextlib.suppress(OSError):
+        fs.close(fd)
+    with contextlib.suppress(OSError):
+        fs.unlink(tmp)

@@ -232,6 +232,7 @@ class GroupCommit(SegmentWriter):
                 self._poison(error)
                 raise self._failed or error
             self._durable_lsn = max(self._durable_lsn, top)
+            self._unsynced = 0  # nobody wrote meanwhile (_flushing was ours)
 
     def _interval_sync_loop(self) -> None:
         interval = self.options.fsync_interval_ms / 1000.0

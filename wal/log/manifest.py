@@ -19,16 +19,15 @@ keep backups of the log directory.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 import orjson
 
 from wal.errors import WALCorruptionError, WALFormatVersionError
-from wal.log.fileops import FileOps, write_all
+from wal.log.fileops import FileOps, write_file_atomic
 from wal.log.record import FORMAT_VERSION, RecordError, decode_line, encode_line
-from wal.log.segment import FILE_MODE, open_read
+from wal.log.segment import open_read
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_TMP", "KIND_MANIFEST", "read_manifest", "write_manifest"]
 
@@ -69,22 +68,8 @@ def read_manifest(directory: Path) -> int | None:
 
 
 def write_manifest(fs: FileOps, directory: Path, first: int) -> None:
-    """Durably make ``first`` the first LSN the log owes (temp, fsync, rename, fsync dir)."""
-    tmp = directory / MANIFEST_TMP
+    """Durably make ``first`` the first LSN the log owes (``write_file_atomic``: MANIFEST.tmp,
+    fsync, rename, fsync dir). A failure before the rename leaves the old manifest and no
+    ``MANIFEST.tmp``, and raises ``OSError`` naming ``MANIFEST.tmp``."""
     payload = orjson.dumps({"t": KIND_MANIFEST, "version": FORMAT_VERSION, "first": first})
-    try:
-        fs.unlink(str(tmp))  # a leftover of an interrupted write (never followed: unlink)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if exc.errno != errno.EISDIR and exc.errno != errno.EPERM:
-            raise
-        raise WALCorruptionError(tmp, 0, 0, "is not a regular file") from None
-    fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        write_all(fs, fd, encode_line(payload))
-        fs.fdatasync(fd)  # never rename an unsynced file over the manifest
-    finally:
-        fs.close(fd)
-    fs.rename(str(tmp), str(directory / MANIFEST_NAME))  # atomic: old or new manifest
-    fs.fsync_dir(str(directory))  # the rename is durable only after the directory fsync
+    write_file_atomic(fs, directory, MANIFEST_NAME, encode_line(payload))

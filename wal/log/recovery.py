@@ -13,16 +13,23 @@ reference):
   fsync). Unless the mode is ``"strict"``, that tail is cut: the torn bytes are first kept in
   a ``.broken`` file (synced, and its directory entry too), then the segment is truncated
   before them. A torn tail is an incomplete last line, a zero-filled tail, or a lost page (a
-  zero run up to a page boundary) of a multi-page write with later pages kept: nothing after
-  such a hole was ever acknowledged. A tail that is a *complete* line with a bad checksum can
+  zero run up to a page boundary) of a multi-page write with later pages kept, which the
+  writer bounds: good records after a hole are a torn tail only when they end within the
+  segment header's ``tear`` bound of it (``wal.log.segment.classify_tail``, the rule
+  ``verify`` applies too). Beyond it they are acknowledged entries: ``tolerate_tail`` cuts
+  them into a ``.suspect`` file with a warning (``status`` exits 1), ``strict`` refuses,
+  ``skip_corrupt`` skips the hole and keeps them. Every cut of good records is reported
+  (``RecoveryReport.cut_records``). A tail that is a *complete* line with a bad checksum can
   be a damaged acknowledged record: it is cut too (the bytes kept in a ``.suspect`` file),
   with a warning in the report that ``atb wal status`` shows while the file is there.
 * A last segment without a valid header is removed only when it is no longer than a header
   (a rotation cut short: records are written only after the header is durable); a longer
   one, or any other segment without a header (empty, zero-filled), is corruption.
 * The manifest (:mod:`wal.log.manifest`) names the first LSN the log owes: no segment there
-  is ``WALMissingSegmentError``, never a shorter log. Segments wholly before it are an
-  interrupted compaction's leftovers and are removed.
+  is ``WALMissingSegmentError``, never a shorter log. Segments wholly before it are indexed:
+  when every entry in them is COMPLETED they are an interrupted compaction's leftovers and
+  are removed; one holding an entry not completed is never deleted: the manifest disagrees
+  with the segments (``WALCorruptionError``; ``repair`` moves the manifest back).
 * Anything else (a bad record before the end, an LSN gap between segments, a record out of
   order, a record whose checksum matches but whose contents do not decode) raises
   ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the torn tail too,
@@ -56,9 +63,11 @@ from wal.errors import (
     WALLogChangedError,
     WALMissingSegmentError,
 )
+from wal.log.compaction import drop_front
 from wal.log.fastindex import Cursor, index_chunk
 from wal.log.fileops import write_all
-from wal.log.manifest import MANIFEST_TMP, read_manifest
+from wal.log.index import CODE_COMPLETED, CODE_NONE
+from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest, write_manifest
 from wal.log.reading import LogReader
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT
 from wal.log.report import RecoveryReport
@@ -67,22 +76,23 @@ from wal.log.segment import (
     FILE_MODE,
     PREPARED_NAME,
     SUSPECT_SUFFIX,
+    TEAR_BOUND,
     TMP_SUFFIX,
     Defect,
     SegmentInfo,
     check_regular,
+    classify_tail,
     list_segments,
-    lost_page_at,
     open_read,
     read_chunks,
     read_from,
     scan,
     segment_header,
     segment_name,
-    valid_record_after,
+    tear_bound,
     zero_rest,
 )
-from wal.log.validate import record_problem
+from wal.log.validate import record_lsn, record_problem
 
 __all__ = ["RecoveryReport", "recover"]
 
@@ -108,18 +118,18 @@ def recover(store: LogReader) -> None:
         check_regular(path)
     for kept in sorted(d.glob("*" + SUSPECT_SUFFIX + "*")):
         rep.warnings.append(
-            f"{kept.name}: a complete record with a bad checksum was cut from the end of the "
-            "log by an earlier open: an acknowledged entry may have been damaged on disk; "
-            "check it against the database, then delete the file"
+            f"{kept.name}: an earlier open cut bytes that may hold acknowledged entries from "
+            "the end of the log (a complete record with a bad checksum, or good records after "
+            "a hole): check them against the database, then delete the file"
         )
     changed_dir = rep.removed_tmp_files > 0
     if owed is not None:
         front = [(f, p) for f, p in segments if f < owed]
-        segments = segments[len(front) :]
-        if not segments or segments[0][0] != owed:
+        rest = segments[len(front) :]
+        if not rest or rest[0][0] != owed:
             where = (
-                f"segment {segments[0][1].name} starts at LSN {segments[0][0]}"
-                if segments
+                f"segment {rest[0][1].name} starts at LSN {rest[0][0]}"
+                if rest
                 else "no segment is left"
             )
             problem = (
@@ -131,13 +141,9 @@ def recover(store: LogReader) -> None:
             rep.lsn_gaps += 1
             rep.defects.append(problem)
             owed = None
-        for _, path in front:
-            # wholly before the manifest's first LSN: an interrupted compaction had still to
-            # remove it (the manifest is moved first); nothing in it is owed
-            if not store.readonly:
-                store._fs.unlink(str(path))
-                rep.removed_front_segments += 1
-                changed_dir = True
+            segments = rest
+        # segments wholly before the manifest's first LSN are indexed like the others:
+        # removed below only if nothing in them is still owed (_settle_front)
     store._base = segments[0][0] if segments else 1
     prev_end = 0
     for i, (first, path) in enumerate(segments):
@@ -154,11 +160,64 @@ def recover(store: LogReader) -> None:
         prev_end = seg.end
         store._segments.append(seg)
         rep.segments += 1
+    if owed is not None and store._segments and store._segments[0].first < owed:
+        changed_dir = _settle_front(store, owed) or changed_dir
     if changed_dir and not store.readonly:
         # removals and truncations above must not come back after a crash
         store._fs.fsync_dir(str(store.directory))
     store._next_lsn = prev_end + 1 if store._segments else store._base
     store._durable_lsn = store._written_lsn = store._next_lsn - 1
+
+
+def _settle_front(store: LogReader, owed: int) -> bool:
+    """Segments before the manifest's first LSN ``owed`` (indexed): remove them when every
+    entry in them is COMPLETED (an interrupted compaction's leftover: it removes only such a
+    segment, after moving the manifest); never when one is not. True: a file was removed.
+
+    A segment holding a PENDING (or FAILED) entry before the manifest's first LSN is a
+    manifest that disagrees with the segments present (a restored backup of the first
+    segment, say): ``WALCorruptionError`` naming both; ``skip_corrupt`` keeps the segments
+    and moves the manifest back to them.
+    """
+    rep = store.recovery_report
+    front = [seg for seg in store._segments if seg.first < owed]
+    i1 = front[-1].end + 1 - store._base
+    codes = bytes(store._status[:i1])
+    unfinished = len(codes) - codes.count(CODE_NONE) - codes.count(CODE_COMPLETED)
+    if unfinished:
+        # never delete a segment that holds an entry not yet applied
+        names = ", ".join(seg.path.name for seg in front)
+        problem = (
+            f"the manifest says the log starts at LSN {owed}, but {names} before it "
+            f"hold(s) {unfinished} entries not completed (PENDING or FAILED): the manifest "
+            f"disagrees with the segments present; an open never deletes them. `atb wal "
+            f"repair` moves the manifest back to LSN {front[0].first}"
+        )
+        if store.options.recovery != "skip_corrupt":
+            raise WALCorruptionError(store.directory / MANIFEST_NAME, 0, 0, problem)
+        rep.defects.append(problem)
+        if not store.readonly:
+            write_manifest(store._fs, store.directory, front[0].first)
+            rep.manifest_first = front[0].first
+        return False
+    store._counts[CODE_COMPLETED] -= codes.count(CODE_COMPLETED)
+    for seg in front:
+        # wholly before the manifest's first LSN and nothing in it owed: an interrupted
+        # compaction had still to remove it (the manifest is moved first)
+        store._segments.remove(seg)
+        rep.segments -= 1
+        fd = store._read_fds.pop(seg.first, None)
+        if fd is not None:
+            os.close(fd)
+        if not store.readonly:
+            store._fs.unlink(str(seg.path))
+            rep.removed_front_segments += 1
+    base = store._segments[0].first  # the manifest's segment (recover checked it is there)
+    for kh, lsn in list(store._keys.items()):
+        if lsn < base:
+            del store._keys[kh]  # explicit keys of the removed entries leave with them
+    drop_front(store)
+    return not store.readonly
 
 
 def _recover_segment(
@@ -241,12 +300,21 @@ def _index_segment(
             torn_ok = last_segment and mode != "strict" and (cur.header is not None or headless_ok)
             rest = read_from(fd, item.offset) if torn_ok else b""
             if rest:
-                hole = lost_page_at(rest, 0, item.offset)
-                if hole or valid_record_after(rest, 0) is None:
+                bound = tear_bound(cur.header)[0] if cur.header is not None else TEAR_BOUND
+                tail = classify_tail(rest, item.offset, bound)
+                if tail.torn:
                     # a torn tail: only bytes written after the last fsync can be here (a
                     # lost page of one unacknowledged write, with later pages of it kept)
-                    suspect = not hole and _looks_like_record(rest)
-                    size = _cut_tail(store, path, rest, item, suspect=suspect)
+                    suspect = not tail.hole and _looks_like_record(rest)
+                    size = _cut_tail(store, path, rest, item, suspect=suspect, valid=tail.valid)
+                    return -1
+                if tail.hole and mode == "tolerate_tail":
+                    # good records after a hole, beyond what one unacknowledged write can
+                    # span: acknowledged entries. Never cut silently: kept in a .suspect file,
+                    # warned (status exits 1 while it is there); strict refuses instead
+                    size = _cut_tail(
+                        store, path, rest, item, suspect=True, valid=tail.valid, beyond=bound
+                    )
                     return -1
             if cur.header is None and owed and mode != "skip_corrupt":
                 raise WALMissingSegmentError(
@@ -289,12 +357,15 @@ def _index_segment(
                                 path, item.line, item.offset, f"header has a bad 'last': {last!r}"
                             )
                         )
+                bad_tear = tear_bound(rec)[1]
+                if bad_tear is not None:
+                    corrupt(Defect(path, item.line, item.offset, bad_tear))
                 return after
         if kind == KIND_SEGMENT:
             corrupt(Defect(path, item.line, item.offset, "a second segment header"))
             return after
-        lsn = rec.get("lsn")
-        if not isinstance(lsn, int):
+        lsn = record_lsn(rec)
+        if lsn is None:  # the one validator (a bool is not an LSN): verify says the same
             corrupt(Defect(path, item.line, item.offset, "record has no LSN"))
             return after
         expected = cur.expected
@@ -367,21 +438,47 @@ def _looks_like_record(tail: bytes) -> bool:
     )
 
 
-def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: bool) -> int:
+def _cut_tail(
+    store: LogReader,
+    path: Path,
+    torn: bytes,
+    d: Defect,
+    *,
+    suspect: bool,
+    valid: int = 0,
+    beyond: int | None = None,
+) -> int:
     """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them.
 
     ``suspect``: the tail is a complete line whose checksum fails (not what a crash leaves
-    in practice: possibly a damaged acknowledged record): the bytes go to a ``.suspect`` file
-    and the report carries a warning that status shows.
+    in practice: possibly a damaged acknowledged record), or (``beyond``: the tear bound)
+    good records lie after a hole further than one unacknowledged write reaches: the bytes
+    go to a ``.suspect`` file and the report carries a warning that status shows. ``valid``:
+    records with a good checksum in the cut bytes; a cut that removes any is reported.
     """
 
     rep = store.recovery_report
     text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
     rep.torn_tail_bytes += len(torn)
+    rep.cut_records += valid
+    if beyond is not None:
+        warning = (
+            f"{text}: a hole (a lost page) is followed by {valid} records with good checksums "
+            f"reaching further than one unacknowledged write can ({beyond} bytes): "
+            "acknowledged entries may be among them"
+        )
+        if store.readonly:
+            rep.warnings.append(warning + "; a normal open cuts them into a .suspect file")
+        else:
+            rep.warnings.append(
+                warning + "; they were cut and kept in a .suspect file: check them against "
+                "the database (`atb wal repair` on the backup of the log salvages them)"
+            )
+            log.error("cut %d good records after a hole, beyond the tear bound: %s", valid, text)
     if store.readonly:  # a writer may be in the middle of this very record: report, keep
         rep.defects.append(text + f" (torn tail of {len(torn)} bytes: a normal open cuts it)")
         return d.offset
-    if suspect:
+    if suspect and beyond is None:
         rep.warnings.append(
             f"{text}: the last record was complete but its checksum fails; it was cut as a "
             "torn tail (kept in a .suspect file): an acknowledged entry may have been damaged"
@@ -406,6 +503,10 @@ def _cut_tail(store: LogReader, path: Path, torn: bytes, d: Defect, *, suspect: 
         rep.broken_files.append(broken.name)
     store._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
     rep.truncated_bytes += len(torn)
-    rep.defects.append(text + " (torn tail cut)")
+    cut = f" (torn tail cut, with {valid} records whose checksums are good)" if valid else ""
+    rep.defects.append(text + (cut or " (torn tail cut)"))
+    if valid and beyond is None:
+        # within the tear bound: one unacknowledged write's later pages, never acknowledged
+        log.warning("cut a torn tail holding %d good records after a lost page: %s", valid, text)
     log.warning("cut a torn tail of %d bytes: %s", len(torn), text)
     return d.offset

@@ -30,14 +30,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from wal.errors import WALCorruptionError, WALLockedError
 from wal.log.fileops import OSFileOps, write_all
 from wal.log.lock import LOCK_NAME, WriterLock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
-from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, encode_line
-from wal.log.segment import DIR_MODE, FILE_MODE, TMP_SUFFIX, open_read, read_from
+from wal.log.segment import (
+    DIR_MODE,
+    FILE_MODE,
+    TMP_SUFFIX,
+    open_read,
+    read_from,
+    segment_header,
+)
 from wal.log.storage import WALStorage
 from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
 
@@ -93,9 +97,12 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
         if before.ok:
             report.records_kept = before.records
         else:
-            report.backup = str(_backup(d))
+            backup = _backup(d)
+            report.backup = str(backup)
+            _move_unsafe(d, backup, report)
             _rewrite(d, report)
             _move_manifest(d, report)
+            _mend_manifest(d, report)
             after = verify_log(d)
             if not after.ok:
                 first = after.defects[0]
@@ -124,10 +131,58 @@ def _opens(d: Path, report: RepairReport) -> bool:
     return True
 
 
+def _move_unsafe(d: Path, backup: Path, report: RepairReport) -> None:
+    """Move what an open refuses to touch (a symlink, a directory or a device under a name
+    of the log's: a segment, MANIFEST, a temporary file) into the backup, as it is: the
+    link itself, never its target."""
+    scan = scan_log(d)
+    if not scan.unsafe:
+        return
+    fs = OSFileOps()
+    for path in scan.unsafe:
+        dest = backup / (path.name + ".unsafe")
+        os.rename(path, dest)  # the entry itself moves (a symlink is never followed)
+        report.notes.append(f"{path.name}: not a regular file; moved to {dest}")
+    fs.fsync_dir(str(d))  # the removals are durable before the log is rewritten
+    fs.fsync_dir(str(backup))  # and the moved entries' new names
+
+
+def _mend_manifest(d: Path, report: RepairReport) -> None:
+    """A manifest that does not read back (garbage, a bad first LSN, an unknown version):
+    a new one names the first segment present (whether an older one was lost is unknown)."""
+    scan = scan_log(d)
+    if scan.manifest_bad is None:
+        return
+    report.dropped.append(scan.manifest_bad)
+    if scan.segments:
+        first = scan.segments[0].first
+        write_manifest(OSFileOps(), d, first)  # durable: temp, fsync, rename, fsync dir
+        report.notes.append(
+            f"{MANIFEST_NAME} was unreadable: it now says the log starts at LSN {first}, the "
+            "first segment present (if an older segment was lost too, restore it from a backup)"
+        )
+    else:
+        fs = OSFileOps()
+        fs.unlink(str(d / MANIFEST_NAME))
+        fs.fsync_dir(str(d))  # the removal must be durable before the log is used again
+        report.notes.append(f"{MANIFEST_NAME} was unreadable and no segment is left: removed")
+
+
 def _move_manifest(d: Path, report: RepairReport) -> None:
     """A deleted first segment: accept the loss by moving the manifest to the first segment
     present (the lost LSNs are reported; their bytes may be in an older backup)."""
     scan = scan_log(d)
+    if scan.manifest_behind is not None and scan.segments:
+        # segments before the manifest's first LSN hold entries still owed: they are the
+        # log's front (a restored backup of the first segment, say); the manifest goes back
+        report.dropped.append(scan.manifest_behind)
+        first = scan.segments[0].first
+        write_manifest(OSFileOps(), d, first)  # durable: temp, fsync, rename, fsync dir
+        report.notes.append(
+            f"the manifest owed LSN {scan.manifest_first}, but segments before it hold entries "
+            f"not completed: the manifest now says the log starts at LSN {first}"
+        )
+        return
     if scan.missing_front is None:
         return
     report.dropped.append(scan.missing_front)
@@ -178,12 +233,6 @@ def _backup(d: Path) -> Path:
     return target
 
 
-def _header(first: int, last: int | None) -> bytes:
-    return encode_line(
-        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
-    )
-
-
 def _rewrite(d: Path, report: RepairReport) -> None:
     """Rewrite each segment whose bytes differ from its salvaged form."""
     fs = OSFileOps()
@@ -214,7 +263,7 @@ def _rewrite(d: Path, report: RepairReport) -> None:
         else:
             last = end  # a fixed range: the LSNs of dropped records are allowed gaps
         body = b"".join(seg.data[x.offset : x.offset + x.length] for x in kept)
-        new = _header(seg.first, last) + body
+        new = segment_header(seg.first, last) + body
         if new == (seg.data if seg.data_end is None else seg.data[: seg.data_end]):
             continue  # intact (a preallocated last segment's zeros are its normal end)
         tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)

@@ -22,6 +22,9 @@ class RecoveryReport:
     # zeros after the last record of the last segment: its preallocated space (or an unsynced
     # write whose data never reached the disk): the normal end of the log, not a defect
     spare_bytes: int = 0
+    # records with good checksums among the cut bytes (a torn tail's later pages, or records
+    # after a hole beyond the tear bound: then also a warning)
+    cut_records: int = 0
     broken_files: list[str] = field(default_factory=list)  # where the cut bytes were kept
     removed_empty_segments: int = 0  # a last segment torn before its header was durable
     skipped_records: int = 0  # skip_corrupt only

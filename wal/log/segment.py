@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import xxhash
 
 from wal.errors import WALUnsafeFileError
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, RecordError, decode_line, encode_line
@@ -36,7 +37,11 @@ __all__ = [
     "PREPARED_NAME",
     "SUSPECT_SUFFIX",
     "SegmentInfo",
+    "TEAR_BOUND",
+    "Tail",
+    "classify_tail",
     "segment_header",
+    "tear_bound",
     "Defect",
     "Line",
     "SEGMENT_SUFFIX",
@@ -61,15 +66,93 @@ PREPARED_NAME = "next.wal.prep"  # the next segment being preallocated (no LSN y
 SUSPECT_SUFFIX = ".suspect"  # a cut tail that was a complete line with a bad checksum
 PAGE = 4096  # the page size of the page cache: what a power loss loses or keeps as a unit
 _NAME = re.compile(r"^(\d{20})\.wal$")
+_HEXB = frozenset(b"0123456789abcdef")
 DIR_MODE = 0o700  # the log directory: owner only (balances and trades)
 FILE_MODE = 0o600  # every file of the log: owner read/write only
 
 
-def segment_header(first: int, last: int | None) -> bytes:
-    """The framed header line of a segment covering ``first`` (..``last`` when compacted)."""
+# The most bytes the writer ever leaves unsynced (TEAR_BOUND): a torn write can only span this
+# much. Each segment's header records the bound it was written under (``"tear"``); a header
+# without it (a segment from before) is read with the same bound; ``null``: the writer never
+# fsyncs (``fsync="unsafe_never"``), so any tail may be torn.
+TEAR_BOUND = 64 * 1024
+
+
+def segment_header(first: int, last: int | None, tear: int | None = TEAR_BOUND) -> bytes:
+    """The framed header line of a segment covering ``first`` (..``last`` when compacted),
+    written by a writer that never leaves more than ``tear`` bytes unsynced."""
     return encode_line(
-        orjson.dumps({"t": KIND_SEGMENT, "version": FORMAT_VERSION, "first": first, "last": last})
+        orjson.dumps(
+            {
+                "t": KIND_SEGMENT,
+                "version": FORMAT_VERSION,
+                "first": first,
+                "last": last,
+                "tear": tear,
+            }
+        )
     )
+
+
+def tear_bound(header: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The tear bound a segment header records, and what is wrong with it (None: fine)."""
+    if "tear" not in header:
+        return TEAR_BOUND, None  # a segment from before the bound was recorded
+    tear = header["tear"]
+    if tear is None or (type(tear) is int and tear >= PAGE):
+        return tear, None
+    return TEAR_BOUND, f"header has a bad 'tear': {tear!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """What the bytes from a bad line of the last segment to the end of the file are."""
+
+    torn: bool  # a torn tail: only bytes of the last, unacknowledged write can be here
+    hole: bool  # the bad line holds a lost page (a zero run up to a page boundary)
+    valid: int  # records with a good checksum after the bad line
+    span: int  # bytes from the bad line to the end of the last of them (0: none)
+
+
+def classify_tail(rest: bytes, offset: int, bound: int | None) -> Tail:
+    """Is ``rest`` (a file's bytes from its first bad line, at file offset ``offset``, to its
+    end) a torn tail, or corruption? The one rule recovery and ``verify`` apply.
+
+    A crash tears only what was written after the last fsync: the writer's last write, at
+    the end of the file, never longer than ``bound`` bytes (:data:`TEAR_BOUND`; a single
+    larger record is written alone). So a bad line with no good record after it is torn; a
+    lost page with good records after it is torn only if they all end within ``bound``
+    bytes of it (a later page of the same write); anything else (a bad record followed by
+    good ones, or good ones beyond the bound after a hole) is corruption: acknowledged
+    records follow it.
+    """
+    ends = _verified_ends(rest)
+    hole = lost_page_at(rest, 0, offset)
+    if not ends:
+        return Tail(True, hole, 0, 0)
+    span = ends[-1]
+    torn = hole and (bound is None or span <= bound)
+    return Tail(torn, hole, len(ends), span)
+
+
+def _verified_ends(rest: bytes) -> list[int]:
+    """End offsets (in ``rest``) of every line after the first whose checksum verifies."""
+    ends = []
+    nl = rest.find(b"\n")
+    while nl != -1:
+        start = nl + 1
+        nl = rest.find(b"\n", start)
+        if nl == -1:
+            break
+        line = rest[start:nl]
+        if (
+            len(line) >= 19
+            and line[16:17] == b" "
+            and _HEXB.issuperset(line[:16])
+            and int(line[:16], 16) == xxhash.xxh3_64_intdigest(line[17:])
+        ):
+            ends.append(nl + 1)
+    return ends
 
 
 @dataclass

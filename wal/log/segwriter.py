@@ -39,6 +39,7 @@ from wal.log.reading import LogReader
 from wal.log.segment import (
     FILE_MODE,
     PREPARED_NAME,
+    TEAR_BOUND,
     SegmentInfo,
     segment_header,
     segment_name,
@@ -66,6 +67,7 @@ class SegmentWriter(LogReader):
     _header_len: int  # the active segment's header: a segment of only this is empty
     _alloc_end: int  # the active segment's file size: data, then preallocated zeros
     _seg_prealloc: bool  # the active segment was given its space when created
+    _unsynced: int  # bytes written to the active segment since its last fdatasync
     _prealloc: Preallocator  # the next segment, prepared in the background
     _fsync_count: int
     _fsync_ns: deque[int]  # the latest fsyncs' durations
@@ -90,6 +92,7 @@ class SegmentWriter(LogReader):
                 # its fsync): make it durable, so an entry found after a restart survives a
                 # power loss
                 self._fs.fdatasync(self._fd)
+            self._unsynced = 0
             self._seg_size = seg.size
             self._alloc_end = max(st.st_size, seg.size)
             self._seg_prealloc = st.st_size >= self.options.max_segment_bytes
@@ -105,7 +108,9 @@ class SegmentWriter(LogReader):
         """Create a segment, durable (data and directory entry) before it is used: the
         prepared next segment when one is ready, else a new file that grows with appends."""
         path = self.directory / segment_name(first)
-        header = segment_header(first, None)
+        # the bound this writer keeps (see _write_bounded); never fsyncing, it keeps none
+        tear = None if self.options.fsync == "unsafe_never" else TEAR_BOUND
+        header = segment_header(first, None, tear)
         prepared = self._prealloc.take()
         if prepared:
             fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
@@ -128,6 +133,7 @@ class SegmentWriter(LogReader):
         if self._fd >= 0:
             self._fs.close(self._fd)
         self._fd = fd
+        self._unsynced = 0  # the header was synced (or nothing ever is)
         self._seg_size = self._header_len = len(header)
         st = os.fstat(fd)
         self._alloc_end = max(st.st_size, len(header))
@@ -162,13 +168,18 @@ class SegmentWriter(LogReader):
             self._check_lock()  # before these records are written, let alone acknowledged
         seg = self._segments[-1]
         off = self._seg_size
-        write_all(self._fs, self._fd, data)
+        if self._unsynced + len(data) <= TEAR_BOUND or self.options.fsync == "unsafe_never":
+            write_all(self._fs, self._fd, data)
+            self._unsynced += len(data)
+        else:
+            self._write_bounded(batch)
         if ARMED:  # a constant: the crash tests' hook costs nothing in production
             crash_point("append-after-write")
         if sync:
             t0 = time.perf_counter_ns()
             self._fs.fdatasync(self._fd)  # the acknowledgement below promises these bytes
             self._record_fsync(time.perf_counter_ns() - t0)
+            self._unsynced = 0
             if ARMED:
                 crash_point("append-after-fsync")
         self._seg_size = seg.size = off + len(data)
@@ -178,6 +189,35 @@ class SegmentWriter(LogReader):
         if self._want_prepared():
             self._prealloc.start(self.prepare_in_background)
         return off
+
+    def _write_bounded(self, batch: list[IndexRecord]) -> None:
+        """Write a batch so that no more than ``TEAR_BOUND`` bytes are ever unsynced (a record
+        larger than that alone): in pieces, each synced before the next goes past the bound.
+
+        Recovery relies on it to tell a torn write from corruption: good records after a
+        lost page are a later page of the same unacknowledged write only within the bound.
+        """
+        piece: list[bytes] = []
+        size = 0
+        for r in batch:
+            line = r[1]
+            if piece and size + len(line) > TEAR_BOUND:
+                self._write_piece(b"".join(piece))
+                piece, size = [], 0
+            piece.append(line)
+            size += len(line)
+        if piece:
+            self._write_piece(b"".join(piece))
+
+    def _write_piece(self, data: bytes) -> None:
+        if self._unsynced and self._unsynced + len(data) > TEAR_BOUND:
+            t0 = time.perf_counter_ns()
+            # what is written so far is durable before more goes past the tear bound
+            self._fs.fdatasync(self._fd)
+            self._record_fsync(time.perf_counter_ns() - t0)
+            self._unsynced = 0
+        write_all(self._fs, self._fd, data)
+        self._unsynced += len(data)
 
     def _check_lock(self) -> None:
         """Halt if ``LOCK`` is not the file this writer locked (after a rotation, and every

@@ -24,7 +24,10 @@ the storage. The attributes each layer uses are declared on it and set up here, 
 from __future__ import annotations
 
 import contextlib
+import errno as errno_mod
+import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -39,6 +42,7 @@ from typing import Any
 from wal.entry import utc_now
 from wal.errors import (
     WALCompactionError,
+    WALConfigError,
     WALCorruptionError,
     WALError,
     WALForkedError,
@@ -65,6 +69,8 @@ from wal.log.segment import (
 )
 
 __all__ = ["RecoveryReport", "StorageStats", "WALStorage"]
+
+log = logging.getLogger("wal")
 
 READONLY_OPEN_ATTEMPTS = 8  # a read-only open re-reads a log a running writer changed under it
 _live: weakref.WeakSet[WALStorage] = weakref.WeakSet()  # open storages, marked in a fork's child
@@ -112,6 +118,34 @@ class StorageStats:
         return d
 
 
+_OWN_NAMES = re.compile(
+    r"^(?:\d{20}\.wal(?:\.tmp|\.broken(?:\.\d+)?|\.suspect(?:\.\d+)?)?|LOCK|MANIFEST(?:\.tmp)?"
+    r"|next\.wal\.prep|(?:database|manager-status|last-cli-sync)\.json(?:\.tmp)?)$"
+)
+
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """Names in an existing directory that are not files of a log: it is not (only) a log's."""
+    return sorted(p.name for p in directory.iterdir() if not _OWN_NAMES.match(p.name))
+
+
+def _compaction_poison(exc: OSError, directory: Path) -> WALWriteError:
+    """The error that stops a log whose compaction failed after it began changing files."""
+    en = exc.errno
+    name = errno_mod.errorcode.get(en, str(en)) if en is not None else type(exc).__name__
+    where = Path(exc.filename) if isinstance(exc.filename, str) else directory
+    err = WALWriteError(
+        f"compaction failed at {where} ({name}: {exc.strerror or exc}) after it began replacing "
+        "files: the log refuses appends until it is reopened; every acknowledged entry is on "
+        "disk and the reopen recovers it",
+        path=where,
+        errno=en if isinstance(en, int) else None,
+        hint="fix the disk (free space, check the device), then reopen the log",
+    )
+    err.__cause__ = exc
+    return err
+
+
 class WALStorage(AsyncAppender):
     """The log. Open it with a directory; it recovers, then takes the writer lock.
 
@@ -154,6 +188,7 @@ class WALStorage(AsyncAppender):
         self._header_len = 0  # the active segment's header: a segment of only this is empty
         self._alloc_end = 0  # the active segment's file size: data, then preallocated zeros
         self._seg_prealloc = False  # the active segment was given its space when created
+        self._unsynced = 0  # bytes written to the active segment since its last fdatasync
         # the next segment, prepared in the background
         self._prealloc = Preallocator(
             self._fs,
@@ -227,11 +262,33 @@ class WALStorage(AsyncAppender):
 
     def _prepare_directory(self) -> None:
         d = self.directory
-        for made in make_dirs(d, DIR_MODE):  # the log dir and missing parents: 0700 each
-            # a new directory's own entry is in its parent: it must survive a crash
-            self._fs.fsync_dir(str(made.parent))
-        if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
-            os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+        try:
+            # checked before anything is created or chmodded: nothing outside the log changes
+            # (a regular file, or a path through one, is refused as it is)
+            if d.exists() and not d.is_dir():
+                raise OSError(errno_mod.ENOTDIR, "it is not a directory", str(d))
+            made = make_dirs(d, DIR_MODE)  # the log dir and missing parents: 0700 each
+            for new in made:
+                # a new directory's own entry is in its parent: it must survive a crash
+                self._fs.fsync_dir(str(new.parent))
+            if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
+                foreign = [] if made else _foreign_entries(d)
+                if not foreign:
+                    os.chmod(d, DIR_MODE)  # the log holds balances and trades: owner only
+                else:  # not only the log's: never change what is not the log's own
+                    log.warning(
+                        "%s holds files that are not the log's (%s): its mode is left as it "
+                        "is; give the log a directory of its own (mode 0700)",
+                        d,
+                        ", ".join(foreign[:3]),
+                    )
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno_mod.ENOTDIR:
+                why = "the path or one of its parents is not a directory"
+            raise WALConfigError(
+                "directory", str(d), f"a directory for the log, but {why}: nothing was changed"
+            ) from None
 
     def _recover(self) -> None:
         if not self.readonly:
@@ -310,6 +367,17 @@ class WALStorage(AsyncAppender):
     # ------------------------------------------------------------------ positions
 
     @property
+    def file_ops(self) -> FileOps:
+        """What the log writes through: a small file kept beside it (``database.json``) goes
+        through it too, so a test's model of the disk (``CrashFS``) sees it like the log."""
+        return self._fs
+
+    @property
+    def first_lsn(self) -> int:
+        """The first LSN still in the log (1 until compaction removes front segments)."""
+        return self._base
+
+    @property
     def next_lsn(self) -> int:
         return self._next_lsn
 
@@ -372,7 +440,9 @@ class WALStorage(AsyncAppender):
             except WALCompactionError:
                 raise  # nothing changed: the log goes on as before
             except OSError as exc:
-                self._poison(exc)  # the files and the index may disagree now: stop writing
+                # the files and the index may disagree now (a failed rename or directory
+                # fsync): stop writing, naming the compaction's file, not the active segment
+                self._poison(_compaction_poison(exc, self.directory))
                 raise (self._failed or exc) from exc
             after = sum(s.size for s in self._segments)
         return {

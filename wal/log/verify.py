@@ -33,24 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
-from wal.log.manifest import MANIFEST_NAME, read_manifest
+from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest
 from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT
 from wal.log.segment import (
     BROKEN_SUFFIX,
+    PREPARED_NAME,
     SUSPECT_SUFFIX,
+    TEAR_BOUND,
     TMP_SUFFIX,
     Defect,
     Line,
+    classify_tail,
     list_segments,
-    lost_page_at,
     open_read,
     read_from,
     scan,
     segment_header,
-    valid_record_after,
+    tear_bound,
     zero_rest,
 )
-from wal.log.validate import record_problem
+from wal.log.validate import record_lsn, record_problem
 
 __all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
 
@@ -166,6 +168,11 @@ class LogScan:
     notes: list[str] = field(default_factory=list)
     manifest_first: int | None = None  # the first LSN the manifest owes (None: no manifest)
     missing_front: VerifyDefect | None = None  # the manifest owes LSNs no segment holds
+    # segments before the manifest's first LSN hold entries not completed: never removed
+    manifest_behind: VerifyDefect | None = None
+    manifest_bad: VerifyDefect | None = None  # MANIFEST does not read back: open refuses
+    unsafe: list[Path] = field(default_factory=list)  # not regular files under the log's names
+    unsafe_defects: list[VerifyDefect] = field(default_factory=list)
 
 
 def scan_log(directory: Path) -> LogScan:
@@ -174,6 +181,20 @@ def scan_log(directory: Path) -> LogScan:
         raise WALCorruptionError(directory, 0, 0, "no log directory here")
     out = LogScan()
     for p in sorted(directory.iterdir()):
+        if p.name in (MANIFEST_TMP, PREPARED_NAME) or p.name.endswith(TMP_SUFFIX):
+            what = _not_regular(p)
+            if what is not None:  # an open refuses to remove it (never follows or rmdirs)
+                out.unsafe.append(p)
+                out.unsafe_defects.append(
+                    VerifyDefect(
+                        p.name,
+                        0,
+                        0,
+                        f"{what} where the log keeps a temporary file: an open refuses the log; "
+                        "`atb wal repair` moves it into its backup",
+                    )
+                )
+                continue
         if p.name.endswith(TMP_SUFFIX):
             out.notes.append(f"{p.name}: unfinished compaction output; the next open removes it")
         elif BROKEN_SUFFIX in p.name:
@@ -189,23 +210,26 @@ def scan_log(directory: Path) -> LogScan:
     segments = list_segments(directory)
     try:
         owed = read_manifest(directory)
-    except WALCorruptionError as exc:
-        out.notes.append(f"{MANIFEST_NAME}: {exc.problem}")
+    except (WALCorruptionError, WALUnsafeFileError) as exc:
+        # an open refuses the log for it: a defect that repair mends (never only a note)
+        problem = exc.problem if isinstance(exc, WALCorruptionError) else exc.message
+        if _not_regular(directory / MANIFEST_NAME) is not None:
+            out.unsafe.append(directory / MANIFEST_NAME)
+        out.manifest_bad = VerifyDefect(
+            MANIFEST_NAME,
+            0,
+            0,
+            f"{problem}: an open refuses the log; `atb wal repair` writes a new manifest "
+            "naming the first segment present",
+        )
         owed = None
     out.manifest_first = owed
+    front: list[tuple[int, Path]] = []
     if owed is not None:
         front = [(f, p) for f, p in segments if f < owed]
-        for _, path in front:
-            out.leftovers.append(path)
-            out.notes.append(
-                f"{path.name}: wholly before the manifest's first LSN {owed} (an interrupted "
-                "compaction); the next open removes it"
-            )
-        segments = segments[len(front) :]
-        if not segments or segments[0][0] != owed:
-            starts = (
-                f"the first segment starts at LSN {segments[0][0]}" if segments else "no segment"
-            )
+        rest = segments[len(front) :]
+        if not rest or rest[0][0] != owed:
+            starts = f"the first segment starts at LSN {rest[0][0]}" if rest else "no segment"
             out.missing_front = VerifyDefect(
                 MANIFEST_NAME,
                 0,
@@ -230,6 +254,7 @@ def scan_log(directory: Path) -> LogScan:
             out.notes.append(f"{path.name}: removed while it was being read (a compaction)")
             continue
         except WALUnsafeFileError as exc:
+            out.unsafe.append(path)
             bad = SegmentScan(first, path, b"", end=first - 1)
             bad.defects.append(VerifyDefect(path.name, 0, 0, exc.message))
             out.segments.append(bad)
@@ -247,7 +272,70 @@ def scan_log(directory: Path) -> LogScan:
             out.notes.append(f"{path.name}: empty last segment; the next open removes it")
         out.segments.append(seg)
         prev = seg
+    if front:
+        _settle_front(out, owed, len(front))
     return out
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists and is not a regular file ("a symlink", ...)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    return "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
+
+
+def _settle_front(out: LogScan, owed: int | None, n: int) -> None:
+    """The segments before the manifest's first LSN (the first ``n`` scanned), as recovery
+    sees them: an interrupted compaction's leftover when every entry in them is COMPLETED
+    (the next open removes it), else a manifest that disagrees with the segments present."""
+    front = out.segments[:n]
+    final = _final_statuses(out.segments)
+    unfinished = [
+        line.record["lsn"]
+        for seg in front
+        for line in seg.good
+        if line.record["t"] == KIND_ENTRY and final.get(line.record["lsn"]) != "completed"
+    ]
+    if not unfinished:
+        del out.segments[:n]
+        for seg in front:
+            out.leftovers.append(seg.path)
+            out.notes.append(
+                f"{seg.path.name}: wholly before the manifest's first LSN {owed} (an interrupted "
+                "compaction); the next open removes it"
+            )
+        return
+    names = ", ".join(seg.path.name for seg in front)
+    out.manifest_behind = VerifyDefect(
+        MANIFEST_NAME,
+        0,
+        0,
+        f"the manifest says the log starts at LSN {owed}, but {names} before it hold(s) "
+        f"{len(unfinished)} entries not completed (PENDING or FAILED, e.g. LSN "
+        f"{unfinished[0]}): the manifest disagrees with the segments present; an open refuses "
+        f"the log (it never deletes them); `atb wal repair` moves the manifest back to LSN "
+        f"{front[0].first}",
+        lsn=unfinished[0],
+    )
+
+
+def _final_statuses(segments: list[SegmentScan]) -> dict[int, str]:
+    """Each entry's newest status (by LSN), from its record and the status records after."""
+    final: dict[int, str] = {}
+    for seg in segments:
+        for line in seg.good:
+            rec = line.record
+            if rec["t"] == KIND_ENTRY:
+                final[rec["lsn"]] = rec.get("status", "pending")
+            elif rec["of"] in final:
+                final[rec["of"]] = rec["status"]
+    return final
 
 
 def _scan_segment(
@@ -286,10 +374,19 @@ def _scan_segment(
             torn = (last_segment and seg.header is not None) or (
                 last_segment and len(data) <= len(segment_header(first, None))
             )
-            torn = torn and (
-                valid_record_after(data, item.offset) is None or lost_page_at(data, item.offset)
-            )
-            defect(item.line, item.offset, item.problem, torn=torn)
+            what = item.problem
+            if torn:  # the rule recovery applies (wal.log.segment.classify_tail)
+                bound = tear_bound(seg.header)[0] if seg.header is not None else TEAR_BOUND
+                tail = classify_tail(data[item.offset :], item.offset, bound)
+                torn = tail.torn
+                if tail.hole and not torn:
+                    what += (
+                        f" (a hole: {tail.valid} records with good checksums follow it, "
+                        f"reaching {tail.span} bytes past it, more than one unacknowledged "
+                        f"write can span ({bound} bytes): acknowledged entries; a normal open "
+                        "cuts them into a .suspect file, `atb wal repair` keeps them)"
+                    )
+            defect(item.line, item.offset, what, torn=torn)
             if torn:
                 break  # the rest of the file is the torn tail itself
             bad_lines += 1
@@ -322,12 +419,16 @@ def _scan_segment(
                     else:
                         seg.header_ok = False
                         defect(item.line, item.offset, f"header has a bad 'last': {last!r}")
+                bad_tear = tear_bound(rec)[1]
+                if bad_tear is not None:
+                    seg.header_ok = False
+                    defect(item.line, item.offset, bad_tear)
                 continue
         if kind == KIND_SEGMENT:
             defect(item.line, item.offset, "a second segment header")
             continue
-        lsn = rec.get("lsn")
-        if type(lsn) is not int:
+        lsn = record_lsn(rec)
+        if lsn is None:
             defect(item.line, item.offset, "record has no LSN")
             continue
         ok = expected <= lsn <= seg.end if seg.compacted else lsn == expected
@@ -373,6 +474,11 @@ def verify_log(directory: str | os.PathLike[str]) -> VerifyReport:
     rep = VerifyReport(directory=str(d), notes=list(result.notes))
     if result.missing_front is not None:
         rep.defects.append(result.missing_front)
+    if result.manifest_behind is not None:
+        rep.defects.append(result.manifest_behind)
+    if result.manifest_bad is not None:
+        rep.defects.append(result.manifest_bad)
+    rep.defects.extend(result.unsafe_defects)
     for seg in result.segments:
         rep.segments += 1
         rep.bytes += seg.data_end if seg.data_end is not None else len(seg.data)

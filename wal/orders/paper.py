@@ -20,7 +20,6 @@ behind :mod:`wal.orders.server` with :class:`wal.orders.http_broker.HttpBroker`.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from wal.log.fileops import OSFileOps, write_file_atomic
 from wal.orders.broker import OPEN_STATUSES, BrokerOrder, BrokerPosition, ClientIdRules
 from wal.orders.errors import (
     BrokerRejectedError,
@@ -435,20 +435,8 @@ class PaperBroker:
         if self.state_path is None:
             return
         path = self.state_path
-        tmp = path.with_name(path.name + ".tmp")
-        data = orjson.dumps(self._state())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)  # the new state is on disk before it replaces the old one
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)  # the rename itself survives a power loss
-        finally:
-            os.close(dfd)
+        # temp (O_EXCL, O_NOFOLLOW: never through a planted symlink), fsync, rename, dir fsync
+        write_file_atomic(OSFileOps(), path.parent, path.name, orjson.dumps(self._state()))
 
     def _load(self, path: Path) -> None:
         d = orjson.loads(path.read_bytes())

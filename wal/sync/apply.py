@@ -208,7 +208,7 @@ class Applier:
     def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         try:
             if not self._target_checked:  # the log's own database, never another one
-                check_before_apply(self.storage.directory, self.db)
+                check_before_apply(self.storage.directory, self.db, self.storage)
                 self._target_checked = True
             results = self.db.apply(list(batch))
         except Exception as exc:

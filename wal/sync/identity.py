@@ -7,14 +7,19 @@ same id; any other database has another id, or none. ``atb wal sync`` and ``atb 
 compare the two and refuse to drain a log into another database unless the operator names
 the database with ``--database-url`` and confirms (then the new identity is recorded).
 
-The file is written atomically (temp file, fsync, rename, directory fsync). The trading
+A log that has handed entries to a database before (``log_is_new`` is False) never binds
+itself again when the file is missing: that is as loud as a wrong database, until the
+operator names the database (``atb wal --database-url URL sync``, confirmed). Only a new log
+binds itself to the first database it is applied to.
+
+The file is written atomically (``write_file_atomic``: temp file, fsync, rename, directory
+fsync; never through a symlink). The trading
 process (``WALManager``) checks before its first batch: it records the identity when none is
 recorded yet, and applies nothing to a database with another id (``check_before_apply``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +29,15 @@ import orjson
 
 from wal.config import mask_url
 from wal.errors import WALDatabaseError
+from wal.log.fileops import FileOps, OSFileOps, write_file_atomic
+from wal.log.storage import WALStorage
 
 __all__ = [
     "TARGET_FILE",
     "DatabaseTarget",
     "check_before_apply",
+    "log_is_new",
+    "unbound_problem",
     "mismatch",
     "read_target",
     "record_target",
@@ -70,24 +79,20 @@ def read_target(directory: Path) -> DatabaseTarget | None:
     return DatabaseTarget(data["url"], data["database_id"], str(data.get("recorded_at", "")))
 
 
-def record_target(directory: Path, url: str, database_id: str) -> DatabaseTarget:
-    """Record (or replace) the log's target database, durably."""
+def record_target(
+    directory: Path, url: str, database_id: str, fs: FileOps | None = None
+) -> DatabaseTarget:
+    """Record (or replace) the log's target database, durably (through ``fs``: the log's
+    own file operations when the caller has the log open)."""
     target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat())
-    d = Path(directory)
-    path = d / TARGET_FILE
-    tmp = d / (TARGET_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # temp (O_EXCL, O_NOFOLLOW: a symlink planted at database.json.tmp is never written
+    # through), fsync, rename, directory fsync: durable before anything is applied there
+    write_file_atomic(
+        fs if fs is not None else OSFileOps(),
+        directory,
+        TARGET_FILE,
+        orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2),
+    )
     return target
 
 
@@ -106,14 +111,39 @@ def mismatch(target: DatabaseTarget, url: str, database_id: str | None) -> str |
     )
 
 
-def check_before_apply(directory: Path, db: Any) -> None:
+def log_is_new(storage: WALStorage) -> bool:
+    """True when no entry of the log was ever handed to a database: every record is a
+    PENDING entry (no status record, nothing compacted away, nothing COMPLETED, SYNCING or
+    FAILED). Only such a log may bind itself to a database without the operator saying so."""
+    st = storage.get_stats()
+    return storage.first_lsn == 1 and st.next_lsn - 1 == st.entries["pending"]
+
+
+def unbound_problem(directory: Path) -> str:
+    """Why a log that handed entries to a database before binds to none now."""
+    return (
+        f"this log has handed entries to a database before, but records none: "
+        f"{Path(directory) / TARGET_FILE} is missing (deleted, or lost with a restore)"
+    )
+
+
+BIND_HINT = (
+    "bind the log explicitly to the database its entries belong to: `atb wal --database-url "
+    "URL sync` (asks to confirm; --yes skips the question); the entries stay pending until then"
+)
+
+
+def check_before_apply(directory: Path, db: Any, storage: WALStorage | None = None) -> None:
     """Before the first batch of this process is applied to ``db``: record ``db`` as the log's
-    database when none is recorded yet; refuse when it is another database.
+    database when none is recorded yet and the log is new (``log_is_new``); refuse when it is
+    another database, or when the record is missing from a log that has handed entries to
+    a database before (losing the identity is as loud as a wrong one).
 
     The refusal is a ``WALDatabaseError`` marked transient: the entries stay PENDING (never
     dead letters), the breaker opens, and the status shows why, until the engine is pointed
-    at the log's database or the operator rebinds the log (``atb wal sync --database-url URL
-    --yes``). A manager without ``database_id`` (your own) is not checked.
+    at the log's database or the operator binds the log (``atb wal --database-url URL sync
+    --yes``). A manager without ``database_id`` (your own) is not checked. ``storage``: the
+    log (else it is read once, read-only, to tell whether it is new).
     """
     get_id = getattr(db, "database_id", None)
     if not callable(get_id):
@@ -121,9 +151,21 @@ def check_before_apply(directory: Path, db: Any) -> None:
     url = str(getattr(db, "url", "?"))
     target = read_target(directory)
     if target is None:
+        if storage is not None:
+            new = log_is_new(storage)
+        else:
+            with WALStorage.open_readonly(directory) as log:
+                new = log_is_new(log)
+        if not new:
+            raise WALDatabaseError(
+                f"{unbound_problem(directory)}: nothing is applied to {mask_url(url)}",
+                transient=True,
+                hint=BIND_HINT,
+            )
         db_id = get_id(create=True)
         if isinstance(db_id, str):
-            record_target(directory, url, db_id)  # durable before anything is applied there
+            # durable before anything is applied there
+            record_target(directory, url, db_id, storage.file_ops if storage else None)
         return
     why = mismatch(target, url, get_id())
     if why is not None:
@@ -131,5 +173,5 @@ def check_before_apply(directory: Path, db: Any) -> None:
             f"{why}: nothing is applied there",
             transient=True,
             hint="point the engine at the log's database, or rebind the log with "
-            "`atb wal sync --database-url URL --yes`; the entries stay pending",
+            "`atb wal --database-url URL sync --yes`; the entries stay pending",
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from wal.log.fileops import OSFileOps, write_file_atomic
 from wal.log.storage import WALStorage
 from wal.sync.apply import Applier
 
@@ -78,14 +79,10 @@ def publish_status(storage: WALStorage, stats: Callable[[], dict[str, Any]]) -> 
 def write_view(directory: Path, name: str, data: dict[str, Any]) -> None:
     """Write ``data`` as ``directory/name``: an atomic rename, no fsync (informational only:
     losing it on power loss loses nothing)."""
-    path = Path(directory) / name
-    tmp = path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    # informational: no fsync (durable=False); still a fresh O_EXCL | O_NOFOLLOW temp file, so
+    # a symlink planted at <name>.tmp is never written through
+    data_bytes = orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str)
+    write_file_atomic(OSFileOps(), directory, name, data_bytes, durable=False)
 
 
 def _pid_alive(pid: int) -> bool:

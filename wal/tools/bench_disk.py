@@ -37,7 +37,8 @@ def bench_raw(directory: Path, n_records: int, batch: int, record_bytes: int) ->
     rec = (b"x" * (record_bytes - 1)) + b"\n"
     chunk = rec * batch
     path = directory / f"raw-{batch}.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    path.unlink(missing_ok=True)  # a leftover or a planted symlink: never written through
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND, 0o600)
     calls = max(1, n_records // batch)
     lat: list[int] = []
     try:
@@ -68,7 +69,8 @@ def bench_raw_preallocated(directory: Path, n_records: int, record_bytes: int) -
     preallocated segments could reach (this one does not preallocate yet)."""
     rec = (b"x" * (record_bytes - 1)) + b"\n"
     path = directory / "raw-prealloc.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)  # a leftover or a planted symlink: never written through
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     lat: list[int] = []
     try:
         os.posix_fallocate(fd, 0, n_records * len(rec))
