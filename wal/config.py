@@ -374,4 +374,18 @@ _SPECS: dict[str, _Spec] = {
 #: field name -> environment variable, for documentation and the CLI.
 ENV_VARS: dict[str, str] = {name: spec.env for name, spec in _SPECS.items()}
 # WAL_* variables read elsewhere, not typos: the CLI's log format (cli/_logging.py)
-_OTHER_VARS = frozenset({"WAL_LOG_FORMAT"})
+_OTHER_VARS = frozenset(
+    {
+        "WAL_LOG_FORMAT",  # the CLI's log format
+        "WAL_CRASH_POINT",  # wal.crashpoints: the crash tests' named kill points
+        # the test suite's own switches (CI exports WAL_REQUIRE_PG=1): not settings, not typos
+        "WAL_REQUIRE_PG",
+        "WAL_STRESS",
+        "WAL_HYPOTHESIS_PROFILE",
+        "WAL_SOAK_COUNTS",
+        "WAL_ORDERS_KILLS",
+        "WAL_ORDERS_KILL_SEED",
+        "WAL_SIGKILL_KILLS",
+        "WAL_SIGKILL_SEED",
+    }
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -48,8 +49,8 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     <WAL_DIR>/manager-status.json; a view whose process is gone is labelled STALE.
     The last `atb wal sync` run is shown apart (last-cli-sync.json).
 
-    Exit code (several problems: the highest code): 0 healthy; 1 when more entries
-    are pending than WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older
+    Exit code (several problems: the most severe, 2 then 1 then 3 then 4): 0 healthy;
+    1 when more entries are pending than WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older
     than WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a
     log write failure, the last segment ends in a torn tail while no writer holds the
     log, or the database is not the one the log records; 2 when there is no log or it
@@ -245,6 +246,15 @@ def _database(config: WALConfig, skip: bool, *, named: bool = True) -> dict[str,
     return out
 
 
+def _worst(codes: Iterable[int]) -> int:
+    """The exit code of the most severe problem: a log that cannot be read (2), then damage
+    in the log itself (1: acknowledged data at risk), then a database or broker that did not
+    answer (3), then an engine not running while entries are pending (4)."""
+    order = (EXIT_UNREADABLE, EXIT_PROBLEM, EXIT_UNCHECKED, EXIT_ENGINE)
+    found = set(codes)
+    return next((c for c in order if c in found), 0)
+
+
 def _document(
     config: WALConfig,
     stats: StorageStats,
@@ -325,7 +335,7 @@ def _document(
         "database": database,
         "manager": manager,
         "health": {
-            "exit_code": max((c for c, _ in issues), default=0),
+            "exit_code": _worst(c for c, _ in issues),
             "problems": [text for _, text in issues],
             "issues": [{"exit_code": c, "problem": text} for c, text in issues],
         },

@@ -23,7 +23,9 @@ from wal.sync.identity import TARGET_FILE
 def test_orders_reconcile_dry_run_drains_nothing_and_binds_nothing(tmp_path: Path) -> None:
     d = tmp_path / "wal"
     url = f"sqlite:///{tmp_path / 'atb.db'}"
-    DatabaseManager(url).dispose()  # the database exists (nothing is ever created by the CLI)
+    made = DatabaseManager(url)  # the engine's database exists, with its tables (the CLI
+    made.get_balance()  # creates nothing, and refuses a file that holds no atb database)
+    made.dispose()
     with WALStorage(d) as log:  # the engine died with a backlog: one deposit pending
         log.append(
             WALEntry.create("atomic_balance_update", kwargs={"delta": Decimal(5), "reason": "x"})

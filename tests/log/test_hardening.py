@@ -536,5 +536,5 @@ def test_status_shows_a_suspect_tail_as_a_problem(tmp_path: Path) -> None:
     WALStorage(d).close()  # cuts it, loudly
     env = {"WAL_DIR": str(d), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
     res = CliRunner().invoke(atb, ["wal", "status", "--no-db", "--json"], env=env)
-    doc = orjson.loads(res.output)
+    doc = orjson.loads(res.stdout)
     assert res.exit_code == 1 and any("suspect" in p for p in doc["health"]["problems"])
