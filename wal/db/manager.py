@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from wal.db.apply import ApplyResult, applied_in, apply_batch
+from wal.db.checks import check_call, check_call_positional
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
 from wal.db.engine import DEFAULT_URL
 from wal.db.operations import (
@@ -405,6 +406,19 @@ class DatabaseManager(OrderJournalMethods):
             .order_by(metrics.c.at, metrics.c.id)
         )
         return self._rows(query)
+
+    # ------------------------------------------------------------------ checks before logging
+
+    def check_arguments(
+        self, operation: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Refuse a critical call whose arguments the columns would not take, with one
+        ``WALArgumentError`` naming the argument (``wal.db.checks``). No database access:
+        ``WALManager`` calls it before anything is logged."""
+        params = dict(kwargs or {})
+        if args:
+            params = check_call_positional(operation, args, params)
+        check_call(operation, params)
 
     # ------------------------------------------------------------------ exactly-once replay
 

@@ -272,7 +272,20 @@ def valid_text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: b
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_len:
         raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
+    if not value.isascii() or "\x00" in value:
+        _storable_text(value, name)
     return value
+
+
+def _storable_text(value: str, name: str) -> None:
+    """Text both databases store as given: no NUL (PostgreSQL refuses it) and valid UTF-8
+    (a lone surrogate cannot be encoded)."""
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character, which the database cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)") from None
 
 
 def valid_id(value: object, name: str) -> str:
@@ -291,7 +304,10 @@ def valid_opt_id(value: object, name: str) -> str | None:
 def valid_utc(value: object, name: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name}={value!r} has no UTC equivalent (out of range)") from None
 
 
 def valid_when(value: object, name: str) -> datetime:

@@ -35,7 +35,7 @@ from wal.config import WALConfig
 from wal.crashpoints import crash_point
 from wal.db.manager import DatabaseManager
 from wal.entry import OperationType, WALEntry
-from wal.errors import WALDatabaseError, WALSerializationError
+from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
 from wal.sync.calls import DurableBalanceTxn, check_call, check_same_database, prepare_call
 from wal.sync.manager import Receipt, WALManager
@@ -213,8 +213,9 @@ class DurableDatabaseManager:
         if delta is None:
             return self._balance_txn(account, reason, idempotency_key)
         if not isinstance(delta, Decimal):
-            raise WALSerializationError(
-                "atomic_balance_update(delta=...)",
+            raise WALArgumentError(
+                "atomic_balance_update",
+                "delta",
                 f"{delta!r} is a {type(delta).__name__}; pass money as Decimal",
             )
         if self.manager is None:
@@ -319,6 +320,14 @@ class DurableDatabaseManager:
         (pending, being applied, applied but not yet marked in the log, after a crash). Does
         not wait for a drain. Raises ``WALDatabaseError`` only when the database has not been
         reachable since start (then the balance is unknown)."""
+        if not isinstance(account, str) or not account or len(account) > 64:
+            # refused here, not answered from the overlay's figures under another key
+            raise WALArgumentError(
+                "get_balance",
+                "account",
+                f"must be a non-empty str of at most 64 characters, "
+                f"got {type(account).__name__} {account!r}",
+            )
         if self._reads is None:
             return Decimal(self._db.get_balance(account))
         return self._reads.balance(account)

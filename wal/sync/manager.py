@@ -115,6 +115,7 @@ class WALManager:
         (the log failed: trading must halt). Database errors never raise here: the entry is
         durable and the receipt says PENDING.
         """
+        self.check_arguments(operation, args, kwargs)  # bad input is never durable
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return self._write_new(entry)
@@ -136,6 +137,7 @@ class WALManager:
         and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
         same call finds it (and returns its receipt, ``duplicate=True``).
         """
+        self.check_arguments(operation, args, kwargs)  # bad input is never durable
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return await self._write_new_async(entry)
@@ -154,6 +156,18 @@ class WALManager:
             return receipt
         finally:
             self._release(idempotency_key)
+
+    def check_arguments(
+        self, operation: str | OperationType, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Refuse, before the log is touched, a call whose arguments the database's columns
+        would not take: the database's ``check_arguments`` (the bundled ``DatabaseManager``
+        has it: ``wal.db.checks``) raises ``WALArgumentError`` naming the argument. A
+        database of your own without it is not checked here."""
+        check = getattr(self.db, "check_arguments", None)
+        if callable(check):
+            op = operation.value if isinstance(operation, OperationType) else str(operation)
+            check(op, args, kwargs)
 
     async def _write_new_async(self, entry: WALEntry) -> Receipt:
         if self._applier.fatal is not None:
@@ -245,6 +259,8 @@ class WALManager:
         receipt is the first write's, ``duplicate=True``. All or none of the new entries are
         acknowledged; ``WALWriteError`` halts trading as in ``write``.
         """
+        for op, kw, _ in calls:
+            self.check_arguments(op, (), kw)  # bad input is never durable: none is written
         entries = [WALEntry.create(op, (), kw, key) for op, kw, key in calls]
         keys = sorted({e.idempotency_key for e in entries if e.has_explicit_key})
         claimed: list[str] = []
