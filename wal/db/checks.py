@@ -23,6 +23,7 @@ from typing import Any, Final
 from wal.db.operations import INSERT_ONLY, OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS
 from wal.db.schema import (
+    MAX_KEY_LEN,
     valid_id,
     valid_money,
     valid_opt_id,
@@ -36,7 +37,14 @@ from wal.db.schema import (
 from wal.entry import OperationType
 from wal.errors import WALArgumentError
 
-__all__ = ["CHECKS", "argument_named", "check_call", "check_call_positional", "valid_int"]
+__all__ = [
+    "CHECKS",
+    "argument_named",
+    "check_call",
+    "check_call_positional",
+    "check_key",
+    "valid_int",
+]
 
 _INT32: Final = 2**31 - 1  # sa.Integer is a 32-bit int on PostgreSQL
 
@@ -262,3 +270,11 @@ def check_call_positional(
     params = dict(bound.arguments)
     params.pop(next(iter(signature.parameters)))  # the connection
     return params
+
+
+def check_key(op: str, key: object) -> None:
+    """An idempotency key the key ledger's column takes (``wal_applied_keys``)."""
+    try:
+        valid_text(key, "idempotency_key", MAX_KEY_LEN)
+    except (TypeError, ValueError) as exc:
+        raise WALArgumentError(op, "idempotency_key", str(exc)) from None

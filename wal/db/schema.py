@@ -5,8 +5,10 @@ Tables (created on first use)
 ``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
 its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
 ``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
-operation, applied_at), and ``wal_database_id``, one row holding a random id that names this
-database (the log records it, and refuses to drain into a database with another id).
+operation, applied_at), ``wal_applied_keys`` (the idempotency key of each applied entry given
+one: unique, kept after the log compacts the entry away), and ``wal_database_id``, one row
+holding a random id that names this database (the log records it, and refuses to drain into
+a database with another id).
 
 Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
 no decimal type and would round through float). Values come back as ``Decimal`` with 10
@@ -45,6 +47,7 @@ __all__ = [
     "trades",
     "trading_sessions",
     "wal_applied",
+    "wal_applied_keys",
     "wal_database_id",
 ]
 
@@ -210,6 +213,18 @@ wal_applied = sa.Table(
     sa.Column("entry_id", _Id, primary_key=True),
     sa.Column("lsn", sa.BigInteger(), nullable=True),
     sa.Column("operation", sa.String(_MAX_ID_LEN), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# The idempotency keys of the applied entries that were given one, beside the ledger: a key
+# stays known here after the log compacts its entry away, so a re-sent key is never applied
+# twice (unique: a second entry with a key already here is skipped as a duplicate).
+MAX_KEY_LEN: Final = 255
+wal_applied_keys = sa.Table(
+    "wal_applied_keys",
+    metadata,
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LEN), primary_key=True),
+    sa.Column("entry_id", _Id, nullable=False),
     sa.Column("applied_at", UTCDateTime(), nullable=False),
 )
 

@@ -47,7 +47,7 @@ from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
-from wal.sync.apply import Applier, ApplyObserver, BatchAborted
+from wal.sync.apply import Applier, ApplyObserver, BatchAborted, transient_error
 from wal.sync.breaker import BreakerState, backoff_delay
 from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
@@ -115,7 +115,7 @@ class WALManager:
         (the log failed: trading must halt). Database errors never raise here: the entry is
         durable and the receipt says PENDING.
         """
-        self.check_arguments(operation, args, kwargs)  # bad input is never durable
+        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return self._write_new(entry)
@@ -137,28 +137,24 @@ class WALManager:
         and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
         same call finds it (and returns its receipt, ``duplicate=True``).
         """
-        self.check_arguments(operation, args, kwargs)  # bad input is never durable
+        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return await self._write_new_async(entry)
+        # A keyed write runs whole in a worker thread: the key stays claimed until the entry
+        # is durable or refused even if this coroutine is cancelled meanwhile (a retry then
+        # waits for it and gets its receipt), and it depends on no event loop staying alive.
         loop = asyncio.get_running_loop()
-        while (got := self._claim(idempotency_key)) is not None:
-            if isinstance(got, Receipt):
-                return got
-            # another writer has this key in flight: wait for it off the loop (rare)
-            await loop.run_in_executor(self._apply_executor(), got.wait)
-        try:
-            known = self._logged(idempotency_key)
-            if known is not None:
-                return known
-            receipt = await self._write_new_async(entry)
-            self._remember(idempotency_key, receipt)
-            return receipt
-        finally:
-            self._release(idempotency_key)
+        return await loop.run_in_executor(
+            self._apply_executor(), self._write_keyed, entry, idempotency_key
+        )
 
     def check_arguments(
-        self, operation: str | OperationType, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        operation: str | OperationType,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None = None,
     ) -> None:
         """Refuse, before the log is touched, a call whose arguments the database's columns
         would not take: the database's ``check_arguments`` (the bundled ``DatabaseManager``
@@ -167,7 +163,7 @@ class WALManager:
         check = getattr(self.db, "check_arguments", None)
         if callable(check):
             op = operation.value if isinstance(operation, OperationType) else str(operation)
-            check(op, args, kwargs)
+            check(op, args, kwargs, idempotency_key)
 
     async def _write_new_async(self, entry: WALEntry) -> Receipt:
         if self._applier.fatal is not None:
@@ -191,7 +187,8 @@ class WALManager:
         if self._executor is None:
             with self._keys_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(8, thread_name_prefix="wal-apply")
+                    # keyed write_async calls wait for their fsync in these threads too
+                    self._executor = ThreadPoolExecutor(32, thread_name_prefix="wal-apply")
         return self._executor
 
     def add_apply_observer(self, observer: ApplyObserver) -> None:
@@ -227,10 +224,51 @@ class WALManager:
         receipt cache, or written before a restart), ``duplicate=True``; None if there is none."""
         found = self.storage.find_by_idempotency_key(key)
         if found is None:
-            return None
+            return self._applied_elsewhere(key)
         receipt = replace(self._receipt(found, found.status), duplicate=True)
         self._remember(key, receipt)
         return receipt
+
+    def _applied_elsewhere(self, key: str) -> Receipt | None:
+        """A key the log no longer holds, held by the database's key ledger
+        (``wal_applied_keys``): the receipt of the entry that applied it, ``duplicate=True``.
+
+        Asked only when the log has dropped entries (compaction): a log that holds every
+        entry it ever wrote knows every key itself. When the database cannot answer, the
+        entry is written: its apply finds the key held and skips it (a duplicate), so the
+        effect still happens once."""
+        applied_key = getattr(self.db, "applied_key", None)
+        if not callable(applied_key) or not self._log_dropped_entries():
+            return None
+        if self.breaker.state is not BreakerState.CLOSED:
+            return None  # an outage: the apply's key check is the guard
+        try:
+            hit = applied_key(key)
+        except Exception as exc:
+            if not transient_error(exc):
+                raise  # a bug or bad SQL must not pass as "unknown key"
+            self.breaker.failure()
+            return None
+        if hit is None:
+            return None
+        entry_id, lsn, operation = hit
+        receipt = Receipt(
+            uuid.UUID(entry_id),
+            lsn or 0,
+            operation,
+            key,
+            WALEntryStatus.COMPLETED,
+            None,
+            None,
+            duplicate=True,
+        )
+        self._remember(key, receipt)
+        return receipt
+
+    def _log_dropped_entries(self) -> bool:
+        """The log holds fewer entries than it numbered: compaction dropped some."""
+        held = sum(self.storage.count(s) for s in WALEntryStatus)
+        return held < self.storage.next_lsn - 1
 
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while (got := self._claim(key)) is not None:
@@ -259,8 +297,8 @@ class WALManager:
         receipt is the first write's, ``duplicate=True``. All or none of the new entries are
         acknowledged; ``WALWriteError`` halts trading as in ``write``.
         """
-        for op, kw, _ in calls:
-            self.check_arguments(op, (), kw)  # bad input is never durable: none is written
+        for op, kw, key in calls:
+            self.check_arguments(op, (), kw, key)  # bad input is never durable: none is written
         entries = [WALEntry.create(op, (), kw, key) for op, kw, key in calls]
         keys = sorted({e.idempotency_key for e in entries if e.has_explicit_key})
         claimed: list[str] = []
