@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from wal.db.operations import INSERT_ONLY, OPERATIONS
-from wal.db.orders import ORDER_OPERATIONS
+from wal.db.orders import ORDER_OPERATIONS, fill_cash
 from wal.db.schema import (
     MAX_KEY_LEN,
     valid_id,
@@ -177,14 +177,21 @@ def _order_fill(kw: Mapping[str, Any]) -> None:
 
 
 def _fill_cash(kw: Mapping[str, Any]) -> None:
-    """The cash a fill moves (``wal.db.orders.fill_cash``): account, fee, the amount."""
-    if kw.get("account") is None and kw.get("fee") is None and kw.get("cash") is None:
+    """The cash a fill moves (``wal.db.orders.fill_cash``): its account, its fee, and the
+    amount, which must be the one the fill's side, quantity, price and fee make."""
+    if all(kw.get(k) is None for k in ("account", "fee", "cash", "replaces_cash")):
         return  # a fill journaled before fills moved cash
     valid_text(kw.get("account"), "account")
-    fee = valid_money(kw.get("fee", 0), "fee")
+    fee = valid_money(kw.get("fee") or 0, "fee")
     if fee < 0:
         raise ValueError(f"fee must be >= 0 (a cost the account pays), got {fee}")
-    valid_money(kw.get("cash"), "cash")
+    cash = valid_money(kw.get("cash"), "cash")
+    if kw.get("side") not in ("buy", "sell"):
+        raise ValueError(f"side must be buy or sell for a fill that moves cash: {kw.get('side')!r}")
+    due = valid_money(fill_cash(kw["side"], kw["quantity"], kw["price"], fee), "cash")
+    if cash != due:
+        raise ValueError(f"cash={cash} is not what the fill moves ({due})")
+    valid_opt_money(kw.get("replaces_cash"), "replaces_cash")
 
 
 def _order_anchor(kw: Mapping[str, Any]) -> None:

@@ -274,7 +274,8 @@ class Applier:
         before = (c.applied, c.duplicates, c.failed, c.errors)
         error = None
         after_lsn = 0
-        while not (self.stopping.is_set() and not force):
+        explicit = force  # a drain asked for (force_sync): every batch, even once stopped
+        while explicit or not self.stopping.is_set():
             if not force and not self.breaker.allow():
                 error = self.last_error
                 break

@@ -67,13 +67,14 @@ def _dec(v: Any) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class _Effect:
-    """What an entry does to the reads: a balance delta, or a position operation."""
+    """What an entry does to the reads: a balance delta, position operations, or both (a
+    fill: its cash and its position change)."""
 
     entry_id: str
     lsn: int
-    account: str | None  # balance entries
+    account: str | None  # the account whose balance it changes (by ``delta``)
     delta: Decimal
-    entry: WALEntry | None  # position entries (their arguments are applied to rows)
+    entry: WALEntry | None  # the entry whose position operations are applied to rows
 
 
 def _effect(entry: WALEntry) -> _Effect | None:
@@ -84,8 +85,16 @@ def _effect(entry: WALEntry) -> _Effect | None:
             return None
         account = str(entry.kwargs.get("account", "default"))
         return _Effect(str(entry.entry_id), lsn, account, _dec(delta), None)
-    if entry.operation == _ORDER_FILL and entry.kwargs.get("position_ops"):
-        return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
+    if entry.operation == _ORDER_FILL:
+        # a fill moves cash (on its order's account) and positions, in one entry
+        kw = entry.kwargs
+        cash = kw.get("cash")
+        payer = None if cash is None else str(kw.get("account"))
+        moved = _ZERO if cash is None else _dec(cash) - _dec(kw.get("replaces_cash") or 0)
+        moves = entry if kw.get("position_ops") else None
+        if payer is None and moves is None:
+            return None
+        return _Effect(str(entry.entry_id), lsn, payer, moved, moves)
     if entry.operation in _POSITION_OPS and entry.kwargs.get("position_id") is not None:
         return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
     return None
@@ -158,10 +167,11 @@ class Overlay:
 
     @staticmethod
     def balance_delta(entry: WALEntry, account: str) -> Decimal:
-        if entry.operation != _BAL or entry.kwargs.get("account", "default") != account:
+        """What ``entry`` adds to ``account``'s balance (a balance update, or a fill's cash)."""
+        eff = _effect(entry)
+        if eff is None or eff.account != account:
             return _ZERO
-        delta = entry.kwargs.get("delta")
-        return _ZERO if delta is None else _dec(delta)
+        return eff.delta
 
     @staticmethod
     def apply_position(positions: dict[str, dict[str, Any]], entry: WALEntry) -> None:
