@@ -50,7 +50,8 @@ class RiskLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RiskLimits:
-        """``ORDER_MAX_POSITION``, ``ORDER_MAX_NOTIONAL``, ``ORDER_MAX_DAILY_LOSS``."""
+        """``ORDER_MAX_POSITION``, ``ORDER_MAX_NOTIONAL``, ``ORDER_MAX_DAILY_LOSS``,
+        ``ORDER_MAX_POSITION_NOTIONAL``."""
         e = os.environ if env is None else env
 
         def dec(name: str) -> Decimal | None:
@@ -58,7 +59,10 @@ class RiskLimits:
             return None if not v else Decimal(v)
 
         return cls(
-            dec("ORDER_MAX_POSITION"), dec("ORDER_MAX_NOTIONAL"), dec("ORDER_MAX_DAILY_LOSS")
+            dec("ORDER_MAX_POSITION"),
+            dec("ORDER_MAX_NOTIONAL"),
+            dec("ORDER_MAX_DAILY_LOSS"),
+            max_position_notional=dec("ORDER_MAX_POSITION_NOTIONAL"),
         )
 
 
