@@ -17,6 +17,7 @@ Real parts: a log directory and a SQLite file, or the PostgreSQL fixture.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -38,6 +39,7 @@ from wal.entry import OperationType
 from wal.errors import WALArgumentError
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+STRESS = os.environ.get("WAL_STRESS") == "1"
 
 HOSTILE: list[Any] = [
     1.5,
@@ -266,7 +268,9 @@ def test_every_critical_operation_has_a_check_and_a_case_here() -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=1000 if STRESS else 150,
+    derandomize=not STRESS,  # deterministic in CI; WAL_STRESS=1 soaks with random seeds
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -317,3 +321,15 @@ def test_hostile_values_are_refused_before_the_log(
     failed = stack.storage.count(WALEntryStatus.FAILED) - failed_before
     if name not in REFERENCES and not inside:
         assert failed == 0, f"{op}({name}={value!r}) was logged but the database refused it"
+
+
+def test_an_update_whose_new_balance_overflows_the_column_is_refused(stack: Stack) -> None:
+    ddb = stack.ddb
+    big = Decimal("900000000000000000")  # 9e17: fits, twice does not (at most 18 digits)
+    ddb.atomic_balance_update(big, account="big")
+    assert ddb.get_balance("big") == big
+    before = stack.snapshot()
+    with pytest.raises(WALArgumentError, match="delta"):
+        ddb.atomic_balance_update(big, account="big")
+    assert stack.snapshot() == before
+    assert ddb.get_balance("big") == big

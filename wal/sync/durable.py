@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
 from wal.db.manager import DatabaseManager
+from wal.db.schema import valid_money
 from wal.entry import OperationType, WALEntry
 from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
@@ -220,6 +221,7 @@ class DurableDatabaseManager:
             )
         if self.manager is None:
             return self._db.atomic_balance_update(delta, reason=reason, account=account)
+        self._check_new_balance(account, delta)
         receipt = self.manager.write(
             OperationType.BALANCE_UPDATE,
             idempotency_key=idempotency_key,
@@ -235,6 +237,19 @@ class DurableDatabaseManager:
         except WALDatabaseError:
             # the update is durable: raising now would invite a retry that doubles it
             return None
+
+    def _check_new_balance(self, account: object, delta: Decimal) -> None:
+        """Refuse, before logging, an update whose new balance the column could not hold (as
+        this process knows the balance: no database read); the database would refuse it."""
+        if self._reads is None or not isinstance(account, str):
+            return  # a bad account is refused by the argument checks
+        known = self._reads.estimate(account)
+        if known is None or not delta.is_finite():
+            return
+        try:
+            valid_money(known + delta, "the new balance")
+        except ValueError as exc:
+            raise WALArgumentError("atomic_balance_update", "delta", str(exc)) from None
 
     @contextmanager
     def _balance_txn(

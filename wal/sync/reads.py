@@ -56,6 +56,11 @@ class PendingReads:
             "reachable since this process started, so pending entries have no base",
         )
 
+    def estimate(self, account: str) -> Decimal | None:
+        """The balance as this process last knew it, plus what was logged since (no database
+        read): None when no read has succeeded yet."""
+        return self._overlay.kept_balance(account)
+
     def open_positions(self) -> list[dict[str, Any]]:
         """``DurableDatabaseManager.get_open_positions`` with the log on."""
         return self._read_with_pending(
