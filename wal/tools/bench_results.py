@@ -195,7 +195,7 @@ class DiskBenchResult:
             if raw is not None and raw.per_s:
                 vs = f", {one.per_s / raw.per_s:.2f}x this disk's own write+fdatasync"
             out.append(
-                f"WAL_FSYNC=always (the default; keep it for balances and trades): every trade "
+                f'WAL_FSYNC=always (the default; keep it for balances and trades): every trade '
                 f"is on disk before the call returns; p50 {one.p50_us:,.0f} µs{p99} per trade, "
                 f"up to {one.per_s:,.0f} trades/s from one thread{vs}."
             )
