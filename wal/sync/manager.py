@@ -134,8 +134,11 @@ class WALManager:
         thread. The loop never waits for the disk or the database.
 
         Cancelling the coroutine does not cancel the write: the entry may still be durable
-        and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
-        same call finds it (and returns its receipt, ``duplicate=True``).
+        and is then applied by the sync thread. With an ``idempotency_key`` the whole keyed
+        write runs in a worker thread (it joins the same group commit as a thread appender):
+        the key stays claimed until the entry is durable or refused, whatever happens to the
+        coroutine, so a retry of the same call waits for it and returns its receipt
+        (``duplicate=True``), never a second entry.
         """
         self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
