@@ -463,8 +463,9 @@ class DatabaseManager(OrderJournalMethods):
 
     def applied_key(self, key: str) -> tuple[str, int | None, str] | None:
         """The applied entry that holds the idempotency ``key`` (``wal_applied_keys``):
-        ``(entry_id, lsn, operation)``, or None. The log asks this for a key it no longer
-        holds itself (compacted away): a key is never forgotten while its effect exists."""
+        ``(entry_id, lsn, operation)``, or None. Kept after the log compacts the entry away:
+        "ask before redoing" when ``find_by_idempotency_key`` no longer knows the key (the
+        apply skips a re-sent key anyway, in its own transaction: ``wal.db.apply``)."""
         k, t = wal_applied_keys, wal_applied
         query = (
             sa.select(k.c.entry_id, t.c.lsn, t.c.operation)

@@ -51,6 +51,7 @@ class Outcome:
     status: WALEntryStatus
     result: Any = None
     error: str | None = None
+    duplicate: bool = False  # the database already had the effect (ledger or key ledger)
 
 
 @dataclass
@@ -226,7 +227,7 @@ class Applier:
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, r.value)
             elif r.outcome == "duplicate":
                 self.counters.duplicates += 1
-                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED)
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, duplicate=True)
             else:
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.PENDING, error=r.error)
         return outcomes

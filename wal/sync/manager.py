@@ -47,7 +47,7 @@ from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
-from wal.sync.apply import Applier, ApplyObserver, BatchAborted, transient_error
+from wal.sync.apply import Applier, ApplyObserver, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
 from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
@@ -227,51 +227,13 @@ class WALManager:
         receipt cache, or written before a restart), ``duplicate=True``; None if there is none."""
         found = self.storage.find_by_idempotency_key(key)
         if found is None:
-            return self._applied_elsewhere(key)
+            # not in the log (never written, or compacted away): written, and the database's
+            # key ledger (wal_applied_keys) skips it at apply if the key was applied before
+            return None
         receipt = replace(self._receipt(found, found.status), duplicate=True)
         self._remember(key, receipt)
         return receipt
 
-    def _applied_elsewhere(self, key: str) -> Receipt | None:
-        """A key the log no longer holds, held by the database's key ledger
-        (``wal_applied_keys``): the receipt of the entry that applied it, ``duplicate=True``.
-
-        Asked only when the log has dropped entries (compaction): a log that holds every
-        entry it ever wrote knows every key itself. When the database cannot answer, the
-        entry is written: its apply finds the key held and skips it (a duplicate), so the
-        effect still happens once."""
-        applied_key = getattr(self.db, "applied_key", None)
-        if not callable(applied_key) or not self._log_dropped_entries():
-            return None
-        if self.breaker.state is not BreakerState.CLOSED:
-            return None  # an outage: the apply's key check is the guard
-        try:
-            hit = applied_key(key)
-        except Exception as exc:
-            if not transient_error(exc):
-                raise  # a bug or bad SQL must not pass as "unknown key"
-            self.breaker.failure()
-            return None
-        if hit is None:
-            return None
-        entry_id, lsn, operation = hit
-        receipt = Receipt(
-            uuid.UUID(entry_id),
-            lsn or 0,
-            operation,
-            key,
-            WALEntryStatus.COMPLETED,
-            None,
-            None,
-            duplicate=True,
-        )
-        self._remember(key, receipt)
-        return receipt
-
-    def _log_dropped_entries(self) -> bool:
-        """The log holds fewer entries than it numbered: compaction dropped some."""
-        held = sum(self.storage.count(s) for s in WALEntryStatus)
-        return held < self.storage.next_lsn - 1
 
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while (got := self._claim(key)) is not None:
@@ -405,7 +367,9 @@ class WALManager:
                 self._wake.set()
                 return self._receipt(e, WALEntryStatus.PENDING)
         out = outcomes[e.entry_id]
-        return self._receipt(e, out.status, out.result, out.error)
+        receipt = self._receipt(e, out.status, out.result, out.error)
+        # the database already had its effect (its key applied before, e.g. before compaction)
+        return replace(receipt, duplicate=True) if out.duplicate else receipt
 
     def _status_of(self, e: WALEntry) -> WALEntryStatus:
         try:
