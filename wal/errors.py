@@ -5,7 +5,8 @@
     WALError                       base of everything below; catch this to catch them all
     ├── WALConfigError             an option or WAL_* variable has a bad value   (also ValueError)
     ├── WALSerializationError      a value cannot be logged; names its path      (also ValueError)
-    │   └── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
+    │   ├── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
+    │   └── WALArgumentError       a critical call's argument its column refuses (also TypeError)
     ├── WALLockedError             another writer holds the log; names its pid
     ├── WALClosedError             the storage was used after close()
     ├── WALEntryNotFoundError      no entry with that id in the log              (also KeyError)
@@ -43,6 +44,7 @@ __all__ = [
     "WALConfigError",
     "WALCorruptionError",
     "WALDatabaseError",
+    "WALArgumentError",
     "WALSchemaError",
     "WALEntryNotFoundError",
     "WALEntryTooLargeError",
@@ -243,6 +245,25 @@ class WALEntryTooLargeError(WALSerializationError):
         self.size = size
         self.limit = limit
         super().__init__("entry", f"its record is {size} bytes, over max_entry_bytes={limit}")
+
+
+class WALArgumentError(WALSerializationError, TypeError):
+    """An argument of a critical call that its database column would refuse (a wrong type,
+    out of range, too long, not a finite decimal, an unknown or missing argument).
+
+    Raised before the log is touched: nothing was written, so nothing is pending, nothing can
+    become a dead letter, and a corrected retry is safe. ``operation`` and ``argument`` name
+    the call and the argument. Also a ``TypeError`` and a ``ValueError``.
+    """
+
+    hint = "fix the argument and call again; nothing was written"
+
+    def __init__(self, operation: str, argument: str, problem: str) -> None:
+        self.operation = operation
+        self.argument = argument
+        WALError.__init__(self, f"{operation}({argument}=...) refused: {problem}")
+        self.path = f"{operation}({argument}=...)"
+        self.problem = problem
 
 
 class WALFormatVersionError(WALCorruptionError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -50,8 +50,8 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     The last `atb wal sync` run is shown apart (last-cli-sync.json).
 
     Exit code (several problems: the most severe, 2 then 1 then 3 then 4): 0 healthy;
-    1 when more entries are pending than WAL_PENDING_ALERT_THRESHOLD, the oldest pending entry is older
-    than WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a
+    1 when more entries are pending than WAL_PENDING_ALERT_THRESHOLD, the oldest pending
+    entry is older than WAL_PENDING_ALERT_AGE, any entry is FAILED, the running process reported a
     log write failure, the last segment ends in a torn tail while no writer holds the
     log, or the database is not the one the log records; 2 when there is no log or it
     cannot be read (missing, empty, corrupt); 3 when the database is unreachable (also

@@ -61,6 +61,9 @@ PRE = PL + "test_power_loss_while_appending_into_preallocated_space"
 OPS = "tests/cli/test_operator.py::"
 PTEST = "tests/log/test_prealloc.py::"
 MGR = "tests/orders/test_manager_decisions.py::"
+SR = "tests/sync/test_startup_reads.py::"
+OI = "tests/sync/test_overlay_interleavings.py::"
+IK = "tests/sync/test_idempotency_keys.py::"
 
 
 @dataclass(frozen=True)
@@ -1116,8 +1119,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "risk-open-sells-are-sells",
         "wal/orders/manager.py",
         "the position limit counts open sells as sells, not buys",
-        "                position += o.remaining if o.intent.side == \"buy\" else -o.remaining\n",
-        "                position += o.remaining\n",
+        "                if o.intent.side == \"buy\":\n                    open_buys += o.remaining\n",
+        "                if True:\n                    open_buys += o.remaining\n",
         (MGR + "test_open_sells_count_against_the_position_as_sells",),
         "orders",
     ),
@@ -1175,6 +1178,106 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_an_old_database_is_refused_then_upgraded_to_equal_a_fresh_one",
         ),
         "service",
+    ),
+    Mutation(
+        "overlay-read-counts-the-batch-in-flight",
+        "wal/sync/overlay.py",
+        "a read asks the ledger about the batch in flight: a batch committing during the read is"
+        " counted once",
+        "                    for eid, eff in (*self._inflight.items(), *self._unsure.items())\n"
+        "                    if eff.account == account and eid not in self._early\n",
+        "                    for eid, eff in self._unsure.items()\n"
+        "                    if eff.account == account and eid not in self._early\n",
+        (SR + "test_a_batch_committing_during_a_read_is_counted_once",),
+        "reads",
+    ),
+    Mutation(
+        "overlay-settled-entry-not-subtracted-again",
+        "wal/sync/overlay.py",
+        "an entry a read already found in the ledger (settled) is not subtracted again while a"
+        " batch replays it",
+        "                    if eff.account == account and eid not in self._early\n",
+        "                    if eff.account == account\n",
+        (
+            SR + "test_reads_during_the_startup_replay_after_a_kill_are_exact",
+            OI + "test_every_interleaving_reads_the_exact_balance",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "overlay-abort-keeps-settled-entries-applied",
+        "wal/sync/overlay.py",
+        "an aborted batch never makes an entry a read found in the ledger maybe-applied again",
+        "                elif eid in maybe and eid not in self._early:\n",
+        "                elif eid in maybe:\n",
+        (OI + "test_every_interleaving_reads_the_exact_balance",),
+        "reads",
+    ),
+    Mutation(
+        "overlay-counted-at-batch-start",
+        "wal/sync/overlay.py",
+        "an entry the sync thread applies before its write hook ran is counted when its batch"
+        " starts",
+        "                    self._batched_first.add(eff.entry_id)\n"
+        "                    self._register(eff)\n",
+        "                    pass\n",
+        (OI + "test_every_interleaving_reads_the_exact_balance",),
+        "reads",
+    ),
+    Mutation(
+        "reads-raise-on-a-non-transient-error",
+        "wal/sync/reads.py",
+        "a read that fails for a bug or bad SQL raises; only an outage falls back to the kept"
+        " state",
+        "                    raise  # a bug, bad SQL, another database: never the kept state\n",
+        "                    pass\n",
+        (SR + "test_a_read_that_fails_for_a_bug_raises_and_never_answers_from_the_kept_state",),
+        "reads",
+    ),
+    Mutation(
+        "reads-refuse-another-database",
+        "wal/sync/reads.py",
+        "reads refuse while the database is not the log's (database.json)",
+        "                self._check_database()  # another database's figures are never an answer\n",
+        "                pass\n",
+        ("tests/sync/test_wrong_database_reads.py::test_reads_refuse_while_the_database_is_not_the_logs",),
+        "reads",
+    ),
+    Mutation(
+        "check-arguments-before-the-log",
+        "wal/sync/manager.py",
+        "every argument of a critical call is checked against its column before the log is"
+        " touched",
+        "        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad\n"
+        "        entry = WALEntry.create(operation, args, kwargs, idempotency_key)\n"
+        "        if idempotency_key is None:\n"
+        "            return self._write_new(entry)\n",
+        "        entry = WALEntry.create(operation, args, kwargs, idempotency_key)\n"
+        "        if idempotency_key is None:\n"
+        "            return self._write_new(entry)\n",
+        ("tests/sync/test_bad_input.py::test_hostile_values_are_refused_before_the_log",),
+        "database",
+    ),
+    Mutation(
+        "keyed-write-async-holds-its-claim",
+        "wal/sync/manager.py",
+        "a keyed write_async holds its key until the entry is durable, even when cancelled",
+        "            self._apply_executor(), self._write_keyed, entry, idempotency_key\n",
+        "            self._apply_executor(), self._write_new, entry\n",
+        (IK + "test_a_cancelled_keyed_write_async_then_retried_is_one_entry",),
+        "database",
+    ),
+    Mutation(
+        "keys-kept-beside-the-ledger",
+        "wal/db/apply.py",
+        "an applied entry's idempotency key is kept in the database beside the ledger",
+        "                _insert_keys(conn, [(k, eid) for e, eid in todo if (k := _key(e)) is not None])\n",
+        "                pass\n",
+        (
+            IK + "test_a_key_is_remembered_after_compaction_and_a_restart",
+            IK + "test_a_key_in_the_log_twice_is_applied_once",
+        ),
+        "database",
     ),
 )
 MUTATIONS = (*MUTATIONS, *RECONCILER)  # the reconciler's decisions (issue 19)

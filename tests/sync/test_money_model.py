@@ -25,6 +25,12 @@ new process would. An operation that was not acknowledged when the crash came is
 up by its idempotency key (``find_by_idempotency_key``, the documented "ask before redoing"
 pattern): found, it counts; not found, it never happened.
 
+Reads are also made *inside* every batch, from the thread that applies it (issue 20): when
+it starts, right after its COMMIT (``ReadingDB.apply``) and when it has ended (an apply
+observer added after the overlay's), and while the sync thread replays in the background
+(``sync_thread_replays_while_reading``); each must equal the model, with or without the one
+operation whose call is in progress.
+
 Invariants after every step: the balances of both accounts and the open positions equal the
 model's (or, only while the database is down and nothing was read since the restart, the
 read refuses with ``WALDatabaseError``); while the database is up, its tables equal the model
@@ -89,6 +95,32 @@ D = Decimal
 cents = st.integers(min_value=-500_000, max_value=500_000).filter(bool).map(lambda n: D(n) / 100)
 prices = st.integers(min_value=100, max_value=10**7).map(lambda n: D(n) / 100)
 quantities = st.integers(min_value=1, max_value=10**5).map(lambda n: D(n) / 1000)
+
+
+class ReadingDB(DatabaseManager):
+    """The real manager; ``after_commit`` (the machine's reads) runs right after a batch's
+    COMMIT, before the manager hears how the batch ended."""
+
+    after_commit: Callable[[], None] | None = None
+
+    def apply(self, entries: Any) -> Any:
+        results = super().apply(entries)
+        if self.after_commit is not None:
+            self.after_commit()
+        return results
+
+
+class ReadsInBatches:
+    """An apply observer (after the overlay's): reads when a batch starts and ends."""
+
+    def __init__(self, read: Callable[[], None]) -> None:
+        self.read = read
+
+    def batch_starting(self, batch: Any) -> None:
+        self.read()
+
+    def batch_finished(self, batch: Any, statuses: Any, unsure: Any) -> None:
+        self.read()
 
 
 class Crashed(Exception):
@@ -170,14 +202,38 @@ class MoneyMachine(RuleBasedStateMachine):
 
     def _open(self) -> None:
         """Start a new "process" on the files and the database as they are."""
-        self.db = DatabaseManager(self.h.through)
+        self.db = ReadingDB(self.h.through)
         if self.outage is not None:
             self.outage.attach(self.db)
         config = fast_config(self.wal_dir, self.h.through, batch_size=4)
         self.storage = WALStorage(self.wal_dir, config.storage_options(), fs=self.fs)
         self.ddb = DurableDatabaseManager(self.db, config=config, storage=self.storage)
+        assert self.ddb.manager is not None
+        self.ddb.manager.add_apply_observer(ReadsInBatches(self._read_in_batch))
+        self.db.after_commit = self._read_in_batch
         self.read_since_open = False
         set_in_process_handler(self._reached)
+
+    in_call: Op | None = None  # the operation whose call is in progress (maybe counted)
+
+    def _read_in_batch(self) -> None:
+        """A read from inside a batch: the model, with or without the call in progress."""
+        if self.fs.crashed:
+            return  # the "process" is dying: nobody reads any more
+        models = [self.model()]
+        if self.in_call is not None:
+            with_it = dict(self.counted)
+            with_it[self.in_call.index] = self.in_call
+            models.append(Model().apply_all(with_it[i] for i in sorted(with_it)))
+        for acct in self.accounts:
+            got = self._read(lambda a=acct: self.ddb.get_balance(a))
+            if got is not None:
+                assert got in [m.balance(acct) for m in models], (
+                    "a read inside a batch",
+                    acct,
+                    got,
+                    [m.balance(acct) for m in models],
+                )
 
     def _drop(self) -> None:
         """Forget the process: nothing it holds in memory survives."""
@@ -218,6 +274,7 @@ class MoneyMachine(RuleBasedStateMachine):
     def _call(self, op: Op, use_async: bool, fn: Callable[[], Any] | None = None) -> None:
         """Perform ``op``; a crash makes it unsure (resolved after the restart)."""
         self.ops.append(op)
+        self.in_call = op
         try:
             if fn is not None:
                 fn()
@@ -232,9 +289,14 @@ class MoneyMachine(RuleBasedStateMachine):
                 getattr(self.ddb, op.method)(**op.kwargs, idempotency_key=op.key)
         except (SimulatedCrash, WALWriteError):
             assert self.fs.crashed, "a log write failed without a crash"
+            self.in_call = None
             self.unsure.append(op)
             self._restart(power_loss=self.power_on_crash)
             return
+        except BaseException:
+            self.in_call = None
+            raise
+        self.in_call = None
         self.counted[op.index] = op
 
     power_on_crash = False
@@ -372,6 +434,18 @@ class MoneyMachine(RuleBasedStateMachine):
         left = self.ddb.drain(timeout=0)
         if not self.down:
             assert left == 0
+
+    @rule(reads=st.integers(1, 4))
+    def sync_thread_replays_while_reading(self, reads: int) -> None:
+        """The sync thread replays the backlog (a restart's, or an outage's) while this
+        thread reads; then it is stopped again (the other rules drain explicitly)."""
+        assert self.ddb.manager is not None
+        self.ddb.manager.start()
+        try:
+            for _ in range(reads):
+                self.reads_equal_the_model()
+        finally:
+            self.ddb.manager.stop(timeout=10)
 
     @rule(power_loss=st.booleans())
     def restart(self, power_loss: bool) -> None:

@@ -28,10 +28,10 @@ from wal.db.classify import describe_error, is_transient
 from wal.db.operations import INSERT_ONLY
 from wal.db.operations import OPERATIONS as _BASE_OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS
-from wal.db.schema import bulk_binder, wal_applied
+from wal.db.schema import bulk_binder, wal_applied, wal_applied_keys
 from wal.entry import WALEntry, utc_now
 
-__all__ = ["ApplyResult", "applied_in", "apply_batch"]
+__all__ = ["ApplyResult", "applied_in", "apply_batch", "keys_in"]
 
 # every effect ``apply`` may run: the trading operations and the order journal's
 OPERATIONS = {**_BASE_OPERATIONS, **ORDER_OPERATIONS}
@@ -53,22 +53,52 @@ class ApplyResult:
     error: str | None = None
 
 
+def _key(entry: WALEntry) -> str | None:
+    """The idempotency key the caller gave the entry (None: its own id, nothing to keep)."""
+    return entry.idempotency_key if entry.has_explicit_key else None
+
+
 def apply_batch(conn: Connection, entries: Sequence[WALEntry]) -> list[ApplyResult]:
-    """Apply ``entries`` in order inside ``conn``'s open transaction; one result each."""
+    """Apply ``entries`` in order inside ``conn``'s open transaction; one result each.
+
+    An entry whose idempotency key is already held by another applied entry (in
+    ``wal_applied_keys``: a re-sent key after the log compacted the first entry away, or two
+    entries of one key in the log) is a ``"duplicate"``: the key's effect exists once."""
     ids = [str(e.entry_id) for e in entries]
     done = applied_in(conn, ids)
-    results = _apply_fast(conn, entries, ids, done)
+    keys = keys_in(conn, [k for e in entries if (k := _key(e)) is not None])
+    results = _apply_fast(conn, entries, ids, done, keys)
     if results is None:  # an entry failed: one savepoint per entry isolates it
-        results = [_apply_one(conn, e, eid, done) for e, eid in zip(entries, ids, strict=True)]
+        results = [
+            _apply_one(conn, e, eid, done, keys) for e, eid in zip(entries, ids, strict=True)
+        ]
     return results
 
 
+def _held(entry: WALEntry, eid: str, keys: dict[str, str]) -> bool:
+    """The entry's key belongs to another applied entry: its effect exists already."""
+    k = _key(entry)
+    return k is not None and keys.get(k, eid) != eid
+
+
 def _apply_fast(
-    conn: Connection, entries: Sequence[WALEntry], ids: list[str], done: set[str]
+    conn: Connection,
+    entries: Sequence[WALEntry],
+    ids: list[str],
+    done: set[str],
+    keys: dict[str, str],
 ) -> list[ApplyResult] | None:
     """The whole batch in ONE savepoint; None if any entry fails (the savepoint is rolled
     back and the caller goes entry by entry)."""
-    todo = [(e, eid) for e, eid in zip(entries, ids, strict=True) if eid not in done]
+    todo: list[tuple[WALEntry, str]] = []
+    taken = dict(keys)  # the keys held, and those this batch takes (all or none commit)
+    for e, eid in zip(entries, ids, strict=True):
+        if eid in done or _held(e, eid, taken):
+            continue
+        k = _key(e)
+        if k is not None:
+            taken[k] = eid
+        todo.append((e, eid))
     if any(e.operation not in OPERATIONS for e, _ in todo):
         return None
     values: dict[str, Any] = {}
@@ -77,6 +107,7 @@ def _apply_fast(
             if todo:
                 # ledger rows first, as in _apply_one: a concurrent applier waits on them
                 _insert_ledger(conn, todo)
+                _insert_keys(conn, [(k, eid) for e, eid in todo if (k := _key(e)) is not None])
             run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
             run_op = ""
             for e, eid in todo:
@@ -102,12 +133,16 @@ def _apply_fast(
         for eid in ids
     ]
     done.update(values)
+    keys.update(taken)
     return results
 
 
-def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> ApplyResult:
-    if eid in done:
+def _apply_one(
+    conn: Connection, entry: WALEntry, eid: str, done: set[str], keys: dict[str, str]
+) -> ApplyResult:
+    if eid in done or _held(entry, eid, keys):
         return ApplyResult(eid, "duplicate")
+    key = _key(entry)
     effect = OPERATIONS.get(entry.operation)
     if effect is None:
         known = ", ".join(sorted(OPERATIONS))
@@ -126,14 +161,21 @@ def _apply_one(conn: Connection, entry: WALEntry, eid: str, done: set[str]) -> A
                     applied_at=utc_now(),
                 )
             )
+            if key is not None:  # unique: a second entry of this key waits here, then fails
+                _insert_keys(conn, [(key, eid)])
             value = effect(conn, *entry.args, **entry.kwargs)
     except Exception as exc:
         if is_transient(exc):
             raise
-        if isinstance(exc, sa_exc.IntegrityError) and applied_in(conn, [eid]):
-            return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
+        if isinstance(exc, sa_exc.IntegrityError):
+            if applied_in(conn, [eid]):
+                return ApplyResult(eid, "duplicate")  # another applier committed it meanwhile
+            if key is not None and keys_in(conn, [key]).get(key, eid) != eid:
+                return ApplyResult(eid, "duplicate")  # another entry of this key committed
         return ApplyResult(eid, "error", error=f"{entry.operation}: {describe_error(exc)}")
     done.add(eid)
+    if key is not None:
+        keys[key] = eid
     return ApplyResult(eid, "applied", value=value)
 
 
@@ -159,6 +201,32 @@ def applied_in(conn: Connection, ids: Sequence[str]) -> set[str]:
         sql = f"SELECT {col} FROM {table} WHERE {col} IN ({marks})"
         found.update(row[0] for row in conn.exec_driver_sql(sql, chunk))
     return found
+
+
+def keys_in(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """Which of the idempotency ``keys`` are held, and by which entry id (one query per 500)."""
+    if not keys:
+        return {}
+    t = wal_applied_keys
+    found: dict[str, str] = {}
+    unique = list(dict.fromkeys(keys))
+    for i in range(0, len(unique), _LEDGER_CHUNK):
+        chunk = unique[i : i + _LEDGER_CHUNK]
+        rows = conn.execute(
+            sa.select(t.c.idempotency_key, t.c.entry_id).where(t.c.idempotency_key.in_(chunk))
+        )
+        found.update({str(k): str(e) for k, e in rows})
+    return found
+
+
+def _insert_keys(conn: Connection, rows: list[tuple[str, str]]) -> None:
+    """The key rows of newly applied entries (with their ledger rows, in one savepoint)."""
+    if rows:
+        at = utc_now()
+        conn.execute(
+            sa.insert(wal_applied_keys),
+            [{"idempotency_key": k, "entry_id": eid, "applied_at": at} for k, eid in rows],
+        )
 
 
 def _insert_ledger(conn: Connection, todo: list[tuple[WALEntry, str]]) -> None:

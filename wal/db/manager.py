@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from wal.db.apply import ApplyResult, applied_in, apply_batch
+from wal.db.checks import check_call, check_call_positional, check_key
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
 from wal.db.engine import DEFAULT_URL
 from wal.db.operations import (
@@ -70,6 +71,8 @@ from wal.db.schema import (
     valid_money,
     valid_text,
     valid_when,
+    wal_applied,
+    wal_applied_keys,
 )
 from wal.entry import WALEntry
 from wal.errors import WALDatabaseError
@@ -406,6 +409,25 @@ class DatabaseManager(OrderJournalMethods):
         )
         return self._rows(query)
 
+    # ------------------------------------------------------------------ checks before logging
+
+    def check_arguments(
+        self,
+        operation: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Refuse a critical call whose arguments (or idempotency key) the columns would not
+        take, with one ``WALArgumentError`` naming the argument (``wal.db.checks``). No
+        database access: ``WALManager`` calls it before anything is logged."""
+        if idempotency_key is not None:
+            check_key(operation, idempotency_key)
+        params = dict(kwargs or {})
+        if args:
+            params = check_call_positional(operation, args, params)
+        check_call(operation, params)
+
     # ------------------------------------------------------------------ exactly-once replay
 
     def apply(self, entries: Sequence[WALEntry]) -> list[ApplyResult]:
@@ -438,6 +460,23 @@ class DatabaseManager(OrderJournalMethods):
                 transient=transient,
             ) from exc
         return results
+
+    def applied_key(self, key: str) -> tuple[str, int | None, str] | None:
+        """The applied entry that holds the idempotency ``key`` (``wal_applied_keys``):
+        ``(entry_id, lsn, operation)``, or None. Kept after the log compacts the entry away:
+        "ask before redoing" when ``find_by_idempotency_key`` no longer knows the key (the
+        apply skips a re-sent key anyway, in its own transaction: ``wal.db.apply``)."""
+        k, t = wal_applied_keys, wal_applied
+        query = (
+            sa.select(k.c.entry_id, t.c.lsn, t.c.operation)
+            .select_from(k.outerjoin(t, t.c.entry_id == k.c.entry_id))
+            .where(k.c.idempotency_key == key)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return str(row[0]), (None if row[1] is None else int(row[1])), str(row[2] or "")
 
     def applied_ids(self, entry_ids: Iterable[uuid.UUID | str]) -> set[str]:
         """Which of ``entry_ids`` are in the ``wal_applied`` ledger (as strings)."""

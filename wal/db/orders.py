@@ -7,9 +7,12 @@ registry) share them; each runs in the caller's transaction.
 * ``op_record_order_event``: the event row; the order's state (and broker id, reason).
 * ``op_record_order_fill``: in the caller's ONE transaction: the fill row (inserted, or
   replaced for a correction), the event row, the order's filled quantity, average price and
-  state, the ``trades`` row (``op_log_trade``; not for a correction) and the position change
+  state, the ``trades`` row (``op_log_trade``; not for a correction), the position change
   (``position_ops``: the ``log_position`` / ``update_position`` / ``close_position`` effects,
-  decided by the ``OrderManager`` before logging so a replay does exactly the same).
+  decided by the ``OrderManager`` before logging so a replay does exactly the same) and the
+  cash the fill moves (``fill_cash``: on the order's ``account``, a buy ``-quantity x price -
+  fee``, a sell ``+quantity x price - fee``, one ``balance_changes`` row with the reason
+  ``fill <execution key>``; a correction moves the difference to what that key moved).
 * ``op_record_order_anchor``: an anchor (seq, hash) of the audit chain.
 
 The event's seq must be the order's ``last_seq + 1``: a gap or a repeat is refused (a
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -32,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from wal.db.classify import RecordNotFoundError
 from wal.db.operations import (
+    op_balance_update,
     op_close_position,
     op_log_position,
     op_log_trade,
@@ -49,6 +53,7 @@ from wal.db.order_schema import (
     orders,
 )
 from wal.db.schema import (
+    balance_changes,
     valid_money,
     valid_opt_id,
     valid_opt_positive,
@@ -66,6 +71,8 @@ __all__ = [
     "audit_hash",
     "audit_head",
     "canonical_event",
+    "fill_cash",
+    "fill_reason",
     "fills",
     "op_record_order_anchor",
     "op_record_order_event",
@@ -207,6 +214,46 @@ def op_record_order_event(
     conn.execute(sa.update(orders).where(orders.c.client_order_id == cid).values(values))
 
 
+_CASH_QUANTUM: Final = Decimal("1E-10")
+
+
+def fill_cash(side: object, quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
+    """The cash a fill moves on its account: a buy pays ``quantity x price + fee``, a sell
+    receives ``quantity x price - fee``; rounded down to 10 places (never in the account's
+    favour)."""
+    gross = quantity * price
+    if side == "buy":
+        amount = -gross - fee
+    elif side == "sell":
+        amount = gross - fee
+    else:
+        raise ValueError(f"side must be buy or sell to move cash, got {side!r}")
+    return amount.quantize(_CASH_QUANTUM, rounding=ROUND_FLOOR)
+
+
+def fill_reason(execution_key: str) -> str:
+    """The ``balance_changes`` reason of the cash a fill moved (one per execution key)."""
+    return f"fill {execution_key}"
+
+
+def _move_fill_cash(
+    conn: Connection, account: str, key: str, cash: Decimal, replaced: bool
+) -> None:
+    """Make the cash moved for execution ``key`` on ``account`` equal ``cash`` (a correction
+    moves the difference to what the key moved before)."""
+    moved = Decimal(0)
+    if replaced:
+        rows = conn.execute(
+            sa.select(balance_changes.c.delta).where(
+                balance_changes.c.account == account,
+                balance_changes.c.reason == fill_reason(key),
+            )
+        )
+        moved = sum((Decimal(r[0]) for r in rows), Decimal(0))
+    if cash != moved:
+        op_balance_update(conn, cash - moved, reason=fill_reason(key), account=account)
+
+
 _POSITION_EFFECTS: Final[dict[str, Callable[..., Any]]] = {
     "log_position": op_log_position,
     "update_position": op_update_position,
@@ -237,6 +284,10 @@ def op_record_order_fill(
     audit_seq: int | None = None,
     prev_hash: str | None = None,
     hash: str | None = None,
+    account: str | None = None,
+    fee: Decimal | None = None,
+    cash: Decimal | None = None,
+    replaces_cash: Decimal | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     n = _next_seq(conn, cid, seq)
@@ -294,6 +345,14 @@ def op_record_order_fill(
         if effect is None:
             raise ValueError(f"unknown position operation {op.get('op')!r}")
         effect(conn, **op["kwargs"])
+    if cash is not None:  # fills journaled before fills moved cash carry none
+        acct = valid_text(account, "account")
+        qty, price_ = valid_positive(quantity, "quantity"), valid_positive(price, "price")
+        due = fill_cash(side, qty, price_, valid_money(fee or 0, "fee"))
+        if valid_money(cash, "cash") != due:
+            raise ValueError(f"fill {row['execution_id']}: cash {cash} is not {due}")
+        # in this transaction: the cash moves with the position, once (the ledger row)
+        _move_fill_cash(conn, acct, str(row["execution_key"]), due, bool(replaced))
 
 
 def op_record_order_anchor(

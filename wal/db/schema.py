@@ -5,8 +5,10 @@ Tables (created on first use)
 ``balances`` (account, balance, updated_at), ``balance_changes`` (one row per update, with
 its reason), ``trades``, ``positions``, ``trading_sessions``, ``metrics`` (non-critical) and
 ``wal_applied``, the ledger of log entries already applied (entry_id primary key, lsn,
-operation, applied_at), and ``wal_database_id``, one row holding a random id that names this
-database (the log records it, and refuses to drain into a database with another id).
+operation, applied_at), ``wal_applied_keys`` (the idempotency key of each applied entry given
+one: unique, kept after the log compacts the entry away), and ``wal_database_id``, one row
+holding a random id that names this database (the log records it, and refuses to drain into
+a database with another id).
 
 Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite (which has
 no decimal type and would round through float). Values come back as ``Decimal`` with 10
@@ -45,6 +47,7 @@ __all__ = [
     "trades",
     "trading_sessions",
     "wal_applied",
+    "wal_applied_keys",
     "wal_database_id",
 ]
 
@@ -213,6 +216,18 @@ wal_applied = sa.Table(
     sa.Column("applied_at", UTCDateTime(), nullable=False),
 )
 
+# The idempotency keys of the applied entries that were given one, beside the ledger: a key
+# stays known here after the log compacts its entry away, so a re-sent key is never applied
+# twice (unique: a second entry with a key already here is skipped as a duplicate).
+MAX_KEY_LEN: Final = 255
+wal_applied_keys = sa.Table(
+    "wal_applied_keys",
+    metadata,
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LEN), primary_key=True),
+    sa.Column("entry_id", _Id, nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
 # One row (key 1): a random id given to this database the first time the log applies to it.
 # A backup carries it; another database has another id (or none), so the log can tell them apart.
 wal_database_id = sa.Table(
@@ -272,7 +287,20 @@ def valid_text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: b
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_len:
         raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
+    if not value.isascii() or "\x00" in value:
+        _storable_text(value, name)
     return value
+
+
+def _storable_text(value: str, name: str) -> None:
+    """Text both databases store as given: no NUL (PostgreSQL refuses it) and valid UTF-8
+    (a lone surrogate cannot be encoded)."""
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character, which the database cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)") from None
 
 
 def valid_id(value: object, name: str) -> str:
@@ -291,7 +319,10 @@ def valid_opt_id(value: object, name: str) -> str | None:
 def valid_utc(value: object, name: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name}={value!r} has no UTC equivalent (out of range)") from None
 
 
 def valid_when(value: object, name: str) -> datetime:

@@ -76,6 +76,8 @@ class AsyncAppender(LogWriter):
             if len(b) > self.options.max_entry_bytes:  # refused before anything is staged
                 raise WALEntryTooLargeError(len(b), self.options.max_entry_bytes)
         hashes = [uuid_hash(e.entry_id) for e in entries]
+        if len({e.entry_id for e in entries}) != len(entries):  # as append_many: never staged
+            raise ValueError("the batch holds the same entry twice: already in the log")
         key_hashes = [key_hash(e.idempotency_key) if e.has_explicit_key else None for e in entries]
         codes = [STATUS_CODE[e.status] for e in entries]
         loop = asyncio.get_running_loop()

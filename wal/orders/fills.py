@@ -29,6 +29,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from wal.crashpoints import crash_point
+from wal.db.orders import fill_cash
 from wal.orders.base import LIVE_STATES, OrderBase, why
 from wal.orders.broker import BrokerOrder
 from wal.orders.errors import BrokerProtocolError, FillError
@@ -367,6 +368,12 @@ class OrderFills(OrderBase):
             ops, pnl, new_pos = self._book.change(fill.symbol, signed, fill.price)
             seq = order.last_seq + 1
             trade_id = uuid.uuid4().hex if old is None else None  # made here: a replay reuses it
+            # the cash it moves on the order's account, in the same entry (wal.db.orders)
+            cash = fill_cash(fill.side, fill.quantity, fill.price, fill.fee)
+            replaces = None
+            if old is not None:
+                old_q, old_p = Decimal(str(old["quantity"])), Decimal(str(old["price"]))
+                replaces = fill_cash(fill.side, old_q, old_p, Decimal(str(old.get("fee") or 0)))
             await self.journal.arecord_fill(
                 fill,
                 execution_key=key,
@@ -378,7 +385,11 @@ class OrderFills(OrderBase):
                 trade_id=trade_id,
                 pnl=pnl,
                 position_ops=ops,
-            )  # fsynced: fill, event, order, trade and position change as one entry
+                account=order.intent.account,
+                fee=fill.fee,
+                cash=cash,
+                replaces_cash=replaces,
+            )  # fsynced: fill, event, order, trade, position change and cash as one entry
             crash_point("order.after_fill_fsync")
             self._book.set(fill.symbol, new_pos)
             if pnl is not None:
@@ -391,6 +402,7 @@ class OrderFills(OrderBase):
                 "executed_at": fill.executed_at,
                 "pnl": pnl,
                 "trade_id": trade_id,
+                "fee": fill.fee,
             }
             order = replace(
                 order,

@@ -480,12 +480,15 @@ class OrderManager(OrderFills):
             except Exception as exc:
                 log.warning("balance of %s unknown: %s", intent.account, why(exc))
         reserved = Decimal(0)
-        position = self._book.quantity(intent.symbol)
+        open_buys = open_sells = Decimal(0)  # per side: the worst case (validation.check_risk)
         for o in self._orders.values():
             if is_final(o.state):
                 continue
             if o.symbol == intent.symbol:
-                position += o.remaining if o.intent.side == "buy" else -o.remaining
+                if o.intent.side == "buy":
+                    open_buys += o.remaining
+                else:
+                    open_sells += o.remaining
             if o.intent.side == "buy" and o.intent.account == intent.account:
                 p = (
                     o.intent.limit_price
@@ -498,5 +501,13 @@ class OrderManager(OrderFills):
         check_risk(
             intent,
             self.risk,
-            RiskView(price, balance, reserved, position, self._book.pnl_on(today)),
+            RiskView(
+                price,
+                balance,
+                reserved,
+                self._book.quantity(intent.symbol),
+                self._book.pnl_on(today),
+                open_buys,
+                open_sells,
+            ),
         )

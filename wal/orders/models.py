@@ -181,9 +181,11 @@ class Fill:
     price: Decimal
     executed_at: datetime = field(default_factory=_now)
     broker_order_id: str | None = None
+    fee: Decimal = Decimal(0)  # what the account paid for it (commission), >= 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "fee": _s(self.fee),
             "execution_id": self.execution_id,
             "client_order_id": self.client_order_id,
             "broker_order_id": self.broker_order_id,
@@ -205,6 +207,7 @@ class Fill:
             quantity=Decimal(str(d["quantity"])),
             price=Decimal(str(d["price"])),
             executed_at=_time(d.get("executed_at")) or _now(),
+            fee=Decimal(str(d.get("fee") or 0)),
         )
 
 

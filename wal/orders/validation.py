@@ -32,8 +32,11 @@ _MAX_PLACES: Final = 10
 class RiskLimits:
     """Pre-trade limits; None switches a limit off.
 
-    ``max_position``: the largest net position (absolute, in units) per symbol after this
-    order and the open orders. ``max_order_notional``: quantity x price of one order.
+    ``max_position``: the largest position (in units) per symbol on each side, in the worst
+    case: the position plus every open buy (this one included) at most ``max_position``, the
+    position minus every open sell at least ``-max_position`` (open orders of the other side
+    never make room: they may not fill). ``max_position_notional``: the same worst case per
+    side, valued at the order's price. ``max_order_notional``: quantity x price of one order.
     ``max_daily_loss``: a positive amount; submits stop once today's (UTC) realized P&L is
     at or below minus it. ``check_balance``: a buy's cost (plus the open buys') must fit in
     the account's balance as read through the log (pending entries included).
@@ -43,10 +46,12 @@ class RiskLimits:
     max_order_notional: Decimal | None = None
     max_daily_loss: Decimal | None = None
     check_balance: bool = True
+    max_position_notional: Decimal | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RiskLimits:
-        """``ORDER_MAX_POSITION``, ``ORDER_MAX_NOTIONAL``, ``ORDER_MAX_DAILY_LOSS``."""
+        """``ORDER_MAX_POSITION``, ``ORDER_MAX_NOTIONAL``, ``ORDER_MAX_DAILY_LOSS``,
+        ``ORDER_MAX_POSITION_NOTIONAL``."""
         e = os.environ if env is None else env
 
         def dec(name: str) -> Decimal | None:
@@ -54,7 +59,10 @@ class RiskLimits:
             return None if not v else Decimal(v)
 
         return cls(
-            dec("ORDER_MAX_POSITION"), dec("ORDER_MAX_NOTIONAL"), dec("ORDER_MAX_DAILY_LOSS")
+            dec("ORDER_MAX_POSITION"),
+            dec("ORDER_MAX_NOTIONAL"),
+            dec("ORDER_MAX_DAILY_LOSS"),
+            max_position_notional=dec("ORDER_MAX_POSITION_NOTIONAL"),
         )
 
 
@@ -63,10 +71,12 @@ class RiskView:
     """What ``check_risk`` judges an intent against (read by the manager, fed in here)."""
 
     price: Decimal | None  # the price the order is valued at (limit, stop or market)
-    balance: Decimal | None  # the account's balance incl. pending entries; None: unknown
-    reserved: Decimal  # what the account's open buy orders may still cost
-    position: Decimal  # the symbol's net position, signed, incl. open orders' remainders
+    balance: Decimal | None  # the account's balance after its fills, incl. pending entries
+    reserved: Decimal  # what the account's open buy orders may still cost (the worst case)
+    position: Decimal  # the symbol's position, signed: its fills only
     daily_pnl: Decimal  # today's realized P&L (negative: a loss)
+    open_buys: Decimal = Decimal(0)  # what the symbol's open buy orders may still buy
+    open_sells: Decimal = Decimal(0)  # what its open sell orders may still sell (positive)
 
 
 def _reject(reason: RejectReason, message: str, field_: str) -> OrderRejected:
@@ -149,17 +159,26 @@ def check_risk(intent: OrderIntent, limits: RiskLimits, view: RiskView) -> None:
             f"reached the daily loss limit {limits.max_daily_loss}",
             "max_daily_loss",
         )
-    signed = intent.quantity if intent.side == "buy" else -intent.quantity
-    if limits.max_position is not None and abs(view.position + signed) > limits.max_position:
+    # the worst case of this order's side: every open order of that side fills, none of the
+    # other side does (a resting sell never makes room for a buy)
+    if intent.side == "buy":
+        worst = view.position + view.open_buys + intent.quantity
+    else:
+        worst = view.position - view.open_sells - intent.quantity
+    if limits.max_position is not None and abs(worst) > limits.max_position and (
+        (worst > 0) == (intent.side == "buy")
+    ):
         raise _reject(
             RejectReason.MAX_POSITION,
-            f"the {intent.symbol} position would be "
-            f"{view.position + signed} (open orders included); the limit is "
-            f"{limits.max_position}",
+            f"the {intent.symbol} position could reach {worst} (the position "
+            f"{view.position}, every open {intent.side} and this one filled); the limit "
+            f"is {limits.max_position} per side",
             "quantity",
         )
-    needs_price = limits.max_order_notional is not None or (
-        limits.check_balance and intent.side == "buy"
+    needs_price = (
+        limits.max_order_notional is not None
+        or limits.max_position_notional is not None
+        or (limits.check_balance and intent.side == "buy")
     )
     if view.price is None:
         if needs_price:
@@ -171,6 +190,15 @@ def check_risk(intent: OrderIntent, limits: RiskLimits, view: RiskView) -> None:
             )
         return
     notional = intent.quantity * view.price
+    cap = limits.max_position_notional
+    if cap is not None and abs(worst) * view.price > cap and (worst > 0) == (intent.side == "buy"):
+        raise _reject(
+            RejectReason.MAX_NOTIONAL,
+            f"the {intent.symbol} position could reach {worst} x {view.price} = "
+            f"{abs(worst) * view.price} (every open {intent.side} and this one filled); the "
+            f"limit is {cap} per side",
+            "quantity",
+        )
     if limits.max_order_notional is not None and notional > limits.max_order_notional:
         raise _reject(
             RejectReason.MAX_NOTIONAL,

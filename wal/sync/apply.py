@@ -51,6 +51,7 @@ class Outcome:
     status: WALEntryStatus
     result: Any = None
     error: str | None = None
+    duplicate: bool = False  # the database already had the effect (ledger or key ledger)
 
 
 @dataclass
@@ -226,7 +227,7 @@ class Applier:
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, r.value)
             elif r.outcome == "duplicate":
                 self.counters.duplicates += 1
-                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED)
+                outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, duplicate=True)
             else:
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.PENDING, error=r.error)
         return outcomes
@@ -274,7 +275,8 @@ class Applier:
         before = (c.applied, c.duplicates, c.failed, c.errors)
         error = None
         after_lsn = 0
-        while not (self.stopping.is_set() and not force):
+        explicit = force  # a drain asked for (force_sync): every batch, even once stopped
+        while explicit or not self.stopping.is_set():
             if not force and not self.breaker.allow():
                 error = self.last_error
                 break

@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from wal.config import WALConfig, mask_url
+from wal.db.checks import argument_named
 from wal.db.engine import DEFAULT_URL
 from wal.entry import OperationType
-from wal.errors import WALConfigError, WALSerializationError
+from wal.errors import WALArgumentError, WALConfigError
 
 __all__ = [
     "CRITICAL_OPERATIONS",
@@ -60,9 +61,7 @@ def reject_floats(op: str, params: dict[str, Any]) -> None:
     """Money is Decimal: a float would be logged and then refused by the database."""
     for name, value in params.items():
         if isinstance(value, float):
-            raise WALSerializationError(
-                f"{op}({name}=...)", f"{value!r} is a float; pass money as Decimal"
-            )
+            raise WALArgumentError(op, name, f"{value!r} is a float; pass money as Decimal")
 
 
 def prepare_call(
@@ -70,7 +69,10 @@ def prepare_call(
 ) -> dict[str, Any]:
     """Bind ``args``/``kwargs`` to ``method``, fill the id and the time: the keyword
     arguments that get logged (and passed to ``method`` when the log is off)."""
-    bound = inspect.signature(method).bind(*args, **kwargs)
+    try:
+        bound = inspect.signature(method).bind(*args, **kwargs)
+    except TypeError as exc:  # an unknown or missing argument: refused before logging
+        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     params = dict(bound.arguments)
     for name, p in inspect.signature(method).parameters.items():
         if p.kind is inspect.Parameter.VAR_KEYWORD and name in params:
@@ -91,7 +93,10 @@ def check_call(db: Any, op: str, kwargs: dict[str, Any]) -> None:
     the wrapped manager ``db``'s method does not take, or a float."""
     if op not in CRITICAL_OPERATIONS:
         raise ValueError(f"{op!r} is not a critical operation")
-    inspect.signature(getattr(db, op)).bind(**kwargs)  # refused before logging
+    try:
+        inspect.signature(getattr(db, op)).bind(**kwargs)  # refused before logging
+    except TypeError as exc:
+        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     reject_floats(op, kwargs)
 
 

@@ -34,8 +34,9 @@ from typing import Any, TypeVar
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
 from wal.db.manager import DatabaseManager
+from wal.db.schema import valid_money
 from wal.entry import OperationType, WALEntry
-from wal.errors import WALDatabaseError, WALSerializationError
+from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
 from wal.sync.calls import DurableBalanceTxn, check_call, check_same_database, prepare_call
 from wal.sync.manager import Receipt, WALManager
@@ -219,12 +220,14 @@ class DurableDatabaseManager:
         if delta is None:
             return self._balance_txn(account, reason, idempotency_key)
         if not isinstance(delta, Decimal):
-            raise WALSerializationError(
-                "atomic_balance_update(delta=...)",
+            raise WALArgumentError(
+                "atomic_balance_update",
+                "delta",
                 f"{delta!r} is a {type(delta).__name__}; pass money as Decimal",
             )
         if self.manager is None:
             return self._db.atomic_balance_update(delta, reason=reason, account=account)
+        self._check_new_balance(account, delta)
         receipt = self.manager.write(
             OperationType.BALANCE_UPDATE,
             idempotency_key=idempotency_key,
@@ -240,6 +243,19 @@ class DurableDatabaseManager:
         except WALDatabaseError:
             # the update is durable: raising now would invite a retry that doubles it
             return None
+
+    def _check_new_balance(self, account: object, delta: Decimal) -> None:
+        """Refuse, before logging, an update whose new balance the column could not hold (as
+        this process knows the balance: no database read); the database would refuse it."""
+        if self._reads is None or not isinstance(account, str):
+            return  # a bad account is refused by the argument checks
+        known = self._reads.estimate(account)
+        if known is None or not delta.is_finite():
+            return
+        try:
+            valid_money(known + delta, "the new balance")
+        except ValueError as exc:
+            raise WALArgumentError("atomic_balance_update", "delta", str(exc)) from None
 
     @contextmanager
     def _balance_txn(
@@ -325,6 +341,14 @@ class DurableDatabaseManager:
         (pending, being applied, applied but not yet marked in the log, after a crash). Does
         not wait for a drain. Raises ``WALDatabaseError`` only when the database has not been
         reachable since start (then the balance is unknown)."""
+        if not isinstance(account, str) or not account or len(account) > 64:
+            # refused here, not answered from the overlay's figures under another key
+            raise WALArgumentError(
+                "get_balance",
+                "account",
+                f"must be a non-empty str of at most 64 characters, "
+                f"got {type(account).__name__} {account!r}",
+            )
         if self._reads is None:
             return Decimal(self._db.get_balance(account))
         return self._reads.balance(account)

@@ -115,6 +115,7 @@ class WALManager:
         (the log failed: trading must halt). Database errors never raise here: the entry is
         durable and the receipt says PENDING.
         """
+        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return self._write_new(entry)
@@ -133,27 +134,39 @@ class WALManager:
         thread. The loop never waits for the disk or the database.
 
         Cancelling the coroutine does not cancel the write: the entry may still be durable
-        and is then applied by the sync thread. With an ``idempotency_key``, a retry of the
-        same call finds it (and returns its receipt, ``duplicate=True``).
+        and is then applied by the sync thread. With an ``idempotency_key`` the whole keyed
+        write runs in a worker thread (it joins the same group commit as a thread appender):
+        the key stays claimed until the entry is durable or refused, whatever happens to the
+        coroutine, so a retry of the same call waits for it and returns its receipt
+        (``duplicate=True``), never a second entry.
         """
+        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad
         entry = WALEntry.create(operation, args, kwargs, idempotency_key)
         if idempotency_key is None:
             return await self._write_new_async(entry)
+        # A keyed write runs whole in a worker thread: the key stays claimed until the entry
+        # is durable or refused even if this coroutine is cancelled meanwhile (a retry then
+        # waits for it and gets its receipt), and it depends on no event loop staying alive.
         loop = asyncio.get_running_loop()
-        while (got := self._claim(idempotency_key)) is not None:
-            if isinstance(got, Receipt):
-                return got
-            # another writer has this key in flight: wait for it off the loop (rare)
-            await loop.run_in_executor(self._apply_executor(), got.wait)
-        try:
-            known = self._logged(idempotency_key)
-            if known is not None:
-                return known
-            receipt = await self._write_new_async(entry)
-            self._remember(idempotency_key, receipt)
-            return receipt
-        finally:
-            self._release(idempotency_key)
+        return await loop.run_in_executor(
+            self._apply_executor(), self._write_keyed, entry, idempotency_key
+        )
+
+    def check_arguments(
+        self,
+        operation: str | OperationType,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Refuse, before the log is touched, a call whose arguments the database's columns
+        would not take: the database's ``check_arguments`` (the bundled ``DatabaseManager``
+        has it: ``wal.db.checks``) raises ``WALArgumentError`` naming the argument. A
+        database of your own without it is not checked here."""
+        check = getattr(self.db, "check_arguments", None)
+        if callable(check):
+            op = operation.value if isinstance(operation, OperationType) else str(operation)
+            check(op, args, kwargs, idempotency_key)
 
     async def _write_new_async(self, entry: WALEntry) -> Receipt:
         if self._applier.fatal is not None:
@@ -177,7 +190,8 @@ class WALManager:
         if self._executor is None:
             with self._keys_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(8, thread_name_prefix="wal-apply")
+                    # keyed write_async calls wait for their fsync in these threads too
+                    self._executor = ThreadPoolExecutor(32, thread_name_prefix="wal-apply")
         return self._executor
 
     def add_apply_observer(self, observer: ApplyObserver) -> None:
@@ -213,10 +227,13 @@ class WALManager:
         receipt cache, or written before a restart), ``duplicate=True``; None if there is none."""
         found = self.storage.find_by_idempotency_key(key)
         if found is None:
+            # not in the log (never written, or compacted away): written, and the database's
+            # key ledger (wal_applied_keys) skips it at apply if the key was applied before
             return None
         receipt = replace(self._receipt(found, found.status), duplicate=True)
         self._remember(key, receipt)
         return receipt
+
 
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while (got := self._claim(key)) is not None:
@@ -245,6 +262,8 @@ class WALManager:
         receipt is the first write's, ``duplicate=True``. All or none of the new entries are
         acknowledged; ``WALWriteError`` halts trading as in ``write``.
         """
+        for op, kw, key in calls:
+            self.check_arguments(op, (), kw, key)  # bad input is never durable: none is written
         entries = [WALEntry.create(op, (), kw, key) for op, kw, key in calls]
         keys = sorted({e.idempotency_key for e in entries if e.has_explicit_key})
         claimed: list[str] = []
@@ -348,7 +367,9 @@ class WALManager:
                 self._wake.set()
                 return self._receipt(e, WALEntryStatus.PENDING)
         out = outcomes[e.entry_id]
-        return self._receipt(e, out.status, out.result, out.error)
+        receipt = self._receipt(e, out.status, out.result, out.error)
+        # the database already had its effect (its key applied before, e.g. before compaction)
+        return replace(receipt, duplicate=True) if out.duplicate else receipt
 
     def _status_of(self, e: WALEntry) -> WALEntryStatus:
         try:

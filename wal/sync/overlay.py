@@ -67,13 +67,14 @@ def _dec(v: Any) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class _Effect:
-    """What an entry does to the reads: a balance delta, or a position operation."""
+    """What an entry does to the reads: a balance delta, position operations, or both (a
+    fill: its cash and its position change)."""
 
     entry_id: str
     lsn: int
-    account: str | None  # balance entries
+    account: str | None  # the account whose balance it changes (by ``delta``)
     delta: Decimal
-    entry: WALEntry | None  # position entries (their arguments are applied to rows)
+    entry: WALEntry | None  # the entry whose position operations are applied to rows
 
 
 def _effect(entry: WALEntry) -> _Effect | None:
@@ -84,8 +85,16 @@ def _effect(entry: WALEntry) -> _Effect | None:
             return None
         account = str(entry.kwargs.get("account", "default"))
         return _Effect(str(entry.entry_id), lsn, account, _dec(delta), None)
-    if entry.operation == _ORDER_FILL and entry.kwargs.get("position_ops"):
-        return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
+    if entry.operation == _ORDER_FILL:
+        # a fill moves cash (on its order's account) and positions, in one entry
+        kw = entry.kwargs
+        cash = kw.get("cash")
+        payer = None if cash is None else str(kw.get("account"))
+        moved = _ZERO if cash is None else _dec(cash) - _dec(kw.get("replaces_cash") or 0)
+        moves = entry if kw.get("position_ops") else None
+        if payer is None and moves is None:
+            return None
+        return _Effect(str(entry.entry_id), lsn, payer, moved, moves)
     if entry.operation in _POSITION_OPS and entry.kwargs.get("position_id") is not None:
         return _Effect(str(entry.entry_id), lsn, None, _ZERO, entry)
     return None
@@ -141,7 +150,8 @@ class Overlay:
         self._sums: dict[str, Decimal] = {}  # logged and not known applied (signed)
         self._logged: dict[str, Decimal] = {}  # logged minus dead letters: the kept state's clock
         self._positions: dict[int, _Effect] = {}  # pending position entries by LSN
-        self._finished_unhooked: set[int] = set()  # position entries applied before their hook
+        self._hooked: set[str] = set()  # logged by this process, counted, not yet finished
+        self._batched_first: set[str] = set()  # counted by their batch before their write hook
         self._inflight: dict[str, _Effect] = {}  # the batch being applied
         self._unsure: dict[str, _Effect] = {}  # maybe applied: found at open, ambiguous commits
         self._early: set[str] = set()  # found in the ledger by a read before the drain got them
@@ -157,10 +167,11 @@ class Overlay:
 
     @staticmethod
     def balance_delta(entry: WALEntry, account: str) -> Decimal:
-        if entry.operation != _BAL or entry.kwargs.get("account", "default") != account:
+        """What ``entry`` adds to ``account``'s balance (a balance update, or a fill's cash)."""
+        eff = _effect(entry)
+        if eff is None or eff.account != account:
             return _ZERO
-        delta = entry.kwargs.get("delta")
-        return _ZERO if delta is None else _dec(delta)
+        return eff.delta
 
     @staticmethod
     def apply_position(positions: dict[str, dict[str, Any]], entry: WALEntry) -> None:
@@ -204,20 +215,25 @@ class Overlay:
                 self._unsure[eff.entry_id] = eff
 
     def on_write(self, entry: WALEntry) -> None:
-        """The write hook: a newly durable entry (before it is applied)."""
+        """The write hook: a newly durable entry (before it is applied, or while: the sync
+        thread may find it in the log before this hook runs; then the batch counted it)."""
         eff = _effect(entry)
         if eff is None:
             return
         with self._lock:
-            if eff.account is not None:
-                self._count(eff, 1)
-                self._logged[eff.account] = self._logged.get(eff.account, _ZERO) + eff.delta
+            if eff.entry_id in self._batched_first:
+                self._batched_first.discard(eff.entry_id)  # counted when its batch started
                 return
-            assert eff.entry is not None
-            if eff.lsn in self._finished_unhooked:
-                self._finished_unhooked.discard(eff.lsn)  # applied already: not pending
-            else:
-                self._positions[eff.lsn] = eff
+            self._register(eff)
+
+    def _register(self, eff: _Effect) -> None:
+        """Count a newly logged entry as pending (lock held): once, by whichever comes first,
+        its write hook or the start of the batch that applies it."""
+        self._hooked.add(eff.entry_id)
+        self._count(eff, 1)
+        if eff.account is not None:
+            self._logged[eff.account] = self._logged.get(eff.account, _ZERO) + eff.delta
+        if eff.entry is not None:
             self._pos_seq += 1
             if self._pos_reading:
                 self._pos_events.append((self._pos_seq, eff.entry))
@@ -226,12 +242,18 @@ class Overlay:
 
     def batch_starting(self, batch: Sequence[WALEntry]) -> None:
         """The manager is about to apply ``batch``: its entries are uncertain until it ends.
-        Waits for the reads in progress (a read must not see a batch start mid-way)."""
+        Waits for the reads in progress (a read must not see a batch start mid-way). An entry
+        logged by this process whose write hook has not run yet is counted now: the hook
+        comes after the append returns, and the sync thread may apply the entry before."""
         effects = [eff for eff in map(_effect, batch) if eff is not None]
         if not effects:
             return
         with self._gate.starting(), self._lock:
             for eff in effects:
+                known = eff.entry_id in self._hooked or eff.lsn <= self._open_lsn
+                if not known and eff.entry_id not in self._batched_first:
+                    self._batched_first.add(eff.entry_id)
+                    self._register(eff)
                 self._inflight[eff.entry_id] = eff
 
     def batch_finished(
@@ -253,6 +275,7 @@ class Overlay:
                 status = statuses.get(entry.entry_id)
                 if status in _DONE:
                     self._unsure.pop(eid, None)
+                    self._hooked.discard(eid)
                     if eid in self._early:
                         self._early.discard(eid)  # a read already took it out of the sums
                         continue
@@ -260,17 +283,20 @@ class Overlay:
                     if status is WALEntryStatus.FAILED and eff.account is not None:
                         # a dead letter never reaches the database: not in the kept state either
                         self._logged[eff.account] = self._logged.get(eff.account, _ZERO) - eff.delta
-                elif eid in maybe:
+                elif eid in maybe and eid not in self._early:
+                    # maybe committed (an ambiguous COMMIT); an entry a read already found in
+                    # the ledger is known applied and out of the sums: it stays so
                     self._unsure[eid] = eff
 
     def _count(self, eff: _Effect, sign: int) -> None:
         """Add (1) or remove (-1) an entry's effect from the pending state (lock held)."""
         if eff.account is not None:
             self._sums[eff.account] = self._sums.get(eff.account, _ZERO) + sign * eff.delta
-        elif sign > 0:
-            self._positions[eff.lsn] = eff
-        elif self._positions.pop(eff.lsn, None) is None and eff.lsn > self._open_lsn:
-            self._finished_unhooked.add(eff.lsn)  # its write hook has not run yet
+        if eff.entry is not None:
+            if sign > 0:
+                self._positions[eff.lsn] = eff
+            else:
+                self._positions.pop(eff.lsn, None)
 
     def _settle(self, asked: Iterable[str], applied: set[str]) -> None:
         """Maybe-applied entries the ledger answered about (lock held, gate held): those in
@@ -294,10 +320,12 @@ class Overlay:
                 number = self._reads
                 logged = self._logged.get(account, _ZERO)
                 total = self._sums.get(account, _ZERO)
+                # the uncertain entries still counted in the sums: one a read already found in
+                # the ledger (early) is out of them, even while a batch replays it
                 mine = {
                     eid: eff.delta
                     for eid, eff in (*self._inflight.items(), *self._unsure.items())
-                    if eff.account == account
+                    if eff.account == account and eid not in self._early
                 }
                 settle = list(self._unsure)  # one question settles every maybe-applied entry
             asked = list(dict.fromkeys([*mine, *settle]))
@@ -321,7 +349,7 @@ class Overlay:
                 uncertain = {
                     eid
                     for eid, eff in (*self._inflight.items(), *self._unsure.items())
-                    if eff.account is None
+                    if eff.entry is not None
                 }
                 settle = list(self._unsure)
                 seq = self._pos_seq

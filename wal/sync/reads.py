@@ -10,18 +10,26 @@ database under it, for ``DurableDatabaseManager.get_balance`` and ``get_open_pos
 * the *kept* state instead of a fresh read while the breaker is open, and when a fresh read
   cannot connect (that failure is fed to the breaker: it is evidence of an outage);
 * ``WALDatabaseError`` when there is no kept state either (the database has not been
-  reachable since this process started).
+  reachable since this process started);
+* a refusal, with the apply's "this log belongs to ..." error, while the database is not the
+  log's (``<WAL_DIR>/database.json`` names another one): its figures plus this log's pending
+  entries would be a balance of nobody's. Never answered from the kept state either. Once the
+  database was found to be the log's, it is not asked again;
+* a non-transient error of a fresh read (a bug, bad SQL) raises: only an outage falls back to
+  the kept state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 from wal.errors import WALDatabaseError
 from wal.sync.apply import transient_error
 from wal.sync.breaker import BreakerState
+from wal.sync.identity import mismatch, read_target
 from wal.sync.manager import WALManager
 from wal.sync.overlay import BalanceReader, Overlay, PositionsReader
 
@@ -37,6 +45,7 @@ class PendingReads:
         self._db = db
         self._manager = manager
         self._overlay = overlay
+        self._ours = False  # the database was found to be the log's (database.json)
 
     def balance(self, account: str) -> Decimal:
         """``DurableDatabaseManager.get_balance`` with the log on."""
@@ -46,6 +55,11 @@ class PendingReads:
             f"the balance of account {account!r} is unknown: the database has not been "
             "reachable since this process started, so pending entries have no base",
         )
+
+    def estimate(self, account: str) -> Decimal | None:
+        """The balance as this process last knew it, plus what was logged since (no database
+        read): None when no read has succeeded yet."""
+        return self._overlay.kept_balance(account)
 
     def open_positions(self) -> list[dict[str, Any]]:
         """``DurableDatabaseManager.get_open_positions`` with the log on."""
@@ -86,15 +100,38 @@ class PendingReads:
         m = self._manager
         if kept() is None or m.breaker.state is not BreakerState.OPEN:
             try:
+                self._check_database()  # another database's figures are never an answer
                 if self._snapshot_reads():
                     return fresh()  # one snapshot: no need to wait for a batch
                 with m.apply_lock:  # two separate reads: no batch may commit between them
                     return fresh()
             except Exception as exc:
                 if not transient_error(exc):
-                    raise
+                    raise  # a bug, bad SQL, another database: never the kept state
                 m.breaker.failure()  # a read that cannot connect is evidence of an outage
         value = kept()
         if value is None:
             raise WALDatabaseError(unknown, transient=True)
         return value
+
+    def _check_database(self) -> None:
+        """Refuse to read a database that is not the log's (``wal.sync.identity``), with the
+        apply's "this log belongs to ..." error, marked permanent: no kept state answers."""
+        if self._ours:
+            return
+        get_id = getattr(self._db, "database_id", None)
+        if not callable(get_id):
+            self._ours = True  # a manager of your own: not checked (as the apply)
+            return
+        target = read_target(Path(self._manager.storage.directory))
+        if target is None:
+            return  # nothing recorded yet: the first apply records this database
+        why = mismatch(target, str(getattr(self._db, "url", "?")), get_id())
+        if why is not None:
+            raise WALDatabaseError(
+                f"{why}: reads refuse to answer from it",
+                transient=False,
+                hint="point the engine at the log's database, or rebind the log with "
+                "`atb wal sync --database-url URL --yes`; the entries stay pending",
+            )
+        self._ours = True

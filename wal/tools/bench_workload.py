@@ -81,7 +81,7 @@ def make_trade(i: int = 0) -> WALEntry:
             "trade_id": uuid.uuid4(),
             "symbol": "BTCUSDT" if i % 2 == 0 else "ETHUSDT",
             "side": "buy" if i % 3 else "sell",
-            "qty": Decimal("0.01250000") + Decimal(i % 97) / Decimal(10_000),
+            "quantity": Decimal("0.01250000") + Decimal(i % 97) / Decimal(10_000),
             "price": Decimal("67321.45") + Decimal(i % 1_000) / Decimal(100),
             "executed_at": datetime.now(UTC),
         },

@@ -1,0 +1,128 @@
+"""Risk limits on the worst case, per side (issue 20, item 2).
+
+``max_position`` used to net the open orders of both sides: a resting sell of 10 let a buy
+of 20 through a limit of 10 (the sell may never fill: the position would be 20). Now, per
+side: the position plus every open buy (this one included) <= max, the position minus every
+open sell >= -max; the same for ``max_position_notional``, valued at the order's price.
+Concurrent submits cannot pass a limit together (the manager checks and journals under one
+lock).
+
+Real parts: the paper broker (orders rest with ``auto_fill=False``), a log directory and a
+SQLite file or the PostgreSQL fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from orders_helpers import make_rig, run
+
+from wal.orders import (
+    OrderIntent,
+    OrderRejected,
+    PaperBroker,
+    RejectReason,
+    RiskLimits,
+    RiskView,
+    check_risk,
+)
+
+D = Decimal
+
+
+def view(position: str = "0", buys: str = "0", sells: str = "0") -> RiskView:
+    return RiskView(D(100), D(10**9), D(0), D(position), D(0), D(buys), D(sells))
+
+
+def order(side: str, qty: str) -> OrderIntent:
+    return OrderIntent(symbol="AAPL", side=side, quantity=D(qty))
+
+
+@pytest.mark.parametrize(
+    ("side", "qty", "position", "buys", "sells", "ok"),
+    [
+        ("buy", "20", "0", "0", "10", False),  # the issue's case: a resting sell makes no room
+        ("buy", "10", "0", "0", "10", True),
+        ("buy", "5", "0", "6", "0", False),  # open buys count on the buy side
+        ("buy", "4", "0", "6", "0", True),
+        ("sell", "20", "0", "10", "0", False),  # a resting buy makes no room for a sell
+        ("sell", "5", "-6", "0", "0", False),
+        ("sell", "5", "-6", "0", "0", False),
+        ("sell", "15", "6", "0", "0", True),  # ends short 9
+        ("buy", "5", "-20", "0", "0", True),  # reduces a short beyond the limit
+        ("sell", "5", "20", "0", "0", True),  # reduces a long beyond the limit
+        ("buy", "1", "10", "0", "0", False),
+    ],
+)
+def test_max_position_per_side_on_the_worst_case(
+    side: str, qty: str, position: str, buys: str, sells: str, ok: bool
+) -> None:
+    limits = RiskLimits(max_position=D(10), check_balance=False)
+    if ok:
+        check_risk(order(side, qty), limits, view(position, buys, sells))
+        return
+    with pytest.raises(OrderRejected) as info:
+        check_risk(order(side, qty), limits, view(position, buys, sells))
+    assert info.value.reason is RejectReason.MAX_POSITION
+
+
+def test_max_position_notional_per_side_on_the_worst_case() -> None:
+    limits = RiskLimits(max_position_notional=D(1000), check_balance=False)
+    check_risk(order("buy", "10"), limits, view(sells="10"))  # 10 x 100 = 1000
+    with pytest.raises(OrderRejected) as info:
+        check_risk(order("buy", "11"), limits, view(sells="10"))
+    assert info.value.reason is RejectReason.MAX_NOTIONAL
+    with pytest.raises(OrderRejected):
+        check_risk(order("sell", "5"), limits, view(position="-3", sells="3"))
+
+
+def test_a_resting_sell_does_not_let_a_buy_past_the_limit(db_url: str, tmp_path: Path) -> None:
+    broker = PaperBroker(seed=1, auto_fill=False)
+    limits = RiskLimits(max_position=D(10))
+    rig = make_rig(tmp_path, broker, url=db_url, risk=limits)
+
+    async def go() -> None:
+        await rig.om.start()
+        limit = {"order_type": "limit"}
+        await rig.om.submit(
+            OrderIntent(symbol="AAPL", side="sell", quantity=D(10), limit_price=D(500), **limit)
+        )  # rests: far above the market
+        with pytest.raises(OrderRejected) as info:
+            await rig.om.submit(
+                OrderIntent(symbol="AAPL", side="buy", quantity=D(20), limit_price=D(1), **limit)
+            )
+        assert info.value.reason is RejectReason.MAX_POSITION
+        await rig.om.submit(
+            OrderIntent(symbol="AAPL", side="buy", quantity=D(10), limit_price=D(1), **limit)
+        )
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_concurrent_submits_cannot_pass_a_limit_together(db_url: str, tmp_path: Path) -> None:
+    broker = PaperBroker(seed=1, auto_fill=False)
+    rig = make_rig(tmp_path, broker, url=db_url, risk=RiskLimits(max_position=D(10)))
+
+    async def go() -> None:
+        await rig.om.start()
+        buys = [
+            OrderIntent(
+                symbol="AAPL", side="buy", quantity=D(6), order_type="limit", limit_price=D(1)
+            )
+            for _ in range(4)
+        ]
+        got = await asyncio.gather(*(rig.om.submit(b) for b in buys), return_exceptions=True)
+        rejected = [g for g in got if isinstance(g, OrderRejected)]
+        assert len(rejected) == 3, got
+        assert all(r.reason is RejectReason.MAX_POSITION for r in rejected)
+
+    try:
+        run(go())
+    finally:
+        rig.close()

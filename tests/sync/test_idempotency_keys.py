@@ -1,0 +1,163 @@
+"""Idempotency keys: one effect per key, on every path, across cancellation, compaction and
+restarts (issue 20, item 4).
+
+* A key is claimed from the moment its entry is staged until it is durable or refused: a
+  ``write_async`` cancelled while its entry is staged, then retried with the same key, is
+  one entry (the issue's 30 keyed deposits of 1 gave 60).
+* The database keeps every applied entry's key beside the ``wal_applied`` ledger (unique,
+  ``wal_applied_keys``): after compaction drops the entry and the process restarts, a re-sent
+  key is skipped by the apply (sync, async, ``write_deferred``; the receipt says
+  ``duplicate``), and even entries that reach the log twice under one key (appended straight
+  to the storage) are applied once.
+* ``append_many_async([e, e])`` is refused like ``append_many``: nothing is written.
+
+Real parts: log directories, a SQLite file or the PostgreSQL fixture, real restarts (the
+whole stack closed and opened again from the files and the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from trading_child import fast_config
+
+from wal import DurableDatabaseManager, WALEntryStatus, WALStorage
+from wal.db import DatabaseManager
+from wal.entry import WALEntry
+from wal.sync.results import Receipt
+
+
+class Stack:
+    def __init__(self, root: Path, url: str) -> None:
+        self.root, self.url = root, url
+        self.open()
+
+    def open(self) -> None:
+        config = fast_config(self.root / "wal", self.url)
+        self.db = DatabaseManager(self.url)
+        self.storage = WALStorage(config.directory, config.storage_options())
+        self.ddb = DurableDatabaseManager(self.db, config=config, storage=self.storage)
+        self.ddb.start()
+
+    def close(self) -> None:
+        self.ddb.stop()
+        self.storage.close()
+        self.db.dispose()
+
+    def restart(self) -> None:
+        self.close()
+        self.open()
+
+    @property
+    def manager(self):  # type: ignore[no-untyped-def]
+        assert self.ddb.manager is not None
+        return self.ddb.manager
+
+
+@pytest.fixture
+def stack(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Stack(tmp_path, db_url)
+    yield s
+    s.close()
+
+
+def test_a_cancelled_keyed_write_async_then_retried_is_one_entry(stack: Stack) -> None:
+    async def one(i: int) -> None:
+        key = f"dep-{i}"
+        first = asyncio.ensure_future(
+            stack.ddb.manager.write_async(  # type: ignore[union-attr]
+                "atomic_balance_update", delta=Decimal(1), account="a", idempotency_key=key
+            )
+        )
+        for _ in range(i % 4):  # cancel at different moments of the write
+            await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        # the docstring's advice: retry with the same key
+        await stack.manager.write_async(
+            "atomic_balance_update", delta=Decimal(1), account="a", idempotency_key=key
+        )
+
+    async def run() -> None:
+        await asyncio.gather(*(one(i) for i in range(30)))
+
+    asyncio.run(run())
+    assert stack.ddb.drain(timeout=10) == 0
+    assert stack.ddb.get_balance("a") == Decimal(30)
+    assert stack.db.get_balance("a") == Decimal(30)
+    assert stack.storage.count(WALEntryStatus.COMPLETED) == 30
+
+
+def _compact_and_restart(stack: Stack) -> None:
+    assert stack.ddb.drain(timeout=10) == 0
+    stack.storage.compact(0)
+    stack.restart()
+    assert stack.storage.find_by_idempotency_key("fill:EXEC-1") is None  # the log forgot it
+
+
+def _deposit(stack: Stack, how: str) -> Receipt:
+    kw = {"delta": Decimal(7), "account": "a", "reason": "fill"}
+    if how == "sync":
+        return stack.manager.write("atomic_balance_update", idempotency_key="fill:EXEC-1", **kw)
+    if how == "async":
+
+        async def go() -> Receipt:
+            return await stack.manager.write_async(
+                "atomic_balance_update", idempotency_key="fill:EXEC-1", **kw
+            )
+
+        return asyncio.run(go())
+    [receipt] = stack.manager.write_deferred([("atomic_balance_update", kw, "fill:EXEC-1")])
+    return receipt
+
+
+@pytest.mark.parametrize("how", ["sync", "async", "deferred"])
+def test_a_key_is_remembered_after_compaction_and_a_restart(stack: Stack, how: str) -> None:
+    _deposit(stack, how)
+    _compact_and_restart(stack)
+    again = _deposit(stack, how)  # re-sent after the restart
+    if how != "deferred":  # applied at once: the database's key ledger said it was done
+        assert again.applied and again.duplicate
+    assert stack.db.applied_key("fill:EXEC-1") is not None  # "ask before redoing", after all
+    assert stack.ddb.drain(timeout=10) == 0
+    assert stack.db.get_balance("a") == Decimal(7)
+    assert stack.ddb.get_balance("a") == Decimal(7)
+    assert stack.storage.count(WALEntryStatus.PENDING) == 0
+
+
+def test_a_key_in_the_log_twice_is_applied_once(stack: Stack) -> None:
+    """Entries that reach the log under one key (appended straight to the storage, or written
+    while the database could not be asked): the database's key ledger applies one."""
+    stack.ddb.stop()  # no sync thread: both are in the log before anything is applied
+    stack.storage.close()
+    stack.db.dispose()
+    config = fast_config(stack.root / "wal", stack.url)
+    with WALStorage(config.directory, config.storage_options()) as raw:
+        kw = {"delta": Decimal(5), "account": "a", "reason": ""}
+        raw.append_many(
+            [
+                WALEntry.create("atomic_balance_update", (), kw, "k-1"),
+                WALEntry.create("atomic_balance_update", (), kw, "k-1"),
+            ]
+        )
+        raw.append(WALEntry.create("atomic_balance_update", (), kw, "k-1"))
+    stack.open()
+    assert stack.ddb.drain(timeout=10) == 0
+    assert stack.db.get_balance("a") == Decimal(5)
+    assert stack.ddb.get_balance("a") == Decimal(5)
+
+
+def test_append_many_async_refuses_the_same_entry_twice(tmp_path: Path) -> None:
+    with WALStorage(tmp_path / "wal") as log:
+        e = WALEntry.create("atomic_balance_update", (), {"delta": Decimal(1)}, "k")
+
+        async def go() -> None:
+            with pytest.raises(ValueError, match="same entry twice"):
+                await log.append_many_async([e, e])
+
+        asyncio.run(go())
+        assert log.next_lsn == 1
+        assert list(log.get_pending_entries()) == []
