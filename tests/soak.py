@@ -38,6 +38,8 @@ TESTS = (  # the quicker first: a short soak still runs each file
     "tests/orders/test_property.py",
     "tests/db/test_db_property.py",
     "tests/sync/test_money_model.py",
+    "tests/sync/test_overlay_interleavings.py",  # every interleaving of reads and batches
+    "tests/sync/test_bad_input.py",  # hostile arguments never become durable
 )
 
 
