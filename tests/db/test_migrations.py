@@ -160,11 +160,11 @@ def test_an_old_database_is_refused_then_upgraded_to_equal_a_fresh_one(
 
     up = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
     assert up.exit_code == 0, up.output
-    assert re.search(r"revision none -> 0002", up.output)
+    assert re.search(r"revision none -> 0003", up.output)
     again = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
     assert "nothing to do" in again.output
     cur = CliRunner().invoke(atb, ["db", "--database-url", db_url, "current"])
-    assert cur.exit_code == 0 and "revision 0002" in cur.output
+    assert cur.exit_code == 0 and "revision 0003" in cur.output
 
     fresh = DatabaseManager(second_url)
     fresh.get_balance()  # an empty database is created at the code's revision on first use
@@ -217,7 +217,7 @@ def test_downgrade_one_revision_and_back_but_never_below_the_baseline(db_url: st
     runner = CliRunner()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0001"])
-    assert down.exit_code == 0 and "0002 -> 0001" in down.output, down.output
+    assert down.exit_code == 0 and "0003 -> 0001" in down.output, down.output
     tables = set(describe(db_url)) - {"triggers", "functions"}
     assert "api_tokens" not in tables and "orders" in tables
     behind = runner.invoke(atb, ["db", "--database-url", db_url, "current"])
