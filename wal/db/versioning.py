@@ -30,7 +30,8 @@ from wal.errors import WALSchemaError
 
 __all__ = ["HEAD", "REVISIONS", "check_schema", "ensure_schema", "read_revision", "version_table"]
 
-REVISIONS: Final = ("0001", "0002", "0003")  # the migrations, oldest first (wal/db/migrations/versions)
+# the migrations, oldest first (wal/db/migrations/versions)
+REVISIONS: Final = ("0001", "0002", "0003")
 HEAD: Final = REVISIONS[-1]
 
 # Alembic's own bookkeeping table, declared here the way Alembic creates it, so a fresh
