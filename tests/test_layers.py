@@ -231,3 +231,14 @@ def test_the_architecture_page_names_every_module() -> None:
         if module.startswith("wal.") and path.name != "__init__.py" and path.name not in page
     ]
     assert not missing, f"docs/architecture.md's tree lacks: {missing}"
+
+
+def test_every_test_module_has_a_unique_name() -> None:
+    """pytest imports test modules by their basename (``rootdir``-less directories, prepend
+    mode): two ``test_x.py`` in different directories make the whole run stop at collection."""
+    names: dict[str, list[str]] = {}
+    for f in sorted((ROOT / "tests").rglob("*.py")):
+        if f.name != "conftest.py" and f.name != "__init__.py":
+            names.setdefault(f.name, []).append(str(f.relative_to(ROOT)))
+    clashes = {n: ps for n, ps in names.items() if len(ps) > 1}
+    assert clashes == {}, f"test modules with the same name: {clashes}"

@@ -380,6 +380,7 @@ _OTHER_VARS = frozenset(
         "WAL_CRASH_POINT",  # wal.crashpoints: the crash tests' named kill points
         # the test suite's own switches (CI exports WAL_REQUIRE_PG=1): not settings, not typos
         "WAL_REQUIRE_PG",
+        "WAL_REQUIRE_BROWSER",
         "WAL_STRESS",
         "WAL_HYPOTHESIS_PROFILE",
         "WAL_SOAK_COUNTS",
