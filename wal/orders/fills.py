@@ -78,11 +78,11 @@ class OrderFills(OrderBase):
         found = await asyncio.to_thread(self.journal.order, cid)
         if found is None:
             return None
+        rows = await asyncio.to_thread(self.journal.fills, client_order_id=cid)
+        if cid in self._orders:  # loaded meanwhile (and maybe changed since): that one holds
+            return self._orders[cid]
         self._orders[cid] = found
-        self._fills[cid] = {
-            str(r["execution_key"]): r
-            for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
-        }
+        self._fills[cid] = {str(r["execution_key"]): r for r in rows}
         return found
 
     def unsettled(self) -> dict[str, str]:
