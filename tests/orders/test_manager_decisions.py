@@ -832,14 +832,23 @@ def test_the_per_order_locks_are_dropped_once_nobody_holds_them(tmp_path: Path) 
                     await gate.wait()
                 inside.remove(name)
 
-        gate = asyncio.Event()
-        first = asyncio.create_task(worker("a", gate))
+        gate_a, gate_b = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(worker("a", gate_a))
         await asyncio.sleep(0)
-        waiters = [asyncio.create_task(worker(n, None)) for n in "bc"]
+        b = asyncio.create_task(worker("b", gate_b))  # waits for a's lock
         await asyncio.sleep(0)
         assert len(locks) == 1 and inside == ["a"]
-        gate.set()
-        await asyncio.gather(first, *waiters)
+        gate_a.set()  # a leaves while b waits: the lock stays, b holds it now
+        await a
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert inside == ["b"] and len(locks) == 1
+        c = asyncio.create_task(worker("c", None))  # arrives while b holds it: must wait
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert inside == ["b"]
+        gate_b.set()
+        await asyncio.gather(b, c)
         assert len(locks) == 0
 
     try:
