@@ -23,7 +23,11 @@ from wal.sync.identity import TARGET_FILE
 def test_orders_reconcile_dry_run_drains_nothing_and_binds_nothing(tmp_path: Path) -> None:
     d = tmp_path / "wal"
     url = f"sqlite:///{tmp_path / 'atb.db'}"
-    DatabaseManager(url).dispose()  # the database exists (nothing is ever created by the CLI)
+    # the engine's database exists, with its atb id (the CLI creates none, and refuses a file
+    # holding no atb database while the log records none: issue 24)
+    db = DatabaseManager(url)
+    db.database_id(create=True)
+    db.dispose()
     with WALStorage(d) as log:  # the engine died with a backlog: one deposit pending
         log.append(
             WALEntry.create("atomic_balance_update", kwargs={"delta": Decimal(5), "reason": "x"})
