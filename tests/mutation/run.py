@@ -1282,6 +1282,56 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 MUTATIONS = (*MUTATIONS, *RECONCILER)  # the reconciler's decisions (issue 19)
 
+# ---------------------------------------------------------------------------- per-order locks, the last send (fixes)
+LOCKS_AND_SENDS: tuple[Mutation, ...] = (
+    Mutation(
+        "poll-fills-under-order-lock",
+        "wal/orders/fills.py",
+        "poll_fills journals a fill under its order's lock (a concurrent submit's ACCEPTED takes the same seq otherwise)",
+        "            async with self._lock(f.client_order_id):\n                if await self._apply_fill(f):\n",
+        "            if True:\n                if await self._apply_fill(f):\n",
+        (MGR + "test_polling_fills_while_submits_run_journals_each_seq_once",),
+        "orders",
+    ),
+    Mutation(
+        "order-lock-dropped-only-when-unused",
+        "wal/orders/base.py",
+        "an order's lock leaves the table only when nobody holds or waits for it",
+        "            if users[0] == 0:\n                del self._locks[cid]\n",
+        "            if users[0] >= 0:\n                self._locks.pop(cid, None)\n",
+        (MGR + "test_the_per_order_locks_are_dropped_once_nobody_holds_them",),
+        "orders",
+    ),
+    Mutation(
+        "reconciler-window-from-last-send",
+        "wal/orders/reconcile.py",
+        "the reconciler measures an unresolved order's visibility window from its last send (OrderManager.send_evidence), not updated_at",
+        "            sent_by, exists = await om.send_evidence(order, self._now())\n",
+        "            sent_by, exists = order.updated_at, False\n",
+        (RP + "test_the_reconciler_measures_the_window_from_the_last_send",),
+        "reconciler",
+    ),
+    Mutation(
+        "reconciler-never-gives-up-duplicate",
+        "wal/orders/reconcile.py",
+        "the reconciler never makes an order the broker answered duplicate client id for SUBMIT_FAILED",
+        "            if order.broker_order_id is not None or exists:\n",
+        "            if order.broker_order_id is not None:\n",
+        (RP + "test_the_reconciler_never_gives_up_an_order_answered_duplicate",),
+        "reconciler",
+    ),
+    Mutation(
+        "stop-duplicate-never-given-up",
+        "wal/orders/stops.py",
+        "a protective order answered duplicate client id is never given up (SUBMIT_FAILED) by rule 3",
+        "            if left <= 0 and exists:\n",
+        "            if False:\n",
+        (RP + "test_an_unknown_emergency_stop_answered_duplicate_is_never_given_up",),
+        "reconciler",
+    ),
+)
+MUTATIONS = (*MUTATIONS, *LOCKS_AND_SENDS)
+
 
 # ---------------------------------------------------------------------------- checking
 

@@ -11,6 +11,7 @@ process for the cancel whose reply times out).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -20,7 +21,7 @@ import pytest
 from orders_helpers import FAST_RETRY, buy, journal_positions, make_rig, open_ddb, run
 from paper_process import PaperProcess
 
-from wal import DurableDatabaseManager
+from wal import DurableDatabaseManager, WALEntryStatus
 from wal.entry import utc_now
 from wal.orders import (
     DUPLICATE_ANSWER,
@@ -743,3 +744,114 @@ def test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup(
         paper.close()
         ddb.stop()
         ddb.db.dispose()
+
+
+# ---------------------------------------------------------------------------- per-order locks
+
+
+def test_polling_fills_while_submits_run_journals_each_seq_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Real concurrency on one event loop: market orders submitted (the paper broker fills
+    them at once) while a poller calls ``poll_fills()`` as often as the loop lets it. The
+    poller reaches an order while its submit is fsyncing ACCEPTED; without the order's lock
+    it journaled the fill with the seq ACCEPTED took (seqs [1, 2, 3, 3]: the database's
+    primary key refuses the second). Every order's events must be 1..last_seq once, every
+    execution booked once, and the database must take every entry."""
+    broker = PaperBroker(seed=31, rules=GLOBAL)
+    eng = engine(tmp_path, broker, db_url)
+
+    async def go() -> None:
+        om = eng.om
+        await om.start()
+        done = asyncio.Event()
+        polls = 0
+
+        async def poller() -> None:
+            nonlocal polls
+            while not done.is_set():
+                await om.poll_fills()
+                polls += 1
+                await asyncio.sleep(0)
+
+        async def submitter() -> list[str]:
+            try:
+                return [(await om.submit(buy("1"))).client_order_id for _ in range(5)]
+            finally:
+                done.set()
+
+        cids, _ = await asyncio.gather(submitter(), poller())
+        assert polls > 0
+        for cid in cids:
+            o = om.get(cid)
+            assert o is not None and o.state is S.FILLED, o
+            seqs = [int(e["seq"]) for e in OrderJournal(eng.ddb).events(cid)]
+            assert seqs == list(range(1, o.last_seq + 1)), (cid, seqs)
+            assert len(fills_of(eng.ddb, cid)) == 1
+        assert len(om._locks) == 0  # nobody holds an order's lock: none is kept
+        assert eng.ddb.manager is not None and eng.ddb.storage is not None
+        result = eng.ddb.manager.force_sync()
+        assert result.pending == 0 and result.failed == 0, result
+        assert eng.ddb.storage.count(WALEntryStatus.FAILED) == 0
+        for cid in cids:
+            assert [int(e["seq"]) for e in eng.ddb.db.get_order_events(cid)] == [1, 2, 3, 4]
+        assert journal_positions(eng.ddb) == broker.net_positions() == {"AAPL": Decimal("5")}
+
+    try:
+        run(go())
+    finally:
+        eng.close()
+
+
+def test_the_per_order_locks_are_dropped_once_nobody_holds_them(tmp_path: Path) -> None:
+    """``OrderManager`` kept one lock per order forever (one entry per order ever seen). A
+    lock now lives while someone holds or waits for it: after 20 orders (filled, cancelled,
+    polled), none is kept. A waiter keeps its lock: the holder and the waiter of one order
+    share it, and a third caller meanwhile queues on the same one (mutual exclusion kept)."""
+    broker = PaperBroker(seed=32, rules=GLOBAL, auto_fill=False)
+    eng = engine(tmp_path, broker)
+
+    async def go() -> None:
+        om = eng.om
+        await om.start()
+        cids = [(await om.submit(buy("1"))).client_order_id for _ in range(20)]
+        for cid in cids[:10]:
+            await om.cancel(cid)
+        broker.advance()
+        await om.poll_fills()
+        assert len(om._locks) == 0
+
+        locks = om._locks
+        inside: list[str] = []
+
+        async def worker(name: str, gate: asyncio.Event | None) -> None:
+            async with locks.hold("x"):
+                inside.append(name)
+                assert len(inside) == 1, inside  # never two at once
+                if gate is not None:
+                    await gate.wait()
+                inside.remove(name)
+
+        gate_a, gate_b = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(worker("a", gate_a))
+        await asyncio.sleep(0)
+        b = asyncio.create_task(worker("b", gate_b))  # waits for a's lock
+        await asyncio.sleep(0)
+        assert len(locks) == 1 and inside == ["a"]
+        gate_a.set()  # a leaves while b waits: the lock stays, b holds it now
+        await a
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert inside == ["b"] and len(locks) == 1
+        c = asyncio.create_task(worker("c", None))  # arrives while b holds it: must wait
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert inside == ["b"]
+        gate_b.set()
+        await asyncio.gather(b, c)
+        assert len(locks) == 0
+
+    try:
+        run(go())
+    finally:
+        eng.close()

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from orders_helpers import Rig, broker_positions, buy, journal_positions, make_rig, run
@@ -293,6 +294,15 @@ def plan_calls(broker: PaperBroker, op: str) -> int:
     return broker.faults.calls(op)
 
 
+def applied_trades(rig: Rig) -> list[dict[str, Any]]:
+    """The database's trades once the log is applied: the journal's writes reach the tables
+    through the sync thread, so the log is drained first (``force_sync``), then read."""
+    assert rig.ddb.manager is not None
+    synced = rig.ddb.manager.force_sync()
+    assert synced.pending == 0 and synced.failed == 0, synced
+    return rig.ddb.db.get_trades()
+
+
 def test_missing_fills_are_inferred_once_by_execution_id(tmp_path: Path) -> None:
     broker = paper(
         auto_fill=False, faults=FaultPlan(partial_fills=(Decimal("0.5"), Decimal("0.5")))
@@ -310,9 +320,9 @@ def test_missing_fills_are_inferred_once_by_execution_id(tmp_path: Path) -> None
         got = rig.om.get(order.client_order_id)
         assert got is not None and got.state is OrderState.FILLED
         assert got.filled_quantity == Decimal("10")
-        assert len(rig.ddb.db.get_trades()) == 2
+        assert len(applied_trades(rig)) == 2
         r2 = reconcile(rig)
-        assert r2.fills_inferred == 0 and len(rig.ddb.db.get_trades()) == 2
+        assert r2.fills_inferred == 0 and len(applied_trades(rig)) == 2
         assert journal_positions(rig.ddb) == broker_positions(broker.positions())
     finally:
         rig.close()

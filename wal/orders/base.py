@@ -10,6 +10,7 @@ journaled (fsynced) before the order changes in memory. ``OrderFills``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,6 +31,7 @@ from wal.orders.validation import RiskLimits
 __all__ = [
     "ABSENT_HORIZON",
     "LIVE_STATES",
+    "OrderLocks",
     "NEVER_SENT",
     "OrderBase",
     "RetryPolicy",
@@ -86,6 +88,37 @@ class RetryPolicy:
         )
 
 
+class OrderLocks:
+    """One ``asyncio.Lock`` per client id, kept only while someone holds or waits for it.
+
+    Every journal write for an order holds its lock (an event's seq is the order's
+    ``last_seq + 1``: two writers of one order would journal the same seq). A lock is dropped
+    when its last holder or waiter leaves, so the table holds the orders being worked on
+    now, not every order ever seen; a lock is never dropped while anyone waits on it, so two
+    writers of one order never hold two different locks."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, cid: str) -> AsyncIterator[None]:
+        entry = self._locks.get(cid)
+        if entry is None:
+            entry = self._locks[cid] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1  # counted before waiting: a waiter keeps the lock in the table
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[cid]
+
+
 class OrderBase:
     """The state an ``OrderManager`` works on (module docstring)."""
 
@@ -114,7 +147,7 @@ class OrderBase:
         self._absent: dict[str, datetime] = {}
         self._broker_final: dict[str, BrokerOrder] = {}
         self._book = PositionBook()  # positions and daily P&L, from the journaled fills
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = OrderLocks()  # per order: every journal write of an order holds it
         self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._loaded = False
@@ -212,7 +245,8 @@ class OrderBase:
         broker_order_id: str | None = None,
         check: bool = True,
     ) -> Order:
-        """Journal one event (fsynced), then change the order in memory and publish it."""
+        """Journal one event (fsynced), then change the order in memory and publish it.
+        The caller holds the order's lock (``_lock``): ``order`` is its current state."""
         informational = kind is EventKind.CANCEL_REQUESTED and state is order.state
         if check and not informational:
             check_transition(order.state, state)
@@ -240,11 +274,9 @@ class OrderBase:
             self._publish(ev)
         return new
 
-    def _lock(self, cid: str) -> asyncio.Lock:
-        lock = self._locks.get(cid)
-        if lock is None:
-            lock = self._locks[cid] = asyncio.Lock()
-        return lock
+    def _lock(self, cid: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The order's lock (``async with``): every journal write for an order holds it."""
+        return self._locks.hold(cid)
 
     def _publish(self, ev: OrderEvent) -> None:
         for q in self._subscribers:

@@ -79,11 +79,11 @@ class OrderFills(OrderBase):
         found = await asyncio.to_thread(self.journal.order, cid)
         if found is None:
             return None
+        rows = await asyncio.to_thread(self.journal.fills, client_order_id=cid)
+        if cid in self._orders:  # loaded meanwhile (and maybe changed since): that one holds
+            return self._orders[cid]
         self._orders[cid] = found
-        self._fills[cid] = {
-            str(r["execution_key"]): r
-            for r in await asyncio.to_thread(self.journal.fills, client_order_id=cid)
-        }
+        self._fills[cid] = {str(r["execution_key"]): r for r in rows}
         return found
 
     def unsettled(self) -> dict[str, str]:
@@ -296,8 +296,13 @@ class OrderFills(OrderBase):
             return 0
         n = 0
         for f in fills:
-            if f.client_order_id in wanted and await self._apply_fill(f):
-                n += 1
+            if f.client_order_id not in wanted:
+                continue
+            # under the order's lock: a submit, cancel or refresh of it may be journaling
+            # its events now (the fill's seq follows theirs, never repeats one)
+            async with self._lock(f.client_order_id):
+                if await self._apply_fill(f):
+                    n += 1
         return n
 
     async def on_fill(self, fill: Fill) -> Order:
@@ -314,7 +319,8 @@ class OrderFills(OrderBase):
             return order
 
     async def _apply_fill(self, fill: Fill) -> bool:
-        """Journal the fill unless it is known; True if it was journaled."""
+        """Journal the fill unless it is known; True if it was journaled. The caller holds
+        the order's lock (``_lock``): the fill's seq follows the order's last one."""
         cid = fill.client_order_id
         order = await self._load_order(cid)
         if order is None:

@@ -270,14 +270,14 @@ class OrderManager(OrderFills):
         A failed lookup (transport error, timeout, 5xx) is never "not found": it decides
         nothing. SUBMIT_FAILED needs ``max_attempts`` definite "not found" answers to
         lookups *asked* after the broker's visibility window, measured from the last send
-        (``_send_evidence``), and never comes to an order the broker answered "duplicate client
+        (``send_evidence``), and never comes to an order the broker answered "duplicate client
         id" for (it exists: it stays UNKNOWN for reconciliation)."""
         if order.state in LIVE_STATES:
             return await self.refresh(order.client_order_id, _locked=True)
         cid = order.client_order_id
         rules = self.broker.rules
         needed = max(1, self.retry.max_attempts)
-        sent_by, exists = await self._send_evidence(order, started)
+        sent_by, exists = await self.send_evidence(order, started)
         deadline = sent_by + timedelta(seconds=rules.visibility_window_seconds)
         misses = 0
         wait = 0.0
@@ -328,15 +328,17 @@ class OrderManager(OrderFills):
             )
         return order
 
-    async def _send_evidence(self, order: Order, started: datetime) -> tuple[datetime, bool]:
+    async def send_evidence(self, order: Order, started: datetime) -> tuple[datetime, bool]:
         """(the latest moment its last request can have reached the broker, whether the
         broker answered "duplicate client id"), from the order's journaled events.
 
         A request goes out after its SUBMITTED event and can arrive until the call's
-        timeout, or until the process that sent it ended: before this ``start()`` (which
-        holds the log's writer lock). A PENDING order was never sent by us (its intent is
-        journaled in the same fsync as SUBMITTED): the intent's time. Events that cannot be
-        read: the order's last change, and no SUBMIT_FAILED (``exists``)."""
+        timeout, or until the call ended: by ``started`` (this ``start()``, which holds the
+        log's writer lock, so the process that sent it has ended; or the moment the startup
+        reconciler looks, after every call that sent it returned). A PENDING order was never
+        sent by us (its intent is journaled in the same fsync as SUBMITTED): the intent's
+        time. Events that cannot be read: the order's last change, and no SUBMIT_FAILED
+        (``exists``). The startup reconciler uses it too (``wal.orders.reconcile``)."""
         try:
             events = await asyncio.to_thread(self.journal.events, order.client_order_id)
         except Exception as exc:

@@ -401,18 +401,27 @@ class StartupReconciler:
         bo = by_cid.get(cid)
         if bo is None:  # also without a broker id: the send may have happened
             bo = await self._lookup(cid)  # a failed lookup raises: never taken for "not found"
+        exists = False  # the broker answered "duplicate client id": it has it
         if bo is None and order.broker_order_id is None and order.state is not _S.PENDING:
-            window = self.broker.rules.visibility_window_seconds
-            left = (order.updated_at + timedelta(seconds=window) - self._now()).total_seconds()
+            # the window runs from the LAST send (the manager's rule: a resend journals its
+            # own SUBMITTED), never from updated_at (whatever event came last); every call
+            # that sent it has ended by now (an earlier process, or this run's own submit)
+            sent_by, exists = await om.send_evidence(order, self._now())
+            deadline = sent_by + timedelta(seconds=self.broker.rules.visibility_window_seconds)
+            left = (deadline - self._now()).total_seconds()
             while bo is None and left > 0:  # the broker may not show it yet: wait its window out
                 await asyncio.sleep(left)
-                bo = await self._lookup(cid)
-                left = (order.updated_at + timedelta(seconds=window) - self._now()).total_seconds()
+                bo = await self._lookup(cid)  # asked after the window: a "not found" counts
+                left = (deadline - self._now()).total_seconds()
         if bo is None:
-            if order.broker_order_id is not None:
+            if order.broker_order_id is not None or exists:
                 c.errors.append(
                     f"order {cid} ({order.state.value}, broker id {order.broker_order_id}) is "
                     "not at the broker: left as it is"
+                    if not exists
+                    else f"order {cid} ({order.state.value}): the broker answered duplicate "
+                    "client id for it (it exists there) but does not show it: left as it is, "
+                    "never submit_failed"
                 )
                 return
             why = (

@@ -403,11 +403,15 @@ class PositionReconciler:
 
     async def _resolve(self, order: Order) -> Order:
         """Look an order of unknown outcome up by client id until found, or not found after
-        the broker's visibility window (measured from its last journaled event, which is
-        after its last send); a failed lookup is ``_Unresolved``, never "not found"."""
+        the broker's visibility window, measured from its last send as the manager does
+        (``OrderManager.send_evidence``); a failed lookup is ``_Unresolved``, never "not
+        found", and so is an order the broker answered "duplicate client id" for (it exists
+        there: never SUBMIT_FAILED)."""
         om = self.om
         cid = order.client_order_id
         window = timedelta(seconds=self.broker.rules.visibility_window_seconds)
+        sent_by, exists = await om.send_evidence(order, self._now())  # its calls have ended
+        deadline = sent_by + window
         while True:
             try:
                 bo = await self._lookup(cid)
@@ -420,7 +424,12 @@ class PositionReconciler:
                         return order
                     await asyncio.sleep(self.config.backoff(attempt))
                 raise _Unresolved(f"{cid}: found at the broker but not settled in the journal")
-            left = (order.updated_at + window - self._now()).total_seconds()
+            left = (deadline - self._now()).total_seconds()
+            if left <= 0 and exists:
+                raise _Unresolved(
+                    f"{cid}: the broker answered duplicate client id for it (it exists there) "
+                    "but does not show it: never submit_failed"
+                )
             if left <= 0:
                 why = "not at the broker after its visibility window"
                 return await om.force_state(cid, _S.SUBMIT_FAILED, reason=why, _reconciliation=True)
