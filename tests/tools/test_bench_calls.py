@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from wal.tools.bench import Measurement, call_specs, run_call_bench
 from wal.tools.bench_calls import (
@@ -24,6 +26,7 @@ from wal.tools.bench_calls import (
     bench_sqlite_direct,
     call_ratios,
     calls_markdown,
+    drop_pg_database,
     fresh_pg_database,
     spread,
 )
@@ -88,10 +91,20 @@ def test_direct_sqlite_row_is_wal_mode_synchronous_full(tmp_path: Path) -> None:
 def test_postgresql_rows(pg_db: str, tmp_path: Path) -> None:
     url = fresh_pg_database(pg_db)
     assert url != pg_db
-    check_row(bench_pg_direct(url, 2, 4), "pg_direct_2", 4)
-    m = bench_ddb_calls(tmp_path, "log_trade", 2, 4, url)
-    check_row(m, "ddb_trade_postgresql_2", 4)
-    assert m.extra["pending_at_stop"] == 0
+    try:
+        check_row(bench_pg_direct(url, 2, 4), "pg_direct_2", 4)
+        m = bench_ddb_calls(tmp_path, "log_trade", 2, 4, url)
+        check_row(m, "ddb_trade_postgresql_2", 4)
+        assert m.extra["pending_at_stop"] == 0
+    finally:
+        drop_pg_database(url)
+    rows = run_call_bench(tmp_path, "quick", 1, pg_db, limit=False, orders=False)
+    assert [m.name for m in rows] == SQLITE_ROWS + PG_ROWS
+    with psycopg.connect(
+        make_url(pg_db).set(drivername="postgresql").render_as_string(hide_password=False)
+    ) as c:
+        left = c.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'atb_bench_%'")
+        assert left.fetchone() == (0,)  # the run's own database was dropped
 
 
 def test_order_submit_rows(tmp_path: Path) -> None:

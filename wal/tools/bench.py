@@ -46,6 +46,7 @@ from wal.tools.bench_calls import (
     call_ratios,
     call_specs,
     calls_markdown,
+    drop_pg_database,
     finish_call_row,
     fresh_pg_database,
 )
@@ -235,7 +236,11 @@ def run_call_bench(
         specs.append(("raw_per_record", lambda: bench_raw(directory, n_raw, 1, trade_line_bytes())))
     db_url = None if pg_url is None else fresh_pg_database(pg_url)
     specs += call_specs(directory, size, rounds, db_url)
-    rows = [finish_call_row(m) for m in run_interleaved(specs, rounds, say)]
+    try:
+        rows = [finish_call_row(m) for m in run_interleaved(specs, rounds, say)]
+    finally:
+        if db_url is not None:
+            drop_pg_database(db_url)  # nothing left on a server of the user's (WAL_TEST_PG_DSN)
     if orders:
         rows.extend(bench_order_submit(directory, {"quick": 20, "medium": 300}.get(size, 1000)))
     return rows

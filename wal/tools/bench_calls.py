@@ -51,6 +51,7 @@ __all__ = [
     "call_ratios",
     "call_specs",
     "calls_markdown",
+    "drop_pg_database",
     "finish_call_row",
     "fresh_pg_database",
     "spread",
@@ -408,6 +409,18 @@ def fresh_pg_database(url: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return u.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop the database ``fresh_pg_database`` made (connected to the server's ``postgres``)."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    admin_dsn = u.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin_dsn.render_as_string(hide_password=False), autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(str(u.database))))
 
 
 # ---------------------------------------------------------------------------- the report
