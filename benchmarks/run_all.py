@@ -6,9 +6,11 @@ The disk's limit, the peers and the log are measured in the same run, in the sam
 so they can be compared as ratios: shared machines are noisy, and an absolute figure from
 another run means little. The limit is measured again at the end to show the drift.
 
-Writes to ``--out``: ``results.md`` (the table printed on stdout), ``results.json`` (every
-measurement, the targets, the machine) and ``throughput.png`` (throughput against
-concurrency and against batch size; needs matplotlib: ``pip install -e '.[bench]'``).
+Writes to ``--out``: ``results.md`` (the table printed on stdout, then issue 22's table of
+the critical calls end to end with p50/p90/p99/max), ``results.json`` (every measurement, the
+targets, the machine), ``throughput.png`` (throughput against concurrency and against batch
+size) and ``latency.png`` (latency percentiles per call path); the plots need matplotlib:
+``pip install -e '.[bench]'``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
+from calls import plot_latency
 from drain import measure_drain, pg_url_for_bench
 from peers import PEERS_INSTALLED, bench_lmdb, bench_persist_queue, bench_plyvel, bench_rocksdict
 
@@ -41,10 +44,13 @@ from wal.tools.bench import (
     bench_rss,
     bench_wal_async,
     build_log,
+    call_ratios,
+    calls_markdown,
     disk_specs,
     fresh_dir,
     machine_info,
     merge_rounds,
+    run_call_bench,
     run_interleaved,
     sqlite_specs,
     trade_line_bytes,
@@ -55,6 +61,22 @@ ROUNDS = {"quick": 1, "medium": 5, "full": 5}
 GROUP_ORDER = ["limit", "peer", "this project", "recovery", "drain", "latency", "memory"]
 DRAIN_ENTRIES = {"quick": 300, "medium": 20_000, "full": 100_000}
 
+# Issue 22's rows: the public calls end to end and the same work in the database alone.
+CALL_ROWS = [
+    "sqlite_direct_1",
+    "ddb_trade_sqlite_1",
+    "ddb_balance_sqlite_1",
+    "sqlite_direct_64",
+    "ddb_trade_sqlite_64",
+    "ddb_balance_sqlite_64",
+    "ddb_trade_async_sqlite_256",
+    "pg_direct_1",
+    "ddb_trade_postgresql_1",
+    "pg_direct_64",
+    "ddb_trade_postgresql_64",
+    "order_submit",
+    "order_journal_before_call",
+]
 # Every row a run produces, by name (the smoke test checks them all).
 ROW_NAMES = [
     "raw_per_record",
@@ -82,6 +104,8 @@ ROW_NAMES = [
     "wal_async_64",
     "wal_async_256",
     "manager_async_256",
+    # issue 22: the critical calls end to end, beside the database alone (wal.tools.bench_calls)
+    *CALL_ROWS,
 ]
 # The C peers (pip install -e '.[peers]'): measured when installed.
 PEER_ROWS = [f"{p}_{t}" for p in ("plyvel", "rocksdict", "lmdb") for t in (1, 8, 64)]
@@ -135,6 +159,12 @@ def run(
         say("the C peers are not installed (pip install -e '.[peers]'): their rows are skipped")
     rows.extend(run_interleaved(specs, rounds, say))
 
+    pg_url = pg_url_for_bench(work / "pg")
+    if pg_url is None:
+        say("no pgserver and no WAL_TEST_PG_DSN: the PostgreSQL rows are skipped")
+    say(f"critical calls end to end, beside the database alone: {rounds} interleaved round(s)")
+    rows.extend(run_call_bench(work, size, rounds, pg_url, say, limit=False))
+
     say(f"recovery: building a log of {n_log:,} pending entries (untimed)")
     log_dir = build_log(work / "recovery-log", n_log)
     rows.append(bench_recovery(log_dir, n_log, rounds=min(rounds, 3)))
@@ -150,7 +180,7 @@ def run(
         ("drain_postgresql", "PostgreSQL (pgserver, local socket)", None),
     ):
         if url is None:
-            url = pg_url_for_bench(work / "pg")
+            url = pg_url
             if url is None:
                 say("  drain into PostgreSQL skipped: no pgserver and no WAL_TEST_PG_DSN")
                 continue
@@ -251,6 +281,12 @@ def plot(result: DiskBenchResult, path: Path) -> bool:
     return True
 
 
+def calls_table(result: DiskBenchResult) -> str:
+    """Issue 22's table (p50/p90/p99/max) with the limit beside it, and its targets."""
+    rows = [m for m in result.measurements if m.name in CALL_ROWS or m.name == "raw_per_record"]
+    return calls_markdown(rows, call_ratios({m.name: m for m in rows}, 64, 256))
+
+
 def header(result: DiskBenchResult, command: str) -> str:
     m = result.machine
     return "\n".join(
@@ -296,11 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     command = "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = header(result, command) + result.markdown() + "\n\n" + result.advice() + "\n"
+    text += "\n## The critical calls end to end (issue 22)\n\n" + calls_table(result) + "\n"
     print(text, end="")
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not plot(result, out / "throughput.png"):
         say("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+    calls = [m for m in result.measurements if m.name in CALL_ROWS or m.name == "raw_per_record"]
+    plot_latency(calls, out / "latency.png", f"atb-wal critical calls, {result.size} run")
     return 0
 
 

@@ -31,9 +31,12 @@ def bench(ctx: click.Context, bench_dir: Path | None, quick: bool, as_json: bool
     Answers "fsync every trade, or batch?" for this disk: measures the disk's own
     write + fdatasync and the log side by side in the same run (one thread, 8 and 64
     concurrent writers, append_many, WAL_FSYNC=interval), then says what to choose and
-    what each choice costs here. Writes only inside a scratch directory it removes
-    afterwards; the log itself is not touched. It takes seconds to a minute, depending
-    on the disk (--quick: one round).
+    what each choice costs here. It also answers "what does a critical call cost on this
+    disk, and what would the database alone cost": log_trade and atomic_balance_update
+    through DurableDatabaseManager with SQLite up (1 and 64 threads, log_trade_async with
+    256 coroutines) beside SQLite alone doing one INSERT + COMMIT per call. Writes only
+    inside a scratch directory it removes afterwards; the log itself is not touched. It
+    takes seconds to a minute, depending on the disk (--quick: one round).
 
     \b
     Examples:

@@ -20,6 +20,23 @@ from wal.tools.bench import DiskBenchResult, drain_rows, make_trade, run_disk_be
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Issue 22's rows (run_all.py's CALL_ROWS): the critical calls and the database alone.
+CALL_ROWS = [
+    "sqlite_direct_1",
+    "ddb_trade_sqlite_1",
+    "ddb_balance_sqlite_1",
+    "sqlite_direct_64",
+    "ddb_trade_sqlite_64",
+    "ddb_balance_sqlite_64",
+    "ddb_trade_async_sqlite_256",
+    "pg_direct_1",
+    "ddb_trade_postgresql_1",
+    "pg_direct_64",
+    "ddb_trade_postgresql_64",
+    "order_submit",
+    "order_journal_before_call",
+]
+CALL_TARGETS = 9  # wal.tools.bench_calls.call_ratios
 # Every row run_all.py prints (its ROW_NAMES); a renamed or lost row must fail here.
 ALL_ROWS = [
     "raw_per_record",
@@ -47,6 +64,7 @@ ALL_ROWS = [
     "wal_async_64",
     "wal_async_256",
     "manager_async_256",
+    *CALL_ROWS,  # issue 22's rows (PostgreSQL's too: pgserver is a dev dependency)
 ]
 # The C peers (the `peers` extra) and the targets measured against them, when installed.
 PEERS = all(importlib.util.find_spec(m) is not None for m in ("plyvel", "rocksdict", "lmdb"))
@@ -63,6 +81,14 @@ DISK_ROWS = [
     "wal_many_64",
     "wal_many_1000",
     "wal_interval_1",
+    # what a critical call costs here, and what SQLite alone would cost
+    "sqlite_direct_1",
+    "ddb_trade_sqlite_1",
+    "ddb_balance_sqlite_1",
+    "sqlite_direct_64",
+    "ddb_trade_sqlite_64",
+    "ddb_balance_sqlite_64",
+    "ddb_trade_async_sqlite_256",
 ]
 TARGETS = 14  # 12 disk, log and peer targets + 2 drain targets
 PEER_TARGETS = 4  # against plyvel: not measured without the peers extra
@@ -90,7 +116,9 @@ def test_run_all_quick_produces_every_row(tmp_path: Path) -> None:
     # the printed table and results.md hold every row and every target
     assert (out / "results.md").read_text() == proc.stdout
     table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == 1 + len(ALL_ROWS) + 1 + TARGETS  # a header line per table
+    # a header line per table; the calls table repeats issue 22's rows beside the limit's
+    calls = 1 + len(CALL_ROWS) + 1 + 1 + CALL_TARGETS
+    assert len(table_rows) == 1 + len(ALL_ROWS) + 1 + TARGETS + calls
     for m in data["measurements"]:
         assert m["label"] in proc.stdout
     for t in data["targets"]:
@@ -98,7 +126,7 @@ def test_run_all_quick_produces_every_row(tmp_path: Path) -> None:
     # the scratch directory inside --out is gone
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["results.json", "results.md"]
-        + (["throughput.png"] if importlib.util.find_spec("matplotlib") else [])
+        + (["latency.png", "throughput.png"] if importlib.util.find_spec("matplotlib") else [])
     )
 
 
@@ -111,6 +139,11 @@ def test_run_disk_bench_quick(tmp_path: Path) -> None:
     assert d["record_bytes"] == r.record_bytes > 200
     advice = r.advice()
     assert "µs per trade" in advice and "concurrent writers" in advice
+    # `atb wal bench` answers what a critical call costs and what SQLite alone would cost
+    cost = r.call_cost()
+    assert len(cost) == 4  # log_trade and atomic_balance_update, from 1 and 64 threads
+    assert all("SQLite alone" in line for line in cost)
+    assert cost[0] in r.report()
     assert list(tmp_path.iterdir()) == []  # its scratch directory was removed
 
 

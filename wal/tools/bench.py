@@ -1,19 +1,23 @@
 """Measure what durability costs on one disk: the physical limit, the log, and SQLite.
 
 This module is the runner and the one import for ``cli/`` and ``benchmarks/``: the
-measurements are in :mod:`wal.tools.bench_disk` (the limit, SQLite) and
-:mod:`wal.tools.bench_log` (the log), the workload and harness in
-:mod:`wal.tools.bench_workload`, the results in :mod:`wal.tools.bench_results`; their public
-names are importable from here.
+measurements are in :mod:`wal.tools.bench_disk` (the limit, SQLite),
+:mod:`wal.tools.bench_log` (the log) and :mod:`wal.tools.bench_calls` (the public calls),
+the workload and harness in :mod:`wal.tools.bench_workload`, the results in
+:mod:`wal.tools.bench_results`; their public names are importable from here.
 
 Every figure here is measured on the directory you give, in one run, so the log can be
 compared with the disk's own limit (``os.write`` + ``os.fdatasync``) and with SQLite on the
 same disk at the same moment. Shared machines are noisy: compare ratios, not absolute rates.
 
 ``run_disk_bench(directory, quick)`` is what ``atb wal bench --dir PATH`` runs: the limit
-(per record, batches of 64 and 1,000) and the log (``fsync="always"`` with 1, 8 and 64
-threads, ``append_many(1000)``, ``fsync="interval"``). ``benchmarks/run_all.py`` adds the
-peers, recovery, latency under a drain, and memory, and checks the targets.
+(per record, batches of 64 and 1,000), the log (``fsync="always"`` with 1, 8 and 64
+threads, ``append_many(1000)``, ``fsync="interval"``), and the critical calls
+(``DurableDatabaseManager.log_trade`` / ``atomic_balance_update`` with SQLite up) beside
+SQLite alone doing the same INSERT + COMMIT (:mod:`wal.tools.bench_calls`;
+``run_call_bench`` is issue 22's whole table, PostgreSQL and ``OrderManager.submit`` too).
+``benchmarks/run_all.py`` adds the peers, recovery, latency under a drain, and memory, and
+checks the targets.
 
 Records are realistic trades (a UUID trade id, symbol, side, Decimal quantity and price, a
 datetime): about 200 bytes of kwargs, which the log frames as a line of about 550 bytes. The
@@ -36,6 +40,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wal.tools.bench_calls import (
+    CallRatio,
+    bench_order_submit,
+    call_ratios,
+    call_specs,
+    calls_markdown,
+    drop_pg_database,
+    finish_call_row,
+    fresh_pg_database,
+)
 from wal.tools.bench_disk import bench_raw, bench_raw_preallocated, bench_sqlite
 from wal.tools.bench_log import (
     ApplyRows,
@@ -71,6 +85,14 @@ from wal.tools.bench_workload import (
 
 __all__ = [
     "ApplyRows",
+    "CallRatio",
+    "bench_order_submit",
+    "call_ratios",
+    "call_specs",
+    "calls_markdown",
+    "finish_call_row",
+    "fresh_pg_database",
+    "run_call_bench",
     "BenchSizes",
     "DiskBenchResult",
     "Measurement",
@@ -193,6 +215,37 @@ def run_interleaved(
     return [merge_rounds(done[name]) for name, _ in specs]
 
 
+def run_call_bench(
+    directory: Path,
+    size: str,
+    rounds: int,
+    pg_url: str | None = None,
+    say: Callable[[str], None] | None = None,
+    *,
+    limit: bool = True,
+    orders: bool = True,
+) -> list[Measurement]:
+    """Issue 22's table: the critical calls end to end beside SQLite (and PostgreSQL, with
+    ``pg_url``: a database of their own is made on its server) doing the same work directly,
+    ``rounds`` interleaved rounds; ``limit``: the raw write+fdatasync row too; ``orders``:
+    then ``OrderManager.submit`` (measured once, apart)."""
+    sizes = BenchSizes.preset(size)
+    specs: list[Spec] = []
+    if limit:
+        n_raw = max(1, sizes.raw_records // rounds)
+        specs.append(("raw_per_record", lambda: bench_raw(directory, n_raw, 1, trade_line_bytes())))
+    db_url = None if pg_url is None else fresh_pg_database(pg_url)
+    specs += call_specs(directory, size, rounds, db_url)
+    try:
+        rows = [finish_call_row(m) for m in run_interleaved(specs, rounds, say)]
+    finally:
+        if db_url is not None:
+            drop_pg_database(db_url)  # nothing left on a server of the user's (WAL_TEST_PG_DSN)
+    if orders:
+        rows.extend(bench_order_submit(directory, {"quick": 20, "medium": 300}.get(size, 1000)))
+    return rows
+
+
 def run_disk_bench(directory: str | os.PathLike[str], quick: bool) -> DiskBenchResult:
     """Measure the limit and the log in a scratch directory inside ``directory``.
 
@@ -210,6 +263,8 @@ def run_disk_bench(directory: str | os.PathLike[str], quick: bool) -> DiskBenchR
     try:
         result = DiskBenchResult(str(base), size, trade_line_bytes(), machine=machine_info(base))
         result.measurements.extend(run_interleaved(disk_specs(work, sizes, rounds), rounds))
+        # what a critical call costs here, and what the database alone would cost
+        result.measurements.extend(run_call_bench(work, size, rounds, limit=False, orders=False))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

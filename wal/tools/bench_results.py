@@ -184,9 +184,34 @@ class DiskBenchResult:
             return "nothing was measured"
         return "Here " + "; ".join(parts) + "."
 
+    def call_cost(self) -> list[str]:
+        """What a critical call costs here, and what the database alone would cost (issue 22's
+        rows ``ddb_*_sqlite_*`` against ``sqlite_direct_*``; empty when they were not run)."""
+        out: list[str] = []
+        for t in sorted({m.threads for m in self.measurements if m.name.startswith("ddb_")}):
+            direct = self.get(f"sqlite_direct_{t}")
+            for op, call in (("trade", "log_trade"), ("balance", "atomic_balance_update")):
+                m = self.get(f"ddb_{op}_sqlite_{t}")
+                if m is None or not m.per_s or m.p50_us is None:
+                    continue
+                s = (
+                    f"A critical call, {call} with SQLite up, from {t} thread(s): p50 "
+                    f"{m.p50_us:,.0f} µs, {m.per_s:,.0f} calls/s"
+                )
+                if direct is not None and direct.per_s and direct.p50_us is not None:
+                    s += (
+                        f"; the same INSERT + COMMIT in SQLite alone (WAL, synchronous=FULL): "
+                        f"p50 {direct.p50_us:,.0f} µs, {direct.per_s:,.0f}/s "
+                        f"(the call is {m.per_s / direct.per_s:.2f}x of it)"
+                    )
+                if m.note:
+                    s += f"; {m.note}"
+                out.append(s + ".")
+        return out
+
     def recommendation(self) -> list[str]:
         """What to choose on this disk, each line with the cost measured in this run."""
-        out: list[str] = []
+        out: list[str] = self.call_cost()
         one = self.get("wal_always_1")
         raw = self.get("raw_per_record")
         if one is not None and one.per_s and one.p50_us is not None:
@@ -195,7 +220,7 @@ class DiskBenchResult:
             if raw is not None and raw.per_s:
                 vs = f", {one.per_s / raw.per_s:.2f}x this disk's own write+fdatasync"
             out.append(
-                f'WAL_FSYNC=always (the default; keep it for balances and trades): every trade '
+                f"WAL_FSYNC=always (the default; keep it for balances and trades): every trade "
                 f"is on disk before the call returns; p50 {one.p50_us:,.0f} µs{p99} per trade, "
                 f"up to {one.per_s:,.0f} trades/s from one thread{vs}."
             )
