@@ -5,7 +5,6 @@ the WebSocket, no reload), cancel, and see another trader's order refused."""
 from __future__ import annotations
 
 import os
-
 import shutil
 import uuid
 from collections.abc import Iterator
