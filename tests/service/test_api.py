@@ -299,3 +299,25 @@ def test_tokens_are_stored_hashed_and_a_revoked_one_is_refused(svc: ServiceProc)
     )
     assert out.exit_code == 0, out.output
     assert_error(get(svc, token, "/api/v1/whoami"), 401, "unauthorized")
+
+
+def test_the_operators_halt_makes_the_service_not_ready_and_refuses_orders(
+    svc: ServiceProc,
+) -> None:
+    """`atb orders halt` (issue 24's kill switch) is seen by a running `atb serve`: /readyz
+    is 503 naming the operator's reason (the status page shows /readyz), a new order is
+    refused with 503 `halted` and nothing is placed; `resume` makes it ready again."""
+    token = svc.token("halted-trader")
+    orders = ["orders", "--dir", str(svc.wal_dir)]
+    assert CliRunner().invoke(atb, [*orders, "halt", "--reason", "drill"]).exit_code == 0
+    try:
+        ready = httpx.get(svc.url + "/readyz")
+        assert ready.status_code == 503
+        assert "halted by the operator" in ready.text and "drill" in ready.text, ready.text
+        refused = post(svc, token, MARKET)
+        assert_error(refused, 503, "halted")
+        listed = get(svc, token, "/api/v1/orders").json()
+        assert listed["orders"] == [], listed
+    finally:
+        assert CliRunner().invoke(atb, [*orders, "resume"]).exit_code == 0
+    assert httpx.get(svc.url + "/readyz").status_code == 200

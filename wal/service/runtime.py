@@ -44,6 +44,7 @@ from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
 from wal.service.ratelimit import RateLimiter
 from wal.service.schemas import OrderRequest
 from wal.service.tokens import TokenStore
+from wal.sync.halt import operator_halt
 
 __all__ = ["Placed", "ServiceRuntime", "account_of"]
 
@@ -180,6 +181,9 @@ class ServiceRuntime:
             return f"startup reconciliation {state}" + (f": {reason}" if reason else "")
         if self.om.halted is not None:
             return f"trading is halted: {self.om.halted}"
+        op = operator_halt(self.ddb)  # `atb orders halt`: the operator's kill switch
+        if op is not None:
+            return f"trading is halted by the operator: {op.describe()}"
         return None
 
     def status(self) -> dict[str, Any]:
@@ -189,6 +193,7 @@ class ServiceRuntime:
             "reason": self.readiness(),
             "reconciliation": self.reconciliation,
             "halted": self.om.halted,
+            "operator_halt": None if (op := operator_halt(self.ddb)) is None else op.to_dict(),
             "log": {
                 "failed": self.log_failure,
                 "pending": wal.get("pending"),
