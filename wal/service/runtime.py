@@ -14,7 +14,6 @@ id, the owner row is committed first, then ``OrderManager.submit`` journals and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -74,6 +73,13 @@ class Placed:
         if not self.created:
             return 200
         return 202 if self.order.state in _UNSETTLED else 201
+
+
+STOP_TIMEOUT_S = 10.0  # each step of a stop: cancelling the background work, the anchor
+
+
+def why_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class ServiceRuntime:
@@ -157,14 +163,21 @@ class ServiceRuntime:
                 log.warning("fill poll failed: %s", exc)
 
     async def stop(self) -> None:
+        """Cancel the background work and anchor the audit chain, each within a bound: a
+        SIGTERM always stops the service (the log keeps what was acknowledged; a missing
+        session anchor is reported by `atb orders verify`, never a loss)."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            if stuck:
+                log.error("%d background task(s) still running at stop", len(stuck))
         if self.log_failure is None and self.reconciliation.get("state") == "succeeded":
-            with contextlib.suppress(Exception):
-                await self.om.close()  # the session's anchor of the audit chain
+            try:
+                # the session's anchor of the audit chain
+                await asyncio.wait_for(self.om.close(), STOP_TIMEOUT_S)
+            except Exception as exc:  # TimeoutError included: the process stops all the same
+                log.error("the session's audit anchor was not written: %s", why_text(exc))
 
     def fail_log(self, exc: BaseException) -> None:
         """The log failed: trading halts until the process is restarted on a sound disk."""
