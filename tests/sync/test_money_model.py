@@ -583,5 +583,11 @@ def test_reads_are_exact_and_effects_happen_once_through_crashes(harness: Harnes
         ),
     )
     print(f"\n{kind}: crashes per point: {dict(harness.hits)}")
-    for point in POINTS:
-        assert harness.hits[point] >= MIN_HITS, (point, dict(harness.hits))
+    short = {p: harness.hits[p] for p in POINTS if harness.hits[p] < MIN_HITS}
+    if settings.default.derandomize:
+        # CI's examples are fixed: every crash point must be exercised, or the test proves less
+        assert not short, (short, dict(harness.hits))
+    elif short:
+        # the soak's random examples may crash less often at a point; coverage is CI's
+        # guard, the soak looks for invariant violations (each asserted at every step)
+        print(f"{kind}: fewer than {MIN_HITS} crashes at {short} in this random run")
