@@ -5,12 +5,12 @@ POST while the startup reconciliation fails (halted), and a 202 with state ``unk
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers_log import wait_for
 from service_proc import ServiceProc, auth
 
 from wal.orders import Fault, FaultPlan
@@ -94,13 +94,13 @@ def test_readyz_and_post_are_503_with_the_reason_while_reconciliation_fails(
     token = svc.token("waiter")
     svc.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for the reconciliation's outcome (a condition, not a delay)
+        def failed() -> bool:  # the reconciliation's outcome: 503 all along, then "failed"
             r = httpx.get(svc.url + "/readyz")
             assert r.status_code == 503, r.text
-            if "failed" in r.json()["error"]["message"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+            return "failed" in r.json()["error"]["message"]
+
+        wait_for(failed, "the startup reconciliation to fail", timeout=60)
+        r = httpx.get(svc.url + "/readyz")
         err = r.json()["error"]
         assert err["code"] == "not_ready"
         assert err["message"].startswith("startup reconciliation failed")
