@@ -52,12 +52,14 @@ def connect_target(
     explicit = obj is not None and obj.database_url is not None
     configured = explicit or bool(os.environ.get("DATABASE_URL"))
     url = config.database_url
-    shown = mask_url(url)
     try:
         target = read_target(storage.directory)
+        if not configured and target is not None:
+            url = _recorded_url(target.url, what)
         path = sqlite_file(url)
     except (ValueError, WALConfigError) as exc:
         raise AtbError(f"cannot {what}: {exc}") from None
+    shown = mask_url(url)
     belongs = f"; this log belongs to {target.url}" if target is not None else ""
     if path is not None and not path.exists():
         raise AtbError(
@@ -133,3 +135,15 @@ def connect_target(
         db.dispose()
         raise
     return db
+
+
+def _recorded_url(recorded: str, what: str) -> str:
+    """The database the log records, when nothing names one: usable as it is unless its
+    password was masked when it was recorded (then the operator must give it)."""
+    if "***" in recorded:
+        raise AtbError(
+            f"cannot {what}: this log belongs to {recorded}, whose password is not kept; "
+            "give its URL with --database-url or DATABASE_URL. Nothing was written"
+        )
+    click.echo(f"using the log's database {recorded} (recorded in database.json)", err=True)
+    return recorded

@@ -87,8 +87,9 @@ def sync(ctx: click.Context, as_json: bool, yes: bool) -> None:
     database with another id, or none, unless --database-url names it explicitly and
     you confirm (--yes skips the question); it refuses a SQLite file that does not
     exist (it never creates one), and a log that records no database when neither
-    --database-url nor DATABASE_URL is set. The result is kept in
-    <WAL_DIR>/last-cli-sync.json; the trading process's own view is left alone.
+    --database-url nor DATABASE_URL is set. With neither set, it uses the database the
+    log records (unless its password was masked there: then it asks for the URL). The
+    result is kept in <WAL_DIR>/last-cli-sync.json; the trading process's own view is left alone.
 
     Exit code 0 when nothing is left pending or failed, 1 otherwise.
 

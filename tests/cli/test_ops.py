@@ -26,10 +26,11 @@ from cli.main import atb
 from wal import WALEntry, WALEntryStatus, WALStorage
 from wal.config import WALConfig, mask_url
 from wal.db import DatabaseManager
+from wal.log.fileops import OSFileOps
 from wal.log.report import RecoveryReport
 from wal.log.segment import list_segments
 from wal.sync.breaker import BreakerState
-from wal.sync.identity import TARGET_FILE, read_target
+from wal.sync.identity import TARGET_FILE, read_target, record_target
 from wal.sync.manager import WALManager
 
 BIN = Path(sys.executable).parent
@@ -105,13 +106,6 @@ def test_sync_never_drains_into_another_database(db_url: str, tmp_path: Path) ->
     assert target is not None and target.url == mask_url(db_url)  # never a password
     deposits(d, ["10", "20"])  # the engine died with a backlog
 
-    # no DATABASE_URL: the default SQLite file is not this log's database, and is not created
-    r = invoke(["wal", "--dir", str(d), "sync"])
-    assert r.exit_code == 1
-    assert "does not exist and is never created" in r.stderr
-    assert not (tmp_path / "data").exists()
-    assert statuses(d).count(WALEntryStatus.PENDING) == 2
-
     # another existing database, from the environment: refused, nothing applied
     other = sqlite_url(tmp_path / "other.db")
     r = invoke(["wal", "--dir", str(d), "sync"], env={"DATABASE_URL": other})
@@ -129,6 +123,33 @@ def test_sync_never_drains_into_another_database(db_url: str, tmp_path: Path) ->
     assert r.exit_code == 0, r.output
     assert orjson.loads(r.stdout)["applied"] == 2
     assert balance(db_url) == Decimal(31)
+
+
+def test_sync_without_a_url_drains_into_the_database_the_log_records(
+    db_url: str, tmp_path: Path
+) -> None:
+    """As `atb orders` does: nothing named, the recorded database (never the default file)."""
+    d = tmp_path / "wal"
+    engine_applied(d, db_url, ["1"])
+    deposits(d, ["10", "20"])  # the engine died with a backlog
+    r = invoke(["wal", "--dir", str(d), "sync", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "using the log's database" in r.stderr
+    assert orjson.loads(r.stdout)["applied"] == 2
+    assert balance(db_url) == Decimal(31)
+    assert not (tmp_path / "data").exists()  # the default SQLite file was never created
+
+
+def test_sync_without_a_url_refuses_a_recorded_url_whose_password_is_masked(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "wal"
+    deposits(d, ["3"])
+    record_target(d, "postgresql://trader:s3cret@db.invalid/atb", "an-id", OSFileOps())
+    r = invoke(["wal", "--dir", str(d), "sync"])
+    assert r.exit_code == 1
+    assert "password is not kept" in r.stderr and "s3cret" not in r.stderr
+    assert statuses(d) == [WALEntryStatus.PENDING]
 
 
 def test_the_engine_applies_nothing_to_another_database(tmp_path: Path) -> None:
