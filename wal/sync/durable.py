@@ -124,6 +124,9 @@ class DurableDatabaseManager:
         if check is not None:
             check()
         if self.manager is not None:
+            # the database may have lost its last commits (a backup, a lagging replica): the
+            # COMPLETED entries it lacks go back in before anything newer and before any read
+            self.manager.reapply_lost()
             self.manager.start()
 
     def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
@@ -238,6 +241,13 @@ class DurableDatabaseManager:
         crash_point("durable.after_write_before_read")  # durable; the caller not yet answered
         if receipt.applied and receipt.result is not None and not receipt.duplicate:
             return receipt.result
+        # Applied behind (or pending): the balance this process knows (its last read of the
+        # database plus every entry logged since, this one included, exact whatever the
+        # applier did meanwhile), with no database round trip; read once if none is known.
+        assert self._reads is not None
+        known = self._reads.estimate(account)
+        if known is not None:
+            return known
         try:
             return self.get_balance(account)
         except WALDatabaseError:
@@ -306,8 +316,10 @@ class DurableDatabaseManager:
     # "<client order id>:<seq>" and "fill:<execution id>", so a retried write is one entry)
 
     def record_order_intent(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
-        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1)."""
-        return self._critical("record_order_intent", (), kwargs, idempotency_key)[2]
+        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1);
+        returns its client order id."""
+        params, _, result = self._critical("record_order_intent", (), kwargs, idempotency_key)
+        return params.get("client_order_id", result)
 
     def record_order_event(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
         """Journal an order's state change durably."""

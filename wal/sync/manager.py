@@ -59,6 +59,7 @@ log = logging.getLogger("wal.sync.manager")
 
 _CRITICAL = frozenset(op.value for op in OperationType)
 _UNFINISHED = (WALEntryStatus.PENDING, WALEntryStatus.SYNCING)
+_PUBLISH_EVERY = 1.0  # seconds between two manager-status.json views of a busy sync thread
 
 
 class WALManager:
@@ -94,6 +95,9 @@ class WALManager:
         self._receipts: OrderedDict[str, Receipt] = OrderedDict()
         self._inflight: dict[str, threading.Event] = {}
         self._write_hooks: list[Callable[[WALEntry], None]] = []
+        # WAL_APPLY=behind: a write returns once durable in the log; the sync thread applies
+        self._behind = self.config.apply_mode == "behind"
+        self._published_at = 0.0  # the sync thread's last manager-status.json
 
     @property
     def maybe_applied(self) -> set[uuid.UUID]:
@@ -179,7 +183,8 @@ class WALManager:
         for hook in self._write_hooks:
             hook(e)
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
-        if self.breaker.state is not BreakerState.CLOSED:
+        if self._behind or self.breaker.state is not BreakerState.CLOSED:
+            # durable in the log = acknowledged: the sync thread applies it, reads count it
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
         loop = asyncio.get_running_loop()
@@ -333,7 +338,8 @@ class WALManager:
         for hook in self._write_hooks:
             hook(e)
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
-        if self.breaker.state is not BreakerState.CLOSED:
+        if self._behind or self.breaker.state is not BreakerState.CLOSED:
+            # durable in the log = acknowledged: the sync thread applies it, reads count it
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
         return self._apply_through(e)
@@ -462,6 +468,27 @@ class WALManager:
                 left = 0
         return left
 
+    def reapply_lost(self) -> bool:
+        """Check, once per process, that the database still has every COMPLETED entry the
+        log holds, and apply again those it lost (``Applier.reapply_lost``: a database
+        restored from a backup or failed over to a lagging replica). True once done (or not
+        needed: no ledger); False while the database cannot be reached (tried again before
+        the next batch or read)."""
+        applier = self._applier
+        if applier.reconciled:
+            return True
+        with applier.apply_lock:
+            try:
+                applier.reapply_lost()
+            except BatchAborted:
+                return False
+        return True
+
+    @property
+    def reapplied(self) -> int:
+        """Entries ``reapply_lost`` found missing from the database and applied again."""
+        return self._applier.reapplied
+
     def wake(self) -> None:
         """Ask the sync thread for a pass now."""
         self._wake.set()
@@ -489,7 +516,11 @@ class WALManager:
                 break
             except Exception:
                 log.exception("sync pass failed")
-            self._publish_status()
+            now = time.monotonic()
+            if now - self._published_at >= _PUBLISH_EVERY or self._applier.attempt:
+                # a pass per burst of writes: the status view is refreshed once a second
+                self._published_at = now
+                self._publish_status()
 
     def _next_delay(self) -> float:
         if self._applier.attempt == 0:
