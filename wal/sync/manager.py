@@ -517,8 +517,9 @@ class WALManager:
             except Exception:
                 log.exception("sync pass failed")
             now = time.monotonic()
-            if now - self._published_at >= _PUBLISH_EVERY or self._applier.attempt:
-                # a pass per burst of writes: the status view is refreshed once a second
+            if now - self._published_at >= _PUBLISH_EVERY:
+                # a pass per burst of writes (or per write during an outage): the status view
+                # is refreshed once a second at most; stop() publishes the last one
                 self._published_at = now
                 self._publish_status()
 
