@@ -56,7 +56,8 @@ def ddb(pg_db: str, proxy: TCPProxy, tmp_path: Path) -> Iterator[DurableDatabase
     through = url.render_as_string(hide_password=False)
     db = DatabaseManager(through)
     # the lost COMMIT reply is met by the call's own apply: WAL_APPLY=inline
-    d = DurableDatabaseManager(db, config=fast_config(tmp_path / "wal", through, apply_mode="inline"))
+    config = fast_config(tmp_path / "wal", through, apply_mode="inline")
+    d = DurableDatabaseManager(db, config=config)
     yield d
     d.stop()
     db.dispose()
