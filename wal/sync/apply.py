@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from wal.config import WALConfig
@@ -27,7 +28,7 @@ from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import CircuitBreaker
-from wal.sync.identity import check_before_apply
+from wal.sync.identity import check_before_apply, read_target
 from wal.sync.results import SyncResult
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
 
 log = logging.getLogger("wal.sync.manager")
 
+# the error text of the COMPLETED mark `atb wal discard` writes (cli/commands/wal_discard.py):
+# such an entry was never applied, and must never be
+DISCARDED = "discarded by operator: "
 _SHORT_ERROR_LEN = 200  # a log line an operator can read, and the status view shows
 _CRITICAL = frozenset(op.value for op in OperationType)
 
@@ -224,8 +228,14 @@ class Applier:
             if not self._target_checked:  # the log's own database, never another one
                 check_before_apply(self.storage.directory, self.db, self.storage)
                 self._target_checked = True
+            target = read_target(Path(self.storage.directory))
+            since = 0 if target is None else target.from_lsn  # this database's entries only
             chunk: list[WALEntry] = []
             for e in self.storage.iter_entries([WALEntryStatus.COMPLETED]):
+                if (e.lsn or 0) < since:
+                    continue  # applied to the database the log was bound to before
+                if (e.last_error or "").startswith(DISCARDED):
+                    continue  # closed by the operator, never applied: it must never be
                 chunk.append(e)
                 if len(chunk) >= self.config.batch_size:
                     redone += self._reapply_chunk(chunk)
