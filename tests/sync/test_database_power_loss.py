@@ -190,8 +190,8 @@ def run_workload(url: str, wal_dir: Path, copies: Copies) -> tuple[list[Instant]
     storage = WALStorage(wal_dir, config.storage_options(), fs=fs)
     ddb = DurableDatabaseManager(db, config=config, storage=storage)
     assert ddb.manager is not None
-    db.database_id(create=True)
-    assert ddb.manager.reapply_lost()  # binds the new log to the database (database.json)
+    db.database_id(create=True)  # the tables; the first batch binds the log (database.json)
+    assert ddb.manager.reapply_lost()  # a new log: nothing to check, nothing bound here
     taken = [copies.take(db, 0)]
     instants: list[Instant] = []
     acked = 0

@@ -225,11 +225,17 @@ class Applier:
             return 0
         redone = 0
         try:
+            target = read_target(Path(self.storage.directory))
+            if target is None:
+                # a new log (nothing applied anywhere yet), or one whose record was lost
+                # (the rebind it needs starts after its entries): nothing to check, and
+                # nothing is bound here (a read or a dry run never binds a log)
+                self.reconciled = True
+                return 0
             if not self._target_checked:  # the log's own database, never another one
                 check_before_apply(self.storage.directory, self.db, self.storage)
                 self._target_checked = True
-            target = read_target(Path(self.storage.directory))
-            since = 0 if target is None else target.from_lsn  # this database's entries only
+            since = target.from_lsn  # this database's entries only (not before a rebind)
             chunk: list[WALEntry] = []
             for e in self.storage.iter_entries([WALEntryStatus.COMPLETED]):
                 if (e.lsn or 0) < since:
