@@ -55,6 +55,7 @@ from wal.tools.bench import (
     sqlite_specs,
     trade_line_bytes,
 )
+from wal.tools.bench_calls import call_row_names
 
 ROUNDS = {"quick": 1, "medium": 5, "full": 5}
 
@@ -62,21 +63,7 @@ GROUP_ORDER = ["limit", "peer", "this project", "recovery", "drain", "latency", 
 DRAIN_ENTRIES = {"quick": 300, "medium": 20_000, "full": 100_000}
 
 # Issue 22's rows: the public calls end to end and the same work in the database alone.
-CALL_ROWS = [
-    "sqlite_direct_1",
-    "ddb_trade_sqlite_1",
-    "ddb_balance_sqlite_1",
-    "sqlite_direct_64",
-    "ddb_trade_sqlite_64",
-    "ddb_balance_sqlite_64",
-    "ddb_trade_async_sqlite_256",
-    "pg_direct_1",
-    "ddb_trade_postgresql_1",
-    "pg_direct_64",
-    "ddb_trade_postgresql_64",
-    "order_submit",
-    "order_journal_before_call",
-]
+CALL_ROWS = call_row_names(pg=True)
 # Every row a run produces, by name (the smoke test checks them all).
 ROW_NAMES = [
     "raw_per_record",

@@ -129,7 +129,11 @@ def connect_target(
                     raise AtbError(f"not confirmed: nothing was applied to {shown}")
         if not dry_run:  # a dry run changes nothing, anywhere: no database.json, no id
             record_target(
-                storage.directory, url, db.database_id(create=True) or "", storage.file_ops
+                storage.directory,
+                url,
+                db.database_id(create=True) or "",
+                storage.file_ops,
+                from_lsn=storage.next_lsn,  # what came before was another database's
             )
     except BaseException:
         db.dispose()

@@ -25,6 +25,7 @@ backoff_base_seconds            ``WAL_BACKOFF_BASE``             ``0.5``
 backoff_max_seconds             ``WAL_BACKOFF_MAX``              ``60.0``
 recovery                        ``WAL_RECOVERY``                 ``tolerate_tail``
 db_timeout_ms                   ``WAL_DB_TIMEOUT_MS``            ``2000``
+apply_mode                      ``WAL_APPLY``                    ``behind``
 metrics_port                    ``WAL_METRICS_PORT``             unset (no ``/metrics``)
 metrics_address                 ``WAL_METRICS_ADDR``             ``127.0.0.1``
 database_url                    ``DATABASE_URL``                 ``sqlite:///data/atb.db``
@@ -55,7 +56,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from wal.errors import WALConfigError
 from wal.log.options import (
@@ -68,7 +69,10 @@ from wal.log.options import (
     StorageOptions,
 )
 
-__all__ = ["ENV_VARS", "WALConfig", "mask_url"]
+__all__ = ["APPLY_MODES", "ENV_VARS", "ApplyMode", "WALConfig", "mask_url"]
+
+ApplyMode = Literal["behind", "inline"]
+APPLY_MODES: tuple[str, ...] = ("behind", "inline")
 
 log = logging.getLogger("wal")
 
@@ -134,6 +138,11 @@ class WALConfig:
     # outage a critical call costs at most the log's fsync plus this before it falls back to
     # the log (PENDING); the breaker opens after breaker_failure_threshold such failures.
     db_timeout_ms: int = 2000
+    # When a critical call's database effect is applied. "behind": the call returns once its
+    # entry is durable in the log (acknowledged; reads include it) and the sync thread applies
+    # the backlog in batches, one transaction each. "inline": the call also waits for its own
+    # apply (the database row exists when it returns; two fsyncs per call).
+    apply_mode: ApplyMode = "behind"
     # Serve Prometheus metrics on http://metrics_address:metrics_port/metrics while the
     # WALManager runs. None: off. 0: any free port (``WALManager.metrics_port`` says which).
     metrics_port: int | None = None
@@ -350,6 +359,9 @@ _SPECS: dict[str, _Spec] = {
         "WAL_RECOVERY", str, lambda v: _choice(v, RECOVERY_MODES), " | ".join(RECOVERY_MODES)
     ),
     "db_timeout_ms": _int_spec("WAL_DB_TIMEOUT_MS", 1),
+    "apply_mode": _Spec(
+        "WAL_APPLY", str, lambda v: _choice(v, APPLY_MODES), " | ".join(APPLY_MODES)
+    ),
     "metrics_port": _Spec(
         "WAL_METRICS_PORT",
         int,

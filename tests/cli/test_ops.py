@@ -89,7 +89,7 @@ def engine_applied(d: Path, url: str, amounts: list[str]) -> None:
     db = DatabaseManager(url)
     storage = WALStorage(d)
     try:
-        m = WALManager(storage, db, WALConfig(directory=d, database_url=url))
+        m = WALManager(storage, db, WALConfig(directory=d, database_url=url, apply_mode="inline"))
         for a in amounts:
             r = m.write("atomic_balance_update", delta=Decimal(a), reason="deposit")
             assert r.status is WALEntryStatus.COMPLETED
@@ -160,7 +160,7 @@ def test_the_engine_applies_nothing_to_another_database(tmp_path: Path) -> None:
     db = DatabaseManager(other)
     storage = WALStorage(d)
     try:
-        m = WALManager(storage, db, WALConfig(directory=d, database_url=other))
+        m = WALManager(storage, db, WALConfig(directory=d, database_url=other, apply_mode="inline"))
         r = m.write("atomic_balance_update", delta=Decimal(7), reason="deposit")
         assert r.status is WALEntryStatus.PENDING  # durable in the log, never misdirected
         assert m.force_sync().applied == 0
@@ -176,7 +176,7 @@ def test_the_engine_applies_nothing_to_another_database(tmp_path: Path) -> None:
     db = DatabaseManager(first)
     storage = WALStorage(d)
     try:
-        m = WALManager(storage, db, WALConfig(directory=d, database_url=first))
+        m = WALManager(storage, db, WALConfig(directory=d, database_url=first, apply_mode="inline"))
         assert m.force_sync().applied == 1
         m.stop()
     finally:
@@ -394,7 +394,8 @@ from wal.db import DatabaseManager
 from wal.sync.manager import WALManager
 db = DatabaseManager(sys.argv[2])
 s = WALStorage(sys.argv[1])
-m = WALManager(s, db, WALConfig(directory=sys.argv[1], database_url=sys.argv[2]))
+cfg = WALConfig(directory=sys.argv[1], database_url=sys.argv[2], apply_mode="inline")
+m = WALManager(s, db, cfg)
 m.write("atomic_balance_update", delta=Decimal(1), reason="x")
 m.stop()
 s.close()
@@ -473,7 +474,12 @@ def test_the_breaker_opens_after_the_configured_failures(tmp_path: Path) -> None
     db = DatabaseManager(url)
     db.atomic_balance_update(Decimal(0))  # the schema exists
     storage = WALStorage(tmp_path / "wal")
-    cfg = WALConfig(db_timeout_ms=20, breaker_failure_threshold=2, breaker_cooldown_seconds=600)
+    cfg = WALConfig(
+        db_timeout_ms=20,
+        breaker_failure_threshold=2,
+        breaker_cooldown_seconds=600,
+        apply_mode="inline",  # each write tries the database: the failures open the breaker
+    )
     locker = sqlite3.connect(tmp_path / "atb.db", isolation_level=None)
     try:
         m = WALManager(storage, db, cfg)
@@ -516,7 +522,9 @@ def test_manager_serves_metrics_on_loopback(tmp_path: Path) -> None:
     db = DatabaseManager(url)
     storage = WALStorage(tmp_path / "wal")
     port = _free_port()
-    m = WALManager(storage, db, WALConfig(metrics_port=port, sync_interval=600))
+    m = WALManager(
+        storage, db, WALConfig(metrics_port=port, sync_interval=600, apply_mode="inline")
+    )
     try:
         assert m.metrics_port is None  # off until started
         m.start()
@@ -623,8 +631,9 @@ def test_compact_shows_progress_on_a_terminal_and_nothing_extra_when_piped(
     url = sqlite_url(tmp_path / "atb.db")
     engine_applied(d, url, ["1"] * 3)
     with WALStorage(d, max_segment_bytes=4096) as log:  # several sealed segments
-        log.append_many(WALEntry.create("atomic_balance_update", (), {"delta": Decimal(1)})
-                        for _ in range(60))
+        log.append_many(
+            WALEntry.create("atomic_balance_update", (), {"delta": Decimal(1)}) for _ in range(60)
+        )
     env = {**os.environ, "DATABASE_URL": url, "WAL_DIR": str(d)}
     code, out = _run_on_a_tty(["wal", "compact", "--retention-hours", "0"], env)
     assert code == 0, out

@@ -55,7 +55,9 @@ def ddb(pg_db: str, proxy: TCPProxy, tmp_path: Path) -> Iterator[DurableDatabase
     url = make_url(pg_db).set(host="127.0.0.1", port=proxy.port)
     through = url.render_as_string(hide_password=False)
     db = DatabaseManager(through)
-    d = DurableDatabaseManager(db, config=fast_config(tmp_path / "wal", through))
+    # the lost COMMIT reply is met by the call's own apply: WAL_APPLY=inline
+    config = fast_config(tmp_path / "wal", through, apply_mode="inline")
+    d = DurableDatabaseManager(db, config=config)
     yield d
     d.stop()
     db.dispose()

@@ -857,6 +857,45 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         "database",
     ),
+    Mutation(
+        "pg-synchronous-commit-forced",
+        "wal/db/engine.py",
+        "PostgreSQL sessions commit with synchronous_commit=on whatever the server, database or"
+        " role says: a COMPLETED mark follows a COMMIT that is on disk",
+        '        durable = "-c synchronous_commit=on"\n',
+        '        durable = ""\n',
+        (
+            "tests/sync/test_apply_behind.py::test_postgres_sessions_commit_synchronously_whatever_the_database_says",
+        ),
+        "database",
+    ),
+    Mutation(
+        "reapply-entries-the-database-lost",
+        "wal/sync/apply.py",
+        "at start, COMPLETED entries whose ledger rows the database lost (a backup, a lagging"
+        " replica) are applied again",
+        "        missing = [e for e in chunk if str(e.entry_id) not in held]\n",
+        "        missing: list[WALEntry] = []\n",
+        (
+            "tests/sync/test_database_power_loss.py::test_a_database_that_lost_its_last_commits_gets_them_back_from_the_log",
+        ),
+        "database",
+    ),
+    Mutation(
+        "apply-behind-wakes-the-sync-thread",
+        "wal/sync/manager.py",
+        "WAL_APPLY=behind: a durable write wakes the sync thread, which applies it at once (no"
+        " WAL_SYNC_INTERVAL wait)",
+        "            self._wake.set()\n"
+        "            return self._receipt(e, WALEntryStatus.PENDING)\n"
+        "        return self._apply_through(e)\n",
+        "            return self._receipt(e, WALEntryStatus.PENDING)\n"
+        "        return self._apply_through(e)\n",
+        (
+            "tests/sync/test_apply_behind.py::test_a_call_returns_once_durable_and_the_sync_thread_applies_it_at_once",
+        ),
+        "database",
+    ),
     # ------------------------------------------------------------------ reads include pending
     Mutation(
         "overlay-fresh-positions",

@@ -430,7 +430,10 @@ def child_main(argv: list[str]) -> int:
     url, wal_dir, seed, n, start = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4])
     plan = make_plan(seed, n)
     out = sys.stdout
-    ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))
+    # inline (WAL_APPLY=inline): the kill plan counts on a batch per call, so that its crash
+    # point (the k-th batch) comes before the plan ends; test_money_model covers "behind"
+    config = fast_config(wal_dir, url, apply_mode="inline")
+    ddb = DurableDatabaseManager(DatabaseManager(url), config=config)
     manager = ddb.manager
     assert manager is not None
     replay = manager.force_sync()  # what a killed run left pending, before new operations

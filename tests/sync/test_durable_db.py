@@ -54,7 +54,9 @@ class Rig:
         return db
 
     def durable(self, db: Any, **overrides: Any) -> DurableDatabaseManager:
-        ddb = DurableDatabaseManager(db, config=fast_config(self.directory, self.url, **overrides))
+        # these tests read the database right after a call: the inline apply (WAL_APPLY)
+        cfg = fast_config(self.directory, self.url, **{"apply_mode": "inline", **overrides})
+        ddb = DurableDatabaseManager(db, config=cfg)
         self.opened.append(ddb)
         return ddb
 

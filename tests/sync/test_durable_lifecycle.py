@@ -27,6 +27,7 @@ def test_from_config_builds_the_manager_from_the_config_url(db_url: str, tmp_pat
         assert ddb.get_balance() == D("10")
         assert ddb.find_by_idempotency_key("k1") is not None
         assert ddb.find_by_idempotency_key("never") is None
+        assert ddb.drain(timeout=30) == 0  # applied behind (WAL_APPLY=behind): wait for it
     finally:
         assert ddb.stop() == 0
     assert ddb.db.engine.pool.checkedout() == 0  # a stopped engine holds no connection
@@ -55,6 +56,7 @@ def test_drain_waits_for_the_backlog_and_stop_can_drain(
     try:
         ddb.atomic_balance_update(D("1"))
         assert ddb.get_balance() == D("1")
+        assert ddb.drain(timeout=30) == 0  # applied behind: in the database before the outage
         outage.begin()
         for _ in range(5):
             ddb.atomic_balance_update(D("2"))

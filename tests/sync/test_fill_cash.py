@@ -149,7 +149,9 @@ from wal.db import DatabaseManager
 from wal.sync.durable import DurableDatabaseManager
 
 url, wal_dir = sys.argv[1], sys.argv[2]
-ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))
+# inline: the deposit and the intent are applied (one batch each) before the fill's drain
+config = fast_config(wal_dir, url, apply_mode="inline")
+ddb = DurableDatabaseManager(DatabaseManager(url), config=config)
 ddb.atomic_balance_update(Decimal(1000), account="acct")
 intent(ddb, "c1")
 assert ddb.manager is not None

@@ -36,7 +36,7 @@ class Stack:
         self.open()
 
     def open(self) -> None:
-        config = fast_config(self.root / "wal", self.url)
+        config = fast_config(self.root / "wal", self.url, apply_mode="inline")  # receipts
         self.db = DatabaseManager(self.url)
         self.storage = WALStorage(config.directory, config.storage_options())
         self.ddb = DurableDatabaseManager(self.db, config=config, storage=self.storage)

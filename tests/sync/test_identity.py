@@ -31,7 +31,8 @@ def _engine(d: Path, url: str, amounts: list[str]) -> tuple[list[WALEntryStatus]
     db = DatabaseManager(url)
     storage = WALStorage(d)
     try:
-        m = WALManager(storage, db, WALConfig(directory=d, database_url=url))
+        cfg = WALConfig(directory=d, database_url=url, apply_mode="inline")  # statuses at once
+        m = WALManager(storage, db, cfg)
         got = [
             m.write("atomic_balance_update", delta=Decimal(a), reason="deposit").status
             for a in amounts

@@ -51,7 +51,8 @@ class Rig:
     managers: list[WALManager] = field(default_factory=list)
 
     def open(self, fs: FileOps | None = None, **overrides: Any) -> WALManager:
-        cfg = fast_config(self.directory, self.url, **overrides)
+        # these tests are about the inline apply (WAL_APPLY=inline): the write applies
+        cfg = fast_config(self.directory, self.url, **{"apply_mode": "inline", **overrides})
         storage = WALStorage(cfg.directory, cfg.storage_options(), fs=fs)
         m = WALManager(storage, self.db, cfg)
         self.managers.append(m)
@@ -131,7 +132,7 @@ def test_completed_marks_need_their_own_fsync_only_without_the_ledger(
     rig: Rig, ledger: bool
 ) -> None:
     fs = CountingFileOps()
-    cfg = fast_config(rig.directory, rig.url)
+    cfg = fast_config(rig.directory, rig.url, apply_mode="inline")
     storage = WALStorage(cfg.directory, cfg.storage_options(), fs=fs)
     m = WALManager(storage, rig.db if ledger else _NoLedger(rig.db), cfg)
     rig.managers.append(m)

@@ -469,7 +469,7 @@ class MoneyMachine(RuleBasedStateMachine):
         delta: Decimal,
         use_async: bool,
     ) -> None:
-        """Arm ``point``; a deposit, then a drain, reach it (the database is brought up
+        """Arm ``point``; deposits, each followed by a drain, reach it (the database is brought up
         first: the points after the apply need it). The points take turns, so that each is
         reached about as often as the others."""
         point = POINTS[(turn + self.crashes) % len(POINTS)]
@@ -485,12 +485,14 @@ class MoneyMachine(RuleBasedStateMachine):
                 if self.armed is None:
                     break
                 self.balance(account, delta, use_async)
-            if self.armed is not None:
-                try:
-                    self.ddb.drain(timeout=0)
-                except (SimulatedCrash, WALWriteError):
-                    assert self.fs.crashed
-                    self._restart(power_loss)
+                if self.armed is not None:
+                    # applied behind: a drain per deposit, so that each is a batch of its own
+                    # and the points after the apply are reached the nth time too
+                    try:
+                        self.ddb.drain(timeout=0)
+                    except (SimulatedCrash, WALWriteError):
+                        assert self.fs.crashed
+                        self._restart(power_loss)
         finally:
             self.armed = None
             self.power_on_crash = False

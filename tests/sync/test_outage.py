@@ -76,6 +76,7 @@ def test_trading_continues_through_an_outage_and_nothing_is_lost_or_doubled(
             perform(ddb, op)
             model.apply(op)
         check_reads()
+        assert ddb.drain(timeout=60) == 0  # applied behind (WAL_APPLY=behind)
         assert pending() == 0
 
         # ---- the database goes down; trading continues on the log

@@ -38,6 +38,7 @@ url, wal_dir = sys.argv[1], sys.argv[2]
 ddb = DurableDatabaseManager(DatabaseManager(url), config=fast_config(wal_dir, url))
 ddb.start()
 ddb.atomic_balance_update(Decimal("100"), reason="deposit", idempotency_key="deposit-1")
+ddb.drain(timeout=30)  # applied behind: the crash point is in this drain (or the sync thread's)
 print("the crash point was not reached", flush=True)
 """
 

@@ -18,7 +18,9 @@ from wal.tools.bench import Measurement, call_specs, run_call_bench
 from wal.tools.bench_calls import (
     CALLS,
     COROUTINES,
+    DOWN_URL,
     THREADS,
+    WARMUP,
     bench_ddb_async,
     bench_ddb_calls,
     bench_order_submit,
@@ -33,19 +35,31 @@ from wal.tools.bench_calls import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SQLITE_ROWS = [
-    "sqlite_direct_1",
-    "ddb_trade_sqlite_1",
-    "ddb_balance_sqlite_1",
-    f"sqlite_direct_{THREADS}",
-    f"ddb_trade_sqlite_{THREADS}",
-    f"ddb_balance_sqlite_{THREADS}",
+    *(
+        name
+        for t in (1, THREADS)
+        for name in (
+            f"sqlite_direct_{t}",
+            f"ddb_trade_sqlite_{t}",
+            f"ddb_balance_sqlite_{t}",
+            f"ddb_trade_sqlite_{t}_inline",
+            f"ddb_balance_sqlite_{t}_inline",
+            f"ddb_trade_down_{t}",
+        )
+    ),
     f"ddb_trade_async_sqlite_{COROUTINES}",
+    f"ddb_balance_async_sqlite_{COROUTINES}",
 ]
 PG_ROWS = [
-    "pg_direct_1",
-    "ddb_trade_postgresql_1",
-    f"pg_direct_{THREADS}",
-    f"ddb_trade_postgresql_{THREADS}",
+    name
+    for t in (1, THREADS)
+    for name in (
+        f"pg_direct_{t}",
+        f"ddb_trade_postgresql_{t}",
+        f"ddb_balance_postgresql_{t}",
+        f"ddb_trade_postgresql_{t}_inline",
+        f"ddb_balance_postgresql_{t}_inline",
+    )
 ]
 
 
@@ -70,7 +84,22 @@ def test_wrapper_rows_call_the_public_api_and_apply_every_call(tmp_path: Path) -
     a = bench_ddb_async(tmp_path, 4, 8)
     check_row(a, "ddb_trade_async_sqlite_4", 8)
     assert a.extra["pending_at_stop"] == 0
+    ab = bench_ddb_async(tmp_path, 4, 8, op="atomic_balance_update")
+    check_row(ab, "ddb_balance_async_sqlite_4", 8)
+    assert ab.extra["pending_at_stop"] == 0 and ab.extra["drained_after_s"] >= 0
+    i = bench_ddb_calls(tmp_path, "log_trade", 2, 4, apply="inline")
+    check_row(i, "ddb_trade_sqlite_2_inline", 4)
+    assert i.extra["pending_at_stop"] == 0 and "inline" in i.label
     assert list(tmp_path.iterdir()) == []  # every scratch directory removed
+
+
+def test_a_database_down_row_costs_the_log_only(tmp_path: Path) -> None:
+    m = bench_ddb_calls(tmp_path, "log_trade", 2, 6, DOWN_URL)
+    check_row(m, "ddb_trade_down_2", 6)
+    # every call (and the warm-up's) stays in the log: nothing reached a database
+    assert m.extra["pending_at_stop"] == 6 + 2 * WARMUP
+    assert "database down" in m.label and "left in the log" in m.note
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_wrapper_row_refuses_an_unknown_call(tmp_path: Path) -> None:
@@ -119,11 +148,12 @@ def test_quick_run_has_every_row_target_and_table_line(tmp_path: Path) -> None:
     names = [m.name for m in rows]
     assert names == ["raw_per_record", *SQLITE_ROWS, "order_submit", "order_journal_before_call"]
     ratios = call_ratios({m.name: m for m in rows}, THREADS, COROUTINES)
-    assert len(ratios) == 9
-    # without PostgreSQL its two targets say so; every other one is measured
+    assert len(ratios) == 12
+    # without PostgreSQL its four targets say so; every other one is measured
     assert [r.target for r in ratios if r.measured is None] == [
-        "log_trade, PostgreSQL, 1 thread(s) ≥ 1.3x PostgreSQL direct",
-        f"log_trade, PostgreSQL, {THREADS} thread(s) ≥ 1.3x PostgreSQL direct",
+        f"{call}, PostgreSQL, {t} thread(s) ≥ 1.3x PostgreSQL direct"
+        for call in ("log_trade", "atomic_balance_update")
+        for t in (1, THREADS)
     ]
     assert all((r.met is None) == (r.measured is None) for r in ratios)
     table = calls_markdown(rows, ratios)
@@ -160,7 +190,7 @@ def test_calls_script_quick(tmp_path: Path) -> None:
         "order_submit",
         "order_journal_before_call",
     ]
-    assert len(data["targets"]) == 9
+    assert len(data["targets"]) == 12
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["calls.json", "calls.md"]
         + (["latency.png"] if importlib.util.find_spec("matplotlib") else [])

@@ -17,26 +17,13 @@ from pathlib import Path
 
 from wal import WALEntry, WALEntryStatus, WALStorage
 from wal.tools.bench import DiskBenchResult, drain_rows, make_trade, run_disk_bench
+from wal.tools.bench_calls import call_row_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Issue 22's rows (run_all.py's CALL_ROWS): the critical calls and the database alone.
-CALL_ROWS = [
-    "sqlite_direct_1",
-    "ddb_trade_sqlite_1",
-    "ddb_balance_sqlite_1",
-    "sqlite_direct_64",
-    "ddb_trade_sqlite_64",
-    "ddb_balance_sqlite_64",
-    "ddb_trade_async_sqlite_256",
-    "pg_direct_1",
-    "ddb_trade_postgresql_1",
-    "pg_direct_64",
-    "ddb_trade_postgresql_64",
-    "order_submit",
-    "order_journal_before_call",
-]
-CALL_TARGETS = 9  # wal.tools.bench_calls.call_ratios
+CALL_ROWS = call_row_names(pg=True)
+CALL_TARGETS = 12  # wal.tools.bench_calls.call_ratios
 # Every row run_all.py prints (its ROW_NAMES); a renamed or lost row must fail here.
 ALL_ROWS = [
     "raw_per_record",
@@ -82,13 +69,7 @@ DISK_ROWS = [
     "wal_many_1000",
     "wal_interval_1",
     # what a critical call costs here, and what SQLite alone would cost
-    "sqlite_direct_1",
-    "ddb_trade_sqlite_1",
-    "ddb_balance_sqlite_1",
-    "sqlite_direct_64",
-    "ddb_trade_sqlite_64",
-    "ddb_balance_sqlite_64",
-    "ddb_trade_async_sqlite_256",
+    *call_row_names(pg=False)[:-2],  # the order rows are run_all's only
 ]
 TARGETS = 14  # 12 disk, log and peer targets + 2 drain targets
 PEER_TARGETS = 4  # against plyvel: not measured without the peers extra

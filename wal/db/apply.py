@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -25,11 +26,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
 from wal.db.classify import describe_error, is_transient
-from wal.db.operations import INSERT_ONLY
+from wal.db.operations import INSERT_ONLY, lock_balance, set_balance_statement
 from wal.db.operations import OPERATIONS as _BASE_OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS
-from wal.db.schema import bulk_binder, wal_applied, wal_applied_keys
-from wal.entry import WALEntry, utc_now
+from wal.db.schema import (
+    balance_changes,
+    bulk_binder,
+    valid_money,
+    valid_text,
+    wal_applied,
+    wal_applied_keys,
+)
+from wal.entry import OperationType, WALEntry, utc_now
 
 __all__ = ["ApplyResult", "applied_in", "apply_batch", "keys_in"]
 
@@ -110,6 +118,10 @@ def _apply_fast(
                 _insert_keys(conn, [(k, eid) for e, eid in todo if (k := _key(e)) is not None])
             run: list[tuple[str, dict[str, Any]]] = []  # consecutive INSERT-only entries
             run_op = ""
+            # balance updates since the last other effect: INSERT-only effects touch other
+            # tables, so the two runs commute; anything else (a position change, a fill that
+            # moves cash) ends both first
+            bal: list[tuple[str, dict[str, Any]]] = []
             for e, eid in todo:
                 if e.operation in INSERT_ONLY and not e.args:
                     if run and e.operation != run_op:
@@ -117,11 +129,18 @@ def _apply_fast(
                     run_op = e.operation
                     run.append((eid, INSERT_ONLY[e.operation][1](**e.kwargs)))
                     continue
+                if e.operation == _BALANCE and not e.args and e.kwargs.keys() <= _BALANCE_KW:
+                    bal.append((eid, e.kwargs))
+                    continue
                 if run:
                     _insert_run(conn, run_op, run, values)
+                if bal:
+                    _balance_run(conn, bal, values)
                 values[eid] = OPERATIONS[e.operation](conn, *e.args, **e.kwargs)
             if run:
                 _insert_run(conn, run_op, run, values)
+            if bal:
+                _balance_run(conn, bal, values)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -258,6 +277,44 @@ def _insert_run(
     _execute(conn, plan, columns)
     for eid, row in run:
         values[eid] = str(row[id_key])
+    run.clear()
+
+
+_BALANCE = OperationType.BALANCE_UPDATE.value
+_BALANCE_KW = frozenset({"delta", "reason", "account"})
+
+
+def _balance_run(
+    conn: Connection, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
+) -> None:
+    """Balance updates, in order, with one locked read and one UPDATE per account and one
+    multi-row INSERT of their ``balance_changes`` rows (``op_balance_update`` makes three
+    statements per update). Each entry's value is its own new balance; a bad value raises
+    (the caller's savepoint undoes the whole fast attempt, then goes entry by entry)."""
+    now = utc_now()
+    balances: dict[str, Decimal] = {}
+    rows: list[tuple[str, Decimal, Decimal, str]] = []
+    for eid, kw in run:
+        if kw.get("delta") is None:
+            raise TypeError("atomic_balance_update needs a delta")
+        d = valid_money(kw["delta"], "delta")
+        acct = valid_text(kw.get("account", "default"), "account")
+        why = valid_text(kw.get("reason", ""), "reason", 1000, empty=True)
+        if acct not in balances:
+            balances[acct] = lock_balance(conn, acct)  # row-locked until the COMMIT
+        new = valid_money(balances[acct] + d, f"the new balance of {acct!r}")
+        balances[acct] = new
+        rows.append((acct, d, new, why))
+        values[eid] = new
+    for acct, new in balances.items():
+        conn.execute(set_balance_statement(), {"acct": acct, "bal": new, "at": now})
+    cols = ("account", "delta", "balance_after", "reason", "changed_at")
+    plan = _plan(conn.dialect, balance_changes, cols)
+    columns: list[list[Any]] = [[], [], [], [], []]
+    for i, col in enumerate((*zip(*rows, strict=True), [now] * len(rows))):
+        bind = plan.binders[i]
+        columns[i] = list(col) if bind is None else [bind(v) for v in col]
+    _execute(conn, plan, columns)
     run.clear()
 
 

@@ -12,6 +12,7 @@ long before the entry falls back to the log. Every new connection reads the curr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from sqlalchemy.pool import StaticPool
 
 from wal.errors import WALConfigError
 
+log = logging.getLogger("wal.db")
+
 __all__ = [
     "DEFAULT_URL",
     "PG_CONNECT_TIMEOUT_S",
@@ -33,6 +36,7 @@ __all__ = [
     "READ_ONLY",
     "SQLITE_BUSY_TIMEOUT_MS",
     "Timeouts",
+    "check_pg_durability",
     "make_engine",
     "sqlite_file",
 ]
@@ -65,15 +69,19 @@ class Timeouts:
         return SQLITE_BUSY_TIMEOUT_MS if self.ms is None else self.ms
 
     def pg_connect_args(self) -> dict[str, Any]:
+        # synchronous_commit=on whatever the server, database or role says: a COMMIT that
+        # returned is on the server's disk, so a COMPLETED mark written after it (the log's
+        # compaction may then drop the entry) never names an effect a power loss can undo
+        durable = "-c synchronous_commit=on"
         if self.ms is None:
             return {
                 "connect_timeout": PG_CONNECT_TIMEOUT_S,
-                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}",
+                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} {durable}",
             }
         return {
             # libpq counts whole seconds (and treats 1 as 2); at least 1
             "connect_timeout": max(1, math.ceil(self.ms / 1000)),
-            "options": f"-c lock_timeout={self.ms} -c statement_timeout={self.ms}",
+            "options": f"-c lock_timeout={self.ms} -c statement_timeout={self.ms} {durable}",
         }
 
 
@@ -143,6 +151,36 @@ def _prepare_sqlite_file(path: Path) -> None:
         os.close(fd)
 
 
+_warned_fsync_off: set[str] = set()
+
+
+def check_pg_durability(dbapi_conn: Any) -> None:
+    """Log CRITICAL (once per server) when the server runs with ``fsync=off``: no client
+    setting can make its COMMITs durable, and the log marks entries applied (and may compact
+    them away) once their COMMIT returned. ``synchronous_commit`` is forced on per session."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("SHOW fsync")
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    if not getattr(dbapi_conn, "autocommit", True):
+        dbapi_conn.rollback()  # the SHOW opened a transaction: a fresh connection has none
+    if row is None or str(row[0]).lower() != "off":
+        return
+    info = getattr(dbapi_conn, "info", None)
+    where = f"{getattr(info, 'host', '?')}:{getattr(info, 'port', '?')}"
+    if where in _warned_fsync_off:
+        return
+    _warned_fsync_off.add(where)
+    log.critical(
+        "PostgreSQL at %s runs with fsync=off: a power loss of the database can lose "
+        "committed effects the log already marked applied; set fsync=on (postgresql.conf) "
+        "and keep WAL_RETENTION_HOURS long enough to re-apply them (see docs/database.md)",
+        where,
+    )
+
+
 READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
 
 
@@ -203,5 +241,9 @@ def make_engine(
         @event.listens_for(engine, "do_connect")
         def _timeouts(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
             cparams.update(timeouts.pg_connect_args())  # the value now, not at creation
+
+        @event.listens_for(engine, "connect")
+        def _check_fsync(dbapi_conn: Any, _record: Any) -> None:
+            check_pg_durability(dbapi_conn)
 
     return engine, dialect

@@ -60,6 +60,12 @@ _GET_BALANCE_FOR_UPDATE = (
 )
 
 
+def set_balance_statement() -> sa.Update:
+    """``UPDATE balances SET balance=:bal, updated_at=:at WHERE account=:acct`` (built once:
+    the batch apply of ``wal.db.apply`` uses it too)."""
+    return _SET_BALANCE
+
+
 def lock_balance(conn: Connection, account: str) -> Decimal:
     """The account's balance, row-locked until the transaction ends (created at 0 if absent)."""
     row = conn.execute(_GET_BALANCE_FOR_UPDATE, {"acct": account}).first()

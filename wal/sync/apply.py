@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from wal.config import WALConfig
@@ -27,7 +28,7 @@ from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import CircuitBreaker
-from wal.sync.identity import check_before_apply
+from wal.sync.identity import check_before_apply, read_target
 from wal.sync.results import SyncResult
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
 
 log = logging.getLogger("wal.sync.manager")
 
+# the error text of the COMPLETED mark `atb wal discard` writes (cli/commands/wal_discard.py):
+# such an entry was never applied, and must never be
+DISCARDED = "discarded by operator: "
 _SHORT_ERROR_LEN = 200  # a log line an operator can read, and the status view shows
 _CRITICAL = frozenset(op.value for op in OperationType)
 
@@ -120,6 +124,10 @@ class Applier:
         self._target_checked = False  # database.json: checked before the first batch is applied
         self.observers: list[ApplyObserver] = []
         self._told = False  # the observers heard how the current batch ended
+        # COMPLETED entries still in the log checked against the ledger (reapply_lost) once
+        # per process, before the first batch or read: the database may have lost commits
+        self.reconciled = not self.exactly_once or not callable(getattr(db, "applied_ids", None))
+        self.reapplied = 0  # entries reapply_lost found missing and applied again
 
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
@@ -206,7 +214,92 @@ class Applier:
         self.last_sync_at = datetime.now(UTC)
         return outcomes
 
+    def reapply_lost(self) -> int:
+        """Apply again the COMPLETED entries still in the log whose ledger rows the database
+        no longer has (restored from a backup, failed over to a lagging replica: it lost its
+        last commits), in LSN order, one ledger query per batch; once per process, before any
+        other batch (the caller holds ``apply_lock``). Returns how many were applied again
+        (with a warning naming them). Raises ``BatchAborted`` on a transient error (tried
+        again before the next batch)."""
+        if self.reconciled:
+            return 0
+        redone = 0
+        try:
+            target = read_target(Path(self.storage.directory))
+            if target is None:
+                # a new log (nothing applied anywhere yet), or one whose record was lost
+                # (the rebind it needs starts after its entries): nothing to check, and
+                # nothing is bound here (a read or a dry run never binds a log)
+                self.reconciled = True
+                return 0
+            if not self._target_checked:  # the log's own database, never another one
+                check_before_apply(self.storage.directory, self.db, self.storage)
+                self._target_checked = True
+            since = target.from_lsn  # this database's entries only (not before a rebind)
+            chunk: list[WALEntry] = []
+            for e in self.storage.iter_entries([WALEntryStatus.COMPLETED]):
+                if (e.lsn or 0) < since:
+                    continue  # applied to the database the log was bound to before
+                if (e.last_error or "").startswith(DISCARDED):
+                    continue  # closed by the operator, never applied: it must never be
+                chunk.append(e)
+                if len(chunk) >= self.config.batch_size:
+                    redone += self._reapply_chunk(chunk)
+                    chunk = []
+            if chunk:
+                redone += self._reapply_chunk(chunk)
+        except Exception as exc:
+            if isinstance(exc, WALError) and not isinstance(exc, WALDatabaseError):
+                raise  # the log itself, or the wrong database: never retried as an outage
+            if not transient_error(exc):
+                raise
+            self.note_transient(exc)
+            raise BatchAborted from exc
+        self.reconciled = True
+        self.reapplied += redone
+        if redone:
+            log.warning(
+                "the database had lost %d applied entries (their ledger rows were missing: "
+                "restored from a backup, or a lagging replica?); applied again from the log",
+                redone,
+            )
+        return redone
+
+    def _reapply_chunk(self, chunk: list[WALEntry]) -> int:
+        """One batch of COMPLETED entries: ask the ledger once, apply the missing ones."""
+        held = {str(x) for x in self.db.applied_ids([str(e.entry_id) for e in chunk])}
+        missing = [e for e in chunk if str(e.entry_id) not in held]
+        if not missing:
+            return 0
+        results = self.db.apply(missing)
+        redone = 0
+        failed: list[tuple[WALEntry, WALEntryStatus, str | None, int | None]] = []
+        for e, r in zip(missing, results, strict=True):
+            if r.outcome == "applied":
+                redone += 1
+            elif r.outcome == "error":
+                # it was applied once; the database now refuses it: the operator must look
+                log.error(
+                    "entry %s (lsn %s, %s) was applied before, lost by the database, and is "
+                    "now refused: %s; it is a dead letter (atb wal failed)",
+                    e.entry_id,
+                    e.lsn,
+                    e.operation,
+                    r.error,
+                )
+                failed.append((e, WALEntryStatus.FAILED, r.error, e.attempts))
+        if failed:
+            self.counters.failed += len(failed)
+            try:
+                self.storage.update_statuses(failed)
+            except WALWriteError as exc:
+                self.fatal = exc
+                raise
+        return redone
+
     def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        if not self.reconciled:
+            self.reapply_lost()  # before anything newer reaches the database (LSN order)
         try:
             if not self._target_checked:  # the log's own database, never another one
                 check_before_apply(self.storage.directory, self.db, self.storage)
@@ -282,11 +375,7 @@ class Applier:
                 break
             # the lock is taken per batch: a writer applying inline waits for one batch at most
             with self.apply_lock:
-                batch = list(  # background: appenders coming back from fsync go first
-                    self.storage.get_pending_entries(
-                        after_lsn=after_lsn, limit=self.config.batch_size, background=True
-                    )
-                )
+                batch = self._next_batch(after_lsn)
                 if not batch:
                     break
                 try:
@@ -313,6 +402,20 @@ class Applier:
         )
         self._check_alerts(pending)
         return result
+
+    def _next_batch(self, after_lsn: int) -> list[WALEntry]:
+        """The next pending entries (up to ``batch_size``), read while appenders go first:
+        one wait for an appender in progress per 16 entries parsed (not per entry: under a
+        steady stream of appends the drain must still keep up with them)."""
+        batch: list[WALEntry] = []
+        pending = self.storage.get_pending_entries(
+            after_lsn=after_lsn, limit=self.config.batch_size
+        )
+        for e in pending:
+            if len(batch) % 16 == 0:
+                self.storage.yield_to_appenders()  # an appender back from fsync goes first
+            batch.append(e)
+        return batch
 
     def _check_alerts(self, pending: int) -> None:
         """Warn once per crossing of the pending-count and oldest-age thresholds."""

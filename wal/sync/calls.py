@@ -64,20 +64,50 @@ def reject_floats(op: str, params: dict[str, Any]) -> None:
             raise WALArgumentError(op, name, f"{value!r} is a float; pass money as Decimal")
 
 
+class _Shape:
+    """A method's signature, computed once per (class, function): binding a call is the
+    only per-call work."""
+
+    __slots__ = ("accepted", "signature", "var_keyword")
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self.signature = inspect.signature(method)
+        self.accepted = self.signature.parameters
+        self.var_keyword = next(
+            (n for n, p in self.accepted.items() if p.kind is inspect.Parameter.VAR_KEYWORD),
+            None,
+        )
+
+
+_SHAPES: dict[tuple[type, Any], _Shape] = {}
+
+
+def _shape(method: Callable[..., Any]) -> _Shape:
+    """The cached ``_Shape`` of a bound method (keyed by its class and function: another
+    instance of the class has the same signature; a method replaced on an instance is its
+    own function) or of a plain callable."""
+    owner = getattr(method, "__self__", None)
+    key = (type(owner), getattr(method, "__func__", method))
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = _SHAPES[key] = _Shape(method)
+    return shape
+
+
 def prepare_call(
     method: Callable[..., Any], op: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """Bind ``args``/``kwargs`` to ``method``, fill the id and the time: the keyword
     arguments that get logged (and passed to ``method`` when the log is off)."""
+    shape = _shape(method)
     try:
-        bound = inspect.signature(method).bind(*args, **kwargs)
+        bound = shape.signature.bind(*args, **kwargs)
     except TypeError as exc:  # an unknown or missing argument: refused before logging
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     params = dict(bound.arguments)
-    for name, p in inspect.signature(method).parameters.items():
-        if p.kind is inspect.Parameter.VAR_KEYWORD and name in params:
-            params.update(params.pop(name))
-    accepted = inspect.signature(method).parameters
+    if shape.var_keyword is not None and shape.var_keyword in params:
+        params.update(params.pop(shape.var_keyword))
+    accepted = shape.accepted
     id_param = ID_PARAMS.get(op)
     if id_param is not None and id_param in accepted and params.get(id_param) is None:
         params[id_param] = str(uuid.uuid4())
@@ -94,7 +124,7 @@ def check_call(db: Any, op: str, kwargs: dict[str, Any]) -> None:
     if op not in CRITICAL_OPERATIONS:
         raise ValueError(f"{op!r} is not a critical operation")
     try:
-        inspect.signature(getattr(db, op)).bind(**kwargs)  # refused before logging
+        _shape(getattr(db, op)).signature.bind(**kwargs)  # refused before logging
     except TypeError as exc:
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     reject_floats(op, kwargs)

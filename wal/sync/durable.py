@@ -124,6 +124,9 @@ class DurableDatabaseManager:
         if check is not None:
             check()
         if self.manager is not None:
+            # the database may have lost its last commits (a backup, a lagging replica): the
+            # COMPLETED entries it lacks go back in before anything newer and before any read
+            self.manager.reapply_lost()
             self.manager.start()
 
     def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
@@ -236,12 +239,27 @@ class DurableDatabaseManager:
             account=account,
         )
         crash_point("durable.after_write_before_read")  # durable; the caller not yet answered
+        known = self._known_balance(receipt, account)
+        return known if known is not None else self._read_new_balance(account)
+
+    def _known_balance(self, receipt: Receipt, account: str) -> Decimal | None:
+        """The new balance after ``receipt``'s update without a database round trip: the
+        apply's result (inline), else the balance this process knows (its last read of the
+        database plus every entry logged since, this one included: exact whatever the
+        applier did meanwhile). None when no balance is known yet."""
         if receipt.applied and receipt.result is not None and not receipt.duplicate:
-            return receipt.result
+            result: Decimal = receipt.result
+            return result
+        assert self._reads is not None
+        return self._reads.estimate(account)
+
+    def _read_new_balance(self, account: str) -> Decimal | None:
+        """The new balance read once from the database (then known), or None when it
+        cannot be reached: the update is durable, and raising now would invite a retry that
+        doubles it."""
         try:
             return self.get_balance(account)
         except WALDatabaseError:
-            # the update is durable: raising now would invite a retry that doubles it
             return None
 
     def _check_new_balance(self, account: object, delta: Decimal) -> None:
@@ -306,8 +324,10 @@ class DurableDatabaseManager:
     # "<client order id>:<seq>" and "fill:<execution id>", so a retried write is one entry)
 
     def record_order_intent(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
-        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1)."""
-        return self._critical("record_order_intent", (), kwargs, idempotency_key)[2]
+        """Journal an order intent durably (the ``orders`` row, PENDING, and event 1);
+        returns its client order id."""
+        params, _, result = self._critical("record_order_intent", (), kwargs, idempotency_key)
+        return params.get("client_order_id", result)
 
     def record_order_event(self, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
         """Journal an order's state change durably."""
@@ -381,39 +401,66 @@ class DurableDatabaseManager:
         idempotency_key: str | None = None,
     ) -> Decimal | None:
         """``atomic_balance_update(delta, ...)`` for asyncio: the same guarantees (durable
-        before it returns, exactly once), the fsync and the database off the event loop."""
-        result: Decimal | None = await self._in_thread(
-            self.atomic_balance_update,
-            delta,
-            reason=reason,
-            account=account,
-            idempotency_key=idempotency_key,
+        before it returns, exactly once), the fsync and the database off the event loop.
+
+        Applied behind, the entry joins the log's group commit on the loop
+        (``WALManager.write_async``) and the new balance comes from what the process knows:
+        no thread hop. A database read, when the balance is not known yet, runs in a thread."""
+        if self.manager is None or not isinstance(delta, Decimal) or idempotency_key is not None:
+            # the log off, a refusal, or a keyed write (its claim is held in a thread anyway)
+            result: Decimal | None = await self._in_thread(
+                self.atomic_balance_update,
+                delta,
+                reason=reason,
+                account=account,
+                idempotency_key=idempotency_key,
+            )
+            return result
+        self._check_new_balance(account, delta)
+        receipt = await self.manager.write_async(
+            OperationType.BALANCE_UPDATE, delta=delta, reason=reason, account=account
         )
-        return result
+        crash_point("durable.after_write_before_read")  # durable; the caller not yet answered
+        known = self._known_balance(receipt, account)
+        if known is not None:
+            return known
+        return await self._in_thread(self._read_new_balance, account)
+
+    async def _critical_async(
+        self, op: str, id_param: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A critical call for asyncio: bound on the loop, logged through the log's group
+        commit on the loop (``write_async``); a keyed call, or the log off, in a thread."""
+        key = kwargs.pop("idempotency_key", None)
+        if self.manager is None or key is not None:
+            return await self._in_thread(getattr(self, op), *args, idempotency_key=key, **kwargs)
+        params = prepare_call(getattr(self._db, op), op, args, kwargs)
+        receipt = await self.manager.write_async(op, **params)
+        return params.get(id_param, receipt.result) if id_param else receipt.result
 
     async def log_trade_async(self, *args: Any, **kwargs: Any) -> Any:
         """``log_trade`` for asyncio (see ``atomic_balance_update_async``)."""
-        return await self._in_thread(self.log_trade, *args, **kwargs)
+        return await self._critical_async("log_trade", "trade_id", args, kwargs)
 
     async def log_position_async(self, *args: Any, **kwargs: Any) -> Any:
         """``log_position`` for asyncio."""
-        return await self._in_thread(self.log_position, *args, **kwargs)
+        return await self._critical_async("log_position", "position_id", args, kwargs)
 
     async def update_position_async(self, *args: Any, **kwargs: Any) -> Any:
         """``update_position`` for asyncio."""
-        return await self._in_thread(self.update_position, *args, **kwargs)
+        return await self._critical_async("update_position", None, args, kwargs)
 
     async def close_position_async(self, *args: Any, **kwargs: Any) -> Any:
         """``close_position`` for asyncio."""
-        return await self._in_thread(self.close_position, *args, **kwargs)
+        return await self._critical_async("close_position", None, args, kwargs)
 
     async def create_trading_session_async(self, *args: Any, **kwargs: Any) -> Any:
         """``create_trading_session`` for asyncio."""
-        return await self._in_thread(self.create_trading_session, *args, **kwargs)
+        return await self._critical_async("create_trading_session", "session_id", args, kwargs)
 
     async def end_trading_session_async(self, *args: Any, **kwargs: Any) -> Any:
         """``end_trading_session`` for asyncio."""
-        return await self._in_thread(self.end_trading_session, *args, **kwargs)
+        return await self._critical_async("end_trading_session", None, args, kwargs)
 
     async def get_balance_async(self, account: str = "default") -> Decimal:
         """``get_balance`` for asyncio (the same exactly-once read)."""

@@ -53,9 +53,18 @@ class DatabaseTarget:
     url: str  # password masked
     database_id: str
     recorded_at: str
+    # the log's next LSN when this database was first recorded: entries before it may have
+    # been applied to an earlier database (a rebind), so only those from it on are checked
+    # against this database's ledger at start (``Applier.reapply_lost``); 0: every entry
+    from_lsn: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "database_id": self.database_id, "recorded_at": self.recorded_at}
+        return {
+            "url": self.url,
+            "database_id": self.database_id,
+            "recorded_at": self.recorded_at,
+            "from_lsn": self.from_lsn,
+        }
 
 
 def read_target(directory: Path) -> DatabaseTarget | None:
@@ -76,15 +85,32 @@ def read_target(directory: Path) -> DatabaseTarget | None:
         or not isinstance(data.get("url"), str)
     ):
         raise ValueError(f"{path} has no url and database_id; delete it to record anew")
-    return DatabaseTarget(data["url"], data["database_id"], str(data.get("recorded_at", "")))
+    from_lsn = data.get("from_lsn", 0)
+    if type(from_lsn) is not int or from_lsn < 0:
+        raise ValueError(f"{path} has a bad from_lsn {from_lsn!r}; delete it to record anew")
+    return DatabaseTarget(
+        data["url"], data["database_id"], str(data.get("recorded_at", "")), from_lsn
+    )
 
 
 def record_target(
-    directory: Path, url: str, database_id: str, fs: FileOps | None = None
+    directory: Path,
+    url: str,
+    database_id: str,
+    fs: FileOps | None = None,
+    *,
+    from_lsn: int = 0,
 ) -> DatabaseTarget:
     """Record (or replace) the log's target database, durably (through ``fs``: the log's
-    own file operations when the caller has the log open)."""
-    target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat())
+    own file operations when the caller has the log open). ``from_lsn``: the log's next LSN
+    (see ``DatabaseTarget.from_lsn``); kept from the record when the database is the same."""
+    try:
+        old = read_target(directory)
+    except ValueError:
+        old = None
+    if old is not None and old.database_id == database_id:
+        from_lsn = old.from_lsn  # the same database: what it holds since then is unchanged
+    target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat(), from_lsn)
     # temp (O_EXCL, O_NOFOLLOW: a symlink planted at database.json.tmp is never written
     # through), fsync, rename, directory fsync: durable before anything is applied there
     write_file_atomic(
@@ -165,7 +191,13 @@ def check_before_apply(directory: Path, db: Any, storage: WALStorage | None = No
         db_id = get_id(create=True)
         if isinstance(db_id, str):
             # durable before anything is applied there
-            record_target(directory, url, db_id, storage.file_ops if storage else None)
+            record_target(
+                directory,
+                url,
+                db_id,
+                storage.file_ops if storage else None,
+                from_lsn=storage.first_lsn if storage else 0,  # a new log: every entry
+            )
         return
     why = mismatch(target, url, get_id())
     if why is not None:

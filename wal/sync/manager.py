@@ -1,10 +1,16 @@
 """``WALManager``: every critical operation goes to the log first, then to the database.
 
-``write()`` appends the operation durably, then applies it at once while the circuit breaker
-is closed (after any older pending entries, so the database always sees LSN order), and
-returns a ``Receipt``. While the database is down the entry stays in the log and the receipt
-says PENDING; a background thread replays pending entries in LSN order, in batches, with
-exponential backoff and full jitter, and a half-open probe after the breaker's cooldown.
+``write()`` appends the operation durably (that is the acknowledgement) and returns a
+``Receipt``. With ``WAL_APPLY=behind`` (the default) it returns then, PENDING, and wakes the
+sync thread, which applies the backlog in LSN order, in batches (one transaction each; a short
+backlog waits a few milliseconds for more entries, so that one commit serves several calls).
+With ``WAL_APPLY=inline`` it also applies the entry at once while the circuit breaker is closed
+(after any older pending entries, so the database always sees LSN order). While the database
+is down the entry stays in the log and the receipt says PENDING; the sync thread replays
+pending entries with exponential backoff and full jitter, and a half-open probe after the
+breaker's cooldown. The first batch of a process (or ``reapply_lost()``, which
+``DurableDatabaseManager.start`` calls) first applies again the COMPLETED entries whose ledger
+rows the database lost (restored from a backup, a lagging replica).
 
 Exactly once. With a database that has ``apply(entries)`` (the bundled
 ``wal.db.manager.DatabaseManager``), each entry's effect and its row in the ``wal_applied``
@@ -59,6 +65,8 @@ log = logging.getLogger("wal.sync.manager")
 
 _CRITICAL = frozenset(op.value for op in OperationType)
 _UNFINISHED = (WALEntryStatus.PENDING, WALEntryStatus.SYNCING)
+_PUBLISH_EVERY = 1.0  # seconds between two manager-status.json views of a busy sync thread
+_GATHER_SECONDS = 0.005  # how long a short backlog waits for more entries (apply behind)
 
 
 class WALManager:
@@ -94,6 +102,9 @@ class WALManager:
         self._receipts: OrderedDict[str, Receipt] = OrderedDict()
         self._inflight: dict[str, threading.Event] = {}
         self._write_hooks: list[Callable[[WALEntry], None]] = []
+        # WAL_APPLY=behind: a write returns once durable in the log; the sync thread applies
+        self._behind = self.config.apply_mode == "behind"
+        self._published_at = 0.0  # the sync thread's last manager-status.json
 
     @property
     def maybe_applied(self) -> set[uuid.UUID]:
@@ -179,7 +190,8 @@ class WALManager:
         for hook in self._write_hooks:
             hook(e)
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
-        if self.breaker.state is not BreakerState.CLOSED:
+        if self._behind or self.breaker.state is not BreakerState.CLOSED:
+            # durable in the log = acknowledged: the sync thread applies it, reads count it
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
         loop = asyncio.get_running_loop()
@@ -333,7 +345,8 @@ class WALManager:
         for hook in self._write_hooks:
             hook(e)
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
-        if self.breaker.state is not BreakerState.CLOSED:
+        if self._behind or self.breaker.state is not BreakerState.CLOSED:
+            # durable in the log = acknowledged: the sync thread applies it, reads count it
             self._wake.set()
             return self._receipt(e, WALEntryStatus.PENDING)
         return self._apply_through(e)
@@ -436,9 +449,17 @@ class WALManager:
 
     def stop(self, timeout: float | None = 10.0, *, drain: bool = False) -> int:
         """Stop the thread (waiting up to ``timeout`` for it). Whatever is not applied stays
-        durable in the log. ``drain=True`` first drains (``drain(timeout)``). Returns how many
-        entries are left pending."""
+        durable in the log. ``drain=True`` first drains (``drain(timeout)``, retrying while
+        the database is down); applying behind, a running manager makes one last pass
+        otherwise (while the breaker lets it). Returns how many entries are left pending."""
         left = self.drain(timeout) if drain else 0
+        if not drain and self._behind and self._applier.fatal is None and self.running:
+            # applied behind, the last calls are usually still pending: one pass while the
+            # database is reachable (the breaker decides), so a clean stop leaves none
+            try:
+                self._applier.drain()
+            except Exception:  # the entries stay durable in the log; the next start applies
+                log.exception("the last pass before stopping failed")
         self._applier.stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -462,6 +483,27 @@ class WALManager:
                 left = 0
         return left
 
+    def reapply_lost(self) -> bool:
+        """Check, once per process, that the database still has every COMPLETED entry the
+        log holds, and apply again those it lost (``Applier.reapply_lost``: a database
+        restored from a backup or failed over to a lagging replica). True once done (or not
+        needed: no ledger); False while the database cannot be reached (tried again before
+        the next batch or read)."""
+        applier = self._applier
+        if applier.reconciled:
+            return True
+        with applier.apply_lock:
+            try:
+                applier.reapply_lost()
+            except BatchAborted:
+                return False
+        return True
+
+    @property
+    def reapplied(self) -> int:
+        """Entries ``reapply_lost`` found missing from the database and applied again."""
+        return self._applier.reapplied
+
     def wake(self) -> None:
         """Ask the sync thread for a pass now."""
         self._wake.set()
@@ -481,6 +523,7 @@ class WALManager:
             self._wake.clear()
             if self._applier.stopping.is_set():
                 break
+            self._gather()
             try:
                 self._applier.drain()
             except WALWriteError as exc:
@@ -489,7 +532,24 @@ class WALManager:
                 break
             except Exception:
                 log.exception("sync pass failed")
-            self._publish_status()
+            now = time.monotonic()
+            if now - self._published_at >= _PUBLISH_EVERY:
+                # a pass per burst of writes (or per write during an outage): the status view
+                # is refreshed once a second at most; stop() publishes the last one
+                self._published_at = now
+                self._publish_status()
+
+    def _gather(self) -> None:
+        """Applying behind, a short backlog waits ``_GATHER_SECONDS`` for more entries before
+        its batch starts: one database commit (an fsync) per few calls instead of one per
+        call, which at one writer thread otherwise halves the calls' rate (the two fsyncs
+        share the disk). A backlog of a full batch starts at once; reads count pending entries
+        meanwhile, and ``drain()`` never waits."""
+        if not self._behind or self._applier.attempt:
+            return
+        backlog = self.storage.count(WALEntryStatus.PENDING)
+        if 0 < backlog < self.config.batch_size:
+            self._applier.stopping.wait(_GATHER_SECONDS)
 
     def _next_delay(self) -> float:
         if self._applier.attempt == 0:

@@ -101,6 +101,12 @@ class PendingReads:
         if kept() is None or m.breaker.state is not BreakerState.OPEN:
             try:
                 self._check_database()  # another database's figures are never an answer
+                if not m.reapply_lost():
+                    # entries the database lost are not back yet: its figures would miss them
+                    raise WALDatabaseError(
+                        "the database lost applied entries that are not applied again yet",
+                        transient=True,
+                    )
                 if self._snapshot_reads():
                     return fresh()  # one snapshot: no need to wait for a batch
                 with m.apply_lock:  # two separate reads: no batch may commit between them

@@ -42,6 +42,8 @@ from wal.tools.bench_results import Measurement, latency_row, percentile
 from wal.tools.bench_workload import fresh_dir, gather_calls, run_calls
 
 __all__ = [
+    "APPLY_MODES",
+    "DOWN_URL",
     "CallRatio",
     "bench_ddb_async",
     "bench_ddb_calls",
@@ -49,6 +51,7 @@ __all__ = [
     "bench_pg_direct",
     "bench_sqlite_direct",
     "call_ratios",
+    "call_row_names",
     "call_specs",
     "calls_markdown",
     "drop_pg_database",
@@ -61,7 +64,7 @@ __all__ = [
 # ---------------------------------------------------------------------------- workload
 
 WARMUP = 5  # untimed calls before each wrapper row
-_LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+_LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "down": "database down"}
 
 
 def trade_kwargs(i: int) -> dict[str, Any]:
@@ -99,23 +102,73 @@ def finish_call_row(m: Measurement) -> Measurement:
     m.extra.update({k: round(v, 1) for k, v in spread(m).items()})
     if "fsyncs" in m.extra and m.ops:
         per = int(m.extra["fsyncs"]) / m.ops
-        m.note = f"{per:.2f} log fsyncs per call, then the database's commit"
+        m.note = f"{per:.2f} log fsyncs per call"
+        if "drained_after_s" in m.extra:
+            m.note += f"; backlog applied {m.extra['drained_after_s']:.2f} s after the last call"
+        elif "pending_at_stop" in m.extra:
+            m.note += f"; {m.extra['pending_at_stop']} left in the log (database down)"
     return m
 
 
 # ---------------------------------------------------------------------------- the wrapper
 
 
-def _open_ddb(work: Path, url: str | None) -> tuple[DurableDatabaseManager, DatabaseManager]:
+# a database that cannot be reached: nothing listens on port 9 (discard) of the loopback, so
+# every connection attempt is refused at once; the call's cost is then the log's alone
+DOWN_URL = "postgresql://atb@127.0.0.1:9/atb"
+APPLY_MODES = ("behind", "inline")
+
+
+def _open_ddb(
+    work: Path, url: str | None, apply: str = "behind"
+) -> tuple[DurableDatabaseManager, DatabaseManager]:
     db_url = url if url is not None else f"sqlite:///{work / 'atb.db'}"
-    cfg = WALConfig.from_env({}, directory=work / "wal", database_url=db_url)
+    cfg = WALConfig.from_env({}, directory=work / "wal", database_url=db_url, apply_mode=apply)
     db = DatabaseManager(db_url)
-    db.database_id(create=True)  # the tables made before timing, not by the first call
+    if db_url != DOWN_URL:
+        db.database_id(create=True)  # the tables made before timing, not by the first call
     ddb = DurableDatabaseManager(db, config=cfg)
     ddb.start()
     for i in range(WARMUP):  # the pool's connections and compiled statements, untimed
         ddb.log_trade(**trade_kwargs(i))
+        ddb.atomic_balance_update(Decimal(0), reason="warm-up", account=f"acct-{i}")
+    if db_url != DOWN_URL:
+        ddb.drain(30.0)  # start timing with nothing pending
     return ddb, db
+
+
+def _finish(ddb: DurableDatabaseManager, m: Measurement, fsyncs: int, down: bool) -> None:
+    """Record the run's log fsyncs and how long the backlog took to reach the database
+    after the last call returned (behind: the applier's lag; 0 when it kept up)."""
+    m.extra["fsyncs"] = fsyncs
+    if down:
+        m.extra["pending_at_stop"] = ddb.stop(1.0)
+        return
+    t0 = time.perf_counter()
+    left = ddb.drain(60.0)
+    m.extra["drained_after_s"] = round(time.perf_counter() - t0, 3)
+    m.extra["pending_at_stop"] = left + ddb.stop(10.0)
+
+
+def _know_balances(ddb: DurableDatabaseManager, op: str, accounts: int, db_name: str) -> None:
+    """Read each account's balance once, untimed: an engine knows its accounts' balances
+    after its first read, and then ``atomic_balance_update`` needs no database read."""
+    if op == "atomic_balance_update" and db_name != "down":
+        for i in range(accounts):
+            ddb.get_balance(f"acct-{i}")
+
+
+def _db_name(url: str | None) -> str:
+    return "sqlite" if url is None else ("down" if url == DOWN_URL else "postgresql")
+
+
+def _suffix(apply: str) -> str:
+    return "" if apply == "behind" else f"_{apply}"
+
+
+def _label(call: str, db_name: str, apply: str) -> str:
+    where = "database down" if db_name == "down" else f"{_LABEL[db_name]} up"
+    return f"ddb.{call} ({where}, {apply})"
 
 
 def _fsyncs(ddb: DurableDatabaseManager) -> int:
@@ -123,16 +176,24 @@ def _fsyncs(ddb: DurableDatabaseManager) -> int:
 
 
 def bench_ddb_calls(
-    directory: Path, op: str, threads: int, total: int, url: str | None = None
+    directory: Path,
+    op: str,
+    threads: int,
+    total: int,
+    url: str | None = None,
+    apply: str = "behind",
 ) -> Measurement:
     """``ddb.log_trade(**trade)`` or ``ddb.atomic_balance_update(delta, account=...)`` from
-    ``threads`` threads, the database up (SQLite in ``directory``, or ``url``): durable in
-    the log and applied to the database before each call returns."""
+    ``threads`` threads (SQLite in ``directory``, or ``url``; ``DOWN_URL``: unreachable).
+    ``apply``: ``WAL_APPLY`` (behind: each call returns once durable in the log and the sync
+    thread applies behind; inline: each call also waits for its own apply)."""
     if op not in ("log_trade", "atomic_balance_update"):
         raise ValueError(f"op={op!r}: expected log_trade or atomic_balance_update")
-    db_name = "sqlite" if url is None else "postgresql"
-    d = fresh_dir(directory, f"ddb-{op}-{db_name}-{threads}")
-    ddb, db = _open_ddb(d, url)
+    if apply not in APPLY_MODES:
+        raise ValueError(f"apply={apply!r}: expected one of {APPLY_MODES}")
+    db_name = _db_name(url)
+    d = fresh_dir(directory, f"ddb-{op}-{db_name}-{threads}-{apply}")
+    ddb, db = _open_ddb(d, url, apply)
     per = max(1, total // threads)
     # thread i's calls; each thread its own account (no lock contention the engine would avoid)
     items = [[(i, i * per + j) for j in range(per)] for i in range(threads)]
@@ -144,48 +205,56 @@ def bench_ddb_calls(
         else:
             ddb.atomic_balance_update(Decimal("1.25"), reason="fill", account=f"acct-{i}")
 
+    n = per * threads
+    name = f"ddb_{'trade' if op == 'log_trade' else 'balance'}_{db_name}_{threads}{_suffix(apply)}"
     try:
+        _know_balances(ddb, op, threads, db_name)
         f0 = _fsyncs(ddb)
         secs, lat = run_calls(threads, items, call)
-        fsyncs = _fsyncs(ddb) - f0
-        left = ddb.stop(10.0)
+        m = _row(name, _label(op, db_name, apply), n, secs, threads, lat)
+        _finish(ddb, m, _fsyncs(ddb) - f0, db_name == "down")
     finally:
         db.dispose()
         shutil.rmtree(d, ignore_errors=True)
-    n = per * threads
-    name = f"ddb_{'trade' if op == 'log_trade' else 'balance'}_{db_name}_{threads}"
-    m = _row(name, f"ddb.{op} ({_LABEL[db_name]} up)", n, secs, threads, lat)
-    m.extra["fsyncs"] = fsyncs
-    m.extra["pending_at_stop"] = left
     return finish_call_row(m)
 
 
 def bench_ddb_async(
-    directory: Path, coroutines: int, total: int, url: str | None = None
+    directory: Path,
+    coroutines: int,
+    total: int,
+    url: str | None = None,
+    op: str = "log_trade",
+    apply: str = "behind",
 ) -> Measurement:
-    """``await ddb.log_trade_async(**trade)`` from ``coroutines`` coroutines on one loop."""
-    db_name = "sqlite" if url is None else "postgresql"
-    d = fresh_dir(directory, f"ddb-async-{db_name}-{coroutines}")
-    ddb, db = _open_ddb(d, url)
+    """``await ddb.log_trade_async(**trade)`` (or ``atomic_balance_update_async``, one account
+    per coroutine) from ``coroutines`` coroutines on one loop."""
+    if op not in ("log_trade", "atomic_balance_update"):
+        raise ValueError(f"op={op!r}: expected log_trade or atomic_balance_update")
+    db_name = _db_name(url)
+    d = fresh_dir(directory, f"ddb-async-{op}-{db_name}-{coroutines}-{apply}")
+    ddb, db = _open_ddb(d, url, apply)
     per = max(1, total // coroutines)
-    items = [[i * per + j for j in range(per)] for i in range(coroutines)]
+    items = [[(i, i * per + j) for j in range(per)] for i in range(coroutines)]
 
-    def call(k: int) -> Awaitable[Any]:
-        return ddb.log_trade_async(**trade_kwargs(k))
+    def call(item: tuple[int, int]) -> Awaitable[Any]:
+        i, k = item
+        if op == "log_trade":
+            return ddb.log_trade_async(**trade_kwargs(k))
+        return ddb.atomic_balance_update_async(Decimal("1.25"), reason="fill", account=f"acct-{i}")
 
+    n = per * coroutines
+    short = "trade" if op == "log_trade" else "balance"
+    name = f"ddb_{short}_async_{db_name}_{coroutines}{_suffix(apply)}"
     try:
+        _know_balances(ddb, op, coroutines, db_name)
         f0 = _fsyncs(ddb)
         secs, lat = gather_calls(coroutines, items, call)
-        fsyncs = _fsyncs(ddb) - f0
-        left = ddb.stop(10.0)
+        m = _row(name, _label(f"{op}_async", db_name, apply), n, secs, coroutines, lat)
+        _finish(ddb, m, _fsyncs(ddb) - f0, db_name == "down")
     finally:
         db.dispose()
         shutil.rmtree(d, ignore_errors=True)
-    n = per * coroutines
-    label = f"ddb.log_trade_async ({_LABEL[db_name]} up)"
-    m = _row(f"ddb_trade_async_{db_name}_{coroutines}", label, n, secs, coroutines, lat)
-    m.extra["fsyncs"] = fsyncs
-    m.extra["pending_at_stop"] = left
     return finish_call_row(m)
 
 
@@ -376,24 +445,65 @@ def call_specs(
     d = directory
     specs: list[Spec] = []
     for t, n in ((1, one), (THREADS, many)):
-        specs += [
-            (f"sqlite_direct_{t}", partial(bench_sqlite_direct, d, t, n)),
-            (f"ddb_trade_sqlite_{t}", partial(bench_ddb_calls, d, "log_trade", t, n)),
-            (f"ddb_balance_sqlite_{t}", partial(bench_ddb_calls, d, "atomic_balance_update", t, n)),
-        ]
-    specs.append(
-        (f"ddb_trade_async_sqlite_{COROUTINES}", partial(bench_ddb_async, d, COROUTINES, coros))
-    )
-    if pg_url is not None:
-        for t, n in ((1, one), (THREADS, many)):
+        specs.append((f"sqlite_direct_{t}", partial(bench_sqlite_direct, d, t, n)))
+        for apply in APPLY_MODES:
+            x = _suffix(apply)
             specs += [
-                (f"pg_direct_{t}", partial(bench_pg_direct, pg_url, t, n)),
                 (
-                    f"ddb_trade_postgresql_{t}",
-                    partial(bench_ddb_calls, d, "log_trade", t, n, pg_url),
+                    f"ddb_trade_sqlite_{t}{x}",
+                    partial(bench_ddb_calls, d, "log_trade", t, n, None, apply),
+                ),
+                (
+                    f"ddb_balance_sqlite_{t}{x}",
+                    partial(bench_ddb_calls, d, "atomic_balance_update", t, n, None, apply),
                 ),
             ]
+        specs.append(
+            (f"ddb_trade_down_{t}", partial(bench_ddb_calls, d, "log_trade", t, n, DOWN_URL))
+        )
+    for op, short in (("log_trade", "trade"), ("atomic_balance_update", "balance")):
+        specs.append(
+            (
+                f"ddb_{short}_async_sqlite_{COROUTINES}",
+                partial(bench_ddb_async, d, COROUTINES, coros, None, op),
+            )
+        )
+    if pg_url is not None:
+        for t, n in ((1, one), (THREADS, many)):
+            specs.append((f"pg_direct_{t}", partial(bench_pg_direct, pg_url, t, n)))
+            for apply in APPLY_MODES:
+                x = _suffix(apply)
+                specs += [
+                    (
+                        f"ddb_trade_postgresql_{t}{x}",
+                        partial(bench_ddb_calls, d, "log_trade", t, n, pg_url, apply),
+                    ),
+                    (
+                        f"ddb_balance_postgresql_{t}{x}",
+                        partial(bench_ddb_calls, d, "atomic_balance_update", t, n, pg_url, apply),
+                    ),
+                ]
     return specs
+
+
+def call_row_names(pg: bool = True) -> list[str]:
+    """The names of the rows ``call_specs`` makes (with ``pg``: the PostgreSQL ones too),
+    in order, then the two ``OrderManager.submit`` rows; for run_all.py and the tests."""
+    names = []
+    for t in (1, THREADS):
+        names.append(f"sqlite_direct_{t}")
+        for apply in APPLY_MODES:
+            x = _suffix(apply)
+            names += [f"ddb_trade_sqlite_{t}{x}", f"ddb_balance_sqlite_{t}{x}"]
+        names.append(f"ddb_trade_down_{t}")
+    names += [f"ddb_trade_async_sqlite_{COROUTINES}", f"ddb_balance_async_sqlite_{COROUTINES}"]
+    if pg:
+        for t in (1, THREADS):
+            names.append(f"pg_direct_{t}")
+            for apply in APPLY_MODES:
+                x = _suffix(apply)
+                names += [f"ddb_trade_postgresql_{t}{x}", f"ddb_balance_postgresql_{t}{x}"]
+    return [*names, "order_submit", "order_journal_before_call"]
 
 
 def fresh_pg_database(url: str) -> str:
@@ -467,19 +577,23 @@ def call_ratios(rows: dict[str, Measurement], threads: int, coroutines: int) -> 
             f"sqlite_direct_{threads}",
             5.0,
         )
-    ratio(
-        f"log_trade_async, SQLite, {coroutines} coroutines ≥ 5x SQLite direct ({threads} threads)",
-        f"ddb_trade_async_sqlite_{coroutines}",
-        f"sqlite_direct_{threads}",
-        5.0,
-    )
-    for t in (1, threads):
+    for op in ("trade", "balance"):
+        call = "log_trade" if op == "trade" else "atomic_balance_update"
         ratio(
-            f"log_trade, PostgreSQL, {t} thread(s) ≥ 1.3x PostgreSQL direct",
-            f"ddb_trade_postgresql_{t}",
-            f"pg_direct_{t}",
-            1.3,
+            f"{call}_async, SQLite, {coroutines} coroutines ≥ 5x SQLite direct ({threads} threads)",
+            f"ddb_{op}_async_sqlite_{coroutines}",
+            f"sqlite_direct_{threads}",
+            5.0,
         )
+    for op in ("trade", "balance"):
+        call = "log_trade" if op == "trade" else "atomic_balance_update"
+        for t in (1, threads):
+            ratio(
+                f"{call}, PostgreSQL, {t} thread(s) ≥ 1.3x PostgreSQL direct",
+                f"ddb_{op}_postgresql_{t}",
+                f"pg_direct_{t}",
+                1.3,
+            )
     one, raw = rows.get("ddb_trade_sqlite_1"), rows.get("raw_per_record")
     if one is None or raw is None or one.p50_us is None or raw.p50_us is None:
         out.append(
