@@ -136,13 +136,13 @@ class OrderManager(OrderFills):
         if not protective and (halt := operator_halt(self.db)) is not None:  # `atb orders halt`
             raise TradingHalted(f"trading is {halt.describe()}; nothing was sent", hint=RESUME)
         self._require_loaded()
-        if protective:
-            self._check_protective(intent)
         cid = intent.client_order_id
         async with self._lock(cid):
             existing = await self._existing(cid)
-            if existing is not None:
+            if existing is not None:  # a retry: never a second order, whatever moved since
                 return await self._resubmitted(existing, intent)
+            if protective:
+                self._check_protective(intent)
             async with self._state_lock:
                 validate_intent(intent, self.broker.rules)
                 if not protective:
