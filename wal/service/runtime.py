@@ -344,8 +344,9 @@ class ServiceRuntime:
             except WALWriteError as exc:
                 self.fail_log(exc)
                 raise ApiError(503, "log_failed", str(exc)) from exc
-            self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
-            self.kick_bracket(cid)
+            if req.stop_loss is not None or req.take_profit is not None:
+                self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
+                self.kick_bracket(cid)
             return Placed(order, owner, created=True)
 
     async def _chase(self, cid: str, req: OrderRequest, trader: str, order: Order) -> Order:
