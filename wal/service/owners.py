@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from wal.db.engine import READ_ONLY
 from wal.db.service_schema import service_orders
 from wal.entry import utc_now
 
@@ -65,6 +66,7 @@ class OwnerStore:
 
     def load(self) -> None:
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
             rows = conn.execute(sa.select(service_orders).order_by(service_orders.c.created_at))
             for r in rows:
                 self._remember(_row(r._mapping))
@@ -126,6 +128,7 @@ class OwnerStore:
                 )
         except sa_exc.IntegrityError:  # made by a run that died before we loaded: read it
             with self.engine.connect() as conn:
+                conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
                 r = conn.execute(
                     sa.select(service_orders).where(
                         service_orders.c.client_order_id == row.client_order_id

@@ -22,6 +22,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from wal.db.engine import READ_ONLY
 from wal.db.service_schema import api_tokens
 from wal.entry import utc_now
 
@@ -84,6 +85,7 @@ class TokenStore:
             return None
         digest = hash_token(token)
         with self.engine.connect() as conn:  # every time: a revoked token fails at once
+            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
             row = conn.execute(
                 sa.select(api_tokens.c.token_sha256, api_tokens.c.trader_id).where(
                     api_tokens.c.token_id == m.group(1), api_tokens.c.revoked_at.is_(None)
@@ -108,6 +110,7 @@ class TokenStore:
         if trader_id is not None:
             q = q.where(api_tokens.c.trader_id == trader_id)
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
             return [
                 TokenInfo(r.token_id, r.trader_id, r.created_at, r.revoked_at)
                 for r in conn.execute(q)
