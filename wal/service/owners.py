@@ -60,6 +60,7 @@ class OwnerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the owner rows' inserts, one at a time
         self._rows: dict[str, OwnerRow] = {}
         self._by_trader: dict[str, list[str]] = {}
         self._children: dict[str, list[str]] = {}  # parent client id -> its bracket children
@@ -114,7 +115,9 @@ class OwnerStore:
         if found is not None:
             return found
         try:
-            with self.engine.begin() as conn:
+            # one writer of this process at a time: concurrent claims queue here, not in
+            # SQLite's busy wait (which gives up after the busy timeout: "database is locked")
+            with self._write_lock, self.engine.begin() as conn:
                 conn.execute(
                     sa.insert(service_orders).values(
                         client_order_id=row.client_order_id,
