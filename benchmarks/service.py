@@ -91,7 +91,6 @@ def main() -> None:
         env = {
             "ORDER_RATE_LIMIT": "100000",
             "SERVICE_PAPER_BALANCE": "100000000",
-            "SERVICE_TOKEN_CACHE": "60",
             "SERVICE_POLL_INTERVAL": "0.5",
             "WAL_SYNC_INTERVAL": "1",
         }

@@ -24,6 +24,8 @@ The points, in the order the write path meets them:
 ``order.after_broker_accept``  the broker accepted the order; the journal does not know yet
 ``order.after_ack_before_fill``  ACCEPTED is journaled; its fills are not
 ``order.after_fill_fsync``    one fill is journaled (the next ones are not)
+``bracket.after_cancel``      a bracket child was cancelled (resize or one-cancels-other); its
+                              replacement is not placed yet (``wal.service.brackets``)
 ``manager.after_apply_before_status``  the database committed a batch (effects and ledger
                               rows); the log does not yet say COMPLETED
 ``manager.after_status_before_ack``  the log recorded the batch's statuses; the caller of the
@@ -62,6 +64,7 @@ POINTS = frozenset(
         "order.after_broker_accept",
         "order.after_ack_before_fill",
         "order.after_fill_fsync",
+        "bracket.after_cancel",
     }
 )
 

@@ -1173,6 +1173,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         "orders",
     ),
     Mutation(
+        "risk-submit-reserves",
+        "wal/orders/manager.py",
+        "a checked submit is reserved (an open order of every later check) before any await",
+        "            self._reserved[intent.client_order_id] = Order(intent, _S.PENDING, last_seq=0)\n",
+        "            pass\n",
+        ("tests/orders/test_risk_worst_case.py::" + "test_two_submits_checked_at_once_never_both_pass_a_limit_only_one_fits",),
+        "orders",
+    ),
+    Mutation(
+        "risk-open-buy-reference-price",
+        "wal/orders/manager.py",
+        "an open buy with no price of its own reserves at the price it was checked at",
+        "                self._ref_price[intent.client_order_id] = price\n"
+        "                self._last_price[intent.symbol] = price\n",
+        "                pass\n",
+        ("tests/orders/test_risk_worst_case.py::" + "test_an_open_market_buy_reserves_at_its_reference_price",),
+        "orders",
+    ),
+    Mutation(
+        "fill-under-symbol-lock",
+        "wal/orders/fills.py",
+        "a fill's position change is computed and journaled under its symbol's lock",
+        "        async with self._symbol_locks.hold(fill.symbol):\n",
+        "        async with contextlib.nullcontext():\n",
+        ("tests/orders/test_risk_worst_case.py::" + "test_two_fills_in_one_symbol_never_compute_from_the_same_position",),
+        "orders",
+    ),
+    Mutation(
         "fill-sells-reduce-the-position",
         "wal/orders/fills.py",
         "a sell's fill reduces the position (never counted as a buy)",
@@ -1203,6 +1231,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/service/test_traders.py::"
             "test_another_traders_order_is_403_on_every_endpoint",
+        ),
+        "service",
+    ),
+    Mutation(
+        "bracket-held-counts-child-exits",
+        "wal/service/brackets.py",
+        "a bracket covers what its parent filled minus what its children executed (OCO, shrink)",
+        "            held = parent.filled_quantity - exited\n",
+        "            held = parent.filled_quantity\n",
+        (
+            "tests/service/test_brackets.py::"
+            "test_take_profit_fill_cancels_the_stop_and_finishes_the_bracket",
+        ),
+        "service",
+    ),
+    Mutation(
+        "bracket-unknown-child-chased-first",
+        "wal/service/brackets.py",
+        "nothing is placed for a bracket while one of its children's outcome is unknown",
+        "            if unknown:\n",
+        "            if False:\n",
+        (
+            "tests/service/test_brackets.py::"
+            "test_a_dropped_reply_and_lookup_lag_never_place_a_second_child",
+        ),
+        "service",
+    ),
+    Mutation(
+        "bracket-capped-by-the-position",
+        "wal/service/brackets.py",
+        "a bracket's children never cover more than the journal's position leaves room for",
+        "        target = max(Decimal(0), min(held, room))\n",
+        "        target = held\n",
+        (
+            "tests/service/test_brackets.py::"
+            "test_children_are_capped_by_the_room_the_position_leaves",
         ),
         "service",
     ),

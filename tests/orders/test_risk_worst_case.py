@@ -4,8 +4,9 @@
 of 20 through a limit of 10 (the sell may never fill: the position would be 20). Now, per
 side: the position plus every open buy (this one included) <= max, the position minus every
 open sell >= -max; the same for ``max_position_notional``, valued at the order's price.
-Concurrent submits cannot pass a limit together (the manager checks and journals under one
-lock).
+Concurrent submits cannot pass a limit together: each is checked and reserved with no
+await in between (its balance read outside any lock), and counts as an open order of
+every later check from then on.
 
 Real parts: the paper broker (orders rest with ``auto_fill=False``), a log directory and a
 SQLite file or the PostgreSQL fixture.
@@ -14,8 +15,10 @@ SQLite file or the PostgreSQL fixture.
 from __future__ import annotations
 
 import asyncio
+import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from orders_helpers import make_rig, run
@@ -124,5 +127,122 @@ def test_concurrent_submits_cannot_pass_a_limit_together(db_url: str, tmp_path: 
 
     try:
         run(go())
+    finally:
+        rig.close()
+
+
+class _BarrierAtBalance:
+    """The database's balance read, which waits until both submits are reading it: both
+    reads are in flight together, so both checks come after both reads (threads + a
+    barrier, no sleeps)."""
+
+    def __init__(self, read: Any) -> None:
+        self.read = read
+        self.barrier = threading.Barrier(2, timeout=30)
+
+    def __call__(self, account: str = "default") -> Decimal:
+        self.barrier.wait()
+        return Decimal(self.read(account))
+
+
+@pytest.mark.parametrize("limit", ["balance", "position"])
+def test_two_submits_checked_at_once_never_both_pass_a_limit_only_one_fits(
+    limit: str, db_url: str, tmp_path: Path
+) -> None:
+    """The check and the reservation happen with no await between them, while the balance
+    is read outside any lock: two submits whose balance reads overlap cannot both pass a
+    limit only one of them fits (the second sees the first's reservation)."""
+    broker = PaperBroker(seed=1, auto_fill=False)
+    risk = RiskLimits(max_position=D(10)) if limit == "position" else RiskLimits()
+    rig = make_rig(tmp_path, broker, url=db_url, risk=risk, deposit=D(1000))
+    reads = _BarrierAtBalance(rig.ddb.get_balance)
+    rig.om.db.get_balance = reads  # type: ignore[method-assign]
+    qty = D(6)  # 2 x 6 > 10 units; 2 x 600 > 1000 cash
+
+    async def go() -> None:
+        await rig.om.start()
+        buys = [
+            OrderIntent(
+                symbol="AAPL", side="buy", quantity=qty, order_type="limit", limit_price=D(100)
+            )
+            for _ in range(2)
+        ]
+        got = await asyncio.gather(*(rig.om.submit(b) for b in buys), return_exceptions=True)
+        assert not reads.barrier.broken  # both balance reads were in flight together
+        refused = [g for g in got if isinstance(g, OrderRejected)]
+        assert len(refused) == 1, got
+        want = (
+            RejectReason.MAX_POSITION
+            if limit == "position"
+            else (RejectReason.INSUFFICIENT_BALANCE)
+        )
+        assert refused[0].reason is want, refused[0]
+        assert len(broker.all_orders()) == 1  # one order at the broker
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_an_open_market_buy_reserves_at_its_reference_price(db_url: str, tmp_path: Path) -> None:
+    """A market buy has no price of its own: it reserves at the price it was checked at
+    when the market has no quote any more (it used to reserve 0, letting a second buy
+    spend the same cash)."""
+    broker = PaperBroker(seed=1, auto_fill=False)
+    rig = make_rig(tmp_path, broker, url=db_url, deposit=D(1000))
+    quotes: dict[str, Decimal] = {"AAPL": D(100)}
+    rig.om.price_source = quotes.get
+
+    async def go() -> None:
+        await rig.om.start()
+        await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(6)))  # rests
+        quotes.clear()  # no quote: the open market buy is valued at its checked price
+        with pytest.raises(OrderRejected) as info:
+            await rig.om.submit(
+                OrderIntent(
+                    symbol="AAPL",
+                    side="buy",
+                    quantity=D(6),
+                    order_type="limit",
+                    limit_price=D(100),
+                )
+            )
+        assert info.value.reason is RejectReason.INSUFFICIENT_BALANCE
+        await rig.om.submit(
+            OrderIntent(
+                symbol="AAPL", side="buy", quantity=D(4), order_type="limit", limit_price=D(100)
+            )
+        )  # 600 reserved + 400 = the balance
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_two_fills_in_one_symbol_never_compute_from_the_same_position(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Fills of two orders in one symbol booked at once: the second waits for the first's
+    position (the symbol's lock), so the position is their sum, in memory and in the
+    database, never the last one's alone."""
+    broker = PaperBroker(seed=1, auto_fill=False)
+    rig = make_rig(tmp_path, broker, url=db_url)
+
+    async def go() -> None:
+        await rig.om.start()
+        for q in (D(2), D(3)):
+            await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=q))
+        assert broker.advance() == 2
+        fills = broker.all_fills()
+        await asyncio.gather(*(rig.om.on_fill(f) for f in fills))
+        assert rig.om.positions() == {"AAPL": D(5)}
+
+    try:
+        run(go())
+        rig.ddb.drain(timeout=30)
+        open_ = [p for p in rig.ddb.get_open_positions() if p["symbol"] == "AAPL"]
+        assert [D(str(p["quantity"])) for p in open_] == [D(5)]
     finally:
         rig.close()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from helpers_log import wait_for
 from service_proc import ServiceProc, auth
 
 from cli.main import atb
@@ -211,15 +212,22 @@ def test_positions_and_balance(svc: ServiceProc) -> None:
         post(svc, token, {**MARKET, "symbol": "NVDA", "side": "sell", "quantity": "1"}).status_code
         == 201
     )
+
+    def stops() -> list[dict[str, Any]]:
+        [p] = get(svc, token, "/api/v1/positions").json()["positions"]
+        return [{k: v for k, v in s.items() if k != "id"} for s in p["stop_orders"]]
+
+    # the stop_loss is placed at the broker, sized to what is held after the sale by hand
+    want = [{"side": "sell", "stop_price": "90", "quantity": "2"}]
+    wait_for(lambda: stops() == want, "the bracket's stop resized to the position")
     pos = get(svc, token, "/api/v1/positions").json()["positions"]
-    assert pos == [
+    assert [{k: v for k, v in p.items() if k != "stop_orders"} for p in pos] == [
         {
             "symbol": "NVDA",
             "quantity": "2",
             "avg_entry_price": "100",
             "stop_loss": "90",
             "take_profit": "120",
-            "stop_orders": [],
         }
     ]
     bal = get(svc, token, "/api/v1/balance").json()
@@ -301,7 +309,31 @@ def test_tokens_are_stored_hashed_and_a_revoked_one_is_refused(svc: ServiceProc)
         atb, ["serve", "--database-url", svc.db_url, "token", "revoke", mine[0]["token_id"]]
     )
     assert out.exit_code == 0, out.output
+    # at once: the serving process verified this token a moment ago and trusts no memory of it
     assert_error(get(svc, token, "/api/v1/whoami"), 401, "unauthorized")
+
+
+def test_a_token_revoked_in_the_database_is_refused_on_the_next_request(
+    svc: ServiceProc,
+) -> None:
+    """Whoever revokes (the CLI in another process, an operator's UPDATE), the serving
+    process refuses the token on its next request, even one verified just before."""
+    token = svc.token("revoked-by-sql")
+    for _ in range(3):
+        assert get(svc, token, "/api/v1/whoami").status_code == 200
+    engine, _ = make_engine(svc.db_url)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                sa.update(api_tokens)
+                .where(api_tokens.c.trader_id == "revoked-by-sql")
+                .values(revoked_at=sa.func.now())
+            )
+    finally:
+        engine.dispose()
+    assert_error(get(svc, token, "/api/v1/whoami"), 401, "unauthorized")
+    r = post(svc, token, MARKET)
+    assert_error(r, 401, "unauthorized")
 
 
 def test_the_operators_halt_makes_the_service_not_ready_and_refuses_orders(

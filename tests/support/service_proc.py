@@ -30,7 +30,6 @@ FAST_ENV = {
     "ORDER_CALL_TIMEOUT": "2",
     "SERVICE_POLL_INTERVAL": "0.1",
     "WAL_SYNC_INTERVAL": "0.2",
-    "SERVICE_TOKEN_CACHE": "0",
     "PYTHONFAULTHANDLER": "1",  # a hung stop is SIGABRTed: its threads' stacks in stderr
 }
 

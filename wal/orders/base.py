@@ -148,7 +148,13 @@ class OrderBase:
         self._broker_final: dict[str, BrokerOrder] = {}
         self._book = PositionBook()  # positions and daily P&L, from the journaled fills
         self._locks = OrderLocks()  # per order: every journal write of an order holds it
-        self._state_lock = asyncio.Lock()  # validation + journal writes + memory updates
+        self._state_lock = asyncio.Lock()  # the reconciler's adoptions (no submit holds it)
+        self._symbol_locks = OrderLocks()  # per symbol: a fill's position change and its entry
+        # submits checked but not journaled yet: open orders to every later risk check
+        self._reserved: dict[str, Order] = {}
+        self._ref_price: dict[str, Decimal] = {}  # client id -> the price it was checked at
+        self._last_price: dict[str, Decimal] = {}  # symbol -> its last fill or checked price
+        self._fill_epoch = 0  # +1 per fill booked in memory: a balance read it overtook is redone
         self._subscribers: list[asyncio.Queue[OrderEvent]] = []
         self._loaded = False
         self._halted: str | None = None  # why submit is refused (None: trading)
@@ -250,28 +256,29 @@ class OrderBase:
         informational = kind is EventKind.CANCEL_REQUESTED and state is order.state
         if check and not informational:
             check_transition(order.state, state)
-        async with self._state_lock:
-            seq = order.last_seq + 1
-            ev = OrderEvent(
-                order.client_order_id,
-                seq,
-                kind,
-                state,
-                utc_now(),
-                broker_order_id or order.broker_order_id,
-                reason,
-            )
-            await self.journal.arecord_event(ev, reason)  # durable before anything follows
-            new = replace(
-                order,
-                state=state,
-                last_seq=seq,
-                updated_at=ev.at,
-                broker_order_id=ev.broker_order_id,
-                reason=reason if reason is not None else order.reason,
-            )
-            self._orders[order.client_order_id] = new
-            self._publish(ev)
+        # no global lock: the order's lock makes this the order's only writer (its seq), and
+        # the journal batches concurrent events of different orders into one group commit
+        seq = order.last_seq + 1
+        ev = OrderEvent(
+            order.client_order_id,
+            seq,
+            kind,
+            state,
+            utc_now(),
+            broker_order_id or order.broker_order_id,
+            reason,
+        )
+        await self.journal.arecord_event(ev, reason)  # durable before anything follows
+        new = replace(
+            order,
+            state=state,
+            last_seq=seq,
+            updated_at=ev.at,
+            broker_order_id=ev.broker_order_id,
+            reason=reason if reason is not None else order.reason,
+        )
+        self._orders[order.client_order_id] = new
+        self._publish(ev)
         return new
 
     def _lock(self, cid: str) -> contextlib.AbstractAsyncContextManager[None]:

@@ -369,7 +369,8 @@ class OrderFills(OrderBase):
         if state is not order.state or state is _S.PARTIALLY_FILLED:
             check_transition(order.state, state)
         kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
-        async with self._state_lock:
+        # the symbol's lock: two fills in one symbol never compute from the same position
+        async with self._symbol_locks.hold(fill.symbol):
             signed = delta if fill.side == "buy" else -delta
             ops, pnl, new_pos = self._book.change(fill.symbol, signed, fill.price)
             seq = order.last_seq + 1
@@ -400,6 +401,8 @@ class OrderFills(OrderBase):
             self._book.set(fill.symbol, new_pos)
             if pnl is not None:
                 self._book.add_pnl(fill.executed_at, pnl)
+            self._fill_epoch += 1  # cash moved from the open buys into the balance
+            self._last_price[fill.symbol] = fill.price
             known[key] = {
                 "execution_key": key,
                 "execution_id": fill.execution_id,

@@ -146,6 +146,22 @@ def _event_call(ev: OrderEvent, reason: str | None) -> tuple[str, dict[str, Any]
     return _EVENT, kwargs, f"{ev.client_order_id}:{ev.seq}"
 
 
+def _fill_call(fill: Fill, computed: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """The ``record_order_fill`` call for an execution; its key is ``fill:<execution id>``."""
+    kwargs = {
+        "execution_id": fill.execution_id,
+        "client_order_id": fill.client_order_id,
+        "broker_order_id": fill.broker_order_id,
+        "symbol": fill.symbol,
+        "side": fill.side,
+        "quantity": fill.quantity,
+        "price": fill.price,
+        "executed_at": fill.executed_at,
+        **computed,
+    }
+    return _FILL, kwargs, f"fill:{fill.execution_id}"
+
+
 def _audit_event(op: str, kw: dict[str, Any]) -> dict[str, Any]:
     """The event a journal call adds to the audit chain (what ``audit_hash`` covers)."""
     if op == _INTENT:
@@ -187,6 +203,10 @@ class OrderJournal:
     def __init__(self, ddb: DurableDatabaseManager) -> None:
         self.ddb = ddb
         self._reader = JournalReader(ddb)  # the reads, with the state kept for an outage
+        # the a* writes' batch (see arecord_submission): its loop, the queue, its writer task
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
+        self._queued: list[tuple[list[tuple[str, dict[str, Any], str]], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ writing
 
@@ -209,18 +229,7 @@ class OrderJournal:
 
     def record_fill(self, fill: Fill, **computed: Any) -> None:
         """Journal one execution and everything it changes, as one entry (fsynced)."""
-        kwargs = {
-            "execution_id": fill.execution_id,
-            "client_order_id": fill.client_order_id,
-            "broker_order_id": fill.broker_order_id,
-            "symbol": fill.symbol,
-            "side": fill.side,
-            "quantity": fill.quantity,
-            "price": fill.price,
-            "executed_at": fill.executed_at,
-            **computed,
-        }
-        self._write_chained([(_FILL, kwargs, f"fill:{fill.execution_id}")])
+        self._write_chained([_fill_call(fill, computed)])
 
     def anchor(self, reason: str = "session_end") -> tuple[int, str] | None:
         """Journal an anchor (seq, hash) at the chain's head (session end: a cut-off tail is
@@ -274,17 +283,76 @@ class OrderJournal:
                 if s % ANCHOR_EVERY == 0:
                     self._record_anchor(s, h, f"every_{ANCHOR_EVERY}")
 
+    # The a* writes of one event loop are batched: every call made while a batch is being
+    # written joins the next one, and a batch is ONE group commit (one fsync) in the order
+    # the calls were made, so concurrent submits share an fsync instead of queueing on the
+    # chain lock one fsync each. Each caller returns once its own entries are durable.
+
     async def arecord_intent(self, intent: OrderIntent) -> None:
-        await asyncio.to_thread(self.record_intent, intent)
+        await self._awrite([_intent_call(intent)])
 
     async def arecord_submission(self, intent: OrderIntent, submitted: OrderEvent) -> None:
-        await asyncio.to_thread(self.record_submission, intent, submitted)
+        await self._awrite([_intent_call(intent), _event_call(submitted, None)])
 
     async def arecord_event(self, ev: OrderEvent, reason: str | None = None) -> None:
-        await asyncio.to_thread(self.record_event, ev, reason)
+        await self._awrite([_event_call(ev, reason)])
 
     async def arecord_fill(self, fill: Fill, **computed: Any) -> None:
-        await asyncio.to_thread(lambda: self.record_fill(fill, **computed))
+        await self._awrite([_fill_call(fill, computed)])
+
+    async def _awrite(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
+        """Queue ``calls`` for the loop's next batch; return once they are durable (or
+        raise what writing them raised)."""
+        _checked(calls)  # a call the database would refuse fails alone, before it is queued
+        loop = asyncio.get_running_loop()
+        if self._batch_loop is not loop:  # a journal used from a new loop: a new queue
+            self._batch_loop, self._queued, self._writer = loop, [], None
+        done: asyncio.Future[None] = loop.create_future()
+        self._queued.append((calls, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_queued())
+        await done
+
+    async def _write_queued(self) -> None:
+        """The loop's batch writer: one batch at a time, each one group commit."""
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                errors = await asyncio.to_thread(self._write_batch, [c for c, _ in batch])
+            except BaseException as exc:  # cancelled (loop closing): nobody is left waiting
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                raise
+            for (_, done), err in zip(batch, errors, strict=True):
+                if done.done():
+                    continue  # its caller was cancelled; the write happened all the same
+                if err is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(err)
+
+    def _write_batch(
+        self, batch: list[list[tuple[str, dict[str, Any], str]]]
+    ) -> list[BaseException | None]:
+        """Write the callers' calls as one group commit; each caller's error (None: durable).
+        If the batch fails, each caller's calls are written alone so that a refused call
+        fails only its own caller: safe, since a call whose key is already in the log is
+        left out (``_write_chained``), and all or none of a group is acknowledged."""
+        if len(batch) > 1:
+            try:
+                self._write_chained([c for calls in batch for c in calls])
+                return [None] * len(batch)
+            except Exception:
+                pass  # written alone below: each caller gets its own answer
+        errors: list[BaseException | None] = []
+        for calls in batch:
+            try:
+                self._write_chained(calls)
+                errors.append(None)
+            except Exception as exc:
+                errors.append(exc)
+        return errors
 
     async def aanchor(self, reason: str = "session_end") -> tuple[int, str] | None:
         return await asyncio.to_thread(self.anchor, reason)

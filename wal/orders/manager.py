@@ -43,6 +43,7 @@ status and fills taken into the journal, the reconciler's tools) and ``OrderMana
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,7 @@ __all__ = ["DUPLICATE_ANSWER", "OrderManager", "RecoveryResult", "RetryPolicy"]
 log = logging.getLogger("wal.orders")
 
 _S = OrderState
+_BALANCE_READS = 100  # a balance read a fill overtook is read again, this many times at most
 # the reason journaled when the broker answers "duplicate client id": the order exists there
 DUPLICATE_ANSWER = "the broker answered duplicate client id: it exists"
 
@@ -136,27 +138,31 @@ class OrderManager(OrderFills):
         if not protective and (halt := operator_halt(self.db)) is not None:  # `atb orders halt`
             raise TradingHalted(f"trading is {halt.describe()}; nothing was sent", hint=RESUME)
         self._require_loaded()
-        if protective:
-            self._check_protective(intent)
         cid = intent.client_order_id
         async with self._lock(cid):
             existing = await self._existing(cid)
-            if existing is not None:
+            if existing is not None:  # a retry: never a second order, whatever moved since
                 return await self._resubmitted(existing, intent)
-            async with self._state_lock:
-                validate_intent(intent, self.broker.rules)
-                if not protective:
-                    await self._check_risk(intent)
+            if protective:
+                self._check_protective(intent)
+            validate_intent(intent, self.broker.rules)
+            # checked and reserved with no await in between (``_check_risk``): a concurrent
+            # submit sees this order's reservation; no global lock is held past this point
+            await self._check_risk(intent, check=not protective)
+            try:
                 check_transition(_S.PENDING, _S.SUBMITTING)
                 submitted = OrderEvent(cid, 2, EventKind.SUBMITTED, _S.SUBMITTING, utc_now())
                 # ONE group commit, one fsync: the intent (PENDING) and SUBMITTING, durable
-                # before the broker call; the database gets them from the sync thread
+                # before the broker call (shared with concurrent submits: the journal batches
+                # them); the database gets them from the sync thread
                 await self.journal.arecord_submission(intent, submitted)
                 order = Order(intent, _S.SUBMITTING, last_seq=2, updated_at=submitted.at)
-                self._orders[cid] = order
+                self._orders[cid] = order  # an open order: it counts from now on
                 self._fills[cid] = {}
-                self._publish(OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, intent.created_at))
-                self._publish(submitted)
+            finally:
+                self._reserved.pop(cid, None)  # journaled (now in _orders) or failed
+            self._publish(OrderEvent(cid, 1, EventKind.CREATED, _S.PENDING, intent.created_at))
+            self._publish(submitted)
             crash_point("order.after_intent_fsync")  # journaled, nothing sent
             crash_point("order.after_submitting_fsync")  # durable: the request may go out next
             return await self._send(order)
@@ -471,19 +477,49 @@ class OrderManager(OrderFills):
 
     # ------------------------------------------------------------------ internals
 
-    async def _check_risk(self, intent: OrderIntent) -> None:
+    async def _check_risk(self, intent: OrderIntent, *, check: bool = True) -> None:
+        """Check the risk limits (``check``) and reserve the order: from the moment this
+        returns until it is journaled (or refused), ``_reserved`` counts it as an open order
+        of every later check. The balance is read outside any lock; the check and the
+        reservation run with no await in between (one event loop: no other submit can check
+        meanwhile). A fill booked while the balance was read moves cash from the reserved
+        open buys into the balance: the balance is read again (``_fill_epoch``)."""
         price = intent.limit_price or intent.stop_price
         if price is None and self.price_source is not None:
             price = self.price_source(intent.symbol)
-        balance: Decimal | None = None
-        if self.risk.check_balance and intent.side == "buy":
-            try:
-                balance = await asyncio.to_thread(self.db.get_balance, intent.account)
-            except Exception as exc:
-                log.warning("balance of %s unknown: %s", intent.account, why(exc))
+        for _ in range(_BALANCE_READS):
+            epoch = self._fill_epoch
+            balance: Decimal | None = None
+            if check and self.risk.check_balance and intent.side == "buy":
+                try:
+                    balance = await asyncio.to_thread(self.db.get_balance, intent.account)
+                except Exception as exc:
+                    log.warning("balance of %s unknown: %s", intent.account, why(exc))
+            if epoch != self._fill_epoch:
+                continue  # a fill was booked meanwhile: the balance may predate it
+            if check:
+                self._check_reserved(intent, price, balance)
+            # the reservation: an open order of every later check until journaled or refused
+            self._reserved[intent.client_order_id] = Order(intent, _S.PENDING, last_seq=0)
+            if price is not None:
+                self._ref_price[intent.client_order_id] = price
+                self._last_price[intent.symbol] = price
+            return
+        raise OrderRejected(
+            RejectReason.INSUFFICIENT_BALANCE,
+            f"the balance of account {intent.account!r} changed by fills during each of "
+            f"{_BALANCE_READS} reads; nothing was journaled: retry",
+            field="account",
+        )
+
+    def _check_reserved(
+        self, intent: OrderIntent, price: Decimal | None, balance: Decimal | None
+    ) -> None:
+        """``check_risk`` against the open orders and the reservations (no await)."""
         reserved = Decimal(0)
+        valued = balance is not None  # only the balance check values the open buys
         open_buys = open_sells = Decimal(0)  # per side: the worst case (validation.check_risk)
-        for o in self._orders.values():
+        for o in itertools.chain(self._orders.values(), self._reserved.values()):
             if is_final(o.state):
                 continue
             if o.symbol == intent.symbol:
@@ -492,13 +528,7 @@ class OrderManager(OrderFills):
                 else:
                     open_sells += o.remaining
             if o.intent.side == "buy" and o.intent.account == intent.account:
-                p = (
-                    o.intent.limit_price
-                    or o.intent.stop_price
-                    or o.avg_fill_price
-                    or (self.price_source(o.symbol) if self.price_source else None)
-                )
-                reserved += o.remaining * (p or Decimal(0))
+                reserved += o.remaining * (self._reference_price(o) if valued else 0)
         today = utc_now().date().isoformat()
         check_risk(
             intent,
@@ -513,3 +543,26 @@ class OrderManager(OrderFills):
                 open_sells,
             ),
         )
+
+    def _reference_price(self, o: Order) -> Decimal:
+        """What one unit of an open buy may still cost: its limit or stop, its average fill,
+        the market's price, the price it was checked at, the symbol's last known price.
+        None of them (an order of an earlier run, no quote, no fill): the new order is
+        refused, never valued against a reservation of 0."""
+        p = (
+            o.intent.limit_price
+            or o.intent.stop_price
+            or o.avg_fill_price
+            or (self.price_source(o.symbol) if self.price_source else None)
+            or self._ref_price.get(o.client_order_id)
+            or self._last_price.get(o.symbol)
+        )
+        if p is None:
+            raise OrderRejected(
+                RejectReason.NO_PRICE,
+                f"the open {o.intent.order_type} buy {o.client_order_id} of {o.remaining} "
+                f"{o.symbol} has no price to reserve its cost at; the balance check cannot "
+                f"value it (give the manager a price source)",
+                field="price",
+            )
+        return p

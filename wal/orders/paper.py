@@ -20,6 +20,7 @@ behind :mod:`wal.orders.server` with :class:`wal.orders.http_broker.HttpBroker`.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,11 @@ class PaperBroker:
         self._positions: dict[str, tuple[Decimal, Decimal]] = {}
         self._prices: dict[str, Decimal] = dict(prices or {})
         self._next_order = 1
+        self._version = 0  # changes made (under _lock); _persist makes them durable
+        self._saved = 0  # the version the state file holds
+        self._save_lock = threading.Lock()  # the state file's one writer (taken before _lock)
+        self._dict_cache: dict[str, tuple[BrokerOrder, dict[str, Any]]] = {}
+        self._fill_cache: list[dict[str, Any]] = []
         self.submit_calls = 0  # every submit_order call that reached the broker
         self.cancel_calls = 0  # every cancel_order call that reached the broker
         self.submitted_client_ids: list[str] = []  # the client id of each of those calls
@@ -109,13 +115,18 @@ class PaperBroker:
     # ------------------------------------------------------------------ the Broker protocol
 
     async def submit_order(self, intent: OrderIntent) -> BrokerOrder:
-        return self.submit(intent)
+        bo = self._submit_locked(intent)
+        # durable before the reply, written by a thread: concurrent submits share one write
+        await asyncio.to_thread(self._persist)
+        return self._submit_reply(bo)
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         return self.lookup(client_order_id)
 
     async def cancel_order(self, broker_order_id: str) -> None:
-        self.cancel(broker_order_id)
+        fault = self._cancel_locked(broker_order_id)
+        await asyncio.to_thread(self._persist)  # durable before it is acknowledged
+        self._cancel_reply(fault)
 
     async def get_open_orders(self) -> list[BrokerOrder]:
         return self.open_orders()
@@ -133,6 +144,12 @@ class PaperBroker:
 
     def submit(self, intent: OrderIntent) -> BrokerOrder:
         """Accept (and maybe fill) an order, or fail as the fault plan says."""
+        bo = self._submit_locked(intent)
+        self._persist()  # durable before any reply: an accepted order survives our restart
+        return self._submit_reply(bo)
+
+    def _submit_locked(self, intent: OrderIntent) -> tuple[str, Fault | None]:
+        """The order accepted in memory (its id, the fault still to play after the save)."""
         with self._lock:
             self.submit_calls += 1
             self.submitted_client_ids.append(intent.client_order_id)
@@ -153,14 +170,22 @@ class PaperBroker:
             if existing is not None:
                 raise DuplicateClientOrderId(intent.client_order_id)
             bo = self._create(intent)
-            self._save()  # durable before any reply: an accepted order survives our restart
-            if fault is Fault.TIMEOUT_AFTER_ACCEPT:
-                raise SimulatedTimeout(
-                    "submit timed out (after accept)", accepted=True, hang_seconds=hang
-                )
-            if fault is Fault.DUPLICATE_ID:
-                raise DuplicateClientOrderId(intent.client_order_id)
-            return self._orders[bo].order
+            self._version += 1  # to be saved (``_persist``) before the reply
+            return bo, fault
+
+    def _submit_reply(self, accepted: tuple[str, Fault | None]) -> BrokerOrder:
+        bo, fault = accepted
+        if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+            raise SimulatedTimeout(
+                "submit timed out (after accept)",
+                accepted=True,
+                hang_seconds=self.faults.timeout_hang_seconds,
+            )
+        with self._lock:
+            order = self._orders[bo].order
+        if fault is Fault.DUPLICATE_ID:
+            raise DuplicateClientOrderId(order.client_order_id)
+        return order
 
     def lookup(self, client_order_id: str) -> BrokerOrder | None:
         """The newest order with this client id, or None (or a lagging "not found")."""
@@ -177,6 +202,11 @@ class PaperBroker:
             return self._maybe_garble(order, fault)
 
     def cancel(self, broker_order_id: str) -> None:
+        fault = self._cancel_locked(broker_order_id)
+        self._persist()  # the cancel is durable before it is acknowledged
+        self._cancel_reply(fault)
+
+    def _cancel_locked(self, broker_order_id: str) -> Fault | None:
         with self._lock:
             self.cancel_calls += 1
             fault = self.faults.decide("cancel_order")
@@ -194,13 +224,16 @@ class PaperBroker:
                 raise BrokerRejectedError(f"order {broker_order_id} is {po.order.status}")
             po.order = replace(po.order, status="canceled")
             po.plan.clear()
-            self._save()  # the cancel is durable before it is acknowledged
-            if fault is Fault.TIMEOUT_AFTER_ACCEPT:
-                raise SimulatedTimeout(
-                    "cancel timed out (after the broker cancelled)",
-                    accepted=True,
-                    hang_seconds=hang,
-                )
+            self._version += 1  # to be saved (``_persist``) before it is acknowledged
+            return fault
+
+    def _cancel_reply(self, fault: Fault | None) -> None:
+        if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+            raise SimulatedTimeout(
+                "cancel timed out (after the broker cancelled)",
+                accepted=True,
+                hang_seconds=self.faults.timeout_hang_seconds,
+            )
 
     def open_orders(self) -> list[BrokerOrder]:
         with self._lock:
@@ -252,7 +285,8 @@ class PaperBroker:
                     and po.order.status in OPEN_STATUSES
                 ):
                     self._try_fill(bo, all_parts=True)
-            self._save()
+            self._version += 1
+        self._persist()
 
     def step_prices(self, pct: Decimal = Decimal("0.01")) -> None:
         """One seeded random-walk step (up to +-pct) of every known symbol's price."""
@@ -268,8 +302,10 @@ class PaperBroker:
                 if po.order.status in OPEN_STATUSES and po.plan:
                     n += self._try_fill(bo, all_parts=False)
             if n:
-                self._save()
-            return n
+                self._version += 1
+        if n:
+            self._persist()
+        return n
 
     def write_calls(self) -> int:
         """Submits plus cancels that reached the broker (tests: "no broker write")."""
@@ -421,22 +457,48 @@ class PaperBroker:
             "next_order": self._next_order,
             "rules": self._rules.to_dict(),
             "orders": [
-                {"order": p.order.to_dict(), "plan": [format(q, "f") for q in p.plan]}
-                for p in self._orders.values()
+                {"order": self._order_dict(b, p.order), "plan": [format(q, "f") for q in p.plan]}
+                for b, p in self._orders.items()
             ],
-            "fills": [f.to_dict() for f in self._fills],
+            "fills": self._fill_dicts(),
             "positions": {
                 s: [format(q, "f"), format(a, "f")] for s, (q, a) in self._positions.items()
             },
             "prices": {s: format(p, "f") for s, p in self._prices.items()},
         }
 
-    def _save(self) -> None:
+    def _persist(self) -> None:
+        """Make every change made so far durable: one writer at a time, and a change a
+        concurrent writer's snapshot already holds is not written again (a group commit:
+        N concurrent submits, about two writes). Never called with ``_lock`` held."""
         if self.state_path is None:
             return
-        path = self.state_path
-        # temp (O_EXCL, O_NOFOLLOW: never through a planted symlink), fsync, rename, dir fsync
-        write_file_atomic(OSFileOps(), path.parent, path.name, orjson.dumps(self._state()))
+        wanted = self._version
+        with self._save_lock:  # one writer: snapshots reach the file in version order
+            if self._saved >= wanted:
+                return  # a snapshot taken after our change is durable
+            with self._lock:
+                data = orjson.dumps(self._state())
+                version = self._version
+            path = self.state_path
+            # temp (O_EXCL, O_NOFOLLOW: never through a planted symlink), fsync, rename, dir fsync
+            write_file_atomic(OSFileOps(), path.parent, path.name, data)
+            self._saved = version
+
+    def _order_dict(self, bo: str, order: BrokerOrder) -> dict[str, Any]:
+        """``order.to_dict()``, kept while the order is unchanged (orders are immutable)."""
+        cached = self._dict_cache.get(bo)
+        if cached is None or cached[0] is not order:
+            cached = self._dict_cache[bo] = (order, order.to_dict())
+        return cached[1]
+
+    def _fill_dicts(self) -> list[dict[str, Any]]:
+        """Every fill's ``to_dict()``; fills are only appended, so new ones are converted."""
+        done = self._fill_cache
+        if len(done) > len(self._fills):
+            done.clear()
+        done.extend(f.to_dict() for f in self._fills[len(done) :])
+        return list(done)
 
     def _load(self, path: Path) -> None:
         d = orjson.loads(path.read_bytes())

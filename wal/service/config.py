@@ -7,7 +7,6 @@ rate_limit                  ``ORDER_RATE_LIMIT``          100 new orders per min
 ws_queue                    ``SERVICE_WS_QUEUE``          1000 events waiting per WebSocket client
 poll_interval               ``SERVICE_POLL_INTERVAL``     0.5 s between fill polls of open orders
 paper_balance               ``SERVICE_PAPER_BALANCE``     unset; paper mode credits each trader once
-token_cache_seconds         ``SERVICE_TOKEN_CACHE``       5 s a verified token is trusted unread
 reconcile_backoff           ``SERVICE_RECONCILE_BACKOFF`` 1 s: the reconciler's fetches wait 1, 2, 4
 ==========================  ============================  =========================================
 
@@ -60,7 +59,6 @@ class ServiceConfig:
     ws_queue: int = 1000  # a client further behind than this is disconnected
     poll_interval: float = 0.5
     paper_balance: Decimal | None = None
-    token_cache_seconds: float = 5.0
     reconcile_backoff: float = 1.0
 
     @classmethod
@@ -80,6 +78,5 @@ class ServiceConfig:
             ws_queue=_int(e, "SERVICE_WS_QUEUE", 1000),
             poll_interval=_float(e, "SERVICE_POLL_INTERVAL", 0.5),
             paper_balance=paper,
-            token_cache_seconds=_float(e, "SERVICE_TOKEN_CACHE", 5.0),
             reconcile_backoff=_float(e, "SERVICE_RECONCILE_BACKOFF", 1.0),
         )

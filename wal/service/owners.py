@@ -20,10 +20,15 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from wal.db.engine import READ_ONLY
 from wal.db.service_schema import service_orders
 from wal.entry import utc_now
 
-__all__ = ["OwnerRow", "OwnerStore", "client_order_id_for"]
+__all__ = ["CHILD_KEY_PREFIX", "OwnerRow", "OwnerStore", "client_order_id_for"]
+
+# the key of a bracket child's row (``wal.service.brackets``): "bracket/<parent>/<kind>/<gen>";
+# "/" is not allowed in an Idempotency-Key, so a trader's key can never take a child's
+CHILD_KEY_PREFIX = "bracket/"
 
 
 def client_order_id_for(trader_id: str, idempotency_key: str) -> str:
@@ -41,6 +46,13 @@ class OwnerRow:
     stop_loss: Decimal | None
     take_profit: Decimal | None
 
+    @property
+    def parent(self) -> str | None:
+        """The parent's client id of a bracket child's row; None for a trader's own order."""
+        if not self.idempotency_key.startswith(CHILD_KEY_PREFIX):
+            return None
+        return self.idempotency_key.split("/")[1]
+
 
 class OwnerStore:
     """``service_orders`` with an in-memory copy (loaded once; every claim adds to it)."""
@@ -48,11 +60,14 @@ class OwnerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the owner rows' inserts, one at a time
         self._rows: dict[str, OwnerRow] = {}
         self._by_trader: dict[str, list[str]] = {}
+        self._children: dict[str, list[str]] = {}  # parent client id -> its bracket children
 
     def load(self) -> None:
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
             rows = conn.execute(sa.select(service_orders).order_by(service_orders.c.created_at))
             for r in rows:
                 self._remember(_row(r._mapping))
@@ -61,11 +76,28 @@ class OwnerStore:
         with self._lock:
             if row.client_order_id not in self._rows:
                 self._by_trader.setdefault(row.trader_id, []).append(row.client_order_id)
+                parent = row.parent
+                if parent is not None:
+                    self._children.setdefault(parent, []).append(row.client_order_id)
             self._rows[row.client_order_id] = row
 
     def get(self, client_order_id: str) -> OwnerRow | None:
         with self._lock:
             return self._rows.get(client_order_id)
+
+    def children_of(self, parent: str) -> list[OwnerRow]:
+        """The bracket children claimed for ``parent`` (``wal.service.brackets``), oldest first."""
+        with self._lock:
+            return [self._rows[c] for c in self._children.get(parent, ())]
+
+    def parents(self) -> list[OwnerRow]:
+        """Every order placed with a stop_loss or take_profit (not the children)."""
+        with self._lock:
+            return [
+                r
+                for r in self._rows.values()
+                if r.parent is None and (r.stop_loss is not None or r.take_profit is not None)
+            ]
 
     def trader_of(self, client_order_id: str) -> str | None:
         row = self.get(client_order_id)
@@ -83,7 +115,9 @@ class OwnerStore:
         if found is not None:
             return found
         try:
-            with self.engine.begin() as conn:
+            # one writer of this process at a time: concurrent claims queue here, not in
+            # SQLite's busy wait (which gives up after the busy timeout: "database is locked")
+            with self._write_lock, self.engine.begin() as conn:
                 conn.execute(
                     sa.insert(service_orders).values(
                         client_order_id=row.client_order_id,
@@ -97,6 +131,7 @@ class OwnerStore:
                 )
         except sa_exc.IntegrityError:  # made by a run that died before we loaded: read it
             with self.engine.connect() as conn:
+                conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
                 r = conn.execute(
                     sa.select(service_orders).where(
                         service_orders.c.client_order_id == row.client_order_id
@@ -118,6 +153,8 @@ class OwnerStore:
             row = self._rows.pop(client_order_id, None)
             if row is not None:
                 self._by_trader[row.trader_id].remove(client_order_id)
+                if row.parent is not None:
+                    self._children[row.parent].remove(client_order_id)
 
 
 def _row(m: Any) -> OwnerRow:

@@ -24,6 +24,7 @@ from wal import DurableDatabaseManager
 from wal.errors import WALDatabaseError, WALWriteError
 from wal.orders import (
     Broker,
+    EventKind,
     Order,
     OrderIntent,
     OrderManager,
@@ -36,6 +37,7 @@ from wal.orders import (
     StartupReconciler,
     TradingHalted,
 )
+from wal.service.brackets import Brackets
 from wal.service.config import ServiceConfig
 from wal.service.errors import ApiError
 from wal.service.events import EventHub
@@ -106,12 +108,16 @@ class ServiceRuntime:
         self.paper_tick = paper_tick
         engine = ddb.db.engine
         self.owners = OwnerStore(engine)
-        self.tokens = TokenStore(engine, cache_seconds=config.token_cache_seconds)
+        self.tokens = TokenStore(engine)
         self.hub = EventHub(self.owners.trader_of, config.ws_queue)
         self.limiter = RateLimiter(config.rate_limit)
         price = paper.price if paper is not None else None
         self.om = OrderManager(ddb, broker, risk=risk, retry=retry, price_source=price)
         self.reconciler = StartupReconciler(self.om, reconciler)  # halts until it succeeded
+        self.brackets = Brackets(self.om, self.owners)  # stop_loss / take_profit at the broker
+        self._bracket_queue: asyncio.Queue[str] | None = None
+        self._bracket_due: set[str] = set()
+        self._brackets_ready = asyncio.Event()  # set once startup converged them (no fight)
         self.reconciliation: dict[str, Any] = {"state": "pending"}
         self.log_failure: str | None = None
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
@@ -123,15 +129,27 @@ class ServiceRuntime:
     async def start(self) -> None:
         """Load the owners, listen to the log; recovery and reconciliation in the background."""
         await asyncio.to_thread(self.owners.load)
+        self.brackets.load()
         self.hub.attach(self.ddb, asyncio.get_running_loop())
         await asyncio.to_thread(self.hub.load_head)
-        self._tasks.append(asyncio.create_task(self._startup()))
+        self._bracket_queue = asyncio.Queue()
+        self._tasks.append(asyncio.create_task(self._bracket_events()))
+        self._startup_task = asyncio.create_task(self._startup())
+        self._tasks.append(self._startup_task)
+
+    async def started(self) -> None:
+        """Wait for the startup recovery and reconciliation (succeeded or failed)."""
+        await asyncio.shield(self._startup_task)
 
     async def _startup(self) -> None:
         self.reconciliation = {"state": "running"}
         try:
             await self.om.start()  # orders a crash left unfinished: looked up by client id
+            # brackets first: the reconciler then finds the traders' stops in place, exact
+            await self._sweep_brackets("before the reconciliation")
             result = await self.reconciler.run()
+            await self._sweep_brackets("after the reconciliation")  # what its phase 1 booked
+            self._brackets_ready.set()
         except WALWriteError as exc:
             self.fail_log(exc)
             self.reconciliation = {"state": "failed", "reason": str(exc)}
@@ -142,6 +160,52 @@ class ServiceRuntime:
             return
         self.reconciliation = {"state": "succeeded", "result": dataclasses.asdict(result)}
         self._tasks.append(asyncio.create_task(self._poll()))
+
+    async def _sweep_brackets(self, when: str) -> None:
+        """Converge every bracket; only a failure of the log stops the startup."""
+        try:
+            await self.brackets.sweep()
+        except WALWriteError:
+            raise
+        except Exception as exc:
+            log.error("brackets %s: %s", when, why_text(exc))
+
+    def kick_bracket(self, parent: str) -> None:
+        """Converge ``parent``'s bracket soon (once per burst of its events)."""
+        if self._bracket_queue is not None and parent not in self._bracket_due:
+            self._bracket_due.add(parent)
+            self._bracket_queue.put_nowait(parent)
+
+    async def _bracket_events(self) -> None:
+        """Every journal event of a bracket parent or child converges its bracket (one at a
+        time, after startup converged them all: never beside the reconciler)."""
+        assert self._bracket_queue is not None
+        queue = self._bracket_queue
+
+        async def listen() -> None:
+            async for ev in self.om.events():
+                parent = self.brackets.parent_of(ev.client_order_id)
+                if parent is not None:
+                    self.kick_bracket(parent)
+                elif ev.kind in (EventKind.FILL, EventKind.FILL_CORRECTED):
+                    for p in self.brackets.active:  # a position moved: the caps may have
+                        self.kick_bracket(p)
+
+        listener = asyncio.create_task(listen())
+        try:
+            await self._brackets_ready.wait()
+            while True:
+                parent = await queue.get()
+                self._bracket_due.discard(parent)
+                try:
+                    await self.brackets.converge(parent)
+                except WALWriteError as exc:
+                    self.fail_log(exc)
+                    return
+                except Exception as exc:
+                    log.error("bracket of %s: %s", parent, why_text(exc))
+        finally:
+            listener.cancel()
 
     async def _poll(self) -> None:
         """Fills of open orders (and the paper market's prices) every ``poll_interval``."""
@@ -156,6 +220,8 @@ class ServiceRuntime:
                 for o in self.om.open_orders():
                     if o.state in _LIVE:
                         await self.om.refresh(o.client_order_id)
+                for parent in self.brackets.stalled:  # waited on an outcome: looked at again
+                    self.kick_bracket(parent)
             except WALWriteError as exc:
                 self.fail_log(exc)
                 return
@@ -278,6 +344,9 @@ class ServiceRuntime:
             except WALWriteError as exc:
                 self.fail_log(exc)
                 raise ApiError(503, "log_failed", str(exc)) from exc
+            if req.stop_loss is not None or req.take_profit is not None:
+                self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
+                self.kick_bracket(cid)
             return Placed(order, owner, created=True)
 
     async def _chase(self, cid: str, req: OrderRequest, trader: str, order: Order) -> Order:

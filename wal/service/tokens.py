@@ -4,8 +4,9 @@ A token is ``atb_<token id>_<secret>``: the id (16 hex chars) finds its row, the
 random bytes (``secrets.token_urlsafe``), so the SHA-256 of the whole token is enough to
 store (a slow password hash buys nothing against 256 bits of entropy). ``verify`` compares
 the hashes with ``hmac.compare_digest`` (constant time) and returns the trader; a revoked
-token fails. A verified token is trusted for ``cache_seconds`` without a database read (so a
-revocation takes effect within that time).
+token fails. Every request reads its token's row (one primary-key read): a revocation, by
+``atb serve token revoke`` in another process or by hand in the database, takes effect on the
+serving process's next request; no verified token is trusted from memory.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -23,6 +22,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from wal.db.engine import READ_ONLY
 from wal.db.service_schema import api_tokens
 from wal.entry import utc_now
 
@@ -58,11 +58,8 @@ class TokenInfo:
 class TokenStore:
     """``api_tokens`` on an engine whose schema is at the code's revision."""
 
-    def __init__(self, engine: Engine, *, cache_seconds: float = 5.0) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[str, float]] = {}  # sha256 -> (trader, verified at)
-        self._lock = threading.Lock()
 
     def create(self, trader_id: str) -> str:
         """A new token for ``trader_id``: returned once, only its hash is kept."""
@@ -81,27 +78,14 @@ class TokenStore:
             )
         return token
 
-    def cached(self, token: str) -> str | None:
-        """The token's trader if it was verified less than ``cache_seconds`` ago (no I/O:
-        safe on the event loop); None means "ask ``verify``"."""
-        digest = hash_token(token)
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and time.monotonic() - hit[1] < self.cache_seconds:
-            return hit[0]
-        return None
-
     def verify(self, token: str) -> str | None:
         """The token's trader, or None (unknown, malformed or revoked)."""
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None
-        hit = self.cached(token)
-        if hit is not None:
-            return hit
         digest = hash_token(token)
-        now = time.monotonic()
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # every time: a revoked token fails at once
+            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
             row = conn.execute(
                 sa.select(api_tokens.c.token_sha256, api_tokens.c.trader_id).where(
                     api_tokens.c.token_id == m.group(1), api_tokens.c.revoked_at.is_(None)
@@ -109,8 +93,6 @@ class TokenStore:
             ).first()
         if row is None or not hmac.compare_digest(str(row[0]), digest):
             return None
-        with self._lock:
-            self._cache[digest] = (str(row[1]), now)
         return str(row[1])
 
     def revoke(self, token_id: str) -> bool:
@@ -121,8 +103,6 @@ class TokenStore:
                 .where(api_tokens.c.token_id == token_id, api_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=utc_now())
             ).rowcount
-        with self._lock:
-            self._cache.clear()
         return bool(n)
 
     def list(self, trader_id: str | None = None) -> list[TokenInfo]:
@@ -130,6 +110,7 @@ class TokenStore:
         if trader_id is not None:
             q = q.where(api_tokens.c.trader_id == trader_id)
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
             return [
                 TokenInfo(r.token_id, r.trader_id, r.created_at, r.revoked_at)
                 for r in conn.execute(q)

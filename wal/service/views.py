@@ -160,6 +160,7 @@ def positions_view(
                     "id": o.client_order_id,
                     "side": o.intent.side,
                     "stop_price": _s(o.intent.stop_price),
+                    "quantity": _s(o.remaining),
                 }
             )
         bracket = owner.stop_loss is not None or owner.take_profit is not None

@@ -1,0 +1,447 @@
+"""stop_loss / take_profit placed at the broker (``wal.service.brackets``), on real parts: the
+log on real files, SQLite, the in-process paper broker with its durable state file and its
+FaultPlan. A "restart" drops every object and opens the same files again (after an
+in-process crash point where the test needs one)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orders_helpers import FAST_RETRY, open_ddb
+
+from wal.crashpoints import set_in_process_handler
+from wal.db.versioning import ensure_schema
+from wal.orders import (
+    ClientIdRules,
+    OrderIntent,
+    OrderManager,
+    OrderState,
+    PaperBroker,
+    ReconcilerConfig,
+    StartupReconciler,
+)
+from wal.orders.broker import BrokerOrder
+from wal.orders.faults import Fault, FaultPlan
+from wal.service.brackets import Brackets, child_order_id, parse_child_id
+from wal.service.config import ServiceConfig
+from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
+from wal.service.runtime import ServiceRuntime
+from wal.service.schemas import OrderRequest
+
+D = Decimal
+FAST_REC = ReconcilerConfig(fetch_backoff=(0.0, 0.0, 0.0), fetch_timeout=5.0)
+
+
+class Crash(Exception):
+    """The process "died" at a crash point."""
+
+
+class Env:
+    """One engine on ``tmp``'s files: the log, SQLite, the paper broker's state file."""
+
+    def __init__(self, tmp: Path, *, faults: FaultPlan | None = None, auto_fill: bool = True):
+        self.tmp = tmp
+        self.url = f"sqlite:///{tmp / 'atb.db'}"
+        self.faults = faults
+        self.auto_fill = auto_fill
+        self.open()
+
+    def open(self) -> None:
+        self.ddb = open_ddb(self.tmp / "wal", self.url)
+        ensure_schema(self.ddb.db.engine, self.ddb.db.safe_url)
+        if self.ddb.get_balance("trader:t1") == 0:
+            self.ddb.atomic_balance_update(D(1000000), reason="deposit", account="trader:t1")
+        self.broker = PaperBroker(
+            rules=ClientIdRules(visibility_window_seconds=0.0),
+            faults=self.faults,
+            state_path=self.tmp / "paper.json",
+            auto_fill=self.auto_fill,
+        )
+        self.om = OrderManager(
+            self.ddb, self.broker, retry=FAST_RETRY, price_source=self.broker.price
+        )
+        self.owners = OwnerStore(self.ddb.db.engine)
+        self.owners.load()
+        self.brackets = Brackets(self.om, self.owners)
+        self.brackets.load()
+
+    def close(self) -> None:
+        self.ddb.stop()
+        self.ddb.db.dispose()
+
+    def restart(self, faults: FaultPlan | None = None) -> None:
+        self.close()
+        self.faults = faults
+        self.open()
+
+    async def startup(self) -> Any:
+        """What ``ServiceRuntime`` does at start: recovery, brackets, reconciliation, brackets."""
+        rec = StartupReconciler(self.om, FAST_REC)
+        await self.om.start()
+        await self.brackets.sweep()
+        result = await rec.run()
+        await self.brackets.sweep()
+        return result
+
+    async def place(
+        self, key: str, qty: str = "10", *, sl: str | None = "90", tp: str | None = "110", **kw: Any
+    ) -> str:
+        cid = client_order_id_for("t1", key)
+        sl_d = None if sl is None else D(sl)
+        tp_d = None if tp is None else D(tp)
+        self.owners.claim(OwnerRow(cid, "t1", key, "0" * 64, sl_d, tp_d))
+        intent = OrderIntent(
+            symbol="AAPL",
+            side=kw.pop("side", "buy"),
+            quantity=D(qty),
+            account="trader:t1",
+            client_order_id=cid,
+            **kw,
+        )
+        await self.om.submit(intent)
+        self.brackets.track(cid)
+        return cid
+
+    async def refresh_all(self) -> None:
+        for o in self.om.open_orders():
+            await self.om.refresh(o.client_order_id)
+
+    def live(self) -> list[BrokerOrder]:
+        """The broker's open orders (its own word, no fault applies)."""
+        return sorted(
+            (o for o in self.broker.all_orders() if o.status in ("new", "partially_filled")),
+            key=lambda o: o.client_order_id,
+        )
+
+    def protection(self) -> dict[str, D]:
+        """Open quantity at the broker per (kind) of bracket child."""
+        out: dict[str, D] = {}
+        for o in self.live():
+            parsed = parse_child_id(o.client_order_id)
+            if parsed is not None:
+                out[parsed[0]] = out.get(parsed[0], D(0)) + o.quantity - o.filled_quantity
+        return out
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Any:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_filled_order_gets_both_children_at_the_broker(env: Env) -> None:
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        cid = await env.place("k1")
+        await env.brackets.converge(cid)
+        live = env.live()
+        assert [(o.client_order_id, o.side, o.order_type, o.quantity) for o in live] == [
+            (child_order_id(cid, "sl", 1), "sell", "stop", D(10)),
+            (child_order_id(cid, "tp", 1), "sell", "limit", D(10)),
+        ]
+        assert live[0].stop_price == D(90) and live[1].limit_price == D(110)
+        await env.brackets.converge(cid)  # again: nothing more
+        assert len(env.broker.all_orders()) == 3
+        assert env.brackets.active == [cid]
+
+    run(go())
+
+
+def test_take_profit_fill_cancels_the_stop_and_finishes_the_bracket(env: Env) -> None:
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        cid = await env.place("k1")
+        await env.brackets.converge(cid)
+        env.broker.set_price("AAPL", D(111))  # the take-profit executes
+        await env.refresh_all()
+        await env.brackets.converge(cid)
+        assert env.live() == []
+        sl = env.om.get(child_order_id(cid, "sl", 1))
+        assert sl is not None and sl.state is OrderState.CANCELLED
+        assert env.broker.net_positions() == {}
+        assert env.brackets.active == []
+
+    run(go())
+
+
+def test_stop_loss_fill_cancels_the_take_profit(env: Env) -> None:
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        cid = await env.place("k1", side="sell", sl="110", tp="90")  # a short's bracket
+        await env.brackets.converge(cid)
+        assert {o.side for o in env.live()} == {"buy"}
+        env.broker.set_price("AAPL", D(112))  # the buy stop triggers
+        await env.refresh_all()
+        await env.brackets.converge(cid)
+        assert env.live() == [] and env.broker.net_positions() == {}
+
+    run(go())
+
+
+def test_partial_fills_grow_and_shrink_the_children(tmp_path: Path) -> None:
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        assert e.broker.advance() == 1  # 4 of 10
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.protection() == {"sl": D(4), "tp": D(4)}
+        e.broker.advance()  # the other 6: filled
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.protection() == {"sl": D(10), "tp": D(10)}  # cancelled and replaced
+        assert {o.client_order_id for o in e.live()} == {
+            child_order_id(cid, "sl", 2),
+            child_order_id(cid, "tp", 2),
+        }
+        e.broker.set_price("AAPL", D(111))
+        e.broker.advance()  # the take-profit executes 4 of 10
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.protection() == {"sl": D(6), "tp": D(6)}  # the stop shrinks to what is held
+        assert e.broker.net_positions() == {"AAPL": D(6)}
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.live() == [] and e.broker.net_positions() == {}
+
+    try:
+        run(go())
+    finally:
+        e.close()
+
+
+def test_a_dropped_reply_and_lookup_lag_never_place_a_second_child(tmp_path: Path) -> None:
+    # the stop-loss's submit is accepted, its reply lost; the first lookups say "not found"
+    plan = (
+        FaultPlan()
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT, nth=2)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, nth=1, times=3)
+    )
+    e = Env(tmp_path, faults=plan)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1")
+        await e.brackets.converge(cid)  # the stop-loss is UNKNOWN: nothing placed on top
+        sl = child_order_id(cid, "sl", 1)
+        assert e.brackets.stalled == [cid]
+        await e.brackets.converge(cid)  # looked up: adopted, then the take-profit
+        assert len(e.broker.orders_with_client_id(sl)) == 1
+        assert e.protection() == {"sl": D(10), "tp": D(10)}
+        order = e.om.get(sl)
+        assert order is not None and order.state is OrderState.ACCEPTED
+
+    try:
+        run(go())
+    finally:
+        e.close()
+
+
+def test_restart_after_the_parent_filled_places_the_children_before_the_reconciler(
+    env: Env,
+) -> None:
+    async def first() -> str:
+        await env.om.load()
+        env.om.resume()
+        return await env.place("k1")  # filled; the process dies before its bracket
+
+    cid = run(first())
+    env.restart()
+    result = run(env.startup())
+    assert env.protection() == {"sl": D(10), "tp": D(10)}
+    # the reconciler found the position protected exactly: no emergency stop, no cancel
+    assert result.emergency_stops_placed == 0 and result.stops_canceled == 0
+    assert env.brackets.active == [cid]
+    env.restart()
+    result = run(env.startup())  # and again: nothing moves
+    assert result.emergency_stops_placed == 0 and result.stops_canceled == 0
+    assert len(env.broker.all_orders()) == 3
+
+
+@pytest.mark.parametrize(
+    "point", ["bracket.after_cancel", "order.after_broker_accept", "order.after_intent_fsync"]
+)
+def test_a_crash_in_the_middle_of_a_resize_leaves_exact_children(
+    tmp_path: Path, point: str
+) -> None:
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.5"), D("0.5"))), auto_fill=False)
+    armed = {"on": False}
+
+    def crash(name: str) -> None:
+        if armed["on"] and name == point:
+            armed["on"] = False
+            raise Crash(name)
+
+    async def first() -> str:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)  # 5 protected
+        e.broker.advance()
+        await e.refresh_all()
+        armed["on"] = True
+        with pytest.raises(Crash):
+            await e.brackets.converge(cid)  # the resize to 10 dies in the middle
+        return cid
+
+    set_in_process_handler(crash)
+    try:
+        cid = run(first())
+    finally:
+        set_in_process_handler(None)
+    try:
+        e.restart(FaultPlan(partial_fills=(D("0.5"), D("0.5"))))
+        result = run(e.startup())
+        assert e.protection() == {"sl": D(10), "tp": D(10)}
+        for kind in ("sl", "tp"):  # never two orders under one client id
+            for gen in (1, 2, 3):
+                assert len(e.broker.orders_with_client_id(child_order_id(cid, kind, gen))) <= 1
+        assert result.emergency_stops_placed == 0
+        assert e.broker.net_positions() == {"AAPL": D(10)}
+    finally:
+        e.close()
+
+
+def test_the_traders_stop_replaces_the_reconcilers_emergency_stop(env: Env) -> None:
+    async def go() -> None:
+        rec = StartupReconciler(env.om, FAST_REC)
+        await env.om.start()
+        await rec.run()
+        cid = await env.place("k1", sl="90", tp=None)
+        result = await StartupReconciler(env.om, FAST_REC).run()  # no bracket yet: an es- stop
+        assert result.emergency_stops_placed == 1
+        await env.brackets.converge(cid)
+        live = env.live()
+        assert [o.client_order_id for o in live] == [child_order_id(cid, "sl", 1)]
+        result = await StartupReconciler(env.om, FAST_REC).run()
+        assert result.emergency_stops_placed == 0 and result.stops_canceled == 0
+
+    run(go())
+
+
+def test_children_are_capped_by_the_room_the_position_leaves(env: Env) -> None:
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        await env.place("k0", sl=None, tp=None)  # 10 held, no bracket
+        stop = OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=D(15),
+            order_type="stop",
+            stop_price=D(80),
+            time_in_force="gtc",
+            account="trader:t1",
+            client_order_id="userstop1",
+        )
+        await env.om.submit(stop)  # the trader's own stop covers 15 of the 20 after k1
+        cid = await env.place("k1", sl="90", tp="110")
+        await env.brackets.converge(cid)
+        assert env.protection() == {"sl": D(5), "tp": D(10)}  # stops sum to the position
+        sell = OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=D(12),
+            account="trader:t1",
+            client_order_id="sell12",
+        )
+        await env.om.cancel("userstop1")
+        await env.om.submit(sell)  # 8 held: the bracket's children shrink to it
+        await env.brackets.converge(cid)
+        assert env.protection() == {"sl": D(8), "tp": D(8)}
+
+    run(go())
+
+
+def test_the_runtime_places_the_children_of_a_posted_order(tmp_path: Path) -> None:
+    async def go() -> None:
+        ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+        ensure_schema(ddb.db.engine, ddb.db.safe_url)
+        paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0))
+        cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
+        rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
+        try:
+            await rt.start()
+            await rt.started()
+            req = OrderRequest(
+                symbol="AAPL",
+                side="buy",
+                quantity=D(3),
+                order_type="market",
+                stop_loss=D(95),
+                take_profit=D(105),
+            )
+            placed = await rt.place("t9", "key-1", req)
+            await rt.brackets.converge(placed.order.client_order_id)
+            kids = sorted(
+                (o.client_order_id, o.order_type, o.quantity)
+                for o in paper.all_orders()
+                if o.status == "new"
+            )
+            cid = placed.order.client_order_id
+            assert kids == [
+                (child_order_id(cid, "sl", 1), "stop", D(3)),
+                (child_order_id(cid, "tp", 1), "limit", D(3)),
+            ]
+            assert rt.owners.trader_of(child_order_id(cid, "sl", 1)) == "t9"
+        finally:
+            await rt.stop()
+            ddb.stop()
+            ddb.db.dispose()
+
+    run(go())
+
+
+def test_a_retry_of_a_protective_order_is_the_same_order_after_the_position_moved(
+    env: Env,
+) -> None:
+    """A protective child's retry (its outcome chased) is never refused by the protective
+    check on a position that moved since: it names an order that may exist at the broker."""
+
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        await env.place("k0", sl=None, tp=None)  # 10 held
+        stop = OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=D(10),
+            order_type="stop",
+            stop_price=D(80),
+            time_in_force="gtc",
+            account="trader:t1",
+            client_order_id="protect1",
+        )
+        first = await env.om.submit(stop, protective=True)
+        sell = OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=D(5),
+            account="trader:t1",
+            client_order_id="sell5",
+        )
+        await env.om.submit(sell)  # 5 held now: a new protective stop of 10 would be refused
+        again = await env.om.submit(stop, protective=True)
+        assert again.client_order_id == first.client_order_id and again.state is first.state
+        assert len(env.broker.orders_with_client_id("protect1")) == 1
+
+    run(go())

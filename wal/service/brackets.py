@@ -1,0 +1,349 @@
+"""Bracket orders: a service order's ``stop_loss`` and ``take_profit`` placed at the broker.
+
+When an order placed with ``stop_loss`` / ``take_profit`` fills (fully or partly), the service
+protects what it filled: a ``stop`` at ``stop_loss`` and a ``limit`` at ``take_profit``, on
+the reducing side, each for the quantity still held from that order. ``Brackets.converge``
+makes the broker's children match that, and is safe to run any number of times, after any
+crash, because every decision is read from the journal:
+
+* **Held** = the parent's filled quantity minus every child's filled quantity (all kinds, all
+  generations). Each kind's live children must have exactly that much left; a kind that does
+  not is cancelled (every live child of it, each cancel confirmed final: a cancel whose answer
+  is unknown stops the work, nothing is placed on top of it), counted again (a child may have
+  filled before its cancel), then replaced by one child of the held quantity. So a partial
+  fill of the parent grows both (cancel and replace), a partial fill of the take-profit
+  shrinks the stop, and a child that fills completely leaves nothing held: the other one is
+  cancelled (one-cancels-other, done here).
+* **Ids**: a child's client order id is ``{kind}{gen}-{parent[:28]}`` (``sl1-...``,
+  ``tp2-...``; at most 36 characters of ``[0-9a-z-]``), a pure function of the parent, the
+  kind and the generation. Its owner row (``service_orders``, key
+  ``bracket/<parent>/<kind>/<gen>``) is committed before it is journaled, so the next
+  generation is known after any restart, and a generation claimed but never journaled is
+  reused (nothing was sent). Every child goes through ``OrderManager.submit`` (journaled and
+  fsynced before the broker hears of it; a retry is a lookup by client id, never a second
+  order). A child whose outcome is unknown is chased (the same intent again: looked up) before
+  anything else is done for its parent.
+* **Never over-protected**: what a kind covers is capped by the room the journal's net
+  position in the symbol leaves beside the reducing orders of that kind that are not this
+  bracket's (stops for a stop-loss, limits for a take-profit): a trader who sells part of a
+  bracketed position by hand shrinks its children. The reconciler's emergency stops
+  (``es-...``, its stand-ins for missing protection) are cancelled to make room for the
+  trader's stop-loss. A child the broker or the checks refuse is a ``problem`` (the log,
+  ``/readyz`` details), not sent again at the same size.
+
+The startup reconciler (:mod:`wal.orders.stops`) sees a stop-loss child as a user stop that
+protects the position (kept while the stops are exact) and a take-profit as an ordinary open
+order; ``ServiceRuntime`` converges every bracket before it (so the reconciler finds the
+protection exact) and again after it (what its phase 1 booked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+from wal.crashpoints import crash_point
+from wal.orders import Order, OrderIntent, OrderManager, OrderRejected, OrderState
+from wal.orders.base import OrderLocks
+from wal.orders.reconcile_model import EMERGENCY_STOP_PREFIX
+from wal.orders.states import is_final
+from wal.service.owners import CHILD_KEY_PREFIX, OwnerRow, OwnerStore
+
+__all__ = ["KINDS", "Brackets", "child_key", "child_order_id", "parse_child_id"]
+
+log = logging.getLogger("wal.service.brackets")
+
+KINDS = ("sl", "tp")  # stop-loss (a stop), take-profit (a limit)
+_S = OrderState
+_UNRESOLVED = (_S.PENDING, _S.SUBMITTING, _S.UNKNOWN)
+_LIVE = (_S.ACCEPTED, _S.PARTIALLY_FILLED)
+_ROUNDS = 4  # cancel, count again, place: a bracket settles in two rounds
+_CHILD_RE = re.compile(r"^(sl|tp)([1-9][0-9]{0,4})-([0-9a-f]{28})$")
+_STOP_TYPES = ("stop", "stop_limit")
+
+
+def child_order_id(parent: str, kind: str, gen: int) -> str:
+    """The client id of ``parent``'s ``gen``-th ``kind`` child (module docstring)."""
+    if kind not in KINDS or not 1 <= gen <= 99999:
+        raise ValueError(f"bad bracket child {kind!r} generation {gen}")
+    return f"{kind}{gen}-{parent[:28]}"
+
+
+def parse_child_id(cid: str) -> tuple[str, int] | None:
+    """(kind, generation) of a bracket child's client id; None for any other id."""
+    m = _CHILD_RE.fullmatch(cid)
+    return None if m is None else (m.group(1), int(m.group(2)))
+
+
+def child_key(parent: str, kind: str, gen: int) -> str:
+    """The owner row's key of a child (a "/" no Idempotency-Key can hold)."""
+    return f"{CHILD_KEY_PREFIX}{parent}/{kind}/{gen}"
+
+
+@dataclass(frozen=True)
+class _Child:
+    row: OwnerRow
+    kind: str
+    gen: int
+    order: Order | None  # None: claimed, never journaled (nothing was sent)
+
+
+class Brackets:
+    """The bracket children of the service's orders (module docstring)."""
+
+    def __init__(self, om: OrderManager, owners: OwnerStore) -> None:
+        self.om = om
+        self.owners = owners
+        self._locks = OrderLocks()
+        self._active: set[str] = set()  # parents whose bracket may still need work
+        self._refused: dict[tuple[str, str], Decimal] = {}  # (parent, kind) -> held when refused
+        self._stalled: set[str] = set()  # waiting on an outcome nobody announces: tried again
+        self.problems: dict[str, str] = {}  # parent -> why its protection is not as asked
+
+    @property
+    def active(self) -> list[str]:
+        return sorted(self._active)
+
+    def track(self, parent: str) -> None:
+        """Watch ``parent`` (an order placed with a stop_loss or take_profit)."""
+        row = self.owners.get(parent)
+        if row is not None and row.parent is None and _levels(row):
+            self._active.add(parent)
+
+    def load(self) -> None:
+        """Watch every bracket parent (startup); finished ones drop out at their first sweep."""
+        for row in self.owners.parents():
+            self._active.add(row.client_order_id)
+
+    def parent_of(self, cid: str) -> str | None:
+        """The parent a journal event of ``cid`` concerns (itself, or a child's parent)."""
+        if cid in self._active:
+            return cid
+        row = self.owners.get(cid)
+        return None if row is None else row.parent
+
+    async def sweep(self) -> None:
+        """Converge every watched bracket."""
+        for parent in self.active:
+            await self.converge(parent)
+
+    @property
+    def stalled(self) -> list[str]:
+        """Brackets that waited on an outcome nobody announces (the fill poll retries them)."""
+        return sorted(self._stalled)
+
+    async def converge(self, parent: str) -> None:
+        """Make ``parent``'s children at the broker what it holds (module docstring)."""
+        async with self._locks.hold(parent):
+            self._stalled.discard(parent)
+            done = await self._converge(parent)
+        if done:
+            self._active.discard(parent)
+
+    # ------------------------------------------------------------------ the decision
+
+    async def _converge(self, pid: str) -> bool:
+        """One bracket brought in line; True once it is finished (the parent final, every
+        child final: nothing held is left to protect)."""
+        owner = self.owners.get(pid)
+        if owner is None or owner.parent is not None or not _levels(owner):
+            return True
+        wanted = _levels(owner)
+        for _ in range(_ROUNDS):
+            parent = await asyncio.to_thread(self.om.get, pid)
+            if parent is None:
+                return True  # claimed, never journaled: a retry of its key tracks it again
+            if parent.state in _UNRESOLVED:
+                return False  # no fill is known before its outcome is
+            kids = await asyncio.to_thread(self._children, pid)
+            unknown = [k for k in kids if k.order is not None and k.order.state in _UNRESOLVED]
+            if unknown:
+                for k in unknown:  # the same intent again: looked up by client id, never resent
+                    assert k.order is not None
+                    order = await self.om.submit(k.order.intent, protective=True)
+                    if order.state in _UNRESOLVED:
+                        self._stalled.add(pid)
+                        return False  # nothing is done on top of an order of unknown outcome
+                continue
+            exited = sum((k.order.filled_quantity for k in kids if k.order), Decimal(0))
+            held = parent.filled_quantity - exited
+            if held < 0:
+                msg = (
+                    f"bracket of {pid}: its children executed {exited}, more than the "
+                    f"{parent.filled_quantity} it filled; nothing more is placed"
+                )
+                log.critical(msg)
+                self.problems[pid] = msg
+                held = Decimal(0)
+            targets = {kind: Decimal(0) for kind in KINDS}
+            cancelled = False
+            for kind in wanted:
+                targets[kind], trimmed = await self._target(parent, kind, held, kids)
+                cancelled = cancelled or trimmed
+            for kind in KINDS:
+                live = [k for k in kids if k.kind == kind and _live(k)]
+                if sum((_left(k) for k in live), Decimal(0)) == targets[kind]:
+                    continue
+                for k in live:  # resized (cancel, then replace) or one-cancels-other
+                    if not await self._cancel(k.row.client_order_id):
+                        self._stalled.add(pid)
+                        return False  # its answer is not known: nothing placed on top
+                    cancelled = True
+            if cancelled:
+                crash_point("bracket.after_cancel")  # cancelled, the replacement not placed
+                continue  # a cancelled child may have filled first: count again
+            open_kids = [k for k in kids if k.order is not None and not is_final(k.order.state)]
+            if held == 0:
+                return is_final(parent.state) and not open_kids
+            for kind in wanted:
+                want = targets[kind]
+                if want == 0 or any(_live(k) for k in kids if k.kind == kind):
+                    continue
+                if self._refused.get((pid, kind)) == want:
+                    continue  # refused at this size already (a problem): not sent again
+                await self._place(owner, parent, kind, wanted[kind], want, kids)
+            return False
+        return False
+
+    async def _target(
+        self, parent: Order, kind: str, held: Decimal, kids: list[_Child]
+    ) -> tuple[Decimal, bool]:
+        """(what ``kind`` should cover, whether an emergency stop was cancelled for it): what
+        the bracket holds, capped by the room the journal's net position leaves beside the
+        reducing orders of that kind that are not this bracket's (never over-protected). The
+        reconciler's emergency stops (``es-...``) are cancelled to make room for a stop-loss."""
+        symbol = parent.symbol
+        side = "sell" if parent.intent.side == "buy" else "buy"
+        pos = self.om.positions().get(symbol, Decimal(0))
+        if not ((pos > 0 and side == "sell") or (pos < 0 and side == "buy")):
+            return Decimal(0), False
+        mine = {k.row.client_order_id for k in kids}
+        types = _STOP_TYPES if kind == "sl" else ("limit",)
+        others = [
+            o
+            for o in self.om.open_orders()
+            if o.symbol == symbol
+            and o.intent.side == side
+            and o.state in _LIVE
+            and o.intent.order_type in types
+            and o.client_order_id not in mine
+        ]
+        room = abs(pos) - sum((o.remaining for o in others), Decimal(0))
+        trimmed = False
+        for o in others:
+            if room >= held or kind != "sl":
+                break
+            if o.client_order_id.startswith(EMERGENCY_STOP_PREFIX):
+                # the reconciler's stand-in for missing protection: the trader's stop replaces it
+                trimmed = True
+                if await self._cancel(o.client_order_id):
+                    room += o.remaining
+        target = max(Decimal(0), min(held, room))
+        if target < held:
+            log.warning(
+                "bracket of %s: %s of the %s held is protected by its %s: the %s position "
+                "is %s beside other %s orders",
+                parent.client_order_id,
+                target,
+                held,
+                _name(kind),
+                symbol,
+                pos,
+                side,
+            )
+        return target, trimmed
+
+    def _children(self, pid: str) -> list[_Child]:
+        out = []
+        for row in self.owners.children_of(pid):
+            parsed = parse_child_id(row.client_order_id)
+            if parsed is None:
+                continue
+            out.append(_Child(row, parsed[0], parsed[1], self.om.get(row.client_order_id)))
+        return out
+
+    async def _cancel(self, cid: str) -> bool:
+        """Cancel a child; True once it is final (cancelled, or filled meanwhile)."""
+        try:
+            order = await self.om.cancel(cid)
+        except OrderRejected:  # not open any more (it filled or was cancelled): counted next
+            return True
+        return is_final(order.state)
+
+    async def _place(
+        self,
+        owner: OwnerRow,
+        parent: Order,
+        kind: str,
+        level: Decimal,
+        held: Decimal,
+        kids: list[_Child],
+    ) -> None:
+        pid = parent.client_order_id
+        side = "sell" if parent.intent.side == "buy" else "buy"
+        unsent = [k.gen for k in kids if k.kind == kind and k.order is None]
+        gen = unsent[0] if unsent else 1 + max((k.gen for k in kids if k.kind == kind), default=0)
+        cid = child_order_id(pid, kind, gen)
+        key = child_key(pid, kind, gen)
+        row = OwnerRow(
+            cid, owner.trader_id, key, hashlib.sha256(key.encode()).hexdigest(), None, None
+        )
+        # committed before the child is journaled: the generation survives any crash
+        await asyncio.to_thread(self.owners.claim, row)
+        intent = OrderIntent(
+            symbol=parent.symbol,
+            side=side,
+            quantity=held,
+            order_type="stop" if kind == "sl" else "limit",
+            stop_price=level if kind == "sl" else None,
+            limit_price=level if kind == "tp" else None,
+            time_in_force="gtc",
+            account=parent.intent.account,
+            client_order_id=cid,
+        )
+        try:
+            order = await self.om.submit(intent, protective=True)
+        except OrderRejected as exc:
+            if await asyncio.to_thread(self.om.get, cid) is None:
+                await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
+            self._refuse(pid, kind, held, f"refused before it was sent: {exc.message}")
+            return
+        if order.state in (_S.REJECTED, _S.SUBMIT_FAILED):
+            self._refuse(pid, kind, held, f"{cid} {order.state.value}: {order.reason}")
+            return
+        if order.state in _UNRESOLVED:
+            self._stalled.add(pid)
+        self._refused.pop((pid, kind), None)
+        self.problems.pop(pid, None)
+
+    def _refuse(self, pid: str, kind: str, held: Decimal, why: str) -> None:
+        msg = f"the {_name(kind)} of {pid} ({held}) is not placed: {why}"
+        log.critical(msg)
+        self._refused[(pid, kind)] = held
+        self.problems[pid] = msg
+
+
+def _levels(row: OwnerRow) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    if row.stop_loss is not None:
+        out["sl"] = Decimal(row.stop_loss)
+    if row.take_profit is not None:
+        out["tp"] = Decimal(row.take_profit)
+    return out
+
+
+def _live(k: _Child) -> bool:
+    return k.order is not None and k.order.state in _LIVE
+
+
+def _left(k: _Child) -> Decimal:
+    assert k.order is not None
+    return k.order.remaining
+
+
+def _name(kind: str) -> str:
+    return "stop-loss" if kind == "sl" else "take-profit"
