@@ -43,6 +43,7 @@ def trade(rig: Rig, n: int = 3, reason: str | None = None) -> str:
             )
             cid = o.client_order_id
         await rig.om.close()  # session end: an anchor at the head
+        rig.ddb.drain()  # applied behind (WAL_APPLY=behind): the tables read below hold it all
         return cid
 
     return run(go())
