@@ -26,6 +26,7 @@ from wal.errors import WALSchemaError
 from wal.sync.durable import DurableDatabaseManager
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LATER_INDEXES = ("ix_orders_account_created",)  # on baseline tables, by revision 0004
 
 
 def make_old_database(url: str) -> None:
@@ -34,6 +35,9 @@ def make_old_database(url: str) -> None:
     engine, _ = make_engine(url)
     try:
         metadata.create_all(engine, tables=[metadata.tables[n] for n in BASELINE])
+        with engine.begin() as c:  # indexes later revisions added were not there before them
+            for index in LATER_INDEXES:
+                c.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
         with engine.begin() as c:
             t = metadata.tables
             c.execute(
@@ -160,11 +164,11 @@ def test_an_old_database_is_refused_then_upgraded_to_equal_a_fresh_one(
 
     up = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
     assert up.exit_code == 0, up.output
-    assert re.search(r"revision none -> 0003", up.output)
+    assert re.search(rf"revision none -> {HEAD}", up.output)
     again = CliRunner().invoke(atb, ["db", "--database-url", db_url, "upgrade"])
     assert "nothing to do" in again.output
     cur = CliRunner().invoke(atb, ["db", "--database-url", db_url, "current"])
-    assert cur.exit_code == 0 and "revision 0003" in cur.output
+    assert cur.exit_code == 0 and f"revision {HEAD}" in cur.output
 
     fresh = DatabaseManager(second_url)
     fresh.get_balance()  # an empty database is created at the code's revision on first use
@@ -217,7 +221,7 @@ def test_downgrade_one_revision_and_back_but_never_below_the_baseline(db_url: st
     runner = CliRunner()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0001"])
-    assert down.exit_code == 0 and "0003 -> 0001" in down.output, down.output
+    assert down.exit_code == 0 and f"{HEAD} -> 0001" in down.output, down.output
     tables = set(describe(db_url)) - {"triggers", "functions"}
     assert "api_tokens" not in tables and "orders" in tables
     behind = runner.invoke(atb, ["db", "--database-url", db_url, "current"])
@@ -264,3 +268,24 @@ def test_every_table_of_the_code_has_its_migration(tmp_path: Path) -> None:
         "in wal/db/migrations/versions/ (down_revision: the current head) and append its id "
         "to wal.db.versioning.REVISIONS (docs/service.md, Migrations)"
     )
+
+
+def test_revision_0004_adds_the_order_listing_index_and_its_downgrade_drops_it(
+    db_url: str,
+) -> None:
+    def indexes() -> set[str]:
+        engine, _ = make_engine(db_url)
+        try:
+            with engine.connect() as c:
+                return {str(i["name"]) for i in sa.inspect(c).get_indexes("orders")}
+        finally:
+            engine.dispose()
+
+    runner = CliRunner()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    assert "ix_orders_account_created" in indexes()
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0003"])
+    assert down.exit_code == 0 and "0004 -> 0003" in down.output, down.output
+    assert "ix_orders_account_created" not in indexes()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    assert "ix_orders_account_created" in indexes()

@@ -41,4 +41,4 @@ def test_the_readme_service_commands_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"state":"filled"' in r.stdout
     assert '"idempotency_key":"order-1"' in r.stdout
-    assert "revision none -> 0003" in r.stdout
+    assert "revision none -> 0004" in r.stdout

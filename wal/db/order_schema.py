@@ -71,6 +71,8 @@ orders = sa.Table(
     sa.Column("last_seq", sa.Integer(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # a trader's orders newest first, a page at a time (``wal.service.listing``; rev. 0004)
+    sa.Index("ix_orders_account_created", "account", "created_at", "client_order_id"),
 )
 
 order_events = sa.Table(

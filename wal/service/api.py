@@ -15,9 +15,12 @@ from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisco
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wal.db.classify import is_transient
+from wal.errors import WALDatabaseError
 from wal.orders import Order, OrderState
 from wal.service.errors import ApiError, error_body
 from wal.service.events import CLOSE_OVERFLOW
+from wal.service.listing import cursor_key, list_page
 from wal.service.metrics import ServiceMetrics
 from wal.service.owners import OwnerRow
 from wal.service.runtime import ServiceRuntime, account_of
@@ -55,6 +58,13 @@ def _utc(v: datetime | None) -> datetime | None:
     if v is None:
         return None
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error of a database that cannot be reached now (not a bug, not bad SQL)."""
+    if isinstance(exc, WALDatabaseError):
+        return exc.transient
+    return is_transient(exc)
 
 
 async def _until_disconnect(ws: WebSocket) -> None:
@@ -140,11 +150,20 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """The trader's orders, newest first; ``next_cursor`` fetches the next page."""
-        mine = set(rt.owners.orders_of(who))
-        every = await asyncio.to_thread(rt.om.journal.orders)
-        orders = [o for o in every if o.client_order_id in mine]
+        after = cursor_key(cursor)  # 422 before any read
         flt = OrderFilter(state, symbol, _utc(since), _utc(until))
-        page, nxt = page_of_orders(orders, flt, limit, cursor)
+        try:
+            page, nxt = await asyncio.to_thread(
+                list_page, rt.ddb, rt.owners, who, account_of(who), flt, limit, after
+            )
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            # the database is unreachable: the journal's kept state, paged in memory
+            mine = set(rt.owners.orders_of(who))
+            every = await asyncio.to_thread(rt.om.journal.orders)
+            orders = [o for o in every if o.client_order_id in mine]
+            page, nxt = page_of_orders(orders, flt, limit, cursor)
         views = []
         for o in page:
             owner = rt.owners.get(o.client_order_id)

@@ -28,6 +28,7 @@ __all__ = [
     "OrderFilter",
     "audit_view",
     "decode_cursor",
+    "encode_cursor",
     "export_csv",
     "export_jsonl",
     "export_rows",
@@ -101,7 +102,8 @@ class OrderFilter:
         )
 
 
-def _cursor(o: Order) -> str:
+def encode_cursor(o: Order) -> str:
+    """The opaque cursor after ``o``: base64 of JSON [created_at, client id]."""
     raw = json.dumps([o.intent.created_at.isoformat(), o.client_order_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -121,7 +123,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def page_of_orders(
     orders: Iterable[Order], flt: OrderFilter, limit: int, cursor: str | None
 ) -> tuple[list[Order], str | None]:
-    """Newest first, ``limit`` at most, after ``cursor``; (page, next cursor or None)."""
+    """Newest first, ``limit`` at most, after ``cursor``; (page, next cursor or None). In
+    memory: the list's fallback while the database is unreachable (``wal.service.listing``)."""
     keep = sorted(
         (o for o in orders if flt.keeps(o)),
         key=lambda o: (o.intent.created_at, o.client_order_id),
@@ -131,7 +134,7 @@ def page_of_orders(
         at, cid = decode_cursor(cursor)
         keep = [o for o in keep if (o.intent.created_at, o.client_order_id) < (at, cid)]
     page = keep[:limit]
-    return page, (_cursor(page[-1]) if len(keep) > limit else None)
+    return page, (encode_cursor(page[-1]) if len(keep) > limit else None)
 
 
 def positions_view(
