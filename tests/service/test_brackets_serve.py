@@ -3,8 +3,10 @@ the broker (its durable state file) and in the trader's order list."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import orjson
 from helpers_log import wait_for
 from service_proc import ServiceProc, auth
 
+from wal.orders import Fault, FaultPlan
 from wal.service.brackets import child_order_id
 
 
@@ -64,3 +67,60 @@ def test_a_filled_order_with_a_bracket_has_both_children_at_the_broker(svc: Serv
     pos = httpx.get(svc.url + "/api/v1/positions", headers=auth(token), timeout=30).json()
     [p] = pos["positions"]
     assert [s["id"] for s in p["stop_orders"]] == [sl]
+
+
+def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positions(
+    tmp_path: Path,
+) -> None:
+    """The broker refuses the stop-loss (its 2nd submit): /readyz stays 200 and lists the
+    position with the reason, the gauge counts it, the trader's position shows it; once the
+    trader closes the position nothing is unprotected any more."""
+    plan = FaultPlan(reject_reason="stop orders are not allowed").on(
+        "submit_order", Fault.REJECT, nth=2
+    )
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps(plan.to_dict()))
+    svc = ServiceProc(
+        tmp_path, f"sqlite:///{tmp_path / 'atb.db'}", args=["--paper-faults", str(faults)]
+    )
+    token = svc.token("exposed")
+    svc.start()
+    try:
+        svc.wait_ready()
+        body = {"symbol": "EXPO", "side": "buy", "quantity": "3", "stop_loss": "95"}
+        headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
+        r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
+        assert r.status_code == 201 and r.json()["state"] == "filled", r.text
+        cid = r.json()["id"]
+
+        def unprotected() -> list[dict[str, Any]]:
+            ready = httpx.get(svc.url + "/readyz", timeout=30)
+            assert ready.status_code == 200, ready.text  # trading goes on
+            out: list[dict[str, Any]] = ready.json()["unprotected"]
+            return out
+
+        wait_for(lambda: len(unprotected()) == 1, "the refused stop-loss in /readyz")
+        [u] = unprotected()
+        assert u["symbol"] == "EXPO" and u["missing"] == "stop_loss" and u["quantity"] == "3"
+        assert "stop orders are not allowed" in u["reason"] and u["source"] == "bracket"
+        assert cid not in json.dumps(u)  # /readyz is public: no trader's order ids
+        metrics = httpx.get(svc.url + "/metrics", timeout=30).text
+        assert "atb_service_positions_unprotected 1.0" in metrics
+        pos = httpx.get(svc.url + "/api/v1/positions", headers=auth(token), timeout=30).json()
+        [p] = pos["positions"]
+        [mine] = p["unprotected"]
+        assert mine["order_id"] == cid and "stop orders are not allowed" in mine["reason"]
+        other = svc.token("bystander")
+        seen = httpx.get(svc.url + "/api/v1/positions", headers=auth(other), timeout=30).json()
+        assert seen["positions"] == []
+
+        # the trader sells the position: nothing is left to protect
+        sell = {"symbol": "EXPO", "side": "sell", "quantity": "3"}
+        headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
+        r = httpx.post(svc.url + "/api/v1/orders", json=sell, headers=headers, timeout=30)
+        assert r.status_code == 201 and r.json()["state"] == "filled", r.text
+        wait_for(lambda: unprotected() == [], "the closed position no longer listed")
+        metrics = httpx.get(svc.url + "/metrics", timeout=30).text
+        assert "atb_service_positions_unprotected 0.0" in metrics
+    finally:
+        assert svc.stop() == 0

@@ -223,7 +223,11 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                     fills.extend(rt.om.journal.fills(client_order_id=cid))
             return positions_view(fills, pairs)
 
-        return {"positions": await asyncio.to_thread(read)}
+        out = await asyncio.to_thread(read)
+        missing = [m for m in rt.brackets.missing() if m.trader_id == who]
+        for p in out:  # the trader's own children that could not be placed, with the reason
+            p["unprotected"] = [m.to_dict(ids=True) for m in missing if m.symbol == p["symbol"]]
+        return {"positions": out}
 
     @r.get("/api/v1/balance", tags=["account"])
     async def balance(who: Trader) -> dict[str, Any]:
@@ -266,7 +270,8 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
 
     @r.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """200 once the startup reconciliation succeeded; 503 with the reason otherwise."""
+        """200 once the startup reconciliation succeeded; 503 with the reason otherwise. The
+        body lists the ``unprotected`` positions (ready all the same: docs/service.md)."""
         status = rt.status()
         if status["reason"] is None:
             return JSONResponse(status)

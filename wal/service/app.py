@@ -52,7 +52,10 @@ def _field_of(err: dict[str, Any]) -> str | None:
 
 def create_app(rt: ServiceRuntime) -> FastAPI:
     metrics = ServiceMetrics(
-        lambda: rt.hub.clients, lambda: rt.hub.overflows, lambda: rt.readiness() is None
+        lambda: rt.hub.clients,
+        lambda: rt.hub.overflows,
+        lambda: rt.readiness() is None,
+        lambda: len(rt.unprotected()),
     )
 
     @asynccontextmanager

@@ -44,16 +44,19 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from wal.crashpoints import crash_point
+from wal.entry import utc_now
 from wal.orders import Order, OrderIntent, OrderManager, OrderRejected, OrderState
 from wal.orders.base import OrderLocks
 from wal.orders.reconcile_model import EMERGENCY_STOP_PREFIX
 from wal.orders.states import is_final
 from wal.service.owners import CHILD_KEY_PREFIX, OwnerRow, OwnerStore
 
-__all__ = ["KINDS", "Brackets", "child_key", "child_order_id", "parse_child_id"]
+__all__ = ["KINDS", "Brackets", "Missing", "child_key", "child_order_id", "parse_child_id"]
 
 log = logging.getLogger("wal.service.brackets")
 
@@ -85,6 +88,38 @@ def child_key(parent: str, kind: str, gen: int) -> str:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """A bracket child that could not be placed: the position it should protect is not (fully)
+    protected. Kept until that kind is placed, or nothing is held any more."""
+
+    order_id: str  # the parent
+    trader_id: str
+    symbol: str
+    kind: str  # "sl" or "tp"
+    quantity: Decimal  # held, not covered
+    reason: str
+    since: datetime
+
+    @property
+    def missing(self) -> str:
+        return "stop_loss" if self.kind == "sl" else "take_profit"
+
+    def to_dict(self, *, ids: bool) -> dict[str, Any]:
+        """For ``/readyz`` (``ids=False``: public, no trader's ids) or the trader's own view."""
+        out: dict[str, Any] = {
+            "source": "bracket",
+            "symbol": self.symbol,
+            "missing": self.missing,
+            "quantity": format(self.quantity.normalize(), "f"),
+            "reason": self.reason,
+            "since": self.since.isoformat(),
+        }
+        if ids:
+            out["order_id"] = self.order_id
+        return out
+
+
+@dataclass(frozen=True)
 class _Child:
     row: OwnerRow
     kind: str
@@ -103,6 +138,19 @@ class Brackets:
         self._refused: dict[tuple[str, str], Decimal] = {}  # (parent, kind) -> held when refused
         self._stalled: set[str] = set()  # waiting on an outcome nobody announces: tried again
         self.problems: dict[str, str] = {}  # parent -> why its protection is not as asked
+        self._missing: dict[tuple[str, str], Missing] = {}  # (parent, kind) -> not placed
+
+    def missing(self) -> list[Missing]:
+        """The children that could not be placed (their positions are not fully protected)."""
+        return sorted(self._missing.values(), key=lambda m: (m.since, m.order_id, m.kind))
+
+    def _placed(self, pid: str, kind: str | None = None) -> None:
+        """``kind`` of ``pid`` placed (None: every kind: nothing is held to protect)."""
+        for k in KINDS if kind is None else (kind,):
+            self._refused.pop((pid, k), None)
+            self._missing.pop((pid, k), None)
+        if not any(p == pid for p, _ in self._missing):
+            self.problems.pop(pid, None)
 
     @property
     def active(self) -> list[str]:
@@ -143,6 +191,7 @@ class Brackets:
             done = await self._converge(parent)
         if done:
             self._active.discard(parent)
+            self._placed(parent)  # finished: nothing left to protect
 
     # ------------------------------------------------------------------ the decision
 
@@ -198,10 +247,15 @@ class Brackets:
                 continue  # a cancelled child may have filled first: count again
             open_kids = [k for k in kids if k.order is not None and not is_final(k.order.state)]
             if held == 0:
+                if exited <= parent.filled_quantity:
+                    self._placed(pid)  # nothing held: nothing is unprotected
                 return is_final(parent.state) and not open_kids
             for kind in wanted:
                 want = targets[kind]
-                if want == 0 or any(_live(k) for k in kids if k.kind == kind):
+                if want == 0:
+                    self._placed(pid, kind)  # no position left for it to protect
+                    continue
+                if any(_live(k) for k in kids if k.kind == kind):
                     continue
                 if self._refused.get((pid, kind)) == want:
                     continue  # refused at this size already (a problem): not sent again
@@ -310,21 +364,30 @@ class Brackets:
         except OrderRejected as exc:
             if await asyncio.to_thread(self.om.get, cid) is None:
                 await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
-            self._refuse(pid, kind, held, f"refused before it was sent: {exc.message}")
+            self._refuse(owner, parent, kind, held, f"refused before it was sent: {exc.message}")
             return
         if order.state in (_S.REJECTED, _S.SUBMIT_FAILED):
-            self._refuse(pid, kind, held, f"{cid} {order.state.value}: {order.reason}")
+            self._refuse(owner, parent, kind, held, f"{order.state.value}: {order.reason}")
             return
         if order.state in _UNRESOLVED:
             self._stalled.add(pid)
-        self._refused.pop((pid, kind), None)
-        self.problems.pop(pid, None)
+        self._placed(pid, kind)
 
-    def _refuse(self, pid: str, kind: str, held: Decimal, why: str) -> None:
+    def _refuse(self, owner: OwnerRow, parent: Order, kind: str, held: Decimal, why: str) -> None:
+        pid = parent.client_order_id
         msg = f"the {_name(kind)} of {pid} ({held}) is not placed: {why}"
         log.critical(msg)
         self._refused[(pid, kind)] = held
         self.problems[pid] = msg
+        self._missing[(pid, kind)] = Missing(
+            pid,
+            owner.trader_id,
+            parent.symbol,
+            kind,
+            held,
+            f"the {_name(kind)} ({held}) is not placed: {why}",
+            utc_now(),
+        )
 
 
 def _levels(row: OwnerRow) -> dict[str, Decimal]:

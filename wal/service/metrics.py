@@ -10,10 +10,15 @@ __all__ = ["ServiceMetrics"]
 
 
 class ServiceMetrics:
-    """Orders placed by status code, request latency, WebSocket clients and overflows."""
+    """Orders placed by status code, request latency, WebSocket clients and overflows,
+    readiness, and the positions whose protection could not be placed."""
 
     def __init__(
-        self, clients: Callable[[], int], overflows: Callable[[], int], ready: Callable[[], bool]
+        self,
+        clients: Callable[[], int],
+        overflows: Callable[[], int],
+        ready: Callable[[], bool],
+        unprotected: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.orders = Counter(
@@ -39,3 +44,9 @@ class ServiceMetrics:
         Gauge("atb_service_ready", "1 when /readyz is 200", registry=self.registry).set_function(
             lambda: 1.0 if ready() else 0.0
         )
+        Gauge(
+            "atb_service_positions_unprotected",
+            "stop-loss / take-profit children that could not be placed, and positions the "
+            "startup reconciliation left unprotected (the list: /readyz's unprotected)",
+            registry=self.registry,
+        ).set_function(lambda: float(unprotected()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -53,6 +54,7 @@ log = logging.getLogger("wal.service")
 
 _UNSETTLED = (OrderState.PENDING, OrderState.SUBMITTING, OrderState.UNKNOWN)
 _LIVE = (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED)
+_UNPROTECTED = re.compile(r"position (\S+) (\S+) is UNPROTECTED")  # wal.orders.stops' error
 _STRIPES = 1024  # locks of the Idempotency-Keys being placed (by their client id's hash)
 
 
@@ -279,7 +281,32 @@ class ServiceRuntime:
                 "breaker": wal.get("breaker_state"),
             },
             "websocket_clients": self.hub.clients,
+            # listed, not a reason to be unready: trading (and closing) can go on (docs)
+            "unprotected": self.unprotected(),
         }
+
+    def unprotected(self) -> list[dict[str, Any]]:
+        """Positions not (fully) protected: bracket children that could not be placed
+        (until placed or nothing is held), and what the startup reconciliation reported
+        UNPROTECTED (until a restart). No trader's or order's id: ``/readyz`` is public."""
+        out = [m.to_dict(ids=False) for m in self.brackets.missing()]
+        result = self.reconciliation.get("result") or {}
+        for err in result.get("errors", ()):
+            found = _UNPROTECTED.search(str(err))
+            if found is not None and not any(
+                u["source"] == "reconciliation" and u["symbol"] == found.group(2) for u in out
+            ):
+                out.append(
+                    {
+                        "source": "reconciliation",
+                        "symbol": found.group(2),
+                        "missing": "stop",
+                        "quantity": found.group(1),
+                        "reason": f"at the startup reconciliation: {err}",
+                        "since": None,
+                    }
+                )
+        return out
 
     # ------------------------------------------------------------------ placing orders
 

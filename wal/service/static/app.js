@@ -70,6 +70,10 @@
       for (const v of [p.symbol, p.quantity, p.avg_entry_price, p.stop_loss, p.take_profit,
                        p.stop_orders.map((s) => s.side + " @ " + s.stop_price).join(", ")])
         tr.appendChild(cell(v));
+      const gaps = p.unprotected || [];
+      const prot = cell(gaps.length ? "UNPROTECTED: " + gaps.map((u) => u.reason).join("; ") : "ok");
+      prot.className = gaps.length ? "bad" : "good";
+      tr.appendChild(prot);
       pb.appendChild(tr);
     }
     const bal = await api("GET", "/api/v1/balance");
@@ -85,6 +89,10 @@
     $("reconciliation").textContent = st.reconciliation.state;
     $("log").textContent = st.log.failed ? "FAILED: " + st.log.failed :
       "ok, " + st.log.pending + " pending, breaker " + st.log.breaker;
+    const gaps = st.unprotected || [];
+    $("protection").textContent = gaps.length ? "UNPROTECTED: " +
+      gaps.map((u) => u.symbol + " " + u.missing + " (" + u.reason + ")").join("; ") : "ok";
+    $("protection").className = gaps.length ? "bad" : "good";
   }
 
   function connect() {
