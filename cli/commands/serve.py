@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -179,8 +180,22 @@ def serve(
                 click.echo(f"listening on http://{host}:{bound}")
             await task
 
-        asyncio.run(run())
+        # uvicorn stops gracefully on SIGTERM / SIGINT (no new connections, in-flight requests
+        # finished, the lifespan's stop), then raises the signal again to the handler it found:
+        # with the default one the process would die there, before the log is closed below
+        def stop_serving(signum: int, frame: object) -> None:
+            server.should_exit = True  # also a signal that came before uvicorn's handlers
+
+        previous = {
+            sig: signal.signal(sig, stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            asyncio.run(run())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
+        # the log closed (its last writes synced, its lock released), the connections closed
         ddb.stop()
         ddb.db.dispose()
 
