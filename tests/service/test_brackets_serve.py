@@ -72,7 +72,8 @@ def test_a_filled_order_with_a_bracket_has_both_children_at_the_broker(svc: Serv
 def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positions(
     tmp_path: Path,
 ) -> None:
-    """The broker refuses the stop-loss (its 2nd submit): /readyz stays 200 and lists the
+    """The broker refuses the stop-loss (its 2nd submit; the take-profit is placed): /readyz
+    stays 200 and lists the
     position with the reason, the gauge counts it, the trader's position shows it; once the
     trader closes the position nothing is unprotected any more."""
     plan = FaultPlan(reject_reason="stop orders are not allowed").on(
@@ -87,7 +88,13 @@ def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positi
     svc.start()
     try:
         svc.wait_ready()
-        body = {"symbol": "EXPO", "side": "buy", "quantity": "3", "stop_loss": "95"}
+        body = {
+            "symbol": "EXPO",
+            "side": "buy",
+            "quantity": "3",
+            "stop_loss": "95",
+            "take_profit": "105",
+        }
         headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
         r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
         assert r.status_code == 201 and r.json()["state"] == "filled", r.text
@@ -99,8 +106,15 @@ def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positi
             out: list[dict[str, Any]] = ready.json()["unprotected"]
             return out
 
+        tp = child_order_id(cid, "tp", 1)
+        wait_for(
+            lambda: any(
+                o["client_order_id"] == tp and o["status"] == "new" for o in _broker_orders(svc)
+            ),
+            "the take-profit at the broker",
+        )
         wait_for(lambda: len(unprotected()) == 1, "the refused stop-loss in /readyz")
-        [u] = unprotected()
+        [u] = unprotected()  # the placed take-profit does not hide the missing stop-loss
         assert u["symbol"] == "EXPO" and u["missing"] == "stop_loss" and u["quantity"] == "3"
         assert "stop orders are not allowed" in u["reason"] and u["source"] == "bracket"
         assert cid not in json.dumps(u)  # /readyz is public: no trader's order ids
