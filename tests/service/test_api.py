@@ -228,6 +228,7 @@ def test_positions_and_balance(svc: ServiceProc) -> None:
             "avg_entry_price": "100",
             "stop_loss": "90",
             "take_profit": "120",
+            "unprotected": [],  # both children placed
         }
     ]
     bal = get(svc, token, "/api/v1/balance").json()
