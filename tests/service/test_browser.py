@@ -4,6 +4,7 @@ the WebSocket, no reload), cancel, and see another trader's order refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from service_proc import ServiceProc, auth
+
+from wal.orders import Fault, FaultPlan
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -129,3 +132,37 @@ def test_log_in_submit_see_it_fill_live_cancel_and_be_refused(
     wait(browser, lambda d: "forbidden" in d.find_element(By.ID, "error").text)
     assert row_state(browser, bobs) is None
     assert browser.find_element(By.ID, "lookup-result").text == ""
+
+
+def test_an_unprotected_position_is_shown_on_the_page(tmp_path: Path, browser: WebDriver) -> None:
+    """The broker refuses the stop-loss of a bracketed order (its 2nd submit): the page's
+    protection status and the position's row say UNPROTECTED, with the reason."""
+    plan = FaultPlan(reject_reason="stops are closed").on("submit_order", Fault.REJECT, nth=2)
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps(plan.to_dict()))
+    svc = ServiceProc(
+        tmp_path, f"sqlite:///{tmp_path / 'atb.db'}", args=["--paper-faults", str(faults)]
+    )
+    carol = svc.token("carol")
+    svc.start()
+    try:
+        svc.wait_ready()
+        browser.get(svc.url + "/")
+        browser.execute_script("sessionStorage.clear();")
+        browser.find_element(By.ID, "token").send_keys(carol)
+        browser.find_element(By.ID, "login-btn").click()
+        wait(browser, lambda d: d.find_element(By.ID, "trader").text == "carol")
+        wait(browser, lambda d: d.find_element(By.ID, "protection").text == "ok")
+        r = httpx.post(
+            svc.url + "/api/v1/orders",
+            json={"symbol": "UNPR", "side": "buy", "quantity": "2", "stop_loss": "90"},
+            headers=auth(carol) | {"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert r.status_code == 201, r.text
+        wait(browser, lambda d: "UNPROTECTED" in d.find_element(By.ID, "protection").text)
+        status = browser.find_element(By.ID, "protection").text
+        assert "UNPR stop_loss" in status and "stops are closed" in status
+        wait(browser, lambda d: "UNPROTECTED" in d.find_element(By.ID, "positions").text)
+        assert "stops are closed" in browser.find_element(By.ID, "positions").text
+    finally:
+        svc.stop()

@@ -5,6 +5,7 @@
   let token = sessionStorage.getItem("atb-token") || "";
   let lastSeq = null; // the last event seq received: a reconnect resumes after it
   let socket = null;
+  let lastGaps = "[]"; // /readyz's unprotected list last seen (positions refreshed on a change)
   const orders = new Map();
 
   function showError(text) { $("error").textContent = text || ""; }
@@ -93,6 +94,11 @@
     $("protection").textContent = gaps.length ? "UNPROTECTED: " +
       gaps.map((u) => u.symbol + " " + u.missing + " (" + u.reason + ")").join("; ") : "ok";
     $("protection").className = gaps.length ? "bad" : "good";
+    const seen = JSON.stringify(gaps);
+    if (seen !== lastGaps) {  // a position's protection changed: its row too
+      lastGaps = seen;
+      if (token) refreshAll().catch((e) => showError(e.message));
+    }
   }
 
   function connect() {
