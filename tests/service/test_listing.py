@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from orders_helpers import make_rig
+from pg import PgServer
 from service_proc import ServiceProc, auth
 
+from wal.db.classify import is_transient
 from wal.orders import EventKind, OrderIntent, OrderState
 from wal.orders.models import OrderEvent
-from wal.service.listing import cursor_key, list_page
+from wal.service.errors import ApiError
+from wal.service.listing import cursor_key, list_orders, list_page
 from wal.service.owners import OwnerRow, OwnerStore
 from wal.service.views import OrderFilter
 
@@ -186,3 +190,60 @@ def test_orders_only_in_the_log_are_listed_exactly_once(tmp_path: Path) -> None:
         assert listed()[0] == list(reversed(applied + pending))  # applied now: the same
     finally:
         rig.close()
+
+
+@pytest.mark.postgres
+def test_while_the_database_is_unreachable_the_kept_state_is_paged(
+    tmp_path: Path, pg_url: PgServer, pg_db: str
+) -> None:
+    """PostgreSQL stopped (immediate shutdown): the list answers from the journal's kept
+    state (its last full read and every entry written since), an order journaled during the
+    outage included, each once; a bad cursor is still 422."""
+    rig = make_rig(tmp_path, url=pg_db)
+    try:
+        ddb, journal = rig.ddb, rig.om.journal
+        owners = OwnerStore(ddb.db.engine)
+        owners.load()
+        t0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+        def claim(i: int) -> OrderIntent:
+            cid = f"out-{i}"
+            owners.claim(OwnerRow(cid, "t1", f"k{i}", "h", None, None))
+            return OrderIntent(
+                symbol="AAPL",
+                side="buy",
+                quantity=Decimal(1),
+                order_type="limit",
+                limit_price=Decimal(50),
+                account="trader:t1",
+                client_order_id=cid,
+                created_at=t0 + timedelta(seconds=i),
+            )
+
+        for i in range(3):
+            journal.record_intent(claim(i))
+        ddb.drain(timeout=30)
+        journal.orders()  # the full read the service makes at start (OrderManager.start)
+        late = claim(3)  # its owner row committed before the outage
+        pg_url.stop_immediate()  # the database is unreachable from here on
+        journal.record_intent(late)  # the log only
+
+        def page(cursor: str | None) -> tuple[list[str], str | None]:
+            orders, nxt = list_orders(
+                ddb, journal.orders, owners, "t1", "trader:t1", EVERY, 2, cursor
+            )
+            return [o.client_order_id for o in orders], nxt
+
+        with pytest.raises(sa.exc.DBAPIError) as down:  # the database's own read fails
+            list_page(ddb, owners, "t1", "trader:t1", EVERY, 2, None)
+        assert is_transient(down.value)
+        first, nxt = page(None)
+        assert first == ["out-3", "out-2"] and nxt is not None
+        second, end = page(nxt)
+        assert second == ["out-1", "out-0"] and end is None
+        with pytest.raises(ApiError) as bad:
+            page("!!")
+        assert bad.value.status == 422 and bad.value.field == "cursor"
+    finally:
+        rig.close()
+        pg_url.ensure_running()

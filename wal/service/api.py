@@ -15,12 +15,11 @@ from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisco
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wal.db.classify import is_transient
-from wal.errors import WALDatabaseError
 from wal.orders import Order, OrderState
 from wal.service.errors import ApiError, error_body
 from wal.service.events import CLOSE_OVERFLOW
-from wal.service.listing import cursor_key, list_page
+from wal.service.listing import cursor_key
+from wal.service.listing import list_orders as page_of_trader
 from wal.service.metrics import ServiceMetrics
 from wal.service.owners import OwnerRow
 from wal.service.runtime import ServiceRuntime, account_of
@@ -33,7 +32,6 @@ from wal.service.views import (
     export_rows,
     fill_view,
     order_view,
-    page_of_orders,
     positions_view,
 )
 
@@ -58,13 +56,6 @@ def _utc(v: datetime | None) -> datetime | None:
     if v is None:
         return None
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-
-
-def _transient(exc: BaseException) -> bool:
-    """An error of a database that cannot be reached now (not a bug, not bad SQL)."""
-    if isinstance(exc, WALDatabaseError):
-        return exc.transient
-    return is_transient(exc)
 
 
 async def _until_disconnect(ws: WebSocket) -> None:
@@ -150,20 +141,19 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """The trader's orders, newest first; ``next_cursor`` fetches the next page."""
-        after = cursor_key(cursor)  # 422 before any read
+        cursor_key(cursor)  # 422 before any read
         flt = OrderFilter(state, symbol, _utc(since), _utc(until))
-        try:
-            page, nxt = await asyncio.to_thread(
-                list_page, rt.ddb, rt.owners, who, account_of(who), flt, limit, after
-            )
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            # the database is unreachable: the journal's kept state, paged in memory
-            mine = set(rt.owners.orders_of(who))
-            every = await asyncio.to_thread(rt.om.journal.orders)
-            orders = [o for o in every if o.client_order_id in mine]
-            page, nxt = page_of_orders(orders, flt, limit, cursor)
+        page, nxt = await asyncio.to_thread(
+            page_of_trader,
+            rt.ddb,
+            rt.om.journal.orders,
+            rt.owners,
+            who,
+            account_of(who),
+            flt,
+            limit,
+            cursor,
+        )
         views = []
         for o in page:
             owner = rt.owners.get(o.client_order_id)

@@ -21,7 +21,7 @@ falls back to the journal's kept state (``views.page_of_orders``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -29,16 +29,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from wal import DurableDatabaseManager, WALEntry
+from wal.db.classify import is_transient
 from wal.db.engine import READ_ONLY
 from wal.db.order_schema import orders
 from wal.db.service_schema import service_orders
+from wal.errors import WALDatabaseError
 from wal.orders import Order
 from wal.orders.journal_reads import ORDER_OPERATIONS, apply_entry
 from wal.service.errors import ApiError
 from wal.service.owners import OwnerStore
-from wal.service.views import OrderFilter, decode_cursor, encode_cursor
+from wal.service.views import OrderFilter, decode_cursor, encode_cursor, page_of_orders
 
-__all__ = ["cursor_key", "list_page"]
+__all__ = ["cursor_key", "list_orders", "list_page"]
 
 Key = tuple[datetime, str]
 
@@ -56,6 +58,31 @@ def cursor_key(cursor: str | None) -> Key | None:
     if at.tzinfo is None or len(cid) > 64:
         raise ApiError(422, "validation_error", "cursor is not one this API gave", field="cursor")
     return at, cid
+
+
+def list_orders(
+    ddb: DurableDatabaseManager,
+    kept_orders: Callable[[], list[Order]],
+    owners: OwnerStore,
+    trader: str,
+    account: str,
+    flt: OrderFilter,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Order], str | None]:
+    """``list_page``; while the database cannot be reached, the same page from
+    ``kept_orders()`` (``OrderJournal.orders``: the state kept from its last fresh read and
+    every entry written since), paged in memory."""
+    after = cursor_key(cursor)
+    try:
+        return list_page(ddb, owners, trader, account, flt, limit, after)
+    except Exception as exc:
+        transient = exc.transient if isinstance(exc, WALDatabaseError) else is_transient(exc)
+        if not transient:
+            raise
+    mine = set(owners.orders_of(trader))
+    orders = [o for o in kept_orders() if o.client_order_id in mine]
+    return page_of_orders(orders, flt, limit, cursor)
 
 
 def list_page(
