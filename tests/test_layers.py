@@ -23,6 +23,7 @@ LAYER_OF = {
     "wal.codec": "foundation",
     "wal.entry": "foundation",
     "wal.crashpoints": "foundation",
+    "wal.binding": "foundation",
     "wal.log": "log",
     "wal.db": "db",
     "wal.config": "config",

@@ -111,6 +111,10 @@ class CutProxy:
 
     def close(self) -> None:
         """Stop listening and cut every connection."""
+        with contextlib.suppress(OSError):
+            # a close alone leaves the accept() blocked in the other thread accepting: the
+            # shutdown wakes it (EINVAL on Linux), so no connection gets through after close
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             conns, self._conns = self._conns, []

@@ -9,13 +9,16 @@ token in the database (what ``atb serve token create`` does).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import httpx
 import orjson
@@ -32,6 +35,13 @@ FAST_ENV = {
     "WAL_SYNC_INTERVAL": "0.2",
     "PYTHONFAULTHANDLER": "1",  # a hung stop is SIGABRTed: its threads' stacks in stderr
 }
+
+
+def _drain(stream: IO[str]) -> None:
+    """Read a child's pipe to its end, then close it."""
+    with contextlib.suppress(OSError, ValueError), stream:
+        while stream.read(65536):
+            pass
 
 
 class ServiceProc:
@@ -51,6 +61,8 @@ class ServiceProc:
         self.args = list(args)
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.starts = 0
+        self.stderr_path: Path | None = None
 
     def start(self, *, extra_env: Mapping[str, str] | None = None) -> str:
         env = {**os.environ, **FAST_ENV, **self.env, **(extra_env or {})}
@@ -71,15 +83,23 @@ class ServiceProc:
             str(self.paper_state),
             *self.args,
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
+        # stderr to a file, never a pipe nobody reads: a full pipe blocks the service's logging
+        self.stderr_path = self.tmp / f"serve-{self.starts}.stderr"
+        self.starts += 1
+        with open(self.stderr_path, "w") as err_file:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env, cwd=ROOT
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc.stdout.close()
             self.proc.wait(10)
-            raise RuntimeError(f"atb serve did not start ({self.proc.returncode}): {line}{err}")
+            raise RuntimeError(
+                f"atb serve did not start ({self.proc.returncode}): {line}{self.stderr()}"
+            )
+        # the rest of stdout drained in the background, for the same reason
+        threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True).start()
         self.url = line.split()[-1]
         return self.url
 
@@ -100,9 +120,10 @@ class ServiceProc:
         raise AssertionError(f"never ready: {last}")
 
     def stderr(self) -> str:
-        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
+        """What the service wrote to stderr so far (its log, a traceback)."""
+        if self.stderr_path is None or not self.stderr_path.exists():
             return ""
-        return self.proc.stderr.read()
+        return self.stderr_path.read_text(errors="replace")
 
     def kill(self) -> int:
         assert self.proc is not None
@@ -115,17 +136,12 @@ class ServiceProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGABRT)
-                self.proc.wait(30)
-                tail = self.proc.stderr.read()[-8000:] if self.proc.stderr else ""
-                raise AssertionError(f"atb serve did not stop on SIGTERM:\n{tail}") from None
-        finally:
-            for f in (self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    f.close()
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(30)
+            tail = self.stderr()[-8000:]
+            raise AssertionError(f"atb serve did not stop on SIGTERM:\n{tail}") from None
 
     def token(self, trader: str) -> str:
         db = DatabaseManager(self.db_url)

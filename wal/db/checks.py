@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from wal.binding import KeywordShape
 from wal.db.operations import INSERT_ONLY, OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS, fill_cash
 from wal.db.schema import (
@@ -231,18 +232,19 @@ CHECKS: Final[dict[str, Callable[[Mapping[str, Any]], None]]] = {
 """Operation name -> its check (every critical operation has one: a test keeps it so)."""
 
 _EFFECTS: Final[dict[str, Callable[..., Any]]] = {**OPERATIONS, **ORDER_OPERATIONS}
-_SIGNATURES: Final = {op: inspect.signature(fn) for op, fn in _EFFECTS.items()}
+# (conn, **kwargs): the effect's own connection is not the call's
+_SHAPES: Final = {op: KeywordShape(inspect.signature(fn), skip=1) for op, fn in _EFFECTS.items()}
 
 
 def check_call(op: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse a critical call whose arguments its columns would not take: one
     ``WALArgumentError`` naming the operation and the argument. Nothing is touched."""
     check = CHECKS.get(op)
-    signature = _SIGNATURES.get(op)
-    if check is None or signature is None:
+    shape = _SHAPES.get(op)
+    if check is None or shape is None:
         raise WALArgumentError(op, "operation", f"{op!r} is not a critical operation")
     try:
-        signature.bind(None, **kwargs)  # (conn, **kwargs): unknown or missing arguments
+        shape.bind_keywords(kwargs)  # unknown or missing arguments
     except TypeError as exc:
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     try:
@@ -267,9 +269,10 @@ def check_call_positional(
 ) -> dict[str, Any]:
     """A call given with positional arguments, as keyword arguments (bound to its effect's
     parameters; refused with ``WALArgumentError`` when they do not bind)."""
-    signature = _SIGNATURES.get(op)
-    if signature is None:
+    shape = _SHAPES.get(op)
+    if shape is None:
         raise WALArgumentError(op, "operation", f"{op!r} is not a critical operation")
+    signature = shape.signature
     try:
         bound = signature.bind(None, *args, **kwargs)
     except TypeError as exc:

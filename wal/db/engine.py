@@ -221,7 +221,9 @@ def make_engine(
     timeouts = timeouts if timeouts is not None else Timeouts()
     engine_url = _engine_url(given)
     dialect = engine_url.get_backend_name()
-    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    # a server's connection can go stale (restart, network): pinged at each checkout; a
+    # SQLite file cannot, and the ping's SELECT 1 would cost every read and every batch
+    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": dialect != "sqlite"}
     if dialect == "sqlite":
         path = _sqlite_file(engine_url)
         if path is not None:

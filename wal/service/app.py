@@ -3,7 +3,9 @@
 The lifespan starts the runtime (recovery and reconciliation run in the background) and
 stops it. Every error is answered in the one shape of :mod:`wal.service.errors`: the
 service's own (``ApiError``), bad input (422 naming the field: a body field, a query
-parameter or a header), unknown routes and methods, and anything unexpected (500, logged).
+parameter or a header), unknown routes and methods, the database unreachable (503
+``database_unavailable`` with ``Retry-After``: an outage the trader can wait out, not a bug),
+and anything unexpected (500, logged).
 The status page (``static/index.html``, plain JavaScript) is served at ``/``; the OpenAPI
 page at ``/docs``.
 """
@@ -20,8 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wal.db.classify import describe_error, is_transient
+from wal.errors import WALDatabaseError
 from wal.service.api import make_router
 from wal.service.errors import ApiError, error_body
 from wal.service.metrics import ServiceMetrics
@@ -48,6 +53,15 @@ def _field_of(err: dict[str, Any]) -> str | None:
         loc = loc[1:]
     # a union member's name (decimal, str, ...) is not a field: keep the field's own name
     return loc[0] if loc else None
+
+
+DATABASE_RETRY_AFTER_S = 2  # a reconnect's backoff: the database is retried on every request
+
+
+def database_down(exc: BaseException) -> bool:
+    """The database (not the log, not the broker) is unreachable: connection refused or cut,
+    server shut down, locked; ``wal.db.classify.is_transient`` decides, for database errors."""
+    return isinstance(exc, SQLAlchemyError | WALDatabaseError) and is_transient(exc)
 
 
 def create_app(rt: ServiceRuntime) -> FastAPI:
@@ -104,6 +118,23 @@ def create_app(rt: ServiceRuntime) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if database_down(exc):
+            # the outage's detail (host, port) is the operator's, in the service's log
+            log.warning(
+                "%s %s: the database is unreachable: %s",
+                request.method,
+                request.url.path,
+                describe_error(exc),
+            )
+            return JSONResponse(
+                error_body(
+                    "database_unavailable",
+                    "the service's database cannot be reached; retry later (an order retried "
+                    "with the same Idempotency-Key is never placed twice)",
+                ),
+                status_code=503,
+                headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+            )
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse(
             error_body("internal_error", f"{type(exc).__name__}: the service logged it"),

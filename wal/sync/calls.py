@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from wal.binding import KeywordShape
 from wal.config import WALConfig, mask_url
 from wal.db.checks import argument_named
 from wal.db.engine import DEFAULT_URL
@@ -68,10 +69,11 @@ class _Shape:
     """A method's signature, computed once per (class, function): binding a call is the
     only per-call work."""
 
-    __slots__ = ("accepted", "signature", "var_keyword")
+    __slots__ = ("accepted", "keywords", "signature", "var_keyword")
 
     def __init__(self, method: Callable[..., Any]) -> None:
         self.signature = inspect.signature(method)
+        self.keywords = KeywordShape(self.signature)  # a keyword call bound without bind()
         self.accepted = self.signature.parameters
         self.var_keyword = next(
             (n for n, p in self.accepted.items() if p.kind is inspect.Parameter.VAR_KEYWORD),
@@ -101,10 +103,12 @@ def prepare_call(
     arguments that get logged (and passed to ``method`` when the log is off)."""
     shape = _shape(method)
     try:
-        bound = shape.signature.bind(*args, **kwargs)
+        if args:
+            params = dict(shape.signature.bind(*args, **kwargs).arguments)
+        else:
+            params = shape.keywords.bind_keywords(kwargs)
     except TypeError as exc:  # an unknown or missing argument: refused before logging
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
-    params = dict(bound.arguments)
     if shape.var_keyword is not None and shape.var_keyword in params:
         params.update(params.pop(shape.var_keyword))
     accepted = shape.accepted
@@ -124,7 +128,7 @@ def check_call(db: Any, op: str, kwargs: dict[str, Any]) -> None:
     if op not in CRITICAL_OPERATIONS:
         raise ValueError(f"{op!r} is not a critical operation")
     try:
-        _shape(getattr(db, op)).signature.bind(**kwargs)  # refused before logging
+        _shape(getattr(db, op)).keywords.bind_keywords(kwargs)  # refused before logging
     except TypeError as exc:
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
     reject_floats(op, kwargs)
