@@ -7,8 +7,10 @@ says what the operator can do.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 import orjson
+import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from wal.config import WALConfig
@@ -326,3 +329,30 @@ def aware(dt: datetime) -> datetime:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def serve_until_stopped(server: uvicorn.Server, sock: socket.socket, url: str) -> None:
+    """Run ``server`` on ``sock``, print ``listening on URL`` once it accepts, and return
+    (never die) on SIGTERM or SIGINT, so the caller's cleanup runs and the exit code is 0.
+
+    uvicorn stops gracefully on those signals (no new connections, in-flight requests
+    finished, the lifespan's stop), then raises the signal again to the handler it found:
+    with the default one the process would die there, before the caller's cleanup."""
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            click.echo(f"listening on {url}")
+        await task
+
+    def stop_serving(signum: int, frame: object) -> None:
+        server.should_exit = True  # also a signal that came before uvicorn's handlers
+
+    previous = {sig: signal.signal(sig, stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        asyncio.run(run())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

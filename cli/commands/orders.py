@@ -348,9 +348,7 @@ def _journal_positions(orders_: list[Order]) -> dict[str, Decimal]:
     return {s: q for s, q in positions.items() if q != 0}
 
 
-def _stops(
-    orders_: list[tuple[str, str, str, Decimal, str]], symbol: str, side: str
-) -> Decimal:
+def _stops(orders_: list[tuple[str, str, str, Decimal, str]], symbol: str, side: str) -> Decimal:
     """The quantity of live stop orders (symbol, side, type, remaining, id) on ``side``."""
     return sum(
         (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import click
 import orjson
 import uvicorn
 
-from cli._common import AtbError, listen_socket
+from cli._common import AtbError, listen_socket, serve_until_stopped
 from wal.orders.broker import ClientIdRules, DedupScope
 from wal.orders.faults import FaultPlan
 from wal.orders.paper import PaperBroker
@@ -138,11 +137,4 @@ def serve(
     config = uvicorn.Config(create_app(broker, Clock(tick)), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
 
-    async def run() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        click.echo(f"listening on http://{host}:{bound}", err=False)
-        await task
-
-    asyncio.run(run())
+    serve_until_stopped(server, sock, f"http://{host}:{bound}")  # exit 0 on SIGTERM

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import signal
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -13,7 +11,14 @@ import click
 import orjson
 import uvicorn
 
-from cli._common import AtbError, WalContext, get_config, listen_socket, wal_errors
+from cli._common import (
+    AtbError,
+    WalContext,
+    get_config,
+    listen_socket,
+    serve_until_stopped,
+    wal_errors,
+)
 from wal import DurableDatabaseManager
 from wal.db import DatabaseManager
 from wal.db.versioning import ensure_schema
@@ -172,28 +177,7 @@ def serve(
             )
         )
 
-        async def run() -> None:
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started and not task.done():
-                await asyncio.sleep(0.01)
-            if server.started:
-                click.echo(f"listening on http://{host}:{bound}")
-            await task
-
-        # uvicorn stops gracefully on SIGTERM / SIGINT (no new connections, in-flight requests
-        # finished, the lifespan's stop), then raises the signal again to the handler it found:
-        # with the default one the process would die there, before the log is closed below
-        def stop_serving(signum: int, frame: object) -> None:
-            server.should_exit = True  # also a signal that came before uvicorn's handlers
-
-        previous = {
-            sig: signal.signal(sig, stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            asyncio.run(run())
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        serve_until_stopped(server, sock, f"http://{host}:{bound}")
     finally:
         # the log closed (its last writes synced, its lock released), the connections closed
         ddb.stop()

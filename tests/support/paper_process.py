@@ -86,6 +86,10 @@ class PaperProcess:
         return result
 
     def close(self) -> None:
+        """SIGTERM, as an operator stops it: a graceful stop, exit code 0."""
         self.http.close()
         self.proc.terminate()
-        self.proc.wait(10)
+        rc = self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        assert rc == 0, f"atb paper-broker serve exited {rc} on SIGTERM (expected 0)"
