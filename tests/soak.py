@@ -40,6 +40,7 @@ TESTS = (  # the quicker first: a short soak still runs each file
     "tests/sync/test_money_model.py",
     "tests/sync/test_overlay_interleavings.py",  # every interleaving of reads and batches
     "tests/sync/test_bad_input.py",  # hostile arguments never become durable
+    "tests/test_binding.py",  # a critical call's arguments bound exactly as Signature.bind
 )
 
 
