@@ -62,6 +62,13 @@ def write_at_end(path: Path, data: bytes) -> int:
     return end
 
 
+def as_preallocated(path: Path, size: int = 1 << 16) -> None:
+    """Lay a (last) segment file out as a preallocated one: its bytes, then zeros up to
+    ``size`` (byte for byte what a segment prepared with ``preallocate="zero"`` holds)."""
+    with open(path, "ab") as f:
+        f.write(bytes(max(0, size - path.stat().st_size)))
+
+
 def cut_at(path: Path, offset: int) -> None:
     """Lose a segment's bytes from ``offset`` to its logical end: in a preallocated segment
     they read back as zeros (the file keeps its size, as after a lost write into its space);
