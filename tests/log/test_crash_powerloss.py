@@ -381,14 +381,24 @@ ROTATION_OFF = Workload(
 )
 COMPACTION = Workload("compaction", _compaction, {"max_segment_bytes": 4096}, compacts=True)
 RECOVERY = Workload("recovery", _recover_torn, prepare=_torn_start)
+# segments that grow (preallocate="off"): there the rotation's seal is the only fsync that
+# covers the last records of the sealed segment (a sealed preallocated segment is also cut
+# back by a truncate, which syncs it too)
 LAZY_ROTATION = Workload(
-    "rotation-after-lazy-marks", _rotation_after_lazy_marks, {"max_segment_bytes": 4096}
+    "rotation-after-lazy-marks",
+    _rotation_after_lazy_marks,
+    {"max_segment_bytes": 4096, "preallocate": "off"},
 )
 # the background fsync thread never fires in the workload (60 s): every run does the same ops
 INTERVAL_ROTATION = Workload(
     "rotation-in-interval-mode",
     _rotation_in_interval_mode,
-    {"max_segment_bytes": 4096, "fsync": "interval", "fsync_interval_ms": 60_000},
+    {
+        "max_segment_bytes": 4096,
+        "fsync": "interval",
+        "fsync_interval_ms": 60_000,
+        "preallocate": "off",
+    },
 )
 FRONT_COMPACTION = Workload(
     "compaction-of-a-front-segment",

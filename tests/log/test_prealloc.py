@@ -224,3 +224,18 @@ def test_a_real_small_tmpfs_preallocates_or_falls_back(how: str, tmp_path: Path)
             assert [str(e.entry_id) for e in log.iter_entries()] == ids2
         with WALStorage(d, recovery="strict") as log:
             assert [str(e.entry_id) for e in log.iter_entries()] == ids
+
+
+def test_a_closed_log_leaves_no_prepared_segment_behind(tmp_path: Path) -> None:
+    """A prepared next segment nobody took is removed at close (no file of zeros left in the
+    directory, nor in a backup of it); an open removes one a crash left."""
+    d = tmp_path / "wal"
+    fs = CrashFS(d)  # the preparation is inline here: ready once the segment is half full
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
+        ids = fill(log, 12)
+        assert log._prealloc.ready and (d / PREPARED_NAME).exists()
+    assert not (d / PREPARED_NAME).exists()
+    assert ("unlink", str(d / PREPARED_NAME)) in fs.ops
+    with WALStorage(d, recovery="strict") as log:
+        assert log.recovery_report.removed_tmp_files == 0
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids

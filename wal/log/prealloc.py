@@ -96,6 +96,16 @@ class Preallocator:
         if self.thread is not None:
             self.thread.join()
 
+    def discard(self) -> None:
+        """Remove a prepared segment nobody took (the log is closing, ``close`` was called):
+        a closed log leaves no ``max_segment_bytes`` file of zeros behind. Not owed, so no
+        directory fsync: if a crash brings the name back, the next open removes it."""
+        with self.lock:
+            ready, self.ready = self.ready, False
+        if ready:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.unlink(str(self.directory / PREPARED_NAME))
+
     def prepare(self) -> None:
         """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
 

@@ -510,6 +510,8 @@ class WALStorage(AsyncAppender):
                 self._wait()
             self._closed = True
             self._close_fds()
+        if not self.readonly:
+            self._prealloc.discard()  # under the lock still: the directory is ours
         if self._lock is not None:
             self._lock.release()
             self._lock = None
