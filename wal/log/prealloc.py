@@ -103,7 +103,8 @@ class Preallocator:
         with self.lock:
             ready, self.ready = self.ready, False
         if ready:
-            with contextlib.suppress(FileNotFoundError):
+            # nothing owed: a failure (EIO, a lost device) leaves it for the next open
+            with contextlib.suppress(OSError):
                 self._fs.unlink(str(self.directory / PREPARED_NAME))
 
     def prepare(self) -> None:
