@@ -13,7 +13,7 @@ retention_hours                 ``WAL_RETENTION_HOURS``          ``168`` (one we
 fsync                           ``WAL_FSYNC``                    ``always``
 fsync_interval_ms               ``WAL_FSYNC_INTERVAL_MS``        ``10``
 max_segment_bytes               ``WAL_MAX_SEGMENT_BYTES``        64 MiB
-preallocate                     ``WAL_PREALLOCATE``              ``off``
+preallocate                     ``WAL_PREALLOCATE``              ``zero``
 max_entry_bytes                 ``WAL_MAX_ENTRY_BYTES``          4 MiB
 pending_alert_threshold         ``WAL_PENDING_ALERT_THRESHOLD``  ``1000``
 pending_alert_age_seconds       ``WAL_PENDING_ALERT_AGE``        ``300``
@@ -110,7 +110,7 @@ class WALConfig:
     # How a segment gets its space before appends (so an fsync need not commit a new size):
     # "zero" writes zeros ahead (fastest fsync measured here), "fallocate" reserves blocks,
     # "off" lets segments grow. A background thread prepares the next segment.
-    preallocate: PreallocateMode = "off"
+    preallocate: PreallocateMode = "zero"
     # The largest record one entry may make; a bigger one is refused at append (nothing
     # written), and reading a log never has to hold more than this per record.
     max_entry_bytes: int = 4 * 1024 * 1024

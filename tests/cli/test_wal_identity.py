@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers_log import as_preallocated, write_at_end
 
 from cli.main import atb
 from wal import WALEntry, WALStorage
@@ -101,8 +102,8 @@ def test_a_dry_run_replay_against_another_database_changes_nothing_anywhere(
     assert target is not None
     # a torn tail too: a dry run must not cut it either (a read-only open)
     last = list_segments(d)[-1][1]
-    with open(last, "ab") as f:
-        f.write(b'0123456789abcdef {"t":"entry","lsn":')
+    as_preallocated(last)  # as preallocate="zero" leaves it; the torn record in its zero rest
+    write_at_end(last, b'0123456789abcdef {"t":"entry","lsn":')
     before = files(d)
     b_before = db_state(tmp_path / "b.db")
     args = ["wal", "--dir", str(d), "--database-url", url_b, "replay", "--since", "1"]

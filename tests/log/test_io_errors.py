@@ -24,7 +24,7 @@ from helpers_log import content, wait_for
 
 from wal import WALEntry, WALEntryStatus, WALStorage, WALWriteError
 from wal.errors import WALCompactionError
-from wal.log.segment import TMP_SUFFIX
+from wal.log.segment import PREPARED_NAME, TMP_SUFFIX
 
 
 def entry(n: int, pad: int = 0) -> WALEntry:
@@ -173,30 +173,49 @@ def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "rule",
+    ("rule", "prealloc", "n_acked"),
     [
-        # the next segment cannot be created
-        FaultRule("open", nth=2, errno=errno.ENOSPC, path_contains=SEG),
-        FaultRule("write", nth=1, errno=errno.ENOSPC, path_contains="0000004.wal"),
-        FaultRule("fdatasync", nth=1, errno=errno.EIO, path_contains="0000004.wal"),
-        FaultRule("fsync_dir", nth=3, errno=errno.EIO),  # 1: the first segment's, 2: manifest
+        # the next segment (one that grows) cannot be created: 3 entries fill the first
+        (FaultRule("open", nth=2, errno=errno.ENOSPC, path_contains=SEG), "off", 3),
+        (FaultRule("write", nth=1, errno=errno.ENOSPC, path_contains="0000004.wal"), "off", 3),
+        (FaultRule("fdatasync", nth=1, errno=errno.EIO, path_contains="0000004.wal"), "off", 3),
+        (
+            FaultRule("fsync_dir", nth=3, errno=errno.EIO),
+            "off",
+            3,
+        ),  # 1: first segment's, 2: manifest
+        # the prepared segment cannot be put in place (2 entries: the first segment's switch
+        # point); its write 1 and fdatasync 1 were the zeros, 2 the header
+        (FaultRule("write", nth=2, errno=errno.ENOSPC, path_contains=PREPARED_NAME), "zero", 2),
+        (FaultRule("fdatasync", nth=2, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 2),
+        (FaultRule("rename", nth=1, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 2),
+        (FaultRule("fsync_dir", nth=3, errno=errno.EIO), "zero", 2),
     ],
-    ids=["open", "header-write", "header-fdatasync", "fsync_dir"],
+    ids=[
+        "open",
+        "header-write",
+        "header-fdatasync",
+        "fsync_dir",
+        "prepared-header-write",
+        "prepared-header-fdatasync",
+        "prepared-rename",
+        "prepared-fsync_dir",
+    ],
 )
 def test_a_failed_rotation_stops_the_log_and_loses_nothing_acknowledged(
-    rule: FaultRule, tmp_path: Path
+    rule: FaultRule, prealloc: str, n_acked: int, tmp_path: Path
 ) -> None:
     d = tmp_path / "log"
     fs = CrashFS(d, rules=[rule])
     attempted = [entry(i, pad=900) for i in range(6)]
     acked = []
-    with WALStorage(d, fs=fs, max_segment_bytes=4096) as log:
+    with WALStorage(d, fs=fs, max_segment_bytes=4096, preallocate=prealloc) as log:  # type: ignore[arg-type]
         for e in attempted:
             try:
                 acked.append(log.append(e))
             except WALWriteError:
                 break
-        assert rule.fired == 1 and len(acked) == 3, (rule, len(acked))
+        assert rule.fired == 1 and len(acked) == n_acked, (rule, len(acked))
         with pytest.raises(WALWriteError):
             log.append(entry(99))
     assert_recovers(d, acked, attempted, max_segment_bytes=4096)

@@ -85,26 +85,64 @@ def test_compaction_sees_sealed_segments_without_zeros(tmp_path: Path) -> None:
         assert [str(e.entry_id) for e in log.iter_entries()][:10] == ids[20:]
 
 
-def test_the_next_segment_is_prepared_by_a_thread_and_rotation_does_not_wait(
+def layout(d: Path) -> list[tuple[str, int]]:
+    """Each segment's name and data bytes: where every record went."""
+    return [(p.name, len(p.read_bytes().rstrip(b"\0"))) for p in segs(d)]
+
+
+def test_the_next_segment_is_prepared_by_a_thread_and_rotation_is_deterministic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The background step held inside its fdatasync: appends and rotations go on (into
-    segments that grow), then the prepared segment is taken at the next flush."""
+    """The background step held inside its fdatasync: appends go on meanwhile; a rotation
+    waits for it. Where every record goes is the same as with the preparation done inline
+    (and as with it finished long before): it never depends on the thread."""
     monkeypatch.setattr(WALStorage, "prepare_in_background", True)
     d = tmp_path / "wal"
     fs = CrashFS(d)
     gate = fs.add_gate(Gate("fdatasync", path_contains=PREPARED_NAME, timeout=30))
     with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
-        ids = fill(log, 8)
+        ids = fill(log, 3)  # ~2.5 KB: past half of the switch point (4 KB), not past it
         assert gate.reached.wait(30), "the next segment was never prepared"
-        ids += fill(log, 30, 100)  # several rotations while the preparation is held
-        assert len(segs(d)) >= 3 and not log._seg_prealloc
-        gate.release.set()
-        assert log._prealloc.thread is not None
-        log._prealloc.thread.join()
-        ids += fill(log, 1, 200)  # takes the prepared segment
+        ids += fill(log, 1, 100)  # appends go on while the preparation is held
+        assert len(segs(d)) == 1 and not log._seg_prealloc
+        gate.release.set()  # the next append rotates: it would wait for the thread
+        ids += fill(log, 40, 200)
         assert log._seg_prealloc and segs(d)[-1].stat().st_size == SEG
-        ids += fill(log, 20, 300)
+    threaded = layout(d)
+    with WALStorage(d, recovery="strict") as log:
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
+    # the same appends with the preparation inline: the same segments, the same records
+    monkeypatch.setattr(WALStorage, "prepare_in_background", False)
+    d2 = tmp_path / "inline"
+    with WALStorage(d2, max_segment_bytes=SEG, preallocate="zero") as log:
+        fill(log, 3)
+        fill(log, 1, 100)
+        fill(log, 40, 200)
+    assert layout(d2) == threaded and len(threaded) >= 4
+
+
+def test_a_rotation_prepares_the_next_segment_inline_when_none_was_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation before any preparation was asked for (a compaction seals a segment far from
+    full): the rotation prepares the next segment itself, synchronously (zeros, fdatasync),
+    then writes and syncs its header, renames it, syncs the directory."""
+    monkeypatch.setattr(WALStorage, "prepare_in_background", True)
+    d = tmp_path / "wal"
+    fs = CrashFS(d)
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
+        ids = fill(log, 1)
+        assert log._prealloc.thread is None  # nothing asked for yet
+        before = len(fs.ops)
+        log.compact()  # seals the active segment: the rotation needs the next one now
+        assert log._seg_prealloc and len(segs(d)) == 2 and log._prealloc.thread is None
+        ids += fill(log, 2, 100)
+    ops = [(op, Path(p).name) for op, p in fs.ops[before:]]
+    prep = [op for op, name in ops if name == PREPARED_NAME]
+    # prepared inline (zeros synced), then the header synced before the rename
+    assert prep[:7] == ["open", "write", "fdatasync", "open", "write", "fdatasync", "rename"]
+    assert ("fsync_dir", d.name) in ops[ops.index(("rename", PREPARED_NAME)) :]
+    assert segs(d)[-1].stat().st_size == SEG
     with WALStorage(d, recovery="strict") as log:
         assert [str(e.entry_id) for e in log.iter_entries()] == ids
 
@@ -186,3 +224,18 @@ def test_a_real_small_tmpfs_preallocates_or_falls_back(how: str, tmp_path: Path)
             assert [str(e.entry_id) for e in log.iter_entries()] == ids2
         with WALStorage(d, recovery="strict") as log:
             assert [str(e.entry_id) for e in log.iter_entries()] == ids
+
+
+def test_a_closed_log_leaves_no_prepared_segment_behind(tmp_path: Path) -> None:
+    """A prepared next segment nobody took is removed at close (no file of zeros left in the
+    directory, nor in a backup of it); an open removes one a crash left."""
+    d = tmp_path / "wal"
+    fs = CrashFS(d)  # the preparation is inline here: ready once the segment is half full
+    with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
+        ids = fill(log, 12)
+        assert log._prealloc.ready and (d / PREPARED_NAME).exists()
+    assert not (d / PREPARED_NAME).exists()
+    assert ("unlink", str(d / PREPARED_NAME)) in fs.ops
+    with WALStorage(d, recovery="strict") as log:
+        assert log.recovery_report.removed_tmp_files == 0
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids

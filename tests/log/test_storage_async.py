@@ -9,6 +9,7 @@ an async workload (``CrashFS``): whatever was acknowledged survives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import threading
 from pathlib import Path
@@ -262,7 +263,9 @@ def test_power_loss_at_every_operation_of_an_async_workload(tmp_path: Path) -> N
         except (SimulatedCrash, WALWriteError):
             pass
         finally:
-            log.close()
+            # the crash may be the close's own removal of an unused prepared segment
+            with contextlib.suppress(SimulatedCrash):
+                log.close()
         assert fs.crashed
         for tail in ("drop", "keep", "zero", "prefix"):
             img = write_image(tmp_path / f"img{k}-{tail}", fs.image_files(tail))  # type: ignore[arg-type]

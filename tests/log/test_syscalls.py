@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_log import flip_bit, lines_of, make_entry
+from helpers_log import flip_bit, lines_of, make_entry, write_at_end
 
 from wal import WALEntryStatus, WALStorage
 from wal.db.engine import make_engine
 from wal.log.repair import repair_log
-from wal.log.segment import list_segments
+from wal.log.segment import PREPARED_NAME, list_segments
 
 Call = tuple[str, str]  # (system call, path)
 
@@ -97,8 +97,9 @@ def test_the_log_makes_the_real_system_calls(trace: Trace, tmp_path: Path) -> No
     dir_ = ("fsync", str(d))
 
     # a new log: its directory's name is synced in the parent, the first segment's header
-    # is synced, then its name in the directory
-    log = WALStorage(d, max_segment_bytes=4096)
+    # is synced, then its name in the directory (segments that grow: preallocate="off"; the
+    # preallocated rotation is the next test)
+    log = WALStorage(d, max_segment_bytes=4096, preallocate="off")
     try:
         in_order(trace.take(), ("fsync", str(d.parent)), ("fdatasync", seg[0]), dir_)
 
@@ -143,6 +144,48 @@ def test_the_log_makes_the_real_system_calls(trace: Trace, tmp_path: Path) -> No
         ("fsync", seg[2]),
     )
     assert last.stat().st_size < size
+
+
+def test_a_preallocated_rotation_makes_the_real_system_calls(trace: Trace, tmp_path: Path) -> None:
+    """The prepared segment: zeros fdatasynced under a temporary name; at the rotation the old
+    segment is sealed and cut back to its last record, the header is synced, the file renamed
+    into place, the directory synced. Then a torn tail in its zero rest is cut like any other."""
+    d = tmp_path / "wal"
+    prep = str(d / PREPARED_NAME)
+    dir_ = ("fsync", str(d))
+    with WALStorage(d, max_segment_bytes=4096, preallocate="zero") as log:
+        trace.take()
+        log.append(make_entry(0, blob=900))  # past half of the switch point: prepared
+        log.append(make_entry(1, blob=900))
+        log.append(make_entry(2, blob=900))  # the switch point: rotates into the prepared one
+        old, new = (str(p) for _, p in list_segments(d))
+        calls = trace.take()
+        # the zeros (by the thread, whenever it ran), then the header: both before the rename
+        assert calls.count(("fdatasync", prep)) == 2
+        in_order(calls, ("fdatasync", prep), ("fdatasync", prep), ("rename", prep), dir_)
+        # the seal, then the header, before the name
+        in_order(calls, ("fdatasync", old), ("fdatasync", prep), ("rename", prep), dir_)
+        for i in range(3, 6):
+            log.append(make_entry(i, blob=900))
+        calls = trace.take()
+        assert len(list_segments(d)) == 3  # the preallocated segment was sealed
+        last = str(list_segments(d)[-1][1])
+        in_order(
+            calls,
+            ("fdatasync", new),  # the seal
+            ("fsync", new),  # the cut back to its last record (truncate syncs)
+            ("fdatasync", prep),  # the next one's header, before the name
+            ("rename", prep),
+            dir_,
+        )
+    new = last
+    last = Path(new)
+    assert last.stat().st_size == 4096
+    write_at_end(last, b'{"t":"entry","lsn":7,"torn')  # a torn write into the zero rest
+    trace.take()
+    with WALStorage(d) as log:
+        assert log.recovery_report.truncated_bytes > 0
+    in_order(trace.take(), ("fdatasync", new + ".broken"), dir_, ("ftruncate", new), ("fsync", new))
 
 
 def test_repair_makes_the_real_system_calls(trace: Trace, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ reported. Real files throughout; ``CrashFS`` only to stop a write before its fsy
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from cli.main import atb
 from wal import StorageOptions, WALCorruptionError, WALStorage, WALWriteError
 from wal.log.fileops import OSFileOps
 from wal.log.record import encode_line
-from wal.log.segment import PAGE, TEAR_BOUND, list_segments, segment_name
+from wal.log.segment import PAGE, PREPARED_NAME, TEAR_BOUND, list_segments, segment_name
 from wal.log.verify import verify_log
 
 N = 600
@@ -171,9 +172,20 @@ class _Unsynced(OSFileOps):
     def __init__(self) -> None:
         self.pending: dict[int, list[int]] = {}
         self.worst: list[int] = []  # write sizes of the largest unsynced stretch
+        self.preparing: set[int] = set()  # the next segment being zero-filled: no record there
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if path.endswith(PREPARED_NAME) and flags & os.O_CREAT:
+            self.preparing.add(fd)
+        else:
+            self.preparing.discard(fd)
+        return fd
 
     def write(self, fd: int, data: bytes) -> int:
         n = super().write(fd, data)
+        if fd in self.preparing:
+            return n
         self.pending.setdefault(fd, []).append(n)
         if sum(self.pending[fd]) > sum(self.worst):
             self.worst = list(self.pending[fd])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers_log import flip_bit, lines_of, make_entry
+from helpers_log import cut_at, data_end, flip_bit, lines_of, make_entry, write_at_end
 
 from wal import WALCorruptionError, WALEntryStatus, WALStorage
 from wal.log.record import decode_line, encode_line
@@ -21,9 +21,12 @@ from wal.log.segment import list_segments
 from wal.log.verify import verify_log
 
 
-def build_log(d: Path, n: int = 24) -> dict[int, str]:
-    """A log of several segments: ``n`` entries, then two status records. LSN -> entry id."""
-    with WALStorage(d, max_segment_bytes=4096) as log:
+def build_log(d: Path, n: int = 24, preallocate: str = "zero") -> dict[int, str]:
+    """A log of several segments: ``n`` entries, then two status records. LSN -> entry id.
+
+    With ``preallocate="zero"`` (the default) the last segment is a preallocated one: its
+    records, then zeros up to 4096 bytes; the defects below are planted at its logical end."""
+    with WALStorage(d, max_segment_bytes=4096, preallocate=preallocate) as log:  # type: ignore[arg-type]
         entries = [log.append(make_entry(i, blob=300)) for i in range(n)]
         log.update_status(entries[0], WALEntryStatus.COMPLETED)
         log.update_status(entries[1], WALEntryStatus.FAILED, "refused")
@@ -87,25 +90,22 @@ def torn_tail(d: Path) -> tuple[set[int], list[tuple[str, int, int]]]:
     n = len(lines_of(last))
     off, raw = line_at(last, n)
     lsn = lsn_of(last, n)
-    os.truncate(last, off + len(raw) // 2)
+    cut_at(last, off + len(raw) // 2)  # the rest of the record lost (zeros, or truncated)
     return {lsn}, [(last.name, n, off)]
 
 
 def zero_tail(d: Path) -> tuple[set[int], list[tuple[str, int, int]]]:
     """Zeros after the last record: the end of the log (preallocated space), no defect."""
     last = segments(d)[-1]
-    with open(last, "ab") as f:
-        f.write(b"\0" * 300)
+    write_at_end(last, b"\0" * 300)
     return set(), []
 
 
 def garbage_tail(d: Path) -> tuple[set[int], list[tuple[str, int, int]]]:
     last = segments(d)[-1]
-    size = last.stat().st_size
     n = len(lines_of(last))
-    with open(last, "ab") as f:
-        f.write(b'0123456789abcdef {"t":"entry","lsn":9')
-    return set(), [(last.name, n + 1, size)]
+    at = write_at_end(last, b'0123456789abcdef {"t":"entry","lsn":9')
+    return set(), [(last.name, n + 1, at)]
 
 
 def garbage_line_mid(d: Path) -> tuple[set[int], list[tuple[str, int, int]]]:
@@ -134,7 +134,7 @@ def truncated_sealed(d: Path) -> tuple[set[int], list[tuple[str, int, int]]]:
     seg = segments(d)[1]
     off, _ = line_at(seg, 4)
     lost = {lsn_of(seg, k) for k in range(4, len(lines_of(seg)) + 1)}
-    os.truncate(seg, off + 10)
+    os.truncate(seg, off + 10)  # a sealed segment never has a zero rest
     # the torn line, then the gap before the next segment
     return lost, [(seg.name, 4, off), (segments(d)[2].name, 0, 0)]
 
@@ -161,7 +161,13 @@ def test_clean_log(tmp_path: Path) -> None:
     assert rep.records == len(ids) + 2
     assert rep.segments == len(segments(d)) >= 4
     assert (rep.first_lsn, rep.last_lsn) == (1, len(ids) + 2)
-    assert rep.bytes == sum(p.stat().st_size for p in segments(d))
+    # data bytes: not the zero rest of the preallocated last segment
+    assert rep.bytes == sum(data_end(p.read_bytes()) for p in segments(d))
+    assert (
+        segments(d)[-1].stat().st_size
+        == 4096
+        > rep.bytes - sum(p.stat().st_size for p in segments(d)[:-1])
+    )
     assert rep.to_dict()["ok"] is True
 
 
@@ -169,17 +175,21 @@ def test_zeros_after_the_last_record_are_the_end_of_the_log(tmp_path: Path) -> N
     """A preallocated last segment's rest: verify reports no defect and the data bytes."""
     d = tmp_path / "wal"
     ids = build_log(d)
-    data_bytes = sum(p.stat().st_size for p in segments(d))
+    data_bytes = sum(data_end(p.read_bytes()) for p in segments(d))
     zero_tail(d)
     rep = verify_log(d)
     assert rep.ok and rep.opens and rep.defects == [] and rep.entries == len(ids)
     assert rep.bytes == data_bytes
 
 
+@pytest.mark.parametrize("prealloc", ["zero", "off"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_every_defect_is_located_and_nothing_changes(case: Case, tmp_path: Path) -> None:
+def test_every_defect_is_located_and_nothing_changes(
+    case: Case, prealloc: str, tmp_path: Path
+) -> None:
     d = tmp_path / "wal"
-    build_log(d)
+    build_log(d, preallocate=prealloc)
+    assert segments(d)[-1].read_bytes().endswith(b"\0") is (prealloc == "zero")
     destroyed, where = case.mutate(d)
     before = snapshot(d)
     rep = verify_log(d)
@@ -207,13 +217,13 @@ def test_forged_record_with_a_good_line_checksum(tmp_path: Path) -> None:
     # recovery indexes both; verify reports both
     d = tmp_path / "wal"
     build_log(d, n=3)
-    seg = segments(d)[-1]
-    recs = [decode_line(raw.rstrip(b"\n")) for _, raw in lines_of(seg)]
-    nxt = max(r.get("lsn", 0) for r in recs) + 1
+    seg = segments(d)[-1]  # preallocated: the forged records go into its zero rest
+    recs = [decode_line(raw.rstrip(b"\n")) for _, raw in lines_of(segments(d)[0])]
+    last = [decode_line(raw.rstrip(b"\n")) for _, raw in lines_of(seg)]
+    nxt = max(r.get("lsn", 0) for r in last) + 1
     changed = dict(recs[1], lsn=nxt, kwargs={"n": 999})
     again = dict(recs[2], lsn=nxt + 1)
-    with open(seg, "ab") as f:
-        f.write(encode_line(orjson.dumps(changed)) + encode_line(orjson.dumps(again)))
+    write_at_end(seg, encode_line(orjson.dumps(changed)) + encode_line(orjson.dumps(again)))
     rep = verify_log(d)
     problems = [x.problem for x in rep.defects]
     assert len(problems) == 2

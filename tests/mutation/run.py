@@ -95,7 +95,7 @@ RECONCILER: tuple[Mutation, ...] = (
     Mutation(
         "reconciler-failed-lookup-is-not-not-found",
         "wal/orders/reconcile.py",
-        "a failed reconciler lookup raises (halted), never taken for \"not found\" (SUBMIT_FAILED)",
+        'a failed reconciler lookup raises (halted), never taken for "not found" (SUBMIT_FAILED)',
         '            bo = await self._lookup(cid)  # a failed lookup raises: never taken for "not found"\n',
         "            try:\n                bo = await self._lookup(cid)\n            except ReconciliationFatalError:\n                bo = None\n",
         (RP + "test_a_failed_reconciler_lookup_is_never_not_found",),
@@ -198,7 +198,8 @@ RECONCILER: tuple[Mutation, ...] = (
         "                problems = await self._end_check()  # success is the broker's state, checked\n",
         "                problems = []\n",
         (
-            RP + "test_an_emergency_stop_filled_at_once_with_its_fill_fetch_failing_is_booked_in_the_run",
+            RP
+            + "test_an_emergency_stop_filled_at_once_with_its_fill_fetch_failing_is_booked_in_the_run",
             RP + "test_a_book_that_cannot_be_made_exact_is_fatal_and_halted",
         ),
         "reconciler",
@@ -546,8 +547,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "recovery-zeros-are-the-end",
         "wal/log/recovery.py",
         "the zeros of a preallocated last segment are the end of the log (no defect, not cut)",
-        "            if last_segment and cur.header is not None and zero_rest(data, pos):\n",
-        "            if False:\n",
+        "            rep.spare_bytes += size - stop\n            size = stop\n",
+        "            pass\n",
         (PTEST + "test_segments_get_their_space_and_readers_see_only_records[zero]",),
         "preallocation",
     ),
@@ -999,10 +1000,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "start-failed-lookup-not-a-miss",
         "wal/orders/manager.py",
-        "start(): a failed lookup (5xx, timeout) is never taken for \"not found\"",
-        "                log.warning(\"recovery lookup of %s failed: %s\", cid, why(exc))\n"
+        'start(): a failed lookup (5xx, timeout) is never taken for "not found"',
+        '                log.warning("recovery lookup of %s failed: %s", cid, why(exc))\n'
         "                continue\n",
-        "                log.warning(\"recovery lookup of %s failed: %s\", cid, why(exc))\n"
+        '                log.warning("recovery lookup of %s failed: %s", cid, why(exc))\n'
         "                bo = None\n",
         (
             MGR + "test_a_failed_lookup_at_start_is_never_taken_for_not_found",
@@ -1013,7 +1014,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "start-visibility-window",
         "wal/orders/manager.py",
-        "start(): a \"not found\" counts only if asked after the broker's visibility window",
+        'start(): a "not found" counts only if asked after the broker\'s visibility window',
         "            if asked >= deadline:\n",
         "            if True:\n",
         (MGR + "test_start_waits_the_visibility_window_before_submit_failed",),
@@ -1031,7 +1032,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "duplicate-answer-journaled",
         "wal/orders/manager.py",
-        "a \"duplicate client id\" answer is journaled before the lookups (it exists)",
+        'a "duplicate client id" answer is journaled before the lookups (it exists)',
         "            order = await self._transition(\n"
         "                order, EventKind.UNKNOWN, _S.UNKNOWN, reason=DUPLICATE_ANSWER\n"
         "            )\n"
@@ -1043,7 +1044,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "duplicate-answer-never-submit-failed",
         "wal/orders/manager.py",
-        "start(): an order the broker answered \"duplicate\" for is never SUBMIT_FAILED",
+        'start(): an order the broker answered "duplicate" for is never SUBMIT_FAILED',
         "            if exists:  # the broker said it has it: absence proves nothing\n",
         "            if False:  # the broker said it has it: absence proves nothing\n",
         (MGR + "test_retries_exhausted_after_a_duplicate_answer_never_end_final",),
@@ -1055,11 +1056,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "retries used up (after a duplicate answer too) leave the order UNKNOWN, never final",
         "        if order.state is _S.SUBMITTING:  # a resend's outcome is not known either\n"
         "            order = await self._transition(\n"
-        "                order, EventKind.UNKNOWN, _S.UNKNOWN, reason=\"retries exhausted\"\n"
+        '                order, EventKind.UNKNOWN, _S.UNKNOWN, reason="retries exhausted"\n'
         "            )\n",
         "        if True:\n"
         "            order = await self._transition(\n"
-        "                order, EventKind.SUBMIT_FAILED, _S.SUBMIT_FAILED, reason=\"retries exhausted\"\n"
+        '                order, EventKind.SUBMIT_FAILED, _S.SUBMIT_FAILED, reason="retries exhausted"\n'
         "            )\n",
         (MGR + "test_retries_exhausted_after_a_duplicate_answer_never_end_final",),
         "orders",
@@ -1149,7 +1150,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "daily-loss-at-start",
         "wal/orders/base.py",
         "the daily loss limit counts today's losses of earlier sessions (loaded at start)",
-        "                self._book.add_pnl(r[\"executed_at\"], Decimal(str(r[\"pnl\"])))\n",
+        '                self._book.add_pnl(r["executed_at"], Decimal(str(r["pnl"])))\n',
         "                pass\n",
         (MGR + "test_the_daily_loss_limit_counts_this_sessions_losses",),
         "orders",
@@ -1158,7 +1159,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "risk-open-sells-are-sells",
         "wal/orders/manager.py",
         "the position limit counts open sells as sells, not buys",
-        "                if o.intent.side == \"buy\":\n                    open_buys += o.remaining\n",
+        '                if o.intent.side == "buy":\n                    open_buys += o.remaining\n',
         "                if True:\n                    open_buys += o.remaining\n",
         (MGR + "test_open_sells_count_against_the_position_as_sells",),
         "orders",
@@ -1167,7 +1168,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "risk-open-sells-reserve-no-cash",
         "wal/orders/manager.py",
         "the balance check reserves cash for open buys only",
-        "            if o.intent.side == \"buy\" and o.intent.account == intent.account:\n",
+        '            if o.intent.side == "buy" and o.intent.account == intent.account:\n',
         "            if o.intent.account == intent.account:\n",
         (MGR + "test_open_sells_reserve_no_cash",),
         "orders",
@@ -1178,7 +1179,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a checked submit is reserved (an open order of every later check) before any await",
         "            self._reserved[intent.client_order_id] = Order(intent, _S.PENDING, last_seq=0)\n",
         "            pass\n",
-        ("tests/orders/test_risk_worst_case.py::" + "test_two_submits_checked_at_once_never_both_pass_a_limit_only_one_fits",),
+        (
+            "tests/orders/test_risk_worst_case.py::"
+            + "test_two_submits_checked_at_once_never_both_pass_a_limit_only_one_fits",
+        ),
         "orders",
     ),
     Mutation(
@@ -1188,7 +1192,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                self._ref_price[intent.client_order_id] = price\n"
         "                self._last_price[intent.symbol] = price\n",
         "                pass\n",
-        ("tests/orders/test_risk_worst_case.py::" + "test_an_open_market_buy_reserves_at_its_reference_price",),
+        (
+            "tests/orders/test_risk_worst_case.py::"
+            + "test_an_open_market_buy_reserves_at_its_reference_price",
+        ),
         "orders",
     ),
     Mutation(
@@ -1197,14 +1204,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a fill's position change is computed and journaled under its symbol's lock",
         "        async with self._symbol_locks.hold(fill.symbol):\n",
         "        async with contextlib.nullcontext():\n",
-        ("tests/orders/test_risk_worst_case.py::" + "test_two_fills_in_one_symbol_never_compute_from_the_same_position",),
+        (
+            "tests/orders/test_risk_worst_case.py::"
+            + "test_two_fills_in_one_symbol_never_compute_from_the_same_position",
+        ),
         "orders",
     ),
     Mutation(
         "fill-sells-reduce-the-position",
         "wal/orders/fills.py",
         "a sell's fill reduces the position (never counted as a buy)",
-        "            signed = delta if fill.side == \"buy\" else -delta\n",
+        '            signed = delta if fill.side == "buy" else -delta\n',
         "            signed = delta\n",
         (MGR + "test_sells_reduce_the_position_they_are_never_counted_as_buys",),
         "orders",
@@ -1216,10 +1226,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a used Idempotency-Key with another body is refused (409), never answered as the first order",
         "                if owner.request_sha256 != fingerprint:\n",
         "                if False:\n",
-        (
-            "tests/service/test_api.py::"
-            "test_a_new_order_is_201_and_the_same_key_is_the_same_order",
-        ),
+        ("tests/service/test_api.py::test_a_new_order_is_201_and_the_same_key_is_the_same_order",),
         "service",
     ),
     Mutation(
@@ -1228,10 +1235,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "another trader's order is refused (403) on every route that names an order",
         "        if owner.trader_id != who:\n",
         "        if False:\n",
-        (
-            "tests/service/test_traders.py::"
-            "test_another_traders_order_is_403_on_every_endpoint",
-        ),
+        ("tests/service/test_traders.py::test_another_traders_order_is_403_on_every_endpoint",),
         "service",
     ),
     Mutation(
@@ -1343,14 +1347,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "reads refuse while the database is not the log's (database.json)",
         "                self._check_database()  # another database's figures are never an answer\n",
         "                pass\n",
-        ("tests/sync/test_wrong_database_reads.py::test_reads_refuse_while_the_database_is_not_the_logs",),
+        (
+            "tests/sync/test_wrong_database_reads.py::test_reads_refuse_while_the_database_is_not_the_logs",
+        ),
         "reads",
     ),
     Mutation(
         "check-arguments-before-the-log",
         "wal/sync/manager.py",
-        "every argument of a critical call is checked against its column before the log is"
-        " touched",
+        "every argument of a critical call is checked against its column before the log is touched",
         "        self.check_arguments(operation, args, kwargs, idempotency_key)  # never durable if bad\n"
         "        entry = WALEntry.create(operation, args, kwargs, idempotency_key)\n"
         "        if idempotency_key is None:\n"

@@ -45,9 +45,46 @@ def make_entry(n: int = 0, *, key: str | None = None, blob: int = 0, **kwargs: A
     return WALEntry.create("log_trade", kwargs=kw, idempotency_key=key)
 
 
+def data_end(data: bytes) -> int:
+    """Where the zero rest of a (preallocated) segment's bytes starts: after the last
+    non-zero byte (``len(data)`` when the file does not end in zeros)."""
+    return len(data.rstrip(b"\x00"))
+
+
+def write_at_end(path: Path, data: bytes) -> int:
+    """Plant ``data`` at the logical end of a segment: right after its last record, into the
+    zero rest of a preallocated segment (what a write into preallocated space does; the zeros
+    after it stay), or appended to a segment that grows. Returns the offset written at."""
+    raw = path.read_bytes()
+    end = data_end(raw)
+    new = raw[:end] + data
+    path.write_bytes(new + raw[len(new) :])
+    return end
+
+
+def as_preallocated(path: Path, size: int = 1 << 16) -> None:
+    """Lay a (last) segment file out as a preallocated one: its bytes, then zeros up to
+    ``size`` (byte for byte what a segment prepared with ``preallocate="zero"`` holds)."""
+    with open(path, "ab") as f:
+        f.write(bytes(max(0, size - path.stat().st_size)))
+
+
+def cut_at(path: Path, offset: int) -> None:
+    """Lose a segment's bytes from ``offset`` to its logical end: in a preallocated segment
+    they read back as zeros (the file keeps its size, as after a lost write into its space);
+    a segment that grows is truncated."""
+    raw = path.read_bytes()
+    if data_end(raw) < len(raw):
+        path.write_bytes(raw[:offset] + bytes(len(raw) - offset))
+    else:
+        os.truncate(path, offset)
+
+
 def lines_of(path: Path) -> list[tuple[int, bytes]]:
-    """``(offset, line including its newline)`` of every line of a file (the last may be cut)."""
+    """``(offset, line including its newline)`` of every line of a file (the last may be cut),
+    up to its data end: the zero rest of a preallocated segment is not a line."""
     data = path.read_bytes()
+    data = data[: data_end(data)]
     out = []
     pos = 0
     while pos < len(data):
@@ -84,15 +121,20 @@ def check_files(directory: Path) -> FileReport:
     """Assert the on-disk log is well formed; return its records.
 
     Every line of every segment verifies and ends with a newline (no partial record is left
-    after recovery), every segment starts with a header that matches its name, LSNs increase
-    inside a segment, and segments are contiguous (a segment starts right after the range of
-    the one before it). Entry ids are unique (no entry was written twice).
+    after recovery; only the last segment may end in zeros, its preallocated rest), every
+    segment starts with a header that matches its name, LSNs increase inside a segment, and
+    segments are contiguous (a segment starts right after the range of the one before it).
+    Entry ids are unique (no entry was written twice).
     """
     rep = FileReport()
     prev_end: int | None = None
     seen_ids: dict[str, int] = {}
-    for first, path in list_segments(directory):
+    segments = list_segments(directory)
+    for i, (first, path) in enumerate(segments):
         data = path.read_bytes()
+        if i == len(segments) - 1:
+            # the last segment may end in zeros: its preallocated rest, after its last record
+            data = data[: data_end(data)]
         assert data.endswith(b"\n"), f"{path.name}: does not end with a complete line"
         recs = []
         for off, line in lines_of(path):

@@ -51,7 +51,9 @@ class StorageOptions:
         How a segment gets its space before records go into it, so that an append's
         ``fdatasync`` need not also commit a new file size. A background thread prepares the
         next segment (``max_segment_bytes`` of space, under a temporary name) while the
-        current one fills; a rotation renames it into place, so appenders never wait for it.
+        current one fills; a rotation renames it into place (if it is not ready then, the
+        rotation waits for it or prepares it inline: where a record goes never depends on
+        the thread).
         The rest of the last segment then reads as zeros: the normal end of the log.
         ``"zero"`` (default): the space is written with zeros and synced first (PostgreSQL's
         ``wal_init_zero``); appends overwrite blocks that already exist: the fastest fsync
@@ -61,7 +63,8 @@ class StorageOptions:
         with ``"zero"``). Where the file system refuses it, zeros are written instead.
         ``"off"``: segments grow with every append (as before preallocation).
         A new log starts unpreallocated and switches to a prepared segment once it has
-        written ``min(1 MiB, max_segment_bytes / 2)``: short-lived logs never pay for it.
+        written ``min(1 MiB, max_segment_bytes / 2)`` of records: short-lived logs never pay
+        for it.
     """
 
     fsync: FsyncMode = "always"
@@ -69,7 +72,7 @@ class StorageOptions:
     max_segment_bytes: int = 64 * 1024 * 1024
     recovery: RecoveryMode = "tolerate_tail"
     max_entry_bytes: int = 4 * 1024 * 1024
-    preallocate: PreallocateMode = "off"
+    preallocate: PreallocateMode = "zero"
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:

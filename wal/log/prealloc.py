@@ -6,7 +6,9 @@ size. The ``Preallocator`` (one per ``WALStorage``, owned by its active segment,
 :mod:`wal.log.segwriter`) prepares ``PREPARED_NAME`` (``next.wal.prep``): zeros or
 ``posix_fallocate``, synced, in a background thread. The rotation takes it (``take``), writes
 the header into it, syncs it, renames it into place and syncs the directory, so appenders never
-wait for the zeroing. When to ask for one is the active segment's call (how full it is).
+wait for the zeroing when it is ready in time. When it is not, the rotation waits for it, or
+prepares it inline (``obtain``): where a record goes, and when a segment rotates, never depend
+on the thread. When to ask for one is the active segment's call (how full it is).
 
 Nothing here is owed: a crash leaves a file the next open removes. A failure (disk full, a file
 system that refuses) only turns preallocation off for this open; ``fallocate`` refused as
@@ -59,6 +61,20 @@ class Preallocator:
             ready, self.ready = self.ready, False
             return ready
 
+    def obtain(self) -> bool:
+        """The prepared next segment for a rotation, now: True (and it is ours) unless
+        preallocation is off (options, or a failure). A preparation under way is waited for;
+        none started is done inline, so where a record goes never depends on the thread."""
+        if self.thread is not None:
+            self.thread.join()  # a preparation under way finishes first (busy is False after)
+        with self.lock:
+            inline = not (self.busy or self.ready or self.off)
+            if inline:
+                self.busy = True
+        if inline:
+            self.prepare()  # zeros (or fallocate) written and fdatasynced, synchronously
+        return self.take()
+
     def start(self, background: bool) -> None:
         """Prepare the next segment: in a thread, or inline when not ``background``."""
         with self.lock:
@@ -80,6 +96,17 @@ class Preallocator:
         if self.thread is not None:
             self.thread.join()
 
+    def discard(self) -> None:
+        """Remove a prepared segment nobody took (the log is closing, ``close`` was called):
+        a closed log leaves no ``max_segment_bytes`` file of zeros behind. Not owed, so no
+        directory fsync: if a crash brings the name back, the next open removes it."""
+        with self.lock:
+            ready, self.ready = self.ready, False
+        if ready:
+            # nothing owed: a failure (EIO, a lost device) leaves it for the next open
+            with contextlib.suppress(OSError):
+                self._fs.unlink(str(self.directory / PREPARED_NAME))
+
     def prepare(self) -> None:
         """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
 
@@ -90,11 +117,14 @@ class Preallocator:
         size = self.size
         ok = False
         try:
+            # a temporary name: a crash during the preparation leaves no segment, only this
+            # file, which the next open removes
             fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             try:
-                self.allocate(fd, size)
-                # not for durability (the rotation syncs the header, and the file, before the
-                # rename): so that the rotation's fdatasync has one page to write, not them all
+                self.allocate(fd, size)  # zero-fill (or fallocate) the whole segment's space
+                # the zeros (and the file size) on disk before the rotation renames the file
+                # into place: a crash after the rename finds a full-size file whose rest reads
+                # as zeros, and the rotation's fdatasync has one page to write, not them all
                 self._fs.fdatasync(fd)
             finally:
                 self._fs.close(fd)

@@ -41,6 +41,10 @@ reference):
 * Every file is checked to be a regular file (``WALUnsafeFileError`` for a symlink or a
   directory) and read through ``O_NOFOLLOW`` descriptors.
 
+The zeros of a preallocated last segment are never parsed: its data end (after the last
+non-zero byte) is found by reading backwards from the end of the file in large chunks, and
+records are read forwards up to there; the zeros after it are the ``spare_bytes``.
+
 Every record's checksum is verified and every record indexed. Records in the layout our
 writers produce take a fast path (:mod:`wal.log.fastindex`) that does both without parsing them
 into dicts; any other line is decoded and checked as below, one at a time.
@@ -53,6 +57,7 @@ found and done is the ``RecoveryReport`` in ``WALStorage.recovery_report``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -82,6 +87,7 @@ from wal.log.segment import (
     SegmentInfo,
     check_regular,
     classify_tail,
+    data_end,
     list_segments,
     open_read,
     read_chunks,
@@ -146,20 +152,29 @@ def recover(store: LogReader) -> None:
         # removed below only if nothing in them is still owed (_settle_front)
     store._base = segments[0][0] if segments else 1
     prev_end = 0
-    for i, (first, path) in enumerate(segments):
-        last_segment = i == len(segments) - 1
-        try:
-            seg = _recover_segment(store, path, first, last_segment, prev_end, first == owed)
-        except FileNotFoundError:
-            if store.readonly:  # a writer's compaction removed it meanwhile: read again
-                raise WALLogChangedError(path, "removed while it was read") from None
-            raise
-        if seg is None:
-            changed_dir = True
-            continue
-        prev_end = seg.end
-        store._segments.append(seg)
-        rep.segments += 1
+    # the parse allocates many small objects and frees none of them in cycles: the cyclic
+    # GC would scan them again and again for nothing; paused (process-wide) while it runs,
+    # its previous state restored after
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for i, (first, path) in enumerate(segments):
+            last_segment = i == len(segments) - 1
+            try:
+                seg = _recover_segment(store, path, first, last_segment, prev_end, first == owed)
+            except FileNotFoundError:
+                if store.readonly:  # a writer's compaction removed it meanwhile: read again
+                    raise WALLogChangedError(path, "removed while it was read") from None
+                raise
+            if seg is None:
+                changed_dir = True
+                continue
+            prev_end = seg.end
+            store._segments.append(seg)
+            rep.segments += 1
+    finally:
+        if gc_was_on:
+            gc.enable()
     if owed is not None and store._segments and store._segments[0].first < owed:
         changed_dir = _settle_front(store, owed) or changed_dir
     if changed_dir and not store.readonly:
@@ -397,9 +412,30 @@ def _index_segment(
             cur.end = lsn
         return after
 
-    for data, end, base in read_chunks(fd, 1 << 20):  # 1 MiB: the rows of a chunk stay small
+    # the last segment may be preallocated: its records, then zeros to its end. Its data end
+    # is found backwards from the end of the file (large reads, the zeros never parsed);
+    # records are read up to there. Whatever lies before it (a torn record, a zero gap and
+    # garbage) is read and judged exactly as before; only the zeros after it are skipped
+    stop = data_end(fd, size) if last_segment else size
+    stopped = False
+    for data, end, base in read_chunks(fd, 1 << 20, 0, stop):  # 1 MiB: a chunk's rows stay small
         if not index_chunk(store, cur, data, end, base, slow):
+            stopped = True
             break
+    if not stopped and stop < size:
+        if stop > 0 and os.pread(fd, 1, stop - 1) != b"\n":
+            pass  # the zeros end a line already judged above (its defect took them in before)
+        elif cur.header is not None:
+            # only zeros after the last record: the preallocated rest of the last segment,
+            # where the next append goes (the normal end of the log, nothing cut)
+            rep.spare_bytes += size - stop
+            size = stop
+        else:
+            # no header before the zeros (a zero-filled or headless file): read the zeros
+            # too, as before, so the defect is located and judged the same way
+            for data, end, base in read_chunks(fd, 1 << 20, stop):
+                if not index_chunk(store, cur, data, end, base, slow):
+                    break
     if cur.header is None:
         if headless_ok:
             # a segment created by a rotation whose header was never made durable: it held

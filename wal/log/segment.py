@@ -289,18 +289,29 @@ def scan(
         pos = nl + 1
 
 
-def read_chunks(fd: int, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, int, int]]:
+def read_chunks(
+    fd: int, chunk_size: int = 1 << 22, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[bytes, int, int]]:
     """A segment file (an open descriptor) in pieces ``(data, end, base)``: ``data[:end]`` is
     whole lines (the last piece: the rest of the file, which may end without a newline),
-    ``base`` its file offset.
+    ``base`` its file offset. From ``start``; with ``stop``, the file read as if it ended
+    there (a preallocated segment's data part, before its zero rest: ``data_end``).
 
     Memory holds one chunk, not the file; a piece's bytes after ``end`` are read again with
     the next one. A line longer than a chunk is gathered as a list of pieces joined once
     (linear in its length: a growing buffer would copy it again for every chunk).
     """
-    base = 0
+
+    def pread(n: int, at: int) -> bytes:
+        if stop is not None:
+            n = min(n, stop - at)
+            if n <= 0:
+                return b""
+        return os.pread(fd, n, at)
+
+    base = start
     while True:
-        data = os.pread(fd, chunk_size, base)
+        data = pread(chunk_size, base)
         if not data:
             return
         cut = data.rfind(b"\n") + 1
@@ -308,7 +319,7 @@ def read_chunks(fd: int, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, int
             pieces = [data]
             pos = base + len(data)
             while True:
-                more = os.pread(fd, max(chunk_size, pos - base), pos)
+                more = pread(max(chunk_size, pos - base), pos)
                 if not more:
                     break
                 pieces.append(more)
@@ -355,6 +366,27 @@ def lost_page_at(data: bytes, pos: int, base: int = 0) -> bool:
             return True
         z = data.find(b"\x00", run_end, end)
     return False
+
+
+ZERO_SCAN = 1 << 20  # bytes read per step when looking backwards for a segment's data end
+
+
+def data_end(fd: int, size: int) -> int:
+    """Where the zero rest of a segment file (an open descriptor, ``size`` bytes) starts: just
+    after its last non-zero byte, found by reading backwards from the end in large chunks
+    (``size`` when it does not end in zeros, 0 when it is all zeros). A preallocated last
+    segment is mostly zeros: this is what an open reads of them, not every byte forwards."""
+    end = size
+    while end > 0:
+        at = max(0, end - ZERO_SCAN)
+        chunk = os.pread(fd, end - at, at)
+        if len(chunk) < end - at:  # the file shrank meanwhile: read it all (the old way)
+            return size
+        kept = len(chunk.rstrip(b"\x00"))
+        if kept:
+            return at + kept
+        end = at
+    return 0
 
 
 def zero_rest(data: bytes, pos: int) -> bool:

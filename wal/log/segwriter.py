@@ -12,10 +12,13 @@ the next one is created. Every ``CHECK_EVERY`` flushes, and after each rotation,
 Preallocation (:mod:`wal.log.prealloc`): a segment gets its space before records go into it,
 so an append's ``fdatasync`` writes data without committing a new file size. This module
 decides when the next segment is wanted (half of a preallocated segment written, or
-``PREPARE_UNALLOCATED_AFTER`` bytes of one that grows) and takes it at the rotation: its header
-is written and synced, then it is renamed into place. A sealed segment is cut back to its last
-record before the next one exists: only the last segment ever ends in zeros, which recovery
-reads as the normal end of the log.
+half of ``PREPARE_UNALLOCATED_AFTER`` bytes of one that grows) and takes it at the rotation: its
+header is written and synced, then it is renamed into place. Rotation is deterministic: a segment
+rotates when the next batch would take it past ``max_segment_bytes``, and a segment that grows
+(a new log's first) when it holds ``min(PREPARE_UNALLOCATED_AFTER, max_segment_bytes / 2)``
+bytes of records; a prepared segment not ready then is waited for or prepared inline. A sealed
+segment is cut back to its last record before the next one exists: only the last segment ever
+ends in zeros, which recovery reads as the normal end of the log.
 
 Only the flush's leader calls in here (``_flushing`` set, see :mod:`wal.log.groupcommit`).
 """
@@ -47,8 +50,8 @@ from wal.log.segment import (
 
 __all__ = ["PREPARE_UNALLOCATED_AFTER", "SegmentWriter"]
 
-PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment asks for a prepared one after
-# this many bytes (or half a segment): short-lived logs never pay for preallocation
+PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment moves to a prepared one after
+# this many bytes of records (or half a segment): short-lived logs never pay for preallocation
 
 
 class SegmentWriter(LogReader):
@@ -104,14 +107,18 @@ class SegmentWriter(LogReader):
             write_manifest(self._fs, self.directory, first)
             self.recovery_report.manifest_first = first
 
-    def _create_segment(self, first: int) -> None:
-        """Create a segment, durable (data and directory entry) before it is used: the
-        prepared next segment when one is ready, else a new file that grows with appends."""
+    def _create_segment(self, first: int, *, rotation: bool = False) -> None:
+        """Create a segment, durable (data and directory entry) before it is used.
+
+        At a ``rotation``, the prepared next segment (waited for, or prepared inline, when
+        the background thread has not finished: ``Preallocator.obtain``) unless
+        preallocation is off; else (a new log's first segment) a new file that grows with
+        appends."""
         path = self.directory / segment_name(first)
         # the bound this writer keeps (see _write_bounded); never fsyncing, it keeps none
         tear = None if self.options.fsync == "unsafe_never" else TEAR_BOUND
         header = segment_header(first, None, tear)
-        prepared = self._prealloc.take()
+        prepared = self._prealloc.obtain() if rotation else self._prealloc.take()
         if prepared:
             fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
         else:
@@ -142,15 +149,20 @@ class SegmentWriter(LogReader):
             SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
         )
 
+    def _switch_at(self) -> int:
+        """Bytes of records after which a segment that grows moves to a prepared one."""
+        return min(PREPARE_UNALLOCATED_AFTER, self.options.max_segment_bytes // 2)
+
     def _want_prepared(self) -> bool:
         """Should the next segment be prepared now? (leader, after a write)"""
         p = self._prealloc
         if p.off or p.busy or p.ready:
             return False
-        limit = self.options.max_segment_bytes
         if self._seg_prealloc:
-            return self._seg_size * 2 >= limit  # half full: the next one is ready in time
-        return self._seg_size - self._header_len >= min(PREPARE_UNALLOCATED_AFTER, limit // 2)
+            # half full: the next one is ready in time
+            return self._seg_size * 2 >= self.options.max_segment_bytes
+        # half way to the switch: it is ready in time
+        return (self._seg_size - self._header_len) * 2 >= self._switch_at()
 
     def _write_batch(self, batch: list[IndexRecord], sync: bool) -> int:
         """Write a batch to the active segment (rotating first if needed); return the offset
@@ -159,8 +171,13 @@ class SegmentWriter(LogReader):
         header_only = self._seg_size <= self._header_len
         self._flushes_unchecked += 1
         full = self._seg_size + len(data) > self.options.max_segment_bytes
-        # an unpreallocated segment moves on as soon as a prepared one is ready
-        early = self._prealloc.ready and not self._seg_prealloc
+        # a segment that grows moves to a prepared one at a fixed size, whether or not the
+        # thread has finished preparing it (the rotation then waits for it, or prepares it)
+        early = (
+            not self._seg_prealloc
+            and not self._prealloc.off
+            and self._seg_size - self._header_len >= self._switch_at()
+        )
         if not header_only and (full or early):
             self._rotate(batch[0][0])
             self._flushes_unchecked = CHECK_EVERY
@@ -249,4 +266,4 @@ class SegmentWriter(LogReader):
             # (truncate syncs) before the next segment exists
             self._fs.truncate(str(self._segments[-1].path), self._seg_size)
             self._alloc_end = self._seg_size
-        self._create_segment(first)
+        self._create_segment(first, rotation=True)

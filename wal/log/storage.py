@@ -510,9 +510,13 @@ class WALStorage(AsyncAppender):
                 self._wait()
             self._closed = True
             self._close_fds()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        try:
+            if not self.readonly:
+                self._prealloc.discard()  # under the lock still: the directory is ours
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _close_read_fds(self) -> None:
         for fd in self._read_fds.values():
