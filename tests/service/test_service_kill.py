@@ -94,6 +94,7 @@ def test_readyz_and_post_are_503_with_the_reason_while_reconciliation_fails(
     token = svc.token("waiter")
     svc.start()
     try:
+
         def failed() -> bool:  # the reconciliation's outcome: 503 all along, then "failed"
             r = httpx.get(svc.url + "/readyz")
             assert r.status_code == 503, r.text

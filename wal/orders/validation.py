@@ -165,8 +165,10 @@ def check_risk(intent: OrderIntent, limits: RiskLimits, view: RiskView) -> None:
         worst = view.position + view.open_buys + intent.quantity
     else:
         worst = view.position - view.open_sells - intent.quantity
-    if limits.max_position is not None and abs(worst) > limits.max_position and (
-        (worst > 0) == (intent.side == "buy")
+    if (
+        limits.max_position is not None
+        and abs(worst) > limits.max_position
+        and ((worst > 0) == (intent.side == "buy"))
     ):
         raise _reject(
             RejectReason.MAX_POSITION,

@@ -246,7 +246,6 @@ class WALManager:
         self._remember(key, receipt)
         return receipt
 
-
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while (got := self._claim(key)) is not None:
             if isinstance(got, Receipt):
