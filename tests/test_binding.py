@@ -61,6 +61,16 @@ def _outcome(fn: Any) -> tuple[str, Any]:
     1,
     {"a": 1, "conn": 2},
 )
+@example(  # an effect's shape: (conn, **kwargs)
+    inspect.Signature([P("conn", P.POSITIONAL_OR_KEYWORD), P("kw", P.VAR_KEYWORD)]),
+    1,
+    {"b": 1, "a": 2},
+)
+@example(
+    inspect.Signature([P("conn", P.POSITIONAL_OR_KEYWORD), P("kw", P.VAR_KEYWORD)]),
+    1,
+    {"a": 1, "conn": 2},
+)
 def test_same_answer_as_bind(sig: inspect.Signature, skip: int, kwargs: dict[str, int]) -> None:
     skip = min(skip, len(sig.parameters))
     first = list(sig.parameters.values())[:skip]

@@ -455,15 +455,26 @@ class WALStorage(AsyncAppender):
 
     # ------------------------------------------------------------------ stats, closing
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest PENDING or SYNCING entry was created (None: none), as
+        ``get_stats().oldest_pending_age_seconds`` without the rest of the stats (the sync
+        thread asks after every pass: no sort of the fsync samples under the writers' lock)."""
+        with self._cond:
+            self._check_open()
+            return self._oldest_unfinished_age()
+
+    def _oldest_unfinished_age(self) -> float | None:
+        m = UNFINISHED_CODES.search(self._status)
+        if m is None:
+            return None
+        e = self._load_entry(m.start() + self._base)
+        return max(0.0, (utc_now() - e.created_at.astimezone(UTC)).total_seconds())
+
     def get_stats(self) -> StorageStats:
         with self._cond:
             self._check_open()
             counts = {s.value: self._counts[c] for s, c in STATUS_CODE.items()}
-            oldest = None
-            m = UNFINISHED_CODES.search(self._status)
-            if m is not None:
-                e = self._load_entry(m.start() + self._base)
-                oldest = max(0.0, (utc_now() - e.created_at.astimezone(UTC)).total_seconds())
+            oldest = self._oldest_unfinished_age()
             lat = sorted(self._fsync_ns)
             p50 = lat[len(lat) // 2] / 1000 if lat else None
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else None

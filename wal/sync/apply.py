@@ -362,7 +362,12 @@ class Applier:
         self.breaker.success()
         self.attempt = 0
 
-    def drain(self, *, force: bool = False) -> SyncResult:
+    def drain(self, *, force: bool = False, until_short: bool = False) -> SyncResult:
+        """Apply pending entries batch by batch until none is left (or the breaker, a
+        transient error or a stop ends the pass). ``until_short``: end the pass after a batch
+        shorter than ``batch_size`` (the backlog is used up; applying behind, the sync thread
+        gathers the next entries for a few ms first: one commit for many calls, not one per
+        call or two)."""
         t0 = time.monotonic()
         c = self.counters
         before = (c.applied, c.duplicates, c.failed, c.errors)
@@ -384,6 +389,8 @@ class Applier:
                     error = self.last_error
                     break
             force = False  # the probe went through; the breaker governs from here
+            if until_short and len(batch) < self.config.batch_size:
+                break  # the backlog was shorter than a batch: the next pass gathers first
             # entries that stay PENDING after a permanent error wait for the next drain
             if any(o.status is WALEntryStatus.PENDING for o in outcomes.values()):
                 after_lsn = max(e.lsn or 0 for e in batch)
@@ -427,7 +434,7 @@ class Applier:
                 self.config.pending_alert_threshold,
             )
         self._alerted_count = over
-        age = self.storage.get_stats().oldest_pending_age_seconds if pending else None
+        age = self.storage.oldest_pending_age() if pending else None
         old = age is not None and age > self.config.pending_alert_age_seconds
         if old and not self._alerted_age:
             log.warning("the oldest pending entry is %.0f s old", age)

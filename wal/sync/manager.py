@@ -192,7 +192,7 @@ class WALManager:
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
         if self._behind or self.breaker.state is not BreakerState.CLOSED:
             # durable in the log = acknowledged: the sync thread applies it, reads count it
-            self._wake.set()
+            self._nudge()
             return self._receipt(e, WALEntryStatus.PENDING)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._apply_executor(), self._apply_through, e)
@@ -317,7 +317,7 @@ class WALManager:
                     if d.has_explicit_key:
                         by_key[d.idempotency_key] = r
                         self._remember(d.idempotency_key, r)
-                self._wake.set()  # the sync thread applies them now
+                self._nudge()  # the sync thread applies them now
             return [
                 written.get(e.entry_id) or replace(by_key[e.idempotency_key], duplicate=True)
                 for e in entries
@@ -346,9 +346,16 @@ class WALManager:
         crash_point("manager.after_append_before_apply")  # durable, not applied, not acknowledged
         if self._behind or self.breaker.state is not BreakerState.CLOSED:
             # durable in the log = acknowledged: the sync thread applies it, reads count it
-            self._wake.set()
+            self._nudge()
             return self._receipt(e, WALEntryStatus.PENDING)
         return self._apply_through(e)
+
+    def _nudge(self) -> None:
+        """Wake the sync thread for new entries, unless it is woken already or could not
+        apply them anyway: with the breaker open its own timer wakes it for the probe (a
+        wake per write would only spin it, and take the interpreter from the writers)."""
+        if not self._wake.is_set() and self.breaker.state is not BreakerState.OPEN:
+            self._wake.set()
 
     def _apply_through(self, e: WALEntry) -> Receipt:
         """Apply the pending entries up to ``e`` (LSN order) in this thread, if few enough."""
@@ -524,7 +531,7 @@ class WALManager:
                 break
             self._gather()
             try:
-                self._applier.drain()
+                self._applier.drain(until_short=self._behind)
             except WALWriteError as exc:
                 self._applier.fatal = exc
                 log.critical("the log failed; the sync thread stops: %s", exc)
