@@ -887,7 +887,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "wal/sync/manager.py",
         "WAL_APPLY=behind: a durable write wakes the sync thread, which applies it at once (no"
         " WAL_SYNC_INTERVAL wait)",
-        "            self._wake.set()\n"
+        "            self._nudge()\n"
         "            return self._receipt(e, WALEntryStatus.PENDING)\n"
         "        return self._apply_through(e)\n",
         "            return self._receipt(e, WALEntryStatus.PENDING)\n"
