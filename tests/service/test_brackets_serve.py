@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import orjson
 from helpers_log import wait_for
-from service_proc import ServiceProc, auth
+from service_proc import ServiceProc, auth, refusing_second_submit
 
-from wal.orders import Fault, FaultPlan
 from wal.service.brackets import child_order_id
 
 
@@ -76,14 +75,7 @@ def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positi
     stays 200 and lists the
     position with the reason, the gauge counts it, the trader's position shows it; once the
     trader closes the position nothing is unprotected any more."""
-    plan = FaultPlan(reject_reason="stop orders are not allowed").on(
-        "submit_order", Fault.REJECT, nth=2
-    )
-    faults = tmp_path / "faults.json"
-    faults.write_text(json.dumps(plan.to_dict()))
-    svc = ServiceProc(
-        tmp_path, f"sqlite:///{tmp_path / 'atb.db'}", args=["--paper-faults", str(faults)]
-    )
+    svc = refusing_second_submit(tmp_path, "stop orders are not allowed")
     token = svc.token("exposed")
     svc.start()
     try:

@@ -4,7 +4,6 @@ the WebSocket, no reload), cancel, and see another trader's order refused."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -13,9 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_proc import ServiceProc, auth
-
-from wal.orders import Fault, FaultPlan
+from service_proc import ServiceProc, auth, refusing_second_submit
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -137,12 +134,7 @@ def test_log_in_submit_see_it_fill_live_cancel_and_be_refused(
 def test_an_unprotected_position_is_shown_on_the_page(tmp_path: Path, browser: WebDriver) -> None:
     """The broker refuses the stop-loss of a bracketed order (its 2nd submit): the page's
     protection status and the position's row say UNPROTECTED, with the reason."""
-    plan = FaultPlan(reject_reason="stops are closed").on("submit_order", Fault.REJECT, nth=2)
-    faults = tmp_path / "faults.json"
-    faults.write_text(json.dumps(plan.to_dict()))
-    svc = ServiceProc(
-        tmp_path, f"sqlite:///{tmp_path / 'atb.db'}", args=["--paper-faults", str(faults)]
-    )
+    svc = refusing_second_submit(tmp_path, "stops are closed")
     carol = svc.token("carol")
     svc.start()
     try:

@@ -25,6 +25,7 @@ import orjson
 
 from wal.db import DatabaseManager
 from wal.db.versioning import ensure_schema
+from wal.orders import Fault, FaultPlan
 from wal.service.tokens import TokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +162,12 @@ class ServiceProc:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def refusing_second_submit(tmp: Path, reason: str) -> ServiceProc:
+    """A service (SQLite in ``tmp``) whose paper broker refuses its 2nd submit with
+    ``reason``: a bracketed order's stop-loss, placed after its filled parent."""
+    plan = FaultPlan(reject_reason=reason).on("submit_order", Fault.REJECT, nth=2)
+    faults = tmp / "faults.json"
+    faults.write_bytes(orjson.dumps(plan.to_dict()))
+    return ServiceProc(tmp, f"sqlite:///{tmp / 'atb.db'}", args=["--paper-faults", str(faults)])

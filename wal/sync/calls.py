@@ -69,16 +69,12 @@ class _Shape:
     """A method's signature, computed once per (class, function): binding a call is the
     only per-call work."""
 
-    __slots__ = ("accepted", "keywords", "signature", "var_keyword")
+    __slots__ = ("accepted", "keywords", "signature")
 
     def __init__(self, method: Callable[..., Any]) -> None:
         self.signature = inspect.signature(method)
         self.keywords = KeywordShape(self.signature)  # a keyword call bound without bind()
         self.accepted = self.signature.parameters
-        self.var_keyword = next(
-            (n for n, p in self.accepted.items() if p.kind is inspect.Parameter.VAR_KEYWORD),
-            None,
-        )
 
 
 _SHAPES: dict[tuple[type, Any], _Shape] = {}
@@ -109,8 +105,9 @@ def prepare_call(
             params = shape.keywords.bind_keywords(kwargs)
     except TypeError as exc:  # an unknown or missing argument: refused before logging
         raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
-    if shape.var_keyword is not None and shape.var_keyword in params:
-        params.update(params.pop(shape.var_keyword))
+    var_keyword = shape.keywords.var_keyword  # the **kwargs of the method, if it has one
+    if var_keyword is not None and var_keyword in params:
+        params.update(params.pop(var_keyword))
     accepted = shape.accepted
     id_param = ID_PARAMS.get(op)
     if id_param is not None and id_param in accepted and params.get(id_param) is None:
