@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from wal import WALConfigError, WALDatabaseError, WALEntry
 from wal.db import engine, operations, schema
+from wal.db.apply import pg_ledger_probe
 from wal.db.manager import (
     ApplyResult,
     DatabaseManager,
@@ -769,3 +770,68 @@ def test_safe_url_masks_the_password() -> None:
     assert db.safe_url == "postgresql+psycopg://trader:***@db.example:5432/atb"
     assert "hunter2" not in repr(db)
     assert DatabaseManager("sqlite://").safe_url == "sqlite://"
+
+
+@pytest.mark.parametrize("asked", [0, 3, 500, 501, 1200])
+def test_balance_and_applied_is_one_answer_for_any_number_of_ids(
+    db: DatabaseManager, asked: int
+) -> None:
+    """``get_balance_and_applied``: the balance and exactly the asked ids the ledger holds,
+    for none, a few, one SQLite statement's worth (500), and more (the snapshot fallback)."""
+    applied = [entry("atomic_balance_update", Decimal("0.5"), account="acct") for _ in range(7)]
+    assert outcomes(db.apply(applied)) == ["applied"] * 7
+    other = [entry("atomic_balance_update", Decimal("1"), account="other") for _ in range(2)]
+    assert outcomes(db.apply(other)) == ["applied"] * 2
+    unknown = [str(uuid.uuid4()) for _ in range(max(0, asked - 9))]
+    ids = ([str(e.entry_id) for e in applied + other] + unknown)[:asked]
+    balance, found = db.get_balance_and_applied("acct", ids)
+    assert balance == Decimal("3.5")
+    assert found == {i for i in ids if i in {str(e.entry_id) for e in applied + other}}
+    assert db.get_balance_and_applied("never-used", ids) == (Decimal(0), found)
+
+
+def test_ledger_question_is_answered_from_the_ledger_rows_only(db: DatabaseManager) -> None:
+    """A ledger id the reads did not ask about never comes back, even one that shares a
+    prefix or a separator with an asked id."""
+    e = entry("atomic_balance_update", Decimal("2"), account="acct")
+    assert outcomes(db.apply([e])) == ["applied"]
+    eid = str(e.entry_id)
+    asked = [eid[:8], f"{eid},x", eid.upper(), "", ","]
+    assert db.get_balance_and_applied("acct", asked) == (Decimal("2"), set())
+    assert db.applied_ids(asked) == set()
+    assert db.get_balance_and_applied("acct", [*asked, eid]) == (Decimal("2"), {eid})
+    with db.engine.begin() as conn:  # a ledger row that is not a uuid (the ids are joined)
+        conn.execute(
+            sa.insert(schema.wal_applied).values(
+                entry_id="a,b", lsn=99, operation="x", applied_at=T0
+            )
+        )
+    assert db.applied_ids(["a", "b", eid]) == {eid}
+    assert db.applied_ids(["a,b", "a", eid]) == {"a,b", eid}
+    assert db.get_balance_and_applied("acct", ["a", "b"]) == (Decimal("2"), set())
+    assert db.get_balance_and_applied("acct", ["a,b", eid]) == (Decimal("2"), {"a,b", eid})
+
+
+@pytest.mark.postgres
+def test_pg_ledger_question_probes_the_primary_key(pg_db: str) -> None:
+    """On PostgreSQL the ledger question is one index probe per asked id, never a scan of the
+    whole ledger (the planner ran ``= ANY`` of a few hundred ids as a sequential scan, and a
+    read during a drain paid it on every call)."""
+    db = DatabaseManager(pg_db)
+    try:
+        db.get_balance("x")  # creates the schema
+        ids = [str(uuid.uuid4()) for _ in range(20_000)]
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO wal_applied (entry_id, lsn, operation, applied_at) "
+                "SELECT unnest(%s::text[]), generate_series(1, 20000), 'x', now()",
+                (ids,),
+            )
+            conn.exec_driver_sql("ANALYZE wal_applied")
+        with db.engine.connect() as conn:
+            sql = "EXPLAIN " + pg_ledger_probe(conn.dialect)
+            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql(sql, (ids[:600],)))
+        assert "Index" in plan and "Seq Scan on wal_applied" not in plan, plan
+        assert db.applied_ids([*ids[:600], "not-there"]) == set(ids[:600])
+    finally:
+        db.dispose()

@@ -31,6 +31,7 @@ from wal.db.operations import OPERATIONS as _BASE_OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS
 from wal.db.schema import (
     balance_changes,
+    balances,
     bulk_binder,
     valid_money,
     valid_text,
@@ -39,7 +40,14 @@ from wal.db.schema import (
 )
 from wal.entry import OperationType, WALEntry, utc_now
 
-__all__ = ["ApplyResult", "applied_in", "apply_batch", "keys_in"]
+__all__ = [
+    "ApplyResult",
+    "applied_in",
+    "apply_batch",
+    "balance_and_applied",
+    "keys_in",
+    "pg_ledger_probe",
+]
 
 # every effect ``apply`` may run: the trading operations and the order journal's
 OPERATIONS = {**_BASE_OPERATIONS, **ORDER_OPERATIONS}
@@ -204,22 +212,83 @@ _LEDGER_CHUNK = 500  # ids per IN (...) on SQLite
 
 
 def applied_in(conn: Connection, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` are in the ledger: one query (PostgreSQL) or one per 500 (SQLite)."""
+    """Which of ``ids`` are in the ledger: one query (PostgreSQL) or one per 500 (SQLite).
+
+    Each asked id is one primary-key probe, whatever the ledger's size: the overlay's reads ask
+    about a whole batch in flight while the sync thread applies it, and the sync thread asks
+    about each batch before applying it."""
     if not ids:
         return set()
     dialect = conn.dialect
     table = _name(dialect, wal_applied)
     col = _name(dialect, wal_applied.c.entry_id)
     if dialect.name == "postgresql":
-        sql = f"SELECT {col} FROM {table} WHERE {col} = ANY(%b::text[])"
-        return {row[0] for row in conn.exec_driver_sql(sql, (list(ids),))}
+        return {row[0] for row in conn.exec_driver_sql(pg_ledger_probe(dialect), (list(ids),))}
     found: set[str] = set()
     for i in range(0, len(ids), _LEDGER_CHUNK):
         chunk = tuple(ids[i : i + _LEDGER_CHUNK])
         marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT {col} FROM {table} WHERE {col} IN ({marks})"
-        found.update(row[0] for row in conn.exec_driver_sql(sql, chunk))
+        if any("," in i for i in chunk):  # not one of ours (uuids): one row per id
+            sql = f"SELECT {col} FROM {table} WHERE {col} IN ({marks})"
+            found.update(row[0] for row in conn.exec_driver_sql(sql, chunk))
+            continue
+        # ONE row per chunk: the sqlite3 module lets go of the interpreter lock for every row
+        # it steps, and the sync thread, busy in Python, keeps it for up to 5 ms each time
+        sql = f"SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks})"
+        joined = conn.exec_driver_sql(sql, chunk).scalar()
+        if joined:
+            found.update(str(joined).split(","))
     return found
+
+
+def pg_ledger_probe(dialect: Dialect) -> str:
+    """PostgreSQL: the ledger's ids among the array parameter, one primary-key probe per id
+    (``LIMIT 1`` in a ``LATERAL``): for a few hundred ids the planner runs ``= ANY(...)`` as a
+    sequential scan of the whole ledger (10 ms at 100,000 rows, on every read during a drain)."""
+    table = _name(dialect, wal_applied)
+    col = _name(dialect, wal_applied.c.entry_id)
+    return (
+        f"SELECT w.{col} FROM unnest(%b::text[]) AS asked(id) CROSS JOIN LATERAL "
+        f"(SELECT {col} FROM {table} WHERE {col} = asked.id LIMIT 1) AS w"
+    )
+
+
+def balance_and_applied(
+    conn: Connection, account: str, ids: Sequence[str]
+) -> tuple[Decimal, set[str]] | None:
+    """``account``'s balance and which of ``ids`` the ledger holds, in ONE statement (so one
+    snapshot at any isolation level, and one round trip); None when ``ids`` are more than
+    one SQLite statement takes (the caller reads them in a snapshot transaction instead)."""
+    dialect = conn.dialect
+    if any("," in i for i in ids):
+        return None  # not one of ours (uuids): the ids are joined with commas below
+    if dialect.name != "postgresql" and len(ids) > _LEDGER_CHUNK:
+        return None
+    bal_t, bal_c, acct_c = (
+        _name(dialect, balances),
+        _name(dialect, balances.c.balance),
+        _name(dialect, balances.c.account),
+    )
+    table = _name(dialect, wal_applied)
+    col = _name(dialect, wal_applied.c.entry_id)
+    if dialect.name == "postgresql":
+        sql = (
+            f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = %s), "
+            f"(SELECT string_agg(p.{col}, ',') FROM ({pg_ledger_probe(dialect)}) AS p)"
+        )
+        row = conn.exec_driver_sql(sql, (account, list(ids))).one()
+    else:
+        marks = ", ".join("?" * len(ids)) or "NULL"
+        sql = (
+            f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = ?), "
+            f"(SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks}))"
+        )
+        row = conn.exec_driver_sql(sql, (account, *ids)).one()
+    raw, joined = row
+    # the Money column's own conversion (a Decimal from psycopg, the decimal's text on SQLite)
+    value = Decimal(0) if raw is None else valid_money(raw, "stored value")
+    found = set(str(joined).split(",")) if joined else set()
+    return value, found
 
 
 def keys_in(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
