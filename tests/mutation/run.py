@@ -899,6 +899,38 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # ------------------------------------------------------------------ reads include pending
     Mutation(
+        "reads-first-pause-waits",
+        "wal/sync/overlay.py",
+        "between a batch's steps the sync thread waits for the read in progress (reads first)",
+        "                self._cond.wait_for(lambda: not self._readers, timeout)\n",
+        "                pass\n",
+        (
+            "tests/sync/test_reads_first.py::test_the_pause_waits_for_the_read_in_progress_and_not_without_one",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "reads-first-applier-steps-aside",
+        "wal/sync/apply.py",
+        "the applier calls the overlay's pause between a batch's steps",
+        "        for pause in self.step_aside:\n",
+        "        for pause in ():\n",
+        (
+            "tests/sync/test_reads_first.py::test_the_sync_thread_records_a_batch_only_after_the_read_in_progress",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "ledger-probe-uses-the-index",
+        "wal/db/apply.py",
+        "PostgreSQL's ledger question probes the primary key per id, never scans the ledger",
+        '        f"SELECT w.{col} FROM unnest(%b::text[]) AS asked(id) CROSS JOIN LATERAL "\n'
+        '        f"(SELECT {col} FROM {table} WHERE {col} = asked.id LIMIT 1) AS w"\n',
+        '        f"SELECT {col} AS asked FROM {table} WHERE {col} = ANY(%b::text[])"\n',
+        ("tests/db/test_database.py::test_pg_ledger_question_probes_the_primary_key",),
+        "reads",
+    ),
+    Mutation(
         "overlay-fresh-positions",
         "wal/sync/overlay.py",
         "open positions read from the database include the pending entries",

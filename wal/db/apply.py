@@ -44,7 +44,8 @@ __all__ = [
     "ApplyResult",
     "applied_in",
     "apply_batch",
-    "balance_and_applied",
+    "balance_and_applied_row",
+    "balance_and_applied_sql",
     "keys_in",
     "pg_ledger_probe",
 ]
@@ -253,15 +254,16 @@ def pg_ledger_probe(dialect: Dialect) -> str:
     )
 
 
-def balance_and_applied(
-    conn: Connection, account: str, ids: Sequence[str]
-) -> tuple[Decimal, set[str]] | None:
-    """``account``'s balance and which of ``ids`` the ledger holds, in ONE statement (so one
-    snapshot at any isolation level, and one round trip); None when ``ids`` are more than
-    one SQLite statement takes (the caller reads them in a snapshot transaction instead)."""
-    dialect = conn.dialect
+def balance_and_applied_sql(
+    dialect: Dialect, account: str, ids: Sequence[str]
+) -> tuple[str, tuple[Any, ...]] | None:
+    """ONE statement (so one snapshot at any isolation level, and one round trip) that reads
+    ``account``'s balance and which of ``ids`` the ledger holds, with its parameters (the
+    driver's own style); ``balance_and_applied_row`` reads its row. None when ``ids`` are more
+    than one SQLite statement takes, or not all uuids (the ids are joined with commas): the
+    caller reads them in a snapshot transaction instead."""
     if any("," in i for i in ids):
-        return None  # not one of ours (uuids): the ids are joined with commas below
+        return None
     if dialect.name != "postgresql" and len(ids) > _LEDGER_CHUNK:
         return None
     bal_t, bal_c, acct_c = (
@@ -276,19 +278,21 @@ def balance_and_applied(
             f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = %s), "
             f"(SELECT string_agg(p.{col}, ',') FROM ({pg_ledger_probe(dialect)}) AS p)"
         )
-        row = conn.exec_driver_sql(sql, (account, list(ids))).one()
-    else:
-        marks = ", ".join("?" * len(ids)) or "NULL"
-        sql = (
-            f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = ?), "
-            f"(SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks}))"
-        )
-        row = conn.exec_driver_sql(sql, (account, *ids)).one()
+        return sql, (account, list(ids))
+    marks = ", ".join("?" * len(ids)) or "NULL"
+    sql = (
+        f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = ?), "
+        f"(SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks}))"
+    )
+    return sql, (account, *ids)
+
+
+def balance_and_applied_row(row: Sequence[Any]) -> tuple[Decimal, set[str]]:
+    """The balance and the applied ids from ``balance_and_applied_sql``'s one row."""
     raw, joined = row
     # the Money column's own conversion (a Decimal from psycopg, the decimal's text on SQLite)
     value = Decimal(0) if raw is None else valid_money(raw, "stored value")
-    found = set(str(joined).split(",")) if joined else set()
-    return value, found
+    return value, (set(str(joined).split(",")) if joined else set())
 
 
 def keys_in(conn: Connection, keys: Sequence[str]) -> dict[str, str]:

@@ -1,10 +1,11 @@
 """``DatabaseConnection``: the connection side of ``DatabaseManager``.
 
 The engine and its timeouts (:mod:`wal.db.engine`), the schema created once on first use,
-the database's id (``wal_database_id``), the three kinds of transaction the methods run in
+the database's id (``wal_database_id``), the kinds of transaction the methods run in
 (``_write``: committed on exit; ``_read``: read-only; ``_snapshot``: every statement sees one
-snapshot), ``ping`` and ``dispose``. ``DatabaseManager`` (:mod:`wal.db.manager`) builds on it
-through ``OrderJournalMethods`` (:mod:`wal.db.order_methods`).
+snapshot; ``_statement``: one statement outside any transaction), ``ping`` and ``dispose``.
+``DatabaseManager`` (:mod:`wal.db.manager`) builds on it through ``OrderJournalMethods``
+(:mod:`wal.db.order_methods`).
 """
 
 from __future__ import annotations
@@ -188,6 +189,31 @@ class DatabaseConnection:
             conn.execution_options(**options)
             with conn.begin():  # SQLite (WAL mode): the first read fixes the snapshot
                 yield conn
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[Any]:
+        """A DBAPI cursor outside any transaction, for ONE statement: a statement sees one
+        snapshot by itself (PostgreSQL at any isolation level, SQLite in autocommit), so
+        there is no BEGIN and no ROLLBACK, each a round trip and a wait for the interpreter
+        lock while the sync thread is busy. A connection that failed is not pooled again."""
+        self._ensure_schema()
+        raw = self._engine.raw_connection()
+        pg = self._dialect_name == "postgresql"
+        try:
+            if pg:
+                raw.driver_connection.autocommit = True  # type: ignore[union-attr]  # no BEGIN
+            cur = raw.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+            if pg:
+                raw.driver_connection.autocommit = False  # type: ignore[union-attr]  # as pooled
+        except BaseException:
+            raw.invalidate()  # its state is unknown: closed, never handed out again
+            raise
+        finally:
+            raw.close()
 
     # ------------------------------------------------------------------ lifecycle
 

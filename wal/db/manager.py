@@ -45,7 +45,13 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from wal.db.apply import ApplyResult, applied_in, apply_batch, balance_and_applied
+from wal.db.apply import (
+    ApplyResult,
+    applied_in,
+    apply_batch,
+    balance_and_applied_row,
+    balance_and_applied_sql,
+)
 from wal.db.checks import check_call, check_call_positional, check_key
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
 from wal.db.engine import DEFAULT_URL
@@ -347,11 +353,11 @@ class DatabaseManager(OrderJournalMethods):
         """
         acct = valid_text(account, "account")
         ids = [str(e) for e in entry_ids]
-        with self._read() as conn:
-            # one statement sees one snapshot: no REPEATABLE READ transaction, one round trip
-            both = balance_and_applied(conn, acct, ids)
-        if both is not None:
-            return both
+        one = balance_and_applied_sql(self._engine.dialect, acct, ids)
+        if one is not None:
+            with self._statement() as cur:
+                cur.execute(*one)
+                return balance_and_applied_row(cur.fetchone())
         with self._snapshot() as conn:
             value = conn.execute(
                 sa.select(balances.c.balance).where(balances.c.account == acct)

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +123,8 @@ class Applier:
         self.maybe_applied: set[uuid.UUID] = set()
         self._target_checked = False  # database.json: checked before the first batch is applied
         self.observers: list[ApplyObserver] = []
+        # called between a batch's steps: the read overlay steps aside for a read in progress
+        self.step_aside: list[Callable[[], None]] = []
         self._told = False  # the observers heard how the current batch ended
         # COMPLETED entries still in the log checked against the ledger (reapply_lost) once
         # per process, before the first batch or read: the database may have lost commits
@@ -159,11 +161,19 @@ class Applier:
         for o in self.observers:
             o.batch_finished(batch, statuses, unsure)
 
+    def _step_aside(self) -> None:
+        """Let a read in progress finish first (bounded: ``Overlay.pause_for_reads``). Only
+        between steps, with no database transaction open."""
+        for pause in self.step_aside:
+            pause()
+
     def _apply_and_record(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
+        self._step_aside()
         if self.exactly_once:
             outcomes = self._apply_exactly_once(batch)
         else:
             outcomes = self._apply_at_least_once(batch)
+        self._step_aside()
         crash_point("manager.after_apply_before_status")  # committed, not yet COMPLETED in the log
         changes: list[tuple[WALEntry, WALEntryStatus, str | None, int | None]] = []
         c = self.counters
@@ -205,6 +215,7 @@ class Applier:
             {e.entry_id: st for e, st, _, _ in changes},
             {e.entry_id for e in batch if e.entry_id not in outcomes and e.entry_id in maybe},
         )
+        self._step_aside()
         try:
             # any other outcome is acknowledged only once it is durable in the log
             self.storage.update_statuses(changes, durable=durable)
@@ -212,6 +223,7 @@ class Applier:
             self.fatal = exc
             raise
         self.last_sync_at = datetime.now(UTC)
+        self._step_aside()
         return outcomes
 
     def reapply_lost(self) -> int:

@@ -96,6 +96,7 @@ class DurableDatabaseManager:
         overlay.track_open(self.storage.get_pending_entries())
         self.manager.add_write_hook(overlay.on_write)
         self.manager.add_apply_observer(overlay)
+        self.manager.add_step_aside(overlay.pause_for_reads)  # reads first (Overlay's doc)
         self._reads = PendingReads(db, self.manager, overlay)
 
     @classmethod

@@ -210,6 +210,11 @@ class WALManager:
         """Tell ``observer`` when each batch starts and how it ends (see ``ApplyObserver``)."""
         self._applier.observers.append(observer)
 
+    def add_step_aside(self, pause: Callable[[], None]) -> None:
+        """Call ``pause()`` between the steps of each batch (no transaction open): the read
+        overlay's ``pause_for_reads``."""
+        self._applier.step_aside.append(pause)
+
     def add_write_hook(self, hook: Callable[[WALEntry], None]) -> None:
         """Call ``hook(entry)`` after each entry is durable (before it is applied)."""
         self._write_hooks.append(hook)

@@ -55,6 +55,7 @@ _ORDER_FILL = OperationType.ORDER_FILL.value  # carries its position changes in 
 _POSITION_OPS = frozenset({_NEW_POS, _UPD_POS, _CLOSE_POS, _ORDER_FILL})
 _DONE = (WALEntryStatus.COMPLETED, WALEntryStatus.FAILED)
 _ZERO = Decimal(0)
+READS_FIRST_SECONDS = 0.005  # the longest the sync thread steps aside for reads, per step
 
 # (ids to ask the ledger about) -> (the database's figure, the ids its ledger holds), one snapshot
 BalanceReader = Callable[[list[str]], tuple[Decimal, set[str]]]
@@ -121,6 +122,12 @@ class _Gate:
                 self._readers -= 1
                 if not self._readers:
                     self._cond.notify_all()
+
+    def pause_for_reads(self, timeout: float) -> None:
+        """Wait until no read is in progress, at most ``timeout`` seconds."""
+        with self._cond:
+            if self._readers:
+                self._cond.wait_for(lambda: not self._readers, timeout)
 
     @contextmanager
     def starting(self) -> Iterator[None]:
@@ -239,6 +246,14 @@ class Overlay:
                 self._pos_events.append((self._pos_seq, eff.entry))
             if self._kept_pos is not None:
                 self.apply_position(self._kept_pos, eff.entry)
+
+    def pause_for_reads(self) -> None:
+        """The sync thread, between a batch's steps, lets the reads in progress finish first
+        (at most ``READS_FIRST_SECONDS``). A read makes a database call or two, and after each
+        one waits for the interpreter lock, which the sync thread, busy in Python, gives up
+        only every ``sys.getswitchinterval()`` (5 ms): during a backlog's drain, reads took
+        up to 13 ms (SQLite) and 29 ms (PostgreSQL) at p99. The drain waits instead."""
+        self._gate.pause_for_reads(READS_FIRST_SECONDS)
 
     def batch_starting(self, batch: Sequence[WALEntry]) -> None:
         """The manager is about to apply ``batch``: its entries are uncertain until it ends.
