@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from orders_helpers import make_rig, run
 
@@ -200,3 +202,29 @@ def test_a_rejected_submit_journals_and_sends_nothing(tmp_path: Any) -> None:
         assert rig.ddb.db.get_order_rows() == []
     finally:
         rig.close()
+
+
+def test_paper_fills_since_are_exact_when_the_clock_stepped_back(tmp_path: Any) -> None:
+    """The paper broker answers ``get_fills(since)`` from a time index (not a scan of every
+    fill): exactly the fills at or after ``since``, in execution order, also when the wall
+    clock stepped back between two fills (here: a state file whose times go back)."""
+    path = tmp_path / "paper.json"
+    broker = PaperBroker(seed=1, state_path=path)
+    for i in range(6):
+        broker.submit(intent(quantity=Decimal(1), client_order_id=f"c{i}"))
+    state = orjson.loads(path.read_bytes())
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    minutes = [5, 1, 4, 2, 6, 3]  # the clock stepped back between fills
+    for f, m in zip(state["fills"], minutes, strict=True):
+        f["executed_at"] = (t0 + timedelta(minutes=m)).isoformat()
+    path.write_bytes(orjson.dumps(state))
+    loaded = PaperBroker(seed=1, state_path=path)
+    every = loaded.all_fills()
+    assert len(every) == 6
+    for since_m in range(0, 8):
+        since = t0 + timedelta(minutes=since_m)
+        assert loaded.fills(since) == [f for f in every if f.executed_at >= since]
+    assert loaded.fills(None) == every
+    # the next execution numbers its order's fills after the loaded ones
+    loaded.submit(intent(quantity=Decimal(1), client_order_id="c-next"))
+    assert loaded.all_fills()[-1].execution_id.endswith("-1")

@@ -26,6 +26,7 @@ from wal.orders.journal import OrderJournal
 from wal.orders.models import Order, OrderEvent
 from wal.orders.positions import PositionBook
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
+from wal.orders.table import OrderTable
 from wal.orders.validation import RiskLimits
 
 __all__ = [
@@ -137,7 +138,7 @@ class OrderBase:
         self.retry = retry if retry is not None else RetryPolicy.from_env()
         self.price_source = price_source
         self.journal = OrderJournal(db)
-        self._orders: dict[str, Order] = {}
+        self._orders = OrderTable()  # with the open ones indexed (``_orders.open``)
         self._fills: dict[str, dict[str, dict[str, Any]]] = {}  # cid -> exec key -> fill row
         self._final_at_start: set[str] = set()  # client ids of orders already final at start()
         # orders the broker reports final whose fills are not all booked: why, and its report
@@ -219,7 +220,7 @@ class OrderBase:
         return o if o is not None else self.journal.order(client_order_id)
 
     def open_orders(self) -> list[Order]:
-        return [o for o in self._orders.values() if not is_final(o.state)]
+        return list(self._orders.open.values())
 
     def positions(self) -> dict[str, Decimal]:
         """The journal's net position per symbol (signed), from the fills it holds."""

@@ -245,7 +245,7 @@ class OrderFills(OrderBase):
         """Fetch the broker's fills for every open order; journal the new ones. How many.
         An order the broker reported final (``unsettled()``) gets that state once its fills
         are all booked."""
-        open_ = [o for o in self._orders.values() if not is_final(o.state)]
+        open_ = list(self._orders.open.values())
         n = await self._sync_fills(open_) if open_ else 0
         n += await self._book_absent()
         for cid, bo in list(self._broker_final.items()):

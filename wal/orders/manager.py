@@ -99,7 +99,7 @@ class OrderManager(OrderFills):
         await self.load()
         adopted = failed = unknown = fills = 0
         started = utc_now()  # the previous process has ended: this one holds the log
-        for order in [o for o in self._orders.values() if not is_final(o.state)]:
+        for order in list(self._orders.open.values()):
             async with self._lock(order.client_order_id):
                 before_fills = len(self._fills.get(order.client_order_id, {}))
                 o = await self._recover(self._orders[order.client_order_id], started)
@@ -519,7 +519,7 @@ class OrderManager(OrderFills):
         reserved = Decimal(0)
         valued = balance is not None  # only the balance check values the open buys
         open_buys = open_sells = Decimal(0)  # per side: the worst case (validation.check_risk)
-        for o in itertools.chain(self._orders.values(), self._reserved.values()):
+        for o in itertools.chain(self._orders.open.values(), self._reserved.values()):
             if is_final(o.state):
                 continue
             if o.symbol == intent.symbol:

@@ -21,6 +21,7 @@ behind :mod:`wal.orders.server` with :class:`wal.orders.http_broker.HttpBroker`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import threading
 from dataclasses import dataclass, field, replace
@@ -93,7 +94,10 @@ class PaperBroker:
         self._rng = random.Random(seed)
         self._orders: dict[str, _Order] = {}
         self._by_cid: dict[str, list[str]] = {}
-        self._fills: list[Fill] = []
+        self._fills: list[Fill] = []  # in execution order (only appended: ``_add_fill``)
+        # (executed_at, index in _fills), sorted: get_fills(since) without a scan of them all
+        self._fill_times: list[tuple[datetime, int]] = []
+        self._fill_count: dict[str | None, int] = {}  # broker order id -> its executions
         self._positions: dict[str, tuple[Decimal, Decimal]] = {}
         self._prices: dict[str, Decimal] = dict(prices or {})
         self._next_order = 1
@@ -266,7 +270,12 @@ class PaperBroker:
     def fills(self, since: datetime | None = None) -> list[Fill]:
         with self._lock:
             self._list_fault("get_fills")
-            return [f for f in self._fills if since is None or f.executed_at >= since]
+            if since is None:
+                return list(self._fills)
+            # the executions at or after `since` (the wall clock may step back: by time, not
+            # by position), in execution order
+            start = bisect.bisect_left(self._fill_times, (since, -1))
+            return [self._fills[i] for i in sorted(i for _, i in self._fill_times[start:])]
 
     # ------------------------------------------------------------------ the market
 
@@ -426,8 +435,8 @@ class PaperBroker:
             avg_fill_price=avg,
             status="filled" if filled == o.quantity else "partially_filled",
         )
-        n = sum(1 for f in self._fills if f.broker_order_id == o.broker_order_id) + 1
-        self._fills.append(
+        n = self._fill_count.get(o.broker_order_id, 0) + 1
+        self._add_fill(
             Fill(
                 execution_id=f"{o.broker_order_id}-{n}",
                 client_order_id=o.client_order_id,
@@ -500,6 +509,13 @@ class PaperBroker:
         done.extend(f.to_dict() for f in self._fills[len(done) :])
         return list(done)
 
+    def _add_fill(self, fill: Fill) -> None:
+        """Append an execution, and index it by time and by order (``_lock`` held)."""
+        bisect.insort(self._fill_times, (fill.executed_at, len(self._fills)))
+        self._fills.append(fill)
+        bo = fill.broker_order_id
+        self._fill_count[bo] = self._fill_count.get(bo, 0) + 1
+
     def _load(self, path: Path) -> None:
         d = orjson.loads(path.read_bytes())
         if d.get("version") != 1:
@@ -510,6 +526,7 @@ class PaperBroker:
             o = BrokerOrder.from_dict(item["order"])
             self._orders[o.broker_order_id] = _Order(o, [Decimal(q) for q in item["plan"]])
             self._by_cid.setdefault(o.client_order_id, []).append(o.broker_order_id)
-        self._fills = [Fill.from_dict(f) for f in d["fills"]]
+        for f in d["fills"]:
+            self._add_fill(Fill.from_dict(f))
         self._positions = {s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()}
         self._prices = {s: Decimal(p) for s, p in d["prices"].items()}

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from wal.db.classify import is_transient
 from wal.db.engine import READ_ONLY
 from wal.db.service_schema import service_orders
 from wal.entry import utc_now
@@ -60,7 +61,8 @@ class OwnerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()  # the owner rows' inserts, one at a time
+        self._write_lock = threading.Lock()  # the owner rows' inserts, one batch at a time
+        self._queued: list[_Claim] = []  # claims waiting for the writer (``claim``)
         self._rows: dict[str, OwnerRow] = {}
         self._by_trader: dict[str, list[str]] = {}
         self._children: dict[str, list[str]] = {}  # parent client id -> its bracket children
@@ -110,25 +112,61 @@ class OwnerStore:
 
     def claim(self, row: OwnerRow) -> OwnerRow:
         """Commit ``row`` (durable before the order is journaled) unless its client id has a
-        row already; the row that holds the id either way."""
+        row already; the row that holds the id either way.
+
+        Group commit: the claims of concurrent orders wait for the one writer of this store,
+        and the writer commits every claim queued by then in ONE transaction (one fsync), so
+        a hundred traders placing orders at once do not queue one commit each. A batch that
+        fails on a row made by an earlier run (or on anything else) is written again a row
+        per transaction, each caller getting its own answer."""
         found = self.get(row.client_order_id)
         if found is not None:
             return found
+        mine = _Claim(row)
+        with self._lock:
+            self._queued.append(mine)
+        # one writer of this process at a time: concurrent claims queue here, not in
+        # SQLite's busy wait (which gives up after the busy timeout: "database is locked")
+        with self._write_lock:
+            if mine.result is None and mine.error is None:  # no writer took it yet: take all
+                with self._lock:
+                    batch, self._queued = self._queued, []
+                if mine not in batch:  # taken by a writer that was interrupted: mine alone
+                    batch.append(mine)
+                self._write(batch)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _write(self, batch: list[_Claim]) -> None:
+        """Commit the batch's rows: all in one transaction, else one by one (write lock held)."""
+        if len(batch) > 1:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.insert(service_orders), [_values(c.row) for c in batch])
+            except Exception as exc:
+                if is_transient(exc):  # the database is unreachable: no row alone would do
+                    for c in batch:
+                        c.error = exc
+                    return
+                # a row an earlier run made, or another refusal: each row alone below, so
+                # that each caller gets its own answer
+            else:
+                for c in batch:
+                    self._remember(c.row)
+                    c.result = c.row
+                return
+        for c in batch:
+            try:
+                c.result = self._write_one(c.row)
+            except Exception as exc:
+                c.error = exc  # raised to that claim's caller
+
+    def _write_one(self, row: OwnerRow) -> OwnerRow:
         try:
-            # one writer of this process at a time: concurrent claims queue here, not in
-            # SQLite's busy wait (which gives up after the busy timeout: "database is locked")
-            with self._write_lock, self.engine.begin() as conn:
-                conn.execute(
-                    sa.insert(service_orders).values(
-                        client_order_id=row.client_order_id,
-                        trader_id=row.trader_id,
-                        idempotency_key=row.idempotency_key,
-                        request_sha256=row.request_sha256,
-                        stop_loss=row.stop_loss,
-                        take_profit=row.take_profit,
-                        created_at=utc_now(),
-                    )
-                )
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(service_orders).values(_values(row)))
         except sa_exc.IntegrityError:  # made by a run that died before we loaded: read it
             with self.engine.connect() as conn:
                 conn.execution_options(**{READ_ONLY: True})  # a read: no SQLite write lock
@@ -155,6 +193,29 @@ class OwnerStore:
                 self._by_trader[row.trader_id].remove(client_order_id)
                 if row.parent is not None:
                     self._children[row.parent].remove(client_order_id)
+
+
+class _Claim:
+    """One caller's row in the queue of claims, and its answer once a writer committed it."""
+
+    __slots__ = ("error", "result", "row")
+
+    def __init__(self, row: OwnerRow) -> None:
+        self.row = row
+        self.result: OwnerRow | None = None
+        self.error: BaseException | None = None
+
+
+def _values(row: OwnerRow) -> dict[str, Any]:
+    return {
+        "client_order_id": row.client_order_id,
+        "trader_id": row.trader_id,
+        "idempotency_key": row.idempotency_key,
+        "request_sha256": row.request_sha256,
+        "stop_loss": row.stop_loss,
+        "take_profit": row.take_profit,
+        "created_at": utc_now(),
+    }
 
 
 def _row(m: Any) -> OwnerRow:
