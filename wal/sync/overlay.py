@@ -23,7 +23,10 @@ database's figure. A gate keeps a new batch from starting between the two (a bat
 commit meanwhile: the ledger, in the same snapshot as the balance, says whether it did), so a
 read waits at most for a batch's *start*, never for its commit, and the drain waits at most
 for one read. Maybe-applied entries are settled by the first fresh read (one ledger query,
-then none). So an entry is counted once: in the database's figure, or in the sums.
+then none). So an entry is counted once: in the database's figure, or in the sums. Between a
+batch's steps the sync thread steps aside for the reads in progress (``pause_for_reads``, at
+most ``READS_FIRST_SECONDS`` per step): a read's database calls would otherwise each wait for
+the interpreter lock that the busy sync thread holds.
 
 When the database cannot be reached, the *kept* state answers: the last fresh read plus
 everything logged since that read started (minus dead letters). If there has never been a
