@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -137,12 +138,23 @@ class ReadDuringBatch:
         self.db.dispose()
 
 
+@contextmanager
+def read_during_batch(
+    db_url: str, directory: Path, monkeypatch: pytest.MonkeyPatch, reads_first_s: float
+) -> Iterator[ReadDuringBatch]:
+    """A ``ReadDuringBatch`` with the sync thread stepping aside at most ``reads_first_s``."""
+    monkeypatch.setattr(overlay_module, "READS_FIRST_SECONDS", reads_first_s)
+    run = ReadDuringBatch(db_url, directory)
+    try:
+        yield run
+    finally:
+        run.close()
+
+
 def test_the_sync_thread_records_a_batch_only_after_the_read_in_progress(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(overlay_module, "READS_FIRST_SECONDS", 60.0)
-    run = ReadDuringBatch(db_url, tmp_path / "wal")
-    try:
+    with read_during_batch(db_url, tmp_path / "wal", monkeypatch, 60.0) as run:
         # the batch is committed; the sync thread waits for the read before its next step
         wait_for(lambda: run.waiting() == 1, "the sync thread to step aside")
         assert run.storage.count(WALEntryStatus.PENDING) == 3  # nothing recorded meanwhile
@@ -153,17 +165,13 @@ def test_the_sync_thread_records_a_batch_only_after_the_read_in_progress(
         assert ledger_count(run.db) == 3
         assert run.storage.count(WALEntryStatus.PENDING) == 0
         assert run.ddb.get_balance("a") == D("6")
-    finally:
-        run.close()
 
 
 def test_a_read_that_does_not_end_does_not_stop_the_drain(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pause is bounded: the drain ends while the read is still held."""
-    monkeypatch.setattr(overlay_module, "READS_FIRST_SECONDS", 0.001)
-    run = ReadDuringBatch(db_url, tmp_path / "wal")
-    try:
+    with read_during_batch(db_url, tmp_path / "wal", monkeypatch, 0.001) as run:
         run.drainer.join(60)
         assert not run.drainer.is_alive() and run.reader.is_alive()
         assert run.storage.count(WALEntryStatus.PENDING) == 0
@@ -172,5 +180,3 @@ def test_a_read_that_does_not_end_does_not_stop_the_drain(
         run.reader.join(60)
         assert run.figures == [D("6")]
         assert run.ddb.get_balance("a") == D("6")
-    finally:
-        run.close()

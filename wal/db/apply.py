@@ -229,17 +229,31 @@ def applied_in(conn: Connection, ids: Sequence[str]) -> set[str]:
     for i in range(0, len(ids), _LEDGER_CHUNK):
         chunk = tuple(ids[i : i + _LEDGER_CHUNK])
         marks = ", ".join("?" * len(chunk))
-        if any("," in i for i in chunk):  # not one of ours (uuids): one row per id
+        if not _joinable(chunk):  # one row per id
             sql = f"SELECT {col} FROM {table} WHERE {col} IN ({marks})"
             found.update(row[0] for row in conn.exec_driver_sql(sql, chunk))
             continue
-        # ONE row per chunk: the sqlite3 module lets go of the interpreter lock for every row
-        # it steps, and the sync thread, busy in Python, keeps it for up to 5 ms each time
-        sql = f"SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks})"
-        joined = conn.exec_driver_sql(sql, chunk).scalar()
-        if joined:
-            found.update(str(joined).split(","))
+        joined = conn.exec_driver_sql(_sqlite_ledger_joined(dialect, marks), chunk).scalar()
+        found.update(_split(joined))
     return found
+
+
+def _joinable(ids: Sequence[str]) -> bool:
+    """The ids can come back joined with commas (ours are uuids; another id may hold one)."""
+    return not any("," in i for i in ids)
+
+
+def _split(joined: object) -> set[str]:
+    return set(str(joined).split(",")) if joined else set()
+
+
+def _sqlite_ledger_joined(dialect: Dialect, marks: str) -> str:
+    """SQLite: the ledger's ids among the ``marks`` parameters as ONE row (comma-joined): the
+    sqlite3 module lets go of the interpreter lock for every row it steps, and the sync
+    thread, busy in Python, keeps it for up to 5 ms each time."""
+    table = _name(dialect, wal_applied)
+    col = _name(dialect, wal_applied.c.entry_id)
+    return f"SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks})"
 
 
 def pg_ledger_probe(dialect: Dialect) -> str:
@@ -262,7 +276,7 @@ def balance_and_applied_sql(
     driver's own style); ``balance_and_applied_row`` reads its row. None when ``ids`` are more
     than one SQLite statement takes, or not all uuids (the ids are joined with commas): the
     caller reads them in a snapshot transaction instead."""
-    if any("," in i for i in ids):
+    if not _joinable(ids):
         return None
     if dialect.name != "postgresql" and len(ids) > _LEDGER_CHUNK:
         return None
@@ -271,19 +285,15 @@ def balance_and_applied_sql(
         _name(dialect, balances.c.balance),
         _name(dialect, balances.c.account),
     )
-    table = _name(dialect, wal_applied)
-    col = _name(dialect, wal_applied.c.entry_id)
     if dialect.name == "postgresql":
+        col = _name(dialect, wal_applied.c.entry_id)
         sql = (
             f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = %s), "
             f"(SELECT string_agg(p.{col}, ',') FROM ({pg_ledger_probe(dialect)}) AS p)"
         )
         return sql, (account, list(ids))
-    marks = ", ".join("?" * len(ids)) or "NULL"
-    sql = (
-        f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = ?), "
-        f"(SELECT group_concat({col}, ',') FROM {table} WHERE {col} IN ({marks}))"
-    )
+    joined = _sqlite_ledger_joined(dialect, ", ".join("?" * len(ids)) or "NULL")
+    sql = f"SELECT (SELECT {bal_c} FROM {bal_t} WHERE {acct_c} = ?), ({joined})"
     return sql, (account, *ids)
 
 
@@ -292,7 +302,7 @@ def balance_and_applied_row(row: Sequence[Any]) -> tuple[Decimal, set[str]]:
     raw, joined = row
     # the Money column's own conversion (a Decimal from psycopg, the decimal's text on SQLite)
     value = Decimal(0) if raw is None else valid_money(raw, "stored value")
-    return value, (set(str(joined).split(",")) if joined else set())
+    return value, _split(joined)
 
 
 def keys_in(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
