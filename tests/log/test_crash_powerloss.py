@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import pytest
 from faultfs import CrashFS, SimulatedCrash, TailMode, write_image
-from helpers_log import content
+from helpers_log import content, data_end, write_at_end
 
 from wal import WALEntry, WALEntryStatus, WALError, WALStorage
 from wal.log.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments, segment_name
@@ -241,8 +241,7 @@ def _torn_start(r: Recorder) -> None:
     line = list_segments(r.directory / "probe")[0][1].read_bytes().splitlines(True)[1]
     shutil.rmtree(r.directory / "probe")
     r.torn = line[: len(line) // 2]
-    with seg.open("ab") as f:
-        f.write(r.torn)
+    write_at_end(seg, r.torn)  # into the zero rest of the segment's space, after the records
 
 
 def _recover_torn(r: Recorder) -> None:
@@ -306,6 +305,8 @@ def _headerless_segment_start(r: Recorder) -> None:
     r.open()
     r.append(entry(1), entry(2))
     r.close()
+    seg = r.directory / segment_name(1)
+    os.truncate(seg, data_end(seg.read_bytes()))  # sealed: a rotation cuts it back first
     (r.directory / segment_name(3)).touch(mode=0o600)
 
 
@@ -319,14 +320,14 @@ def _recover_headerless(r: Recorder) -> None:
 
 
 def _preallocated(r: Recorder) -> None:
-    # ~1.2 kB entries, 4 kB segments: the first segment asks for a prepared one after 1 kB,
-    # the flush after 2 kB moves into it (a fixed switch point), later rotations take
-    # prepared segments whose preparation (zeros or fallocate, then fdatasync) happens
-    # between appends; every append after that is a write into preallocated space
+    # ~1.2 kB entries, 4 kB segments: the first segment is prepared when the log is created
+    # (zeros, then its header, synced before its name exists); the next one is asked for at
+    # half full and taken by the rotation, its preparation (zeros or fallocate, then
+    # fdatasync) happening between appends; every append is a write into preallocated space
     r.open()
     r.append(entry(1, 900), entry(2, 900))
-    r.append(entry(3, 900))  # rotates into the prepared segment
-    r.append(entry(4, 900))
+    r.append(entry(3, 900))
+    r.append(entry(4, 900))  # rotates into the prepared segment
     r.status((0, COMPLETED), durable=False)
     r.append(entry(5, 900), entry(6, 900))  # rotates: the sealed segment is cut back
     r.status((1, SYNCING))
@@ -706,7 +707,9 @@ def test_power_loss_at_every_operation_loses_nothing_acknowledged(
     # the images reached the recovery paths they are meant to exercise
     wanted = {
         "appends": {"cut a torn tail", "kept a .broken file"},
-        "rotation": {"cut a torn tail", "removed an empty segment", "zeros read as the end"},
+        # every segment of a preallocated log is prepared, its first one included: none is
+        # ever empty on disk (its header is synced before its name exists)
+        "rotation": {"cut a torn tail", "zeros read as the end"},
         "rotation-unpreallocated": {"cut a torn tail", "removed an empty segment"},
         "compaction": {"removed a compaction temp file", "cut a torn tail"},
         "recovery": {"cut a torn tail", "kept a .broken file"},

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from faultfs import CrashFS, SimulatedCrash
-from helpers_log import make_entry
+from helpers_log import data_end, make_entry
 
 from cli.main import atb
 from wal import (
@@ -531,7 +531,7 @@ def test_status_shows_a_suspect_tail_as_a_problem(tmp_path: Path) -> None:
     _log_with(d)
     seg = d / segment_name(1)
     data = bytearray(seg.read_bytes())
-    data[-10] ^= 1  # inside the last complete record
+    data[data_end(data) - 10] ^= 1  # inside the last complete record
     seg.write_bytes(bytes(data))
     WALStorage(d).close()  # cuts it, loudly
     env = {"WAL_DIR": str(d), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}

@@ -70,18 +70,19 @@ def assert_recovers(
 # ---------------------------------------------------------------------- injected errors
 
 
-# For a new log: write 1 / fdatasync 1 are the segment header's, then one of each per append
-# or status update. The fifth (the third append) is the one that fails. (Counted on segment
-# files only: the manifest written at creation is MANIFEST.tmp, renamed.)
-SEG = ".wal"
+# Counted on segment files by name (zero-padded first LSNs): a new log's first segment is
+# prepared under PREPARED_NAME (its zeros and header written and synced there), so its name
+# sees one write and one fdatasync per append or status update. The fourth (the third
+# append) is the one that fails. (The manifest written at creation is MANIFEST.tmp, renamed.)
+SEG = "0" * 12
 CASES = {
-    "write-ENOSPC": FaultRule("write", nth=5, errno=errno.ENOSPC, path_contains=SEG),
-    "write-EIO": FaultRule("write", nth=5, errno=errno.EIO, path_contains=SEG),
+    "write-ENOSPC": FaultRule("write", nth=4, errno=errno.ENOSPC, path_contains=SEG),
+    "write-EIO": FaultRule("write", nth=4, errno=errno.EIO, path_contains=SEG),
     "short-write-then-ENOSPC": FaultRule(
-        "write", nth=5, errno=errno.ENOSPC, short=57, path_contains=SEG
+        "write", nth=4, errno=errno.ENOSPC, short=57, path_contains=SEG
     ),
-    "fdatasync-EIO": FaultRule("fdatasync", nth=5, errno=errno.EIO, path_contains=SEG),
-    "fdatasync-ENOSPC": FaultRule("fdatasync", nth=5, errno=errno.ENOSPC, path_contains=SEG),
+    "fdatasync-EIO": FaultRule("fdatasync", nth=4, errno=errno.EIO, path_contains=SEG),
+    "fdatasync-ENOSPC": FaultRule("fdatasync", nth=4, errno=errno.ENOSPC, path_contains=SEG),
 }
 
 
@@ -136,7 +137,7 @@ def test_the_failed_fsync_is_not_retried_even_when_a_later_fsync_would_succeed(
 ) -> None:
     """fsyncgate: a retry on the same descriptor "succeeds" with the data gone."""
     d = tmp_path / "log"
-    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=SEG)])
+    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=2, errno=errno.EIO, path_contains=SEG)])
     with WALStorage(d, fs=fs) as log:
         ok = log.append(entry(1))
         with pytest.raises(WALWriteError):
@@ -153,14 +154,15 @@ def test_the_failed_fsync_is_not_retried_even_when_a_later_fsync_would_succeed(
 def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
     """fsyncgate in interval mode: the sync that failed poisons the log like an append's."""
     d = tmp_path / "log"
-    # a segment's fdatasyncs: 1, its header; 2, the first sync; 3, fails
-    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=SEG)])
+    # the segment's fdatasyncs by its name (its header's was under PREPARED_NAME): 1, the
+    # first sync; 2, fails
+    fs = CrashFS(d, rules=[FaultRule("fdatasync", nth=2, errno=errno.EIO, path_contains=SEG)])
     with WALStorage(d, fs=fs, fsync="interval", fsync_interval_ms=60_000) as log:
         ok = log.append(entry(1))
-        log.sync()  # 3
+        log.sync()  # 1
         log.append(entry(2))
         with pytest.raises(WALWriteError):
-            log.sync()  # 4: fails; entry 2's pages are marked clean, their data gone
+            log.sync()  # 2: fails; entry 2's pages are marked clean, their data gone
         syncs = [op for op, _ in fs.ops].count("fdatasync")
         with pytest.raises(WALWriteError):
             log.sync()  # a retry would "succeed" and believe entry 2 durable
@@ -184,12 +186,14 @@ def test_a_failed_interval_sync_is_not_retried_either(tmp_path: Path) -> None:
             "off",
             3,
         ),  # 1: first segment's, 2: manifest
-        # the prepared segment cannot be put in place (2 entries: the first segment's switch
-        # point); its write 1 and fdatasync 1 were the zeros, 2 the header
-        (FaultRule("write", nth=2, errno=errno.ENOSPC, path_contains=PREPARED_NAME), "zero", 2),
-        (FaultRule("fdatasync", nth=2, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 2),
-        (FaultRule("rename", nth=1, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 2),
-        (FaultRule("fsync_dir", nth=3, errno=errno.EIO), "zero", 2),
+        # the second prepared segment cannot be put in place (3 entries fill the first, a
+        # whole 4 KiB segment prepared when the log was created: its write 1 and fdatasync 1
+        # were its zeros, 2 its header, rename 1 its name); 3 is the next one's zeros, 4 its
+        # header
+        (FaultRule("write", nth=4, errno=errno.ENOSPC, path_contains=PREPARED_NAME), "zero", 3),
+        (FaultRule("fdatasync", nth=4, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 3),
+        (FaultRule("rename", nth=2, errno=errno.EIO, path_contains=PREPARED_NAME), "zero", 3),
+        (FaultRule("fsync_dir", nth=3, errno=errno.EIO), "zero", 3),
     ],
     ids=[
         "open",
@@ -267,7 +271,7 @@ def test_a_failed_compaction_loses_nothing(rule: FaultRule, tmp_path: Path) -> N
 def test_concurrent_appenders_all_get_the_error_of_a_failing_fsync(tmp_path: Path) -> None:
     d = tmp_path / "log"
     release = threading.Event()
-    rule = FaultRule("fdatasync", nth=2, errno=errno.EIO, hold=release, path_contains=SEG)
+    rule = FaultRule("fdatasync", nth=1, errno=errno.EIO, hold=release, path_contains=SEG)
     fs = CrashFS(d, rules=[rule])
     entries = [entry(i) for i in range(6)]
     outcome: dict[int, BaseException | WALEntry] = {}
@@ -294,7 +298,7 @@ def test_concurrent_appenders_all_get_the_error_of_a_failing_fsync(tmp_path: Pat
             assert not t.is_alive()
         assert all(isinstance(outcome[i], WALWriteError) for i in range(6)), outcome
         writes = [p for op, p in fs.ops if op == "write" and SEG in p]
-        assert len(writes) == 2, "the followers' records were written after the failure"
+        assert len(writes) == 1, "the followers' records were written after the failure"
         with pytest.raises(WALWriteError):
             log.append(entry(7))
     finally:

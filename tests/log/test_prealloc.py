@@ -99,12 +99,15 @@ def test_the_next_segment_is_prepared_by_a_thread_and_rotation_is_deterministic(
     monkeypatch.setattr(WALStorage, "prepare_in_background", True)
     d = tmp_path / "wal"
     fs = CrashFS(d)
-    gate = fs.add_gate(Gate("fdatasync", path_contains=PREPARED_NAME, timeout=30))
+    # fdatasyncs under PREPARED_NAME: 1 and 2, the first segment's zeros and header (inline,
+    # when the log is created); 3, the next segment's zeros, in the thread
+    gate = fs.add_gate(Gate("fdatasync", nth=3, path_contains=PREPARED_NAME, timeout=30))
     with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
-        ids = fill(log, 3)  # ~2.5 KB: past half of the switch point (4 KB), not past it
+        assert log._seg_prealloc  # the first segment was given a whole segment's space
+        ids = fill(log, 5)  # ~4.2 KB: past half of the segment (4 KB), far from full
         assert gate.reached.wait(30), "the next segment was never prepared"
         ids += fill(log, 1, 100)  # appends go on while the preparation is held
-        assert len(segs(d)) == 1 and not log._seg_prealloc
+        assert len(segs(d)) == 1
         gate.release.set()  # the next append rotates: it would wait for the thread
         ids += fill(log, 40, 200)
         assert log._seg_prealloc and segs(d)[-1].stat().st_size == SEG
@@ -115,10 +118,40 @@ def test_the_next_segment_is_prepared_by_a_thread_and_rotation_is_deterministic(
     monkeypatch.setattr(WALStorage, "prepare_in_background", False)
     d2 = tmp_path / "inline"
     with WALStorage(d2, max_segment_bytes=SEG, preallocate="zero") as log:
-        fill(log, 3)
+        fill(log, 5)
         fill(log, 1, 100)
         fill(log, 40, 200)
     assert layout(d2) == threaded and len(threaded) >= 4
+
+
+@pytest.mark.parametrize("how", ["zero", "fallocate", "off"])
+def test_a_new_logs_first_segment_is_given_its_space_and_moves_to_a_whole_one(
+    how: str, tmp_path: Path
+) -> None:
+    """A new log's first segment is given the space of its records up to the switch point
+    when it is created (so its first appends' fdatasyncs commit no new file size), not a
+    whole segment (a short-lived log never zeroes 64 MiB). At the switch, a reopen in
+    between or not, it moves to a whole prepared segment and is cut back to its records."""
+    big = 4 << 20
+    d = tmp_path / "wal"
+    with WALStorage(d, max_segment_bytes=big, preallocate=how) as log:  # type: ignore[arg-type]
+        space = log._first_segment_bytes()
+        assert 1 << 20 < space < big and not log._seg_prealloc
+        first = segs(d)[0]
+        assert first.stat().st_size == (space if how != "off" else log._header_len)
+        ids = [str(log.append(make_entry(i, blob=20_000)).entry_id) for i in range(20)]
+        assert first.stat().st_size == (space if how != "off" else log.get_stats().bytes)
+    with WALStorage(d, max_segment_bytes=big, preallocate=how) as log:  # type: ignore[arg-type]
+        assert not log._seg_prealloc and len(segs(d)) == 1
+        ids += [str(log.append(make_entry(i, blob=20_000)).entry_id) for i in range(20, 60)]
+        files = segs(d)
+        if how == "off":  # no preparation, no switch: one segment grows up to its size
+            assert files == [first]
+        else:
+            assert len(files) == 2 and files[0] == first and files[1].stat().st_size == big
+        assert not first.read_bytes().endswith(b"\0")  # sealed: cut back to its records
+    with WALStorage(d, recovery="strict") as log:
+        assert [str(e.entry_id) for e in log.iter_entries()] == ids
 
 
 def test_a_rotation_prepares_the_next_segment_inline_when_none_was_asked_for(
@@ -232,7 +265,7 @@ def test_a_closed_log_leaves_no_prepared_segment_behind(tmp_path: Path) -> None:
     d = tmp_path / "wal"
     fs = CrashFS(d)  # the preparation is inline here: ready once the segment is half full
     with WALStorage(d, fs=fs, max_segment_bytes=SEG, preallocate="zero") as log:
-        ids = fill(log, 12)
+        ids = fill(log, 15)  # the first segment full (9), the second past half
         assert log._prealloc.ready and (d / PREPARED_NAME).exists()
     assert not (d / PREPARED_NAME).exists()
     assert ("unlink", str(d / PREPARED_NAME)) in fs.ops

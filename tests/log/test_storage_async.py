@@ -156,8 +156,9 @@ def test_a_cancelled_append_is_still_written(tmp_path: Path) -> None:
 def test_an_fsync_eio_fails_every_waiter_and_every_later_append(tmp_path: Path) -> None:
     d = tmp_path / "log"
     release = threading.Event()
-    # fdatasync of a segment 1: its header; 2: the first group; 3: fails (held until released)
-    rule = FaultRule("fdatasync", nth=3, errno=errno.EIO, path_contains=".wal", hold=release)
+    # fdatasync of segment 1 by its name (its header's was under PREPARED_NAME, before the
+    # rename): 1, the first group; 2, fails (held until released)
+    rule = FaultRule("fdatasync", nth=2, errno=errno.EIO, path_contains="0" * 12, hold=release)
     fs = CrashFS(d, rules=[rule])
     first = make_entry(0)
     doomed = [make_entry(i) for i in range(1, 9)]

@@ -154,10 +154,15 @@ def test_a_preallocated_rotation_makes_the_real_system_calls(trace: Trace, tmp_p
     prep = str(d / PREPARED_NAME)
     dir_ = ("fsync", str(d))
     with WALStorage(d, max_segment_bytes=4096, preallocate="zero") as log:
-        trace.take()
-        log.append(make_entry(0, blob=900))  # past half of the switch point: prepared
-        log.append(make_entry(1, blob=900))
-        log.append(make_entry(2, blob=900))  # the switch point: rotates into the prepared one
+        # a new log's first segment is prepared too, inline: zeros and header synced under
+        # the temporary name, then the rename and the directory sync
+        calls = trace.take()
+        assert calls.count(("fdatasync", prep)) == 2
+        in_order(calls, ("fdatasync", prep), ("fdatasync", prep), ("rename", prep), dir_)
+        for i in range(3):  # past half of the segment: the next one is prepared
+            log.append(make_entry(i, blob=900))
+        assert len(list_segments(d)) == 1
+        log.append(make_entry(3, blob=900))  # it would not fit: rotates into the prepared one
         old, new = (str(p) for _, p in list_segments(d))
         calls = trace.take()
         # the zeros (by the thread, whenever it ran), then the header: both before the rename
@@ -165,7 +170,7 @@ def test_a_preallocated_rotation_makes_the_real_system_calls(trace: Trace, tmp_p
         in_order(calls, ("fdatasync", prep), ("fdatasync", prep), ("rename", prep), dir_)
         # the seal, then the header, before the name
         in_order(calls, ("fdatasync", old), ("fdatasync", prep), ("rename", prep), dir_)
-        for i in range(3, 6):
+        for i in range(4, 7):
             log.append(make_entry(i, blob=900))
         calls = trace.take()
         assert len(list_segments(d)) == 3  # the preallocated segment was sealed
@@ -181,7 +186,7 @@ def test_a_preallocated_rotation_makes_the_real_system_calls(trace: Trace, tmp_p
     new = last
     last = Path(new)
     assert last.stat().st_size == 4096
-    write_at_end(last, b'{"t":"entry","lsn":7,"torn')  # a torn write into the zero rest
+    write_at_end(last, b'{"t":"entry","lsn":8,"torn')  # a torn write into the zero rest
     trace.take()
     with WALStorage(d) as log:
         assert log.recovery_report.truncated_bytes > 0

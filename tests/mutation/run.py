@@ -544,6 +544,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         "preallocation",
     ),
     Mutation(
+        "prealloc-first-segment",
+        "wal/log/segwriter.py",
+        "a new log's first segment is given its space when created (no file size per fdatasync)",
+        "            prepared = self._prealloc.first(self._first_segment_bytes())\n",
+        "            prepared = self._prealloc.take()\n",
+        (
+            PTEST + "test_a_new_logs_first_segment_is_given_its_space_and_moves_to_a_whole_one",
+            "tests/log/test_syscalls.py::test_a_preallocated_rotation_makes_the_real_system_calls",
+        ),
+        "preallocation",
+    ),
+    Mutation(
+        "prealloc-first-segment-switches",
+        "wal/log/segwriter.py",
+        "a first segment given less than a whole segment moves to a prepared one at the switch",
+        "        self._seg_prealloc = prepared and self._alloc_end >= self.options.max_segment_bytes\n",
+        "        self._seg_prealloc = prepared\n",
+        (PTEST + "test_a_new_logs_first_segment_is_given_its_space_and_moves_to_a_whole_one",),
+        "preallocation",
+    ),
+    Mutation(
         "recovery-zeros-are-the-end",
         "wal/log/recovery.py",
         "the zeros of a preallocated last segment are the end of the log (no defect, not cut)",

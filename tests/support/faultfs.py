@@ -141,8 +141,26 @@ class _File:
         for a, b in self.lost:
             b = min(b, len(data))
             if a < b:
-                data[a:b] = bytes(b - a)
+                # the disk keeps what it had there: the durable bytes, zeros past their end
+                old = self.durable[a:b]
+                data[a:b] = old + bytes(b - a - len(old))
         return bytes(data)
+
+    def dirty_range(self) -> tuple[int, int]:
+        """The bytes written since the last fdatasync: from the first that differs from the
+        durable bytes to the end of the file when it grew, else to the last that differs (a
+        write into preallocated space). Empty (a == b) when nothing differs."""
+        durable, now = self.durable, self.current
+        limit = min(len(durable), len(now))
+        a = 0
+        while a < limit and durable[a] == now[a]:
+            a += 1
+        if len(now) > len(durable):
+            return a, len(now)
+        b = limit
+        while b > a and durable[b - 1] == now[b - 1]:
+            b -= 1
+        return a, b
 
 
 @dataclass
@@ -360,7 +378,7 @@ class CrashFS:
                 if f is not None:
                     with self._mu:
                         # Linux marks the dirty pages clean without writing them (fsyncgate)
-                        a, b = len(f.durable), len(f.current)
+                        a, b = f.dirty_range()
                         if a < b:
                             f.lost.append((a, b))
                 raise self._fail(rule, "fdatasync", path)
@@ -425,6 +443,10 @@ class CrashFS:
                     f = self._dir.current.pop(a)
                     self._dir.current[b] = f
                     self._dir.pending.append(_DirOp("rename", a, f, b))
+                    # a descriptor follows its file: later operations on it name the new path
+                    for fd, (of, opath) in list(self._fds.items()):
+                        if opath == src:
+                            self._fds[fd] = (of, dst)
         finally:
             if after:
                 self._crash_after("rename", src)

@@ -62,9 +62,11 @@ class StorageOptions:
         write into each block still converts it on disk, so each fsync does more work than
         with ``"zero"``). Where the file system refuses it, zeros are written instead.
         ``"off"``: segments grow with every append (as before preallocation).
-        A new log starts unpreallocated and switches to a prepared segment once it has
-        written ``min(1 MiB, max_segment_bytes / 2)`` of records: short-lived logs never pay
-        for it.
+        A new log's first segment is prepared when the log is created (inline), with the
+        space of its records up to ``min(1 MiB, max_segment_bytes / 2)`` and 64 KiB more
+        (or a whole segment if that is smaller), so its first appends are as fast as the
+        later ones; at that point it moves to a whole prepared segment. A short-lived log
+        never zeroes a whole segment.
     """
 
     fsync: FsyncMode = "always"

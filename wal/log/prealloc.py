@@ -61,6 +61,17 @@ class Preallocator:
             ready, self.ready = self.ready, False
             return ready
 
+    def first(self, size: int) -> bool:
+        """A new log's first segment, given ``size`` bytes of space now (inline): True (and
+        it is ours) unless preallocation is off. Its first appends then sync data only."""
+        with self.lock:
+            inline = not (self.busy or self.ready or self.off)
+            if inline:
+                self.busy = True
+        if inline:
+            self.prepare(size)  # zeros (or fallocate) written and fdatasynced, synchronously
+        return self.take()
+
     def obtain(self) -> bool:
         """The prepared next segment for a rotation, now: True (and it is ours) unless
         preallocation is off (options, or a failure). A preparation under way is waited for;
@@ -107,14 +118,15 @@ class Preallocator:
             with contextlib.suppress(OSError):
                 self._fs.unlink(str(self.directory / PREPARED_NAME))
 
-    def prepare(self) -> None:
-        """Give ``PREPARED_NAME`` a segment's space and sync it (the background thread).
+    def prepare(self, size: int | None = None) -> None:
+        """Give ``PREPARED_NAME`` a segment's space (or ``size`` bytes) and sync it (the
+        background thread, or inline).
 
         Nothing here is owed: a crash leaves a file the next open removes. A failure (disk
         full, a file system that refuses) only turns preallocation off for this open.
         """
         path = str(self.directory / PREPARED_NAME)
-        size = self.size
+        size = self.size if size is None else size
         ok = False
         try:
             # a temporary name: a crash during the preparation leaves no segment, only this

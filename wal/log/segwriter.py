@@ -10,15 +10,19 @@ the next one is created. Every ``CHECK_EVERY`` flushes, and after each rotation,
 ``LOCK`` is still the file this writer locked.
 
 Preallocation (:mod:`wal.log.prealloc`): a segment gets its space before records go into it,
-so an append's ``fdatasync`` writes data without committing a new file size. This module
-decides when the next segment is wanted (half of a preallocated segment written, or
-half of ``PREPARE_UNALLOCATED_AFTER`` bytes of one that grows) and takes it at the rotation: its
-header is written and synced, then it is renamed into place. Rotation is deterministic: a segment
-rotates when the next batch would take it past ``max_segment_bytes``, and a segment that grows
-(a new log's first) when it holds ``min(PREPARE_UNALLOCATED_AFTER, max_segment_bytes / 2)``
-bytes of records; a prepared segment not ready then is waited for or prepared inline. A sealed
-segment is cut back to its last record before the next one exists: only the last segment ever
-ends in zeros, which recovery reads as the normal end of the log.
+so an append's ``fdatasync`` writes data without committing a new file size. A new log's first
+segment is prepared inline when the log is created, with less space than a whole segment
+(``_first_segment_bytes``: its records up to the switch point and ``FIRST_SEGMENT_SLACK`` more,
+or a whole segment when that is smaller), so a short-lived log never zeroes 64 MiB. This module
+decides when the next segment is wanted (half of a whole segment written, or half of the
+switch point of one that is not whole) and takes it at the rotation: its header is written and
+synced, then it is renamed into place. Rotation is deterministic: a segment rotates when the
+next batch would take it past ``max_segment_bytes``, and one given less than a whole segment
+(a new log's first, or any when preallocation failed) when it holds
+``min(PREPARE_UNALLOCATED_AFTER, max_segment_bytes / 2)`` bytes of records; a prepared segment
+not ready then is waited for or prepared inline. A sealed segment is cut back to its last
+record before the next one exists: only the last segment ever ends in zeros, which recovery
+reads as the normal end of the log.
 
 Only the flush's leader calls in here (``_flushing`` set, see :mod:`wal.log.groupcommit`).
 """
@@ -50,8 +54,9 @@ from wal.log.segment import (
 
 __all__ = ["PREPARE_UNALLOCATED_AFTER", "SegmentWriter"]
 
-PREPARE_UNALLOCATED_AFTER = 1 << 20  # an unpreallocated segment moves to a prepared one after
-# this many bytes of records (or half a segment): short-lived logs never pay for preallocation
+PREPARE_UNALLOCATED_AFTER = 1 << 20  # a segment given less than a whole segment's space moves
+# to a prepared one after this many bytes of records (or half a segment)
+FIRST_SEGMENT_SLACK = 64 << 10  # a new log's first segment: zeros past the switch, for its batch
 
 
 class SegmentWriter(LogReader):
@@ -69,7 +74,7 @@ class SegmentWriter(LogReader):
     _seg_size: int  # the active segment's records end here
     _header_len: int  # the active segment's header: a segment of only this is empty
     _alloc_end: int  # the active segment's file size: data, then preallocated zeros
-    _seg_prealloc: bool  # the active segment was given its space when created
+    _seg_prealloc: bool  # the active segment was given a whole segment's space
     _unsynced: int  # bytes written to the active segment since its last fdatasync
     _prealloc: Preallocator  # the next segment, prepared in the background
     _fsync_count: int
@@ -118,7 +123,12 @@ class SegmentWriter(LogReader):
         # the bound this writer keeps (see _write_bounded); never fsyncing, it keeps none
         tear = None if self.options.fsync == "unsafe_never" else TEAR_BOUND
         header = segment_header(first, None, tear)
-        prepared = self._prealloc.obtain() if rotation else self._prealloc.take()
+        if rotation:
+            prepared = self._prealloc.obtain()
+        else:
+            # a new log's first segment: space for the records before its switch to a full
+            # prepared one, so its first appends' fdatasyncs commit no new file size either
+            prepared = self._prealloc.first(self._first_segment_bytes())
         if prepared:
             fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
         else:
@@ -144,13 +154,21 @@ class SegmentWriter(LogReader):
         self._seg_size = self._header_len = len(header)
         st = os.fstat(fd)
         self._alloc_end = max(st.st_size, len(header))
-        self._seg_prealloc = prepared
+        # a full segment's space: it rotates only when full (a new log's first one, given
+        # less, moves to a prepared one at the switch, as on reopen)
+        self._seg_prealloc = prepared and self._alloc_end >= self.options.max_segment_bytes
         self._segments.append(
             SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
         )
 
+    def _first_segment_bytes(self) -> int:
+        """The space a new log's first segment is given: its records up to the switch, and
+        room for the batch that crosses it."""
+        return min(self.options.max_segment_bytes, self._switch_at() + FIRST_SEGMENT_SLACK)
+
     def _switch_at(self) -> int:
-        """Bytes of records after which a segment that grows moves to a prepared one."""
+        """Bytes of records after which a segment not given a whole segment's space (a new log's
+        first, or one that grows) moves to a prepared one."""
         return min(PREPARE_UNALLOCATED_AFTER, self.options.max_segment_bytes // 2)
 
     def _want_prepared(self) -> bool:
@@ -161,7 +179,7 @@ class SegmentWriter(LogReader):
         if self._seg_prealloc:
             # half full: the next one is ready in time
             return self._seg_size * 2 >= self.options.max_segment_bytes
-        # half way to the switch: it is ready in time
+        # half way to the switch (a first segment, or one that grows): it is ready in time
         return (self._seg_size - self._header_len) * 2 >= self._switch_at()
 
     def _write_batch(self, batch: list[IndexRecord], sync: bool) -> int:
@@ -171,8 +189,9 @@ class SegmentWriter(LogReader):
         header_only = self._seg_size <= self._header_len
         self._flushes_unchecked += 1
         full = self._seg_size + len(data) > self.options.max_segment_bytes
-        # a segment that grows moves to a prepared one at a fixed size, whether or not the
-        # thread has finished preparing it (the rotation then waits for it, or prepares it)
+        # a segment not given a whole segment's space (a new log's first, or one that grows)
+        # moves to a prepared one at a fixed size, whether or not the thread has finished
+        # preparing it (the rotation then waits for it, or prepares it)
         early = (
             not self._seg_prealloc
             and not self._prealloc.off

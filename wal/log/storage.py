@@ -187,7 +187,7 @@ class WALStorage(AsyncAppender):
         self._seg_size = 0
         self._header_len = 0  # the active segment's header: a segment of only this is empty
         self._alloc_end = 0  # the active segment's file size: data, then preallocated zeros
-        self._seg_prealloc = False  # the active segment was given its space when created
+        self._seg_prealloc = False  # the active segment was given a whole segment's space
         self._unsynced = 0  # bytes written to the active segment since its last fdatasync
         # the next segment, prepared in the background
         self._prealloc = Preallocator(
