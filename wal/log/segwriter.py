@@ -116,9 +116,10 @@ class SegmentWriter(LogReader):
         """Create a segment, durable (data and directory entry) before it is used.
 
         At a ``rotation``, the prepared next segment (waited for, or prepared inline, when
-        the background thread has not finished: ``Preallocator.obtain``) unless
-        preallocation is off; else (a new log's first segment) a new file that grows with
-        appends."""
+        the background thread has not finished: ``Preallocator.obtain``); else (a new log's
+        first segment, or a new one after a compacted last segment) one prepared inline with
+        ``_first_segment_bytes`` of space (``Preallocator.first``). With preallocation off
+        (or failed), a new file that grows with appends."""
         path = self.directory / segment_name(first)
         # the bound this writer keeps (see _write_bounded); never fsyncing, it keeps none
         tear = None if self.options.fsync == "unsafe_never" else TEAR_BOUND
