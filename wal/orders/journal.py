@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wal import DurableDatabaseManager, OperationType, WALEntry
+from wal.binding import KeywordShape
 from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
 from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
 from wal.orders.audit import append_digest, digest_path
@@ -102,7 +103,8 @@ def _chain_of(ddb: DurableDatabaseManager) -> _Chain:
         return chain
 
 
-_SIGNATURES = {op: inspect.signature(effect) for op, effect in _EFFECTS.items()}
+# each effect's parameters after ``conn``: a keyword call checked without Signature.bind
+_SHAPES = {op: KeywordShape(inspect.signature(effect), skip=1) for op, effect in _EFFECTS.items()}
 
 
 def _checked(
@@ -111,7 +113,7 @@ def _checked(
     """The calls, each checked against its database effect's parameters: a call the
     database would refuse for its arguments raises ``TypeError`` before anything is logged."""
     for op, kwargs, _ in calls:
-        _SIGNATURES[op].bind(None, **kwargs)  # (conn, **kwargs)
+        _SHAPES[op].bind_keywords(kwargs)  # bind's own TypeError for a bad argument
     return list(calls)
 
 
