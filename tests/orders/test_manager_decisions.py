@@ -17,6 +17,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from orders_helpers import FAST_RETRY, buy, journal_positions, make_rig, open_ddb, run
 from paper_process import PaperProcess
@@ -735,6 +736,40 @@ def test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup(
             assert o.state is S.CANCELLED
             assert paper.writes() == writes  # one submit, one or two cancels
             assert [x["status"] for x in paper.orders()] == ["canceled"]
+        finally:
+            await broker.aclose()
+
+    try:
+        run(go())
+    finally:
+        paper.close()
+        ddb.stop()
+        ddb.db.dispose()
+
+
+def test_over_http_a_submit_fetches_only_its_own_orders_fills(tmp_path: Path) -> None:
+    """``HttpBroker.get_order_fills`` asks the paper broker's process for one order's
+    executions (``?client_order_id=``): the server answers only those, and a submit books its
+    fills from them."""
+    paper = PaperProcess(tmp_path)
+    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+
+    async def go() -> None:
+        broker = await HttpBroker.connect(paper.url, timeout=2.0)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            await om.start()
+            placed = [await om.submit(buy("1")) for _ in range(3)]
+            every = await broker.get_fills()
+            assert len(every) >= 3
+            for o in placed:
+                cid = o.client_order_id
+                assert o.state is S.FILLED
+                mine = await broker.get_order_fills(cid)
+                assert mine == [f for f in every if f.client_order_id == cid] != []
+                async with httpx.AsyncClient(base_url=paper.url) as c:
+                    r = await c.get("/v2/account/activities/FILL", params={"client_order_id": cid})
+                assert [x["client_order_id"] for x in r.json()] == [cid] * len(mine)
         finally:
             await broker.aclose()
 

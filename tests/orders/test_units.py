@@ -27,7 +27,10 @@ from wal.orders import (
     map_status,
     validate_intent,
 )
-from wal.orders.errors import BrokerProtocolError
+from wal.orders.broker import OrderFillsLookup
+from wal.orders.errors import BrokerProtocolError, BrokerUnavailable
+from wal.orders.faults import Fault, FaultPlan
+from wal.orders.models import Fill
 
 S = OrderState
 
@@ -228,3 +231,105 @@ def test_paper_fills_since_are_exact_when_the_clock_stepped_back(tmp_path: Any) 
     # the next execution numbers its order's fills after the loaded ones
     loaded.submit(intent(quantity=Decimal(1), client_order_id="c-next"))
     assert loaded.all_fills()[-1].execution_id.endswith("-1")
+
+
+def test_paper_fills_of_one_order_are_its_fills_since(tmp_path: Any) -> None:
+    """``get_order_fills(cid, since)`` is exactly ``get_fills(since)`` of that order, from an
+    index by client id (also after a reload from the state file), and the fault plan's
+    ``get_fills`` faults apply to it too."""
+    path = tmp_path / "paper.json"
+    broker = PaperBroker(seed=1, state_path=path)
+    for i in range(8):
+        broker.submit(intent(quantity=Decimal(3), client_order_id=f"c{i % 3}-{i}"))
+    loaded = PaperBroker(seed=1, state_path=path)
+    for b in (broker, loaded):
+        every = b.all_fills()
+        assert len(every) >= 8
+        cids = {f.client_order_id for f in every} | {"never-sent"}
+        for since in (None, every[0].executed_at, every[len(every) // 2].executed_at):
+            for cid in cids:
+                mine = [f for f in b.fills(since) if f.client_order_id == cid]
+                assert b.fills_of(cid, since) == mine
+                assert run(b.get_order_fills(cid, since)) == mine
+    loaded.faults = FaultPlan().on("get_fills", Fault.FETCH_FAILURE)
+    with pytest.raises(BrokerUnavailable):
+        run(loaded.get_order_fills("c0-0"))
+
+
+class _CountingPaper(PaperBroker):
+    """The paper broker, counting its fill queries (the engine side, not the async face)."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1)
+        self.all_queries = 0
+        self.order_queries = 0
+
+    def fills(self, since: datetime | None = None) -> list[Fill]:
+        self.all_queries += 1
+        return super().fills(since)
+
+    def fills_of(self, client_order_id: str, since: datetime | None = None) -> list[Fill]:
+        self.order_queries += 1
+        return super().fills_of(client_order_id, since)
+
+
+class _FillsByTimeOnly(_CountingPaper):
+    """A broker that cannot list one order's fills: only ``Broker.get_fills(since)``."""
+
+    get_order_fills = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("broker_cls", [_CountingPaper, _FillsByTimeOnly])
+def test_a_submit_books_its_fills_from_its_own_order_not_every_recent_fill(
+    tmp_path: Any, broker_cls: type[_CountingPaper]
+) -> None:
+    """Each submit used to ask for every fill of the last minute (``get_fills(since)``): at a
+    steady order rate, every fill of that minute on every submit. A broker that can list one
+    order's fills (``OrderFillsLookup``) is asked for the order's own; one that cannot still
+    gets ``get_fills`` and every fill is booked either way."""
+    broker = broker_cls()
+    rig = make_rig(tmp_path, broker, risk=RiskLimits(check_balance=False))
+
+    async def go() -> list[Any]:
+        await rig.om.start()
+        before = (broker.all_queries, broker.order_queries)
+        placed = [
+            await rig.om.submit(intent(quantity=Decimal(2), client_order_id=f"own-{i}"))
+            for i in range(12)
+        ]
+        return [before, placed]
+
+    try:
+        (all_before, one_before), placed = run(go())
+        per_order = broker.order_queries - one_before
+        by_time = broker.all_queries - all_before
+        if broker_cls is _CountingPaper:
+            assert isinstance(broker, OrderFillsLookup)
+            assert by_time == 0 and per_order >= len(placed)
+        else:
+            assert not isinstance(broker, OrderFillsLookup)
+            assert per_order == 0 and by_time >= len(placed)
+        for o in placed:  # every execution booked, each once
+            assert o.state is S.FILLED and o.filled_quantity == Decimal(2)
+            booked = rig.om.journal.fills(client_order_id=o.client_order_id)
+            at_broker = [f for f in broker.all_fills() if f.client_order_id == o.client_order_id]
+            assert sorted(str(f["execution_id"]) for f in booked) == sorted(
+                f.execution_id for f in at_broker
+            )
+    finally:
+        rig.close()
+
+
+def test_a_paper_double_that_shapes_get_fills_shapes_one_orders_fills_too() -> None:
+    """A subclass that overrides ``get_fills`` (a test double: lag, pages, hidden fills) sees
+    ``get_order_fills`` answered from that same view, not around it."""
+
+    class Hiding(PaperBroker):
+        async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+            return [f for f in self.fills(since) if not f.client_order_id.startswith("hid")]
+
+    b = Hiding(seed=1)
+    b.submit(intent(quantity=Decimal(1), client_order_id="hidden-1"))
+    b.submit(intent(quantity=Decimal(1), client_order_id="shown-1"))
+    assert run(b.get_order_fills("hidden-1")) == []
+    assert [f.client_order_id for f in run(b.get_order_fills("shown-1"))] == ["shown-1"]

@@ -30,6 +30,7 @@ __all__ = [
     "BROKER_STATUS",
     "Broker",
     "BrokerOrder",
+    "OrderFillsLookup",
     "BrokerPosition",
     "ClientIdRules",
     "DedupScope",
@@ -262,4 +263,22 @@ class Broker(Protocol):
 
     async def get_fills(self, since: datetime | None = None) -> list[Fill]:
         """Executions at or after ``since`` (all when None), oldest first."""
+        ...
+
+
+@runtime_checkable
+class OrderFillsLookup(Protocol):
+    """A broker that can list ONE order's executions (an optional part of ``Broker``).
+
+    After a submit, the ``OrderManager`` books the new order's fills. With ``get_fills`` alone
+    it asks for every execution since the order was made (a minute earlier, for clock skew):
+    at a steady order rate that is every fill of the last minute, on every submit. A broker
+    whose API filters executions by order implements this, and is asked for the order's own.
+    """
+
+    async def get_order_fills(
+        self, client_order_id: str, since: datetime | None = None
+    ) -> list[Fill]:
+        """The executions of the order with this client id at or after ``since`` (all when
+        None), oldest first: what ``get_fills(since)`` lists for that order."""
         ...

@@ -31,7 +31,7 @@ from decimal import Decimal
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
 from wal.orders.base import LIVE_STATES, OrderBase, why
-from wal.orders.broker import BrokerOrder
+from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.positions import PRICE_QUANTUM
@@ -278,10 +278,16 @@ class OrderFills(OrderBase):
         return n
 
     async def _fetch_fills(self, orders: list[Order]) -> list[Fill] | None:
-        """The broker's fills since the oldest of ``orders``; None if the fetch failed."""
+        """The broker's fills since the oldest of ``orders`` (one order's own, when the
+        broker can list them: ``OrderFillsLookup``); None if the fetch failed."""
         since = min(o.intent.created_at for o in orders) - _FILL_SLACK
+        broker = self.broker
         try:
-            return await asyncio.wait_for(self.broker.get_fills(since), self.retry.call_timeout)
+            if len(orders) == 1 and isinstance(broker, OrderFillsLookup):
+                # not every fill of the last minute on every submit: the order's own
+                one = broker.get_order_fills(orders[0].client_order_id, since)
+                return await asyncio.wait_for(one, self.retry.call_timeout)
+            return await asyncio.wait_for(broker.get_fills(since), self.retry.call_timeout)
         except Exception as exc:
             log.warning("fetching fills failed (%s); they are fetched again later", why(exc))
             return None

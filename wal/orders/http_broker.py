@@ -133,6 +133,18 @@ class HttpBroker:
 
     async def get_fills(self, since: datetime | None = None) -> list[Fill]:
         params = {} if since is None else {"after": since.isoformat()}
+        return await self._fills(params)
+
+    async def get_order_fills(
+        self, client_order_id: str, since: datetime | None = None
+    ) -> list[Fill]:
+        params = {"client_order_id": client_order_id}
+        if since is not None:
+            params["after"] = since.isoformat()
+        # a server that does not filter by order answers every fill: filtered here too
+        return [f for f in await self._fills(params) if f.client_order_id == client_order_id]
+
+    async def _fills(self, params: dict[str, str]) -> list[Fill]:
         d = await self._request("GET", "/v2/account/activities/FILL", params=params)
         try:
             return [Fill.from_dict(x) for x in d or []]

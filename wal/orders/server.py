@@ -7,7 +7,7 @@
 ``GET /v2/orders``                     ``?status=open`` (default) or ``?status=all&after=``
 ``DELETE /v2/orders/{id}``             cancel -> 204, or 422 if it is not open
 ``GET /v2/positions``                  net positions
-``GET /v2/account/activities/FILL``    executions, ``?after=`` ISO time
+``GET /v2/account/activities/FILL``    executions (``?after=`` ISO time, ``?client_order_id=``)
 ``GET /_paper/rules``                  the broker's client-id rules (dedup scope, ...)
 ``PUT /_paper/faults``                 replace the fault plan (tests)
 ``POST /_paper/price``                 ``{"symbol":..., "price":...}``: move the market
@@ -167,8 +167,10 @@ def create_app(broker: PaperBroker, clock: Clock | None = None) -> Starlette:
 
     async def fills(request: Request) -> Response:
         after = request.query_params.get("after")
+        cid = request.query_params.get("client_order_id")
         try:
-            got = broker.fills(datetime.fromisoformat(after) if after else None)
+            since = datetime.fromisoformat(after) if after else None
+            got = broker.fills(since) if cid is None else broker.fills_of(cid, since)
         except Exception as exc:
             return await _failure(exc)
         return _json([f.to_dict() for f in got])
