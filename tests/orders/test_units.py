@@ -27,7 +27,7 @@ from wal.orders import (
     map_status,
     validate_intent,
 )
-from wal.orders.broker import OrderFillsLookup
+from wal.orders import OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, BrokerUnavailable
 from wal.orders.faults import Fault, FaultPlan
 from wal.orders.models import Fill

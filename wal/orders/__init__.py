@@ -41,6 +41,7 @@ from wal.orders.broker import (
     BrokerPosition,
     ClientIdRules,
     DedupScope,
+    OrderFillsLookup,
     map_status,
 )
 from wal.orders.errors import (
@@ -113,6 +114,7 @@ __all__ = [
     "Order",
     "OrderError",
     "OrderEvent",
+    "OrderFillsLookup",
     "OrderIntent",
     "OrderJournal",
     "OrderManager",
