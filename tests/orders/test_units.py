@@ -15,6 +15,7 @@ from wal.orders import (
     TRANSITIONS,
     ClientIdRules,
     IllegalTransitionError,
+    OrderFillsLookup,
     OrderIntent,
     OrderRejected,
     OrderState,
@@ -27,7 +28,6 @@ from wal.orders import (
     map_status,
     validate_intent,
 )
-from wal.orders import OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, BrokerUnavailable
 from wal.orders.faults import Fault, FaultPlan
 from wal.orders.models import Fill
