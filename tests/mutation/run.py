@@ -1065,6 +1065,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "orders",
     ),
     Mutation(
+        "submit-fetches-its-own-fills",
+        "wal/orders/fills.py",
+        "a submit asks a broker that can list one order's fills for its order's own",
+        "            if len(orders) == 1 and isinstance(broker, OrderFillsLookup):\n",
+        "            if False:\n",
+        (
+            "tests/orders/test_units.py::"
+            "test_a_submit_books_its_fills_from_its_own_order_not_every_recent_fill",
+        ),
+        "orders",
+    ),
+    Mutation(
         "start-visibility-window",
         "wal/orders/manager.py",
         'start(): a "not found" counts only if asked after the broker\'s visibility window',
