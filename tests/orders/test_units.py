@@ -333,3 +333,12 @@ def test_a_paper_double_that_shapes_get_fills_shapes_one_orders_fills_too() -> N
     b.submit(intent(quantity=Decimal(1), client_order_id="shown-1"))
     assert run(b.get_order_fills("hidden-1")) == []
     assert [f.client_order_id for f in run(b.get_order_fills("shown-1"))] == ["shown-1"]
+    # the same for a patch of one instance's get_fills
+    p = PaperBroker(seed=1)
+    p.submit(intent(quantity=Decimal(1), client_order_id="lagging-1"))
+
+    async def nothing_yet(since: datetime | None = None) -> list[Fill]:
+        return []
+
+    p.get_fills = nothing_yet  # type: ignore[method-assign]
+    assert run(p.get_order_fills("lagging-1")) == []

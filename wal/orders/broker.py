@@ -30,10 +30,10 @@ __all__ = [
     "BROKER_STATUS",
     "Broker",
     "BrokerOrder",
-    "OrderFillsLookup",
     "BrokerPosition",
     "ClientIdRules",
     "DedupScope",
+    "OrderFillsLookup",
     "map_status",
 ]
 
