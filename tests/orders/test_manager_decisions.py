@@ -12,6 +12,7 @@ process for the cancel whose reply times out).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -709,6 +710,37 @@ def test_sells_reduce_the_position_they_are_never_counted_as_buys(tmp_path: Path
 # ---------------------------------------------------------------------------- over HTTP
 
 
+def _over_http(
+    tmp_path: Path,
+    paper: PaperProcess,
+    timeout: float,
+    body: Callable[[OrderManager, HttpBroker], Awaitable[None]],
+) -> None:
+    """``body(om, broker)``: an ``OrderManager`` on SQLite, started, over ``HttpBroker`` to
+    the paper broker's own process; everything closed afterwards."""
+    try:
+        ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+    except BaseException:
+        paper.close()
+        raise
+
+    async def go() -> None:
+        broker = await HttpBroker.connect(paper.url, timeout=timeout)
+        try:
+            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
+            await om.start()
+            await body(om, broker)
+        finally:
+            await broker.aclose()
+
+    try:
+        run(go())
+    finally:
+        paper.close()
+        ddb.stop()
+        ddb.db.dispose()
+
+
 @pytest.mark.parametrize(
     ("fault", "writes"),
     [(Fault.TIMEOUT_AFTER_ACCEPT, 2), (Fault.TIMEOUT_BEFORE_ACCEPT, 3)],
@@ -723,28 +755,16 @@ def test_over_http_a_cancel_whose_reply_times_out_is_resolved_by_lookup(
     paper = PaperProcess(
         tmp_path, plan=FaultPlan(timeout_hang_seconds=1.0).on("cancel_order", fault)
     )
-    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
 
-    async def go() -> None:
-        broker = await HttpBroker.connect(paper.url, timeout=0.5)
-        try:
-            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
-            await om.start()
-            o = await om.submit(buy("1", order_type="limit", limit_price=Decimal("90")))
-            assert o.state is S.ACCEPTED
-            o = await om.cancel(o.client_order_id)  # no BrokerUnavailable
-            assert o.state is S.CANCELLED
-            assert paper.writes() == writes  # one submit, one or two cancels
-            assert [x["status"] for x in paper.orders()] == ["canceled"]
-        finally:
-            await broker.aclose()
+    async def body(om: OrderManager, broker: HttpBroker) -> None:
+        o = await om.submit(buy("1", order_type="limit", limit_price=Decimal("90")))
+        assert o.state is S.ACCEPTED
+        o = await om.cancel(o.client_order_id)  # no BrokerUnavailable
+        assert o.state is S.CANCELLED
+        assert paper.writes() == writes  # one submit, one or two cancels
+        assert [x["status"] for x in paper.orders()] == ["canceled"]
 
-    try:
-        run(go())
-    finally:
-        paper.close()
-        ddb.stop()
-        ddb.db.dispose()
+    _over_http(tmp_path, paper, 0.5, body)
 
 
 def test_over_http_a_submit_fetches_only_its_own_orders_fills(tmp_path: Path) -> None:
@@ -752,33 +772,21 @@ def test_over_http_a_submit_fetches_only_its_own_orders_fills(tmp_path: Path) ->
     executions (``?client_order_id=``): the server answers only those, and a submit books its
     fills from them."""
     paper = PaperProcess(tmp_path)
-    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
 
-    async def go() -> None:
-        broker = await HttpBroker.connect(paper.url, timeout=2.0)
-        try:
-            om = OrderManager(ddb, broker, risk=RiskLimits(check_balance=False), retry=FAST_RETRY)
-            await om.start()
-            placed = [await om.submit(buy("1")) for _ in range(3)]
-            every = await broker.get_fills()
-            assert len(every) >= 3
-            for o in placed:
-                cid = o.client_order_id
-                assert o.state is S.FILLED
-                mine = await broker.get_order_fills(cid)
-                assert mine == [f for f in every if f.client_order_id == cid] != []
-                async with httpx.AsyncClient(base_url=paper.url) as c:
-                    r = await c.get("/v2/account/activities/FILL", params={"client_order_id": cid})
-                assert [x["client_order_id"] for x in r.json()] == [cid] * len(mine)
-        finally:
-            await broker.aclose()
+    async def body(om: OrderManager, broker: HttpBroker) -> None:
+        placed = [await om.submit(buy("1")) for _ in range(3)]
+        every = await broker.get_fills()
+        assert len(every) >= 3
+        for o in placed:
+            cid = o.client_order_id
+            assert o.state is S.FILLED
+            mine = await broker.get_order_fills(cid)
+            assert mine == [f for f in every if f.client_order_id == cid] != []
+            async with httpx.AsyncClient(base_url=paper.url) as c:
+                r = await c.get("/v2/account/activities/FILL", params={"client_order_id": cid})
+            assert [x["client_order_id"] for x in r.json()] == [cid] * len(mine)
 
-    try:
-        run(go())
-    finally:
-        paper.close()
-        ddb.stop()
-        ddb.db.dispose()
+    _over_http(tmp_path, paper, 2.0, body)
 
 
 # ---------------------------------------------------------------------------- per-order locks
