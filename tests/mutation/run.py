@@ -1013,6 +1013,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "reads",
     ),
     Mutation(
+        "new-log-counts-written-records",
+        "wal/log/storage.py",
+        'a new log stays new while an append is in flight (no false "handed entries before")',
+        "            return self._base == 1 and self._written_lsn == pending\n",
+        "            return self._base == 1 and self._next_lsn - 1 == pending\n",
+        ("tests/sync/test_identity.py::test_a_new_log_with_an_append_in_flight_is_still_new",),
+        "operator",
+    ),
+    Mutation(
         "halt-checked-before-submit",
         "wal/orders/manager.py",
         "the operator's kill switch (<WAL_DIR>/HALT) is read before every new order goes out",

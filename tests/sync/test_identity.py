@@ -9,6 +9,7 @@ handed to a database) records the first database it is applied to. Real SQLite f
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -109,3 +110,29 @@ def test_only_pending_entries_make_a_new_log(tmp_path: Path) -> None:
         assert not log_is_new(log)
         log.update_status(e, WALEntryStatus.PENDING)  # replayed: still not new
         assert not log_is_new(log)
+
+
+def test_a_new_log_with_an_append_in_flight_is_still_new(tmp_path: Path) -> None:
+    """An append holds its LSN before its record is written: a sync thread asking meanwhile
+    must not count it as "a record that is not a PENDING entry". It did (next LSN against
+    the PENDING count): on a new log under load, the first apply was refused with "this log
+    has handed entries to a database before, but records none", the breaker opened, and the
+    check passed only at a quiet moment. Here one append is held inside its fdatasync."""
+    from faultfs import CrashFS, Gate
+    from helpers_log import make_entry
+
+    d = tmp_path / "wal"
+    fs = CrashFS(d)
+    with WALStorage(d, fs=fs) as log:
+        log.append(make_entry(1))
+        gate = fs.add_gate(Gate("fdatasync", path_contains="0" * 12, timeout=30))
+        held = threading.Thread(target=log.append, args=(make_entry(2),))
+        held.start()
+        try:
+            assert gate.reached.wait(30), "the append never reached its fdatasync"
+            assert log.next_lsn == 3 and log.last_lsn == 1  # the LSN taken, not yet written
+            assert log_is_new(log)
+        finally:
+            gate.release.set()
+            held.join(30)
+        assert log_is_new(log) and log.last_lsn == 2

@@ -39,7 +39,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-from wal.entry import utc_now
+from wal.entry import WALEntryStatus, utc_now
 from wal.errors import (
     WALCompactionError,
     WALConfigError,
@@ -385,6 +385,16 @@ class WALStorage(AsyncAppender):
     def last_lsn(self) -> int:
         """The highest LSN written and indexed: every record up to it can be read."""
         return self._written_lsn
+
+    def only_pending_entries(self) -> bool:
+        """True when the log starts at LSN 1 and every record written so far is a PENDING
+        entry (no status record, nothing compacted away): no entry was ever handed to a
+        database. One snapshot under the lock: appends in flight (their LSNs taken, their
+        records not yet written) are not counted on either side."""
+        with self._cond:
+            self._check_open()
+            pending = self._counts[STATUS_CODE[WALEntryStatus.PENDING]]
+            return self._base == 1 and self._written_lsn == pending
 
     # ------------------------------------------------------------------ compaction
 

@@ -10,7 +10,9 @@ the database with ``--database-url`` and confirms (then the new identity is reco
 A log that has handed entries to a database before (``log_is_new`` is False) never binds
 itself again when the file is missing: that is as loud as a wrong database, until the
 operator names the database (``atb wal --database-url URL sync``, confirmed). Only a new log
-binds itself to the first database it is applied to.
+binds itself to the first database it is applied to: one whose records written so far are all
+PENDING entries (``WALStorage.only_pending_entries``, one snapshot: an append in flight is not
+yet a record, and never makes a new log look used).
 
 The file is written atomically (``write_file_atomic``: temp file, fsync, rename, directory
 fsync; never through a symlink). The trading
@@ -141,8 +143,9 @@ def log_is_new(storage: WALStorage) -> bool:
     """True when no entry of the log was ever handed to a database: every record is a
     PENDING entry (no status record, nothing compacted away, nothing COMPLETED, SYNCING or
     FAILED). Only such a log may bind itself to a database without the operator saying so."""
-    st = storage.get_stats()
-    return storage.first_lsn == 1 and st.next_lsn - 1 == st.entries["pending"]
+    # the records written, not the LSNs taken: an append in flight is not yet counted as a
+    # PENDING entry, and was read as "a record that is not one" (a false refusal, loudly)
+    return storage.only_pending_entries()
 
 
 def unbound_problem(directory: Path) -> str:
