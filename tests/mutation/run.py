@@ -547,8 +547,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "prealloc-first-segment",
         "wal/log/segwriter.py",
         "a new log's first segment is given its space when created (no file size per fdatasync)",
-        "            prepared = self._prealloc.first(self._first_segment_bytes())\n",
-        "            prepared = self._prealloc.take()\n",
+        "        prepared = self._prealloc.obtain(None if rotation else self._first_segment_bytes())\n",
+        "        prepared = self._prealloc.obtain() if rotation else self._prealloc.take()\n",
         (
             PTEST + "test_a_new_logs_first_segment_is_given_its_space_and_moves_to_a_whole_one",
             "tests/log/test_syscalls.py::test_a_preallocated_rotation_makes_the_real_system_calls",
@@ -559,7 +559,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "prealloc-first-segment-switches",
         "wal/log/segwriter.py",
         "a first segment given less than a whole segment moves to a prepared one at the switch",
-        "        self._seg_prealloc = prepared and self._alloc_end >= self.options.max_segment_bytes\n",
+        "        self._seg_prealloc = self._alloc_end >= self.options.max_segment_bytes\n",
         "        self._seg_prealloc = prepared\n",
         (PTEST + "test_a_new_logs_first_segment_is_given_its_space_and_moves_to_a_whole_one",),
         "preallocation",
@@ -1077,8 +1077,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "submit-fetches-its-own-fills",
         "wal/orders/fills.py",
         "a submit asks a broker that can list one order's fills for its order's own",
-        "            if len(orders) == 1 and isinstance(broker, OrderFillsLookup):\n",
-        "            if False:\n",
+        "        if len(orders) == 1 and isinstance(broker, OrderFillsLookup):\n",
+        "        if False:\n",
         (
             "tests/orders/test_units.py::"
             "test_a_submit_books_its_fills_from_its_own_order_not_every_recent_fill",

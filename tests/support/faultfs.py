@@ -147,20 +147,24 @@ class _File:
         return bytes(data)
 
     def dirty_range(self) -> tuple[int, int]:
-        """The bytes written since the last fdatasync: from the first that differs from the
-        durable bytes to the end of the file when it grew, else to the last that differs (a
-        write into preallocated space). Empty (a == b) when nothing differs."""
-        durable, now = self.durable, self.current
-        limit = min(len(durable), len(now))
-        a = 0
-        while a < limit and durable[a] == now[a]:
-            a += 1
-        if len(now) > len(durable):
-            return a, len(now)
-        b = limit
-        while b > a and durable[b - 1] == now[b - 1]:
-            b -= 1
-        return a, b
+        """The bytes written since the last fdatasync (``_changed_range``)."""
+        return _changed_range(self.durable, self.current)
+
+
+def _changed_range(durable: bytes, now: bytes | bytearray) -> tuple[int, int]:
+    """Where ``now`` differs from ``durable``: from the first byte that differs to the end of
+    the file when its size changed, else to the last byte that differs (a write into
+    preallocated space). Empty (a == b) when nothing differs."""
+    limit = min(len(durable), len(now))
+    a = 0
+    while a < limit and durable[a] == now[a]:
+        a += 1
+    if len(now) != len(durable):
+        return a, len(now)
+    b = limit
+    while b > a and durable[b - 1] == now[b - 1]:
+        b -= 1
+    return a, b
 
 
 @dataclass
@@ -589,20 +593,9 @@ def _after_power_loss(f: _File, mode: TailMode, rng: random.Random) -> bytes:
     """
     durable = f.durable
     now = f.synced_view()
-    common = 0
-    limit = min(len(durable), len(now))
-    while common < limit and durable[common] == now[common]:
-        common += 1
-    if len(now) < len(durable):  # cut without a sync (O_TRUNC): the old bytes are on disk
-        if mode == "drop":
-            return durable
-        hi = len(now)
-    elif len(now) > len(durable):
-        hi = len(now)
-    else:
-        hi = len(now)
-        while hi > common and durable[hi - 1] == now[hi - 1]:
-            hi -= 1
+    if len(now) < len(durable) and mode == "drop":
+        return durable  # cut without a sync (O_TRUNC): the old bytes are on disk
+    common, hi = _changed_range(durable, now)
     tail = now[common:hi]
     if mode == "drop":
         kept = b""

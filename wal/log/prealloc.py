@@ -61,21 +61,12 @@ class Preallocator:
             ready, self.ready = self.ready, False
             return ready
 
-    def first(self, size: int) -> bool:
-        """A new log's first segment, given ``size`` bytes of space now (inline): True (and
-        it is ours) unless preallocation is off. Its first appends then sync data only."""
-        with self.lock:
-            inline = not (self.busy or self.ready or self.off)
-            if inline:
-                self.busy = True
-        if inline:
-            self.prepare(size)  # zeros (or fallocate) written and fdatasynced, synchronously
-        return self.take()
-
-    def obtain(self) -> bool:
+    def obtain(self, size: int | None = None) -> bool:
         """The prepared next segment for a rotation, now: True (and it is ours) unless
         preallocation is off (options, or a failure). A preparation under way is waited for;
-        none started is done inline, so where a record goes never depends on the thread."""
+        none started is done inline, so where a record goes never depends on the thread.
+        ``size``: the space of one prepared inline, when not a whole segment (a new log's
+        first)."""
         if self.thread is not None:
             self.thread.join()  # a preparation under way finishes first (busy is False after)
         with self.lock:
@@ -83,7 +74,7 @@ class Preallocator:
             if inline:
                 self.busy = True
         if inline:
-            self.prepare()  # zeros (or fallocate) written and fdatasynced, synchronously
+            self.prepare(size)  # zeros (or fallocate) written and fdatasynced, synchronously
         return self.take()
 
     def start(self, background: bool) -> None:

@@ -118,18 +118,15 @@ class SegmentWriter(LogReader):
         At a ``rotation``, the prepared next segment (waited for, or prepared inline, when
         the background thread has not finished: ``Preallocator.obtain``); else (a new log's
         first segment, or a new one after a compacted last segment) one prepared inline with
-        ``_first_segment_bytes`` of space (``Preallocator.first``). With preallocation off
-        (or failed), a new file that grows with appends."""
+        ``_first_segment_bytes`` of space. With preallocation off (or failed), a new file that
+        grows with appends."""
         path = self.directory / segment_name(first)
         # the bound this writer keeps (see _write_bounded); never fsyncing, it keeps none
         tear = None if self.options.fsync == "unsafe_never" else TEAR_BOUND
         header = segment_header(first, None, tear)
-        if rotation:
-            prepared = self._prealloc.obtain()
-        else:
-            # a new log's first segment: space for the records before its switch to a full
-            # prepared one, so its first appends' fdatasyncs commit no new file size either
-            prepared = self._prealloc.first(self._first_segment_bytes())
+        # a new log's first segment: space for the records before its switch to a whole
+        # prepared one, so its first appends' fdatasyncs commit no new file size either
+        prepared = self._prealloc.obtain(None if rotation else self._first_segment_bytes())
         if prepared:
             fd = self._fs.open(str(self.directory / PREPARED_NAME), os.O_WRONLY, FILE_MODE)
         else:
@@ -157,7 +154,7 @@ class SegmentWriter(LogReader):
         self._alloc_end = max(st.st_size, len(header))
         # a full segment's space: it rotates only when full (a new log's first one, given
         # less, moves to a prepared one at the switch, as on reopen)
-        self._seg_prealloc = prepared and self._alloc_end >= self.options.max_segment_bytes
+        self._seg_prealloc = self._alloc_end >= self.options.max_segment_bytes
         self._segments.append(
             SegmentInfo(first, path, first - 1, False, len(header), (st.st_dev, st.st_ino))
         )

@@ -282,12 +282,13 @@ class OrderFills(OrderBase):
         broker can list them: ``OrderFillsLookup``); None if the fetch failed."""
         since = min(o.intent.created_at for o in orders) - _FILL_SLACK
         broker = self.broker
+        if len(orders) == 1 and isinstance(broker, OrderFillsLookup):
+            # not every fill of the last minute on every submit: the order's own
+            fetch = broker.get_order_fills(orders[0].client_order_id, since)
+        else:
+            fetch = broker.get_fills(since)
         try:
-            if len(orders) == 1 and isinstance(broker, OrderFillsLookup):
-                # not every fill of the last minute on every submit: the order's own
-                one = broker.get_order_fills(orders[0].client_order_id, since)
-                return await asyncio.wait_for(one, self.retry.call_timeout)
-            return await asyncio.wait_for(broker.get_fills(since), self.retry.call_timeout)
+            return await asyncio.wait_for(fetch, self.retry.call_timeout)
         except Exception as exc:
             log.warning("fetching fills failed (%s); they are fetched again later", why(exc))
             return None
