@@ -489,7 +489,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a new segment's header is fdatasynced before its name is made durable",
         "                self._fs.fdatasync(fd)  # the header must be on disk before any record after it\n",
         "                pass\n",
-        (NAMES + "[rotation]",),
+        # a segment that grows (preallocate="off"): its name over an unsynced header; a
+        # prepared one (every segment of a preallocated log): a named segment of zeros
+        (NAMES + "[rotation-after-lazy-marks]", EVERY_OP + "[rotation]"),
         "rotation",
     ),
     Mutation(
