@@ -236,11 +236,15 @@ RECONCILER: tuple[Mutation, ...] = (
     ),
     Mutation(
         "final-journal-order-filled-at-broker-booked",
-        "wal/orders/reconcile.py",
+        "wal/orders/fills.py",
         "a final journal order the broker filled is reopened and its executions booked to it",
-        "        reopen = (missing and (is_final(state) or state in UNRESOLVED_STATES)) or (\n",
-        "        reopen = False and (\n",
-        (RP + "test_a_filled_order_the_journal_failed_is_booked_to_it",),
+        "        if is_final(order.state):  # an execution of an order the journal holds final\n",
+        "        if False:  # an execution of an order the journal holds final\n",
+        (
+            RP + "test_a_filled_order_the_journal_failed_is_booked_to_it",
+            RP + "test_a_live_partly_filled_order_under_a_final_journal_state_takes_the_brokers_id",
+            MGR + "test_an_execution_of_an_order_the_journal_holds_final_is_booked_to_it",
+        ),
         "reconciler",
     ),
     Mutation(

@@ -438,6 +438,47 @@ def test_a_live_order_under_a_final_journal_state_is_tracked_and_its_fills_booke
         rig.close()
 
 
+def test_a_live_partly_filled_order_under_a_final_journal_state_takes_the_brokers_id(
+    tmp_path: Path,
+) -> None:
+    """SUBMIT_FAILED in the journal, live and 3 of 10 filled at the broker: the order is
+    reopened with the broker's id (not only its fills booked), so the journal tracks the
+    live order by it, and a cancel reaches the broker."""
+    broker = paper(
+        LOOK_ONLY,
+        auto_fill=False,
+        faults=FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.7")))
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3),
+    )
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(buy("10")))
+    assert order.state is OrderState.UNKNOWN
+    run(
+        rig.om.force_state(
+            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
+        )
+    )
+    broker.advance()  # 3 of 10 executed while the journal says it was never placed
+    rig = restart(rig, tmp_path)
+    try:
+        r = reconcile(rig)
+        got = rig.om.get(order.client_order_id)
+        (bo,) = broker.orders_with_client_id(order.client_order_id)
+        assert bo.status == "partially_filled"
+        assert got is not None and got.state is OrderState.PARTIALLY_FILLED, r
+        assert got.filled_quantity == Decimal("3") and r.orphans_detected == 0
+        assert got.broker_order_id == bo.broker_order_id
+        broker.faults = FaultPlan()
+        run(rig.om.cancel(order.client_order_id))
+        (bo,) = broker.orders_with_client_id(order.client_order_id)
+        assert bo.status == "canceled"
+        assert journal_positions(rig.ddb) == {"AAPL": Decimal("3")} == broker.net_positions()
+    finally:
+        rig.close()
+
+
 def test_a_reconciler_lookup_honours_the_visibility_window(tmp_path: Path) -> None:
     """A lookup that lags (not found although the broker holds it) inside the window is not
     the end: the reconciler waits the window out and looks again."""

@@ -30,8 +30,9 @@ broker's filled quantity), then its state is set to the broker's through ``BROKE
 differs from the broker's; transient statuses are skipped. Not found: PENDING (never sent),
 or still missing once the broker's visibility window has passed -> ``SUBMIT_FAILED``. Broker
 evidence wins over a final journal state: a broker order under a journal client id that is
-live, filled, or has executions the journal lacks is reopened (``force_state``), its fills
-booked, its state set to the broker's. Open broker orders the journal does not know are
+live, filled, or has executions the journal lacks has its executions booked (booking an
+execution reopens a final order, under the broker's id the fill carries), then its state set
+to the broker's (``force_state``). Open broker orders the journal does not know are
 cancelled, except a stop that protects a position we hold (no larger than it), which is
 adopted (journaled under its client id).
 
@@ -484,30 +485,6 @@ class StartupReconciler:
         if order.broker_order_id is None and state in UNRESOLVED_STATES:
             c.adopted += 1
         changed = False
-        # a final or unresolved order the broker holds (live, or with executions) is reopened
-        # through force_state so that its fills are booked and its state follows the broker
-        reopen = (missing and (is_final(state) or state in UNRESOLVED_STATES)) or (
-            target in _PLACED
-            and (state in UNRESOLVED_STATES or is_final(state))
-            and state is not target
-        )
-        if reopen:
-            new = _S.PARTIALLY_FILLED if order.filled_quantity > 0 else _S.ACCEPTED
-            changed = True
-            c.act(
-                dry,
-                f"{cid}: {state.value} -> {new.value} (the broker holds it as "
-                f"{bo.broker_order_id}: {bo.status}, {bo.filled_quantity} filled)",
-            )
-            state = new
-            if not dry:
-                order = await om.force_state(
-                    cid,
-                    new,
-                    reason=f"broker evidence: {bo.status}, {bo.filled_quantity} filled",
-                    broker_order_id=bo.broker_order_id,
-                    _reconciliation=True,
-                )
         filled = booked
         if missing:
             c.fills += len(missing)
