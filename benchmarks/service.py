@@ -38,7 +38,9 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-async def one_trader(url: str, token: str, n: int) -> tuple[list[float], list[float]]:
+async def one_trader(
+    url: str, token: str, n: int, symbol: str = "AAPL"
+) -> tuple[list[float], list[float]]:
     """n sequential POSTs with a WebSocket open: (POST latencies, event latencies) in ms."""
     lat: list[float] = []
     ev_lat: list[float] = []
@@ -59,7 +61,9 @@ async def one_trader(url: str, token: str, n: int) -> tuple[list[float], list[fl
             for _ in range(n):
                 t0 = time.perf_counter()
                 r = await c.post(
-                    "/api/v1/orders", json=BODY, headers={"Idempotency-Key": uuid.uuid4().hex}
+                    "/api/v1/orders",
+                    json=BODY | {"symbol": symbol},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
                 )
                 lat.append((time.perf_counter() - t0) * 1000)
                 assert r.status_code == 201, r.text
@@ -68,8 +72,13 @@ async def one_trader(url: str, token: str, n: int) -> tuple[list[float], list[fl
     return lat, ev_lat
 
 
-async def many_traders(url: str, tokens: list[str], per: int) -> list[float]:
-    results = await asyncio.gather(*(one_trader(url, t, per) for t in tokens))
+async def many_traders(url: str, tokens: list[str], per: int, own: bool = False) -> list[float]:
+    """Every trader at once, each ``per`` sequential POSTs; ``own``: each in a symbol of its
+    own (fills of one symbol are booked one after another: each waits for the last one's
+    fsync, so that its position follows a durable one)."""
+    results = await asyncio.gather(
+        *(one_trader(url, t, per, f"S{i:03d}" if own else "AAPL") for i, t in enumerate(tokens))
+    )
     return [x for lat, _ in results for x in lat]
 
 
@@ -102,6 +111,7 @@ def main() -> None:
             asyncio.run(one_trader(svc.url, tokens[0], 30))  # warm up
             lat, ev = asyncio.run(one_trader(svc.url, tokens[0], args.orders))
             many = asyncio.run(many_traders(svc.url, tokens, args.per_trader))
+            own = asyncio.run(many_traders(svc.url, tokens, args.per_trader, own=True))
         finally:
             svc.stop()
             if args.pg:
@@ -119,6 +129,10 @@ def main() -> None:
     print(
         f"POST, {args.traders} traders at once  n={len(many)} p95={pct(many, 95):.2f} ms "
         f"= {pct(many, 95) / one95:.2f}x one trader's (target <= 1.1x)"
+    )
+    print(
+        f"  the same, each trader in a symbol of its own  n={len(own)} "
+        f"p95={pct(own, 95):.2f} ms = {pct(own, 95) / one95:.2f}x one trader's"
     )
 
 
