@@ -26,6 +26,7 @@ from wal.orders import (
     Fault,
     FaultPlan,
     Fill,
+    Order,
     OrderEvent,
     OrderIntent,
     OrderJournal,
@@ -120,6 +121,28 @@ def es_orders(broker: PaperBroker) -> list[BrokerOrder]:
 
 
 # ---------------------------------------------------------------------------- item 3
+
+
+def submit_failed_in_journal(
+    tmp_path: Path, broker: PaperBroker, intent: OrderIntent, plan: FaultPlan | None = None
+) -> tuple[Rig, Order]:
+    """An order the broker accepted under a journal that says SUBMIT_FAILED: the reply lost,
+    the manager's 3 lookups not finding it, then the state forced (a bug, an operator)."""
+    broker.faults = (
+        (plan or FaultPlan())
+        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
+        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3)
+    )
+    rig = make_rig(tmp_path, broker)
+    run(rig.om.start())
+    order = run(rig.om.submit(intent))
+    assert order.state is OrderState.UNKNOWN
+    run(
+        rig.om.force_state(
+            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
+        )
+    )
+    return rig, order
 
 
 def test_an_unknown_emergency_stop_is_looked_up_never_doubled(tmp_path: Path) -> None:
@@ -404,20 +427,8 @@ def test_a_live_order_under_a_final_journal_state_is_tracked_and_its_fills_booke
     reconciler takes it back (never skipped, never cancelled as unknown); its later fill is
     booked to it."""
     broker = paper(LOOK_ONLY, auto_fill=False)
-    broker.faults = (
-        FaultPlan()
-        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
-        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3)
-    )
-    rig = make_rig(tmp_path, broker)
-    run(rig.om.start())
-    order = run(rig.om.submit(buy("2", order_type="limit", limit_price=Decimal("90"))))
-    assert order.state is OrderState.UNKNOWN
-    run(
-        rig.om.force_state(
-            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
-        )
-    )
+    limit = buy("2", order_type="limit", limit_price=Decimal("90"))
+    rig, order = submit_failed_in_journal(tmp_path, broker, limit)
     rig = restart(rig, tmp_path)
     try:
         r = reconcile(rig)
@@ -444,22 +455,9 @@ def test_a_live_partly_filled_order_under_a_final_journal_state_takes_the_broker
     """SUBMIT_FAILED in the journal, live and 3 of 10 filled at the broker: the order is
     reopened with the broker's id (not only its fills booked), so the journal tracks the
     live order by it, and a cancel reaches the broker."""
-    broker = paper(
-        LOOK_ONLY,
-        auto_fill=False,
-        faults=FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.7")))
-        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
-        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3),
-    )
-    rig = make_rig(tmp_path, broker)
-    run(rig.om.start())
-    order = run(rig.om.submit(buy("10")))
-    assert order.state is OrderState.UNKNOWN
-    run(
-        rig.om.force_state(
-            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
-        )
-    )
+    broker = paper(LOOK_ONLY, auto_fill=False)
+    partly = FaultPlan(partial_fills=(Decimal("0.3"), Decimal("0.7")))
+    rig, order = submit_failed_in_journal(tmp_path, broker, buy("10"), partly)
     broker.advance()  # 3 of 10 executed while the journal says it was never placed
     rig = restart(rig, tmp_path)
     try:
@@ -630,20 +628,7 @@ def test_a_filled_order_the_journal_failed_is_booked_to_it(tmp_path: Path) -> No
     """The journal says SUBMIT_FAILED (final); the broker filled it: its executions are
     booked to that order, never to a synthetic orphan."""
     broker = paper(LOOK_ONLY)
-    broker.faults = (
-        FaultPlan()
-        .on("submit_order", Fault.TIMEOUT_AFTER_ACCEPT)
-        .on("get_order_by_client_id", Fault.NOT_FOUND, times=3)
-    )
-    rig = make_rig(tmp_path, broker)
-    run(rig.om.start())
-    order = run(rig.om.submit(buy("3")))
-    assert order.state is OrderState.UNKNOWN
-    run(
-        rig.om.force_state(
-            order.client_order_id, OrderState.SUBMIT_FAILED, reason="wrong", _reconciliation=True
-        )
-    )
+    rig, order = submit_failed_in_journal(tmp_path, broker, buy("3"))
     rig = restart(rig, tmp_path)
     try:
         r = reconcile(rig)
