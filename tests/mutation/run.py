@@ -1221,8 +1221,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "daily-loss-this-session",
         "wal/orders/fills.py",
         "the daily loss limit counts the losses realized in this session",
-        "                self._book.add_pnl(fill.executed_at, pnl)\n",
-        "                pass\n",
+        '            self._book.add_pnl(fill.executed_at, c["pnl"])\n',
+        "            pass\n",
         (MGR + "test_the_daily_loss_limit_counts_this_sessions_losses",),
         "orders",
     ),
@@ -1281,12 +1281,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "fill-under-symbol-lock",
         "wal/orders/fills.py",
-        "a fill's position change is computed and journaled under its symbol's lock",
-        "        async with self._symbol_locks.hold(fill.symbol):\n",
-        "        async with contextlib.nullcontext():\n",
+        "a symbol has one writer of fills: a fill that comes while its symbol's write is in flight waits for it",
+        "        if sym not in self._fill_writers:\n",
+        "        if True:\n",
+        (
+            "tests/orders/test_risk_worst_case.py::"
+            + "test_a_fill_that_comes_while_its_symbols_write_is_in_flight_waits_for_it",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "fill-group-computes-in-turn",
+        "wal/orders/fills.py",
+        "the fills written together in one symbol are computed each from the position the one before it made",
+        "            pos = new_pos\n",
+        "            pass\n",
         (
             "tests/orders/test_risk_worst_case.py::"
             + "test_two_fills_in_one_symbol_never_compute_from_the_same_position",
+            "tests/orders/test_risk_worst_case.py::"
+            + "test_fills_of_one_symbol_at_once_share_writes_each_from_the_last_position",
         ),
         "orders",
     ),
@@ -1294,8 +1308,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "fill-sells-reduce-the-position",
         "wal/orders/fills.py",
         "a sell's fill reduces the position (never counted as a buy)",
-        '            signed = delta if fill.side == "buy" else -delta\n',
-        "            signed = delta\n",
+        '            signed = b.delta if fill.side == "buy" else -b.delta\n',
+        "            signed = b.delta\n",
         (MGR + "test_sells_reduce_the_position_they_are_never_counted_as_buys",),
         "orders",
     ),

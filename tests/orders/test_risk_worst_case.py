@@ -24,8 +24,10 @@ import pytest
 from orders_helpers import make_rig, run
 
 from wal.orders import (
+    Fill,
     OrderIntent,
     OrderRejected,
+    OrderState,
     PaperBroker,
     RejectReason,
     RiskLimits,
@@ -221,11 +223,96 @@ def test_an_open_market_buy_reserves_at_its_reference_price(db_url: str, tmp_pat
         rig.close()
 
 
+def test_fills_of_one_symbol_at_once_share_writes_each_from_the_last_position(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Twenty fills of one symbol booked at once: those that wait for the symbol's turn are
+    journaled together (fewer writes than fills), each computed from the position the one
+    before it made, so the position is their sum in memory and in the database, and every
+    fill is booked to its own order once."""
+    broker = PaperBroker(seed=1, auto_fill=False)
+    rig = make_rig(tmp_path, broker, url=db_url)
+    writes: list[int] = []
+    journal = rig.om.journal
+    write_fills = journal.arecord_fills
+
+    async def counted(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
+        writes.append(len(fills))
+        await write_fills(fills)
+
+    journal.arecord_fills = counted  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await rig.om.start()
+        for _ in range(20):
+            await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(1)))
+        assert broker.advance() == 20
+        await asyncio.gather(*(rig.om.on_fill(f) for f in broker.all_fills()))
+        assert rig.om.positions() == {"AAPL": D(20)}
+
+    try:
+        run(go())
+        assert sum(writes) == 20 and len(writes) < 20, writes
+        orders = [o for o in rig.om.journal.orders() if o.symbol == "AAPL"]
+        assert len(orders) == 20 and {o.state for o in orders} == {OrderState.FILLED}
+        rig.ddb.drain(timeout=30)
+        open_ = [p for p in rig.ddb.get_open_positions() if p["symbol"] == "AAPL"]
+        assert [D(str(p["quantity"])) for p in open_] == [D(20)]
+    finally:
+        rig.close()
+
+
+def test_a_fill_that_comes_while_its_symbols_write_is_in_flight_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """The symbol's first fill is being written (held there); a second fill comes: it is
+    queued, not written beside it from the same durable position. Once the first is
+    durable, the second is computed from it: the position is 2, not 1."""
+    broker = PaperBroker(seed=1, auto_fill=False)
+    rig = make_rig(tmp_path, broker)
+    writes: list[int] = []
+    journal = rig.om.journal
+    write_fills = journal.arecord_fills
+    release = asyncio.Event()
+
+    async def held(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
+        writes.append(len(fills))
+        if len(writes) == 1:
+            await release.wait()  # the first write stays in flight until released
+        await write_fills(fills)
+
+    journal.arecord_fills = held  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await rig.om.start()
+        for _ in range(2):
+            await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(1)))
+        assert broker.advance() == 2
+        first, second = broker.all_fills()
+        t1 = asyncio.create_task(rig.om.on_fill(first))
+        while not writes:  # the loop's turns, not time: until the first write started
+            await asyncio.sleep(0)
+        t2 = asyncio.create_task(rig.om.on_fill(second))
+        for _ in range(1_000):  # the loop's turns until the second fill is queued or written
+            if len(writes) > 1 or any(rig.om._fill_queue.values()):
+                break
+            await asyncio.sleep(0)
+        assert writes == [1], writes  # queued behind the write in flight, not written beside it
+        release.set()
+        await asyncio.gather(t1, t2)
+        assert writes == [1, 1] and rig.om.positions() == {"AAPL": D(2)}
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
 def test_two_fills_in_one_symbol_never_compute_from_the_same_position(
     db_url: str, tmp_path: Path
 ) -> None:
     """Fills of two orders in one symbol booked at once: the second waits for the first's
-    position (the symbol's lock), so the position is their sum, in memory and in the
+    position (the symbol's turn), so the position is their sum, in memory and in the
     database, never the last one's alone."""
     broker = PaperBroker(seed=1, auto_fill=False)
     rig = make_rig(tmp_path, broker, url=db_url)

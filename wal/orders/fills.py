@@ -24,9 +24,10 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
@@ -34,7 +35,7 @@ from wal.orders.base import LIVE_STATES, OrderBase, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
-from wal.orders.positions import PRICE_QUANTUM
+from wal.orders.positions import PRICE_QUANTUM, Position
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
 
 __all__ = ["OrderFills"]
@@ -43,6 +44,22 @@ log = logging.getLogger("wal.orders")
 
 _S = OrderState
 _FILL_SLACK = timedelta(minutes=1)  # broker clocks differ: ask for fills a little earlier
+
+
+@dataclass(eq=False)
+class _Booking:
+    """A fill checked against its order, waiting for its symbol's turn (``_book_in_turn``)."""
+
+    fill: Fill
+    order: Order
+    key: str
+    old: dict[str, Any] | None  # the execution it corrects, if any
+    delta: Decimal  # what it adds to the order's filled quantity
+    filled: Decimal
+    avg: Decimal
+    state: OrderState
+    kind: EventKind
+    done: asyncio.Future[None] = field(init=False)
 
 
 class OrderFills(OrderBase):
@@ -376,72 +393,135 @@ class OrderFills(OrderBase):
         if state is not order.state or state is _S.PARTIALLY_FILLED:
             check_transition(order.state, state)
         kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
-        # the symbol's lock: two fills in one symbol never compute from the same position
-        async with self._symbol_locks.hold(fill.symbol):
-            signed = delta if fill.side == "buy" else -delta
-            ops, pnl, new_pos = self._book.change(fill.symbol, signed, fill.price)
-            seq = order.last_seq + 1
-            trade_id = uuid.uuid4().hex if old is None else None  # made here: a replay reuses it
-            # the cash it moves on the order's account, in the same entry (wal.db.orders)
-            cash = fill_cash(fill.side, fill.quantity, fill.price, fill.fee)
+        booking = _Booking(fill, order, key, old, delta, filled, avg, state, kind)
+        await self._book_in_turn(booking)
+        return True
+
+    async def _book_in_turn(self, b: _Booking) -> None:
+        """Journal one fill in its symbol's turn; return once it is durable and booked in
+        memory (or raise what its write raised).
+
+        A fill's entry holds the position itself (``PositionBook.change``), so the fills of
+        one symbol are written one write after another, each computed from the position the
+        last one made durable. The symbol's writer (one task per symbol, while it has work)
+        takes every fill queued by then and journals them in ONE write, all or none: a
+        hundred fills of one symbol share an fsync instead of queueing an fsync each. The
+        caller holds the order's lock: the order cannot move while its fill waits."""
+        sym = b.fill.symbol
+        loop = asyncio.get_running_loop()
+        if self._fill_loop is not loop:  # used from a new loop: the old loop's writers died
+            self._fill_loop, self._fill_queue, self._fill_writers = loop, {}, {}
+        b.done = loop.create_future()
+        self._fill_queue.setdefault(sym, []).append(b)
+        if sym not in self._fill_writers:
+            self._fill_writers[sym] = asyncio.ensure_future(self._fill_writer(sym))
+        # shielded: a caller that gives up does not stop its fill, which the broker made
+        await asyncio.shield(b.done)
+
+    async def _fill_writer(self, sym: str) -> None:
+        """Book the symbol's queued fills, a group per write, until none is left."""
+        me = asyncio.current_task()
+        try:
+            while group := self._fill_queue.pop(sym, None):
+                try:
+                    await self._book_group(sym, group)
+                except BaseException as exc:  # the write failed: each of its fills raises it
+                    for b in group:
+                        if not b.done.done():
+                            b.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the loop is closing
+        finally:
+            if self._fill_writers.get(sym) is me:
+                del self._fill_writers[sym]
+
+    async def _book_group(self, sym: str, group: list[_Booking]) -> None:
+        """Compute the group's entries in order from the durable position, write them as
+        one unit, then book them in memory; each booking's ``done`` gets the outcome."""
+        pos = self._book.position(sym)
+        entries: list[tuple[_Booking, dict[str, Any], Any]] = []
+        for b in group:
+            fill, order = b.fill, b.order
+            signed = b.delta if fill.side == "buy" else -b.delta
+            ops, pnl, new_pos = self._book.change_from(pos, sym, signed, fill.price)
+            old = b.old
             replaces = None
             if old is not None:
                 old_q, old_p = Decimal(str(old["quantity"])), Decimal(str(old["price"]))
                 replaces = fill_cash(fill.side, old_q, old_p, Decimal(str(old.get("fee") or 0)))
-            await self.journal.arecord_fill(
-                fill,
-                execution_key=key,
-                seq=seq,
-                kind=kind.value,
-                state=state.value,
-                filled_quantity=filled,
-                avg_fill_price=avg,
-                trade_id=trade_id,
-                pnl=pnl,
-                position_ops=ops,
-                account=order.intent.account,
-                fee=fill.fee,
-                cash=cash,
-                replaces_cash=replaces,
-            )  # fsynced: fill, event, order, trade, position change and cash as one entry
-            crash_point("order.after_fill_fsync")
-            self._book.set(fill.symbol, new_pos)
-            if pnl is not None:
-                self._book.add_pnl(fill.executed_at, pnl)
-            self._fill_epoch += 1  # cash moved from the open buys into the balance
-            self._last_price[fill.symbol] = fill.price
-            known[key] = {
-                "execution_key": key,
-                "execution_id": fill.execution_id,
-                "quantity": fill.quantity,
-                "price": fill.price,
-                "executed_at": fill.executed_at,
+            computed: dict[str, Any] = {
+                "execution_key": b.key,
+                "seq": order.last_seq + 1,
+                "kind": b.kind.value,
+                "state": b.state.value,
+                "filled_quantity": b.filled,
+                "avg_fill_price": b.avg,
+                # made here: a replay reuses it
+                "trade_id": uuid.uuid4().hex if old is None else None,
                 "pnl": pnl,
-                "trade_id": trade_id,
+                "position_ops": ops,
+                "account": order.intent.account,
                 "fee": fill.fee,
+                # the cash it moves on the order's account, in the same entry (wal.db.orders)
+                "cash": fill_cash(fill.side, fill.quantity, fill.price, fill.fee),
+                "replaces_cash": replaces,
             }
-            order = replace(
-                order,
-                state=state,
-                filled_quantity=filled,
-                avg_fill_price=avg,
-                last_seq=seq,
-                updated_at=fill.executed_at,
-                broker_order_id=order.broker_order_id or fill.broker_order_id,
+            try:
+                self.journal.check_fill(fill, computed)  # refused alone, before the group
+            except Exception as exc:
+                b.done.set_exception(exc)
+                continue
+            entries.append((b, computed, new_pos))
+            pos = new_pos
+        if not entries:
+            return
+        # fsynced: each fill, its event, order, trade, position change and cash; one write
+        await self.journal.arecord_fills([(b.fill, c) for b, c, _ in entries])
+        crash_point("order.after_fill_fsync")
+        for b, c, new_pos in entries:
+            self._booked(b, c, new_pos)
+            if not b.done.done():
+                b.done.set_result(None)
+
+    def _booked(self, b: _Booking, c: dict[str, Any], new_pos: Position | None) -> None:
+        """A durable fill in memory: the position, P&L, the order, its known executions."""
+        fill, cid = b.fill, b.fill.client_order_id
+        self._book.set(fill.symbol, new_pos)
+        if c["pnl"] is not None:
+            self._book.add_pnl(fill.executed_at, c["pnl"])
+        self._fill_epoch += 1  # cash moved from the open buys into the balance
+        self._last_price[fill.symbol] = fill.price
+        self._fills.setdefault(cid, {})[b.key] = {
+            "execution_key": b.key,
+            "execution_id": fill.execution_id,
+            "quantity": fill.quantity,
+            "price": fill.price,
+            "executed_at": fill.executed_at,
+            "pnl": c["pnl"],
+            "trade_id": c["trade_id"],
+            "fee": fill.fee,
+        }
+        order = replace(
+            b.order,
+            state=b.state,
+            filled_quantity=b.filled,
+            avg_fill_price=b.avg,
+            last_seq=c["seq"],
+            updated_at=fill.executed_at,
+            broker_order_id=b.order.broker_order_id or fill.broker_order_id,
+        )
+        self._orders[cid] = order
+        self._publish(
+            OrderEvent(
+                cid,
+                c["seq"],
+                b.kind,
+                b.state,
+                fill.executed_at,
+                order.broker_order_id,
+                fill.execution_id,
             )
-            self._orders[cid] = order
-            self._publish(
-                OrderEvent(
-                    cid,
-                    seq,
-                    kind,
-                    state,
-                    fill.executed_at,
-                    order.broker_order_id,
-                    fill.execution_id,
-                )
-            )
-        return True
+        )
 
     # ------------------------------------------------------------------ the reconciler's tools
 

@@ -299,8 +299,14 @@ class OrderJournal:
     async def arecord_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         await self._awrite([_event_call(ev, reason)])
 
-    async def arecord_fill(self, fill: Fill, **computed: Any) -> None:
-        await self._awrite([_fill_call(fill, computed)])
+    async def arecord_fills(self, fills: list[tuple[Fill, dict[str, Any]]]) -> None:
+        """Several fills as one caller's calls: one group commit, acknowledged all or none."""
+        await self._awrite([_fill_call(f, computed) for f, computed in fills])
+
+    def check_fill(self, fill: Fill, computed: dict[str, Any]) -> None:
+        """Raise what ``arecord_fills`` would raise for this fill before writing (a value
+        the database would refuse); nothing is written."""
+        _checked([_fill_call(fill, computed)])
 
     async def _awrite(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
         """Queue ``calls`` for the loop's next batch; return once they are durable (or

@@ -68,11 +68,21 @@ class PositionBook:
         """The realized P&L of one UTC date (ISO format)."""
         return self._daily_pnl.get(day, Decimal(0))
 
+    def position(self, symbol: str) -> Position | None:
+        """The position in ``symbol`` as booked (None if never opened)."""
+        return self._positions.get(symbol)
+
     def change(
         self, symbol: str, signed: Decimal, price: Decimal
     ) -> tuple[list[dict[str, Any]], Decimal | None, Position | None]:
         """The position operations a fill makes, its realized P&L, the position after it."""
-        pos = self._positions.get(symbol)
+        return self.change_from(self._positions.get(symbol), symbol, signed, price)
+
+    def change_from(
+        self, pos: Position | None, symbol: str, signed: Decimal, price: Decimal
+    ) -> tuple[list[dict[str, Any]], Decimal | None, Position | None]:
+        """``change`` from the position ``pos`` instead of the booked one (several fills of
+        one symbol computed in turn before any of them is booked)."""
         q0 = pos.quantity if pos is not None else Decimal(0)
         q1 = q0 + signed
         ops: list[dict[str, Any]] = []
