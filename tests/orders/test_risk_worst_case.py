@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orders_helpers import make_rig, run
+from orders_helpers import Rig, make_rig, run
 
 from wal.orders import (
     Fill,
@@ -223,6 +223,31 @@ def test_an_open_market_buy_reserves_at_its_reference_price(db_url: str, tmp_pat
         rig.close()
 
 
+def fill_writes(rig: Rig, hold_first: asyncio.Event | None = None) -> list[int]:
+    """The sizes of the journal's fill writes, in order (each still written); with
+    ``hold_first``, the first write stays in flight until that event is set."""
+    writes: list[int] = []
+    write_fills = rig.om.journal.arecord_fills
+
+    async def counted(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
+        writes.append(len(fills))
+        if hold_first is not None and len(writes) == 1:
+            await hold_first.wait()
+        await write_fills(fills)
+
+    rig.om.journal.arecord_fills = counted  # type: ignore[method-assign]
+    return writes
+
+
+async def buys_executed(rig: Rig, broker: PaperBroker, n: int) -> list[Fill]:
+    """Start the manager, submit n buys of 1 AAPL, let the broker execute them all."""
+    await rig.om.start()
+    for _ in range(n):
+        await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(1)))
+    assert broker.advance() == n
+    return broker.all_fills()
+
+
 def test_fills_of_one_symbol_at_once_share_writes_each_from_the_last_position(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -232,22 +257,11 @@ def test_fills_of_one_symbol_at_once_share_writes_each_from_the_last_position(
     fill is booked to its own order once."""
     broker = PaperBroker(seed=1, auto_fill=False)
     rig = make_rig(tmp_path, broker, url=db_url)
-    writes: list[int] = []
-    journal = rig.om.journal
-    write_fills = journal.arecord_fills
-
-    async def counted(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
-        writes.append(len(fills))
-        await write_fills(fills)
-
-    journal.arecord_fills = counted  # type: ignore[method-assign]
+    writes = fill_writes(rig)
 
     async def go() -> None:
-        await rig.om.start()
-        for _ in range(20):
-            await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(1)))
-        assert broker.advance() == 20
-        await asyncio.gather(*(rig.om.on_fill(f) for f in broker.all_fills()))
+        fills = await buys_executed(rig, broker, 20)
+        await asyncio.gather(*(rig.om.on_fill(f) for f in fills))
         assert rig.om.positions() == {"AAPL": D(20)}
 
     try:
@@ -270,25 +284,11 @@ def test_a_fill_that_comes_while_its_symbols_write_is_in_flight_waits_for_it(
     durable, the second is computed from it: the position is 2, not 1."""
     broker = PaperBroker(seed=1, auto_fill=False)
     rig = make_rig(tmp_path, broker)
-    writes: list[int] = []
-    journal = rig.om.journal
-    write_fills = journal.arecord_fills
     release = asyncio.Event()
-
-    async def held(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
-        writes.append(len(fills))
-        if len(writes) == 1:
-            await release.wait()  # the first write stays in flight until released
-        await write_fills(fills)
-
-    journal.arecord_fills = held  # type: ignore[method-assign]
+    writes = fill_writes(rig, hold_first=release)  # the first write in flight until released
 
     async def go() -> None:
-        await rig.om.start()
-        for _ in range(2):
-            await rig.om.submit(OrderIntent(symbol="AAPL", side="buy", quantity=D(1)))
-        assert broker.advance() == 2
-        first, second = broker.all_fills()
+        first, second = await buys_executed(rig, broker, 2)
         t1 = asyncio.create_task(rig.om.on_fill(first))
         while not writes:  # the loop's turns, not time: until the first write started
             await asyncio.sleep(0)
