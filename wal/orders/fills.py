@@ -439,7 +439,7 @@ class OrderFills(OrderBase):
         """Compute the group's entries in order from the durable position, write them as
         one unit, then book them in memory; each booking's ``done`` gets the outcome."""
         pos = self._book.position(sym)
-        entries: list[tuple[_Booking, dict[str, Any], Any]] = []
+        entries: list[tuple[_Booking, dict[str, Any], Position | None]] = []
         for b in group:
             fill, order = b.fill, b.order
             signed = b.delta if fill.side == "buy" else -b.delta
