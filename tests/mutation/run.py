@@ -1280,9 +1280,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fill-under-symbol-lock",
-        "wal/orders/fills.py",
+        "wal/orders/turns.py",
         "a symbol has one writer of fills: a fill that comes while its symbol's write is in flight waits for it",
-        "        if sym not in self._fill_writers:\n",
+        "        if key not in self._writers:\n",
         "        if True:\n",
         (
             "tests/orders/test_risk_worst_case.py::"

@@ -34,6 +34,7 @@ from wal.orders import (
     RiskView,
     check_risk,
 )
+from wal.orders.journal import FillCall
 
 D = Decimal
 
@@ -229,11 +230,11 @@ def fill_writes(rig: Rig, hold_first: asyncio.Event | None = None) -> list[int]:
     writes: list[int] = []
     write_fills = rig.om.journal.arecord_fills
 
-    async def counted(fills: list[tuple[Fill, dict[str, Any]]]) -> None:
-        writes.append(len(fills))
+    async def counted(calls: list[FillCall]) -> None:
+        writes.append(len(calls))
         if hold_first is not None and len(writes) == 1:
             await hold_first.wait()
-        await write_fills(fills)
+        await write_fills(calls)
 
     rig.om.journal.arecord_fills = counted  # type: ignore[method-assign]
     return writes
@@ -294,7 +295,7 @@ def test_a_fill_that_comes_while_its_symbols_write_is_in_flight_waits_for_it(
             await asyncio.sleep(0)
         t2 = asyncio.create_task(rig.om.on_fill(second))
         for _ in range(1_000):  # the loop's turns until the second fill is queued or written
-            if len(writes) > 1 or any(rig.om._fill_queue.values()):
+            if len(writes) > 1 or rig.om._fill_turns.queued():
                 break
             await asyncio.sleep(0)
         assert writes == [1], writes  # queued behind the write in flight, not written beside it

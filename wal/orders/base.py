@@ -150,10 +150,6 @@ class OrderBase:
         self._book = PositionBook()  # positions and daily P&L, from the journaled fills
         self._locks = OrderLocks()  # per order: every journal write of an order holds it
         self._state_lock = asyncio.Lock()  # the reconciler's adoptions (no submit holds it)
-        # per symbol: the fills waiting for its writer, and its writer (``_book_in_turn``)
-        self._fill_loop: asyncio.AbstractEventLoop | None = None
-        self._fill_queue: dict[str, list[Any]] = {}
-        self._fill_writers: dict[str, asyncio.Future[None]] = {}
         # submits checked but not journaled yet: open orders to every later risk check
         self._reserved: dict[str, Order] = {}
         self._ref_price: dict[str, Decimal] = {}  # client id -> the price it was checked at

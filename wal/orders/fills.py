@@ -27,6 +27,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from wal.crashpoints import crash_point
@@ -34,9 +35,11 @@ from wal.db.orders import fill_cash
 from wal.orders.base import LIVE_STATES, OrderBase, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
+from wal.orders.journal import FillCall
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.positions import PRICE_QUANTUM, Position
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
+from wal.orders.turns import KeyedWriters
 
 __all__ = ["OrderFills"]
 
@@ -48,7 +51,7 @@ _FILL_SLACK = timedelta(minutes=1)  # broker clocks differ: ask for fills a litt
 
 @dataclass(eq=False)
 class _Booking:
-    """A fill checked against its order, waiting for its symbol's turn (``_book_in_turn``)."""
+    """A fill checked against its order, waiting for its symbol's turn (``_fill_turns``)."""
 
     fill: Fill
     order: Order
@@ -394,52 +397,26 @@ class OrderFills(OrderBase):
             check_transition(order.state, state)
         kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
         booking = _Booking(fill, order, key, old, delta, filled, avg, state, kind)
-        await self._book_in_turn(booking)
+        # in its symbol's turn: durable and booked in memory on return (or what it raised);
+        # the caller holds the order's lock, so the order cannot move while its fill waits
+        await self._fill_turns.submit(fill.symbol, booking)
         return True
 
-    async def _book_in_turn(self, b: _Booking) -> None:
-        """Journal one fill in its symbol's turn; return once it is durable and booked in
-        memory (or raise what its write raised).
-
-        A fill's entry holds the position itself (``PositionBook.change``), so the fills of
-        one symbol are written one write after another, each computed from the position the
-        last one made durable. The symbol's writer (one task per symbol, while it has work)
-        takes every fill queued by then and journals them in ONE write, all or none: a
-        hundred fills of one symbol share an fsync instead of queueing an fsync each. The
-        caller holds the order's lock: the order cannot move while its fill waits."""
-        sym = b.fill.symbol
-        loop = asyncio.get_running_loop()
-        if self._fill_loop is not loop:  # used from a new loop: the old loop's writers died
-            self._fill_loop, self._fill_queue, self._fill_writers = loop, {}, {}
-        b.done = loop.create_future()
-        self._fill_queue.setdefault(sym, []).append(b)
-        if sym not in self._fill_writers:
-            self._fill_writers[sym] = asyncio.ensure_future(self._fill_writer(sym))
-        # shielded: a caller that gives up does not stop its fill, which the broker made
-        await asyncio.shield(b.done)
-
-    async def _fill_writer(self, sym: str) -> None:
-        """Book the symbol's queued fills, a group per write, until none is left."""
-        me = asyncio.current_task()
-        try:
-            while group := self._fill_queue.pop(sym, None):
-                try:
-                    await self._book_group(sym, group)
-                except BaseException as exc:  # the write failed: each of its fills raises it
-                    for b in group:
-                        if not b.done.done():
-                            b.done.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise  # cancelled: the loop is closing
-        finally:
-            if self._fill_writers.get(sym) is me:
-                del self._fill_writers[sym]
+    @cached_property
+    def _fill_turns(self) -> KeyedWriters[_Booking]:
+        """Each symbol's fills, written one write after another, those that wait gathered
+        into the next write (``_book_group``): a fill's entry holds the position itself, so
+        it must be computed from the one the last write made durable."""
+        return KeyedWriters(self._book_group)
 
     async def _book_group(self, sym: str, group: list[_Booking]) -> None:
-        """Compute the group's entries in order from the durable position, write them as
-        one unit, then book them in memory; each booking's ``done`` gets the outcome."""
+        """The symbol's turn (``KeyedWriters``): compute the group's entries in order from
+        the durable position, write them as one unit (all or none), then book them in
+        memory; each booking's ``done`` gets the outcome. A failed write raises to the
+        writer, which gives the error to every booking of the group."""
         pos = self._book.position(sym)
         entries: list[tuple[_Booking, dict[str, Any], Position | None]] = []
+        calls: list[FillCall] = []
         for b in group:
             fill, order = b.fill, b.order
             signed = b.delta if fill.side == "buy" else -b.delta
@@ -467,16 +444,17 @@ class OrderFills(OrderBase):
                 "replaces_cash": replaces,
             }
             try:
-                self.journal.check_fill(fill, computed)  # refused alone, before the group
+                call = self.journal.fill_call(fill, computed)  # refused alone, before the group
             except Exception as exc:
                 b.done.set_exception(exc)
                 continue
             entries.append((b, computed, new_pos))
+            calls.append(call)
             pos = new_pos
         if not entries:
             return
         # fsynced: each fill, its event, order, trade, position change and cash; one write
-        await self.journal.arecord_fills([(b.fill, c) for b, c, _ in entries])
+        await self.journal.arecord_fills(calls)
         crash_point("order.after_fill_fsync")
         for b, c, new_pos in entries:
             self._booked(b, c, new_pos)

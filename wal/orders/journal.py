@@ -48,7 +48,9 @@ from wal.orders.journal_reads import ORDER_OPERATIONS, JournalReader, apply_entr
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
-__all__ = ["ORDER_OPERATIONS", "OrderJournal", "apply_entry", "read_journal"]
+__all__ = ["ORDER_OPERATIONS", "FillCall", "OrderJournal", "apply_entry", "read_journal"]
+
+FillCall = tuple[str, dict[str, Any], str]  # a fill's journal call: operation, kwargs, key
 
 _INTENT = OperationType.ORDER_INTENT.value
 _EVENT = OperationType.ORDER_EVENT.value
@@ -299,14 +301,17 @@ class OrderJournal:
     async def arecord_event(self, ev: OrderEvent, reason: str | None = None) -> None:
         await self._awrite([_event_call(ev, reason)])
 
-    async def arecord_fills(self, fills: list[tuple[Fill, dict[str, Any]]]) -> None:
-        """Several fills as one caller's calls: one group commit, acknowledged all or none."""
-        await self._awrite([_fill_call(f, computed) for f, computed in fills])
+    async def arecord_fills(self, calls: list[FillCall]) -> None:
+        """Several fills (``fill_call``) as one caller's calls: one group commit,
+        acknowledged all or none."""
+        await self._awrite(calls)
 
-    def check_fill(self, fill: Fill, computed: dict[str, Any]) -> None:
-        """Raise what ``arecord_fills`` would raise for this fill before writing (a value
-        the database would refuse); nothing is written."""
-        _checked([_fill_call(fill, computed)])
+    def fill_call(self, fill: Fill, computed: dict[str, Any]) -> FillCall:
+        """The journal call of a fill, checked: raises what writing it would raise before
+        anything is written (a value the database would refuse)."""
+        call = _fill_call(fill, computed)
+        _checked([call])
+        return call
 
     async def _awrite(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
         """Queue ``calls`` for the loop's next batch; return once they are durable (or
