@@ -162,3 +162,30 @@ def test_the_paper_brokers_state_file_is_never_written_through_a_symlink(tmp_pat
     assert victim.read_bytes() == b"precious"
     assert state.is_file() and not state.is_symlink() and _mode(state) == 0o600
     assert PaperBroker(state_path=state)._prices == {"BTCUSDT": Decimal("100")}
+
+
+def test_the_paper_brokers_changes_file_is_never_written_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    """A change is appended to ``paper.json.changes``: a symlink planted there is refused
+    (the change fails, loudly), never appended through; the real file is 0600."""
+    from decimal import Decimal
+
+    from wal.orders.paper import PaperBroker
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    state = tmp_path / "paper.json"
+    broker = PaperBroker(state_path=state)
+    broker.set_price("BTCUSDT", Decimal("100"))  # the first save: the snapshot
+    (tmp_path / "paper.json.changes").symlink_to(victim)
+    with pytest.raises(OSError):
+        broker.set_price("BTCUSDT", Decimal("101"))
+    assert victim.read_bytes() == b"precious"
+    (tmp_path / "paper.json.changes").unlink()
+    broker.close()
+    broker.set_price("BTCUSDT", Decimal("102"))  # after a failed write: the whole state
+    broker.set_price("BTCUSDT", Decimal("103"))  # then a change
+    changes = tmp_path / "paper.json.changes"
+    assert changes.is_file() and not changes.is_symlink() and _mode(changes) == 0o600
+    assert PaperBroker(state_path=state)._prices == {"BTCUSDT": Decimal("103")}

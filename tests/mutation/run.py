@@ -1305,6 +1305,54 @@ MUTATIONS: tuple[Mutation, ...] = (
         "orders",
     ),
     Mutation(
+        "paper-change-holds-every-changed-order",
+        "wal/orders/paper.py",
+        "a paper broker's saved change holds every order that changed (a cancel too)",
+        "            self._dirty.add(broker_order_id)\n",
+        "            pass\n",
+        (
+            "tests/orders/test_paperstate.py::"
+            + "test_every_kind_of_change_reads_back_from_the_changes_alone",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "paper-changes-the-snapshot-holds-skipped",
+        "wal/orders/paperstate.py",
+        "changes a paper snapshot already holds are not applied again on reading",
+        '            if rec["through"] <= through:\n',
+        "            if False:\n",
+        (
+            "tests/orders/test_paperstate.py::"
+            + "test_changes_the_snapshot_already_holds_are_not_applied_twice",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "paper-save-after-failed-write-is-whole",
+        "wal/orders/paperstate.py",
+        "after a failed write of a paper change, the next save is the whole state",
+        "            self.must_snapshot = True  # a torn or lost line: the next save is whole\n",
+        "            pass\n",
+        (
+            "tests/orders/test_paperstate.py::"
+            + "test_after_a_failed_change_write_the_next_save_is_the_whole_state",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "paper-torn-tail-never-appended-after",
+        "wal/orders/paper.py",
+        "a paper broker that read changes writes its whole state first, never after a torn line",
+        "                self._file.must_snapshot = self._file.changes_bytes > 0\n",
+        "                self._file.must_snapshot = False\n",
+        (
+            "tests/orders/test_paperstate.py::"
+            + "test_a_torn_last_change_is_ignored_and_never_written_after",
+        ),
+        "orders",
+    ),
+    Mutation(
         "fill-sells-reduce-the-position",
         "wal/orders/fills.py",
         "a sell's fill reduces the position (never counted as a buy)",

@@ -215,12 +215,14 @@ def test_paper_fills_since_are_exact_when_the_clock_stepped_back(tmp_path: Any) 
     broker = PaperBroker(seed=1, state_path=path)
     for i in range(6):
         broker.submit(intent(quantity=Decimal(1), client_order_id=f"c{i}"))
-    state = orjson.loads(path.read_bytes())
+    state = PaperBroker.read_state(path)
+    assert state is not None
     t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     minutes = [5, 1, 4, 2, 6, 3]  # the clock stepped back between fills
     for f, m in zip(state["fills"], minutes, strict=True):
         f["executed_at"] = (t0 + timedelta(minutes=m)).isoformat()
-    path.write_bytes(orjson.dumps(state))
+    path.write_bytes(orjson.dumps(state))  # the whole state: every change folded in
+    (tmp_path / "paper.json.changes").unlink()
     loaded = PaperBroker(seed=1, state_path=path)
     every = loaded.all_fills()
     assert len(every) == 6

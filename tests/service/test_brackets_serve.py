@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from helpers_log import wait_for
 from service_proc import ServiceProc, auth, refusing_second_submit
 
+from wal.orders.paper import PaperBroker
 from wal.service.brackets import child_order_id
 
 
 def _broker_orders(svc: ServiceProc) -> list[dict[str, Any]]:
-    return [o["order"] for o in orjson.loads(svc.paper_state.read_bytes())["orders"]]
+    state = PaperBroker.read_state(svc.paper_state)
+    assert state is not None
+    return [o["order"] for o in state["orders"]]
 
 
 def test_a_filled_order_with_a_bracket_has_both_children_at_the_broker(svc: ServiceProc) -> None:

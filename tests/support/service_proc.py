@@ -26,6 +26,7 @@ import orjson
 from wal.db import DatabaseManager
 from wal.db.versioning import ensure_schema
 from wal.orders import Fault, FaultPlan
+from wal.orders.paper import PaperBroker
 from wal.service.tokens import TokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +157,8 @@ class ServiceProc:
         """The paper broker's orders with this client id, from its durable state file."""
         if not self.paper_state.exists():  # the broker never accepted anything
             return []
-        state = orjson.loads(self.paper_state.read_bytes())
+        state = PaperBroker.read_state(self.paper_state)
+        assert state is not None
         return [o for o in state["orders"] if o["order"]["client_order_id"] == client_order_id]
 
 

@@ -9,10 +9,12 @@ crosses them; stops trigger the same way); and it misbehaves as its ``FaultPlan`
 Everything is deterministic from ``seed``: order ids (``paper-00000001``), execution ids
 (``<order id>-<n>``), the random faults and the random-walk prices of ``step_prices``.
 
-With ``state_path`` the state is durable: after every change it is written to a temporary
-file, fsynced and renamed over the state file (mode 0600), and the directory is fsynced; a
-restarted broker (``atb paper-broker serve`` after a SIGKILL) continues from it. The fault
-plan's call counters are not part of the state: a restarted broker starts its plan over.
+With ``state_path`` the state is durable: every change is appended to ``<state>.changes``
+and fdatasynced before it is acknowledged, and the whole state is written again (atomically,
+mode 0600) only once those changes outgrow it (:mod:`wal.orders.paperstate`: the format,
+and why); a restarted broker (``atb paper-broker serve`` after a SIGKILL) continues from
+it. The fault plan's call counters are not part of the state: a restarted broker starts its
+plan over.
 
 Use it in-process (its methods are the async ``Broker`` protocol) or as its own process
 behind :mod:`wal.orders.server` with :class:`wal.orders.http_broker.HttpBroker`.
@@ -32,7 +34,6 @@ from typing import Any
 
 import orjson
 
-from wal.log.fileops import OSFileOps, write_file_atomic
 from wal.orders.broker import OPEN_STATUSES, BrokerOrder, BrokerPosition, ClientIdRules
 from wal.orders.errors import (
     BrokerRejectedError,
@@ -41,6 +42,7 @@ from wal.orders.errors import (
 )
 from wal.orders.faults import Fault, FaultPlan
 from wal.orders.models import Fill, OrderIntent
+from wal.orders.paperstate import PaperStateFile
 
 __all__ = ["PaperBroker", "SimulatedTimeout"]
 
@@ -107,11 +109,33 @@ class PaperBroker:
         self._save_lock = threading.Lock()  # the state file's one writer (taken before _lock)
         self._dict_cache: dict[str, tuple[BrokerOrder, dict[str, Any]]] = {}
         self._fill_cache: list[dict[str, Any]] = []
+        # what the state files hold (``_persist`` writes what changed since)
+        self._dirty: set[str] = set()  # broker order ids changed since the last save
+        self._saved_fills = 0
+        self._saved_positions: dict[str, tuple[Decimal, Decimal]] = {}
+        self._saved_prices: dict[str, Decimal] = {}
         self.submit_calls = 0  # every submit_order call that reached the broker
         self.cancel_calls = 0  # every cancel_order call that reached the broker
         self.submitted_client_ids: list[str] = []  # the client id of each of those calls
-        if self.state_path is not None and self.state_path.exists():
-            self._load(self.state_path)
+        self._file = None if self.state_path is None else PaperStateFile(self.state_path)
+        if self._file is not None:
+            state, through = self._file.read()
+            if state is not None:
+                self._load(state, through)
+                # changes read: the next save is whole, never appended after a torn line
+                self._file.must_snapshot = self._file.changes_bytes > 0
+
+    @staticmethod
+    def read_state(state_path: Path | str) -> dict[str, Any] | None:
+        """The durable state of a paper broker (its snapshot with every change folded in,
+        the snapshot's JSON shape), or None when it has none; for tests and tools."""
+        return PaperStateFile(Path(state_path)).read()[0]
+
+    def close(self) -> None:
+        """Close the state's changes file (a later change opens it again)."""
+        with self._save_lock:
+            if self._file is not None:
+                self._file.close()
 
     @property
     def rules(self) -> ClientIdRules:
@@ -238,6 +262,7 @@ class PaperBroker:
                 raise BrokerRejectedError(f"order {broker_order_id} is {po.order.status}")
             po.order = replace(po.order, status="canceled")
             po.plan.clear()
+            self._dirty.add(broker_order_id)
             self._version += 1  # to be saved (``_persist``) before it is acknowledged
             return fault
 
@@ -401,6 +426,7 @@ class PaperBroker:
         )
         self._orders[bo] = _Order(order, self._split(intent.quantity))
         self._by_cid.setdefault(intent.client_order_id, []).append(bo)
+        self._dirty.add(bo)
         if self.auto_fill:
             self._try_fill(bo, all_parts=True)
         return bo
@@ -447,6 +473,7 @@ class PaperBroker:
             if o.avg_fill_price is None
             else ((o.avg_fill_price * o.filled_quantity + price * qty) / filled).quantize(_Q)
         )
+        self._dirty.add(o.broker_order_id)  # its order and plan (popped by _try_fill)
         po.order = replace(
             o,
             filled_quantity=filled,
@@ -496,21 +523,64 @@ class PaperBroker:
 
     def _persist(self) -> None:
         """Make every change made so far durable: one writer at a time, and a change a
-        concurrent writer's snapshot already holds is not written again (a group commit:
-        N concurrent submits, about two writes). Never called with ``_lock`` held."""
-        if self.state_path is None:
+        concurrent writer's save already holds is not written again (a group commit: N
+        concurrent submits, about two writes). What changed since the last save is appended
+        (its size is the change's); the whole state only when ``PaperStateFile`` asks for it.
+        Never called with ``_lock`` held."""
+        if self._file is None:
             return
         wanted = self._version
-        with self._save_lock:  # one writer: snapshots reach the file in version order
+        with self._save_lock:  # one writer: saves reach the files in version order
             if self._saved >= wanted:
-                return  # a snapshot taken after our change is durable
+                return  # a save taken after our change is durable
             with self._lock:
-                data = orjson.dumps(self._state())
                 version = self._version
-            path = self.state_path
-            # temp (O_EXCL, O_NOFOLLOW: never through a planted symlink), fsync, rename, dir fsync
-            write_file_atomic(OSFileOps(), path.parent, path.name, data)
+                if self._file.wants_snapshot():
+                    whole: bytes | None = orjson.dumps(self._state() | {"changes_through": version})
+                    change = None
+                else:
+                    whole = None
+                    change = self._change(self._saved, version)
+                self._mark_saved()
+            if whole is not None:
+                self._file.write_snapshot(whole)
+            else:
+                assert change is not None
+                self._file.append_change(change)  # a failure: the next save is whole
             self._saved = version
+
+    def _change(self, since: int, version: int) -> dict[str, Any]:
+        """What changed since the last save (``_lock`` held): the changed orders whole, the
+        new executions, the positions and prices that moved."""
+        return {
+            "from": since,
+            "through": version,
+            "next_order": self._next_order,
+            "orders": [
+                {
+                    "order": self._order_dict(bo, self._orders[bo].order),
+                    "plan": [format(q, "f") for q in self._orders[bo].plan],
+                }
+                for bo in sorted(self._dirty)
+            ],
+            "fill_base": self._saved_fills,
+            "fills": [f.to_dict() for f in self._fills[self._saved_fills :]],
+            "positions": {
+                s: [format(q, "f"), format(a, "f")]
+                for s, (q, a) in self._positions.items()
+                if self._saved_positions.get(s) != (q, a)
+            },
+            "prices": {
+                s: format(p, "f") for s, p in self._prices.items() if self._saved_prices.get(s) != p
+            },
+        }
+
+    def _mark_saved(self) -> None:
+        """The state as of now is what the next ``_change`` is measured from (``_lock`` held)."""
+        self._dirty.clear()
+        self._saved_fills = len(self._fills)
+        self._saved_positions = dict(self._positions)
+        self._saved_prices = dict(self._prices)
 
     def _order_dict(self, bo: str, order: BrokerOrder) -> dict[str, Any]:
         """``order.to_dict()``, kept while the order is unchanged (orders are immutable)."""
@@ -535,8 +605,8 @@ class PaperBroker:
         bo = fill.broker_order_id
         self._fill_count[bo] = self._fill_count.get(bo, 0) + 1
 
-    def _load(self, path: Path) -> None:
-        d = orjson.loads(path.read_bytes())
+    def _load(self, d: dict[str, Any], through: int) -> None:
+        path = self.state_path
         if d.get("version") != 1:
             raise ValueError(f"{path}: unknown paper broker state version {d.get('version')!r}")
         self._next_order = int(d["next_order"])
@@ -549,3 +619,5 @@ class PaperBroker:
             self._add_fill(Fill.from_dict(f))
         self._positions = {s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()}
         self._prices = {s: Decimal(p) for s, p in d["prices"].items()}
+        self._version = self._saved = through  # the files hold every change through it
+        self._mark_saved()
