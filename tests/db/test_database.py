@@ -286,6 +286,79 @@ def test_unknown_or_closed_positions_raise(db: DatabaseManager) -> None:
         db.update_position(pid, stop_loss=Decimal(1))
 
 
+def test_an_order_event_must_follow_the_orders_last_one(db: DatabaseManager) -> None:
+    """An event's seq is its order's ``last_seq + 1``: a gap, a repeat, a bool, an unknown
+    order are refused, and a refused event writes nothing (the order row keeps its state,
+    no event row); a broker id or a reason given as None keeps the order's."""
+    cid = db.record_order_intent(
+        client_order_id="c-1", symbol="AAPL", side="buy", quantity=Decimal(2), order_type="market"
+    )
+
+    def event(seq: object, **kw: Any) -> None:
+        base = {"client_order_id": cid, "kind": "submitted", "state": "submitting", "at": T0}
+        db.record_order_event(**(base | {"seq": seq} | kw))
+
+    event(2, broker_order_id="b-1", reason="sent")
+    for bad in (2, 4, 1, 0, True, 3.0, "3"):  # a repeat, a gap, the past, not an int
+        with pytest.raises(ValueError, match=r"event seq .* does not follow 2"):
+            event(bad, kind="accepted", state="accepted")
+    with pytest.raises(RecordNotFoundError, match="no order with client_order_id 'c-9'"):
+        event(2, client_order_id="c-9")
+    row = db.get_order_row(cid)
+    assert row is not None
+    assert (row["state"], row["last_seq"]) == ("submitting", 2)
+    assert count(db, "order_events") == 2
+    event(3, kind="accepted", state="accepted")  # no broker id, no reason: both kept
+    row = db.get_order_row(cid)
+    assert row is not None
+    assert (row["state"], row["last_seq"], row["broker_order_id"], row["reason"]) == (
+        "accepted",
+        3,
+        "b-1",
+        "sent",
+    )
+    db.record_order_fill(
+        execution_id="x-1",
+        execution_key="x-1",
+        client_order_id=cid,
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal(2),
+        price=Decimal(10),
+        executed_at=T0,
+        seq=4,
+        kind="fill",
+        state="filled",
+        filled_quantity=Decimal(2),
+        avg_fill_price=Decimal(10),
+    )
+    with pytest.raises(ValueError, match=r"event seq 4 does not follow 4"):
+        db.record_order_fill(
+            execution_id="x-2",
+            execution_key="x-2",
+            client_order_id=cid,
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(1),
+            price=Decimal(10),
+            executed_at=T0,
+            seq=4,
+            kind="fill",
+            state="filled",
+            filled_quantity=Decimal(3),
+            avg_fill_price=Decimal(10),
+        )
+    row = db.get_order_row(cid)
+    assert row is not None
+    assert (row["state"], row["last_seq"], row["filled_quantity"], row["broker_order_id"]) == (
+        "filled",
+        4,
+        Decimal(2),
+        "b-1",
+    )
+    assert count(db, "fills") == 1 and count(db, "order_events") == 4
+
+
 def test_trading_sessions(db: DatabaseManager) -> None:
     sid = db.create_trading_session(strategy="grid", initial_balance=Decimal("1000"), started_at=T0)
     live = db.create_trading_session(

@@ -60,6 +60,49 @@ _GET_BALANCE_FOR_UPDATE = (
 )
 
 
+_INSERT_BALANCE_CHANGE = sa.insert(balance_changes)
+_INSERT_TRADE = sa.insert(trades)
+_INSERT_POSITION = sa.insert(positions)
+_POSITION_STATUS = sa.select(positions.c.status).where(
+    positions.c.position_id == sa.bindparam("b_pid")
+)
+_OPEN_POSITION = (
+    positions.c.position_id == sa.bindparam("b_pid"),
+    positions.c.status == "open",
+)
+
+
+def _given(name: str) -> Any:
+    """``COALESCE(:b_<name>, <name>)``: the column keeps its value when the parameter is None."""
+    col = positions.c[name]
+    return sa.func.coalesce(sa.bindparam(f"b_{name}", type_=col.type), col)
+
+
+_UPDATE_POSITION = (
+    sa.update(positions)
+    .where(*_OPEN_POSITION)
+    .values(
+        stop_loss=_given("stop_loss"),
+        take_profit=_given("take_profit"),
+        quantity=_given("quantity"),
+        current_price=_given("current_price"),
+        entry_price=_given("entry_price"),
+        updated_at=sa.bindparam("b_updated_at"),
+    )
+)
+_CLOSE_POSITION = (
+    sa.update(positions)
+    .where(*_OPEN_POSITION)
+    .values(
+        status="closed",
+        exit_price=sa.bindparam("b_exit_price"),
+        pnl=sa.bindparam("b_pnl"),
+        closed_at=sa.bindparam("b_closed_at"),
+        updated_at=sa.bindparam("b_updated_at"),
+    )
+)
+
+
 def set_balance_statement() -> sa.Update:
     """``UPDATE balances SET balance=:bal, updated_at=:at WHERE account=:acct`` (built once:
     the batch apply of ``wal.db.apply`` uses it too)."""
@@ -94,7 +137,7 @@ def op_balance_update(
     # statements built once and given parameters: SQLAlchemy's cache skips re-compiling them
     conn.execute(_SET_BALANCE, {"acct": acct, "bal": new, "at": now})
     conn.execute(
-        sa.insert(balance_changes),
+        _INSERT_BALANCE_CHANGE,
         {"account": acct, "delta": d, "balance_after": new, "reason": why, "changed_at": now},
     )
     return new
@@ -126,7 +169,7 @@ def _trade_row(
 
 def op_log_trade(conn: Connection, **kwargs: Any) -> str:
     row = _trade_row(**kwargs)
-    conn.execute(sa.insert(trades), row)
+    conn.execute(_INSERT_TRADE, row)
     return str(row["trade_id"])
 
 
@@ -161,19 +204,20 @@ def _position_row(
 
 def op_log_position(conn: Connection, **kwargs: Any) -> str:
     row = _position_row(**kwargs)
-    conn.execute(sa.insert(positions), row)
+    conn.execute(_INSERT_POSITION, row)
     return str(row["position_id"])
 
 
-def _lock_open_position(conn: Connection, position_id: object) -> str:
-    pid = valid_id(position_id, "position_id")
-    query = sa.select(positions.c.status).where(positions.c.position_id == pid).with_for_update()
-    row = conn.execute(query).first()
+def _change_open_position(conn: Connection, stmt: sa.Update, pid: str, **values: Any) -> None:
+    """Run ``stmt`` on the position only while it is open (one statement, which also locks
+    its row); refuse an unknown or a closed one."""
+    params = {f"b_{k}": v for k, v in values.items()}
+    if conn.execute(stmt, params | {"b_pid": pid}).rowcount == 1:
+        return
+    row = conn.execute(_POSITION_STATUS, {"b_pid": pid}).first()
     if row is None:
         raise RecordNotFoundError(f"no position with position_id {pid!r}")
-    if row[0] != "open":
-        raise ValueError(f"position {pid!r} is {row[0]}, not open")
-    return pid
+    raise ValueError(f"position {pid!r} is {row[0]}, not open")
 
 
 def op_update_position(
@@ -186,17 +230,18 @@ def op_update_position(
     current_price: Decimal | None = None,
     entry_price: Decimal | None = None,
 ) -> None:
-    given = {
-        "stop_loss": valid_opt_positive(stop_loss, "stop_loss"),
-        "take_profit": valid_opt_positive(take_profit, "take_profit"),
-        "quantity": valid_opt_positive(quantity, "quantity"),
-        "current_price": valid_opt_positive(current_price, "current_price"),
-        "entry_price": valid_opt_positive(entry_price, "entry_price"),  # averaged-in orders
-    }
-    values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    pid = _lock_open_position(conn, position_id)
-    values["updated_at"] = utc_now()
-    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
+    pid = valid_id(position_id, "position_id")
+    _change_open_position(  # a field given as None keeps its value
+        conn,
+        _UPDATE_POSITION,
+        pid,
+        stop_loss=valid_opt_positive(stop_loss, "stop_loss"),
+        take_profit=valid_opt_positive(take_profit, "take_profit"),
+        quantity=valid_opt_positive(quantity, "quantity"),
+        current_price=valid_opt_positive(current_price, "current_price"),
+        entry_price=valid_opt_positive(entry_price, "entry_price"),  # averaged-in orders
+        updated_at=utc_now(),
+    )
 
 
 def op_close_position(
@@ -207,15 +252,16 @@ def op_close_position(
     pnl: Decimal | None = None,
     closed_at: datetime | None = None,
 ) -> None:
-    values = {
-        "status": "closed",
-        "exit_price": valid_positive(exit_price, "exit_price"),
-        "pnl": valid_opt_money(pnl, "pnl"),
-        "closed_at": valid_when(closed_at, "closed_at"),
-        "updated_at": utc_now(),
-    }
-    pid = _lock_open_position(conn, position_id)
-    conn.execute(sa.update(positions).where(positions.c.position_id == pid).values(values))
+    pid = valid_id(position_id, "position_id")
+    _change_open_position(
+        conn,
+        _CLOSE_POSITION,
+        pid,
+        exit_price=valid_positive(exit_price, "exit_price"),
+        pnl=valid_opt_money(pnl, "pnl"),
+        closed_at=valid_when(closed_at, "closed_at"),
+        updated_at=utc_now(),
+    )
 
 
 def _session_row(
