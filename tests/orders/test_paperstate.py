@@ -214,3 +214,21 @@ def test_a_state_written_before_the_changes_file_still_reads(tmp_path: Path) -> 
     assert whole(again) == whole(b)
     again.submit(intent("b"))
     assert [o.client_order_id for o in reloaded(path).all_orders()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("snapshot", [b"", b"{not json", b"[1, 2]", b'{"version": 1}'])
+def test_a_damaged_snapshot_is_one_clear_error_naming_it(tmp_path: Path, snapshot: bytes) -> None:
+    path = tmp_path / "paper.json"
+    path.write_bytes(snapshot)
+    with pytest.raises(ValueError, match=r"paper\.json: not a paper broker state"):
+        reloaded(path)
+
+
+def test_changes_without_their_snapshot_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "paper.json"
+    b = broker_at(path)
+    b.submit(intent("a"))
+    b.submit(intent("b"))
+    path.unlink()
+    with pytest.raises(ValueError, match="changes without their snapshot"):
+        reloaded(path)

@@ -89,7 +89,13 @@ class PaperStateFile:
                     "restore the snapshot, or remove both files to start the paper account over"
                 )
             return None, 0
-        state = orjson.loads(snap)
+        try:
+            state = orjson.loads(snap)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(
+                f"{self.path}: not a paper broker state (not JSON: {exc}); restore it, or "
+                "remove it and its .changes file to start the paper account over"
+            ) from None
         if not isinstance(state, dict):
             raise ValueError(f"{self.path}: not a paper broker state (a JSON object)")
         self.snapshot_bytes = len(snap)
