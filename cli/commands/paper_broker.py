@@ -41,7 +41,7 @@ def paper_broker() -> None:
     "state_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Durable state file (0600; fsynced on every change).",
+    help="Durable state file (0600), with FILE.changes beside it (every change fdatasynced).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of ids and faults.")
 @click.option(
