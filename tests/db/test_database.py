@@ -317,37 +317,27 @@ def test_an_order_event_must_follow_the_orders_last_one(db: DatabaseManager) -> 
         "b-1",
         "sent",
     )
-    db.record_order_fill(
-        execution_id="x-1",
-        execution_key="x-1",
-        client_order_id=cid,
-        symbol="AAPL",
-        side="buy",
-        quantity=Decimal(2),
-        price=Decimal(10),
-        executed_at=T0,
-        seq=4,
-        kind="fill",
-        state="filled",
-        filled_quantity=Decimal(2),
-        avg_fill_price=Decimal(10),
-    )
-    with pytest.raises(ValueError, match=r"event seq 4 does not follow 4"):
+
+    def fill(xid: str, quantity: int, filled: int) -> None:
         db.record_order_fill(
-            execution_id="x-2",
-            execution_key="x-2",
+            execution_id=xid,
+            execution_key=xid,
             client_order_id=cid,
             symbol="AAPL",
             side="buy",
-            quantity=Decimal(1),
+            quantity=Decimal(quantity),
             price=Decimal(10),
             executed_at=T0,
             seq=4,
             kind="fill",
             state="filled",
-            filled_quantity=Decimal(3),
+            filled_quantity=Decimal(filled),
             avg_fill_price=Decimal(10),
         )
+
+    fill("x-1", 2, 2)
+    with pytest.raises(ValueError, match=r"event seq 4 does not follow 4"):
+        fill("x-2", 1, 3)  # the same seq again
     row = db.get_order_row(cid)
     assert row is not None
     assert (row["state"], row["last_seq"], row["filled_quantity"], row["broker_order_id"]) == (

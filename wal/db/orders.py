@@ -96,16 +96,20 @@ _ORDER_IS_AT: Final = (
     orders.c.client_order_id == sa.bindparam("b_cid"),
     orders.c.last_seq == sa.bindparam("b_prev"),
 )
+# what every event sets on its order row; a broker id given as None keeps the stored one
+_EVENT_SETS: Final = {
+    "state": sa.bindparam("b_state"),
+    "last_seq": sa.bindparam("b_seq"),
+    "updated_at": sa.bindparam("b_at"),
+    "broker_order_id": sa.func.coalesce(
+        sa.bindparam("b_bid", type_=orders.c.broker_order_id.type), orders.c.broker_order_id
+    ),
+}
 _ADVANCE: Final = (
     sa.update(orders)
     .where(*_ORDER_IS_AT)
     .values(
-        state=sa.bindparam("b_state"),
-        last_seq=sa.bindparam("b_seq"),
-        updated_at=sa.bindparam("b_at"),
-        broker_order_id=sa.func.coalesce(
-            sa.bindparam("b_bid", type_=orders.c.broker_order_id.type), orders.c.broker_order_id
-        ),
+        **_EVENT_SETS,
         reason=sa.func.coalesce(
             sa.bindparam("b_reason", type_=orders.c.reason.type), orders.c.reason
         ),
@@ -115,12 +119,7 @@ _ADVANCE_FILLED: Final = (
     sa.update(orders)
     .where(*_ORDER_IS_AT)
     .values(
-        state=sa.bindparam("b_state"),
-        last_seq=sa.bindparam("b_seq"),
-        updated_at=sa.bindparam("b_at"),
-        broker_order_id=sa.func.coalesce(
-            sa.bindparam("b_bid", type_=orders.c.broker_order_id.type), orders.c.broker_order_id
-        ),
+        **_EVENT_SETS,
         filled_quantity=sa.bindparam("b_filled"),
         avg_fill_price=sa.bindparam("b_avg"),
     )
