@@ -115,14 +115,18 @@ def test_the_hub_disconnects_a_full_client_without_waiting() -> None:
         fast = hub.subscribe("t")
         for seq in range(1, 6):
             hub.publish({"seq": seq, "client_order_id": "c"})  # never awaits a client
-            if not fast.queue.empty():
-                await fast.queue.get()
-        assert slow.overflowed.is_set() and slow.queue.qsize() == 2
-        assert not fast.overflowed.is_set()
+            assert fast.wake.is_set()  # its handler wakes for each event
+            fast.wake.clear()
+            fast.pending.popleft()
+        assert slow.overflowed and [e["seq"] for e in slow.pending] == [1, 2]
+        assert slow.wake.is_set()  # its handler wakes to close it
+        assert not fast.overflowed
         assert hub.overflows == 1
-        other = hub.subscribe("u")
         hub.publish({"seq": 6, "client_order_id": "c"})
-        assert other.queue.empty()  # another trader's client gets nothing
+        assert hub.overflows == 1 and len(slow.pending) == 2  # counted once, nothing more queued
+        other = hub.subscribe("u")
+        hub.publish({"seq": 7, "client_order_id": "c"})
+        assert not other.pending and not other.wake.is_set()  # another trader's gets nothing
 
     asyncio.run(run())
 

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wal.orders import Order, OrderState
 from wal.service.errors import ApiError, error_body
-from wal.service.events import CLOSE_OVERFLOW
+from wal.service.events import CLOSE_OVERFLOW, Client
 from wal.service.listing import cursor_key
 from wal.service.listing import list_orders as page_of_trader
 from wal.service.metrics import ServiceMetrics
@@ -58,12 +58,15 @@ def _utc(v: datetime | None) -> datetime | None:
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
-async def _until_disconnect(ws: WebSocket) -> None:
-    """Read (and ignore) what the client sends until it disconnects."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+async def _until_disconnect(ws: WebSocket, client: Client) -> None:
+    """Read (and ignore) what the client sends until it disconnects, then wake its handler."""
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    finally:
+        client.leave()
 
 
 def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
@@ -296,7 +299,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
         since = int(raw) if raw is not None else None
         client = rt.hub.subscribe(who)  # first: nothing published from now on is missed
         head = rt.hub.head  # every later event of this trader reaches the client's queue
-        gone = asyncio.ensure_future(_until_disconnect(ws))  # the client left: stop at once
+        gone = asyncio.ensure_future(_until_disconnect(ws, client))  # it left: stop at once
         try:
             sent = head
             if since is not None:
@@ -307,26 +310,23 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                         sent = int(ev["seq"])
                 sent = max(sent, head)
             await ws.send_json({"type": "ready", "trader_id": who, "seq": sent})
-            while not gone.done():
-                get = asyncio.ensure_future(client.queue.get())
-                over = asyncio.ensure_future(client.overflowed.wait())
-                done, _ = await asyncio.wait({get, over, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    over.cancel()
-                    ev = get.result()
+            while True:
+                await client.wake.wait()
+                client.wake.clear()  # first: an event queued while sending wakes us again
+                if client.gone:
+                    return
+                while client.pending:
+                    ev = client.pending.popleft()
                     if int(ev["seq"]) > sent:
                         await ws.send_json(ev)
                         sent = int(ev["seq"])
-                    continue
-                get.cancel()
-                if over in done:
+                if client.overflowed:  # everything it was queued is sent: resume after it
                     await ws.close(
                         code=CLOSE_OVERFLOW,
                         reason=f"too slow: over {rt.hub.queue_size} events behind; "
                         f"reconnect with ?since={sent}",
                     )
                     return
-                over.cancel()
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away while we were sending
         finally:

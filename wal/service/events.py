@@ -6,10 +6,11 @@ an event's ``seq`` is its ``audit_seq``: increasing, never reused, the same afte
 The hook runs on the writer's thread and only hands the event to the event loop
 (``call_soon_threadsafe``): publishing never waits for a client.
 
-Each client has a bounded queue. ``publish`` puts without waiting; a full queue disconnects
-that client with a reason (``CLOSE_OVERFLOW``) and the seq it got to, and it resumes with
-``?since=SEQ``. ``backlog(trader, since)`` reads what a client missed: the recent events kept
-in memory, or the journal (database rows and pending log entries) when they are older.
+Each client has a bounded queue (``Client``). ``publish`` puts without waiting; a full
+queue disconnects that client with a reason (``CLOSE_OVERFLOW``) and the seq it got to, and
+it resumes with ``?since=SEQ``. ``backlog(trader, since)`` reads what a client missed: the
+recent events kept in memory, or the journal (database rows and pending log entries) when
+they are older.
 """
 
 from __future__ import annotations
@@ -94,12 +95,22 @@ def event_from_row(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(eq=False)
 class Client:
-    """One WebSocket subscriber: its trader and its bounded queue."""
+    """One WebSocket subscriber: its trader, its bounded queue (``pending``, at most the
+    hub's ``queue_size``) and one ``wake`` event its handler waits on: set when an event is
+    queued, when the queue overflows, and when the client has gone (``leave``). The handler
+    drains the queue on each wake: no task or wait is made per event."""
 
     trader_id: str
-    queue: asyncio.Queue[dict[str, Any]]
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: deque[dict[str, Any]] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    overflowed: bool = False  # fell behind: its handler closes it with the seq to resume from
+    gone: bool = False  # disconnected: its handler stops
     last_seq: int = 0  # the last seq queued for it
+
+    def leave(self) -> None:
+        """The client disconnected: wake its handler to stop."""
+        self.gone = True
+        self.wake.set()
 
 
 class EventHub:
@@ -153,7 +164,7 @@ class EventHub:
         return sum(len(c) for c in self._clients.values())
 
     def subscribe(self, trader_id: str) -> Client:
-        client = Client(trader_id, asyncio.Queue(maxsize=self.queue_size))
+        client = Client(trader_id)
         self._clients.setdefault(trader_id, set()).add(client)
         return client
 
@@ -170,14 +181,15 @@ class EventHub:
             self.offer(client, ev)
 
     def offer(self, client: Client, ev: dict[str, Any]) -> None:
-        if client.overflowed.is_set() or int(ev["seq"]) <= client.last_seq:
+        if client.overflowed or int(ev["seq"]) <= client.last_seq:
             return
-        try:
-            client.queue.put_nowait(ev)
-            client.last_seq = int(ev["seq"])
-        except asyncio.QueueFull:
+        if len(client.pending) >= self.queue_size:
             self.overflows += 1
-            client.overflowed.set()  # its handler closes it with the seq to resume from
+            client.overflowed = True  # its handler closes it with the seq to resume from
+        else:
+            client.pending.append(ev)
+            client.last_seq = int(ev["seq"])
+        client.wake.set()
 
     def backlog(self, trader_id: str, since: int) -> list[dict[str, Any]]:
         """The trader's events after ``since``, in seq order (blocking: run in a thread)."""
