@@ -257,7 +257,28 @@ FORGED: dict[str, Callable[[bytes], bytes]] = {
     "field missing": sub(b'"attempts":0,', b""),
     "fields reordered": sub(b'"t":"entry","lsn":', b'"lsn":', 1),
     "not an object": lambda p: b"[" + p + b"]",
+    # timestamps and value tags (the bulk checks, ``_decodes``): bad ones, and odd good ones
+    "created_at not a date": lambda p: _field(p, b"created_at", b"2026-02-30T00:00:00+00:00"),
+    "created_at hour 24": lambda p: _field(p, b"created_at", b"2026-01-02T24:00:00+00:00"),
+    "created_at offset 24 h": lambda p: _field(p, b"created_at", b"2026-01-02T03:04:05+24:00"),
+    "created_at year 0": lambda p: _field(p, b"created_at", b"0000-01-02T03:04:05"),
+    "created_at with a space": lambda p: _field(p, b"created_at", b"2026-01-02 03:04:05"),
+    "created_at in Z": lambda p: _field(p, b"created_at", b"2026-01-02T03:04:05.5Z"),
+    "synced_at not a date": sub(b'"synced_at":null', b'"synced_at":"2026-13-01T00:00:00"'),
+    "synced_at good": sub(b'"synced_at":null', b'"synced_at":"2026-12-01T00:00:00+00:00"'),
+    "a $datetime not a date": sub(b'"n":', b'"d":{"$datetime":"2026-02-30T00:00:00"},"n":'),
+    "a $datetime": sub(b'"n":', b'"d":{"$datetime":"2026-02-28T00:00:00+01:00"},"n":'),
+    "a $date not a date": sub(b'"n":', b'"d":{"$date":"2026-02-30"},"n":'),
+    "an unknown tag": sub(b'"n":', b'"d":{"$pickle":"x"},"n":'),
+    "a tag with an escape": sub(b'"n":', b'"d":{"$datetime":"2026-02-28\\u0054"},"n":'),
+    "a bad $decimal": sub(b'"n":', b'"d":{"$decimal":"1.5x"},"n":'),
 }
+
+
+def _field(payload: bytes, name: bytes, value: bytes) -> bytes:
+    """``payload`` with the text of its string field ``name`` replaced by ``value``."""
+    a = payload.index(b'"' + name + b'":"') + len(name) + 4
+    return payload[:a] + value + payload[payload.index(b'"', a) :]
 
 
 @pytest.mark.parametrize("name", sorted(FORGED))
@@ -287,6 +308,8 @@ def test_a_forged_status_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         sub(b'"of":1', b'"of":1.0'),
         sub(b'"status":"completed"', b'"status":"done"'),
         sub(b'"error":null', b'"error":"a\\"b"'),
+        sub(b'"at":"', b'"at":"X'),
+        lambda p: _field(p, b"at", b"2026-02-30T00:00:00+00:00"),  # not a date
     ]:
         snap = seg.read_bytes()
         edit(seg, replace_line(5, change))

@@ -28,8 +28,9 @@ defect is found, located and handled exactly as before.
 
 A valid checksum does not make a record readable (someone may have recomputed it): the slow
 path decodes every record in full (``record_problem``). The fast path checks the same in bulk,
-per chunk (``_decodes``): every value tag (``{"$...``) must be one the codec reads back, and
-every timestamp (``created_at``, ``synced_at``, a status record's ``at``, ``$datetime`` and
+per chunk (``_decodes``): every value tag (``{"$...``) must be one the codec reads back (one
+``findall`` finds every tag, good or not), and every timestamp (``created_at``, ``synced_at``
+and a status record's ``at``, captured by the line regex itself, and the ``$datetime`` and
 ``$date`` tags) must parse, all in C (``findall``, ``map``). When a chunk fails, its rows are
 checked one by one and the failing ones go to the slow path, which reports them as defects.
 """
@@ -40,7 +41,7 @@ import re
 import sys
 from array import array
 from binascii import unhexlify
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from functools import cache
 from itertools import accumulate
@@ -90,14 +91,15 @@ def _line() -> re.Pattern[bytes]:
         b"<ST>": rb'"(?=([pscf]))(?:pending|syncing|completed|failed)"',
         # wal.log.validate: attempts an int >= 0 (never a bool or a float), ids UUIDs
         b"<I>": rb"(?:0|[1-9][0-9]{0,17}+)",
-        # a timestamp: never empty (_decodes parses every non-empty one)
-        b"<T>": rb'"' + chars + rb'++"',
-        b"<T?>": rb'(?:null|"' + chars + rb'++")',
+        # a timestamp, its text captured: never empty (_decodes parses every non-empty one)
+        b"<T>": rb'"(' + chars + rb'++)"',
+        b"<T?>": rb'(?:null|"(' + chars + rb'++)")',
         b"<I?>": rb"(?:null|0|[1-9][0-9]{0,17}+)",
         b"<U>": rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
     }
     # groups: 1 checksum, 2 payload, 3 "e" for an entry, 4 lsn, 5 entry id, 6 explicit key,
-    # 7 entry status (first letter), 8 of, 9 status record's status; any other line: 1 empty
+    # 7 created_at, 8 synced_at, 9 entry status (first letter), 10 of, 11 status record's
+    # status, 12 its "at"; any other line: 1 empty
     line = (
         rb'(?:([0-9a-f]{16}) (\{"t":"(?:(e)ntry|status)","lsn":([1-9][0-9]{0,17}+),(?(3)'
         rb'"entry_id":"(<U>)",'
@@ -111,20 +113,16 @@ def _line() -> re.Pattern[bytes]:
     return re.compile(re.sub(rb"<[A-Z?]+>", lambda m: parts[m.group()], line))
 
 
-# a value tag the codec reads back (wal.codec): Decimal digits, a canonical UUID, an int the
-# int() of Python accepts (4300 digits), a $dict object; datetimes and dates are parsed below
-_GOOD_TAG = re.compile(
-    rb'\{"\$(?:decimal":"-?+(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][-+]?+[0-9]++)?+"\}'
+# every value tag: one the codec reads back (wal.codec: Decimal digits, a canonical UUID, an
+# int the int() of Python accepts (4300 digits), a $dict object; datetimes and dates are
+# parsed below), or any other (group 3 holds "$": the line does not read back)
+_TAG = re.compile(
+    rb'\{"(?:\$(?:decimal":"-?+(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][-+]?+[0-9]++)?+"\}'
     rb'|datetime":"([^"\\]*+)"\}|date":"([^"\\]*+)"\}'
     rb'|uuid":"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"\}'
-    rb'|int":"-?+[0-9]{1,4300}+"\}|dict":\{)'
+    rb'|int":"-?+[0-9]{1,4300}+"\}|dict":\{)|(\$))'
 )
-# the timestamps of an entry (at the end of its line) and of a status record
-_TIMES = re.compile(
-    rb',"created_at":"([^"\\]*+)","synced_at":(?:null|"([^"\\]*+)"),"status":"[a-z]++",'
-    rb'"attempts":[^,]*+,"last_error":(?:null|"[^"\\]*+")\}\n'
-    rb'|,"at":"([^"\\]*+)","attempts":[^,]*+,"error":(?:null|"[^"\\]*+")\}\n'
-)
+_TIME_COLS = (6, 7, 11)  # the line regex's timestamp groups: created_at, synced_at, at
 
 
 def _parse_all(parse: Callable[[str], object], texts: Sequence[bytes]) -> None:
@@ -133,21 +131,19 @@ def _parse_all(parse: Callable[[str], object], texts: Sequence[bytes]) -> None:
         pass
 
 
-def _decodes(lines: bytes) -> bool:
-    """True when every value tag and timestamp in ``lines`` (whole lines) reads back."""
+def _decodes(lines: bytes, times: Iterable[Sequence[bytes]]) -> bool:
+    """True when every value tag in ``lines`` (whole lines) and every timestamp in ``times``
+    (the line regex's timestamp columns for those lines) reads back."""
     try:
-        tags = lines.count(b'{"$')
+        tags = _TAG.findall(lines)
         if tags:
-            good = _GOOD_TAG.findall(lines)
-            if len(good) != tags:
+            dts, ds, bad = zip(*tags, strict=True)
+            if any(bad):
                 return False
-            dts, ds = zip(*good, strict=True)
             _parse_all(datetime.fromisoformat, dts)
             _parse_all(date.fromisoformat, ds)
-        for col, parse in zip(
-            zip(*_TIMES.findall(lines), strict=True), (datetime.fromisoformat,) * 3, strict=False
-        ):
-            _parse_all(parse, col)
+        for col in times:
+            _parse_all(datetime.fromisoformat, col)
     except ValueError:
         return False
     return True
@@ -186,10 +182,12 @@ def index_chunk(store: LogIndex, cur: Cursor, data: bytes, end: int, base: int, 
     pos = 0
     i = 0
     heads: Sequence[bytes] = cols[0] if cols else ()
-    if n and not _decodes(data[: data.rfind(b"\n", 0, end) + 1]):
+    times = [cols[c] for c in _TIME_COLS] if cols else []
+    if n and not _decodes(data[: data.rfind(b"\n", 0, end) + 1], times):
         # some record does not read back: find it, and let the slow path report it
         heads = [
-            h if h and _decodes(p + b"\n") else b"" for h, p in zip(heads, cols[1], strict=True)
+            h if h and _decodes(p + b"\n", [(t[r],) for t in times]) else b""
+            for r, (h, p) in enumerate(zip(heads, cols[1], strict=True))
         ]
     while i < n:
         if cur.header is None or not heads[i]:
@@ -253,7 +251,7 @@ def _names_earlier(cols: Sequence[tuple[bytes, ...]], i: int, k: int, lsns: list
     """Rows i..k-1 up to the first status record whose ``of`` is not an earlier LSN (the
     validator's rule, :mod:`wal.log.validate`); the slow path reports that one."""
     kinds = cols[2]
-    ofs = cols[7]
+    ofs = cols[9]
     b = i
     while True:
         try:
@@ -292,8 +290,8 @@ def _index_run(
             rep.entries += b - a
         if b < j:
             r = b - i
-            code = STATUS_CODE[cols[8][b]]
-            store._index_status(lsns[r], offs[r], lens[r], int(cols[7][b]), code)
+            code = STATUS_CODE[cols[10][b]]
+            store._index_status(lsns[r], offs[r], lens[r], int(cols[9][b]), code)
             b += 1
         a = b
     rep.records += j - i
@@ -329,7 +327,7 @@ def _put_entries(
     while i1 > len(st):  # grow the arrays the way m calls of _slot(lsn) in order would
         store._slot(store._base + max(len(st), i0))
     store._slot(lsns[-1])
-    codes = b"".join(cols[6][a:b]).translate(_CODES)
+    codes = b"".join(cols[8][a:b]).translate(_CODES)
     st[i0:i1] = codes
     store._offsets[i0:i1] = array("q", offs[:m])
     store._lengths[i0:i1] = array("I", lens[:m])
