@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -83,6 +85,15 @@ def test_a_new_order_is_201_and_the_same_key_is_the_same_order(
         ({**MARKET, "price": "10"}, "price"),
         ({**MARKET, "order_type": "limit", "price": "100", "stop_loss": "120"}, "stop_loss"),
         ({**MARKET, "order_type": "limit", "price": "100", "take_profit": "90"}, "take_profit"),
+        # a market order's levels against the market (the paper broker's AAPL is at 100): such
+        # a child would execute at once, closing the position it was to protect
+        ({**MARKET, "stop_loss": "500"}, "stop_loss"),
+        ({**MARKET, "take_profit": "50"}, "take_profit"),
+        ({**MARKET, "side": "sell", "stop_loss": "50"}, "stop_loss"),
+        # decimals in ASCII digits only: Decimal() would read these as 1000 and 1
+        ({**MARKET, "quantity": "1_000"}, "quantity"),
+        ({**MARKET, "quantity": "\u0661"}, "quantity"),
+        ({**MARKET, "quantity": " 1"}, "quantity"),
         ({**MARKET, "surprise": 1}, "surprise"),
         ({"side": "buy", "quantity": "1"}, "symbol"),
     ],
@@ -94,6 +105,61 @@ def test_bad_input_is_422_naming_the_field(
     r = post(svc, alice, body, key)
     assert_error(r, 422, "validation_error", field)
     assert field in r.json()["error"]["message"]
+
+
+def test_an_exponent_is_read_as_its_digits(svc: ServiceProc, alice: str) -> None:
+    r = post(svc, alice, {**MARKET, "quantity": "2E+0"})
+    assert r.status_code == 201, r.text
+    assert r.json()["quantity"] == "2"
+    big = post(svc, alice, {**MARKET, "quantity": "1E+5"})  # refused, in digits, not 1.0E+7
+    assert_error(big, 422, "max_notional", "quantity")
+    assert "E+" not in big.json()["error"]["message"], big.text
+
+
+def _cursor(doc: bytes) -> str:
+    return base64.urlsafe_b64encode(doc).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/api/v1/orders", {"from": "9999-12-31T23:59:59-23:59"}, "from"),  # after UTC's last
+        ("/api/v1/orders", {"to": "0001-01-01T00:00:00+23:59"}, "to"),  # before its first
+        ("/api/v1/audit/export", {"from": "9999-12-31T23:59:59-23:59"}, "from"),
+        ("/api/v1/audit/export", {"to": "0001-01-01T00:00:00+23:59"}, "to"),
+        ("/api/v1/orders", {"cursor": _cursor(b"[" * 3000)}, "cursor"),  # too deep to parse
+        ("/api/v1/orders", {"cursor": _cursor(b"[1" + b"0" * 5000 + b"]")}, "cursor"),
+        ("/api/v1/orders", {"cursor": _cursor(b'["9999-12-31T23:59:59-23:59","x"]')}, "cursor"),
+        ("/api/v1/orders", {"cursor": _cursor(b'["2026-01-01T00:00:00","x"]')}, "cursor"),
+        ("/api/v1/orders", {"cursor": _cursor(b"\xff\xfe")}, "cursor"),
+    ],
+)
+def test_query_values_out_of_range_are_422_naming_them(
+    svc: ServiceProc, alice: str, path: str, params: dict[str, str], field: str
+) -> None:
+    assert_error(get(svc, alice, path, **params), 422, "validation_error", field)
+
+
+def test_a_body_over_the_cap_is_413_and_a_body_no_json_reads_is_422(
+    svc: ServiceProc, alice: str
+) -> None:
+    url = svc.url + "/api/v1/orders"
+    big = b'{"symbol":"' + b"x" * 70_000 + b'"}'
+    headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
+    who: dict[str, str]
+    for who in ({}, auth(alice)):  # refused before the token is read, as before the body is
+        r = httpx.post(url, content=big, headers=headers | who, timeout=30)
+        assert_error(r, 413, "body_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield from (big[i : i + 8192] for i in range(0, len(big), 8192))
+
+        r = httpx.post(url, content=chunks(), headers=headers | who, timeout=30)
+        assert_error(r, 413, "body_too_large")
+    huge = b'{"symbol":"AAPL","side":"buy","quantity":' + b"1" * 5000 + b"}"  # no int() reads it
+    r = httpx.post(url, content=huge, headers=headers | auth(alice), timeout=30)
+    assert_error(r, 422, "validation_error", "body")
+    assert get(svc, alice, "/api/v1/orders", limit=500).status_code == 200
 
 
 def test_a_bad_or_missing_idempotency_key_is_422(svc: ServiceProc, alice: str) -> None:
@@ -263,6 +329,9 @@ def test_health_ready_metrics_and_the_error_shape(svc: ServiceProc) -> None:
     assert httpx.get(svc.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(svc.url + "/readyz").json()
     assert ready["ready"] is True and ready["reconciliation"]["state"] == "succeeded"
+    # public: what the reconciliation did, counted (its lines name sizes, stops and ids)
+    result = ready["reconciliation"]["result"]
+    assert type(result["actions"]) is int and type(result["errors"]) is int, result
     metrics = httpx.get(svc.url + "/metrics").text
     assert 'atb_service_orders_total{status="201"}' in metrics
     assert "atb_service_ready 1.0" in metrics
@@ -346,14 +415,24 @@ def test_the_operators_halt_makes_the_service_not_ready_and_refuses_orders(
     token = svc.token("halted-trader")
     orders = ["orders", "--dir", str(svc.wal_dir)]
     assert CliRunner().invoke(atb, [*orders, "halt", "--reason", "drill"]).exit_code == 0
+    keys = [uuid.uuid4().hex for _ in range(35)]  # more than the 30 orders a minute allowed
     try:
         ready = httpx.get(svc.url + "/readyz")
         assert ready.status_code == 503
         assert "halted by the operator" in ready.text and "drill" in ready.text, ready.text
-        refused = post(svc, token, MARKET)
-        assert_error(refused, 503, "halted")
+        # /readyz is public: never who threw the switch (user, host, pid)
+        assert "pid" not in ready.text and "@" not in ready.text, ready.text
+        for key in keys:
+            refused = post(svc, token, MARKET, key)
+            assert_error(refused, 503, "halted")
+            assert "pid" not in refused.text and "@" not in refused.text, refused.text
         listed = get(svc, token, "/api/v1/orders").json()
         assert listed["orders"] == [], listed
     finally:
         assert CliRunner().invoke(atb, [*orders, "resume"]).exit_code == 0
     assert httpx.get(svc.url + "/readyz").status_code == 200
+    # nothing was placed: the keys are free (another body is no conflict) and the refusals
+    # took none of the trader's 30 orders a minute
+    placed = post(svc, token, {**MARKET, "quantity": "1"}, keys[0])
+    assert placed.status_code == 201, placed.text
+    assert len(svc.broker_orders(placed.json()["id"])) == 1

@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from service_proc import ServiceProc, auth
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from cli.main import atb
 from wal.service.events import EventHub
 
 KINDS = ["created", "submitted", "accepted", "fill"]  # a market order on the paper broker
@@ -131,9 +133,59 @@ def test_the_hub_disconnects_a_full_client_without_waiting() -> None:
     asyncio.run(run())
 
 
-def test_a_bad_since_is_refused_naming_it(svc: ServiceProc) -> None:
+@pytest.mark.parametrize(
+    "since",
+    [
+        "abc",
+        "-1",
+        "5.0",
+        "%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "%D9%A1",  # an Arabic-Indic 1: int() would read it
+        "9" * 5000,  # past int()'s 4300 digits
+        "9" * 30,  # a seq this journal never had: "ready" would be a lie, and every event lost
+    ],
+)
+def test_a_bad_since_is_refused_naming_it(svc: ServiceProc, since: str) -> None:
     token = svc.token("typo")
-    with connect(ws_url(svc, token) + "&since=abc") as ws, pytest.raises(ConnectionClosed) as info:
+    url = ws_url(svc, token) + f"&since={since}"
+    with connect(url, max_size=None) as ws, pytest.raises(ConnectionClosed) as info:
         ws.recv(timeout=30)
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 4422 and "since" in info.value.rcvd.reason
+
+
+def test_a_since_after_the_journals_last_event_is_refused(svc: ServiceProc) -> None:
+    token = svc.token("ahead")
+    place(svc, token, 1)
+    with connect(ws_url(svc, token)) as ws:
+        _, ready = read_until_ready(ws)
+    head = int(ready["seq"])
+    with connect(ws_url(svc, token, since=head)) as ws:  # up to date: fine
+        assert read_until_ready(ws)[1]["seq"] == head
+    with (
+        connect(ws_url(svc, token, since=head + 1000)) as ws,
+        pytest.raises(ConnectionClosed) as info,
+    ):
+        ws.recv(timeout=30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4422
+    assert str(head) in info.value.rcvd.reason
+
+
+def test_a_revoked_tokens_stream_is_closed(svc: ServiceProc) -> None:
+    """Revoked while its stream is open (by the CLI, in another process): the stream is
+    closed with 4401 (the service reads open streams' tokens again every second), and the
+    trader's other token places an order whose events it never gets."""
+    first, second = svc.token("streamer"), svc.token("streamer")
+    with connect(ws_url(svc, first)) as ws:
+        read_until_ready(ws)
+        token_id = first.split("_")[1]
+        out = CliRunner().invoke(
+            atb, ["serve", "--database-url", svc.db_url, "token", "revoke", token_id]
+        )
+        assert out.exit_code == 0, out.output
+        with pytest.raises(ConnectionClosed) as info:
+            while True:  # until it is closed (any event before: placed before the revocation)
+                ws.recv(timeout=30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+    assert "revoked" in info.value.rcvd.reason
+    place(svc, second, 1)  # the trader's other token still works

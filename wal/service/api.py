@@ -7,6 +7,7 @@ stream take the trader from the bearer token, and show a trader only their own o
 # and `Trader` is a local of make_router
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -50,12 +51,20 @@ _POST_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "halted, log_failed or database_unavailable; nothing was placed"},
 }
 _CLOSE_BAD_INPUT = 4422  # ... for a bad query parameter (named in the reason)
+_SEQ = re.compile(r"[0-9]{1,18}")  # a seq: ASCII digits only ("²".isdigit() is true), an int64
 
 
-def _utc(v: datetime | None) -> datetime | None:
+def _utc(v: datetime | None, field: str) -> datetime | None:
+    """``v`` in UTC (a time without a zone is UTC); 422 naming ``field`` when it has no UTC
+    time (9999-12-31T23:59-23:59 is past the last one)."""
     if v is None:
         return None
-    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    try:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(
+            422, "validation_error", f"{field}: {v.isoformat()} is out of range in UTC", field=field
+        ) from None
 
 
 async def _until_disconnect(ws: WebSocket, client: Client) -> None:
@@ -145,7 +154,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
     ) -> dict[str, Any]:
         """The trader's orders, newest first; ``next_cursor`` fetches the next page."""
         cursor_key(cursor)  # 422 before any read
-        flt = OrderFilter(state, symbol, _utc(since), _utc(until))
+        flt = OrderFilter(state, symbol, _utc(since, "from"), _utc(until, "to"))
         page, nxt = await asyncio.to_thread(
             page_of_trader,
             rt.ddb,
@@ -238,7 +247,7 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
     ) -> StreamingResponse:
         """Every journal event of the trader's orders (compliance fields), streamed."""
         mine = rt.owners.orders_of(who)
-        lo, hi = _utc(since), _utc(until)
+        lo, hi = _utc(since, "from"), _utc(until, "to")
 
         def rows() -> Any:
             for cid in mine:
@@ -293,12 +302,19 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
             await ws.close(code=_CLOSE_AUTH, reason="unauthorized: unknown or missing token")
             return
         raw = ws.query_params.get("since")
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not _SEQ.fullmatch(raw):
             await ws.close(code=_CLOSE_BAD_INPUT, reason="since: must be a seq (an integer >= 0)")
             return
         since = int(raw) if raw is not None else None
-        client = rt.hub.subscribe(who)  # first: nothing published from now on is missed
+        client = rt.hub.subscribe(who, token)  # first: nothing published from now on is missed
         head = rt.hub.head  # every later event of this trader reaches the client's queue
+        if since is not None and since > head:  # events this journal never had: never "ready"
+            rt.hub.unsubscribe(client)
+            await ws.close(
+                code=_CLOSE_BAD_INPUT,
+                reason=f"since: {since} is after the journal's last event ({head})",
+            )
+            return
         gone = asyncio.ensure_future(_until_disconnect(ws, client))  # it left: stop at once
         try:
             sent = head
@@ -314,6 +330,9 @@ def make_router(rt: ServiceRuntime, metrics: ServiceMetrics) -> APIRouter:
                 await client.wake.wait()
                 client.wake.clear()  # first: an event queued while sending wakes us again
                 if client.gone:
+                    return
+                if client.revoked:  # found by the runtime's token watch (ServiceRuntime)
+                    await ws.close(code=_CLOSE_AUTH, reason="unauthorized: the token was revoked")
                     return
                 while client.pending:
                     ev = client.pending.popleft()

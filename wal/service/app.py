@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wal.db.classify import describe_error, is_transient
 from wal.errors import WALDatabaseError
@@ -56,12 +57,48 @@ def _field_of(err: dict[str, Any]) -> str | None:
 
 
 DATABASE_RETRY_AFTER_S = 2  # a reconnect's backoff: the database is retried on every request
+MAX_BODY_BYTES = 65_536  # a request body's cap (an order is a few hundred bytes): 413 above it
 
 
 def database_down(exc: BaseException) -> bool:
     """The database (not the log, not the broker) is unreachable: connection refused or cut,
     server shut down, locked; ``wal.db.classify.is_transient`` decides, for database errors."""
     return isinstance(exc, SQLAlchemyError | WALDatabaseError) and is_transient(exc)
+
+
+def _too_large() -> StarletteHTTPException:
+    return StarletteHTTPException(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes (413) as it arrives, before it is parsed or
+    held: at once when its Content-Length says so, else when the bytes read pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            exc = _too_large()
+            response = JSONResponse(error_body("body_too_large", exc.detail), status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # raised to the route: the one error shape (http_error)
+                raise _too_large()
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(rt: ServiceRuntime) -> FastAPI:
@@ -81,6 +118,7 @@ def create_app(rt: ServiceRuntime) -> FastAPI:
             await rt.stop()
 
     app = FastAPI(title="atb order service", version="1", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.runtime = rt
     app.include_router(make_router(rt, metrics))
 
@@ -109,7 +147,11 @@ def create_app(rt: ServiceRuntime) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        if exc.status_code == 400:  # a body that is no JSON this service reads: bad input
+            return JSONResponse(
+                error_body("validation_error", f"body: {exc.detail}", "body"), status_code=422
+            )
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return JSONResponse(
             error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
             status_code=exc.status_code,

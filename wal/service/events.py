@@ -101,15 +101,22 @@ class Client:
     drains the queue on each wake: no task or wait is made per event."""
 
     trader_id: str
+    token: str = ""  # the bearer token it connected with (the runtime's token watch)
     pending: deque[dict[str, Any]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False  # fell behind: its handler closes it with the seq to resume from
     gone: bool = False  # disconnected: its handler stops
+    revoked: bool = False  # its token no longer verifies: its handler closes it, sending nothing
     last_seq: int = 0  # the last seq queued for it
 
     def leave(self) -> None:
         """The client disconnected: wake its handler to stop."""
         self.gone = True
+        self.wake.set()
+
+    def revoke(self) -> None:
+        """Its token was revoked: wake its handler to close it before sending anything more."""
+        self.revoked = True
         self.wake.set()
 
 
@@ -163,10 +170,13 @@ class EventHub:
     def clients(self) -> int:
         return sum(len(c) for c in self._clients.values())
 
-    def subscribe(self, trader_id: str) -> Client:
-        client = Client(trader_id)
+    def subscribe(self, trader_id: str, token: str = "") -> Client:
+        client = Client(trader_id, token)
         self._clients.setdefault(trader_id, set()).add(client)
         return client
+
+    def all_clients(self) -> list[Client]:
+        return [c for cs in self._clients.values() for c in cs]
 
     def unsubscribe(self, client: Client) -> None:
         self._clients.get(client.trader_id, set()).discard(client)

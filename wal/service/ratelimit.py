@@ -2,7 +2,9 @@
 
 A bucket holds up to N tokens and refills at N per 60 s; a new order takes one. When it is
 empty the caller is told how many seconds until the next token (``Retry-After``). A retry of
-a known ``Idempotency-Key`` takes no token: it places no order.
+a known ``Idempotency-Key`` takes no token: it places no order. An order the service refused
+for a reason of its own before journaling it (halted, the log or the database down) gives
+its token back (``give_back``): the trader placed nothing.
 """
 
 from __future__ import annotations
@@ -38,3 +40,11 @@ class RateLimiter:
                 return 0
             self._buckets[trader] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / self._rate))
+
+    def give_back(self, trader: str) -> None:
+        """Return a token taken for an order that was not placed (never above the cap)."""
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(trader, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - at) * self._rate)
+            self._buckets[trader] = (min(float(self.per_minute), tokens + 1.0), now)

@@ -80,6 +80,7 @@ class Placed:
 
 
 STOP_TIMEOUT_S = 10.0  # each step of a stop: cancelling the background work, the anchor
+TOKEN_CHECK_S = 1.0  # how often the open event streams' tokens are read again (revocation)
 
 
 def why_text(exc: BaseException) -> str:
@@ -136,6 +137,7 @@ class ServiceRuntime:
         await asyncio.to_thread(self.hub.load_head)
         self._bracket_queue = asyncio.Queue()
         self._tasks.append(asyncio.create_task(self._bracket_events()))
+        self._tasks.append(asyncio.create_task(self._watch_stream_tokens()))
         self._startup_task = asyncio.create_task(self._startup())
         self._tasks.append(self._startup_task)
 
@@ -209,6 +211,23 @@ class ServiceRuntime:
         finally:
             listener.cancel()
 
+    async def _watch_stream_tokens(self) -> None:
+        """Every ``TOKEN_CHECK_S``, the open event streams' tokens are read again (one read for
+        all): a stream whose token was revoked is closed before it is sent anything more."""
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_S)
+            clients = self.hub.all_clients()
+            if not clients:
+                continue
+            try:
+                live = await asyncio.to_thread(self.tokens.live, [c.token for c in clients])
+            except Exception as exc:  # the database is down: the streams stay as they are
+                log.warning("event streams' tokens not checked: %s", why_text(exc))
+                continue
+            for c in clients:
+                if c.token not in live:
+                    c.revoke()
+
     async def _poll(self) -> None:
         """Fills of open orders (and the paper market's prices) every ``poll_interval``."""
         while True:
@@ -264,17 +283,27 @@ class ServiceRuntime:
             return f"trading is halted: {self.om.halted}"
         op = operator_halt(self.ddb)  # `atb orders halt`: the operator's kill switch
         if op is not None:
-            return f"trading is halted by the operator: {op.describe()}"
+            return f"trading is {op.public()}"
         return None
 
     def status(self) -> dict[str, Any]:
+        """``/readyz``'s body. The endpoint is public: the reconciliation's counts, not what it
+        did (its actions and errors name symbols, sizes, stop levels and order ids: the
+        service's log has them), and the operator's halt without who threw it."""
         wal = self.ddb.get_wal_status()
+        rec = dict(self.reconciliation)
+        if isinstance(rec.get("result"), dict):
+            result = dict(rec["result"])
+            result["actions"] = len(result.get("actions") or ())
+            result["errors"] = len(result.get("errors") or ())
+            rec["result"] = result
+        op = operator_halt(self.ddb)
         return {
             "ready": self.readiness() is None,
             "reason": self.readiness(),
-            "reconciliation": self.reconciliation,
+            "reconciliation": rec,
             "halted": self.om.halted,
-            "operator_halt": None if (op := operator_halt(self.ddb)) is None else op.to_dict(),
+            "operator_halt": None if op is None else {"reason": op.reason, "at": op.at},
             "log": {
                 "failed": self.log_failure,
                 "pending": wal.get("pending"),
@@ -334,19 +363,38 @@ class ServiceRuntime:
                     if order.state in (OrderState.SUBMITTING, OrderState.UNKNOWN):
                         order = await self._chase(cid, req, trader, order)
                     return Placed(order, owner, created=False)
-                # claimed by a run that died before journaling it: nothing was sent
+                # claimed by a run that died (or was refused) before journaling it: nothing
+                # was sent, and it is placed now as a new order (a token, the checks below)
+            self._check_brackets_at_market(req)
             self._check_can_trade()
-            if owner is None:
-                wait = self.limiter.take(trader)
-                if wait:
-                    raise ApiError(
-                        429,
-                        "rate_limited",
-                        f"trader {trader} placed {self.limiter.per_minute} orders in the last "
-                        f"minute (ORDER_RATE_LIMIT); retry in {wait} s",
-                        headers={"Retry-After": str(wait)},
-                    )
-            await self._fund(trader)
+            wait = self.limiter.take(trader)
+            if wait:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"trader {trader} placed {self.limiter.per_minute} orders in the last "
+                    f"minute (ORDER_RATE_LIMIT); retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            try:
+                return await self._place_new(trader, key, cid, req, fingerprint, owner)
+            except ApiError as exc:
+                if exc.status == 503:  # refused by the service itself: the trader placed nothing
+                    self.limiter.give_back(trader)
+                raise
+
+    async def _place_new(
+        self,
+        trader: str,
+        key: str,
+        cid: str,
+        req: OrderRequest,
+        fingerprint: str,
+        owner: OwnerRow | None,
+    ) -> Placed:
+        """Claim the key (its owner row) and submit the order (the key's lock held)."""
+        await self._fund(trader)
+        if owner is None:
             row = OwnerRow(cid, trader, key, fingerprint, req.stop_loss, req.take_profit)
             try:
                 # committed before the intent is journaled: a journaled order has its owner
@@ -359,22 +407,50 @@ class ServiceRuntime:
                     "retry with the same Idempotency-Key",
                     headers={"Retry-After": "1"},
                 ) from exc
-            intent = _intent(req, cid, account_of(trader))
-            try:
-                order = await self.om.submit(intent)
-            except OrderRejected as exc:
-                if await asyncio.to_thread(self.om.get, cid) is None:
-                    await asyncio.to_thread(self.owners.release, cid)  # nothing was journaled
-                raise ApiError(422, exc.reason.value, exc.message, field=exc.field) from exc
-            except TradingHalted as exc:
-                raise ApiError(503, "halted", str(exc), headers={"Retry-After": "5"}) from exc
-            except WALWriteError as exc:
-                self.fail_log(exc)
-                raise ApiError(503, "log_failed", str(exc)) from exc
-            if req.stop_loss is not None or req.take_profit is not None:
-                self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
-                self.kick_bracket(cid)
-            return Placed(order, owner, created=True)
+        intent = _intent(req, cid, account_of(trader))
+        try:
+            order = await self.om.submit(intent)
+        except OrderRejected as exc:
+            await self._release_unplaced(cid)
+            raise ApiError(422, exc.reason.value, exc.message, field=exc.field) from exc
+        except TradingHalted as exc:
+            await self._release_unplaced(cid)
+            raise ApiError(
+                503, "halted", self._halt_text(exc), headers={"Retry-After": "5"}
+            ) from exc
+        except WALWriteError as exc:
+            self.fail_log(exc)
+            raise ApiError(503, "log_failed", str(exc)) from exc
+        if req.stop_loss is not None or req.take_profit is not None:
+            self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
+            self.kick_bracket(cid)
+        return Placed(order, owner, created=True)
+
+    async def _release_unplaced(self, cid: str) -> None:
+        """A refused order: its key is free again if nothing of it was journaled (the same
+        key may then place another order; a journaled one stays the key's order)."""
+        if await asyncio.to_thread(self.om.get, cid) is None:
+            await asyncio.to_thread(self.owners.release, cid)
+
+    def _halt_text(self, exc: TradingHalted) -> str:
+        """What a trader is told about a halt: the operator's without who threw it."""
+        op = operator_halt(self.ddb)
+        if op is not None:
+            return f"trading is {op.public()}; nothing was placed"
+        return str(exc)
+
+    def _check_brackets_at_market(self, req: OrderRequest) -> None:
+        """A market order's stop_loss / take_profit on their side of the market price, when
+        the service knows it (the paper broker's): else its child would execute at once."""
+        source = self.om.price_source
+        if req.order_type != "market" or source is None:
+            return
+        if req.stop_loss is None and req.take_profit is None:
+            return
+        price = source(req.symbol)
+        wrong = None if price is None else req.bracket_problem(price, "the market price")
+        if wrong is not None:
+            raise ApiError(422, "validation_error", f"{wrong[0]}: {wrong[1]}", field=wrong[0])
 
     async def _chase(self, cid: str, req: OrderRequest, trader: str, order: Order) -> Order:
         """A retry of an order whose outcome is unknown: the manager looks it up by its
@@ -395,6 +471,14 @@ class ServiceRuntime:
                 503,
                 "halted",
                 f"trading is halted: {self.om.halted}; nothing was placed",
+                headers={"Retry-After": "5"},
+            )
+        op = operator_halt(self.ddb)  # `atb orders halt`: refused before the key is claimed
+        if op is not None:
+            raise ApiError(
+                503,
+                "halted",
+                f"trading is {op.public()}; nothing was placed",
                 headers={"Retry-After": "5"},
             )
 

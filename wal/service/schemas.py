@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 __all__ = ["OrderRequest"]
 
@@ -23,7 +24,28 @@ def _lower(v: Any) -> Any:
     return v.lower() if isinstance(v, str) else v
 
 
-_Amount = Annotated[Decimal, Field(gt=0, max_digits=28, decimal_places=10, allow_inf_nan=False)]
+# a decimal in a JSON string: ASCII digits only (Python's Decimal() would also take "1_000"
+# and other scripts' digits), an optional fraction and exponent
+_DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,4})?")
+
+
+def _decimal_text(v: Any) -> Any:
+    if isinstance(v, str) and not _DECIMAL_TEXT.fullmatch(v):
+        raise ValueError(f"{v[:40]!r} is not a decimal number (digits 0-9, a point, no spaces)")
+    return v
+
+
+def _plain(v: Decimal) -> Decimal:
+    """The same value without an exponent (1E+5 is 100000): messages and rows show digits."""
+    return Decimal(format(v, "f"))
+
+
+_Amount = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_text),
+    Field(gt=0, max_digits=28, decimal_places=10, allow_inf_nan=False),
+    AfterValidator(_plain),
+]
 
 
 class OrderRequest(BaseModel):
@@ -51,21 +73,29 @@ class OrderRequest(BaseModel):
             raise _field_error("price", f"a {self.order_type} order needs a price")
         if (self.order_type == "stop_limit") != (self.stop_price is not None):
             raise _field_error("stop_price", "stop_price is for (and needed by) stop_limit only")
-        ref = self.price
-        if ref is not None:
-            below, above = (
-                ("stop_loss", "take_profit") if self.side == "buy" else ("take_profit", "stop_loss")
-            )
-            low, high = getattr(self, below), getattr(self, above)
-            if low is not None and low >= ref:
-                raise _field_error(below, f"{below} {low} must be below the price {ref}")
-            if high is not None and high <= ref:
-                raise _field_error(above, f"{above} {high} must be above the price {ref}")
+        if self.price is not None:
+            wrong = self.bracket_problem(self.price, "the price")
+            if wrong is not None:
+                raise _field_error(*wrong)
         if self.stop_loss is not None and self.take_profit is not None:
             sl, tp = self.stop_loss, self.take_profit
             if (self.side == "buy" and sl >= tp) or (self.side == "sell" and sl <= tp):
                 raise _field_error("stop_loss", "stop_loss is on the wrong side of take_profit")
         return self
+
+    def bracket_problem(self, ref: Decimal, what: str) -> tuple[str, str] | None:
+        """(field, message) when stop_loss or take_profit is on the wrong side of ``ref`` (the
+        order's price, or the market's for a market order): such a child would execute at
+        once, closing the position it was to protect; None when both are on their side."""
+        below, above = (
+            ("stop_loss", "take_profit") if self.side == "buy" else ("take_profit", "stop_loss")
+        )
+        low, high = getattr(self, below), getattr(self, above)
+        if low is not None and low >= ref:
+            return below, f"{below} {low} must be below {what} {ref}"
+        if high is not None and high <= ref:
+            return above, f"{above} {high} must be above {what} {ref}"
+        return None
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical request (decimals normalized, keys sorted)."""

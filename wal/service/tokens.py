@@ -6,7 +6,9 @@ store (a slow password hash buys nothing against 256 bits of entropy). ``verify`
 the hashes with ``hmac.compare_digest`` (constant time) and returns the trader; a revoked
 token fails. Every request reads its token's row (one primary-key read): a revocation, by
 ``atb serve token revoke`` in another process or by hand in the database, takes effect on the
-serving process's next request; no verified token is trusted from memory.
+serving process's next request; no verified token is trusted from memory. An open event
+stream's token is read again every second (``live``, one read for every stream): a revoked
+one's stream is closed before it is sent anything more.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -94,6 +97,24 @@ class TokenStore:
         if row is None or not hmac.compare_digest(str(row[0]), digest):
             return None
         return str(row[1])
+
+    def live(self, tokens: Iterable[str]) -> set[str]:
+        """Those of ``tokens`` that still verify: one read for all (the event streams')."""
+        by_id = {m.group(1): t for t in set(tokens) if (m := _TOKEN_RE.fullmatch(t))}
+        if not by_id:
+            return set()
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
+            rows = conn.execute(
+                sa.select(api_tokens.c.token_id, api_tokens.c.token_sha256).where(
+                    api_tokens.c.token_id.in_(list(by_id)), api_tokens.c.revoked_at.is_(None)
+                )
+            ).all()
+        return {
+            by_id[tid]
+            for tid, digest in rows
+            if hmac.compare_digest(str(digest), hash_token(by_id[tid]))
+        }
 
     def revoke(self, token_id: str) -> bool:
         """Revoke a token by its id; False if there is no such live token."""

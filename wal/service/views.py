@@ -109,12 +109,17 @@ def encode_cursor(o: Order) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """(created_at, client id) of the last order of the previous page; 422 if malformed."""
+    """(created_at in UTC, client id) of the last order of the previous page; 422 naming
+    ``cursor`` if this API did not make it (a time without its zone included)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, cid = json.loads(raw)
-        return datetime.fromisoformat(str(at)), str(cid)
-    except (ValueError, TypeError, binascii.Error):
+        when = datetime.fromisoformat(str(at))
+        if when.tzinfo is None or len(str(cid)) > 64:
+            raise ValueError("not a cursor of ours")
+        return when.astimezone(UTC), str(cid)  # OverflowError: a time with no UTC one
+    except (ValueError, TypeError, binascii.Error, RecursionError, OverflowError):
+        # whatever the bytes (nested JSON, a huge number, bad UTF-8): this API did not make it
         raise ApiError(
             422, "validation_error", "cursor is not one this API gave", field="cursor"
         ) from None

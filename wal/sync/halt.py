@@ -52,6 +52,10 @@ class Halt:
     def describe(self) -> str:
         return f"halted by the operator ({self.by}, {self.at}): {self.reason}"
 
+    def public(self) -> str:
+        """``describe`` without who threw it (user, host, pid): for traders and ``/readyz``."""
+        return f"halted by the operator (since {self.at}): {self.reason}"
+
 
 def read_halt(directory: Path | str) -> Halt | None:
     """The halt in force for the log in ``directory``, or None while trading is allowed."""
