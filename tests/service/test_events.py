@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from orders_helpers import buy, make_rig, run
 from service_proc import ServiceProc, auth
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -189,3 +191,31 @@ def test_a_revoked_tokens_stream_is_closed(svc: ServiceProc) -> None:
     assert info.value.rcvd is not None and info.value.rcvd.code == 4401
     assert "revoked" in info.value.rcvd.reason
     place(svc, second, 1)  # the trader's other token still works
+
+
+def test_a_resume_older_than_the_kept_events_reads_the_journal(tmp_path: Path) -> None:
+    """Past the events kept in memory, a resume reads the journal: its database rows (read
+    without stopping the sync thread) and its pending log entries, every event once, in
+    seq order, whichever of the two holds it."""
+    rig = make_rig(tmp_path)
+    hub = EventHub(lambda cid: "t", queue_size=100)
+    hub.attach(rig.ddb, asyncio.new_event_loop())
+
+    async def orders(n: int) -> None:
+        await rig.om.start()
+        for _ in range(n):
+            await rig.om.submit(buy("1"))
+
+    try:
+        run(orders(3))
+        rig.ddb.force_sync()  # these are rows now
+        run(orders(2))  # these may still be pending entries
+        every = hub._from_journal(0)
+        seqs = [int(e["seq"]) for e in every]
+        assert seqs == sorted(set(seqs))
+        cids = {e["client_order_id"] for e in every}
+        assert len(cids) == 5
+        assert sum(e["kind"] == "created" for e in every) == 5
+        assert [e["seq"] for e in hub.backlog("t", seqs[4])] == seqs[5:]
+    finally:
+        rig.close()

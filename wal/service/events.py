@@ -212,21 +212,31 @@ class EventHub:
         return [e for e in evs if self.owner_of(str(e["client_order_id"])) == trader_id]
 
     def _from_journal(self, since: int) -> list[dict[str, Any]]:
+        """Every event after ``since``: the database's rows, then the log's pending entries.
+        The rows are read without the apply lock (a resume from 0 reads the whole journal,
+        and must not stop the sync thread meanwhile); under the lock, only the rows applied
+        since then and the pending entries, from one instant: each entry once. The sync
+        thread applies in the log's order, which is seq order: what it applied meanwhile
+        comes after the last row read."""
         ddb = self._ddb
         if ddb is None:
             return []
         found: dict[int, dict[str, Any]] = {}
-        m = ddb.manager
-        lock = m.apply_lock if m is not None else threading.Lock()
-        with lock:  # the rows and the pending entries from one instant: each entry once
-            after = since
+
+        def rows_after(after: int) -> int:
             while True:
                 rows = ddb.db.get_audit_rows(after=after, limit=5000)
                 if not rows:
-                    break
+                    return after
                 for r in rows:
                     found[int(r["audit_seq"])] = event_from_row(r)
                 after = int(rows[-1]["audit_seq"])
+
+        after = rows_after(since)
+        m = ddb.manager
+        lock = m.apply_lock if m is not None else threading.Lock()
+        with lock:  # the rows applied meanwhile and the pending entries, from one instant
+            rows_after(after)
             storage = ddb.storage
             for e in storage.get_pending_entries() if storage is not None else []:
                 ev = event_from_entry(e)
