@@ -27,7 +27,9 @@ from trading_child import fast_config
 from wal import DurableDatabaseManager, WALEntryStatus, WALStorage
 from wal.db import DatabaseManager
 from wal.entry import WALEntry
+from wal.errors import WALDatabaseError
 from wal.sync.results import Receipt
+from wal.tools.bench_calls import DOWN_URL
 
 
 class Stack:
@@ -161,3 +163,34 @@ def test_append_many_async_refuses_the_same_entry_twice(tmp_path: Path) -> None:
         asyncio.run(go())
         assert log.next_lsn == 1
         assert list(log.get_pending_entries()) == []
+
+
+def test_find_by_key_after_compaction_asks_the_ledger_and_never_says_redo_blindly(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """After compaction dropped a key's entry, ``find_by_idempotency_key`` (the documented
+    "ask before redoing") answers from the database's ledger, not "never acknowledged"; a
+    key never used is still None; and with the database unreachable it raises instead of
+    answering None (a redo then would count twice until the database is back)."""
+    _deposit(stack, "sync")
+    assert stack.ddb.find_by_idempotency_key("fill:EXEC-1") is not None  # the log's entry
+    assert not stack.storage.may_have_dropped()
+    _compact_and_restart(stack)
+    assert stack.storage.may_have_dropped()
+    found = stack.ddb.find_by_idempotency_key("fill:EXEC-1")
+    assert found is not None and found.status is WALEntryStatus.COMPLETED
+    assert found.operation == "atomic_balance_update" and found.idempotency_key == "fill:EXEC-1"
+    assert found.lsn is not None and found.lsn >= 1
+    assert stack.ddb.find_by_idempotency_key("fill:EXEC-2") is None  # never used
+    stack.close()
+    down = DatabaseManager(DOWN_URL)  # nothing listens there: the database is unreachable
+    config = fast_config(stack.root / "wal", DOWN_URL)
+    ddb = DurableDatabaseManager(down, config=config)
+    try:
+        with pytest.raises(WALDatabaseError, match="cannot tell") as info:
+            ddb.find_by_idempotency_key("fill:EXEC-1")
+        assert info.value.transient
+    finally:
+        ddb.stop()
+        down.dispose()
+        stack.open()  # for the fixture's close

@@ -472,14 +472,14 @@ class DatabaseManager(OrderJournalMethods):
             ) from exc
         return results
 
-    def applied_key(self, key: str) -> tuple[str, int | None, str] | None:
+    def applied_key(self, key: str) -> tuple[str, int | None, str, datetime | None] | None:
         """The applied entry that holds the idempotency ``key`` (``wal_applied_keys``):
-        ``(entry_id, lsn, operation)``, or None. Kept after the log compacts the entry away:
-        "ask before redoing" when ``find_by_idempotency_key`` no longer knows the key (the
+        ``(entry_id, lsn, operation, applied_at)``, or None. Kept after the log compacts the
+        entry away: ``DurableDatabaseManager.find_by_idempotency_key`` asks it then (the
         apply skips a re-sent key anyway, in its own transaction: ``wal.db.apply``)."""
         k, t = wal_applied_keys, wal_applied
         query = (
-            sa.select(k.c.entry_id, t.c.lsn, t.c.operation)
+            sa.select(k.c.entry_id, t.c.lsn, t.c.operation, t.c.applied_at)
             .select_from(k.outerjoin(t, t.c.entry_id == k.c.entry_id))
             .where(k.c.idempotency_key == key)
         )
@@ -487,7 +487,8 @@ class DatabaseManager(OrderJournalMethods):
             row = conn.execute(query).first()
         if row is None:
             return None
-        return str(row[0]), (None if row[1] is None else int(row[1])), str(row[2] or "")
+        lsn = None if row[1] is None else int(row[1])
+        return str(row[0]), lsn, str(row[2] or ""), row[3]
 
     def applied_ids(self, entry_ids: Iterable[uuid.UUID | str]) -> set[str]:
         """Which of ``entry_ids`` are in the ``wal_applied`` ledger (as strings)."""

@@ -386,6 +386,14 @@ class WALStorage(AsyncAppender):
         """The highest LSN written and indexed: every record up to it can be read."""
         return self._written_lsn
 
+    def may_have_dropped(self) -> bool:
+        """True when entries may have been removed from the log (compaction or a repair: the
+        log starts after LSN 1, or a segment holds a subset of its range): then a key or id
+        the log does not hold may still have been acknowledged, and applied."""
+        with self._cond:
+            self._check_open()
+            return self._base > 1 or any(s.compacted for s in self._segments)
+
     def only_pending_entries(self) -> bool:
         """True when the log starts at LSN 1 and every record written so far is a PENDING
         entry (no status record, nothing compacted away): no entry was ever handed to a

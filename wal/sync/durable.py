@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
+from wal.db.classify import describe_error
 from wal.db.manager import DatabaseManager
 from wal.db.schema import valid_money
-from wal.entry import OperationType, WALEntry
+from wal.entry import OperationType, WALEntry, WALEntryStatus, utc_now
 from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
 from wal.sync.calls import DurableBalanceTxn, check_call, check_same_database, prepare_call
@@ -164,10 +167,47 @@ class DurableDatabaseManager:
     def find_by_idempotency_key(self, key: str) -> WALEntry | None:
         """The logged entry of the operation made with ``idempotency_key=key``, or None if
         it never reached the log (then it was never acknowledged: redo it). After a crash,
-        ask this before redoing an operation whose acknowledgement you did not see."""
+        ask this before redoing an operation whose acknowledgement you did not see.
+
+        Once compaction (or a repair) removed entries, the log alone cannot say "never": a
+        key it does not hold is looked up in the database's ledger (``wal_applied_keys``),
+        and an applied one is returned as the ledger knows it (its id, operation and LSN,
+        COMPLETED, no arguments: those went with the log's entry). If the database cannot be
+        reached then, ``WALDatabaseError``: do not redo the operation, ask again later."""
         if self.storage is None:
             return None
-        return self.storage.find_by_idempotency_key(key)
+        found = self.storage.find_by_idempotency_key(key)
+        if found is not None or not self.storage.may_have_dropped():
+            return found
+        applied_key = getattr(self._db, "applied_key", None)
+        if applied_key is None:  # a database manager without the ledger's lookup
+            return None
+        try:
+            row = applied_key(key)
+        except Exception as exc:
+            raise WALDatabaseError(
+                f"cannot tell whether idempotency key {key!r} was applied: the log no longer "
+                "holds the entries compaction removed, and the database, whose ledger keeps "
+                f"their keys, cannot be reached ({describe_error(exc)})",
+                transient=True,
+                hint="do not redo the operation yet: ask again once the database is back",
+            ) from exc
+        if row is None:
+            return None
+        entry_id, lsn, operation, applied_at = row
+        at = applied_at if isinstance(applied_at, datetime) else utc_now()
+        return WALEntry(
+            entry_id=uuid.UUID(entry_id),
+            operation=operation,
+            args=(),
+            kwargs={},
+            idempotency_key=key,
+            checksum="",
+            created_at=at,
+            lsn=lsn,
+            synced_at=at,
+            status=WALEntryStatus.COMPLETED,
+        )
 
     def __enter__(self) -> DurableDatabaseManager:
         self.start()
