@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers_log import check_files, make_entry, write_at_end
-from test_verify import CASES, Case, build_log, snapshot
+from test_verify import CASES, Case, build_log, line_at, segments, snapshot
 
 from wal import WALCorruptionError, WALEntryStatus, WALLockedError, WALStorage
 from wal.log.repair import repair_log
@@ -115,3 +115,26 @@ def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(WALCorruptionError, match="no log directory"):
         repair_log(tmp_path / "nope")
     assert not (tmp_path / "nope").exists()
+
+
+def test_repair_leaves_intact_segments_alone_and_their_gaps_detected(tmp_path: Path) -> None:
+    """Repairing one defect rewrites only the segment that holds it: an intact sealed
+    segment keeps its bytes and its open range (a fixed range would make any later missing
+    record in it pass as a compaction's gap), so removing a record from it afterwards is
+    still found, by the open and by ``verify``."""
+    d = tmp_path / "wal"
+    build_log(d)
+    sealed = segments(d)[:-1]
+    assert len(sealed) >= 2
+    before = {p.name: p.read_bytes() for p in sealed}
+    CASES[3].mutate(d)  # torn_tail: in the last segment only
+    rep = repair_log(d)
+    assert rep.opened and rep.segments_rewritten == [segments(d)[-1].name], rep
+    assert {p.name: p.read_bytes() for p in sealed} == before
+    victim = sealed[1]
+    off, raw = line_at(victim, 3)  # a whole record removed from a sealed segment
+    data = victim.read_bytes()
+    victim.write_bytes(data[:off] + data[off + len(raw) :])
+    with pytest.raises(WALCorruptionError):
+        WALStorage(d).close()
+    assert not verify_log(d).ok

@@ -730,6 +730,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "recovery",
     ),
     Mutation(
+        "repair-keeps-intact-segments-open",
+        "wal/log/repair.py",
+        "repair leaves an intact sealed segment as it is (a fixed range would hide a later gap)",
+        "        elif not seg.compacted and whole:\n",
+        "        elif False:\n",
+        (
+            "tests/log/test_repair.py::"
+            "test_repair_leaves_intact_segments_alone_and_their_gaps_detected",
+        ),
+        "recovery",
+    ),
+    Mutation(
         "tear-bound",
         "wal/log/segment.py",
         "good records after a hole are a torn tail only within the tear bound (else acknowledged)",

@@ -258,8 +258,13 @@ def _rewrite(d: Path, report: RepairReport) -> None:
         report.dropped.extend(seg.defects)
         lsns = [line.record["lsn"] for line in kept]
         contiguous = lsns == list(range(seg.first, seg.first + len(lsns)))
+        whole = contiguous and (lsns[-1] if lsns else seg.first - 1) == end
         if is_last and ((not seg.compacted and contiguous) or end < seg.first):
             last: int | None = None  # an ordinary active segment: appends continue in it
+        elif not seg.compacted and whole:
+            # every LSN of its range, in order: it stays as it is, its range implied by the
+            # next segment (a fixed range would let a later gap in it pass as compaction's)
+            last = None
         else:
             last = end  # a fixed range: the LSNs of dropped records are allowed gaps
         body = b"".join(seg.data[x.offset : x.offset + x.length] for x in kept)
