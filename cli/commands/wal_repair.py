@@ -75,12 +75,13 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
         return
     click.echo(f"backup: {report.backup}")
     for d in report.dropped:
-        guess = ""
-        if d.lsn is not None or d.entry_id is not None:
-            guess = f" (LSN {d.lsn}, entry {d.entry_id})"
-        click.echo(f"dropped  {d}{guess}")
+        known = [f"LSN {d.lsn}"] if d.lsn is not None else []
+        known += [f"entry {d.entry_id}"] if d.entry_id is not None else []
+        click.echo(f"dropped  {d}" + (f" ({', '.join(known)})" if known else ""))
     for r in report.ranges:
         click.echo(f"rewrote  {r}")
+    for note in report.notes:  # what was lost or moved, in words: never only in --json
+        click.echo(f"note     {note}")
     click.echo(
         f"salvaged {report.records_kept} records; {len(report.dropped)} defect(s) dropped; "
         + ("a normal open succeeds now" if report.opened else "could not check a normal open")

@@ -459,6 +459,7 @@ def test_repair_makes_a_corrupt_log_open_and_keeps_the_backup(tmp_path: Path) ->
     assert r.exit_code == 0, r.output
     assert "a normal open succeeds now" in r.output
     assert sum(x.startswith("dropped") for x in r.output.splitlines()) == 2
+    assert "None" not in r.output  # what is not known is not printed
     (backup,) = tmp_path.glob("wal.backup-*")
     assert {p.name: p.read_bytes() for p in backup.glob("*.wal")} == damaged
     with WALStorage(d) as log:
@@ -467,6 +468,20 @@ def test_repair_makes_a_corrupt_log_open_and_keeps_the_backup(tmp_path: Path) ->
     assert invoke(["wal", "--dir", str(d), "verify"]).exit_code == 0
     again = invoke(["wal", "--dir", str(d), "repair", "--yes"])
     assert again.exit_code == 0 and "nothing to repair" in again.output
+
+
+def test_repair_prints_what_was_lost_in_words(tmp_path: Path) -> None:
+    """The notes (here: the first segment is gone, its LSNs lost) are printed in text, not
+    only in --json: an operator reading the screen learns what the repair gave up."""
+    d = tmp_path / "wal"
+    make_log(d, n=30, blob=300, segment_bytes=4096)
+    list_segments(d)[0][1].unlink()
+    r = invoke(["wal", "--dir", str(d), "repair", "--yes"])
+    assert r.exit_code == 0, r.output
+    notes = [x for x in r.output.splitlines() if x.startswith("note")]
+    assert any("lost" in x for x in notes), r.output
+    doc = orjson.loads(invoke(["wal", "--dir", str(d), "repair", "--yes", "--json"]).stdout)
+    assert doc["nothing_to_do"] is True
 
 
 # ------------------------------------------------------------------ inspect, failed, retry, discard

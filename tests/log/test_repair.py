@@ -11,7 +11,7 @@ import pytest
 from helpers_log import check_files, make_entry, write_at_end
 from test_verify import CASES, Case, build_log, line_at, segments, snapshot
 
-from wal import WALCorruptionError, WALEntryStatus, WALLockedError, WALStorage
+from wal import WALCorruptionError, WALEntryStatus, WALLockedError, WALStorage, WALUnsafeFileError
 from wal.log.repair import repair_log
 from wal.log.verify import verify_log
 
@@ -138,3 +138,28 @@ def test_repair_leaves_intact_segments_alone_and_their_gaps_detected(tmp_path: P
     with pytest.raises(WALCorruptionError):
         WALStorage(d).close()
     assert not verify_log(d).ok
+
+
+def test_a_segment_symlinked_from_elsewhere_is_refused_and_nothing_changes(
+    tmp_path: Path,
+) -> None:
+    """A sealed segment moved to another disk and linked back: an open refuses the link; a
+    repair must not move it aside (its entries, acknowledged ones, would be dropped as a
+    gap): refused, no backup, the link and its target as they were, the way out named."""
+    d = tmp_path / "wal"
+    ids = build_log(d)
+    seg = segments(d)[1]
+    elsewhere = tmp_path / "other-disk" / seg.name
+    elsewhere.parent.mkdir()
+    os.rename(seg, elsewhere)
+    seg.symlink_to(elsewhere)
+    kept = elsewhere.read_bytes()
+    with pytest.raises(WALUnsafeFileError, match="symlink") as info:
+        repair_log(d)
+    assert "mv TARGET LINK" in str(info.value) and "changed nothing" in str(info.value)
+    assert seg.is_symlink() and elsewhere.read_bytes() == kept
+    assert not list(tmp_path.glob("wal.backup-*"))
+    os.unlink(seg)  # the operator puts the file back
+    os.rename(elsewhere, seg)
+    assert verify_log(d).ok
+    assert set(entries_of(d)) == set(ids)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wal.errors import WALCorruptionError, WALLockedError
+from wal.errors import WALCorruptionError, WALLockedError, WALUnsafeFileError
 from wal.log.fileops import OSFileOps, write_all
 from wal.log.lock import LOCK_NAME, WriterLock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
@@ -97,6 +97,7 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
         if before.ok:
             report.records_kept = before.records
         else:
+            _refuse_linked_files(d)
             backup = _backup(d)
             report.backup = str(backup)
             _move_unsafe(d, backup, report)
@@ -129,6 +130,21 @@ def _opens(d: Path, report: RepairReport) -> bool:
         report.notes.append(f"could not check a normal open: {exc}")
         return False
     return True
+
+
+def _refuse_linked_files(d: Path) -> None:
+    """A symlink under a name of the log's that leads to a file may be the log's own data put
+    elsewhere (a segment moved to another disk): moved aside, its entries would be dropped as
+    a gap, acknowledged ones included. Refused, nothing changed: the operator decides."""
+    for path in scan_log(d).unsafe:
+        if path.is_symlink() and path.exists() and not path.is_dir():
+            err = WALUnsafeFileError(path, f"a symlink to {os.path.realpath(path)}")
+            err.hint = (
+                "repair changed nothing: if the target is the log's own file, put the file "
+                "itself in the link's place (mv TARGET LINK), else move the link out of the "
+                "log directory; then run repair again"
+            )
+            raise err
 
 
 def _move_unsafe(d: Path, backup: Path, report: RepairReport) -> None:
