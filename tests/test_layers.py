@@ -24,6 +24,7 @@ LAYER_OF = {
     "wal.entry": "foundation",
     "wal.crashpoints": "foundation",
     "wal.binding": "foundation",
+    "wal.masking": "foundation",
     "wal.log": "log",
     "wal.db": "db",
     "wal.config": "config",

@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -68,6 +67,7 @@ from wal.log.options import (
     RecoveryMode,
     StorageOptions,
 )
+from wal.masking import mask_url
 
 __all__ = ["APPLY_MODES", "ENV_VARS", "ApplyMode", "WALConfig", "mask_url"]
 
@@ -217,26 +217,6 @@ class WALConfig:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"WALConfig({inner})"
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, errors and ``atb`` output).
-
-    >>> mask_url("sqlite:///data/atb.db")
-    'sqlite:///data/atb.db'
-    >>> mask_url("host=db user=trader password=s3cret")
-    'host=db user=trader password=***'
-    """
-    try:
-        from sqlalchemy.engine import make_url  # imported here: config loads without it
-
-        masked = make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: fall back to the patterns below
-        masked = url
-    # user:password@ in anything URL-shaped that make_url did not parse
-    masked = re.sub(r"(://[^:/@\s]*:)(?!\*\*\*@)[^@\s/]*@", r"\1***@", masked)
-    # password=... in a query string or a libpq keyword DSN
-    return re.sub(r"(?i)\b(password|passwd|pwd)=[^&\s]*", r"\1=***", masked)
 
 
 # --------------------------------------------------------------------------- parsing

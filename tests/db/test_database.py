@@ -733,13 +733,21 @@ def refusing_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_ping_unreachable_postgres_is_transient_and_hides_the_password() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://trader:s3cret@127.0.0.1:{port}/atb",
+        "postgresql://trader@127.0.0.1:{port}/atb?password=s3cret",  # libpq's keyword
+        "postgresql+psycopg://trader@127.0.0.1:{port}/atb?sslmode=disable&password=s3cret",
+    ],
+)
+def test_ping_unreachable_postgres_is_transient_and_hides_the_password(url: str) -> None:
     with refusing_port() as port:
-        db = DatabaseManager(f"postgresql://trader:s3cret@127.0.0.1:{port}/atb")
+        db = DatabaseManager(url.format(port=port))
         with pytest.raises(WALDatabaseError) as caught:
             db.ping()
     assert caught.value.transient is True
-    assert "s3cret" not in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "s3cret" not in db.safe_url
     assert "***" in str(caught.value)
 
 

@@ -22,7 +22,7 @@ from wal.db.engine import make_engine
 from wal.db.migrations.versions.v0001_baseline import TABLES as BASELINE
 from wal.db.schema import metadata
 from wal.db.versioning import HEAD, REVISIONS
-from wal.errors import WALSchemaError
+from wal.errors import WALDatabaseError, WALSchemaError
 from wal.sync.durable import DurableDatabaseManager
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -289,3 +289,16 @@ def test_revision_0004_adds_the_order_listing_index_and_its_downgrade_drops_it(
     assert "ix_orders_account_created" not in indexes()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     assert "ix_orders_account_created" in indexes()
+
+
+def test_readers_of_a_sqlite_file_that_is_not_there_create_nothing(tmp_path: Path) -> None:
+    """`atb db current` (and every reader of a database as it is) on a mistyped SQLite path:
+    one line naming the file, exit 1, and no file or directory left behind."""
+    missing = tmp_path / "typo" / "dir" / "atb.db"
+    url = f"sqlite:///{missing}"
+    cur = CliRunner().invoke(atb, ["db", "--database-url", url, "current"])
+    assert cur.exit_code == 1
+    assert len(cur.output.strip().splitlines()) == 1 and str(missing) in cur.output
+    with pytest.raises(WALDatabaseError, match="no database at"):
+        DatabaseManager(url, read_only=True)
+    assert not (tmp_path / "typo").exists()

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 
 from wal.db.classify import describe_error, is_transient
 from wal.db.engine import DEFAULT_URL, READ_ONLY, Timeouts, make_engine
@@ -28,6 +28,7 @@ from wal.db.service_schema import api_tokens  # noqa: F401  (its tables join `me
 from wal.db.versioning import check_schema as check_revision
 from wal.db.versioning import ensure_schema
 from wal.errors import WALDatabaseError
+from wal.masking import mask_url
 
 __all__ = ["DatabaseConnection"]
 
@@ -50,17 +51,16 @@ class DatabaseConnection:
         # never created, so a read never takes SQLite's write lock (BEGIN IMMEDIATE)
         self.read_only = read_only
         self._timeouts = Timeouts(timeout_ms)
-        self._engine, self._dialect_name = make_engine(given, echo=echo, timeouts=self._timeouts)
+        self._engine, self._dialect_name = make_engine(
+            given, echo=echo, timeouts=self._timeouts, existing=read_only
+        )
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
     @property
     def safe_url(self) -> str:
         """The URL with its password masked (``***``): safe to print and log."""
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except (sa_exc.ArgumentError, ValueError):  # pragma: no cover - checked in __init__
-            return "(unparseable url)"
+        return mask_url(self.url)  # user:password@ and ?password= (libpq's keyword) alike
 
     @property
     def engine(self) -> Engine:

@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from wal.errors import WALConfigError
+from wal.errors import WALConfigError, WALDatabaseError
 
 log = logging.getLogger("wal.db")
 
@@ -210,13 +210,16 @@ def _install_sqlite_listeners(engine: Engine, timeouts: Timeouts) -> None:
 
 
 def make_engine(
-    given: str, *, echo: bool = False, timeouts: Timeouts | None = None
+    given: str, *, echo: bool = False, timeouts: Timeouts | None = None, existing: bool = False
 ) -> tuple[Engine, str]:
     """An engine for the URL ``given`` and its dialect name (``"sqlite"`` or ``"postgresql"``).
 
     A SQLite file's missing parent directories are created 0700 and the file 0600; an
     in-memory SQLite database is one shared connection (one thread at a time). ``timeouts``
     (read by each new connection) bounds how long a call waits; see ``Timeouts``.
+    ``existing``: a reader of a database as it is (``atb db current``, ``atb orders``):
+    a SQLite file that is not there is ``WALDatabaseError`` naming it, never created (a
+    mistyped URL would otherwise read as an empty database, and leave one behind).
     """
     timeouts = timeouts if timeouts is not None else Timeouts()
     engine_url = _engine_url(given)
@@ -226,6 +229,12 @@ def make_engine(
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": dialect != "sqlite"}
     if dialect == "sqlite":
         path = _sqlite_file(engine_url)
+        if path is not None and existing and not path.is_file():
+            raise WALDatabaseError(
+                f"no database at {path}: no such SQLite file (nothing was created)",
+                transient=False,
+                hint="check the URL (DATABASE_URL, --database-url); `atb db upgrade` creates one",
+            )
         if path is not None:
             _prepare_sqlite_file(path)
         if _sqlite_memory(engine_url):

@@ -60,8 +60,9 @@ def _engine(url: str) -> sa.Engine:
 
 
 def current(url: str) -> tuple[str | None, bool]:
-    """(the database's revision or None, whether it has our tables). Writes nothing."""
-    engine = _engine(url)
+    """(the database's revision or None, whether it has our tables). Writes nothing, and
+    creates nothing: a SQLite file that is not there is ``WALDatabaseError``."""
+    engine, _ = make_engine(url, existing=True)
     try:
         with engine.connect() as conn:
             return read_revision(conn)
