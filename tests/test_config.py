@@ -84,6 +84,8 @@ BAD = [
     ("WAL_MAX_RETRIES", "0", ">= 1"),
     ("WAL_MAX_RETRIES", "2.5", ">= 1"),
     ("WAL_RETENTION_HOURS", "-1", ">= 0"),
+    ("WAL_RETENTION_HOURS", "1e300", "<= 876000"),  # a cutoff before year 1
+    ("WAL_RETENTION_HOURS", "nan", ">= 0"),
     ("WAL_FSYNC", "sometimes", "unsafe_never"),
     ("WAL_FSYNC", "ALWAYS", "always"),
     ("WAL_FSYNC_INTERVAL_MS", "0", "> 0"),

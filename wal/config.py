@@ -60,6 +60,7 @@ from typing import Any, Literal
 from wal.errors import WALConfigError
 from wal.log.options import (
     FSYNC_MODES,
+    MAX_RETENTION_HOURS,
     PREALLOCATE_MODES,
     RECOVERY_MODES,
     FsyncMode,
@@ -316,7 +317,7 @@ _SPECS: dict[str, _Spec] = {
     ),
     "sync_interval": _num_spec("WAL_SYNC_INTERVAL"),
     "max_retries": _int_spec("WAL_MAX_RETRIES", 1),
-    "retention_hours": _num_spec("WAL_RETENTION_HOURS", strict=False),
+    "retention_hours": _num_spec("WAL_RETENTION_HOURS", strict=False, high=MAX_RETENTION_HOURS),
     "fsync": _Spec("WAL_FSYNC", str, lambda v: _choice(v, FSYNC_MODES), " | ".join(FSYNC_MODES)),
     "fsync_interval_ms": _num_spec("WAL_FSYNC_INTERVAL_MS", high=60_000),
     "max_segment_bytes": _int_spec("WAL_MAX_SEGMENT_BYTES", 4096),

@@ -16,13 +16,22 @@ from cli._common import (
     wal_errors,
 )
 from wal.errors import WALLockedError
+from wal.log.options import MAX_RETENTION_HOURS
 from wal.log.storage import WALStorage
+
+
+def _finite(hours: float | None) -> float | None:
+    """NaN passes FloatRange's comparisons: refused here, as a bad option value."""
+    if hours is not None and hours != hours:
+        raise click.BadParameter("nan is not a number of hours", param_hint="--retention-hours")
+    return hours
 
 
 @click.command(short_help="Drop old COMPLETED entries from sealed segments.")
 @click.option(
     "--retention-hours",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=MAX_RETENTION_HOURS),
+    callback=lambda _ctx, _p, v: _finite(v),
     default=None,
     metavar="H",
     help="Keep COMPLETED entries younger than H hours (default WAL_RETENTION_HOURS, 168).",

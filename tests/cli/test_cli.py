@@ -23,6 +23,7 @@ from helpers_log import flip_bit, lines_of, make_entry
 
 from cli.main import atb
 from wal import WALCorruptionError, WALEntry, WALEntryStatus, WALStorage
+from wal.errors import WALArgumentError
 from wal.log.segment import list_segments
 
 BIN = Path(sys.executable).parent
@@ -609,6 +610,13 @@ def test_compact(tmp_path: Path) -> None:
     e = make_log(d, n=20, blob=300, segment_bytes=4096)
     with WALStorage(d) as log:
         log.update_statuses([(x, WALEntryStatus.COMPLETED, None, None) for x in e[:15]])
+        for bad in (float("nan"), float("inf"), -1.0, 1e300):  # refused, nothing dropped
+            with pytest.raises(WALArgumentError, match="retention"):
+                log.compact(bad)
+        assert log.count(WALEntryStatus.COMPLETED) == 15
+    for bad in ("nan", "inf", "1e400", "-1"):  # a usage error, one line, no traceback
+        r = invoke(["wal", "--dir", str(d), "compact", "--retention-hours", bad])
+        assert r.exit_code == 2 and "retention-hours" in r.output and "Traceback" not in r.output
     keep = invoke(["wal", "--dir", str(d), "compact", "--json"])  # default: keep one week
     assert keep.exit_code == 0
     assert orjson.loads(keep.stdout)["entries_dropped"] == 0

@@ -15,6 +15,9 @@ PreallocateMode = Literal["zero", "fallocate", "off"]
 
 FSYNC_MODES: tuple[str, ...] = ("always", "interval", "unsafe_never")
 RECOVERY_MODES: tuple[str, ...] = ("tolerate_tail", "strict", "skip_corrupt")
+# compaction's retention: at most 100 years (a longer one keeps everything all the same, and
+# its cutoff would fall before year 1)
+MAX_RETENTION_HOURS = 876_000
 PREALLOCATE_MODES: tuple[str, ...] = ("zero", "fallocate", "off")
 
 

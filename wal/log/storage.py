@@ -41,6 +41,7 @@ from typing import Any
 
 from wal.entry import WALEntryStatus, utc_now
 from wal.errors import (
+    WALArgumentError,
     WALCompactionError,
     WALConfigError,
     WALCorruptionError,
@@ -55,7 +56,7 @@ from wal.log.fileops import FileOps, OSFileOps
 from wal.log.groupcommit import Group
 from wal.log.index import STATUS_CODE, UNFINISHED_CODES
 from wal.log.lock import WriterLock
-from wal.log.options import StorageOptions
+from wal.log.options import MAX_RETENTION_HOURS, StorageOptions
 from wal.log.prealloc import Preallocator
 from wal.log.record import RecordError, decode_line
 from wal.log.recovery import recover
@@ -423,13 +424,20 @@ class WALStorage(AsyncAppender):
         next open. Returns ``{"bytes_before", "bytes_after", "entries_dropped",
         "segments_rewritten", "segments_removed"}``.
         """
-        if retention is None:
-            keep_for = timedelta(0)
-        elif isinstance(retention, timedelta):
-            keep_for = retention
-        else:
-            keep_for = timedelta(hours=float(retention))
-        cutoff = utc_now() - keep_for
+        hours = (
+            0.0
+            if retention is None
+            else retention.total_seconds() / 3600
+            if isinstance(retention, timedelta)
+            else float(retention)
+        )
+        if not 0 <= hours <= MAX_RETENTION_HOURS:  # NaN, infinities and the absurd too
+            raise WALArgumentError(
+                "compact",
+                "retention",
+                f"{retention!r} is not from 0 to {MAX_RETENTION_HOURS:,} hours; nothing dropped",
+            )
+        cutoff = utc_now() - timedelta(hours=hours)
         with self._cond:
             self._check_writable()
             while self._flushing:
