@@ -178,12 +178,28 @@ def echo_error_json(message: str, exit_code: int) -> None:
 
 def has_log(directory: Path) -> bool:
     """Whether ``directory`` holds a log: a segment file or the manifest. An empty directory
-    (a typo in ``--dir``, a fresh mount) holds none, and no command starts one there."""
+    (a typo in ``--dir``, a fresh mount) holds none, and no command starts one there.
+    A directory this user may not read raises ``AtbError`` saying so (the log may be there:
+    "no log" would send the operator looking elsewhere)."""
     try:
         names = os.listdir(directory)
+    except PermissionError:
+        raise AtbError(
+            f"cannot read {directory}: permission denied (the log's directory is 0700, its "
+            f"owner's only: run this as the user that runs the trading process, uid "
+            f"{_owner(directory)})",
+            EXIT_UNREADABLE,
+        ) from None
     except OSError:
         return False
     return any(n.endswith(SEGMENT_SUFFIX) or n == MANIFEST_NAME for n in names)
+
+
+def _owner(path: Path) -> str:
+    try:
+        return str(path.stat().st_uid)
+    except OSError:
+        return "unknown"
 
 
 def require_log_dir(config: WALConfig) -> Path:
@@ -192,6 +208,16 @@ def require_log_dir(config: WALConfig) -> Path:
     Raises (exit 2) naming the path: missing, not a directory, or a directory without a log.
     """
     d = config.directory
+    try:
+        os.stat(d)
+    except PermissionError:  # a parent this user may not enter: the log may well be there
+        raise AtbError(
+            f"cannot reach {d}: permission denied (run this as the user that runs the "
+            "trading process)",
+            EXIT_UNREADABLE,
+        ) from None
+    except OSError:
+        pass  # missing: said below
     if d.is_dir():
         if not has_log(d):
             raise AtbError(

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from click.testing import CliRunner, Result
 from helpers_log import as_preallocated, write_at_end
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli._common import require_log_dir
 from cli.main import atb
 from wal import WALEntry, WALEntryStatus, WALStorage
 from wal.config import WALConfig, mask_url
@@ -651,3 +653,42 @@ def test_compact_shows_progress_on_a_terminal_and_nothing_extra_when_piped(
     assert piped.returncode == 0, piped.stderr
     assert "bytes_before" in orjson.loads(piped.stdout)
     assert "compacting" not in piped.stdout + piped.stderr
+
+
+def _as_nobody(fn: Callable[[], object]) -> str:
+    """``fn()`` run in a forked child as uid/gid 65534 (nobody, as the wrong user would be);
+    what it raised or returned, as text. Needs root, to change user."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                out = f"returned {fn()!r}"
+            except BaseException as exc:  # what the operator would be told
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root (CI runs as root)")
+def test_the_wrong_user_is_told_permission_denied_not_no_log(tmp_path: Path) -> None:
+    """The engine's log directory is 0700: another user running `atb` gets "permission
+    denied" and whose it is, never "no log here" (which sends them looking elsewhere)."""
+    d = tmp_path / "wal"
+    with WALStorage(d) as log:
+        log.append(WALEntry.create("log_trade", kwargs={"n": 1}))
+    os.chmod(tmp_path, 0o755)  # the parent open, the log's own directory 0700
+    config = WALConfig.from_env({}, directory=d)
+    told = _as_nobody(lambda: require_log_dir(config))
+    assert "permission denied" in told and "no log" not in told, told
+    os.chmod(tmp_path, 0o700)  # now the parent is closed too
+    told = _as_nobody(lambda: require_log_dir(config))
+    assert "permission denied" in told and "does not exist" not in told, told
