@@ -23,7 +23,7 @@ from cli.main import atb
 from wal import WALEntry, WALStorage
 from wal.db import DatabaseManager
 from wal.log.segment import list_segments
-from wal.sync.identity import TARGET_FILE, read_target
+from wal.sync.identity import TARGET_FILE, read_target, record_target
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +188,21 @@ def test_a_new_log_is_still_bound_by_its_first_sync(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     target = read_target(d)
     assert target is not None and "a.db" in target.url
+
+
+def test_a_relative_sqlite_url_is_recorded_with_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default URL (``sqlite:///data/atb.db``) is relative: the log records the file it
+    named where the engine ran, so an operator in another directory checks that file."""
+    app, elsewhere = tmp_path / "app", tmp_path / "elsewhere"
+    app.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(app)
+    (app / "wal").mkdir()
+    record_target(app / "wal", "sqlite:///data/atb.db", "db-1")
+    recorded = read_target(app / "wal")
+    assert recorded is not None
+    assert recorded.url == f"sqlite:///{app / 'data' / 'atb.db'}"
+    monkeypatch.chdir(elsewhere)
+    assert read_target(app / "wal") == recorded  # the same file, from anywhere

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from wal.config import mask_url
-from wal.errors import WALDatabaseError
+from wal.db.engine import sqlite_file
+from wal.errors import WALConfigError, WALDatabaseError
 from wal.log.fileops import FileOps, OSFileOps, write_file_atomic
 from wal.log.storage import WALStorage
 
@@ -112,7 +114,9 @@ def record_target(
         old = None
     if old is not None and old.database_id == database_id:
         from_lsn = old.from_lsn  # the same database: what it holds since then is unchanged
-    target = DatabaseTarget(mask_url(url), database_id, datetime.now(UTC).isoformat(), from_lsn)
+    target = DatabaseTarget(
+        mask_url(_absolute(url)), database_id, datetime.now(UTC).isoformat(), from_lsn
+    )
     # temp (O_EXCL, O_NOFOLLOW: a symlink planted at database.json.tmp is never written
     # through), fsync, rename, directory fsync: durable before anything is applied there
     write_file_atomic(
@@ -122,6 +126,18 @@ def record_target(
         orjson.dumps(target.to_dict(), option=orjson.OPT_INDENT_2),
     )
     return target
+
+
+def _absolute(url: str) -> str:
+    """A SQLite URL with its file's absolute path (the default ``sqlite:///data/atb.db`` is
+    relative: read back from another directory, it would name another file)."""
+    try:
+        path = sqlite_file(url)
+    except WALConfigError:
+        return url
+    if path is None or path.is_absolute():
+        return url
+    return make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
 
 
 def mismatch(target: DatabaseTarget, url: str, database_id: str | None) -> str | None:
