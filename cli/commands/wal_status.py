@@ -29,6 +29,7 @@ from cli._common import (
 )
 from wal.config import WALConfig, mask_url
 from wal.errors import WALCorruptionError, WALError
+from wal.log.lock import lock_file_problem
 from wal.log.storage import StorageStats, WALStorage
 from wal.sync.halt import read_halt
 
@@ -289,6 +290,9 @@ def _document(
         )
     if database.get("matches_log") is False:
         problems.append(f"the configured database is not the log's: {database['error']}")
+    lock_problem = lock_file_problem(config.directory)
+    if lock_problem is not None:
+        problems.append(lock_problem)
     problems.extend(stats.recovery.warnings)  # e.g. a suspect tail cut: never routine
     m = manager or {}
     alive = not m.get("stale") and (

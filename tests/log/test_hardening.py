@@ -538,3 +538,31 @@ def test_status_shows_a_suspect_tail_as_a_problem(tmp_path: Path) -> None:
     res = CliRunner().invoke(atb, ["wal", "status", "--no-db", "--json"], env=env)
     doc = orjson.loads(res.stdout)
     assert res.exit_code == 1 and any("suspect" in p for p in doc["health"]["problems"])
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_a_lock_that_is_not_a_file_is_a_defect_that_repair_moves_aside(
+    tmp_path: Path, kind: str
+) -> None:
+    """A LOCK no writer can take (a directory, a symlink) stops the engine: verify reports
+    it, status says so, and repair moves it aside (its target untouched) so the log opens."""
+    d = tmp_path / "log"
+    entries = _log_with(d)
+    (d / LOCK_NAME).unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious data\n")
+    if kind == "directory":
+        (d / LOCK_NAME).mkdir()
+    else:
+        (d / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(WALUnsafeFileError, match="LOCK"):
+        WALStorage(d)
+    rep = verify_log(d)
+    assert not rep.ok and any(x.file == LOCK_NAME for x in rep.defects)
+    status = CliRunner().invoke(atb, ["wal", "--dir", str(d), "status", "--no-db"])
+    assert status.exit_code != 0 and "no writer can lock the log" in status.output
+    fixed = repair_log(d)
+    assert fixed.opened and any("LOCK" in n and "moved" in n for n in fixed.notes)
+    assert victim.read_bytes() == b"precious data\n"
+    with WALStorage(d) as log:
+        assert [e.entry_id for e in log.iter_entries()] == [e.entry_id for e in entries]

@@ -22,7 +22,14 @@ from pathlib import Path
 
 from wal.errors import WALLockedError, WALUnsafeFileError
 
-__all__ = ["CHECK_EVERY", "LOCK_NAME", "WriterLock", "read_owner_pid"]
+__all__ = [
+    "CHECK_EVERY",
+    "LOCK_NAME",
+    "WriterLock",
+    "lock_file_problem",
+    "move_bad_lock",
+    "read_owner_pid",
+]
 
 LOCK_NAME = "LOCK"
 CHECK_EVERY = 1024  # flushes between two checks that LOCK is still ours (and after a rotation)
@@ -41,6 +48,50 @@ def read_owner_pid(directory: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def lock_file_problem(directory: Path) -> str | None:
+    """Why no writer can take the log's lock (None: LOCK is a regular file, or not there
+    yet): a directory, a symlink or a device at ``LOCK`` is refused by every writer."""
+    try:
+        st = os.lstat(directory / LOCK_NAME)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{LOCK_NAME} cannot be read ({exc.strerror})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    what = (
+        "a symlink"
+        if stat.S_ISLNK(st.st_mode)
+        else "a directory"
+        if stat.S_ISDIR(st.st_mode)
+        else "a special file"
+    )
+    return (
+        f"{LOCK_NAME} is {what}, not a regular file: no writer can lock the log (the trading "
+        "process refuses to start); move it out of the log directory, or `atb wal repair` "
+        "moves it into its backup"
+    )
+
+
+def move_bad_lock(directory: Path, dest: Path) -> bool:
+    """Move a ``LOCK`` that is not a regular file (``lock_file_problem``) to ``dest``, as it
+    is (a symlink is never followed), under the directory's lock, which every writer takes
+    first: no writer is running meanwhile. False: LOCK was fine, nothing moved."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WALLockedError(directory, read_owner_pid(directory)) from None
+        if lock_file_problem(directory) is None:
+            return False
+        os.rename(directory / LOCK_NAME, dest)  # the entry itself moves, whatever it is
+        os.fsync(dir_fd)  # the move is durable before a new LOCK is made in its place
+        return True
+    finally:
+        os.close(dir_fd)  # closing releases the directory's lock
 
 
 class WriterLock:

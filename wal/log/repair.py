@@ -32,7 +32,7 @@ from typing import Any
 
 from wal.errors import WALCorruptionError, WALLockedError, WALUnsafeFileError
 from wal.log.fileops import OSFileOps, write_all
-from wal.log.lock import LOCK_NAME, WriterLock
+from wal.log.lock import LOCK_NAME, WriterLock, lock_file_problem, move_bad_lock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
 from wal.log.segment import (
     DIR_MODE,
@@ -89,6 +89,10 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
     if not d.is_dir():
         raise WALCorruptionError(d, 0, 0, "no log directory here")
     report = RepairReport(directory=str(d))
+    if lock_file_problem(d) is not None:  # no writer can lock the log: moved aside first
+        aside = d.with_name(f"{d.name}.{LOCK_NAME}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        if move_bad_lock(d, aside):
+            report.notes.append(f"{LOCK_NAME} was not a regular file: moved to {aside}")
     lock = WriterLock(d)
     lock.acquire()
     try:
@@ -133,10 +137,12 @@ def _opens(d: Path, report: RepairReport) -> bool:
 
 
 def _refuse_linked_files(d: Path) -> None:
-    """A symlink under a name of the log's that leads to a file may be the log's own data put
+    """A symlink under a segment's name that leads to a file may be the log's own data put
     elsewhere (a segment moved to another disk): moved aside, its entries would be dropped as
     a gap, acknowledged ones included. Refused, nothing changed: the operator decides."""
     for path in scan_log(d).unsafe:
+        if not path.name.endswith(".wal"):  # MANIFEST, LOCK, temporary files: no entries
+            continue
         if path.is_symlink() and path.exists() and not path.is_dir():
             err = WALUnsafeFileError(path, f"a symlink to {os.path.realpath(path)}")
             err.hint = (

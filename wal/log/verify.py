@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
+from wal.log.lock import LOCK_NAME, lock_file_problem
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest
 from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT
 from wal.log.segment import (
@@ -204,6 +205,10 @@ def scan_log(directory: Path) -> LogScan:
                 f"{p.name}: a complete record with a bad checksum cut from the end of the log "
                 "earlier: an acknowledged entry may have been damaged; check, then delete it"
             )
+    lock_problem = lock_file_problem(directory)
+    if lock_problem is not None:  # every writer refuses the log: a defect, that repair mends
+        out.unsafe.append(directory / LOCK_NAME)
+        out.unsafe_defects.append(VerifyDefect(LOCK_NAME, 0, 0, lock_problem))
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode != 0o700:
         out.notes.append(f"directory mode is {mode:o}, expected 700 (the next open fixes it)")
