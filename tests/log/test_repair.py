@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,30 @@ def test_a_segment_symlinked_from_elsewhere_is_refused_and_nothing_changes(
     os.rename(elsewhere, seg)
     assert verify_log(d).ok
     assert set(entries_of(d)) == set(ids)
+
+
+def test_a_backup_that_cannot_be_written_leaves_no_partial_backup(tmp_path: Path) -> None:
+    """The disk fills while repair copies the log (RLIMIT_FSIZE: each write past it fails
+    with EFBIG, as a full disk fails with ENOSPC): one error naming the file, no directory
+    left that looks like a backup, and the log exactly as it was."""
+    d = tmp_path / "wal"
+    build_log(d)
+    CASES[0].mutate(d)  # a defect: repair would back the log up, then rewrite
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.name != "LOCK"}
+    child = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+        "from wal.log.repair import repair_log\n"
+        "try:\n"
+        "    repair_log(sys.argv[1])\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child, str(d)], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.startswith("WALWriteError"), out.stdout + out.stderr
+    assert ".wal" in out.stdout and "partial backup was removed" in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["wal"]  # no backup, partial or not
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.name != "LOCK"} == before

@@ -24,13 +24,14 @@ its LSN and entry id (when still legible) are in the report, its bytes in the ba
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wal.errors import WALCorruptionError, WALLockedError, WALUnsafeFileError
+from wal.errors import WALCorruptionError, WALLockedError, WALUnsafeFileError, WALWriteError
 from wal.log.fileops import OSFileOps, write_all
 from wal.log.lock import LOCK_NAME, WriterLock, lock_file_problem, move_bad_lock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
@@ -226,31 +227,48 @@ def _move_manifest(d: Path, report: RepairReport) -> None:
 
 
 def _backup(d: Path) -> Path:
-    """Copy every file of the log (not the lock) into a new sibling directory, durably."""
+    """Copy every file of the log (not the lock) into a new sibling directory, durably: the
+    copies go into ``<name>.partial`` first, renamed to the backup's name once complete,
+    so a backup under its final name is never a partial one. A failure (a full disk)
+    removes the partial copy and raises ``WALWriteError`` naming the file; nothing of the
+    log was changed."""
     fs = OSFileOps()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = d.with_name(f"{d.name}.backup-{stamp}")
     n = 1
-    while target.exists():
+    while target.exists() or target.with_name(target.name + ".partial").exists():
         target = d.with_name(f"{d.name}.backup-{stamp}-{n}")
         n += 1
-    target.mkdir(mode=DIR_MODE)  # 0700 (chmod below: whatever the umask)
-    os.chmod(target, DIR_MODE)  # the copy holds the same balances and trades: owner only
-    for src in sorted(d.iterdir()):
-        if src.name == LOCK_NAME or not stat.S_ISREG(os.lstat(src).st_mode):
-            continue  # never follow a symlink out of the log directory
-        fd_in = open_read(src)
-        try:
-            data = read_from(fd_in, 0)
-        finally:
-            os.close(fd_in)
-        fd = fs.open(str(target / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            write_all(fs, fd, data)
-            fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
-        finally:
-            fs.close(fd)
-    fs.fsync_dir(str(target))  # the copies' names live in the backup directory: persist them
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(mode=DIR_MODE)  # 0700 (chmod below: whatever the umask)
+    os.chmod(partial, DIR_MODE)  # the copy holds the same balances and trades: owner only
+    src = d
+    try:
+        for src in sorted(d.iterdir()):
+            if src.name == LOCK_NAME or not stat.S_ISREG(os.lstat(src).st_mode):
+                continue  # never follow a symlink out of the log directory
+            fd_in = open_read(src)
+            try:
+                data = read_from(fd_in, 0)
+            finally:
+                os.close(fd_in)
+            fd = fs.open(str(partial / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                write_all(fs, fd, data)
+                fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
+            finally:
+                fs.close(fd)
+        fs.fsync_dir(str(partial))  # the copies' names live in the backup directory: persist them
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise WALWriteError(
+            f"the backup of {d} failed while copying {src.name} into {partial} "
+            f"({exc.strerror or exc}); the partial backup was removed and the log not changed",
+            path=partial / src.name,
+            errno=exc.errno,
+            hint="free space beside the log directory (where the backup goes), then repair again",
+        ) from None
+    fs.rename(str(partial), str(target))  # complete: under its final name, at once
     fs.fsync_dir(str(target.parent))  # and the backup directory's own name in its parent
     return target
 
