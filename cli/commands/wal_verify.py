@@ -73,12 +73,17 @@ def verify(ctx: click.Context, as_json: bool) -> None:
             click.echo("OK: no defects")
         elif report.opens:
             writer = lock_state(config.directory).held
+            damaged = any(".suspect" in d.problem for d in report.defects)
             why = (
                 "a writer holds the log: it may be a record being written right now"
                 if writer
+                else "a damaged last record, not a crash's tear: the next normal open cuts it "
+                "into a .suspect file (check it: an acknowledged entry may be lost)"
+                if damaged
                 else "a crash left it; the next normal open cuts it (kept in a .broken file)"
             )
-            click.echo(f"{len(report.defects)} defect(s), a torn tail only: {why}")
+            shape = "the last record damaged" if damaged and not writer else "a torn tail only"
+            click.echo(f"{len(report.defects)} defect(s), {shape}: {why}")
         else:
             click.echo(
                 f"{len(report.defects)} defect(s): a normal open refuses this log. "

@@ -653,3 +653,20 @@ def test_bench_speaks_to_the_user_not_to_the_project(tmp_path: Path) -> None:
     assert "not met" not in out and "target" not in out
     help_text = invoke(["wal", "bench", "--help"]).output
     assert "30 s" not in help_text and "fsync every trade, or batch?" in help_text
+
+
+def test_verify_tells_a_damaged_last_record_from_a_crashs_tear(tmp_path: Path) -> None:
+    """A flipped bit in the complete last record is not what a crash leaves: verify says so
+    and where it will go (a .suspect file), not "a torn tail ... .broken"."""
+    d = tmp_path / "wal"
+    make_log(d, n=5)
+    seg = list_segments(d)[-1][1]
+    data = bytearray(seg.read_bytes())
+    end = len(bytes(data).rstrip(b"\x00"))
+    start = bytes(data).rfind(b"\n", 0, end - 1) + 1  # the last record's line
+    data[start + 40] ^= 0x01  # inside its JSON: the checksum no longer matches
+    seg.write_bytes(bytes(data))
+    r = invoke(["wal", "--dir", str(d), "verify"])
+    assert r.exit_code == 1
+    assert "the last record damaged" in r.output and ".suspect" in r.output, r.output
+    assert "torn tail only" not in r.output

@@ -89,6 +89,7 @@ from wal.log.segment import (
     classify_tail,
     data_end,
     list_segments,
+    looks_like_record,
     open_read,
     read_chunks,
     read_from,
@@ -320,7 +321,7 @@ def _index_segment(
                 if tail.torn:
                     # a torn tail: only bytes written after the last fsync can be here (a
                     # lost page of one unacknowledged write, with later pages of it kept)
-                    suspect = not tail.hole and _looks_like_record(rest)
+                    suspect = not tail.hole and looks_like_record(rest)
                     size = _cut_tail(store, path, rest, item, suspect=suspect, valid=tail.valid)
                     return -1
                 if tail.hole and mode == "tolerate_tail":
@@ -456,22 +457,6 @@ def _index_segment(
         rep.defects.append(f"{path.name}: {problem}")
         return None
     return SegmentInfo(first, path, cur.end, cur.compacted, size, (st.st_dev, st.st_ino))
-
-
-def _looks_like_record(tail: bytes) -> bool:
-    """True when the first line of ``tail`` is complete and framed like a record (checksum
-    field, space, one JSON object) although it does not verify: a flipped bit in a written
-    record, not the zeros, garbage or partial line that a crash leaves."""
-    nl = tail.find(b"\n")
-    if nl < 19:
-        return False
-    line = tail[:nl]
-    return (
-        line[16:17] == b" "
-        and line[17:23] == b'{"t":"'
-        and line.endswith(b"}")
-        and all(48 <= c <= 57 or 97 <= c <= 102 for c in line[:16])
-    )
 
 
 def _cut_tail(

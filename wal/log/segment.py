@@ -40,6 +40,7 @@ __all__ = [
     "TEAR_BOUND",
     "Tail",
     "classify_tail",
+    "looks_like_record",
     "segment_header",
     "tear_bound",
     "Defect",
@@ -413,3 +414,19 @@ def valid_record_after(data: bytes, pos: int) -> int | None:
             continue
         return start
     return None
+
+
+def looks_like_record(tail: bytes) -> bool:
+    """True when the first line of ``tail`` is complete and framed like a record (checksum
+    field, space, one JSON object) although it does not verify: a flipped bit in a written
+    record, not the zeros, garbage or partial line that a crash leaves."""
+    nl = tail.find(b"\n")
+    if nl < 19:
+        return False
+    line = tail[:nl]
+    return (
+        line[16:17] == b" "
+        and line[17:23] == b'{"t":"'
+        and line.endswith(b"}")
+        and all(48 <= c <= 57 or 97 <= c <= 102 for c in line[:16])
+    )

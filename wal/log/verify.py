@@ -46,6 +46,7 @@ from wal.log.segment import (
     Line,
     classify_tail,
     list_segments,
+    looks_like_record,
     open_read,
     read_from,
     scan,
@@ -384,6 +385,12 @@ def _scan_segment(
                 bound = tear_bound(seg.header)[0] if seg.header is not None else TEAR_BOUND
                 tail = classify_tail(data[item.offset :], item.offset, bound)
                 torn = tail.torn
+                if torn and not tail.hole and looks_like_record(data[item.offset :]):
+                    what += (
+                        " (a complete record that does not verify: a damaged acknowledged "
+                        "entry, not what a crash leaves; a normal open cuts it into a .suspect "
+                        "file and `atb wal status` warns while that file is there)"
+                    )
                 if tail.hole and not torn:
                     what += (
                         f" (a hole: {tail.valid} records with good checksums follow it, "
