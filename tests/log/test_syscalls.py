@@ -208,11 +208,20 @@ def test_repair_makes_the_real_system_calls(trace: Trace, tmp_path: Path) -> Non
     assert rep.backup is not None and first.name in rep.segments_rewritten
     calls = trace.take()
     backup = rep.backup
-    # every file of the backup is synced, then the backup directory, then its name in the
-    # parent, all before the first change to the log
-    copies = [("fdatasync", os.path.join(backup, n)) for n in names]
+    # every file of the backup is synced (in <backup>.partial), then that directory, then it
+    # is renamed to the backup's name and the parent synced, all before the first change to
+    # the log
+    partial = backup + ".partial"
+    copies = [("fdatasync", os.path.join(partial, n)) for n in names]
     tmp = str(first) + ".tmp"
-    in_order(calls, *copies, ("fsync", backup), ("fsync", str(d.parent)), ("fdatasync", tmp))
+    in_order(
+        calls,
+        *copies,
+        ("fsync", partial),
+        ("rename", partial),
+        ("fsync", str(d.parent)),
+        ("fdatasync", tmp),
+    )
     # each rewrite: temp file synced, renamed over the segment, the directory synced
     in_order(calls, ("fdatasync", tmp), ("rename", tmp), ("fsync", str(d)))
 

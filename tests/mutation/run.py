@@ -426,8 +426,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "one-writer-lock",
         "wal/log/lock.py",
         "one writer per log: an exclusive flock on the directory (LOCK can be deleted)",
-        "            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
-        "            pass\n",
+        "            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "        except BlockingIOError:\n            os.close(dir_fd)\n",
+        "            pass\n        except BlockingIOError:\n            os.close(dir_fd)\n",
         (
             "tests/log/test_hardening.py::test_a_deleted_lock_lets_no_second_writer_in_and_halts_the_first",
         ),
@@ -833,8 +834,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "repair-backup-directory-fsync",
         "wal/log/repair.py",
         "repair: the backup directory is fsynced (the copies' names)",
-        "    fs.fsync_dir(str(target))  # the copies' names live in the backup directory: persist them\n",
-        "    pass\n",
+        "        fs.fsync_dir(str(partial))  # the copies' names live in the backup directory: persist them\n",
+        "        pass\n",
         (SYS + "test_repair_makes_the_real_system_calls",),
         "repair",
     ),
@@ -1418,6 +1419,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                if False:\n",
         ("tests/service/test_api.py::test_a_new_order_is_201_and_the_same_key_is_the_same_order",),
         "service",
+    ),
+    Mutation(
+        "service-refusal-gives-the-rate-token-back",
+        "wal/service/runtime.py",
+        "an order the service refused itself (503: halted) takes none of the trader's rate limit",
+        "                    self.limiter.give_back(trader)\n",
+        "                    pass\n",
+        (
+            "tests/service/test_api.py::"
+            "test_the_operators_halt_makes_the_service_not_ready_and_refuses_orders",
+        ),
+        "service",
+    ),
+    Mutation(
+        "find-key-asks-the-ledger-after-compaction",
+        "wal/sync/durable.py",
+        "a key the compacted log no longer holds is looked up in the database's ledger, never 'redo'",
+        "        if found is not None or not self.storage.may_have_dropped():\n",
+        "        if True:\n",
+        (
+            "tests/sync/test_idempotency_keys.py::"
+            "test_find_by_key_after_compaction_asks_the_ledger_and_never_says_redo_blindly",
+        ),
+        "reads",
     ),
     Mutation(
         "service-other-traders-order",
