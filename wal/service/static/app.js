@@ -117,6 +117,12 @@
     };
     socket.onclose = (c) => {
       $("stream").textContent = "closed (" + (c.reason || c.code) + ")";
+      if (c.code === 4422) {
+        // our seq is not this journal's (a service started on another database): start
+        // over from the journal's present, with everything read again
+        lastSeq = null;
+        refreshAll().catch((e) => showError(e.message));
+      }
       if (c.code !== 4401 && token) setTimeout(connect, 1000); // resume after lastSeq
     };
   }
