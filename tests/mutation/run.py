@@ -1410,6 +1410,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         (MGR + "test_sells_reduce_the_position_they_are_never_counted_as_buys",),
         "orders",
     ),
+    Mutation(
+        "protective-counts-open-cover",
+        "wal/orders/manager.py",
+        "protective orders of a kind never cover more than the position (two stops would flip it)",
+        "        if covered + intent.quantity > abs(pos):\n",
+        "        if False:\n",
+        (
+            "tests/orders/test_manager_decisions.py::"
+            "test_protective_orders_never_cover_more_than_the_position",
+        ),
+        "orders",
+    ),
     # ------------------------------------------------------------------ the order service
     Mutation(
         "service-used-key-other-body",

@@ -898,3 +898,52 @@ def test_the_per_order_locks_are_dropped_once_nobody_holds_them(tmp_path: Path) 
         run(go())
     finally:
         eng.close()
+
+
+def test_protective_orders_never_cover_more_than_the_position(tmp_path: Path) -> None:
+    """A protective order only reduces, counting the protective orders of its kind already
+    open: a second stop for the whole position is refused (both would fill on a drop and
+    flip the position), a bracket's take-profit beside its stop is not (one cancels the
+    other), and once the first stop is cancelled a new one fits again."""
+    broker = PaperBroker(seed=1, rules=GLOBAL)
+    rig = make_rig(tmp_path, broker)
+
+    def stop(qty: str) -> OrderIntent:
+        return OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=Decimal(qty),
+            order_type="stop",
+            stop_price=Decimal("90"),
+            time_in_force="gtc",
+        )
+
+    async def go() -> None:
+        om = rig.om
+        await om.start()
+        await om.submit(buy("10"))
+        first = await om.submit(stop("6"), protective=True)
+        assert first.state is S.ACCEPTED
+        with pytest.raises(OrderRejected, match="cover more than"):
+            await om.submit(stop("10"), protective=True)
+        assert (await om.submit(stop("4"), protective=True)).state is S.ACCEPTED  # 6 + 4 = 10
+        take = OrderIntent(
+            symbol="AAPL",
+            side="sell",
+            quantity=Decimal("10"),
+            order_type="limit",
+            limit_price=Decimal("120"),
+            time_in_force="gtc",
+        )
+        assert (await om.submit(take, protective=True)).state is S.ACCEPTED  # the other kind
+        await om.cancel(first.client_order_id)
+        assert (await om.submit(stop("6"), protective=True)).state is S.ACCEPTED
+        broker.set_price("AAPL", Decimal("89"))  # every stop fills: flat, never short
+        await om.poll_fills()
+        assert om.positions().get("AAPL", Decimal(0)) == 0
+        assert journal_positions(rig.ddb).get("AAPL", Decimal(0)) == 0
+
+    try:
+        run(go())
+    finally:
+        rig.close()

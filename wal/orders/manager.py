@@ -358,6 +358,11 @@ class OrderManager(OrderFills):
         return min(last + timedelta(seconds=self.retry.call_timeout), max(last, started)), exists
 
     def _check_protective(self, intent: OrderIntent) -> None:
+        """A protective order only reduces the position, together with the protective
+        orders of its kind already open in its symbol and direction: never more than is
+        held. The kinds are the trigger's: stops (stop, stop_limit), limits, market orders;
+        a bracket's stop-loss and take-profit are one of each for the whole position (one
+        cancels the other), never two stops."""
         pos = self.positions().get(intent.symbol, Decimal(0))
         reduces = (pos > 0 and intent.side == "sell") or (pos < 0 and intent.side == "buy")
         if not reduces or not isinstance(intent.quantity, Decimal) or intent.quantity > abs(pos):
@@ -365,6 +370,21 @@ class OrderManager(OrderFills):
                 RejectReason.MAX_POSITION,
                 f"a protective {intent.side} of {intent.quantity} {intent.symbol} does not only "
                 f"reduce the journal's position of {pos}",
+                field="quantity",
+            )
+        kind = _trigger_kind(intent.order_type)
+        covered = Decimal(0)
+        for o in itertools.chain(self._orders.open.values(), self._reserved.values()):
+            i = o.intent
+            same = i.symbol == intent.symbol and i.side == intent.side
+            if same and _trigger_kind(i.order_type) == kind and not is_final(o.state):
+                covered += max(i.quantity - o.filled_quantity, Decimal(0))
+        if covered + intent.quantity > abs(pos):
+            raise OrderRejected(
+                RejectReason.MAX_POSITION,
+                f"a protective {intent.side} {intent.order_type} of {intent.quantity} "
+                f"{intent.symbol} with {covered} already open would cover more than the "
+                f"journal's position of {pos}",
                 field="quantity",
             )
 
@@ -566,3 +586,8 @@ class OrderManager(OrderFills):
                 field="price",
             )
         return p
+
+
+def _trigger_kind(order_type: str) -> str:
+    """What makes an order execute: a stop price, a limit price, or the market."""
+    return "stop" if order_type in ("stop", "stop_limit") else order_type
