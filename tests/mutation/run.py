@@ -1422,6 +1422,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         "orders",
     ),
+    Mutation(
+        "reconcile-reads-a-consistent-view",
+        "wal/orders/reconcile.py",
+        "the broker's positions, orders and fills are one view: read again while positions move",
+        "            if _net(after) == _net(before):\n",
+        "            if True:\n",
+        (RC + "test_a_position_that_moves_while_the_lists_are_read_is_read_again",),
+        "reconciler",
+    ),
     # ------------------------------------------------------------------ the order service
     Mutation(
         "service-used-key-other-body",

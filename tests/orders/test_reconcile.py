@@ -128,7 +128,8 @@ def test_two_failing_fetches_are_retried(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, paper(faults=plan))
     try:
         assert zeros(reconcile(rig))
-        assert plan.calls("get_positions") == 3 + 1  # three tries, then the end check
+        # three tries, the read after the order and fill lists (they agree), the end check
+        assert plan.calls("get_positions") == 3 + 1 + 1
     finally:
         rig.close()
 
@@ -152,22 +153,27 @@ def test_an_unknown_broker_status_is_fatal(tmp_path: Path) -> None:
         rig.close()
 
 
-def test_the_fetches_run_in_parallel(tmp_path: Path) -> None:
+def test_the_lists_are_fetched_in_parallel_between_two_position_reads(tmp_path: Path) -> None:
+    """The order and fill lists are read at once (each waits for the others: sequential
+    reads would time out), and the positions before and after them (a consistent view)."""
+
     class Barrier(PaperBroker):
-        """A paper broker whose first four list calls wait until all four have started."""
+        """A paper broker whose first three list calls wait until all three have started."""
 
         def __init__(self) -> None:
             super().__init__(seed=1, rules=RULES)
-            self.barrier = asyncio.Barrier(4)
+            self.barrier = asyncio.Barrier(3)
             self.first: set[str] = set()
+            self.order: list[str] = []
 
         async def _meet(self, op: str) -> None:
+            self.order.append(op)
             if op not in self.first:  # the fetch; the end check's reads come later, alone
                 self.first.add(op)
                 await self.barrier.wait()
 
         async def get_positions(self) -> list[BrokerPosition]:
-            await self._meet("positions")
+            self.order.append("positions")
             return await super().get_positions()
 
         async def get_open_orders(self) -> list[BrokerOrder]:
@@ -182,9 +188,68 @@ def test_the_fetches_run_in_parallel(tmp_path: Path) -> None:
             await self._meet("fills")
             return await super().get_fills(since)
 
-    rig = make_rig(tmp_path, Barrier())
+    broker = Barrier()
+    rig = make_rig(tmp_path, broker)
     try:  # sequential fetches would each wait for the others until their timeout
         assert zeros(reconcile(rig, replace(FAST, fetch_attempts=1)))
+        assert broker.order[0] == "positions" and broker.order[4] == "positions"
+        assert set(broker.order[1:4]) == {"open", "recent", "fills"}
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("after", ["get_positions", "get_fills"])
+def test_a_position_that_moves_while_the_lists_are_read_is_read_again(
+    tmp_path: Path, after: str
+) -> None:
+    """A resting stop fills while the reconciler reads the broker (the market moves right
+    after its positions read, or right after its fill list): the view is read again until
+    positions and fills agree. Before, phase 2 took the stale long for an orphan, journaled a
+    synthetic buy and sent an emergency sell stop that the market, already through it,
+    filled at once (a short of 10 nobody wanted); or the fill the list lacked made a flat
+    broker look like an orphan short of the journal's long."""
+
+    class Moving(PaperBroker):
+        armed = False
+
+        def _move(self, op: str) -> None:
+            if self.armed and op == after:  # the market drops right after this read
+                self.armed = False
+                self.set_price("AAPL", Decimal("89"))
+
+        async def get_positions(self) -> list[BrokerPosition]:
+            held = await super().get_positions()
+            self._move("get_positions")
+            return held
+
+        async def get_fills(self, since: datetime | None = None) -> list[Fill]:
+            fills = await super().get_fills(since)
+            self._move("get_fills")
+            return fills
+
+    broker = Moving(seed=1, rules=RULES, prices={"AAPL": Decimal("100")})
+    rig = make_rig(tmp_path, broker)
+    stop = OrderIntent(
+        symbol="AAPL",
+        side="sell",
+        quantity=Decimal("10"),
+        order_type="stop",
+        stop_price=Decimal("90"),
+        time_in_force="gtc",
+    )
+
+    async def go() -> None:
+        await rig.om.start()
+        await rig.om.submit(buy("10"))
+        await rig.om.submit(stop, protective=True)
+        broker.armed = True
+        result = await StartupReconciler(rig.om, FAST).run()
+        assert result.orphans_detected == 0 and result.emergency_stops_placed == 0, result
+        assert broker.net_positions() == {} and rig.om.positions().get("AAPL", 0) == 0
+        assert journal_positions(rig.ddb).get("AAPL", Decimal(0)) == 0
+
+    try:
+        run(go())
     finally:
         rig.close()
 

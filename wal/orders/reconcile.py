@@ -54,6 +54,7 @@ call to the broker. ``dry_run=True`` fetches and reports what it would do, chang
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -61,7 +62,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from wal.errors import WALWriteError
-from wal.orders.broker import BrokerOrder
+from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerProtocolError, ReconciliationFatalError
 from wal.orders.manager import OrderManager
 from wal.orders.models import Fill, Order
@@ -119,7 +120,9 @@ class StartupReconciler:
         self.config = config if config is not None else ReconcilerConfig()
         self._now = now or (lambda: datetime.now(UTC))
         om.halt("startup reconciliation has not run yet")
-        self._positions = PositionReconciler(om, self.config, self._now, self._lookup)
+        self._positions = PositionReconciler(
+            om, self.config, self._now, self._lookup, self._positions_now
+        )
 
     # ------------------------------------------------------------------ the run
 
@@ -289,21 +292,41 @@ class StartupReconciler:
         ) from last
 
     async def _fetch(self) -> Snapshot:
+        """The broker's positions, orders and fills as one view: the positions are read
+        before and after the lists, and the lists read again until both reads agree (a fill
+        between them, a resting stop triggered meanwhile, would leave positions that the
+        fills do not explain: phase 2 would take the difference for an orphan and protect a
+        position that is gone). Never agreeing after ``fetch_attempts`` tries is fatal."""
         cfg = self.config
-        now = self._now()
-        opened = [o.intent.created_at for o in self.om.open_orders()]
-        since = min([now - timedelta(hours=cfg.recent_hours), *opened]) - _FILL_SLACK
         b = self.broker
-        positions, open_orders, recent, fills = await asyncio.gather(
-            self._call("fetching positions", b.get_positions),
-            self._call("fetching open orders", b.get_open_orders),
-            self._call(
-                f"fetching the last {cfg.recent_hours:g} h of orders",
-                lambda: b.get_recent_orders(cfg.recent_hours),
-            ),
-            self._call("fetching fills", lambda: b.get_fills(since)),
+        before = await self._positions_now("fetching positions")
+        for attempt in range(cfg.fetch_attempts):
+            if attempt:
+                await asyncio.sleep(cfg.backoff(attempt - 1))
+            now = self._now()
+            opened = [o.intent.created_at for o in self.om.open_orders()]
+            since = min([now - timedelta(hours=cfg.recent_hours), *opened]) - _FILL_SLACK
+            open_orders, recent, fills = await asyncio.gather(
+                self._call("fetching open orders", b.get_open_orders),
+                self._call(
+                    f"fetching the last {cfg.recent_hours:g} h of orders",
+                    lambda: b.get_recent_orders(cfg.recent_hours),
+                ),
+                self._call("fetching fills", functools.partial(b.get_fills, since)),
+            )
+            after = await self._positions_now("fetching positions again")
+            if _net(after) == _net(before):
+                return Snapshot(list(after), list(open_orders), list(recent), list(fills))
+            log.warning("reconciliation: the broker's positions moved while it was read; again")
+            before = after
+        raise ReconciliationFatalError(
+            f"the broker's positions moved during each of {cfg.fetch_attempts} reads of its "
+            "orders and fills: no consistent view to reconcile against (markets moving fast "
+            "at startup?); start again"
         )
-        return Snapshot(list(positions), list(open_orders), list(recent), list(fills))
+
+    async def _positions_now(self, what: str = "re-reading positions") -> list[BrokerPosition]:
+        return list(await self._call(what, self.broker.get_positions))
 
     @staticmethod
     def _check_statuses(snap: Snapshot) -> None:
@@ -532,3 +555,8 @@ class StartupReconciler:
                 )
         if changed or missing:
             c.reconciled += 1
+
+
+def _net(positions: list[BrokerPosition]) -> dict[str, Decimal]:
+    """Symbol -> quantity of the positions held (a flat one is no position)."""
+    return {p.symbol: p.quantity for p in positions if p.quantity != 0}

@@ -64,6 +64,7 @@ log = logging.getLogger("wal.orders.reconcile")
 
 _S = OrderState
 Lookup = Callable[[str], Awaitable[BrokerOrder | None]]
+Positions = Callable[[], Awaitable[list[BrokerPosition]]]
 UNRESOLVED_STATES = (_S.PENDING, _S.SUBMITTING, _S.UNKNOWN)  # the broker may hold it or not
 _PLACED = (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED)
 
@@ -82,12 +83,14 @@ class PositionReconciler:
         config: ReconcilerConfig,
         now: Callable[[], datetime],
         lookup: Lookup,
+        positions: Positions,
     ) -> None:
         self.om = om
         self.broker = om.broker
         self.config = config
         self._now = now
         self._lookup = lookup
+        self._positions_now = positions
 
     async def run(self, snap: Snapshot, c: Counts, dry: bool, planned_fills: list[Fill]) -> None:
         """Orphan positions, then every symbol's stops. ``planned_fills``: the fills phase 1
@@ -110,6 +113,15 @@ class PositionReconciler:
                     "executions the broker reports and the journal lacks"
                 )
                 continue
+            if not dry:  # acted on only while the broker still holds what the snapshot says
+                now_held = {p.symbol: p.quantity for p in await self._positions_now()}
+                if now_held.get(sym, Decimal(0)) != have:
+                    c.errors.append(
+                        f"orphan position {sym}: the broker's position moved during the "
+                        f"reconciliation ({have} -> {now_held.get(sym, Decimal(0))}): left to "
+                        "the next pass"
+                    )
+                    continue
             c.orphans += 1
             try:
                 for _ in range(5):  # an unfinished synthetic order is completed first
