@@ -1431,6 +1431,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         (RC + "test_a_position_that_moves_while_the_lists_are_read_is_read_again",),
         "reconciler",
     ),
+    Mutation(
+        "fill-earlier-version-ignored",
+        "wal/orders/fills.py",
+        "an execution sent again after its correction is not booked (it would undo the correction)",
+        "        if old is not None and not self.broker.rules.supersedes(\n",
+        "        if old is not None and old['execution_id'] == fill.execution_id and not self.broker.rules.supersedes(\n",
+        (
+            "tests/orders/test_scenarios.py::"
+            "test_a_corrected_execution_replaces_the_fill_never_adds",
+        ),
+        "orders",
+    ),
     # ------------------------------------------------------------------ the order service
     Mutation(
         "service-used-key-other-body",

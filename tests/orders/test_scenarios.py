@@ -520,6 +520,50 @@ def test_a_corrected_execution_replaces_the_fill_never_adds(tmp_path: Path) -> N
         assert [(r["execution_id"], r["quantity"]) for r in rows] == [("E1.02", Decimal("3"))]
         assert journal_positions(rig.ddb) == {"AAPL": Decimal("3")}
         assert rig.om.positions() == {"AAPL": Decimal("3")}
+        # the original sent again after its correction (a broker's report listing both):
+        # an earlier version, nothing to book; the order's next execution is booked after it
+        o = await rig.om.on_fill(Fill("E1.01", cid, "AAPL", "buy", Decimal("2"), Decimal("100")))
+        assert o.filled_quantity == Decimal("3") and o.avg_fill_price == Decimal("110")
+        assert rig.om.known_execution(Fill("E1.01", cid, "AAPL", "buy", Decimal("2"), Decimal(1)))
+        o = await rig.om.on_fill(Fill("E2.01", cid, "AAPL", "buy", Decimal("1"), Decimal("100")))
+        assert o.filled_quantity == Decimal("4") and o.state is OrderState.FILLED
+        assert rig.ddb.drain(timeout=10) == 0
+        assert rig.ddb.get_wal_status()["failed"] == 0  # no entry of the order refused
+        rows = OrderJournal(rig.ddb).fills(client_order_id=cid)
+        assert sorted((r["execution_id"], r["quantity"]) for r in rows) == [
+            ("E1.02", Decimal("3")),
+            ("E2.01", Decimal("1")),
+        ]
+        assert journal_positions(rig.ddb) == rig.om.positions() == {"AAPL": Decimal("4")}
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
+def test_a_correction_lowering_a_filled_orders_execution_is_booked(tmp_path: Path) -> None:
+    """A filled order's execution corrected down (10 -> 8): the fill, the order's totals,
+    the position and the cash follow the correction; the order stays FILLED (done at the
+    broker). Before, the correction raised (FILLED -> PARTIALLY_FILLED is no transition) and
+    the journal kept 10 where the broker held 8."""
+    rules = ClientIdRules(
+        dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0, correction_separator="."
+    )
+    broker = PaperBroker(seed=12, rules=rules, auto_fill=False)
+    rig = make_rig(tmp_path, broker)
+
+    async def go() -> None:
+        await rig.om.start()
+        cid = (await rig.om.submit(buy("10"))).client_order_id
+        await rig.om.on_fill(Fill("X1.01", cid, "AAPL", "buy", Decimal("10"), Decimal("50")))
+        o = await rig.om.on_fill(Fill("X1.02", cid, "AAPL", "buy", Decimal("8"), Decimal("50")))
+        assert o.state is OrderState.FILLED and o.filled_quantity == Decimal("8")
+        assert rig.ddb.drain(timeout=10) == 0
+        assert journal_positions(rig.ddb) == rig.om.positions() == {"AAPL": Decimal("8")}
+        assert rig.ddb.get_balance() == Decimal("1000000") - 8 * Decimal("50")
+        row = OrderJournal(rig.ddb).order(cid)
+        assert row is not None and row.filled_quantity == Decimal("8")
 
     try:
         run(go())

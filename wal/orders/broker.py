@@ -73,6 +73,21 @@ class ClientIdRules:
             return execution_id.rsplit(sep, 1)[0]
         return execution_id
 
+    def supersedes(self, execution_id: str, booked_id: str) -> bool:
+        """True when ``execution_id`` is a later version of the execution ``booked_id`` (the
+        same key, a higher correction suffix: "0001.02" after "0001.01"): a correction to
+        book. The same id, or an earlier version sent again after its correction, is not:
+        booking it would undo the correction (and take the order's next seq)."""
+        sep = self.correction_separator
+        if execution_id == booked_id or not sep:
+            return False
+        if self.execution_key(execution_id) != self.execution_key(booked_id):
+            return False
+        new, old = _version(execution_id, sep), _version(booked_id, sep)
+        if isinstance(new, int) and isinstance(old, int):
+            return new > old
+        return str(new) > str(old)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dedup_scope": self.dedup_scope.value,
@@ -282,3 +297,11 @@ class OrderFillsLookup(Protocol):
         """The executions of the order with this client id at or after ``since`` (all when
         None), oldest first: what ``get_fills(since)`` lists for that order."""
         ...
+
+
+def _version(execution_id: str, sep: str) -> int | str:
+    """An execution id's correction number: its suffix after ``sep`` (-1: none, the original)."""
+    if sep not in execution_id:
+        return -1
+    suffix = execution_id.rsplit(sep, 1)[1]
+    return int(suffix) if suffix.isascii() and suffix.isdigit() else suffix

@@ -357,8 +357,10 @@ class OrderFills(OrderBase):
         key = self.broker.rules.execution_key(fill.execution_id)
         known = self._fills.setdefault(cid, {})
         old = known.get(key)
-        if old is not None and old["execution_id"] == fill.execution_id:
-            return False  # already journaled: replaying a fill adds nothing
+        if old is not None and not self.broker.rules.supersedes(
+            fill.execution_id, str(old["execution_id"])
+        ):
+            return False  # journaled already, or an earlier version of what is: adds nothing
         if fill.symbol != order.symbol or fill.side != order.intent.side:
             raise FillError(
                 f"fill {fill.execution_id} is {fill.side} {fill.symbol}; order {cid} "
@@ -388,11 +390,16 @@ class OrderFills(OrderBase):
             + fill.quantity * fill.price
         )
         avg = (notional / filled).quantize(PRICE_QUANTUM)
-        if is_final(order.state):  # an execution of an order the journal holds final
-            order = await self._reopen(
-                order, None, f"the broker reports execution {fill.execution_id}"
-            )
-        state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
+        if order.state is _S.FILLED and old is not None:
+            # a correction of a filled order's execution (a bust, a lower quantity): the
+            # totals and the position follow it, the order stays done as the broker has it
+            state = _S.FILLED
+        else:
+            if is_final(order.state):  # an execution of an order the journal holds final
+                order = await self._reopen(
+                    order, None, f"the broker reports execution {fill.execution_id}"
+                )
+            state = _S.FILLED if filled == order.intent.quantity else _S.PARTIALLY_FILLED
         if state is not order.state or state is _S.PARTIALLY_FILLED:
             check_transition(order.state, state)
         kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
@@ -575,7 +582,8 @@ class OrderFills(OrderBase):
         return n
 
     def known_execution(self, fill: Fill) -> bool:
-        """True if the journal holds this execution (by execution key and id)."""
+        """True if the journal holds this execution, or a later correction of it."""
         known = self._fills.get(fill.client_order_id, {})
-        old = known.get(self.broker.rules.execution_key(fill.execution_id))
-        return old is not None and old["execution_id"] == fill.execution_id
+        rules = self.broker.rules
+        old = known.get(rules.execution_key(fill.execution_id))
+        return old is not None and not rules.supersedes(fill.execution_id, str(old["execution_id"]))

@@ -468,9 +468,9 @@ class StartupReconciler:
         not explain the broker's filled quantity, they are fetched again from the order's
         creation on."""
         cid = order.client_order_id
-        key = self.broker.rules.execution_key
+        rules = self.broker.rules
         rows = await asyncio.to_thread(self.om.journal.fills, client_order_id=cid)
-        booked = {(str(r["execution_key"]), str(r["execution_id"])) for r in rows}
+        booked = {str(r["execution_key"]): str(r["execution_id"]) for r in rows}
         booked_qty = sum((Decimal(str(r["quantity"])) for r in rows), Decimal(0))
         execs = fills_of.get(cid, [])
         if sum((f.quantity for f in execs), Decimal(0)) < bo.filled_quantity - booked_qty:
@@ -479,7 +479,14 @@ class StartupReconciler:
                 f"fetching the fills of {cid}", lambda: self.broker.get_fills(since)
             )
             execs = [f for f in fetched if f.client_order_id == cid]
-        missing = [f for f in execs if (key(f.execution_id), f.execution_id) not in booked]
+        # missing: not booked under its key, or a later correction of what is (an earlier
+        # version sent again after its correction is not)
+        missing = [
+            f
+            for f in execs
+            if (had := booked.get(rules.execution_key(f.execution_id))) is None
+            or rules.supersedes(f.execution_id, had)
+        ]
         return missing, booked_qty
 
     async def _settle(
