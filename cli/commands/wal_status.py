@@ -293,6 +293,13 @@ def _document(
     lock_problem = lock_file_problem(config.directory)
     if lock_problem is not None:
         problems.append(lock_problem)
+    bad_record = (database.get("log_database") or {}).get("error")
+    if bad_record:  # which database the log belongs to is unknown: nothing checks it
+        problems.append(
+            f"the log's database record cannot be read ({bad_record}): the database was "
+            "checked against nothing; fix or delete it (`atb wal --database-url URL sync` "
+            "records it anew)"
+        )
     problems.extend(stats.recovery.warnings)  # e.g. a suspect tail cut: never routine
     m = manager or {}
     alive = not m.get("stale") and (

@@ -206,3 +206,16 @@ def test_a_relative_sqlite_url_is_recorded_with_its_absolute_path(
     assert recorded.url == f"sqlite:///{app / 'data' / 'atb.db'}"
     monkeypatch.chdir(elsewhere)
     assert read_target(app / "wal") == recorded  # the same file, from anywhere
+
+
+def test_a_damaged_database_record_is_a_problem_status_names(tmp_path: Path) -> None:
+    """A database.json that does not read (garbage) leaves the log's database unknown:
+    status says so in its health, naming the file, not only in its JSON's details."""
+    d = tmp_path / "wal"
+    with WALStorage(d) as log:
+        log.append(WALEntry.create("log_trade", kwargs={"n": 1}))
+    (d / TARGET_FILE).write_bytes(b"\x00garbage{")
+    r = invoke(["wal", "--dir", str(d), "status", "--no-db"])
+    assert r.exit_code == 1, r.output
+    health = next(x for x in r.output.splitlines() if x.startswith("health"))
+    assert "database record cannot be read" in health and TARGET_FILE in health, health
