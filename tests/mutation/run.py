@@ -1454,11 +1454,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "service",
     ),
     Mutation(
-        "service-refusal-gives-the-rate-token-back",
+        "service-halt-refusal-takes-no-rate-token",
         "wal/service/runtime.py",
-        "an order the service refused itself (503: halted) takes none of the trader's rate limit",
-        "                    self.limiter.give_back(trader)\n",
-        "                    pass\n",
+        "an order refused for a halt takes none of the trader's rate limit (checked before)",
+        "            self._check_can_trade()\n            wait = self.limiter.take(trader)\n",
+        "            wait = self.limiter.take(trader)\n            self._check_can_trade()\n",
         (
             "tests/service/test_api.py::"
             "test_the_operators_halt_makes_the_service_not_ready_and_refuses_orders",
