@@ -1446,7 +1446,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the order service
     Mutation(
         "service-used-key-other-body",
-        "wal/service/runtime.py",
+        "wal/service/placing.py",
         "a used Idempotency-Key with another body is refused (409), never answered as the first order",
         "                if owner.request_sha256 != fingerprint:\n",
         "                if False:\n",
@@ -1455,7 +1455,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "service-halt-refusal-takes-no-rate-token",
-        "wal/service/runtime.py",
+        "wal/service/placing.py",
         "an order refused for a halt takes none of the trader's rate limit (checked before)",
         "            self._check_can_trade()\n            wait = self.limiter.take(trader)\n",
         "            wait = self.limiter.take(trader)\n            self._check_can_trade()\n",

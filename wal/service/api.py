@@ -23,7 +23,8 @@ from wal.service.listing import cursor_key
 from wal.service.listing import list_orders as page_of_trader
 from wal.service.metrics import ServiceMetrics
 from wal.service.owners import OwnerRow
-from wal.service.runtime import ServiceRuntime, account_of
+from wal.service.placing import account_of
+from wal.service.runtime import ServiceRuntime
 from wal.service.schemas import OrderRequest
 from wal.service.views import (
     OrderFilter,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,7 +30,10 @@ from wal import DurableDatabaseManager, OperationType, WALEntry
 
 __all__ = ["CLOSE_OVERFLOW", "Client", "EventHub", "event_from_entry", "event_from_row"]
 
+log = logging.getLogger("wal.service")
+
 CLOSE_OVERFLOW: Final = 4008  # the WebSocket close code of a client that fell behind
+TOKEN_CHECK_S: Final = 1.0  # how often the open streams' tokens are read again (revocation)
 _KEEP: Final = 10_000  # recent events kept for resumes without a database read
 _INTENT = OperationType.ORDER_INTENT.value
 _EVENT = OperationType.ORDER_EVENT.value
@@ -177,6 +181,24 @@ class EventHub:
 
     def all_clients(self) -> list[Client]:
         return [c for cs in self._clients.values() for c in cs]
+
+    async def watch_tokens(self, live: Callable[[list[str]], set[str]]) -> None:
+        """Every ``TOKEN_CHECK_S``, the open streams' tokens are read again (``live``: one
+        read for all, in a thread): a stream whose token was revoked is closed before it is
+        sent anything more. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_S)
+            clients = self.all_clients()
+            if not clients:
+                continue
+            try:
+                alive = await asyncio.to_thread(live, [c.token for c in clients])
+            except Exception as exc:  # the database is down: the streams stay as they are
+                log.warning("event streams' tokens not checked: %s: %s", type(exc).__name__, exc)
+                continue
+            for c in clients:
+                if c.token not in alive:
+                    c.revoke()
 
     def unsubscribe(self, client: Client) -> None:
         self._clients.get(client.trader_id, set()).discard(client)
