@@ -14,6 +14,7 @@ import pytest
 from faultfs import CrashFS, FaultRule
 from orders_helpers import (
     FAST_RETRY,
+    Rig,
     broker_positions,
     buy,
     journal_positions,
@@ -500,12 +501,17 @@ def test_a_fill_beyond_the_order_quantity_is_an_error_and_not_applied(tmp_path: 
         rig.close()
 
 
-def test_a_corrected_execution_replaces_the_fill_never_adds(tmp_path: Path) -> None:
+def corrections_rig(tmp_path: Path) -> Rig:
+    """A paper broker with IB-style execution ids ("E1.01", its correction "E1.02"), filled
+    only by the test's ``on_fill`` calls."""
     rules = ClientIdRules(
         dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0, correction_separator="."
     )
-    broker = PaperBroker(seed=12, rules=rules, auto_fill=False)
-    rig = make_rig(tmp_path, broker)
+    return make_rig(tmp_path, PaperBroker(seed=12, rules=rules, auto_fill=False))
+
+
+def test_a_corrected_execution_replaces_the_fill_never_adds(tmp_path: Path) -> None:
+    rig = corrections_rig(tmp_path)
 
     async def go() -> None:
         await rig.om.start()
@@ -547,11 +553,7 @@ def test_a_correction_lowering_a_filled_orders_execution_is_booked(tmp_path: Pat
     the position and the cash follow the correction; the order stays FILLED (done at the
     broker). Before, the correction raised (FILLED -> PARTIALLY_FILLED is no transition) and
     the journal kept 10 where the broker held 8."""
-    rules = ClientIdRules(
-        dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0, correction_separator="."
-    )
-    broker = PaperBroker(seed=12, rules=rules, auto_fill=False)
-    rig = make_rig(tmp_path, broker)
+    rig = corrections_rig(tmp_path)
 
     async def go() -> None:
         await rig.om.start()
