@@ -7,6 +7,7 @@
     ├── WALSerializationError      a value cannot be logged; names its path      (also ValueError)
     │   ├── WALEntryTooLargeError  an entry over ``max_entry_bytes``; nothing written
     │   └── WALArgumentError       a critical call's argument its column refuses (also TypeError)
+    │       └── WALIdempotencyConflictError  a used key with another operation or arguments
     ├── WALLockedError             another writer holds the log; names its pid
     ├── WALClosedError             the storage was used after close()
     ├── WALEntryNotFoundError      no entry with that id in the log              (also KeyError)
@@ -45,6 +46,7 @@ __all__ = [
     "WALCorruptionError",
     "WALDatabaseError",
     "WALArgumentError",
+    "WALIdempotencyConflictError",
     "WALSchemaError",
     "WALEntryNotFoundError",
     "WALEntryTooLargeError",
@@ -264,6 +266,22 @@ class WALArgumentError(WALSerializationError, TypeError):
         WALError.__init__(self, f"{operation}({argument}=...) refused: {problem}")
         self.path = f"{operation}({argument}=...)"
         self.problem = problem
+
+
+class WALIdempotencyConflictError(WALArgumentError):
+    """An idempotency key already used for another operation, or with other arguments.
+
+    A retry with the same key and the same call answers the first call (its id, its receipt);
+    the same key for a different call is refused: it is never taken for the first one (which
+    would acknowledge an operation that never happens) nor written. ``first`` describes the
+    first call as the log or the database's key ledger holds it.
+    """
+
+    hint = "use a new idempotency key for a new operation; nothing was written"
+
+    def __init__(self, operation: str, key: str, problem: str) -> None:
+        super().__init__(operation, "idempotency_key", f"key {key!r} {problem}")
+        self.key = key
 
 
 class WALFormatVersionError(WALCorruptionError):

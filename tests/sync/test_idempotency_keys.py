@@ -18,6 +18,7 @@ whole stack closed and opened again from the files and the database).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -194,3 +195,118 @@ def test_find_by_key_after_compaction_asks_the_ledger_and_never_says_redo_blindl
         ddb.stop()
         down.dispose()
         stack.open()  # for the fixture's close
+
+
+def _position(stack: Stack, key: str) -> str:
+    pid: str = stack.ddb.log_position(
+        symbol="BTCUSDT",
+        side="long",
+        quantity=Decimal("0.1"),
+        entry_price=Decimal(50_000),
+        idempotency_key=key,
+    )
+    return pid
+
+
+def test_a_retried_keyed_call_returns_the_first_calls_id_whatever_the_log_still_holds(
+    stack: Stack,
+) -> None:
+    """A retry (same key, same call) answers the first call's id: from the receipt cache,
+    from the log after a restart, and from the key alone after compaction (the id a keyed
+    call gets is made from the operation and the key). Before, each retry returned a new id
+    that was never logged: closing the position by it was a dead letter, the position open
+    for good."""
+    first = _position(stack, "open-1")
+    assert _position(stack, "open-1") == first  # the receipt cache
+    tid = stack.ddb.log_trade(
+        symbol="BTCUSDT", side="buy", quantity=Decimal(1), price=Decimal(9), idempotency_key="t-1"
+    )
+
+    async def again() -> tuple[str, str]:
+        a = await stack.ddb.log_position_async(
+            symbol="BTCUSDT",
+            side="long",
+            quantity=Decimal("0.1"),
+            entry_price=Decimal(50_000),
+            idempotency_key="open-1",
+        )
+        b = await stack.ddb.log_trade_async(
+            symbol="BTCUSDT",
+            side="buy",
+            quantity=Decimal(1),
+            price=Decimal(9),
+            idempotency_key="t-1",
+        )
+        return a, b
+
+    assert asyncio.run(again()) == (first, tid)
+    stack.restart()  # the key found in the log
+    assert _position(stack, "open-1") == first
+    _compact_and_restart(stack)  # only the database's key ledger knows it now
+    assert stack.storage.find_by_idempotency_key("open-1") is None
+    assert _position(stack, "open-1") == first
+    stack.ddb.close_position(position_id=first, exit_price=Decimal(51_000), pnl=Decimal(100))
+    assert stack.ddb.drain(timeout=10) == 0
+    assert stack.ddb.get_wal_status()["failed"] == 0
+    assert stack.ddb.get_open_positions() == []
+    assert [t["trade_id"] for t in stack.db.get_trades()] == [tid]
+
+
+def test_a_used_key_with_another_call_is_refused_and_nothing_is_written(stack: Stack) -> None:
+    """The same key for another operation, other arguments, or another id or time given is
+    refused (``WALIdempotencyConflictError``), never answered as the first call (an
+    acknowledgement of an operation that never happens); nothing is written."""
+    from datetime import UTC, datetime
+
+    from wal import WALIdempotencyConflictError
+
+    stack.ddb.atomic_balance_update(Decimal(100), reason="deposit", idempotency_key="k1")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    trade = {"symbol": "BTCUSDT", "side": "buy", "quantity": Decimal(1), "price": Decimal(9)}
+    tid = stack.ddb.log_trade(**trade, executed_at=at, idempotency_key="t")
+    lsn = stack.storage.next_lsn
+    refused = [
+        lambda: stack.ddb.atomic_balance_update(
+            Decimal(-500), account="other", idempotency_key="k1"
+        ),
+        lambda: stack.ddb.atomic_balance_update(Decimal(100), reason="other", idempotency_key="k1"),
+        lambda: stack.ddb.log_trade(**{**trade, "symbol": "ETHUSDT"}, idempotency_key="t"),
+        lambda: stack.ddb.log_trade(**trade, trade_id=str(uuid.uuid4()), idempotency_key="t"),
+        lambda: stack.ddb.log_trade(
+            **trade, executed_at=datetime(2026, 1, 3, tzinfo=UTC), idempotency_key="t"
+        ),
+        lambda: stack.ddb.atomic_balance_update(Decimal(1), idempotency_key="t"),
+        lambda: _position(stack, "k1"),
+    ]
+    for call in refused:
+        with pytest.raises(WALIdempotencyConflictError, match="idempotency_key") as info:
+            call()
+        assert "nothing was written" in str(info.value)
+    assert stack.storage.next_lsn == lsn
+    # the same call again is the first one: an amount whatever its trailing zeros, a time
+    # whatever its zone, the id and time left out or given as logged
+    assert stack.ddb.atomic_balance_update(
+        Decimal("100.00"), reason="deposit", idempotency_key="k1"
+    ) == Decimal(100)
+    assert stack.ddb.log_trade(**trade, executed_at=at, idempotency_key="t") == tid
+    assert stack.ddb.log_trade(**trade, trade_id=tid, idempotency_key="t") == tid
+    assert stack.storage.next_lsn == lsn
+    assert stack.ddb.get_balance() == Decimal(100) and stack.ddb.get_balance("other") == 0
+
+
+def test_a_key_compacted_away_and_retried_after_a_restart_is_not_counted_twice(
+    stack: Stack,
+) -> None:
+    """With the database up, a keyed call whose entry compaction removed is found in the
+    database's key ledger before it is written: the retry returns the balance once (before,
+    2040 where 1040 was right, until the apply skipped the second entry)."""
+    stack.ddb.atomic_balance_update(Decimal(1000), reason="deposit", idempotency_key="dep-1")
+    stack.ddb.atomic_balance_update(Decimal(40), reason="fill")
+    _compact_and_restart(stack)
+    lsn = stack.storage.next_lsn
+    again = stack.ddb.atomic_balance_update(
+        Decimal(1000), reason="deposit", idempotency_key="dep-1"
+    )
+    assert again == Decimal(1040)
+    assert stack.ddb.get_balance() == Decimal(1040)
+    assert stack.storage.next_lsn == lsn  # nothing written

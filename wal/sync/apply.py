@@ -14,12 +14,15 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import sqlalchemy as sa
 
 from wal.config import WALConfig
 from wal.crashpoints import crash_point
@@ -28,7 +31,7 @@ from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.breaker import CircuitBreaker
-from wal.sync.identity import check_before_apply, read_target
+from wal.sync.identity import BIND_HINT, check_before_apply, mismatch, read_target
 from wal.sync.results import SyncResult
 
 __all__ = [
@@ -130,6 +133,80 @@ class Applier:
         # per process, before the first batch or read: the database may have lost commits
         self.reconciled = not self.exactly_once or not callable(getattr(db, "applied_ids", None))
         self.reapplied = 0  # entries reapply_lost found missing and applied again
+        # the database may have changed under a running process (a failover to a lagging
+        # replica, a restore, another database behind the URL): after an outage or a new
+        # connection, the next batch or read checks it is still the log's database and still
+        # holds the newest entry this process applied (``database_suspect``)
+        self.recheck = False
+        self.epoch = 0  # bumped by each database_suspect(): the reads' identity check too
+        self._last_applied: str | None = None  # the newest entry applied by this process
+        self._probe: str | None = None  # _last_applied when the recheck became due
+        self.lost_commits = False  # a new connection found lost commits (reads retry once)
+        # set once this process found the database to be the log's: from then on a new
+        # connection to another database is refused (before, start() and the first batch and
+        # read decide: the engine starts, the entries stay pending, reads refuse)
+        self._armed = False
+        engine = getattr(db, "engine", None)
+        if self.exactly_once and isinstance(engine, sa.engine.Engine):
+            me = weakref.ref(self)
+
+            def on_connect(dbapi_conn: Any, _record: Any) -> None:
+                applier = me()
+                if applier is not None and not applier.stopping.is_set():
+                    applier.check_new_connection(dbapi_conn)
+
+            # every new connection is checked before it is used: a failover or a swap can put
+            # another database (or one that lost commits) behind the same URL mid-run
+            sa.event.listen(engine, "connect", on_connect)
+
+    def check_new_connection(self, dbapi_conn: Any) -> None:
+        """A new connection to the database, before anything uses it (once this process found
+        the database to be the log's): it must reach the log's database (``database.json``),
+        and one that still holds the newest entry this process applied. Another database
+        raises (nothing is applied to it or read from it); one that lost commits (a lagging
+        replica, a restore) raises after marking the log's COMPLETED entries for
+        ``reapply_lost``, which runs before anything else. Both transient: the entries stay
+        pending, reads answer from what this process kept."""
+        self.database_suspect()
+        if not self._armed:
+            return  # not checked yet in this process: the first batch and read check it
+        target = read_target(Path(self.storage.directory))
+        if target is None:
+            return  # nothing bound (a rebind in progress): the next batch checks
+        probe = self._last_applied if self.reconciled else None
+        found = _connection_scalar(dbapi_conn, "SELECT database_id FROM wal_database_id")
+        why = mismatch(target, str(getattr(self.db, "url", "?")), found)
+        if why is not None:
+            # as check_before_apply's: the entries stay PENDING (never dead letters), the
+            # breaker opens, and reads answer from what this process kept, never from it
+            raise WALDatabaseError(
+                f"{why}: nothing is applied to it or read from it", transient=True, hint=BIND_HINT
+            )
+        if probe is None:
+            return
+        held = _connection_scalar(
+            dbapi_conn, f"SELECT entry_id FROM wal_applied WHERE entry_id = '{uuid.UUID(probe)}'"
+        )
+        if held is None:
+            self.reconciled = False  # every COMPLETED entry is checked before the next batch
+            self.lost_commits = True  # a read in progress tries again (take_lost_commits)
+            raise WALDatabaseError(
+                f"the database no longer holds entry {probe}, applied by this process: it lost "
+                "commits (a failover to a lagging replica, a restore?); the log applies them "
+                "again before anything else",
+                transient=True,
+            )
+
+    def database_suspect(self) -> None:
+        """The database may not be the one last applied to (a connection failed, or a new one
+        was opened): check it before the next batch or read (``reapply_lost``)."""
+        self._target_checked = False
+        self.epoch += 1
+        if not self.recheck:
+            # the newest entry applied before: what a batch applies from now on may already
+            # reach the other server, and would prove nothing (a check pending keeps its own)
+            self._probe = self._last_applied
+        self.recheck = True
 
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
@@ -233,10 +310,14 @@ class Applier:
         other batch (the caller holds ``apply_lock``). Returns how many were applied again
         (with a warning naming them). Raises ``BatchAborted`` on a transient error (tried
         again before the next batch)."""
-        if self.reconciled:
+        if self.reconciled and not self.recheck:
             return 0
         redone = 0
         try:
+            if self.reconciled and self._still_holds_what_was_applied():
+                self.recheck = False
+                return 0
+            self.reconciled = False  # it lost commits: every COMPLETED entry is checked
             target = read_target(Path(self.storage.directory))
             if target is None:
                 # a new log (nothing applied anywhere yet), or one whose record was lost
@@ -246,7 +327,7 @@ class Applier:
                 return 0
             if not self._target_checked:  # the log's own database, never another one
                 check_before_apply(self.storage.directory, self.db, self.storage)
-                self._target_checked = True
+                self._target_checked = self._armed = True
             since = target.from_lsn  # this database's entries only (not before a rebind)
             chunk: list[WALEntry] = []
             for e in self.storage.iter_entries([WALEntryStatus.COMPLETED]):
@@ -268,6 +349,7 @@ class Applier:
             self.note_transient(exc)
             raise BatchAborted from exc
         self.reconciled = True
+        self.recheck = False
         self.reapplied += redone
         if redone:
             log.warning(
@@ -276,6 +358,25 @@ class Applier:
                 redone,
             )
         return redone
+
+    def _still_holds_what_was_applied(self) -> bool:
+        """A recheck after an outage or a new connection: the log's own database (raises
+        when it is another one), and it still holds the newest entry this process had applied
+        when the recheck became due (a database that lost commits lost the newest ones: a
+        lagging replica, a restored backup hold a prefix). False: it lost some; every
+        COMPLETED entry is checked."""
+        if not self._target_checked:
+            check_before_apply(self.storage.directory, self.db, self.storage)
+            self._target_checked = self._armed = True
+        last = self._probe
+        if last is None or last in {str(x) for x in self.db.applied_ids([last])}:
+            return True
+        log.warning(
+            "the database no longer holds entry %s, applied by this process: it lost commits "
+            "(a failover to a lagging replica, a restore?); the log applies them again",
+            last,
+        )
+        return False
 
     def _reapply_chunk(self, chunk: list[WALEntry]) -> int:
         """One batch of COMPLETED entries: ask the ledger once, apply the missing ones."""
@@ -310,12 +411,12 @@ class Applier:
         return redone
 
     def _apply_exactly_once(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
-        if not self.reconciled:
+        if not self.reconciled or self.recheck:
             self.reapply_lost()  # before anything newer reaches the database (LSN order)
         try:
             if not self._target_checked:  # the log's own database, never another one
                 check_before_apply(self.storage.directory, self.db, self.storage)
-                self._target_checked = True
+                self._target_checked = self._armed = True
             results = self.db.apply(list(batch))
         except Exception as exc:
             if not transient_error(exc):
@@ -328,6 +429,7 @@ class Applier:
         outcomes: dict[uuid.UUID, Outcome] = {}
         for e, r in zip(batch, results, strict=True):
             if r.outcome == "applied":
+                self._last_applied = str(e.entry_id)  # LSN order: the newest is last
                 self.counters.applied += 1
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, r.value)
             elif r.outcome == "duplicate":
@@ -366,6 +468,7 @@ class Applier:
 
     def note_transient(self, exc: BaseException) -> None:
         self.breaker.failure()
+        self.database_suspect()  # what answers after the outage may have lost commits
         self.attempt += 1
         self.last_error = short_error(exc)
         log.warning("database unavailable (%s); entries stay in the log", self.last_error)
@@ -451,3 +554,19 @@ class Applier:
         if old and not self._alerted_age:
             log.warning("the oldest pending entry is %.0f s old", age)
         self._alerted_age = old
+
+
+def _connection_scalar(dbapi_conn: Any, sql: str) -> Any:
+    """The first column of the first row of ``sql`` on a raw DB-API connection, or None (no
+    row, or no such table: a database the log never applied to); its transaction is ended."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(sql)
+        row = cur.fetchone()
+    except Exception:
+        row = None
+    finally:
+        cur.close()
+        if not getattr(dbapi_conn, "autocommit", True) and hasattr(dbapi_conn, "rollback"):
+            dbapi_conn.rollback()  # a fresh connection has no transaction open: none is left
+    return None if row is None else (None if row[0] is None else str(row[0]))

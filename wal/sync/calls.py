@@ -4,9 +4,12 @@ Pure functions (and the balance transaction's value object) used by
 ``wal.sync.durable.DurableDatabaseManager`` before it hands a call to the ``WALManager``:
 
 * ``prepare_call``: positional arguments bound to the wrapped method's parameter names (the
-  log holds keyword arguments only), the id of a creating operation made here (UUID4, so an
+  log holds keyword arguments only), the id of a creating operation made here (so an
   operation logged during an outage can be referred to by the next one, and a replay reuses
-  it) and its time set to "now" (a replay hours later records when it happened);
+  it: a UUID4, or with an idempotency key a UUID5 of the operation and the key, the same for
+  every retry) and its time set to "now" (a replay hours later records when it happened);
+* ``request_digest`` and ``check_same_request``: a retry under a used idempotency key is the
+  same call, or refused (``WALIdempotencyConflictError``);
 * ``check_call``: the same refusals for a call logged as it is (the order journal's path);
 * ``DurableBalanceTxn``: the context-manager form of ``atomic_balance_update``;
 * ``check_same_database``: a wrapped manager on another database than the config names is
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal
+from enum import Enum
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -29,15 +33,18 @@ from wal.config import WALConfig, mask_url
 from wal.db.checks import argument_named
 from wal.db.engine import DEFAULT_URL
 from wal.entry import OperationType
-from wal.errors import WALArgumentError, WALConfigError
+from wal.errors import WALArgumentError, WALConfigError, WALIdempotencyConflictError
+from wal.sync.results import Receipt
 
 __all__ = [
     "CRITICAL_OPERATIONS",
     "DurableBalanceTxn",
     "check_call",
     "check_same_database",
+    "check_same_request",
     "prepare_call",
     "reject_floats",
+    "request_digest",
 ]
 
 CRITICAL_OPERATIONS = frozenset(op.value for op in OperationType)
@@ -92,11 +99,22 @@ def _shape(method: Callable[..., Any]) -> _Shape:
     return shape
 
 
+# the namespace of the ids made from (operation, idempotency key): a retry gets the same id
+_KEYED_IDS = uuid.UUID("5b0d7a52-3f7e-4c1c-9d2a-8f3e6a1c0b47")
+
+
 def prepare_call(
-    method: Callable[..., Any], op: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    method: Callable[..., Any],
+    op: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    key: str | None = None,
+    filled: set[str] | None = None,
 ) -> dict[str, Any]:
     """Bind ``args``/``kwargs`` to ``method``, fill the id and the time: the keyword
-    arguments that get logged (and passed to ``method`` when the log is off)."""
+    arguments that get logged (and passed to ``method`` when the log is off). With an
+    idempotency ``key`` the id made here is the key's (a retry gets the first call's id).
+    The names filled in are added to ``filled``."""
     shape = _shape(method)
     try:
         if args:
@@ -111,12 +129,77 @@ def prepare_call(
     accepted = shape.accepted
     id_param = ID_PARAMS.get(op)
     if id_param is not None and id_param in accepted and params.get(id_param) is None:
-        params[id_param] = str(uuid.uuid4())
+        made = uuid.uuid4() if key is None else uuid.uuid5(_KEYED_IDS, f"{op}\n{key}")
+        params[id_param] = str(made)
+        if filled is not None:
+            filled.add(id_param)
     time_param = TIME_PARAMS.get(op)
     if time_param is not None and time_param in accepted and params.get(time_param) is None:
         params[time_param] = datetime.now(UTC)
+        if filled is not None:
+            filled.add(time_param)
     reject_floats(op, params)
     return params
+
+
+def _canonical(value: Any) -> Any:
+    """A value as a retry must repeat it: an amount whatever its trailing zeros, a time
+    whatever its zone, containers element by element."""
+    if isinstance(value, Decimal):
+        return ("D", format(value.normalize(_CANON), "f") if value.is_finite() else str(value))
+    if isinstance(value, datetime):
+        return ("T", value.astimezone(UTC).isoformat() if value.tzinfo else value.isoformat())
+    if isinstance(value, Enum):
+        return _canonical(value.value)
+    if isinstance(value, str):
+        return ("S", str.__str__(value))
+    if isinstance(value, bool) or value is None:
+        return ("B", value)
+    if isinstance(value, int):
+        return ("I", int(value))
+    if isinstance(value, uuid.UUID):
+        return ("S", str(value))
+    if isinstance(value, Mapping):
+        return ("M", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("L", tuple(_canonical(v) for v in value))
+    return (type(value).__name__, repr(value))
+
+
+_CANON = Context(prec=80)  # normalize() exactly, whatever the caller's decimal context
+
+
+def request_digest(op: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """What a keyed call asks for, as a string: its operation and arguments, without the id
+    and the time the wrapper fills in (``ID_PARAMS``, ``TIME_PARAMS``: compared apart)."""
+    left_out = (ID_PARAMS.get(op), TIME_PARAMS.get(op))
+    items = tuple(sorted((k, _canonical(v)) for k, v in kwargs.items() if k not in left_out))
+    return repr((op, _canonical(args), items))
+
+
+def check_same_request(
+    op: str, key: str, params: dict[str, Any], filled: set[str], first: Receipt
+) -> None:
+    """Refuse a call under a used ``key`` that is not the first call again (another
+    operation, other arguments, another id or time given): ``WALIdempotencyConflictError``.
+    ``first`` is the receipt of the call logged under the key; ``filled``, what this call's
+    ``prepare_call`` made up (never a difference)."""
+    where = f"lsn {first.lsn}" if first.lsn else "the database's key ledger"
+    if first.operation and first.operation != op:
+        raise WALIdempotencyConflictError(
+            op, key, f"was used for {first.operation} ({where}): not the same call"
+        )
+    if first.request is not None and first.request != request_digest(op, (), params):
+        raise WALIdempotencyConflictError(
+            op, key, f"was used for this operation with other arguments ({where})"
+        )
+    for name, logged in ((ID_PARAMS.get(op), first.made_id), (TIME_PARAMS.get(op), first.made_at)):
+        if name is None or name in filled or logged is None or name not in params:
+            continue
+        if _canonical(params[name]) != _canonical(logged):
+            raise WALIdempotencyConflictError(
+                op, key, f"was used with {name}={logged!s} ({where}), not {params[name]!s}"
+            )
 
 
 def check_call(db: Any, op: str, kwargs: dict[str, Any]) -> None:

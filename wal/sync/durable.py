@@ -41,7 +41,14 @@ from wal.db.schema import valid_money
 from wal.entry import OperationType, WALEntry, WALEntryStatus, utc_now
 from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
-from wal.sync.calls import DurableBalanceTxn, check_call, check_same_database, prepare_call
+from wal.sync.calls import (
+    ID_PARAMS,
+    DurableBalanceTxn,
+    check_call,
+    check_same_database,
+    check_same_request,
+    prepare_call,
+)
 from wal.sync.manager import Receipt, WALManager
 from wal.sync.overlay import Overlay
 from wal.sync.reads import PendingReads
@@ -238,10 +245,17 @@ class DurableDatabaseManager:
     ) -> tuple[dict[str, Any], Receipt | None, Any]:
         """Bind, fill the id, log and apply. Returns (logged kwargs, receipt, direct result)."""
         method = getattr(self._db, op)
-        params = prepare_call(method, op, args, kwargs)
+        filled: set[str] = set()
+        params = prepare_call(method, op, args, kwargs, key, filled)
         if self.manager is None:
             return params, None, method(**params)
         receipt = self.manager.write(op, idempotency_key=key, **params)
+        if receipt.duplicate and key is not None:
+            # a retry answers the first call (its id), or is refused: never taken for it
+            check_same_request(op, key, params, filled, receipt)
+            id_param = ID_PARAMS.get(op)
+            if id_param is not None and receipt.made_id is not None:
+                params[id_param] = receipt.made_id
         return params, receipt, receipt.result
 
     def atomic_balance_update(
@@ -272,13 +286,15 @@ class DurableDatabaseManager:
         if self.manager is None:
             return self._db.atomic_balance_update(delta, reason=reason, account=account)
         self._check_new_balance(account, delta)
+        params: dict[str, Any] = {"delta": delta, "reason": reason, "account": account}
         receipt = self.manager.write(
-            OperationType.BALANCE_UPDATE,
-            idempotency_key=idempotency_key,
-            delta=delta,
-            reason=reason,
-            account=account,
+            OperationType.BALANCE_UPDATE, idempotency_key=idempotency_key, **params
         )
+        if receipt.duplicate and idempotency_key is not None:
+            # a retry answers the first call, or is refused: never taken for it
+            check_same_request(
+                OperationType.BALANCE_UPDATE.value, idempotency_key, params, set(), receipt
+            )
         crash_point("durable.after_write_before_read")  # durable; the caller not yet answered
         known = self._known_balance(receipt, account)
         return known if known is not None else self._read_new_balance(account)

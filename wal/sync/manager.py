@@ -55,6 +55,7 @@ from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
 from wal.sync.apply import Applier, ApplyObserver, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
+from wal.sync.calls import ID_PARAMS, TIME_PARAMS, request_digest
 from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
 from wal.sync.status import MANAGER_STATUS_FILE, manager_stats, publish_status
@@ -244,12 +245,46 @@ class WALManager:
         receipt cache, or written before a restart), ``duplicate=True``; None if there is none."""
         found = self.storage.find_by_idempotency_key(key)
         if found is None:
-            # not in the log (never written, or compacted away): written, and the database's
-            # key ledger (wal_applied_keys) skips it at apply if the key was applied before
-            return None
-        receipt = replace(self._receipt(found, found.status), duplicate=True)
+            return self._applied_before(key)
+        receipt = replace(self._keyed(self._receipt(found, found.status), found), duplicate=True)
         self._remember(key, receipt)
         return receipt
+
+    def _applied_before(self, key: str) -> Receipt | None:
+        """A key the log does not hold: never written, or its entry compacted away. Once the
+        log dropped entries, the database's key ledger (``wal_applied_keys``) is asked: an
+        applied key is a duplicate (its receipt as the ledger knows it), never written and
+        counted again. With the database unreachable the call is written, and the apply
+        skips it if the key was applied (reads count it until then: docs/database.md)."""
+        applied_key = getattr(self._applier.db, "applied_key", None)
+        if applied_key is None or not self.storage.may_have_dropped():
+            return None
+        try:
+            row = applied_key(key)
+        except Exception as exc:  # an outage: the ledger decides at apply
+            log.warning("idempotency key %r not checked against the database: %s", key, exc)
+            return None
+        if row is None:
+            return None
+        entry_id, lsn, operation, _ = row
+        receipt = Receipt(
+            uuid.UUID(entry_id), lsn or 0, operation, key, WALEntryStatus.COMPLETED, duplicate=True
+        )
+        self._remember(key, receipt)
+        return receipt
+
+    @staticmethod
+    def _keyed(receipt: Receipt, e: WALEntry) -> Receipt:
+        """``receipt`` of the keyed entry ``e`` with what a retry under its key is compared
+        with (``check_same_request``)."""
+        op = e.operation
+        id_param, time_param = ID_PARAMS.get(op), TIME_PARAMS.get(op)
+        return replace(
+            receipt,
+            request=request_digest(op, e.args, e.kwargs),
+            made_id=e.kwargs.get(id_param) if id_param else None,
+            made_at=e.kwargs.get(time_param) if time_param else None,
+        )
 
     def _write_keyed(self, entry: WALEntry, key: str) -> Receipt:
         while (got := self._claim(key)) is not None:
@@ -260,7 +295,7 @@ class WALManager:
             known = self._logged(key)
             if known is not None:
                 return known
-            receipt = self._write_new(entry)
+            receipt = self._keyed(self._write_new(entry), entry)
             self._remember(key, receipt)
             return receipt
         finally:
@@ -501,7 +536,7 @@ class WALManager:
         needed: no ledger); False while the database cannot be reached (tried again before
         the next batch or read)."""
         applier = self._applier
-        if applier.reconciled:
+        if applier.reconciled and not applier.recheck:
             return True
         with applier.apply_lock:
             try:
@@ -509,6 +544,23 @@ class WALManager:
             except BatchAborted:
                 return False
         return True
+
+    def database_suspect(self) -> None:
+        """A read could not reach the database: check it before the next batch or read
+        (``Applier.database_suspect``)."""
+        self._applier.database_suspect()
+
+    def take_lost_commits(self) -> bool:
+        """True once after a new connection found that the database lost commits (then the
+        next ``reapply_lost`` applies them again): a read tries again instead of failing."""
+        applier = self._applier
+        found, applier.lost_commits = applier.lost_commits, False
+        return found
+
+    @property
+    def database_epoch(self) -> int:
+        """Bumped each time the database may have changed (an outage, a new connection)."""
+        return self._applier.epoch
 
     @property
     def reapplied(self) -> int:

@@ -45,7 +45,9 @@ class PendingReads:
         self._db = db
         self._manager = manager
         self._overlay = overlay
-        self._ours = False  # the database was found to be the log's (database.json)
+        # the database epoch (WALManager.database_epoch) at which the database was found to
+        # be the log's (database.json); checked again after an outage or a new connection
+        self._ours: int | None = None
 
     def balance(self, account: str) -> Decimal:
         """``DurableDatabaseManager.get_balance`` with the log on."""
@@ -99,22 +101,27 @@ class PendingReads:
         exists; the kept state when the database cannot be reached."""
         m = self._manager
         if kept() is None or m.breaker.state is not BreakerState.OPEN:
-            try:
-                self._check_database()  # another database's figures are never an answer
-                if not m.reapply_lost():
-                    # entries the database lost are not back yet: its figures would miss them
-                    raise WALDatabaseError(
-                        "the database lost applied entries that are not applied again yet",
-                        transient=True,
-                    )
-                if self._snapshot_reads():
-                    return fresh()  # one snapshot: no need to wait for a batch
-                with m.apply_lock:  # two separate reads: no batch may commit between them
-                    return fresh()
-            except Exception as exc:
-                if not transient_error(exc):
-                    raise  # a bug, bad SQL, another database: never the kept state
-                m.breaker.failure()  # a read that cannot connect is evidence of an outage
+            for _ in range(2):
+                try:
+                    self._check_database()  # another database's figures are never an answer
+                    if not m.reapply_lost():
+                        # entries the database lost are not back yet: its figures would miss them
+                        raise WALDatabaseError(
+                            "the database lost applied entries that are not applied again yet",
+                            transient=True,
+                        )
+                    if self._snapshot_reads():
+                        return fresh()  # one snapshot: no need to wait for a batch
+                    with m.apply_lock:  # two separate reads: no batch may commit between them
+                        return fresh()
+                except Exception as exc:
+                    if not transient_error(exc):
+                        raise  # a bug, bad SQL, another database: never the kept state
+                    if m.take_lost_commits():
+                        continue  # a new connection found lost commits: re-applied, read again
+                    m.breaker.failure()  # a read that cannot connect is evidence of an outage
+                    m.database_suspect()  # and what answers next may be another database
+                    break
         value = kept()
         if value is None:
             raise WALDatabaseError(unknown, transient=True)
@@ -123,11 +130,12 @@ class PendingReads:
     def _check_database(self) -> None:
         """Refuse to read a database that is not the log's (``wal.sync.identity``), with the
         apply's "this log belongs to ..." error, marked permanent: no kept state answers."""
-        if self._ours:
+        epoch = self._manager.database_epoch
+        if self._ours == epoch:
             return
         get_id = getattr(self._db, "database_id", None)
         if not callable(get_id):
-            self._ours = True  # a manager of your own: not checked (as the apply)
+            self._ours = epoch  # a manager of your own: not checked (as the apply)
             return
         target = read_target(Path(self._manager.storage.directory))
         if target is None:
@@ -140,4 +148,4 @@ class PendingReads:
                 hint="point the engine at the log's database, or rebind the log with "
                 "`atb wal sync --database-url URL --yes`; the entries stay pending",
             )
-        self._ours = True
+        self._ours = epoch

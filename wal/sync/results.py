@@ -17,7 +17,13 @@ UNFINISHED = (WALEntryStatus.PENDING, WALEntryStatus.SYNCING)
 class Receipt:
     """What ``write`` hands back. ``status`` COMPLETED: applied, ``result`` is the database
     method's return value. PENDING: durable in the log, to be applied by the sync thread.
-    ``duplicate``: the idempotency key was seen before; this is the first write's receipt."""
+    ``duplicate``: the idempotency key was seen before; this is the first write's receipt.
+
+    A keyed write's receipt also describes the call that was logged under the key, so that a
+    retry can be told from another call under a used key: ``request`` (``request_digest`` of
+    its arguments without the id and time the wrapper fills in), ``made_id`` and ``made_at``
+    (those two as logged). None when not known (the entry compacted away: only the
+    database's key ledger knows the key)."""
 
     entry_id: uuid.UUID
     lsn: int
@@ -27,6 +33,9 @@ class Receipt:
     result: Any = None
     error: str | None = None
     duplicate: bool = False
+    request: str | None = None
+    made_id: Any = None
+    made_at: Any = None
 
     @property
     def applied(self) -> bool:
