@@ -1478,6 +1478,66 @@ MUTATIONS: tuple[Mutation, ...] = (
         "reads",
     ),
     Mutation(
+        "keyed-retry-answers-the-first-id",
+        "wal/sync/durable.py",
+        "a retried keyed call returns the id the first call logged, never a new one never logged",
+        "            if id_param is not None and receipt.made_id is not None:\n",
+        "            if False:\n",
+        (
+            "tests/sync/test_idempotency_keys.py::"
+            "test_a_retried_keyed_call_returns_the_first_calls_id_whatever_the_log_still_holds",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "keyed-other-call-refused",
+        "wal/sync/durable.py",
+        "another call under a used idempotency key is refused, never answered as the first call",
+        "            check_same_request(op, key, params, filled, receipt)\n",
+        "            pass\n",
+        (
+            "tests/sync/test_idempotency_keys.py::"
+            "test_a_used_key_with_another_call_is_refused_and_nothing_is_written",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "keyed-write-asks-the-ledger-after-compaction",
+        "wal/sync/manager.py",
+        "a keyed call whose entry compaction removed is found in the key ledger, not written again",
+        "        if applied_key is None or not self.storage.may_have_dropped():\n",
+        "        if True:\n",
+        (
+            "tests/sync/test_idempotency_keys.py::"
+            "test_a_key_compacted_away_and_retried_after_a_restart_is_not_counted_twice",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "new-connection-finds-lost-commits",
+        "wal/sync/apply.py",
+        "a new connection to a database that lost commits (a failover mid-run) is caught at once",
+        "        if held is None:\n",
+        "        if False:\n",
+        (
+            "tests/sync/test_database_changed_midrun.py::"
+            "test_a_failover_to_a_replica_that_lost_commits_is_caught_and_repaired_mid_run",
+        ),
+        "reads",
+    ),
+    Mutation(
+        "fill-execution-id-of-another-order-refused",
+        "wal/orders/journal.py",
+        "an execution id journaled for another order is refused, never left out as a retry",
+        "        if other != cid:\n",
+        "        if False:\n",
+        (
+            "tests/orders/test_scenarios.py::"
+            "test_an_execution_id_reused_by_another_order_is_refused_never_dropped",
+        ),
+        "orders",
+    ),
+    Mutation(
         "service-other-traders-order",
         "wal/service/api.py",
         "another trader's order is refused (403) on every route that names an order",

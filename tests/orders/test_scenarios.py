@@ -548,6 +548,55 @@ def test_a_corrected_execution_replaces_the_fill_never_adds(tmp_path: Path) -> N
         rig.close()
 
 
+def test_an_execution_id_reused_by_another_order_is_refused_never_dropped(
+    tmp_path: Path,
+) -> None:
+    """A broker whose execution ids repeat across orders (per-symbol trade ids; a session
+    that restarts its numbering): the second order's execution under a journaled id is
+    refused loudly (``FillError``), with the journal and memory agreeing that it was not
+    booked, and the first order's fill untouched. Before, the log left the entry out as a
+    retry (its key was there) while memory booked it: the journal lost the fill silently. The
+    database refuses it too (the order's fill would have replaced another order's)."""
+    rig = corrections_rig(tmp_path)
+
+    async def go() -> None:
+        await rig.om.start()
+        first = (await rig.om.submit(buy("10"))).client_order_id
+        second = (await rig.om.submit(buy("5", symbol="MSFT"))).client_order_id
+        await rig.om.on_fill(Fill("T1", first, "AAPL", "buy", Decimal("10"), Decimal("50")))
+        with pytest.raises(FillError, match="journaled for order"):
+            await rig.om.on_fill(Fill("T1", second, "MSFT", "buy", Decimal("5"), Decimal("20")))
+        order = rig.om.get(second)
+        assert order is not None and order.filled_quantity == 0  # memory: not booked
+        assert rig.ddb.drain(timeout=10) == 0
+        assert rig.ddb.get_wal_status()["failed"] == 0
+        assert journal_positions(rig.ddb) == rig.om.positions() == {"AAPL": Decimal("10")}
+        rows = OrderJournal(rig.ddb).fills()
+        assert [(r["client_order_id"], r["quantity"]) for r in rows] == [(first, Decimal("10"))]
+        with pytest.raises(ValueError, match="journaled for order"):  # the database too
+            rig.ddb.db.record_order_fill(
+                execution_id="T1",
+                execution_key="T1",
+                client_order_id=second,
+                symbol="MSFT",
+                side="buy",
+                quantity=Decimal("5"),
+                price=Decimal("20"),
+                executed_at=rows[0]["executed_at"],
+                seq=order.last_seq + 1,
+                kind="fill",
+                state="filled",
+                filled_quantity=Decimal("5"),
+                avg_fill_price=Decimal("20"),
+            )
+        assert [r["client_order_id"] for r in OrderJournal(rig.ddb).fills()] == [first]
+
+    try:
+        run(go())
+    finally:
+        rig.close()
+
+
 def test_a_correction_lowering_a_filled_orders_execution_is_booked(tmp_path: Path) -> None:
     """A filled order's execution corrected down (10 -> 8): the fill, the order's totals,
     the position and the cash follow the correction; the order stays FILLED (done at the

@@ -89,6 +89,9 @@ _INSERT_ORDER: Final = sa.insert(orders)
 _INSERT_EVENT: Final = sa.insert(order_events)
 _INSERT_FILL: Final = sa.insert(fills)
 _DELETE_FILL: Final = sa.delete(fills).where(fills.c.execution_key == sa.bindparam("b_key"))
+_FILL_OWNER: Final = sa.select(fills.c.client_order_id).where(
+    fills.c.execution_key == sa.bindparam("b_key")
+)
 _LAST_SEQ: Final = sa.select(orders.c.last_seq).where(
     orders.c.client_order_id == sa.bindparam("b_cid")
 )
@@ -357,7 +360,14 @@ def op_record_order_fill(
         filled=valid_positive(filled_quantity, "filled_quantity"),
         avg=valid_positive(avg_fill_price, "avg_fill_price"),
     )
-    # a correction (same key, new execution id) replaces the row: never a second one
+    # a correction (same key, new execution id) replaces the row: never a second one; the
+    # same key journaled for another order is refused (never replaces that order's fill)
+    owner = conn.execute(_FILL_OWNER, {"b_key": row["execution_key"]}).scalar()
+    if owner is not None and owner != cid:
+        raise ValueError(
+            f"execution key {execution_key!r} is journaled for order {owner}, not {cid}: "
+            "the broker reuses execution ids across orders"
+        )
     replaced = conn.execute(_DELETE_FILL, {"b_key": row["execution_key"]}).rowcount
     if replaced and trade_id is not None:
         raise ValueError(

@@ -44,6 +44,7 @@ from wal.binding import KeywordShape
 from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
 from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
 from wal.orders.audit import append_digest, digest_path
+from wal.orders.errors import FillError
 from wal.orders.journal_reads import ORDER_OPERATIONS, JournalReader, apply_entry, read_journal
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
@@ -148,6 +149,25 @@ def _event_call(ev: OrderEvent, reason: str | None) -> tuple[str, dict[str, Any]
         "reason": reason,
     }
     return _EVENT, kwargs, f"{ev.client_order_id}:{ev.seq}"
+
+
+def _journaled(find: Any, call: tuple[str, dict[str, Any], str]) -> bool:
+    """True when ``call``'s key is in the log already (a retry: left out). A fill's key is
+    its execution id: the same id journaled for ANOTHER order is refused, never left out (the
+    fill would be lost from the journal while the order books it): ``FillError``."""
+    op, kwargs, key = call
+    found: WALEntry | None = find(key)
+    if found is None:
+        return False
+    if op == _FILL:
+        cid, other = kwargs.get("client_order_id"), found.kwargs.get("client_order_id")
+        if other != cid:
+            raise FillError(
+                f"execution {kwargs.get('execution_id')!r} of order {cid} is journaled for "
+                f"order {other} already: the broker reuses execution ids across orders; the "
+                "fill was not journaled (the order stays as it was: reconcile it with the broker)"
+            )
+    return True
 
 
 def _fill_call(fill: Fill, computed: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
@@ -267,7 +287,7 @@ class OrderJournal:
         with chain.lock:
             storage = self.ddb.storage
             if storage is not None:
-                calls = [c for c in calls if storage.find_by_idempotency_key(c[2]) is None]
+                calls = [c for c in calls if not _journaled(storage.find_by_idempotency_key, c)]
             if not calls:
                 return
             seq, prev = chain.head(self.ddb)
