@@ -134,9 +134,10 @@ class Applier:
         self.reconciled = not self.exactly_once or not callable(getattr(db, "applied_ids", None))
         self.reapplied = 0  # entries reapply_lost found missing and applied again
         # the database may have changed under a running process (a failover to a lagging
-        # replica, a restore, another database behind the URL): after an outage or a new
-        # connection, the next batch or read checks it is still the log's database and still
-        # holds the newest entry this process applied (``database_suspect``)
+        # replica, a restore, another database behind the URL): each new connection is
+        # checked as it is made (``check_new_connection``), and after an outage the next
+        # batch or read checks it is still the log's database and still holds the newest
+        # entry this process applied (``database_suspect``)
         self.recheck = False
         self.epoch = 0  # bumped by each database_suspect(): the reads' identity check too
         self._last_applied: str | None = None  # the newest entry applied by this process
@@ -167,7 +168,6 @@ class Applier:
         replica, a restore) raises after marking the log's COMPLETED entries for
         ``reapply_lost``, which runs before anything else. Both transient: the entries stay
         pending, reads answer from what this process kept."""
-        self.database_suspect()
         if not self._armed:
             return  # not checked yet in this process: the first batch and read check it
         target = read_target(Path(self.storage.directory))
@@ -198,8 +198,9 @@ class Applier:
             )
 
     def database_suspect(self) -> None:
-        """The database may not be the one last applied to (a connection failed, or a new one
-        was opened): check it before the next batch or read (``reapply_lost``)."""
+        """The database may not be the one last applied to (a connection failed: what answers
+        next may be a failover's): check it before the next batch or read (``reapply_lost``).
+        A new connection is checked as it is made (``check_new_connection``)."""
         self._target_checked = False
         self.epoch += 1
         if not self.recheck:
