@@ -30,6 +30,7 @@ from wal.db.checks import argument_named
 from wal.db.engine import DEFAULT_URL
 from wal.entry import OperationType
 from wal.errors import WALArgumentError, WALConfigError
+from wal.money import exact
 
 __all__ = [
     "CRITICAL_OPERATIONS",
@@ -144,6 +145,7 @@ class DurableBalanceTxn:
         self.delta = Decimal(0)
         self.reasons: list[str] = []
 
+    @exact
     def add(self, delta: Decimal, reason: str = "") -> Decimal:
         if not isinstance(delta, Decimal):
             raise TypeError(f"delta must be a Decimal, got {type(delta).__name__}")
