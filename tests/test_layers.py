@@ -25,6 +25,7 @@ LAYER_OF = {
     "wal.crashpoints": "foundation",
     "wal.binding": "foundation",
     "wal.masking": "foundation",
+    "wal.money": "foundation",
     "wal.log": "log",
     "wal.db": "db",
     "wal.config": "config",

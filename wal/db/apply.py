@@ -39,6 +39,7 @@ from wal.db.schema import (
     wal_applied_keys,
 )
 from wal.entry import OperationType, WALEntry, utc_now
+from wal.money import exact
 
 __all__ = [
     "ApplyResult",
@@ -367,6 +368,7 @@ _BALANCE = OperationType.BALANCE_UPDATE.value
 _BALANCE_KW = frozenset({"delta", "reason", "account"})
 
 
+@exact
 def _balance_run(
     conn: Connection, run: list[tuple[str, dict[str, Any]]], values: dict[str, Any]
 ) -> None:

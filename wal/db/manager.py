@@ -82,6 +82,7 @@ from wal.db.schema import (
 )
 from wal.entry import WALEntry
 from wal.errors import WALDatabaseError
+from wal.money import exact
 
 __all__ = [
     "DEFAULT_URL",
@@ -441,6 +442,7 @@ class DatabaseManager(OrderJournalMethods):
 
     # ------------------------------------------------------------------ exactly-once replay
 
+    @exact
     def apply(self, entries: Sequence[WALEntry]) -> list[ApplyResult]:
         """Apply log entries exactly once, in order, in one transaction; one result each.
 

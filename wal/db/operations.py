@@ -39,6 +39,7 @@ from wal.db.schema import (
     valid_when,
 )
 from wal.entry import OperationType, utc_now
+from wal.money import exact
 
 
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
@@ -124,6 +125,7 @@ def lock_balance(conn: Connection, account: str) -> Decimal:
     return balance
 
 
+@exact
 def op_balance_update(
     conn: Connection, delta: object, *, reason: str = "", account: str = "default"
 ) -> Decimal:

@@ -62,6 +62,7 @@ from wal.db.schema import (
     valid_utc,
 )
 from wal.entry import OperationType, utc_now
+from wal.money import exact
 
 __all__ = [
     "ANCHOR_EVERY",
@@ -260,6 +261,7 @@ def op_record_order_event(
 _CASH_QUANTUM: Final = Decimal("1E-10")
 
 
+@exact
 def fill_cash(side: object, quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
     """The cash a fill moves on its account: a buy pays ``quantity x price + fee``, a sell
     receives ``quantity x price - fee``; rounded down to 10 places (never in the account's
@@ -279,6 +281,7 @@ def fill_reason(execution_key: str) -> str:
     return f"fill {execution_key}"
 
 
+@exact
 def _move_fill_cash(
     conn: Connection, account: str, key: str, cash: Decimal, replaced: bool
 ) -> None:

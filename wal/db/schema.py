@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from wal.entry import utc_now
+from wal.money import MONEY_CONTEXT
 
 __all__ = [
     "Money",
@@ -54,7 +55,9 @@ __all__ = [
 _SCALE: Final = 10  # decimal places kept for money
 _INT_DIGITS: Final = 18  # NUMERIC(28, 10): 28 digits in all, 10 after the point
 _QUANTUM: Final = Decimal(1).scaleb(-_SCALE)
-_WIDE: Final = Context(prec=80)  # quantize without the default 28-digit context getting in the way
+# the money context (wal.money), its own copy: the quantize below and the parse of a str are
+# the same whatever the caller's decimal context (precision, traps)
+_WIDE: Final = MONEY_CONTEXT.copy()
 _MAX_ID_LEN: Final = 64
 
 
@@ -252,7 +255,7 @@ def valid_money(value: object, name: str) -> Decimal:
                 f"{value!r}: money is never float"
             )
         try:
-            d = value if isinstance(value, Decimal) else Decimal(value)
+            d = value if isinstance(value, Decimal) else Decimal(value, _WIDE)
         except InvalidOperation:
             raise ValueError(f"{name}={value!r} is not a decimal number") from None
     if not d.is_finite():

@@ -34,6 +34,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from wal.money import exact
+
 __all__ = ["Fault", "FaultPlan", "FaultRule"]
 
 
@@ -89,6 +91,7 @@ class FaultPlan:
     _calls: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
 
+    @exact  # the fractions' sum is checked exactly
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         for op in list(self.random_faults) + [r.op for r in self.rules]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
+from wal.money import exact
 from wal.orders.base import LIVE_STATES, OrderBase, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
@@ -345,6 +346,7 @@ class OrderFills(OrderBase):
                 order = await self.refresh(cid, _locked=True)
             return order
 
+    @exact
     async def _apply_fill(self, fill: Fill) -> bool:
         """Journal the fill unless it is known; True if it was journaled. The caller holds
         the order's lock (``_lock``): the fill's seq follows the order's last one."""
@@ -416,6 +418,7 @@ class OrderFills(OrderBase):
         it must be computed from the one the last write made durable."""
         return KeyedWriters(self._book_group)
 
+    @exact
     async def _book_group(self, sym: str, group: list[_Booking]) -> None:
         """The symbol's turn (``KeyedWriters``): compute the group's entries in order from
         the durable position, write them as one unit (all or none), then book them in

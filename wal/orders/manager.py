@@ -51,6 +51,7 @@ from decimal import Decimal
 
 from wal.crashpoints import crash_point
 from wal.entry import utc_now
+from wal.money import exact
 from wal.orders.base import LIVE_STATES, NEVER_SENT, RetryPolicy, utc, why
 from wal.orders.broker import DedupScope
 from wal.orders.errors import (
@@ -357,6 +358,7 @@ class OrderManager(OrderFills):
         last = max(sends)
         return min(last + timedelta(seconds=self.retry.call_timeout), max(last, started)), exists
 
+    @exact
     def _check_protective(self, intent: OrderIntent) -> None:
         """A protective order only reduces the position, together with the protective
         orders of its kind already open in its symbol and direction: never more than is
@@ -532,6 +534,7 @@ class OrderManager(OrderFills):
             field="account",
         )
 
+    @exact
     def _check_reserved(
         self, intent: OrderIntent, price: Decimal | None, balance: Decimal | None
     ) -> None:

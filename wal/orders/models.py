@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from wal.money import exact
 from wal.orders.states import EventKind, OrderState
 
 __all__ = ["Fill", "Order", "OrderEvent", "OrderIntent", "new_client_order_id"]
@@ -120,6 +121,7 @@ class Order:
         return self.intent.symbol
 
     @property
+    @exact
     def remaining(self) -> Decimal:
         return self.intent.quantity - self.filled_quantity
 

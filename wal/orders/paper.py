@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from wal.money import exact
 from wal.orders.broker import OPEN_STATUSES, BrokerOrder, BrokerPosition, ClientIdRules
 from wal.orders.errors import (
     BrokerRejectedError,
@@ -340,6 +341,7 @@ class PaperBroker:
             self._version += 1
         self._persist()
 
+    @exact
     def step_prices(self, pct: Decimal = Decimal("0.01")) -> None:
         """One seeded random-walk step (up to +-pct) of every known symbol's price."""
         for sym in sorted({p.order.symbol for p in self._orders.values()} | set(self._prices)):
@@ -431,6 +433,7 @@ class PaperBroker:
             self._try_fill(bo, all_parts=True)
         return bo
 
+    @exact
     def _split(self, qty: Decimal) -> list[Decimal]:
         fractions = self.faults.partial_fills or (Decimal(1),)
         parts = [qty * f for f in fractions[:-1]]
@@ -465,6 +468,7 @@ class PaperBroker:
                 break
         return n
 
+    @exact
     def _execute(self, po: _Order, qty: Decimal, price: Decimal) -> None:
         o = po.order
         filled = o.filled_quantity + qty

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from wal.money import exact
+
 __all__ = ["POSITION_PREFIX", "PRICE_QUANTUM", "Position", "PositionBook"]
 
 PRICE_QUANTUM = Decimal("1E-10")  # average and entry prices, realized P&L
@@ -40,6 +42,7 @@ class PositionBook:
         self._positions: dict[str, Position] = {}
         self._daily_pnl: dict[str, Decimal] = {}  # UTC date -> realized P&L
 
+    @exact
     def load(self, open_positions: Iterable[Mapping[str, Any]]) -> None:
         """Take the open positions this manager opened (``ord-`` ids) from database rows."""
         for row in open_positions:
@@ -78,6 +81,7 @@ class PositionBook:
         """The position operations a fill makes, its realized P&L, the position after it."""
         return self.change_from(self._positions.get(symbol), symbol, signed, price)
 
+    @exact
     def change_from(
         self, pos: Position | None, symbol: str, signed: Decimal, price: Decimal
     ) -> tuple[list[dict[str, Any]], Decimal | None, Position | None]:
@@ -153,6 +157,7 @@ class PositionBook:
         else:
             self._positions[symbol] = pos
 
+    @exact
     def add_pnl(self, at: datetime, pnl: Decimal) -> None:
         """Add realized P&L to the UTC date of ``at``."""
         day = at.astimezone(UTC).date().isoformat()

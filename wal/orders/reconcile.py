@@ -62,6 +62,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from wal.errors import WALWriteError
+from wal.money import exact
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerProtocolError, ReconciliationFatalError
 from wal.orders.manager import OrderManager
@@ -194,6 +195,7 @@ class StartupReconciler:
         log.info("startup reconciliation%s: %s", " (dry run)" if dry_run else "", result)
         return result
 
+    @exact
     async def _end_check(self) -> list[str]:
         """What is still wrong, read from the broker now: the journal's positions against the
         broker's, every position's stops exact (none that would open or grow one), every
@@ -351,6 +353,7 @@ class StartupReconciler:
 
     # ------------------------------------------------------------------ phase 1
 
+    @exact
     async def _phase_orders(self, snap: Snapshot, c: Counts, dry: bool) -> None:
         om = self.om
         journal = {o.client_order_id: o for o in await asyncio.to_thread(om.journal.orders)}
@@ -460,6 +463,7 @@ class StartupReconciler:
             return
         await self._settle(order, bo, fills_of, c, dry)
 
+    @exact
     async def _executions(
         self, order: Order, bo: BrokerOrder, fills_of: dict[str, list[Fill]]
     ) -> tuple[list[Fill], Decimal]:
@@ -489,6 +493,7 @@ class StartupReconciler:
         ]
         return missing, booked_qty
 
+    @exact
     async def _settle(
         self,
         order: Order,

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from wal.money import exact
 from wal.orders.broker import BROKER_STATUS, Broker, BrokerOrder, BrokerPosition
 from wal.orders.models import Fill
 from wal.orders.states import OrderState
@@ -227,6 +228,7 @@ def emergency_stop_id(symbol: str, day: datetime, n: int) -> str:
     return f"{EMERGENCY_STOP_PREFIX}{symbol_tag(symbol)}-{day.astimezone(UTC):%Y%m%d}-{n}"
 
 
+@exact
 def emergency_stop_price(
     entry: Decimal,
     quantity: Decimal,
@@ -244,6 +246,7 @@ def emergency_stop_price(
     return table.round_stop(symbol, entry * (1 + pct), "buy")
 
 
+@exact
 def remaining(bo: BrokerOrder) -> Decimal:
     """What is left of a broker order to fill."""
     return bo.quantity - bo.filled_quantity

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from wal.errors import WALWriteError
+from wal.money import exact
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import OrderRejected, ReconciliationFatalError
 from wal.orders.manager import OrderManager
@@ -92,6 +93,7 @@ class PositionReconciler:
         self._lookup = lookup
         self._positions_now = positions
 
+    @exact
     async def run(self, snap: Snapshot, c: Counts, dry: bool, planned_fills: list[Fill]) -> None:
         """Orphan positions, then every symbol's stops. ``planned_fills``: the fills phase 1
         would have journaled (a dry run)."""
@@ -163,6 +165,7 @@ class PositionReconciler:
 
     # ------------------------------------------------------------------ orphans
 
+    @exact
     async def _orphan(
         self,
         sym: str,
@@ -225,6 +228,7 @@ class PositionReconciler:
 
     # ------------------------------------------------------------------ exact protection
 
+    @exact
     async def _protect(
         self,
         sym: str,
@@ -324,6 +328,7 @@ class PositionReconciler:
             state = "not found" if after is None else after.status
             raise _Unresolved(f"stop {cid} is {state} after its cancel ({why})")
 
+    @exact
     async def _emergency_stop(
         self,
         bp: BrokerPosition,

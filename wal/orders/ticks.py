@@ -20,12 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
+from wal.money import exact
+
 __all__ = ["DEFAULT_TICK_ABOVE_1", "DEFAULT_TICK_BELOW_1", "TickTable", "default_tick"]
 
 DEFAULT_TICK_ABOVE_1 = Decimal("0.01")  # at or above 1.00: cents
 DEFAULT_TICK_BELOW_1 = Decimal("0.0001")  # below 1.00: hundredths of a cent
 
 
+@exact
 def default_tick(price: Decimal) -> Decimal:
     """The common equity rule: 0.01 at or above 1.00, 0.0001 below."""
     return DEFAULT_TICK_ABOVE_1 if abs(price) >= 1 else DEFAULT_TICK_BELOW_1
@@ -57,6 +60,7 @@ class TickTable:
         t = self.sizes.get(symbol)
         return t if t is not None else default_tick(price)
 
+    @exact
     def round(self, symbol: str, price: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
         """``price`` on the tick grid of ``symbol`` (``rounding``: a ``decimal`` mode)."""
         t = self.tick(symbol, price)

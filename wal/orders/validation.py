@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
+from wal.money import exact
 from wal.orders.broker import ClientIdRules
 from wal.orders.errors import OrderRejected, RejectReason
 from wal.orders.models import OrderIntent
@@ -83,6 +84,7 @@ def _reject(reason: RejectReason, message: str, field_: str) -> OrderRejected:
     return OrderRejected(reason, message, field=field_)
 
 
+@exact
 def _amount(value: object, name: str, reason: RejectReason) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, Decimal):
         raise _reject(
@@ -150,6 +152,7 @@ def validate_intent(intent: OrderIntent, rules: ClientIdRules | None = None) -> 
         )
 
 
+@exact
 def check_risk(intent: OrderIntent, limits: RiskLimits, view: RiskView) -> None:
     """Raise ``OrderRejected`` for the first limit the intent would break."""
     if limits.max_daily_loss is not None and view.daily_pnl <= -limits.max_daily_loss:

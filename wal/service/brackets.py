@@ -50,6 +50,7 @@ from typing import Any
 
 from wal.crashpoints import crash_point
 from wal.entry import utc_now
+from wal.money import exact
 from wal.orders import Order, OrderIntent, OrderManager, OrderRejected, OrderState
 from wal.orders.base import OrderLocks
 from wal.orders.reconcile_model import EMERGENCY_STOP_PREFIX
@@ -104,6 +105,7 @@ class Missing:
     def missing(self) -> str:
         return "stop_loss" if self.kind == "sl" else "take_profit"
 
+    @exact
     def to_dict(self, *, ids: bool) -> dict[str, Any]:
         """For ``/readyz`` (``ids=False``: public, no trader's ids) or the trader's own view."""
         out: dict[str, Any] = {
@@ -195,6 +197,7 @@ class Brackets:
 
     # ------------------------------------------------------------------ the decision
 
+    @exact
     async def _converge(self, pid: str) -> bool:
         """One bracket brought in line; True once it is finished (the parent final, every
         child final: nothing held is left to protect)."""
@@ -263,6 +266,7 @@ class Brackets:
             return False
         return False
 
+    @exact
     async def _target(
         self, parent: Order, kind: str, held: Decimal, kids: list[_Child]
     ) -> tuple[Decimal, bool]:

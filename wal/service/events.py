@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from wal import DurableDatabaseManager, OperationType, WALEntry
+from wal.money import exact
 
 __all__ = ["CLOSE_OVERFLOW", "Client", "EventHub", "event_from_entry", "event_from_row"]
 
@@ -40,6 +41,7 @@ _EVENT = OperationType.ORDER_EVENT.value
 _FILL = OperationType.ORDER_FILL.value
 
 
+@exact
 def _j(v: Any) -> Any:
     if isinstance(v, Decimal):
         return format(v.normalize(), "f")

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from wal.money import exact
+
 __all__ = ["OrderRequest"]
 
 
@@ -97,6 +99,7 @@ class OrderRequest(BaseModel):
             return above, f"{above} {high} must be above {what} {ref}"
         return None
 
+    @exact
     def fingerprint(self) -> str:
         """SHA-256 of the canonical request (decimals normalized, keys sorted)."""
         doc = {

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from wal.db.orders import audit_hash
+from wal.money import exact
 from wal.orders import Order, OrderState
 from wal.service.errors import ApiError
 from wal.service.owners import OwnerRow
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 
+@exact
 def _s(v: Any) -> Any:
     if isinstance(v, Decimal):
         return format(v.normalize(), "f")
@@ -142,6 +144,7 @@ def page_of_orders(
     return page, (encode_cursor(page[-1]) if len(keep) > limit else None)
 
 
+@exact
 def positions_view(
     fills: Iterable[dict[str, Any]], orders: Iterable[tuple[Order, OwnerRow]]
 ) -> list[dict[str, Any]]:

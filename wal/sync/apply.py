@@ -30,6 +30,7 @@ from wal.db.classify import describe_error, is_transient
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALDatabaseError, WALError, WALWriteError
 from wal.log.storage import WALStorage
+from wal.money import exact
 from wal.sync.breaker import CircuitBreaker
 from wal.sync.identity import BIND_HINT, check_before_apply, mismatch, read_target
 from wal.sync.results import SyncResult
@@ -209,6 +210,7 @@ class Applier:
             self._probe = self._last_applied
         self.recheck = True
 
+    @exact
     def apply_batch(self, batch: Sequence[WALEntry]) -> dict[uuid.UUID, Outcome]:
         """Apply a batch (apply lock held), record the statuses durably, return outcomes.
 
@@ -304,6 +306,7 @@ class Applier:
         self._step_aside()
         return outcomes
 
+    @exact
     def reapply_lost(self) -> int:
         """Apply again the COMPLETED entries still in the log whose ledger rows the database
         no longer has (restored from a backup, failed over to a lagging replica: it lost its

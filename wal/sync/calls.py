@@ -22,7 +22,7 @@ import inspect
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -34,6 +34,7 @@ from wal.db.checks import argument_named
 from wal.db.engine import DEFAULT_URL
 from wal.entry import OperationType
 from wal.errors import WALArgumentError, WALConfigError, WALIdempotencyConflictError
+from wal.money import MONEY_CONTEXT, exact
 from wal.sync.results import Receipt
 
 __all__ = [
@@ -166,7 +167,7 @@ def _canonical(value: Any) -> Any:
     return (type(value).__name__, repr(value))
 
 
-_CANON = Context(prec=80)  # normalize() exactly, whatever the caller's decimal context
+_CANON = MONEY_CONTEXT  # normalize() exactly, whatever the caller's decimal context
 
 
 def request_digest(op: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
@@ -227,6 +228,7 @@ class DurableBalanceTxn:
         self.delta = Decimal(0)
         self.reasons: list[str] = []
 
+    @exact
     def add(self, delta: Decimal, reason: str = "") -> Decimal:
         if not isinstance(delta, Decimal):
             raise TypeError(f"delta must be a Decimal, got {type(delta).__name__}")

@@ -41,6 +41,7 @@ from wal.db.schema import valid_money
 from wal.entry import OperationType, WALEntry, WALEntryStatus, utc_now
 from wal.errors import WALArgumentError, WALDatabaseError
 from wal.log.storage import WALStorage
+from wal.money import exact, in_money_context
 from wal.sync.calls import (
     ID_PARAMS,
     DurableBalanceTxn,
@@ -319,6 +320,7 @@ class DurableDatabaseManager:
         except WALDatabaseError:
             return None
 
+    @exact
     def _check_new_balance(self, account: object, delta: Decimal) -> None:
         """Refuse, before logging, an update whose new balance the column could not hold (as
         this process knows the balance: no database read); the database would refuse it."""
@@ -444,7 +446,9 @@ class DurableDatabaseManager:
         """Run a blocking call (fsync, database round trip) off the event loop."""
         with self._executor_lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(32, thread_name_prefix="wal-async")
+                self._executor = ThreadPoolExecutor(
+                    32, thread_name_prefix="wal-async", initializer=in_money_context
+                )
             executor = self._executor
         call = functools.partial(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(executor, call)

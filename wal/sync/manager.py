@@ -53,6 +53,7 @@ from wal.crashpoints import crash_point
 from wal.entry import OperationType, WALEntry, WALEntryStatus
 from wal.errors import WALError, WALWriteError
 from wal.log.storage import WALStorage
+from wal.money import exact, in_money_context
 from wal.sync.apply import Applier, ApplyObserver, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
 from wal.sync.calls import ID_PARAMS, TIME_PARAMS, request_digest
@@ -204,7 +205,9 @@ class WALManager:
             with self._keys_lock:
                 if self._executor is None:
                     # keyed write_async calls wait for their fsync in these threads too
-                    self._executor = ThreadPoolExecutor(32, thread_name_prefix="wal-apply")
+                    self._executor = ThreadPoolExecutor(
+                        32, thread_name_prefix="wal-apply", initializer=in_money_context
+                    )
         return self._executor
 
     def add_apply_observer(self, observer: ApplyObserver) -> None:
@@ -580,6 +583,7 @@ class WALManager:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @exact  # the thread's decimal context is the money context, never DefaultContext's copy
     def _run(self) -> None:
         while not self._applier.stopping.is_set():
             self._wake.wait(self._next_delay())

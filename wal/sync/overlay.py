@@ -32,6 +32,10 @@ When the database cannot be reached, the *kept* state answers: the last fresh re
 everything logged since that read started (minus dead letters). If there has never been a
 fresh read, the balance is unknown and the read raises: trading must wait.
 
+Its sums are exact whatever the caller's decimal context: every public method that adds or
+subtracts (or reads an entry's effect) runs in the money context (``wal.money.exact``), and the
+private helpers run only under them.
+
 This holds while the wrapped manager is the only writer of the critical tables, which the
 log's one-writer lock makes true for one log per database.
 """
@@ -47,6 +51,7 @@ from decimal import Decimal
 from typing import Any
 
 from wal.entry import OperationType, WALEntry, WALEntryStatus
+from wal.money import exact
 
 __all__ = ["BalanceReader", "Overlay", "PositionsReader"]
 
@@ -176,6 +181,7 @@ class Overlay:
     # -------------------------------------------------------------- entry rules
 
     @staticmethod
+    @exact
     def balance_delta(entry: WALEntry, account: str) -> Decimal:
         """What ``entry`` adds to ``account``'s balance (a balance update, or a fill's cash)."""
         eff = _effect(entry)
@@ -213,6 +219,7 @@ class Overlay:
 
     # -------------------------------------------------------------- feeding
 
+    @exact
     def track_open(self, pending: Iterable[WALEntry]) -> None:
         """The entries pending when the log was opened: counted, and maybe applied (a crash
         may have come between the database's COMMIT and the log's COMPLETED record)."""
@@ -224,6 +231,7 @@ class Overlay:
                 self._count(eff, 1)
                 self._unsure[eff.entry_id] = eff
 
+    @exact
     def on_write(self, entry: WALEntry) -> None:
         """The write hook: a newly durable entry (before it is applied, or while: the sync
         thread may find it in the log before this hook runs; then the batch counted it)."""
@@ -258,6 +266,7 @@ class Overlay:
         up to 13 ms (SQLite) and 29 ms (PostgreSQL) at p99. The drain waits instead."""
         self._gate.pause_for_reads(READS_FIRST_SECONDS)
 
+    @exact
     def batch_starting(self, batch: Sequence[WALEntry]) -> None:
         """The manager is about to apply ``batch``: its entries are uncertain until it ends.
         Waits for the reads in progress (a read must not see a batch start mid-way). An entry
@@ -274,6 +283,7 @@ class Overlay:
                     self._register(eff)
                 self._inflight[eff.entry_id] = eff
 
+    @exact
     def batch_finished(
         self,
         batch: Sequence[WALEntry],
@@ -330,6 +340,7 @@ class Overlay:
 
     # -------------------------------------------------------------- fresh reads
 
+    @exact
     def fresh_balance(self, account: str, read: BalanceReader) -> Decimal:
         """The database's balance plus every entry logged and not in it (see the module)."""
         with self._gate.reading():
@@ -357,6 +368,7 @@ class Overlay:
                     self._kept_bal[account] = (number, value, logged)
                 return value
 
+    @exact
     def fresh_positions(self, read: PositionsReader) -> list[dict[str, Any]]:
         """The database's open positions with every pending position entry applied on top."""
         with self._gate.reading():
@@ -398,6 +410,7 @@ class Overlay:
 
     # -------------------------------------------------------------- kept state
 
+    @exact
     def kept_balance(self, account: str) -> Decimal | None:
         """The last fresh balance plus what was logged since that read started."""
         with self._lock:
