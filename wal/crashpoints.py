@@ -69,7 +69,9 @@ POINTS = frozenset(
 )
 
 _name, _, _nth = os.environ.get("WAL_CRASH_POINT", "").partition(":")
-if _name and (_name not in POINTS or (_nth and not (_nth.isdigit() and int(_nth) > 0))):
+if _name and (
+    _name not in POINTS or (_nth and not (_nth.isascii() and _nth.isdigit() and int(_nth) > 0))
+):
     raise WALConfigError(
         "WAL_CRASH_POINT",
         os.environ["WAL_CRASH_POINT"],

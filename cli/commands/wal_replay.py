@@ -29,7 +29,7 @@ CHUNK = 500  # entry ids asked of the ledger per query
 
 def _since(value: str) -> int | datetime:
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() is true; int() refuses it
         return int(text)
     try:
         return parse_time(text)

@@ -692,3 +692,12 @@ def test_the_wrong_user_is_told_permission_denied_not_no_log(tmp_path: Path) -> 
     os.chmod(tmp_path, 0o700)  # now the parent is closed too
     told = _as_nobody(lambda: require_log_dir(config))
     assert "permission denied" in told and "does not exist" not in told, told
+
+
+@pytest.mark.parametrize("since", ["\u00b2", "\u0663"])
+def test_replay_since_that_is_no_lsn_or_time_is_a_usage_error(tmp_path: Path, since: str) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a traceback, not a usage error."""
+    r = CliRunner().invoke(atb, ["wal", "--dir", str(tmp_path), "replay", "--since", since])
+    assert r.exit_code == 2, r.output
+    assert isinstance(r.exception, SystemExit)
+    assert "Invalid value for --since" in r.output

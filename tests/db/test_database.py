@@ -203,7 +203,8 @@ def test_log_trade_and_read_back(db: DatabaseManager) -> None:
     assert first["executed_at"].tzinfo is not None
     assert [t["trade_id"] for t in db.get_trades(session_id="s-1")] == ["t-1"]
     assert db.get_trades(session_id="none") == []
-    # Another zone is the same instant; a naive datetime is taken as UTC.
+    # Another zone is the same instant; a naive datetime is refused (it names no zone:
+    # datetime.now() is local time), nothing written.
     plus2 = timezone(timedelta(hours=2))
     db.log_trade(
         symbol="X",
@@ -213,22 +214,26 @@ def test_log_trade_and_read_back(db: DatabaseManager) -> None:
         trade_id="tz",
         executed_at=T0.astimezone(plus2) + timedelta(seconds=5),
     )
-    db.log_trade(
-        symbol="X",
-        side="buy",
-        quantity=Decimal(1),
-        price=Decimal(1),
-        trade_id="naive",
-        executed_at=T0.replace(tzinfo=None) + timedelta(seconds=6),
-    )
+    with pytest.raises(ValueError, match=r"executed_at=.* is naive") as naive:
+        db.log_trade(
+            symbol="X",
+            side="buy",
+            quantity=Decimal(1),
+            price=Decimal(1),
+            trade_id="naive",
+            executed_at=T0.replace(tzinfo=None) + timedelta(seconds=6),
+        )
+    assert getattr(naive.value, "argument", None) == "executed_at"
+    with pytest.raises(ValueError, match="side='hodl' is not 'buy' or 'sell'"):
+        db.log_trade(symbol="X", side="hodl", quantity=Decimal(1), price=Decimal(1))
     by_id = {t["trade_id"]: t["executed_at"] for t in db.get_trades()}
     assert by_id["tz"] == T0 + timedelta(seconds=5)
-    assert by_id["naive"] == T0 + timedelta(seconds=6)
+    assert "naive" not in by_id
     with pytest.raises(ValueError, match="quantity must be positive"):
         db.log_trade(symbol="X", side="buy", quantity=Decimal(0), price=Decimal(1))
     with pytest.raises(sa.exc.IntegrityError):
         db.log_trade(symbol="X", side="buy", quantity=Decimal(1), price=Decimal(1), trade_id="t-1")
-    assert len(db.get_trades()) == 4
+    assert len(db.get_trades()) == 3  # t-1, the generated one, tz: the naive one was refused
 
 
 def test_position_lifecycle(db: DatabaseManager) -> None:

@@ -22,6 +22,8 @@ def test_names_sort_by_first_lsn(tmp_path: Path) -> None:
         "00000000000000000009.wal.tmp",
         "1.wal",
         "0000000000000000000a.wal",
+        "00000000000000000007.wal\n",  # "$" matched before a trailing newline
+        "0000000000000000000\u0663.wal",  # ARABIC-INDIC DIGIT THREE: \d, not [0-9]
     ]:
         (tmp_path / other).write_bytes(b"")
     assert segment_name(1) == "00000000000000000001.wal"

@@ -404,3 +404,6 @@ def test_the_digest_is_appended_fsynced_and_refuses_a_symlink(
     assert not (tmp_path / "elsewhere").exists()
     with pytest.raises(ValueError, match="not an audit anchor"):
         append_digest(d / "x", 1, "not-a-hash")
+    with pytest.raises(ValueError, match="not an audit anchor"):  # "$" passed a trailing \n
+        append_digest(d / "x", 1, "c" * 64 + "\n")
+    assert not (d / "x").exists()

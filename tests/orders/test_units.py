@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -28,9 +28,11 @@ from wal.orders import (
     map_status,
     validate_intent,
 )
+from wal.orders.broker import BrokerOrder
 from wal.orders.errors import BrokerProtocolError, BrokerUnavailable
 from wal.orders.faults import Fault, FaultPlan
-from wal.orders.models import Fill
+from wal.orders.models import Fill, Order
+from wal.orders.validation import CREATED_AT_MAX_AGE, CREATED_AT_MAX_SKEW
 
 S = OrderState
 
@@ -121,6 +123,34 @@ def intent(**kw: Any) -> OrderIntent:
         ),
         ({"client_order_id": "x" * 37}, RejectReason.BAD_CLIENT_ORDER_ID, "client_order_id"),
         ({"client_order_id": "a b"}, RejectReason.BAD_CLIENT_ORDER_ID, "client_order_id"),
+        # "$" matched before a trailing newline: "AAPL\n" was journaled and sent
+        ({"symbol": "AAPL\n"}, RejectReason.BAD_SYMBOL, "symbol"),
+        ({"client_order_id": "abc\n"}, RejectReason.BAD_CLIENT_ORDER_ID, "client_order_id"),
+        ({"time_in_force": "bogus"}, RejectReason.BAD_TIME_IN_FORCE, "time_in_force"),
+        ({"time_in_force": "GTC"}, RejectReason.BAD_TIME_IN_FORCE, "time_in_force"),
+        ({"time_in_force": None}, RejectReason.BAD_TIME_IN_FORCE, "time_in_force"),
+        ({"account": None}, RejectReason.BAD_ACCOUNT, "account"),
+        ({"account": 7}, RejectReason.BAD_ACCOUNT, "account"),
+        ({"account": ""}, RejectReason.BAD_ACCOUNT, "account"),
+        ({"account": "x" * 65}, RejectReason.BAD_ACCOUNT, "account"),
+        ({"account": "acct\n"}, RejectReason.BAD_ACCOUNT, "account"),
+        ({"created_at": datetime(2026, 1, 1)}, RejectReason.BAD_CREATED_AT, "created_at"),
+        ({"created_at": "2026-01-01"}, RejectReason.BAD_CREATED_AT, "created_at"),
+        (
+            {"created_at": datetime.now(UTC) + timedelta(minutes=5)},
+            RejectReason.BAD_CREATED_AT,
+            "created_at",
+        ),
+        (
+            {"created_at": datetime.now(UTC) - timedelta(days=2)},
+            RejectReason.BAD_CREATED_AT,
+            "created_at",
+        ),
+        (
+            {"created_at": datetime.min.replace(tzinfo=UTC)},
+            RejectReason.BAD_CREATED_AT,
+            "created_at",
+        ),
     ],
 )
 def test_each_bad_intent_has_its_reason(
@@ -131,6 +161,98 @@ def test_each_bad_intent_has_its_reason(
     assert e.value.reason is reason
     assert e.value.field == field
     assert reason.value in str(e.value)
+
+
+def test_created_at_bounds_and_zones() -> None:
+    """A minute of clock skew ahead, a day back; an aware time in another zone is the same
+    instant, kept in UTC (as the journal gives it back)."""
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    for ok in (now, now + CREATED_AT_MAX_SKEW, now - CREATED_AT_MAX_AGE):
+        validate_intent(intent(created_at=ok), ClientIdRules(), now=now)
+    for bad in (
+        now + CREATED_AT_MAX_SKEW + timedelta(microseconds=1),
+        now - CREATED_AT_MAX_AGE - timedelta(microseconds=1),
+    ):
+        with pytest.raises(OrderRejected) as e:
+            validate_intent(intent(created_at=bad), ClientIdRules(), now=now)
+        assert (e.value.reason, e.value.field) == (RejectReason.BAD_CREATED_AT, "created_at")
+    new_york = timezone(timedelta(hours=-4))
+    i = intent(created_at=now.astimezone(new_york))
+    assert i.created_at == now and i.created_at.tzinfo is UTC
+    validate_intent(i, ClientIdRules(), now=now)
+    for tif in ("day", "gtc", "ioc", "fok"):
+        validate_intent(intent(time_in_force=tif, created_at=now), ClientIdRules(), now=now)
+
+
+def test_times_read_back_without_a_zone_are_utc() -> None:
+    """An intent journaled naive before created_at was checked, and a broker's order time
+    without a zone, are compared with aware times (the fill fetch, the reconciler): UTC."""
+    row = {
+        "client_order_id": "c1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": "1",
+        "order_type": "market",
+        "state": "accepted",
+        "created_at": datetime(2026, 1, 2, 3, 4, 5),
+    }
+    assert Order.from_row(row).intent.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    bo = BrokerOrder.from_dict(
+        {
+            "id": "b1",
+            "client_order_id": "c1",
+            "symbol": "AAPL",
+            "side": "buy",
+            "qty": "1",
+            "type": "market",
+            "status": "new",
+            "created_at": "2026-01-02T03:04:05",
+        }
+    )
+    assert bo.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+BAD_SUBMITS: list[dict[str, Any]] = [
+    {"symbol": "AAPL\n"},
+    {"time_in_force": "bogus"},
+    {"time_in_force": None},
+    {"account": None},
+    {"account": 7},
+    {"side": "sell", "account": 7},
+    {"created_at": datetime.now()},  # naive: local time
+    {"created_at": datetime.now(UTC) + timedelta(minutes=5)},
+]
+
+
+@pytest.mark.parametrize("kw", BAD_SUBMITS)
+def test_a_bad_submit_is_one_order_rejected_and_nothing_is_journaled_or_sent(
+    tmp_path: Any, kw: dict[str, Any]
+) -> None:
+    """Each of these was journaled and sent ("AAPL\n", time_in_force "bogus", a created_at
+    that then kept its fills from being booked), or raised WALArgumentError (None, 7), or
+    was called insufficient_balance (an int account on a buy)."""
+    broker = PaperBroker(seed=1)
+    rig = make_rig(tmp_path, broker)
+    field = next(k for k in kw if k != "side")
+
+    async def go() -> None:
+        await rig.om.start()
+        with pytest.raises(OrderRejected) as e:
+            await rig.om.submit(intent(**kw))
+        assert e.value.field == field
+        assert e.value.reason.value == f"bad_{field}"
+
+    try:
+        run(go())
+        assert broker.submit_calls == 0
+        assert rig.om.open_orders() == []
+        assert rig.ddb.storage is not None
+        assert [
+            e for e in rig.ddb.storage.iter_entries() if e.operation.startswith("record_order")
+        ] == []
+        assert rig.ddb.db.get_order_rows() == []
+    finally:
+        rig.close()
 
 
 def view(**kw: Any) -> RiskView:

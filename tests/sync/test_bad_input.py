@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from trading_child import fast_config
+from trading_child import fast_config, make_outage
 
 from wal import DurableDatabaseManager, WALEntryStatus, WALStorage
 from wal.db import DatabaseManager
@@ -334,3 +334,161 @@ def test_an_update_whose_new_balance_overflows_the_column_is_refused(stack: Stac
         ddb.atomic_balance_update(big, account="big")
     assert stack.snapshot() == before
     assert ddb.get_balance("big") == big
+
+
+# --------------------------------------------------------------------------- which argument
+
+NAIVE = datetime(2026, 1, 2, 3, 4, 5)  # no tzinfo: datetime.now() on a host is local time
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        # a value that looks like a name is not the argument's name
+        (
+            lambda d: d.log_trade(symbol="X", side="buy", quantity="abc", price=Decimal(1)),
+            "quantity",
+        ),
+        (
+            lambda d: d.log_trade(symbol="X", side="buy", quantity=Decimal(1), price="price"),
+            "price",
+        ),
+        (
+            lambda d: d.create_trading_session(strategy="s", initial_balance="mode"),
+            "initial_balance",
+        ),
+        (
+            lambda d: asyncio.run(
+                d.log_position_async(
+                    symbol="X", side="long", quantity="size", entry_price=Decimal(1)
+                )
+            ),
+            "quantity",
+        ),
+        # calls that do not bind: the parameter Python's message names, or *args
+        (
+            lambda d: d.log_trade("X", "buy", Decimal(1), Decimal(1), None, None, None, None),
+            "*args",
+        ),
+        (lambda d: d.close_position(exit_price=Decimal(1)), "position_id"),
+        (
+            lambda d: d.log_trade(
+                symbol="X", side="buy", quantity=Decimal(1), price=Decimal(1), too=1
+            ),
+            "too",
+        ),
+        (lambda d: d.update_position("p", position_id="p"), "position_id"),
+        # the order journal's group path
+        (
+            lambda d: d.journal_orders(
+                [
+                    (
+                        "record_order_event",
+                        {
+                            "client_order_id": "c",
+                            "seq": "kind",
+                            "kind": "k",
+                            "state": "s",
+                            "at": NOW,
+                        },
+                        None,
+                    )
+                ]
+            ),
+            "seq",
+        ),
+    ],
+)
+def test_the_refusal_names_the_argument_not_a_word_of_its_message(
+    stack: Stack, call: Any, argument: str
+) -> None:
+    stack.fresh_context()  # the schema (the snapshot reads every table)
+    stack.ddb.force_sync()
+    before = stack.snapshot()
+    with pytest.raises(WALArgumentError) as e:
+        call(stack.ddb)
+    assert e.value.argument == argument, str(e.value)
+    assert f"({argument}=...)" in str(e.value)
+    assert stack.snapshot() == before
+
+
+# --------------------------------------------------------------------------- sides and times
+
+ODD_VALUES = [
+    ("log_trade", "side", "hodl", "side='hodl' is not 'buy' or 'sell'"),
+    ("log_trade", "side", "long", "is not 'buy' or 'sell'"),
+    ("log_trade", "side", "BUY", "is not 'buy' or 'sell'"),
+    ("log_trade", "executed_at", NAIVE, "is naive"),
+    ("log_position", "side", "up", "side='up' is not 'long' or 'short'"),
+    ("log_position", "side", "buy", "is not 'long' or 'short'"),
+    ("log_position", "opened_at", NAIVE, "is naive"),
+    ("close_position", "closed_at", NAIVE, "is naive"),
+    ("create_trading_session", "started_at", NAIVE, "is naive"),
+    ("end_trading_session", "ended_at", NAIVE, "is naive"),
+    ("record_order_intent", "created_at", NAIVE, "is naive"),
+]
+
+
+@pytest.mark.parametrize(("op", "name", "value", "problem"), ODD_VALUES)
+@pytest.mark.parametrize("how", ["sync", "async", "journal"])
+def test_a_side_the_column_does_not_mean_or_a_naive_time_is_refused_before_the_log(
+    stack: Stack, op: str, name: str, value: Any, problem: str, how: str
+) -> None:
+    """``side="hodl"`` and a naive ``datetime`` were logged and applied (a naive time taken
+    as UTC: hours off on a host in another zone). Refused, naming the argument; nothing is
+    written (the *_async variants and the journal's group path too)."""
+    ctx = stack.fresh_context()
+    call = valid_calls(ctx)[op]
+    call[name] = value
+    stack.ddb.force_sync()
+    before = stack.snapshot()
+    with pytest.raises(WALArgumentError) as e:
+        _call(stack, op, call, how)
+    assert (e.value.operation, e.value.argument) == (op, name)
+    assert problem in str(e.value)
+    assert stack.snapshot() == before
+
+
+def test_an_aware_time_in_another_zone_is_the_same_instant(stack: Stack) -> None:
+    plus5 = timezone(timedelta(hours=5))
+    tid = stack.ddb.log_trade(
+        symbol="X",
+        side="sell",
+        quantity=Decimal(1),
+        price=Decimal(1),
+        executed_at=NOW.astimezone(plus5),
+    )
+    assert stack.ddb.drain(timeout=30) == 0
+    (trade,) = [t for t in stack.db.get_trades() if t["trade_id"] == tid]
+    assert trade["executed_at"] == NOW
+
+
+def test_refused_while_the_database_is_down(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With the database unreachable the log takes every call (it applies them later): a
+    bad one must still be refused before it is logged, not dead-lettered when it comes back."""
+    outage = make_outage(db_url, request)
+    s = Stack(tmp_path, db_url)
+    outage.attach(s.db)
+    s.ddb.start()
+    try:
+        ctx = s.fresh_context()
+        assert s.ddb.drain(timeout=30) == 0
+        before = s.snapshot()
+        outage.begin()
+        for op, name, value, problem in ODD_VALUES:
+            call = valid_calls(ctx)[op]
+            call[name] = value
+            for how in ("sync", "async"):
+                with pytest.raises(WALArgumentError) as e:
+                    _call(s, op, dict(call), how)
+                assert e.value.argument == name and problem in str(e.value)
+        assert s.storage.last_lsn == before[0]
+        outage.end()
+        assert s.ddb.drain(timeout=30) == 0
+        assert s.snapshot() == before
+        assert s.storage.count(WALEntryStatus.FAILED) == 0
+    finally:
+        outage.close()
+        s.close()

@@ -7,7 +7,14 @@ the effect itself uses (types, ranges, string lengths, finite decimals with at m
 places, integers that fit their column), so that an entry the log accepts is one the database
 accepts: it can then fail only on the database's *state* (an unknown position, a seq that
 does not follow), never on its own values. Each refusal is one ``WALArgumentError`` naming
-the operation and the argument.
+the operation and the argument: the name the validator was given (``ArgumentTypeError`` /
+``ArgumentValueError`` carry it), or for a call that does not bind, the parameter Python's
+message names (``argument_named``); never a word guessed from the message.
+
+``check_caller_values`` adds what a *caller* must give beyond the column's rules: a trade's
+side ``buy``/``sell``, a position's ``long``/``short``, and aware times (a naive ``datetime``
+says nothing of its zone). It runs before the log and in ``DatabaseManager``'s own methods,
+not in the effects: those also replay entries logged before these rules.
 
 The row builders of :mod:`wal.db.operations` are pure (they build a row from the arguments),
 so the inserting operations are checked by building their row; the others by the same
@@ -16,6 +23,7 @@ validators with the same names and limits as their effect.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +34,18 @@ from wal.db.operations import INSERT_ONLY, OPERATIONS
 from wal.db.orders import ORDER_OPERATIONS, fill_cash
 from wal.db.schema import (
     MAX_KEY_LEN,
+    POSITION_SIDES,
+    TRADE_SIDES,
+    ArgumentTypeError,
+    ArgumentValueError,
+    valid_aware,
     valid_id,
     valid_money,
     valid_opt_id,
     valid_opt_money,
     valid_opt_positive,
     valid_positive,
+    valid_side,
     valid_text,
     valid_utc,
     valid_when,
@@ -41,8 +55,10 @@ from wal.errors import WALArgumentError
 
 __all__ = [
     "CHECKS",
+    "POSITIONAL",
     "argument_named",
     "check_call",
+    "check_caller_values",
     "check_call_positional",
     "check_key",
     "valid_int",
@@ -54,9 +70,11 @@ _INT32: Final = 2**31 - 1  # sa.Integer is a 32-bit int on PostgreSQL
 def valid_int(value: object, name: str, low: int = 0) -> int:
     """An int (never a bool) in ``[low, 2**31 - 1]``: the columns' ``INTEGER``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(
+            name, f"{name} must be an int, got {type(value).__name__} {value!r}"
+        )
     if not low <= value <= _INT32:
-        raise ValueError(f"{name}={value} is out of range: {low} to {_INT32}")
+        raise ArgumentValueError(name, f"{name}={value} is out of range: {low} to {_INT32}")
     return value
 
 
@@ -84,7 +102,7 @@ def _chain(kw: Mapping[str, Any]) -> None:
 
 def _balance_update(kw: Mapping[str, Any]) -> None:
     if kw.get("delta") is None:
-        raise TypeError("delta is required: the amount to add (a Decimal)")
+        raise ArgumentTypeError("delta", "delta is required: the amount to add (a Decimal)")
     valid_money(kw["delta"], "delta")
     valid_text(kw.get("account", "default"), "account")
     valid_text(kw.get("reason", ""), "reason", 1000, empty=True)
@@ -163,18 +181,26 @@ def _order_fill(kw: Mapping[str, Any]) -> None:
     ops = kw.get("position_ops")
     if ops is not None:
         if not isinstance(ops, list):
-            raise TypeError(f"position_ops must be a list, got {type(ops).__name__}")
+            raise ArgumentTypeError(
+                "position_ops", f"position_ops must be a list, got {type(ops).__name__}"
+            )
         for i, op in enumerate(ops):
             name = f"position_ops[{i}]"
             if not isinstance(op, dict) or not isinstance(op.get("kwargs"), dict):
-                raise TypeError(f"{name} must be a dict with 'op' and 'kwargs' (a dict)")
+                raise ArgumentTypeError(
+                    "position_ops", f"{name} must be a dict with 'op' and 'kwargs' (a dict)"
+                )
             check = _POSITION_CHECKS.get(op.get("op"))  # type: ignore[arg-type]
             if check is None:
-                raise ValueError(f"{name}: unknown position operation {op.get('op')!r}")
+                raise ArgumentValueError(
+                    "position_ops", f"{name}: unknown position operation {op.get('op')!r}"
+                )
             try:
                 check(op["kwargs"])
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"{name}: {exc}") from None
+            except TypeError as exc:  # the argument is position_ops; the text says where in it
+                raise ArgumentTypeError("position_ops", f"{name}: {_unprefixed(exc)}") from None
+            except ValueError as exc:
+                raise ArgumentValueError("position_ops", f"{name}: {exc}") from None
     _chain(kw)
 
 
@@ -186,13 +212,15 @@ def _fill_cash(kw: Mapping[str, Any]) -> None:
     valid_text(kw.get("account"), "account")
     fee = valid_money(kw.get("fee") or 0, "fee")
     if fee < 0:
-        raise ValueError(f"fee must be >= 0 (a cost the account pays), got {fee}")
+        raise ArgumentValueError("fee", f"fee must be >= 0 (a cost the account pays), got {fee}")
     cash = valid_money(kw.get("cash"), "cash")
-    if kw.get("side") not in ("buy", "sell"):
-        raise ValueError(f"side must be buy or sell for a fill that moves cash: {kw.get('side')!r}")
+    if kw.get("side") not in TRADE_SIDES:
+        raise ArgumentValueError(
+            "side", f"side must be buy or sell for a fill that moves cash: {kw.get('side')!r}"
+        )
     due = valid_money(fill_cash(kw["side"], kw["quantity"], kw["price"], fee), "cash")
     if cash != due:
-        raise ValueError(f"cash={cash} is not what the fill moves ({due})")
+        raise ArgumentValueError("cash", f"cash={cash} is not what the fill moves ({due})")
     valid_opt_money(kw.get("replaces_cash"), "replaces_cash")
 
 
@@ -236,6 +264,36 @@ _EFFECTS: Final[dict[str, Callable[..., Any]]] = {**OPERATIONS, **ORDER_OPERATIO
 _SHAPES: Final = {op: KeywordShape(inspect.signature(fn), skip=1) for op, fn in _EFFECTS.items()}
 
 
+# What a caller must give beyond the columns' rules (``check_caller_values``): the sides a
+# trade and a position take, and the times it gives, which must be aware.
+_CALLER_SIDES: Final[dict[str, tuple[str, ...]]] = {
+    OperationType.LOG_TRADE.value: TRADE_SIDES,
+    OperationType.LOG_POSITION.value: POSITION_SIDES,
+}
+_CALLER_TIMES: Final[dict[str, tuple[str, ...]]] = {
+    OperationType.LOG_TRADE.value: ("executed_at",),
+    OperationType.LOG_POSITION.value: ("opened_at",),
+    OperationType.CLOSE_POSITION.value: ("closed_at",),
+    OperationType.CREATE_TRADING_SESSION.value: ("started_at",),
+    OperationType.END_TRADING_SESSION.value: ("ended_at",),
+    OperationType.ORDER_INTENT.value: ("created_at",),
+}
+
+
+def check_caller_values(op: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``ArgumentValueError``/``ArgumentTypeError`` (naming the argument) for a side
+    the operation does not take or a naive time. Run on a caller's call (before the log,
+    ``DatabaseManager``'s methods), never on a replay: entries logged before these rules
+    were accepted, and must still apply."""
+    sides = _CALLER_SIDES.get(op)
+    if sides is not None and "side" in kwargs:
+        valid_side(kwargs["side"], "side", sides)
+    for name in _CALLER_TIMES.get(op, ()):
+        value = kwargs.get(name)
+        if value is not None:
+            valid_aware(value, name)
+
+
 def check_call(op: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse a critical call whose arguments its columns would not take: one
     ``WALArgumentError`` naming the operation and the argument. Nothing is touched."""
@@ -246,22 +304,61 @@ def check_call(op: str, kwargs: Mapping[str, Any]) -> None:
     try:
         shape.bind_keywords(kwargs)  # unknown or missing arguments
     except TypeError as exc:
-        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
+        raise WALArgumentError(op, argument_named(exc), _unprefixed(exc)) from None
     try:
         check(kwargs)
+        check_caller_values(op, kwargs)
     except (TypeError, ValueError, OverflowError) as exc:
-        text = re.sub(r"^\w+\(\) ", "", str(exc))  # "_trade_row() got ...": no private name
-        raise WALArgumentError(op, argument_named(text), text) from None
+        raise WALArgumentError(op, argument_named(exc), _unprefixed(exc)) from None
 
 
-def argument_named(text: str) -> str:
-    """The argument an error message names (a quoted name, or its first word)."""
-    if "'" in text:
-        parts = text.split("'")
-        if len(parts) >= 3 and parts[1].isidentifier():
-            return parts[1]
-    head = text.split(" ", 1)[0].split("=", 1)[0].rstrip(":")
-    return head or "arguments"
+def _unprefixed(exc: BaseException) -> str:
+    """The message without a private function's name ("_trade_row() got ...")."""
+    return re.sub(r"^\w+\(\) ", "", str(exc))
+
+
+# Python's messages for a call that does not bind (inspect.Signature.bind, and a function
+# call's own), each naming the parameter in quotes (its repr)
+_QUOTED = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_BINDING: Final = tuple(
+    re.compile(p)
+    for p in (
+        rf"missing (?:a |\d+ )?required (?:positional |keyword-only )?arguments?: {_QUOTED}",
+        rf"got an unexpected keyword argument {_QUOTED}",
+        rf"multiple values for (?:keyword )?argument {_QUOTED}",
+        rf"{_QUOTED} parameter is positional only",
+        rf"got some positional-only arguments passed as keyword arguments: {_QUOTED}",
+    )
+)
+_TOO_MANY: Final = re.compile(
+    r"too many positional arguments|takes (?:from )?\d+ (?:to \d+ )?positional arguments? "
+    r"but \d+"
+)
+POSITIONAL: Final = "*args"
+"""The argument named when a call has more positional arguments than the method takes."""
+
+
+def argument_named(exc: BaseException) -> str:
+    """The argument ``exc`` is about: the name a validator gave it (``argument``), else the
+    parameter Python's binding error names (a missing, unexpected or doubled one; ``*args``
+    for too many positional arguments), else ``"arguments"``. Never a word of the message:
+    a value may look like a name (``quantity='abc'``)."""
+    named = getattr(exc, "argument", None)
+    if isinstance(named, str) and named:
+        return named
+    text = str(exc)
+    for pattern in _BINDING:
+        m = pattern.search(text)
+        if m is not None:
+            quoted = m.group(1)
+            try:
+                name = ast.literal_eval(quoted)
+            except (ValueError, SyntaxError):
+                name = quoted[1:-1]
+            return str(name) or "arguments"
+    if _TOO_MANY.search(text):
+        return POSITIONAL
+    return "arguments"
 
 
 def check_call_positional(
@@ -276,7 +373,7 @@ def check_call_positional(
     try:
         bound = signature.bind(None, *args, **kwargs)
     except TypeError as exc:
-        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
+        raise WALArgumentError(op, argument_named(exc), str(exc)) from None
     params = dict(bound.arguments)
     params.pop(next(iter(signature.parameters)))  # the connection
     return params

@@ -52,7 +52,7 @@ from wal.db.apply import (
     balance_and_applied_row,
     balance_and_applied_sql,
 )
-from wal.db.checks import check_call, check_call_positional, check_key
+from wal.db.checks import check_call, check_call_positional, check_caller_values, check_key
 from wal.db.classify import RecordNotFoundError, describe_error, is_transient
 from wal.db.engine import DEFAULT_URL
 from wal.db.operations import (
@@ -212,7 +212,10 @@ class DatabaseManager(OrderJournalMethods):
         pnl: Decimal | None = None,
         executed_at: datetime | None = None,
     ) -> str:
-        """Record an executed trade; return its ``trade_id`` (a new uuid4 when not given)."""
+        """Record an executed trade; return its ``trade_id`` (a new uuid4 when not given).
+        ``side`` is ``buy`` or ``sell``; ``executed_at`` an aware datetime (``ValueError``
+        naming the argument otherwise)."""
+        check_caller_values("log_trade", {"side": side, "executed_at": executed_at})
         with self._write() as conn:
             return op_log_trade(
                 conn,
@@ -239,7 +242,9 @@ class DatabaseManager(OrderJournalMethods):
         session_id: str | None = None,
         opened_at: datetime | None = None,
     ) -> str:
-        """Open a position; return its ``position_id`` (a new uuid4 when not given)."""
+        """Open a position; return its ``position_id`` (a new uuid4 when not given).
+        ``side`` is ``long`` or ``short``; ``opened_at`` an aware datetime."""
+        check_caller_values("log_position", {"side": side, "opened_at": opened_at})
         with self._write() as conn:
             return op_log_position(
                 conn,
@@ -288,6 +293,7 @@ class DatabaseManager(OrderJournalMethods):
         closed_at: datetime | None = None,
     ) -> None:
         """Close an open position. Raises ``RecordNotFoundError`` / ``ValueError`` as above."""
+        check_caller_values("close_position", {"closed_at": closed_at})
         with self._write() as conn:
             op_close_position(
                 conn, position_id, exit_price=exit_price, pnl=pnl, closed_at=closed_at
@@ -303,6 +309,7 @@ class DatabaseManager(OrderJournalMethods):
         started_at: datetime | None = None,
     ) -> str:
         """Start a trading session; return its ``session_id`` (a new uuid4 when not given)."""
+        check_caller_values("create_trading_session", {"started_at": started_at})
         with self._write() as conn:
             return op_create_trading_session(
                 conn,
@@ -321,6 +328,7 @@ class DatabaseManager(OrderJournalMethods):
         ended_at: datetime | None = None,
     ) -> None:
         """End a session. ``RecordNotFoundError`` if unknown, ``ValueError`` if already ended."""
+        check_caller_values("end_trading_session", {"ended_at": ended_at})
         with self._write() as conn:
             op_end_trading_session(conn, session_id, final_balance=final_balance, ended_at=ended_at)
 

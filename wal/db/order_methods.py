@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from wal.db.checks import check_caller_values
 from wal.db.connection import DatabaseConnection
 from wal.db.order_reads import (
     anchor_rows,
@@ -38,6 +39,7 @@ class OrderJournalMethods(DatabaseConnection):
 
     def record_order_intent(self, **kwargs: Any) -> str:
         """Insert an order (PENDING) and its first event; return its client order id."""
+        check_caller_values("record_order_intent", kwargs)  # an aware created_at
         with self._write() as conn:
             return op_record_order_intent(conn, **kwargs)
 

@@ -14,12 +14,16 @@ Money is exact: ``NUMERIC(28, 10)`` on PostgreSQL, the decimal's text on SQLite 
 no decimal type and would round through float). Values come back as ``Decimal`` with 10
 places on both. Money given as ``float`` is refused, and so is a value with more than 10
 decimal places or 18 integer digits (it would be rounded or overflow). Times are stored in
-UTC and come back aware; a naive ``datetime`` is taken as UTC. Ids are strings the caller
-may choose; when absent, a uuid4 is generated.
+UTC and come back aware. A caller's time must be aware (``valid_aware``: a naive
+``datetime.now()`` on a host in another zone would be stored hours off); the effects, which
+also replay entries logged before that rule, still take a naive one as UTC. Ids are strings
+the caller may choose; when absent, a uuid4 is generated.
 
 The validators (``valid_money``, ``valid_text``, ``valid_id``, ...) are the one definition
 of those rules: the column types and the effects in :mod:`wal.db.operations` both use them,
-and each raises naming the value that was wrong.
+and each raises naming the value that was wrong: an ``ArgumentTypeError`` or
+``ArgumentValueError`` (a ``TypeError`` / ``ValueError``) whose ``argument`` is the name it
+was given, so a caller turning it into ``WALArgumentError`` never has to parse the message.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ from wal.entry import utc_now
 from wal.money import MONEY_CONTEXT
 
 __all__ = [
+    "TRADE_SIDES",
+    "POSITION_SIDES",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "Money",
     "UTCDateTime",
     "balance_changes",
@@ -59,6 +67,24 @@ _QUANTUM: Final = Decimal(1).scaleb(-_SCALE)
 # the same whatever the caller's decimal context (precision, traps)
 _WIDE: Final = MONEY_CONTEXT.copy()
 _MAX_ID_LEN: Final = 64
+TRADE_SIDES: Final = ("buy", "sell")  # a trade's (and an order's, a fill's) side
+POSITION_SIDES: Final = ("long", "short")  # a position's side
+
+
+class ArgumentTypeError(TypeError):
+    """A value of the wrong type; ``argument`` names it (the name the validator was given)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class ArgumentValueError(ValueError):
+    """A value out of its column's rules; ``argument`` names it."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 # --------------------------------------------------------------------------- column types
@@ -250,21 +276,26 @@ def valid_money(value: object, name: str) -> Decimal:
         d = value
     else:
         if isinstance(value, bool | float) or not isinstance(value, Decimal | int | str):
-            raise TypeError(
+            raise ArgumentTypeError(
+                name,
                 f"{name} must be a Decimal (or int or str), got {type(value).__name__} "
-                f"{value!r}: money is never float"
+                f"{value!r}: money is never float",
             )
         try:
             d = value if isinstance(value, Decimal) else Decimal(value, _WIDE)
         except InvalidOperation:
-            raise ValueError(f"{name}={value!r} is not a decimal number") from None
+            raise ArgumentValueError(name, f"{name}={value!r} is not a decimal number") from None
     if not d.is_finite():
-        raise ValueError(f"{name} must be finite, got {d}")
+        raise ArgumentValueError(name, f"{name} must be finite, got {d}")
     if d and d.adjusted() >= _INT_DIGITS:
-        raise ValueError(f"{name}={d} is out of range: at most {_INT_DIGITS} integer digits")
+        raise ArgumentValueError(
+            name, f"{name}={d} is out of range: at most {_INT_DIGITS} integer digits"
+        )
     q = d.quantize(_QUANTUM, context=_WIDE)
     if q != d:
-        raise ValueError(f"{name}={d} has more than {_SCALE} decimal places; round it first")
+        raise ArgumentValueError(
+            name, f"{name}={d} has more than {_SCALE} decimal places; round it first"
+        )
     return q if q else q.copy_abs()  # no negative zero
 
 
@@ -275,7 +306,7 @@ def valid_opt_money(value: object, name: str) -> Decimal | None:
 def valid_positive(value: object, name: str) -> Decimal:
     d = valid_money(value, name)
     if d <= 0:
-        raise ValueError(f"{name} must be positive, got {d}")
+        raise ArgumentValueError(name, f"{name} must be positive, got {d}")
     return d
 
 
@@ -285,11 +316,11 @@ def valid_opt_positive(value: object, name: str) -> Decimal | None:
 
 def valid_text(value: object, name: str, max_len: int = _MAX_ID_LEN, *, empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(name, f"{name} must be a str, got {type(value).__name__} {value!r}")
     if not value and not empty:
-        raise ValueError(f"{name} must not be empty")
+        raise ArgumentValueError(name, f"{name} must not be empty")
     if len(value) > max_len:
-        raise ValueError(f"{name} is {len(value)} characters long; at most {max_len}")
+        raise ArgumentValueError(name, f"{name} is {len(value)} characters long; at most {max_len}")
     if not value.isascii() or "\x00" in value:
         _storable_text(value, name)
     return value
@@ -299,11 +330,15 @@ def _storable_text(value: str, name: str) -> None:
     """Text both databases store as given: no NUL (PostgreSQL refuses it) and valid UTF-8
     (a lone surrogate cannot be encoded)."""
     if "\x00" in value:
-        raise ValueError(f"{name} contains a NUL character, which the database cannot store")
+        raise ArgumentValueError(
+            name, f"{name} contains a NUL character, which the database cannot store"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)") from None
+        raise ArgumentValueError(
+            name, f"{name} is not valid Unicode text (a lone surrogate)"
+        ) from None
 
 
 def valid_id(value: object, name: str) -> str:
@@ -320,13 +355,42 @@ def valid_opt_id(value: object, name: str) -> str | None:
 
 
 def valid_utc(value: object, name: str) -> datetime:
+    """A datetime in UTC; a naive one is taken as UTC (the effects: entries already logged)."""
     if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(
+            name, f"{name} must be a datetime, got {type(value).__name__} {value!r}"
+        )
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except (OverflowError, ValueError):
-        raise ValueError(f"{name}={value!r} has no UTC equivalent (out of range)") from None
+        raise ArgumentValueError(
+            name, f"{name}={value!r} has no UTC equivalent (out of range)"
+        ) from None
 
 
 def valid_when(value: object, name: str) -> datetime:
     return utc_now() if value is None else valid_utc(value, name)
+
+
+def valid_aware(value: object, name: str) -> datetime:
+    """A caller's time: an aware datetime (in any zone), as UTC. A naive one is refused: it
+    says nothing of its zone (``datetime.now()`` is local time), so taking it as UTC would
+    store it hours off on a host that is not on UTC."""
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise ArgumentValueError(
+            name,
+            f"{name}={value.isoformat()} is naive (no tzinfo); pass an aware datetime, "
+            "e.g. datetime.now(UTC)",
+        )
+    return valid_utc(value, name)
+
+
+def valid_side(value: object, name: str, sides: tuple[str, ...]) -> str:
+    """One of ``sides`` exactly (lower case)."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(name, f"{name} must be a str, got {type(value).__name__} {value!r}")
+    if value not in sides:
+        raise ArgumentValueError(
+            name, f"{name}={value[:40]!r} is not {' or '.join(repr(s) for s in sides)}"
+        )
+    return value

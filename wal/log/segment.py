@@ -66,7 +66,7 @@ BROKEN_SUFFIX = ".broken"
 PREPARED_NAME = "next.wal.prep"  # the next segment being preallocated (no LSN yet)
 SUSPECT_SUFFIX = ".suspect"  # a cut tail that was a complete line with a bad checksum
 PAGE = 4096  # the page size of the page cache: what a power loss loses or keeps as a unit
-_NAME = re.compile(r"^(\d{20})\.wal$")
+_NAME = re.compile(r"([0-9]{20})\.wal")  # fullmatch: "$" would pass a trailing newline
 _HEXB = frozenset(b"0123456789abcdef")
 DIR_MODE = 0o700  # the log directory: owner only (balances and trades)
 FILE_MODE = 0o600  # every file of the log: owner read/write only
@@ -235,7 +235,7 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     """``(first_lsn, path)`` of every segment in the directory, in LSN order."""
     out = []
     for p in directory.iterdir():
-        m = _NAME.match(p.name)
+        m = _NAME.fullmatch(p.name)
         if m:
             out.append((int(m.group(1)), p))
     out.sort()

@@ -119,15 +119,16 @@ class StorageStats:
         return d
 
 
-_OWN_NAMES = re.compile(
-    r"^(?:\d{20}\.wal(?:\.tmp|\.broken(?:\.\d+)?|\.suspect(?:\.\d+)?)?|LOCK|MANIFEST(?:\.tmp)?"
-    r"|next\.wal\.prep|(?:database|manager-status|last-cli-sync)\.json(?:\.tmp)?)$"
+_OWN_NAMES = re.compile(  # fullmatch: "$" would also pass a name ending in a newline
+    r"(?:[0-9]{20}\.wal(?:\.tmp|\.broken(?:\.[0-9]+)?|\.suspect(?:\.[0-9]+)?)?|LOCK"
+    r"|MANIFEST(?:\.tmp)?|next\.wal\.prep|(?:database|manager-status|last-cli-sync)\.json"
+    r"(?:\.tmp)?)"
 )
 
 
 def _foreign_entries(directory: Path) -> list[str]:
     """Names in an existing directory that are not files of a log: it is not (only) a log's."""
-    return sorted(p.name for p in directory.iterdir() if not _OWN_NAMES.match(p.name))
+    return sorted(p.name for p in directory.iterdir() if not _OWN_NAMES.fullmatch(p.name))
 
 
 def _compaction_poison(exc: OSError, directory: Path) -> WALWriteError:

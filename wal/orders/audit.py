@@ -46,7 +46,7 @@ __all__ = [
 
 _BATCH = 5_000
 DIGEST_NAME = "order-audit.digest"
-_LINE = re.compile(r"^(\d+) ([0-9a-f]{64})$")
+_LINE = re.compile(r"([0-9]+) ([0-9a-f]{64})")  # fullmatch: "$" passes a trailing "\n"
 
 
 def digest_path(wal_dir: Path | str) -> Path:
@@ -56,7 +56,7 @@ def digest_path(wal_dir: Path | str) -> Path:
 
 def append_digest(path: Path, seq: int, hash_: str) -> None:
     """Append one anchor to the digest file, durably (module docstring)."""
-    if not _LINE.match(f"{seq} {hash_}"):
+    if not _LINE.fullmatch(f"{seq} {hash_}"):
         raise ValueError(f"not an audit anchor: seq {seq!r}, hash {hash_!r}")
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -97,7 +97,7 @@ def read_digest(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     out: list[tuple[int, str]] = []
     problems: list[str] = []
     for n, line in enumerate(lines, 1):
-        m = _LINE.match(line)
+        m = _LINE.fullmatch(line)
         if m is None:
             problems.append(f"digest file {path}: line {n} is not 'SEQ HASH': {line[:80]!r}")
             continue

@@ -153,6 +153,11 @@ def _s(v: Decimal | None) -> str | None:
     return None if v is None else format(v, "f")
 
 
+def _aware(t: datetime) -> datetime:
+    """A broker's time without a zone is UTC (it is compared with our aware times)."""
+    return t.replace(tzinfo=UTC) if t.utcoffset() is None else t
+
+
 @dataclass(frozen=True)
 class BrokerOrder:
     """An order as the broker reports it (``status`` is the broker's own string)."""
@@ -217,7 +222,7 @@ class BrokerOrder:
             avg_fill_price=_dec(d.get("filled_avg_price")),
             limit_price=_dec(d.get("limit_price")),
             stop_price=_dec(d.get("stop_price")),
-            created_at=datetime.fromisoformat(str(d["created_at"])),
+            created_at=_aware(datetime.fromisoformat(str(d["created_at"]))),
             reject_reason=d.get("reject_reason"),
         )
 

@@ -33,7 +33,7 @@ from typing import Any
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
 from wal.money import exact
-from wal.orders.base import LIVE_STATES, OrderBase, why
+from wal.orders.base import LIVE_STATES, OrderBase, utc, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
 from wal.orders.journal import FillCall
@@ -526,7 +526,7 @@ class OrderFills(OrderBase):
             limit_price=bo.limit_price,
             stop_price=bo.stop_price,
             client_order_id=bo.client_order_id,
-            created_at=bo.created_at,
+            created_at=utc(bo.created_at),  # the broker's time; a naive one taken as UTC
         )
         cid = intent.client_order_id
         async with self._lock(cid):

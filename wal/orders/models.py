@@ -42,14 +42,30 @@ def _t(v: datetime | None) -> str | None:
 
 
 def _time(v: Any) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(str(v))
+    """A time read back (a row, the journal's kwargs, a broker's dict) as aware UTC: one
+    journaled naive before ``validate_intent`` refused it is taken as UTC."""
+    if v is None:
+        return None
+    t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+    return t.replace(tzinfo=UTC) if t.utcoffset() is None else _in_utc(t)
+
+
+def _in_utc(t: datetime) -> datetime:
+    """An aware time in UTC (the same instant); anything else as it is."""
+    if t.tzinfo is UTC or t.utcoffset() is None:
+        return t
+    try:
+        return t.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return t  # no UTC equivalent: validate_intent refuses it as too old or in the future
 
 
 @dataclass(frozen=True, slots=True)
 class OrderIntent:
     """What a strategy wants: validated by ``OrderManager.submit``, then journaled as is.
+
+    ``created_at`` must be aware (``datetime.now(UTC)``, the default); one in another zone
+    is kept in UTC. ``time_in_force``: ``day``, ``gtc``, ``ioc`` or ``fok``.
 
     ``client_order_id`` is made once, here, and never regenerated: it is the broker's client
     id and the log's idempotency key, so submitting the same intent twice is one order.
@@ -65,6 +81,13 @@ class OrderIntent:
     account: str = "default"  # the balance account the order is valued against
     client_order_id: str = field(default_factory=new_client_order_id)
     created_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        # an aware created_at in another zone is kept as the same instant in UTC, as the
+        # journal gives it back; a naive one is left for validate_intent to refuse
+        created = self.created_at
+        if isinstance(created, datetime) and created.tzinfo is not UTC:
+            object.__setattr__(self, "created_at", _in_utc(created))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,19 +12,40 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
+from wal.entry import utc_now
 from wal.money import exact
 from wal.orders.broker import ClientIdRules
 from wal.orders.errors import OrderRejected, RejectReason
 from wal.orders.models import OrderIntent
 
-__all__ = ["ORDER_TYPES", "SIDES", "RiskLimits", "RiskView", "check_risk", "validate_intent"]
+__all__ = [
+    "CREATED_AT_MAX_AGE",
+    "CREATED_AT_MAX_SKEW",
+    "ORDER_TYPES",
+    "SIDES",
+    "TIMES_IN_FORCE",
+    "RiskLimits",
+    "RiskView",
+    "check_risk",
+    "validate_intent",
+]
 
 SIDES: Final = frozenset({"buy", "sell"})
 ORDER_TYPES: Final = frozenset({"market", "limit", "stop", "stop_limit"})
-SYMBOL_RE: Final = re.compile(r"^[A-Z0-9][A-Z0-9._/:-]{0,31}$")
+TIMES_IN_FORCE: Final = frozenset({"day", "gtc", "ioc", "fok"})  # the API's (wal.service.schemas)
+# the whole string (fullmatch): "$" would also match before a trailing newline
+SYMBOL_RE: Final = re.compile(r"[A-Z0-9][A-Z0-9._/:-]{0,31}")
+_MAX_ACCOUNT_LEN: Final = 64  # the balances' account column
+# created_at: the fills of an order are fetched from its created_at (less a minute), so a
+# time in the future loses them, and a naive one cannot be compared with the broker's times.
+# A minute of clock skew ahead; at most a day old (an intent is a decision to trade now: a
+# stale one is refused, and fetching a broker's fills for days on every poll is not done).
+CREATED_AT_MAX_SKEW: Final = timedelta(seconds=60)
+CREATED_AT_MAX_AGE: Final = timedelta(days=1)
 _MAX_DIGITS: Final = 18  # the database's NUMERIC(28, 10): at most 18 integer digits
 _MAX_PLACES: Final = 10
 
@@ -105,9 +126,12 @@ def _amount(value: object, name: str, reason: RejectReason) -> Decimal:
     return value
 
 
-def validate_intent(intent: OrderIntent, rules: ClientIdRules | None = None) -> None:
-    """Raise ``OrderRejected`` for the first thing wrong with the intent itself."""
-    if not isinstance(intent.symbol, str) or not SYMBOL_RE.match(intent.symbol):
+def validate_intent(
+    intent: OrderIntent, rules: ClientIdRules | None = None, *, now: datetime | None = None
+) -> None:
+    """Raise ``OrderRejected`` for the first thing wrong with the intent itself (``now``:
+    the time ``created_at`` is judged against, the clock's by default)."""
+    if not isinstance(intent.symbol, str) or not SYMBOL_RE.fullmatch(intent.symbol):
         raise _reject(
             RejectReason.BAD_SYMBOL,
             f"symbol {intent.symbol!r} is not 1-32 chars of "
@@ -139,6 +163,15 @@ def validate_intent(intent: OrderIntent, rules: ClientIdRules | None = None) -> 
             )
         if value is not None:
             _amount(value, name, RejectReason.BAD_PRICE)
+    tif = intent.time_in_force
+    if not isinstance(tif, str) or tif not in TIMES_IN_FORCE:
+        raise _reject(
+            RejectReason.BAD_TIME_IN_FORCE,
+            f"time_in_force {tif!r} is not one of {', '.join(sorted(TIMES_IN_FORCE))}",
+            "time_in_force",
+        )
+    _account(intent.account)
+    _created_at(intent.created_at, utc_now() if now is None else now)
     why = (
         (rules or ClientIdRules()).check(intent.client_order_id)
         if isinstance(intent.client_order_id, str)
@@ -149,6 +182,53 @@ def validate_intent(intent: OrderIntent, rules: ClientIdRules | None = None) -> 
             RejectReason.BAD_CLIENT_ORDER_ID,
             f"client_order_id {intent.client_order_id!r}: {why}",
             "client_order_id",
+        )
+
+
+def _account(account: object) -> None:
+    """The balance account the order is valued against: what the balances' column takes,
+    printable (no control characters, no lone surrogate)."""
+    if not isinstance(account, str):
+        raise _reject(
+            RejectReason.BAD_ACCOUNT,
+            f"account must be a str, got {type(account).__name__} {account!r}",
+            "account",
+        )
+    if not 0 < len(account) <= _MAX_ACCOUNT_LEN or not account.isprintable():
+        raise _reject(
+            RejectReason.BAD_ACCOUNT,
+            f"account {account[:80]!r} is not 1-{_MAX_ACCOUNT_LEN} printable characters",
+            "account",
+        )
+
+
+def _created_at(created: object, now: datetime) -> None:
+    if not isinstance(created, datetime):
+        raise _reject(
+            RejectReason.BAD_CREATED_AT,
+            f"created_at must be a datetime, got {type(created).__name__} {created!r}",
+            "created_at",
+        )
+    if created.utcoffset() is None:
+        raise _reject(
+            RejectReason.BAD_CREATED_AT,
+            f"created_at {created.isoformat()} is naive (no tzinfo): pass an aware time, "
+            "e.g. datetime.now(UTC)",
+            "created_at",
+        )
+    if created > now + CREATED_AT_MAX_SKEW:
+        raise _reject(
+            RejectReason.BAD_CREATED_AT,
+            f"created_at {created.isoformat()} is in the future (now {now.isoformat()}; "
+            f"at most {CREATED_AT_MAX_SKEW.total_seconds():.0f} s of clock skew)",
+            "created_at",
+        )
+    if created < now - CREATED_AT_MAX_AGE:
+        raise _reject(
+            RejectReason.BAD_CREATED_AT,
+            f"created_at {created.isoformat()} is more than {CREATED_AT_MAX_AGE} old "
+            f"(now {now.isoformat()}): make a new intent",
+            "created_at",
         )
 
 

@@ -123,7 +123,7 @@ def prepare_call(
         else:
             params = shape.keywords.bind_keywords(kwargs)
     except TypeError as exc:  # an unknown or missing argument: refused before logging
-        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
+        raise WALArgumentError(op, argument_named(exc), str(exc)) from None
     var_keyword = shape.keywords.var_keyword  # the **kwargs of the method, if it has one
     if var_keyword is not None and var_keyword in params:
         params.update(params.pop(var_keyword))
@@ -211,7 +211,7 @@ def check_call(db: Any, op: str, kwargs: dict[str, Any]) -> None:
     try:
         _shape(getattr(db, op)).keywords.bind_keywords(kwargs)  # refused before logging
     except TypeError as exc:
-        raise WALArgumentError(op, argument_named(str(exc)), str(exc)) from None
+        raise WALArgumentError(op, argument_named(exc), str(exc)) from None
     reject_floats(op, kwargs)
 
 
