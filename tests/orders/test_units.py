@@ -137,7 +137,7 @@ def intent(**kw: Any) -> OrderIntent:
         ({"created_at": datetime(2026, 1, 1)}, RejectReason.BAD_CREATED_AT, "created_at"),
         ({"created_at": "2026-01-01"}, RejectReason.BAD_CREATED_AT, "created_at"),
         (
-            {"created_at": datetime.now(UTC) + timedelta(minutes=5)},
+            {"created_at": datetime.now(UTC) + timedelta(days=30)},
             RejectReason.BAD_CREATED_AT,
             "created_at",
         ),
@@ -220,7 +220,7 @@ BAD_SUBMITS: list[dict[str, Any]] = [
     {"account": 7},
     {"side": "sell", "account": 7},
     {"created_at": datetime.now()},  # naive: local time
-    {"created_at": datetime.now(UTC) + timedelta(minutes=5)},
+    {"created_at": datetime.now(UTC) + timedelta(days=30)},
 ]
 
 

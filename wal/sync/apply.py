@@ -149,7 +149,11 @@ class Applier:
         # read decide: the engine starts, the entries stay pending, reads refuse)
         self._armed = False
         engine = getattr(db, "engine", None)
-        if self.exactly_once and isinstance(engine, sa.engine.Engine):
+        # with the hook on every new connection below, an outage needs no recheck of its own
+        # (what answers after it comes through a new connection); a manager of your own
+        # without an engine is rechecked after each outage (database_suspect)
+        self._hooked = self.exactly_once and isinstance(engine, sa.engine.Engine)
+        if self._hooked:
             me = weakref.ref(self)
 
             def on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -201,7 +205,10 @@ class Applier:
     def database_suspect(self) -> None:
         """The database may not be the one last applied to (a connection failed: what answers
         next may be a failover's): check it before the next batch or read (``reapply_lost``).
-        A new connection is checked as it is made (``check_new_connection``)."""
+        With the bundled manager every new connection is checked as it is made
+        (``check_new_connection``) instead: nothing to do here."""
+        if self._hooked:
+            return
         self._target_checked = False
         self.epoch += 1
         if not self.recheck:
