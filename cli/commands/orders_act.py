@@ -222,13 +222,15 @@ def cancel_cmd(
     as_json: bool,
 ) -> None:
     """Cancel an open order (CLIENT_ORDER_ID, or a unique prefix of it) through the journal:
-    the cancel request is journaled, sent to the broker, and the order's status is read back.
+    the order is looked up at the broker by its client id, the cancel request is journaled,
+    sent to the broker id that lookup reports (never the journal's stored one: broker ids can
+    be reused), and the order's status is read back.
 
     Takes the log's writer lock (stop the engine first; a running engine cancels through its
     own OrderManager). Asks to confirm unless --yes. --dry-run prints the order and sends
     nothing. Exit 0: the order is cancelled (or was already final at the broker); 1: no such
-    open order, or not confirmed; 2: no log or not its database; 3: the broker or the
-    database did not answer.
+    open order, the broker does not show it by its client id (nothing sent), or not
+    confirmed; 2: no log or not its database; 3: the broker or the database did not answer.
 
     \b
     Examples:

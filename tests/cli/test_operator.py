@@ -222,6 +222,27 @@ def test_an_unreachable_broker_is_named_not_an_order(tmp_path: Path, paper: Pape
     assert json.loads(r.stdout)["health"]["exit_code"] == 3
 
 
+def test_a_url_that_answers_404_is_not_a_broker_one_line_never_a_traceback(
+    tmp_path: Path, paper: PaperProcess
+) -> None:
+    """A wrong path prefix: the paper broker's own process answers 404 to everything under
+    it. ``reconcile`` says so in one line, exit 3 (nothing changed); ``status`` says it did
+    not check the broker, never compares the journal with positions a 404 read as none."""
+    engine(tmp_path, paper.url, buy=1)
+    wrong = paper.url + "/nope"
+    r = invoke(["orders", "--dir", "wal", "reconcile", "--broker-url", wrong])
+    assert r.exit_code == 3, r.output
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"the broker at {wrong} did not answer" in err and "HTTP 404" in err, err
+    assert "Traceback" not in r.output and "AttributeError" not in r.output
+    r = invoke(["orders", "--dir", "wal", "status", "--broker-url", wrong, "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["checked_broker"] is False and "HTTP 404" in doc["broker_error"], r.output
+    assert r.exit_code == 1  # the journal's own view: its position has no stop (1 wins over 3)
+    assert paper.writes() == 1  # the engine's buy; nothing since
+
+
 def test_reconcile_with_the_log_locked_is_one_line_and_a_json_document(
     tmp_path: Path, paper: PaperProcess
 ) -> None:

@@ -1261,9 +1261,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "cancel-unknown-looked-up-first",
         "wal/orders/manager.py",
         "cancelling an UNKNOWN order looks it up first (nothing sent on a guess)",
-        "                order = await self._chase(order, resend=False)  # resolved by lookup first\n",
-        "                pass\n",
+        "            return await self._adopt(order, bo, EventKind.RECOVERED), bo, None\n",
+        "            return order, bo, None\n",
         (MGR + "test_cancelling_an_unknown_order_looks_it_up_before_anything_is_sent",),
+        "orders",
+    ),
+    Mutation(
+        "cancel-to-the-looked-up-id",
+        "wal/orders/manager.py",
+        "a cancel goes to the broker id the lookup by client id reports, never the stored one (ids are reused)",
+        "            bid = bo.broker_order_id  # the broker's id for this client id now, never the stored one\n",
+        "            bid = order.broker_order_id or bo.broker_order_id\n",
+        (
+            "tests/orders/test_broker_id_reuse.py::test_cancel_goes_to_the_id_the_broker_reports_for_the_client_id",
+        ),
         "orders",
     ),
     Mutation(

@@ -1,8 +1,9 @@
 """The paper broker as its own process (``atb paper-broker serve``), for the HTTP tests.
 
-``PaperProcess(tmp, scope=..., plan=..., tick=...)`` starts it on a free port with a durable
-state file and reads back "listening on URL"; ``.http`` is an httpx client for the checks
-(orders, positions, fills, stats) and the test controls (faults, clock, price).
+``PaperProcess(tmp, scope=..., plan=..., tick=...)`` starts it on a free port (or ``port``:
+a broker restarted where its clients know it) with a durable state file in ``tmp`` and reads
+back "listening on URL"; ``.http`` is an httpx client for the checks (orders, positions,
+fills, stats) and the test controls (faults, clock, price).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class PaperProcess:
         plan: FaultPlan | None = None,
         tick: float = 0.0,
         seed: int = 1,
+        port: int = 0,
     ) -> None:
         faults = tmp / "faults.json"
         faults.write_bytes(orjson.dumps((plan or FaultPlan(seed=seed)).to_dict()))
@@ -37,7 +39,7 @@ class PaperProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "cli.main", "paper-broker", "serve",
-                "--port", "0",
+                "--port", str(port),
                 "--state", str(self.state),
                 "--dedup-scope", scope,
                 "--visibility-window", "0",
@@ -52,6 +54,7 @@ class PaperProcess:
         line = self.proc.stdout.readline().decode()
         assert line.startswith("listening on "), line
         self.url = line.split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1])
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def orders(self) -> list[dict[str, Any]]:

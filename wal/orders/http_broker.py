@@ -4,14 +4,18 @@ and for any broker speaking Alpaca's v2 orders API shape.
 Every transport failure (connect error, read timeout, a dropped connection) and every 5xx
 raises ``BrokerUnavailable``: the request may or may not have been acted on. 422 with
 Alpaca's code 40010001 raises ``DuplicateClientOrderId``; another 4xx on submit raises
-``BrokerRejectedError``; 404 on a lookup is None. A body that cannot be read raises
-``BrokerProtocolError``. ``timeout`` is a real socket timeout (seconds).
+``BrokerRejectedError``. A 404 means "not found" only where ONE order is asked for: the lookup
+by client id answers None, a cancel raises ``BrokerRejectedError``. A 404 anywhere else (the
+lists of positions, orders and fills, the rules, a submit) is not "nothing there": a gateway
+answering 404 for a moment, or a wrong path prefix, would read as a broker holding no
+positions. It raises ``BrokerProtocolError``, as does a body that cannot be read or a list
+endpoint that does not answer a list. ``timeout`` is a real socket timeout (seconds).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -27,6 +31,10 @@ from wal.orders.models import Fill, OrderIntent
 __all__ = ["HttpBroker"]
 
 _DUPLICATE_CODE = 40010001
+
+# what a 404 means: "none" (a lookup of one order: not found), "rejected" (a cancel of one
+# order: the broker does not have it), "error" (anything else: a protocol error, never empty)
+_On404 = Literal["none", "rejected", "error"]
 
 
 class HttpBroker:
@@ -51,7 +59,19 @@ class HttpBroker:
     async def connect(cls, base_url: str, *, timeout: float = 5.0) -> HttpBroker:
         """A client for a paper broker, with the rules it declares."""
         b = cls(base_url, timeout=timeout)
-        b._rules = ClientIdRules.from_dict(await b._request("GET", "/_paper/rules"))
+        try:
+            d = await b._request("GET", "/_paper/rules")
+            if not isinstance(d, dict):
+                raise BrokerProtocolError(
+                    f"GET /_paper/rules: not a rules document ({type(d).__name__})"
+                )
+            try:
+                b._rules = ClientIdRules.from_dict(d)
+            except (TypeError, ValueError) as exc:
+                raise BrokerProtocolError(f"GET /_paper/rules: unreadable rules: {exc}") from exc
+        except BaseException:
+            await b.aclose()
+            raise
         return b
 
     @property
@@ -61,7 +81,7 @@ class HttpBroker:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+    async def _request(self, method: str, path: str, *, on_404: _On404 = "error", **kw: Any) -> Any:
         try:
             r = await self._client.request(method, path, **kw)
         except httpx.TimeoutException as exc:
@@ -71,7 +91,14 @@ class HttpBroker:
         if r.status_code >= 500:
             raise BrokerUnavailable(f"{method} {path}: HTTP {r.status_code}")
         if r.status_code == 404:
-            return None
+            if on_404 == "none":
+                return None
+            if on_404 == "rejected":
+                raise BrokerRejectedError(f"{method} {path}: HTTP 404 (not found)")
+            raise BrokerProtocolError(
+                f"{method} {path}: HTTP 404 (not this broker API: a wrong URL or path prefix, or a "
+                "gateway in front of it); never read as empty"
+            )
         if r.status_code == 204:
             return {}
         try:
@@ -109,25 +136,36 @@ class HttpBroker:
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         d = await self._request(
-            "GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id}
+            "GET",
+            "/v2/orders:by_client_order_id",
+            params={"client_order_id": client_order_id},
+            on_404="none",  # ONE order asked for: 404 is "not found"
         )
         return None if d is None else self._order(d)
 
     async def cancel_order(self, broker_order_id: str) -> None:
-        await self._request("DELETE", f"/v2/orders/{broker_order_id}")
+        await self._request("DELETE", f"/v2/orders/{broker_order_id}", on_404="rejected")
+
+    async def _list(self, path: str, **kw: Any) -> list[Any]:
+        """A list endpoint's answer: a JSON list, else ``BrokerProtocolError`` (a 404, a
+        null or an object is never read as an empty list)."""
+        d = await self._request("GET", path, **kw)
+        if not isinstance(d, list):
+            raise BrokerProtocolError(f"GET {path}: not a list ({type(d).__name__})")
+        return d
 
     async def get_open_orders(self) -> list[BrokerOrder]:
-        return [self._order(d) for d in await self._request("GET", "/v2/orders") or []]
+        return [self._order(d) for d in await self._list("/v2/orders")]
 
     async def get_recent_orders(self, hours: float) -> list[BrokerOrder]:
         after = (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
-        d = await self._request("GET", "/v2/orders", params={"status": "all", "after": after})
-        return [self._order(x) for x in d or []]
+        d = await self._list("/v2/orders", params={"status": "all", "after": after})
+        return [self._order(x) for x in d]
 
     async def get_positions(self) -> list[BrokerPosition]:
-        d = await self._request("GET", "/v2/positions")
+        d = await self._list("/v2/positions")
         try:
-            return [BrokerPosition.from_dict(x) for x in d or []]
+            return [BrokerPosition.from_dict(x) for x in d]
         except (KeyError, TypeError, ArithmeticError) as exc:
             raise BrokerProtocolError(f"unreadable positions: {exc}") from exc
 
@@ -145,8 +183,8 @@ class HttpBroker:
         return [f for f in await self._fills(params) if f.client_order_id == client_order_id]
 
     async def _fills(self, params: dict[str, str]) -> list[Fill]:
-        d = await self._request("GET", "/v2/account/activities/FILL", params=params)
+        d = await self._list("/v2/account/activities/FILL", params=params)
         try:
-            return [Fill.from_dict(x) for x in d or []]
+            return [Fill.from_dict(x) for x in d]
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise BrokerProtocolError(f"unreadable fills: {exc}") from exc

@@ -27,9 +27,12 @@ ACCEPTED entry is being fsynced.
   SUBMIT_FAILED; a failed lookup is never "not found" (it decides nothing). Accepted orders
   get their missing fills; orders SUBMIT_FAILED by absence in the last 24 h are looked up
   again (the broker's word wins over a final journal state).
-* ``cancel()`` has submit's discipline: an UNKNOWN order is looked up before anything is
-  sent; a cancel whose answer is lost is resolved by lookups (and resent while the broker
-  shows the order live); the caller gets the order as it stands.
+* ``cancel()`` has submit's discipline: every sent order is looked up by client id before
+  anything is sent, and the cancel goes to the broker id that lookup reports, never to the
+  journal's stored one (broker ids are reused across broker sessions: the stored id may
+  name another order); not found -> ``OrderRejected``, nothing sent. A cancel whose answer
+  is lost is resolved by lookups (and resent, to the looked-up id, while the broker shows
+  the order live); the caller gets the order as it stands.
 * An order reaches a final state only when its booked fills equal the broker's filled
   quantity (:mod:`wal.orders.fills`); until then it stays open, listed by ``unsettled()``.
 
@@ -53,7 +56,7 @@ from wal.crashpoints import crash_point
 from wal.entry import utc_now
 from wal.money import exact
 from wal.orders.base import LIVE_STATES, NEVER_SENT, RetryPolicy, utc, why
-from wal.orders.broker import DedupScope
+from wal.orders.broker import BrokerOrder, DedupScope
 from wal.orders.errors import (
     BrokerProtocolError,
     BrokerRejectedError,
@@ -396,10 +399,16 @@ class OrderManager(OrderFills):
         """Cancel: a never-sent order locally; a live one at the broker; the order as it
         stands after.
 
-        Submit's discipline: an order whose outcome is unknown (SUBMITTING, UNKNOWN) is
-        looked up first (never resent); a cancel that times out or fails in transport is
-        resolved by lookups (``RetryPolicy``), and sent again only while the broker shows
-        the order live. The caller never gets a bare ``BrokerUnavailable``: if no lookup
+        Submit's discipline: nothing is sent on a guess. Every sent order is **looked up by
+        its client id first**, and the cancel goes to the broker id the broker reports for
+        it, never to the journal's stored one: broker ids can be reused (Interactive
+        Brokers' orderId is per session; a broker restarted without its state numbers its
+        orders from 1 again), and the stored id may now name another order, a protective
+        stop. An order the lookups do not find (or that no lookup answered for) is refused
+        with ``OrderRejected``: nothing was sent, nothing journaled. A cancel that times out
+        or fails in transport is resolved by lookups (``RetryPolicy``), and sent again, to
+        the id the lookup reports, only while the broker shows the order live. Once the
+        cancel was sent the caller never gets a bare ``BrokerUnavailable``: if no lookup
         answers, the order is returned as it stands (its ``cancel_requested`` journaled)."""
         async with self._lock(client_order_id):
             order = self._orders.get(client_order_id)
@@ -413,25 +422,82 @@ class OrderManager(OrderFills):
                 return await self._transition(
                     order, EventKind.CANCELLED, _S.CANCELLED, reason="cancelled before it was sent"
                 )
-            if order.broker_order_id is None or order.state in (_S.SUBMITTING, _S.UNKNOWN):
-                order = await self._chase(order, resend=False)  # resolved by lookup first
-                if is_final(order.state):
-                    return order
-            if order.broker_order_id is None:
+            # resolved by lookup first (an UNKNOWN order is never resent), and the broker id
+            # to act on is the one the broker shows under this client id now
+            order, bo, failure = await self._look_up_for_cancel(order)
+            if bo is None:
+                stored = (
+                    f" (the journal's broker id {order.broker_order_id} was not used: it may "
+                    "name another order now)"
+                    if order.broker_order_id is not None
+                    else ""
+                )
+                found = (
+                    f"the broker did not answer {self.retry.max_attempts} lookups by its client "
+                    f"id (last: {failure})"
+                    if failure is not None
+                    else f"not found at the broker by {self.retry.max_attempts} lookups"
+                )
                 raise OrderRejected(
                     RejectReason.CONFLICTING_INTENT,
-                    f"order {client_order_id!r} is {order.state.value}: not found at the "
-                    f"broker by {self.retry.max_attempts} lookups; nothing was sent",
+                    f"order {client_order_id!r} is {order.state.value}: {found}; nothing was "
+                    f"sent{stored}",
                     field="client_order_id",
                 )
-            order = await self._transition(order, EventKind.CANCEL_REQUESTED, order.state)
-            return await self._cancel_at_broker(order)
+            if is_final(order.state):
+                return order
+            bid = bo.broker_order_id  # the broker's id for this client id now, never the stored one
+            order = await self._transition(
+                order, EventKind.CANCEL_REQUESTED, order.state, broker_order_id=bid
+            )
+            return await self._cancel_at_broker(order, bid)
 
-    async def _cancel_at_broker(self, order: Order) -> Order:
-        """Send the cancel, then look the order up until the broker's answer is known."""
+    async def _own_order(self, cid: str) -> BrokerOrder | None:
+        """The broker's order under client id ``cid`` (one lookup, with the call's timeout);
+        ``BrokerProtocolError`` if the broker answers with another client id's order."""
+        bo = await asyncio.wait_for(
+            self.broker.get_order_by_client_id(cid), self.retry.call_timeout
+        )
+        if bo is not None and bo.client_order_id != cid:
+            raise BrokerProtocolError(
+                f"asked for client id {cid}, the broker answered order {bo.broker_order_id} "
+                f"of client id {bo.client_order_id}"
+            )
+        return bo
+
+    async def _look_up_for_cancel(
+        self, order: Order
+    ) -> tuple[Order, BrokerOrder | None, str | None]:
+        """Look a sent order up by client id (``max_attempts`` lookups with the backoff)
+        and take the broker's word for it; (the order as it then stands, the broker's
+        order or None, why the last lookup failed or None if it answered)."""
         cid = order.client_order_id
-        bid = order.broker_order_id
-        assert bid is not None
+        failure: str | None = None
+        for attempt in range(max(1, self.retry.max_attempts)):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+            try:
+                bo = await self._own_order(cid)
+            except Exception as exc:
+                failure = why(exc)
+                log.warning("lookup of %s before its cancel failed: %s", cid, failure)
+                continue
+            failure = None
+            if bo is None:
+                continue  # not (yet) visible: look again; nothing is sent on the stored id
+            try:
+                target = bo.state
+            except BrokerProtocolError:
+                target = None  # unreadable status: the id is confirmed, the cancel may go
+            if order.state in LIVE_STATES and (target is None or target in LIVE_STATES):
+                return order, bo, None  # live on both sides: cancelled now, adopted after
+            return await self._adopt(order, bo, EventKind.RECOVERED), bo, None
+        return order, None, failure
+
+    async def _cancel_at_broker(self, order: Order, bid: str) -> Order:
+        """Send the cancel to ``bid`` (the broker's id for this client id, as a lookup just
+        reported it), then look the order up until the broker's answer is known."""
+        cid = order.client_order_id
         send = True
         for attempt in range(max(1, self.retry.max_attempts) + 1):
             if send:
@@ -445,14 +511,12 @@ class OrderManager(OrderFills):
             if attempt:
                 await asyncio.sleep(self.retry.delay(attempt - 1))
             try:
-                bo = await asyncio.wait_for(
-                    self.broker.get_order_by_client_id(cid), self.retry.call_timeout
-                )
+                bo = await self._own_order(cid)
             except Exception as exc:
                 log.warning("lookup of %s after its cancel failed: %s", cid, why(exc))
                 continue
             if bo is None:
-                continue  # visibility lag: look again
+                continue  # visibility lag: look again (nothing is sent on the old id)
             order = await self._adopt(order, bo, EventKind.RECOVERED)
             try:
                 live = bo.state in LIVE_STATES
@@ -460,7 +524,10 @@ class OrderManager(OrderFills):
                 return order  # unreadable: left for reconciliation
             if not live:
                 return order  # cancelled, filled, or on its way (pending_cancel)
-            send = True  # still live: the cancel did not arrive; cancels are idempotent
+            # still live: the cancel did not arrive; cancels are idempotent, and it goes to
+            # the id the broker shows for this client id now
+            bid = bo.broker_order_id
+            send = True
         log.warning("cancel of %s: the broker's answer is not known yet", cid)
         return self._orders[cid]
 

@@ -328,8 +328,12 @@ class Brackets:
         """Cancel a child; True once it is final (cancelled, or filled meanwhile)."""
         try:
             order = await self.om.cancel(cid)
-        except OrderRejected:  # not open any more (it filled or was cancelled): counted next
-            return True
+        except OrderRejected:
+            # not open any more (it filled or was cancelled: counted next), or the broker
+            # did not show it by its client id (nothing was sent): still open in the journal,
+            # it may be live there, so nothing is placed on top of it
+            got = self.om.get(cid)
+            return got is None or is_final(got.state)
         return is_final(order.state)
 
     async def _place(
