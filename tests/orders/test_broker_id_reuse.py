@@ -69,11 +69,21 @@ def protective_stop() -> OrderIntent:
 
 
 async def _before_restart(om: OrderManager) -> str:
-    """An order filled (the broker's first id), then A resting (its second)."""
+    """An order resting (the broker's first id), then A resting (its second). Nothing fills
+    before the restart: the restarted broker numbers its executions from its order ids too,
+    and an execution id journaled for another order is refused (``FillError``)."""
     await om.start()
     assert (
-        await om.submit(OrderIntent(symbol="IBM", side="buy", quantity=Decimal("1")))
-    ).state is S.FILLED
+        await om.submit(
+            OrderIntent(
+                symbol="IBM",
+                side="buy",
+                quantity=Decimal("1"),
+                order_type="limit",
+                limit_price=Decimal("50"),
+            )
+        )
+    ).state is S.ACCEPTED
     a = await om.submit(resting_buy())
     assert a.state is S.ACCEPTED
     return a.client_order_id

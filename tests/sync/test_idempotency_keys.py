@@ -240,6 +240,11 @@ def test_a_retried_keyed_call_returns_the_first_calls_id_whatever_the_log_still_
         return a, b
 
     assert asyncio.run(again()) == (first, tid)
+    # a first call that gave its own id: a retry leaving it out gets that id (the logged one)
+    given = str(uuid.uuid4())
+    trade = {"symbol": "ETHUSDT", "side": "sell", "quantity": Decimal(2), "price": Decimal(3)}
+    assert stack.ddb.log_trade(**trade, trade_id=given, idempotency_key="t-2") == given
+    assert stack.ddb.log_trade(**trade, idempotency_key="t-2") == given
     stack.restart()  # the key found in the log
     assert _position(stack, "open-1") == first
     _compact_and_restart(stack)  # only the database's key ledger knows it now
@@ -249,7 +254,7 @@ def test_a_retried_keyed_call_returns_the_first_calls_id_whatever_the_log_still_
     assert stack.ddb.drain(timeout=10) == 0
     assert stack.ddb.get_wal_status()["failed"] == 0
     assert stack.ddb.get_open_positions() == []
-    assert [t["trade_id"] for t in stack.db.get_trades()] == [tid]
+    assert sorted(t["trade_id"] for t in stack.db.get_trades()) == sorted([tid, given])
 
 
 def test_a_used_key_with_another_call_is_refused_and_nothing_is_written(stack: Stack) -> None:
