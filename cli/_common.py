@@ -8,14 +8,18 @@ says what the operator can do.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import errno
 import functools
 import os
+import shlex
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,15 +28,18 @@ import orjson
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from wal.config import WALConfig
+from wal.config import WALConfig, mask_url
 from wal.db.classify import describe_error
-from wal.errors import WALConfigError, WALDatabaseError, WALError, WALLockedError
+from wal.errors import WALConfigError, WALDatabaseError, WALError, WALLockedError, printable
 from wal.log.lock import LOCK_NAME, read_owner_pid
 from wal.log.manifest import MANIFEST_NAME
 from wal.log.segment import SEGMENT_SUFFIX
+from wal.orders.validation import SYMBOL_RE
+from wal.sync.identity import TARGET_FILE
 
 __all__ = [
     "AtbError",
+    "NonEmptyPath",
     "LockState",
     "WalContext",
     "echo_json",
@@ -41,8 +48,12 @@ __all__ = [
     "get_config",
     "lock_state",
     "locked_message",
+    "note_saved_prices",
     "one_line",
+    "os_error_message",
+    "parse_prices",
     "require_log_dir",
+    "short_path",
     "wal_errors",
 ]
 
@@ -142,16 +153,61 @@ def wal_errors(fn: Callable[P, R]) -> Callable[P, R]:
             except WALError as exc:
                 raise AtbError(str(exc)) from None
             except SQLAlchemyError as exc:  # the database failed under a library call
-                raise AtbError(f"database error: {describe_error(exc)}", EXIT_UNCHECKED) from None
+                raise AtbError(
+                    f"database error{_which_database()}: {describe_error(exc)}", EXIT_UNCHECKED
+                ) from None
             except OSError as exc:
-                text = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-                raise AtbError(text) from None
+                raise AtbError(os_error_message(exc)) from None
         except click.ClickException as exc:
             if kwargs.get("as_json"):
                 echo_error_json(exc.format_message(), exc.exit_code)
             raise
 
     return wrapper
+
+
+def _which_database() -> str:
+    """`` (URL)``, the password masked, of the database the command was configured with."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(WalContext) if ctx is not None else None
+    if obj is None or obj._config is None:
+        return ""
+    return f" ({mask_url(obj._config.database_url)})"
+
+
+def short_path(name: str, limit: int = 160) -> str:
+    """``name`` for a one-line message: printable, and its middle cut out when long."""
+    name = printable(name)
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 50]}...{name[-40:]} ({len(name)} characters)"
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file system error: what failed, on which file (shortened), what to do."""
+    name = short_path(os.fsdecode(exc.filename)) if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    if isinstance(exc, IsADirectoryError) and name:
+        about = " (the log's record of its database)" if Path(name).name == TARGET_FILE else ""
+        return (
+            f"{name}{about} is a directory where a file belongs: move it aside "
+            f"(mv {shlex.quote(name)} {shlex.quote(name + '.bad')}) and run again"
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{what}: {name} (a file's name holds at most 255 bytes, a path 4096)"
+    return f"{what}: {name}".rstrip(": ")
+
+
+class NonEmptyPath(click.Path):
+    """A path option (``--dir``) that refuses an empty value: click would take it as the
+    current directory without saying so (an empty WAL_DIR is refused the same way)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(
+                f"{value!r} is empty: expected a path (. is the current directory)", param, ctx
+            )
+        return super().convert(value, param, ctx)
 
 
 def echo_error_json(message: str, exit_code: int) -> None:
@@ -317,7 +373,105 @@ def locked_message(exc: WALLockedError, what: str, advice: str = "stop it first"
 
 
 def echo_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+    """``value`` as one indented JSON document on stdout.
+
+    A name that is not valid UTF-8 (``os.fsdecode`` of the bytes ``\\xff`` is the lone
+    surrogate ``"\\udcff"``, which JSON cannot hold) is written escaped: ``"\\\\xff"``."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2, default=_json_default)
+    except TypeError:  # a str with a lone surrogate somewhere (orjson refuses them)
+        text = orjson.dumps(
+            _without_surrogates(value), option=orjson.OPT_INDENT_2, default=_json_default
+        )
+    click.echo(text.decode())
+
+
+ESCAPE_ERRORS = "atb-escape"
+
+
+def _escape(exc: UnicodeError) -> tuple[str, int]:
+    """Encoding error handler: an escaped byte of a name that is not valid UTF-8 (the lone
+    surrogates U+DC80..U+DCFF ``os.fsdecode`` makes) as ``\\xNN``, the byte it stands for;
+    anything else as ``backslashreplace`` writes it."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start : exc.end]
+    out = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}"
+        if 0xDC80 <= ord(c) <= 0xDCFF
+        else c.encode("unicode_escape").decode()
+        for c in bad
+    )
+    return out, exc.end
+
+
+codecs.register_error(ESCAPE_ERRORS, _escape)
+
+
+def _json_text(text: str) -> str:
+    """``text`` without lone surrogates (JSON cannot hold them): the bytes of a name that is
+    not valid UTF-8 as ``\\xNN`` escapes; valid text unchanged."""
+    return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
+
+
+def _json_default(value: Any) -> str:
+    return _json_text(str(value))
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _json_text(value)
+    if isinstance(value, dict):
+        return {
+            (_json_text(k) if isinstance(k, str) else k): _without_surrogates(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
+def parse_prices(prices: tuple[str, ...]) -> dict[str, Decimal]:
+    """The ``--price SYMBOL=PRICE`` options of a paper broker: a symbol as orders name it
+    (``SYMBOL_RE``) and a positive finite price. A bad one is a usage error (exit 2) naming
+    it, before anything starts."""
+    out: dict[str, Decimal] = {}
+    for p in prices:
+        sym, sep, value = p.partition("=")
+        sym = sym.strip()
+        try:
+            price = Decimal(value.strip()) if sep else None
+        except ArithmeticError:
+            price = None
+        if not sep or price is None or not price.is_finite() or price <= 0:
+            raise click.BadParameter(
+                f"{p!r}: expected SYMBOL=PRICE with a positive price, e.g. AAPL=187.25",
+                param_hint="--price",
+            )
+        if not SYMBOL_RE.fullmatch(sym):
+            raise click.BadParameter(
+                f"{p!r}: expected SYMBOL=PRICE, and {sym!r} is not a symbol (1-32 chars of "
+                "A-Z 0-9 . _ / : - starting with a letter or digit), e.g. AAPL=187.25",
+                param_hint="--price",
+            )
+        out[sym] = price
+    return out
+
+
+def note_saved_prices(
+    given: dict[str, Decimal], held: Callable[[str], Decimal], path: Path
+) -> None:
+    """Say (stderr) which ``--price`` a paper broker's saved state overrode: a restarted
+    broker goes on from the market it saved; ``--price`` only sets where a new one starts."""
+    kept = {s: held(s) for s, p in given.items() if held(s) != p}
+    if kept:
+        now = ", ".join(f"{s} {format(p, 'f')}" for s, p in kept.items())
+        click.echo(
+            f"note: --price not applied to {', '.join(kept)}: the saved paper state {path} "
+            f"holds the market ({now}); remove {path.name} and {path.name}.changes to start a "
+            "new one",
+            err=True,
+        )
 
 
 def fmt_bytes(n: int | None) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from cli._common import ESCAPE_ERRORS
 from cli._logging import LogSession, log_format
 from cli.commands.config import config
 from cli.commands.db import db
@@ -161,6 +162,11 @@ class _QuietPipe(io.TextIOBase):
 
 def main() -> None:
     """The ``atb`` console script."""
+    for stream in (sys.stdout, sys.stderr):
+        # a name that is not valid UTF-8 (a directory's, a file's) is printed with
+        # \\xNN escapes rather than failing the command (PYTHONIOENCODING=utf-8 is strict)
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=ESCAPE_ERRORS)
     sys.stdout = _QuietPipe(sys.stdout)
     atb(prog_name="atb")
 

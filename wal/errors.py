@@ -64,12 +64,17 @@ __all__ = [
 ]
 
 # C0 and C1 control characters, DEL, and the Unicode format characters that reorder or hide
-# text on a terminal (bidi overrides and isolates, zero-width marks, the BOM, line separators)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+# text on a terminal (bidi overrides and isolates, zero-width marks, the BOM, line separators),
+# and lone surrogates (no output can encode them: a name that is not valid UTF-8 holds them)
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
 
 
 def _escape(m: re.Match[str]) -> str:
     c = ord(m.group())
+    if 0xDC80 <= c <= 0xDCFF:  # os.fsdecode's escape of the byte c - 0xDC00: that byte
+        return f"\\x{c - 0xDC00:02x}"
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
@@ -81,6 +86,8 @@ def printable(text: object) -> str:
 
     >>> printable("log_trade\x1b[2J\nFAKE")
     'log_trade\\x1b[2J\\x0aFAKE'
+    >>> printable("data-\udcff")  # os.fsdecode(b"data-\xff"): a name not valid UTF-8
+    'data-\\xff'
     """
     s = str(text)
     return _UNPRINTABLE.sub(_escape, s) if _UNPRINTABLE.search(s) else s

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cli._common import AtbError, echo_json, one_line
+from cli._common import AtbError, NonEmptyPath, echo_json, one_line
 from cli.commands.orders import DEFAULT_BROKER_URL
 from wal.config import ENV_VARS, WALConfig, mask_url
 from wal.errors import WALConfigError
@@ -36,7 +36,7 @@ def config() -> None:
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     help="As `atb wal --dir`: shown as the source of the directory.",
 )

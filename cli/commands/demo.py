@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli._common import EXIT_PROBLEM, AtbError, wal_errors
-from wal.tools.demo import run_demo
+from cli._common import EXIT_PROBLEM, EXIT_UNREADABLE, AtbError, NonEmptyPath, wal_errors
+from wal.tools.demo import DemoRefusedError, run_demo
 
 
 @click.command(short_help="Trade through a real database outage and check the result.")
@@ -17,14 +17,17 @@ from wal.tools.demo import run_demo
     default=None,
     metavar="URL",
     help="Run against this database instead of a throwaway SQLite file "
-    "(PostgreSQL needs a TCP URL: the demo cuts its connection with a local proxy).",
+    "(PostgreSQL needs a TCP URL: the demo cuts its connection with a local proxy). "
+    "It must hold no trading data yet (refused, exit 2).",
 )
 @click.option(
     "--dir",
     "workdir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
-    help="Keep the log (and the SQLite file) here instead of a temporary directory.",
+    help="Keep the log (and the SQLite file) here instead of a temporary directory: a new or "
+    "empty directory, or one an earlier demo made (its DEMO marker; the earlier run's log and "
+    "database are replaced). One that holds anything else is refused (exit 2).",
 )
 @click.option(
     "--rounds",
@@ -44,6 +47,10 @@ def demo(database_url: str | None, workdir: Path | None, rounds: int, seed: int)
     comes back, the log drains, and a closing check compares the database with what was
     traded. Exit code 0 when nothing was lost or doubled, 1 otherwise.
 
+    The demo writes fake trades and a 10000 deposit, so it never writes into a log or a
+    database that may be real: a --dir that holds anything but an earlier demo's files, or a
+    --database-url that holds trading data, is refused (exit 2) and nothing is written.
+
     \b
     Examples:
       atb demo
@@ -52,8 +59,11 @@ def demo(database_url: str | None, workdir: Path | None, rounds: int, seed: int)
     """
     # the demo's outage is expected: keep the library's warnings out of the transcript
     logging.getLogger("wal").setLevel(logging.CRITICAL)
-    result = run_demo(
-        workdir=workdir, database_url=database_url, rounds=rounds, seed=seed, echo=click.echo
-    )
+    try:
+        result = run_demo(
+            workdir=workdir, database_url=database_url, rounds=rounds, seed=seed, echo=click.echo
+        )
+    except DemoRefusedError as exc:
+        raise AtbError(str(exc), EXIT_UNREADABLE) from None
     if not result.ok:
         raise AtbError("the closing check failed: " + "; ".join(result.problems), EXIT_PROBLEM)

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -23,6 +24,7 @@ from cli._common import (
     EXIT_UNCHECKED,
     EXIT_UNREADABLE,
     AtbError,
+    NonEmptyPath,
     WalContext,
     echo_json,
     get_config,
@@ -33,8 +35,9 @@ from cli._common import (
 from cli._journal import open_database, resolve
 from wal.config import WALConfig
 from wal.db.classify import describe_error
-from wal.errors import WALDatabaseError, WALError
+from wal.errors import WALDatabaseError, WALError, printable
 from wal.log.storage import WALStorage
+from wal.masking import mask_url
 from wal.orders.audit import digest_path, verify_audit
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerError
@@ -59,7 +62,7 @@ _DECIMAL_FIELDS = frozenset(
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(path_type=Path),  # a file is refused by WalContext, in one line
+    type=NonEmptyPath(path_type=Path),  # a file is refused by WalContext, in one line
     default=None,
     help="The log directory (overrides WAL_DIR; default data/wal).",
 )
@@ -330,7 +333,40 @@ def show_order(ctx: click.Context, client_order_id: str, as_json: bool) -> None:
 
 
 def resolve_broker_url(given: str | None) -> str:
-    return given or os.environ.get("ATB_BROKER_URL") or DEFAULT_BROKER_URL
+    """The broker's URL: ``--broker-url``, else ``$ATB_BROKER_URL``, else the default.
+
+    Checked as it is read: http or https, a host, a port in 1-65535. A bad one is a usage
+    error (exit 2) naming where it came from, before anything is asked or changed."""
+    if given is not None:
+        return check_broker_url(given, "--broker-url")
+    env = os.environ.get("ATB_BROKER_URL")
+    if env is not None:
+        return check_broker_url(env, "ATB_BROKER_URL")
+    return DEFAULT_BROKER_URL
+
+
+def check_broker_url(url: str, source: str) -> str:
+    """``url`` if it is an http(s) URL with a host and a valid port, else a usage error."""
+    problem = None
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # ValueError when not a number in 0-65535
+        if parts.scheme not in ("http", "https"):
+            problem = "expected an http:// or https:// URL"
+        elif not parts.hostname:
+            problem = "it names no host"
+        elif port == 0:
+            problem = "port 0 is not a port (1-65535)"
+    except ValueError as exc:
+        problem = str(exc).replace("Port out of range 0-65535", "port out of range 1-65535")
+    if problem is not None:
+        raise AtbError(
+            f"{source}='{printable(mask_url(url))}' is not a valid broker URL: {problem} "
+            f"(expected http[s]://host:port, e.g. {DEFAULT_BROKER_URL}); nothing was asked "
+            "or changed",
+            EXIT_UNREADABLE,
+        )
+    return url.strip()
 
 
 BROKER_URL_HELP = (
@@ -482,7 +518,7 @@ def status_cmd(
       atb orders status --json | jq .unprotected_positions
       atb orders status --no-broker
     """
-    url = resolve_broker_url(broker_url)
+    url = DEFAULT_BROKER_URL if no_broker else resolve_broker_url(broker_url)
     got, _, _, outage = read_orders(ctx)
     broker_error: str | None = None
     answer = None

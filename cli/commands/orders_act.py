@@ -167,9 +167,9 @@ def reconcile_cmd(
             rcfg = replace(rcfg, emergency_stop_pct=Decimal(emergency_stop_pct))
     except (ValueError, InvalidOperation) as exc:
         raise click.BadParameter(str(exc), param_hint="--emergency-stop-pct") from None
+    url = resolve_broker_url(broker_url)  # a bad URL is a usage error, before anything
     what = "reconcile the order journal"
     source = resolve(ctx, config, what=what)
-    url = resolve_broker_url(broker_url)
     result = _run(
         _with_manager(
             config,
@@ -238,9 +238,9 @@ def cancel_cmd(
       atb orders cancel 3f0c9a7d2b8e4c61a5f0e9d8c7b6a5e1 --yes
     """
     config = get_config(ctx)
+    url = resolve_broker_url(broker_url)  # a bad URL is a usage error, before anything
     what = "cancel the order"
     source = resolve(ctx, config, what=what)
-    url = resolve_broker_url(broker_url)
 
     async def work(om: OrderManager) -> Order | None:
         await om.load()
@@ -318,9 +318,9 @@ def flatten_cmd(
       atb orders flatten --yes
     """
     config = get_config(ctx)
+    url = resolve_broker_url(broker_url)  # a bad URL is a usage error, before anything
     what = "flatten"
     source = resolve(ctx, config, what=what)
-    url = resolve_broker_url(broker_url)
 
     async def work(om: OrderManager) -> dict[str, Any]:
         if dry_run:

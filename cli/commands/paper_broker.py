@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
 import click
 import orjson
 import uvicorn
 
-from cli._common import AtbError, listen_socket, serve_until_stopped
+from cli._common import (
+    AtbError,
+    listen_socket,
+    note_saved_prices,
+    parse_prices,
+    serve_until_stopped,
+)
 from wal.orders.broker import ClientIdRules, DedupScope
 from wal.orders.faults import FaultPlan
 from wal.orders.paper import PaperBroker
@@ -79,7 +84,8 @@ def paper_broker() -> None:
     "prices",
     multiple=True,
     metavar="SYMBOL=PRICE",
-    help="Starting market price (repeatable; default 100).",
+    help="Starting market price, SYMBOL=positive price (repeatable; default 100). A saved "
+    "--state keeps its own prices (said on stderr).",
 )
 def serve(
     host: str,
@@ -102,19 +108,7 @@ def serve(
       atb paper-broker serve --state data/paper.json
       atb paper-broker serve --port 0 --price AAPL=187.25
     """
-    start_prices = {}
-    for p in prices:  # a usage error (exit 2) names the bad value, before anything starts
-        sym, sep, value = p.partition("=")
-        try:
-            price = Decimal(value.strip()) if sep and sym.strip() else None
-        except ArithmeticError:
-            price = None
-        if price is None or not price.is_finite() or price <= 0:
-            raise click.BadParameter(
-                f"{p!r}: expected SYMBOL=PRICE with a positive price, e.g. AAPL=187.25",
-                param_hint="--price",
-            )
-        start_prices[sym.strip()] = price
+    start_prices = parse_prices(prices)  # a usage error (exit 2) names a bad one
     try:
         plan = (
             FaultPlan.from_dict(orjson.loads(faults_path.read_bytes()))
@@ -132,6 +126,8 @@ def serve(
         )
     except (ValueError, ArithmeticError, OSError) as exc:
         raise AtbError(f"cannot start the paper broker: {exc}") from None
+    if state_path is not None:
+        note_saved_prices(start_prices, broker.price, state_path)
     sock = listen_socket(host, port)  # TCP_NODELAY: no 40 ms wait behind headers
     bound = sock.getsockname()[1]
     config = uvicorn.Config(create_app(broker, Clock(tick)), log_level="warning", access_log=False)

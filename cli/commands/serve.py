@@ -10,19 +10,28 @@ from pathlib import Path
 import click
 import orjson
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from cli._common import (
+    EXIT_UNCHECKED,
+    EXIT_UNREADABLE,
     AtbError,
+    NonEmptyPath,
     WalContext,
     get_config,
     listen_socket,
+    note_saved_prices,
+    parse_prices,
     serve_until_stopped,
+    short_path,
     wal_errors,
 )
 from wal import DurableDatabaseManager
 from wal.db import DatabaseManager
+from wal.db.classify import describe_error
 from wal.db.versioning import ensure_schema
-from wal.errors import WALError, WALLockedError
+from wal.errors import WALError, printable
+from wal.masking import mask_url
 from wal.orders import (
     ClientIdRules,
     FaultPlan,
@@ -49,7 +58,7 @@ from wal.service.tokens import TokenStore, valid_trader
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="The log directory (overrides WAL_DIR; default data/wal).",
 )
@@ -58,7 +67,7 @@ from wal.service.tokens import TokenStore, valid_trader
 )
 @click.option(
     "--paper-state",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="The paper broker's durable state file (0600, fsynced; default: next to WAL_DIR).",
 )
@@ -79,7 +88,8 @@ from wal.service.tokens import TokenStore, valid_trader
     "prices",
     multiple=True,
     metavar="SYMBOL=PRICE",
-    help="A paper market price (repeatable; default 100).",
+    help="A paper market's starting price, SYMBOL=positive price (repeatable; default 100). "
+    "A saved paper state keeps its own prices (said on stderr).",
 )
 @click.option(
     "--tick",
@@ -116,39 +126,53 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     config = get_config(ctx)
+    start_prices = parse_prices(prices)  # a usage error (exit 2) names a bad one
+    if paper_state is not None and not paper_state.parent.is_dir():
+        raise AtbError(
+            f"--paper-state {short_path(str(paper_state))}: its directory "
+            f"{short_path(str(paper_state.parent))} does not exist (create it, or name a file "
+            "in an existing directory); nothing was started",
+            EXIT_UNREADABLE,
+        )
     try:
         svc = ServiceConfig.from_env()
         if paper_balance is not None:
             svc = _with_balance(svc, paper_balance)
         elif svc.paper_balance is None:
             svc = _with_balance(svc, "100000")
-        start_prices = {}
-        for p in prices:
-            sym, _, value = p.partition("=")
-            start_prices[sym] = Decimal(value)
         risk = RiskLimits.from_env()
         retry = RetryPolicy.from_env()
         faults = (
             FaultPlan.from_dict(orjson.loads(paper_faults.read_bytes())) if paper_faults else None
         )
+        # durable next to the log by default: a restarted service finds its orders there
+        state_path = paper_state or config.directory.parent / "paper-broker.json"
+        paper = PaperBroker(
+            rules=ClientIdRules(visibility_window_seconds=0.0),  # in-process: seen at once
+            faults=faults,
+            state_path=state_path,
+            prices=start_prices,
+        )
     except (WALError, ValueError, ArithmeticError, OSError) as exc:
-        raise AtbError(f"cannot start the service: {exc}") from None
-    db = DatabaseManager(config.database_url)
+        raise AtbError(f"cannot start the service: {printable(exc)}") from None
+    note_saved_prices(start_prices, paper.price, state_path)
     try:
+        db = DatabaseManager(config.database_url)
         ensure_schema(db.engine, db.safe_url)  # an empty one is created; one behind: refused
     except WALError as exc:
-        raise AtbError(f"cannot start: {exc.message}") from None
+        raise AtbError(f"cannot start: {exc}") from None
+    except SQLAlchemyError as exc:  # unreachable, refused, a bad port or host, no such file
+        raise AtbError(
+            f"cannot start: database {mask_url(config.database_url)} did not answer: "
+            f"{describe_error(exc)} (is it running? check DATABASE_URL or --database-url); "
+            "nothing was started",
+            EXIT_UNCHECKED,
+        ) from None
     try:
         ddb = DurableDatabaseManager(db, config=config)
-    except WALLockedError as exc:
+    except WALError as exc:  # the log locked by its writer, unreadable, ...
+        db.dispose()
         raise AtbError(f"cannot start: {exc}") from None
-    paper = PaperBroker(
-        rules=ClientIdRules(visibility_window_seconds=0.0),  # in-process: seen at once
-        faults=faults,
-        # durable next to the log by default: a restarted service finds its orders there
-        state_path=paper_state or config.directory.parent / "paper-broker.json",
-        prices=start_prices,
-    )
     sock = listen_socket(host, port)  # TCP_NODELAY: no 40 ms wait behind headers
     bound = sock.getsockname()[1]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from cli._common import WalContext
+from cli._common import NonEmptyPath, WalContext
 
 
 @click.group()
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(path_type=Path),  # a file is refused by the config, in one line
+    type=NonEmptyPath(path_type=Path),  # a file is refused by the config, in one line
     default=None,
     help="The log directory (overrides WAL_DIR; default data/wal).",
 )

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from cli._common import AtbError, echo_json, get_config, wal_errors
+from cli._common import AtbError, NonEmptyPath, echo_json, get_config, wal_errors
 
 
 @click.command(short_help="Measure fsync cost and throughput on this disk.")
 @click.option(
     "--dir",
     "bench_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=NonEmptyPath(file_okay=False, exists=True, path_type=Path),
     default=None,
     metavar="PATH",
     help="Where to measure (a scratch directory is made inside and removed). "

@@ -15,7 +15,10 @@ drains, and a closing check compares the database with a model of what was trade
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,11 +34,13 @@ from sqlalchemy.engine import make_url
 
 from wal.config import WALConfig, mask_url
 from wal.db import DatabaseManager
+from wal.db.schema import metadata as schema_metadata
 from wal.errors import WALError
 from wal.sync.durable import DurableDatabaseManager
+from wal.sync.identity import read_target
 from wal.tools.netproxy import TcpProxy
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DEMO_MARKER", "DemoRefusedError", "DemoResult", "claim_workdir", "run_demo"]
 
 _LOCKER = """
 import sqlite3, sys
@@ -153,6 +158,190 @@ def _round_trip(ddb: DurableDatabaseManager, model: _Model, rng: random.Random, 
     return 6
 
 
+DEMO_MARKER = "DEMO"
+"""The file that marks a directory ``atb demo --dir`` made (and the database id it used)."""
+
+# what a demo directory may hold: the marker, the log, the SQLite database and its companions
+_DEMO_NAMES = frozenset(
+    {DEMO_MARKER, "wal", "atb.db", "atb.db-wal", "atb.db-shm", "atb.db-journal"}
+)
+_REFUSED_HINT = (
+    "pass a new or empty directory to --dir, or leave --dir out (a temporary one); "
+    "nothing was written"
+)
+
+
+class DemoRefusedError(WALError):
+    """The demo would write its fake trades where real ones may be: nothing was written."""
+
+    hint = _REFUSED_HINT
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make ``workdir`` the demo's, or refuse (``DemoRefusedError``) before writing anything.
+
+    The demo writes fake trades and a 10,000 deposit, so it only uses a directory that does
+    not exist yet, an empty one, or one an earlier demo made (its ``DEMO`` marker). Never one
+    that holds a log or a database of its own: ``--dir data`` is the production layout. An
+    earlier demo's log and SQLite file are removed first (the closing check compares the
+    database with this run only), and only when the marker names the database they use."""
+    marker = workdir / DEMO_MARKER
+    if not workdir.exists():
+        workdir.mkdir(parents=True, mode=0o700)
+        _write_marker(workdir, None)
+        return
+    if not workdir.is_dir():
+        raise DemoRefusedError(f"{workdir} is not a directory")
+    names = set(os.listdir(workdir))
+    if not names:
+        _write_marker(workdir, None)
+        return
+    if DEMO_MARKER not in names:
+        raise DemoRefusedError(
+            f"{workdir} already holds {_what(names)} and no {DEMO_MARKER} marker of an "
+            "earlier demo: the demo writes fake trades and a 10000 deposit, so it never "
+            "uses a directory that may hold a real log or database"
+        )
+    others = sorted(names - _DEMO_NAMES)
+    if others:
+        raise DemoRefusedError(
+            f"{workdir} was an earlier demo's but now also holds files it did not make "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+        )
+    recorded = _marker_id(marker)
+    found = {
+        "wal/": _recorded_id(workdir / "wal") if (workdir / "wal").exists() else recorded,
+        "atb.db": _sqlite_id(workdir / "atb.db") if (workdir / "atb.db").exists() else recorded,
+    }
+    strangers = [name for name, db_id in found.items() if recorded is None or db_id != recorded]
+    if strangers:
+        which = " and ".join(strangers) + (
+            " are not the ones" if len(strangers) > 1 else " is not the one"
+        )
+        raise DemoRefusedError(
+            f"{workdir} has a {DEMO_MARKER} marker, but its {which} the earlier demo there "
+            "left (another database id, or none recorded): the demo removes only its own",
+            hint=f"remove {workdir} yourself if it is a demo's; {_REFUSED_HINT}",
+        )
+    if (workdir / "wal").exists():
+        shutil.rmtree(workdir / "wal")
+    for name in sorted(names & _DEMO_NAMES - {DEMO_MARKER, "wal"}):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def _what(names: set[str]) -> str:
+    held = []
+    if "wal" in names:
+        held.append("a log directory (wal/)")
+    if "atb.db" in names:
+        held.append("a database (atb.db)")
+    rest = sorted(names - {"wal", "atb.db"})
+    if rest:
+        held.append(f"other files ({', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''})")
+    return " and ".join(held)
+
+
+def _write_marker(workdir: Path, database_id: str | None) -> None:
+    text = (
+        "atb demo: this directory holds a demo's fake trades; the next `atb demo --dir` here "
+        "replaces its wal/ and atb.db.\n"
+    )
+    if database_id is not None:
+        text += f"database_id={database_id}\n"
+    (workdir / DEMO_MARKER).write_text(text)
+
+
+def _marker_id(marker: Path) -> str | None:
+    for line in marker.read_text(errors="replace").splitlines():
+        if line.startswith("database_id="):
+            return line.partition("=")[2].strip() or None
+    return None
+
+
+def _recorded_id(wal_dir: Path) -> str | None:
+    """The database id the log in ``wal_dir`` records (its ``database.json``), if any."""
+    try:
+        target = read_target(wal_dir)
+    except (ValueError, OSError):
+        return None
+    return None if target is None else target.database_id
+
+
+def _sqlite_read(path: Path, sql: str) -> list[tuple[object, ...]] | None:
+    """Rows of ``sql`` on a SQLite file, read without writing anything (not even the -shm
+    file a reader of a WAL-mode database makes); None when it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _sqlite_id(path: Path) -> str | None:
+    """The ``wal_database_id`` of a SQLite file; None when it has none (or is in use: its
+    -wal file holds what the main file does not)."""
+    if _busy(path):
+        return None
+    rows = _sqlite_read(path, "SELECT database_id FROM wal_database_id")
+    return str(rows[0][0]) if rows else None
+
+
+def _busy(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def refuse_used_database(url: str) -> None:
+    """Refuse (``DemoRefusedError``) a database that already holds trading data: the demo's
+    fake trades and deposit would mix with it (and its closing check would fail). A SQLite
+    file that does not exist yet is fine, and is not created here."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        name = u.database
+        if not name or name == ":memory:" or name.startswith("file:") or not Path(name).exists():
+            return
+        path = Path(name)
+        tables = _sqlite_read(path, "SELECT name FROM sqlite_master WHERE type = 'table'")
+        if _busy(path) or tables is None:  # in use now, or not a database we can read
+            used = ["in use, or not readable as SQLite"]
+        else:
+            ours = {t.name for t in schema_metadata.sorted_tables}
+            used = [
+                str(t)
+                for (t,) in tables
+                if t in ours and _sqlite_read(path, f'SELECT 1 FROM "{t}" LIMIT 1')
+            ]
+        _refuse_if_used(url, used)
+        return
+    db = DatabaseManager(url, read_only=True)
+    try:
+        present = set(sa.inspect(db.engine).get_table_names())
+        used = []
+        with db.engine.connect() as conn:
+            for table in schema_metadata.sorted_tables:
+                if (
+                    table.name in present
+                    and conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first()
+                ):
+                    used.append(table.name)
+    finally:
+        db.dispose()
+    _refuse_if_used(url, used)
+
+
+def _refuse_if_used(url: str, used: list[str]) -> None:
+    if used:
+        raise DemoRefusedError(
+            f"the database {mask_url(url)} already holds data ({', '.join(sorted(used)[:4])}"
+            f"{', ...' if len(used) > 4 else ''}): the demo writes fake trades and a 10000 "
+            "deposit, so it needs a database of its own",
+            hint="give --database-url a new, empty database; nothing was written",
+        )
+
+
 # the settings the demo shortens (said at its start): (WALConfig field, variable)
 _SHORTENED = (
     ("sync_interval", "WAL_SYNC_INTERVAL"),
@@ -174,11 +363,14 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo session; print as it goes through ``echo``; return the closing check."""
     t0 = time.monotonic()
+    if database_url is not None:
+        refuse_used_database(database_url)  # the demo's trades never land in a used database
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="atb-demo-")
         workdir = Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    else:
+        claim_workdir(workdir)  # refused unless new, empty, or an earlier demo's: no money mixed
     wal_dir = workdir / "wal"
     proxy: TcpProxy | None = None
     outage: _Outage
@@ -286,6 +478,8 @@ def run_demo(
             proxy.close()
         if tmp is not None:
             tmp.cleanup()
+        else:  # the next demo here may remove this one's log and database: say which they are
+            _write_marker(workdir, _recorded_id(wal_dir))
     result.seconds = time.monotonic() - t0
     _print_check(result, echo)
     return result
