@@ -208,3 +208,28 @@ def test_every_type_survives_the_log(tmp_path: Path) -> None:
     assert got.kwargs["naive"].tzinfo is None
     assert got.args == (3, [1, 2])
     assert got.verify()
+
+
+@pytest.mark.parametrize("text", ["NaN", "-NaN", "sNaN", "Infinity", "-Infinity", "Inf"])
+def test_a_decimal_the_encoder_refuses_is_a_value_problem(text: str) -> None:
+    """``encode_value`` never writes a NaN or an Infinity: one read back was not written by
+    it, and every replay or listing of it would fail (review F6). Its path is named."""
+    from wal.codec import value_problem
+
+    problem = value_problem({"a": [1, {"price": {"$decimal": text}}]}, "kwargs")
+    assert problem is not None
+    assert problem.startswith("kwargs['a'][1]['price']: Decimal ") and "not allowed" in problem
+    assert value_problem({"price": {"$decimal": "1.50"}}, "kwargs") is None
+
+
+def test_value_problem_names_what_the_encoder_would_refuse() -> None:
+    from wal.codec import MAX_DEPTH, value_problem
+
+    deep: Any = 1
+    for _ in range(MAX_DEPTH + 5):
+        deep = [deep]
+    problem = value_problem([deep], "args")
+    assert problem is not None and problem.startswith("args[0]") and "nested too deeply" in problem
+    bad_tag = value_problem({"x": {"$nope": 1}}, "kwargs")
+    assert bad_tag is not None and bad_tag.startswith("kwargs['x']: ")
+    assert value_problem([1, "a", {"$uuid": str(uuid.uuid4())}], "args") is None

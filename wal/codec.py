@@ -41,7 +41,14 @@ from typing import Any
 
 from wal.errors import WALSerializationError
 
-__all__ = ["MAX_DEPTH", "check_text", "decode_value", "encode_pair", "encode_value"]
+__all__ = [
+    "MAX_DEPTH",
+    "check_text",
+    "decode_value",
+    "encode_pair",
+    "encode_value",
+    "value_problem",
+]
 
 MAX_DEPTH = 200  # nesting of lists and dicts (orjson refuses more than 255 levels)
 
@@ -210,6 +217,55 @@ def decode_value(v: Any) -> Any:
     if t is list:
         return [decode_value(item) for item in v]
     return v
+
+
+def value_problem(encoded: Any, path: str) -> str | None:
+    """Why ``encoded`` (an entry's args or kwargs as read from the log) is not a value
+    ``encode_value`` writes, with the path of the bad value (None: it reads back and would be
+    written again as it is read). A tag that does not decode (an unknown tag) or a decoded
+    value the encoder refuses (a ``$decimal`` NaN or Infinity, nesting deeper than
+    ``MAX_DEPTH``) is one: no replay or listing of such an entry could work.
+
+    ``decode_value`` itself trusts what it is given (the drain's hot path): every record is
+    checked with this when a log is opened (``wal.log.validate``), before any read.
+
+    >>> value_problem({"price": {"$decimal": "NaN"}}, "kwargs")
+    "kwargs['price']: Decimal NaN is not allowed (NaN and Infinity cannot be stored)"
+    """
+    try:
+        decoded = decode_value(encoded)
+    except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+        return f"{_bad_path(encoded, path) or path}: {exc}"
+    except RecursionError:
+        return f"{path}: nested too deeply"
+    try:
+        encode_value(decoded, path)
+    except WALSerializationError as exc:
+        return f"{exc.path}: {exc.problem}"
+    return None
+
+
+def _bad_path(v: Any, path: str) -> str | None:
+    """The path of the first value under ``v`` that does not decode (None: none)."""
+    if type(v) is dict and len(v) == 1:
+        ((k, inner),) = v.items()
+        if k.startswith("$"):
+            if k == "$dict" and type(inner) is dict:
+                for kk, item in inner.items():
+                    found = _bad_path(item, f"{path}[{kk!r}]")
+                    if found is not None:
+                        return found
+            try:
+                decode_value(v)
+            except Exception:
+                return path
+            return None
+    items = v.items() if type(v) is dict else enumerate(v) if type(v) is list else ()
+    for k, item in items:
+        found = _bad_path(item, f"{path}[{k!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _decode_tag(tag: str, inner: Any) -> Any:

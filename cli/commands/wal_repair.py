@@ -15,7 +15,7 @@ from cli._common import (
     wal_errors,
 )
 from wal.errors import WALCorruptionError, WALLockedError
-from wal.log.repair import repair_log
+from wal.log.repair import RepairReport, WALRepairError, repair_log
 from wal.log.verify import verify_log
 
 
@@ -70,9 +70,33 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
         report = repair_log(directory)
     except WALLockedError as exc:
         raise AtbError(locked_message(exc, "repair")) from None
+    except WALRepairError as exc:
+        # the log was changed, then a check failed: the backup and every change first
+        if as_json:
+            echo_json(_report_json(exc.report))
+        else:
+            _print(exc.report)
+        click.echo(f"Error: {one_line(str(exc))}", err=True)
+        ctx.exit(1)
     if as_json:
         echo_json(report.to_dict())
         return
+    _print(report)
+    click.echo(
+        f"salvaged {report.records_kept} records; {len(report.dropped)} defect(s) dropped; "
+        + ("a normal open succeeds now" if report.opened else "could not check a normal open")
+    )
+
+
+def _report_json(report: RepairReport) -> dict[str, object]:
+    """``repair --json`` after a failed check: the report, with ``error`` and ``health``."""
+    return {
+        **report.to_dict(),
+        "health": {"exit_code": 1, "problems": [report.error]},
+    }
+
+
+def _print(report: RepairReport) -> None:
     click.echo(f"backup: {report.backup}")
     for d in report.dropped:
         known = [f"LSN {d.lsn}"] if d.lsn is not None else []
@@ -82,7 +106,3 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
         click.echo(f"rewrote  {r}")
     for note in report.notes:  # what was lost or moved, in words: never only in --json
         click.echo(f"note     {note}")
-    click.echo(
-        f"salvaged {report.records_kept} records; {len(report.dropped)} defect(s) dropped; "
-        + ("a normal open succeeds now" if report.opened else "could not check a normal open")
-    )

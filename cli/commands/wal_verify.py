@@ -72,8 +72,19 @@ def verify(ctx: click.Context, as_json: bool) -> None:
         if report.ok:
             click.echo("OK: no defects")
         elif report.opens:
+            only = [d for d in report.defects if d.verify_only]
+            if only:  # decided by the open's own validator: it accepts these records
+                click.echo(
+                    f"{len(only)} defect(s) only verify checks (an entry's content checksum, an "
+                    "entry id written twice): a normal open accepts these records and replays "
+                    "them as they are; check them against the database (`atb wal repair` "
+                    "moves them into its backup)"
+                )
+            torn = [d for d in report.defects if d.torn_tail]
+            if not torn:
+                ctx.exit(1)
             writer = lock_state(config.directory).held
-            damaged = any(".suspect" in d.problem for d in report.defects)
+            damaged = any(".suspect" in d.problem for d in torn)
             why = (
                 "a writer holds the log: it may be a record being written right now"
                 if writer
@@ -83,7 +94,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
                 else "a crash left it; the next normal open cuts it (kept in a .broken file)"
             )
             shape = "the last record damaged" if damaged and not writer else "a torn tail only"
-            click.echo(f"{len(report.defects)} defect(s), {shape}: {why}")
+            click.echo(f"{len(torn)} defect(s), {shape}: {why}")
         else:
             click.echo(
                 f"{len(report.defects)} defect(s): a normal open refuses this log. "

@@ -485,6 +485,128 @@ def test_repair_prints_what_was_lost_in_words(tmp_path: Path) -> None:
     assert doc["nothing_to_do"] is True
 
 
+def _reseal(path: Path, line_no: int, change: Any) -> None:
+    """Change record ``line_no`` (1-based) of a segment with ``change(rec)`` and write it back
+    with good checksums (its record's and, for an entry, its content's): written wrong, not
+    damaged on disk."""
+    from wal.entry import content_checksum
+    from wal.log.record import decode_line, encode_line
+
+    lines = [raw for _, raw in lines_of(path)]
+    rec = decode_line(lines[line_no - 1].rstrip(b"\n"))
+    change(rec)
+    if rec["t"] == "entry":
+        rec["checksum"] = content_checksum(
+            rec["entry_id"], rec["operation"], rec["args"], rec["kwargs"], rec["idempotency_key"]
+        )
+    lines[line_no - 1] = encode_line(orjson.dumps(rec))
+    path.write_bytes(b"".join(lines))
+
+
+def test_a_header_claiming_the_next_segments_range_is_repaired_and_all_agree(
+    tmp_path: Path,
+) -> None:
+    """Review F2: a header whose last claims the next segment's (PENDING) entries. verify
+    called that segment "already merged" (false), repair failed its own check without printing
+    its backup, then verify said OK while status and every open refused. Now verify, status
+    and the open name the same defect; repair corrects the header and all three agree."""
+    d = tmp_path / "wal"
+    entries = make_log(d, n=30, blob=300, segment_bytes=4096)
+    segs = [p for _, p in list_segments(d)]
+    b, c = segs[1], segs[2]
+    claim = int(c.name[:-4]) + 3
+    _reseal(b, 1, lambda rec: rec.update(last=claim))
+    c_bytes = c.read_bytes()
+
+    v = invoke(["wal", "--dir", str(d), "verify"])
+    assert v.exit_code == 1
+    assert "merged" not in v.output and "removes it" not in v.output
+    defects = [x for x in v.output.splitlines() if x.startswith("DEFECT")]
+    assert len(defects) == 1
+    assert f"{b.name}: line 1, byte offset 0: the header says last={claim}" in defects[0]
+    assert "a normal open refuses this log" in v.output
+    st = invoke(["wal", "--dir", str(d), "status", "--no-db"])
+    assert st.exit_code == 2 and f"last={claim}" in st.stderr
+
+    r = invoke(["wal", "--dir", str(d), "repair", "--yes"])
+    assert r.exit_code == 0, r.output + r.stderr
+    (backup,) = tmp_path.glob("wal.backup-*")
+    assert f"backup: {backup}" in r.output
+    assert f"rewrote  {b.name}: LSN {int(b.name[:-4])}..{int(c.name[:-4]) - 1}" in r.output
+    assert "a normal open succeeds now" in r.output
+    assert c.read_bytes() == c_bytes  # the segment of unapplied entries is never removed
+
+    assert invoke(["wal", "--dir", str(d), "verify"]).exit_code == 0
+    st = invoke(["wal", "--dir", str(d), "status", "--no-db", "--json"])
+    assert st.exit_code != 2 and orjson.loads(st.stdout)["pending"] == 30
+    with WALStorage(d) as log:
+        assert {e.entry_id for e in log.iter_entries()} == {e.entry_id for e in entries}
+    assert "nothing to repair" in invoke(["wal", "--dir", str(d), "repair", "--yes"]).output
+
+
+def test_a_repair_whose_final_check_fails_still_prints_its_backup_and_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log was backed up and changed, then the normal open after it failed: the operator
+    still gets the backup's path and every change, in text and in --json, then the error."""
+    import wal.log.repair
+
+    def refuse(d: Path) -> WALStorage:
+        raise WALCorruptionError(Path(d) / "MANIFEST", 0, 0, "simulated refusal")
+
+    monkeypatch.setattr(wal.log.repair, "WALStorage", refuse)
+    for as_json in (False, True):
+        d = tmp_path / f"wal{int(as_json)}"
+        make_log(d, n=30, blob=300, segment_bytes=4096)
+        name, _, _ = corrupt_sealed(d)
+        r = invoke(["wal", "--dir", str(d), "repair", "--yes", *(["--json"] if as_json else [])])
+        assert r.exit_code == 1
+        (backup,) = tmp_path.glob(f"{d.name}.backup-*")
+        assert_one_line_error(
+            r.stderr, "a normal open still refuses", "simulated refusal", str(backup)
+        )
+        if as_json:
+            doc = orjson.loads(r.stdout)
+            assert doc["backup"] == str(backup) and doc["segments_rewritten"] == [name]
+            assert "simulated refusal" in doc["error"] and doc["health"]["exit_code"] == 1
+        else:
+            assert f"backup: {backup}" in r.output
+            assert f"rewrote  {name}" in r.output and "dropped" in r.output
+
+
+def test_a_nan_decimal_in_a_record_is_a_content_defect_everywhere(tmp_path: Path) -> None:
+    """Review F6: an entry holding {"$decimal": "NaN"} under good checksums passed every open
+    and status, verify called it a content checksum mismatch, and `inspect --json` crashed on
+    it. It is a defect of that record: status, verify, inspect and failed name it (file, line,
+    offset; verify its LSN), and repair moves it into the backup."""
+    d = tmp_path / "wal"
+    entries = make_log(d, n=5)
+    seg = list_segments(d)[-1][1]
+    off = lines_of(seg)[2][0]  # line 3: the entry at LSN 2
+    _reseal(seg, 3, lambda rec: rec["kwargs"].update(qty={"$decimal": "NaN"}))
+    where = f"{seg.name}: line 3, byte offset {off}: malformed entry record: kwargs['qty']"
+
+    st = invoke(["wal", "--dir", str(d), "status", "--no-db"])
+    assert st.exit_code == 2
+    assert_one_line_error(st.stderr, where, "(LSN 2)")
+    v = invoke(["wal", "--dir", str(d), "verify"])
+    assert v.exit_code == 1 and "a normal open refuses this log" in v.output
+    assert where in v.output and "LSN 2" in v.output and "content checksum" not in v.output
+    for cmd in (["inspect", "--status", "pending", "--json"], ["failed", "--json"]):
+        r = invoke(["wal", "--dir", str(d), *cmd])
+        assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr
+        doc = orjson.loads(r.stdout)  # one document, naming the record
+        assert where in doc["error"]
+
+    r = invoke(["wal", "--dir", str(d), "repair", "--yes"])
+    assert r.exit_code == 0, r.output + r.stderr
+    dropped = [x for x in r.output.splitlines() if x.startswith("dropped")]
+    assert len(dropped) == 1 and f"LSN 2, entry {entries[1].entry_id}" in dropped[0]
+    r = invoke(["wal", "--dir", str(d), "inspect", "--status", "pending", "--json"])
+    assert r.exit_code == 0
+    assert [x["lsn"] for x in orjson.loads(r.stdout)] == [1, 3, 4, 5]
+
+
 # ------------------------------------------------------------------ inspect, failed, retry, discard
 
 

@@ -213,3 +213,61 @@ def test_bools_are_not_ints_anywhere() -> None:
     assert record_problem(status, content=False) is None
     status["attempts"] = True
     assert record_problem(status, content=False) is not None
+
+
+def _nested(depth: int) -> Any:
+    v: Any = 1
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+# values that decode (or did) but that the encoder never writes: no replay, no listing of
+# such an entry could work (review F6: NaN passed every open and crashed `inspect --json`)
+UNWRITABLE = [
+    ("nan", {"$decimal": "NaN"}, "kwargs['price']"),
+    ("snan", {"$decimal": "sNaN"}, "kwargs['price']"),
+    ("inf", {"$decimal": "Infinity"}, "kwargs['price']"),
+    ("minus_inf", {"$decimal": "-Infinity"}, "kwargs['price']"),
+    ("nested_nan", {"a": [{"$decimal": "NaN"}]}, "kwargs['price']['a'][0]"),
+    ("too_deep", _nested(210), "kwargs['price']"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "path"), UNWRITABLE, ids=[u[0] for u in UNWRITABLE])
+def test_a_value_the_encoder_refuses_is_a_content_defect_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: Any, path: str
+) -> None:
+    """The record's checksum and its entry's content checksum are good: only the value is
+    wrong. Every open (fast and slow path) refuses naming the record (file, line, offset and
+    LSN), verify reports it there, not as a defect only verify checks, and says a normal open
+    refuses: the same verdict as the open, as for any other content defect."""
+    d = tmp_path / "log"
+    lines = _write_log(d)
+    rec = orjson.loads(lines[1][17:-1])
+    rec["kwargs"]["price"] = value
+    rec["checksum"] = content_checksum(
+        rec["entry_id"], rec["operation"], rec["args"], rec["kwargs"], rec["idempotency_key"]
+    )
+    lines[1] = encode_line(orjson.dumps(rec))
+    (d / segment_name(1)).write_bytes(b"".join(lines))
+    problem = record_problem(rec, content=False)
+    assert problem is not None and path in problem
+
+    fast, slow, ver = _verdicts(d, monkeypatch)
+    assert fast == slow == ver == "line 2"
+    rep = verify_log(d)
+    (defect,) = rep.defects
+    assert (defect.line, defect.offset, defect.lsn) == (2, len(lines[0]), 1)
+    assert path in defect.problem and not defect.verify_only and not rep.opens
+    for opts in (StorageOptions(), StorageOptions(recovery="strict")):
+        with pytest.raises(WALCorruptionError) as err:
+            WALStorage(d, options=opts)
+        assert (err.value.path.name, err.value.line, err.value.offset) == (
+            segment_name(1),
+            2,
+            len(lines[0]),
+        )
+        assert path in err.value.problem and "(LSN 1)" in err.value.problem
+    with pytest.raises(WALCorruptionError):
+        WALStorage.open_readonly(d)

@@ -214,7 +214,7 @@ def test_every_defect_is_located_and_nothing_changes(
 
 def test_forged_record_with_a_good_line_checksum(tmp_path: Path) -> None:
     # a record written wrong (content checksum mismatch) and an entry id written twice:
-    # recovery indexes both; verify reports both
+    # recovery indexes both; verify reports both, and says (truly) that an open accepts them
     d = tmp_path / "wal"
     build_log(d, n=3)
     seg = segments(d)[-1]  # preallocated: the forged records go into its zero rest
@@ -229,7 +229,11 @@ def test_forged_record_with_a_good_line_checksum(tmp_path: Path) -> None:
     assert len(problems) == 2
     assert "content checksum mismatch" in problems[0]
     assert "appears a second time" in problems[1]
-    assert not rep.opens
+    assert all(x.verify_only and not x.torn_tail for x in rep.defects)
+    assert rep.opens and not rep.ok
+    with WALStorage.open_readonly(d) as log:  # the claim is the open's verdict
+        assert log.recovery_report.records == rep.records + 2  # the two verify lists
+    WALStorage(d).close()
 
 
 def test_works_while_a_writer_holds_the_log(tmp_path: Path) -> None:

@@ -30,6 +30,12 @@ reference):
   when every entry in them is COMPLETED they are an interrupted compaction's leftovers and
   are removed; one holding an entry not completed is never deleted: the manifest disagrees
   with the segments (``WALCorruptionError``; ``repair`` moves the manifest back).
+* A segment that starts inside the range a compacted segment's header claims (``last``) is
+  judged by the one rule of :mod:`wal.log.overlap`, which ``verify`` and ``repair`` apply too:
+  a copy of records the compacted segment holds (every one, byte for byte) is removed (a
+  read-only open skips it); anything else is that header claiming LSNs it does not hold:
+  ``WALCorruptionError`` naming it. A record past a compacted header's ``last`` is that
+  header's defect too, named as such.
 * Anything else (a bad record before the end, an LSN gap between segments, a record out of
   order, a record whose checksum matches but whose contents do not decode) raises
   ``WALCorruptionError`` with file, line and offset; ``"strict"`` raises on the torn tail too,
@@ -73,6 +79,7 @@ from wal.log.fastindex import Cursor, index_chunk
 from wal.log.fileops import write_all
 from wal.log.index import CODE_COMPLETED, CODE_NONE
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest, write_manifest
+from wal.log.overlap import overlap_problem
 from wal.log.reading import LogReader
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT
 from wal.log.report import RecoveryReport
@@ -161,6 +168,12 @@ def recover(store: LogReader) -> None:
     try:
         for i, (first, path) in enumerate(segments):
             last_segment = i == len(segments) - 1
+            prev = store._segments[-1] if store._segments else None
+            inside = prev is not None and prev.compacted and first <= prev.end
+            # it starts inside the range the previous segment's header claims
+            if inside and prev is not None and _overlap(store, prev.path, prev.end, path, first):
+                changed_dir = changed_dir or not store.readonly
+                continue  # a copy of records the previous segment holds: never read
             try:
                 seg = _recover_segment(store, path, first, last_segment, prev_end, first == owed)
             except FileNotFoundError:
@@ -183,6 +196,32 @@ def recover(store: LogReader) -> None:
         store._fs.fsync_dir(str(store.directory))
     store._next_lsn = prev_end + 1 if store._segments else store._base
     store._durable_lsn = store._written_lsn = store._next_lsn - 1
+
+
+def _overlap(store: LogReader, earlier: Path, claimed: int, later: Path, first: int) -> bool:
+    """Segment ``later`` starts inside the range ``..claimed`` of the compacted segment before
+    it (the one rule, :mod:`wal.log.overlap`). True: ``later`` is a copy of records that
+    segment holds (every one of them, byte for byte): a writing open removes it, a read-only
+    one skips it. Else the earlier header claims LSNs it does not hold:
+    ``WALCorruptionError`` naming it (``skip_corrupt``: reported, and the later segment read,
+    its LSN overlap counted as a gap)."""
+    try:
+        problem = overlap_problem(earlier, claimed, later, first)
+    except FileNotFoundError:
+        if store.readonly:  # a writer's compaction removed one meanwhile: read again
+            raise WALLogChangedError(later, "removed while it was read") from None
+        raise
+    rep = store.recovery_report
+    if problem is None:
+        if not store.readonly:
+            store._fs.unlink(str(later))
+            rep.removed_copy_segments += 1
+        log.warning("%s: a copy of records %s holds: skipped", later.name, earlier.name)
+        return True
+    if store.options.recovery != "skip_corrupt":
+        raise WALCorruptionError(earlier, 1, 0, problem)
+    rep.defects.append(f"{earlier.name}: line 1, offset 0: {problem}")
+    return False
 
 
 def _settle_front(store: LogReader, owed: int) -> bool:
@@ -388,7 +427,18 @@ def _index_segment(
         ok = expected <= lsn <= cur.end if cur.compacted else lsn == expected
         if not ok:
             problem = f"LSN {lsn} out of order (expected {expected})"
-            if mode == "skip_corrupt" and lsn > expected:
+            past = cur.compacted and lsn > cur.end and lsn >= expected
+            if past:  # in order, but past the range the header claims: the header is wrong
+                problem = (
+                    f"the header says last={cur.end}, but the segment holds LSN {lsn}: a "
+                    "record past the range its header claims (`atb wal repair` extends the "
+                    "header over its records)"
+                )
+            if mode == "skip_corrupt" and past:
+                where = f"{path.name}: line {item.line}, offset {item.offset}"
+                rep.defects.append(f"{where}: {problem}")
+                cur.end = lsn  # the records decide: it is kept
+            elif mode == "skip_corrupt" and lsn > expected:
                 # the records before it were skipped (and counted): a gap; keep this one
                 rep.lsn_gaps += 1
                 where = f"{path.name}: line {item.line}, offset {item.offset}"
@@ -400,7 +450,7 @@ def _index_segment(
         if bad is not None:
             # a good checksum over bad contents: never indexed, so never read, replayed or
             # drained (every later read of it would fail)
-            corrupt(Defect(path, item.line, item.offset, bad))
+            corrupt(Defect(path, item.line, item.offset, f"{bad} (LSN {lsn})"))
             return after
         try:
             store._index_record(rec, item)

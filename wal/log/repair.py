@@ -13,7 +13,16 @@ decision to go on with what can be saved, after a disaster:
    header, see :mod:`wal.log.record`), so the LSNs of the dropped records are allowed gaps. A
    missing segment is covered the same way: the segment before it is rewritten with a range
    that extends to the next one. Each rewrite is temp file, fsync, rename, fsync directory.
-4. It checks the result with ``verify_log`` and then with a normal ``WALStorage`` open.
+4. It checks the result with ``verify_log`` and then with a normal ``WALStorage`` open. A
+   check that fails after the backup was made raises ``WALRepairError``, whose ``report``
+   still says where the backup is and every change made (the CLI prints them before the
+   error).
+
+A segment that starts inside the range a compacted segment's header claims is judged by the
+one rule of :mod:`wal.log.overlap` (an open applies it too): a byte-for-byte copy of records
+the earlier segment holds is left for the next open to remove; otherwise the earlier header
+is corrected to what its records hold (``last`` up to the next segment) and no segment is
+removed. A header whose ``last`` is below its own records is extended over them.
 
 What it cannot know: a dropped *status* record may have said COMPLETED, so its entry is
 PENDING again after the repair. The bundled database's applied ledger (``wal_applied``)
@@ -31,7 +40,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wal.errors import WALCorruptionError, WALLockedError, WALUnsafeFileError, WALWriteError
+from wal.errors import (
+    WALCorruptionError,
+    WALError,
+    WALLockedError,
+    WALUnsafeFileError,
+    WALWriteError,
+)
 from wal.log.fileops import OSFileOps, write_all
 from wal.log.lock import LOCK_NAME, WriterLock, lock_file_problem, move_bad_lock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
@@ -46,7 +61,7 @@ from wal.log.segment import (
 from wal.log.storage import WALStorage
 from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
 
-__all__ = ["RepairReport", "repair_log"]
+__all__ = ["RepairReport", "WALRepairError", "repair_log"]
 
 
 @dataclass
@@ -61,6 +76,7 @@ class RepairReport:
     ranges: list[str] = field(default_factory=list)  # each rewritten segment's new LSN range
     opened: bool = False  # a normal WALStorage open succeeded afterwards
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the check that failed after the repair changed the log
 
     @property
     def nothing_to_do(self) -> bool:
@@ -77,7 +93,23 @@ class RepairReport:
             "ranges": list(self.ranges),
             "opened": self.opened,
             "notes": list(self.notes),
+            "error": self.error,
         }
+
+
+class WALRepairError(WALCorruptionError):
+    """The repair backed the log up and changed it, but the result fails its check (a defect
+    left, or a normal open refuses). ``report`` holds the backup's path and every change made:
+    they are never lost with the error."""
+
+    def __init__(self, path: Path, line: int, offset: int, problem: str, report: RepairReport):
+        self.report = report
+        super().__init__(path, line, offset, problem)
+        self.hint = (
+            f"the repair changed the log (listed above); the backup of the log as it was is in "
+            f"{report.backup}: run `atb wal verify`, restore from the backup if needed"
+        )
+        report.error = str(self)
 
 
 def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
@@ -105,24 +137,38 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
             _refuse_linked_files(d)
             backup = _backup(d)
             report.backup = str(backup)
-            _move_unsafe(d, backup, report)
-            _rewrite(d, report)
-            _move_manifest(d, report)
-            _mend_manifest(d, report)
-            after = verify_log(d)
+            try:
+                _move_unsafe(d, backup, report)
+                _rewrite(d, report)
+                _move_manifest(d, report)
+                _mend_manifest(d, report)
+                after = verify_log(d)
+            except (WALError, OSError) as exc:  # what was done so far is in the report
+                raise WALRepairError(d, 0, 0, f"the repair failed: {exc}", report) from exc
             if not after.ok:
                 first = after.defects[0]
-                raise WALCorruptionError(
+                raise WALRepairError(
                     d / first.file,
                     first.line,
                     first.offset,
-                    f"still defective after repair: {first.problem} (the backup is in "
-                    f"{report.backup})",
+                    f"still defective after repair: {first.problem}",
+                    report,
                 )
             report.records_kept = after.records
     finally:
         lock.release()
-    report.opened = _opens(d, report)
+    try:
+        report.opened = _opens(d, report)
+    except WALError as exc:
+        if report.backup is None:
+            raise  # nothing was changed: the open's own error
+        raise WALRepairError(
+            getattr(exc, "path", d) or d,
+            getattr(exc, "line", 0),
+            getattr(exc, "offset", 0),
+            f"a normal open still refuses the repaired log: {getattr(exc, 'problem', exc)}",
+            report,
+        ) from exc
     return report
 
 

@@ -32,6 +32,9 @@ class RecoveryReport:
     defects: list[str] = field(default_factory=list)  # each as "file: line N, offset O: why"
     removed_tmp_files: int = 0
     removed_front_segments: int = 0  # wholly before the manifest: an interrupted compaction's
+    # starting inside a compacted segment's range, every record of it held by that segment
+    # too, byte for byte (wal.log.overlap): a copy, removed
+    removed_copy_segments: int = 0
     manifest_first: int | None = None  # the first LSN the manifest owes (None: no manifest)
     # things the operator must look at although the log opened: a cut tail that was a
     # complete record with a bad checksum (possibly damage, not a crash), suspect files kept

@@ -13,12 +13,18 @@ The rules, the same everywhere (JSON ``true`` is not an int: ``type(x) is int``)
 * ``lsn``: an int >= 1;
 * an entry: ``entry_id`` a canonical (lowercase) UUID, ``operation``, ``checksum``,
   ``created_at`` and ``idempotency_key`` strings, ``synced_at`` and ``last_error`` null or a string,
-  ``attempts`` an int >= 0, ``status`` a known status, every value tag and timestamp decodes;
+  ``attempts`` an int >= 0, ``status`` a known status, every value tag and timestamp decodes,
+  and every value in ``args`` and ``kwargs`` is one the codec writes (``wal.codec.value_problem``:
+  a ``$decimal`` NaN or Infinity, or nesting deeper than the encoder allows, is not: such an
+  entry could be neither replayed nor shown);
 * a status record: ``of`` an int from 1 to ``lsn - 1`` (an earlier record), ``entry_id`` a
   canonical UUID, ``status`` a known one, ``at`` a time (or null), ``attempts`` null or an int >= 0,
   ``error`` null or a string.
 
-``content`` (``verify`` only) adds what no read depends on: an entry's content checksum.
+``content`` (``verify`` only) adds what no read depends on: an entry's content checksum. It is
+checked last, so ``record_problem(rec)`` is ``CONTENT_MISMATCH`` exactly when the record passes
+``record_problem(rec, content=False)``, the check an open applies: a normal open accepts such
+a record (``verify`` says so).
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from wal.codec import value_problem
 from wal.entry import WALEntry, WALEntryStatus
 from wal.log.record import KIND_ENTRY, KIND_STATUS
 
-__all__ = ["record_lsn", "record_problem"]
+__all__ = ["CONTENT_MISMATCH", "record_lsn", "record_problem"]
+
+CONTENT_MISMATCH = "entry content checksum mismatch (written wrong, not damaged on disk)"
 
 
 def record_lsn(rec: dict[str, Any]) -> int | None:
@@ -69,9 +78,14 @@ def record_problem(rec: dict[str, Any], *, content: bool = True) -> str | None:
             _str(rec, "synced_at", null=True)
             _str(rec, "last_error", null=True)
             _count(rec.get("attempts", 0), "attempts")
+            for name, shape in (("args", list), ("kwargs", dict)):
+                value = rec[name]
+                bad = value_problem(value, name) if isinstance(value, shape) else None
+                if bad is not None:  # the path of the bad value (from_dict would not say)
+                    return f"malformed entry record: {bad}"
             entry = WALEntry.from_dict(rec)  # decodes every value tag and both timestamps
             if content and not entry.verify():
-                return "entry content checksum mismatch (written wrong, not damaged on disk)"
+                return CONTENT_MISMATCH
         elif kind == KIND_STATUS:
             WALEntryStatus(rec["status"])
             _uuid(rec)

@@ -35,6 +35,7 @@ from typing import Any
 from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
 from wal.log.lock import LOCK_NAME, lock_file_problem
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest
+from wal.log.overlap import overlap_problem
 from wal.log.record import FORMAT_VERSION, KIND_ENTRY, KIND_SEGMENT
 from wal.log.segment import (
     BROKEN_SUFFIX,
@@ -54,7 +55,7 @@ from wal.log.segment import (
     tear_bound,
     zero_rest,
 )
-from wal.log.validate import record_lsn, record_problem
+from wal.log.validate import CONTENT_MISMATCH, record_lsn, record_problem
 
 __all__ = ["VerifyDefect", "VerifyReport", "record_problem", "verify_log"]
 
@@ -68,6 +69,9 @@ class VerifyDefect:
     which a crash can leave (a normal open cuts it). Anything else is real corruption that
     a normal open refuses. ``lsn`` and ``entry_id`` are a best guess read from the raw bytes
     of a bad line (None when they cannot be read), to look the record up in a backup.
+    ``verify_only``: a defect only ``verify`` checks (an entry's content checksum, an entry id
+    written twice): a normal open accepts the record, decided by the same validator it applies
+    (``wal.log.validate.record_problem(rec, content=False)`` passes).
     """
 
     file: str
@@ -77,10 +81,13 @@ class VerifyDefect:
     torn_tail: bool = False
     lsn: int | None = None
     entry_id: str | None = None
+    verify_only: bool = False
 
     def __str__(self) -> str:
         where = f"line {self.line}, byte offset {self.offset}" if self.line else "whole file"
         tail = " [torn tail: a normal open cuts it]" if self.torn_tail else ""
+        if self.verify_only:
+            tail = " [only verify checks this: a normal open accepts the record]"
         return printable(f"{self.file}: {where}: {self.problem}{tail}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +99,7 @@ class VerifyDefect:
             "torn_tail": self.torn_tail,
             "lsn": self.lsn,
             "entry_id": self.entry_id,
+            "verify_only": self.verify_only,
         }
 
 
@@ -115,8 +123,9 @@ class VerifyReport:
 
     @property
     def opens(self) -> bool:
-        """True when a normal (``tolerate_tail``) open accepts the log: at most a torn tail."""
-        return all(d.torn_tail for d in self.defects)
+        """True when a normal (``tolerate_tail``) open accepts the log: at most a torn tail
+        (which it cuts) and defects only ``verify`` checks."""
+        return all(d.torn_tail or d.verify_only for d in self.defects)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -248,12 +257,40 @@ def scan_log(directory: Path) -> LogScan:
     for i, (first, path) in enumerate(segments):
         last_segment = i == len(segments) - 1
         if prev is not None and prev.compacted and first <= prev.end:
-            out.leftovers.append(path)
-            out.notes.append(
-                f"{path.name}: already merged into {prev.path.name} by an interrupted "
-                "compaction; the next open removes it"
-            )
-            continue
+            # it starts inside the range prev's header claims: the one rule an open applies
+            try:
+                lie = overlap_problem(prev.path, prev.end, path, first)
+            except FileNotFoundError:  # a running writer's compaction removed one meanwhile
+                out.notes.append(f"{path.name}: removed while it was being read (a compaction)")
+                continue
+            if lie is None:
+                out.leftovers.append(path)
+                out.notes.append(
+                    f"{path.name}: a copy of records {prev.path.name} holds (every record of "
+                    "it is there, byte for byte); the next open removes it"
+                )
+                continue
+            prev.header_ok = False
+            prev.defects.append(VerifyDefect(prev.path.name, 1, 0, lie))
+            prev.end = first - 1  # what repair corrects the header to: its records decide
+            # its own records in this segment's range cannot stay there: this one's win
+            for line in [x for x in prev.good if x.record["lsn"] >= first]:
+                prev.good.remove(line)
+                rec = line.record
+                if rec["t"] == KIND_ENTRY:
+                    seen_ids.discard(uuid.UUID(rec["entry_id"]).bytes)
+                prev.defects.append(
+                    VerifyDefect(
+                        prev.path.name,
+                        line.line,
+                        line.offset,
+                        f"LSN {rec['lsn']} lies in the next segment's range ({path.name} "
+                        f"starts at LSN {first})",
+                        lsn=rec["lsn"],
+                        entry_id=rec.get("entry_id"),
+                    )
+                )
+            prev.defects.sort(key=lambda x: (x.line != 0, x.line))  # in line order
         try:
             fd = open_read(path)  # never through a symlink
         except FileNotFoundError:  # a running writer's compaction removed it meanwhile
@@ -356,12 +393,14 @@ def _scan_segment(
     seg = SegmentScan(first, path, data, end=first - 1)
     name = path.name
 
-    def defect(line: int, offset: int, problem: str, *, torn: bool = False) -> None:
+    def defect(
+        line: int, offset: int, problem: str, *, torn: bool = False, only: bool = False
+    ) -> None:
         lsn, eid = (None, None)
         if line:
             nl = data.find(b"\n", offset)
             lsn, eid = _guess(data[offset : len(data) if nl == -1 else nl])
-        seg.defects.append(VerifyDefect(name, line, offset, problem, torn, lsn, eid))
+        seg.defects.append(VerifyDefect(name, line, offset, problem, torn, lsn, eid, only))
 
     if prev is not None and first != prev.end + 1:
         defect(
@@ -372,6 +411,8 @@ def _scan_segment(
         )
     expected = first
     bad_lines = 0  # unreadable lines since the last good record: each may hide one LSN
+    past: list[tuple[int, int, int]] = []  # (line, offset, LSN) of records past the header's last
+    claimed = 0  # a compacted header's last
     for item in scan(path, data):
         if isinstance(item, Defect):
             if last_segment and seg.header is not None and zero_rest(data, item.offset):
@@ -425,9 +466,9 @@ def _scan_segment(
                     defect(item.line, item.offset, f"unknown format version {rec.get('version')!r}")
                 last = rec.get("last")
                 if last is not None:
-                    if isinstance(last, int) and last >= first - 1:
+                    if type(last) is int and last >= first - 1:  # as recovery: not a bool
                         seg.compacted = True
-                        seg.end = last
+                        seg.end = claimed = last
                     else:
                         seg.header_ok = False
                         defect(item.line, item.offset, f"header has a bad 'last': {last!r}")
@@ -447,23 +488,43 @@ def _scan_segment(
         if not ok and not seg.compacted and expected < lsn <= expected + bad_lines:
             ok = True  # the LSNs of the unreadable lines just reported: not a second defect
         bad_lines = 0
+        if not ok and seg.compacted and lsn > seg.end and lsn >= expected:
+            # in order, past the range the header claims: the header is wrong, not the
+            # record (the open refuses, naming both; repair extends the header over it)
+            past.append((item.line, item.offset, lsn))
+            seg.end = lsn
+            ok = True
         if not ok:
             defect(item.line, item.offset, f"LSN {lsn} out of order (expected {expected})")
             if lsn < expected or (seg.compacted and lsn > seg.end):
                 continue  # a duplicate, or beyond the declared range: never usable
-        problem = record_problem(rec)
+        problem = record_problem(rec)  # the open's check (content=False), then the content
+        only = problem == CONTENT_MISMATCH  # only verify checks it: the open accepts it
         if problem is None and kind == KIND_ENTRY:
             eid = uuid.UUID(rec["entry_id"]).bytes
-            if eid in seen_ids:
+            if eid in seen_ids:  # the open indexes it (it keeps no set of every id)
                 problem = f"entry id {rec['entry_id']} appears a second time in the log"
+                only = True
             seen_ids.add(eid)
         expected = lsn + 1
         if not seg.compacted:
             seg.end = lsn
         if problem is not None:
-            defect(item.line, item.offset, problem)
+            defect(item.line, item.offset, problem, only=only)
             continue
         seg.good.append(item)
+    if past:
+        line_no, offset, lsn = past[0]
+        more = f" (and {len(past) - 1} more, up to LSN {past[-1][2]})" if len(past) > 1 else ""
+        defect(
+            line_no,
+            offset,
+            f"the header says last={claimed}, but the segment holds LSN {lsn}{more}: records "
+            "past the range its header claims; an open refuses the log (`atb wal repair` "
+            "extends the header over its records)",
+        )
+        # in line order with the others
+        seg.defects.sort(key=lambda x: (x.line != 0, x.line))
     if seg.header is None and not (
         last_segment
         and not owed
