@@ -5,7 +5,8 @@ Every transport failure (connect error, read timeout, a dropped connection) and 
 raises ``BrokerUnavailable``: the request may or may not have been acted on. 422 with
 Alpaca's code 40010001 raises ``DuplicateClientOrderId``; another 4xx on submit raises
 ``BrokerRejectedError``; 404 on a lookup is None. A body that cannot be read raises
-``BrokerProtocolError``. ``timeout`` is a real socket timeout (seconds).
+``BrokerProtocolError``. ``timeout`` is a real socket timeout (seconds). No error message
+holds the broker URL's password (``safe_url``; a transport error's text is masked too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from wal.masking import mask_text, mask_url, remember_url
 from wal.orders.broker import BrokerOrder, BrokerPosition, ClientIdRules
 from wal.orders.errors import (
     BrokerProtocolError,
@@ -42,6 +44,7 @@ class HttpBroker:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        remember_url(self.base_url)  # its password never shows in an error text (mask_text)
         self._rules = rules or ClientIdRules()
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=headers or {}
@@ -53,6 +56,14 @@ class HttpBroker:
         b = cls(base_url, timeout=timeout)
         b._rules = ClientIdRules.from_dict(await b._request("GET", "/_paper/rules"))
         return b
+
+    @property
+    def safe_url(self) -> str:
+        """The broker's URL with its password masked (``***``): safe to print and log."""
+        return mask_url(self.base_url)
+
+    def __repr__(self) -> str:
+        return f"HttpBroker({self.safe_url!r})"
 
     @property
     def rules(self) -> ClientIdRules:
@@ -67,7 +78,8 @@ class HttpBroker:
         except httpx.TimeoutException as exc:
             raise BrokerUnavailable(f"{method} {path} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise BrokerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            text = mask_text(str(exc), self.base_url)  # httpx may quote the URL
+            raise BrokerUnavailable(f"{method} {path}: {type(exc).__name__}: {text}") from exc
         if r.status_code >= 500:
             raise BrokerUnavailable(f"{method} {path}: HTTP {r.status_code}")
         if r.status_code == 404:
@@ -82,7 +94,7 @@ class HttpBroker:
             message = str(body.get("message", r.text)) if isinstance(body, dict) else r.text
             if isinstance(body, dict) and body.get("code") == _DUPLICATE_CODE:
                 raise DuplicateClientOrderId(kw.get("json", {}).get("client_order_id", "?"))
-            raise BrokerRejectedError(message)
+            raise BrokerRejectedError(mask_text(message, self.base_url))
         return body
 
     @staticmethod
