@@ -34,6 +34,7 @@ from wal.errors import WALConfigError, WALDatabaseError, WALError, WALLockedErro
 from wal.log.lock import LOCK_NAME, read_owner_pid
 from wal.log.manifest import MANIFEST_NAME
 from wal.log.segment import SEGMENT_SUFFIX
+from wal.masking import mask_text
 from wal.orders.validation import SYMBOL_RE
 from wal.sync.identity import TARGET_FILE
 
@@ -88,7 +89,7 @@ class AtbError(click.ClickException):
     """A one-line error with a chosen exit code (1 unless told)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_PROBLEM) -> None:
-        super().__init__(one_line(message))
+        super().__init__(one_line(mask_text(message)))  # no password, whatever the message
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 

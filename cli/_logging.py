@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from cli._common import AtbError
+from wal.masking import mask_text
 
 __all__ = ["LOG_FORMATS", "LogSession", "log_format"]
 
@@ -47,10 +48,10 @@ class _JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask_text(record.getMessage()),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = mask_text(self.formatException(record.exc_info))
         return orjson.dumps(doc).decode()
 
 
@@ -59,7 +60,7 @@ class _TextFormatter(logging.Formatter):
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return mask_text(text)  # a URL's password, a database's known one: never in a log
 
 
 class _Held(logging.Handler):

@@ -324,6 +324,7 @@ class WALUnsafeFileError(WALError):
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
+        self.what = what  # "a symlink", "a directory", "a FIFO (named pipe)", "a device", ...
         super().__init__(f"{path} is {what}, not a regular file of the log")
 
 

@@ -37,7 +37,7 @@ from wal.config import WALConfig
 from wal.db.classify import describe_error
 from wal.errors import WALDatabaseError, WALError, printable
 from wal.log.storage import WALStorage
-from wal.masking import mask_url
+from wal.masking import mask_text, mask_url
 from wal.orders.audit import digest_path, verify_audit
 from wal.orders.broker import BrokerOrder, BrokerPosition
 from wal.orders.errors import BrokerError
@@ -152,7 +152,8 @@ def read_orders(
         return (*read_journal(_NoRows(), pending, cid), f"cannot {what}: {exc}")
     except Exception as exc:  # SQLAlchemy and the driver: one line, never a traceback
         raise AtbError(
-            f"cannot {what} from {source.shown_url}: {describe_error(exc)}", EXIT_UNCHECKED
+            f"cannot {what} from {source.shown_url}: {describe_error(exc, source.url)}",
+            EXIT_UNCHECKED,
         ) from None
     finally:
         db.dispose()
@@ -519,6 +520,7 @@ def status_cmd(
       atb orders status --no-broker
     """
     url = DEFAULT_BROKER_URL if no_broker else resolve_broker_url(broker_url)
+    shown = mask_url(url)  # printed, and in --json: never the broker's password
     got, _, _, outage = read_orders(ctx)
     broker_error: str | None = None
     answer = None
@@ -529,7 +531,7 @@ def status_cmd(
             text = (
                 exc.message if isinstance(exc, BrokerError) else f"no answer within {timeout:g} s"
             )
-            broker_error = f"the broker at {url} did not answer: {one_line(text)}"
+            broker_error = f"the broker at {shown} did not answer: {one_line(mask_text(text, url))}"
     st = order_status(got, answer)
     halt = read_halt(get_config(ctx).directory)
     code = 0
@@ -540,7 +542,7 @@ def status_cmd(
     doc = {
         **st,
         "checked_broker": answer is not None,
-        "broker_url": None if no_broker else url,
+        "broker_url": None if no_broker else shown,
         "broker_error": broker_error,
         "halted": None if halt is None else halt.to_dict(),
         "database_error": outage,
@@ -559,7 +561,7 @@ def status_cmd(
         elif broker_error is not None:
             click.echo(f"  broker: NOT CHECKED: {broker_error}; below: the journal's own view")
         else:
-            click.echo(f"  broker: asked {url}: positions and stops are the broker's")
+            click.echo(f"  broker: asked {shown}: positions and stops are the broker's")
         if outage is not None:
             click.echo(f"  database: NOT READ: {outage}; below: the log's pending orders only")
         if halt is not None:
@@ -606,7 +608,8 @@ def verify_cmd(ctx: click.Context, as_json: bool) -> None:
         raise AtbError(f"cannot {what}: {exc}", EXIT_UNCHECKED) from None
     except Exception as exc:  # SQLAlchemy and the driver: one line, never a traceback
         raise AtbError(
-            f"cannot {what} from {source.shown_url}: {describe_error(exc)}", EXIT_UNCHECKED
+            f"cannot {what} from {source.shown_url}: {describe_error(exc, source.url)}",
+            EXIT_UNCHECKED,
         ) from None
     finally:
         db.dispose()

@@ -34,6 +34,7 @@ from wal import DurableDatabaseManager
 from wal.config import WALConfig
 from wal.errors import WALLockedError
 from wal.log.storage import WALStorage
+from wal.masking import mask_url
 from wal.orders.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -84,7 +85,8 @@ async def _with_manager(
                     broker = await HttpBroker.connect(url, timeout=timeout)
                 except BrokerError as exc:
                     raise AtbError(
-                        f"cannot {what}: the broker at {url} did not answer ({exc.message}); "
+                        f"cannot {what}: the broker at {mask_url(url)} did not answer "
+                        f"({exc.message}); "
                         "nothing was changed",
                         EXIT_UNCHECKED,
                     ) from None
@@ -185,7 +187,7 @@ def reconcile_cmd(
         echo_json(result.to_dict())
     else:
         head = "would do" if dry_run else "did"
-        click.echo(f"reconciliation against {url} ({head}):")
+        click.echo(f"reconciliation against {mask_url(url)} ({head}):")
         for k, v in result.to_dict().items():
             if isinstance(v, int) and not isinstance(v, bool):
                 click.echo(f"  {k + ':':<24}{v}")
@@ -251,7 +253,7 @@ def cancel_cmd(
             return order
         _confirm(
             f"cancel {order.intent.side} {dec(order.intent.quantity)} {order.symbol} "
-            f"({order.intent.order_type}, {order.state.value}) {cid} at {url}?",
+            f"({order.intent.order_type}, {order.state.value}) {cid} at {mask_url(url)}?",
             yes,
         )
         return await om.cancel(cid)
@@ -339,7 +341,9 @@ def flatten_cmd(
             closes = [{"symbol": s, "side": sd, "quantity": dec(q)} for s, sd, q in plan]
             return {"dry_run": dry_run, "closes": closes, "stops_cancelled": cancelled}
         _confirm(
-            "send " + ", ".join(f"market {sd} {dec(q)} {s}" for s, sd, q in plan) + f" to {url}?",
+            "send "
+            + ", ".join(f"market {sd} {dec(q)} {s}" for s, sd, q in plan)
+            + f" to {mask_url(url)}?",
             yes,
         )
         for s, sd, q in plan:

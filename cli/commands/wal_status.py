@@ -31,6 +31,7 @@ from wal.config import WALConfig, mask_url
 from wal.errors import WALCorruptionError, WALError
 from wal.log.lock import lock_file_problem
 from wal.log.storage import StorageStats, WALStorage
+from wal.masking import mask_text
 from wal.sync.halt import read_halt
 
 DB_CHECK_TIMEOUT_S = 10.0
@@ -242,7 +243,7 @@ def _database(config: WALConfig, skip: bool, *, named: bool = True) -> dict[str,
             if why is not None:
                 out["error"] = why
     else:
-        out.update(reachable=False, error=mask_url(str(result.get("error"))))
+        out.update(reachable=False, error=mask_text(str(result.get("error")), url))
     out["checked"] = result.get("checked")
     return out
 

@@ -16,6 +16,7 @@ import psycopg
 from sqlalchemy import exc as sa_exc
 
 from wal.errors import WALDatabaseError
+from wal.masking import mask_text
 
 __all__ = ["RecordNotFoundError", "describe_error", "is_transient"]
 
@@ -105,12 +106,15 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line: the error's type and message, without SQLAlchemy's SQL dump and links."""
+def describe_error(exc: BaseException, url: str | None = None) -> str:
+    """One line: the error's type and message, without SQLAlchemy's SQL dump and links, and
+    without a password: every URL in it masked, and the secret values of ``url`` (and of any
+    database this process connected to) replaced by ``***`` wherever they appear (a driver
+    quotes pieces of a password it mis-parsed, ``u:h@nter2@host``, as the host ``nter2@host``)."""
     inner = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
     kind = type(exc).__name__
     if inner is not exc and type(inner).__name__ != kind:
         kind = f"{kind} ({type(inner).__name__})"  # e.g. IntegrityError (UniqueViolation)
-    text = " ".join(str(inner).split())
+    text = mask_text(" ".join(str(inner).split()), url)  # masked before it is cut short
     line = f"{kind}: {text}" if text else kind
     return line if len(line) <= _MAX_ERROR_LEN else line[: _MAX_ERROR_LEN - 3] + "..."

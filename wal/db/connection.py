@@ -150,7 +150,7 @@ class DatabaseConnection:
         except sa_exc.DBAPIError as exc:
             if is_transient(exc):
                 raise WALDatabaseError(
-                    f"database {self.safe_url} is unreachable: {describe_error(exc)}",
+                    f"database {self.safe_url} is unreachable: {describe_error(exc, self.url)}",
                     transient=True,
                 ) from exc
             return None  # no such table: a database the log never applied to
@@ -240,7 +240,7 @@ class DatabaseConnection:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
             raise WALDatabaseError(
-                f"database {self.safe_url} is unreachable: {describe_error(exc)}",
+                f"database {self.safe_url} is unreachable: {describe_error(exc, self.url)}",
                 transient=is_transient(exc),
             ) from exc
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from wal.errors import WALConfigError, WALDatabaseError
+from wal.masking import remember_url
 
 log = logging.getLogger("wal.db")
 
@@ -221,6 +222,7 @@ def make_engine(
     a SQLite file that is not there is ``WALDatabaseError`` naming it, never created (a
     mistyped URL would otherwise read as an empty database, and leave one behind).
     """
+    remember_url(given)  # its password is masked in every error text from now on (mask_text)
     timeouts = timeouts if timeouts is not None else Timeouts()
     engine_url = _engine_url(given)
     dialect = engine_url.get_backend_name()

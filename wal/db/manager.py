@@ -476,8 +476,8 @@ class DatabaseManager(OrderJournalMethods):
             )
             # the cause first: a log line or a status cut short still says what failed
             raise WALDatabaseError(
-                f"{describe_error(exc)}: applying {len(entries)} entries to {self.safe_url} "
-                f"failed and the batch {what}",
+                f"{describe_error(exc, self.url)}: applying {len(entries)} entries to "
+                f"{self.safe_url} failed and the batch {what}",
                 transient=transient,
             ) from exc
         return results

@@ -5,7 +5,11 @@ fsync of a directory, rename, unlink, truncate, fallocate) goes through a ``File
 ``OSFileOps`` is the real thing. Tests pass their own implementation to
 ``WALStorage(fs=...)`` to model the page cache (what survives a power loss) and to inject
 ENOSPC, EIO and short writes where the real fault cannot be produced. Reads go straight to
-the OS: they change nothing on disk.
+the OS: they change nothing on disk, but never through a symlink and never blocking on
+a FIFO or a device (``open_regular``, ``read_regular``): every file the library opens in
+or beside the log directory must be a regular file, and anything else is refused with a
+``WALUnsafeFileError`` naming what it is, instead of hanging the process on a ``open()``
+or ``read()`` that never returns.
 """
 
 from __future__ import annotations
@@ -13,12 +17,103 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
 from wal.errors import WALUnsafeFileError
 
-__all__ = ["FileOps", "OSFileOps", "write_all", "write_file_atomic"]
+__all__ = [
+    "FileOps",
+    "OSFileOps",
+    "file_kind",
+    "open_regular",
+    "read_regular",
+    "write_all",
+    "write_file_atomic",
+]
+
+# O_NONBLOCK: opening a FIFO or a device never waits (a FIFO opened for reading without a
+# writer would block in open(), one opened for writing without a reader too); it changes
+# nothing for a regular file. O_NOFOLLOW: a symlink is refused (ELOOP), never followed.
+_SAFE_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def file_kind(mode: int | None) -> str:
+    """What a file that is not a regular one is, for a message ("a FIFO (named pipe)", ...);
+    ``None``: a symlink (the only thing ``O_NOFOLLOW`` refuses before there is a mode)."""
+    if mode is None or stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def _refused(path: str | os.PathLike[str]) -> WALUnsafeFileError:
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    return WALUnsafeFileError(Path(path), file_kind(mode))
+
+
+def _open_checked(path: str | os.PathLike[str], flags: int, mode: int) -> int:
+    """``os.open`` that never blocks nor follows a symlink (``OSError``, ``ELOOP``), and
+    refuses (``WALUnsafeFileError``) anything that is not a regular file once opened."""
+    try:
+        fd = os.open(path, flags | _SAFE_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader; a device
+            raise _refused(path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise WALUnsafeFileError(Path(path), file_kind(st.st_mode))
+    return fd
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """A descriptor of the regular file ``path`` (``flags`` as for ``os.open``), never through
+    a symlink and never blocking: a symlink, a directory, a FIFO, a device or a socket at
+    ``path`` raises ``WALUnsafeFileError`` saying which (checked with ``fstat`` on the opened
+    descriptor: what was opened is what was checked). ``FileNotFoundError`` and other
+    ``OSError`` propagate."""
+    try:
+        return _open_checked(path, flags, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):  # a symlink; a directory opened to write
+            raise _refused(path) from None
+        raise
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = 1 << 20) -> bytes:
+    """The bytes of the regular file ``path`` (``open_regular``: a symlink, directory, FIFO or
+    device raises ``WALUnsafeFileError``, never hangs). ``limit``: a file larger than that
+    many bytes raises ``ValueError`` (the library's small files are a few KiB; None: any
+    size). ``FileNotFoundError`` propagates."""
+    fd = open_regular(path)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise ValueError(f"{os.fspath(path)} is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class FileOps(Protocol):
@@ -36,11 +131,13 @@ class FileOps(Protocol):
 
 
 class OSFileOps:
-    """The real file system. Never follows a symlink: a file of the log that is a symlink
-    fails to open (ELOOP) instead of writing, truncating or copying what it points to."""
+    """The real file system. Never follows a symlink and opens nothing but a regular file:
+    a symlink at a file of the log fails to open (``OSError``, ``ELOOP``) instead of
+    writing, truncating or copying what it points to, and a FIFO or a device is refused
+    (``WALUnsafeFileError``) instead of blocking the writer in ``open()``."""
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        return _open_checked(path, flags, mode)
 
     def write(self, fd: int, data: bytes) -> int:
         return os.write(fd, data)
@@ -65,7 +162,7 @@ class OSFileOps:
         os.unlink(path)
 
     def truncate(self, path: str, length: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = _open_checked(path, os.O_WRONLY, 0)
         try:
             os.ftruncate(fd, length)
             os.fsync(fd)  # the cut must be durable before anything is appended after it

@@ -21,6 +21,7 @@ import stat
 from pathlib import Path
 
 from wal.errors import WALLockedError, WALUnsafeFileError
+from wal.log.fileops import file_kind, open_regular
 
 __all__ = [
     "CHECK_EVERY",
@@ -36,10 +37,12 @@ CHECK_EVERY = 1024  # flushes between two checks that LOCK is still ours (and af
 
 
 def read_owner_pid(directory: Path) -> int | None:
-    """The pid written by the current (or last) owner of the lock, if readable."""
+    """The pid written by the current (or last) owner of the lock, if readable. None when
+    ``LOCK`` is missing or not a regular file (a FIFO, a device or a symlink is never read:
+    ``lock_file_problem`` says what it is)."""
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        fd = open_regular(directory / LOCK_NAME)
+    except (OSError, WALUnsafeFileError):
         return None
     try:
         text = os.read(fd, 64).decode("ascii", "replace").strip()
@@ -61,13 +64,7 @@ def lock_file_problem(directory: Path) -> str | None:
         return f"{LOCK_NAME} cannot be read ({exc.strerror})"
     if stat.S_ISREG(st.st_mode):
         return None
-    what = (
-        "a symlink"
-        if stat.S_ISLNK(st.st_mode)
-        else "a directory"
-        if stat.S_ISDIR(st.st_mode)
-        else "a special file"
-    )
+    what = file_kind(st.st_mode)
     return (
         f"{LOCK_NAME} is {what}, not a regular file: no writer can lock the log (the trading "
         "process refuses to start); move it out of the log directory, or `atb wal repair` "
@@ -127,7 +124,7 @@ class WriterLock:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             os.close(dir_fd)
-            raise WALUnsafeFileError(path, "a special file")
+            raise WALUnsafeFileError(path, file_kind(st.st_mode))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,7 +14,6 @@ file, is the end of the log (:func:`zero_rest`).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ import orjson
 import xxhash
 
 from wal.errors import WALUnsafeFileError
+from wal.log.fileops import file_kind, open_regular
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT, RecordError, decode_line, encode_line
 
 __all__ = [
@@ -170,14 +170,7 @@ class SegmentInfo:
 
 
 def _unsafe(path: Path, st_mode: int | None) -> WALUnsafeFileError:
-    what = (
-        "a symlink"
-        if st_mode is None or stat.S_ISLNK(st_mode)
-        else "a directory"
-        if stat.S_ISDIR(st_mode)
-        else "a special file"
-    )
-    return WALUnsafeFileError(path, what)
+    return WALUnsafeFileError(path, file_kind(st_mode))
 
 
 def check_regular(path: Path) -> os.stat_result:
@@ -189,21 +182,12 @@ def check_regular(path: Path) -> os.stat_result:
 
 
 def open_read(path: Path) -> int:
-    """A read-only descriptor of a regular file of the log, never through a symlink.
+    """A read-only descriptor of a regular file of the log, never through a symlink, never
+    blocking on a FIFO or a device (``open_regular``: ``WALUnsafeFileError`` for those).
 
     ``FileNotFoundError`` propagates (a writer's compaction may have removed the file).
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _unsafe(path, None) from None
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _unsafe(path, st.st_mode)
-    return fd
+    return open_regular(path)
 
 
 def make_dirs(directory: Path, mode: int = DIR_MODE) -> list[Path]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
+from wal.log.fileops import file_kind
 from wal.log.lock import LOCK_NAME, lock_file_problem
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest
 from wal.log.overlap import overlap_problem
@@ -328,9 +329,7 @@ def _not_regular(path: Path) -> str | None:
         return None
     if stat.S_ISREG(st.st_mode):
         return None
-    if stat.S_ISLNK(st.st_mode):
-        return "a symlink"
-    return "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
+    return file_kind(st.st_mode)
 
 
 def _settle_front(out: LogScan, owed: int | None, n: int) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 
 from wal.db import DatabaseManager
 from wal.db.orders import GENESIS_HASH, audit_hash
+from wal.errors import WALUnsafeFileError
+from wal.log.fileops import OSFileOps, read_regular
 
 __all__ = [
     "DIGEST_NAME",
@@ -63,7 +65,9 @@ def append_digest(path: Path, seq: int, hash_: str) -> None:
         fd = os.open(path, flags | os.O_EXCL, 0o600)
         created = True
     except FileExistsError:
-        fd = os.open(path, flags, 0o600)  # O_NOFOLLOW: a symlink planted here is refused
+        # O_NOFOLLOW: a symlink planted here is refused; a FIFO or a device too, never
+        # waited on (OSFileOps.open: O_NONBLOCK, then a regular file or nothing)
+        fd = OSFileOps().open(str(path), os.O_WRONLY | os.O_APPEND, 0o600)
         created = False
     try:
         if created:
@@ -85,14 +89,8 @@ def append_digest(path: Path, seq: int, hash_: str) -> None:
 def read_digest(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     """The digest's anchors in file order, and its problems. A last line without its newline
     (a crash inside the append) is left out, not a problem."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    text = b"".join(chunks).decode("ascii", errors="replace")
+    # never through a symlink, never blocking on a FIFO or a device (WALUnsafeFileError)
+    text = read_regular(path, limit=None).decode("ascii", errors="replace")
     lines = text.split("\n")[:-1]  # the part after the last newline: torn, or empty
     out: list[tuple[int, str]] = []
     problems: list[str] = []
@@ -161,7 +159,10 @@ def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditRep
     entries: list[tuple[int, str]] | None = None
     if digest is not None:
         if os.path.lexists(digest):
-            entries, bad = read_digest(digest)
+            try:
+                entries, bad = read_digest(digest)
+            except WALUnsafeFileError as exc:  # a FIFO, a device, a symlink: never read
+                entries, bad = [], [f"digest file: {exc}"]
             problems += bad
         elif anchors:
             entries = []

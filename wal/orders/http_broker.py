@@ -9,7 +9,9 @@ by client id answers None, a cancel raises ``BrokerRejectedError``. A 404 anywhe
 lists of positions, orders and fills, the rules, a submit) is not "nothing there": a gateway
 answering 404 for a moment, or a wrong path prefix, would read as a broker holding no
 positions. It raises ``BrokerProtocolError``, as does a body that cannot be read or a list
-endpoint that does not answer a list. ``timeout`` is a real socket timeout (seconds).
+endpoint that does not answer a list. ``timeout`` is a real socket timeout (seconds). No
+error message holds the broker URL's password (``safe_url``; a transport error's text is
+masked too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Literal
 
 import httpx
 
+from wal.masking import mask_text, mask_url, remember_url
 from wal.orders.broker import BrokerOrder, BrokerPosition, ClientIdRules
 from wal.orders.errors import (
     BrokerProtocolError,
@@ -50,6 +53,7 @@ class HttpBroker:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        remember_url(self.base_url)  # its password never shows in an error text (mask_text)
         self._rules = rules or ClientIdRules()
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=headers or {}
@@ -75,6 +79,14 @@ class HttpBroker:
         return b
 
     @property
+    def safe_url(self) -> str:
+        """The broker's URL with its password masked (``***``): safe to print and log."""
+        return mask_url(self.base_url)
+
+    def __repr__(self) -> str:
+        return f"HttpBroker({self.safe_url!r})"
+
+    @property
     def rules(self) -> ClientIdRules:
         return self._rules
 
@@ -87,7 +99,8 @@ class HttpBroker:
         except httpx.TimeoutException as exc:
             raise BrokerUnavailable(f"{method} {path} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise BrokerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            text = mask_text(str(exc), self.base_url)  # httpx may quote the URL
+            raise BrokerUnavailable(f"{method} {path}: {type(exc).__name__}: {text}") from exc
         if r.status_code >= 500:
             raise BrokerUnavailable(f"{method} {path}: HTTP {r.status_code}")
         if r.status_code == 404:
@@ -109,7 +122,7 @@ class HttpBroker:
             message = str(body.get("message", r.text)) if isinstance(body, dict) else r.text
             if isinstance(body, dict) and body.get("code") == _DUPLICATE_CODE:
                 raise DuplicateClientOrderId(kw.get("json", {}).get("client_order_id", "?"))
-            raise BrokerRejectedError(message)
+            raise BrokerRejectedError(mask_text(message, self.base_url))
         return body
 
     @staticmethod

@@ -37,7 +37,8 @@ from typing import Any, Final
 
 import orjson
 
-from wal.log.fileops import FileOps, OSFileOps, write_all, write_file_atomic
+from wal.errors import WALUnsafeFileError
+from wal.log.fileops import FileOps, OSFileOps, read_regular, write_all, write_file_atomic
 from wal.log.record import RecordError, decode_line, encode_line
 
 __all__ = ["CHANGE_KIND", "MIN_CHANGES_BYTES", "PaperStateFile", "changes_path_of"]
@@ -230,12 +231,14 @@ def _is_change(rec: dict[str, Any]) -> bool:
 
 
 def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes; None when missing. Anything but a regular file (a directory, a
+    FIFO, a device, a symlink) is a ``ValueError`` naming it, never a read that blocks."""
     try:
-        return path.read_bytes()
+        return read_regular(path, limit=None)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: a directory, not a paper broker state file") from None
+    except WALUnsafeFileError as exc:
+        raise ValueError(f"{exc}: not a paper broker state file") from None
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:

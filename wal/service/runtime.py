@@ -21,6 +21,7 @@ from typing import Any
 
 from wal import DurableDatabaseManager
 from wal.errors import WALWriteError
+from wal.masking import mask_text
 from wal.orders import (
     Broker,
     EventKind,
@@ -138,8 +139,10 @@ class ServiceRuntime:
             self.reconciliation = {"state": "failed", "reason": str(exc)}
             return
         except Exception as exc:
-            self.reconciliation = {"state": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-            log.critical("startup reconciliation failed; trading stays halted: %s", exc)
+            # public (/readyz): never a password a database error quoted
+            why = mask_text(f"{type(exc).__name__}: {exc}")
+            self.reconciliation = {"state": "failed", "reason": why}
+            log.critical("startup reconciliation failed; trading stays halted: %s", why)
             return
         self.reconciliation = {"state": "succeeded", "result": dataclasses.asdict(result)}
         self._tasks.append(asyncio.create_task(self._poll()))

@@ -9,11 +9,15 @@ lock, and a halted engine that is restarted stays halted. Cancels and protective
 
 The file is JSON ``{"reason", "at", "by"}``, mode 0600, written atomically (temp file,
 fsync, rename, directory fsync). A file that cannot be read still halts: a broken switch
-must fail safe.
+must fail safe. So does anything at ``HALT`` that is not a regular file (a FIFO, a device, a
+directory, a symlink): it is never opened in a way that could block (``read_regular``), so
+the check before every submit answers at once, "halted", with a reason saying what is
+wrong with the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -23,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from wal.errors import WALUnsafeFileError
+from wal.log.fileops import read_regular
 
 __all__ = [
     "HALT_FILE",
@@ -36,6 +43,7 @@ __all__ = [
 
 HALT_FILE = "HALT"
 RESUME = "`atb orders resume` allows new orders again; cancels and protective stops still go out"
+RESUME_FIX = "`atb orders resume` removes it"
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,26 @@ class Halt:
         return f"halted by the operator (since {self.at}): {self.reason}"
 
 
+_HALT_MAX_BYTES = 64 * 1024  # a halt file is a few hundred bytes; a reason, not a document
+
+
 def read_halt(directory: Path | str) -> Halt | None:
-    """The halt in force for the log in ``directory``, or None while trading is allowed."""
+    """The halt in force for the log in ``directory``, or None while trading is allowed.
+
+    Never blocks: a FIFO, a device, a directory or a symlink at ``HALT`` is not opened for
+    reading in a way that waits, and halts (fail safe), its reason saying what it is."""
     path = Path(directory) / HALT_FILE
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, _HALT_MAX_BYTES)
     except FileNotFoundError:
         return None
+    except WALUnsafeFileError as exc:  # fail safe: a switch that is not a file still halts
+        reason = f"{path} is {exc.what}, not a halt file: halted until it is removed"
+        return Halt(f"{reason} ({RESUME_FIX})", "?", "?")
     except OSError as exc:  # fail safe: a switch that cannot be read still halts
         return Halt(f"{path} cannot be read ({exc.strerror})", "?", "?")
+    except ValueError as exc:  # larger than any halt file: still a halt
+        return Halt(f"{exc}: not a valid halt file ({RESUME_FIX})", "?", "?")
     try:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
@@ -82,7 +101,9 @@ def write_halt(directory: Path | str, reason: str) -> Halt:
     by = f"{user}@{socket.gethostname()} (pid {os.getpid()})"
     halt = Halt(reason, datetime.now(UTC).isoformat(), by)
     tmp = d / (HALT_FILE + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover, or anything planted there (a FIFO would block open())
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(tmp, flags, 0o600)
     try:
         os.write(fd, orjson.dumps(halt.to_dict(), option=orjson.OPT_INDENT_2))

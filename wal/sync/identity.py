@@ -32,8 +32,8 @@ from sqlalchemy.engine import make_url
 
 from wal.config import mask_url
 from wal.db.engine import sqlite_file
-from wal.errors import WALConfigError, WALDatabaseError
-from wal.log.fileops import FileOps, OSFileOps, write_file_atomic
+from wal.errors import WALConfigError, WALDatabaseError, WALUnsafeFileError
+from wal.log.fileops import FileOps, OSFileOps, read_regular, write_file_atomic
 from wal.log.storage import WALStorage
 
 __all__ = [
@@ -78,9 +78,11 @@ def read_target(directory: Path) -> DatabaseTarget | None:
     """
     path = Path(directory) / TARGET_FILE
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(read_regular(path))
     except FileNotFoundError:
         return None
+    except WALUnsafeFileError as exc:  # a FIFO or a device is never read (it would block)
+        raise ValueError(f"{exc}; move it away and record the database anew") from None
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); delete it to record anew") from None
     if (

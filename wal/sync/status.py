@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from wal.log.fileops import OSFileOps, write_file_atomic
+from wal.errors import WALUnsafeFileError
+from wal.log.fileops import OSFileOps, read_regular, write_file_atomic
 from wal.log.storage import WALStorage
 from wal.sync.apply import Applier
 
@@ -101,10 +102,10 @@ def read_view(directory: Path, name: str = MANAGER_STATUS_FILE) -> dict[str, Any
     None when there is none; ``{"error": ...}`` when it cannot be read."""
     path = Path(directory) / name
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(read_regular(path))
     except FileNotFoundError:
         return None
-    except (OSError, orjson.JSONDecodeError) as exc:
+    except (OSError, ValueError, WALUnsafeFileError) as exc:  # JSONDecodeError: a ValueError
         return {"error": f"unreadable {name}: {exc}"}
     if not isinstance(data, dict):
         return {"error": f"unreadable {name}: not an object"}
