@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -118,11 +119,15 @@ def test_atb_orders_resume_and_status_answer_with_a_fifo_at_halt(tmp_path: Path)
     os.mkfifo(tmp_path / "wal" / HALT_FILE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAL_")}
     env.pop("DATABASE_URL", None)
-    base = ["-m", "cli.main", "orders", "--dir", "wal", "--database-url", url]
+    # the installed `atb` (as the operator runs it): `python -m` would put the cwd, which
+    # holds the log directory `wal`, before the package on sys.path
+    atb_bin = shutil.which("atb", path=str(Path(sys.executable).parent))
+    cmd = [atb_bin] if atb_bin else [sys.executable, "-m", "cli.main"]
+    base = [*cmd, "orders", "--dir", "wal", "--database-url", url]
 
     def atb(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, *base, *args],
+            [*base, *args],
             env=env,
             cwd=tmp_path,
             capture_output=True,
