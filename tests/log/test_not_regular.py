@@ -16,12 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
+from fifo_guard import GUARD_S, answers
 from helpers_log import make_entry
 
 from wal import WALStorage
@@ -33,41 +31,9 @@ from wal.orders.paperstate import _read_or_none
 from wal.sync.identity import read_target
 from wal.sync.status import read_view
 
-T = TypeVar("T")
 BIN = Path(sys.executable).parent
 ATB = shutil.which("atb", path=str(BIN))
 ATB_CMD = [ATB] if ATB else [sys.executable, "-m", "cli.main"]
-GUARD_S = 60.0  # far above any answer; reached only by a call that blocks
-
-
-def release(*fifos: Path) -> None:
-    """Open each FIFO from the other side, so a call blocked on it returns."""
-    for f in fifos:
-        for flags in (os.O_WRONLY, os.O_RDONLY):
-            with contextlib.suppress(OSError):
-                os.close(os.open(f, flags | os.O_NONBLOCK))
-
-
-def answers(fn: Callable[[], T], *fifos: Path) -> T:
-    """``fn()``, failing the test (not hanging it) when it blocks."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(GUARD_S)
-    if t.is_alive():
-        release(*fifos)
-        t.join(GUARD_S)
-        pytest.fail(f"blocked on {', '.join(map(str, fifos))}")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def make_log(d: Path) -> None:

@@ -9,47 +9,18 @@ In-process calls run in a thread with a bounded ``join``: a call that blocks fai
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
+from fifo_guard import GUARD_S, answers
 from orders_helpers import buy, make_rig, run
 
 from wal.orders import TradingHalted
 from wal.sync.halt import HALT_FILE, clear_halt, operator_halt, read_halt, write_halt
-
-T = TypeVar("T")
-GUARD_S = 60.0
-
-
-def answers(fn: Callable[[], T], fifo: Path) -> T:
-    box: dict[str, Any] = {}
-
-    def go() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    t.join(GUARD_S)
-    if t.is_alive():
-        for flags in (os.O_WRONLY, os.O_RDONLY):  # release the blocked call
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, flags | os.O_NONBLOCK))
-        t.join(GUARD_S)
-        pytest.fail(f"blocked on {fifo}")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "device", "huge"])
