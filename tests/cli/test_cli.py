@@ -58,13 +58,7 @@ log.close()
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No WAL_* setting of the machine leaks in; defaults resolve inside tmp_path."""
-    for var in list(os.environ):
-        if var.startswith("WAL_") or var == "DATABASE_URL":
-            monkeypatch.delenv(var)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Result:

@@ -32,12 +32,7 @@ from wal.orders.reconcile import ReconcilerConfig, StartupReconciler
 FAST = ReconcilerConfig(fetch_timeout=2.0, fetch_attempts=1, fetch_backoff=())
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for k in list(os.environ):
-        if k.startswith("WAL_") or k in ("DATABASE_URL", "ATB_BROKER_URL"):
-            monkeypatch.delenv(k)
-    monkeypatch.chdir(tmp_path)  # a default data/ would appear here: it must not
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

@@ -37,12 +37,7 @@ DEMO_MARKER = "DEMO"  # the file that marks a directory `atb demo --dir` made
 DEAD_PG = "postgresql://trader:hunter2@127.0.0.1:1/atb"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for k in list(os.environ):
-        if k.startswith("WAL_") or k in ("DATABASE_URL", "ATB_BROKER_URL"):
-            monkeypatch.delenv(k)
-    monkeypatch.chdir(tmp_path)  # a default data/ would appear here: it must not
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:

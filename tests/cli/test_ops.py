@@ -42,12 +42,7 @@ ATB_CMD = [ATB] if ATB else [sys.executable, "-m", "cli.main"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in list(os.environ):
-        if var.startswith("WAL_") or var == "DATABASE_URL":
-            monkeypatch.delenv(var)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Result:

@@ -8,7 +8,6 @@ one; the password must appear nowhere in stdout or stderr, whatever way it is wr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,7 @@ from orders_helpers import make_rig
 from cli.main import atb
 from wal import WALStorage, masking
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for k in list(os.environ):
-        if k.startswith("WAL_") or k in ("DATABASE_URL", "ATB_BROKER_URL"):
-            monkeypatch.delenv(k)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture(autouse=True)

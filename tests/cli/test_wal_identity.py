@@ -25,13 +25,7 @@ from wal.db import DatabaseManager
 from wal.log.segment import list_segments
 from wal.sync.identity import TARGET_FILE, read_target, record_target
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in list(os.environ):
-        if var.startswith("WAL_") or var == "DATABASE_URL":
-            monkeypatch.delenv(var)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Result:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from orders_helpers import make_rig, run
+from orders_helpers import Rig, make_rig, run
 
 from wal.orders import (
     FINAL_STATES,
@@ -212,6 +212,17 @@ def test_times_read_back_without_a_zone_are_utc() -> None:
     assert bo.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+def assert_nothing_journaled_or_sent(rig: Rig, broker: PaperBroker) -> None:
+    """No broker call, no open order, no order entry in the log, no order row."""
+    assert broker.submit_calls == 0
+    assert rig.om.open_orders() == []
+    assert rig.ddb.storage is not None
+    assert [
+        e for e in rig.ddb.storage.iter_entries() if e.operation.startswith("record_order")
+    ] == []
+    assert rig.ddb.db.get_order_rows() == []
+
+
 BAD_SUBMITS: list[dict[str, Any]] = [
     {"symbol": "AAPL\n"},
     {"time_in_force": "bogus"},
@@ -244,13 +255,7 @@ def test_a_bad_submit_is_one_order_rejected_and_nothing_is_journaled_or_sent(
 
     try:
         run(go())
-        assert broker.submit_calls == 0
-        assert rig.om.open_orders() == []
-        assert rig.ddb.storage is not None
-        assert [
-            e for e in rig.ddb.storage.iter_entries() if e.operation.startswith("record_order")
-        ] == []
-        assert rig.ddb.db.get_order_rows() == []
+        assert_nothing_journaled_or_sent(rig, broker)
     finally:
         rig.close()
 
@@ -318,13 +323,7 @@ def test_a_rejected_submit_journals_and_sends_nothing(tmp_path: Any) -> None:
 
     try:
         run(go())
-        assert broker.submit_calls == 0
-        assert rig.om.open_orders() == []
-        assert rig.ddb.storage is not None
-        assert [
-            e for e in rig.ddb.storage.iter_entries() if e.operation.startswith("record_order")
-        ] == []
-        assert rig.ddb.db.get_order_rows() == []
+        assert_nothing_journaled_or_sent(rig, broker)
     finally:
         rig.close()
 
