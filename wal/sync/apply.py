@@ -141,8 +141,8 @@ class Applier:
         # entry this process applied (``database_suspect``)
         self.recheck = False
         self.epoch = 0  # bumped by each database_suspect(): the reads' identity check too
-        self._last_applied: str | None = None  # the newest entry applied by this process
-        self._probe: str | None = None  # _last_applied when the recheck became due
+        self._last_applied: uuid.UUID | None = None  # the newest entry applied by this process
+        self._probe: uuid.UUID | None = None  # _last_applied when the recheck became due
         self.lost_commits = False  # a new connection found lost commits (reads retry once)
         # set once this process found the database to be the log's: from then on a new
         # connection to another database is refused (before, start() and the first batch and
@@ -190,7 +190,7 @@ class Applier:
         if probe is None:
             return
         held = _connection_scalar(
-            dbapi_conn, f"SELECT entry_id FROM wal_applied WHERE entry_id = '{uuid.UUID(probe)}'"
+            dbapi_conn, f"SELECT entry_id FROM wal_applied WHERE entry_id = '{probe}'"
         )
         if held is None:
             self.reconciled = False  # every COMPLETED entry is checked before the next batch
@@ -336,9 +336,7 @@ class Applier:
                 # nothing is bound here (a read or a dry run never binds a log)
                 self.reconciled = True
                 return 0
-            if not self._target_checked:  # the log's own database, never another one
-                check_before_apply(self.storage.directory, self.db, self.storage)
-                self._target_checked = self._armed = True
+            self._check_target()  # the log's own database, never another one
             since = target.from_lsn  # this database's entries only (not before a rebind)
             chunk: list[WALEntry] = []
             for e in self.storage.iter_entries([WALEntryStatus.COMPLETED]):
@@ -370,17 +368,23 @@ class Applier:
             )
         return redone
 
+    def _check_target(self) -> None:
+        """Once per process (and after an outage, for a manager without an engine): the
+        database is the log's (``check_before_apply``); from then on every new connection is
+        checked as it is made (armed)."""
+        if not self._target_checked:
+            check_before_apply(self.storage.directory, self.db, self.storage)
+            self._target_checked = self._armed = True
+
     def _still_holds_what_was_applied(self) -> bool:
         """A recheck after an outage or a new connection: the log's own database (raises
         when it is another one), and it still holds the newest entry this process had applied
         when the recheck became due (a database that lost commits lost the newest ones: a
         lagging replica, a restored backup hold a prefix). False: it lost some; every
         COMPLETED entry is checked."""
-        if not self._target_checked:
-            check_before_apply(self.storage.directory, self.db, self.storage)
-            self._target_checked = self._armed = True
+        self._check_target()
         last = self._probe
-        if last is None or last in {str(x) for x in self.db.applied_ids([last])}:
+        if last is None or str(last) in {str(x) for x in self.db.applied_ids([last])}:
             return True
         log.warning(
             "the database no longer holds entry %s, applied by this process: it lost commits "
@@ -425,9 +429,7 @@ class Applier:
         if not self.reconciled or self.recheck:
             self.reapply_lost()  # before anything newer reaches the database (LSN order)
         try:
-            if not self._target_checked:  # the log's own database, never another one
-                check_before_apply(self.storage.directory, self.db, self.storage)
-                self._target_checked = self._armed = True
+            self._check_target()  # the log's own database, never another one
             results = self.db.apply(list(batch))
         except Exception as exc:
             if not transient_error(exc):
@@ -440,7 +442,7 @@ class Applier:
         outcomes: dict[uuid.UUID, Outcome] = {}
         for e, r in zip(batch, results, strict=True):
             if r.outcome == "applied":
-                self._last_applied = str(e.entry_id)  # LSN order: the newest is last
+                self._last_applied = e.entry_id  # LSN order: the newest is last
                 self.counters.applied += 1
                 outcomes[e.entry_id] = Outcome(WALEntryStatus.COMPLETED, r.value)
             elif r.outcome == "duplicate":

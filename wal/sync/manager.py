@@ -56,7 +56,7 @@ from wal.log.storage import WALStorage
 from wal.money import exact, in_money_context
 from wal.sync.apply import Applier, ApplyObserver, BatchAborted
 from wal.sync.breaker import BreakerState, backoff_delay
-from wal.sync.calls import ID_PARAMS, TIME_PARAMS, request_digest
+from wal.sync.calls import ID_PARAMS, TIME_PARAMS, TRADING_OPERATIONS, request_digest
 from wal.sync.metrics import MetricsServer, figures_of
 from wal.sync.results import Receipt, SyncResult
 from wal.sync.status import MANAGER_STATUS_FILE, manager_stats, publish_status
@@ -281,6 +281,8 @@ class WALManager:
         """``receipt`` of the keyed entry ``e`` with what a retry under its key is compared
         with (``check_same_request``)."""
         op = e.operation
+        if op not in TRADING_OPERATIONS:
+            return receipt  # the order journal's keys are its own: never compared
         id_param, time_param = ID_PARAMS.get(op), TIME_PARAMS.get(op)
         return replace(
             receipt,
@@ -562,7 +564,8 @@ class WALManager:
 
     @property
     def database_epoch(self) -> int:
-        """Bumped each time the database may have changed (an outage, a new connection)."""
+        """Bumped each time the database may have changed (an outage, for a manager without
+        an engine: the bundled one's connections are checked as they are made)."""
         return self._applier.epoch
 
     @property
