@@ -1,10 +1,13 @@
 """Named crash points for the crash tests (RocksDB's whitebox kills, etcd's gofail).
 
 ``WAL_CRASH_POINT=<name>`` makes the process ``os._exit(137)`` the first time it reaches the
-point called ``<name>``; ``WAL_CRASH_POINT=<name>:<n>`` the n-th time. The variable is read
-once, at import: without it ``crash_point`` is one string comparison. ``os._exit`` skips every
-``finally``, ``atexit`` and buffer flush, like a SIGKILL at that instant (the page cache
-survives, as it does a SIGKILL; power loss is modelled by a ``FileOps`` in the tests).
+point called ``<name>``; ``WAL_CRASH_POINT=<name>:<n>`` the n-th time. With
+``WAL_CRASH_ACTION=stop`` it stops itself there instead (``SIGSTOP``), for a test to deliver a
+real ``SIGKILL`` at that very point (``os.waitpid(pid, os.WUNTRACED)`` sees it stopped). The
+variables are read once, at import: without them ``crash_point`` is one string comparison.
+``os._exit`` skips every ``finally``, ``atexit`` and buffer flush, like a SIGKILL at that
+instant (the page cache survives, as it does a SIGKILL; power loss is modelled by a
+``FileOps`` in the tests).
 
 The points, in the order the write path meets them:
 
@@ -15,6 +18,8 @@ The points, in the order the write path meets them:
 ``compact-after-rename``      the temp file replaced the segment; directory not synced
 ``compact-after-unlink``      an emptied front segment was unlinked; directory not synced
 ``compact-between-segments``  one segment was rewritten, the next ones are not yet
+``repair.after_backup_copy``  ``repair`` copied one more file into ``<backup>.partial``; the
+                              backup is not complete, the log not yet changed
 ``durable.after_write_before_read``  ``atomic_balance_update`` logged (and maybe applied) the
                               update, before reading the balance it returns
 ``manager.after_append_before_apply``  the entry is durable in the log, not yet applied, the
@@ -40,6 +45,7 @@ hot-path points (``append-*``, behind ``ARMED``) are reached only with ``WAL_CRA
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 
 from wal.errors import WALConfigError
@@ -55,6 +61,7 @@ POINTS = frozenset(
         "compact-after-rename",
         "compact-after-unlink",
         "compact-between-segments",
+        "repair.after_backup_copy",
         "durable.after_write_before_read",
         "manager.after_append_before_apply",
         "manager.after_apply_before_status",
@@ -77,6 +84,9 @@ if _name and (
         os.environ["WAL_CRASH_POINT"],
         "<point>[:<n>], point one of " + ", ".join(sorted(POINTS)),
     )
+_action = os.environ.get("WAL_CRASH_ACTION", "exit") if _name else "exit"
+if _action not in ("exit", "stop"):
+    raise WALConfigError("WAL_CRASH_ACTION", _action, "exit | stop")
 _remaining = int(_nth) if _nth else 1
 # True when a crash point is set: hot paths test this constant and skip the call (zero cost).
 ARMED = bool(_name)
@@ -98,4 +108,7 @@ def crash_point(name: str) -> None:
         return
     _remaining -= 1
     if _remaining <= 0:
+        if _action == "stop":  # the test sends the SIGKILL (a SIGCONT would go on from here)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
         os._exit(137)

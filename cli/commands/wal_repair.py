@@ -14,8 +14,8 @@ from cli._common import (
     require_log_dir,
     wal_errors,
 )
-from wal.errors import WALCorruptionError, WALLockedError
-from wal.log.repair import RepairReport, WALRepairError, repair_log
+from wal.errors import WALCorruptionError, WALLockedError, printable
+from wal.log.repair import RepairReport, WALRepairError, repair_log, repairable
 from wal.log.verify import verify_log
 
 
@@ -34,7 +34,9 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
     range, so the dropped records' LSNs become allowed gaps. Every dropped record is
     listed with file, line and byte offset (and its LSN and entry id when legible).
     A dropped status record can make an applied entry PENDING again: the database's
-    applied ledger then skips it instead of applying it twice.
+    applied ledger then skips it instead of applying it twice. A record only verify
+    flags (an entry's content checksum, an entry id written twice) is one a normal
+    open accepts and replays: it is kept, listed as such, never dropped.
 
     Needs the writer lock. Run `atb wal verify` first to see what would be dropped.
 
@@ -50,18 +52,39 @@ def repair(ctx: click.Context, yes: bool, as_json: bool) -> None:
         before = verify_log(directory)
     except WALCorruptionError as exc:
         raise AtbError(one_line(str(exc)), EXIT_UNREADABLE) from None
-    if before.ok:
+    to_drop = repairable(before)
+    kept = [d for d in before.defects if d.verify_only]
+    if not to_drop:
         if as_json:
-            echo_json({"directory": str(directory), "nothing_to_do": True, "backup": None})
+            echo_json(
+                {
+                    "directory": str(directory),
+                    "nothing_to_do": True,
+                    "backup": None,
+                    "kept": [d.to_dict() for d in kept],
+                    "notes": list(before.notes),
+                }
+            )
         else:
-            click.echo(f"{directory}: no defects, nothing to repair")
+            for d in kept:
+                click.echo(printable(f"kept     {d}"))
+            for note in before.notes:  # e.g. an unfinished backup a killed repair left
+                click.echo(printable(f"note     {note}"))
+            click.echo(
+                f"{directory}: no defects, nothing to repair"
+                if not kept
+                else f"{directory}: nothing to repair: {len(kept)} record(s) only verify flags "
+                "stay (a normal open accepts and replays them; check them against the database)"
+            )
         return
     if not yes and not as_json:
-        for d in before.defects:
-            click.echo(f"DEFECT  {d}")
+        for d in to_drop:
+            click.echo(printable(f"DEFECT  {d}"))
+        for d in kept:
+            click.echo(printable(f"keep    {d}"))
         click.confirm(
             f"Back up {directory} and rewrite its damaged segments without these "
-            f"{len(before.defects)} defect(s)?",
+            f"{len(to_drop)} defect(s)?",
             abort=True,
         )
     elif not yes:
@@ -102,6 +125,8 @@ def _print(report: RepairReport) -> None:
         known = [f"LSN {d.lsn}"] if d.lsn is not None else []
         known += [f"entry {d.entry_id}"] if d.entry_id is not None else []
         click.echo(f"dropped  {d}" + (f" ({', '.join(known)})" if known else ""))
+    for d in report.kept:  # records a normal open accepts and replays: never dropped
+        click.echo(printable(f"kept     {d}"))
     for r in report.ranges:
         click.echo(f"rewrote  {r}")
     for note in report.notes:  # what was lost or moved, in words: never only in --json

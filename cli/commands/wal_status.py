@@ -28,7 +28,8 @@ from cli._common import (
     wal_errors,
 )
 from wal.config import WALConfig, mask_url
-from wal.errors import WALCorruptionError, WALError
+from wal.errors import WALCorruptionError, WALError, printable
+from wal.log.backups import partial_backup_notes
 from wal.log.lock import lock_file_problem
 from wal.log.storage import StorageStats, WALStorage
 from wal.masking import mask_text
@@ -85,6 +86,9 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
       last_cli_sync               the last `atb wal sync` result or null
       halted                      the operator's halt (`atb orders halt`): {reason,
                                   at, by}, or null while trading is allowed
+      notes                       one line each, no health problem: an unfinished
+                                  backup a killed `atb wal repair` left beside the
+                                  log (copies only; it can be removed)
       health                      {exit_code, problems: [one line each],
                                   issues: [{exit_code, problem}]}
     When the log cannot be read: {directory, error, health} and exit code 2.
@@ -98,9 +102,12 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     config = get_config(ctx)
     directory = require_log_dir(config)
     lock = lock_state(directory)
+    notes = partial_backup_notes(directory)  # beside the log: never a health problem
     try:
         stats = _read_stats(config, lock)
     except (WALError, OSError) as exc:
+        for note in notes:  # said even when the log cannot be read (on stderr: not the JSON)
+            click.echo(printable(f"note: {note}"), err=True)
         raise AtbError(one_line(str(exc)), EXIT_UNREADABLE) from None
     from wal.sync.status import CLI_SYNC_FILE, read_view
 
@@ -119,6 +126,7 @@ def status(ctx: click.Context, as_json: bool, no_db: bool) -> None:
     doc["last_cli_sync"] = cli_sync
     halt = read_halt(directory)
     doc["halted"] = None if halt is None else halt.to_dict()
+    doc["notes"] = notes
     if as_json:
         echo_json(doc)
     else:
@@ -395,6 +403,7 @@ def _print_table(doc: dict[str, Any], config: WALConfig) -> None:
     rows.append(
         ("trading", "allowed" if h is None else f"HALTED by {h['by']} at {h['at']}: {h['reason']}")
     )
+    rows.extend(("note", note) for note in doc.get("notes") or [])
     problems = doc["health"]["problems"]
     rows.append(("health", "OK" if not problems else "PROBLEM: " + "; ".join(problems)))
     width = max(len(k) for k, _ in rows)

@@ -78,7 +78,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
                     f"{len(only)} defect(s) only verify checks (an entry's content checksum, an "
                     "entry id written twice): a normal open accepts these records and replays "
                     "them as they are; check them against the database (`atb wal repair` "
-                    "moves them into its backup)"
+                    "keeps them too: it never drops a record a normal open replays)"
                 )
             torn = [d for d in report.defects if d.torn_tail]
             if not torn:

@@ -3,17 +3,28 @@ undamaged entry, and a byte-exact backup of what was there before."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
-from helpers_log import check_files, make_entry, write_at_end
+from helpers_log import check_files, lines_of, make_entry, write_at_end
 from test_verify import CASES, Case, build_log, line_at, segments, snapshot
 
-from wal import WALCorruptionError, WALEntryStatus, WALLockedError, WALStorage, WALUnsafeFileError
+from wal import (
+    WALCorruptionError,
+    WALEntry,
+    WALEntryStatus,
+    WALLockedError,
+    WALStorage,
+    WALUnsafeFileError,
+)
+from wal.log.record import decode_line, encode_line
 from wal.log.repair import repair_log
 from wal.log.verify import verify_log
 
@@ -192,3 +203,80 @@ def test_a_backup_that_cannot_be_written_leaves_no_partial_backup(tmp_path: Path
     assert ".wal" in out.stdout and "partial backup was removed" in out.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["wal"]  # no backup, partial or not
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.name != "LOCK"} == before
+
+
+def _acknowledged_with_a_stale_checksum(d: Path) -> WALEntry:
+    """An entry appended (and acknowledged) whose content checksum no longer matches its
+    content: built with ``dataclasses.replace`` from another one. The writer takes it; only
+    ``verify`` checks the content checksum, and a normal open indexes and replays it."""
+    original = make_entry(777)
+    forged = dataclasses.replace(original, kwargs={**original.kwargs, "qty": Decimal("9.50")})
+    assert not forged.verify()
+    with WALStorage(d) as log:
+        return log.append(forged)
+
+
+def _planted_duplicate(d: Path) -> int:
+    """A second record of an entry already in the log, written at the end of the log."""
+    first = lines_of(segments(d)[0])
+    rec = decode_line(first[1][1].rstrip(b"\n"))  # the first entry
+    with WALStorage.open_readonly(d) as log:
+        lsn = log.next_lsn
+    write_at_end(segments(d)[-1], encode_line(orjson.dumps(dict(rec, lsn=lsn))))
+    return lsn
+
+
+def test_records_a_normal_open_accepts_are_never_dropped(tmp_path: Path) -> None:
+    """An entry whose content checksum does not match and an entry id written twice are
+    defects only verify reports: the open indexes both and replays them (the first was
+    appended and acknowledged). Repair keeps them, with or without a real defect to mend,
+    and says so; it never drops an acknowledged entry the open would have applied."""
+    d = tmp_path / "wal"
+    ids = build_log(d)
+    forged = _acknowledged_with_a_stale_checksum(d)
+    dup_lsn = _planted_duplicate(d)
+    with WALStorage.open_readonly(d) as log:  # what the open accepts and replays
+        assert forged.entry_id in {e.entry_id for e in log.get_pending_entries()}
+        assert log.recovery_report.records == verify_log(d).records + 2
+
+    # only such records: nothing to repair, no backup, nothing changed
+    before = snapshot(d)
+    rep = repair_log(d)
+    assert rep.nothing_to_do and rep.dropped == [] and not list(tmp_path.glob("wal.backup-*"))
+    assert sorted(x.lsn or 0 for x in rep.kept) == [forged.lsn, dup_lsn]
+    assert {k: v for k, v in snapshot(d).items() if k != "LOCK"} == {
+        k: v for k, v in before.items() if k != "LOCK"
+    }
+
+    # with a real defect beside them: that one is dropped, they stay
+    destroyed, where = CASES[0].mutate(d)  # a bit flipped in a sealed segment
+    rep = repair_log(d)
+    assert rep.backup is not None and rep.opened
+    assert [(x.file, x.line, x.offset) for x in rep.dropped] == where
+    assert sorted(x.lsn or 0 for x in rep.kept) == [forged.lsn, dup_lsn]
+    assert all(x.verify_only for x in rep.kept) and not any(x.verify_only for x in rep.dropped)
+    left = verify_log(d)
+    assert left.opens and all(x.verify_only for x in left.defects) and len(left.defects) == 2
+    with WALStorage(d) as log:
+        entry = log.get_entry(forged.entry_id)
+        assert entry.lsn == forged.lsn and entry.kwargs["qty"] == Decimal("9.50")
+        assert entry.status is WALEntryStatus.PENDING
+        assert forged.entry_id in {e.entry_id for e in log.get_pending_entries()}
+    assert set(entries_of(d)) == set(ids) - destroyed | {forged.lsn or 0, dup_lsn}
+
+
+def test_the_cli_keeps_what_only_verify_flags(tmp_path: Path) -> None:
+    d = tmp_path / "wal"
+    build_log(d, n=3)
+    forged = _acknowledged_with_a_stale_checksum(d)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "wal", "--dir", str(d), "repair", "--yes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "nothing to repair: 1 record(s) only verify flags stay" in out.stdout
+    assert f"kept     {segments(d)[-1].name}" in out.stdout
+    with WALStorage(d) as log:
+        assert log.get_entry(forged.entry_id).lsn == forged.lsn

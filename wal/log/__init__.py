@@ -8,6 +8,7 @@ Modules, bottom to top:
 
 * ``record``: one line on disk (checksum, payload, record kinds, format version).
 * ``segment``: segment names and headers, file and directory modes, scanning a segment.
+* ``filescan``: a segment file judged a piece at a time (no file or long line held whole).
 * ``fileops``: the file operations durability depends on (the fault-injection seam).
 * ``lock``: one writer per log (``flock`` on ``LOCK``).
 * ``options``: ``StorageOptions`` (fsync mode, segment size, recovery mode).
@@ -27,6 +28,7 @@ Modules, bottom to top:
 * ``asyncappend``: ``AsyncAppender``, ``append_async`` through one flush thread.
 * ``storage``: ``WALStorage``, opening (lock, recovery), compaction, stats, closing, fork safety.
 * ``verify``, ``repair``: a read-only full scan; explicit salvage with a backup.
+* ``backups``: the names of repair's backups; the unfinished ones a killed repair leaves.
 
 The on-disk format is in the ``wal`` package docstring and ``docs/wal.md``.
 """

@@ -24,19 +24,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wal.log.filescan import pread_all, scan_file
 from wal.log.record import FORMAT_VERSION, KIND_SEGMENT
-from wal.log.segment import Defect, open_read, read_from, scan, zero_rest
+from wal.log.segment import Defect, data_end, open_read
 from wal.log.validate import record_lsn
 
 __all__ = ["overlap_problem"]
-
-
-def _read(path: Path) -> bytes:
-    fd = open_read(path)  # never through a symlink; FileNotFoundError propagates
-    try:
-        return read_from(fd, 0)
-    finally:
-        os.close(fd)
 
 
 def _span(lsns: list[int]) -> str:
@@ -53,29 +46,48 @@ def overlap_problem(earlier: Path, claimed: int, later: Path, later_first: int) 
     records ``earlier`` holds (see the module's rule); else the defect of ``earlier``'s header,
     in words: its claim, what its records hold, and what ``later`` holds that it does not.
 
-    Reads both files (``FileNotFoundError`` propagates: a writer's compaction removed one).
+    Reads both files a chunk at a time (``FileNotFoundError`` propagates: a writer's
+    compaction removed one); never through a symlink.
     """
-    data = _read(earlier)
-    held: dict[int, bytes] = {}
+    fd = open_read(earlier)
+    try:
+        fd_later = open_read(later)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        return _judge(earlier, fd, claimed, later, fd_later, later_first)
+    finally:
+        os.close(fd_later)
+        os.close(fd)
+
+
+def _judge(
+    earlier: Path, fd: int, claimed: int, later: Path, fd_later: int, later_first: int
+) -> str | None:
+    held: dict[int, tuple[int, int]] = {}  # LSN -> (offset, length) of the earlier's record
     top: int | None = None  # the highest LSN among the earlier segment's records
-    for item in scan(earlier, data):
+    for item in scan_file(earlier, fd, os.fstat(fd).st_size):
         if isinstance(item, Defect) or item.record.get("t") == KIND_SEGMENT:
             continue
         lsn = record_lsn(item.record)
         if lsn is not None:
-            held[lsn] = data[item.offset : item.offset + item.length]
+            held[lsn] = (item.offset, item.length)
             top = lsn if top is None else max(top, lsn)
 
-    later_data = _read(later)
+    size = os.fstat(fd_later).st_size
+    zeros_from: int | None = None  # where the later segment's zero rest starts
     header_seen = False
     header_ok = False
     later_claim: int | None = None
     missing: list[int] = []
     differ: list[int] = []
     unreadable = 0
-    for item in scan(later, later_data):
+    for item in scan_file(later, fd_later, size):
         if isinstance(item, Defect):
-            if zero_rest(later_data, item.offset):
+            if zeros_from is None:
+                zeros_from = data_end(fd_later, size)
+            if zeros_from <= item.offset < size:
                 break  # a preallocated segment's unused rest
             unreadable += 1
             continue
@@ -95,11 +107,12 @@ def overlap_problem(earlier: Path, claimed: int, later: Path, later_first: int) 
         if lsn is None:
             unreadable += 1
             continue
-        raw = later_data[item.offset : item.offset + item.length]
         if lsn not in held:
             missing.append(lsn)
-        elif held[lsn] != raw:
-            differ.append(lsn)
+        else:
+            off, n = held[lsn]  # the same bytes? (read again: both are verified lines)
+            if n != item.length or pread_all(fd, n, off) != pread_all(fd_later, n, item.offset):
+                differ.append(lsn)
     copy = header_ok and not (missing or differ or unreadable)
     if copy and (later_claim is None or later_claim <= claimed):
         return None  # a copy: every record of it is in the earlier segment

@@ -27,11 +27,15 @@ import orjson
 import xxhash
 
 __all__ = [
+    "BAD_CHECKSUM",
     "FORMAT_VERSION",
     "KIND_ENTRY",
     "KIND_SEGMENT",
     "KIND_STATUS",
+    "NOT_A_RECORD",
+    "NOT_HEX",
     "RecordError",
+    "ZERO_FILLED",
     "encode_line",
     "decode_line",
 ]
@@ -41,6 +45,12 @@ KIND_SEGMENT = "segment"
 KIND_ENTRY = "entry"
 KIND_STATUS = "status"
 _HEX = frozenset(b"0123456789abcdef")
+# what is wrong with a line, in words (also said of a line too long to be read whole:
+# wal.log.filescan judges it in pieces, with the same words)
+ZERO_FILLED = "zero-filled bytes where a record should be"
+NOT_A_RECORD = "not a record (too short, or no checksum field)"
+NOT_HEX = "checksum field is not 16 hex digits"
+BAD_CHECKSUM = "checksum mismatch (the record's bytes changed after it was written)"
 
 
 class RecordError(ValueError):
@@ -64,14 +74,14 @@ def decode_line(line: bytes) -> dict[str, Any]:
     """Verify and parse one line (without its newline); raise ``RecordError`` if it is bad."""
     if len(line) < 19 or line[16:17] != b" ":
         if line and line.strip(b"\x00") == b"":
-            raise RecordError("zero-filled bytes where a record should be")
-        raise RecordError("not a record (too short, or no checksum field)")
+            raise RecordError(ZERO_FILLED)
+        raise RecordError(NOT_A_RECORD)
     head = line[:16]
     if not _HEX.issuperset(head):
-        raise RecordError("checksum field is not 16 hex digits")
+        raise RecordError(NOT_HEX)
     payload = line[17:]
     if int(head, 16) != xxhash.xxh3_64_intdigest(payload):
-        raise RecordError("checksum mismatch (the record's bytes changed after it was written)")
+        raise RecordError(BAD_CHECKSUM)
     try:
         rec = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:  # cannot happen with a matching checksum unless

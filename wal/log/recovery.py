@@ -77,6 +77,14 @@ from wal.errors import (
 from wal.log.compaction import drop_front
 from wal.log.fastindex import Cursor, index_chunk
 from wal.log.fileops import write_all
+from wal.log.filescan import (
+    CHUNK,
+    classify_tail_at,
+    judge_long,
+    looks_like_record_at,
+    pread_all,
+    rstrip_end,
+)
 from wal.log.index import CODE_COMPLETED, CODE_NONE
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest, write_manifest
 from wal.log.overlap import overlap_problem
@@ -86,20 +94,21 @@ from wal.log.report import RecoveryReport
 from wal.log.segment import (
     BROKEN_SUFFIX,
     FILE_MODE,
+    LINE_CAP,
     PREPARED_NAME,
     SUSPECT_SUFFIX,
     TEAR_BOUND,
     TMP_SUFFIX,
+    ZERO_TAIL,
     Defect,
+    Line,
+    LongLine,
     SegmentInfo,
     check_regular,
-    classify_tail,
     data_end,
     list_segments,
-    looks_like_record,
     open_read,
     read_chunks,
-    read_from,
     scan,
     segment_header,
     segment_name,
@@ -341,34 +350,46 @@ def _index_segment(
 
     def slow(data: bytes, base: int, pos: int) -> int:
         """Take the line at ``data[pos]``; return where the next one starts, -1 to stop."""
-        nonlocal size
         item = next(scan(path, data, pos, cur.line_no, base))
-        cur.line_no = item.line
         nl = data.find(b"\n", pos)
         after = len(data) if nl < 0 else nl + 1
+        zeros = len(data) - pos if isinstance(item, Defect) and zero_rest(data, pos) else 0
+        return take(item, after, zeros)
+
+    def long(line: LongLine) -> int:
+        """Take a line too long to gather (judged from the file in pieces, as ``slow``
+        judges one in memory); return where the next one starts, -1 to stop."""
+        item = judge_long(path, fd, cur.line_no + 1, line)
+        zeros = line.length if isinstance(item, Defect) and item.problem == ZERO_TAIL else 0
+        return take(item, line.offset + line.length, zeros)
+
+    def take(item: Line | Defect, after: int, zeros: int) -> int:
+        """The line read (``zeros``: it and the rest of what was read are zero bytes)."""
+        nonlocal size
+        cur.line_no = item.line
         if isinstance(item, Defect):
-            if last_segment and cur.header is not None and zero_rest(data, pos):
+            if last_segment and cur.header is not None and zeros:
                 # the preallocated rest of the last segment: where the next append goes
-                rep.spare_bytes += len(data) - pos
+                rep.spare_bytes += zeros
                 size = item.offset
                 return -1
             torn_ok = last_segment and mode != "strict" and (cur.header is not None or headless_ok)
-            rest = read_from(fd, item.offset) if torn_ok else b""
-            if rest:
+            end = os.fstat(fd).st_size if torn_ok else 0  # the rest of the file: its tail
+            if end > item.offset:
                 bound = tear_bound(cur.header)[0] if cur.header is not None else TEAR_BOUND
-                tail = classify_tail(rest, item.offset, bound)
+                tail = classify_tail_at(fd, item.offset, end, bound)
                 if tail.torn:
                     # a torn tail: only bytes written after the last fsync can be here (a
                     # lost page of one unacknowledged write, with later pages of it kept)
-                    suspect = not tail.hole and looks_like_record(rest)
-                    size = _cut_tail(store, path, rest, item, suspect=suspect, valid=tail.valid)
+                    suspect = not tail.hole and looks_like_record_at(fd, item.offset, end)
+                    size = _cut_tail(store, path, fd, end, item, suspect=suspect, valid=tail.valid)
                     return -1
                 if tail.hole and mode == "tolerate_tail":
                     # good records after a hole, beyond what one unacknowledged write can
                     # span: acknowledged entries. Never cut silently: kept in a .suspect file,
                     # warned (status exits 1 while it is there); strict refuses instead
                     size = _cut_tail(
-                        store, path, rest, item, suspect=True, valid=tail.valid, beyond=bound
+                        store, path, fd, end, item, suspect=True, valid=tail.valid, beyond=bound
                     )
                     return -1
             if cur.header is None and owed and mode != "skip_corrupt":
@@ -469,8 +490,13 @@ def _index_segment(
     # garbage) is read and judged exactly as before; only the zeros after it are skipped
     stop = data_end(fd, size) if last_segment else size
     stopped = False
-    for data, end, base in read_chunks(fd, 1 << 20, 0, stop):  # 1 MiB: a chunk's rows stay small
-        if not index_chunk(store, cur, data, end, base, slow):
+    # 1 MiB: a chunk's rows stay small; a line longer than LINE_CAP is never gathered
+    for piece in read_chunks(fd, CHUNK, 0, stop, LINE_CAP):
+        if isinstance(piece, LongLine):
+            if long(piece) < 0:
+                stopped = True
+                break
+        elif not index_chunk(store, cur, *piece, slow):
             stopped = True
             break
     if not stopped and stop < size:
@@ -484,8 +510,11 @@ def _index_segment(
         else:
             # no header before the zeros (a zero-filled or headless file): read the zeros
             # too, as before, so the defect is located and judged the same way
-            for data, end, base in read_chunks(fd, 1 << 20, stop):
-                if not index_chunk(store, cur, data, end, base, slow):
+            for piece in read_chunks(fd, CHUNK, stop, None, LINE_CAP):
+                if isinstance(piece, LongLine):
+                    if long(piece) < 0:
+                        break
+                elif not index_chunk(store, cur, *piece, slow):
                     break
     if cur.header is None:
         if headless_ok:
@@ -512,14 +541,16 @@ def _index_segment(
 def _cut_tail(
     store: LogReader,
     path: Path,
-    torn: bytes,
+    src: int,
+    end: int,
     d: Defect,
     *,
     suspect: bool,
     valid: int = 0,
     beyond: int | None = None,
 ) -> int:
-    """Keep the torn bytes in a ``.broken`` file, then truncate the segment before them.
+    """Keep the torn bytes (from ``d``'s offset to ``end``, the end of the segment open as
+    ``src``) in a ``.broken`` file, then truncate the segment before them.
 
     ``suspect``: the tail is a complete line whose checksum fails (not what a crash leaves
     in practice: possibly a damaged acknowledged record), or (``beyond``: the tear bound)
@@ -530,7 +561,8 @@ def _cut_tail(
 
     rep = store.recovery_report
     text = f"{path.name}: line {d.line}, offset {d.offset}: {d.problem}"
-    rep.torn_tail_bytes += len(torn)
+    torn = end - d.offset
+    rep.torn_tail_bytes += torn
     rep.cut_records += valid
     if beyond is not None:
         warning = (
@@ -547,7 +579,7 @@ def _cut_tail(
             )
             log.error("cut %d good records after a hole, beyond the tear bound: %s", valid, text)
     if store.readonly:  # a writer may be in the middle of this very record: report, keep
-        rep.defects.append(text + f" (torn tail of {len(torn)} bytes: a normal open cuts it)")
+        rep.defects.append(text + f" (torn tail of {torn} bytes: a normal open cuts it)")
         return d.offset
     if suspect and beyond is None:
         rep.warnings.append(
@@ -555,7 +587,8 @@ def _cut_tail(
             "torn tail (kept in a .suspect file): an acknowledged entry may have been damaged"
         )
         log.error("cut a complete record with a bad checksum from the tail: %s", text)
-    kept = torn.rstrip(b"\x00")  # zeros after a torn record: preallocated space, nothing lost
+    # zeros after a torn record: preallocated space, nothing lost (found backwards, unread)
+    kept = rstrip_end(src, d.offset, end) - d.offset
     if kept:
         suffix = SUSPECT_SUFFIX if suspect else BROKEN_SUFFIX
         broken = path.with_name(path.name + suffix)
@@ -565,7 +598,8 @@ def _cut_tail(
             n += 1
         fd = store._fs.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            write_all(store._fs, fd, kept)
+            for at in range(d.offset, d.offset + kept, CHUNK):  # a chunk in memory at a time
+                write_all(store._fs, fd, pread_all(src, min(CHUNK, d.offset + kept - at), at))
             store._fs.fdatasync(fd)  # the evidence must exist before the cut below
         finally:
             store._fs.close(fd)
@@ -573,11 +607,11 @@ def _cut_tail(
         store._fs.fsync_dir(str(path.parent))
         rep.broken_files.append(broken.name)
     store._fs.truncate(str(path), d.offset)  # fsyncs: the cut is durable before new appends
-    rep.truncated_bytes += len(torn)
+    rep.truncated_bytes += torn
     cut = f" (torn tail cut, with {valid} records whose checksums are good)" if valid else ""
     rep.defects.append(text + (cut or " (torn tail cut)"))
     if valid and beyond is None:
         # within the tear bound: one unacknowledged write's later pages, never acknowledged
         log.warning("cut a torn tail holding %d good records after a lost page: %s", valid, text)
-    log.warning("cut a torn tail of %d bytes: %s", len(torn), text)
+    log.warning("cut a torn tail of %d bytes: %s", torn, text)
     return d.offset

@@ -8,7 +8,8 @@ decision to go on with what can be saved, after a disaster:
 1. It takes the writer lock (a running writer makes it fail with ``WALLockedError``).
 2. It copies the whole directory to ``<dir>.backup-<UTC time>`` next to it, durably, before
    touching anything. Nothing is ever lost for good: every dropped byte is in the backup.
-3. For each segment with a defect it writes a new segment that holds only the good records,
+3. For each segment with a defect it writes a new segment that holds only the records a
+   normal open accepts (the good ones, and those only ``verify`` flags: see ``repairable``),
    with a header whose ``last`` covers the segment's original LSN range (a "compacted"
    header, see :mod:`wal.log.record`), so the LSNs of the dropped records are allowed gaps. A
    missing segment is covered the same way: the segment before it is rewritten with a range
@@ -23,6 +24,14 @@ one rule of :mod:`wal.log.overlap` (an open applies it too): a byte-for-byte cop
 the earlier segment holds is left for the next open to remove; otherwise the earlier header
 is corrected to what its records hold (``last`` up to the next segment) and no segment is
 removed. A header whose ``last`` is below its own records is extended over them.
+
+It reads every file a chunk at a time (:mod:`wal.log.filescan`): a segment made huge (a
+sparse file of gigabytes) costs neither memory nor, in the backup, disk (a hole stays one).
+
+A record a normal open accepts is never dropped: one only ``verify`` flags (an entry whose
+content checksum does not match, an entry id written a second time) is indexed and replayed
+by the open, so it may be an acknowledged entry; it stays where it is, listed in ``kept``. A
+log whose only defects are such records has nothing to repair (no backup is made).
 
 What it cannot know: a dropped *status* record may have said COMPLETED, so its entry is
 PENDING again after the repair. The bundled database's applied ledger (``wal_applied``)
@@ -40,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wal.crashpoints import crash_point
 from wal.errors import (
     WALCorruptionError,
     WALError,
@@ -47,21 +57,24 @@ from wal.errors import (
     WALUnsafeFileError,
     WALWriteError,
 )
-from wal.log.fileops import OSFileOps, write_all
+from wal.log.backups import PARTIAL_SUFFIX, backup_name
+from wal.log.fileops import FileOps, OSFileOps, write_all
+from wal.log.filescan import CHUNK, pread_all
 from wal.log.lock import LOCK_NAME, WriterLock, lock_file_problem, move_bad_lock
 from wal.log.manifest import MANIFEST_NAME, write_manifest
 from wal.log.segment import (
     DIR_MODE,
     FILE_MODE,
     TMP_SUFFIX,
+    Line,
     open_read,
-    read_from,
+    regions,
     segment_header,
 )
 from wal.log.storage import WALStorage
-from wal.log.verify import SegmentScan, VerifyDefect, scan_log, verify_log
+from wal.log.verify import SegmentScan, VerifyDefect, VerifyReport, scan_log, verify_log
 
-__all__ = ["RepairReport", "WALRepairError", "repair_log"]
+__all__ = ["RepairReport", "WALRepairError", "repair_log", "repairable"]
 
 
 @dataclass
@@ -72,6 +85,9 @@ class RepairReport:
     backup: str | None = None
     records_kept: int = 0
     dropped: list[VerifyDefect] = field(default_factory=list)  # every defect, with location
+    # records only verify flags (``verify_only``: an entry's content checksum, an entry id
+    # written twice): a normal open accepts and replays them, so they stay in the log
+    kept: list[VerifyDefect] = field(default_factory=list)
     segments_rewritten: list[str] = field(default_factory=list)
     ranges: list[str] = field(default_factory=list)  # each rewritten segment's new LSN range
     opened: bool = False  # a normal WALStorage open succeeded afterwards
@@ -89,6 +105,7 @@ class RepairReport:
             "nothing_to_do": self.nothing_to_do,
             "records_kept": self.records_kept,
             "dropped": [d.to_dict() for d in self.dropped],
+            "kept": [d.to_dict() for d in self.kept],
             "segments_rewritten": list(self.segments_rewritten),
             "ranges": list(self.ranges),
             "opened": self.opened,
@@ -131,8 +148,9 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
     try:
         before = verify_log(d)
         report.notes.extend(before.notes)
-        if before.ok:
-            report.records_kept = before.records
+        if not repairable(before):  # nothing, or only records the open accepts: kept as they are
+            report.kept = [x for x in before.defects if x.verify_only]
+            report.records_kept = before.records + len(report.kept)
         else:
             _refuse_linked_files(d)
             backup = _backup(d)
@@ -145,8 +163,9 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
                 after = verify_log(d)
             except (WALError, OSError) as exc:  # what was done so far is in the report
                 raise WALRepairError(d, 0, 0, f"the repair failed: {exc}", report) from exc
-            if not after.ok:
-                first = after.defects[0]
+            left = repairable(after)
+            if left:
+                first = left[0]
                 raise WALRepairError(
                     d / first.file,
                     first.line,
@@ -154,7 +173,7 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
                     f"still defective after repair: {first.problem}",
                     report,
                 )
-            report.records_kept = after.records
+            report.records_kept = after.records + sum(x.verify_only for x in after.defects)
     finally:
         lock.release()
     try:
@@ -170,6 +189,16 @@ def repair_log(directory: str | os.PathLike[str]) -> RepairReport:
             report,
         ) from exc
     return report
+
+
+def repairable(rep: VerifyReport) -> list[VerifyDefect]:
+    """The defects of a verify report that a repair acts on: all but those only verify
+    checks (``verify_only``). Their records are ones a normal open accepts, indexes and
+    replays (``record_problem(rec, content=False)`` passes): an entry whose content checksum
+    does not match was still appended and acknowledged, and the database applies it as it
+    is; an entry id written twice is indexed twice and applied once (the applied ledger).
+    Dropping them could lose an acknowledged entry: they stay, listed in ``kept``."""
+    return [x for x in rep.defects if not x.verify_only]
 
 
 def _opens(d: Path, report: RepairReport) -> bool:
@@ -280,12 +309,12 @@ def _backup(d: Path) -> Path:
     log was changed."""
     fs = OSFileOps()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = d.with_name(f"{d.name}.backup-{stamp}")
+    target = d.with_name(backup_name(d, stamp))
     n = 1
-    while target.exists() or target.with_name(target.name + ".partial").exists():
-        target = d.with_name(f"{d.name}.backup-{stamp}-{n}")
+    while target.exists() or target.with_name(target.name + PARTIAL_SUFFIX).exists():
+        target = d.with_name(f"{backup_name(d, stamp)}-{n}")
         n += 1
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)  # a killed repair leaves it
     partial.mkdir(mode=DIR_MODE)  # 0700 (chmod below: whatever the umask)
     os.chmod(partial, DIR_MODE)  # the copy holds the same balances and trades: owner only
     src = d
@@ -295,15 +324,17 @@ def _backup(d: Path) -> Path:
                 continue  # never follow a symlink out of the log directory
             fd_in = open_read(src)
             try:
-                data = read_from(fd_in, 0)
+                fd = fs.open(
+                    str(partial / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE
+                )
+                try:
+                    _copy(fs, fd_in, fd)
+                    fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
+                finally:
+                    fs.close(fd)
             finally:
                 os.close(fd_in)
-            fd = fs.open(str(partial / src.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            try:
-                write_all(fs, fd, data)
-                fs.fdatasync(fd)  # the backup must be on disk before the original is rewritten
-            finally:
-                fs.close(fd)
+            crash_point("repair.after_backup_copy")  # a copy made, the backup not complete
         fs.fsync_dir(str(partial))  # the copies' names live in the backup directory: persist them
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
@@ -317,6 +348,57 @@ def _backup(d: Path) -> Path:
     fs.rename(str(partial), str(target))  # complete: under its final name, at once
     fs.fsync_dir(str(target.parent))  # and the backup directory's own name in its parent
     return target
+
+
+def _copy(fs: FileOps, fd_in: int, fd: int) -> None:
+    """Copy a file into a new one a chunk at a time (a segment made huge is never read into
+    memory); a hole of a sparse file stays a hole (its zeros are not written: a 3 GiB sparse
+    file costs the backup no disk)."""
+    size = os.fstat(fd_in).st_size
+    for _, piece in regions(fd_in, 0, size, CHUNK):
+        if isinstance(piece, int):
+            os.lseek(fd, piece, os.SEEK_CUR)  # a hole: skipped, its zeros read back as zeros
+        else:
+            write_all(fs, fd, piece)
+    if os.lseek(fd, 0, os.SEEK_CUR) != os.fstat(fd).st_size:
+        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))  # a file that ends in a hole
+
+
+def _unchanged(fd: int, header: bytes, kept: list[Line], end: int) -> bool:
+    """True when the segment (open as ``fd``, its records ending at ``end``) is already the
+    header followed by the records kept: they follow one another from the header's end to
+    ``end`` (they are its own lines, so then the bytes are the same), nothing read but the
+    header."""
+    if pread_all(fd, len(header), 0) != header:
+        return False
+    pos = len(header)
+    for line in kept:
+        if line.offset != pos:
+            return False
+        pos += line.length
+    return pos == end
+
+
+def _write_kept(fs: FileOps, fd: int, src: int, header: bytes, kept: list[Line]) -> None:
+    """Write the header, then the records kept, read again from the segment (``src``) a chunk
+    at a time: neighbouring records with one read."""
+    out = [header]
+    held = len(header)
+    k = 0
+    while k < len(kept):
+        start = kept[k].offset
+        stop = start + kept[k].length
+        k += 1
+        while k < len(kept) and kept[k].offset == stop and stop - start < CHUNK:
+            stop += kept[k].length
+            k += 1
+        out.append(pread_all(src, stop - start, start))
+        held += stop - start
+        if held >= CHUNK:
+            write_all(fs, fd, b"".join(out))
+            out, held = [], 0
+    if out:
+        write_all(fs, fd, b"".join(out))
 
 
 def _rewrite(d: Path, report: RepairReport) -> None:
@@ -341,7 +423,9 @@ def _rewrite(d: Path, report: RepairReport) -> None:
                         entry_id=line.record.get("entry_id"),
                     )
                 )
-        report.dropped.extend(seg.defects)
+        offsets = {x.offset for x in kept}
+        for x in seg.defects:  # a record only verify flags stays; every other defect goes
+            (report.kept if x.verify_only and x.offset in offsets else report.dropped).append(x)
         lsns = [line.record["lsn"] for line in kept]
         contiguous = lsns == list(range(seg.first, seg.first + len(lsns)))
         whole = contiguous and (lsns[-1] if lsns else seg.first - 1) == end
@@ -353,17 +437,21 @@ def _rewrite(d: Path, report: RepairReport) -> None:
             last = None
         else:
             last = end  # a fixed range: the LSNs of dropped records are allowed gaps
-        body = b"".join(seg.data[x.offset : x.offset + x.length] for x in kept)
-        new = segment_header(seg.first, last) + body
-        if new == (seg.data if seg.data_end is None else seg.data[: seg.data_end]):
-            continue  # intact (a preallocated last segment's zeros are its normal end)
-        tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
-        fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        header = segment_header(seg.first, last)
+        src = open_read(seg.path)
         try:
-            write_all(fs, fd, new)
-            fs.fdatasync(fd)  # never rename an unsynced file over a segment
+            end = seg.data_end if seg.data_end is not None else seg.size
+            if _unchanged(src, header, kept, end):
+                continue  # intact (a preallocated last segment's zeros are its normal end)
+            tmp = seg.path.with_name(seg.path.name[: -len(".wal")] + TMP_SUFFIX)
+            fd = fs.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                _write_kept(fs, fd, src, header, kept)
+                fs.fdatasync(fd)  # never rename an unsynced file over a segment
+            finally:
+                fs.close(fd)
         finally:
-            fs.close(fd)
+            os.close(src)
         fs.rename(str(tmp), str(seg.path))  # atomic: the old or the new segment, never a mix
         fs.fsync_dir(str(d))  # the rename is durable only once the directory is synced
         report.segments_rewritten.append(seg.path.name)

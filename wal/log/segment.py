@@ -14,6 +14,7 @@ file, is the end of the log (:func:`zero_rest`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -33,6 +34,7 @@ __all__ = [
     "BROKEN_SUFFIX",
     "DIR_MODE",
     "FILE_MODE",
+    "INCOMPLETE",
     "PAGE",
     "PREPARED_NAME",
     "SUSPECT_SUFFIX",
@@ -44,16 +46,22 @@ __all__ = [
     "segment_header",
     "tear_bound",
     "Defect",
+    "LINE_CAP",
     "Line",
+    "LongLine",
     "SEGMENT_SUFFIX",
     "TMP_SUFFIX",
+    "ZERO_TAIL",
     "check_regular",
+    "data_end",
+    "find_newline",
     "list_segments",
     "lost_page_at",
     "make_dirs",
     "open_read",
     "read_chunks",
     "read_from",
+    "regions",
     "scan",
     "segment_name",
     "valid_record_after",
@@ -71,6 +79,9 @@ _HEXB = frozenset(b"0123456789abcdef")
 DIR_MODE = 0o700  # the log directory: owner only (balances and trades)
 FILE_MODE = 0o600  # every file of the log: owner read/write only
 
+
+ZERO_TAIL = "zero-filled tail (no complete record)"  # a last line of zeros, no newline
+INCOMPLETE = "incomplete record (no newline at the end)"  # a last line of anything else
 
 # The most bytes the writer ever leaves unsynced (TEAR_BOUND): a torn write can only span this
 # much. Each segment's header records the bound it was written under (``"tear"``); a header
@@ -247,23 +258,29 @@ class Defect:
 
 
 def scan(
-    path: Path, data: bytes, start: int = 0, line_no: int = 0, base: int = 0
+    path: Path,
+    data: bytes,
+    start: int = 0,
+    line_no: int = 0,
+    base: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Line | Defect]:
     """Every line of ``data`` (a segment's bytes) from ``start``, as a ``Line`` or a ``Defect``.
 
-    ``base`` is the file offset of ``data[0]`` (offsets reported are file offsets).
+    ``base`` is the file offset of ``data[0]`` (offsets reported are file offsets); with
+    ``stop``, ``data`` is read as if it ended there.
     """
     pos = start
-    end = len(data)
+    end = len(data) if stop is None else stop
     find = data.find
     while pos < end:
         line_no += 1
-        nl = find(b"\n", pos)
+        nl = find(b"\n", pos, end)
         if nl == -1:
-            if data[pos:].strip(b"\x00") == b"":
-                yield Defect(path, line_no, base + pos, "zero-filled tail (no complete record)")
+            if data[pos:end].strip(b"\x00") == b"":
+                yield Defect(path, line_no, base + pos, ZERO_TAIL)
             else:
-                yield Defect(path, line_no, base + pos, "incomplete record (no newline at the end)")
+                yield Defect(path, line_no, base + pos, INCOMPLETE)
             return
         try:
             rec = decode_line(data[pos:nl])
@@ -274,9 +291,71 @@ def scan(
         pos = nl + 1
 
 
+LINE_CAP = 8 << 20  # longer lines are never gathered in memory (unless their checksum verifies)
+
+
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than ``read_chunks``'s ``cap``: where it is, never its bytes (a segment made
+    huge, a zero-filled region of gigabytes, must not be read into memory to be judged;
+    :func:`wal.log.filescan.judge_long` judges it from the file in pieces)."""
+
+    offset: int
+    length: int  # its bytes, with the newline when it has one
+    complete: bool  # it ends with a newline (False: it runs to the end of the file, or ``stop``)
+
+
+def regions(
+    fd: int, start: int, stop: int, size: int = 1 << 20
+) -> Iterator[tuple[int, bytes | int]]:
+    """The bytes of an open file from ``start`` to ``stop`` in order, as ``(offset, piece)``:
+    ``piece`` is the bytes read there (at most ``size``), or an int, the length of a hole there
+    (zeros never written, never read: ``SEEK_DATA``). A sparse file of gigabytes costs a few
+    ``lseek`` calls, not gigabytes of zeros read. Ends early if the file is shorter."""
+    pos = start
+    hole_at = -1  # where the data region pos is in ends (-1: not looked up)
+    while pos < stop:
+        if pos >= hole_at:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+                hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # no SEEK_DATA here: every byte is data
+                    data_at, hole_at = pos, stop
+                else:  # no data after pos: a hole up to the end of the file
+                    data_at = hole_at = max(pos, min(stop, os.fstat(fd).st_size))
+                    if data_at == pos:
+                        return
+            if data_at > pos:
+                n = min(data_at, stop) - pos
+                yield pos, n
+                pos += n
+                continue
+        piece = os.pread(fd, min(size, stop - pos, max(hole_at - pos, 1)), pos)
+        if not piece:
+            return
+        yield pos, piece
+        pos += len(piece)
+
+
+def find_newline(fd: int, pos: int, stop: int) -> int:
+    """The file offset of the first newline at or after ``pos`` and before ``stop``, or -1.
+    Holes are skipped (they hold no newline); memory holds one piece at a time."""
+    for at, piece in regions(fd, pos, stop):
+        if isinstance(piece, bytes):
+            i = piece.find(b"\n")
+            if i != -1:
+                return at + i
+    return -1
+
+
 def read_chunks(
-    fd: int, chunk_size: int = 1 << 22, start: int = 0, stop: int | None = None
-) -> Iterator[tuple[bytes, int, int]]:
+    fd: int,
+    chunk_size: int = 1 << 22,
+    start: int = 0,
+    stop: int | None = None,
+    cap: int | None = None,
+) -> Iterator[tuple[bytes, int, int] | LongLine]:
     """A segment file (an open descriptor) in pieces ``(data, end, base)``: ``data[:end]`` is
     whole lines (the last piece: the rest of the file, which may end without a newline),
     ``base`` its file offset. From ``start``; with ``stop``, the file read as if it ended
@@ -284,7 +363,9 @@ def read_chunks(
 
     Memory holds one chunk, not the file; a piece's bytes after ``end`` are read again with
     the next one. A line longer than a chunk is gathered as a list of pieces joined once
-    (linear in its length: a growing buffer would copy it again for every chunk).
+    (linear in its length: a growing buffer would copy it again for every chunk). With
+    ``cap``, a line longer than ``cap`` bytes is never gathered: a ``LongLine`` (where it is)
+    comes in its place, and reading goes on after it.
     """
 
     def pread(n: int, at: int) -> bytes:
@@ -300,6 +381,16 @@ def read_chunks(
         if not data:
             return
         cut = data.rfind(b"\n") + 1
+        if cut == 0 and cap is not None:  # no newline in a chunk: a long line, or the end
+            end = stop if stop is not None else os.fstat(fd).st_size
+            nl = find_newline(fd, base + len(data), end)
+            length = (nl + 1 if nl != -1 else max(end, base + len(data))) - base
+            if length > cap:
+                yield LongLine(base, length, nl != -1)
+                if nl == -1:
+                    return
+                base += length
+                continue
         if cut == 0:  # no newline: a line longer than a chunk, or the end of the file
             pieces = [data]
             pos = base + len(data)
@@ -360,10 +451,18 @@ def data_end(fd: int, size: int) -> int:
     """Where the zero rest of a segment file (an open descriptor, ``size`` bytes) starts: just
     after its last non-zero byte, found by reading backwards from the end in large chunks
     (``size`` when it does not end in zeros, 0 when it is all zeros). A preallocated last
-    segment is mostly zeros: this is what an open reads of them, not every byte forwards."""
+    segment is mostly zeros: this is what an open reads of them, not every byte forwards.
+    A hole (a sparse file's zeros never written) is skipped without being read."""
     end = size
     while end > 0:
         at = max(0, end - ZERO_SCAN)
+        try:
+            hole = os.lseek(fd, at, os.SEEK_DATA) >= end  # no data in at..end: zeros
+        except OSError as exc:  # ENXIO: no data after at (else no SEEK_DATA here: read it)
+            hole = exc.errno == errno.ENXIO
+        if hole:
+            end = at
+            continue
         chunk = os.pread(fd, end - at, at)
         if len(chunk) < end - at:  # the file shrank meanwhile: read it all (the old way)
             return size

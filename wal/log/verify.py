@@ -28,12 +28,15 @@ import os
 import re
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wal.errors import WALCorruptionError, WALUnsafeFileError, printable
+from wal.log.backups import partial_backup_notes
 from wal.log.fileops import file_kind
+from wal.log.filescan import classify_tail_at, line_head, looks_like_record_at, scan_file
 from wal.log.lock import LOCK_NAME, lock_file_problem
 from wal.log.manifest import MANIFEST_NAME, MANIFEST_TMP, read_manifest
 from wal.log.overlap import overlap_problem
@@ -46,15 +49,11 @@ from wal.log.segment import (
     TMP_SUFFIX,
     Defect,
     Line,
-    classify_tail,
+    data_end,
     list_segments,
-    looks_like_record,
     open_read,
-    read_from,
-    scan,
     segment_header,
     tear_bound,
-    zero_rest,
 )
 from wal.log.validate import CONTENT_MISMATCH, record_lsn, record_problem
 
@@ -157,17 +156,32 @@ def _guess(raw: bytes) -> tuple[int | None, str | None]:
     return (int(m.group(1)) if m else None), (i.group(1).decode() if i else None)
 
 
+# what ``SegmentScan.good`` keeps of each record: enough to chain LSNs, count entries, follow
+# statuses and name a dropped one (never its payload: a log's records are not held in memory)
+_KEPT = ("t", "lsn", "entry_id", "status", "of")
+
+
 @dataclass
 class SegmentScan:
-    """One segment as ``scan_log`` read it (used by ``verify_log`` and ``repair_log``)."""
+    """One segment as ``scan_log`` read it (used by ``verify_log`` and ``repair_log``).
+
+    It holds where each good record is and a few of its fields, never the file's bytes:
+    ``repair`` reads the records it keeps from the file again, a piece at a time.
+    """
 
     first: int
     path: Path
-    data: bytes
+    size: int  # the file's size when it was read
     header: dict[str, Any] | None = None
     compacted: bool = False  # the header declares a fixed range first..end
     end: int = 0  # last LSN it covers (first - 1 when empty)
-    good: list[Line] = field(default_factory=list)  # usable records, in increasing LSN order
+    # usable records, in increasing LSN order (each ``record``: only the fields of _KEPT):
+    # every record a normal open indexes, those only verify flags included
+    good: list[Line] = field(default_factory=list)
+    # offsets of the records in ``good`` that only verify flags (``verify_only`` defects: an
+    # entry's content checksum, an entry id written twice): the open accepts and replays
+    # them, so repair keeps them (dropping one could lose an acknowledged entry)
+    flagged: set[int] = field(default_factory=set)
     defects: list[VerifyDefect] = field(default_factory=list)
     header_ok: bool = False  # a header that is the first line and matches the name
     data_end: int | None = None  # where the zeros of a preallocated last segment start
@@ -216,6 +230,7 @@ def scan_log(directory: Path) -> LogScan:
                 f"{p.name}: a complete record with a bad checksum cut from the end of the log "
                 "earlier: an acknowledged entry may have been damaged; check, then delete it"
             )
+    out.notes.extend(partial_backup_notes(directory))  # beside the log: a killed repair's
     lock_problem = lock_file_problem(directory)
     if lock_problem is not None:  # every writer refuses the log: a defect, that repair mends
         out.unsafe.append(directory / LOCK_NAME)
@@ -278,8 +293,9 @@ def scan_log(directory: Path) -> LogScan:
             for line in [x for x in prev.good if x.record["lsn"] >= first]:
                 prev.good.remove(line)
                 rec = line.record
-                if rec["t"] == KIND_ENTRY:
+                if rec["t"] == KIND_ENTRY and line.offset not in prev.flagged:
                     seen_ids.discard(uuid.UUID(rec["entry_id"]).bytes)
+                prev.flagged.discard(line.offset)
                 prev.defects.append(
                     VerifyDefect(
                         prev.path.name,
@@ -299,19 +315,18 @@ def scan_log(directory: Path) -> LogScan:
             continue
         except WALUnsafeFileError as exc:
             out.unsafe.append(path)
-            bad = SegmentScan(first, path, b"", end=first - 1)
+            bad = SegmentScan(first, path, 0, end=first - 1)
             bad.defects.append(VerifyDefect(path.name, 0, 0, exc.message))
             out.segments.append(bad)
             continue
         try:
-            data = read_from(fd, 0)
+            fmode = stat.S_IMODE(os.fstat(fd).st_mode)
+            owed_here = first == out.manifest_first
+            seg = _scan_segment(path, first, fd, last_segment, prev, seen_ids, owed_here)
         finally:
             os.close(fd)
-        fmode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
         if fmode & 0o077:
             out.notes.append(f"{path.name}: mode {fmode:o}; log files should be 600")
-        owed_here = first == out.manifest_first
-        seg = _scan_segment(path, first, data, last_segment, prev, seen_ids, owed_here)
         if seg.header is None and not seg.defects:
             out.notes.append(f"{path.name}: empty last segment; the next open removes it")
         out.segments.append(seg)
@@ -319,6 +334,11 @@ def scan_log(directory: Path) -> LogScan:
     if front:
         _settle_front(out, owed, len(front))
     return out
+
+
+def _slim(rec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a good record that ``SegmentScan.good`` keeps (``_KEPT``)."""
+    return {k: rec[k] for k in _KEPT if k in rec}
 
 
 def _not_regular(path: Path) -> str | None:
@@ -380,16 +400,43 @@ def _final_statuses(segments: list[SegmentScan]) -> dict[int, str]:
     return final
 
 
+def _lines(
+    path: Path, fd: int, size: int, last_segment: bool, seg: SegmentScan
+) -> Iterator[Line | Defect]:
+    """The lines of a segment file, a chunk in memory at a time (:mod:`wal.log.filescan`).
+
+    The last segment is read up to its data end (found backwards from the end of the file,
+    as recovery does): zeros from there to the end, after a whole line, are the preallocated
+    rest when the segment has a header (``data_end`` set, nothing more read) and are read
+    and judged as lines when it has none. Zeros that end a line are part of that line.
+    """
+    if not last_segment:
+        yield from scan_file(path, fd, size)
+        return
+    stop = data_end(fd, size)
+    line_no = 0
+    for item in scan_file(path, fd, stop):
+        line_no = item.line
+        yield item
+    if stop == size or (stop > 0 and os.pread(fd, 1, stop - 1) != b"\n"):
+        return  # nothing after the last line, or zeros that belong to it (judged above)
+    if seg.header is not None:
+        seg.data_end = stop  # the preallocated rest: the normal end of the log
+        return
+    yield from scan_file(path, fd, size, stop, line_no)
+
+
 def _scan_segment(
     path: Path,
     first: int,
-    data: bytes,
+    fd: int,
     last_segment: bool,
     prev: SegmentScan | None,
     seen_ids: set[bytes],
     owed: bool = False,
 ) -> SegmentScan:
-    seg = SegmentScan(first, path, data, end=first - 1)
+    size = os.fstat(fd).st_size
+    seg = SegmentScan(first, path, size, end=first - 1)
     name = path.name
 
     def defect(
@@ -397,8 +444,7 @@ def _scan_segment(
     ) -> None:
         lsn, eid = (None, None)
         if line:
-            nl = data.find(b"\n", offset)
-            lsn, eid = _guess(data[offset : len(data) if nl == -1 else nl])
+            lsn, eid = _guess(line_head(fd, offset, size))
         seg.defects.append(VerifyDefect(name, line, offset, problem, torn, lsn, eid, only))
 
     if prev is not None and first != prev.end + 1:
@@ -412,20 +458,17 @@ def _scan_segment(
     bad_lines = 0  # unreadable lines since the last good record: each may hide one LSN
     past: list[tuple[int, int, int]] = []  # (line, offset, LSN) of records past the header's last
     claimed = 0  # a compacted header's last
-    for item in scan(path, data):
+    for item in _lines(path, fd, size, last_segment, seg):
         if isinstance(item, Defect):
-            if last_segment and seg.header is not None and zero_rest(data, item.offset):
-                seg.data_end = item.offset  # the preallocated rest: the normal end of the log
-                break
             torn = (last_segment and seg.header is not None) or (
-                last_segment and len(data) <= len(segment_header(first, None))
+                last_segment and size <= len(segment_header(first, None))
             )
             what = item.problem
             if torn:  # the rule recovery applies (wal.log.segment.classify_tail)
                 bound = tear_bound(seg.header)[0] if seg.header is not None else TEAR_BOUND
-                tail = classify_tail(data[item.offset :], item.offset, bound)
+                tail = classify_tail_at(fd, item.offset, size, bound)
                 torn = tail.torn
-                if torn and not tail.hole and looks_like_record(data[item.offset :]):
+                if torn and not tail.hole and looks_like_record_at(fd, item.offset, size):
                     what += (
                         " (a complete record that does not verify: a damaged acknowledged "
                         "entry, not what a crash leaves; a normal open cuts it into a .suspect "
@@ -510,8 +553,10 @@ def _scan_segment(
             seg.end = lsn
         if problem is not None:
             defect(item.line, item.offset, problem, only=only)
-            continue
-        seg.good.append(item)
+            if not only:
+                continue
+            seg.flagged.add(item.offset)  # the open indexes and replays it: a record kept
+        seg.good.append(Line(item.offset, item.length, item.line, _slim(rec)))
     if past:
         line_no, offset, lsn = past[0]
         more = f" (and {len(past) - 1} more, up to LSN {past[-1][2]})" if len(past) > 1 else ""
@@ -527,7 +572,7 @@ def _scan_segment(
     if seg.header is None and not (
         last_segment
         and not owed
-        and len(data) <= len(segment_header(first, None))
+        and size <= len(segment_header(first, None))
         and all(d.torn_tail for d in seg.defects)
     ):
         # recovery removes a headerless *last* segment (a rotation torn before its header was
@@ -553,17 +598,18 @@ def verify_log(directory: str | os.PathLike[str]) -> VerifyReport:
     rep.defects.extend(result.unsafe_defects)
     for seg in result.segments:
         rep.segments += 1
-        rep.bytes += seg.data_end if seg.data_end is not None else len(seg.data)
+        rep.bytes += seg.data_end if seg.data_end is not None else seg.size
         rep.defects.extend(seg.defects)
-        for line in seg.good:
+        good = [x for x in seg.good if x.offset not in seg.flagged]  # not a defect
+        for line in good:
             rep.records += 1
             if line.record["t"] == KIND_ENTRY:
                 rep.entries += 1
-        if seg.good:
-            lsn0 = seg.good[0].record["lsn"]
+        if good:
+            lsn0 = good[0].record["lsn"]
             if rep.first_lsn is None:
                 rep.first_lsn = lsn0
-            rep.last_lsn = seg.good[-1].record["lsn"]
+            rep.last_lsn = good[-1].record["lsn"]
     for path in result.leftovers:
         rep.bytes += path.stat().st_size if path.exists() else 0
     return rep
