@@ -49,7 +49,11 @@ reference):
 
 The zeros of a preallocated last segment are never parsed: its data end (after the last
 non-zero byte) is found by reading backwards from the end of the file in large chunks, and
-records are read forwards up to there; the zeros after it are the ``spare_bytes``.
+records are read forwards up to there; the zeros after it are the ``spare_bytes``. Memory
+holds a chunk (1 MiB), never a whole file: a line longer than ``LINE_CAP`` is judged from the
+file in pieces (:mod:`wal.log.filescan`), and so are a tail to classify and the bytes a cut
+keeps in its ``.broken`` file; a segment made gigabytes long (even a sparse one) opens, or is
+refused, in a few MiB.
 
 Every record's checksum is verified and every record indexed. Records in the layout our
 writers produce take a fast path (:mod:`wal.log.fastindex`) that does both without parsing them

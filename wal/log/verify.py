@@ -7,6 +7,11 @@ missing segments (an LSN gap between two files), malformed records, entries whos
 checksum does not match and entry ids that appear twice. It applies the same rules as
 recovery (see ``WALStorage._recover``), so a log without defects opens in any mode.
 
+It reads each segment a chunk at a time (:mod:`wal.log.filescan`, the same judgement as over
+the whole file's bytes) and keeps a few fields of each good record, never a file: a segment
+made huge costs it no memory. Unfinished backups a killed ``repair`` left beside the log
+are named in its notes (:mod:`wal.log.backups`).
+
 It never writes, truncates, renames or locks anything: it is safe while a trading process
 appends to the log. The last line of the last segment may then be a record in flight; it is
 reported as a torn tail (``torn_tail=True``), which is also what a crash leaves behind and
