@@ -23,12 +23,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
 from calls import plot_latency
 from drain import measure_drain, pg_url_for_bench
 from peers import PEERS_INSTALLED, bench_lmdb, bench_persist_queue, bench_plyvel, bench_rocksdict
+from read_during_drain import measure as measure_reads
 
 from wal.tools.bench import (
     BenchSizes,
@@ -55,12 +57,14 @@ from wal.tools.bench import (
     sqlite_specs,
     trade_line_bytes,
 )
-from wal.tools.bench_calls import call_row_names
+from wal.tools.bench_calls import call_row_names, drop_pg_database, fresh_pg_database
 
 ROUNDS = {"quick": 1, "medium": 5, "full": 5}
 
 GROUP_ORDER = ["limit", "peer", "this project", "recovery", "drain", "latency", "memory"]
 DRAIN_ENTRIES = {"quick": 300, "medium": 20_000, "full": 100_000}
+# reads during a drain (issues 10 and 22): get_balance() while this many pending updates drain
+READ_DRAIN_ENTRIES = {"quick": 300, "medium": 20_000, "full": 100_000}
 
 # Issue 22's rows: the public calls end to end and the same work in the database alone.
 CALL_ROWS = call_row_names(pg=True)
@@ -86,6 +90,8 @@ ROW_NAMES = [
     "raw_per_record_end",
     "drain_sqlite",
     "drain_postgresql",
+    "reads_during_drain_sqlite",
+    "reads_during_drain_postgresql",
     "raw_prealloc_per_record",
     "entry_create",
     "wal_async_64",
@@ -186,6 +192,26 @@ def run(
         rows.append(m)
         say(f"  {name} {m.per_s:,.0f}/s")
 
+    n_reads = READ_DRAIN_ENTRIES[size]
+    for name, label in (
+        ("reads_during_drain_sqlite", "SQLite (WAL, synchronous=FULL)"),
+        ("reads_during_drain_postgresql", "PostgreSQL (pgserver, local socket)"),
+    ):
+        if name.endswith("sqlite"):
+            url: str | None = f"sqlite:///{work / 'reads.db'}"
+        else:
+            url = None if pg_url is None else fresh_pg_database(pg_url)
+            if url is None:
+                say("  reads during a PostgreSQL drain skipped: no pgserver, no WAL_TEST_PG_DSN")
+                continue
+        say(f"reads: get_balance() while {n_reads:,} pending updates drain into {label}")
+        try:
+            rows.append(read_row(name, label, measure_reads(url, n_reads, fresh_dir(work, name))))
+        finally:
+            if not name.endswith("sqlite"):
+                drop_pg_database(url)
+        say(f"  {name} p99 {rows[-1].p99_us:,.0f} µs")
+
     say("latency: append alone, then during a drain, interleaved")
     pairs = [
         bench_drain_latency(work, max(10, sizes.drain_appends // rounds)) for _ in range(rounds)
@@ -204,6 +230,28 @@ def run(
     result.machine["loadavg_end"] = machine_info(work)["loadavg"]
     result.machine["seconds"] = round(time.monotonic() - t0, 1)
     return result
+
+
+def read_row(name: str, label: str, r: dict[str, Any]) -> Measurement:
+    """One "reads during a drain" row from ``read_during_drain.measure``'s figures."""
+    m = Measurement(
+        name,
+        "latency",
+        f"get_balance() while {r['entries']:,} pending updates drain into {label}",
+        ops=r["reads"],
+        seconds=r["drain_s"],
+        per_s=r["reads"] / r["drain_s"],
+        p50_us=r["p50_us"],
+        p99_us=r["p99_us"],
+    )
+    m.extra = {k: v for k, v in r.items() if isinstance(v, int | float)}
+    m.note = (
+        f"{r['wrong_reads']} wrong read(s) of {r['reads']:,}; max {r['max_us']:,.0f} µs; "
+        f"drain {r['drain_s']:.1f} s, open {r['open_s']:.2f} s; the first read settles every "
+        f"maybe-applied entry in {r['option_a_first_read_ms']:.1f} ms, later reads "
+        f"{r['option_a_later_read_ms']:.2f} ms"
+    )
+    return m
 
 
 def plot(result: DiskBenchResult, path: Path) -> bool:

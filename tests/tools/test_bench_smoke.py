@@ -46,6 +46,8 @@ ALL_ROWS = [
     "raw_per_record_end",
     "drain_sqlite",
     "drain_postgresql",  # pgserver is a dev dependency: the smoke run drains into it too
+    "reads_during_drain_sqlite",
+    "reads_during_drain_postgresql",
     "raw_prealloc_per_record",
     "entry_create",
     "wal_async_64",
@@ -71,7 +73,7 @@ DISK_ROWS = [
     # what a critical call costs here, and what SQLite alone would cost
     *call_row_names(pg=False)[:-2],  # the order rows are run_all's only
 ]
-TARGETS = 14  # 12 disk, log and peer targets + 2 drain targets
+TARGETS = 16  # 12 disk, log and peer targets + 2 drain + 2 reads-during-drain targets
 PEER_TARGETS = 4  # against plyvel: not measured without the peers extra
 
 
@@ -92,6 +94,9 @@ def test_run_all_quick_produces_every_row(tmp_path: Path) -> None:
         if m["group"] != "memory":
             assert m["per_s"] is not None and m["per_s"] > 0, m["name"]
     assert len(data["targets"]) == TARGETS
+    for name in ("reads_during_drain_sqlite", "reads_during_drain_postgresql"):
+        (reads,) = [m for m in data["measurements"] if m["name"] == name]
+        assert reads["extra"]["wrong_reads"] == 0 and reads["ops"] > 0, reads
     unmeasured = [t for t in data["targets"] if t["measured"] is None]
     assert len(unmeasured) == (0 if PEERS else PEER_TARGETS), unmeasured
     # the printed table and results.md hold every row and every target

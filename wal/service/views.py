@@ -30,6 +30,7 @@ __all__ = [
     "audit_view",
     "decode_cursor",
     "encode_cursor",
+    "csv_cell",
     "export_csv",
     "export_jsonl",
     "export_rows",
@@ -299,13 +300,32 @@ def export_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
         yield json.dumps(r, separators=(",", ":")) + "\n"
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection"):
+# the broker's ids, its rejection text and the client's ids are not ours to trust.
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER_FIELDS: Final = frozenset({"quantity", "price", "fill_quantity", "fill_price"})
+
+
+def csv_cell(field: str, value: Any) -> Any:
+    """``value`` as a CSV cell: a text that a spreadsheet would take for a formula gets a
+    leading ``'`` (it then shows as text); the numbers (never negative here) are left as they
+    are. The JSON-lines export is never changed: it is read by programs, not spreadsheets."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and field not in _NUMBER_FIELDS and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def export_csv(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(EXPORT_FIELDS), lineterminator="\n")
+    # RFC 4180's CRLF: the writer then quotes a cell holding a CR as well as one holding an
+    # LF (with "\n" alone, a bare CR in a broker's text split the row in two)
+    w = csv.DictWriter(buf, fieldnames=list(EXPORT_FIELDS), lineterminator="\r\n")
     w.writeheader()
     yield buf.getvalue()
     for r in rows:
         buf.seek(0)
         buf.truncate()
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        w.writerow({k: csv_cell(k, v) for k, v in r.items()})
         yield buf.getvalue()

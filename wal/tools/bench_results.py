@@ -381,6 +381,25 @@ def evaluate_targets(r: DiskBenchResult) -> list[TargetResult]:
             "drain into PostgreSQL ≥ 10,000 entries/s", "drain_postgresql", 10_000, "entries/s"
         )
 
+    for name, db, need in (  # measured by benchmarks/run_all.py, not `atb wal bench`
+        ("reads_during_drain_sqlite", "SQLite", 5_000.0),
+        ("reads_during_drain_postgresql", "PostgreSQL", 20_000.0),
+    ):
+        m = r.get(name)
+        if m is None:
+            continue
+        n = int(m.extra.get("entries", m.ops))
+        wrong = int(m.extra.get("wrong_reads", 0))
+        out.append(
+            TargetResult(
+                f"get_balance p99 during a {n:,}-entry drain into {db} ≤ {need / 1000:,.0f} ms",
+                m.p99_us,
+                need,
+                "µs",
+                None if m.p99_us is None else m.p99_us <= need and wrong == 0,
+                f"{name}: {wrong} wrong read(s)",
+            )
+        )
     idle, busy = r.get("append_idle"), r.get("append_during_drain")
     if idle is None or busy is None or not idle.p99_us or busy.p99_us is None:
         out.append(TargetResult("append p99 during drain ≤ 2x idle p99", None, 2, "x", None, ""))
