@@ -46,6 +46,7 @@ STATUS_FIELDS = {
     "halted",
     "last_cli_sync",
     "health",
+    "notes",  # a killed repair's unfinished backup beside the log (never a health problem)
 }
 
 HOLDER = """
