@@ -69,6 +69,7 @@ from wal.orders.manager import OrderManager
 from wal.orders.models import Fill, Order
 from wal.orders.reconcile_model import (
     EMERGENCY_STOP_PREFIX,
+    ORPHAN_PREFIX,
     Counts,
     FilledTrade,
     ReconcilerConfig,
@@ -89,6 +90,7 @@ from wal.orders.stops import UNRESOLVED_STATES, PositionReconciler
 
 __all__ = [
     "EMERGENCY_STOP_PREFIX",
+    "ORPHAN_PREFIX",
     "FilledTrade",
     "ReconciliationResult",
     "ReconcilerConfig",
