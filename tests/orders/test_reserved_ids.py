@@ -35,8 +35,8 @@ from wal.orders import (
     OrderRejected,
     OrderState,
     PaperBroker,
-    RejectReason,
     ReconcilerConfig,
+    RejectReason,
     StartupReconciler,
     validate_intent,
 )
