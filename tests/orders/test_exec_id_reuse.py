@@ -179,8 +179,9 @@ def test_the_journals_own_write_refuses_a_key_written_for_another_order_meanwhil
     tmp_path: Path,
 ) -> None:
     """The owner is asked before a fill is booked; the write itself checks again, under the
-    chain's lock, against the fills written since (and earlier in the same write): one group
-    commit never carries one execution key for two orders."""
+    chain's lock, against the log and the fills written since (and earlier in the same
+    write): one group commit never carries one execution key for two orders, and the same
+    execution id for another order is refused there, never left out as a retry."""
     rig = make_rig(tmp_path, PaperBroker(seed=1, auto_fill=False, rules=GLOBAL))
 
     async def go() -> None:
@@ -212,6 +213,9 @@ def test_the_journals_own_write_refuses_a_key_written_for_another_order_meanwhil
         assert journal.fill_owner("X-1", "X-1") == "A"
         with pytest.raises(FillError, match="journaled for order A"):
             journal._write_chained([b])  # a later write
+        same_id = journal.fill_call(_fill(rig, "B", "X-1", "1"), computed | {"trade_id": "t3"})
+        with pytest.raises(FillError, match="journaled for order A"):
+            journal._write_chained([same_id])  # the same id: never left out as a retry
         assert rig.ddb.drain(10) == 0
         assert dead_letters(rig) == 0
     finally:
