@@ -41,9 +41,10 @@ from wal.orders.errors import (
     OrderError,
     ReconciliationFatalError,
 )
+from wal.orders.flatten import flatten, flatten_plan
 from wal.orders.http_broker import HttpBroker
 from wal.orders.manager import OrderManager, RetryPolicy
-from wal.orders.models import Order, OrderIntent
+from wal.orders.models import Order
 from wal.orders.reconcile import ReconcilerConfig, StartupReconciler
 from wal.orders.states import OrderState
 from wal.sync.halt import clear_halt, write_halt
@@ -284,10 +285,10 @@ def _one_open(om: OrderManager, prefix: str) -> str:
     return ids[0]
 
 
-@click.command("flatten", short_help="Close positions with reduce-only market orders.")
+@click.command("flatten", short_help="Cancel a symbol's orders, then close its position.")
 @click.argument("symbol", required=False)
 @click.option("--broker-url", default=None, metavar="URL", help=BROKER_URL_HELP)
-@click.option("--dry-run", is_flag=True, help="Print the closing orders; send nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what it would cancel and send; send nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the closing orders as JSON.")
 @click.pass_context
@@ -300,19 +301,27 @@ def flatten_cmd(
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Close the journal's position in SYMBOL (every position without SYMBOL) with market
-    orders that only reduce it (the opposite side, at most its size), journaled like every
-    order (protective: allowed while trading is halted). Once a close is filled, the
-    symbol's remaining stop orders are cancelled (they would open a new position).
+    """Close the journal's position in SYMBOL (every position without SYMBOL): first cancel
+    every open order of the symbol (its stops, take-profits and other orders) and wait for
+    each to be final, then close what is still held with a market order on the reducing
+    side, journaled like every order (protective: allowed while trading is halted). A stop
+    left live beside the close would sell the position twice if it triggered meanwhile; a
+    stop that executed before its cancel arrived leaves less (or nothing) to close. A cancel
+    whose outcome stays unknown sends no close for that symbol (exit 1).
 
     The price of a market order is the broker's at execution: nothing here sets it. Takes
     the log's writer lock (stop the engine first); crash leftovers are resolved first, as
     the engine does at start. Asks to confirm unless --yes. --dry-run prints the orders it
-    would send. Exit 0: flat; 1: a close was not filled, or not confirmed; 2: no log or
-    not its database; 3: the broker or the database did not answer.
+    would cancel and send. Exit 0: flat; 1: a close was not filled, a cancel not confirmed,
+    or not confirmed; 2: no log or not its database; 3: the broker or the database did not
+    answer. A close that is not filled leaves the position without the stops it cancelled
+    (said on the line): run the engine, whose startup reconciliation protects it.
 
     --json prints {dry_run, closes: [{symbol, side, quantity, client_order_id, state,
-    filled_quantity, avg_fill_price}], stops_cancelled}.
+    filled_quantity, avg_fill_price}], cancelled: [client ids], stops_cancelled: [client
+    ids of the stops among them], filled_before_cancel: [client ids], problems: [text]}; a
+    close's state "flat" (nothing left to close) or "not_sent" (a problem) when none was
+    sent.
 
     \b
     Examples:
@@ -329,46 +338,61 @@ def flatten_cmd(
             await om.load()
         else:
             await om.start()  # what a crash left unfinished is settled before sizing a close
-        held = {s: q for s, q in om.positions().items() if q != 0}
-        if symbol is not None:
-            held = {s: q for s, q in held.items() if s == symbol}
-            if not held:
-                raise AtbError(f"the journal holds no position in {symbol}: nothing to close")
-        plan = [(s, "sell" if q > 0 else "buy", abs(q)) for s, q in sorted(held.items())]
-        closes: list[dict[str, Any]] = []
-        cancelled: list[str] = []
+        held = flatten_plan(om, None if symbol is None else [symbol])
+        if symbol is not None and not held:
+            raise AtbError(f"the journal holds no position in {symbol}: nothing to close")
+        plan = [(s, "sell" if q > 0 else "buy", abs(q)) for s, q in held.items()]
+        to_cancel = [o for o in om.open_orders() if o.symbol in held]
         if dry_run or not plan:
-            closes = [{"symbol": s, "side": sd, "quantity": dec(q)} for s, sd, q in plan]
-            return {"dry_run": dry_run, "closes": closes, "stops_cancelled": cancelled}
+            return {
+                "dry_run": dry_run,
+                "closes": [{"symbol": s, "side": sd, "quantity": dec(q)} for s, sd, q in plan],
+                "cancelled": [o.client_order_id for o in to_cancel],
+                "stops_cancelled": [o.client_order_id for o in to_cancel if _is_stop(o)],
+                "filled_before_cancel": [],
+                "problems": [],
+            }
         _confirm(
-            "send "
+            "cancel "
+            + (f"{len(to_cancel)} open order(s) of these symbols, then " if to_cancel else "")
+            + "send "
             + ", ".join(f"market {sd} {dec(q)} {s}" for s, sd, q in plan)
             + f" to {mask_url(url)}?",
             yes,
         )
-        for s, sd, q in plan:
-            order = await om.submit(
-                OrderIntent(symbol=s, side=sd, quantity=q, order_type="market"), protective=True
-            )
+        results = await flatten(om, held)
+        closes: list[dict[str, Any]] = []
+        for r in results:
+            c = r.close
             closes.append(
                 {
-                    "symbol": s,
-                    "side": sd,
-                    "quantity": dec(q),
-                    "client_order_id": order.client_order_id,
-                    "state": order.state.value,
-                    "filled_quantity": dec(order.filled_quantity),
+                    "symbol": r.symbol,
+                    "side": "sell" if r.held > 0 else "buy",
+                    "quantity": dec(abs(r.held) if c is None else c.intent.quantity),
+                    "client_order_id": None if c is None else c.client_order_id,
+                    "state": "flat"
+                    if c is None and r.problem is None
+                    else "not_sent"
+                    if c is None
+                    else c.state.value,
+                    "filled_quantity": dec(Decimal(0) if c is None else c.filled_quantity),
                     "avg_fill_price": None
-                    if order.avg_fill_price is None
-                    else dec(order.avg_fill_price),
+                    if c is None or c.avg_fill_price is None
+                    else dec(c.avg_fill_price),
                 }
             )
-            if order.state is OrderState.FILLED:
-                for stop in om.open_orders():
-                    if stop.symbol == s and stop.intent.order_type in ("stop", "stop_limit"):
-                        await om.cancel(stop.client_order_id)
-                        cancelled.append(stop.client_order_id)
-        return {"dry_run": False, "closes": closes, "stops_cancelled": cancelled}
+        settled = [o for r in results for o in r.cancelled]
+        cancelled = [o for o in settled if o.state is OrderState.CANCELLED]
+        return {
+            "dry_run": False,
+            "closes": closes,
+            "cancelled": [o.client_order_id for o in cancelled],
+            "stops_cancelled": [o.client_order_id for o in cancelled if _is_stop(o)],
+            "filled_before_cancel": [
+                o.client_order_id for o in settled if o.state is OrderState.FILLED
+            ],
+            "problems": [r.problem for r in results if r.problem is not None],
+        }
 
     try:
         out = _run(_with_manager(config, source, url, 10.0, what, work, dry_run=dry_run))
@@ -379,20 +403,35 @@ def flatten_cmd(
     elif not out["closes"]:
         click.echo("no position in the journal: nothing to close")
     else:
-        verb = "would send" if dry_run else "sent"
+        for cid in out["cancelled"]:
+            click.echo(f"would cancel {cid} first" if dry_run else f"cancelled {cid} first")
+        for cid in out["filled_before_cancel"]:
+            click.echo(f"{cid} filled before its cancel arrived")
         for c in out["closes"]:
-            line = f"{verb} market {c['side']} {c['quantity']} {c['symbol']}"
-            if not dry_run:
-                line += f": {c['state']}, filled {c['filled_quantity']}"
+            if dry_run:
+                click.echo(f"would send market {c['side']} {c['quantity']} {c['symbol']}")
+            elif c["state"] == "flat":
+                click.echo(f"{c['symbol']} is flat: its orders closed it before the close")
+            elif c["state"] == "not_sent":
+                click.echo(f"no close sent for {c['symbol']}")
+            else:
+                line = (
+                    f"sent market {c['side']} {c['quantity']} {c['symbol']}: {c['state']}, "
+                    f"filled {c['filled_quantity']}"
+                )
                 if c["avg_fill_price"] is not None:
                     line += f" @ {c['avg_fill_price']}"
-            click.echo(line)
-        for cid in out["stops_cancelled"]:
-            click.echo(f"cancelled stop {cid}: it protected the closed position")
+                click.echo(line)
+        for p in out["problems"]:
+            click.echo(f"PROBLEM {p}", err=True)
         if dry_run:
             click.echo("nothing was sent (--dry-run)")
-    if not dry_run and any(c.get("state") != "filled" for c in out["closes"]):
+    if not dry_run and out["problems"]:
         ctx.exit(EXIT_PROBLEM)
+
+
+def _is_stop(o: Order) -> bool:
+    return o.intent.order_type in ("stop", "stop_limit")
 
 
 # ---------------------------------------------------------------------- halt, resume

@@ -51,7 +51,7 @@ def paper_broker() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of ids and faults.")
 @click.option(
     "--dedup-scope",
-    type=click.Choice([s.value for s in DedupScope]),
+    type=click.Choice([DedupScope.GLOBAL.value, DedupScope.OPEN_ONLY.value]),
     default="global",
     show_default=True,
     help="Refuse a reused client id forever (global) or while open (open_only).",

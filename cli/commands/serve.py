@@ -34,6 +34,7 @@ from wal.errors import WALError, printable
 from wal.masking import mask_url
 from wal.orders import (
     ClientIdRules,
+    DedupScope,
     FaultPlan,
     PaperBroker,
     ReconcilerConfig,
@@ -148,7 +149,8 @@ def serve(
         # durable next to the log by default: a restarted service finds its orders there
         state_path = paper_state or config.directory.parent / "paper-broker.json"
         paper = PaperBroker(
-            rules=ClientIdRules(visibility_window_seconds=0.0),  # in-process: seen at once
+            # in-process: seen at once; it refuses a reused client id forever (a resend is safe)
+            rules=ClientIdRules(dedup_scope=DedupScope.GLOBAL, visibility_window_seconds=0.0),
             faults=faults,
             state_path=state_path,
             prices=start_prices,

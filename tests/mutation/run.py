@@ -123,7 +123,7 @@ RECONCILER: tuple[Mutation, ...] = (
         "half-written-orphan-completed",
         "wal/orders/stops.py",
         "a half-written orphan order is completed, not skipped for a second one",
-        "            if not is_final(existing.state) and existing.filled_quantity < existing.intent.quantity:\n                break\n",
+        "            if (\n                not is_final(existing.state)\n                and existing.filled_quantity < existing.intent.quantity\n                and await is_synthetic(om.journal, existing)\n            ):\n                break\n",
         "            if False:\n                break\n",
         (RP + "test_a_half_written_orphan_is_completed_not_doubled",),
         "reconciler",
@@ -1545,7 +1545,114 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/orders/test_scenarios.py::"
             "test_an_execution_id_reused_by_another_order_is_refused_never_dropped",
+            "tests/orders/test_exec_id_reuse.py::"
+            "test_the_journals_own_write_refuses_a_key_written_for_another_order_meanwhile",
         ),
+        "orders",
+    ),
+    Mutation(
+        "fill-owner-asks-the-database-after-compaction",
+        "wal/orders/journal.py",
+        "an execution key the compacted log no longer holds is looked up in the fills table",
+        "                owner: str | None = lookup(execution_key)\n",
+        "                owner: str | None = None\n",
+        (
+            "tests/orders/test_exec_id_reuse.py::"
+            "test_an_execution_id_of_another_order_is_refused_whether_or_not_the_log_holds_it",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "fill-key-of-another-order-refused-at-write",
+        "wal/orders/journal.py",
+        "the journal's write refuses an execution key written for another order since its check",
+        "            _check_fill_keys(chain, calls)\n",
+        "            pass\n",
+        (
+            "tests/orders/test_exec_id_reuse.py::"
+            "test_the_journals_own_write_refuses_a_key_written_for_another_order_meanwhile",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "fill-owner-checked-before-booking",
+        "wal/orders/fills.py",
+        "a fill's execution key is checked against the other orders' before it is booked",
+        "            await self._check_owner(fill, key)\n",
+        "            pass\n",
+        (
+            "tests/orders/test_exec_id_reuse.py::"
+            "test_a_correction_id_of_another_orders_execution_is_refused",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "reserved-client-id-refused",
+        "wal/orders/validation.py",
+        "a client id with the reconciler's prefix (orphan-, es-, close-) is refused at validation",
+        "    if not reconciler:\n        _not_reserved(intent.client_order_id)\n",
+        "    pass\n",
+        (
+            "tests/orders/test_reserved_ids.py::"
+            "test_submit_refuses_a_reserved_id_and_nothing_is_journaled_or_sent",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "orphan-completed-only-if-never-sent",
+        "wal/orders/reconcile_model.py",
+        "only an orphan-... order that was never sent is the reconciler's to complete",
+        '    return not any(e["kind"] == EventKind.SUBMITTED.value for e in events)\n',
+        "    return True\n",
+        (
+            "tests/orders/test_reserved_ids.py::"
+            "test_a_users_unresolved_order_under_an_orphan_id_is_looked_up_not_completed",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "undeclared-dedup-scope-never-resends",
+        "wal/orders/broker.py",
+        "client-id rules nobody declared never resend (UNKNOWN, not GLOBAL)",
+        "    dedup_scope: DedupScope = DedupScope.UNKNOWN\n",
+        "    dedup_scope: DedupScope = DedupScope.GLOBAL\n",
+        (
+            "tests/orders/test_dedup_scope.py::"
+            "test_a_timed_out_submit_whose_lookup_lags_is_never_a_second_order",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "flatten-close-sized-after-cancels",
+        "wal/orders/flatten.py",
+        "flatten sizes the close from the position after the symbol's orders are settled",
+        "    pos = om.positions().get(symbol, Decimal(0))  # after what the cancelled orders executed\n",
+        "    pos = held\n",
+        (
+            "tests/orders/test_flatten.py::"
+            "test_a_stop_that_fills_before_its_cancel_leaves_nothing_to_close",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "flatten-no-close-beside-an-unconfirmed-cancel",
+        "wal/orders/flatten.py",
+        "flatten sends no close while an order of the symbol is not final after its cancel",
+        "        if not is_final(done.state):\n",
+        "        if False:\n",
+        (
+            "tests/orders/test_flatten.py::"
+            "test_no_close_is_sent_beside_a_stop_whose_cancel_is_not_confirmed",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "flatten-cancels-before-the-close",
+        "wal/orders/flatten.py",
+        "flatten cancels the symbol's open orders before it sends the close",
+        "    for order in [o for o in om.open_orders() if o.symbol == symbol]:\n",
+        "    for order in []:\n",
+        ("tests/orders/test_flatten.py::test_the_stop_triggering_as_the_close_arrives_sells_once",),
         "orders",
     ),
     Mutation(

@@ -18,6 +18,7 @@ from wal.db.order_reads import (
     audit_rows,
     event_counts,
     event_rows,
+    fill_owner,
     fill_rows,
     last_seq_by_order,
     order_row,
@@ -57,6 +58,12 @@ class OrderJournalMethods(DatabaseConnection):
         """Record an anchor (seq, hash) of the order audit chain."""
         with self._write() as conn:
             op_record_order_anchor(conn, **kwargs)
+
+    def get_fill_owner(self, execution_key: str) -> str | None:
+        """The client id of the order holding the fill with ``execution_key``, or None (the
+        order journal asks it once the log may have dropped that fill's entry)."""
+        with self._read() as conn:
+            return fill_owner(conn, execution_key)
 
     def get_audit_head(self) -> tuple[int, str]:
         """(audit_seq, hash) of the order audit chain's last row ((0, "0"*64) if empty)."""

@@ -20,6 +20,7 @@ __all__ = [
     "audit_rows",
     "event_counts",
     "event_rows",
+    "fill_owner",
     "fill_rows",
     "last_seq_by_order",
     "order_row",
@@ -62,6 +63,13 @@ def fill_rows(
     if since is not None:
         q = q.where(fills.c.executed_at >= valid_utc(since, "since"))
     return [_plain_row(r._mapping) for r in conn.execute(q)]
+
+
+def fill_owner(conn: Connection, execution_key: str) -> str | None:
+    """The client id of the order whose fill row has ``execution_key``, or None."""
+    q = sa.select(fills.c.client_order_id).where(fills.c.execution_key == execution_key)
+    owner = conn.execute(q).scalar()
+    return None if owner is None else str(owner)
 
 
 def audit_rows(conn: Connection, *, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ A broker adapter is async and raises the errors of :mod:`wal.orders.errors`:
 taken, ``BrokerProtocolError`` for an answer it cannot read. It declares its client-id rules
 (``ClientIdRules``): above all the **dedup scope**: whether the broker refuses a reused client
 id forever (``GLOBAL``) or only while the first order is open (``OPEN_ONLY``, Binance), which
-decides whether a retry may resend.
+decides whether a retry may resend. Not declared, it is ``UNKNOWN`` (the default): never
+resent, as ``OPEN_ONLY``.
 
 Broker status strings (Alpaca's v2 vocabulary) map to ``OrderState`` through one static
 table, ``BROKER_STATUS``; transient statuses map to None, an unknown string raises.
@@ -43,13 +44,17 @@ class DedupScope(StrEnum):
 
     GLOBAL = "global"  # forever (Coinbase, Alpaca as far as documented): a resend is safe
     OPEN_ONLY = "open_only"  # only while the first order is open (Binance): never resend
+    # not declared (a broker whose rule nobody stated): taken as the worst, never resend
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
 class ClientIdRules:
-    """A broker's declared client-order-id rules."""
+    """A broker's declared client-order-id rules. ``dedup_scope`` defaults to ``UNKNOWN``:
+    a retry never resends until the broker is declared ``GLOBAL`` (a resend after the first
+    order filled is a second order wherever the broker accepts the id again)."""
 
-    dedup_scope: DedupScope = DedupScope.GLOBAL
+    dedup_scope: DedupScope = DedupScope.UNKNOWN
     max_length: int = 36  # Binance's limit; the tightest of the listed brokers
     pattern: str = r"^[A-Za-z0-9_-]+$"  # the characters every listed broker accepts
     # how long a just-accepted order may be invisible to a lookup by client id
@@ -100,7 +105,8 @@ class ClientIdRules:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClientIdRules:
         return cls(
-            dedup_scope=DedupScope(d.get("dedup_scope", "global")),
+            # a document that does not say: never resend
+            dedup_scope=DedupScope(d.get("dedup_scope", DedupScope.UNKNOWN.value)),
             max_length=int(d.get("max_length", 36)),
             pattern=str(d.get("pattern", r"^[A-Za-z0-9_-]+$")),
             visibility_window_seconds=float(d.get("visibility_window_seconds", 5.0)),

@@ -49,6 +49,8 @@ class RejectReason(StrEnum):
     BAD_ORDER_TYPE = "bad_order_type"  # not market, limit, stop or stop_limit
     BAD_PRICE = "bad_price"  # a price missing, present where not allowed, not Decimal or <= 0
     BAD_CLIENT_ORDER_ID = "bad_client_order_id"  # not 1-36 chars of [A-Za-z0-9_-]
+    # starts with a prefix the startup reconciler's own orders use (orphan-, es-, close-)
+    RESERVED_CLIENT_ORDER_ID = "reserved_client_order_id"
     BAD_TIME_IN_FORCE = "bad_time_in_force"  # not day, gtc, ioc or fok
     BAD_ACCOUNT = "bad_account"  # not a str of 1-64 printable characters
     BAD_CREATED_AT = "bad_created_at"  # not an aware datetime, in the future or a day old

@@ -36,7 +36,7 @@ from wal.money import exact
 from wal.orders.base import LIVE_STATES, OrderBase, utc, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
 from wal.orders.errors import BrokerProtocolError, FillError
-from wal.orders.journal import FillCall
+from wal.orders.journal import FillCall, foreign_fill
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.positions import PRICE_QUANTUM, Position
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
@@ -378,6 +378,8 @@ class OrderFills(OrderBase):
                 f"fill {fill.execution_id}: quantity and price must be positive "
                 f"Decimals, got {fill.quantity!r} at {fill.price!r}"
             )
+        if old is None:  # a new execution key for this order: is it another order's?
+            await self._check_owner(fill, key)
         old_qty = Decimal(str(old["quantity"])) if old is not None else Decimal(0)
         delta = fill.quantity - old_qty
         filled = order.filled_quantity + delta
@@ -410,6 +412,30 @@ class OrderFills(OrderBase):
         # the caller holds the order's lock, so the order cannot move while its fill waits
         await self._fill_turns.submit(fill.symbol, booking)
         return True
+
+    async def _check_owner(self, fill: Fill, key: str) -> None:
+        """``FillError`` when the journal holds execution ``key`` for another order
+        (``OrderJournal.fill_owner``: the log, and the database's fills table once the log
+        may have dropped it), before anything is booked: the database would refuse the
+        entry (a dead letter) while memory booked the fill. The journal's write checks the
+        fills written meanwhile again (``_check_fill_keys``)."""
+        journal = self.journal
+        shared = self.broker.rules.correction_separator is not None
+        if journal.fill_owner_needs_database(shared_keys=shared):
+            owner = await asyncio.to_thread(
+                journal.fill_owner, key, fill.execution_id, shared_keys=shared
+            )
+        else:  # the log's key index: no database read
+            owner = journal.fill_owner(key, fill.execution_id, shared_keys=shared)
+        if owner is not None and owner != fill.client_order_id:
+            raise foreign_fill(
+                {
+                    "execution_id": fill.execution_id,
+                    "execution_key": key,
+                    "client_order_id": fill.client_order_id,
+                },
+                owner,
+            )
 
     @cached_property
     def _fill_turns(self) -> KeyedWriters[_Booking]:

@@ -42,7 +42,13 @@ _On404 = Literal["none", "rejected", "error"]
 
 class HttpBroker:
     """An async ``Broker`` over HTTP. ``rules``: the broker's declared client-id rules (for
-    the paper broker, ``await HttpBroker.connect(url)`` reads them from ``/_paper/rules``)."""
+    the paper broker, ``await HttpBroker.connect(url)`` reads them from ``/_paper/rules``).
+    Without them the broker's rules are not known: ``ClientIdRules()``, whose dedup scope is
+    ``UNKNOWN``, so an order whose outcome is unknown is only ever looked up, never resent
+    (a broker that accepts a client id again once its first order is closed, as Binance
+    does, would take a resend after a fill for a second order). Pass
+    ``ClientIdRules(dedup_scope=DedupScope.GLOBAL)`` only for a broker that refuses a
+    reused client id forever."""
 
     def __init__(
         self,
@@ -54,7 +60,7 @@ class HttpBroker:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         remember_url(self.base_url)  # its password never shows in an error text (mask_text)
-        self._rules = rules or ClientIdRules()
+        self._rules = rules or ClientIdRules()  # undeclared: never resend (UNKNOWN)
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=headers or {}
         )

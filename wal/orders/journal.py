@@ -33,9 +33,12 @@ fresh read plus every entry written since. ``apply_entry``, ``read_journal`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import threading
 import weakref
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,9 +52,18 @@ from wal.orders.journal_reads import ORDER_OPERATIONS, JournalReader, apply_entr
 from wal.orders.models import Fill, Order, OrderEvent, OrderIntent
 from wal.orders.states import EventKind, OrderState
 
-__all__ = ["ORDER_OPERATIONS", "FillCall", "OrderJournal", "apply_entry", "read_journal"]
+__all__ = [
+    "ORDER_OPERATIONS",
+    "FillCall",
+    "OrderJournal",
+    "apply_entry",
+    "foreign_fill",
+    "read_journal",
+]
 
 FillCall = tuple[str, dict[str, Any], str]  # a fill's journal call: operation, kwargs, key
+
+log = logging.getLogger("wal.orders")
 
 _INTENT = OperationType.ORDER_INTENT.value
 _EVENT = OperationType.ORDER_EVENT.value
@@ -59,13 +71,21 @@ _FILL = OperationType.ORDER_FILL.value
 _ANCHOR = OperationType.ORDER_ANCHOR.value
 
 
+_RECENT_FILL_KEYS = 65_536  # execution keys of the fills written lately, kept in memory
+
+
 class _Chain:
-    """The audit chain's head for one ``DurableDatabaseManager`` (shared by its journals)."""
+    """The audit chain's head for one ``DurableDatabaseManager`` (shared by its journals),
+    and the execution keys of the fills written through it lately (key -> client id)."""
 
     def __init__(self, ddb: DurableDatabaseManager) -> None:
         self.lock = threading.RLock()  # held across computing the link and appending it
         self.seq: int | None = None  # None: not read yet
         self.hash = GENESIS_HASH
+        # bounded: the log or the database names the owner of an older one (fill_owner);
+        # this covers a fill written between another's check and its write
+        self.fill_keys: OrderedDict[str, str] = OrderedDict()
+        self.keys_lock = threading.Lock()  # a leaf lock: fill_keys only
         if ddb.manager is not None:
             ddb.manager.add_write_hook(self.on_write)
 
@@ -74,6 +94,21 @@ class _Chain:
         fresh = isinstance(seq, int) and (self.seq is None or seq > self.seq)
         if entry.operation in ORDER_OPERATIONS and fresh:
             self.seq, self.hash = int(str(seq)), str(entry.kwargs["hash"])
+        if entry.operation == _FILL:
+            self.remember_fill(entry.kwargs)
+
+    def fill_key_owner(self, key: str) -> str | None:
+        with self.keys_lock:
+            return self.fill_keys.get(key)
+
+    def remember_fill(self, kwargs: dict[str, Any]) -> None:
+        key, cid = kwargs.get("execution_key"), kwargs.get("client_order_id")
+        if isinstance(key, str) and isinstance(cid, str):
+            with self.keys_lock:
+                self.fill_keys[key] = cid
+                self.fill_keys.move_to_end(key)
+                while len(self.fill_keys) > _RECENT_FILL_KEYS:
+                    self.fill_keys.popitem(last=False)
 
     def head(self, ddb: DurableDatabaseManager) -> tuple[int, str]:
         """(seq, hash) of the last event: the database's head, or a pending entry's above it."""
@@ -151,6 +186,16 @@ def _event_call(ev: OrderEvent, reason: str | None) -> tuple[str, dict[str, Any]
     return _EVENT, kwargs, f"{ev.client_order_id}:{ev.seq}"
 
 
+def foreign_fill(kwargs: dict[str, Any], owner: object) -> FillError:
+    """The error for a fill whose execution the journal holds for order ``owner``."""
+    return FillError(
+        f"execution {kwargs.get('execution_id')!r} (key {kwargs.get('execution_key')!r}) of "
+        f"order {kwargs.get('client_order_id')} is journaled for order {owner} already: the "
+        "broker reuses execution ids across orders; the fill was not journaled (the order "
+        "stays as it was: reconcile it with the broker)"
+    )
+
+
 def _journaled(find: Any, call: tuple[str, dict[str, Any], str]) -> bool:
     """True when ``call``'s key is in the log already (a retry: left out). A fill's key is
     its execution id: the same id journaled for ANOTHER order is refused, never left out (the
@@ -162,12 +207,23 @@ def _journaled(find: Any, call: tuple[str, dict[str, Any], str]) -> bool:
     if op == _FILL:
         cid, other = kwargs.get("client_order_id"), found.kwargs.get("client_order_id")
         if other != cid:
-            raise FillError(
-                f"execution {kwargs.get('execution_id')!r} of order {cid} is journaled for "
-                f"order {other} already: the broker reuses execution ids across orders; the "
-                "fill was not journaled (the order stays as it was: reconcile it with the broker)"
-            )
+            raise foreign_fill(kwargs, other)
     return True
+
+
+def _check_fill_keys(chain: _Chain, calls: list[tuple[str, dict[str, Any], str]]) -> None:
+    """``FillError`` when a fill's execution key belongs to another order among the fills
+    written lately (``_Chain.fill_keys``) or earlier in ``calls`` (the same write): the
+    database would refuse it (a dead letter) while the order booked it in memory."""
+    batch: dict[str, str] = {}
+    for op, kwargs, _ in calls:
+        if op != _FILL:
+            continue
+        key, cid = str(kwargs.get("execution_key")), str(kwargs.get("client_order_id"))
+        owner = batch.get(key) or chain.fill_key_owner(key)
+        if owner is not None and owner != cid:
+            raise foreign_fill(kwargs, owner)
+        batch[key] = cid
 
 
 def _fill_call(fill: Fill, computed: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
@@ -290,6 +346,7 @@ class OrderJournal:
                 calls = [c for c in calls if not _journaled(storage.find_by_idempotency_key, c)]
             if not calls:
                 return
+            _check_fill_keys(chain, calls)
             seq, prev = chain.head(self.ddb)
             linked: list[tuple[str, dict[str, Any], str]] = []
             links: list[tuple[int, str]] = []
@@ -303,6 +360,9 @@ class OrderJournal:
             self.ddb.journal_orders(_checked(linked))
             if self.ddb.manager is None:  # no log, no write hook: the calls applied them
                 chain.seq, chain.hash = seq, prev
+                for op, kwargs, _ in linked:
+                    if op == _FILL:
+                        chain.remember_fill(kwargs)
             for s, h in links:
                 if s % ANCHOR_EVERY == 0:
                     self._record_anchor(s, h, f"every_{ANCHOR_EVERY}")
@@ -389,6 +449,57 @@ class OrderJournal:
 
     async def aanchor(self, reason: str = "session_end") -> tuple[int, str] | None:
         return await asyncio.to_thread(self.anchor, reason)
+
+    def fill_owner_needs_database(self, *, shared_keys: bool = False) -> bool:
+        """Whether ``fill_owner`` must ask the database: the log alone cannot say that no
+        other order holds an execution key once it dropped entries (compaction, a repair:
+        ``may_have_dropped``), nor when the broker's corrections make several execution ids
+        share one key (``shared_keys``: a key is then not the entry's idempotency key)."""
+        storage = self.ddb.storage
+        return storage is not None and (shared_keys or storage.may_have_dropped())
+
+    def fill_owner(
+        self, execution_key: str, execution_id: str, *, shared_keys: bool = False
+    ) -> str | None:
+        """The client id of the order the journal holds this execution under, or None if
+        none does (as far as can be told). The log first (the entry under ``fill:<execution
+        id>``, the fills written lately); when the log cannot answer for the key
+        (``fill_owner_needs_database``), the pending entries (shared keys only: the same id
+        is found in the log) and the database's ``fills`` table, as the keyed writes ask the
+        database's key ledger after compaction (``WALManager._applied_before``). A database
+        that cannot be read is logged and decides nothing (None): the fill is written, and
+        the database's own check refuses it at apply if it is another order's (a dead
+        letter, ``atb wal failed``), as a keyed write written during an outage is skipped
+        at apply. Blocking (a database read): call it in a worker thread."""
+        storage = self.ddb.storage
+        if storage is None:  # no log: every write applies at once, the database refuses it
+            return None
+        found = storage.find_by_idempotency_key(f"fill:{execution_id}")
+        if found is not None:
+            return str(found.kwargs.get("client_order_id"))
+        recent = _chain_of(self.ddb).fill_key_owner(execution_key)
+        if recent is not None or not self.fill_owner_needs_database(shared_keys=shared_keys):
+            return recent
+        lookup = getattr(self.ddb.db, "get_fill_owner", None)
+        if lookup is None:  # a database manager of its own, without the lookup
+            return None
+        m = self.ddb.manager
+        try:  # under the apply lock: an entry is pending or applied, never neither
+            with m.apply_lock if m is not None else contextlib.nullcontext():
+                if shared_keys:
+                    for e in storage.get_pending_entries():
+                        if e.operation == _FILL and e.kwargs.get("execution_key") == execution_key:
+                            return str(e.kwargs.get("client_order_id"))
+                owner: str | None = lookup(execution_key)
+        except Exception as exc:
+            log.warning(
+                "execution key %r not checked against the database (%s): written; the "
+                "database refuses it at apply if another order holds it",
+                execution_key,
+                exc,
+            )
+            return None
+        return owner
 
     def knows(self, client_order_id: str) -> bool:
         """Whether the log holds an intent under this client id (pending or applied, until

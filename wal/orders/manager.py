@@ -125,7 +125,9 @@ class OrderManager(OrderFills):
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, intent: OrderIntent, *, protective: bool = False) -> Order:
+    async def submit(
+        self, intent: OrderIntent, *, protective: bool = False, _reconciliation: bool = False
+    ) -> Order:
         """Validate, journal, send (see the module docstring); the order as it stands.
 
         Raises ``TradingHalted`` while trading is halted (the startup reconciler has not
@@ -136,7 +138,13 @@ class OrderManager(OrderFills):
         ``protective=True`` (the reconciler's emergency stops and market closes): an order
         that only reduces the journal's position in its symbol (opposite side, at most its
         size); it skips the risk limits and is allowed while halted.
+
+        A client id with a reserved prefix (``orphan-``, ``es-``, ``close-``: the startup
+        reconciler's own orders) is refused (``reserved_client_order_id``) unless
+        ``_reconciliation=True``, which only the reconciler passes (with ``protective``).
         """
+        if _reconciliation and not protective:
+            raise RuntimeError("_reconciliation=True is the reconciler's, for protective orders")
         if not protective and self._halted is not None:
             raise TradingHalted(f"trading is halted: {self._halted}; nothing was sent")
         if not protective and (halt := operator_halt(self.db)) is not None:  # `atb orders halt`
@@ -149,7 +157,7 @@ class OrderManager(OrderFills):
                 return await self._resubmitted(existing, intent)
             if protective:
                 self._check_protective(intent)
-            validate_intent(intent, self.broker.rules)
+            validate_intent(intent, self.broker.rules, reconciler=_reconciliation)
             # checked and reserved with no await in between (``_check_risk``): a concurrent
             # submit sees this order's reservation; no global lock is held past this point
             await self._check_risk(intent, check=not protective)

@@ -2,9 +2,11 @@
 
 It keeps orders, executions and net positions; it deduplicates client ids by its declared
 scope (``ClientIdRules.dedup_scope``: GLOBAL refuses a reused id forever, OPEN_ONLY only while
-the first order is open, as Binance does); it fills market orders at the simulated market
-price and marketable limit orders at their limit price (resting ones when ``set_price``
-crosses them; stops trigger the same way); and it misbehaves as its ``FaultPlan`` says.
+the first order is open, as Binance does; GLOBAL unless told OPEN_ONLY, and that is what it
+declares, in-process as ``rules`` and over HTTP at ``/_paper/rules``); it fills market orders
+at the simulated market price and marketable limit orders at their limit price (resting ones
+when ``set_price`` crosses them; stops trigger the same way); and it misbehaves as its
+``FaultPlan`` says.
 
 Everything is deterministic from ``seed``: order ids (``paper-00000001``), execution ids
 (``<order id>-<n>``), the random faults and the random-walk prices of ``step_prices``.
@@ -35,7 +37,13 @@ from typing import Any
 import orjson
 
 from wal.money import exact
-from wal.orders.broker import OPEN_STATUSES, BrokerOrder, BrokerPosition, ClientIdRules
+from wal.orders.broker import (
+    OPEN_STATUSES,
+    BrokerOrder,
+    BrokerPosition,
+    ClientIdRules,
+    DedupScope,
+)
 from wal.orders.errors import (
     BrokerRejectedError,
     BrokerUnavailable,
@@ -50,6 +58,15 @@ __all__ = ["PaperBroker", "SimulatedTimeout"]
 _Q = Decimal("1E-10")  # prices are kept to 10 places, like the database's money columns
 DEFAULT_PRICE = Decimal("100")
 UNKNOWN_STATUS = "held_for_review"  # what an UNKNOWN_STATUS fault reports: in no table
+
+
+def _enforced(rules: ClientIdRules) -> ClientIdRules:
+    """The rules a paper broker enforces, and declares: a dedup scope it keeps, ``GLOBAL``
+    unless told ``OPEN_ONLY`` (``UNKNOWN``, the default of ``ClientIdRules()``, is a client's
+    word for a broker whose rule it was not told; a broker always has one)."""
+    if rules.dedup_scope is DedupScope.UNKNOWN:
+        return replace(rules, dedup_scope=DedupScope.GLOBAL)
+    return rules
 
 
 class SimulatedTimeout(BrokerUnavailable):
@@ -88,7 +105,7 @@ class PaperBroker:
         prices: dict[str, Decimal] | None = None,
         auto_fill: bool = True,
     ) -> None:
-        self._rules = rules or ClientIdRules()
+        self._rules = _enforced(rules or ClientIdRules())  # GLOBAL unless told OPEN_ONLY
         self.faults = faults or FaultPlan(seed=seed)
         self.seed = seed
         self.auto_fill = auto_fill
@@ -614,7 +631,7 @@ class PaperBroker:
         if d.get("version") != 1:
             raise ValueError(f"{path}: unknown paper broker state version {d.get('version')!r}")
         self._next_order = int(d["next_order"])
-        self._rules = ClientIdRules.from_dict(d["rules"])
+        self._rules = _enforced(ClientIdRules.from_dict(d["rules"]))
         for item in d["orders"]:
             o = BrokerOrder.from_dict(item["order"])
             self._orders[o.broker_order_id] = _Order(o, [Decimal(q) for q in item["plan"]])

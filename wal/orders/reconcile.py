@@ -80,6 +80,7 @@ from wal.orders.reconcile_model import (
     error_text,
     is_live,
     is_stop,
+    is_synthetic,
     orphan_order_id,
     protects,
     remaining,
@@ -89,6 +90,7 @@ from wal.orders.stops import UNRESOLVED_STATES, PositionReconciler
 
 __all__ = [
     "EMERGENCY_STOP_PREFIX",
+    "ORPHAN_PREFIX",
     "FilledTrade",
     "ReconciliationResult",
     "ReconcilerConfig",
@@ -365,7 +367,7 @@ class StartupReconciler:
             fills_of.setdefault(f.client_order_id, []).append(f)
         self._planned_fills: list[Fill] = []
         for order in [o for o in journal.values() if not is_final(o.state)]:
-            if order.client_order_id.startswith(ORPHAN_PREFIX) and order.broker_order_id is None:
+            if await is_synthetic(om.journal, order):
                 continue  # a synthetic order, never sent: phase 2 completes it
             await self._one_order(order, by_cid, fills_of, c, dry)
         # broker evidence wins over a final journal state: a live, filled or executed broker
@@ -374,7 +376,7 @@ class StartupReconciler:
             final = journal.get(cid)
             if final is None or not is_final(final.state):
                 continue
-            if cid.startswith(ORPHAN_PREFIX) and final.broker_order_id is None:
+            if await is_synthetic(om.journal, final):
                 continue
             found = by_cid.get(cid)
             if found is None:

@@ -23,11 +23,14 @@ from typing import Any
 
 from wal.money import exact
 from wal.orders.broker import BROKER_STATUS, Broker, BrokerOrder, BrokerPosition
-from wal.orders.models import Fill
-from wal.orders.states import OrderState
+from wal.orders.journal import OrderJournal
+from wal.orders.models import Fill, Order
+from wal.orders.states import EventKind, OrderState
 from wal.orders.ticks import TickTable
+from wal.orders.validation import CLOSE_PREFIX, EMERGENCY_STOP_PREFIX, ORPHAN_PREFIX
 
 __all__ = [
+    "CLOSE_PREFIX",
     "EMERGENCY_STOP_PREFIX",
     "ORPHAN_PREFIX",
     "Counts",
@@ -41,6 +44,7 @@ __all__ = [
     "error_text",
     "is_live",
     "is_stop",
+    "is_synthetic",
     "orphan_order_id",
     "protects",
     "remaining",
@@ -50,8 +54,9 @@ __all__ = [
 log = logging.getLogger("wal.orders.reconcile")
 
 _S = OrderState
-EMERGENCY_STOP_PREFIX = "es-"
-ORPHAN_PREFIX = "orphan-"  # synthetic orders: journaled, never sent
+# the ids' prefixes (EMERGENCY_STOP_PREFIX, ORPHAN_PREFIX: synthetic orders, journaled, never
+# sent; CLOSE_PREFIX: market closes) are reserved: wal.orders.validation refuses them to anyone
+# but the reconciler
 _STOP_TYPES = ("stop", "stop_limit")
 _MIN_PCT = Decimal("0.005")
 _MAX_PCT = Decimal("0.10")
@@ -213,6 +218,17 @@ def orphan_order_id(symbol: str, day: datetime, n: int = 1) -> str:
     """``orphan-{symbol}-{YYYYMMDD}`` (``-{n}`` from the second one of that day on)."""
     base = f"{ORPHAN_PREFIX}{symbol}-{day.astimezone(UTC):%Y%m%d}"
     return base if n == 1 else f"{base}-{n}"
+
+
+async def is_synthetic(journal: OrderJournal, order: Order) -> bool:
+    """The reconciler's own synthetic order: an ``orphan-...`` id, no broker id, and never
+    sent (no ``submitted`` event: ``submit`` journals one before every send). A user's order
+    under such an id (journaled before ``reserved_client_order_id`` refused them) is not: it
+    is reconciled like any other order, and never completed with a synthetic fill."""
+    if not order.client_order_id.startswith(ORPHAN_PREFIX) or order.broker_order_id is not None:
+        return False
+    events = await asyncio.to_thread(journal.events, order.client_order_id)
+    return not any(e["kind"] == EventKind.SUBMITTED.value for e in events)
 
 
 def symbol_tag(symbol: str) -> str:

@@ -43,6 +43,7 @@ from wal.orders.errors import OrderRejected, ReconciliationFatalError
 from wal.orders.manager import OrderManager
 from wal.orders.models import Fill, Order, OrderIntent
 from wal.orders.reconcile_model import (
+    CLOSE_PREFIX,
     EMERGENCY_STOP_PREFIX,
     Counts,
     ReconcilerConfig,
@@ -52,6 +53,7 @@ from wal.orders.reconcile_model import (
     error_text,
     is_live,
     is_stop,
+    is_synthetic,
     orphan_order_id,
     protects,
     remaining,
@@ -191,8 +193,13 @@ class PositionReconciler:
             existing = await asyncio.to_thread(om.journal.order, cid)
             if existing is None:
                 break
-            # a half-written one (its intent journaled, its fill not) is completed, not skipped
-            if not is_final(existing.state) and existing.filled_quantity < existing.intent.quantity:
+            # a half-written one (its intent journaled, its fill not) is completed, not skipped;
+            # never an order that was sent under that id (not ours: is_synthetic)
+            if (
+                not is_final(existing.state)
+                and existing.filled_quantity < existing.intent.quantity
+                and await is_synthetic(om.journal, existing)
+            ):
                 break
             n += 1
         if existing is not None:
@@ -410,7 +417,7 @@ class PositionReconciler:
         om = self.om
         cid = intent.client_order_id
         try:  # broker errors end in the order's state; anything else (the log) raises
-            order = await om.submit(intent, protective=True)
+            order = await om.submit(intent, protective=True, _reconciliation=True)
         except OrderRejected as exc:
             c.errors.append(f"{cid}: refused before it was sent: {exc}")
             return None
@@ -463,7 +470,7 @@ class PositionReconciler:
         dry: bool,
     ) -> None:
         """Never leave a position unprotected: close it at market."""
-        cid = "close-" + self._next_id(bp.symbol, taken, now)[len(EMERGENCY_STOP_PREFIX) :]
+        cid = CLOSE_PREFIX + self._next_id(bp.symbol, taken, now)[len(EMERGENCY_STOP_PREFIX) :]
         close = OrderIntent(
             symbol=bp.symbol,
             side=side,
@@ -489,7 +496,7 @@ class PositionReconciler:
         prefix = f"{EMERGENCY_STOP_PREFIX}{symbol_tag(symbol)}-{now.astimezone(UTC):%Y%m%d}-"
         n = sum(1 for cid in taken if cid.startswith(prefix)) + 1
         cid = emergency_stop_id(symbol, now, n)
-        while cid in taken or ("close-" + cid[len(EMERGENCY_STOP_PREFIX) :]) in taken:
+        while cid in taken or (CLOSE_PREFIX + cid[len(EMERGENCY_STOP_PREFIX) :]) in taken:
             n += 1
             cid = emergency_stop_id(symbol, now, n)
         taken.add(cid)

@@ -23,9 +23,13 @@ from wal.orders.errors import OrderRejected, RejectReason
 from wal.orders.models import OrderIntent
 
 __all__ = [
+    "CLOSE_PREFIX",
     "CREATED_AT_MAX_AGE",
     "CREATED_AT_MAX_SKEW",
+    "EMERGENCY_STOP_PREFIX",
     "ORDER_TYPES",
+    "ORPHAN_PREFIX",
+    "RESERVED_PREFIXES",
     "SIDES",
     "TIMES_IN_FORCE",
     "RiskLimits",
@@ -46,6 +50,16 @@ _MAX_ACCOUNT_LEN: Final = 64  # the balances' account column
 # stale one is refused, and fetching a broker's fills for days on every poll is not done).
 CREATED_AT_MAX_SKEW: Final = timedelta(seconds=60)
 CREATED_AT_MAX_AGE: Final = timedelta(days=1)
+# The client ids the startup reconciler makes for itself (wal.orders.reconcile_model,
+# wal.orders.stops): synthetic orders (journaled, never sent), emergency stops, market closes.
+# It tells its own orders by these prefixes (it completes a half-written synthetic order,
+# cancels and replaces its emergency stops), so no other order may carry one: a user's
+# ``orphan-AAPL-20250102`` would be completed with a synthetic fill while it rests at the
+# broker. Refused in any letter case (``reserved_client_order_id``), nothing journaled or sent.
+ORPHAN_PREFIX: Final = "orphan-"
+EMERGENCY_STOP_PREFIX: Final = "es-"
+CLOSE_PREFIX: Final = "close-"
+RESERVED_PREFIXES: Final = (ORPHAN_PREFIX, EMERGENCY_STOP_PREFIX, CLOSE_PREFIX)
 _MAX_DIGITS: Final = 18  # the database's NUMERIC(28, 10): at most 18 integer digits
 _MAX_PLACES: Final = 10
 
@@ -127,10 +141,16 @@ def _amount(value: object, name: str, reason: RejectReason) -> Decimal:
 
 
 def validate_intent(
-    intent: OrderIntent, rules: ClientIdRules | None = None, *, now: datetime | None = None
+    intent: OrderIntent,
+    rules: ClientIdRules | None = None,
+    *,
+    now: datetime | None = None,
+    reconciler: bool = False,
 ) -> None:
     """Raise ``OrderRejected`` for the first thing wrong with the intent itself (``now``:
-    the time ``created_at`` is judged against, the clock's by default)."""
+    the time ``created_at`` is judged against, the clock's by default). A client id with a
+    reserved prefix (``RESERVED_PREFIXES``) is refused unless ``reconciler`` (the startup
+    reconciler's own orders, and only those)."""
     if not isinstance(intent.symbol, str) or not SYMBOL_RE.fullmatch(intent.symbol):
         raise _reject(
             RejectReason.BAD_SYMBOL,
@@ -183,6 +203,22 @@ def validate_intent(
             f"client_order_id {intent.client_order_id!r}: {why}",
             "client_order_id",
         )
+    if not reconciler:
+        _not_reserved(intent.client_order_id)
+
+
+def _not_reserved(cid: str) -> None:
+    """Refuse a client id that starts with a prefix of the reconciler's own orders."""
+    folded = cid.lower()
+    for prefix in RESERVED_PREFIXES:
+        if folded.startswith(prefix):
+            raise _reject(
+                RejectReason.RESERVED_CLIENT_ORDER_ID,
+                f"client_order_id {cid!r} starts with {prefix!r}, reserved for the startup "
+                f"reconciler's own orders ({', '.join(RESERVED_PREFIXES)}): it would take the "
+                "order for its own; use another id (the default, uuid4().hex, never is one)",
+                "client_order_id",
+            )
 
 
 def _account(account: object) -> None:
