@@ -583,15 +583,21 @@ def status_cmd(
 @click.pass_context
 @wal_errors
 def verify_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Recompute the hash chain over every order event and check the anchors.
+    """Recompute the hash chain over every order event and check the anchors, then the
+    orders and fills tables against the hashed events.
 
     Exit 0 when intact; 1 with "first broken link at seq N (expected ..., found ...)" when
-    a row was changed or removed, or an anchor names rows cut off the end; 2 when there is
-    no log or its database is missing; 3 when the database cannot be read.
+    a row was changed or removed, or an anchor names rows cut off the end, or with one
+    line per order or fill row that differs from its hashed events ("fill K of order C:
+    price is ... in the fills table but ... in its hashed fill event (seq N, audit seq M):
+    the row was changed"; a row deleted or added); 2 when there is no log or its database
+    is missing; 3 when the database cannot be read.
 
     --json prints {ok, events, anchors, last_seq, last_confirmed_anchor, first_broken_seq,
-    problems, digest_entries}. The log's digest file (order-audit.digest) is compared too: a
-    rewrite of both tables is detected by it.
+    problems, digest_entries, orders_checked, fills_checked, format1_events,
+    format1_seqs}. The log's digest file (order-audit.digest) is compared too: a rewrite of
+    both tables is detected by it. Events of chain format 1 (journaled before the schema's
+    revision 0005) do not cover their orders' and fills' contents: they are counted.
 
     \b
     Examples:

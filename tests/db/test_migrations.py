@@ -27,6 +27,7 @@ from wal.sync.durable import DurableDatabaseManager
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LATER_INDEXES = ("ix_orders_account_created",)  # on baseline tables, by revision 0004
+LATER_COLUMNS = (("order_events", "content"),)  # on baseline tables, by revision 0005
 
 
 def make_old_database(url: str) -> None:
@@ -38,6 +39,8 @@ def make_old_database(url: str) -> None:
         with engine.begin() as c:  # indexes later revisions added were not there before them
             for index in LATER_INDEXES:
                 c.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
+            for table, column in LATER_COLUMNS:  # columns later revisions added, likewise
+                c.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
         with engine.begin() as c:
             t = metadata.tables
             c.execute(
@@ -285,10 +288,49 @@ def test_revision_0004_adds_the_order_listing_index_and_its_downgrade_drops_it(
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     assert "ix_orders_account_created" in indexes()
     down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0003"])
-    assert down.exit_code == 0 and "0004 -> 0003" in down.output, down.output
+    assert down.exit_code == 0 and f"{HEAD} -> 0003" in down.output, down.output
     assert "ix_orders_account_created" not in indexes()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     assert "ix_orders_account_created" in indexes()
+
+
+def test_revision_0005_adds_the_audit_content_and_refuses_to_drop_it_once_used(
+    db_url: str,
+) -> None:
+    """``order_events.content`` (audit chain format 2): added by 0005, dropped by its
+    downgrade while no event holds content, the downgrade refused once one does (the chain
+    would break at it)."""
+
+    def columns() -> list[str]:
+        engine, _ = make_engine(db_url)
+        try:
+            with engine.connect() as c:
+                return [str(col["name"]) for col in sa.inspect(c).get_columns("order_events")]
+        finally:
+            engine.dispose()
+
+    runner = CliRunner()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    assert columns()[-1] == "content"
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0004"])
+    assert down.exit_code == 0 and f"{HEAD} -> 0004" in down.output, down.output
+    assert "content" not in columns()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    db = DatabaseManager(db_url)
+    try:
+        db.record_order_intent(
+            client_order_id="c1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(1),
+            order_type="market",
+        )
+        assert db.get_order_events("c1")[0]["content"] is not None
+    finally:
+        db.dispose()
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0004"])
+    assert down.exit_code == 1 and "would break the audit chain" in down.output, down.output
+    assert migrate.current(db_url) == (HEAD, True) and columns()[-1] == "content"
 
 
 def test_readers_of_a_sqlite_file_that_is_not_there_create_nothing(tmp_path: Path) -> None:

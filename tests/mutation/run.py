@@ -81,6 +81,7 @@ class Mutation:
 RP = "tests/orders/test_reconcile_protect.py::"
 RC = "tests/orders/test_reconcile.py::"
 AU = "tests/orders/test_audit.py::"
+AC = "tests/orders/test_audit_content.py::"
 
 RECONCILER: tuple[Mutation, ...] = (
     Mutation(
@@ -338,6 +339,45 @@ RECONCILER: tuple[Mutation, ...] = (
         "            os.fsync(dfd)  # the new file's name survives a power loss\n",
         "            pass\n",
         (AU + "test_the_digest_is_appended_fsynced_and_refuses_a_symlink",),
+        "audit",
+    ),
+    Mutation(
+        "audit-hash-covers-content",
+        "wal/db/order_schema.py",
+        "a row's hash covers its content (chain format 2: the order's intent, the fill)",
+        '        content=event.get("content"),\n',
+        "        content=None,\n",
+        (
+            AU + "test_a_rows_hash_covers_the_previous_hash_and_every_field",
+            AC + "test_stripping_an_events_content_breaks_the_chain",
+        ),
+        "audit",
+    ),
+    Mutation(
+        "journal-carries-content",
+        "wal/orders/journal.py",
+        "the journal gives the created and fill events their content (hashed, in the log entry)",
+        "                content = event_content(op, kwargs)\n",
+        "                content = None\n",
+        (AC + "test_the_content_is_what_the_log_entry_carried",),
+        "audit",
+    ),
+    Mutation(
+        "verify-checks-orders-and-fills",
+        "wal/orders/audit.py",
+        "verify checks the orders and fills tables against the hashed events",
+        "    problems += contents.problems\n",
+        "    pass\n",
+        (AC + "test_a_changed_fill_price_is_named", AC + "test_a_deleted_order_row_is_named"),
+        "audit",
+    ),
+    Mutation(
+        "fill-checked-against-its-latest-event",
+        "wal/orders/audit_contents.py",
+        "a corrected fill's row is checked against its correction's event, not the first report",
+        '            latest[str(doc.get("execution_key"))] = (e, doc)\n',
+        '            latest.setdefault(str(doc.get("execution_key")), (e, doc))\n',
+        (AC + "test_corrections_cancels_and_reasons_verify_clean",),
         "audit",
     ),
 )

@@ -211,7 +211,17 @@ def test_a_changed_row_on_postgresql_is_named_by_seq(pg_db: str, tmp_path: Path)
 # ---------------------------------------------------------------------------- issue 19
 
 
-FIELDS = ("audit_seq", "client_order_id", "seq", "kind", "state", "at", "broker_order_id", "detail")
+FIELDS = (
+    "audit_seq",
+    "client_order_id",
+    "seq",
+    "kind",
+    "state",
+    "at",
+    "broker_order_id",
+    "detail",
+    "content",
+)
 
 
 def _other(field: str, value: object) -> object:
@@ -302,8 +312,8 @@ def test_an_anchor_is_checked_by_its_hash_not_its_presence(tmp_path: Path) -> No
 
 
 def _rewrite_both_tables(db_file: Path, seq: int) -> None:
-    """Change the row at ``seq`` and recompute every hash after it and every anchor: the
-    database alone can no longer tell."""
+    """Change the row at ``seq`` (its detail, and the reason it gives its order) and
+    recompute every hash after it and every anchor: the database alone can no longer tell."""
     con = sqlite3.connect(db_file)
     con.row_factory = sqlite3.Row
     rows = [dict(r) for r in con.execute("SELECT * FROM order_events ORDER BY audit_seq")]
@@ -313,6 +323,8 @@ def _rewrite_both_tables(db_file: Path, seq: int) -> None:
     for r in rows:
         if r["audit_seq"] == seq:
             r["detail"] = "rewritten"
+            cid = r["client_order_id"]
+            stmts.append(f"UPDATE orders SET reason = 'rewritten' WHERE client_order_id = '{cid}'")
         if r["audit_seq"] >= seq:
             db = DatabaseManager(f"sqlite:///{db_file}")  # the row as the library reads it
             try:

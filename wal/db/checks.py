@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from wal.binding import KeywordShape
 from wal.db.operations import INSERT_ONLY, OPERATIONS
-from wal.db.orders import ORDER_OPERATIONS, fill_cash
+from wal.db.orders import MAX_CONTENT_LEN, ORDER_OPERATIONS, fill_cash
 from wal.db.schema import (
     MAX_KEY_LEN,
     POSITION_SIDES,
@@ -98,6 +98,7 @@ def _chain(kw: Mapping[str, Any]) -> None:
     _opt_int(kw.get("audit_seq"), "audit_seq", 1)
     _opt_text(kw.get("prev_hash"), "prev_hash", 64)
     _opt_text(kw.get("hash"), "hash", 64)
+    _opt_text(kw.get("content"), "content", MAX_CONTENT_LEN)  # chain format 2
 
 
 def _balance_update(kw: Mapping[str, Any]) -> None:

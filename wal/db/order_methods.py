@@ -15,6 +15,7 @@ from wal.db.checks import check_caller_values
 from wal.db.connection import DatabaseConnection
 from wal.db.order_reads import (
     anchor_rows,
+    audit_content_rows,
     audit_rows,
     event_counts,
     event_rows,
@@ -84,6 +85,16 @@ class OrderJournalMethods(DatabaseConnection):
         """(every order's last_seq, per order (event rows, highest seq)): a cut is visible."""
         with self._read() as conn:
             return last_seq_by_order(conn), event_counts(conn)
+
+    def get_audit_contents(
+        self, *, after: str | None = None, limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], str | None]:
+        """The next ``limit`` orders by client id after ``after``, with the event and fill
+        rows of their client ids, all from ONE snapshot (an order and its events agree even
+        while the engine writes), and the batch's last client id (None: it was the last).
+        ``verify_audit`` checks the orders and fills tables against the hashed events."""
+        with self._snapshot() as conn:
+            return audit_content_rows(conn, after=after, limit=limit)
 
     def get_order_row(self, client_order_id: str) -> dict[str, Any] | None:
         """The ``orders`` row of this client order id, or None."""

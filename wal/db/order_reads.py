@@ -17,6 +17,7 @@ from wal.db.schema import valid_utc
 
 __all__ = [
     "anchor_rows",
+    "audit_content_rows",
     "audit_rows",
     "event_counts",
     "event_rows",
@@ -100,3 +101,33 @@ def event_counts(conn: Connection) -> dict[str, tuple[int, int]]:
         order_events.c.client_order_id, sa.func.count(), sa.func.max(order_events.c.seq)
     ).group_by(order_events.c.client_order_id)
     return {str(r[0]): (int(r[1]), int(r[2])) for r in conn.execute(q)}
+
+
+def audit_content_rows(
+    conn: Connection, *, after: str | None, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """The next batch of orders by client order id, after ``after`` (None: from the first):
+    (``orders`` rows, their ``order_events`` rows in (client id, seq) order, their ``fills``
+    rows, the last client id of the batch or None when it is the last). Events and fills
+    are those of every client id in the batch's range, whether or not an order row holds
+    it; the last batch's range is open, so together the batches cover every row."""
+    cid = orders.c.client_order_id
+    q = sa.select(orders).order_by(cid).limit(limit)
+    if after is not None:
+        q = q.where(cid > after)
+    order_list = [_plain_row(r._mapping) for r in conn.execute(q)]
+    hi = str(order_list[-1]["client_order_id"]) if len(order_list) == limit else None
+
+    def in_range(col: Any) -> list[Any]:
+        return [
+            *([] if after is None else [col > after]),
+            *([] if hi is None else [col <= hi]),
+        ]
+
+    eq = sa.select(order_events).where(*in_range(order_events.c.client_order_id))
+    eq = eq.order_by(order_events.c.client_order_id, order_events.c.seq)
+    fq = sa.select(fills).where(*in_range(fills.c.client_order_id))
+    fq = fq.order_by(fills.c.client_order_id, fills.c.execution_key)
+    event_list = [_plain_row(r._mapping) for r in conn.execute(eq)]
+    fill_list = [_plain_row(r._mapping) for r in conn.execute(fq)]
+    return order_list, event_list, fill_list, hi

@@ -12,7 +12,12 @@ The audit trail (issue 14)
 --------------------------
 ``order_events`` is also a hash chain over every order's events: each row carries
 ``audit_seq`` (1, 2, ... across all orders), ``prev_hash`` and ``hash = SHA-256(canonical
-JSON of the event || prev_hash)`` (``audit_hash``). The order journal computes them once,
+JSON of the event || prev_hash)`` (``audit_hash``). Since chain format 2 (``CHAIN_FORMAT``,
+revision 0005) the created event's ``content`` holds the order's intent (``intent_content``)
+and a fill event's the fill and the order's totals after it (``fill_content``), and the hash
+covers it: ``wal.orders.audit`` checks the ``orders`` and ``fills`` rows against it. An event
+without content (format 1: written before; or a state change) hashes exactly as before. The
+order journal computes them once,
 when it journals the event, and carries them in the log entry, so a replay writes the same
 chain; an entry without them (a direct ``DatabaseManager`` call) gets them from the table's
 head (``audit_head``) when it is applied. ``order_audit_anchors`` records (seq, hash) every
@@ -30,6 +35,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -39,12 +45,21 @@ from wal.db.schema import Money, UTCDateTime, metadata, valid_utc
 
 __all__ = [
     "ANCHOR_EVERY",
+    "CHAIN_FORMAT",
+    "FILL_FIELDS",
+    "FILL_ORDER_FIELDS",
     "GENESIS_HASH",
+    "INTENT_FIELDS",
+    "MAX_CONTENT_LEN",
+    "MONEY_FIELDS",
     "audit_anchors",
     "audit_hash",
     "audit_head",
     "canonical_event",
+    "fill_content",
     "fills",
+    "intent_content",
+    "money_text",
     "order_events",
     "orders",
 ]
@@ -89,6 +104,10 @@ order_events = sa.Table(
     sa.Column("audit_seq", sa.Integer(), nullable=False, unique=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # chain format 2 (rev. 0005): what the event is about, hashed with it: the order's intent
+    # (the created event) or the fill (a fill event), canonical JSON; NULL for the other
+    # events, and for every event written before format 2 (format 1: contents not covered)
+    sa.Column("content", sa.Text(), nullable=True),
 )
 
 audit_anchors = sa.Table(
@@ -119,6 +138,31 @@ fills = sa.Table(
 
 ANCHOR_EVERY: Final = 1000  # an anchor after every this many events (and at session end)
 GENESIS_HASH: Final = "0" * 64  # the prev_hash of the first event
+CHAIN_FORMAT: Final = 2  # 2: created and fill events carry (and hash) their ``content``
+MAX_CONTENT_LEN: Final = 4000  # an event's content: a few hundred characters in practice
+INTENT_FIELDS: Final = (  # the ``orders`` columns a created event's content holds
+    "symbol",
+    "side",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "stop_price",
+    "time_in_force",
+    "account",
+)
+FILL_FIELDS: Final = (  # the ``fills`` columns a fill event's content holds
+    "execution_key",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "trade_id",
+    "pnl",
+)
+FILL_ORDER_FIELDS: Final = ("filled_quantity", "avg_fill_price")  # the order's, after the fill
+MONEY_FIELDS: Final = frozenset(
+    {"quantity", "limit_price", "stop_price", "price", "pnl", *FILL_ORDER_FIELDS}
+)
 
 
 def _sqlite_append_only(table: str) -> list[str]:
@@ -178,9 +222,11 @@ def canonical_event(
     at: datetime,
     broker_order_id: str | None,
     detail: str | None,
+    content: str | None = None,
 ) -> bytes:
     """The event as canonical JSON (sorted keys, no spaces, UTF-8, time in UTC to the
-    microsecond): what its hash covers."""
+    microsecond): what its hash covers. ``content`` (chain format 2) is a key only when
+    there is one: an event without it (format 1, or a state change) hashes as before."""
     doc = {
         "audit_seq": audit_seq,
         "client_order_id": client_order_id,
@@ -191,6 +237,8 @@ def canonical_event(
         "broker_order_id": broker_order_id,
         "detail": detail,
     }
+    if content is not None:
+        doc["content"] = content
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -206,8 +254,48 @@ def audit_hash(event: Mapping[str, Any], prev_hash: str) -> str:
         at=event["at"],
         broker_order_id=event.get("broker_order_id"),
         detail=event.get("detail"),
+        content=event.get("content"),
     )
     return hashlib.sha256(body + prev_hash.encode("ascii")).hexdigest()
+
+
+def money_text(value: object) -> str | None:
+    """A money value as content text: a ``Decimal``'s digits without trailing zeros
+    (``Decimal("100.0000000000")`` -> ``"100"``), exact and independent of the decimal
+    context; never raises (the value's own checks refuse a bad one)."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal) and value.is_finite():
+        text = format(value, "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return str(value)
+
+
+def _content(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def intent_content(fields: Mapping[str, Any]) -> str:
+    """A created event's content: the order's intent (``INTENT_FIELDS``, from the
+    ``record_order_intent`` arguments), canonical JSON, money as ``money_text``."""
+    return _content(
+        {
+            k: money_text(fields.get(k)) if k in MONEY_FIELDS else fields.get(k)
+            for k in INTENT_FIELDS
+        }
+    )
+
+
+def fill_content(fields: Mapping[str, Any]) -> str:
+    """A fill event's content: the fill (``FILL_FIELDS``) and the order's filled quantity
+    and average price after it (``FILL_ORDER_FIELDS``), from the ``record_order_fill``
+    arguments; canonical JSON, money as ``money_text``."""
+    return _content(
+        {
+            k: money_text(fields.get(k)) if k in MONEY_FIELDS else fields.get(k)
+            for k in (*FILL_FIELDS, *FILL_ORDER_FIELDS)
+        }
+    )
 
 
 def audit_head(conn: Connection) -> tuple[int, str]:

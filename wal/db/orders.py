@@ -17,7 +17,10 @@ registry) share them; each runs in the caller's transaction.
 
 The event's seq must be the order's ``last_seq + 1``: a gap or a repeat is refused (a
 permanent error), so the history can never fork. Every event row gets its audit chain
-fields: the journal's (carried in the log entry), or the table's head's next.
+fields: the journal's (carried in the log entry), or the table's head's next. The created and
+fill events get their ``content`` (chain format 2) the same way: the journal's, or made here
+from the call's values when the link is made here; an entry carrying a link but no content
+(logged by the code before format 2) writes none, so its row matches the hash it carries.
 
 The tables, the append-only triggers and the audit hash are in :mod:`wal.db.order_schema`
 (its public names are importable from here too, where the order layer imports them).
@@ -43,12 +46,16 @@ from wal.db.operations import (
 )
 from wal.db.order_schema import (
     ANCHOR_EVERY,
+    CHAIN_FORMAT,
     GENESIS_HASH,
+    MAX_CONTENT_LEN,
     audit_anchors,
     audit_hash,
     audit_head,
     canonical_event,
+    fill_content,
     fills,
+    intent_content,
     order_events,
     orders,
 )
@@ -66,15 +73,19 @@ from wal.money import exact
 
 __all__ = [
     "ANCHOR_EVERY",
+    "CHAIN_FORMAT",
     "GENESIS_HASH",
+    "MAX_CONTENT_LEN",
     "ORDER_OPERATIONS",
     "audit_anchors",
     "audit_hash",
     "audit_head",
     "canonical_event",
     "fill_cash",
+    "fill_content",
     "fill_reason",
     "fills",
+    "intent_content",
     "op_record_order_anchor",
     "op_record_order_event",
     "op_record_order_fill",
@@ -145,6 +156,15 @@ def _event_row(
     }
 
 
+def _content(given: object, audit: Mapping[str, Any], make: Callable[[], str]) -> str | None:
+    """An event's content (chain format 2): the journal's, carried in the entry; made here
+    (``make``) for an entry whose chain link is made here; None for an entry journaled
+    with its link but without content (format 1: logged by the code before format 2)."""
+    if given is not None:
+        return valid_text(given, "content", MAX_CONTENT_LEN)
+    return make() if audit.get("audit_seq") is None else None
+
+
 def _insert_event(conn: Connection, row: dict[str, Any], audit: Mapping[str, Any]) -> None:
     """Insert an event row with its chain fields: the journal's, or the head's next."""
     seq = audit.get("audit_seq")
@@ -177,31 +197,31 @@ def op_record_order_intent(
     audit_seq: int | None = None,
     prev_hash: str | None = None,
     hash: str | None = None,
+    content: str | None = None,
 ) -> str:
     cid = valid_text(client_order_id, "client_order_id")
     at = utc_now() if created_at is None else valid_utc(created_at, "created_at")
-    conn.execute(
-        _INSERT_ORDER,
-        {
-            "client_order_id": cid,
-            "symbol": valid_text(symbol, "symbol"),
-            "side": valid_text(side, "side", 8),
-            "quantity": valid_positive(quantity, "quantity"),
-            "order_type": valid_text(order_type, "order_type", 16),
-            "limit_price": valid_opt_positive(limit_price, "limit_price"),
-            "stop_price": valid_opt_positive(stop_price, "stop_price"),
-            "time_in_force": valid_text(time_in_force, "time_in_force", 16),
-            "account": valid_text(account, "account"),
-            "state": "pending",
-            "broker_order_id": None,
-            "filled_quantity": Decimal(0),
-            "avg_fill_price": None,
-            "reason": None,
-            "last_seq": 1,
-            "created_at": at,
-            "updated_at": at,
-        },
-    )
+    row = {
+        "client_order_id": cid,
+        "symbol": valid_text(symbol, "symbol"),
+        "side": valid_text(side, "side", 8),
+        "quantity": valid_positive(quantity, "quantity"),
+        "order_type": valid_text(order_type, "order_type", 16),
+        "limit_price": valid_opt_positive(limit_price, "limit_price"),
+        "stop_price": valid_opt_positive(stop_price, "stop_price"),
+        "time_in_force": valid_text(time_in_force, "time_in_force", 16),
+        "account": valid_text(account, "account"),
+        "state": "pending",
+        "broker_order_id": None,
+        "filled_quantity": Decimal(0),
+        "avg_fill_price": None,
+        "reason": None,
+        "last_seq": 1,
+        "created_at": at,
+        "updated_at": at,
+    }
+    conn.execute(_INSERT_ORDER, row)
+    audit = {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash}
     _insert_event(
         conn,
         {
@@ -212,8 +232,9 @@ def op_record_order_intent(
             "at": at,
             "broker_order_id": None,
             "detail": None,
+            "content": _content(content, audit, lambda: intent_content(row)),
         },
-        {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash},
+        audit,
     )
     return cid
 
@@ -334,6 +355,7 @@ def op_record_order_fill(
     fee: Decimal | None = None,
     cash: Decimal | None = None,
     replaces_cash: Decimal | None = None,
+    content: str | None = None,
 ) -> None:
     cid = valid_text(client_order_id, "client_order_id")
     when = valid_utc(executed_at, "executed_at")
@@ -351,6 +373,12 @@ def op_record_order_fill(
         "pnl": None if pnl is None else valid_money(pnl, "pnl"),
     }
     event = _event_row(cid, 0, kind, state, when, row["broker_order_id"], row["execution_id"])
+    totals = {
+        "filled_quantity": valid_positive(filled_quantity, "filled_quantity"),
+        "avg_fill_price": valid_positive(avg_fill_price, "avg_fill_price"),
+    }
+    audit = {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash}
+    event["content"] = _content(content, audit, lambda: fill_content(row | totals))
     # the order row first: it checks the seq (and locks the row) before anything is written
     event["seq"] = _advance(
         conn,
@@ -360,8 +388,8 @@ def op_record_order_fill(
         state=event["state"],
         at=when,
         bid=row["broker_order_id"],
-        filled=valid_positive(filled_quantity, "filled_quantity"),
-        avg=valid_positive(avg_fill_price, "avg_fill_price"),
+        filled=totals["filled_quantity"],
+        avg=totals["avg_fill_price"],
     )
     # a correction (same key, new execution id) replaces the row: never a second one; the
     # same key journaled for another order is refused (never replaces that order's fill)
@@ -377,7 +405,7 @@ def op_record_order_fill(
             f"execution key {execution_key!r} is journaled; a correction makes no second trade"
         )
     conn.execute(_INSERT_FILL, row)
-    _insert_event(conn, event, {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash})
+    _insert_event(conn, event, audit)
     if trade_id is not None:
         op_log_trade(
             conn,

@@ -30,7 +30,8 @@ cancel); :mod:`~wal.orders.reconcile_model` (the reconciler's config, result, id
 :mod:`~wal.orders.stops` (``PositionReconciler``: orphan positions, emergency stops) and
 :mod:`~wal.orders.reconcile` (``StartupReconciler``: the journal made to agree with the
 broker at start: fetch, phase 1 orders, phase 2 in ``stops``), and :mod:`~wal.orders.audit`
-(``verify_audit``: the tamper-evident event chain).
+(``verify_audit``: the tamper-evident event chain, and the orders and fills tables checked
+against it by :mod:`~wal.orders.audit_contents`).
 """
 
 from wal.orders.audit import AuditReport, verify_audit

@@ -1,4 +1,5 @@
-"""The order audit trail, verified: a hash chain over every order event, with anchors.
+"""The order audit trail, verified: a hash chain over every order event, with anchors, and
+the orders and fills tables held to it.
 
 Every ``order_events`` row carries ``audit_seq`` (1, 2, ... across all orders), ``prev_hash``
 (the previous row's ``hash``; 64 zeros for the first) and ``hash = SHA-256(canonical JSON of
@@ -13,6 +14,30 @@ superuser with the triggers disabled) can change a row, and ``verify_audit`` the
 * rows cut off the end: an anchor names a seq (and hash) the table no longer has, or an
   order's ``last_seq`` is beyond its last event row.
 
+**What the orders and fills are (chain format 2).** The ``orders`` and ``fills`` tables have
+no such triggers (an order's row changes with each event; a correction replaces a fill's
+row), so their contents are covered through the chain instead: the created event's
+``content`` is the order's intent (symbol, side, quantity, order type, limit and stop price,
+time in force, account) and each fill event's the fill (execution key, symbol, side,
+quantity, price, trade id, P&L) and the order's filled quantity and average price after it,
+canonical JSON computed by the journal with the event and hashed with it (a state change
+carries none: its row is all of it). ``verify_audit`` then checks every ``orders`` and
+``fills`` row against the hashed events (:mod:`wal.orders.audit_contents`), one problem line
+each, naming the order, the fill's execution key, the event's seq and audit seq, and the
+value the table holds against the value the event hashed:
+
+* an order's intent changed, or its state, times, broker order id, reason, filled quantity
+  or average price not what its events say;
+* an order row deleted (its events remain), or an order row no event explains;
+* a fill's price, quantity or any other field changed, a fill row deleted (its hashed fill
+  event remains), or a fill row no hashed fill event explains (added).
+
+Events journaled before format 2 have no content (format 1) and hash exactly as they did, so
+an existing chain verifies unchanged; the report counts them (``format1_events``, their
+first and last audit seq in ``format1_seqs``, and the message says so): their orders'
+intents and totals and their fills' values are not covered, only what their events hold.
+Removing an event's content to pass it off as format 1 changes its hash.
+
 Anchors in the same database catch a cut tail, not a consistent rewrite of both tables: each
 anchor is also appended to the **digest file** beside the log (``<log dir>/order-audit.digest``,
 one ``"{seq} {hash}\n"`` line per anchor; 0600, opened ``O_APPEND | O_NOFOLLOW``, the file
@@ -22,6 +47,7 @@ from the digest's first line on against the digest: a rewrite of both tables is 
 
     report = verify_audit(db, digest=digest_path(wal_dir))   # db: a DatabaseManager
     report.ok, report.events, report.first_broken_seq, report.message
+    report.orders_checked, report.fills_checked, report.format1_events, report.format1_seqs
 """
 
 from __future__ import annotations
@@ -36,6 +62,7 @@ from wal.db import DatabaseManager
 from wal.db.orders import GENESIS_HASH, audit_hash
 from wal.errors import WALUnsafeFileError
 from wal.log.fileops import OSFileOps, read_regular
+from wal.orders.audit_contents import FILL_KINDS, check_contents
 
 __all__ = [
     "DIGEST_NAME",
@@ -114,6 +141,10 @@ class AuditReport:
     first_broken_seq: int | None = None  # the first audit_seq whose link is broken
     problems: tuple[str, ...] = field(default_factory=tuple)
     digest_entries: int | None = None  # anchors in the digest file (None: not checked)
+    orders_checked: int = 0  # orders rows checked against their created event's content
+    fills_checked: int = 0  # fills rows checked against their fill event's content
+    format1_events: int = 0  # created and fill events without content (chain format 1)
+    format1_seqs: tuple[int, int] | None = None  # the first and last audit_seq of those
 
     @property
     def ok(self) -> bool:
@@ -132,7 +163,18 @@ class AuditReport:
                 if self.digest_entries is not None
                 else ""
             )
-            return f"audit chain intact: {self.events} events{anchor}{digest}"
+            contents = (
+                f"; orders and fills agree with it ({self.orders_checked} orders, "
+                f"{self.fills_checked} fills checked)"
+            )
+            old = ""
+            if self.format1_seqs is not None:
+                first, last = self.format1_seqs
+                old = (
+                    f"; {self.format1_events} event(s) of chain format 1 (audit seq {first} "
+                    f"to {last}): their orders' and fills' contents are not covered"
+                )
+            return f"audit chain intact: {self.events} events{anchor}{digest}{contents}{old}"
         return self.problems[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,13 +187,19 @@ class AuditReport:
             "first_broken_seq": self.first_broken_seq,
             "problems": list(self.problems),
             "digest_entries": self.digest_entries,
+            "orders_checked": self.orders_checked,
+            "fills_checked": self.fills_checked,
+            "format1_events": self.format1_events,
+            "format1_seqs": None if self.format1_seqs is None else list(self.format1_seqs),
         }
 
 
 def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditReport:
     """Walk the chain in ``audit_seq`` order, then the anchors, the digest file (if
-    ``digest`` is given) and every order's last seq."""
+    ``digest`` is given), and the orders and fills tables against the hashed events
+    (``check_contents``: every order's last seq, intent, state and totals, every fill)."""
     problems: list[str] = []
+    format1: list[int] = []  # [count, first, last] audit_seq of the format-1 events
     broken: int | None = None
     expected_seq = 1
     prev = GENESIS_HASH
@@ -184,6 +232,8 @@ def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditRep
             n += 1
             if seq in wanted:
                 hashes[seq] = str(r["hash"])
+            if r.get("content") is None and (r["kind"] == "created" or r["kind"] in FILL_KINDS):
+                format1[:] = [format1[0] + 1, format1[1], seq] if format1 else [1, seq, seq]
             if broken is not None:
                 continue
             if seq != expected_seq:
@@ -235,14 +285,8 @@ def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditRep
             confirmed = seq
     if entries:
         problems += _check_digest(entries, anchors, hashes, last)
-    last_seqs, counts = db.get_order_event_counts()
-    for cid, last_seq in sorted(last_seqs.items()):
-        rows_n, top = counts.get(cid, (0, 0))
-        if rows_n != last_seq or top != last_seq:
-            problems.append(
-                f"order {cid}: last_seq is {last_seq} but it has {rows_n} event row(s) "
-                f"ending at seq {top}: event rows were deleted"
-            )
+    contents = check_contents(db)  # the rows beside the events, against what they hash
+    problems += contents.problems
     return AuditReport(
         events=n,
         anchors=len(anchors),
@@ -251,6 +295,10 @@ def verify_audit(db: DatabaseManager, *, digest: Path | None = None) -> AuditRep
         first_broken_seq=broken,
         problems=tuple(problems),
         digest_entries=None if entries is None else len(entries),
+        orders_checked=contents.orders,
+        fills_checked=contents.fills,
+        format1_events=format1[0] if format1 else 0,
+        format1_seqs=(format1[1], format1[2]) if format1 else None,
     )
 
 

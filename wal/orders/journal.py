@@ -16,7 +16,9 @@ reference database by the sync thread, never by the writer
 
 The audit chain (``wal.db.orders``): every event the journal writes (the intent's
 ``created``, each state change, each fill) gets the next ``audit_seq``, the previous event's
-hash as ``prev_hash`` and its own ``hash``, computed here, once, under one lock per
+hash as ``prev_hash`` and its own ``hash`` (over the event and, for the created and fill
+events, its ``content``: the order's intent, the fill; ``event_content``, carried in the log
+entry), computed here, once, under one lock per
 ``DurableDatabaseManager`` that also covers the append, so the log's order is the chain's
 order and a replay writes the same chain. Every ``ANCHOR_EVERY`` events, and on ``anchor()``
 (session end), an anchor (seq, hash) is journaled too. All order writes of a process must go
@@ -44,7 +46,7 @@ from typing import Any
 
 from wal import DurableDatabaseManager, OperationType, WALEntry
 from wal.binding import KeywordShape
-from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash
+from wal.db.orders import ANCHOR_EVERY, GENESIS_HASH, audit_hash, fill_content, intent_content
 from wal.db.orders import ORDER_OPERATIONS as _EFFECTS
 from wal.orders.audit import append_digest, digest_path
 from wal.orders.errors import FillError
@@ -242,8 +244,20 @@ def _fill_call(fill: Fill, computed: dict[str, Any]) -> tuple[str, dict[str, Any
     return _FILL, kwargs, f"fill:{fill.execution_id}"
 
 
+def event_content(op: str, kw: dict[str, Any]) -> str | None:
+    """The content (chain format 2) of the event a journal call adds: the order's intent
+    for ``record_order_intent``, the fill for ``record_order_fill``; None for a state
+    change (its event row holds all of it). Carried in the log entry (``content``)."""
+    if op == _INTENT:
+        return intent_content(kw)
+    if op == _FILL:
+        return fill_content(kw)
+    return None
+
+
 def _audit_event(op: str, kw: dict[str, Any]) -> dict[str, Any]:
-    """The event a journal call adds to the audit chain (what ``audit_hash`` covers)."""
+    """The event a journal call adds to the audit chain (what ``audit_hash`` covers, with
+    its ``content``: ``event_content``)."""
     if op == _INTENT:
         return {
             "client_order_id": kw["client_order_id"],
@@ -352,9 +366,11 @@ class OrderJournal:
             links: list[tuple[int, str]] = []
             for op, kwargs, key in calls:
                 seq += 1
-                link = audit_hash(_audit_event(op, kwargs) | {"audit_seq": seq}, prev)
+                content = event_content(op, kwargs)
+                carried = {} if content is None else {"content": content}
+                link = audit_hash(_audit_event(op, kwargs) | carried | {"audit_seq": seq}, prev)
                 audit = {"audit_seq": seq, "prev_hash": prev, "hash": link}
-                linked.append((op, {**kwargs, **audit}, key))
+                linked.append((op, {**kwargs, **carried, **audit}, key))
                 links.append((seq, link))
                 prev = link
             self.ddb.journal_orders(_checked(linked))

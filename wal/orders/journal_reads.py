@@ -30,7 +30,7 @@ _INTENT = OperationType.ORDER_INTENT.value
 _EVENT = OperationType.ORDER_EVENT.value
 _FILL = OperationType.ORDER_FILL.value
 ORDER_OPERATIONS = frozenset({_INTENT, _EVENT, _FILL})
-_AUDIT = ("audit_seq", "prev_hash", "hash")
+_AUDIT = ("audit_seq", "prev_hash", "hash", "content")  # the chain's fields (content: format 2)
 
 
 def apply_entry(
