@@ -99,7 +99,7 @@ class ServedPaper:
         deadline = time.monotonic() + 30
         while not self.server.started:
             assert time.monotonic() < deadline, "the paper broker did not start"
-            time.sleep(0.01)
+            time.sleep(0.01)  # polling a condition with a deadline, not a timing assumption
 
     def close(self) -> None:
         self.server.should_exit = True

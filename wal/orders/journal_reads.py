@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
 from wal.db.classify import is_transient
+from wal.db.order_schema import INTENT_FIELDS
 from wal.orders.models import Order
 from wal.orders.states import EventKind, OrderState
 
@@ -46,18 +47,7 @@ def apply_entry(
     if entry.operation == _INTENT:
         row = {
             k: kw.get(k)
-            for k in (
-                "client_order_id",
-                "symbol",
-                "side",
-                "quantity",
-                "order_type",
-                "limit_price",
-                "stop_price",
-                "time_in_force",
-                "account",
-                "created_at",
-            )
+            for k in ("client_order_id", *INTENT_FIELDS, "created_at")  # the orders row's
         }
         row.update(
             state=OrderState.PENDING.value,
