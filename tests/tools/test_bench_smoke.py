@@ -154,3 +154,36 @@ def test_drain_rows_applies_each_pending_entry_once_in_order(tmp_path: Path) -> 
         assert log.count(WALEntryStatus.COMPLETED) == 250
         assert log.count(WALEntryStatus.PENDING) == 0
     assert applied == ids
+
+
+def test_service_benchmark_runs_every_phase() -> None:
+    """``benchmarks/service.py`` (issue 23's figures) against a real ``atb serve``, every
+    phase at a tiny size: each phase's line is printed, every POST was answered 201 or 200."""
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "service.py"),
+            "--orders=6",
+            "--traders=3",
+            "--per-trader=1",
+            "--every",
+            "0.3",
+            "--rounds=2",
+            "--degradation-every=0.3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    for line in (
+        "POST, one trader  n=6 ",
+        "event -> WS ",
+        "POST, 3 traders connected, then submitting at once  n=3 ",
+        "POST, 3 traders connected, each an order every 0.3 s  n=3 ",
+        "one trader, back to back ",
+        "3 traders connected, each an order every 0.3 s n=6 ",
+        "transport errors retried with the same key: ",
+    ):
+        assert line in p.stdout, (line, p.stdout)
