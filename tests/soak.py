@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, required=True, help="how long to keep starting runs")
     ap.add_argument("--test", action="append", default=[], help="test files (default: three)")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per pytest run")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per pytest run")
     ap.add_argument("--json", type=Path, help="write the runs and the counts here")
     args = ap.parse_args(argv)
     tests = args.test or list(TESTS)
