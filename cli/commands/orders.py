@@ -429,7 +429,7 @@ def order_status(
         b_positions, b_orders = broker
         positions = {p.symbol: p.quantity for p in b_positions if p.quantity != 0}
         working = [
-            (o.symbol, o.side, o.order_type, o.quantity - o.filled_quantity, o.client_order_id)
+            (o.symbol, o.side, o.order_type, o.remaining, o.client_order_id)  # less OCO reductions
             for o in b_orders
         ]
         for sym in sorted(set(positions) | set(journal)):
