@@ -216,9 +216,10 @@ def list_orders(
     --json prints an array of objects with: client_order_id, symbol, side, quantity,
     order_type, limit_price, stop_price, time_in_force, account, created_at, state,
     broker_order_id, filled_quantity, avg_fill_price, reason, last_seq, updated_at,
-    oco_group (the order's one-cancels-other group at the broker, or null) (decimals as strings, normalized: "10", "0.25"; times ISO 8601 UTC). This shape is a
-    stable contract. Exit 3 when the database cannot be read (the log's pending orders are
-    still listed, with a warning on stderr).
+    oco_group (its one-cancels-other group at the broker, or null) (decimals as strings,
+    normalized: "10", "0.25"; times ISO 8601 UTC). This shape is a stable contract. Exit 3
+    when the database cannot be read (the log's pending orders are still listed, with a
+    warning on stderr).
 
     \b
     Examples:

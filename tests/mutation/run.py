@@ -1958,12 +1958,9 @@ OCO: tuple[Mutation, ...] = (
         "oco-group-journaled-with-the-intent",
         "wal/orders/journal.py",
         "the OCO group is journaled with the intent (a retry or a lookup after a crash sends it as it was)",
-        "        kwargs[\"oco_group\"] = d.oco_group  # journaled: a retry resends it, the chain covers it\n",
+        '        kwargs["oco_group"] = d.oco_group  # journaled: a retry resends it, the chain covers it\n',
         "        pass\n",
-        (
-            OCO_T
-            + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",
-        ),
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
         "audit",
     ),
     Mutation(
@@ -1972,10 +1969,7 @@ OCO: tuple[Mutation, ...] = (
         "the created event's hashed content holds the order's OCO group",
         "            doc[k] = fields[k]  # hashed with the intent: a changed group breaks the chain\n",
         "            pass\n",
-        (
-            OCO_T
-            + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",
-        ),
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
         "audit",
     ),
     Mutation(
@@ -1984,10 +1978,7 @@ OCO: tuple[Mutation, ...] = (
         "verify checks the orders row's OCO group against the hashed created event",
         "                    differs(name, doc.get(name), where)\n",
         "                    pass\n",
-        (
-            OCO_T
-            + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",
-        ),
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
         "audit",
     ),
     Mutation(

@@ -27,8 +27,8 @@ from wal.orders import (
 from wal.orders.broker import BrokerOrder
 from wal.orders.faults import Fault, FaultPlan
 from wal.service.brackets import Brackets, child_order_id, oco_group_of, parse_child_id
-from wal.service.errors import ApiError
 from wal.service.config import ServiceConfig
+from wal.service.errors import ApiError
 from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
 from wal.service.runtime import ServiceRuntime
 from wal.service.schemas import OrderRequest

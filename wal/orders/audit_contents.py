@@ -37,8 +37,8 @@ from wal.db.order_schema import (
     FILL_FIELDS,
     FILL_ORDER_FIELDS,
     INTENT_FIELDS,
-    OPTIONAL_INTENT_FIELDS,
     MONEY_FIELDS,
+    OPTIONAL_INTENT_FIELDS,
     money_text,
 )
 from wal.orders.states import EventKind

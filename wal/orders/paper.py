@@ -518,7 +518,11 @@ class PaperBroker:
             filled_quantity=filled,
             avg_fill_price=avg,
             # the rest taken off by its OCO group: cancelled (FILLED is all it ordered)
-            status="filled" if filled == o.quantity else "canceled" if left <= 0 else "partially_filled",
+            status="filled"
+            if filled == o.quantity
+            else "canceled"
+            if left <= 0
+            else "partially_filled",
         )
         if o.oco_group is not None:
             # under the same lock, in the same saved change as the fill: never filled apart

@@ -7,9 +7,9 @@ key with another body (409), and otherwise checks, in this order: a bracket with
 against the broker's OCO groups (``oco_unsupported``, 422: a broker that declares none
 would hold its stop-loss and take-profit as two independent orders that can both fill), the
 bracket's prices against the market, a halt (the manager's, the log's, the operator's:
-before anything is claimed or counted), the trader's rate limit. Then it claims the key (the owner row,
-committed before the intent is journaled: a journaled order always has its owner) and
-``OrderManager.submit`` journals and sends. A refusal frees the key when nothing of the
+before anything is claimed or counted), the trader's rate limit. Then it claims the key
+(the owner row, committed before the intent is journaled: a journaled order always has its
+owner) and ``OrderManager.submit`` journals and sends. A refusal frees the key when nothing of the
 order was journaled, and a 503 gives the rate token back.
 """
 
