@@ -512,18 +512,13 @@ class PaperBroker:
             else ((o.avg_fill_price * o.filled_quantity + price * qty) / filled).quantize(_Q)
         )
         self._dirty.add(o.broker_order_id)  # its order and plan (popped by _try_fill)
-        left = o.quantity - filled - o.reduced_quantity
-        po.order = replace(
-            o,
-            filled_quantity=filled,
-            avg_fill_price=avg,
-            # the rest taken off by its OCO group: cancelled (FILLED is all it ordered)
-            status="filled"
-            if filled == o.quantity
-            else "canceled"
-            if left <= 0
-            else "partially_filled",
-        )
+        if filled == o.quantity:
+            status = "filled"
+        elif filled + o.reduced_quantity >= o.quantity:
+            status = "canceled"  # the rest taken off by its OCO group (FILLED: all it ordered)
+        else:
+            status = "partially_filled"
+        po.order = replace(o, filled_quantity=filled, avg_fill_price=avg, status=status)
         if o.oco_group is not None:
             # under the same lock, in the same saved change as the fill: never filled apart
             self._reduce_group(o.oco_group, o.broker_order_id, qty)
