@@ -169,13 +169,14 @@ def test_a_price_through_both_children_while_the_service_is_down_ends_flat(
             }
 
         wait_for(lambda: len(children()) == 2, "both bracket children at the broker")
-        assert {o["oco_group"] for o in children().values()} == {oco_group_of(cid)}
+        groups = {o["oco_group"] for o in children().values()}
         svc.kill()
         market = PaperBroker(state_path=svc.paper_state)  # the market moves meanwhile
         market.set_price("OCOX", Decimal(106))  # through the take-profit
         market.set_price("OCOX", Decimal(94))  # then through the stop-loss
         assert market.net_positions() == {}  # not short 3
         market.close()
+        assert groups == {oco_group_of(cid)}  # linked at the broker: one group
         svc.start()
         svc.wait_ready()  # the startup reconciliation succeeded
 
