@@ -1982,6 +1982,15 @@ OCO: tuple[Mutation, ...] = (
         "audit",
     ),
     Mutation(
+        "reconciler-remaining-less-oco-reduction",
+        "wal/orders/reconcile_model.py",
+        "the reconciler counts a broker order's remaining less what its OCO group reduced it by (stops exact)",
+        "    return bo.remaining\n",
+        "    return bo.quantity - bo.filled_quantity\n",
+        (BR + "test_the_reconciler_finds_a_stop_reduced_by_its_group_exact",),
+        "reconciler",
+    ),
+    Mutation(
         "bracket-children-in-one-oco-group",
         "wal/service/brackets.py",
         "a bracket's stop-loss and take-profit are placed in one OCO group at the broker (reduce on fill)",

@@ -613,3 +613,32 @@ def test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_le
             ddb.db.dispose()
 
     run(go())
+
+
+def test_the_reconciler_finds_a_stop_reduced_by_its_group_exact(tmp_path: Path) -> None:
+    """A stop-loss the broker reduced (a partial take-profit: 6 left of 10) is exactly the
+    position's protection to the reconciler (its arithmetic is the broker's remaining, less
+    the group's reduction): kept, no emergency stop, nothing resized."""
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        e.broker.set_price("AAPL", D(111))
+        e.broker.advance()  # the take-profit executes 4: the stop is 6 at the broker
+        await e.refresh_all()
+        result = await StartupReconciler(e.om, FAST_REC).run()
+        assert result.stops_canceled == 0 and result.emergency_stops_placed == 0, result
+        assert result.errors == ()
+        sl = {o.client_order_id: o for o in e.live()}[child_order_id(cid, "sl", 1)]
+        assert sl.remaining == 6 and e.broker.net_positions() == {"AAPL": D(6)}
+
+    try:
+        run(go())
+    finally:
+        e.close()
