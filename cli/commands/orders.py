@@ -215,10 +215,11 @@ def list_orders(
 
     --json prints an array of objects with: client_order_id, symbol, side, quantity,
     order_type, limit_price, stop_price, time_in_force, account, created_at, state,
-    broker_order_id, filled_quantity, avg_fill_price, reason, last_seq, updated_at
-    (decimals as strings, normalized: "10", "0.25"; times ISO 8601 UTC). This shape is a
-    stable contract. Exit 3 when the database cannot be read (the log's pending orders are
-    still listed, with a warning on stderr).
+    broker_order_id, filled_quantity, avg_fill_price, reason, last_seq, updated_at,
+    oco_group (its one-cancels-other group at the broker, or null) (decimals as strings,
+    normalized: "10", "0.25"; times ISO 8601 UTC). This shape is a stable contract. Exit 3
+    when the database cannot be read (the log's pending orders are still listed, with a
+    warning on stderr).
 
     \b
     Examples:
@@ -429,7 +430,7 @@ def order_status(
         b_positions, b_orders = broker
         positions = {p.symbol: p.quantity for p in b_positions if p.quantity != 0}
         working = [
-            (o.symbol, o.side, o.order_type, o.quantity - o.filled_quantity, o.client_order_id)
+            (o.symbol, o.side, o.order_type, o.remaining, o.client_order_id)  # less OCO reductions
             for o in b_orders
         ]
         for sym in sorted(set(positions) | set(journal)):

@@ -27,7 +27,8 @@ from wal.sync.durable import DurableDatabaseManager
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LATER_INDEXES = ("ix_orders_account_created",)  # on baseline tables, by revision 0004
-LATER_COLUMNS = (("order_events", "content"),)  # on baseline tables, by revision 0005
+# on baseline tables: by revision 0005, by revision 0006
+LATER_COLUMNS = (("order_events", "content"), ("orders", "oco_group"))
 
 
 def make_old_database(url: str) -> None:
@@ -331,6 +332,60 @@ def test_revision_0005_adds_the_audit_content_and_refuses_to_drop_it_once_used(
     down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0004"])
     assert down.exit_code == 1 and "would break the audit chain" in down.output, down.output
     assert migrate.current(db_url) == (HEAD, True) and columns()[-1] == "content"
+
+
+def test_revision_0006_adds_the_oco_group_and_refuses_to_drop_it_once_used(
+    db_url: str,
+) -> None:
+    """``orders.oco_group`` (a bracket's children's group at the broker): added by 0006,
+    dropped by its downgrade while no order has one, the downgrade refused once one does
+    (its created event's hash covers it). An order without a group hashes as before."""
+
+    def columns() -> list[str]:
+        engine, _ = make_engine(db_url)
+        try:
+            with engine.connect() as c:
+                return [str(col["name"]) for col in sa.inspect(c).get_columns("orders")]
+        finally:
+            engine.dispose()
+
+    runner = CliRunner()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    assert columns()[-1] == "oco_group"
+    db = DatabaseManager(db_url)
+    try:
+        db.record_order_intent(
+            client_order_id="c0",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(1),
+            order_type="market",
+        )
+    finally:
+        db.dispose()
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0005"])
+    assert down.exit_code == 0 and f"{HEAD} -> 0005" in down.output, down.output
+    assert "oco_group" not in columns()
+    assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    db = DatabaseManager(db_url)
+    try:
+        db.record_order_intent(
+            client_order_id="c1",
+            symbol="AAPL",
+            side="sell",
+            quantity=Decimal(1),
+            order_type="limit",
+            limit_price=Decimal(110),
+            oco_group="oco-1",
+        )
+        [created] = db.get_order_events("c1")
+        assert '"oco_group":"oco-1"' in created["content"]
+        assert "oco_group" not in db.get_order_events("c0")[0]["content"]
+    finally:
+        db.dispose()
+    down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0005"])
+    assert down.exit_code == 1 and "would break the chain" in down.output, down.output
+    assert migrate.current(db_url) == (HEAD, True) and columns()[-1] == "oco_group"
 
 
 def test_readers_of_a_sqlite_file_that_is_not_there_create_nothing(tmp_path: Path) -> None:

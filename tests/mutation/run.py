@@ -1906,6 +1906,114 @@ LOCKS_AND_SENDS: tuple[Mutation, ...] = (
 )
 MUTATIONS = (*MUTATIONS, *LOCKS_AND_SENDS)
 
+# ---------------------------------------------------------------------------- OCO groups at the broker
+OCO_T = "tests/orders/test_oco.py::"
+BR = "tests/service/test_brackets.py::"
+
+OCO: tuple[Mutation, ...] = (
+    Mutation(
+        "paper-oco-reduce-on-fill",
+        "wal/orders/paper.py",
+        "a fill of an OCO group's member reduces every other live member by what filled, in the same transition",
+        "            self._reduce_group(o.oco_group, o.broker_order_id, qty)\n",
+        "            pass\n",
+        (
+            OCO_T + "test_a_take_profit_fill_cancels_the_stop_in_the_same_change",
+            OCO_T + "test_a_partial_fill_reduces_the_other_member_by_what_filled",
+            BR + "test_a_price_through_the_take_profit_then_the_stop_before_converge_ends_flat",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "paper-oco-reduction-saved-with-the-fill",
+        "wal/orders/paper.py",
+        "an OCO reduction is saved in the same durable change as the fill that made it",
+        "            self._dirty.add(bo)  # saved in the same change as the fill that reduced it\n",
+        "            pass\n",
+        (
+            OCO_T + "test_a_take_profit_fill_cancels_the_stop_in_the_same_change",
+            OCO_T + "test_the_reduction_survives_a_restart_of_the_broker",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "paper-oco-plan-trimmed",
+        "wal/orders/paper.py",
+        "a reduced member's planned executions are cut to what is left: it never executes more",
+        "            _trim(po.plan, left)  # its planned parts never execute more than is left\n",
+        "            pass\n",
+        (OCO_T + "test_a_partial_fill_reduces_the_other_member_by_what_filled",),
+        "orders",
+    ),
+    Mutation(
+        "manager-refuses-oco-group-without-broker-support",
+        "wal/orders/validation.py",
+        "an intent with an oco_group is refused before it is journaled where the broker declares no OCO groups",
+        "    if rules.oco_groups is not True:\n",
+        "    if False:\n",
+        (OCO_T + "test_a_broker_without_groups_refuses_one_and_the_manager_never_sends_it",),
+        "orders",
+    ),
+    Mutation(
+        "oco-group-journaled-with-the-intent",
+        "wal/orders/journal.py",
+        "the OCO group is journaled with the intent (a retry or a lookup after a crash sends it as it was)",
+        '        kwargs["oco_group"] = d.oco_group  # journaled: a retry resends it, the chain covers it\n',
+        "        pass\n",
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
+        "audit",
+    ),
+    Mutation(
+        "oco-group-hashed-in-the-intent-content",
+        "wal/db/order_schema.py",
+        "the created event's hashed content holds the order's OCO group",
+        "            doc[k] = fields[k]  # hashed with the intent: a changed group breaks the chain\n",
+        "            pass\n",
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
+        "audit",
+    ),
+    Mutation(
+        "verify-checks-the-oco-group",
+        "wal/orders/audit_contents.py",
+        "verify checks the orders row's OCO group against the hashed created event",
+        "                    differs(name, doc.get(name), where)\n",
+        "                    pass\n",
+        (OCO_T + "test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain",),
+        "audit",
+    ),
+    Mutation(
+        "reconciler-remaining-less-oco-reduction",
+        "wal/orders/reconcile_model.py",
+        "the reconciler counts a broker order's remaining less what its OCO group reduced it by (stops exact)",
+        "    return bo.remaining\n",
+        "    return bo.quantity - bo.filled_quantity\n",
+        (BR + "test_the_reconciler_finds_a_stop_reduced_by_its_group_exact",),
+        "reconciler",
+    ),
+    Mutation(
+        "bracket-children-in-one-oco-group",
+        "wal/service/brackets.py",
+        "a bracket's stop-loss and take-profit are placed in one OCO group at the broker (reduce on fill)",
+        "            oco_group=oco_group_of(pid) if len(_levels(owner)) > 1 else None,\n",
+        "            oco_group=None,\n",
+        (
+            BR + "test_a_price_through_the_take_profit_then_the_stop_before_converge_ends_flat",
+            BR + "test_a_partial_take_profit_shrinks_the_stop_before_converge_runs",
+        ),
+        "service",
+    ),
+    Mutation(
+        "service-refuses-two-legs-without-oco",
+        "wal/service/placing.py",
+        "a bracket with both legs is refused (422 oco_unsupported) where the broker declares no OCO groups",
+        "        if self.om.broker.rules.oco_groups is not True:\n",
+        "        if False:\n",
+        (BR + "test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_leg",),
+        "service",
+    ),
+)
+MUTATIONS = (*MUTATIONS, *OCO)
+
 
 # ---------------------------------------------------------------------------- checking
 

@@ -26,8 +26,9 @@ from wal.orders import (
 )
 from wal.orders.broker import BrokerOrder
 from wal.orders.faults import Fault, FaultPlan
-from wal.service.brackets import Brackets, child_order_id, parse_child_id
+from wal.service.brackets import Brackets, child_order_id, oco_group_of, parse_child_id
 from wal.service.config import ServiceConfig
+from wal.service.errors import ApiError
 from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
 from wal.service.runtime import ServiceRuntime
 from wal.service.schemas import OrderRequest
@@ -123,7 +124,7 @@ class Env:
         for o in self.live():
             parsed = parse_child_id(o.client_order_id)
             if parsed is not None:
-                out[parsed[0]] = out.get(parsed[0], D(0)) + o.quantity - o.filled_quantity
+                out[parsed[0]] = out.get(parsed[0], D(0)) + o.remaining
         return out
 
 
@@ -445,3 +446,199 @@ def test_a_retry_of_a_protective_order_is_the_same_order_after_the_position_move
         assert len(env.broker.orders_with_client_id("protect1")) == 1
 
     run(go())
+
+
+# ---------------------------------------------------------------------- OCO at the broker
+
+
+def test_a_price_through_the_take_profit_then_the_stop_before_converge_ends_flat(
+    env: Env,
+) -> None:
+    """The window between a child's fill and the sweep that cancels the other: the price
+    crosses the take-profit, then the stop-loss, before converge runs. The two children
+    were independent orders: both filled, the long of 10 became a short of 10. Linked in
+    the bracket's OCO group the take-profit's fill cancels the stop at the broker."""
+
+    async def go() -> None:
+        await env.om.load()
+        env.om.resume()
+        cid = await env.place("k1")
+        await env.brackets.converge(cid)
+        assert len(env.live()) == 2
+        env.broker.set_price("AAPL", D(111))  # the take-profit fills
+        env.broker.set_price("AAPL", D(89))  # and the stop is crossed: no converge between
+        assert env.broker.net_positions() == {}  # flat, never short
+        await env.refresh_all()
+        await env.brackets.converge(cid)
+        assert env.live() == [] and env.broker.net_positions() == {}
+        sl = env.om.get(child_order_id(cid, "sl", 1))
+        assert sl is not None and sl.state is OrderState.CANCELLED and sl.filled_quantity == 0
+        assert env.brackets.active == [] and env.brackets.problems == {}
+        assert env.om.positions().get("AAPL", D(0)) == 0  # the journal agrees
+
+    run(go())
+
+
+def test_a_partial_take_profit_shrinks_the_stop_before_converge_runs(tmp_path: Path) -> None:
+    """The take-profit executes 4 of 10: the stop is reduced to 6 by the broker, at once
+    (it stayed at 10 until the next sweep; triggered, it sold 10 of the 6 held)."""
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        e.broker.advance()  # the parent: 10 filled
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.protection() == {"sl": D(10), "tp": D(10)}
+        e.broker.set_price("AAPL", D(111))
+        assert e.broker.advance() == 1  # the take-profit executes 4
+        assert e.protection() == {"sl": D(6), "tp": D(6)}  # before any converge
+        e.broker.set_price("AAPL", D(89))  # the stop triggers, still no converge
+        while e.broker.advance():
+            assert e.broker.net_positions().get("AAPL", D(0)) >= 0
+        assert e.broker.net_positions() == {}
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.live() == [] and e.brackets.active == []
+        assert e.om.positions().get("AAPL", D(0)) == 0
+
+    try:
+        run(go())
+    finally:
+        e.close()
+
+
+def test_a_replaced_child_joins_the_group_of_the_one_still_live(tmp_path: Path) -> None:
+    """One group for the bracket's life: the stop resized after a partial take-profit (sl2)
+    is linked to the take-profit still live (tp1), so their fills still reduce each other."""
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        e.broker.set_price("AAPL", D(111))
+        e.broker.advance()  # tp1 executes 4; sl1 reduced to 6 at the broker
+        await e.refresh_all()
+        await e.brackets.converge(cid)  # sl1 (10 in the journal) cancelled, sl2 of 6 placed
+        live = {o.client_order_id: o for o in e.live()}
+        assert set(live) == {child_order_id(cid, "sl", 2), child_order_id(cid, "tp", 1)}
+        assert {o.oco_group for o in live.values()} == {oco_group_of(cid)}
+        assert e.protection() == {"sl": D(6), "tp": D(6)}
+        e.broker.advance()  # tp1 executes its last 6: sl2 is cancelled by the broker
+        assert e.live() == [] and e.broker.net_positions() == {}
+
+    try:
+        run(go())
+    finally:
+        e.close()
+
+
+def test_the_children_of_a_bracket_placed_again_after_a_restart_keep_their_group(
+    tmp_path: Path,
+) -> None:
+    e = Env(tmp_path)
+
+    async def go() -> str:
+        await e.om.load()
+        e.om.resume()
+        return await e.place("k1")  # filled; its children not placed yet (the process dies)
+
+    try:
+        cid = run(go())
+        e.restart()
+        run(e.startup())
+        assert {(o.client_order_id, o.oco_group) for o in e.live()} == {
+            (child_order_id(cid, "sl", 1), oco_group_of(cid)),
+            (child_order_id(cid, "tp", 1), oco_group_of(cid)),
+        }
+        e.broker.set_price("AAPL", D(111))
+        e.broker.set_price("AAPL", D(89))
+        assert e.broker.net_positions() == {}
+    finally:
+        e.close()
+
+
+def test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_leg(
+    tmp_path: Path,
+) -> None:
+    """Two independent reducing orders for the whole position is the over-protection: a
+    broker that declares no OCO groups gets no two-leg bracket (422 ``oco_unsupported``,
+    nothing claimed, journaled or sent); a single stop-loss is placed as before."""
+
+    async def go() -> None:
+        ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+        ensure_schema(ddb.db.engine, ddb.db.safe_url)
+        paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0, oco_groups=False))
+        cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
+        rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
+        try:
+            await rt.start()
+            await rt.started()
+            both = OrderRequest(
+                symbol="AAPL",
+                side="buy",
+                quantity=D(3),
+                order_type="market",
+                stop_loss=D(95),
+                take_profit=D(105),
+            )
+            with pytest.raises(ApiError) as exc:
+                await rt.place("t9", "key-1", both)
+            assert exc.value.status == 422 and exc.value.code == "oco_unsupported"
+            assert "one-cancels-other" in exc.value.message
+            cid = client_order_id_for("t9", "key-1")
+            assert rt.om.get(cid) is None and rt.owners.get(cid) is None
+            assert paper.submit_calls == 0
+            one = OrderRequest(
+                symbol="AAPL", side="buy", quantity=D(3), order_type="market", stop_loss=D(95)
+            )
+            placed = await rt.place("t9", "key-2", one)
+            pid = placed.order.client_order_id
+            await rt.brackets.converge(pid)
+            kids = [o for o in paper.all_orders() if o.status == "new"]
+            assert [(k.client_order_id, k.oco_group) for k in kids] == [
+                (child_order_id(pid, "sl", 1), None)
+            ]
+        finally:
+            await rt.stop()
+            ddb.stop()
+            ddb.db.dispose()
+
+    run(go())
+
+
+def test_the_reconciler_finds_a_stop_reduced_by_its_group_exact(tmp_path: Path) -> None:
+    """A stop-loss the broker reduced (a partial take-profit: 6 left of 10) is exactly the
+    position's protection to the reconciler (its arithmetic is the broker's remaining, less
+    the group's reduction): kept, no emergency stop, nothing resized."""
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
+
+    async def go() -> None:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        e.broker.set_price("AAPL", D(111))
+        e.broker.advance()  # the take-profit executes 4: the stop is 6 at the broker
+        await e.refresh_all()
+        result = await StartupReconciler(e.om, FAST_REC).run()
+        assert result.stops_canceled == 0 and result.emergency_stops_placed == 0, result
+        assert result.errors == ()
+        sl = {o.client_order_id: o for o in e.live()}[child_order_id(cid, "sl", 1)]
+        assert sl.remaining == 6 and e.broker.net_positions() == {"AAPL": D(6)}
+
+    try:
+        run(go())
+    finally:
+        e.close()

@@ -1,5 +1,6 @@
 """stop_loss / take_profit through a real ``atb serve``: a filled order's two children are at
-the broker (its durable state file) and in the trader's order list."""
+the broker (its durable state file, linked in one OCO group) and in the trader's order list;
+a price through both while the service is down leaves the position flat."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from helpers_log import wait_for
 from service_proc import ServiceProc, auth, refusing_second_submit
 
 from wal.orders.paper import PaperBroker
-from wal.service.brackets import child_order_id
+from wal.service.brackets import child_order_id, oco_group_of
 
 
 def _broker_orders(svc: ServiceProc) -> list[dict[str, Any]]:
@@ -132,3 +133,70 @@ def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positi
         assert "atb_service_positions_unprotected 0.0" in metrics
     finally:
         assert svc.stop() == 0
+
+
+def test_a_price_through_both_children_while_the_service_is_down_ends_flat(
+    tmp_path: Path,
+) -> None:
+    """The longest window there is between a child's fill and the sweep that cancels the
+    other: the service SIGKILLed. The market crosses the take-profit, then the stop-loss
+    (the broker's own state moved, as the market would). Two independent children both
+    filled: the restarted service found a short of 3. In one OCO group the broker cancelled
+    the stop with the take-profit's fill: flat, and the journal agrees after the restart."""
+    svc = ServiceProc(tmp_path, f"sqlite:///{tmp_path / 'atb.db'}")
+    token = svc.token("oco-trader")
+    svc.start()
+    try:
+        svc.wait_ready()
+        body = {
+            "symbol": "OCOX",
+            "side": "buy",
+            "quantity": "3",
+            "stop_loss": "95",
+            "take_profit": "105",
+        }
+        headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
+        r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
+        assert r.status_code == 201 and r.json()["state"] == "filled", r.text
+        cid = r.json()["id"]
+        sl, tp = child_order_id(cid, "sl", 1), child_order_id(cid, "tp", 1)
+
+        def children() -> dict[str, dict[str, Any]]:
+            return {
+                o["client_order_id"]: o
+                for o in _broker_orders(svc)
+                if o["client_order_id"] in (sl, tp) and o["status"] == "new"
+            }
+
+        wait_for(lambda: len(children()) == 2, "both bracket children at the broker")
+        groups = {o["oco_group"] for o in children().values()}
+        svc.kill()
+        market = PaperBroker(state_path=svc.paper_state)  # the market moves meanwhile
+        market.set_price("OCOX", Decimal(106))  # through the take-profit
+        market.set_price("OCOX", Decimal(94))  # then through the stop-loss
+        assert market.net_positions() == {}  # not short 3
+        market.close()
+        assert groups == {oco_group_of(cid)}  # linked at the broker: one group
+        svc.start()
+        svc.wait_ready()  # the startup reconciliation succeeded
+
+        def states() -> dict[str, str]:
+            listed = httpx.get(svc.url + "/api/v1/orders", headers=auth(token), timeout=30)
+            return {o["id"]: o["state"] for o in listed.json()["orders"]}
+
+        wait_for(
+            lambda: states() == {cid: "filled", tp: "filled", sl: "cancelled"},
+            "the take-profit filled and the stop-loss cancelled in the journal",
+        )
+        pos = httpx.get(svc.url + "/api/v1/positions", headers=auth(token), timeout=30).json()
+        assert pos["positions"] == []
+        assert PaperBroker.read_state(svc.paper_state) is not None
+        assert _broker_positions(svc) == {}
+    finally:
+        assert svc.stop() == 0
+
+
+def _broker_positions(svc: ServiceProc) -> dict[str, Decimal]:
+    state = PaperBroker.read_state(svc.paper_state)
+    assert state is not None
+    return {s: Decimal(q) for s, (q, _) in state["positions"].items() if Decimal(q) != 0}

@@ -139,6 +139,7 @@ def _order_intent(kw: Mapping[str, Any]) -> None:
     valid_text(kw.get("time_in_force", "day"), "time_in_force", 16)
     valid_text(kw.get("account", "default"), "account")
     _opt_utc(kw.get("created_at"), "created_at")
+    valid_opt_id(kw.get("oco_group"), "oco_group")
     _chain(kw)
 
 

@@ -15,7 +15,8 @@ The audit trail (issue 14)
 JSON of the event || prev_hash)`` (``audit_hash``). Since chain format 2 (``CHAIN_FORMAT``,
 revision 0005) the created event's ``content`` holds the order's intent (``intent_content``)
 and a fill event's the fill and the order's totals after it (``fill_content``), and the hash
-covers it: ``wal.orders.audit`` checks the ``orders`` and ``fills`` rows against it. An event
+covers it: ``wal.orders.audit`` checks the ``orders`` and ``fills`` rows against it (since
+revision 0006 the intent's ``oco_group`` too, a key only when the order has one). An event
 without content (format 1: written before; or a state change) hashes exactly as before. The
 order journal computes them once,
 when it journals the event, and carries them in the log entry, so a replay writes the same
@@ -50,6 +51,7 @@ __all__ = [
     "FILL_ORDER_FIELDS",
     "GENESIS_HASH",
     "INTENT_FIELDS",
+    "OPTIONAL_INTENT_FIELDS",
     "MAX_CONTENT_LEN",
     "MONEY_FIELDS",
     "audit_anchors",
@@ -86,6 +88,9 @@ orders = sa.Table(
     sa.Column("last_seq", sa.Integer(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # the order's one-cancels-other group at the broker (rev. 0006); NULL: none, and every
+    # order journaled before
+    sa.Column("oco_group", sa.String(_ID), nullable=True),
     # a trader's orders newest first, a page at a time (``wal.service.listing``; rev. 0004)
     sa.Index("ix_orders_account_created", "account", "created_at", "client_order_id"),
 )
@@ -150,6 +155,9 @@ INTENT_FIELDS: Final = (  # the ``orders`` columns a created event's content hol
     "time_in_force",
     "account",
 )
+# ``orders`` columns of the intent a created event's content holds only when set (rev. 0006):
+# an intent without one hashes exactly as before, and an older content verifies as it did
+OPTIONAL_INTENT_FIELDS: Final = ("oco_group",)
 FILL_FIELDS: Final = (  # the ``fills`` columns a fill event's content holds
     "execution_key",
     "symbol",
@@ -277,13 +285,15 @@ def _content(doc: dict[str, Any]) -> str:
 
 def intent_content(fields: Mapping[str, Any]) -> str:
     """A created event's content: the order's intent (``INTENT_FIELDS``, from the
-    ``record_order_intent`` arguments), canonical JSON, money as ``money_text``."""
-    return _content(
-        {
-            k: money_text(fields.get(k)) if k in MONEY_FIELDS else fields.get(k)
-            for k in INTENT_FIELDS
-        }
-    )
+    ``record_order_intent`` arguments), canonical JSON, money as ``money_text``; an
+    ``OPTIONAL_INTENT_FIELDS`` field only when it is set."""
+    doc = {
+        k: money_text(fields.get(k)) if k in MONEY_FIELDS else fields.get(k) for k in INTENT_FIELDS
+    }
+    for k in OPTIONAL_INTENT_FIELDS:
+        if fields.get(k) is not None:
+            doc[k] = fields[k]  # hashed with the intent: a changed group breaks the chain
+    return _content(doc)
 
 
 def fill_content(fields: Mapping[str, Any]) -> str:

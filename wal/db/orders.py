@@ -198,6 +198,7 @@ def op_record_order_intent(
     prev_hash: str | None = None,
     hash: str | None = None,
     content: str | None = None,
+    oco_group: str | None = None,
 ) -> str:
     cid = valid_text(client_order_id, "client_order_id")
     at = utc_now() if created_at is None else valid_utc(created_at, "created_at")
@@ -219,6 +220,7 @@ def op_record_order_intent(
         "last_seq": 1,
         "created_at": at,
         "updated_at": at,
+        "oco_group": valid_opt_id(oco_group, "oco_group"),
     }
     conn.execute(_INSERT_ORDER, row)
     audit = {"audit_seq": audit_seq, "prev_hash": prev_hash, "hash": hash}

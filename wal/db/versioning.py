@@ -31,7 +31,7 @@ from wal.errors import WALSchemaError
 __all__ = ["HEAD", "REVISIONS", "check_schema", "ensure_schema", "read_revision", "version_table"]
 
 # the migrations, oldest first (wal/db/migrations/versions)
-REVISIONS: Final = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS: Final = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD: Final = REVISIONS[-1]
 
 # Alembic's own bookkeeping table, declared here the way Alembic creates it, so a fresh

@@ -38,6 +38,7 @@ from wal.db.order_schema import (
     FILL_ORDER_FIELDS,
     INTENT_FIELDS,
     MONEY_FIELDS,
+    OPTIONAL_INTENT_FIELDS,
     money_text,
 )
 from wal.orders.states import EventKind
@@ -195,6 +196,8 @@ def _check_order_row(
                 for name in INTENT_FIELDS:
                     if name in doc:
                         differs(name, _money(name, doc[name]), where)
+                for name in OPTIONAL_INTENT_FIELDS:  # a key only when set: absent is NULL
+                    differs(name, doc.get(name), where)
         differs("created_at", first["at"], where)
     where = f"its last hashed event ({_at(last)})"
     differs("state", last["state"], where)

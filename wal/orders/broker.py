@@ -9,6 +9,15 @@ id forever (``GLOBAL``) or only while the first order is open (``OPEN_ONLY``, Bi
 decides whether a retry may resend. Not declared, it is ``UNKNOWN`` (the default): never
 resent, as ``OPEN_ONLY``.
 
+A broker may also declare **OCO groups with reduce on fill** (``ClientIdRules.oco_groups``,
+Interactive Brokers' OCA group with "reduce on fill"): orders submitted with the same
+``OrderIntent.oco_group`` are linked at the broker, and a fill of any member by q reduces
+every other live member by q in the same state transition as the fill (cancelling one that
+has nothing left), so the group never fills more than its largest member. A reduction shows
+in ``BrokerOrder.reduced_quantity`` (what is left: ``BrokerOrder.remaining``); a member
+reduced to nothing is ``canceled``. Not declared (None), the broker has none: an intent with
+an ``oco_group`` is refused before it is journaled (``oco_unsupported``).
+
 Broker status strings (Alpaca's v2 vocabulary) map to ``OrderState`` through one static
 table, ``BROKER_STATUS``; transient statuses map to None, an unknown string raises.
 """
@@ -23,6 +32,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
+from wal.money import exact
 from wal.orders.errors import BrokerProtocolError
 from wal.orders.models import Fill, OrderIntent
 from wal.orders.states import OrderState
@@ -62,6 +72,8 @@ class ClientIdRules:
     # corrections keep the execution id up to this separator (IB's ExecId: "0001.01" ->
     # "0001.02" corrects it); None: every execution id is its own key
     correction_separator: str | None = None
+    # OCO groups with reduce on fill (module docstring); None: not declared, taken as none
+    oco_groups: bool | None = None
 
     def check(self, client_order_id: str) -> str | None:
         """None if the broker accepts this client id, else why not."""
@@ -100,6 +112,7 @@ class ClientIdRules:
             "pattern": self.pattern,
             "visibility_window_seconds": self.visibility_window_seconds,
             "correction_separator": self.correction_separator,
+            "oco_groups": self.oco_groups,
         }
 
     @classmethod
@@ -111,6 +124,8 @@ class ClientIdRules:
             pattern=str(d.get("pattern", r"^[A-Za-z0-9_-]+$")),
             visibility_window_seconds=float(d.get("visibility_window_seconds", 5.0)),
             correction_separator=d.get("correction_separator"),
+            # a document that does not say (an older broker, an older state): no OCO groups
+            oco_groups=_opt_bool(d.get("oco_groups")),
         )
 
 
@@ -151,6 +166,10 @@ def map_status(status: str) -> OrderState | None:
         ) from None
 
 
+def _opt_bool(v: Any) -> bool | None:
+    return v if v is None or isinstance(v, bool) else None
+
+
 def _dec(v: Any) -> Decimal | None:
     return None if v is None else Decimal(str(v))
 
@@ -181,6 +200,16 @@ class BrokerOrder:
     stop_price: Decimal | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     reject_reason: str | None = None
+    oco_group: str | None = None
+    # taken off by its OCO group's fills (reduce on fill): never to fill; ``quantity`` stays
+    # what was ordered (the intent's), so a lookup still ``matches`` it
+    reduced_quantity: Decimal = Decimal(0)
+
+    @property
+    @exact
+    def remaining(self) -> Decimal:
+        """What is left to fill: ordered, less filled, less reduced by its OCO group."""
+        return self.quantity - self.filled_quantity - self.reduced_quantity
 
     @property
     def state(self) -> OrderState | None:
@@ -212,6 +241,8 @@ class BrokerOrder:
             "stop_price": _s(self.stop_price),
             "created_at": self.created_at.isoformat(),
             "reject_reason": self.reject_reason,
+            "oco_group": self.oco_group,
+            "oco_reduced_qty": _s(self.reduced_quantity),
         }
 
     @classmethod
@@ -230,6 +261,8 @@ class BrokerOrder:
             stop_price=_dec(d.get("stop_price")),
             created_at=_aware(datetime.fromisoformat(str(d["created_at"]))),
             reject_reason=d.get("reject_reason"),
+            oco_group=d.get("oco_group"),  # absent: a broker (or a state) without OCO groups
+            reduced_quantity=_dec(d.get("oco_reduced_qty")) or Decimal(0),
         )
 
 

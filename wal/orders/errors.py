@@ -49,6 +49,8 @@ class RejectReason(StrEnum):
     BAD_ORDER_TYPE = "bad_order_type"  # not market, limit, stop or stop_limit
     BAD_PRICE = "bad_price"  # a price missing, present where not allowed, not Decimal or <= 0
     BAD_CLIENT_ORDER_ID = "bad_client_order_id"  # not 1-36 chars of [A-Za-z0-9_-]
+    BAD_OCO_GROUP = "bad_oco_group"  # not a client id the broker accepts (its rules)
+    OCO_UNSUPPORTED = "oco_unsupported"  # an oco_group, and the broker declares no OCO groups
     # starts with a prefix the startup reconciler's own orders use (orphan-, es-, close-)
     RESERVED_CLIENT_ORDER_ID = "reserved_client_order_id"
     BAD_TIME_IN_FORCE = "bad_time_in_force"  # not day, gtc, ioc or fok

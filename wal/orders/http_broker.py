@@ -151,6 +151,8 @@ class HttpBroker:
             body["limit_price"] = format(intent.limit_price, "f")
         if intent.stop_price is not None:
             body["stop_price"] = format(intent.stop_price, "f")
+        if intent.oco_group is not None:
+            body["oco_group"] = intent.oco_group  # linked there: reduce on fill, atomically
         return self._order(await self._request("POST", "/v2/orders", json=body))
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:

@@ -171,6 +171,8 @@ def _intent_call(d: OrderIntent) -> tuple[str, dict[str, Any], str]:
         "account": d.account,
         "created_at": d.created_at,
     }
+    if d.oco_group is not None:  # an entry without a group is what it was before the field
+        kwargs["oco_group"] = d.oco_group  # journaled: a retry resends it, the chain covers it
     return _INTENT, kwargs, d.client_order_id
 
 

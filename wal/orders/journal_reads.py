@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from wal import DurableDatabaseManager, OperationType, WALDatabaseError, WALEntry
 from wal.db.classify import is_transient
-from wal.db.order_schema import INTENT_FIELDS
+from wal.db.order_schema import INTENT_FIELDS, OPTIONAL_INTENT_FIELDS
 from wal.orders.models import Order
 from wal.orders.states import EventKind, OrderState
 
@@ -47,7 +47,8 @@ def apply_entry(
     if entry.operation == _INTENT:
         row = {
             k: kw.get(k)
-            for k in ("client_order_id", *INTENT_FIELDS, "created_at")  # the orders row's
+            # the orders row's
+            for k in ("client_order_id", *INTENT_FIELDS, *OPTIONAL_INTENT_FIELDS, "created_at")
         }
         row.update(
             state=OrderState.PENDING.value,

@@ -81,6 +81,9 @@ class OrderIntent:
     account: str = "default"  # the balance account the order is valued against
     client_order_id: str = field(default_factory=new_client_order_id)
     created_at: datetime = field(default_factory=_now)
+    # one-cancels-other group at the broker, reduce on fill (``ClientIdRules.oco_groups``):
+    # a fill of any member by q reduces every other live member by q, atomically there
+    oco_group: str | None = None
 
     def __post_init__(self) -> None:
         # an aware created_at in another zone is kept as the same instant in UTC, as the
@@ -101,6 +104,7 @@ class OrderIntent:
             "time_in_force": self.time_in_force,
             "account": self.account,
             "created_at": _t(self.created_at),
+            "oco_group": self.oco_group,
         }
 
     def same_order(self, other: OrderIntent) -> bool:
@@ -119,6 +123,7 @@ _SAME_ORDER_FIELDS = (
     "stop_price",
     "time_in_force",
     "account",
+    "oco_group",
 )
 
 
@@ -175,6 +180,7 @@ class Order:
             account=str(row.get("account") or "default"),
             client_order_id=str(row["client_order_id"]),
             created_at=_time(row["created_at"]) or _now(),
+            oco_group=row.get("oco_group"),  # absent from rows journaled before it existed
         )
         return cls(
             intent=intent,

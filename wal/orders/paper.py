@@ -8,6 +8,14 @@ at the simulated market price and marketable limit orders at their limit price (
 when ``set_price`` crosses them; stops trigger the same way); and it misbehaves as its
 ``FaultPlan`` says.
 
+**OCO groups, reduce on fill** (``ClientIdRules.oco_groups``, declared True unless told
+False): orders submitted with the same ``oco_group`` are linked; when one executes q, every
+other open order of its group is reduced by q (``BrokerOrder.reduced_quantity``, its
+planned parts trimmed; ``canceled`` once nothing is left) under the same lock, in the same
+change, persisted before any reply, as the execution itself: no instant, and no restart,
+sees the fill without the reduction. A broker told ``oco_groups=False`` refuses an order
+with an ``oco_group``.
+
 Everything is deterministic from ``seed``: order ids (``paper-00000001``), execution ids
 (``<order id>-<n>``), the random faults and the random-walk prices of ``step_prices``.
 
@@ -65,7 +73,9 @@ def _enforced(rules: ClientIdRules) -> ClientIdRules:
     unless told ``OPEN_ONLY`` (``UNKNOWN``, the default of ``ClientIdRules()``, is a client's
     word for a broker whose rule it was not told; a broker always has one)."""
     if rules.dedup_scope is DedupScope.UNKNOWN:
-        return replace(rules, dedup_scope=DedupScope.GLOBAL)
+        rules = replace(rules, dedup_scope=DedupScope.GLOBAL)
+    if rules.oco_groups is None:
+        rules = replace(rules, oco_groups=True)  # it has them (module docstring)
     return rules
 
 
@@ -114,6 +124,7 @@ class PaperBroker:
         self._rng = random.Random(seed)
         self._orders: dict[str, _Order] = {}
         self._by_cid: dict[str, list[str]] = {}
+        self._groups: dict[str, list[str]] = {}  # OCO group -> its broker order ids
         self._fills: list[Fill] = []  # in execution order (only appended: ``_add_fill``)
         # (executed_at, index in _fills), sorted: get_fills(since) without a scan of them all
         self._fill_times: list[tuple[datetime, int]] = []
@@ -222,6 +233,9 @@ class PaperBroker:
                 raise BrokerRejectedError(f"client_order_id rejected: {why}")
             if fault is Fault.REJECT:
                 raise BrokerRejectedError(self.faults.reject_reason)
+            if intent.oco_group is not None and not self._rules.oco_groups:
+                # never accepted as an independent order: both members could fill
+                raise BrokerRejectedError("oco_group: this broker has no OCO groups")
             existing = self._dedup_hit(intent.client_order_id)
             if existing is not None:
                 raise DuplicateClientOrderId(intent.client_order_id)
@@ -442,9 +456,12 @@ class PaperBroker:
             limit_price=intent.limit_price,
             stop_price=intent.stop_price,
             created_at=datetime.now(UTC),
+            oco_group=intent.oco_group,
         )
         self._orders[bo] = _Order(order, self._split(intent.quantity))
         self._by_cid.setdefault(intent.client_order_id, []).append(bo)
+        if intent.oco_group is not None:
+            self._groups.setdefault(intent.oco_group, []).append(bo)
         self._dirty.add(bo)
         if self.auto_fill:
             self._try_fill(bo, all_parts=True)
@@ -495,12 +512,16 @@ class PaperBroker:
             else ((o.avg_fill_price * o.filled_quantity + price * qty) / filled).quantize(_Q)
         )
         self._dirty.add(o.broker_order_id)  # its order and plan (popped by _try_fill)
-        po.order = replace(
-            o,
-            filled_quantity=filled,
-            avg_fill_price=avg,
-            status="filled" if filled == o.quantity else "partially_filled",
-        )
+        if filled == o.quantity:
+            status = "filled"
+        elif filled + o.reduced_quantity >= o.quantity:
+            status = "canceled"  # the rest taken off by its OCO group (FILLED: all it ordered)
+        else:
+            status = "partially_filled"
+        po.order = replace(o, filled_quantity=filled, avg_fill_price=avg, status=status)
+        if o.oco_group is not None:
+            # under the same lock, in the same saved change as the fill: never filled apart
+            self._reduce_group(o.oco_group, o.broker_order_id, qty)
         n = self._fill_count.get(o.broker_order_id, 0) + 1
         self._add_fill(
             Fill(
@@ -522,6 +543,25 @@ class PaperBroker:
         elif (q > 0) == (signed > 0):
             avg_entry = ((avg_entry * abs(q) + price * qty) / abs(new)).quantize(_Q)
         self._positions[o.symbol] = (new, avg_entry if new != 0 else Decimal(0))
+
+    @exact
+    def _reduce_group(self, group: str, filled: str, qty: Decimal) -> None:
+        """Reduce on fill: every other open order of ``group`` loses ``qty`` (what is left,
+        at most), and is cancelled when nothing is left (``_lock`` held)."""
+        for bo in self._groups.get(group, ()):
+            po = self._orders[bo]
+            o = po.order
+            if bo == filled or o.status not in OPEN_STATUSES:
+                continue
+            cut = min(qty, o.remaining)
+            left = o.remaining - cut
+            po.order = replace(
+                o,
+                reduced_quantity=o.reduced_quantity + cut,
+                status=o.status if left > 0 else "canceled",
+            )
+            _trim(po.plan, left)  # its planned parts never execute more than is left
+            self._dirty.add(bo)  # saved in the same change as the fill that reduced it
 
     # ------------------------------------------------------------------ durable state
 
@@ -636,9 +676,21 @@ class PaperBroker:
             o = BrokerOrder.from_dict(item["order"])
             self._orders[o.broker_order_id] = _Order(o, [Decimal(q) for q in item["plan"]])
             self._by_cid.setdefault(o.client_order_id, []).append(o.broker_order_id)
+            if o.oco_group is not None:
+                self._groups.setdefault(o.oco_group, []).append(o.broker_order_id)
         for f in d["fills"]:
             self._add_fill(Fill.from_dict(f))
         self._positions = {s: (Decimal(q), Decimal(a)) for s, (q, a) in d["positions"].items()}
         self._prices = {s: Decimal(p) for s, p in d["prices"].items()}
         self._version = self._saved = through  # the files hold every change through it
         self._mark_saved()
+
+
+@exact
+def _trim(plan: list[Decimal], left: Decimal) -> None:
+    """Cut the planned parts (from the last) so that they add up to at most ``left``."""
+    total = sum(plan, Decimal(0))
+    while plan and total - plan[-1] >= left:
+        total -= plan.pop()
+    if plan and total > left:
+        plan[-1] -= total - left

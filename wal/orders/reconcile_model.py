@@ -264,8 +264,8 @@ def emergency_stop_price(
 
 @exact
 def remaining(bo: BrokerOrder) -> Decimal:
-    """What is left of a broker order to fill."""
-    return bo.quantity - bo.filled_quantity
+    """What is left of a broker order to fill (less what its OCO group reduced it by)."""
+    return bo.remaining
 
 
 def is_stop(bo: BrokerOrder) -> bool:

@@ -2,13 +2,14 @@
 
 =====================================  ==============================================
 ``POST /v2/orders``                    submit (JSON: symbol, qty, side, type, limit_price,
-                                       stop_price, time_in_force, client_order_id)
+                                       stop_price, time_in_force, client_order_id,
+                                       oco_group: one-cancels-other, reduce on fill)
 ``GET /v2/orders:by_client_order_id``  ``?client_order_id=`` -> the order, or 404
 ``GET /v2/orders``                     ``?status=open`` (default) or ``?status=all&after=``
 ``DELETE /v2/orders/{id}``             cancel -> 204, or 422 if it is not open
 ``GET /v2/positions``                  net positions
 ``GET /v2/account/activities/FILL``    executions (``?after=`` ISO time, ``?client_order_id=``)
-``GET /_paper/rules``                  the broker's client-id rules (dedup scope, ...)
+``GET /_paper/rules``                  the broker's rules (dedup scope, OCO groups, ...)
 ``PUT /_paper/faults``                 replace the fault plan (tests)
 ``POST /_paper/price``                 ``{"symbol":..., "price":...}``: move the market
 ``POST /_paper/step``                  one seeded random-walk step of every price
@@ -107,6 +108,9 @@ def create_app(broker: PaperBroker, clock: Clock | None = None) -> Starlette:
             qty = _dec(d, "qty")
             if qty is None or "client_order_id" not in d:
                 return _error(422, "qty and client_order_id are required")
+            group = d.get("oco_group")
+            if group is not None and not isinstance(group, str):
+                return _error(422, f"oco_group must be a string, got {group!r}")
             intent = OrderIntent(
                 symbol=str(d["symbol"]),
                 side=str(d["side"]),
@@ -116,6 +120,7 @@ def create_app(broker: PaperBroker, clock: Clock | None = None) -> Starlette:
                 stop_price=_dec(d, "stop_price"),
                 time_in_force=str(d.get("time_in_force", "day")),
                 client_order_id=str(d["client_order_id"]),
+                oco_group=group,
             )
         except (ValueError, KeyError, orjson.JSONDecodeError) as exc:
             return _error(422, f"bad order: {exc}")

@@ -205,6 +205,25 @@ def validate_intent(
         )
     if not reconciler:
         _not_reserved(intent.client_order_id)
+    _oco_group(intent.oco_group, rules or ClientIdRules())
+
+
+def _oco_group(group: object, rules: ClientIdRules) -> None:
+    """An OCO group: the client id's charset and length, and a broker that declares OCO
+    groups with reduce on fill (without it the members would be independent orders: both
+    could fill, a position protected twice over)."""
+    if group is None:
+        return
+    why = rules.check(group) if isinstance(group, str) else "not a str"
+    if why is not None:
+        raise _reject(RejectReason.BAD_OCO_GROUP, f"oco_group {group!r}: {why}", "oco_group")
+    if rules.oco_groups is not True:
+        raise _reject(
+            RejectReason.OCO_UNSUPPORTED,
+            f"oco_group {group!r}: the broker does not declare one-cancels-other groups with "
+            "reduce on fill; its members would be independent orders that can all fill",
+            "oco_group",
+        )
 
 
 def _not_reserved(cid: str) -> None:

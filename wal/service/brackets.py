@@ -13,7 +13,26 @@ crash, because every decision is read from the journal:
   filled before its cancel), then replaced by one child of the held quantity. So a partial
   fill of the parent grows both (cancel and replace), a partial fill of the take-profit
   shrinks the stop, and a child that fills completely leaves nothing held: the other one is
-  cancelled (one-cancels-other, done here).
+  cancelled.
+* **One-cancels-other at the broker.** That sweep runs after a fill is seen (the fill poll,
+  every ``SERVICE_POLL_INTERVAL``): alone it leaves a window in which a price that crosses
+  the take-profit and then the stop-loss fills both (a long of 10 becomes a short of 10),
+  and a partial take-profit leaves the stop at the whole size. So every child of a parent is
+  placed in ONE OCO group at the broker, ``oco_group_of(parent)`` (``oco-{parent[:28]}``:
+  deterministic, so a child placed again after a crash joins the same group), with reduce
+  on fill: a fill of any child by q reduces every other live child by q in the same broker
+  transition (``ClientIdRules.oco_groups``, :mod:`wal.orders.broker`). One group for the
+  bracket's whole life, not one per generation: a replacement (``sl2``) must be linked to
+  the other kind's child still live (``tp1``); every live child covers at most what is held,
+  so the group never fills more than is held. ``converge`` still does all of the above on
+  top: a reduced child shows in the journal as a cancel (reduced to nothing: the lookup
+  before the cancel adopts the broker's ``canceled``) or as a live child whose journal
+  remainder is larger than held (it is cancelled and replaced at the held size).
+* **A broker without OCO groups** (not declared): a bracket with both a stop-loss and a
+  take-profit is refused when it is placed (``oco_unsupported``, 422, nothing journaled):
+  two independent reducing orders for the whole position is the over-protection above.
+  A single-leg bracket (a stop-loss, or a take-profit, alone) has no second leg to fill and
+  is placed as before, without a group.
 * **Ids**: a child's client order id is ``{kind}{gen}-{parent[:28]}`` (``sl1-...``,
   ``tp2-...``; at most 36 characters of ``[0-9a-z-]``), a pure function of the parent, the
   kind and the generation. Its owner row (``service_orders``, key
@@ -57,7 +76,15 @@ from wal.orders.reconcile_model import EMERGENCY_STOP_PREFIX
 from wal.orders.states import is_final
 from wal.service.owners import CHILD_KEY_PREFIX, OwnerRow, OwnerStore
 
-__all__ = ["KINDS", "Brackets", "Missing", "child_key", "child_order_id", "parse_child_id"]
+__all__ = [
+    "KINDS",
+    "Brackets",
+    "Missing",
+    "child_key",
+    "child_order_id",
+    "oco_group_of",
+    "parse_child_id",
+]
 
 log = logging.getLogger("wal.service.brackets")
 
@@ -75,6 +102,12 @@ def child_order_id(parent: str, kind: str, gen: int) -> str:
     if kind not in KINDS or not 1 <= gen <= 99999:
         raise ValueError(f"bad bracket child {kind!r} generation {gen}")
     return f"{kind}{gen}-{parent[:28]}"
+
+
+def oco_group_of(parent: str) -> str:
+    """The OCO group every child of ``parent`` is placed in (module docstring): at most 32
+    characters of ``[0-9a-z-]``, a client id every listed broker accepts."""
+    return f"oco-{parent[:28]}"
 
 
 def parse_child_id(cid: str) -> tuple[str, int] | None:
@@ -366,6 +399,9 @@ class Brackets:
             time_in_force="gtc",
             account=parent.intent.account,
             client_order_id=cid,
+            # both kinds linked at the broker, reduce on fill: a fill of one shrinks the other
+            # in the same broker transition, never both filled before converge sees it
+            oco_group=oco_group_of(pid) if len(_levels(owner)) > 1 else None,
         )
         try:
             order = await self.om.submit(intent, protective=True)

@@ -3,11 +3,13 @@
 The Idempotency-Key becomes the client order id (``client_order_id_for``). Under the key's
 lock, ``place`` answers the same order again for a used key (200; an order whose outcome is
 not known yet is looked up at the broker by its client id, never sent twice), refuses a used
-key with another body (409), and otherwise checks, in this order: the bracket's prices
-against the market, a halt (the manager's, the log's, the operator's: before anything is
-claimed or counted), the trader's rate limit. Then it claims the key (the owner row,
-committed before the intent is journaled: a journaled order always has its owner) and
-``OrderManager.submit`` journals and sends. A refusal frees the key when nothing of the
+key with another body (409), and otherwise checks, in this order: a bracket with both legs
+against the broker's OCO groups (``oco_unsupported``, 422: a broker that declares none
+would hold its stop-loss and take-profit as two independent orders that can both fill), the
+bracket's prices against the market, a halt (the manager's, the log's, the operator's:
+before anything is claimed or counted), the trader's rate limit. Then it claims the key
+(the owner row, committed before the intent is journaled: a journaled order always has its
+owner) and ``OrderManager.submit`` journals and sends. A refusal frees the key when nothing of the
 order was journaled, and a 503 gives the rate token back.
 """
 
@@ -111,6 +113,7 @@ class OrderDesk:
                     return Placed(order, owner, created=False)
                 # claimed by a run that died (or was refused) before journaling it: nothing
                 # was sent, and it is placed now as a new order (a token, the checks below)
+            self._check_oco(req)
             self._check_brackets_at_market(req)
             self._check_can_trade()
             wait = self.limiter.take(trader)
@@ -184,6 +187,22 @@ class OrderDesk:
         if op is not None:
             return f"trading is {op.public()}; nothing was placed"
         return str(exc)
+
+    def _check_oco(self, req: OrderRequest) -> None:
+        """Both a stop_loss and a take_profit need the broker's OCO groups with reduce on
+        fill (``wal.service.brackets``): refused before anything is claimed or sent."""
+        if req.stop_loss is None or req.take_profit is None:
+            return
+        if self.om.broker.rules.oco_groups is not True:
+            # two independent reducing orders for the whole position: both could fill
+            raise ApiError(
+                422,
+                "oco_unsupported",
+                "an order with both stop_loss and take_profit needs a broker with "
+                "one-cancels-other groups (reduce on fill), and this broker declares none: "
+                "both could fill and reverse the position; place it with one of them",
+                field="take_profit",
+            )
 
     def _check_brackets_at_market(self, req: OrderRequest) -> None:
         """A market order's stop_loss / take_profit on their side of the market price, when
