@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,26 @@ async def many_traders(url: str, tokens: list[str], per: int, own: bool = False)
     return [x for lat, _ in results for x in lat]
 
 
+@contextlib.asynccontextmanager
+async def _connected(url: str, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A trader connected: its WebSocket open (every event read and dropped) and its HTTP
+    connection made (a GET); yields the HTTP client."""
+    async with websockets.connect(_events_url(url, token), max_size=None) as ws:
+        await _until_ready(ws)
+
+        async def reader() -> None:
+            async for raw in ws:
+                json.loads(raw)
+
+        task = asyncio.create_task(reader())
+        try:
+            async with httpx.AsyncClient(base_url=url, headers=auth(token), timeout=60) as c:
+                (await c.get("/api/v1/balance")).raise_for_status()
+                yield c
+        finally:
+            task.cancel()
+
+
 async def _connected_trader(
     url: str,
     token: str,
@@ -123,24 +145,14 @@ async def _connected_trader(
     then every trader's ``ready``; then ``per`` POSTs, back to back (``times`` None) or each
     at its time after the common start (seconds; a POST that is late goes at once)."""
     lat: list[float] = []
-    async with websockets.connect(_events_url(url, token), max_size=None) as ws:
-        await _until_ready(ws)
-
-        async def reader() -> None:
-            async for raw in ws:
-                json.loads(raw)
-
-        task = asyncio.create_task(reader())
-        async with httpx.AsyncClient(base_url=url, headers=auth(token), timeout=60) as c:
-            (await c.get("/api/v1/balance")).raise_for_status()
-            if await ready.wait() == 0:
-                start.append(time.perf_counter())
-            await ready.wait()  # the start time is set
-            for k in range(per):
-                if times is not None:
-                    await asyncio.sleep(max(0.0, start[0] + times[k] - time.perf_counter()))
-                lat.append(await _post(c, symbol))
-        task.cancel()
+    async with _connected(url, token) as c:
+        if await ready.wait() == 0:
+            start.append(time.perf_counter())
+        await ready.wait()  # the start time is set
+        for k in range(per):
+            if times is not None:
+                await asyncio.sleep(max(0.0, start[0] + times[k] - time.perf_counter()))
+            lat.append(await _post(c, symbol))
     return lat
 
 
@@ -175,21 +187,11 @@ async def one_trader_paced(url: str, token: str, n: int, gap: float) -> list[flo
     is late goes at once): the same arrivals as ``n`` traders each an order every ``n * gap``
     s, from one trader. POST latencies in ms."""
     lat: list[float] = []
-    async with websockets.connect(_events_url(url, token), max_size=None) as ws:
-        await _until_ready(ws)
-
-        async def reader() -> None:
-            async for raw in ws:
-                json.loads(raw)
-
-        task = asyncio.create_task(reader())
-        async with httpx.AsyncClient(base_url=url, headers=auth(token), timeout=60) as c:
-            (await c.get("/api/v1/balance")).raise_for_status()
-            t0 = time.perf_counter()
-            for k in range(n):
-                await asyncio.sleep(max(0.0, t0 + k * gap - time.perf_counter()))
-                lat.append(await _post(c, "AAPL"))
-        task.cancel()
+    async with _connected(url, token) as c:
+        t0 = time.perf_counter()
+        for k in range(n):
+            await asyncio.sleep(max(0.0, t0 + k * gap - time.perf_counter()))
+            lat.append(await _post(c, "AAPL"))
     return lat
 
 
