@@ -303,12 +303,7 @@ def test_revision_0005_adds_the_audit_content_and_refuses_to_drop_it_once_used(
     would break at it)."""
 
     def columns() -> list[str]:
-        engine, _ = make_engine(db_url)
-        try:
-            with engine.connect() as c:
-                return [str(col["name"]) for col in sa.inspect(c).get_columns("order_events")]
-        finally:
-            engine.dispose()
+        return _columns(db_url, "order_events")
 
     runner = CliRunner()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
@@ -317,15 +312,9 @@ def test_revision_0005_adds_the_audit_content_and_refuses_to_drop_it_once_used(
     assert down.exit_code == 0 and f"{HEAD} -> 0004" in down.output, down.output
     assert "content" not in columns()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
+    _record_market_buy(db_url, "c1")
     db = DatabaseManager(db_url)
     try:
-        db.record_order_intent(
-            client_order_id="c1",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(1),
-            order_type="market",
-        )
         assert db.get_order_events("c1")[0]["content"] is not None
     finally:
         db.dispose()
@@ -342,27 +331,12 @@ def test_revision_0006_adds_the_oco_group_and_refuses_to_drop_it_once_used(
     (its created event's hash covers it). An order without a group hashes as before."""
 
     def columns() -> list[str]:
-        engine, _ = make_engine(db_url)
-        try:
-            with engine.connect() as c:
-                return [str(col["name"]) for col in sa.inspect(c).get_columns("orders")]
-        finally:
-            engine.dispose()
+        return _columns(db_url, "orders")
 
     runner = CliRunner()
     assert runner.invoke(atb, ["db", "--database-url", db_url, "upgrade"]).exit_code == 0
     assert columns()[-1] == "oco_group"
-    db = DatabaseManager(db_url)
-    try:
-        db.record_order_intent(
-            client_order_id="c0",
-            symbol="AAPL",
-            side="buy",
-            quantity=Decimal(1),
-            order_type="market",
-        )
-    finally:
-        db.dispose()
+    _record_market_buy(db_url, "c0")
     down = runner.invoke(atb, ["db", "--database-url", db_url, "downgrade", "0005"])
     assert down.exit_code == 0 and f"{HEAD} -> 0005" in down.output, down.output
     assert "oco_group" not in columns()
@@ -399,3 +373,24 @@ def test_readers_of_a_sqlite_file_that_is_not_there_create_nothing(tmp_path: Pat
     with pytest.raises(WALDatabaseError, match="no database at"):
         DatabaseManager(url, read_only=True)
     assert not (tmp_path / "typo").exists()
+
+
+def _columns(db_url: str, table: str) -> list[str]:
+    """The table's column names, in order."""
+    engine, _ = make_engine(db_url)
+    try:
+        with engine.connect() as c:
+            return [str(col["name"]) for col in sa.inspect(c).get_columns(table)]
+    finally:
+        engine.dispose()
+
+
+def _record_market_buy(db_url: str, cid: str) -> None:
+    """One order intent journaled in the database: a market buy of 1 AAPL."""
+    db = DatabaseManager(db_url)
+    try:
+        db.record_order_intent(
+            client_order_id=cid, symbol="AAPL", side="buy", quantity=Decimal(1), order_type="market"
+        )
+    finally:
+        db.dispose()
