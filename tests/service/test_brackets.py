@@ -6,6 +6,8 @@ in-process crash point where the test needs one)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -373,16 +375,30 @@ def test_children_are_capped_by_the_room_the_position_leaves(env: Env) -> None:
     run(go())
 
 
+@contextlib.asynccontextmanager
+async def _runtime(
+    tmp_path: Path, *, oco_groups: bool | None = None
+) -> AsyncIterator[tuple[ServiceRuntime, PaperBroker]]:
+    """A started ``ServiceRuntime`` on SQLite and an in-process paper broker (declaring OCO
+    groups unless ``oco_groups=False``); stopped, its log closed, on the way out."""
+    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
+    ensure_schema(ddb.db.engine, ddb.db.safe_url)
+    paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0, oco_groups=oco_groups))
+    cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
+    rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
+    try:
+        await rt.start()
+        await rt.started()
+        yield rt, paper
+    finally:
+        await rt.stop()
+        ddb.stop()
+        ddb.db.dispose()
+
+
 def test_the_runtime_places_the_children_of_a_posted_order(tmp_path: Path) -> None:
     async def go() -> None:
-        ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
-        ensure_schema(ddb.db.engine, ddb.db.safe_url)
-        paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0))
-        cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
-        rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
-        try:
-            await rt.start()
-            await rt.started()
+        async with _runtime(tmp_path) as (rt, paper):
             req = OrderRequest(
                 symbol="AAPL",
                 side="buy",
@@ -404,10 +420,6 @@ def test_the_runtime_places_the_children_of_a_posted_order(tmp_path: Path) -> No
                 (child_order_id(cid, "tp", 1), "limit", D(3)),
             ]
             assert rt.owners.trader_of(child_order_id(cid, "sl", 1)) == "t9"
-        finally:
-            await rt.stop()
-            ddb.stop()
-            ddb.db.dispose()
 
     run(go())
 
@@ -574,14 +586,7 @@ def test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_le
     nothing claimed, journaled or sent); a single stop-loss is placed as before."""
 
     async def go() -> None:
-        ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
-        ensure_schema(ddb.db.engine, ddb.db.safe_url)
-        paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0, oco_groups=False))
-        cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
-        rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
-        try:
-            await rt.start()
-            await rt.started()
+        async with _runtime(tmp_path, oco_groups=False) as (rt, paper):
             both = OrderRequest(
                 symbol="AAPL",
                 side="buy",
@@ -607,10 +612,6 @@ def test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_le
             assert [(k.client_order_id, k.oco_group) for k in kids] == [
                 (child_order_id(pid, "sl", 1), None)
             ]
-        finally:
-            await rt.stop()
-            ddb.stop()
-            ddb.db.dispose()
 
     run(go())
 
