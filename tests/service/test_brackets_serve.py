@@ -26,18 +26,7 @@ def _broker_orders(svc: ServiceProc) -> list[dict[str, Any]]:
 
 def test_a_filled_order_with_a_bracket_has_both_children_at_the_broker(svc: ServiceProc) -> None:
     token = svc.token("bracket-trader")
-    body = {
-        "symbol": "BRKT",
-        "side": "buy",
-        "quantity": "3",
-        "stop_loss": "95",
-        "take_profit": "105",
-    }
-    headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
-    r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
-    assert r.status_code == 201, r.text
-    cid = r.json()["id"]
-    assert r.json()["state"] == "filled"
+    cid = _buy_3_bracketed(svc, token, "BRKT")
     sl, tp = child_order_id(cid, "sl", 1), child_order_id(cid, "tp", 1)
 
     def children() -> dict[str, dict[str, Any]]:
@@ -83,17 +72,7 @@ def test_a_child_that_could_not_be_placed_is_listed_by_readyz_metrics_and_positi
     svc.start()
     try:
         svc.wait_ready()
-        body = {
-            "symbol": "EXPO",
-            "side": "buy",
-            "quantity": "3",
-            "stop_loss": "95",
-            "take_profit": "105",
-        }
-        headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
-        r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
-        assert r.status_code == 201 and r.json()["state"] == "filled", r.text
-        cid = r.json()["id"]
+        cid = _buy_3_bracketed(svc, token, "EXPO")
 
         def unprotected() -> list[dict[str, Any]]:
             ready = httpx.get(svc.url + "/readyz", timeout=30)
@@ -148,17 +127,7 @@ def test_a_price_through_both_children_while_the_service_is_down_ends_flat(
     svc.start()
     try:
         svc.wait_ready()
-        body = {
-            "symbol": "OCOX",
-            "side": "buy",
-            "quantity": "3",
-            "stop_loss": "95",
-            "take_profit": "105",
-        }
-        headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
-        r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
-        assert r.status_code == 201 and r.json()["state"] == "filled", r.text
-        cid = r.json()["id"]
+        cid = _buy_3_bracketed(svc, token, "OCOX")
         sl, tp = child_order_id(cid, "sl", 1), child_order_id(cid, "tp", 1)
 
         def children() -> dict[str, dict[str, Any]]:
@@ -200,3 +169,19 @@ def _broker_positions(svc: ServiceProc) -> dict[str, Decimal]:
     state = PaperBroker.read_state(svc.paper_state)
     assert state is not None
     return {s: Decimal(q) for s, (q, _) in state["positions"].items() if Decimal(q) != 0}
+
+
+def _buy_3_bracketed(svc: ServiceProc, token: str, symbol: str) -> str:
+    """POST a market buy of 3 with a stop-loss at 95 and a take-profit at 105; asserted
+    201 and filled; its id."""
+    body = {
+        "symbol": symbol,
+        "side": "buy",
+        "quantity": "3",
+        "stop_loss": "95",
+        "take_profit": "105",
+    }
+    headers = auth(token) | {"Idempotency-Key": uuid.uuid4().hex}
+    r = httpx.post(svc.url + "/api/v1/orders", json=body, headers=headers, timeout=30)
+    assert r.status_code == 201 and r.json()["state"] == "filled", r.text
+    return str(r.json()["id"])
