@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -126,7 +127,12 @@ class OrderManager(OrderFills):
     # ------------------------------------------------------------------ submit
 
     async def submit(
-        self, intent: OrderIntent, *, protective: bool = False, _reconciliation: bool = False
+        self,
+        intent: OrderIntent,
+        *,
+        protective: bool = False,
+        before_journal: Callable[[], Awaitable[None]] | None = None,
+        _reconciliation: bool = False,
     ) -> Order:
         """Validate, journal, send (see the module docstring); the order as it stands.
 
@@ -142,6 +148,13 @@ class OrderManager(OrderFills):
         A client id with a reserved prefix (``orphan-``, ``es-``, ``close-``: the startup
         reconciler's own orders) is refused (``reserved_client_order_id``) unless
         ``_reconciliation=True``, which only the reconciler passes (with ``protective``).
+
+        ``before_journal``: awaited once, after every check passed and the order is reserved,
+        just before the intent is journaled (a new order only: not for a retry of a journaled
+        one). What must be durable before the order exists goes there: the order service
+        commits the order's owner row, a write it begins before calling ``submit`` so that its
+        commit overlaps the checks (the balance read). What it raises refuses the order
+        (nothing journaled or sent) and is raised to the caller.
         """
         if _reconciliation and not protective:
             raise RuntimeError("_reconciliation=True is the reconciler's, for protective orders")
@@ -162,6 +175,8 @@ class OrderManager(OrderFills):
             # submit sees this order's reservation; no global lock is held past this point
             await self._check_risk(intent, check=not protective)
             try:
+                if before_journal is not None:
+                    await before_journal()  # the caller's record that precedes the journal
                 check_transition(_S.PENDING, _S.SUBMITTING)
                 submitted = OrderEvent(cid, 2, EventKind.SUBMITTED, _S.SUBMITTING, utc_now())
                 # ONE group commit, one fsync: the intent (PENDING) and SUBMITTING, durable

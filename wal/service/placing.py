@@ -8,8 +8,10 @@ against the broker's OCO groups (``oco_unsupported``, 422: a broker that declare
 would hold its stop-loss and take-profit as two independent orders that can both fill), the
 bracket's prices against the market, a halt (the manager's, the log's, the operator's:
 before anything is claimed or counted), the trader's rate limit. Then it claims the key
-(the owner row, committed before the intent is journaled: a journaled order always has its
-owner) and ``OrderManager.submit`` journals and sends. A refusal frees the key when nothing of the
+(the owner row) and ``OrderManager.submit`` journals and sends. The owner row's commit is begun
+first and awaited by the manager just before it journals the intent (``before_journal``): the
+commit overlaps the manager's checks (its balance read), and a journaled order always has its
+owner. A refusal frees the key when nothing of the
 order was journaled, and a 503 gives the rate token back.
 """
 
@@ -143,11 +145,19 @@ class OrderDesk:
     ) -> Placed:
         """Claim the key (its owner row) and submit the order (the key's lock held)."""
         await self._fund(trader)
+        claim: asyncio.Future[OwnerRow] | None = None
         if owner is None:
             row = OwnerRow(cid, trader, key, fingerprint, req.stop_loss, req.take_profit)
+            # begun now, awaited just before the intent is journaled (``claimed``): its commit
+            # overlaps the manager's checks (the balance read) and still precedes the journal
+            claim = asyncio.ensure_future(asyncio.to_thread(self.owners.claim, row))
+
+        async def claimed() -> None:
+            """The owner row committed: a journaled order always has its owner."""
+            if claim is None:
+                return
             try:
-                # committed before the intent is journaled: a journaled order has its owner
-                owner = await asyncio.to_thread(self.owners.claim, row)
+                await claim
             except Exception as exc:
                 raise ApiError(
                     503,
@@ -156,13 +166,17 @@ class OrderDesk:
                     "retry with the same Idempotency-Key",
                     headers={"Retry-After": "1"},
                 ) from exc
+
         intent = _intent(req, cid, account_of(trader))
         try:
-            order = await self.om.submit(intent)
+            order = await self.om.submit(intent, before_journal=claimed)
+            await claimed()  # done already, unless the manager answered a journaled order
         except OrderRejected as exc:
+            await _settled(claim)  # a claim still being committed is not released under it
             await self._release_unplaced(cid)
             raise ApiError(422, exc.reason.value, exc.message, field=exc.field) from exc
         except TradingHalted as exc:
+            await _settled(claim)
             await self._release_unplaced(cid)
             raise ApiError(
                 503, "halted", self._halt_text(exc), headers={"Retry-After": "5"}
@@ -170,6 +184,11 @@ class OrderDesk:
         except WALWriteError as exc:
             self.health.fail(exc)
             raise ApiError(503, "log_failed", str(exc)) from exc
+        finally:
+            await _settled(claim)  # never a claim left running (its error read, not lost)
+        if claim is not None:
+            owner = claim.result()
+        assert owner is not None
         if req.stop_loss is not None or req.take_profit is not None:
             self.brackets.track(cid)  # its stop_loss / take_profit follow its fills
             self.kick_bracket(cid)
@@ -279,6 +298,14 @@ class OrderDesk:
         except WALWriteError as exc:
             self.health.fail(exc)
             raise ApiError(503, "log_failed", str(exc)) from exc
+
+
+async def _settled(claim: asyncio.Future[OwnerRow] | None) -> None:
+    """Wait until ``claim`` has finished, whatever its outcome (read by ``claimed``)."""
+    if claim is not None and not claim.done():
+        await asyncio.wait([claim])
+    if claim is not None and not claim.cancelled():
+        claim.exception()  # read: never "exception was never retrieved"
 
 
 def _intent(req: OrderRequest, cid: str, account: str) -> OrderIntent:
