@@ -1522,7 +1522,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the caller's record (the service's owner row) is durable before the intent is journaled",
         "                    await before_journal()  # the caller's record that precedes the journal\n",
         "                    pass\n",
-        ("tests/service/test_placing.py::test_a_refused_owner_row_places_nothing_and_frees_the_key",),
+        (
+            "tests/service/test_placing.py::test_a_refused_owner_row_places_nothing_and_frees_the_key",
+        ),
         "service",
     ),
     Mutation(
@@ -1531,7 +1533,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "an owner row the database refuses refuses the order (503): nothing journaled or sent",
         "                await claim\n            except Exception as exc:\n",
         "                await asyncio.wait([claim])\n            except Exception as exc:\n",
-        ("tests/service/test_placing.py::test_a_refused_owner_row_places_nothing_and_frees_the_key",),
+        (
+            "tests/service/test_placing.py::test_a_refused_owner_row_places_nothing_and_frees_the_key",
+        ),
         "service",
     ),
     Mutation(
