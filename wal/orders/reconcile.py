@@ -78,11 +78,13 @@ from wal.orders.reconcile_model import (
     cancel_at_broker,
     emergency_stop_price,
     error_text,
+    exposure,
     is_live,
     is_stop,
     is_synthetic,
     orphan_order_id,
     protects,
+    reduces,
     remaining,
 )
 from wal.orders.states import OrderState, is_final
@@ -191,6 +193,7 @@ class StartupReconciler:
             errors=tuple(c.errors),
             stops_canceled=c.stop_cancels,
             positions_closed=c.closed,
+            exits_canceled=c.exit_cancels,
             dry_run=dry_run,
             actions=tuple(c.actions),
         )
@@ -227,6 +230,19 @@ class StartupReconciler:
             cover = sum((remaining(bo) for bo in mine_stops if protects(bo, pos)), Decimal(0))
             if pos != 0 and cover != abs(pos):
                 problems.append(f"{sym}: the stops cover {cover} of the {pos} position")
+        live = [bo for bo in open_orders if is_live(bo)]
+        for sym, pos in sorted(theirs.items()):
+            # every live reducing order (take-profits too) executing: never past zero
+            worst = exposure(
+                (bo.oco_group, remaining(bo))
+                for bo in live
+                if bo.symbol == sym and reduces(bo, pos)
+            )
+            if worst > abs(pos):
+                problems.append(
+                    f"{sym}: its live reducing orders could execute {worst} of the {pos} "
+                    "position (an OCO group counted as its largest member)"
+                )
         journal = {o.client_order_id: o for o in await asyncio.to_thread(self.om.journal.orders)}
         at_broker = {bo.client_order_id: bo for bo in open_orders}
         for cid, o in sorted(journal.items()):
