@@ -126,6 +126,42 @@ def quiet(rig: Rig, broker: PaperBroker) -> None:
     assert broker.write_calls() == writes
 
 
+# ---------------------------------------------------------------------------- the key test
+
+CASES = {  # the legs live at the restart, how many emergency stops get refused
+    "tp_in_group": ([("tp", "10", "oco-b1")], 0),
+    "tp_alone": ([("tp", "10", None)], 0),
+    "sl6_tp10_one_group": ([("sl", "6", "oco-b1"), ("tp", "10", "oco-b1")], 0),
+    "sl6_alone_tp10_in_group": ([("sl", "6", None), ("tp", "10", "oco-b1")], 0),
+    "close_tp_in_group": ([("tp", "10", "oco-b1")], FAST.stop_attempts),
+    "close_tp_alone": ([("tp", "10", None)], FAST.stop_attempts),
+    "close_4_beside_sl6": ([("sl", "6", None), ("tp", "10", "oco-b1")], FAST.stop_attempts),
+}
+
+
+@pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_after_the_reconciler_the_market_never_turns_the_long_short(
+    db_url: str, tmp_path: Path, case: str, path: tuple[str, ...]
+) -> None:
+    """The defect, end to end: a long of 10 with a take-profit live (its stop-loss refused
+    or partial), the reconciler run (an emergency stop, or a close when every stop is
+    refused), then the market through the take-profit and the stops, in either order. The
+    position never goes short and ends flat. (The old code: short 10, or short 4.)"""
+    legs, refusals = CASES[case]
+    rig, broker, _ = setup(tmp_path, [leg(*x) for x in legs], url=db_url)
+    if refusals:
+        broker.faults = FaultPlan().on("submit_order", Fault.REJECT, times=refusals)
+    try:
+        r = reconcile(rig)
+        assert not [e for e in r.errors if "refus" not in e], r.errors
+        seen = walk(broker, path)
+        assert all(q >= 0 for q in seen), f"the long turned short: {seen}"
+        assert broker.net_positions() == {}, seen
+    finally:
+        rig.close()
+
+
 # ---------------------------------------------------------------------------- the ES links
 
 
