@@ -243,15 +243,15 @@ def test_a_partial_stop_loss_keeps_its_group_and_the_take_profit_goes(
 def test_an_emergency_stop_never_joins_a_group_that_holds_a_stop(
     tmp_path: Path, path: tuple[str, ...]
 ) -> None:
-    """Stop-loss 6 and take-profit 4 in one group (they execute at most 6): the emergency
-    stop of 4 stays outside it. Inside, the stop-loss's fill would take 6 off it and leave
-    4 of the long bare."""
-    rig, broker, (sl, tp) = setup(tmp_path, [leg("sl", "6", "g"), leg("tp", "4", "g")])
+    """Stop-loss 4 and take-profit 4 in one group (they execute at most 4): the emergency
+    stop of 6 stays outside it. Inside, its own fill would take the stop-loss off, or the
+    stop-loss's fill 4 off it, and leave 4 of the long bare."""
+    rig, broker, (sl, tp) = setup(tmp_path, [leg("sl", "4", "g"), leg("tp", "4", "g")])
     try:
         r = reconcile(rig)
         assert r.emergency_stops_placed == 1 and r.exits_canceled == 0, r
         ((stop),) = es(broker)
-        assert (stop.quantity, stop.oco_group) == (D(4), None)
+        assert (stop.quantity, stop.oco_group) == (D(6), None)
         assert set(live(broker)) == {sl, tp, stop.client_order_id} and exposure_ok(broker)
         seen = walk(broker, path)
         assert all(q >= 0 for q in seen) and broker.net_positions() == {}, seen
