@@ -23,6 +23,26 @@ intent and its fill) is completed, never skipped for a second one.
    Only definite refusals count toward ``stop_attempts``; after that many the position is
    closed at market.
 4. No stop is sent for a symbol with a journal order whose outcome is still unresolved.
+5. **Never past zero.** A reducing order that is not a stop (a bracket's take-profit
+   ``tp1-...``, a user's limit sell against a long) executes too. After the reconciler acts,
+   all the live reducing orders of a symbol filling together (``exposure``: an OCO group
+   counts as its largest member, reduce on fill) never execute more than the position, and
+   the stops still cover it exactly. Protection beats profit-taking:
+
+   * before an emergency stop is sent, on a broker that declares OCO groups, it joins the
+     group of a take-profit it covers (``_link``: every live member of the group a reducing
+     order that is not a stop, none larger than the stop; never a group holding a stop, whose
+     fill would reduce the emergency stop and leave part of the position bare); then what
+     would still execute more than the position is cancelled (``_trim_exits``: newest first,
+     those whose cancel lowers the worst case first; ``exits_canceled``);
+   * before a market close, the same against what the close leaves (a whole close: every
+     such order, or a take-profit left on the flat position would open the opposite one);
+   * with the stops already exact, the same against the position.
+
+   Each cancel journals its reason first and is confirmed final before anything is placed;
+   an unconfirmed one stops the work on that symbol (as for a stop). The end check
+   (:mod:`wal.orders.reconcile`) fails a position whose live reducing orders could execute
+   more than it, so a pass succeeds only when protection is exact and never past zero.
 
 ``StartupReconciler`` (:mod:`wal.orders.reconcile`) runs it after phase 1, then checks the
 result from the broker's state (its end check) and runs again within its budget.

@@ -43,17 +43,23 @@ crash, because every decision is read from the journal:
   order). A child whose outcome is unknown is chased (the same intent again: looked up) before
   anything else is done for its parent.
 * **Never over-protected**: what a kind covers is capped by the room the journal's net
-  position in the symbol leaves beside the reducing orders of that kind that are not this
-  bracket's (stops for a stop-loss, limits for a take-profit): a trader who sells part of a
-  bracketed position by hand shrinks its children. The reconciler's emergency stops
-  (``es-...``, its stand-ins for missing protection) are cancelled to make room for the
-  trader's stop-loss. A child the broker or the checks refuse is a ``problem`` (the log,
-  ``/readyz`` details), not sent again at the same size.
+  position in the symbol leaves beside the reducing orders that are not this bracket's and
+  can execute beside it (stops for a stop-loss; for a take-profit, limits and every stop
+  outside the bracket's OCO group): a trader who sells part of a bracketed position by hand
+  shrinks its children, and a take-profit is never placed beside an emergency stop or a
+  user's stop outside its group (both could fill: a long of 10 sold 20). The reconciler's
+  emergency stops (``es-...``, its stand-ins for missing protection) are cancelled to make
+  room for the trader's stop-loss, never for one refused at that size (cancelled, the
+  position would be left bare). A child the broker or the checks refuse is a ``problem``
+  (the log, ``/readyz`` details), not sent again at the same size.
 
 The startup reconciler (:mod:`wal.orders.stops`) sees a stop-loss child as a user stop that
-protects the position (kept while the stops are exact) and a take-profit as an ordinary open
-order; ``ServiceRuntime`` converges every bracket before it (so the reconciler finds the
-protection exact) and again after it (what its phase 1 booked).
+protects the position (kept while the stops are exact) and a take-profit as a reducing order
+that is not a stop: its emergency stop joins the take-profit's group when that group holds
+no stop, else the take-profit is cancelled before the emergency stop or a market close (all
+the live reducing orders never execute more than the position). ``ServiceRuntime``
+converges every bracket before it (so the reconciler finds the protection exact) and again
+after it (what its phase 1 booked).
 """
 
 from __future__ import annotations
