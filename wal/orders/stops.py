@@ -117,6 +117,7 @@ class PositionReconciler:
         self._now = now
         self._lookup = lookup
         self._positions_now = positions
+        self._gone: set[str] = set()  # broker ids whose cancel this pass confirmed (or plans)
 
     @exact
     async def run(self, snap: Snapshot, c: Counts, dry: bool, planned_fills: list[Fill]) -> None:
@@ -124,7 +125,7 @@ class PositionReconciler:
         would have journaled (a dry run)."""
         om = self.om
         now = self._now()
-        self._gone: set[str] = set()  # broker ids whose cancel this pass confirmed (or plans)
+        self._gone = set()  # a new pass: only its own confirmed cancels count
         broker_pos = {p.symbol: p for p in snap.positions if p.quantity != 0}
         mine = dict(om.positions())
         for f in planned_fills:  # a dry run: what phase 1 would have journaled
