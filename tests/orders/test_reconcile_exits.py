@@ -360,3 +360,17 @@ def test_the_end_check_counts_every_reducing_order(tmp_path: Path) -> None:
         assert any("could execute 15 of the 10 position" in p for p in problems), problems
     finally:
         rig.close()
+
+
+def test_a_dry_run_reports_the_link_and_the_cancel_and_changes_nothing(tmp_path: Path) -> None:
+    rig, broker, (_sl, tp) = setup(tmp_path, [leg("sl", "6", None), leg("tp", "10", "oco-b1")])
+    try:
+        writes = broker.write_calls()
+        r = run(StartupReconciler(rig.om, FAST).run(dry_run=True))
+        assert r.exits_canceled == 1 and r.emergency_stops_placed == 1, r
+        assert any(a.startswith(f"cancel order {tp} ") for a in r.actions), r.actions
+        assert broker.write_calls() == writes
+        r = run(StartupReconciler(rig.om, FAST).run(dry_run=True))  # still only planned
+        assert r.exits_canceled == 1, r
+    finally:
+        rig.close()
