@@ -154,9 +154,9 @@ def reconcile_cmd(
 
     --json prints {orders_reconciled, orders_adopted, orphans_detected,
     orphan_orders_canceled, emergency_stops_placed, fills_inferred, stops_canceled,
-    positions_closed, errors, dry_run, actions}. Exit 0: reconciled without errors; 1:
-    errors, or a fatal failure (trading would stay halted); 2: no log or not its database;
-    3: the broker or the database did not answer (nothing was changed).
+    positions_closed, exits_canceled, errors, dry_run, actions}. Exit 0: reconciled without
+    errors; 1: errors, or a fatal failure (trading would stay halted); 2: no log or not its
+    database; 3: the broker or the database did not answer (nothing was changed).
 
     \b
     Examples:

@@ -79,6 +79,7 @@ class Mutation:
 
 # ---------------------------------------------------------------------------- the reconciler's decisions
 RP = "tests/orders/test_reconcile_protect.py::"
+RX = "tests/orders/test_reconcile_exits.py::"
 RC = "tests/orders/test_reconcile.py::"
 AU = "tests/orders/test_audit.py::"
 AC = "tests/orders/test_audit_content.py::"
@@ -2011,6 +2012,94 @@ OCO: tuple[Mutation, ...] = (
         "    return bo.quantity - bo.filled_quantity\n",
         (BR + "test_the_reconciler_finds_a_stop_reduced_by_its_group_exact",),
         "reconciler",
+    ),
+    Mutation(
+        "exits-trimmed-before-the-emergency-stop",
+        "wal/orders/stops.py",
+        "before an emergency stop is sent, the reducing orders that are not stops and would execute more than the position beside it are cancelled",
+        "        await self._trim_exits(bp.symbol, exits, [*kept, (group, qty)], abs(bp.quantity), c, dry)\n",
+        "        pass\n",
+        (
+            RX + "test_after_the_reconciler_the_market_never_turns_the_long_short",
+            RX + "test_a_take_profit_outside_any_group_is_cancelled_before_the_emergency_stop",
+        ),
+        "reconciler",
+    ),
+    Mutation(
+        "exits-trimmed-before-the-close",
+        "wal/orders/stops.py",
+        "before a market close, the reducing orders that are not stops and would execute more than what it leaves are cancelled",
+        "        await self._trim_exits(bp.symbol, exits, kept, abs(bp.quantity) - qty, c, dry)\n",
+        "        pass\n",
+        (RX + "test_a_market_close_never_leaves_the_take_profit_live",),
+        "reconciler",
+    ),
+    Mutation(
+        "exits-trimmed-beside-exact-stops",
+        "wal/orders/stops.py",
+        "stops already exact: a reducing order that is not a stop and would execute past zero beside them is cancelled",
+        "            await self._trim_exits(sym, exits, [_item(b) for b in reducing], size, c, dry)\n",
+        "            pass\n",
+        (RX + "test_a_user_limit_beside_exact_stops_is_cancelled",),
+        "reconciler",
+    ),
+    Mutation(
+        "exit-cancel-confirmed-before-placing",
+        "wal/orders/stops.py",
+        "a reconciler cancel counts only once the journal holds the order cancelled (unconfirmed: nothing is placed beside it)",
+        "            if order.state is _S.CANCELLED and order.filled_quantity <= bo.filled_quantity:\n",
+        "            if True:\n",
+        (RX + "test_an_unconfirmed_cancel_of_a_take_profit_places_nothing",),
+        "reconciler",
+    ),
+    Mutation(
+        "emergency-stop-joins-only-a-stop-free-group",
+        "wal/orders/stops.py",
+        "an emergency stop joins an OCO group only if every live member is a reducing order that is not a stop",
+        "            if live and all(m.broker_order_id in mine for m in live):\n",
+        "            if live:\n",
+        (RX + "test_an_emergency_stop_never_joins_a_group_that_holds_a_stop",),
+        "reconciler",
+    ),
+    Mutation(
+        "emergency-stop-joins-the-take-profits-group",
+        "wal/orders/stops.py",
+        "an emergency stop joins the stop-free OCO group of a take-profit it covers (the take-profit kept, never both filled)",
+        "        return min(fits)[1] if fits else None\n",
+        "        return None\n",
+        (RX + "test_an_emergency_stop_joins_the_take_profits_group_and_never_flips_the_long",),
+        "reconciler",
+    ),
+    Mutation(
+        "end-check-counts-every-reducing-order",
+        "wal/orders/reconcile.py",
+        "the end check fails a position whose live reducing orders (an OCO group as its largest member) could execute more than it",
+        "            if worst > abs(pos):\n",
+        "            if False:\n",
+        (RX + "test_the_end_check_counts_every_reducing_order",),
+        "reconciler",
+    ),
+    Mutation(
+        "bracket-take-profit-room-beside-foreign-stops",
+        "wal/service/brackets.py",
+        "a bracket's take-profit is capped by the stops outside its OCO group (never placed again beside an emergency stop)",
+        '                return kind == "sl" or group is None or o.intent.oco_group != group\n',
+        '                return kind == "sl"\n',
+        (
+            BR
+            + "test_a_take_profit_is_not_placed_again_beside_an_emergency_stop_outside_its_group",
+            BR + "test_children_are_capped_by_the_room_the_position_leaves",
+        ),
+        "service",
+    ),
+    Mutation(
+        "bracket-keeps-the-emergency-stop-for-a-refused-stop-loss",
+        "wal/service/brackets.py",
+        "an emergency stop is never cancelled to make room for a stop-loss refused at that size",
+        "            if self._refused.get((pid, kind)) == held:\n",
+        "            if False:\n",
+        (BR + "test_a_refused_stop_loss_keeps_the_emergency_stop_linked_to_its_take_profit",),
+        "service",
     ),
     Mutation(
         "bracket-children-in-one-oco-group",

@@ -359,7 +359,9 @@ def test_children_are_capped_by_the_room_the_position_leaves(env: Env) -> None:
         await env.om.submit(stop)  # the trader's own stop covers 15 of the 20 after k1
         cid = await env.place("k1", sl="90", tp="110")
         await env.brackets.converge(cid)
-        assert env.protection() == {"sl": D(5), "tp": D(10)}  # stops sum to the position
+        # stops sum to the position; the take-profit is capped by the trader's stop outside
+        # its group too (a take-profit of 10 filled, then the stop of 15: a short of 5)
+        assert env.protection() == {"sl": D(5), "tp": D(5)}
         sell = OrderIntent(
             symbol="AAPL",
             side="sell",
@@ -641,5 +643,87 @@ def test_the_reconciler_finds_a_stop_reduced_by_its_group_exact(tmp_path: Path) 
 
     try:
         run(go())
+    finally:
+        e.close()
+
+
+# ---------------------------------------------------------------------- beside the reconciler
+
+UP_THEN_DOWN = ("111", "97", "89")  # through the take-profit (110), then every stop
+DOWN_THEN_UP = ("97", "89", "111")
+
+
+def _walk(e: Env, path: tuple[str, ...]) -> list[D]:
+    """Move the paper market through ``path``; the broker's position after each step."""
+    seen = []
+    for p in path:
+        e.broker.set_price("AAPL", D(p))
+        seen.append(e.broker.net_positions().get("AAPL", D(0)))
+    return seen
+
+
+@pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
+def test_a_refused_stop_loss_keeps_the_emergency_stop_linked_to_its_take_profit(
+    tmp_path: Path, path: tuple[str, ...]
+) -> None:
+    """The stop-loss is refused at startup, the take-profit placed: the reconciler's
+    emergency stop joins the bracket's group, and the sweep after it keeps it (the old sweep
+    cancelled it to make room for a stop-loss it would not send again: the position was
+    left with its take-profit only). The market through both, either order: flat, never
+    short."""
+    e = Env(tmp_path)
+
+    async def placed() -> str:
+        await e.om.load()
+        e.om.resume()
+        return await e.place("k1")  # filled; its children not placed yet (the process dies)
+
+    try:
+        cid = run(placed())
+        e.restart(faults=FaultPlan().on("submit_order", Fault.REJECT, nth=1))  # the stop-loss
+        result = run(e.startup())
+        assert result.emergency_stops_placed == 1 and result.exits_canceled == 0, result
+        live = {o.client_order_id: o for o in e.live()}
+        es = [o for c, o in live.items() if c.startswith("es-")]
+        assert len(es) == 1 and set(live) == {es[0].client_order_id, child_order_id(cid, "tp", 1)}
+        assert {o.oco_group for o in live.values()} == {oco_group_of(cid)}
+        assert es[0].remaining == 10  # the stops cover the position exactly
+        assert "stop-loss" in e.brackets.problems[cid]
+        again = run(StartupReconciler(e.om, FAST_REC).run())
+        assert again.changes == 0 and again.errors == (), again
+        seen = _walk(e, path)
+        assert all(q >= 0 for q in seen) and e.broker.net_positions() == {}, seen
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
+def test_a_take_profit_is_not_placed_again_beside_an_emergency_stop_outside_its_group(
+    tmp_path: Path, path: tuple[str, ...]
+) -> None:
+    """A take-profit-only bracket (no group) at a restart: the reconciler cancels it for its
+    emergency stop; the sweep after it must not place it again beside that stop (the old
+    one did: tp2 of 10 beside es- of 10, a short of 10 through 110 then 98)."""
+    e = Env(tmp_path)
+
+    async def placed() -> str:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", sl=None)
+        await e.brackets.converge(cid)
+        return cid
+
+    try:
+        cid = run(placed())
+        assert [o.client_order_id for o in e.live()] == [child_order_id(cid, "tp", 1)]
+        e.restart()
+        result = run(e.startup())
+        assert result.exits_canceled == 1 and result.emergency_stops_placed == 1, result
+        live = e.live()
+        assert len(live) == 1 and live[0].client_order_id.startswith("es-"), live
+        run(e.brackets.sweep())  # and again: still nothing beside it
+        assert len(e.live()) == 1
+        seen = _walk(e, path)
+        assert all(q >= 0 for q in seen) and e.broker.net_positions() == {}, seen
     finally:
         e.close()

@@ -17,9 +17,11 @@ status string that ``BROKER_STATUS`` does not know, is ``ReconciliationFatalErro
 A run is **passes** (up to ``run_attempts``): fetch, phase 1, phase 2, then the **end
 check**, read from the broker at that moment: the journal's positions equal the broker's,
 every position's stops on its reducing side sum exactly to it (none would open or grow one),
-every journal order is settled (final, or open at the broker with the same filled quantity),
-every open broker order is open in the journal. Only then does the run succeed; otherwise the
-next pass starts from a fresh fetch, and after the last one it is ``ReconciliationFatalError``.
+all its live reducing orders (take-profits too; an OCO group counted as its largest member)
+could never execute more than it, every journal order is settled (final, or open at the
+broker with the same filled quantity), every open broker order is open in the journal. Only
+then does the run succeed; otherwise the next pass starts from a fresh fetch, and after the
+last one it is ``ReconciliationFatalError``.
 
 **Phase 1, orders**: every journal order not in a final state is found at the broker (in the
 fetched lists, else looked up by client id: also an order *without* a broker id, since the
@@ -42,7 +44,9 @@ symbol whose journal order has executions it could not book); then protection is
 stops that would open or grow a position are cancelled, the reducing side is resized to the
 position, an emergency stop ``es-...`` covers what is left (prices on the tick,
 :mod:`wal.orders.ticks`), a stop of unknown outcome is looked up before anything else is
-sent, and only definite refusals lead to a market close.
+sent, and only definite refusals lead to a market close. A reducing order that is not a stop
+(a take-profit) never executes past zero beside them: the emergency stop joins its stop-free
+OCO group, or it is cancelled (confirmed) before the emergency stop or the close.
 
 **Result**: ``ReconciliationResult`` (frozen); errors are collected, every position is
 processed. A second run right after a successful one reports all zeros and makes no write
@@ -78,11 +82,13 @@ from wal.orders.reconcile_model import (
     cancel_at_broker,
     emergency_stop_price,
     error_text,
+    exposure,
     is_live,
     is_stop,
     is_synthetic,
     orphan_order_id,
     protects,
+    reduces,
     remaining,
 )
 from wal.orders.states import OrderState, is_final
@@ -191,6 +197,7 @@ class StartupReconciler:
             errors=tuple(c.errors),
             stops_canceled=c.stop_cancels,
             positions_closed=c.closed,
+            exits_canceled=c.exit_cancels,
             dry_run=dry_run,
             actions=tuple(c.actions),
         )
@@ -227,6 +234,19 @@ class StartupReconciler:
             cover = sum((remaining(bo) for bo in mine_stops if protects(bo, pos)), Decimal(0))
             if pos != 0 and cover != abs(pos):
                 problems.append(f"{sym}: the stops cover {cover} of the {pos} position")
+        live = [bo for bo in open_orders if is_live(bo)]
+        for sym, pos in sorted(theirs.items()):
+            # every live reducing order (take-profits too) executing: never past zero
+            worst = exposure(
+                (bo.oco_group, remaining(bo))
+                for bo in live
+                if bo.symbol == sym and reduces(bo, pos)
+            )
+            if worst > abs(pos):
+                problems.append(
+                    f"{sym}: its live reducing orders could execute {worst} of the {pos} "
+                    "position (an OCO group counted as its largest member)"
+                )
         journal = {o.client_order_id: o for o in await asyncio.to_thread(self.om.journal.orders)}
         at_broker = {bo.client_order_id: bo for bo in open_orders}
         for cid, o in sorted(journal.items()):

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -42,11 +42,13 @@ __all__ = [
     "emergency_stop_id",
     "emergency_stop_price",
     "error_text",
+    "exposure",
     "is_live",
     "is_stop",
     "is_synthetic",
     "orphan_order_id",
     "protects",
+    "reduces",
     "remaining",
     "symbol_tag",
 ]
@@ -133,6 +135,9 @@ class ReconciliationResult:
     errors: tuple[str, ...] = ()
     stops_canceled: int = 0  # stops cancelled: wrong side, no position, or resized (replaced)
     positions_closed: int = 0  # closed at market after the stop failed stop_attempts times
+    # reducing orders that are not stops (a take-profit) cancelled: with the stops they
+    # could have executed more than the position (``wal.orders.stops``)
+    exits_canceled: int = 0
     dry_run: bool = False
     actions: tuple[str, ...] = field(default=(), compare=False)
 
@@ -148,6 +153,7 @@ class ReconciliationResult:
             + self.fills_inferred
             + self.stops_canceled
             + self.positions_closed
+            + self.exits_canceled
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +166,7 @@ class ReconciliationResult:
             "fills_inferred": self.fills_inferred,
             "stops_canceled": self.stops_canceled,
             "positions_closed": self.positions_closed,
+            "exits_canceled": self.exits_canceled,
             "errors": list(self.errors),
             "dry_run": self.dry_run,
             "actions": list(self.actions),
@@ -203,6 +210,7 @@ class Counts:
     fills: int = 0
     stop_cancels: int = 0
     closed: int = 0
+    exit_cancels: int = 0
     errors: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)  # broker order ids cancelled in this run
@@ -279,6 +287,26 @@ def protects(bo: BrokerOrder, position: Decimal) -> bool:
     if not is_stop(bo) or position == 0:
         return False
     return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
+
+
+def reduces(bo: BrokerOrder, position: Decimal) -> bool:
+    """Any order (a stop, a limit, ...) on the reducing side of ``position``."""
+    return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
+
+
+@exact
+def exposure(orders: Iterable[tuple[str | None, Decimal]]) -> Decimal:
+    """The most that ``orders`` ((OCO group or None, remaining) each) can execute together:
+    an order outside a group counts whole, a group as its largest member (reduce on fill: a
+    fill of one member by q takes q off every other, so the group never executes more)."""
+    alone = Decimal(0)
+    groups: dict[str, Decimal] = {}
+    for group, left in orders:
+        if group is None:
+            alone += left
+        else:
+            groups[group] = max(groups.get(group, Decimal(0)), left)
+    return alone + sum(groups.values(), Decimal(0))
 
 
 def is_live(bo: BrokerOrder) -> bool:

@@ -23,6 +23,26 @@ intent and its fill) is completed, never skipped for a second one.
    Only definite refusals count toward ``stop_attempts``; after that many the position is
    closed at market.
 4. No stop is sent for a symbol with a journal order whose outcome is still unresolved.
+5. **Never past zero.** A reducing order that is not a stop (a bracket's take-profit
+   ``tp1-...``, a user's limit sell against a long) executes too. After the reconciler acts,
+   all the live reducing orders of a symbol filling together (``exposure``: an OCO group
+   counts as its largest member, reduce on fill) never execute more than the position, and
+   the stops still cover it exactly. Protection beats profit-taking:
+
+   * before an emergency stop is sent, on a broker that declares OCO groups, it joins the
+     group of a take-profit it covers (``_link``: every live member of the group a reducing
+     order that is not a stop, none larger than the stop; never a group holding a stop, whose
+     fill would reduce the emergency stop and leave part of the position bare); then what
+     would still execute more than the position is cancelled (``_trim_exits``: newest first,
+     those whose cancel lowers the worst case first; ``exits_canceled``);
+   * before a market close, the same against what the close leaves (a whole close: every
+     such order, or a take-profit left on the flat position would open the opposite one);
+   * with the stops already exact, the same against the position.
+
+   Each cancel journals its reason first and is confirmed final before anything is placed;
+   an unconfirmed one stops the work on that symbol (as for a stop). The end check
+   (:mod:`wal.orders.reconcile`) fails a position whose live reducing orders could execute
+   more than it, so a pass succeeds only when protection is exact and never past zero.
 
 ``StartupReconciler`` (:mod:`wal.orders.reconcile`) runs it after phase 1, then checks the
 result from the broker's state (its end check) and runs again within its budget.
@@ -51,11 +71,13 @@ from wal.orders.reconcile_model import (
     emergency_stop_id,
     emergency_stop_price,
     error_text,
+    exposure,
     is_live,
     is_stop,
     is_synthetic,
     orphan_order_id,
     protects,
+    reduces,
     remaining,
     symbol_tag,
 )
@@ -68,6 +90,7 @@ log = logging.getLogger("wal.orders.reconcile")
 _S = OrderState
 Lookup = Callable[[str], Awaitable[BrokerOrder | None]]
 Positions = Callable[[], Awaitable[list[BrokerPosition]]]
+Item = tuple[str | None, Decimal]  # a live reducing order: (its OCO group or None, what is left)
 UNRESOLVED_STATES = (_S.PENDING, _S.SUBMITTING, _S.UNKNOWN)  # the broker may hold it or not
 _PLACED = (_S.ACCEPTED, _S.PARTIALLY_FILLED, _S.FILLED)
 
@@ -94,6 +117,7 @@ class PositionReconciler:
         self._now = now
         self._lookup = lookup
         self._positions_now = positions
+        self._gone: set[str] = set()  # broker ids whose cancel this pass confirmed (or plans)
 
     @exact
     async def run(self, snap: Snapshot, c: Counts, dry: bool, planned_fills: list[Fill]) -> None:
@@ -101,6 +125,7 @@ class PositionReconciler:
         would have journaled (a dry run)."""
         om = self.om
         now = self._now()
+        self._gone = set()  # a new pass: only its own confirmed cancels count
         broker_pos = {p.symbol: p for p in snap.positions if p.quantity != 0}
         mine = dict(om.positions())
         for f in planned_fills:  # a dry run: what phase 1 would have journaled
@@ -145,6 +170,13 @@ class PositionReconciler:
             for bo in snap.open_orders
             if is_live(bo) and is_stop(bo) and bo.broker_order_id not in c.cancelled
         ]
+        # reducing orders that are not stops (a take-profit): never more than the position;
+        # one whose cancel is not confirmed (phase 1's, an earlier pass's) counts as live
+        others = [bo for bo in snap.open_orders if is_live(bo) and not is_stop(bo)]
+        groups: dict[str, list[BrokerOrder]] = {}  # OCO group -> its live members, all of them
+        for bo in snap.open_orders:
+            if bo.oco_group is not None and is_live(bo):
+                groups.setdefault(bo.oco_group, []).append(bo)
         taken = set(known)  # client ids in use: a new stop never reuses one
         unresolved = {o.symbol for o in known.values() if o.state in UNRESOLVED_STATES}
         for sym in sorted(set(broker_pos) | {bo.symbol for bo in live}):
@@ -156,8 +188,11 @@ class PositionReconciler:
                 continue
             pos = broker_pos[sym].quantity if sym in broker_pos else Decimal(0)
             stops = [bo for bo in live if bo.symbol == sym]
+            exits = [bo for bo in others if bo.symbol == sym and reduces(bo, pos)]
             try:
-                await self._protect(sym, broker_pos.get(sym), pos, stops, taken, now, c, dry)
+                await self._protect(
+                    sym, broker_pos.get(sym), pos, stops, exits, groups, taken, now, c, dry
+                )
             except _Unresolved as exc:
                 c.errors.append(f"protecting {sym}: {exc}")
             except WALWriteError:
@@ -242,6 +277,8 @@ class PositionReconciler:
         bp: BrokerPosition | None,
         pos: Decimal,
         stops: list[BrokerOrder],
+        exits: list[BrokerOrder],
+        groups: dict[str, list[BrokerOrder]],
         taken: set[str],
         now: datetime,
         c: Counts,
@@ -261,16 +298,20 @@ class PositionReconciler:
         reducing = [b for b in stops if protects(b, pos)]
         size = abs(pos)
         if sum((remaining(b) for b in reducing), Decimal(0)) == size:
-            return  # protected, exactly
+            # protected exactly; what else reduces it never executes more beside the stops
+            await self._trim_exits(sym, exits, [_item(b) for b in reducing], size, c, dry)
+            return
         ours = [b for b in reducing if b.client_order_id.startswith(EMERGENCY_STOP_PREFIX)]
         users = sorted((b for b in reducing if b not in ours), key=lambda b: b.created_at)
         for b in ours:
             await self._cancel_stop(b, f"it does not make the {pos} {sym} cover exact", c, dry)
         cover = Decimal(0)
+        kept: list[Item] = []  # the stops that stay live
         side = "sell" if pos > 0 else "buy"
         for b in users:
             if cover + remaining(b) <= size:
                 cover += remaining(b)
+                kept.append(_item(b))
                 continue
             await self._cancel_stop(
                 b, f"resized: the {sym} stops would cover more than the position {pos}", c, dry
@@ -281,18 +322,85 @@ class PositionReconciler:
                 what = f"resizes {b.client_order_id}"
                 if await self._place(bp, side, left, price, taken, now, c, dry, what):
                     cover = size  # else an emergency stop (or the close) covers what is left
+                    kept.append((None, left))
         need = size - cover
         if need > 0:
-            await self._emergency_stop(bp, side, need, taken, now, c, dry)
+            await self._emergency_stop(bp, side, need, kept, exits, groups, taken, now, c, dry)
+        else:
+            await self._trim_exits(sym, exits, kept, size, c, dry)
 
-    async def _cancel_stop(self, bo: BrokerOrder, why: str, c: Counts, dry: bool) -> None:
-        """Cancel a live stop, the reason journaled first; confirmed, else ``_Unresolved``."""
-        c.stop_cancels += 1
+    @exact
+    async def _trim_exits(
+        self,
+        sym: str,
+        exits: list[BrokerOrder],
+        stops: list[Item],
+        limit: Decimal,
+        c: Counts,
+        dry: bool,
+    ) -> None:
+        """Cancel reducing orders that are not stops (``exits``) until they and ``stops``
+        can execute at most ``limit`` together (``exposure``: an OCO group counts as its
+        largest member): newest first, those whose cancel lowers that worst case before
+        any other. Protection beats profit-taking. Each cancel is confirmed final before
+        the next step (else ``_Unresolved``: nothing is placed on top of it)."""
+        left = [b for b in exits if b.broker_order_id not in self._gone]
+
+        def worst(orders: list[BrokerOrder]) -> Decimal:
+            return exposure([*stops, *(_item(b) for b in orders)])
+
+        while left and worst(left) > limit:
+            newest = sorted(left, key=lambda b: (b.created_at, b.client_order_id), reverse=True)
+            pick = next(
+                (b for b in newest if worst([o for o in left if o is not b]) < worst(left)),
+                newest[0],
+            )
+            why = (
+                f"with the {sym} stops it could execute {worst(left)} of a position that "
+                f"leaves {limit} to reduce: protection beats profit-taking"
+            )
+            await self._cancel_stop(pick, why, c, dry, kind="order")
+            left.remove(pick)
+
+    def _link(
+        self,
+        exits: list[BrokerOrder],
+        groups: dict[str, list[BrokerOrder]],
+        qty: Decimal,
+    ) -> str | None:
+        """The OCO group an emergency stop of ``qty`` joins, or None: only on a broker that
+        declares OCO groups, only a group whose every live member is one of ``exits`` (a
+        reducing order that is not a stop: a stop member's fill would reduce the emergency
+        stop and leave part of the position bare) and none larger than ``qty`` (so the
+        group still executes at most ``qty``). The largest such group, by name on a tie."""
+        if self.broker.rules.oco_groups is not True:
+            return None
+        mine = {b.broker_order_id for b in exits if b.broker_order_id not in self._gone}
+        fits: list[tuple[Decimal, str]] = []
+        for group, members in groups.items():
+            live = [m for m in members if m.broker_order_id not in self._gone]
+            if live and all(m.broker_order_id in mine for m in live):
+                largest = max(remaining(m) for m in live)
+                if largest <= qty:
+                    fits.append((-largest, group))
+        return min(fits)[1] if fits else None
+
+    async def _cancel_stop(
+        self, bo: BrokerOrder, why: str, c: Counts, dry: bool, kind: str = "stop"
+    ) -> None:
+        """Cancel a live stop (``kind`` "order": a reducing order that is not a stop), the
+        reason journaled first; confirmed, else ``_Unresolved``."""
+        if kind == "stop":
+            c.stop_cancels += 1
+        else:
+            c.exit_cancels += 1
         c.cancelled.add(bo.broker_order_id)
         c.act(
-            dry, f"cancel stop {bo.client_order_id} ({bo.side} {remaining(bo)} {bo.symbol}): {why}"
+            dry,
+            f"cancel {kind} {bo.client_order_id} ({bo.side} {remaining(bo)} {bo.symbol}): {why}",
         )
         if dry:
+            self._gone.add(bo.broker_order_id)
             return
         om = self.om
         cid = bo.client_order_id
@@ -312,9 +420,10 @@ class PositionReconciler:
                 await asyncio.sleep(self.config.backoff(attempt))
                 order = await om.refresh(cid)
             if order.state is _S.CANCELLED and order.filled_quantity <= bo.filled_quantity:
+                self._gone.add(bo.broker_order_id)  # confirmed: no longer counted as live
                 return
             raise _Unresolved(
-                f"stop {cid} is {order.state.value} ({order.filled_quantity} filled) after its "
+                f"{kind} {cid} is {order.state.value} ({order.filled_quantity} filled) after its "
                 f"cancel ({why}): nothing more is sent until it is settled"
             )
         try:
@@ -326,14 +435,15 @@ class PositionReconciler:
         try:
             after = await self._lookup(cid)
         except ReconciliationFatalError as exc:
-            raise _Unresolved(f"stop {cid}: the lookup after its cancel failed ({exc})") from None
+            raise _Unresolved(f"{kind} {cid}: the lookup after its cancel failed ({exc})") from None
         if (
             after is None
             or after.state is not _S.CANCELLED
             or after.filled_quantity != bo.filled_quantity  # it executed: the position moved
         ):
             state = "not found" if after is None else after.status
-            raise _Unresolved(f"stop {cid} is {state} after its cancel ({why})")
+            raise _Unresolved(f"{kind} {cid} is {state} after its cancel ({why})")
+        self._gone.add(bo.broker_order_id)  # confirmed: no longer counted as live
 
     @exact
     async def _emergency_stop(
@@ -341,11 +451,21 @@ class PositionReconciler:
         bp: BrokerPosition,
         side: str,
         qty: Decimal,
+        kept: list[Item],
+        exits: list[BrokerOrder],
+        groups: dict[str, list[BrokerOrder]],
         taken: set[str],
         now: datetime,
         c: Counts,
         dry: bool,
     ) -> None:
+        """Cover ``qty`` with an emergency stop beside the ``kept`` stops; first the
+        reducing orders that are not stops (``exits``) are made safe beside it: it joins a
+        stop-free OCO group of theirs (``_link``) and the rest that would execute more than
+        the position is cancelled, each cancel confirmed. Refused: ``_close``."""
+        group = self._link(exits, groups, qty)
+        # before the stop is sent: with it, nothing live executes more than the position
+        await self._trim_exits(bp.symbol, exits, [*kept, (group, qty)], abs(bp.quantity), c, dry)
         pct = self.config.emergency_stop_pct
         entry = bp.avg_entry_price
         if entry is None or entry <= 0:
@@ -358,10 +478,10 @@ class PositionReconciler:
         what = f"{pct * 100:g} % from {entry}"
         if price is None:
             c.errors.append(f"{bp.symbol}: no entry price for an emergency stop")
-            await self._close(bp, side, qty, taken, now, c, dry)
+            await self._close(bp, side, qty, kept, exits, taken, now, c, dry)
             return
-        if not await self._place(bp, side, qty, price, taken, now, c, dry, what):
-            await self._close(bp, side, qty, taken, now, c, dry)
+        if not await self._place(bp, side, qty, price, taken, now, c, dry, what, group):
+            await self._close(bp, side, qty, kept, exits, taken, now, c, dry)
 
     async def _place(
         self,
@@ -374,12 +494,15 @@ class PositionReconciler:
         c: Counts,
         dry: bool,
         what: str,
+        group: str | None = None,
     ) -> bool:
-        """Place a stop (``es-...``); True once one is live. False after ``stop_attempts``
-        definite refusals; ``_Unresolved`` when an outcome stays unknown."""
+        """Place a stop (``es-...``, in OCO group ``group`` if one); True once one is live.
+        False after ``stop_attempts`` definite refusals; ``_Unresolved`` when an outcome
+        stays unknown."""
+        linked = "" if group is None else f", in OCO group {group}"
         if dry:
             c.stops += 1
-            c.act(dry, f"emergency stop {side} {qty} {bp.symbol} @ {price} ({what})")
+            c.act(dry, f"emergency stop {side} {qty} {bp.symbol} @ {price} ({what}{linked})")
             return True
         refusals = 0
         for _ in range(2 * self.config.stop_attempts):  # misses after the window are not refusals
@@ -393,6 +516,7 @@ class PositionReconciler:
                 time_in_force="gtc",
                 client_order_id=cid,
                 created_at=now,
+                oco_group=group,  # a take-profit's fill reduces it: never both executed
             )
             order = await self._send(intent, c)
             if order is None or order.state is _S.REJECTED:
@@ -406,7 +530,10 @@ class PositionReconciler:
                 continue
             if order.state in _PLACED:
                 c.stops += 1
-                c.act(dry, f"emergency stop {cid}: {side} {qty} {bp.symbol} @ {price} ({what})")
+                c.act(
+                    dry,
+                    f"emergency stop {cid}: {side} {qty} {bp.symbol} @ {price} ({what}{linked})",
+                )
                 return True
             c.errors.append(f"emergency stop {cid} for {bp.symbol}: not at the broker")
         raise _Unresolved(f"no stop for {bp.symbol} could be placed (nothing refused it)")
@@ -464,12 +591,19 @@ class PositionReconciler:
         bp: BrokerPosition,
         side: str,
         qty: Decimal,
+        kept: list[Item],
+        exits: list[BrokerOrder],
         taken: set[str],
         now: datetime,
         c: Counts,
         dry: bool,
     ) -> None:
-        """Never leave a position unprotected: close it at market."""
+        """Never leave a position unprotected: close ``qty`` of it at market. First every
+        reducing order that is not a stop and would execute more than what is left beside
+        the ``kept`` stops is cancelled, each confirmed (closed whole: every one of them,
+        else a take-profit left live would open the opposite position)."""
+        # before the close: nothing live executes more than what the close leaves
+        await self._trim_exits(bp.symbol, exits, kept, abs(bp.quantity) - qty, c, dry)
         cid = CLOSE_PREFIX + self._next_id(bp.symbol, taken, now)[len(EMERGENCY_STOP_PREFIX) :]
         close = OrderIntent(
             symbol=bp.symbol,
@@ -501,3 +635,8 @@ class PositionReconciler:
             cid = emergency_stop_id(symbol, now, n)
         taken.add(cid)
         return cid
+
+
+def _item(bo: BrokerOrder) -> Item:
+    """A live reducing order as ``exposure`` counts it."""
+    return (bo.oco_group, remaining(bo))

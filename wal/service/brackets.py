@@ -43,17 +43,23 @@ crash, because every decision is read from the journal:
   order). A child whose outcome is unknown is chased (the same intent again: looked up) before
   anything else is done for its parent.
 * **Never over-protected**: what a kind covers is capped by the room the journal's net
-  position in the symbol leaves beside the reducing orders of that kind that are not this
-  bracket's (stops for a stop-loss, limits for a take-profit): a trader who sells part of a
-  bracketed position by hand shrinks its children. The reconciler's emergency stops
-  (``es-...``, its stand-ins for missing protection) are cancelled to make room for the
-  trader's stop-loss. A child the broker or the checks refuse is a ``problem`` (the log,
-  ``/readyz`` details), not sent again at the same size.
+  position in the symbol leaves beside the reducing orders that are not this bracket's and
+  can execute beside it (stops for a stop-loss; for a take-profit, limits and every stop
+  outside the bracket's OCO group): a trader who sells part of a bracketed position by hand
+  shrinks its children, and a take-profit is never placed beside an emergency stop or a
+  user's stop outside its group (both could fill: a long of 10 sold 20). The reconciler's
+  emergency stops (``es-...``, its stand-ins for missing protection) are cancelled to make
+  room for the trader's stop-loss, never for one refused at that size (cancelled, the
+  position would be left bare). A child the broker or the checks refuse is a ``problem``
+  (the log, ``/readyz`` details), not sent again at the same size.
 
 The startup reconciler (:mod:`wal.orders.stops`) sees a stop-loss child as a user stop that
-protects the position (kept while the stops are exact) and a take-profit as an ordinary open
-order; ``ServiceRuntime`` converges every bracket before it (so the reconciler finds the
-protection exact) and again after it (what its phase 1 booked).
+protects the position (kept while the stops are exact) and a take-profit as a reducing order
+that is not a stop: its emergency stop joins the take-profit's group when that group holds
+no stop, else the take-profit is cancelled before the emergency stop or a market close (all
+the live reducing orders never execute more than the position). ``ServiceRuntime``
+converges every bracket before it (so the reconciler finds the protection exact) and again
+after it (what its phase 1 booked).
 """
 
 from __future__ import annotations
@@ -266,8 +272,9 @@ class Brackets:
                 held = Decimal(0)
             targets = {kind: Decimal(0) for kind in KINDS}
             cancelled = False
+            group = oco_group_of(pid) if len(wanted) > 1 else None
             for kind in wanted:
-                targets[kind], trimmed = await self._target(parent, kind, held, kids)
+                targets[kind], trimmed = await self._target(parent, kind, held, kids, group)
                 cancelled = cancelled or trimmed
             for kind in KINDS:
                 live = [k for k in kids if k.kind == kind and _live(k)]
@@ -301,26 +308,38 @@ class Brackets:
 
     @exact
     async def _target(
-        self, parent: Order, kind: str, held: Decimal, kids: list[_Child]
+        self, parent: Order, kind: str, held: Decimal, kids: list[_Child], group: str | None
     ) -> tuple[Decimal, bool]:
         """(what ``kind`` should cover, whether an emergency stop was cancelled for it): what
         the bracket holds, capped by the room the journal's net position leaves beside the
-        reducing orders of that kind that are not this bracket's (never over-protected). The
-        reconciler's emergency stops (``es-...``) are cancelled to make room for a stop-loss."""
+        reducing orders that are not this bracket's and can execute beside it (never
+        over-protected): for a stop-loss the other stops; for a take-profit the other limits
+        and every stop outside the bracket's OCO group ``group`` (an emergency stop the
+        reconciler placed beside it, a user's stop). The reconciler's emergency stops
+        (``es-...``) are cancelled to make room for a stop-loss, never for one refused at
+        that size (the position would be left bare: it stays, and so does the refusal)."""
+        pid = parent.client_order_id
         symbol = parent.symbol
         side = "sell" if parent.intent.side == "buy" else "buy"
         pos = self.om.positions().get(symbol, Decimal(0))
         if not ((pos > 0 and side == "sell") or (pos < 0 and side == "buy")):
             return Decimal(0), False
         mine = {k.row.client_order_id for k in kids}
-        types = _STOP_TYPES if kind == "sl" else ("limit",)
+
+        def beside(o: Order) -> bool:
+            """Executes independently of this kind's child: takes room from it."""
+            if o.intent.order_type in _STOP_TYPES:
+                # a take-profit with a stop outside its group: both could fill, past zero
+                return kind == "sl" or group is None or o.intent.oco_group != group
+            return kind == "tp" and o.intent.order_type == "limit"
+
         others = [
             o
             for o in self.om.open_orders()
             if o.symbol == symbol
             and o.intent.side == side
             and o.state in _LIVE
-            and o.intent.order_type in types
+            and beside(o)
             and o.client_order_id not in mine
         ]
         room = abs(pos) - sum((o.remaining for o in others), Decimal(0))
@@ -328,11 +347,15 @@ class Brackets:
         for o in others:
             if room >= held or kind != "sl":
                 break
-            if o.client_order_id.startswith(EMERGENCY_STOP_PREFIX):
-                # the reconciler's stand-in for missing protection: the trader's stop replaces it
-                trimmed = True
-                if await self._cancel(o.client_order_id):
-                    room += o.remaining
+            if not o.client_order_id.startswith(EMERGENCY_STOP_PREFIX):
+                continue
+            if self._refused.get((pid, kind)) == held:
+                # refused at this size: cancelling the stand-in would leave the position bare
+                return held, trimmed
+            # the reconciler's stand-in for missing protection: the trader's stop replaces it
+            trimmed = True
+            if await self._cancel(o.client_order_id):
+                room += o.remaining
         target = max(Decimal(0), min(held, room))
         if target < held:
             log.warning(
