@@ -6,14 +6,13 @@ in-process crash point where the test needs one)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from orders_helpers import FAST_RETRY, open_ddb
+from service_runtime import FAST_REC, started_runtime
 
 from wal.crashpoints import set_in_process_handler
 from wal.db.versioning import ensure_schema
@@ -23,20 +22,16 @@ from wal.orders import (
     OrderManager,
     OrderState,
     PaperBroker,
-    ReconcilerConfig,
     StartupReconciler,
 )
 from wal.orders.broker import BrokerOrder
 from wal.orders.faults import Fault, FaultPlan
 from wal.service.brackets import Brackets, child_order_id, oco_group_of, parse_child_id
-from wal.service.config import ServiceConfig
 from wal.service.errors import ApiError
 from wal.service.owners import OwnerRow, OwnerStore, client_order_id_for
-from wal.service.runtime import ServiceRuntime
 from wal.service.schemas import OrderRequest
 
 D = Decimal
-FAST_REC = ReconcilerConfig(fetch_backoff=(0.0, 0.0, 0.0), fetch_timeout=5.0)
 
 
 class Crash(Exception):
@@ -377,30 +372,9 @@ def test_children_are_capped_by_the_room_the_position_leaves(env: Env) -> None:
     run(go())
 
 
-@contextlib.asynccontextmanager
-async def _runtime(
-    tmp_path: Path, *, oco_groups: bool | None = None
-) -> AsyncIterator[tuple[ServiceRuntime, PaperBroker]]:
-    """A started ``ServiceRuntime`` on SQLite and an in-process paper broker (declaring OCO
-    groups unless ``oco_groups=False``); stopped, its log closed, on the way out."""
-    ddb = open_ddb(tmp_path / "wal", f"sqlite:///{tmp_path / 'atb.db'}")
-    ensure_schema(ddb.db.engine, ddb.db.safe_url)
-    paper = PaperBroker(rules=ClientIdRules(visibility_window_seconds=0.0, oco_groups=oco_groups))
-    cfg = ServiceConfig(paper_balance=D(100000), poll_interval=0.05)
-    rt = ServiceRuntime(ddb, paper, cfg, retry=FAST_RETRY, reconciler=FAST_REC, paper=paper)
-    try:
-        await rt.start()
-        await rt.started()
-        yield rt, paper
-    finally:
-        await rt.stop()
-        ddb.stop()
-        ddb.db.dispose()
-
-
 def test_the_runtime_places_the_children_of_a_posted_order(tmp_path: Path) -> None:
     async def go() -> None:
-        async with _runtime(tmp_path) as (rt, paper):
+        async with started_runtime(tmp_path) as (rt, paper):
             req = OrderRequest(
                 symbol="AAPL",
                 side="buy",
@@ -588,7 +562,7 @@ def test_a_broker_without_oco_groups_refuses_a_two_leg_bracket_and_places_one_le
     nothing claimed, journaled or sent); a single stop-loss is placed as before."""
 
     async def go() -> None:
-        async with _runtime(tmp_path, oco_groups=False) as (rt, paper):
+        async with started_runtime(tmp_path, oco_groups=False) as (rt, paper):
             both = OrderRequest(
                 symbol="AAPL",
                 side="buy",
