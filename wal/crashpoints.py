@@ -31,6 +31,8 @@ The points, in the order the write path meets them:
 ``order.after_fill_fsync``    one fill is journaled (the next ones are not)
 ``bracket.after_cancel``      a bracket child was cancelled (resize or one-cancels-other); its
                               replacement is not placed yet (``wal.service.brackets``)
+``bracket.after_replacement``  a grown child's replacement is placed in the bracket's OCO group;
+                              the child it replaces is not cancelled yet
 ``manager.after_apply_before_status``  the database committed a batch (effects and ledger
                               rows); the log does not yet say COMPLETED
 ``manager.after_status_before_ack``  the log recorded the batch's statuses; the caller of the
@@ -72,6 +74,7 @@ POINTS = frozenset(
         "order.after_ack_before_fill",
         "order.after_fill_fsync",
         "bracket.after_cancel",
+        "bracket.after_replacement",
     }
 )
 

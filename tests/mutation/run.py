@@ -1466,7 +1466,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "protective-counts-open-cover",
         "wal/orders/manager.py",
         "protective orders of a kind never cover more than the position (two stops would flip it)",
-        "        if covered + intent.quantity > abs(pos):\n",
+        "        if exposure([*open_, (intent.oco_group, intent.quantity)]) > abs(pos):\n",
         "        if False:\n",
         (
             "tests/orders/test_manager_decisions.py::"
@@ -2105,7 +2105,7 @@ OCO: tuple[Mutation, ...] = (
         "bracket-children-in-one-oco-group",
         "wal/service/brackets.py",
         "a bracket's stop-loss and take-profit are placed in one OCO group at the broker (reduce on fill)",
-        "            oco_group=oco_group_of(pid) if len(_levels(owner)) > 1 else None,\n",
+        "            oco_group=self._group(pid, owner),\n",
         "            oco_group=None,\n",
         (
             BR + "test_a_price_through_the_take_profit_then_the_stop_before_converge_ends_flat",
@@ -2123,7 +2123,39 @@ OCO: tuple[Mutation, ...] = (
         "service",
     ),
 )
-MUTATIONS = (*MUTATIONS, *OCO)
+MAKE_BEFORE_BREAK: tuple[Mutation, ...] = (
+    Mutation(
+        "manager-protective-group-as-its-largest-member-only",
+        "wal/orders/manager.py",
+        "a protective order outside the group of the open ones adds to them (only one group counts as its largest member)",
+        "        if exposure([*open_, (intent.oco_group, intent.quantity)]) > abs(pos):\n",
+        "        if max([q for _, q in open_] + [intent.quantity]) > abs(pos):\n",
+        (
+            "tests/orders/test_oco.py::test_a_stop_in_the_group_of_a_live_stop_is_counted_as_the_larger_of_the_two",
+        ),
+        "orders",
+    ),
+    Mutation(
+        "bracket-replacement-placed-before-the-cancel",
+        "wal/service/brackets.py",
+        "a grown child's replacement is placed in the group before the child it replaces is cancelled (a refusal leaves the old one)",
+        "                if made is None and _grows(live, targets[kind], group):\n",
+        "                if False:\n",
+        (BR + "test_a_grown_stop_loss_is_placed_before_the_old_one_is_cancelled",),
+        "service",
+    ),
+    Mutation(
+        "bracket-keeps-the-replacement-made",
+        "wal/service/brackets.py",
+        "after a crash between a replacement and the cancel, only the old child is cancelled (the replacement kept)",
+        "                        continue  # the replacement made before the others are cancelled\n",
+        "                        pass\n",
+        (BR + "test_a_crash_between_the_replacement_and_the_cancel_keeps_the_replacement",),
+        "service",
+    ),
+)
+
+MUTATIONS = (*MUTATIONS, *OCO, *MAKE_BEFORE_BREAK)
 
 
 # ---------------------------------------------------------------------------- checking

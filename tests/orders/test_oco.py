@@ -244,3 +244,37 @@ def test_the_group_is_journaled_resent_as_it_was_and_covered_by_the_audit_chain(
     tamper(db_url, "UPDATE orders SET oco_group = 'other' WHERE client_order_id = 'tp1'")
     report = verify(db_url, tmp_path)
     assert any("order tp1: oco_group is 'other'" in p for p in report.problems), report.problems
+
+
+def test_a_stop_in_the_group_of_a_live_stop_is_counted_as_the_larger_of_the_two(
+    tmp_path: Path,
+) -> None:
+    """The manager's protective check counts an OCO group as its largest member: a bracket's
+    replacement stop of 10 is accepted beside the stop of 4 it replaces when both are in one
+    group (together they never sell more than 10), refused outside it (4 + 10 would sell 14
+    of 10). The market through both: sold 10, never short."""
+    broker = PaperBroker(rules=GLOBAL)
+    rig = make_rig(tmp_path, broker)
+    try:
+
+        async def go() -> None:
+            om = rig.om
+            await om.start()
+            await om.submit(buy("10", client_order_id="parent"))
+            assert (await om.submit(_leg("sl", "4", "sl1"), protective=True)).state is (
+                OrderState.ACCEPTED
+            )
+            with pytest.raises(OrderRejected, match="cover more than"):
+                await om.submit(_leg("sl", "10", "sl-other", group="g2"), protective=True)
+            with pytest.raises(OrderRejected, match="cover more than"):
+                await om.submit(_leg("sl", "10", "sl-alone", group=None), protective=True)
+            sl2 = await om.submit(_leg("sl", "10", "sl2"), protective=True)  # group g1
+            assert sl2.state is OrderState.ACCEPTED
+            broker.set_price("AAPL", D(89))  # both stops trigger: the group sells 10 in all
+            await om.poll_fills()
+            assert broker.net_positions() == {}
+            assert om.positions().get("AAPL", D(0)) == 0
+
+        run(go())
+    finally:
+        rig.close()

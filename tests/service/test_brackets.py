@@ -41,8 +41,16 @@ class Crash(Exception):
 class Env:
     """One engine on ``tmp``'s files: the log, SQLite, the paper broker's state file."""
 
-    def __init__(self, tmp: Path, *, faults: FaultPlan | None = None, auto_fill: bool = True):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        faults: FaultPlan | None = None,
+        auto_fill: bool = True,
+        oco_groups: bool | None = None,
+    ):
         self.tmp = tmp
+        self.oco_groups = oco_groups
         self.url = f"sqlite:///{tmp / 'atb.db'}"
         self.faults = faults
         self.auto_fill = auto_fill
@@ -54,7 +62,7 @@ class Env:
         if self.ddb.get_balance("trader:t1") == 0:
             self.ddb.atomic_balance_update(D(1000000), reason="deposit", account="trader:t1")
         self.broker = PaperBroker(
-            rules=ClientIdRules(visibility_window_seconds=0.0),
+            rules=ClientIdRules(visibility_window_seconds=0.0, oco_groups=self.oco_groups),
             faults=self.faults,
             state_path=self.tmp / "paper.json",
             auto_fill=self.auto_fill,
@@ -672,13 +680,16 @@ def test_a_refused_stop_loss_keeps_the_emergency_stop_linked_to_its_take_profit(
 
 
 @pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
+@pytest.mark.parametrize("oco", [False, True], ids=["no_groups", "groups"])
 def test_a_take_profit_is_not_placed_again_beside_an_emergency_stop_outside_its_group(
-    tmp_path: Path, path: tuple[str, ...]
+    tmp_path: Path, path: tuple[str, ...], oco: bool
 ) -> None:
-    """A take-profit-only bracket (no group) at a restart: the reconciler cancels it for its
-    emergency stop; the sweep after it must not place it again beside that stop (the old
-    one did: tp2 of 10 beside es- of 10, a short of 10 through 110 then 98)."""
-    e = Env(tmp_path)
+    """A take-profit-only bracket at a restart. On a broker without OCO groups (no group):
+    the reconciler cancels it for its emergency stop; the sweep after it must not place it
+    again beside that stop (the old one did: tp2 of 10 beside es- of 10, a short of 10
+    through 110 then 98). On a broker with groups its one leg is in the bracket's group, and
+    the emergency stop joins it: the take-profit is kept, and never both execute."""
+    e = Env(tmp_path, oco_groups=oco)
 
     async def placed() -> str:
         await e.om.load()
@@ -692,12 +703,104 @@ def test_a_take_profit_is_not_placed_again_beside_an_emergency_stop_outside_its_
         assert [o.client_order_id for o in e.live()] == [child_order_id(cid, "tp", 1)]
         e.restart()
         result = run(e.startup())
-        assert result.exits_canceled == 1 and result.emergency_stops_placed == 1, result
-        live = e.live()
-        assert len(live) == 1 and live[0].client_order_id.startswith("es-"), live
-        run(e.brackets.sweep())  # and again: still nothing beside it
-        assert len(e.live()) == 1
+        assert result.emergency_stops_placed == 1, result
+        assert result.exits_canceled == (0 if oco else 1), result
+        live = {o.client_order_id: o for o in e.live()}
+        es = [c for c in live if c.startswith("es-")]
+        assert len(es) == 1, live
+        if oco:
+            assert set(live) == {es[0], child_order_id(cid, "tp", 1)}
+            assert {o.oco_group for o in live.values()} == {oco_group_of(cid)}
+        else:
+            assert set(live) == {es[0]}
+        run(e.brackets.sweep())  # and again: nothing more beside it
+        assert set(o.client_order_id for o in e.live()) == set(live)
         seen = _walk(e, path)
         assert all(q >= 0 for q in seen) and e.broker.net_positions() == {}, seen
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
+def test_a_grown_stop_loss_is_placed_before_the_old_one_is_cancelled(
+    tmp_path: Path, path: tuple[str, ...]
+) -> None:
+    """The parent fills 4, then its other 6: the stop-loss grows from 4 to 10. Its
+    replacement is placed in the bracket's group before the old stop is cancelled, and the
+    broker refuses it: the old stop (4) stays live, a problem is listed, and the position
+    is never left without a stop (the old order of work cancelled the stop first: nothing
+    covered the 10 held). The market through both prices: never short."""
+    # submits: the parent, sl1, tp1, then sl2 (refused), tp2
+    plan = FaultPlan(partial_fills=(D("0.4"), D("0.6"))).on("submit_order", Fault.REJECT, nth=4)
+    e = Env(tmp_path, faults=plan, auto_fill=False)
+
+    async def go() -> str:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()  # 4 of 10
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        assert e.protection() == {"sl": D(4), "tp": D(4)}
+        e.broker.advance()  # the other 6
+        await e.refresh_all()
+        await e.brackets.converge(cid)
+        return cid
+
+    try:
+        cid = run(go())
+        live = {o.client_order_id: o for o in e.live()}
+        assert set(live) == {child_order_id(cid, "sl", 1), child_order_id(cid, "tp", 2)}
+        assert {o.oco_group for o in live.values()} == {oco_group_of(cid)}
+        assert e.protection() == {"sl": D(4), "tp": D(10)}
+        assert "stop-loss" in e.brackets.problems[cid]
+        seen = _walk(e, path)
+        assert all(q >= 0 for q in seen), seen
+    finally:
+        e.close()
+
+
+def test_a_crash_between_the_replacement_and_the_cancel_keeps_the_replacement(
+    tmp_path: Path,
+) -> None:
+    """Killed after the grown stop-loss (sl2) is placed, before sl1 is cancelled: at the
+    restart both are live in one group (never more than 10 sold); the sweep cancels sl1
+    only, keeps sl2, and the reconciler finds the stops exact."""
+    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.5"), D("0.5"))), auto_fill=False)
+    armed = {"on": False}
+
+    def crash(name: str) -> None:
+        if armed["on"] and name == "bracket.after_replacement":
+            armed["on"] = False
+            raise Crash(name)
+
+    async def first() -> str:
+        await e.om.load()
+        e.om.resume()
+        cid = await e.place("k1", order_type="market")
+        e.broker.advance()
+        await e.refresh_all()
+        await e.brackets.converge(cid)  # 5 protected
+        e.broker.advance()
+        await e.refresh_all()
+        armed["on"] = True
+        with pytest.raises(Crash):
+            await e.brackets.converge(cid)
+        return cid
+
+    set_in_process_handler(crash)
+    try:
+        cid = run(first())
+    finally:
+        set_in_process_handler(None)
+    try:
+        sl1, sl2 = child_order_id(cid, "sl", 1), child_order_id(cid, "sl", 2)
+        assert {sl1, sl2} <= {o.client_order_id for o in e.live()}  # both live: one group
+        e.restart(FaultPlan(partial_fills=(D("0.5"), D("0.5"))))
+        result = run(e.startup())
+        assert e.protection() == {"sl": D(10), "tp": D(10)}
+        assert sl2 in {o.client_order_id for o in e.live()}  # the replacement kept
+        assert sl1 not in {o.client_order_id for o in e.live()}
+        assert result.emergency_stops_placed == 0 and result.stops_canceled == 0, result
     finally:
         e.close()

@@ -68,7 +68,7 @@ from wal.orders.errors import (
     TradingHalted,
 )
 from wal.orders.fills import OrderFills
-from wal.orders.models import Order, OrderEvent, OrderIntent
+from wal.orders.models import Order, OrderEvent, OrderIntent, exposure
 from wal.orders.states import EventKind, OrderState, check_transition, is_final
 from wal.orders.validation import RiskView, check_risk, validate_intent
 from wal.sync.halt import RESUME, operator_halt
@@ -390,7 +390,10 @@ class OrderManager(OrderFills):
         orders of its kind already open in its symbol and direction: never more than is
         held. The kinds are the trigger's: stops (stop, stop_limit), limits, market orders;
         a bracket's stop-loss and take-profit are one of each for the whole position (one
-        cancels the other), never two stops."""
+        cancels the other), never two stops. Orders of one OCO group count as their largest
+        member (``exposure``: a fill of one reduces the others by as much), so a bracket's
+        replacement stop may be placed in its group before the stop it replaces is
+        cancelled: the two never execute more than the larger."""
         pos = self.positions().get(intent.symbol, Decimal(0))
         reduces = (pos > 0 and intent.side == "sell") or (pos < 0 and intent.side == "buy")
         if not reduces or not isinstance(intent.quantity, Decimal) or intent.quantity > abs(pos):
@@ -401,13 +404,14 @@ class OrderManager(OrderFills):
                 field="quantity",
             )
         kind = _trigger_kind(intent.order_type)
-        covered = Decimal(0)
+        open_: list[tuple[str | None, Decimal]] = []
         for o in itertools.chain(self._orders.open.values(), self._reserved.values()):
             i = o.intent
             same = i.symbol == intent.symbol and i.side == intent.side
             if same and _trigger_kind(i.order_type) == kind and not is_final(o.state):
-                covered += max(i.quantity - o.filled_quantity, Decimal(0))
-        if covered + intent.quantity > abs(pos):
+                open_.append((i.oco_group, max(i.quantity - o.filled_quantity, Decimal(0))))
+        covered = exposure(open_)
+        if exposure([*open_, (intent.oco_group, intent.quantity)]) > abs(pos):
             raise OrderRejected(
                 RejectReason.MAX_POSITION,
                 f"a protective {intent.side} {intent.order_type} of {intent.quantity} "

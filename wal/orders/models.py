@@ -8,7 +8,7 @@ the ``--json`` output and the HTTP broker use (decimals as strings, times as ISO
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +17,7 @@ from typing import Any
 from wal.money import exact
 from wal.orders.states import EventKind, OrderState
 
-__all__ = ["Fill", "Order", "OrderEvent", "OrderIntent", "new_client_order_id"]
+__all__ = ["Fill", "Order", "OrderEvent", "OrderIntent", "exposure", "new_client_order_id"]
 
 
 def new_client_order_id() -> str:
@@ -264,3 +264,18 @@ class OrderEvent:
             "broker_order_id": self.broker_order_id,
             "detail": self.detail,
         }
+
+
+@exact
+def exposure(orders: Iterable[tuple[str | None, Decimal]]) -> Decimal:
+    """The most that ``orders`` ((OCO group or None, remaining) each) can execute together:
+    an order outside a group counts whole, a group as its largest member (reduce on fill: a
+    fill of one member by q takes q off every other, so the group never executes more)."""
+    alone = Decimal(0)
+    groups: dict[str, Decimal] = {}
+    for group, left in orders:
+        if group is None:
+            alone += left
+        else:
+            groups[group] = max(groups.get(group, Decimal(0)), left)
+    return alone + sum(groups.values(), Decimal(0))

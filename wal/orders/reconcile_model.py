@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -24,7 +24,7 @@ from typing import Any
 from wal.money import exact
 from wal.orders.broker import BROKER_STATUS, Broker, BrokerOrder, BrokerPosition
 from wal.orders.journal import OrderJournal
-from wal.orders.models import Fill, Order
+from wal.orders.models import Fill, Order, exposure
 from wal.orders.states import EventKind, OrderState
 from wal.orders.ticks import TickTable
 from wal.orders.validation import CLOSE_PREFIX, EMERGENCY_STOP_PREFIX, ORPHAN_PREFIX
@@ -292,21 +292,6 @@ def protects(bo: BrokerOrder, position: Decimal) -> bool:
 def reduces(bo: BrokerOrder, position: Decimal) -> bool:
     """Any order (a stop, a limit, ...) on the reducing side of ``position``."""
     return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
-
-
-@exact
-def exposure(orders: Iterable[tuple[str | None, Decimal]]) -> Decimal:
-    """The most that ``orders`` ((OCO group or None, remaining) each) can execute together:
-    an order outside a group counts whole, a group as its largest member (reduce on fill: a
-    fill of one member by q takes q off every other, so the group never executes more)."""
-    alone = Decimal(0)
-    groups: dict[str, Decimal] = {}
-    for group, left in orders:
-        if group is None:
-            alone += left
-        else:
-            groups[group] = max(groups.get(group, Decimal(0)), left)
-    return alone + sum(groups.values(), Decimal(0))
 
 
 def is_live(bo: BrokerOrder) -> bool:

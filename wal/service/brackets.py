@@ -11,9 +11,19 @@ crash, because every decision is read from the journal:
   not is cancelled (every live child of it, each cancel confirmed final: a cancel whose answer
   is unknown stops the work, nothing is placed on top of it), counted again (a child may have
   filled before its cancel), then replaced by one child of the held quantity. So a partial
-  fill of the parent grows both (cancel and replace), a partial fill of the take-profit
-  shrinks the stop, and a child that fills completely leaves nothing held: the other one is
-  cancelled.
+  fill of the take-profit shrinks the stop, and a child that fills completely leaves nothing
+  held: the other one is cancelled.
+* **Grown: made before broken.** A kind whose live children (all in the bracket's OCO group)
+  cover less than held (the parent filled more) gets its replacement of the held quantity
+  placed in the group FIRST, and its old children are cancelled once the replacement is
+  live (``_made``: the newest live child with exactly the held quantity left is kept, the
+  others cancelled; also after a crash between the two, ``bracket.after_replacement``).
+  While both are live they execute at most the larger (one group: reduce on fill), and a
+  replacement the broker refuses leaves the old stop-loss protecting what it covered, never
+  nothing (cancel first, a refusal left the position without a stop). The manager's
+  protective check counts a group as its largest member (``OrderManager._check_protective``).
+  Children without a group (one leg on a broker without OCO groups) are still cancelled
+  first.
 * **One-cancels-other at the broker.** That sweep runs after a fill is seen (the fill poll,
   every ``SERVICE_POLL_INTERVAL``): alone it leaves a window in which a price that crosses
   the take-profit and then the stop-loss fills both (a long of 10 becomes a short of 10),
@@ -32,7 +42,9 @@ crash, because every decision is read from the journal:
   take-profit is refused when it is placed (``oco_unsupported``, 422, nothing journaled):
   two independent reducing orders for the whole position is the over-protection above.
   A single-leg bracket (a stop-loss, or a take-profit, alone) has no second leg to fill and
-  is placed as before, without a group.
+  is placed without a group there. Where the broker declares groups, a single-leg bracket's
+  children are in its group too (``_group``): a replacement is made before it is broken,
+  and the reconciler's emergency stop may join a take-profit's group.
 * **Ids**: a child's client order id is ``{kind}{gen}-{parent[:28]}`` (``sl1-...``,
   ``tp2-...``; at most 36 characters of ``[0-9a-z-]``), a pure function of the parent, the
   kind and the generation. Its owner row (``service_orders``, key
@@ -272,15 +284,25 @@ class Brackets:
                 held = Decimal(0)
             targets = {kind: Decimal(0) for kind in KINDS}
             cancelled = False
-            group = oco_group_of(pid) if len(wanted) > 1 else None
+            group = self._group(pid, owner)
             for kind in wanted:
                 targets[kind], trimmed = await self._target(parent, kind, held, kids, group)
                 cancelled = cancelled or trimmed
+            grow: set[str] = set()  # kinds whose replacement is placed before the old goes
+            replaced = False
             for kind in KINDS:
                 live = [k for k in kids if k.kind == kind and _live(k)]
                 if sum((_left(k) for k in live), Decimal(0)) == targets[kind]:
                     continue
+                made = _made(live, targets[kind], group)
+                if made is None and _grows(live, targets[kind], group):
+                    # a stop-loss too small (the parent filled more): its replacement first,
+                    # in the same group, so a refused one leaves the old stop, never none
+                    grow.add(kind)
+                    continue
                 for k in live:  # resized (cancel, then replace) or one-cancels-other
+                    if k is made:
+                        continue  # the replacement made before the others are cancelled
                     if not await self._cancel(k.row.client_order_id):
                         self._stalled.add(pid)
                         return False  # its answer is not known: nothing placed on top
@@ -298,13 +320,28 @@ class Brackets:
                 if want == 0:
                     self._placed(pid, kind)  # no position left for it to protect
                     continue
-                if any(_live(k) for k in kids if k.kind == kind):
+                if kind not in grow and any(_live(k) for k in kids if k.kind == kind):
                     continue
                 if self._refused.get((pid, kind)) == want:
                     continue  # refused at this size already (a problem): not sent again
                 await self._place(owner, parent, kind, wanted[kind], want, kids)
+                if kind in grow and self._refused.get((pid, kind)) != want:
+                    replaced = True  # the replacement is in: the old child goes next round
+            if replaced:
+                crash_point("bracket.after_replacement")  # both live in one group: the old next
+                continue
             return False
         return False
+
+    def _group(self, pid: str, owner: OwnerRow) -> str | None:
+        """The bracket's OCO group at the broker: both legs of a two-leg bracket (never
+        both filled), and every child of any bracket where the broker declares groups (a
+        replacement is then placed in the group before the child it replaces is cancelled:
+        the two never execute more than the larger). None: one leg on a broker without
+        groups (its replacement is placed after the old child is cancelled)."""
+        if len(_levels(owner)) > 1 or self.om.broker.rules.oco_groups is True:
+            return oco_group_of(pid)
+        return None
 
     @exact
     async def _target(
@@ -424,7 +461,7 @@ class Brackets:
             client_order_id=cid,
             # both kinds linked at the broker, reduce on fill: a fill of one shrinks the other
             # in the same broker transition, never both filled before converge sees it
-            oco_group=oco_group_of(pid) if len(_levels(owner)) > 1 else None,
+            oco_group=self._group(pid, owner),
         )
         try:
             order = await self.om.submit(intent, protective=True)
@@ -468,6 +505,28 @@ def _levels(row: OwnerRow) -> dict[str, Decimal]:
 
 def _live(k: _Child) -> bool:
     return k.order is not None and k.order.state in _LIVE
+
+
+def _made(live: list[_Child], target: Decimal, group: str | None) -> _Child | None:
+    """The replacement made before the others were cancelled: the newest live child,
+    exactly ``target`` left, and every live child in ``group`` (while both are live they
+    execute at most the larger); then only the others are cancelled. None otherwise."""
+    if group is None or not live or target == 0:
+        return None
+    newest = max(live, key=lambda k: k.gen)
+    in_group = all(k.order is not None and k.order.intent.oco_group == group for k in live)
+    return newest if in_group and _left(newest) == target else None
+
+
+def _grows(live: list[_Child], target: Decimal, group: str | None) -> bool:
+    """Live children in ``group`` that cover less than ``target``: the replacement is placed
+    first (in the group), the old ones cancelled once it is live (``_made``)."""
+    return (
+        group is not None
+        and bool(live)
+        and all(k.order is not None and k.order.intent.oco_group == group for k in live)
+        and max(_left(k) for k in live) < target
+    )
 
 
 def _left(k: _Child) -> Decimal:
