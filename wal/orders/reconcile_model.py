@@ -284,9 +284,7 @@ def is_stop(bo: BrokerOrder) -> bool:
 def protects(bo: BrokerOrder, position: Decimal) -> bool:
     """A stop on the reducing side of ``position`` (sell stop for a long, buy stop for a
     short). Any other stop would open or grow a position."""
-    if not is_stop(bo) or position == 0:
-        return False
-    return (position > 0 and bo.side == "sell") or (position < 0 and bo.side == "buy")
+    return is_stop(bo) and reduces(bo, position)
 
 
 def reduces(bo: BrokerOrder, position: Decimal) -> bool:

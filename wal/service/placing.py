@@ -8,11 +8,11 @@ against the broker's OCO groups (``oco_unsupported``, 422: a broker that declare
 would hold its stop-loss and take-profit as two independent orders that can both fill), the
 bracket's prices against the market, a halt (the manager's, the log's, the operator's:
 before anything is claimed or counted), the trader's rate limit. Then it claims the key
-(the owner row) and ``OrderManager.submit`` journals and sends. The owner row's commit is begun
-first and awaited by the manager just before it journals the intent (``before_journal``): the
-commit overlaps the manager's checks (its balance read), and a journaled order always has its
-owner. A refusal frees the key when nothing of the
-order was journaled, and a 503 gives the rate token back.
+(the owner row) and ``OrderManager.submit`` journals and sends. The owner row's commit is
+begun first and awaited by the manager just before it journals the intent
+(``before_journal``): the commit overlaps the manager's checks (its balance read), and a
+journaled order always has its owner. A refusal frees the key when nothing of the order was
+journaled, and a 503 gives the rate token back.
 """
 
 from __future__ import annotations
