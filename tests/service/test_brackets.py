@@ -281,12 +281,9 @@ def test_restart_after_the_parent_filled_places_the_children_before_the_reconcil
     assert len(env.broker.all_orders()) == 3
 
 
-@pytest.mark.parametrize(
-    "point", ["bracket.after_cancel", "order.after_broker_accept", "order.after_intent_fsync"]
-)
-def test_a_crash_in_the_middle_of_a_resize_leaves_exact_children(
-    tmp_path: Path, point: str
-) -> None:
+def _crash_in_a_resize(tmp_path: Path, point: str) -> tuple[Env, str]:
+    """A market buy of 10 filled 5 then 5: its bracket protects 5, then the resize to 10
+    dies at crash point ``point``. The engine (not restarted) and the parent's id."""
     e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.5"), D("0.5"))), auto_fill=False)
     armed = {"on": False}
 
@@ -311,9 +308,18 @@ def test_a_crash_in_the_middle_of_a_resize_leaves_exact_children(
 
     set_in_process_handler(crash)
     try:
-        cid = run(first())
+        return e, run(first())
     finally:
         set_in_process_handler(None)
+
+
+@pytest.mark.parametrize(
+    "point", ["bracket.after_cancel", "order.after_broker_accept", "order.after_intent_fsync"]
+)
+def test_a_crash_in_the_middle_of_a_resize_leaves_exact_children(
+    tmp_path: Path, point: str
+) -> None:
+    e, cid = _crash_in_a_resize(tmp_path, point)
     try:
         e.restart(FaultPlan(partial_fills=(D("0.5"), D("0.5"))))
         result = run(e.startup())
@@ -766,33 +772,7 @@ def test_a_crash_between_the_replacement_and_the_cancel_keeps_the_replacement(
     """Killed after the grown stop-loss (sl2) is placed, before sl1 is cancelled: at the
     restart both are live in one group (never more than 10 sold); the sweep cancels sl1
     only, keeps sl2, and the reconciler finds the stops exact."""
-    e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.5"), D("0.5"))), auto_fill=False)
-    armed = {"on": False}
-
-    def crash(name: str) -> None:
-        if armed["on"] and name == "bracket.after_replacement":
-            armed["on"] = False
-            raise Crash(name)
-
-    async def first() -> str:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
-        e.broker.advance()
-        await e.refresh_all()
-        await e.brackets.converge(cid)  # 5 protected
-        e.broker.advance()
-        await e.refresh_all()
-        armed["on"] = True
-        with pytest.raises(Crash):
-            await e.brackets.converge(cid)
-        return cid
-
-    set_in_process_handler(crash)
-    try:
-        cid = run(first())
-    finally:
-        set_in_process_handler(None)
+    e, cid = _crash_in_a_resize(tmp_path, "bracket.after_replacement")
     try:
         sl1, sl2 = child_order_id(cid, "sl", 1), child_order_id(cid, "sl", 2)
         assert {sl1, sl2} <= {o.client_order_id for o in e.live()}  # both live: one group
