@@ -112,6 +112,13 @@ class Env:
         self.brackets.track(cid)
         return cid
 
+    async def market_buy(self) -> str:
+        """The engine loaded and trading; a market buy of 10 with its bracket (stop-loss 90,
+        take-profit 110) submitted under key "k1": its client id."""
+        await self.om.load()
+        self.om.resume()
+        return await self.place("k1", order_type="market")
+
     async def refresh_all(self) -> None:
         for o in self.om.open_orders():
             await self.om.refresh(o.client_order_id)
@@ -200,9 +207,7 @@ def test_partial_fills_grow_and_shrink_the_children(tmp_path: Path) -> None:
     e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
 
     async def go() -> None:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         assert e.broker.advance() == 1  # 4 of 10
         await e.refresh_all()
         await e.brackets.converge(cid)
@@ -293,9 +298,7 @@ def _crash_in_a_resize(tmp_path: Path, point: str) -> tuple[Env, str]:
             raise Crash(name)
 
     async def first() -> str:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         e.broker.advance()
         await e.refresh_all()
         await e.brackets.converge(cid)  # 5 protected
@@ -487,9 +490,7 @@ def test_a_partial_take_profit_shrinks_the_stop_before_converge_runs(tmp_path: P
     e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
 
     async def go() -> None:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         e.broker.advance()
         e.broker.advance()  # the parent: 10 filled
         await e.refresh_all()
@@ -519,9 +520,7 @@ def test_a_replaced_child_joins_the_group_of_the_one_still_live(tmp_path: Path) 
     e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
 
     async def go() -> None:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         e.broker.advance()
         e.broker.advance()
         await e.refresh_all()
@@ -613,9 +612,7 @@ def test_the_reconciler_finds_a_stop_reduced_by_its_group_exact(tmp_path: Path) 
     e = Env(tmp_path, faults=FaultPlan(partial_fills=(D("0.4"), D("0.6"))), auto_fill=False)
 
     async def go() -> None:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         e.broker.advance()
         e.broker.advance()
         await e.refresh_all()
@@ -741,9 +738,7 @@ def test_a_grown_stop_loss_is_placed_before_the_old_one_is_cancelled(
     e = Env(tmp_path, faults=plan, auto_fill=False)
 
     async def go() -> str:
-        await e.om.load()
-        e.om.resume()
-        cid = await e.place("k1", order_type="market")
+        cid = await e.market_buy()
         e.broker.advance()  # 4 of 10
         await e.refresh_all()
         await e.brackets.converge(cid)

@@ -514,8 +514,7 @@ def _made(live: list[_Child], target: Decimal, group: str | None) -> _Child | No
     if group is None or not live or target == 0:
         return None
     newest = max(live, key=lambda k: k.gen)
-    in_group = all(k.order is not None and k.order.intent.oco_group == group for k in live)
-    return newest if in_group and _left(newest) == target else None
+    return newest if _in_group(live, group) and _left(newest) == target else None
 
 
 def _grows(live: list[_Child], target: Decimal, group: str | None) -> bool:
@@ -524,9 +523,14 @@ def _grows(live: list[_Child], target: Decimal, group: str | None) -> bool:
     return (
         group is not None
         and bool(live)
-        and all(k.order is not None and k.order.intent.oco_group == group for k in live)
+        and _in_group(live, group)
         and max(_left(k) for k in live) < target
     )
+
+
+def _in_group(live: list[_Child], group: str | None) -> bool:
+    """Every one of ``live`` is in OCO group ``group`` at the broker."""
+    return all(k.order is not None and k.order.intent.oco_group == group for k in live)
 
 
 def _left(k: _Child) -> Decimal:
