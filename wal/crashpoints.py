@@ -27,7 +27,9 @@ The points, in the order the write path meets them:
 ``order.after_intent_fsync``  an order intent is durable in the log; nothing was sent
 ``order.after_submitting_fsync``  SUBMITTING is durable; the broker call is next
 ``order.after_broker_accept``  the broker accepted the order; the journal does not know yet
-``order.after_ack_before_fill``  ACCEPTED is journaled; its fills are not
+``order.after_ack_before_fill``  ACCEPTED is journaled; its fills are not (an order whose
+                              first fill came with its acknowledgement journals both in one
+                              write: not reached)
 ``order.after_fill_fsync``    one fill is journaled (the next ones are not)
 ``bracket.after_cancel``      a bracket child was cancelled (resize or one-cancels-other); its
                               replacement is not placed yet (``wal.service.brackets``)

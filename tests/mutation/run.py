@@ -2155,7 +2155,48 @@ MAKE_BEFORE_BREAK: tuple[Mutation, ...] = (
     ),
 )
 
-MUTATIONS = (*MUTATIONS, *OCO, *MAKE_BEFORE_BREAK)
+MD = "tests/orders/test_manager_decisions.py::"
+WG = "tests/db/test_writer_gate.py::"
+ONE_WRITE: tuple[Mutation, ...] = (
+    Mutation(
+        "ack-with-its-fill-in-one-write",
+        "wal/orders/fills.py",
+        "an order filled at once: its acknowledgement is journaled in the same write as its first fill",
+        "                calls.append(ack)  # the acknowledgement first: its seq precedes the fill's\n",
+        "                await self.journal.arecord_fills([ack])\n",
+        (MD + "test_an_order_filled_at_once_is_acknowledged_and_filled_in_one_write",),
+        "orders",
+    ),
+    Mutation(
+        "ack-alone-when-no-fill-took-it",
+        "wal/orders/fills.py",
+        "an acknowledgement no fetched fill took is journaled alone before anything else",
+        "            if ack is not None:  # no fill took it (none fetched yet, or all known)\n",
+        "            if False:\n",
+        (MD + "test_an_acknowledgement_whose_fill_cannot_be_fetched_is_journaled_alone",),
+        "orders",
+    ),
+    Mutation(
+        "sqlite-gate-let-go-at-commit",
+        "wal/db/writer_gate.py",
+        "a committed SQLite write transaction lets the next writer of the process go",
+        "        self._leave()  # committed: the next writer goes now (a failed commit keeps it\n",
+        "        pass\n",
+        (WG + "test_a_write_transaction_holds_the_gate_until_it_commits_or_rolls_back",),
+        "database",
+    ),
+    Mutation(
+        "sqlite-gate-one-per-file",
+        "wal/db/writer_gate.py",
+        "every engine of a SQLite file in the process shares the file's gate",
+        "    key = os.path.realpath(path)\n",
+        "    key = str(path)\n",
+        (WG + "test_every_engine_of_a_file_shares_its_gate",),
+        "database",
+    ),
+)
+
+MUTATIONS = (*MUTATIONS, *OCO, *MAKE_BEFORE_BREAK, *ONE_WRITE)
 
 
 # ---------------------------------------------------------------------------- checking

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -311,6 +312,88 @@ def test_a_lookup_corrects_a_final_journal_state_the_broker_contradicts(tmp_path
 
     try:
         run(go())
+    finally:
+        eng.close()
+
+
+# ---------------------------------------------------------------------------- one write
+
+
+def journal_writes(ddb: DurableDatabaseManager) -> list[list[str]]:
+    """Record each ``journal_orders`` call (one group commit) as its entries' kinds: a
+    spy that writes through to the real log, so the journal is what it always is."""
+    writes: list[list[str]] = []
+    real = ddb.journal_orders
+
+    def spy(calls: Any) -> Any:
+        calls = list(calls)
+        writes.append([str(kw.get("kind", op)) for op, kw, _ in calls])
+        return real(calls)
+
+    ddb.journal_orders = spy  # type: ignore[method-assign]
+    return writes
+
+
+@pytest.mark.parametrize("rules", [GLOBAL, OPEN_ONLY], ids=["global", "open_only"])
+def test_an_order_filled_at_once_is_acknowledged_and_filled_in_one_write(
+    db_url: str, tmp_path: Path, rules: ClientIdRules
+) -> None:
+    """A market order that fills at once: its acknowledgement and its fill are ONE group
+    commit (two writes for the whole order: the intent with SUBMITTED, then ACCEPTED with
+    the fill), so no crash leaves it acknowledged without the fill it came with; the
+    events keep their order and seqs, and the books follow the fill."""
+    broker = PaperBroker(seed=31, rules=rules)
+    eng = engine(tmp_path, broker, db_url)
+
+    async def go() -> str:
+        om = eng.om
+        await om.start()
+        stream = om.events()
+        first = asyncio.ensure_future(anext(stream))  # subscribed once it runs
+        writes = journal_writes(eng.ddb)
+        await asyncio.wait([first], timeout=0)  # lets it run (nothing published yet)
+        order = await om.submit(buy("3"))
+        assert (order.state, order.filled_quantity) == (S.FILLED, Decimal("3"))
+        assert writes == [["record_order_intent", "submitted"], ["accepted", "fill"]]
+        published = [await first] + [await anext(stream) for _ in range(3)]
+        # published in seq order, the acknowledgement before its fill
+        assert [(e.kind.value, e.seq) for e in published] == [
+            ("created", 1),
+            ("submitted", 2),
+            ("accepted", 3),
+            ("fill", 4),
+        ]
+        return order.client_order_id
+
+    try:
+        cid = run(go())
+        assert kinds(eng.ddb, cid) == ["created", "submitted", "accepted", "fill"]
+        assert journal_positions(eng.ddb) == broker.net_positions() == {"AAPL": Decimal("3")}
+    finally:
+        eng.close()
+
+
+def test_an_acknowledgement_whose_fill_cannot_be_fetched_is_journaled_alone(
+    tmp_path: Path,
+) -> None:
+    """The first fetch of the fills fails: ACCEPTED is journaled alone at once (the order
+    is known live), and the fill follows in its own write when the retried fetch works."""
+    plan = FaultPlan().on("get_fills", Fault.FETCH_FAILURE, times=1)
+    broker = PaperBroker(seed=32, rules=GLOBAL, faults=plan)
+    eng = engine(tmp_path, broker)
+
+    async def go() -> str:
+        await eng.om.start()
+        writes = journal_writes(eng.ddb)
+        order = await eng.om.submit(buy("2"))
+        assert order.state is S.FILLED and plan.calls("get_fills") == 2
+        assert writes == [["record_order_intent", "submitted"], ["accepted"], ["fill"]]
+        return order.client_order_id
+
+    try:
+        cid = run(go())
+        assert kinds(eng.ddb, cid) == ["created", "submitted", "accepted", "fill"]
+        assert journal_positions(eng.ddb) == broker.net_positions() == {"AAPL": Decimal("2")}
     finally:
         eng.close()
 

@@ -33,7 +33,8 @@ def post(svc: ServiceProc, token: str, key: str) -> httpx.Response:
             "order.after_broker_accept", 1, "filled", "postgresql", marks=pytest.mark.postgres
         ),
         ("order.after_submitting_fsync", 0, "submit_failed", "sqlite"),  # journaled, never sent
-        ("order.after_ack_before_fill", 1, "filled", "sqlite"),  # acked, its fill not journaled
+        # acknowledged and filled in one write (a market order fills at once), not answered
+        ("order.after_fill_fsync", 1, "filled", "sqlite"),
     ],
 )
 def test_sigkill_mid_post_then_the_same_key_is_one_order(

@@ -11,6 +11,7 @@ Modules, bottom to top:
 * ``operations``: the effect of each critical operation, shared by direct calls and replay.
 * ``apply``: exactly-once replay of a batch (one ledger query, multi-row inserts, fallback).
 * ``engine``: engines and connections (SQLite pragmas, PostgreSQL settings, URL checks).
+* ``writer_gate``: this process's SQLite writers of a file, one at a time, woken at once.
 * ``order_schema``: the order journal's tables (append-only events), the audit chain's hash.
 * ``orders``: the order journal's effects (intent, event, fill, anchor), ``ORDER_OPERATIONS``.
 * ``order_reads``: the order journal's tables read back (orders, events, fills, anchors).

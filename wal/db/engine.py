@@ -25,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from wal.db.writer_gate import GatedConnection, gate_for
 from wal.errors import WALConfigError, WALDatabaseError
 from wal.masking import remember_url
 
@@ -185,7 +186,7 @@ def check_pg_durability(dbapi_conn: Any) -> None:
 READ_ONLY: Final = "atb_read_only"  # execution option: a SQLite read starts with plain BEGIN
 
 
-def _install_sqlite_listeners(engine: Engine, timeouts: Timeouts) -> None:
+def _install_sqlite_listeners(engine: Engine, timeouts: Timeouts, path: Path | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # sqlite3 must not issue its own BEGIN (it would break SAVEPOINTs); the "begin" hook
@@ -197,17 +198,29 @@ def _install_sqlite_listeners(engine: Engine, timeouts: Timeouts) -> None:
             # In WAL mode, NORMAL may lose a commit on power loss; FULL syncs the WAL on each
             # commit, so an entry marked applied really is in the database.
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute(f"PRAGMA busy_timeout={int(timeouts.sqlite_busy_ms())}")
+            busy_ms = int(timeouts.sqlite_busy_ms())
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
             cur.close()
+        if isinstance(dbapi_conn, GatedConnection) and path is not None:
+            dbapi_conn.arm(gate_for(path), busy_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front: a read-then-write (the balance update) can
         # then never fail half-way with SQLITE_BUSY on the lock upgrade.
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        dbapi = conn.connection.dbapi_connection
+        if not isinstance(dbapi, GatedConnection):  # in memory: one connection anyway
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # queued behind this process's other writers of the file, woken when the last one
+        # ends (``wal.db.writer_gate``), not in SQLite's sleeping busy handler
+        with dbapi.write_begun():
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(
@@ -239,6 +252,8 @@ def make_engine(
             )
         if path is not None:
             _prepare_sqlite_file(path)
+            # its write transactions pass this process's gate of the file (``_on_begin``)
+            kwargs["connect_args"] = {"factory": GatedConnection}
         if _sqlite_memory(engine_url):
             # One in-memory database needs one connection: use it from one thread at a
             # time (doctests, experiments). Anything real belongs in a file.
@@ -248,7 +263,7 @@ def make_engine(
         kwargs["connect_args"] = {"application_name": "atb-wal", **timeouts.pg_connect_args()}
     engine = sa.create_engine(engine_url, **kwargs)
     if dialect == "sqlite":
-        _install_sqlite_listeners(engine, timeouts)
+        _install_sqlite_listeners(engine, timeouts, path)
     else:
 
         @event.listens_for(engine, "do_connect")

@@ -1,7 +1,8 @@
 """``OrderFills``: the broker's word taken into the journal: status, fills, adopted orders.
 
 * ``_adopt``: an order as the broker reports it: its id, its state (ACCEPTED, REJECTED,
-  CANCELLED) and its fills, fetched while the ACCEPTED entry is fsynced; a status the broker
+  CANCELLED) and its fills (an order not yet live in the journal that reports fills journals
+  ACCEPTED in the same write as its first fetched fill: one fsync); a status the broker
   reports that we cannot read leaves the order for reconciliation. The broker's filled
   quantity is authoritative: an order takes a final state only once its booked fills equal
   it (missing executions fetched with retries and booked to it; otherwise it stays open and
@@ -32,6 +33,7 @@ from typing import Any
 
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
+from wal.entry import utc_now
 from wal.money import exact
 from wal.orders.base import LIVE_STATES, OrderBase, utc, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
@@ -63,6 +65,9 @@ class _Booking:
     avg: Decimal
     state: OrderState
     kind: EventKind
+    # the order's acknowledgement (ACCEPTED, RECOVERED), journaled in the same write just
+    # before the fill: ``order`` is then the order as that event leaves it
+    ack: OrderEvent | None = None
     done: asyncio.Future[None] = field(init=False)
 
 
@@ -153,30 +158,47 @@ class OrderFills(OrderBase):
                 reason=bo.reject_reason,
                 broker_order_id=bo.broker_order_id,
             )
-        fetch: asyncio.Future[list[Fill] | None] | None = None
-        if bo.filled_quantity != order.filled_quantity:
-            # ask for its fills now: the round trip overlaps the fsync of ACCEPTED below
-            fetch = asyncio.ensure_future(self._fetch_fills([order]))
-        try:
+        if bo.filled_quantity == order.filled_quantity:
             if order.state not in LIVE_STATES:
-                order = await self._transition(
-                    order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id
-                )
+                order = await self._acknowledge(order, bo, kind)
+            return await self._settle(order, bo)
+        ack = None
+        if order.state not in LIVE_STATES:
+            # an order that filled at once: its acknowledgement is journaled with its first
+            # fetched fill, ONE write (one fsync fewer before the caller has its answer)
+            ack = OrderEvent(
+                order.client_order_id,
+                order.last_seq + 1,
+                kind,
+                _S.ACCEPTED,
+                utc_now(),
+                bo.broker_order_id or order.broker_order_id,
+            )
+            check_transition(order.state, _S.ACCEPTED)
+        else:
             crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
-        except BaseException:
-            if fetch is not None:
-                fetch.cancel()
-            raise
-        if fetch is not None:
-            order = await self._book_missing(order, bo, fetch)
+        order = await self._book_missing(order, bo, self._fetch_fills([order]), ack, kind)
         return await self._settle(order, bo)
 
+    async def _acknowledge(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
+        """Journal the broker's acknowledgement (ACCEPTED) alone: no fill came with it."""
+        order = await self._transition(order, kind, _S.ACCEPTED, broker_order_id=bo.broker_order_id)
+        crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
+        return order
+
     async def _book_missing(
-        self, order: Order, bo: BrokerOrder, first: Awaitable[list[Fill] | None]
+        self,
+        order: Order,
+        bo: BrokerOrder,
+        first: Awaitable[list[Fill] | None],
+        ack: OrderEvent | None = None,
+        kind: EventKind = EventKind.ACCEPTED,
     ) -> Order:
         """Fetch and book the executions of ``order`` until its booked fills equal the
         broker's filled quantity, ``RetryPolicy`` tries (a failed or lagging fetch is
-        tried again); the order as it then stands."""
+        tried again); the order as it then stands. ``ack``: the order's acknowledgement,
+        journaled with the first fill booked, or alone (``_acknowledge``) before anything
+        else when the first fetch books none."""
         cid = order.client_order_id
         fetched = first
         for attempt in range(max(1, self.retry.max_attempts)):
@@ -184,9 +206,17 @@ class OrderFills(OrderBase):
                 await asyncio.sleep(self.retry.delay(attempt - 1))
                 fetched = self._fetch_fills([order])
             fills = await fetched
-            for f in fills or ():
-                if f.client_order_id == cid:
-                    await self._apply_fill(f)
+            try:
+                for f in fills or ():
+                    if f.client_order_id == cid and await self._apply_fill(f, ack):
+                        ack = None  # durable with that fill
+            except FillError:
+                if ack is not None:  # the fill refused: the acknowledgement stands alone
+                    await self._acknowledge(self._orders[cid], bo, kind)
+                raise
+            if ack is not None:  # no fill took it (none fetched yet, or all known)
+                await self._acknowledge(self._orders[cid], bo, kind)
+                ack = None
             order = self._orders[cid]
             if order.filled_quantity == bo.filled_quantity:
                 break
@@ -347,14 +377,23 @@ class OrderFills(OrderBase):
             return order
 
     @exact
-    async def _apply_fill(self, fill: Fill) -> bool:
+    async def _apply_fill(self, fill: Fill, ack: OrderEvent | None = None) -> bool:
         """Journal the fill unless it is known; True if it was journaled. The caller holds
-        the order's lock (``_lock``): the fill's seq follows the order's last one."""
+        the order's lock (``_lock``): the fill's seq follows the order's last one. ``ack``:
+        the order's acknowledgement, journaled in the same write just before the fill."""
         cid = fill.client_order_id
         order = await self._load_order(cid)
         if order is None:
             raise FillError(
                 f"fill {fill.execution_id}: no order with client_order_id {cid!r} in the journal"
+            )
+        if ack is not None:  # the fill follows the acknowledgement, in the same write
+            order = replace(
+                order,
+                state=ack.state,
+                last_seq=ack.seq,
+                updated_at=ack.at,
+                broker_order_id=ack.broker_order_id,
             )
         key = self.broker.rules.execution_key(fill.execution_id)
         known = self._fills.setdefault(cid, {})
@@ -407,7 +446,7 @@ class OrderFills(OrderBase):
         if state is not order.state or state is _S.PARTIALLY_FILLED:
             check_transition(order.state, state)
         kind = EventKind.FILL if old is None else EventKind.FILL_CORRECTED
-        booking = _Booking(fill, order, key, old, delta, filled, avg, state, kind)
+        booking = _Booking(fill, order, key, old, delta, filled, avg, state, kind, ack)
         # in its symbol's turn: durable and booked in memory on return (or what it raised);
         # the caller holds the order's lock, so the order cannot move while its fill waits
         await self._fill_turns.submit(fill.symbol, booking)
@@ -481,10 +520,13 @@ class OrderFills(OrderBase):
             }
             try:
                 call = self.journal.fill_call(fill, computed)  # refused alone, before the group
+                ack = None if b.ack is None else self.journal.event_call(b.ack)
             except Exception as exc:
                 b.done.set_exception(exc)
                 continue
             entries.append((b, computed, new_pos))
+            if ack is not None:
+                calls.append(ack)  # the acknowledgement first: its seq precedes the fill's
             calls.append(call)
             pos = new_pos
         if not entries:
@@ -500,6 +542,8 @@ class OrderFills(OrderBase):
     def _booked(self, b: _Booking, c: dict[str, Any], new_pos: Position | None) -> None:
         """A durable fill in memory: the position, P&L, the order, its known executions."""
         fill, cid = b.fill, b.fill.client_order_id
+        if b.ack is not None:
+            self._publish(b.ack)  # durable with the fill: published first, in seq order
         self._book.set(fill.symbol, new_pos)
         if c["pnl"] is not None:
             self._book.add_pnl(fill.executed_at, c["pnl"])

@@ -411,6 +411,13 @@ class OrderJournal:
         _checked([call])
         return call
 
+    def event_call(self, ev: OrderEvent) -> FillCall:
+        """The journal call of an event (no reason), checked, to be written with fills
+        (``arecord_fills``): an acknowledgement and the fills it came with, one write."""
+        call = _event_call(ev, None)
+        _checked([call])
+        return call
+
     async def _awrite(self, calls: list[tuple[str, dict[str, Any], str]]) -> None:
         """Queue ``calls`` for the loop's next batch; return once they are durable (or
         raise what writing them raised)."""

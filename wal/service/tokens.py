@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from wal.db.engine import READ_ONLY
 from wal.db.service_schema import api_tokens
@@ -81,14 +81,25 @@ class TokenStore:
             )
         return token
 
+    def _reader(self) -> Connection:
+        """A connection for one read of the tokens table (its single statement needs no
+        transaction around it)."""
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            # one statement, no BEGIN and ROLLBACK around it: two round trips fewer on every
+            # request (the statement is its own snapshot)
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
+        return conn
+
     def verify(self, token: str) -> str | None:
         """The token's trader, or None (unknown, malformed or revoked)."""
         m = _TOKEN_RE.fullmatch(token)
         if m is None:
             return None
         digest = hash_token(token)
-        with self.engine.connect() as conn:  # every time: a revoked token fails at once
-            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
+        with self._reader() as conn:  # every time: a revoked token fails at once
             row = conn.execute(
                 sa.select(api_tokens.c.token_sha256, api_tokens.c.trader_id).where(
                     api_tokens.c.token_id == m.group(1), api_tokens.c.revoked_at.is_(None)
@@ -103,8 +114,7 @@ class TokenStore:
         by_id = {m.group(1): t for t in set(tokens) if (m := _TOKEN_RE.fullmatch(t))}
         if not by_id:
             return set()
-        with self.engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})  # SQLite: a plain BEGIN, no write lock
+        with self._reader() as conn:
             rows = conn.execute(
                 sa.select(api_tokens.c.token_id, api_tokens.c.token_sha256).where(
                     api_tokens.c.token_id.in_(list(by_id)), api_tokens.c.revoked_at.is_(None)
