@@ -2177,6 +2177,17 @@ ONE_WRITE: tuple[Mutation, ...] = (
         "orders",
     ),
     Mutation(
+        "ack-alone-when-its-fill-is-refused",
+        "wal/orders/fills.py",
+        "an order filled at once whose fill is refused is still journaled ACCEPTED (known live at the broker)",
+        "                if ack is not None and not isinstance(exc, WALWriteError):\n",
+        "                if False:\n",
+        (
+            "tests/orders/test_exec_id_reuse.py::test_an_execution_id_of_another_order_is_refused_whether_or_not_the_log_holds_it",
+        ),
+        "orders",
+    ),
+    Mutation(
         "sqlite-gate-let-go-at-commit",
         "wal/db/writer_gate.py",
         "a committed SQLite write transaction lets the next writer of the process go",

@@ -34,6 +34,7 @@ from typing import Any
 from wal.crashpoints import crash_point
 from wal.db.orders import fill_cash
 from wal.entry import utc_now
+from wal.errors import WALWriteError
 from wal.money import exact
 from wal.orders.base import LIVE_STATES, OrderBase, utc, why
 from wal.orders.broker import BrokerOrder, OrderFillsLookup
@@ -210,8 +211,9 @@ class OrderFills(OrderBase):
                 for f in fills or ():
                     if f.client_order_id == cid and await self._apply_fill(f, ack):
                         ack = None  # durable with that fill
-            except FillError:
-                if ack is not None:  # the fill refused: the acknowledgement stands alone
+            except Exception as exc:
+                if ack is not None and not isinstance(exc, WALWriteError):
+                    # the fill refused (not the log failed): the acknowledgement stands alone
                     await self._acknowledge(self._orders[cid], bo, kind)
                 raise
             if ack is not None:  # no fill took it (none fetched yet, or all known)
