@@ -151,3 +151,29 @@ def test_another_processs_writer_still_meets_sqlites_lock_and_the_bound_is_resto
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 100
         conn.exec_driver_sql("INSERT INTO t VALUES (1)")
     engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:This process:DeprecationWarning")  # 3.12: fork with threads
+def test_a_gate_held_at_a_fork_is_free_in_the_child(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    gate, held, done = gate_for(db), threading.Event(), threading.Event()
+
+    def holder() -> None:  # another thread of the parent writes while the fork happens
+        assert gate.acquire(10)
+        held.set()
+        done.wait(30)
+        gate.release()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its own writers are not kept waiting by the parent's
+            os._exit(0 if free(db) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not free(db)  # the parent's holder still holds it
+    finally:
+        done.set()
+        t.join(30)

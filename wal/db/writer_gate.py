@@ -13,7 +13,8 @@ guard (another process's writer still meets its busy handler).
 The bound of a call is kept: a writer that waited at the gate has only what is left of its
 busy timeout for SQLite's own wait (``GatedConnection.enter``), and a gate it cannot get
 within the busy timeout is skipped (the ``BEGIN IMMEDIATE`` then fails or succeeds on
-SQLite's word, as without the gate).
+SQLite's word, as without the gate). A forked child starts with every gate free (a gate
+another thread of the parent held would never be let go there).
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ class WriterGate:
     def release(self) -> None:
         self._holder = None
         self._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has one thread: a gate some other thread of the parent held at the
+    fork would never be let go there. Every gate starts free in the child."""
+    for gate in _gates.values():
+        gate._lock = threading.Lock()
+        gate._holder = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def gate_for(path: Path) -> WriterGate:
