@@ -2083,7 +2083,7 @@ OCO: tuple[Mutation, ...] = (
         "bracket-take-profit-room-beside-foreign-stops",
         "wal/service/brackets.py",
         "a bracket's take-profit is capped by the stops outside its OCO group (never placed again beside an emergency stop)",
-        '                return kind == "sl" or group is None or o.intent.oco_group != group\n',
+        "                return group is None or o.intent.oco_group != group\n",
         '                return kind == "sl"\n',
         (
             BR
@@ -2186,6 +2186,30 @@ ONE_WRITE: tuple[Mutation, ...] = (
             "tests/orders/test_exec_id_reuse.py::test_an_execution_id_of_another_order_is_refused_whether_or_not_the_log_holds_it",
         ),
         "orders",
+    ),
+    Mutation(
+        "bracket-stop-loss-placed-beside-the-stand-in-in-its-group",
+        "wal/service/brackets.py",
+        "an emergency stop in the bracket's group is not cancelled before the stop-loss is placed (made before broken)",
+        "                return group is None or o.intent.oco_group != group\n",
+        '                return kind == "sl" or group is None or o.intent.oco_group != group\n',
+        (
+            BR
+            + "test_after_a_restart_the_stop_loss_is_placed_before_the_emergency_stop_in_its_group_goes",
+        ),
+        "service",
+    ),
+    Mutation(
+        "bracket-stand-in-cancelled-once-covered",
+        "wal/service/brackets.py",
+        "the emergency stop in the bracket's group is cancelled once the live stop-loss covers it",
+        "        if covered == 0:\n",
+        "        if True:\n",
+        (
+            BR
+            + "test_after_a_restart_the_stop_loss_is_placed_before_the_emergency_stop_in_its_group_goes",
+        ),
+        "service",
     ),
     Mutation(
         "sqlite-gate-let-go-at-commit",

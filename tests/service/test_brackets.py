@@ -682,6 +682,53 @@ def test_a_refused_stop_loss_keeps_the_emergency_stop_linked_to_its_take_profit(
         e.close()
 
 
+@pytest.mark.parametrize("refused", [True, False], ids=["refused_again", "accepted"])
+def test_after_a_restart_the_stop_loss_is_placed_before_the_emergency_stop_in_its_group_goes(
+    tmp_path: Path, refused: bool
+) -> None:
+    """The reconciler's emergency stop joined the bracket's group (its stop-loss refused). A
+    new process has no record of the refusal and tries the stop-loss again: it is placed in
+    the group beside the emergency stop first, and the emergency stop is cancelled only once
+    the stop-loss is live. Refused again: the same emergency stop still protects the
+    position (the old sweep cancelled it first, leaving the position bare until the
+    reconciler placed another). Accepted: the stop-loss and take-profit, flat through both."""
+    e = Env(tmp_path)
+
+    async def placed() -> str:
+        await e.om.load()
+        e.om.resume()
+        return await e.place("k1")
+
+    try:
+        cid = run(placed())
+        e.restart(faults=FaultPlan().on("submit_order", Fault.REJECT, nth=1))  # the stop-loss
+        assert run(e.startup()).emergency_stops_placed == 1
+        (es,) = [o.client_order_id for o in e.live() if o.client_order_id.startswith("es-")]
+        plan = FaultPlan().on("submit_order", Fault.REJECT, nth=1) if refused else None
+        e.restart(faults=plan)
+
+        async def first_sweep() -> None:  # the sweep before the reconciler (``startup``)
+            await e.om.start()
+            await e.brackets.sweep()
+
+        run(first_sweep())
+        tp = child_order_id(cid, "tp", 1)
+        # refused: never bare, the stand-in stays beside the take-profit; accepted: made
+        # before broken, the stand-in went once the stop-loss was live (the sweep's doing)
+        expected = {es, tp} if refused else {child_order_id(cid, "sl", 2), tp}
+        assert {o.client_order_id for o in e.live()} == expected
+        result = run(StartupReconciler(e.om, FAST_REC).run())
+        run(e.brackets.sweep())
+        assert result.emergency_stops_placed == 0 and result.errors == (), result
+        live = {o.client_order_id: o for o in e.live()}
+        assert set(live) == expected and {o.oco_group for o in live.values()} == {oco_group_of(cid)}
+        assert refused is ("stop-loss" in e.brackets.problems.get(cid, ""))
+        seen = _walk(e, DOWN_THEN_UP)  # through the stops, then the take-profit's price
+        assert all(q >= 0 for q in seen) and e.broker.net_positions() == {}, seen
+    finally:
+        e.close()
+
+
 @pytest.mark.parametrize("path", [UP_THEN_DOWN, DOWN_THEN_UP], ids=["tp_first", "stop_first"])
 @pytest.mark.parametrize("oco", [False, True], ids=["no_groups", "groups"])
 def test_a_take_profit_is_not_placed_again_beside_an_emergency_stop_outside_its_group(

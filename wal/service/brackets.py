@@ -62,7 +62,10 @@ crash, because every decision is read from the journal:
   user's stop outside its group (both could fill: a long of 10 sold 20). The reconciler's
   emergency stops (``es-...``, its stand-ins for missing protection) are cancelled to make
   room for the trader's stop-loss, never for one refused at that size (cancelled, the
-  position would be left bare). A child the broker or the checks refuse is a ``problem``
+  position would be left bare); one in the bracket's OCO group is made before broken (the
+  stop-loss placed in the group beside it first, the emergency stop cancelled once the
+  stop-loss is live: ``_stand_ins_replaced``), so a refusal a new process does not remember
+  leaves it in place. A child the broker or the checks refuse is a ``problem``
   (the log, ``/readyz`` details), not sent again at the same size.
 
 The startup reconciler (:mod:`wal.orders.stops`) sees a stop-loss child as a user stop that
@@ -288,8 +291,14 @@ class Brackets:
             for kind in wanted:
                 targets[kind], trimmed = await self._target(parent, kind, held, kids, group)
                 cancelled = cancelled or trimmed
+            if not cancelled:
+                gone = await self._stand_ins_replaced(parent, kids, group)
+                if gone is None:
+                    self._stalled.add(pid)
+                    return False  # a stand-in's cancel not confirmed: nothing placed on top
+                cancelled = gone
             grow: set[str] = set()  # kinds whose replacement is placed before the old goes
-            replaced = False
+            replaced = stand_ins = False
             for kind in KINDS:
                 live = [k for k in kids if k.kind == kind and _live(k)]
                 if sum((_left(k) for k in live), Decimal(0)) == targets[kind]:
@@ -325,10 +334,16 @@ class Brackets:
                 if self._refused.get((pid, kind)) == want:
                     continue  # refused at this size already (a problem): not sent again
                 await self._place(owner, parent, kind, wanted[kind], want, kids)
-                if kind in grow and self._refused.get((pid, kind)) != want:
+                if self._refused.get((pid, kind)) == want:
+                    continue
+                if kind in grow:
                     replaced = True  # the replacement is in: the old child goes next round
+                elif kind == "sl" and group is not None:
+                    stand_ins = True  # an emergency stop in the group it covers goes next round
             if replaced:
                 crash_point("bracket.after_replacement")  # both live in one group: the old next
+                continue
+            if stand_ins:
                 continue
             return False
         return False
@@ -366,8 +381,10 @@ class Brackets:
         def beside(o: Order) -> bool:
             """Executes independently of this kind's child: takes room from it."""
             if o.intent.order_type in _STOP_TYPES:
-                # a take-profit with a stop outside its group: both could fill, past zero
-                return kind == "sl" or group is None or o.intent.oco_group != group
+                # a stop outside the bracket's group: both could fill, past zero; one in it
+                # (the reconciler's emergency stop that joined it) is reduced by the child's
+                # fills, so the child is placed beside it first (``_stand_ins_replaced``)
+                return group is None or o.intent.oco_group != group
             return kind == "tp" and o.intent.order_type == "limit"
 
         others = [
@@ -407,6 +424,41 @@ class Brackets:
                 side,
             )
         return target, trimmed
+
+    async def _stand_ins_replaced(
+        self, parent: Order, kids: list[_Child], group: str | None
+    ) -> bool | None:
+        """Cancel the reconciler's emergency stops (``es-...``) in the bracket's OCO group
+        that the bracket's live stop-loss now covers (made before broken: the stop-loss is
+        placed in the group beside them first, so a refused one leaves the emergency stop,
+        never a bare position; while both are live a fill of one reduces the other). An
+        emergency stop larger than the stop-loss stays (it protects the rest of the
+        position, and the group's reductions keep it exact). True if one was cancelled,
+        False if none was due, None if a cancel was not confirmed."""
+        if group is None:
+            return False
+        covered = sum(
+            (_left(k) for k in kids if k.kind == "sl" and _live(k) and _in_group([k], group)),
+            Decimal(0),
+        )
+        if covered == 0:
+            return False
+        side = "sell" if parent.intent.side == "buy" else "buy"
+        cancelled = False
+        for o in self.om.open_orders():
+            if not (
+                o.client_order_id.startswith(EMERGENCY_STOP_PREFIX)
+                and o.symbol == parent.symbol
+                and o.intent.side == side
+                and o.state in _LIVE
+                and o.intent.oco_group == group
+                and o.remaining <= covered
+            ):
+                continue
+            if not await self._cancel(o.client_order_id):
+                return None
+            cancelled = True
+        return cancelled
 
     def _children(self, pid: str) -> list[_Child]:
         out = []
