@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,27 @@ def free(path: Path) -> bool:
         return False
     gate.release()
     return True
+
+
+@contextmanager
+def held_by_another_thread(path: Path) -> Iterator[None]:
+    """The file's gate held by another thread of this process for the body's length."""
+    gate, held, done = gate_for(path), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        assert gate.acquire(10)
+        held.set()
+        done.wait(30)
+        gate.release()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        done.set()
+        t.join(30)
 
 
 def make(path: Path, ms: int | None = None) -> sa.Engine:
@@ -126,24 +149,16 @@ def test_another_processs_writer_still_meets_sqlites_lock_and_the_bound_is_resto
     engine = make(db, ms=100)
     other = sqlite3.connect(db, isolation_level=None)  # not gated: as another process
     other.execute("BEGIN IMMEDIATE")
-    gate, held, done = gate_for(db), threading.Event(), threading.Event()
-
-    def holder() -> None:  # this process's other writer, holding the gate all along
-        assert gate.acquire(10)
-        held.set()
-        done.wait(30)
-        gate.release()
-
-    t = threading.Thread(target=holder)
-    t.start()
     try:
-        assert held.wait(10)
-        # the gate's wait used the whole bound: SQLite's own wait gets none of it
-        with pytest.raises(sa_exc.OperationalError, match="locked"), engine.begin() as conn:
+        # this process's other writer holds the gate all along: the gate's wait uses the
+        # whole bound, and SQLite's own wait gets none of it
+        with (
+            held_by_another_thread(db),
+            pytest.raises(sa_exc.OperationalError, match="locked"),
+            engine.begin() as conn,
+        ):
             conn.exec_driver_sql("INSERT INTO t VALUES (1)")
     finally:
-        done.set()
-        t.join(30)
         other.rollback()
         other.close()
     assert free(db)
@@ -156,24 +171,10 @@ def test_another_processs_writer_still_meets_sqlites_lock_and_the_bound_is_resto
 @pytest.mark.filterwarnings("ignore:This process:DeprecationWarning")  # 3.12: fork with threads
 def test_a_gate_held_at_a_fork_is_free_in_the_child(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    gate, held, done = gate_for(db), threading.Event(), threading.Event()
-
-    def holder() -> None:  # another thread of the parent writes while the fork happens
-        assert gate.acquire(10)
-        held.set()
-        done.wait(30)
-        gate.release()
-
-    t = threading.Thread(target=holder)
-    t.start()
-    assert held.wait(10)
-    try:
+    with held_by_another_thread(db):  # another thread of the parent writes at the fork
         pid = os.fork()
         if pid == 0:  # the child: its own writers are not kept waiting by the parent's
             os._exit(0 if free(db) else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert not free(db)  # the parent's holder still holds it
-    finally:
-        done.set()
-        t.join(30)
