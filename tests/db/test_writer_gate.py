@@ -29,7 +29,7 @@ def free(path: Path) -> bool:
     gate = gate_for(path)
     if not gate.acquire(0):
         return False
-    gate.release()
+    gate.release(gate.epoch)
     return True
 
 
@@ -42,7 +42,7 @@ def held_by_another_thread(path: Path) -> Iterator[None]:
         assert gate.acquire(10)
         held.set()
         done.wait(30)
-        gate.release()
+        gate.release(gate.epoch)
 
     t = threading.Thread(target=holder)
     t.start()

@@ -39,6 +39,7 @@ class WriterGate:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holder: int | None = None  # the thread whose write transaction holds it
+        self.epoch = 0  # one more in a forked child: a hold taken before the fork is void
 
     def acquire(self, timeout_s: float) -> bool:
         """True when taken; False when this thread holds it already (a second connection
@@ -51,7 +52,11 @@ class WriterGate:
         self._holder = threading.get_ident()
         return True
 
-    def release(self) -> None:
+    def release(self, epoch: int) -> None:
+        """Let go of a hold taken in ``epoch`` (a hold from before a fork is not this
+        process's to let go)."""
+        if epoch != self.epoch:
+            return
         self._holder = None
         self._lock.release()
 
@@ -62,6 +67,7 @@ def _after_fork_in_child() -> None:
     for gate in _gates.values():
         gate._lock = threading.Lock()
         gate._holder = None
+        gate.epoch += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -84,6 +90,7 @@ class GatedConnection(sqlite3.Connection):
     _gate: WriterGate | None = None
     _busy_ms: int = 0
     _holding: bool = False
+    _epoch: int = 0  # the gate's epoch when this connection took it
 
     def arm(self, gate: WriterGate, busy_ms: int) -> None:
         self._gate = gate
@@ -94,10 +101,11 @@ class GatedConnection(sqlite3.Connection):
         """Around the ``BEGIN IMMEDIATE`` the body runs: the gate first, then SQLite's wait
         within what is left of the busy timeout; the gate is let go if the body raises."""
         gate = self._gate
-        if gate is None:
+        if gate is None or self._holding:  # no gate, or this connection holds it already
             yield
             return
         started = time.monotonic()
+        self._epoch = gate.epoch
         self._holding = gate.acquire(self._busy_ms / 1000)
         waited_ms = int((time.monotonic() - started) * 1000)
         try:
@@ -116,7 +124,7 @@ class GatedConnection(sqlite3.Connection):
     def _leave(self) -> None:
         if self._holding and self._gate is not None:
             self._holding = False
-            self._gate.release()
+            self._gate.release(self._epoch)
 
     def commit(self) -> None:
         super().commit()
