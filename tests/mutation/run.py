@@ -2203,7 +2203,7 @@ ONE_WRITE: tuple[Mutation, ...] = (
         "bracket-stand-in-cancelled-once-covered",
         "wal/service/brackets.py",
         "the emergency stop in the bracket's group is cancelled once the live stop-loss covers it",
-        "        if covered == 0:\n",
+        "        if covered == 0 or covered != target:\n",
         "        if True:\n",
         (
             BR

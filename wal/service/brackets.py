@@ -292,7 +292,7 @@ class Brackets:
                 targets[kind], trimmed = await self._target(parent, kind, held, kids, group)
                 cancelled = cancelled or trimmed
             if not cancelled:
-                gone = await self._stand_ins_replaced(parent, kids, group)
+                gone = await self._stand_ins_replaced(parent, kids, group, targets["sl"])
                 if gone is None:
                     self._stalled.add(pid)
                     return False  # a stand-in's cancel not confirmed: nothing placed on top
@@ -426,14 +426,16 @@ class Brackets:
         return target, trimmed
 
     async def _stand_ins_replaced(
-        self, parent: Order, kids: list[_Child], group: str | None
+        self, parent: Order, kids: list[_Child], group: str | None, target: Decimal
     ) -> bool | None:
         """Cancel the reconciler's emergency stops (``es-...``) in the bracket's OCO group
         that the bracket's live stop-loss now covers (made before broken: the stop-loss is
         placed in the group beside them first, so a refused one leaves the emergency stop,
         never a bare position; while both are live a fill of one reduces the other). An
         emergency stop larger than the stop-loss stays (it protects the rest of the
-        position, and the group's reductions keep it exact). True if one was cancelled,
+        position, and the group's reductions keep it exact), and so does every one while the
+        stop-loss is not at its ``target`` yet (it may be resized: cancelled first). True if
+        one was cancelled,
         False if none was due, None if a cancel was not confirmed."""
         if group is None:
             return False
@@ -441,7 +443,7 @@ class Brackets:
             (_left(k) for k in kids if k.kind == "sl" and _live(k) and _in_group([k], group)),
             Decimal(0),
         )
-        if covered == 0:
+        if covered == 0 or covered != target:
             return False
         side = "sell" if parent.intent.side == "buy" else "buy"
         cancelled = False
