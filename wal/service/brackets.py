@@ -433,7 +433,7 @@ class Brackets:
         placed in the group beside them first, so a refused one leaves the emergency stop,
         never a bare position; while both are live a fill of one reduces the other). An
         emergency stop larger than the stop-loss stays (it protects the rest of the
-        position, and the group's reductions keep it exact), and so does every one while the
+        position, and the group's reductions keep it exact), and every one stays while the
         stop-loss is not at its ``target`` yet (it may be resized: cancelled first). True if
         one was cancelled,
         False if none was due, None if a cancel was not confirmed."""
