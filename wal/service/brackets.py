@@ -435,8 +435,7 @@ class Brackets:
         emergency stop larger than the stop-loss stays (it protects the rest of the
         position, and the group's reductions keep it exact), and every one stays while the
         stop-loss is not at its ``target`` yet (it may be resized: cancelled first). True if
-        one was cancelled,
-        False if none was due, None if a cancel was not confirmed."""
+        one was cancelled, False if none was due, None if a cancel was not confirmed."""
         if group is None:
             return False
         covered = sum(
