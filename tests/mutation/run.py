@@ -2212,6 +2212,15 @@ ONE_WRITE: tuple[Mutation, ...] = (
         "service",
     ),
     Mutation(
+        "service-heap-frozen-after-startup",
+        "wal/service/app.py",
+        "the heap the service's startup built is frozen out of the collector's full passes",
+        "        settled = asyncio.create_task(_heap_settled(rt))\n",
+        "        settled = asyncio.create_task(rt.started())\n",
+        ("tests/service/test_app.py::test_the_heap_of_the_startup_is_frozen_once_it_is_over",),
+        "service",
+    ),
+    Mutation(
         "sqlite-gate-let-go-at-commit",
         "wal/db/writer_gate.py",
         "a committed SQLite write transaction lets the next writer of the process go",

@@ -1,7 +1,9 @@
 """``create_app``: the FastAPI application of a ``ServiceRuntime``.
 
 The lifespan starts the runtime (recovery and reconciliation run in the background) and
-stops it. Every error is answered in the one shape of :mod:`wal.service.errors`: the
+stops it; once the startup is over, the heap it built is frozen out of the garbage
+collector's full passes (``gc.freeze``: they took up to 110 ms each, with every request
+waiting). Every error is answered in the one shape of :mod:`wal.service.errors`: the
 service's own (``ApiError``), bad input (422 naming the field: a body field, a query
 parameter or a header), unknown routes and methods, the database unreachable (503
 ``database_unavailable`` with ``Retry-After``: an outage the trader can wait out, not a bug),
@@ -12,6 +14,8 @@ page at ``/docs``.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -101,6 +105,16 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+async def _heap_settled(rt: ServiceRuntime) -> None:
+    """Once the startup is over (recovery, reconciliation), what it built (the modules, the
+    app, the journal's orders) is moved out of the garbage collector's way (``gc.freeze``):
+    the collector's full passes scanned it all, 45-110 ms with every request waiting (a
+    POST's p99 was 131-171 ms); they now scan only what was made since."""
+    await rt.started()
+    gc.collect()  # garbage first: what is frozen is never collected
+    gc.freeze()
+
+
 def create_app(rt: ServiceRuntime) -> FastAPI:
     metrics = ServiceMetrics(
         lambda: rt.hub.clients,
@@ -112,9 +126,11 @@ def create_app(rt: ServiceRuntime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        settled = asyncio.create_task(_heap_settled(rt))
         try:
             yield
         finally:
+            settled.cancel()
             await rt.stop()
 
     app = FastAPI(title="atb order service", version="1", lifespan=lifespan)
