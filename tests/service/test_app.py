@@ -2,7 +2,7 @@
 
 Once the startup is over, the heap it built is frozen out of the garbage collector's full
 passes (``gc.freeze``): those passes scanned every module, the app and the journal's orders,
-45-110 ms with every request waiting (a POST's p99 was 131-171 ms, docs/service.md). The
+44-97 ms with every request waiting (the worst POSTs of a run: 61-110 ms, docs/service.md). The
 app's own lifespan runs on a real runtime: SQLite, the log, the in-process paper broker.
 """
 

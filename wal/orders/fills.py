@@ -178,7 +178,7 @@ class OrderFills(OrderBase):
             check_transition(order.state, _S.ACCEPTED)
         else:
             crash_point("order.after_ack_before_fill")  # acknowledged in the journal, no fills
-        order = await self._book_missing(order, bo, self._fetch_fills([order]), ack, kind)
+        order = await self._book_missing(order, bo, self._fetch_fills([order]), ack)
         return await self._settle(order, bo)
 
     async def _acknowledge(self, order: Order, bo: BrokerOrder, kind: EventKind) -> Order:
@@ -193,7 +193,6 @@ class OrderFills(OrderBase):
         bo: BrokerOrder,
         first: Awaitable[list[Fill] | None],
         ack: OrderEvent | None = None,
-        kind: EventKind = EventKind.ACCEPTED,
     ) -> Order:
         """Fetch and book the executions of ``order`` until its booked fills equal the
         broker's filled quantity, ``RetryPolicy`` tries (a failed or lagging fetch is
@@ -214,10 +213,10 @@ class OrderFills(OrderBase):
             except Exception as exc:
                 if ack is not None and not isinstance(exc, WALWriteError):
                     # the fill refused (not the log failed): the acknowledgement stands alone
-                    await self._acknowledge(self._orders[cid], bo, kind)
+                    await self._acknowledge(self._orders[cid], bo, ack.kind)
                 raise
             if ack is not None:  # no fill took it (none fetched yet, or all known)
-                await self._acknowledge(self._orders[cid], bo, kind)
+                await self._acknowledge(self._orders[cid], bo, ack.kind)
                 ack = None
             order = self._orders[cid]
             if order.filled_quantity == bo.filled_quantity:
